@@ -1,0 +1,1 @@
+"""The application: `SessionsApplication` commands and the ports infrastructure implements."""

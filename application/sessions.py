@@ -1,0 +1,207 @@
+"""`SessionsApplication`: every command loads a session, changes it and saves it.
+
+Each command returns the notification id (position) of the last event it recorded, so callers
+can wait until the read models have caught up with it (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
+
+from application.errors import ConcurrentChange, SessionNotFound
+from application.keys import SESSION_KEY_KIND, generate_key
+from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
+from domain.session import ApiKey, Session
+from domain.values import (
+    GATEWAY_ACTOR,
+    check_labels,
+    clean_name,
+    public_session_id,
+    session_uuid,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_CONFLICT_RETRIES = 5
+
+
+class ApiKeyAsDict(Transcoding):
+    """Lets snapshots of sessions carry their `ApiKey` entities."""
+
+    type = ApiKey
+    name = "sessiond_api_key"
+
+    def encode(self, obj: ApiKey) -> dict[str, Any]:
+        return dict(obj.__dict__)
+
+    def decode(self, data: dict[str, Any]) -> ApiKey:
+        return ApiKey(**data)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key as shown once to whoever asked for it."""
+
+    key_id: str
+    key: str
+    prefix: str
+    label: str
+    position: int
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    session_id: str
+    first_key: IssuedKey
+    position: int
+
+
+class SessionsApplication(Application[UUID]):
+    """Records what happens to sessions and their keys."""
+
+    name = "sessiond"
+    is_snapshotting_enabled = True
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Session: 50}
+
+    def register_transcodings(self, transcoder: Transcoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(ApiKeyAsDict())
+
+    # -- queries ----------------------------------------------------------------------
+
+    def get_session(self, session_id: str) -> Session:
+        """The session with that public id; `SessionNotFound` if unknown or deleted."""
+        session = self._load(session_id)
+        if session.is_deleted:
+            raise SessionNotFound(f"no session {session_id}")
+        return session
+
+    # -- commands from operators and clients ----------------------------------------
+
+    def create_session(
+        self,
+        name: str,
+        labels: dict[str, str],
+        requests_per_minute: int | None,
+        actor: str,
+        key_label: str = "default",
+    ) -> CreatedSession:
+        session = Session(
+            id=uuid4(),
+            name=clean_name(name),
+            labels=check_labels(labels),
+            requests_per_minute=None,
+            actor=actor,
+        )
+        if requests_per_minute is not None:
+            session.set_rate_limit(requests_per_minute, actor)
+        new = generate_key(SESSION_KEY_KIND)
+        session.issue_key(new.key_id, new.prefix, new.key_hash, key_label, actor)
+        position = self._save(session)
+        key = IssuedKey(new.key_id, new.key, new.prefix, key_label, position)
+        return CreatedSession(public_session_id(session.id), key, position)
+
+    def reconnect(self, session_id: str, actor: str) -> int:
+        return self._change(session_id, lambda s: s.request_reconnect(actor))
+
+    def stop(self, session_id: str, actor: str) -> int | None:
+        """Stop the session; stopping a stopped session records nothing and returns None."""
+
+        def stop(session: Session) -> None:
+            if not session.is_stopped:
+                session.stop(actor)
+
+        return self._change_or_none(session_id, stop)
+
+    def delete(self, session_id: str, actor: str) -> int:
+        return self._change(session_id, lambda s: s.delete(actor))
+
+    def issue_key(self, session_id: str, label: str, actor: str) -> IssuedKey:
+        new = generate_key(SESSION_KEY_KIND)
+        position = self._change(
+            session_id, lambda s: s.issue_key(new.key_id, new.prefix, new.key_hash, label, actor)
+        )
+        return IssuedKey(new.key_id, new.key, new.prefix, label, position)
+
+    def revoke_key(self, session_id: str, key_id: str, actor: str) -> int | None:
+        """Revoke a key; revoking a revoked key records nothing and returns None."""
+        return self._change_or_none(session_id, lambda s: s.revoke_key(key_id, actor) or None)
+
+    def set_rate_limit(self, session_id: str, requests_per_minute: int | None, actor: str) -> int:
+        return self._change(session_id, lambda s: s.set_rate_limit(requests_per_minute, actor))
+
+    # -- what the gateway reports -------------------------------------------------------
+
+    def record_qr(
+        self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
+    ) -> int | None:
+        return self._gateway_change(
+            session_id, lambda s: s.issue_qr(code, expires_at, attempt, max_attempts)
+        )
+
+    def record_connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
+        return self._gateway_change(session_id, lambda s: s.connect(jid, push_name))
+
+    def record_disconnected(self, session_id: UUID, reason: str) -> int | None:
+        return self._gateway_change(session_id, lambda s: s.disconnect(reason))
+
+    def record_qr_expired(self, session_id: UUID) -> int | None:
+        return self._gateway_change(session_id, lambda s: s.expire_qr())
+
+    # -- load, change, save ---------------------------------------------------------------
+
+    def _load(self, session_id: str | UUID) -> Session:
+        uuid = session_id if isinstance(session_id, UUID) else session_uuid(session_id)
+        try:
+            session: Session = self.repository.get(uuid)
+        except AggregateNotFoundError:
+            raise SessionNotFound(f"no session {session_id}") from None
+        return session
+
+    def _save(self, session: Session) -> int:
+        recordings = self.save(session)
+        return recordings[-1].notification.id
+
+    def _change(self, session_id: str | UUID, change: Callable[[Session], object]) -> int:
+        position = self._change_or_none(session_id, change)
+        assert position is not None, "this change always records an event"
+        return position
+
+    def _change_or_none(
+        self, session_id: str | UUID, change: Callable[[Session], object]
+    ) -> int | None:
+        """Load, change, save; retried when another writer saved the session in between."""
+        for _ in range(_CONFLICT_RETRIES):
+            session = self._load(session_id)
+            if session.is_deleted:
+                raise SessionIsDeleted(f"the session {session_id} has been deleted")
+            change(session)
+            if not session.pending_events:
+                return None
+            try:
+                return self._save(session)
+            except IntegrityError:
+                continue
+        raise ConcurrentChange(f"session {session_id} changed concurrently; try again")
+
+    def _gateway_change(self, session_id: UUID, change: Callable[[Session], None]) -> int | None:
+        """Record what the gateway saw; a report that no longer applies is dropped and logged."""
+        try:
+            return self._change_or_none(session_id, change)
+        except (InvalidTransition, SessionIsDeleted, SessionNotFound) as error:
+            log.info("ignored a stale gateway report for %s: %s", session_id, error)
+            return None
+        except DomainError:
+            log.exception("the gateway reported something impossible for %s", session_id)
+            return None
+
+
+__all__ = ["GATEWAY_ACTOR", "CreatedSession", "IssuedKey", "SessionsApplication"]

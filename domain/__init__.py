@@ -1,0 +1,1 @@
+"""The domain: the `Session` aggregate, its events, values and errors."""

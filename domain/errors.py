@@ -1,0 +1,37 @@
+"""Errors raised by the domain when a command would break an invariant."""
+
+
+class DomainError(Exception):
+    """Base class of every error the domain raises."""
+
+    code = "domain-error"
+
+
+class SessionIsDeleted(DomainError):
+    """The session has been deleted: nothing more can happen to it."""
+
+    code = "session-deleted"
+
+
+class InvalidTransition(DomainError):
+    """The command does not apply to the session's current status."""
+
+    code = "invalid-transition"
+
+
+class AlreadyStopped(InvalidTransition):
+    """The session is already stopped."""
+
+    code = "already-stopped"
+
+
+class UnknownApiKey(DomainError):
+    """The session holds no API key with that id."""
+
+    code = "unknown-api-key"
+
+
+class InvalidValue(DomainError):
+    """A value given to the domain is out of its allowed range."""
+
+    code = "invalid-value"

@@ -1,0 +1,318 @@
+"""The `Session` aggregate: one WhatsApp link, its lifecycle and the API keys that reach it.
+
+Every event has an explicit, stable topic (``sessiond:Session.<Name>``) so that moving or
+renaming this module never breaks the replay of events already recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import (
+    AlreadyStopped,
+    InvalidTransition,
+    InvalidValue,
+    SessionIsDeleted,
+    UnknownApiKey,
+)
+from domain.values import (
+    MAX_REQUESTS_PER_MINUTE,
+    DesiredState,
+    Reason,
+    Status,
+)
+
+
+@dataclass
+class ApiKey:
+    """An API key of one session. Only the SHA-256 hash of the key is ever kept."""
+
+    key_id: str
+    prefix: str
+    key_hash: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class Session(Aggregate):
+    """A named WhatsApp session that an operator links to a phone by scanning a QR code."""
+
+    TOPIC = "sessiond:Session"
+
+    class Event(Aggregate.Event):
+        TOPIC = "sessiond:Session.Event"
+
+    class Created(Event, Aggregate.Created):
+        TOPIC = "sessiond:Session.Created"
+        name: str
+        labels: dict[str, str]
+        requests_per_minute: int | None
+        actor: str
+
+    class QRIssued(Event):
+        TOPIC = "sessiond:Session.QRIssued"
+        code: str
+        expires_at: datetime
+        attempt: int
+        max_attempts: int
+
+    class Connected(Event):
+        TOPIC = "sessiond:Session.Connected"
+        jid: str
+        push_name: str
+
+    class Disconnected(Event):
+        TOPIC = "sessiond:Session.Disconnected"
+        reason: str
+
+    class QRExpired(Event):
+        TOPIC = "sessiond:Session.QRExpired"
+
+    class ReconnectRequested(Event):
+        TOPIC = "sessiond:Session.ReconnectRequested"
+        actor: str
+
+    class Stopped(Event):
+        TOPIC = "sessiond:Session.Stopped"
+        actor: str
+
+    class Deleted(Event):
+        TOPIC = "sessiond:Session.Deleted"
+        actor: str
+
+    class KeysRevoked(Event):
+        TOPIC = "sessiond:Session.KeysRevoked"
+        key_ids: list[str]
+        actor: str
+
+    class ApiKeyIssued(Event):
+        TOPIC = "sessiond:Session.ApiKeyIssued"
+        key_id: str
+        prefix: str
+        key_hash: str
+        label: str
+        actor: str
+
+    class ApiKeyRevoked(Event):
+        TOPIC = "sessiond:Session.ApiKeyRevoked"
+        key_id: str
+        actor: str
+
+    class RateLimitSet(Event):
+        TOPIC = "sessiond:Session.RateLimitSet"
+        requests_per_minute: int | None
+        actor: str
+
+    #: Statuses from which an operator may ask for a new QR code.
+    RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset(
+        {Status.DISCONNECTED, Status.EXPIRED}
+    )
+
+    @event(Created)
+    def __init__(
+        self,
+        id: UUID,  # noqa: A002 - the id is chosen by the application
+        name: str,
+        labels: dict[str, str],
+        requests_per_minute: int | None,
+        actor: str,
+    ) -> None:
+        self.name = name
+        self.labels = dict(labels)
+        self.requests_per_minute = requests_per_minute
+        self.created_by = actor
+        self.status: str = Status.CONNECTING.value
+        self.reason: str | None = None
+        self.desired: str = DesiredState.RUNNING.value
+        self.jid: str | None = None
+        self.push_name: str | None = None
+        self.connected_at: datetime | None = None
+        self.qr_code: str | None = None
+        self.qr_expires_at: datetime | None = None
+        self.qr_attempt = 0
+        self.qr_max_attempts = 0
+        self.keys: dict[str, ApiKey] = {}
+
+    # -- checks ---------------------------------------------------------------------------
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.desired == DesiredState.DELETED
+
+    @property
+    def is_stopped(self) -> bool:
+        return self.desired == DesiredState.STOPPED
+
+    def check_not_deleted(self) -> None:
+        """Raise `SessionIsDeleted` if the session has been deleted."""
+        if self.is_deleted:
+            raise SessionIsDeleted("the session has been deleted")
+
+    def check_running(self, what: str) -> None:
+        """Raise `InvalidTransition` unless the session is meant to be running."""
+        self.check_not_deleted()
+        if self.desired != DesiredState.RUNNING:
+            raise InvalidTransition(f"{what}: the session is stopped")
+
+    def check_status(self, what: str, *allowed: Status) -> None:
+        """Raise `InvalidTransition` unless the session's status is one of `allowed`."""
+        if self.status not in allowed:
+            raise InvalidTransition(f"{what}: the session is {self.status}")
+
+    # -- lifecycle reported by the gateway ------------------------------------------------
+
+    def issue_qr(self, code: str, expires_at: datetime, attempt: int, max_attempts: int) -> None:
+        self.check_running("cannot show a QR code")
+        self.check_status("cannot show a QR code", Status.CONNECTING)
+        if not 1 <= attempt <= max_attempts:
+            raise InvalidValue(f"QR attempt {attempt} is outside 1..{max_attempts}")
+        self._issue_qr(code, expires_at, attempt, max_attempts)
+
+    @event(QRIssued)
+    def _issue_qr(self, code: str, expires_at: datetime, attempt: int, max_attempts: int) -> None:
+        self.qr_code = code
+        self.qr_expires_at = expires_at
+        self.qr_attempt = attempt
+        self.qr_max_attempts = max_attempts
+
+    def connect(self, jid: str, push_name: str) -> None:
+        self.check_running("cannot connect")
+        self.check_status("cannot connect", Status.CONNECTING, Status.DISCONNECTED)
+        self._connect(jid, push_name)
+
+    @event(Connected)
+    def _connect(self, jid: str, push_name: str) -> None:
+        self.status = Status.CONNECTED.value
+        self.reason = None
+        self.jid = jid
+        self.push_name = push_name
+        self.connected_at = self.modified_on
+        self._clear_qr()
+
+    def disconnect(self, reason: str) -> None:
+        self.check_running("cannot disconnect")
+        self.check_status("cannot disconnect", Status.CONNECTING, Status.CONNECTED)
+        self._disconnect(reason)
+
+    @event(Disconnected)
+    def _disconnect(self, reason: str) -> None:
+        self.status = Status.DISCONNECTED.value
+        self.reason = reason
+        self.connected_at = None
+        self._clear_qr()
+
+    def expire_qr(self) -> None:
+        self.check_running("cannot expire the QR code")
+        self.check_status("cannot expire the QR code", Status.CONNECTING)
+        self._expire_qr()
+
+    @event(QRExpired)
+    def _expire_qr(self) -> None:
+        self.status = Status.EXPIRED.value
+        self.reason = Reason.QR_EXPIRED.value
+        self._clear_qr()
+
+    # -- commands from operators and clients ----------------------------------------------
+
+    def request_reconnect(self, actor: str) -> None:
+        self.check_not_deleted()
+        if not self.is_stopped:
+            self.check_status("cannot reconnect", *self.RECONNECTABLE)
+        self._request_reconnect(actor)
+
+    @event(ReconnectRequested)
+    def _request_reconnect(self, actor: str) -> None:
+        self.desired = DesiredState.RUNNING.value
+        self.status = Status.CONNECTING.value
+        self.reason = None
+        self.connected_at = None
+        self._clear_qr()
+
+    def stop(self, actor: str) -> None:
+        self.check_not_deleted()
+        if self.is_stopped:
+            raise AlreadyStopped("the session is already stopped")
+        self._stop(actor)
+
+    @event(Stopped)
+    def _stop(self, actor: str) -> None:
+        self.desired = DesiredState.STOPPED.value
+        self.status = Status.DISCONNECTED.value
+        self.reason = Reason.STOPPED.value
+        self.connected_at = None
+        self._clear_qr()
+
+    def delete(self, actor: str) -> None:
+        """Delete the session and, in the same save, revoke every key it still has."""
+        self.check_not_deleted()
+        self._delete(actor)
+        active = sorted(k.key_id for k in self.keys.values() if k.is_active)
+        self._revoke_keys(active, actor)
+
+    @event(Deleted)
+    def _delete(self, actor: str) -> None:
+        self.desired = DesiredState.DELETED.value
+        self.status = Status.DISCONNECTED.value
+        self.reason = Reason.DELETED.value
+        self.connected_at = None
+        self._clear_qr()
+
+    @event(KeysRevoked)
+    def _revoke_keys(self, key_ids: list[str], actor: str) -> None:
+        for key_id in key_ids:
+            self.keys[key_id].revoked_at = self.modified_on
+
+    def issue_key(self, key_id: str, prefix: str, key_hash: str, label: str, actor: str) -> None:
+        self.check_not_deleted()
+        if key_id in self.keys:
+            raise InvalidValue(f"key id {key_id} is already used")
+        self._issue_key(key_id, prefix, key_hash, label, actor)
+
+    @event(ApiKeyIssued)
+    def _issue_key(self, key_id: str, prefix: str, key_hash: str, label: str, actor: str) -> None:
+        self.keys[key_id] = ApiKey(key_id, prefix, key_hash, label, self.modified_on)
+
+    def revoke_key(self, key_id: str, actor: str) -> bool:
+        """Revoke one key; revoking a key that is already revoked changes nothing."""
+        self.check_not_deleted()
+        key = self.keys.get(key_id)
+        if key is None:
+            raise UnknownApiKey(f"the session has no key {key_id}")
+        if not key.is_active:
+            return False
+        self._revoke_key(key_id, actor)
+        return True
+
+    @event(ApiKeyRevoked)
+    def _revoke_key(self, key_id: str, actor: str) -> None:
+        self.keys[key_id].revoked_at = self.modified_on
+
+    def set_rate_limit(self, requests_per_minute: int | None, actor: str) -> None:
+        self.check_not_deleted()
+        if requests_per_minute is not None and not (
+            1 <= requests_per_minute <= MAX_REQUESTS_PER_MINUTE
+        ):
+            raise InvalidValue(
+                f"requestsPerMinute must be between 1 and {MAX_REQUESTS_PER_MINUTE}"
+            )
+        self._set_rate_limit(requests_per_minute, actor)
+
+    @event(RateLimitSet)
+    def _set_rate_limit(self, requests_per_minute: int | None, actor: str) -> None:
+        self.requests_per_minute = requests_per_minute
+
+    def _clear_qr(self) -> None:
+        self.qr_code = None
+        self.qr_expires_at = None
+        self.qr_attempt = 0
+        self.qr_max_attempts = 0

@@ -1,0 +1,94 @@
+"""Value objects of the domain: statuses, reasons, actors and public identifiers."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from uuid import UUID
+
+from domain.errors import InvalidValue
+
+MAX_REQUESTS_PER_MINUTE = 100_000
+SESSION_ID_PREFIX = "sess_"
+_SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
+
+
+class Status(str, Enum):
+    """What a client sees of a session's link to WhatsApp."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    EXPIRED = "expired"
+
+
+class DesiredState(str, Enum):
+    """What the operator wants the session to be."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class Reason(str, Enum):
+    """Reasons the service itself gives; the gateway may report others."""
+
+    STOPPED = "stopped"
+    DELETED = "deleted"
+    QR_EXPIRED = "qr_expired"
+    CONNECTION_LOST = "connection_lost"
+    LOGGED_OUT = "logged_out"
+
+
+ADMIN_ACTOR = "admin"
+GATEWAY_ACTOR = "gateway"
+
+
+def key_actor(key_id: str) -> str:
+    """The actor recorded for an event that a request made with a session key caused."""
+    return f"key:{key_id}"
+
+
+def public_session_id(session_uuid: UUID) -> str:
+    return SESSION_ID_PREFIX + session_uuid.hex
+
+
+def session_uuid(public_id: str) -> UUID:
+    """Parse a public session id (``sess_<32 hex>``); raise `InvalidValue` if malformed."""
+    if not _SESSION_ID.match(public_id):
+        raise InvalidValue(f"{public_id!r} is not a session id (sess_ followed by 32 hex digits)")
+    return UUID(hex=public_id[len(SESSION_ID_PREFIX) :])
+
+
+def is_session_id(public_id: str) -> bool:
+    return bool(_SESSION_ID.match(public_id))
+
+
+MAX_NAME_LENGTH = 100
+MAX_LABELS = 16
+_LABEL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def clean_name(name: str) -> str:
+    """A session name trimmed of surrounding space; raise `InvalidValue` if unusable."""
+    cleaned = name.strip()
+    if not cleaned:
+        raise InvalidValue("name must not be empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise InvalidValue(f"name must be at most {MAX_NAME_LENGTH} characters")
+    if any(not c.isprintable() for c in cleaned):
+        raise InvalidValue("name must not contain control characters")
+    return cleaned
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels as given, if each key and value is a short token; else raise `InvalidValue`."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidValue(f"a session has at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        for part in (key, value):
+            if not _LABEL_PART.match(part):
+                raise InvalidValue(
+                    f"label {key!r}: keys and values are 1-63 letters, digits, '_', '.' or '-'"
+                )
+    return dict(labels)
