@@ -17,3 +17,9 @@ class ConcurrentChange(ApplicationError):
     """The session kept changing under the command; the client may retry."""
 
     code = "concurrent-change"
+
+
+class SimulatorError(ApplicationError):
+    """The simulated phone cannot do that now (e.g. scan when no QR code is shown)."""
+
+    code = "simulator-refused"

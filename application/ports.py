@@ -11,24 +11,25 @@ class GatewayEvents(ABC):
     """Callbacks a gateway makes into the application when something happens to a link.
 
     Implementations must be quick and thread-safe: gateways call them from their own threads.
+    Each returns the position of the event it recorded, or None if it recorded nothing.
     """
 
     @abstractmethod
     def qr_issued(
         self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
-    ) -> None:
+    ) -> int | None:
         """A new QR code is ready to be scanned."""
 
     @abstractmethod
-    def qr_exhausted(self, session_id: UUID) -> None:
+    def qr_exhausted(self, session_id: UUID) -> int | None:
         """The last QR code expired without being scanned."""
 
     @abstractmethod
-    def connected(self, session_id: UUID, jid: str, push_name: str) -> None:
+    def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
         """The link to WhatsApp is up (after a scan, or when a linked device resumed)."""
 
     @abstractmethod
-    def disconnected(self, session_id: UUID, reason: str) -> None:
+    def disconnected(self, session_id: UUID, reason: str) -> int | None:
         """The link went down for `reason` (``connection_lost``, ``logged_out``…)."""
 
 
@@ -57,3 +58,23 @@ class WhatsAppGateway(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop every client."""
+
+
+class PhoneSimulator(ABC):
+    """What a phone and a network do to a session, for demos and tests (simulator gateway only).
+
+    Each returns the position of the event it caused, or None if nothing was recorded, and
+    raises `SimulatorError` when the session is not in a state where that can happen.
+    """
+
+    @abstractmethod
+    def scan(self, session_id: UUID) -> int | None:
+        """The phone scans the QR code being shown."""
+
+    @abstractmethod
+    def drop(self, session_id: UUID) -> int | None:
+        """The network drops the connection."""
+
+    @abstractmethod
+    def remote_logout(self, session_id: UUID) -> int | None:
+        """The user unlinks the device from the phone."""

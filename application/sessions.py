@@ -79,7 +79,7 @@ class SessionsApplication(Application[UUID]):
 
     def get_session(self, session_id: str) -> Session:
         """The session with that public id; `SessionNotFound` if unknown or deleted."""
-        session = self._load(session_id)
+        session = self.load(session_id)
         if session.is_deleted:
             raise SessionNotFound(f"no session {session_id}")
         return session
@@ -158,7 +158,8 @@ class SessionsApplication(Application[UUID]):
 
     # -- load, change, save ---------------------------------------------------------------
 
-    def _load(self, session_id: str | UUID) -> Session:
+    def load(self, session_id: str | UUID) -> Session:
+        """The session with that id, deleted or not; `SessionNotFound` if there is none."""
         uuid = session_id if isinstance(session_id, UUID) else session_uuid(session_id)
         try:
             session: Session = self.repository.get(uuid)
@@ -180,7 +181,7 @@ class SessionsApplication(Application[UUID]):
     ) -> int | None:
         """Load, change, save; retried when another writer saved the session in between."""
         for _ in range(_CONFLICT_RETRIES):
-            session = self._load(session_id)
+            session = self.load(session_id)
             if session.is_deleted:
                 raise SessionIsDeleted(f"the session {session_id} has been deleted")
             change(session)

@@ -1,0 +1,130 @@
+"""Who is calling (header ``x-api-key``) and what they may reach.
+
+A session key reaches its own session only: any other session answers 404, so existence is
+never revealed. No key, an unknown, mistyped or revoked key answers 401. Those answers are
+given before the rate limit is counted, so they never spend a session's budget.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+
+from api.context import ApiContext
+from api.problems import ProblemError
+from application.keys import SESSION_KEY_KIND, hash_key, key_kind
+from domain.values import ADMIN_ACTOR, key_actor
+from projections.rows import SessionRow
+
+API_KEY_HEADER = "x-api-key"
+RATE_LIMIT_STATE = "ratelimit_headers"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: the operator (admin key) or a client holding one session's key."""
+
+    is_admin: bool
+    key_id: str | None = None
+    session_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return ADMIN_ACTOR if self.is_admin or self.key_id is None else key_actor(self.key_id)
+
+
+@dataclass(frozen=True)
+class SessionAccess:
+    """A caller allowed to reach one session, and that session's row as seen now."""
+
+    principal: Principal
+    session: SessionRow
+
+    @property
+    def actor(self) -> str:
+        return self.principal.actor
+
+
+def _context(request: Request[Any, Any, State]) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, "unauthorized", detail, {"WWW-Authenticate": "ApiKey"})
+
+
+def authenticate(request: Request[Any, Any, State]) -> Principal:
+    ctx = _context(request)
+    key = request.headers.get(API_KEY_HEADER)
+    if not key:
+        raise _unauthorized(f"send an API key in the {API_KEY_HEADER} header")
+    kind = key_kind(key)
+    key_hash = hash_key(key)
+    if kind != SESSION_KEY_KIND:
+        if hmac.compare_digest(key_hash, ctx.admin_key_hash):
+            return Principal(is_admin=True)
+        raise _unauthorized("the API key is not valid")
+    if not ctx.read_models.is_fresh():
+        raise ProblemError(
+            503,
+            "views-unavailable",
+            "this server cannot check keys right now; try again shortly",
+            {"Retry-After": "1"},
+        )
+    row = ctx.read_models.key_by_hash(key_hash)
+    if row is None or not row.is_active:
+        raise _unauthorized("the API key is not valid, or it has been revoked")
+    ctx.read_models.note_key_use(row.key_id, datetime.now(UTC))
+    return Principal(is_admin=False, key_id=row.key_id, session_id=row.session_id)
+
+
+async def provide_admin(request: Request[Any, Any, State]) -> Principal:
+    """Dependency of admin-only routes that name no session."""
+    principal = authenticate(request)
+    if not principal.is_admin:
+        raise ProblemError(403, "admin-only", "this needs the operator's admin key")
+    return principal
+
+
+async def _access(request: Request[Any, Any, State], session_id: str, *, admin_only: bool) -> SessionAccess:
+    ctx = _context(request)
+    principal = authenticate(request)
+    if not principal.is_admin and principal.session_id != session_id:
+        raise ProblemError(404, "session-not-found", "no such session")
+    row = ctx.read_models.session(session_id)
+    if row is None or row.is_deleted:
+        raise ProblemError(404, "session-not-found", "no such session")
+    if admin_only and not principal.is_admin:
+        raise ProblemError(403, "admin-only", "this needs the operator's admin key")
+    if not principal.is_admin:
+        per_minute = row.requests_per_minute or ctx.default_requests_per_minute
+        decision = await ctx.limiter.hit(session_id, per_minute)
+        if decision.allowed:
+            request.scope["state"][RATE_LIMIT_STATE] = decision.headers()
+        else:
+            raise ProblemError(
+                429,
+                "rate-limited",
+                f"this session allows {per_minute} requests per minute; "
+                f"try again in {decision.reset_after} s",
+                decision.headers(),
+            )
+    return SessionAccess(principal, row)
+
+
+async def provide_access(request: Request[Any, Any, State], session_id: str) -> SessionAccess:
+    """Dependency of routes of one session: admin key, or that session's own key."""
+    return await _access(request, session_id, admin_only=False)
+
+
+async def provide_admin_access(
+    request: Request[Any, Any, State], session_id: str
+) -> SessionAccess:
+    """Dependency of admin-only routes of one session."""
+    return await _access(request, session_id, admin_only=True)

@@ -1,0 +1,1 @@
+"""Thin controllers: parse, call the application, wait for the views, answer."""

@@ -1,0 +1,81 @@
+"""Helpers shared by the controllers: the context, read-your-writes, documented problems."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+
+from api.context import ApiContext
+from api.problems import ProblemError
+from api.schemas import ProblemOut
+from projections.rows import SessionRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_DESCRIPTIONS = {
+    400: "Malformed request (e.g. the body is not JSON)",
+    401: "No API key, or an unknown, mistyped or revoked one",
+    403: "The operation needs the admin key",
+    404: "No such session (or not reachable with this key)",
+    409: "The session's state does not allow this now",
+    413: "The request body is too large",
+    422: "The request is well-formed but its values are not valid",
+    429: "The session's rate limit is spent; see Retry-After",
+    503: "This server cannot check keys right now",
+}
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem+json answers a route can give."""
+    return {
+        status: ResponseSpec(
+            data_container=ProblemOut,
+            description=_DESCRIPTIONS[status],
+            media_type="application/problem+json",
+        )
+        for status in statuses
+    }
+
+
+def context(request: Request[Any, Any, State]) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+async def call(function: Callable[..., T], *args: Any) -> T:
+    """Run a blocking application command in a worker thread."""
+    return await asyncio.to_thread(function, *args)
+
+
+async def settle(ctx: ApiContext, position: int | None, *, everywhere: bool = False) -> None:
+    """Wait until the views this client reads next include `position` (read-your-writes).
+
+    With `everywhere`, wait until every live API process has it, so that a revoked key is
+    refused by all of them once the answer has been sent.
+    """
+    if position is None:
+        return
+    wait = ctx.read_models.wait_everywhere if everywhere else ctx.read_models.wait
+    if not await wait(position, ctx.write_wait_timeout):
+        log.warning("views did not reach position %s within %ss", position, ctx.write_wait_timeout)
+        raise ProblemError(
+            503,
+            "views-lagging",
+            f"the change was recorded (position {position}) but the views have not caught up "
+            f"within {ctx.write_wait_timeout} s; read it again shortly",
+            {"Retry-After": "1"},
+        )
+
+
+def current_row(ctx: ApiContext, session_id: str) -> SessionRow:
+    row = ctx.read_models.session(session_id)
+    if row is None or row.is_deleted:
+        raise ProblemError(404, "session-not-found", "no such session")
+    return row

@@ -1,0 +1,32 @@
+"""Liveness and readiness probes (no key needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get
+from litestar.datastructures import State
+
+from api.controllers.common import context
+from api.schemas import HealthOut
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]  # noqa: RUF012
+    security = []  # noqa: RUF012 - no key needed
+
+    @get("/live")
+    async def live(self) -> HealthOut:
+        """The process is up."""
+        return HealthOut(status="ok", checks={})
+
+    @get("/ready", responses={503: None})  # type: ignore[dict-item]
+    async def ready(self, request: Request[Any, Any, State]) -> Response[HealthOut]:
+        """The database, the views and the rate-limit storage answer."""
+        checks = await context(request).readiness()
+        ok = all(value == "ok" for value in checks.values())
+        return Response(
+            HealthOut(status="ok" if ok else "unavailable", checks=checks),
+            status_code=200 if ok else 503,
+        )

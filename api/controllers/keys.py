@@ -1,0 +1,50 @@
+"""Routes of a session's API keys: create (shown once), list, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from api.auth import SessionAccess, provide_access
+from api.controllers.common import call, context, problems, settle
+from api.presenters import key_out
+from api.schemas import CreateKeyIn, KeyCreatedOut, KeyListOut
+
+
+class KeysController(Controller):
+    path = "/sessions/{session_id:str}/keys"
+    tags = ["keys"]  # noqa: RUF012
+    dependencies = {"access": Provide(provide_access)}  # noqa: RUF012
+
+    @post("/", status_code=201, responses=problems(400, 401, 404, 413, 422, 429))
+    async def create_key(
+        self, request: Request[Any, Any, State], access: SessionAccess, data: CreateKeyIn | None = None
+    ) -> KeyCreatedOut:
+        """Create a key for this session; the key itself is shown only in this answer."""
+        ctx = context(request)
+        label = data.label if data is not None else "default"
+        issued = await call(ctx.app.issue_key, access.session.session_id, label, access.actor)
+        await settle(ctx, issued.position)
+        return KeyCreatedOut(
+            key_id=issued.key_id, key=issued.key, prefix=issued.prefix, label=issued.label
+        )
+
+    @get("/", responses=problems(401, 404, 429))
+    async def list_keys(self, request: Request[Any, Any, State], access: SessionAccess) -> KeyListOut:
+        """The session's keys: id, prefix, label, creation, last use; never the key."""
+        ctx = context(request)
+        rows = await call(ctx.read_models.keys_of, access.session.session_id)
+        rows.sort(key=lambda row: (row.created_at, row.key_id))
+        return KeyListOut(items=[key_out(row) for row in rows], count=len(rows))
+
+    @delete("/{key_id:str}", status_code=204, responses=problems(401, 404, 429))
+    async def revoke_key(
+        self, request: Request[Any, Any, State], access: SessionAccess, key_id: str
+    ) -> None:
+        """Revoke a key; once this answers, no server accepts it. Revoking twice is harmless."""
+        ctx = context(request)
+        position = await call(ctx.app.revoke_key, access.session.session_id, key_id, access.actor)
+        await settle(ctx, position, everywhere=True)

@@ -1,0 +1,119 @@
+"""From read-model rows to response bodies; the health vocabulary lives here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from api.schemas import (
+    Health,
+    KeyOut,
+    MetricsOut,
+    QrOut,
+    QrSummaryOut,
+    RateLimitOut,
+    SessionOut,
+    StatusOut,
+    StatusValue,
+)
+from projections.rows import KeyRow, SessionRow
+
+
+def health(row: SessionRow) -> Health:
+    """``stopped`` (the operator stopped it), ``healthy`` (connected), ``starting``
+    (connecting: waiting for a scan or a resume), ``unhealthy`` (disconnected or expired
+    while it is meant to be running)."""
+    if row.desired == "stopped":
+        return "stopped"
+    if row.status == "connected":
+        return "healthy"
+    if row.status == "connecting":
+        return "starting"
+    return "unhealthy"
+
+
+def rate_limit(row: SessionRow, default: int) -> RateLimitOut:
+    if row.requests_per_minute is None:
+        return RateLimitOut(requests_per_minute=default, is_default=True)
+    return RateLimitOut(requests_per_minute=row.requests_per_minute, is_default=False)
+
+
+def _status(row: SessionRow) -> StatusValue:
+    return cast(StatusValue, row.status)
+
+
+def session_out(row: SessionRow, default_rpm: int) -> SessionOut:
+    qr = None
+    if row.qr_code is not None and row.qr_expires_at is not None:
+        qr = QrSummaryOut(
+            expires_at=row.qr_expires_at, attempt=row.qr_attempt, max_attempts=row.qr_max_attempts
+        )
+    return SessionOut(
+        session_id=row.session_id,
+        name=row.name,
+        labels=row.labels,
+        status=_status(row),
+        reason=row.reason,
+        stopped=row.desired == "stopped",
+        health=health(row),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        connected_at=row.connected_at,
+        phone_jid=row.jid,
+        push_name=row.push_name,
+        qr=qr,
+        rate_limit=rate_limit(row, default_rpm),
+    )
+
+
+def status_out(row: SessionRow, now: datetime | None = None) -> StatusOut:
+    return StatusOut(
+        session_id=row.session_id,
+        status=_status(row),
+        connected_at=row.connected_at,
+        health=health(row),
+        metrics=MetricsOut(
+            messages_sent=row.messages_sent,
+            messages_received=row.messages_received,
+            uptime=row.uptime(now or datetime.now(UTC)),
+        ),
+        reason=row.reason,
+        qr_expires_at=row.qr_expires_at,
+        last_activity_at=row.last_activity_at,
+        updated_at=row.updated_at,
+    )
+
+
+def qr_out(row: SessionRow) -> QrOut | None:
+    if row.qr_code is None or row.qr_expires_at is None:
+        return None
+    return QrOut(
+        session_id=row.session_id,
+        code=row.qr_code,
+        expires_at=row.qr_expires_at,
+        attempt=row.qr_attempt,
+        max_attempts=row.qr_max_attempts,
+    )
+
+
+def key_out(row: KeyRow) -> KeyOut:
+    return KeyOut(
+        key_id=row.key_id,
+        prefix=row.prefix,
+        label=row.label,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+        active=row.is_active,
+    )
+
+
+def label_filter(labels: list[str] | None) -> dict[str, str]:
+    """``["region:eu", "useCase:support"]`` as a dict; raises ValueError if malformed."""
+    wanted: dict[str, Any] = {}
+    for item in labels or []:
+        key, sep, value = item.partition(":")
+        if not sep or not key or not value:
+            raise ValueError(f"label filter {item!r} must read key:value")
+        wanted[key] = value
+    return wanted

@@ -1,0 +1,61 @@
+"""Per-session rate limits, counted by the `limits` library in memory or in Redis."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerMinute
+from limits.storage import storage_from_string
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_after),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset_after)
+        return headers
+
+
+class SessionRateLimiter:
+    """A sliding-window budget of requests per minute for each session.
+
+    `storage_uri` is ``async+memory://`` (one process) or ``async+redis://…`` (shared by every
+    API process, so they spend one budget together).
+    """
+
+    def __init__(self, storage_uri: str = "async+memory://") -> None:
+        options = {"implementation": "redispy"} if "redis" in storage_uri else {}
+        self.storage = storage_from_string(storage_uri, **options)
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self._items: dict[int, RateLimitItemPerMinute] = {}
+
+    def _item(self, per_minute: int) -> RateLimitItemPerMinute:
+        item = self._items.get(per_minute)
+        if item is None:
+            item = self._items[per_minute] = RateLimitItemPerMinute(per_minute)
+        return item
+
+    async def hit(self, session_id: str, per_minute: int) -> Decision:
+        item = self._item(per_minute)
+        allowed = await self.limiter.hit(item, "session", session_id)
+        stats = await self.limiter.get_window_stats(item, "session", session_id)
+        reset_after = max(1, math.ceil(stats.reset_time - time.time()))
+        return Decision(allowed, per_minute, max(0, stats.remaining), reset_after)
+
+    async def check(self) -> None:
+        """Raise if the counting storage cannot be reached."""
+        if not await self.storage.check():
+            raise ConnectionError("the rate-limit storage does not answer")

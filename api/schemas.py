@@ -1,0 +1,148 @@
+"""Request and response bodies: msgspec Structs, camelCase on the wire, unknown fields refused."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from domain.values import MAX_NAME_LENGTH, MAX_REQUESTS_PER_MINUTE
+
+SessionId = Annotated[
+    str, Meta(pattern=r"^sess_[0-9a-f]{32}$", examples=["sess_6f1c0d6c2b3a4e5f8a9b0c1d2e3f4a5b"])
+]
+KeyId = Annotated[str, Meta(pattern=r"^key_[0-9a-f]{16}$", examples=["key_0123456789abcdef"])]
+RequestsPerMinute = Annotated[int, Meta(ge=1, le=MAX_REQUESTS_PER_MINUTE)]
+Label = Annotated[str, Meta(min_length=1, max_length=64)]
+LabelPart = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+StatusValue = Literal["connecting", "connected", "disconnected", "expired"]
+Health = Literal["healthy", "starting", "unhealthy", "stopped"]
+
+
+class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Base of every request body."""
+
+
+class Out(msgspec.Struct, rename="camel"):
+    """Base of every response body."""
+
+
+class RateLimitIn(Body):
+    requests_per_minute: RequestsPerMinute | None
+
+
+class CreateSessionIn(Body):
+    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+    labels: Annotated[dict[LabelPart, LabelPart], Meta(max_length=16)] = {}
+    rate_limit: RateLimitIn | None = None
+
+
+class CreateKeyIn(Body):
+    label: Label = "default"
+
+
+class RateLimitOut(Out):
+    requests_per_minute: int
+    is_default: bool
+
+
+class QrOut(Out):
+    session_id: str
+    code: str
+    expires_at: datetime
+    attempt: int
+    max_attempts: int
+
+
+class QrSummaryOut(Out):
+    expires_at: datetime
+    attempt: int
+    max_attempts: int
+
+
+class SessionOut(Out):
+    session_id: str
+    name: str
+    labels: dict[str, str]
+    status: StatusValue
+    reason: str | None
+    stopped: bool
+    health: Health
+    created_at: datetime
+    updated_at: datetime
+    connected_at: datetime | None
+    phone_jid: str | None
+    push_name: str | None
+    qr: QrSummaryOut | None
+    rate_limit: RateLimitOut
+
+
+class KeyCreatedOut(Out):
+    key_id: str
+    key: str
+    prefix: str
+    label: str
+
+
+class CreatedSessionOut(Out):
+    session_id: str
+    name: str
+    labels: dict[str, str]
+    status: StatusValue
+    rate_limit: RateLimitOut
+    api_key: KeyCreatedOut
+
+
+class SessionListOut(Out):
+    items: list[SessionOut]
+    count: int
+
+
+class MetricsOut(Out):
+    messages_sent: int
+    messages_received: int
+    uptime: float | None
+
+
+class StatusOut(Out):
+    session_id: str
+    status: StatusValue
+    connected_at: datetime | None
+    health: Health
+    metrics: MetricsOut
+    reason: str | None
+    qr_expires_at: datetime | None
+    last_activity_at: datetime | None
+    updated_at: datetime
+
+
+class KeyOut(Out):
+    key_id: str
+    prefix: str
+    label: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    active: bool
+
+
+class KeyListOut(Out):
+    items: list[KeyOut]
+    count: int
+
+
+class HealthOut(Out):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+
+
+class ProblemOut(msgspec.Struct):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str

@@ -1,0 +1,1 @@
+"""Infrastructure: settings, the composition root, PostgreSQL views, gateways, CLI."""

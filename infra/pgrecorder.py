@@ -1,0 +1,47 @@
+"""An application recorder whose subscriptions also poll, so a lost NOTIFY never stalls a view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from threading import Event, Thread
+from typing import Any, ClassVar
+
+from eventsourcing.persistence import ApplicationRecorder, Subscription
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresSubscription
+
+
+class PollingSubscription(PostgresSubscription):
+    """LISTEN/NOTIFY as usual, plus a wake-up every `interval` seconds as a safety net."""
+
+    def __init__(
+        self,
+        recorder: PostgresApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+        interval: float = 1.0,
+    ) -> None:
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self._poll_stop = Event()
+        self._poll_thread = Thread(target=self._poll, args=(interval,), daemon=True)
+        self._poll_thread.start()
+
+    def _poll(self, interval: float) -> None:
+        while not self._poll_stop.wait(interval) and not self._has_been_stopped:
+            self._has_been_notified.set()
+
+    def stop(self) -> None:
+        self._poll_stop.set()
+        super().stop()
+
+    def __exit__(self, *args: object, **kwargs: Any) -> None:
+        self._poll_stop.set()
+        super().__exit__(*args, **kwargs)
+
+
+class PollingApplicationRecorder(PostgresApplicationRecorder):
+    poll_interval: ClassVar[float] = 1.0
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        return PollingSubscription(self, gt=gt, topics=topics, interval=self.poll_interval)

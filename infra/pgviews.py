@@ -1,0 +1,180 @@
+"""PostgreSQL implementations of the views: each row and its tracking record in one transaction.
+
+Rows are stored as JSON documents beside the columns used to find them. Every write also
+sends ``NOTIFY sessiond_views`` so that API processes refresh their in-memory copy at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import msgspec
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from projections.rows import KeyRow, SessionRow
+from projections.views import ApiKeyView, SessionStatusView
+
+VIEWS_CHANNEL = "sessiond_views"
+R = TypeVar("R", SessionRow, KeyRow)
+
+
+def view_table_name(tracking_table_name: str) -> str:
+    return tracking_table_name.removesuffix("_tracking")
+
+
+class _PostgresView(PostgresTrackingRecorder):
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.table = view_table_name(self.tracking_table_name)
+        self.notify_statement = SQL("SELECT pg_notify({0}, {1})").format(
+            VIEWS_CHANNEL, self.table
+        )
+
+    def _ident(self) -> SQL:
+        return SQL("{0}.{1}").format(  # type: ignore[return-value]
+            Identifier(self.datastore.schema), Identifier(self.table)
+        )
+
+    def _write(self, statement: SQL, params: list[dict[str, Any]], tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            if params:
+                curs.executemany(statement, params)
+            self._insert_tracking(curs, tracking)
+            curs.execute(self.notify_statement)
+
+    def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
+        return [msgspec.json.decode(row["doc"], type=kind) for row in curs.fetchall()]
+
+
+class PostgresSessionStatusView(_PostgresView, SessionStatusView):
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        table = self._ident()
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                "session_id text PRIMARY KEY, status text NOT NULL, desired text NOT NULL, "
+                "labels jsonb NOT NULL, position bigint NOT NULL, doc text NOT NULL)"
+            ).format(table),
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (position)").format(
+                Identifier(self.table + "_position_idx"), table
+            ),
+        ]
+        self.upsert = SQL(
+            "INSERT INTO {0} (session_id, status, desired, labels, position, doc) "
+            "VALUES (%(session_id)s, %(status)s, %(desired)s, %(labels)s, %(position)s, %(doc)s) "
+            "ON CONFLICT (session_id) DO UPDATE SET status = EXCLUDED.status, "
+            "desired = EXCLUDED.desired, labels = EXCLUDED.labels, "
+            "position = EXCLUDED.position, doc = EXCLUDED.doc"
+        ).format(table)
+        self.select_one = SQL("SELECT doc FROM {0} WHERE session_id = %s").format(table)
+        self.select_all = SQL("SELECT doc FROM {0} ORDER BY session_id").format(table)
+        self.select_since = SQL("SELECT doc FROM {0} WHERE position > %s").format(table)
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_one, (session_id,))
+            rows = self._fetch(curs, SessionRow)
+        return rows[0] if rows else None
+
+    def save_session(self, row: SessionRow, tracking: Tracking) -> None:
+        params = {
+            "session_id": row.session_id,
+            "status": row.status,
+            "desired": row.desired,
+            "labels": msgspec.json.encode(row.labels).decode(),
+            "position": row.position,
+            "doc": msgspec.json.encode(row).decode(),
+        }
+        self._write(self.upsert, [params], tracking)
+
+    def all_sessions(self) -> list[SessionRow]:
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_all)
+            return self._fetch(curs, SessionRow)
+
+    def changed_since(self, curs: Cursor[DictRow], position: int) -> list[SessionRow]:
+        curs.execute(self.select_since, (position,))
+        return self._fetch(curs, SessionRow)
+
+
+class PostgresApiKeyView(_PostgresView, ApiKeyView):
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        table = self._ident()
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                "key_id text PRIMARY KEY, session_id text NOT NULL, key_hash text NOT NULL, "
+                "position bigint NOT NULL, doc text NOT NULL, last_used_at timestamptz)"
+            ).format(table),
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (position)").format(
+                Identifier(self.table + "_position_idx"), table
+            ),
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (key_hash)").format(
+                Identifier(self.table + "_hash_idx"), table
+            ),
+        ]
+        # The last use of a key is kept in its own column, written by the API processes,
+        # so that recording it never needs an event and the projection never overwrites it.
+        self.upsert = SQL(
+            "INSERT INTO {0} (key_id, session_id, key_hash, position, doc) "
+            "VALUES (%(key_id)s, %(session_id)s, %(key_hash)s, %(position)s, %(doc)s) "
+            "ON CONFLICT (key_id) DO UPDATE SET position = EXCLUDED.position, doc = EXCLUDED.doc"
+        ).format(table)
+        self.select_one = SQL("SELECT doc, last_used_at FROM {0} WHERE key_id = %s").format(table)
+        self.select_all = SQL("SELECT doc, last_used_at FROM {0} ORDER BY key_id").format(table)
+        self.select_since = SQL("SELECT doc, last_used_at FROM {0} WHERE position > %s").format(
+            table
+        )
+        self.touch = SQL(
+            "UPDATE {0} SET last_used_at = GREATEST(last_used_at, %(at)s) WHERE key_id = %(key_id)s"
+        ).format(table)
+
+    def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
+        rows = []
+        for record in curs.fetchall():
+            row = msgspec.json.decode(record["doc"], type=kind)
+            if isinstance(row, KeyRow) and record["last_used_at"] is not None:
+                row.last_used_at = record["last_used_at"]
+            rows.append(row)
+        return rows
+
+    def get_key(self, key_id: str) -> KeyRow | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_one, (key_id,))
+            rows = self._fetch(curs, KeyRow)
+        return rows[0] if rows else None
+
+    def save_keys(self, rows: Iterable[KeyRow], tracking: Tracking) -> None:
+        params = [
+            {
+                "key_id": row.key_id,
+                "session_id": row.session_id,
+                "key_hash": row.key_hash,
+                "position": row.position,
+                "doc": msgspec.json.encode(msgspec.structs.replace(row, last_used_at=None)).decode(),
+            }
+            for row in rows
+        ]
+        self._write(self.upsert, params, tracking)
+
+    def all_keys(self) -> list[KeyRow]:
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_all)
+            return self._fetch(curs, KeyRow)
+
+    def changed_since(self, curs: Cursor[DictRow], position: int) -> list[KeyRow]:
+        curs.execute(self.select_since, (position,))
+        return self._fetch(curs, KeyRow)
+
+    def record_last_use(self, uses: dict[str, Any]) -> None:
+        if not uses:
+            return
+        with self.datastore.transaction(commit=True) as curs:
+            curs.executemany(self.touch, [{"key_id": k, "at": at} for k, at in uses.items()])

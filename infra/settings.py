@@ -1,0 +1,133 @@
+"""Typed settings read once from ``SESSIOND_*`` environment variables.
+
+A wrong setting raises `SettingsError` with one clear line; the CLI prints it and exits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed."""
+
+
+GATEWAYS = ("simulator",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str | None
+    admin_key: str | None
+    gateway: str
+    redis_url: str | None
+    default_requests_per_minute: int
+    qr_first_timeout: float
+    qr_next_timeout: float
+    qr_max_codes: int
+    write_wait_timeout: float
+    poll_interval: float
+    stale_after: float
+    max_body_bytes: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        settings = cls(
+            data_dir=Path(reader.text("DATA_DIR", "./var")),
+            database_url=reader.optional("DATABASE_URL"),
+            admin_key=reader.optional("ADMIN_KEY"),
+            gateway=reader.choice("GATEWAY", "simulator", GATEWAYS),
+            redis_url=reader.optional("REDIS_URL"),
+            default_requests_per_minute=reader.integer("DEFAULT_RATE_LIMIT", 600, 1, 100_000),
+            qr_first_timeout=reader.number("QR_FIRST_TIMEOUT", 60.0, 0.05, 600.0),
+            qr_next_timeout=reader.number("QR_NEXT_TIMEOUT", 20.0, 0.05, 600.0),
+            qr_max_codes=reader.integer("QR_MAX_CODES", 6, 1, 100),
+            write_wait_timeout=reader.number("WRITE_WAIT_TIMEOUT", 5.0, 0.1, 120.0),
+            poll_interval=reader.number("POLL_INTERVAL", 1.0, 0.05, 60.0),
+            stale_after=reader.number("STALE_AFTER", 3.0, 0.5, 60.0),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", 65_536, 1_024, 16_777_216),
+            log_level=reader.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        )
+        if settings.database_url is not None:
+            try:
+                conninfo_to_dict(settings.database_url)
+            except Exception as error:
+                raise SettingsError(f"SESSIOND_DATABASE_URL is not a PostgreSQL URL: {error}") from None
+        if settings.admin_key is not None and len(settings.admin_key) < 16:
+            raise SettingsError("SESSIOND_ADMIN_KEY must be at least 16 characters long")
+        if settings.redis_url is not None and not settings.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingsError("SESSIOND_REDIS_URL must start with redis://, rediss:// or unix://")
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def optional(self, name: str) -> str | None:
+        value = self.env.get("SESSIOND_" + name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in allowed:
+            raise SettingsError(f"SESSIOND_{name}={value!r}: expected one of {', '.join(allowed)}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected a number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected between {low} and {high}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected a whole number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected between {low} and {high}")
+        return value
+
+
+def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str]:
+    """The eventsourcing environment for PostgreSQL persistence at `database_url`."""
+    info = conninfo_to_dict(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(info.get("dbname") or "postgres"),
+        "POSTGRES_HOST": str(info.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(info.get("port") or "5432"),
+        "POSTGRES_USER": str(info.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(info.get("password") or ""),
+        "POSTGRES_LOCK_TIMEOUT": "5",
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": "8",
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+        "APPLICATION_RECORDER_TOPIC": "infra.pgrecorder:PollingApplicationRecorder",
+    }

@@ -1,0 +1,100 @@
+"""Runs one projection under a supervisor: elected by an advisory lock, restarted when it fails.
+
+Exactly one process runs each projection: the one holding ``pg_advisory_lock(hashtext(name))``
+on a dedicated connection. The others stand by and take over when that connection goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+from eventsourcing.projection import Projection, ProjectionRunner
+from eventsourcing.utils import EnvType
+
+from application.sessions import SessionsApplication
+
+log = logging.getLogger(__name__)
+
+
+class ProjectionSupervisor:
+    """Keeps a `ProjectionRunner` going for as long as this process holds the projection's lock."""
+
+    def __init__(
+        self,
+        projection_class: type[Projection[Any]],
+        view_class: type[Any],
+        env: Mapping[str, str],
+        database_url: str,
+        *,
+        check_interval: float = 1.0,
+        restart_delay: float = 1.0,
+        on_elected: Callable[[], None] | None = None,
+    ) -> None:
+        self.projection_class = projection_class
+        self.view_class = view_class
+        self.env: EnvType = dict(env)
+        self.database_url = database_url
+        self.check_interval = check_interval
+        self.restart_delay = restart_delay
+        self.on_elected = on_elected
+        self.restarts = 0
+        self.is_leader = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"supervisor-{projection_class.name}", daemon=True
+        )
+
+    @property
+    def name(self) -> str:
+        return self.projection_class.name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._lead_while_elected()
+            except Exception:
+                self.restarts += 1
+                log.exception("projection %s failed; restarting it", self.name)
+            finally:
+                self.is_leader.clear()
+            self._stopping.wait(self.restart_delay)
+
+    def _lead_while_elected(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as lock_conn:
+            if not self._wait_for_lock(lock_conn):
+                return
+            log.info("this process now runs projection %s", self.name)
+            if self.on_elected is not None:
+                self.on_elected()
+            self.is_leader.set()
+            with ProjectionRunner(
+                application_class=SessionsApplication,
+                projection_class=self.projection_class,
+                view_class=self.view_class,
+                env=self.env,
+            ) as runner:
+                while not self._stopping.is_set():
+                    # Re-raises the error of a failed runner, which restarts it.
+                    runner.run_forever(timeout=self.check_interval)
+                    lock_conn.execute("SELECT 1")  # raises if the lock's connection is gone
+
+    def _wait_for_lock(self, conn: psycopg.Connection[Any]) -> bool:
+        while not self._stopping.is_set():
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", ("sessiond:" + self.name,)
+            ).fetchone()
+            if row is not None and row[0]:
+                return True
+            self._stopping.wait(self.check_interval)
+        return False

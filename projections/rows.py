@@ -1,0 +1,73 @@
+"""Rows of the read models, encoded with msgspec wherever they are stored or sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class SessionRow(msgspec.Struct, kw_only=True):
+    """One session as the status view knows it."""
+
+    session_id: str
+    name: str
+    labels: dict[str, str] = {}
+    status: str
+    reason: str | None = None
+    desired: str = "running"
+    created_at: datetime
+    updated_at: datetime
+    connected_at: datetime | None = None
+    jid: str | None = None
+    push_name: str | None = None
+    qr_code: str | None = None
+    qr_expires_at: datetime | None = None
+    qr_attempt: int = 0
+    qr_max_attempts: int = 0
+    requests_per_minute: int | None = None
+    last_activity_at: datetime | None = None
+    messages_sent: int = 0
+    messages_received: int = 0
+    # Uptime accumulators: seconds meant to be running, and of those, seconds connected,
+    # both counted up to `marked_at`; the open interval since then is added when read.
+    running_seconds: float = 0.0
+    connected_seconds: float = 0.0
+    marked_at: datetime | None = None
+    version: int = 0
+    position: int = 0
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.desired == "deleted"
+
+    def uptime(self, now: datetime) -> float | None:
+        """Share of the time meant to be running that the session was connected."""
+        running, connected = self.running_seconds, self.connected_seconds
+        if self.marked_at is not None and now > self.marked_at:
+            open_seconds = (now - self.marked_at).total_seconds()
+            if self.desired == "running":
+                running += open_seconds
+                if self.status == "connected":
+                    connected += open_seconds
+        if running <= 0:
+            return None
+        return min(1.0, connected / running)
+
+
+class KeyRow(msgspec.Struct, kw_only=True):
+    """One API key as the key view knows it: never the key itself, only its hash."""
+
+    key_id: str
+    session_id: str
+    prefix: str
+    key_hash: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+    position: int = 0
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
