@@ -14,6 +14,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from api.context import ApiContext
 from api.problems import ProblemError
@@ -92,7 +93,9 @@ async def provide_admin(request: Request[Any, Any, State]) -> Principal:
     return principal
 
 
-async def _access(request: Request[Any, Any, State], session_id: str, *, admin_only: bool) -> SessionAccess:
+async def _access(
+    request: Request[Any, Any, State], session_id: str, *, admin_only: bool
+) -> SessionAccess:
     ctx = _context(request)
     principal = authenticate(request)
     if not principal.is_admin and principal.session_id != session_id:
@@ -118,13 +121,15 @@ async def _access(request: Request[Any, Any, State], session_id: str, *, admin_o
     return SessionAccess(principal, row)
 
 
-async def provide_access(request: Request[Any, Any, State], session_id: str) -> SessionAccess:
+async def provide_access(
+    request: Request[Any, Any, State], session_id: FromPath[str]
+) -> SessionAccess:
     """Dependency of routes of one session: admin key, or that session's own key."""
     return await _access(request, session_id, admin_only=False)
 
 
 async def provide_admin_access(
-    request: Request[Any, Any, State], session_id: str
+    request: Request[Any, Any, State], session_id: FromPath[str]
 ) -> SessionAccess:
     """Dependency of admin-only routes of one session."""
     return await _access(request, session_id, admin_only=True)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from application.errors import ConcurrentChange, SessionNotFound, SimulatorError
@@ -113,9 +113,7 @@ def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Respo
         problem = _domain_problem(error)
     elif isinstance(error, SessionNotFound):
         problem = ProblemError(404, "session-not-found", "no such session")
-    elif isinstance(error, ConcurrentChange):
-        problem = ProblemError(409, error.code, str(error))
-    elif isinstance(error, SimulatorError):
+    elif isinstance(error, (ConcurrentChange, SimulatorError)):
         problem = ProblemError(409, error.code, str(error))
     elif isinstance(error, HTTPException):
         problem = _http_problem(error)
@@ -123,6 +121,3 @@ def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Respo
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         problem = ProblemError(500, "internal-error", "an unexpected error happened; it was logged")
     return problem_response(problem, request)
-
-
-MEDIA_TYPE = MediaType.JSON

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.storage import storage_from_string
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
 
 
 @dataclass(frozen=True)
@@ -57,5 +57,5 @@ class SessionRateLimiter:
 
     async def check(self) -> None:
         """Raise if the counting storage cannot be reached."""
-        if not await self.storage.check():
+        if not await self.storage.check():  # type: ignore[misc]
             raise ConnectionError("the rate-limit storage does not answer")

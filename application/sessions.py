@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
 
 from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
@@ -71,7 +71,7 @@ class SessionsApplication(Application[UUID]):
     is_snapshotting_enabled = True
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Session: 50}
 
-    def register_transcodings(self, transcoder: Transcoder) -> None:
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(ApiKeyAsDict())
 

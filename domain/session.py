@@ -114,14 +114,12 @@ class Session(Aggregate):
         actor: str
 
     #: Statuses from which an operator may ask for a new QR code.
-    RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset(
-        {Status.DISCONNECTED, Status.EXPIRED}
-    )
+    RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset({Status.DISCONNECTED, Status.EXPIRED})
 
     @event(Created)
     def __init__(
         self,
-        id: UUID,  # noqa: A002 - the id is chosen by the application
+        id: UUID,
         name: str,
         labels: dict[str, str],
         requests_per_minute: int | None,
@@ -302,9 +300,7 @@ class Session(Aggregate):
         if requests_per_minute is not None and not (
             1 <= requests_per_minute <= MAX_REQUESTS_PER_MINUTE
         ):
-            raise InvalidValue(
-                f"requestsPerMinute must be between 1 and {MAX_REQUESTS_PER_MINUTE}"
-            )
+            raise InvalidValue(f"requestsPerMinute must be between 1 and {MAX_REQUESTS_PER_MINUTE}")
         self._set_rate_limit(requests_per_minute, actor)
 
     @event(RateLimitSet)

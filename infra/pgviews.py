@@ -14,7 +14,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from projections.rows import KeyRow, SessionRow
 from projections.views import ApiKeyView, SessionStatusView
@@ -31,16 +31,12 @@ class _PostgresView(PostgresTrackingRecorder):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         self.table = view_table_name(self.tracking_table_name)
-        self.notify_statement = SQL("SELECT pg_notify({0}, {1})").format(
-            VIEWS_CHANNEL, self.table
-        )
+        self.notify_statement = SQL("SELECT pg_notify({0}, {1})").format(VIEWS_CHANNEL, self.table)
 
-    def _ident(self) -> SQL:
-        return SQL("{0}.{1}").format(  # type: ignore[return-value]
-            Identifier(self.datastore.schema), Identifier(self.table)
-        )
+    def _ident(self) -> Composed:
+        return SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.table))
 
-    def _write(self, statement: SQL, params: list[dict[str, Any]], tracking: Tracking) -> None:
+    def _write(self, statement: Composed, params: list[dict[str, Any]], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
             if params:
                 curs.executemany(statement, params)
@@ -158,7 +154,9 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
                 "session_id": row.session_id,
                 "key_hash": row.key_hash,
                 "position": row.position,
-                "doc": msgspec.json.encode(msgspec.structs.replace(row, last_used_at=None)).decode(),
+                "doc": msgspec.json.encode(
+                    msgspec.structs.replace(row, last_used_at=None)
+                ).decode(),
             }
             for row in rows
         ]

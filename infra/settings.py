@@ -61,7 +61,9 @@ class Settings:
             try:
                 conninfo_to_dict(settings.database_url)
             except Exception as error:
-                raise SettingsError(f"SESSIOND_DATABASE_URL is not a PostgreSQL URL: {error}") from None
+                raise SettingsError(
+                    f"SESSIOND_DATABASE_URL is not a PostgreSQL URL: {error}"
+                ) from None
         if settings.admin_key is not None and len(settings.admin_key) < 16:
             raise SettingsError("SESSIOND_ADMIN_KEY must be at least 16 characters long")
         if settings.redis_url is not None and not settings.redis_url.startswith(

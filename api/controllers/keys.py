@@ -6,7 +6,8 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 
 from api.auth import SessionAccess, provide_access
 from api.controllers.common import call, context, problems, settle
@@ -21,7 +22,10 @@ class KeysController(Controller):
 
     @post("/", status_code=201, responses=problems(400, 401, 404, 413, 422, 429))
     async def create_key(
-        self, request: Request[Any, Any, State], access: SessionAccess, data: CreateKeyIn | None = None
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        data: JSONBody[CreateKeyIn | None] = None,
     ) -> KeyCreatedOut:
         """Create a key for this session; the key itself is shown only in this answer."""
         ctx = context(request)
@@ -33,7 +37,9 @@ class KeysController(Controller):
         )
 
     @get("/", responses=problems(401, 404, 429))
-    async def list_keys(self, request: Request[Any, Any, State], access: SessionAccess) -> KeyListOut:
+    async def list_keys(
+        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+    ) -> KeyListOut:
         """The session's keys: id, prefix, label, creation, last use; never the key."""
         ctx = context(request)
         rows = await call(ctx.read_models.keys_of, access.session.session_id)
@@ -42,7 +48,10 @@ class KeysController(Controller):
 
     @delete("/{key_id:str}", status_code=204, responses=problems(401, 404, 429))
     async def revoke_key(
-        self, request: Request[Any, Any, State], access: SessionAccess, key_id: str
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        key_id: FromPath[str],
     ) -> None:
         """Revoke a key; once this answers, no server accepts it. Revoking twice is harmless."""
         ctx = context(request)

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post, put
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody, QueryParameter
 
 from api.auth import Principal, SessionAccess, provide_access, provide_admin, provide_admin_access
 from api.controllers.common import call, context, current_row, problems, settle
@@ -39,7 +39,10 @@ class SessionsController(Controller):
 
     @post("/", status_code=201, responses=problems(400, 401, 403, 413, 422))
     async def create_session(
-        self, request: Request[Any, Any, State], admin: Principal, data: CreateSessionIn
+        self,
+        request: Request[Any, Any, State],
+        admin: NamedDependency[Principal],
+        data: JSONBody[CreateSessionIn],
     ) -> CreatedSessionOut:
         """Create a session; the answer holds its first API key, shown this once."""
         ctx = context(request)
@@ -56,18 +59,22 @@ class SessionsController(Controller):
             labels=row.labels,
             status=session_out(row, ctx.default_requests_per_minute).status,
             rate_limit=rate_limit(row, ctx.default_requests_per_minute),
-            api_key=KeyCreatedOut(key_id=key.key_id, key=key.key, prefix=key.prefix, label=key.label),
+            api_key=KeyCreatedOut(
+                key_id=key.key_id, key=key.key, prefix=key.prefix, label=key.label
+            ),
         )
 
     @get("/", responses=problems(400, 401, 403))
     async def list_sessions(
         self,
         request: Request[Any, Any, State],
-        admin: Principal,
-        status: StatusValue | None = None,
+        admin: NamedDependency[Principal],
+        status: Annotated[
+            StatusValue | None, QueryParameter(description="Only sessions with this status")
+        ] = None,
         label: Annotated[
             list[str] | None,
-            Parameter(description="Filter by label, as key:value; repeat to require several"),
+            QueryParameter(description="Only sessions with this label, as key:value; repeatable"),
         ] = None,
     ) -> SessionListOut:
         """List sessions (admin), optionally only those with a status or labels."""
@@ -88,17 +95,19 @@ class SessionsController(Controller):
         return SessionListOut(items=items, count=len(items))
 
     @get(SESSION, responses=problems(401, 404, 429))
-    async def get_session(self, request: Request[Any, Any, State], access: SessionAccess) -> SessionOut:
+    async def get_session(
+        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+    ) -> SessionOut:
         """One session."""
         return session_out(access.session, context(request).default_requests_per_minute)
 
     @get(SESSION + "/status", responses=problems(401, 404, 429))
-    async def get_status(self, access: SessionAccess) -> StatusOut:
+    async def get_status(self, access: NamedDependency[SessionAccess]) -> StatusOut:
         """The health check: status, connectedAt, health and metrics."""
         return status_out(access.session)
 
     @get(SESSION + "/qr", responses=problems(401, 404, 409, 429))
-    async def get_qr(self, access: SessionAccess) -> QrOut:
+    async def get_qr(self, access: NamedDependency[SessionAccess]) -> QrOut:
         """The QR code to scan now, while the session is connecting."""
         qr = qr_out(access.session)
         if qr is None:
@@ -110,23 +119,33 @@ class SessionsController(Controller):
         return qr
 
     @post(SESSION + "/reconnect", status_code=200, responses=problems(401, 404, 409, 429))
-    async def reconnect(self, request: Request[Any, Any, State], access: SessionAccess) -> SessionOut:
+    async def reconnect(
+        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+    ) -> SessionOut:
         """Ask for a new QR code (from disconnected, expired or stopped)."""
         ctx = context(request)
         position = await call(ctx.app.reconnect, access.session.session_id, access.actor)
         await settle(ctx, position)
-        return session_out(current_row(ctx, access.session.session_id), ctx.default_requests_per_minute)
+        return session_out(
+            current_row(ctx, access.session.session_id), ctx.default_requests_per_minute
+        )
 
     @post(SESSION + "/stop", status_code=200, responses=problems(401, 404, 429))
-    async def stop(self, request: Request[Any, Any, State], access: SessionAccess) -> SessionOut:
+    async def stop(
+        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+    ) -> SessionOut:
         """Stop the session; it stays stopped until reconnected. Stopping twice is harmless."""
         ctx = context(request)
         position = await call(ctx.app.stop, access.session.session_id, access.actor)
         await settle(ctx, position)
-        return session_out(current_row(ctx, access.session.session_id), ctx.default_requests_per_minute)
+        return session_out(
+            current_row(ctx, access.session.session_id), ctx.default_requests_per_minute
+        )
 
     @delete(SESSION, status_code=204, responses=problems(401, 403, 404))
-    async def delete_session(self, request: Request[Any, Any, State], admin_access: SessionAccess) -> None:
+    async def delete_session(
+        self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
+    ) -> None:
         """Delete the session (admin); every one of its API keys is revoked at once."""
         ctx = context(request)
         position = await call(ctx.app.delete, admin_access.session.session_id, admin_access.actor)
@@ -134,7 +153,10 @@ class SessionsController(Controller):
 
     @put(SESSION + "/rate-limit", responses=problems(400, 401, 403, 404, 422))
     async def set_rate_limit(
-        self, request: Request[Any, Any, State], admin_access: SessionAccess, data: RateLimitIn
+        self,
+        request: Request[Any, Any, State],
+        admin_access: NamedDependency[SessionAccess],
+        data: JSONBody[RateLimitIn],
     ) -> SessionOut:
         """Set the session's requests per minute (admin); null goes back to the default."""
         ctx = context(request)

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from litestar import Controller, Request, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from api.auth import SessionAccess, provide_admin_access
 from api.controllers.common import call, context, current_row, problems, settle
@@ -24,7 +24,7 @@ class SimulatorController(Controller):
     dependencies = {"admin_access": Provide(provide_admin_access)}  # noqa: RUF012
 
     async def _act(
-        self, request: Request[Any, Any, State], access: SessionAccess, action: str
+        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess], action: str
     ) -> StatusOut:
         ctx = context(request)
         if ctx.simulator is None:  # pragma: no cover - the routes exist only with it
@@ -40,16 +40,22 @@ class SimulatorController(Controller):
         return status_out(current_row(ctx, session_id))
 
     @post("/scan", status_code=200, responses=problems(401, 403, 404, 409))
-    async def scan(self, request: Request[Any, Any, State], admin_access: SessionAccess) -> StatusOut:
+    async def scan(
+        self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
+    ) -> StatusOut:
         """The phone scans the QR code being shown."""
         return await self._act(request, admin_access, "scan")
 
     @post("/drop", status_code=200, responses=problems(401, 403, 404, 409))
-    async def drop(self, request: Request[Any, Any, State], admin_access: SessionAccess) -> StatusOut:
+    async def drop(
+        self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
+    ) -> StatusOut:
         """The network drops the connection."""
         return await self._act(request, admin_access, "drop")
 
     @post("/logout", status_code=200, responses=problems(401, 403, 404, 409))
-    async def logout(self, request: Request[Any, Any, State], admin_access: SessionAccess) -> StatusOut:
+    async def logout(
+        self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
+    ) -> StatusOut:
         """The user unlinks the device from the phone."""
         return await self._act(request, admin_access, "logout")

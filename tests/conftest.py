@@ -1,0 +1,57 @@
+"""Shared fixtures: a PostgreSQL server (the CI one, or an embedded one) and fresh databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from infra.settings import Settings
+
+ADMIN_KEY = "test-admin-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def pg_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SESSIOND_TEST_DATABASE_URL when set (CI), else an embedded server for this run."""
+    url = os.environ.get("SESSIOND_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from infra.embedded import start_embedded_postgres
+
+    url, server = start_embedded_postgres(tmp_path_factory.mktemp("embedded"))
+    yield url
+    del server
+
+
+@pytest.fixture
+def database_url(pg_base_url: str) -> Iterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    name = "sessiond_test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(pg_base_url, dbname=name)
+    with psycopg.connect(pg_base_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_settings(data_dir: Path, database_url: str, **overrides: str) -> Settings:
+    env = {
+        "SESSIOND_DATA_DIR": str(data_dir),
+        "SESSIOND_DATABASE_URL": database_url,
+        "SESSIOND_ADMIN_KEY": ADMIN_KEY,
+        "SESSIOND_QR_FIRST_TIMEOUT": "60",
+        "SESSIOND_QR_NEXT_TIMEOUT": "20",
+        "SESSIOND_POLL_INTERVAL": "0.2",
+        **overrides,
+    }
+    return Settings.from_env(env)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,117 @@
+"""Real `sessiond` processes on 127.0.0.1, started the way an operator starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN = {"x-api-key": ADMIN_KEY}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sessiond:
+    """One `sessiond <command>` process; `url` is set for the commands that serve HTTP."""
+
+    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
+        self.command = command
+        self.port = free_port() if command in ("serve", "api") else None
+        self.url = f"http://127.0.0.1:{self.port}" if self.port else ""
+        args = [sys.executable, "-m", "infra.cli", command]
+        if self.port:
+            args += ["--port", str(self.port)]
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(  # noqa: S603 - our own CLI
+            args,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"sessiond exited early:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"sessiond was not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self._log.close()
+
+
+@pytest.fixture
+def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "SESSIOND_DATA_DIR": str(tmp_path / "var"),
+        "SESSIOND_DATABASE_URL": database_url,
+        "SESSIOND_ADMIN_KEY": ADMIN_KEY,
+        "SESSIOND_POLL_INTERVAL": "0.2",
+        "SESSIOND_LOG_LEVEL": "info",
+    }
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Any]:
+    """Start `sessiond <command>` processes; all are stopped after the test."""
+    started: list[Sessiond] = []
+
+    def _start(command: str, env: dict[str, str], *, wait: bool = True) -> Sessiond:
+        process = Sessiond(command, env, tmp_path / f"{command}-{len(started)}.log")
+        started.append(process)
+        if wait and process.url:
+            process.wait_ready()
+        return process
+
+    yield _start
+    for process in started:
+        process.stop()
+
+
+def create_session(client: httpx.Client, name: str = "Support", **body: Any) -> dict[str, Any]:
+    response = client.post("/sessions", json={"name": name, **body}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def key_of(created: dict[str, Any]) -> dict[str, str]:
+    return {"x-api-key": created["apiKey"]["key"]}

@@ -1,0 +1,42 @@
+"""An in-process sessiond (every role) on a fresh database, driven through its HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from infra.container import Container
+from tests.conftest import ADMIN_KEY, test_settings
+
+ADMIN = {"x-api-key": ADMIN_KEY}
+
+
+class Api:
+    """A test client with helpers that read as the operator's steps."""
+
+    def __init__(self, client: AsyncTestClient[Any], container: Container) -> None:
+        self.client = client
+        self.container = container
+
+    async def create_session(self, name: str = "Support", **body: Any) -> dict[str, Any]:
+        response = await self.client.post("/sessions", json={"name": name, **body}, headers=ADMIN)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    @staticmethod
+    def key(created: dict[str, Any]) -> dict[str, str]:
+        return {"x-api-key": created["apiKey"]["key"]}
+
+
+@pytest.fixture
+async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    settings = test_settings(tmp_path, database_url, SESSIOND_DEFAULT_RATE_LIMIT="1000")
+    container = Container(settings, database_url, frozenset({"api", "projector", "worker"}))
+    app = container.create_api()
+    async with AsyncTestClient(app=app) as client:
+        yield Api(client, container)
