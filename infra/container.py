@@ -73,7 +73,9 @@ class Container:
         # race on CREATE TABLE. Everything built later is told not to create tables.
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
-            self.app = SessionsApplication(env=self.env)
+            self.app = SessionsApplication(
+                env=eventsourcing_env(self.database_url, pool_size=2, max_overflow=10)
+            )
             self.status_view = _view(
                 self.env, SessionStatusProjection.name, PostgresSessionStatusView
             )

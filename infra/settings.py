@@ -115,8 +115,14 @@ class _Reader:
         return value
 
 
-def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str]:
-    """The eventsourcing environment for PostgreSQL persistence at `database_url`."""
+def eventsourcing_env(
+    database_url: str, *, pool_size: int = 1, max_overflow: int = 4
+) -> dict[str, str]:
+    """The eventsourcing environment for PostgreSQL persistence at `database_url`.
+
+    Pools start small: a process holds several (the application, each view, each runner),
+    and PostgreSQL's default of 100 connections must serve several processes.
+    """
     info = conninfo_to_dict(database_url)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -128,7 +134,7 @@ def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "POSTGRES_POOL_SIZE": str(pool_size),
-        "POSTGRES_MAX_OVERFLOW": "8",
+        "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         "POSTGRES_PRE_PING": "y",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "APPLICATION_RECORDER_TOPIC": "infra.pgrecorder:PollingApplicationRecorder",
