@@ -54,11 +54,12 @@ async def call(function: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(function, *args)
 
 
-async def settle(ctx: ApiContext, position: int | None, *, everywhere: bool = False) -> None:
+async def settle(ctx: ApiContext, position: int | None, *, everywhere: bool = True) -> None:
     """Wait until the views this client reads next include `position` (read-your-writes).
 
-    With `everywhere`, wait until every live API process has it, so that a revoked key is
-    refused by all of them once the answer has been sent.
+    The client's next request may reach any API process behind a load balancer, so by
+    default this waits until every live API process has the change; that is also what makes
+    a revoked key refused by all of them once the answer has been sent.
     """
     if position is None:
         return

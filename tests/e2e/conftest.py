@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -69,12 +70,14 @@ class Sessiond:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
+            self.process.send_signal(sig)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.kill()
                 self.process.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever it left behind
         self._log.close()
 
 
@@ -90,8 +93,9 @@ def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    """Start `sessiond <command>` processes; all are stopped after the test."""
+def start(tmp_path: Path, database_url: str) -> Iterator[Any]:
+    """Start `sessiond <command>` processes; all are stopped after the test, before its
+    database is dropped."""
     started: list[Sessiond] = []
 
     def _start(command: str, env: dict[str, str], *, wait: bool = True) -> Sessiond:

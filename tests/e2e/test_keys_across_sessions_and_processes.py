@@ -19,7 +19,9 @@ SESSION_ROUTES = [
 ]
 
 
-def test_a_session_key_never_reaches_another_session(start: Any, sessiond_env: dict[str, str]) -> None:
+def test_a_session_key_never_reaches_another_session(
+    start: Any, sessiond_env: dict[str, str]
+) -> None:
     server = start("serve", sessiond_env)
     with server.client() as client:
         a, b = create_session(client, "A"), create_session(client, "B")
@@ -34,7 +36,12 @@ def test_a_session_key_never_reaches_another_session(start: Any, sessiond_env: d
             assert other.status_code == unknown.status_code == 404, (method, suffix)
             assert other.headers["content-type"].startswith("application/problem+json")
             assert other.json()["type"] == unknown.json()["type"]
-        assert client.delete(f"/sessions/{b_id}/keys/{b['apiKey']['keyId']}", headers=key_of(a)).status_code == 404
+        assert (
+            client.delete(
+                f"/sessions/{b_id}/keys/{b['apiKey']['keyId']}", headers=key_of(a)
+            ).status_code
+            == 404
+        )
         assert client.delete(f"/sessions/{b_id}", headers=key_of(a)).status_code == 404
 
         # Check B is untouched: still connecting, its key still works.
@@ -48,10 +55,15 @@ def test_a_session_key_never_reaches_another_session(start: Any, sessiond_env: d
 
         # Check no key, a garbage key and a mistyped key all answer 401.
         assert client.get(f"/sessions/{a_id}/status").status_code == 401
-        assert client.get(f"/sessions/{a_id}/status", headers={"x-api-key": "nope"}).status_code == 401
+        assert (
+            client.get(f"/sessions/{a_id}/status", headers={"x-api-key": "nope"}).status_code == 401
+        )
         key = a["apiKey"]["key"]
         mistyped = key[:-3] + ("A" if key[-3] != "A" else "B") + key[-2:]
-        assert client.get(f"/sessions/{a_id}/status", headers={"x-api-key": mistyped}).status_code == 401
+        assert (
+            client.get(f"/sessions/{a_id}/status", headers={"x-api-key": mistyped}).status_code
+            == 401
+        )
 
 
 def test_a_revoked_key_is_refused_by_every_process_once_the_revocation_answers(
@@ -63,14 +75,18 @@ def test_a_revoked_key_is_refused_by_every_process_once_the_revocation_answers(
         created = create_session(one, "Revocations")
         session_id = created["sessionId"]
         for round_number in range(15):
-            issued = one.post(f"/sessions/{session_id}/keys", json={"label": f"k{round_number}"}, headers=ADMIN)
+            issued = one.post(
+                f"/sessions/{session_id}/keys", json={"label": f"k{round_number}"}, headers=ADMIN
+            )
             assert issued.status_code == 201, issued.text
             key = {"x-api-key": issued.json()["key"]}
             # The new key works on the other process once it has caught up (read-your-writes
             # is per process; give it a moment).
             _eventually_ok(two, f"/sessions/{session_id}/status", key)
 
-            revoked = one.delete(f"/sessions/{session_id}/keys/{issued.json()['keyId']}", headers=ADMIN)
+            revoked = one.delete(
+                f"/sessions/{session_id}/keys/{issued.json()['keyId']}", headers=ADMIN
+            )
             assert revoked.status_code == 204
 
             # Check: immediately after the revocation answered, both processes refuse it.
