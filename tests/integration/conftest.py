@@ -34,8 +34,18 @@ class Api:
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
-    settings = test_settings(tmp_path, database_url, SESSIOND_DEFAULT_RATE_LIMIT="1000")
+def settings_overrides() -> dict[str, str]:
+    """Override in a test module to change the in-process server's settings."""
+    return {}
+
+
+@pytest.fixture
+async def api(
+    database_url: str, tmp_path: Path, settings_overrides: dict[str, str]
+) -> AsyncIterator[Api]:
+    settings = test_settings(
+        tmp_path, database_url, SESSIOND_DEFAULT_RATE_LIMIT="1000", **settings_overrides
+    )
     container = Container(settings, database_url, frozenset({"api", "projector", "worker"}))
     app = container.create_api()
     async with AsyncTestClient(app=app) as client:
