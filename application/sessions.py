@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
 
+from application.commit import GroupCommitter
 from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
 from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
@@ -70,6 +71,14 @@ class SessionsApplication(Application[UUID]):
     name = "sessiond"
     is_snapshotting_enabled = True
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Session: 50}
+
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        self.committer = GroupCommitter(self.save)
+
+    def close(self) -> None:
+        self.committer.close()
+        super().close()
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -168,8 +177,7 @@ class SessionsApplication(Application[UUID]):
         return session
 
     def _save(self, session: Session) -> int:
-        recordings = self.save(session)
-        return recordings[-1].notification.id
+        return self.committer.save(session)
 
     def _change(self, session_id: str | UUID, change: Callable[[Session], object]) -> int:
         position = self._change_or_none(session_id, change)

@@ -30,18 +30,21 @@ from domain.values import (
 
 @dataclass
 class ApiKey:
-    """An API key of one session. Only the SHA-256 hash of the key is ever kept."""
+    """An API key of one session. Only the SHA-256 hash of the key is ever kept.
+
+    Times (created, revoked, connected) are the timestamps of the events; the views keep
+    them, so the aggregate does not copy them.
+    """
 
     key_id: str
     prefix: str
     key_hash: str
     label: str
-    created_at: datetime
-    revoked_at: datetime | None = None
+    revoked: bool = False
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return not self.revoked
 
 
 class Session(Aggregate):
@@ -134,7 +137,6 @@ class Session(Aggregate):
         self.desired: str = DesiredState.RUNNING.value
         self.jid: str | None = None
         self.push_name: str | None = None
-        self.connected_at: datetime | None = None
         self.qr_code: str | None = None
         self.qr_expires_at: datetime | None = None
         self.qr_attempt = 0
@@ -194,7 +196,6 @@ class Session(Aggregate):
         self.reason = None
         self.jid = jid
         self.push_name = push_name
-        self.connected_at = self.modified_on
         self._clear_qr()
 
     def disconnect(self, reason: str) -> None:
@@ -206,7 +207,6 @@ class Session(Aggregate):
     def _disconnect(self, reason: str) -> None:
         self.status = Status.DISCONNECTED.value
         self.reason = reason
-        self.connected_at = None
         self._clear_qr()
 
     def expire_qr(self) -> None:
@@ -233,7 +233,6 @@ class Session(Aggregate):
         self.desired = DesiredState.RUNNING.value
         self.status = Status.CONNECTING.value
         self.reason = None
-        self.connected_at = None
         self._clear_qr()
 
     def stop(self, actor: str) -> None:
@@ -247,7 +246,6 @@ class Session(Aggregate):
         self.desired = DesiredState.STOPPED.value
         self.status = Status.DISCONNECTED.value
         self.reason = Reason.STOPPED.value
-        self.connected_at = None
         self._clear_qr()
 
     def delete(self, actor: str) -> None:
@@ -262,13 +260,12 @@ class Session(Aggregate):
         self.desired = DesiredState.DELETED.value
         self.status = Status.DISCONNECTED.value
         self.reason = Reason.DELETED.value
-        self.connected_at = None
         self._clear_qr()
 
     @event(KeysRevoked)
     def _revoke_keys(self, key_ids: list[str], actor: str) -> None:
         for key_id in key_ids:
-            self.keys[key_id].revoked_at = self.modified_on
+            self.keys[key_id].revoked = True
 
     def issue_key(self, key_id: str, prefix: str, key_hash: str, label: str, actor: str) -> None:
         self.check_not_deleted()
@@ -278,7 +275,7 @@ class Session(Aggregate):
 
     @event(ApiKeyIssued)
     def _issue_key(self, key_id: str, prefix: str, key_hash: str, label: str, actor: str) -> None:
-        self.keys[key_id] = ApiKey(key_id, prefix, key_hash, label, self.modified_on)
+        self.keys[key_id] = ApiKey(key_id, prefix, key_hash, label)
 
     def revoke_key(self, key_id: str, actor: str) -> bool:
         """Revoke one key; revoking a key that is already revoked changes nothing."""
@@ -293,7 +290,7 @@ class Session(Aggregate):
 
     @event(ApiKeyRevoked)
     def _revoke_key(self, key_id: str, actor: str) -> None:
-        self.keys[key_id].revoked_at = self.modified_on
+        self.keys[key_id].revoked = True
 
     def set_rate_limit(self, requests_per_minute: int | None, actor: str) -> None:
         self.check_not_deleted()

@@ -55,13 +55,13 @@ def public_session_id(session_uuid: UUID) -> str:
 
 def session_uuid(public_id: str) -> UUID:
     """Parse a public session id (``sess_<32 hex>``); raise `InvalidValue` if malformed."""
-    if not _SESSION_ID.match(public_id):
+    if not _SESSION_ID.fullmatch(public_id):
         raise InvalidValue(f"{public_id!r} is not a session id (sess_ followed by 32 hex digits)")
     return UUID(hex=public_id[len(SESSION_ID_PREFIX) :])
 
 
 def is_session_id(public_id: str) -> bool:
-    return bool(_SESSION_ID.match(public_id))
+    return bool(_SESSION_ID.fullmatch(public_id))
 
 
 MAX_NAME_LENGTH = 100
@@ -87,7 +87,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
         raise InvalidValue(f"a session has at most {MAX_LABELS} labels")
     for key, value in labels.items():
         for part in (key, value):
-            if not _LABEL_PART.match(part):
+            if not _LABEL_PART.fullmatch(part):
                 raise InvalidValue(
                     f"label {key!r}: keys and values are 1-63 letters, digits, '_', '.' or '-'"
                 )

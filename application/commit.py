@@ -1,0 +1,99 @@
+"""Group commit: concurrent commands share one transaction, each keeping its own outcome.
+
+eventsourcing's PostgreSQL recorder serialises writers with a table lock, so N commands
+saved one by one cost N lock round trips; saved together they cost one. Every command still
+loads its session, checks its invariants and carries its own optimistic-concurrency check
+(the version it saw): if a batch fails on a conflict, each of its commands is saved again on
+its own, so only the command that conflicted gets the error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, Recording
+
+SaveFunction = Callable[..., Sequence[Recording[Any]]]
+
+
+class GroupCommitter:
+    """Collects aggregates from many threads and saves them in batches on one thread."""
+
+    def __init__(self, save: SaveFunction, *, max_batch: int = 200) -> None:
+        self._save = save
+        self._max_batch = max_batch
+        self._queue: deque[tuple[Any, Future[int]]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def save(self, aggregate: Any) -> int:
+        """Save one aggregate's pending events; return the position of its last event."""
+        future: Future[int] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the application is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+                self._thread.start()
+            self._queue.append((aggregate, future))
+            self._cond.notify()
+        return future.result()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _take_batch(self) -> list[tuple[Any, Future[int]]]:
+        """Up to `max_batch` queued saves, at most one per aggregate (the rest wait their turn)."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            batch: list[tuple[Any, Future[int]]] = []
+            later: list[tuple[Any, Future[int]]] = []
+            ids: set[Any] = set()
+            while self._queue and len(batch) < self._max_batch:
+                item = self._queue.popleft()
+                (later if item[0].id in ids else batch).append(item)
+                ids.add(item[0].id)
+            self._queue.extendleft(reversed(later))
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            try:
+                self._commit(batch)
+            except BaseException as error:  # pragma: no cover - _commit settles every future
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+
+    def _commit(self, batch: list[tuple[Any, Future[int]]]) -> None:
+        try:
+            recordings = self._save(*(aggregate for aggregate, _ in batch))
+        except IntegrityError:
+            if len(batch) == 1:
+                batch[0][1].set_exception(IntegrityError("the session changed concurrently"))
+                return
+            for item in batch:  # find out which command conflicted: each on its own
+                self._commit([item])
+            return
+        except Exception as error:
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        last: dict[Any, int] = {}
+        for recording in recordings:
+            last[recording.domain_event.originator_id] = recording.notification.id
+        for aggregate, future in batch:
+            future.set_result(last[aggregate.id])

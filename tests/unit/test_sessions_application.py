@@ -1,0 +1,578 @@
+"""`SessionsApplication` commands on in-memory persistence, and the restore after a restart."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import pytest
+from eventsourcing.domain import Snapshot
+from eventsourcing.popo import POPOTrackingRecorder
+
+from application.errors import SessionNotFound
+from application.gateway import (
+    SERVICE_RESTARTED,
+    GatewayDriver,
+    RecordingGatewayEvents,
+    restore_sessions,
+)
+from application.keys import SESSION_KEY_KIND, key_kind
+from application.ports import GatewayEvents, WhatsAppGateway
+from application.sessions import SessionsApplication
+from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
+from domain.session import ApiKey, Session
+from domain.values import ADMIN_ACTOR, is_session_id, key_actor
+from tests.unit.helpers import catch_up, create, head, popo_app, replay
+
+LATER = datetime(2030, 1, 1, tzinfo=UTC)
+JID = "4915112345678:1@s.whatsapp.net"
+
+
+@pytest.fixture
+def app() -> SessionsApplication:
+    return popo_app()
+
+
+class FakeGateway(WhatsAppGateway):
+    """Remembers every call, in order; starts nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, UUID, str | None]] = []
+        self.events: GatewayEvents | None = None
+        self.closed = False
+
+    def bind(self, events: GatewayEvents) -> None:
+        self.events = events
+
+    def start(self, session_id: UUID, device_jid: str | None) -> None:
+        self.calls.append(("start", session_id, device_jid))
+
+    def stop(self, session_id: UUID) -> None:
+        self.calls.append(("stop", session_id, None))
+
+    def logout(self, session_id: UUID) -> None:
+        self.calls.append(("logout", session_id, None))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# -- create ---------------------------------------------------------------------------------
+
+
+def test_creating_a_session_returns_its_id_its_first_key_and_a_position(
+    app: SessionsApplication,
+) -> None:
+    created = app.create_session("  Support  ", {"useCase": "support"}, None, ADMIN_ACTOR)
+
+    assert is_session_id(created.session_id)
+    assert created.session_id.startswith("sess_")
+    assert key_kind(created.first_key.key) == SESSION_KEY_KIND
+    assert created.first_key.label == "default"
+    assert created.first_key.key_id.startswith("key_")
+    assert created.position == created.first_key.position == head(app) == 2
+
+    session = app.get_session(created.session_id)
+    assert session.name == "Support"
+    assert session.labels == {"useCase": "support"}
+    assert session.requests_per_minute is None
+    assert session.status == "connecting"
+    assert list(session.keys) == [created.first_key.key_id]
+
+
+def test_creating_a_session_with_a_rate_limit_records_it_in_the_same_save(
+    app: SessionsApplication,
+) -> None:
+    created = app.create_session("Support", {}, 120, ADMIN_ACTOR, key_label="ops")
+    events = list(app.events.get(app.load(created.session_id).id))
+    assert [type(e).__name__ for e in events] == ["Created", "RateLimitSet", "ApiKeyIssued"]
+    assert created.position == head(app) == 3
+    assert created.first_key.label == "ops"
+    assert app.get_session(created.session_id).requests_per_minute == 120
+
+
+@pytest.mark.parametrize("limit", [0, -5, 100_001])
+def test_creating_a_session_with_a_bad_rate_limit_records_nothing(
+    app: SessionsApplication, limit: int
+) -> None:
+    with pytest.raises(InvalidValue):
+        app.create_session("Support", {}, limit, ADMIN_ACTOR)
+    assert head(app) == 0
+
+
+def test_positions_increase_with_every_command(app: SessionsApplication) -> None:
+    created = app.create_session("Support", {}, None, ADMIN_ACTOR)
+    sid = created.session_id
+    second = app.issue_key(sid, "ci", ADMIN_ACTOR)
+    returned = [
+        created.position,
+        second.position,
+        app.set_rate_limit(sid, 60, ADMIN_ACTOR),
+        app.stop(sid, ADMIN_ACTOR),
+        app.reconnect(sid, ADMIN_ACTOR),
+        app.revoke_key(sid, second.key_id, ADMIN_ACTOR),
+        app.delete(sid, ADMIN_ACTOR),
+    ]
+    positions = [p for p in returned if p is not None]
+    assert len(positions) == len(returned)
+    assert positions == sorted(positions)
+    assert len(set(positions)) == len(positions)
+    # Check delete returns the position of its last event (KeysRevoked, after Deleted).
+    assert positions[-1] == head(app)
+    assert positions[-1] == positions[-2] + 2
+
+
+def test_positions_of_different_sessions_interleave_in_one_log(app: SessionsApplication) -> None:
+    a, _ = create(app, "A")
+    b, _ = create(app, "B")
+    pa = app.stop(a, ADMIN_ACTOR)
+    pb = app.stop(b, ADMIN_ACTOR)
+    assert pa is not None
+    assert pb is not None
+    assert pb == pa + 1 == head(app)
+
+
+# -- idempotent commands --------------------------------------------------------------------
+
+
+def test_stopping_twice_returns_none_the_second_time_and_records_nothing(
+    app: SessionsApplication,
+) -> None:
+    sid, uuid = create(app)
+    first = app.stop(sid, ADMIN_ACTOR)
+    assert first == head(app)
+
+    assert app.stop(sid, key_actor("key_1")) is None
+    assert head(app) == first
+    session = app.get_session(sid)
+    assert (session.status, session.reason, session.desired) == (
+        "disconnected",
+        "stopped",
+        "stopped",
+    )
+    assert [type(e).__name__ for e in app.events.get(uuid)][-1] == "Stopped"
+
+
+def test_revoking_twice_returns_none_the_second_time_and_records_nothing(
+    app: SessionsApplication,
+) -> None:
+    created = app.create_session("Support", {}, None, ADMIN_ACTOR)
+    key_id = created.first_key.key_id
+    first = app.revoke_key(created.session_id, key_id, ADMIN_ACTOR)
+    assert first == head(app)
+
+    assert app.revoke_key(created.session_id, key_id, ADMIN_ACTOR) is None
+    assert head(app) == first
+    assert not app.get_session(created.session_id).keys[key_id].is_active
+
+
+def test_revoking_an_unknown_key_raises_unknown_api_key(app: SessionsApplication) -> None:
+    sid, _ = create(app)
+    before = head(app)
+    with pytest.raises(UnknownApiKey):
+        app.revoke_key(sid, "key_0000000000000000", ADMIN_ACTOR)
+    assert head(app) == before
+
+
+def test_a_refused_command_records_nothing(app: SessionsApplication) -> None:
+    sid, _ = create(app)
+    before = head(app)
+    with pytest.raises(InvalidTransition):
+        app.reconnect(sid, ADMIN_ACTOR)
+    with pytest.raises(InvalidValue):
+        app.set_rate_limit(sid, 0, ADMIN_ACTOR)
+    assert head(app) == before
+
+
+# -- unknown, deleted and malformed sessions ------------------------------------------------
+
+
+def test_an_unknown_session_raises_session_not_found(app: SessionsApplication) -> None:
+    unknown = "sess_" + uuid4().hex
+    with pytest.raises(SessionNotFound):
+        app.get_session(unknown)
+    with pytest.raises(SessionNotFound):
+        app.load(unknown)
+    with pytest.raises(SessionNotFound):
+        app.stop(unknown, ADMIN_ACTOR)
+    with pytest.raises(SessionNotFound):
+        app.issue_key(unknown, "ci", ADMIN_ACTOR)
+    with pytest.raises(SessionNotFound):
+        app.set_rate_limit(unknown, 10, ADMIN_ACTOR)
+    assert head(app) == 0
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "",
+        "sess_",
+        "sess_123",
+        "sess_" + "A" * 32,
+        "sess_" + "g" * 32,
+        "sess_" + "0" * 33,
+        "SESS_" + "0" * 32,
+        "0" * 32,
+        str(uuid4()),
+        " sess_" + "0" * 32,
+        "sess_" + "0" * 32 + " ",
+        "sess_" + "0" * 32 + "\r",
+    ],
+)
+def test_a_malformed_session_id_raises_invalid_value(app: SessionsApplication, bad_id: str) -> None:
+    with pytest.raises(InvalidValue):
+        app.get_session(bad_id)
+    with pytest.raises(InvalidValue):
+        app.stop(bad_id, ADMIN_ACTOR)
+
+
+def test_a_session_id_with_a_trailing_newline_raises_invalid_value(
+    app: SessionsApplication,
+) -> None:
+    bad_id = "sess_" + "0" * 32 + "\n"
+    assert not is_session_id(bad_id)
+    with pytest.raises(InvalidValue):
+        app.get_session(bad_id)
+
+
+def test_a_deleted_session_is_not_found_but_can_still_be_loaded(app: SessionsApplication) -> None:
+    sid, _ = create(app)
+    app.delete(sid, ADMIN_ACTOR)
+    with pytest.raises(SessionNotFound):
+        app.get_session(sid)
+    assert app.load(sid).is_deleted
+
+
+def test_every_command_on_a_deleted_session_raises_session_is_deleted(
+    app: SessionsApplication,
+) -> None:
+    created = app.create_session("Support", {}, None, ADMIN_ACTOR)
+    sid, key_id = created.session_id, created.first_key.key_id
+    app.delete(sid, ADMIN_ACTOR)
+    before = head(app)
+    with pytest.raises(SessionIsDeleted):
+        app.stop(sid, ADMIN_ACTOR)
+    with pytest.raises(SessionIsDeleted):
+        app.reconnect(sid, ADMIN_ACTOR)
+    with pytest.raises(SessionIsDeleted):
+        app.delete(sid, ADMIN_ACTOR)
+    with pytest.raises(SessionIsDeleted):
+        app.issue_key(sid, "ci", ADMIN_ACTOR)
+    with pytest.raises(SessionIsDeleted):
+        app.revoke_key(sid, key_id, ADMIN_ACTOR)
+    with pytest.raises(SessionIsDeleted):
+        app.set_rate_limit(sid, 10, ADMIN_ACTOR)
+    assert head(app) == before
+
+
+def test_deleting_a_session_revokes_all_its_keys(app: SessionsApplication) -> None:
+    created = app.create_session("Support", {}, None, ADMIN_ACTOR)
+    sid = created.session_id
+    app.issue_key(sid, "ci", ADMIN_ACTOR)
+    app.issue_key(sid, "ops", ADMIN_ACTOR)
+    app.delete(sid, ADMIN_ACTOR)
+    session = app.load(sid)
+    assert len(session.keys) == 3
+    assert not any(key.is_active for key in session.keys.values())
+
+
+# -- names and labels -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("Support", "Support"),
+        ("  Support  ", "Support"),
+        ("\tSales EU\n", "Sales EU"),
+        ("Ünïcode ☎ name", "Ünïcode ☎ name"),
+        ("x" * 100, "x" * 100),
+    ],
+)
+def test_a_name_is_trimmed_of_surrounding_space(
+    app: SessionsApplication, given: str, kept: str
+) -> None:
+    created = app.create_session(given, {}, None, ADMIN_ACTOR)
+    assert app.get_session(created.session_id).name == kept
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\n\t", "x" * 101, "a\nb", "bell\x07", "nul\x00"])
+def test_an_unusable_name_raises_invalid_value(app: SessionsApplication, name: str) -> None:
+    with pytest.raises(InvalidValue):
+        app.create_session(name, {}, None, ADMIN_ACTOR)
+    assert head(app) == 0
+
+
+def test_labels_of_short_tokens_are_kept(app: SessionsApplication) -> None:
+    labels = {"useCase": "support", "region": "eu-1", "v": "1.2_3", "k" * 63: "v" * 63}
+    labels |= {f"extra{n}": "x" for n in range(16 - len(labels))}
+    created = app.create_session("Support", labels, None, ADMIN_ACTOR)
+    assert app.get_session(created.session_id).labels == labels
+
+
+@pytest.mark.parametrize("labels", [{"key": "value\n"}, {"key\n": "value"}])
+def test_a_label_ending_in_a_newline_raises_invalid_value(
+    app: SessionsApplication, labels: dict[str, str]
+) -> None:
+    with pytest.raises(InvalidValue):
+        app.create_session("Support", labels, None, ADMIN_ACTOR)
+    assert head(app) == 0
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"": "x"},
+        {"key": ""},
+        {"key": "two words"},
+        {"-key": "x"},
+        {"key": ".x"},
+        {"k" * 64: "x"},
+        {"key": "v" * 64},
+        {"key/slash": "x"},
+        {"key": "é"},
+        {f"k{n}": "x" for n in range(17)},
+    ],
+)
+def test_labels_that_are_not_short_tokens_raise_invalid_value(
+    app: SessionsApplication, labels: dict[str, str]
+) -> None:
+    with pytest.raises(InvalidValue):
+        app.create_session("Support", labels, None, ADMIN_ACTOR)
+    assert head(app) == 0
+
+
+# -- what the gateway reports ---------------------------------------------------------------
+
+
+def test_gateway_reports_that_apply_are_recorded(app: SessionsApplication) -> None:
+    sid, uuid = create(app)
+    assert app.record_qr(uuid, "2@abc", LATER, 1, 6) == head(app)
+    assert app.record_connected(uuid, JID, "Support Phone") == head(app)
+    assert app.record_disconnected(uuid, "connection_lost") == head(app)
+    assert app.record_connected(uuid, JID, "Support Phone") == head(app)
+    session = app.get_session(sid)
+    assert (session.status, session.jid) == ("connected", JID)
+
+
+def test_reports_after_a_stop_no_longer_apply_and_record_nothing(
+    app: SessionsApplication,
+) -> None:
+    sid, uuid = create(app)
+    app.record_qr(uuid, "2@abc", LATER, 1, 6)
+    app.stop(sid, ADMIN_ACTOR)
+    before = head(app)
+
+    assert app.record_qr(uuid, "2@def", LATER, 2, 6) is None
+    assert app.record_connected(uuid, JID, "Support Phone") is None
+    assert app.record_disconnected(uuid, "connection_lost") is None
+    assert app.record_qr_expired(uuid) is None
+    assert head(app) == before
+    assert app.load(uuid).reason == "stopped"
+
+
+def test_reports_after_a_delete_no_longer_apply_and_record_nothing(
+    app: SessionsApplication,
+) -> None:
+    sid, uuid = create(app)
+    app.delete(sid, ADMIN_ACTOR)
+    before = head(app)
+
+    assert app.record_connected(uuid, JID, "Support Phone") is None
+    assert app.record_qr(uuid, "2@abc", LATER, 1, 6) is None
+    assert app.record_disconnected(uuid, "logged_out") is None
+    assert app.record_qr_expired(uuid) is None
+    assert head(app) == before
+
+
+def test_reports_that_do_not_fit_the_status_are_dropped(app: SessionsApplication) -> None:
+    _, uuid = create(app)
+    app.record_connected(uuid, JID, "Support Phone")
+    before = head(app)
+
+    # Check a connected session neither shows a QR code nor lets one expire.
+    assert app.record_qr(uuid, "2@abc", LATER, 1, 6) is None
+    assert app.record_qr_expired(uuid) is None
+    assert app.record_connected(uuid, JID, "Support Phone") is None
+    assert head(app) == before
+
+
+def test_a_report_about_an_unknown_session_is_dropped(app: SessionsApplication) -> None:
+    assert app.record_connected(uuid4(), JID, "Support Phone") is None
+    assert app.record_qr_expired(uuid4()) is None
+    assert head(app) == 0
+
+
+def test_an_impossible_report_is_dropped_and_logged_as_an_error(
+    app: SessionsApplication, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, uuid = create(app)
+    before = head(app)
+    with caplog.at_level(logging.INFO, logger="application.sessions"):
+        assert app.record_qr(uuid, "2@abc", LATER, attempt=7, max_attempts=6) is None
+    assert head(app) == before
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+def test_recording_gateway_events_forward_to_the_application(app: SessionsApplication) -> None:
+    sid, uuid = create(app)
+    events = RecordingGatewayEvents(app)
+    assert events.qr_issued(uuid, "2@abc", LATER, 1, 6) == head(app)
+    assert events.qr_exhausted(uuid) == head(app)
+    assert app.get_session(sid).status == "expired"
+    app.reconnect(sid, ADMIN_ACTOR)
+    assert events.connected(uuid, JID, "Support Phone") == head(app)
+    assert events.disconnected(uuid, "logged_out") == head(app)
+    assert app.get_session(sid).reason == "logged_out"
+    assert events.connected(uuid4(), JID, "nobody") is None
+
+
+# -- snapshots ------------------------------------------------------------------------------
+
+
+def test_a_session_with_more_than_fifty_events_loads_the_same_from_its_snapshot(
+    app: SessionsApplication,
+) -> None:
+    created = app.create_session("Support", {"team": "eu"}, 30, ADMIN_ACTOR)
+    sid = created.session_id
+    uuid = app.load(sid).id
+    second = app.issue_key(sid, "ci", ADMIN_ACTOR)
+    app.revoke_key(sid, second.key_id, ADMIN_ACTOR)
+    app.record_connected(uuid, JID, "Support Phone")
+
+    # Check no snapshot exists before the fiftieth event.
+    assert app.snapshots is not None
+    assert list(app.snapshots.get(uuid)) == []
+
+    for _ in range(30):
+        app.stop(sid, ADMIN_ACTOR)
+        app.reconnect(sid, ADMIN_ACTOR)
+    app.record_qr(uuid, "2@abc", LATER, 3, 6)
+    app.issue_key(sid, "late", ADMIN_ACTOR)
+
+    # Check a snapshot was taken at version 50.
+    snapshots = list(app.snapshots.get(uuid))
+    assert [s.originator_version for s in snapshots] == [50]
+    assert app.load(sid).version == 68
+
+    # Check the session loaded through the snapshot equals one folded from every event.
+    loaded = app.load(sid)
+    folded = replay(app.events.get(uuid))
+    assert vars(loaded) == vars(folded)
+    assert loaded.qr_code == "2@abc"
+    assert [k.label for k in loaded.keys.values()] == ["default", "ci", "late"]
+    assert not loaded.keys[second.key_id].is_active
+
+    # Check the state at the snapshot itself matches the events up to it.
+    at_50: Session = app.repository.get(uuid, version=50)
+    assert vars(at_50) == vars(
+        replay(e for e in app.events.get(uuid) if e.originator_version <= 50)
+    )
+
+
+def test_the_stored_snapshot_and_events_alone_rebuild_the_session() -> None:
+    # Decode the stored records with another application's mapper: nothing but the recorded
+    # bytes (and the registered transcodings) is needed to rebuild the session.
+    app, other = popo_app(), popo_app()
+    sid, uuid = create(app)
+    app.issue_key(sid, "ci", ADMIN_ACTOR)
+    for _ in range(30):
+        app.stop(sid, ADMIN_ACTOR)
+        app.reconnect(sid, ADMIN_ACTOR)
+    assert app.snapshots is not None
+
+    (stored_snapshot,) = app.snapshots.recorder.select_events(uuid)
+    snapshot = other.mapper.to_domain_event(stored_snapshot)
+    assert isinstance(snapshot, Snapshot)
+    assert snapshot.originator_version == 50
+    rebuilt = snapshot.mutate(None)
+    assert isinstance(rebuilt, Session)
+    assert all(isinstance(k, ApiKey) for k in rebuilt.keys.values())
+    later = app.events.recorder.select_events(uuid, gt=50)
+    rebuilt = replay((other.mapper.to_domain_event(s) for s in later), start=rebuilt)
+
+    assert vars(rebuilt) == vars(app.load(sid))
+
+
+# -- restore after a restart ----------------------------------------------------------------
+
+
+def test_restoring_sessions_resumes_connected_and_connecting_ones_only(
+    app: SessionsApplication,
+) -> None:
+    gateway = FakeGateway()
+
+    connected_id, connected = create(app, "connected")
+    app.record_connected(connected, JID, "Support Phone")
+    _, connecting = create(app, "connecting")
+    app.record_qr(connecting, "2@abc", LATER, 2, 6)
+    stopped_id, stopped = create(app, "stopped")
+    app.record_connected(stopped, "4900:2@s.whatsapp.net", "Other")
+    app.stop(stopped_id, ADMIN_ACTOR)
+    deleted_id, deleted = create(app, "deleted")
+    app.delete(deleted_id, ADMIN_ACTOR)
+    _, expired = create(app, "expired")
+    app.record_qr_expired(expired)
+    _, dropped = create(app, "dropped")
+    app.record_connected(dropped, "4900:3@s.whatsapp.net", "Dropped")
+    app.record_disconnected(dropped, "connection_lost")
+    untouched = {u: app.load(u).version for u in (stopped, deleted, expired, dropped)}
+
+    started = restore_sessions(
+        app, gateway, [connected, connecting, stopped, deleted, expired, dropped]
+    )
+
+    # Check the connected session resumes its linked device; the connecting one pairs anew.
+    assert started == 2
+    assert gateway.calls == [("start", connected, JID), ("start", connecting, None)]
+
+    # Check the connected one is recorded as disconnected, since the service was down.
+    session = app.get_session(connected_id)
+    assert (session.status, session.reason, session.desired) == (
+        "disconnected",
+        SERVICE_RESTARTED,
+        "running",
+    )
+    assert session.jid == JID
+    assert SERVICE_RESTARTED == "service_restarted"
+
+    # Check the others are left exactly as they were.
+    assert {u: app.load(u).version for u in untouched} == untouched
+
+    # Check the resumed device may then connect again.
+    assert app.record_connected(connected, JID, "Support Phone") is not None
+    assert app.get_session(connected_id).status == "connected"
+
+
+def test_restoring_no_sessions_starts_nothing(app: SessionsApplication) -> None:
+    gateway = FakeGateway()
+    assert restore_sessions(app, gateway, []) == 0
+    assert gateway.calls == []
+
+
+# -- the gateway driver ---------------------------------------------------------------------
+
+
+def test_the_gateway_driver_starts_stops_and_logs_out_as_the_log_says(
+    app: SessionsApplication,
+) -> None:
+    gateway = FakeGateway()
+    driver = GatewayDriver.bound_to(gateway)(view=POPOTrackingRecorder())
+    sid, uuid = create(app)
+    app.record_connected(uuid, JID, "Support Phone")
+    app.stop(sid, ADMIN_ACTOR)
+    app.reconnect(sid, ADMIN_ACTOR)
+    app.issue_key(sid, "ci", ADMIN_ACTOR)
+    app.delete(sid, ADMIN_ACTOR)
+
+    catch_up(app, driver)
+
+    assert gateway.calls == [
+        ("start", uuid, None),
+        ("stop", uuid, None),
+        ("start", uuid, None),
+        ("logout", uuid, None),
+    ]
+    # Check every event is tracked, those the driver ignores included.
+    assert driver.view.max_tracking_id(app.name) == head(app)

@@ -1,0 +1,293 @@
+"""Random sequences of commands against the application, checked against a small model of
+what each command should do, and against replays of the events recorded so far."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+import pytest
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    UUIDAsHex,
+)
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+from application.sessions import ApiKeyAsDict, SessionsApplication
+from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
+from domain.session import Session
+from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE, key_actor
+from projections.keys import ApiKeyProjection
+from projections.status import SessionStatusProjection
+from projections.views import MemoryApiKeyView, MemorySessionStatusView
+from tests.unit.helpers import catch_up, head, popo_app, replay
+
+STATUSES = {"connecting", "connected", "disconnected", "expired"}
+LATER = datetime(2030, 1, 1, tzinfo=UTC)
+JID = "4915112345678:1@s.whatsapp.net"
+
+#: What a command should do: raise this error, record events (True) or record nothing (False).
+Expected = type[Exception] | bool
+
+
+@dataclass
+class Model:
+    """What the test believes about one session."""
+
+    status: str = "connecting"
+    reason: str | None = None
+    desired: str = "running"
+    keys: dict[str, bool] = field(default_factory=dict)  # key id -> active
+    requests_per_minute: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.desired == "running"
+
+    @property
+    def deleted(self) -> bool:
+        return self.desired == "deleted"
+
+
+def independent_mapper() -> Mapper[UUID]:
+    """A mapper built here, not by any `SessionsApplication`, with the same transcodings."""
+    transcoder = JSONTranscoder()
+    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), ApiKeyAsDict()):
+        transcoder.register(transcoding)
+    return Mapper(transcoder=transcoder)
+
+
+class SessionsMachine(RuleBasedStateMachine):
+    app_class: ClassVar[type[SessionsApplication]] = SessionsApplication
+
+    sessions: Bundle[str] = Bundle("sessions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.app = popo_app(self.app_class)
+        self.models: dict[str, Model] = {}
+        self.status = SessionStatusProjection(MemorySessionStatusView())
+        self.keys = ApiKeyProjection(MemoryApiKeyView())
+        self.mapper = independent_mapper()
+
+    def run(self, expected: Expected, command: Callable[[], object]) -> bool:
+        """Run a command and check it did what was expected; True if it recorded events."""
+        before = head(self.app)
+        if not isinstance(expected, bool):
+            with pytest.raises(expected):
+                command()
+            assert head(self.app) == before
+            return False
+        position = command()
+        if not expected:
+            assert position is None
+            assert head(self.app) == before
+            return False
+        assert isinstance(position, int)
+        assert position == head(self.app) > before
+        return True
+
+    def uuid(self, session_id: str) -> UUID:
+        return self.app.load(session_id).id
+
+    # -- operators and clients ------------------------------------------------------------
+
+    @rule(target=sessions, name=st.sampled_from(["Support", "  Sales ", "Ops"]))
+    def create(self, name: str) -> str:
+        created = self.app.create_session(name, {"team": "eu"}, None, ADMIN_ACTOR)
+        assert created.position == head(self.app)
+        self.models[created.session_id] = Model(keys={created.first_key.key_id: True})
+        return created.session_id
+
+    @rule(session_id=sessions)
+    def stop(self, session_id: str) -> None:
+        m = self.models[session_id]
+        expected: Expected = SessionIsDeleted if m.deleted else m.running
+        if self.run(expected, lambda: self.app.stop(session_id, ADMIN_ACTOR)):
+            m.status, m.reason, m.desired = "disconnected", "stopped", "stopped"
+
+    @rule(session_id=sessions)
+    def reconnect(self, session_id: str) -> None:
+        m = self.models[session_id]
+        expected: Expected
+        if m.deleted:
+            expected = SessionIsDeleted
+        elif m.desired == "stopped" or m.status in ("disconnected", "expired"):
+            expected = True
+        else:
+            expected = InvalidTransition
+        if self.run(expected, lambda: self.app.reconnect(session_id, key_actor("key_x"))):
+            m.status, m.reason, m.desired = "connecting", None, "running"
+
+    @rule(session_id=sessions)
+    def delete(self, session_id: str) -> None:
+        m = self.models[session_id]
+        expected: Expected = SessionIsDeleted if m.deleted else True
+        if self.run(expected, lambda: self.app.delete(session_id, ADMIN_ACTOR)):
+            m.status, m.reason, m.desired = "disconnected", "deleted", "deleted"
+            m.keys = dict.fromkeys(m.keys, False)
+
+    @rule(session_id=sessions)
+    def issue_key(self, session_id: str) -> None:
+        m = self.models[session_id]
+        if m.deleted:
+            self.run(SessionIsDeleted, lambda: self.app.issue_key(session_id, "ci", ADMIN_ACTOR))
+            return
+        issued = self.app.issue_key(session_id, "ci", ADMIN_ACTOR)
+        assert issued.position == head(self.app)
+        m.keys[issued.key_id] = True
+
+    @rule(session_id=sessions, data=st.data())
+    def revoke_key(self, session_id: str, data: st.DataObject) -> None:
+        m = self.models[session_id]
+        key_id = data.draw(st.sampled_from([*sorted(m.keys), "key_0000000000000000"]))
+        expected: Expected
+        if m.deleted:
+            expected = SessionIsDeleted
+        elif key_id not in m.keys:
+            expected = UnknownApiKey
+        else:
+            expected = m.keys[key_id]
+        if self.run(expected, lambda: self.app.revoke_key(session_id, key_id, ADMIN_ACTOR)):
+            m.keys[key_id] = False
+
+    @rule(
+        session_id=sessions,
+        limit=st.one_of(
+            st.none(),
+            st.sampled_from([0, 1, MAX_REQUESTS_PER_MINUTE, MAX_REQUESTS_PER_MINUTE + 1]),
+            st.integers(-3, 200),
+        ),
+    )
+    def set_rate_limit(self, session_id: str, limit: int | None) -> None:
+        m = self.models[session_id]
+        expected: Expected
+        if m.deleted:
+            expected = SessionIsDeleted
+        elif limit is not None and not 1 <= limit <= MAX_REQUESTS_PER_MINUTE:
+            expected = InvalidValue
+        else:
+            expected = True
+        if self.run(expected, lambda: self.app.set_rate_limit(session_id, limit, ADMIN_ACTOR)):
+            m.requests_per_minute = limit
+
+    # -- what the gateway reports: dropped (None) when it no longer applies ------------------
+
+    @rule(session_id=sessions)
+    def record_connected(self, session_id: str) -> None:
+        m = self.models[session_id]
+        applies = m.running and m.status in ("connecting", "disconnected")
+        uuid = self.uuid(session_id)
+        if self.run(applies, lambda: self.app.record_connected(uuid, JID, "Phone")):
+            m.status, m.reason = "connected", None
+
+    @rule(session_id=sessions, reason=st.sampled_from(["connection_lost", "logged_out"]))
+    def record_disconnected(self, session_id: str, reason: str) -> None:
+        m = self.models[session_id]
+        applies = m.running and m.status in ("connecting", "connected")
+        uuid = self.uuid(session_id)
+        if self.run(applies, lambda: self.app.record_disconnected(uuid, reason)):
+            m.status, m.reason = "disconnected", reason
+
+    @rule(session_id=sessions, attempt=st.integers(1, 6))
+    def record_qr(self, session_id: str, attempt: int) -> None:
+        m = self.models[session_id]
+        applies = m.running and m.status == "connecting"
+        uuid = self.uuid(session_id)
+        self.run(applies, lambda: self.app.record_qr(uuid, f"2@{attempt}", LATER, attempt, 6))
+
+    @rule(session_id=sessions)
+    def record_qr_expired(self, session_id: str) -> None:
+        m = self.models[session_id]
+        applies = m.running and m.status == "connecting"
+        uuid = self.uuid(session_id)
+        if self.run(applies, lambda: self.app.record_qr_expired(uuid)):
+            m.status, m.reason = "expired", "qr_expired"
+
+    # -- invariants -----------------------------------------------------------------------
+
+    def replay_log(self) -> dict[UUID, Session]:
+        """Every session folded from the whole notification log, decoded by our own mapper."""
+        sessions: dict[UUID, Session] = {}
+        for notification in self.app.recorder.select_notifications(start=1, limit=100_000):
+            event: Any = self.mapper.to_domain_event(notification)
+            sessions[event.originator_id] = event.mutate(sessions.get(event.originator_id))
+        return sessions
+
+    @invariant()
+    def every_session_agrees_with_the_model_its_events_and_its_rows(self) -> None:
+        catch_up(self.app, self.status, self.keys)
+        from_log = self.replay_log()
+        assert len(from_log) == len(self.models)
+        for session_id, m in self.models.items():
+            session = self.app.load(session_id)
+
+            # Check the state is one the model expects, and the invariants hold.
+            assert session.status in STATUSES
+            assert (session.status, session.reason, session.desired) == (
+                m.status,
+                m.reason,
+                m.desired,
+            )
+            if session.is_stopped:
+                assert (session.status, session.reason) == ("disconnected", "stopped")
+            if session.is_deleted:
+                assert not any(k.is_active for k in session.keys.values())
+            assert {k.key_id: k.is_active for k in session.keys.values()} == m.keys
+            assert session.requests_per_minute == m.requests_per_minute
+
+            # Check replaying the recorded events rebuilds the same state, twice over.
+            assert vars(replay(self.app.events.get(session.id))) == vars(session)
+            assert vars(from_log[session.id]) == vars(session)
+
+            # Check the status row built from the log agrees with the aggregate.
+            row = self.status.view.get_session(session_id)
+            assert row is not None
+            assert (row.status, row.reason, row.desired) == (
+                session.status,
+                session.reason,
+                session.desired,
+            )
+            assert (row.connected_at is not None) == (session.status == "connected")
+            assert row.requests_per_minute == session.requests_per_minute
+            assert (row.qr_code, row.qr_attempt) == (session.qr_code, session.qr_attempt)
+
+            # Check the key rows built from the log agree with the aggregate.
+            key_rows = {
+                r.key_id: r.is_active
+                for r in self.keys.view.all_keys()
+                if r.session_id == session_id
+            }
+            assert key_rows == m.keys
+
+        last = head(self.app)
+        assert self.status.view.max_tracking_id(self.app.name) == (last or None)
+        assert self.keys.view.max_tracking_id(self.app.name) == (last or None)
+
+
+class FrequentSnapshots(SessionsApplication):
+    """Snapshots every third version, so most loads go through a snapshot."""
+
+    name = "sessiond"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Session: 3}
+
+
+class SnapshottingSessionsMachine(SessionsMachine):
+    app_class = FrequentSnapshots
+
+
+FAST = settings(max_examples=60, stateful_step_count=30, deadline=None, database=None)
+
+TestSessionsStateMachine = SessionsMachine.TestCase
+TestSessionsStateMachine.settings = FAST
+
+TestSessionsStateMachineWithFrequentSnapshots = SnapshottingSessionsMachine.TestCase
+TestSessionsStateMachineWithFrequentSnapshots.settings = FAST
