@@ -112,8 +112,8 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
             SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (position)").format(
                 Identifier(self.table + "_position_idx"), table
             ),
-            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (key_hash)").format(
-                Identifier(self.table + "_hash_idx"), table
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id)").format(
+                Identifier(self.table + "_session_idx"), table
             ),
         ]
         # The last use of a key is kept in its own column, written by the API processes,
@@ -125,6 +125,9 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
         ).format(table)
         self.select_one = SQL("SELECT doc, last_used_at FROM {0} WHERE key_id = %s").format(table)
         self.select_all = SQL("SELECT doc, last_used_at FROM {0} ORDER BY key_id").format(table)
+        self.select_of_session = SQL(
+            "SELECT doc, last_used_at FROM {0} WHERE session_id = %s ORDER BY key_id"
+        ).format(table)
         self.select_since = SQL("SELECT doc, last_used_at FROM {0} WHERE position > %s").format(
             table
         )
@@ -165,6 +168,11 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
     def all_keys(self) -> list[KeyRow]:
         with self.datastore.cursor() as curs:
             curs.execute(self.select_all)
+            return self._fetch(curs, KeyRow)
+
+    def keys_of_session(self, session_id: str) -> list[KeyRow]:
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_of_session, (session_id,))
             return self._fetch(curs, KeyRow)
 
     def changed_since(self, curs: Cursor[DictRow], position: int) -> list[KeyRow]:

@@ -159,7 +159,7 @@ class CachedReadModels(ReadModels):
 
     def keys_of(self, session_id: str) -> list[KeyRow]:
         self._flush_uses()
-        return [k for k in self.key_view.all_keys() if k.session_id == session_id]
+        return self.key_view.keys_of_session(session_id)
 
     def note_key_use(self, key_id: str, at: datetime) -> None:
         with self._uses_lock:
