@@ -199,11 +199,13 @@ class CachedReadModels(ReadModels):
         # A process that stopped refreshing for longer than it trusts its own copy
         # (stale_after) refuses keys anyway, so it need not be waited for.
         window = f"{self.stale_after + 1.0} seconds"
+        pause = 0.001
         while time.monotonic() < deadline:
             lagging = await asyncio.to_thread(self._count_lagging, position, window)
             if lagging == 0:
                 return True
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
         return False
 
     def _count_lagging(self, position: int, window: str) -> int:
