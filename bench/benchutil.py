@@ -1,0 +1,92 @@
+"""Helpers shared by the benchmarks: a fresh database per run, medians, a result file.
+
+Benchmarks print figures; they are never timed tests. This machine is noisy, so every figure
+is reported next to a baseline measured in the same run (interleaved rounds, median).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def base_database_url() -> str:
+    """SESSIOND_BENCH_DATABASE_URL when set, else the local PostgreSQL with trust auth."""
+    url = os.environ.get("SESSIOND_BENCH_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    host = str(conninfo_to_dict(url).get("host") or "")
+    if host and host not in LOCAL_HOSTS and not host.startswith("/"):
+        raise SystemExit(f"bench: the database must be on this machine, not {host!r}")
+    return url
+
+
+@contextmanager
+def fresh_database(prefix: str = "sessiond_bench_") -> Iterator[str]:
+    """Create an empty database for one benchmark run; drop it (forcefully) at the end."""
+    base = base_database_url()
+    name = prefix + uuid.uuid4().hex[:12]
+    with psycopg.connect(base, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    print(f"database: created {name}", flush=True)
+    try:
+        yield make_conninfo(base, dbname=name)
+    finally:
+        try:
+            with psycopg.connect(base, autocommit=True, connect_timeout=10) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            print(f"database: dropped {name}", flush=True)
+        except psycopg.Error as error:
+            print(f"database: could not drop {name}: {error}", file=sys.stderr, flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def ratio(subject: float, baseline: float) -> float:
+    return subject / baseline if baseline else float("nan")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def write_result(path: str | None, result: dict[str, Any]) -> None:
+    """Write the machine-readable result for `run_all.py`, when it asked for one."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2, sort_keys=True))
+
+
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None
+) -> None:
+    """Print a plain table; `align` has one letter per column, ``l`` or ``r`` (default lr…r)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.ljust(w) if a == "l" else cell.rjust(w)
+            for cell, w, a in zip(cells, widths, align, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for row in rows:
+        print(line(row))

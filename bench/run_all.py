@@ -1,0 +1,119 @@
+"""Run every benchmark (each in its own process) and print a short summary table.
+
+    .venv/bin/python bench/run_all.py [--duration 5] [--rounds 3]
+
+The options are passed on to each benchmark. Exits non-zero when a benchmark failed or its run
+was invalid (non-2xx answers, errors, a broken event store), never because a target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from benchutil import print_table, verdict
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ("status_read.py", "command_throughput.py")
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(script: str, options: list[str], workdir: Path) -> tuple[int, dict[str, Any] | None]:
+    out = workdir / (script + ".json")
+    args = [sys.executable, str(HERE / script), *options, "--json-out", str(out)]
+    print(f"\n=== {script} ===", flush=True)
+    started = time.monotonic()
+    process = subprocess.Popen(args)  # our own script, fixed arguments
+    try:
+        code = process.wait(timeout=1800)
+    finally:
+        if process.poll() is None:  # interrupted: let it clean up (server, database) first
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+    print(f"=== {script}: exit {code} after {time.monotonic() - started:.0f} s ===", flush=True)
+    result = json.loads(out.read_text()) if out.exists() else None
+    return code, result
+
+
+def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    status = results.get("status_read.py")
+    if status is None:
+        rows.append(["status read vs /ping", "-", "-", "-", "-", "FAILED"])
+    else:
+        ping, subject = status["ping"], status["status"]
+        ok = status["ratio_met"] and status["p99_met"]
+        rows.append(
+            [
+                "status read vs /ping (req/s)",
+                f"{ping['rps']:,.0f}",
+                f"{subject['rps']:,.0f}",
+                f"{status['ratio']:.2f}",
+                "≥ 0.5, p99 < 10 ms",
+                f"{verdict(ok)} (p99 {subject['p99_ms']:.1f} ms)"
+                + ("" if status["valid"] else " INVALID"),
+            ]
+        )
+    commands = results.get("command_throughput.py")
+    if commands is None:
+        rows.append(["commands vs insert commits", "-", "-", "-", "-", "FAILED"])
+    else:
+        for writers, figures in commands["writers"].items():
+            target = writers == "8"
+            rows.append(
+                [
+                    f"commands vs insert commits, {writers} writer(s)",
+                    f"{figures['baseline_commits_per_s']:,.0f}",
+                    f"{figures['commands_per_s']:,.0f}",
+                    f"{figures['ratio']:.2f}",
+                    "≥ 0.5" if target else "-",
+                    (verdict(figures["ratio"] >= 0.5) if target else "")
+                    + ("" if commands["verified"] else " ORDERING BROKEN"),
+                ]
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, help="seconds per round")
+    parser.add_argument("--rounds", type=int)
+    args = parser.parse_args(argv)
+    options: list[str] = []
+    if args.duration is not None:
+        options += ["--duration", str(args.duration)]
+    if args.rounds is not None:
+        options += ["--rounds", str(args.rounds)]
+    signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
+    codes: dict[str, int] = {}
+    results: dict[str, dict[str, Any] | None] = {}
+    with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
+        for script in BENCHMARKS:
+            codes[script], results[script] = run(script, options, Path(tmp))
+    print("\nSummary (medians of interleaved rounds; ratio = subject / baseline, same run)")
+    print_table(
+        ["benchmark", "baseline", "subject", "ratio", "target", "verdict"],
+        summary_rows(results),
+        align="lrrrll",
+    )
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
