@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
 
+from application.cache import SessionCache
 from application.commit import GroupCommitter
 from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
@@ -75,10 +77,29 @@ class SessionsApplication(Application[UUID]):
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
         self.committer = GroupCommitter(self.save)
+        self._cache: SessionCache[Session] = SessionCache()
 
     def close(self) -> None:
         self.committer.close()
         super().close()
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """Snapshot from the sessions just saved, in memory, instead of loading them again."""
+        if self.snapshots is None:
+            return
+        interval = self.snapshotting_intervals[Session]
+        due = {
+            event.originator_id
+            for event in processing_event.events
+            if event.originator_version % interval == 0
+        }
+        snapshots = [
+            Snapshot.take(aggregate)
+            for aggregate_id, aggregate in processing_event.aggregates.items()
+            if aggregate_id in due and isinstance(aggregate, Session)
+        ]
+        if snapshots:
+            self.snapshots.put(snapshots)
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -115,6 +136,7 @@ class SessionsApplication(Application[UUID]):
         new = generate_key(SESSION_KEY_KIND)
         session.issue_key(new.key_id, new.prefix, new.key_hash, key_label, actor)
         position = self._save(session)
+        self._cache.put(session.id, session)
         key = IssuedKey(new.key_id, new.key, new.prefix, key_label, position)
         return CreatedSession(public_session_id(session.id), key, position)
 
@@ -187,18 +209,34 @@ class SessionsApplication(Application[UUID]):
     def _change_or_none(
         self, session_id: str | UUID, change: Callable[[Session], object]
     ) -> int | None:
-        """Load, change, save; retried when another writer saved the session in between."""
-        for _ in range(_CONFLICT_RETRIES):
-            session = self.load(session_id)
-            if session.is_deleted:
-                raise SessionIsDeleted(f"the session {session_id} has been deleted")
-            change(session)
+        """Load, change, save; retried when another writer saved the session in between.
+
+        The first try may start from the cached copy (see `application.cache`); anything but
+        a successful save is decided again on a fresh load before it is answered.
+        """
+        uuid = session_id if isinstance(session_id, UUID) else session_uuid(session_id)
+        for attempt in range(_CONFLICT_RETRIES):
+            cached = self._cache.get(uuid) if attempt == 0 else None
+            session = cached if cached is not None else self.load(uuid)
+            try:
+                if session.is_deleted:
+                    raise SessionIsDeleted(f"the session {session_id} has been deleted")
+                change(session)
+            except DomainError:
+                if cached is not None:
+                    continue
+                raise
             if not session.pending_events:
+                if cached is not None:
+                    continue
                 return None
             try:
-                return self._save(session)
+                position = self._save(session)
             except IntegrityError:
+                self._cache.evict(uuid)
                 continue
+            self._cache.put(uuid, session)
+            return position
         raise ConcurrentChange(f"session {session_id} changed concurrently; try again")
 
     def _gateway_change(self, session_id: UUID, change: Callable[[Session], None]) -> int | None:
