@@ -36,6 +36,12 @@ class _PostgresView(PostgresTrackingRecorder):
     def _ident(self) -> Composed:
         return SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.table))
 
+    def _index(self, column: str) -> Composed:
+        """An index on `column` of the view table (used to find rows changed since a position)."""
+        return SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} ({2})").format(
+            Identifier(f"{self.table}_{column}_idx"), self._ident(), Identifier(column)
+        )
+
     def _write(self, statement: Composed, params: list[dict[str, Any]], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
             if params:
@@ -57,9 +63,7 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
                 "session_id text PRIMARY KEY, status text NOT NULL, desired text NOT NULL, "
                 "labels jsonb NOT NULL, position bigint NOT NULL, doc text NOT NULL)"
             ).format(table),
-            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (position)").format(
-                Identifier(self.table + "_position_idx"), table
-            ),
+            self._index("position"),
         ]
         self.upsert = SQL(
             "INSERT INTO {0} (session_id, status, desired, labels, position, doc) "
@@ -109,12 +113,8 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
                 "key_id text PRIMARY KEY, session_id text NOT NULL, key_hash text NOT NULL, "
                 "position bigint NOT NULL, doc text NOT NULL, last_used_at timestamptz)"
             ).format(table),
-            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (position)").format(
-                Identifier(self.table + "_position_idx"), table
-            ),
-            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id)").format(
-                Identifier(self.table + "_session_idx"), table
-            ),
+            self._index("position"),
+            self._index("session_id"),
         ]
         # The last use of a key is kept in its own column, written by the API processes,
         # so that recording it never needs an event and the projection never overwrites it.
