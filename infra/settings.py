@@ -135,7 +135,6 @@ def eventsourcing_env(
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(max_overflow),
-        "POSTGRES_PRE_PING": "y",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "APPLICATION_RECORDER_TOPIC": "infra.pgrecorder:PollingApplicationRecorder",
     }

@@ -21,7 +21,9 @@ def settings_overrides() -> dict[str, str]:
 
 
 async def _status(api: Api, created: dict[str, Any]) -> dict[str, Any]:
-    response = await api.client.get(f"/sessions/{created['sessionId']}/status", headers=api.key(created))
+    response = await api.client.get(
+        f"/sessions/{created['sessionId']}/status", headers=api.key(created)
+    )
     body: dict[str, Any] = response.json()
     return body
 
@@ -45,13 +47,21 @@ async def test_qr_codes_rotate_then_the_session_expires_until_reconnected(api: A
 
     # Check the expired session says why, shows no QR code, and is unhealthy.
     status = await _status(api, created)
-    assert (status["status"], status["reason"], status["health"]) == ("expired", "qr_expired", "unhealthy")
+    assert (status["status"], status["reason"], status["health"]) == (
+        "expired",
+        "qr_expired",
+        "unhealthy",
+    )
     assert status["qrExpiresAt"] is None
     no_qr = await api.client.get(f"/sessions/{session_id}/qr", headers=key)
-    assert no_qr.status_code == 409 and no_qr.headers["content-type"].startswith("application/problem+json")
+    assert no_qr.status_code == 409 and no_qr.headers["content-type"].startswith(
+        "application/problem+json"
+    )
 
     # Check reconnect starts a new round of codes at attempt 1.
-    assert (await api.client.post(f"/sessions/{session_id}/reconnect", headers=key)).status_code == 200
+    assert (
+        await api.client.post(f"/sessions/{session_id}/reconnect", headers=key)
+    ).status_code == 200
     for _ in range(100):
         response = await api.client.get(f"/sessions/{session_id}/qr", headers=key)
         if response.status_code == 200:
@@ -83,7 +93,9 @@ async def test_a_process_whose_views_went_stale_refuses_session_keys(api: Api) -
     assert read_models is not None
     await asyncio.to_thread(read_models.stop)  # the listener dies: no more refreshes
     await asyncio.sleep(0.7)
-    refused = await api.client.get(f"/sessions/{created['sessionId']}/status", headers=api.key(created))
+    refused = await api.client.get(
+        f"/sessions/{created['sessionId']}/status", headers=api.key(created)
+    )
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     ready = await api.client.get("/health/ready")
