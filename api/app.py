@@ -11,16 +11,19 @@ from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 
-from api.auth import API_KEY_HEADER, RATE_LIMIT_STATE
+from api.auth import API_KEY_HEADER, API_KEY_SCHEME, RATE_LIMIT_STATE
 from api.context import ApiContext
 from api.controllers.health import HealthController
 from api.controllers.keys import KeysController
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
+from api.openapi import complete_openapi
 from api.problems import handle_exception
+from api.requests import JsonRequest
 
 
 def rate_limit_headers(app: ASGIApp) -> ASGIApp:
@@ -45,6 +48,39 @@ def rate_limit_headers(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def _allowed_methods(app: Litestar) -> dict[str, str]:
+    return {
+        route.path_format: ", ".join(sorted(route.methods))
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+    }
+
+
+def allow_header(app: ASGIApp) -> ASGIApp:
+    """Answer ``OPTIONS`` with every method of the path in ``Allow``.
+
+    Litestar 2.25 builds the automatic ``OPTIONS`` answer of a path when the first handler of
+    that path is registered, so it lists only that handler's methods (``OPTIONS, POST`` for
+    ``/sessions``, which also has ``GET``). The path's route knows them all.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "OPTIONS":
+            await app(scope, receive, send)
+            return
+        allowed = _allowed_methods(scope["litestar_app"]).get(scope.get("path_template", ""))
+
+        async def send_with_allow(message: Message) -> None:
+            if allowed and message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                message["headers"] = [*headers, (b"allow", allowed.encode())]
+            await send(message)
+
+        await app(scope, receive, send_with_allow)
+
+    return middleware
+
+
 @get("/ping", include_in_schema=False, security=[])
 async def ping() -> dict[str, str]:
     """A bare route for benchmarks: no key, no lookup."""
@@ -63,29 +99,33 @@ def create_app(
     ]
     if ctx.simulator is not None:
         handlers.append(SimulatorController)
-    security: list[SecurityRequirement] = [{"apiKey": []}]
     openapi = OpenAPIConfig(
         title="sessiond",
         version="0.1.0",
-        description="Event-sourced WhatsApp session management. Send `x-api-key` on every call.",
+        description=(
+            "Event-sourced WhatsApp session management. "
+            "Send `x-api-key` on every call but the health probes."
+        ),
         components=Components(
             security_schemes={
-                "apiKey": SecurityScheme(
+                API_KEY_SCHEME: SecurityScheme(
                     type="apiKey", name=API_KEY_HEADER, security_scheme_in="header"
                 )
             }
         ),
-        security=security,
         render_plugins=[SwaggerRenderPlugin()],
         path="/schema",
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         openapi_config=openapi,
         exception_handlers={Exception: handle_exception},
-        middleware=[rate_limit_headers],
+        middleware=[rate_limit_headers, allow_header],
         state=State({"ctx": ctx}),
         lifespan=list(lifespan),
+        request_class=JsonRequest,
         request_max_body_size=ctx.max_body_bytes,
         debug=False,
     )
+    complete_openapi(app)
+    return app

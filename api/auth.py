@@ -14,6 +14,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.openapi.spec import SecurityRequirement
 from litestar.params import FromPath
 
 from api.context import ApiContext
@@ -23,6 +24,9 @@ from domain.values import ADMIN_ACTOR, key_actor
 from projections.rows import SessionRow
 
 API_KEY_HEADER = "x-api-key"
+API_KEY_SCHEME = "apiKey"
+# The OpenAPI security of every route that needs a key (the health probes need none).
+API_KEY_SECURITY: list[SecurityRequirement] = [{API_KEY_SCHEME: []}]
 RATE_LIMIT_STATE = "ratelimit_headers"
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
 from application.errors import ConcurrentChange, SessionNotFound, SimulatorError
 from domain.errors import (
@@ -75,34 +75,55 @@ def _domain_problem(error: DomainError) -> ProblemError:
     return ProblemError(409, error.code, str(error))
 
 
-def _http_problem(error: HTTPException) -> ProblemError:
+def _http_problem(error: HTTPException, request: Request[Any, Any, Any]) -> ProblemError:
     status = error.status_code
+    headers = {k: str(v) for k, v in (error.headers or {}).items()}
     if isinstance(error, ValidationException):
-        detail = _validation_detail(error)
-        is_syntax = "malformed" in detail.lower() or "json is malformed" in detail.lower()
-        return ProblemError(400 if is_syntax else 422, "invalid-request", detail)
+        return _validation_problem(error)
+    if status == 400 and isinstance(error.__cause__, SerializationException):
+        return ProblemError(
+            400, "malformed-json", f"the request body is not valid JSON: {error.detail}"
+        )
+    if status == 405:
+        allowed = headers.get("allow") or headers.get("Allow") or ""
+        detail = f"{request.method} is not allowed on this path"
+        return ProblemError(
+            405, "method-not-allowed", f"{detail}; use {allowed}" if allowed else detail, headers
+        )
+    if status == 413:
+        limit = request.app.request_max_body_size
+        detail = "the request body is too large"
+        if isinstance(limit, int):
+            detail = f"the request body is larger than the {limit} bytes allowed"
+        return ProblemError(413, "body-too-large", detail)
+    if status == 404:
+        return ProblemError(404, "not-found", f"no route matches {request.url.path}", headers)
     code = {
+        400: "bad-request",
         401: "unauthorized",
-        404: "not-found",
-        405: "method-not-allowed",
-        413: "body-too-large",
         415: "unsupported-media-type",
     }.get(status, "http-error")
-    headers = {k: str(v) for k, v in (error.headers or {}).items()}
     return ProblemError(status, code, str(error.detail), headers)
 
 
-def _validation_detail(error: ValidationException) -> str:
-    extra = error.extra
-    if isinstance(extra, list) and extra:
-        parts = []
-        for item in extra:
-            if isinstance(item, dict):
-                where = item.get("key") or item.get("source") or "body"
-                parts.append(f"{where}: {item.get('message', '')}".strip())
-        if parts:
-            return "; ".join(parts)
-    return str(error.detail)
+def _validation_problem(error: ValidationException) -> ProblemError:
+    """A body that does not fit its schema is 422; a bad query or path parameter is 400."""
+    items = [item for item in error.extra if isinstance(item, dict)] if error.extra else []
+    if not items:
+        return ProblemError(400, "invalid-parameter", str(error.detail))
+    parts = []
+    for item in items:
+        where, message = item.get("key") or item.get("source") or "request", item.get("message")
+        if item.get("source") == "body" and where == "data":
+            if message == "'data'":  # the body was left out: there is no `data` to read
+                parts.append("the request body is missing; send a JSON object")
+                continue
+            where = "body"
+        parts.append(f"{where}: {message or 'not valid'}")
+    detail = "; ".join(parts)
+    if all(item.get("source") == "body" for item in items):
+        return ProblemError(422, "invalid-request", detail)
+    return ProblemError(400, "invalid-parameter", detail)
 
 
 def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
@@ -116,7 +137,7 @@ def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Respo
     elif isinstance(error, (ConcurrentChange, SimulatorError)):
         problem = ProblemError(409, error.code, str(error))
     elif isinstance(error, HTTPException):
-        problem = _http_problem(error)
+        problem = _http_problem(error, request)
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         problem = ProblemError(500, "internal-error", "an unexpected error happened; it was logged")

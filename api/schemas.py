@@ -16,7 +16,10 @@ SessionId = Annotated[
 KeyId = Annotated[str, Meta(pattern=r"^key_[0-9a-f]{16}$", examples=["key_0123456789abcdef"])]
 RequestsPerMinute = Annotated[int, Meta(ge=1, le=MAX_REQUESTS_PER_MINUTE)]
 Label = Annotated[str, Meta(min_length=1, max_length=64)]
-LabelPart = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+LABEL_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+LabelPart = Annotated[str, Meta(pattern=f"^{LABEL_PART}$")]
+LABEL_FILTER_PATTERN = f"^{LABEL_PART}:{LABEL_PART}$"
+LabelFilter = Annotated[str, Meta(pattern=LABEL_FILTER_PATTERN)]
 StatusValue = Literal["connecting", "connected", "disconnected", "expired"]
 Health = Literal["healthy", "starting", "unhealthy", "stopped"]
 
@@ -34,7 +37,14 @@ class RateLimitIn(Body):
 
 
 class CreateSessionIn(Body):
-    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+    name: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_NAME_LENGTH,
+            description="Trimmed of surrounding whitespace; then printable characters only",
+        ),
+    ]
     labels: Annotated[dict[LabelPart, LabelPart], Meta(max_length=16)] = {}
     rate_limit: RateLimitIn | None = None
 

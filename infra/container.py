@@ -143,6 +143,13 @@ class Container:
                 head = self.app.recorder.max_notification_id()
                 if head:
                     tracking.insert_tracking(Tracking(self.app.name, head))
+            # Restore from a status view that has seen everything up to where the driver
+            # starts, so no session falls between the two.
+            start = tracking.max_tracking_id(self.app.name)
+            try:
+                self.status_view.wait(self.app.name, start, timeout=30, interrupt=None)
+            except TimeoutError:
+                log.warning("the status view is behind; restoring from what it has")
             running = [
                 session_uuid(r.session_id)
                 for r in self.status_view.all_sessions()

@@ -20,15 +20,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DESCRIPTIONS = {
-    400: "Malformed request (e.g. the body is not JSON)",
+    400: "Malformed request: the body is not JSON, or a parameter is not valid",
     401: "No API key, or an unknown, mistyped or revoked one",
     403: "The operation needs the admin key",
     404: "No such session (or not reachable with this key)",
-    409: "The session's state does not allow this now",
+    409: "The session's state does not allow this now, or it changed meanwhile; retry",
     413: "The request body is too large",
-    422: "The request is well-formed but its values are not valid",
+    422: "The body is JSON, but its fields or values are not valid",
     429: "The session's rate limit is spent; see Retry-After",
-    503: "This server cannot check keys right now",
+    503: "This server cannot check keys, or its views lag behind, right now; see Retry-After",
 }
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from api.controllers.common import context
 from api.schemas import HealthOut
@@ -21,7 +22,15 @@ class HealthController(Controller):
         """The process is up."""
         return HealthOut(status="ok", checks={})
 
-    @get("/ready", responses={503: None})  # type: ignore[dict-item]
+    @get(
+        "/ready",
+        responses={
+            503: ResponseSpec(
+                data_container=HealthOut,
+                description="Something this server needs does not answer; see `checks`",
+            )
+        },
+    )
     async def ready(self, request: Request[Any, Any, State]) -> Response[HealthOut]:
         """The database, the views and the rate-limit storage answer."""
         checks = await context(request).readiness()

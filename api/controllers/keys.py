@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
-from api.auth import SessionAccess, provide_access
+from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
 from api.controllers.common import call, context, problems, settle
 from api.presenters import key_out
 from api.schemas import CreateKeyIn, KeyCreatedOut, KeyListOut
@@ -18,9 +18,10 @@ from api.schemas import CreateKeyIn, KeyCreatedOut, KeyListOut
 class KeysController(Controller):
     path = "/sessions/{session_id:str}/keys"
     tags = ["keys"]  # noqa: RUF012
+    security = API_KEY_SECURITY
     dependencies = {"access": Provide(provide_access)}  # noqa: RUF012
 
-    @post("/", status_code=201, responses=problems(400, 401, 404, 413, 422, 429))
+    @post("/", status_code=201, responses=problems(400, 401, 404, 409, 413, 422, 429, 503))
     async def create_key(
         self,
         request: Request[Any, Any, State],
@@ -36,7 +37,7 @@ class KeysController(Controller):
             key_id=issued.key_id, key=issued.key, prefix=issued.prefix, label=issued.label
         )
 
-    @get("/", responses=problems(401, 404, 429))
+    @get("/", responses=problems(400, 401, 404, 429, 503))
     async def list_keys(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> KeyListOut:
@@ -46,7 +47,7 @@ class KeysController(Controller):
         rows.sort(key=lambda row: (row.created_at, row.key_id))
         return KeyListOut(items=[key_out(row) for row in rows], count=len(rows))
 
-    @delete("/{key_id:str}", status_code=204, responses=problems(401, 404, 429))
+    @delete("/{key_id:str}", status_code=204, responses=problems(400, 401, 404, 409, 429, 503))
     async def revoke_key(
         self,
         request: Request[Any, Any, State],

@@ -7,16 +7,26 @@ from typing import Annotated, Any
 from litestar import Controller, Request, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import JSONBody, QueryParameter
 
-from api.auth import Principal, SessionAccess, provide_access, provide_admin, provide_admin_access
+from api.auth import (
+    API_KEY_SECURITY,
+    Principal,
+    SessionAccess,
+    provide_access,
+    provide_admin,
+    provide_admin_access,
+)
 from api.controllers.common import call, context, current_row, problems, settle
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
 from api.schemas import (
+    LABEL_FILTER_PATTERN,
     CreatedSessionOut,
     CreateSessionIn,
     KeyCreatedOut,
+    LabelFilter,
     QrOut,
     RateLimitIn,
     SessionListOut,
@@ -26,18 +36,20 @@ from api.schemas import (
 )
 
 SESSION = "/{session_id:str}"
+LABEL_FILTER = Schema(type=OpenAPIType.STRING, pattern=LABEL_FILTER_PATTERN)
 
 
 class SessionsController(Controller):
     path = "/sessions"
     tags = ["sessions"]  # noqa: RUF012 - Litestar reads it as a class attribute
+    security = API_KEY_SECURITY
     dependencies = {  # noqa: RUF012
         "admin": Provide(provide_admin),
         "access": Provide(provide_access),
         "admin_access": Provide(provide_admin_access),
     }
 
-    @post("/", status_code=201, responses=problems(400, 401, 403, 413, 422))
+    @post("/", status_code=201, responses=problems(400, 401, 403, 413, 422, 503))
     async def create_session(
         self,
         request: Request[Any, Any, State],
@@ -73,8 +85,11 @@ class SessionsController(Controller):
             StatusValue | None, QueryParameter(description="Only sessions with this status")
         ] = None,
         label: Annotated[
-            list[str] | None,
-            QueryParameter(description="Only sessions with this label, as key:value; repeatable"),
+            list[LabelFilter] | None,
+            QueryParameter(
+                description="Only sessions with this label, as key:value; repeatable",
+                schema_extra={"one_of": None, "type": OpenAPIType.ARRAY, "items": LABEL_FILTER},
+            ),
         ] = None,
     ) -> SessionListOut:
         """List sessions (admin), optionally only those with a status or labels."""
@@ -94,19 +109,19 @@ class SessionsController(Controller):
         items = [session_out(row, ctx.default_requests_per_minute) for row in rows]
         return SessionListOut(items=items, count=len(items))
 
-    @get(SESSION, responses=problems(401, 404, 429))
+    @get(SESSION, responses=problems(400, 401, 404, 429, 503))
     async def get_session(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
         """One session."""
         return session_out(access.session, context(request).default_requests_per_minute)
 
-    @get(SESSION + "/status", responses=problems(401, 404, 429))
+    @get(SESSION + "/status", responses=problems(400, 401, 404, 429, 503))
     async def get_status(self, access: NamedDependency[SessionAccess]) -> StatusOut:
         """The health check: status, connectedAt, health and metrics."""
         return status_out(access.session)
 
-    @get(SESSION + "/qr", responses=problems(401, 404, 409, 429))
+    @get(SESSION + "/qr", responses=problems(400, 401, 404, 409, 429, 503))
     async def get_qr(self, access: NamedDependency[SessionAccess]) -> QrOut:
         """The QR code to scan now, while the session is connecting."""
         qr = qr_out(access.session)
@@ -118,7 +133,7 @@ class SessionsController(Controller):
             )
         return qr
 
-    @post(SESSION + "/reconnect", status_code=200, responses=problems(401, 404, 409, 429))
+    @post(SESSION + "/reconnect", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
     async def reconnect(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
@@ -130,7 +145,7 @@ class SessionsController(Controller):
             current_row(ctx, access.session.session_id), ctx.default_requests_per_minute
         )
 
-    @post(SESSION + "/stop", status_code=200, responses=problems(401, 404, 429))
+    @post(SESSION + "/stop", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
     async def stop(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
@@ -142,7 +157,7 @@ class SessionsController(Controller):
             current_row(ctx, access.session.session_id), ctx.default_requests_per_minute
         )
 
-    @delete(SESSION, status_code=204, responses=problems(401, 403, 404))
+    @delete(SESSION, status_code=204, responses=problems(400, 401, 403, 404, 409, 503))
     async def delete_session(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> None:
@@ -151,7 +166,7 @@ class SessionsController(Controller):
         position = await call(ctx.app.delete, admin_access.session.session_id, admin_access.actor)
         await settle(ctx, position, everywhere=True)
 
-    @put(SESSION + "/rate-limit", responses=problems(400, 401, 403, 404, 422))
+    @put(SESSION + "/rate-limit", responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
     async def set_rate_limit(
         self,
         request: Request[Any, Any, State],

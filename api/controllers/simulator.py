@@ -10,7 +10,7 @@ from litestar import Controller, Request, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
-from api.auth import SessionAccess, provide_admin_access
+from api.auth import API_KEY_SECURITY, SessionAccess, provide_admin_access
 from api.controllers.common import call, context, current_row, problems, settle
 from api.presenters import status_out
 from api.problems import ProblemError
@@ -21,6 +21,7 @@ from domain.values import session_uuid
 class SimulatorController(Controller):
     path = "/simulator/sessions/{session_id:str}"
     tags = ["simulator"]  # noqa: RUF012
+    security = API_KEY_SECURITY
     dependencies = {"admin_access": Provide(provide_admin_access)}  # noqa: RUF012
 
     async def _act(
@@ -39,21 +40,21 @@ class SimulatorController(Controller):
         await settle(ctx, position)
         return status_out(current_row(ctx, session_id))
 
-    @post("/scan", status_code=200, responses=problems(401, 403, 404, 409))
+    @post("/scan", status_code=200, responses=problems(400, 401, 403, 404, 409, 503))
     async def scan(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
         """The phone scans the QR code being shown."""
         return await self._act(request, admin_access, "scan")
 
-    @post("/drop", status_code=200, responses=problems(401, 403, 404, 409))
+    @post("/drop", status_code=200, responses=problems(400, 401, 403, 404, 409, 503))
     async def drop(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
         """The network drops the connection."""
         return await self._act(request, admin_access, "drop")
 
-    @post("/logout", status_code=200, responses=problems(401, 403, 404, 409))
+    @post("/logout", status_code=200, responses=problems(400, 401, 403, 404, 409, 503))
     async def logout(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:

@@ -40,7 +40,7 @@ class Sessiond:
             args += ["--port", str(self.port)]
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 - our own CLI
+        self.process = subprocess.Popen(
             args,
             cwd=ROOT,
             env={**os.environ, **env},

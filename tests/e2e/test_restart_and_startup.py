@@ -109,7 +109,7 @@ def test_serve_with_no_configuration_uses_embedded_postgres(tmp_path: Path) -> N
 
 def test_a_wrong_setting_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
     env = {**os.environ, "SESSIOND_DATA_DIR": str(tmp_path), "SESSIOND_DEFAULT_RATE_LIMIT": "lots"}
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [sys.executable, "-m", "infra.cli", "serve"],
         cwd=ROOT,
         env=env,

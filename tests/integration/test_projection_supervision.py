@@ -126,7 +126,7 @@ def test_a_subscription_still_sees_events_when_every_notify_is_lost(
     silent = SessionsApplication(
         env={
             **env,
-            "APPLICATION_RECORDER_TOPIC": "tests.integration.test_projection_supervision:_SilentRecorder",
+            "APPLICATION_RECORDER_TOPIC": f"{__name__}:_SilentRecorder",
         }
     )
     recorder = app.recorder

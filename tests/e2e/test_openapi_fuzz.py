@@ -1,0 +1,172 @@
+"""The OpenAPI document is truthful: schemathesis fuzzes a real server with its default checks.
+
+Two runs against one `sessiond serve` on 127.0.0.1: one with a session key (its own session,
+the admin-only routes answer 403), then one with the admin key (every route). Real session and
+key ids are handed to the fuzzer through schemathesis dictionaries, so half of the generated
+requests reach existing resources and the other half random ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY
+from tests.e2e.conftest import ADMIN, create_session, key_of
+
+SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]  # the fuzzer installed with this Python
+SEED = 20261125
+MAX_EXAMPLES = 30
+RUN_TIMEOUT = 240.0
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def _config(session_ids: list[str], key_ids: list[str]) -> str:
+    """A schemathesis.toml that offers the real ids half of the time."""
+    return "\n".join(
+        [
+            "[dictionaries.session_ids]",
+            f"values = {json.dumps(session_ids)}",
+            "[dictionaries.key_ids]",
+            f"values = {json.dumps(key_ids)}",
+            "[parameters]",
+            '"path.session_id" = { dictionary = "session_ids", probability = 0.5 }',
+            '"path.key_id" = { dictionary = "key_ids", probability = 0.5 }',
+            "",
+        ]
+    )
+
+
+def _local_only_env() -> dict[str, str]:
+    """This environment without proxies, so that every request goes straight to 127.0.0.1."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def run_schemathesis(
+    url: str, key: str, session_ids: list[str], key_ids: list[str], workdir: Path
+) -> subprocess.CompletedProcess[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "schemathesis.toml"
+    config.write_text(_config(session_ids, key_ids))
+    args = [
+        *SCHEMATHESIS,
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"{url}/schema/openapi.json",
+        "--url",
+        url,
+        "--header",
+        f"x-api-key: {key}",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "2",
+        "--request-timeout",
+        "15",
+        "--generation-database",
+        "none",
+    ]
+    return subprocess.run(
+        args,
+        cwd=workdir,
+        env=_local_only_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def _report(result: subprocess.CompletedProcess[str], server: Any) -> str:
+    return (
+        f"schemathesis exited with {result.returncode}\n{result.stdout[-30000:]}\n"
+        f"{result.stderr[-5000:]}\n--- server log ---\n{server.log()}"
+    )
+
+
+def _summary(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stdout.splitlines()
+    return "\n".join(line for line in lines if "generated" in line or "issues" in line)
+
+
+def _assert_only_local(document: dict[str, Any]) -> None:
+    """The document sends the fuzzer nowhere else: relative servers, no external references."""
+    for server in document.get("servers", []):
+        assert not urlsplit(server["url"]).netloc, server
+    text = json.dumps(document)
+    assert '"$ref": "http' not in text
+    assert '"$ref": "//' not in text
+
+
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_nothing_with_its_default_checks(
+    start: Any, sessiond_env: dict[str, str], tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    server = start("serve", sessiond_env)
+    with server.client() as client:
+        document = client.get("/schema/openapi.json").json()
+        _assert_only_local(document)
+        assert document["components"]["securitySchemes"]["apiKey"] == {
+            "type": "apiKey",
+            "name": "x-api-key",
+            "in": "header",
+        }
+
+        keyed = create_session(client, "Fuzzed with its own key")
+        spare = client.post(f"/sessions/{keyed['sessionId']}/keys", headers=ADMIN)
+        assert spare.status_code == 201, spare.text
+        raised = client.put(
+            f"/sessions/{keyed['sessionId']}/rate-limit",
+            json={"requestsPerMinute": 100_000},
+            headers=ADMIN,
+        )
+        assert raised.status_code == 200, raised.text
+
+        sessions = [
+            create_session(client, "Support"),
+            create_session(client, "Sales", labels={"region": "eu", "team": "sales"}),
+            create_session(client, "Ops", rateLimit={"requestsPerMinute": 50}),
+        ]
+
+    # With a session key: its own session, a spare key of it (never the key in use).
+    by_key = run_schemathesis(
+        server.url,
+        key_of(keyed)["x-api-key"],
+        [keyed["sessionId"]],
+        [spare.json()["keyId"]],
+        tmp_path / "session-key",
+    )
+    assert by_key.returncode == 0, _report(by_key, server)
+
+    # With the admin key: every route, on sessions of their own.
+    by_admin = run_schemathesis(
+        server.url,
+        ADMIN_KEY,
+        [s["sessionId"] for s in sessions],
+        [s["apiKey"]["keyId"] for s in sessions],
+        tmp_path / "admin-key",
+    )
+    assert by_admin.returncode == 0, _report(by_admin, server)
+
+    # Check the server is still healthy after the fuzzing.
+    assert httpx.get(server.url + "/health/ready", timeout=5).status_code == 200
+    print(
+        f"\nsession key: {_summary(by_key)}\nadmin key: {_summary(by_admin)}\n"
+        f"in {time.monotonic() - began:.1f} s"
+    )
