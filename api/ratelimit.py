@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
 from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,21 @@ class Decision:
 class SessionRateLimiter:
     """A sliding-window budget of requests per minute for each session.
 
-    `storage_uri` is ``async+memory://`` (one process) or ``async+redis://…`` (shared by every
-    API process, so they spend one budget together).
+    `storage_uri` is ``memory://`` (one process; counted synchronously, which is cheaper on
+    the hot path and never blocks) or ``redis://…`` (shared by every API process, so they
+    spend one budget together; counted with the asyncio client).
     """
 
-    def __init__(self, storage_uri: str = "async+memory://") -> None:
-        options = {"implementation": "redispy"} if "redis" in storage_uri else {}
-        self.storage = storage_from_string(storage_uri, **options)
-        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+    def __init__(self, storage_uri: str = "memory://") -> None:
+        self.shared = not storage_uri.startswith("memory://")
+        if self.shared:
+            self.async_storage = storage_from_string(
+                "async+" + storage_uri, implementation="redispy"
+            )
+            self.async_limiter = AsyncSlidingWindow(self.async_storage)
+        else:
+            self.storage = storage_from_string(storage_uri)
+            self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self._items: dict[int, RateLimitItemPerMinute] = {}
 
     def _item(self, per_minute: int) -> RateLimitItemPerMinute:
@@ -50,12 +58,17 @@ class SessionRateLimiter:
 
     async def hit(self, session_id: str, per_minute: int) -> Decision:
         item = self._item(per_minute)
-        allowed = await self.limiter.hit(item, "session", session_id)
-        stats = await self.limiter.get_window_stats(item, "session", session_id)
+        if self.shared:
+            allowed = await self.async_limiter.hit(item, "session", session_id)
+            stats = await self.async_limiter.get_window_stats(item, "session", session_id)
+        else:
+            allowed = self.limiter.hit(item, "session", session_id)
+            stats = self.limiter.get_window_stats(item, "session", session_id)
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
         return Decision(allowed, per_minute, max(0, stats.remaining), reset_after)
 
     async def check(self) -> None:
         """Raise if the counting storage cannot be reached."""
-        if not await self.storage.check():  # type: ignore[misc]
+        ok = await self.async_storage.check() if self.shared else self.storage.check()  # type: ignore[misc]
+        if not ok:
             raise ConnectionError("the rate-limit storage does not answer")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import zlib
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ _CHECKSUM_LEN = 6
 SESSION_KEY_KIND = "sdk"
 ADMIN_KEY_KIND = "sda"
 PREFIX_LEN = 12
+_BODY = re.compile(f"[0-9A-Za-z]{{{_RANDOM_LEN + _CHECKSUM_LEN}}}")
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def key_kind(key: str) -> str | None:
     kind, sep, body = key.partition("_")
     if not sep or kind not in (SESSION_KEY_KIND, ADMIN_KEY_KIND):
         return None
-    if len(body) != _RANDOM_LEN + _CHECKSUM_LEN or any(c not in _ALPHABET for c in body):
+    if not _BODY.fullmatch(body):
         return None
     random_part, checksum = body[:_RANDOM_LEN], body[_RANDOM_LEN:]
     if not hmac.compare_digest(_checksum(random_part), checksum):

@@ -183,9 +183,7 @@ class Container:
             poll_interval=self.settings.poll_interval,
             stale_after=self.settings.stale_after,
         )
-        storage = (
-            "async+" + self.settings.redis_url if self.settings.redis_url else "async+memory://"
-        )
+        storage = self.settings.redis_url or "memory://"
         limiter = SessionRateLimiter(storage)
         simulator = self.gateway if isinstance(self.gateway, PhoneSimulator) else None
         read_models = self.read_models

@@ -8,7 +8,7 @@ from litestar import Controller, Request, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIType, Schema
-from litestar.params import JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import (
     API_KEY_SECURITY,
@@ -117,8 +117,13 @@ class SessionsController(Controller):
         return session_out(access.session, context(request).default_requests_per_minute)
 
     @get(SESSION + "/status", responses=problems(400, 401, 404, 429, 503))
-    async def get_status(self, access: NamedDependency[SessionAccess]) -> StatusOut:
+    async def get_status(
+        self, request: Request[Any, Any, State], session_id: FromPath[str]
+    ) -> StatusOut:
         """The health check: status, connectedAt, health and metrics."""
+        # The hottest route: the access check is called, not injected, which spares
+        # Litestar a dependency resolution on every request. Same check, same answers.
+        access = await provide_access(request, session_id)
         return status_out(access.session)
 
     @get(SESSION + "/qr", responses=problems(400, 401, 404, 409, 429, 503))
