@@ -85,9 +85,10 @@ def restore_sessions(
     """Bring back the sessions that should be running after the service restarted.
 
     A session recorded as connected is first recorded as disconnected (the service was down,
-    so it was not connected) and then resumed with its linked device; one that was showing a
-    QR code starts a new round of codes. Stopped, deleted, expired and disconnected sessions
-    are left as they are. Returns how many sessions were started.
+    so it was not connected) and then resumed with its linked device, as is one still waiting
+    for that resume when the service restarted again; one that was showing a QR code starts a
+    new round of codes. Stopped, deleted, expired and otherwise disconnected sessions are left
+    as they are. Returns how many sessions were started.
     """
     started = 0
     for session_id in session_ids:
@@ -98,6 +99,8 @@ def restore_sessions(
             jid = session.jid
             app.record_disconnected(session_id, SERVICE_RESTARTED)
             gateway.start(session_id, jid)
+        elif session.status == Status.DISCONNECTED and session.reason == SERVICE_RESTARTED:
+            gateway.start(session_id, session.jid)  # the service restarted again meanwhile
         elif session.status == Status.CONNECTING:
             gateway.start(session_id, None)
         else:

@@ -545,6 +545,21 @@ def test_restoring_sessions_resumes_connected_and_connecting_ones_only(
     assert app.get_session(connected_id).status == "connected"
 
 
+def test_a_second_restart_before_the_resume_still_resumes_the_session(
+    app: SessionsApplication,
+) -> None:
+    _, connected = create(app, "connected")
+    app.record_connected(connected, JID, "Support Phone")
+    restore_sessions(app, FakeGateway(), [connected])
+
+    # The service restarts again before the device reconnected.
+    gateway = FakeGateway()
+    position = app.recorder.max_notification_id()
+    assert restore_sessions(app, gateway, [connected]) == 1
+    assert gateway.calls == [("start", connected, JID)]
+    assert app.recorder.max_notification_id() == position  # nothing more to record
+
+
 def test_restoring_no_sessions_starts_nothing(app: SessionsApplication) -> None:
     gateway = FakeGateway()
     assert restore_sessions(app, gateway, []) == 0
