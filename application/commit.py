@@ -17,30 +17,36 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Recording
 
-SaveFunction = Callable[..., Sequence[Recording[Any]]]
+Pending = tuple[Any, list[Any]]  # an aggregate and the events collected from it
+RecordFunction = Callable[[list[Pending]], Sequence[Recording[Any]]]
 
 
 class GroupCommitter:
     """Collects aggregates from many threads and saves them in batches on one thread."""
 
-    def __init__(self, save: SaveFunction, *, max_batch: int = 200) -> None:
-        self._save = save
+    def __init__(self, record: RecordFunction, *, max_batch: int = 200) -> None:
+        self._record = record
         self._max_batch = max_batch
-        self._queue: deque[tuple[Any, Future[int]]] = deque()
+        self._queue: deque[tuple[Pending, Future[int]]] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
 
     def save(self, aggregate: Any) -> int:
-        """Save one aggregate's pending events; return the position of its last event."""
+        """Save one aggregate's pending events; return the position of its last event.
+
+        The events are collected here, so that a batch that fails can be recorded again,
+        command by command, with the very same events.
+        """
         future: Future[int] = Future()
+        pending = (aggregate, list(aggregate.collect_events()))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the application is closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
                 self._thread.start()
-            self._queue.append((aggregate, future))
+            self._queue.append((pending, future))
             self._cond.notify()
         return future.result()
 
@@ -51,18 +57,19 @@ class GroupCommitter:
         if self._thread is not None:
             self._thread.join(10)
 
-    def _take_batch(self) -> list[tuple[Any, Future[int]]]:
+    def _take_batch(self) -> list[tuple[Pending, Future[int]]]:
         """Up to `max_batch` queued saves, at most one per aggregate (the rest wait their turn)."""
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
-            batch: list[tuple[Any, Future[int]]] = []
-            later: list[tuple[Any, Future[int]]] = []
+            batch: list[tuple[Pending, Future[int]]] = []
+            later: list[tuple[Pending, Future[int]]] = []
             ids: set[Any] = set()
             while self._queue and len(batch) < self._max_batch:
                 item = self._queue.popleft()
-                (later if item[0].id in ids else batch).append(item)
-                ids.add(item[0].id)
+                aggregate_id = item[0][0].id
+                (later if aggregate_id in ids else batch).append(item)
+                ids.add(aggregate_id)
             self._queue.extendleft(reversed(later))
             return batch
 
@@ -78,9 +85,9 @@ class GroupCommitter:
                     if not future.done():
                         future.set_exception(error)
 
-    def _commit(self, batch: list[tuple[Any, Future[int]]]) -> None:
+    def _commit(self, batch: list[tuple[Pending, Future[int]]]) -> None:
         try:
-            recordings = self._save(*(aggregate for aggregate, _ in batch))
+            recordings = self._record([pending for pending, _ in batch])
         except IntegrityError:
             if len(batch) == 1:
                 batch[0][1].set_exception(IntegrityError("the session changed concurrently"))
@@ -95,5 +102,9 @@ class GroupCommitter:
         last: dict[Any, int] = {}
         for recording in recordings:
             last[recording.domain_event.originator_id] = recording.notification.id
-        for aggregate, future in batch:
-            future.set_result(last[aggregate.id])
+        for (aggregate, _), future in batch:
+            position = last.get(aggregate.id)
+            if position is None:  # pragma: no cover - every pending item has events
+                future.set_exception(RuntimeError("nothing was recorded for this command"))
+            else:
+                future.set_result(position)

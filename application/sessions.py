@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Snapshot
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording, Transcoding
 
 from application.cache import SessionCache
 from application.commit import GroupCommitter
@@ -76,12 +76,23 @@ class SessionsApplication(Application[UUID]):
 
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
-        self.committer = GroupCommitter(self.save)
+        self.committer = GroupCommitter(self._record_batch)
         self._cache: SessionCache[Session] = SessionCache()
 
     def close(self) -> None:
         self.committer.close()
         super().close()
+
+    def _record_batch(self, batch: list[tuple[Session, list[Any]]]) -> list[Recording[UUID]]:
+        """`save` for events already collected from their sessions, in one transaction."""
+        processing_event = ProcessingEvent[UUID]()
+        for session, events in batch:
+            processing_event.events.extend(events)
+            processing_event.aggregates[session.id] = session
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         """Snapshot from the sessions just saved, in memory, instead of loading them again."""
