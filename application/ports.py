@@ -56,8 +56,12 @@ class WhatsAppGateway(ABC):
         """Unlink the device from the phone and stop the client."""
 
     @abstractmethod
+    def stop_all(self) -> None:
+        """Stop every client, keeping devices linked; the gateway can start them again."""
+
+    @abstractmethod
     def close(self) -> None:
-        """Stop every client."""
+        """Stop every client for good."""
 
 
 class PhoneSimulator(ABC):

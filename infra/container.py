@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import InfrastructureFactory, Tracking
@@ -144,19 +145,12 @@ class Container:
                 head = self.app.recorder.max_notification_id()
                 if head:
                     tracking.insert_tracking(Tracking(self.app.name, head))
-            # Restore from a status view that has seen everything up to where the driver
-            # starts, so no session falls between the two.
-            start = tracking.max_tracking_id(self.app.name)
-            try:
-                self.status_view.wait(self.app.name, start, timeout=30, interrupt=None)
-            except TimeoutError:
-                log.warning("the status view is behind; restoring from what it has")
-            running = [
-                session_uuid(r.session_id)
-                for r in self.status_view.all_sessions()
-                if r.desired == "running"
-            ]
-            restore_sessions(self.app, gateway, running)
+            start = tracking.max_tracking_id(self.app.name) or 0
+            restore_sessions(self.app, gateway, self._sessions_to_restore(start))
+
+        def on_demoted() -> None:
+            # Another process may take the driver over: it must be the only one to run clients.
+            gateway.stop_all()
 
         supervisor = ProjectionSupervisor(
             driver,
@@ -165,9 +159,33 @@ class Container:
             self.database_url,
             check_interval=self.settings.poll_interval,
             on_elected=on_elected,
+            on_demoted=on_demoted,
         )
         supervisor.start()
         self.supervisors.append(supervisor)
+
+    def _sessions_to_restore(self, start: int) -> list[UUID]:
+        """Every session that may have to run as of position `start`, where the driver starts.
+
+        The status view's running sessions, plus every session with an event the view has not
+        processed yet (up to `start`): `restore_sessions` then loads each one and decides from
+        its recorded state, so a lagging view can neither hide a session nor start one.
+        """
+        candidates = {
+            session_uuid(row.session_id)
+            for row in self.status_view.all_sessions()
+            if row.desired == "running"
+        }
+        seen = self.status_view.max_tracking_id(self.app.name) or 0
+        while seen < start:
+            page = self.app.recorder.select_notifications(
+                start=seen, limit=1000, stop=start, inclusive_of_start=False
+            )
+            if not page:
+                break
+            candidates.update(UUID(str(notification.originator_id)) for notification in page)
+            seen = page[-1].id
+        return sorted(candidates)
 
     def _build_gateway(self) -> WhatsAppGateway:
         return SimulatorGateway(

@@ -84,12 +84,15 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             self.stop(session_id)
             self._clients.pop(session_id, None)
 
-    def close(self) -> None:
-        self._timers.stop()
+    def stop_all(self) -> None:
         with self._lock:
             for client in self._clients.values():
                 client.generation += 1
                 client.phase = "stopped"
+
+    def close(self) -> None:
+        self._timers.stop()
+        self.stop_all()
 
     # -- what a phone and a network do ------------------------------------------------------
 

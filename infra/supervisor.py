@@ -33,6 +33,7 @@ class ProjectionSupervisor:
         check_interval: float = 1.0,
         restart_delay: float = 1.0,
         on_elected: Callable[[], None] | None = None,
+        on_demoted: Callable[[], None] | None = None,
     ) -> None:
         self.projection_class = projection_class
         self.view_class = view_class
@@ -41,6 +42,7 @@ class ProjectionSupervisor:
         self.check_interval = check_interval
         self.restart_delay = restart_delay
         self.on_elected = on_elected
+        self.on_demoted = on_demoted
         self.restarts = 0
         self.is_leader = threading.Event()
         self._stopping = threading.Event()
@@ -65,29 +67,48 @@ class ProjectionSupervisor:
                 self._lead_while_elected()
             except Exception:
                 self.restarts += 1
-                log.exception("projection %s failed; restarting it", self.name)
-            finally:
-                self.is_leader.clear()
+                log.exception("projection %s lost its lock; electing again", self.name)
             self._stopping.wait(self.restart_delay)
 
     def _lead_while_elected(self) -> None:
+        """Hold the lock; run (and restart) the runner for as long as the lock is held.
+
+        A runner that fails is restarted without letting the lock go, so a passing error never
+        hands the projection (and, for the gateway driver, its sessions) to another process.
+        """
         with psycopg.connect(self.database_url, autocommit=True) as lock_conn:
             if not self._wait_for_lock(lock_conn):
                 return
             log.info("this process now runs projection %s", self.name)
-            if self.on_elected is not None:
-                self.on_elected()
             self.is_leader.set()
-            with ProjectionRunner(
-                application_class=SessionsApplication,
-                projection_class=self.projection_class,
-                view_class=self.view_class,
-                env=self.env,
-            ) as runner:
+            try:
+                if self.on_elected is not None:
+                    self.on_elected()
                 while not self._stopping.is_set():
-                    # Re-raises the error of a failed runner, which restarts it.
-                    runner.run_forever(timeout=self.check_interval)
-                    lock_conn.execute("SELECT 1")  # raises if the lock's connection is gone
+                    try:
+                        self._run_runner(lock_conn)
+                    except psycopg.Error:
+                        raise  # the lock's connection is gone: so is the lock
+                    except Exception:
+                        self.restarts += 1
+                        log.exception("projection %s failed; restarting it", self.name)
+                        lock_conn.execute("SELECT 1")  # still holding the lock?
+                        self._stopping.wait(self.restart_delay)
+            finally:
+                self.is_leader.clear()
+                if self.on_demoted is not None:
+                    self.on_demoted()
+
+    def _run_runner(self, lock_conn: psycopg.Connection[Any]) -> None:
+        with ProjectionRunner(
+            application_class=SessionsApplication,
+            projection_class=self.projection_class,
+            view_class=self.view_class,
+            env=self.env,
+        ) as runner:
+            while not self._stopping.is_set():
+                runner.run_forever(timeout=self.check_interval)  # re-raises a runner's error
+                lock_conn.execute("SELECT 1")  # raises psycopg.Error if the lock is gone
 
     def _wait_for_lock(self, conn: psycopg.Connection[Any]) -> bool:
         while not self._stopping.is_set():

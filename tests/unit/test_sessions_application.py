@@ -41,6 +41,7 @@ class FakeGateway(WhatsAppGateway):
         self.calls: list[tuple[str, UUID, str | None]] = []
         self.events: GatewayEvents | None = None
         self.closed = False
+        self.stopped_all = False
 
     def bind(self, events: GatewayEvents) -> None:
         self.events = events
@@ -53,6 +54,9 @@ class FakeGateway(WhatsAppGateway):
 
     def logout(self, session_id: UUID) -> None:
         self.calls.append(("logout", session_id, None))
+
+    def stop_all(self) -> None:
+        self.stopped_all = True
 
     def close(self) -> None:
         self.closed = True
