@@ -23,4 +23,4 @@ def create() -> Litestar:
         raise ValueError(f"unknown roles: {', '.join(sorted(unknown))}")
     assert settings.database_url is not None, "the CLI resolves the database before serving"
     container = Container(settings, settings.database_url, roles)
-    return container.create_api()
+    return container.create_api(freeze_gc=True)

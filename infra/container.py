@@ -19,7 +19,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import InfrastructureFactory, Tracking
-from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.utils import Environment
 from litestar import Litestar
 
@@ -33,7 +33,7 @@ from application.sessions import SessionsApplication
 from domain.values import session_uuid
 from infra.pgrecorder import PollingApplicationRecorder
 from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView
-from infra.readmodels import INSTANCES_DDL, CachedReadModels
+from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
 from infra.supervisor import ProjectionSupervisor
@@ -46,6 +46,13 @@ ADMIN_DDL = (
     "CREATE TABLE IF NOT EXISTS sessiond_admin (id int PRIMARY KEY CHECK (id = 1), "
     "key_hash text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
 )
+
+
+def _shared_view(datastore: PostgresDatastore, name: str, view_class: type[Any]) -> Any:
+    """The view of projection `name` on an existing pool, with the tables its runner uses."""
+    view = view_class(datastore=datastore, tracking_table_name=f"{name}_tracking")
+    view.create_table()
+    return view
 
 
 def _view(env: dict[str, str], name: str, view_class: type[Any]) -> Any:
@@ -78,14 +85,20 @@ class Container:
             self.app = SessionsApplication(
                 env=eventsourcing_env(self.database_url, pool_size=2, max_overflow=10)
             )
-            self.status_view = _view(
-                self.env, SessionStatusProjection.name, PostgresSessionStatusView
+            # The views read here share the application's connection pool: PostgreSQL's
+            # connections are counted across every process.
+            datastore = self.app.factory.datastore  # type: ignore[attr-defined]
+            self.status_view = _shared_view(
+                datastore, SessionStatusProjection.name, PostgresSessionStatusView
             )
-            self.key_view = _view(self.env, ApiKeyProjection.name, PostgresApiKeyView)
-            self.driver_tracking = _view(self.env, GatewayDriver.name, PostgresTrackingRecorder)
-            with self.app.factory.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]
+            self.key_view = _shared_view(datastore, ApiKeyProjection.name, PostgresApiKeyView)
+            self.driver_tracking = _shared_view(
+                datastore, GatewayDriver.name, PostgresTrackingRecorder
+            )
+            with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
+                curs.execute(INSTANCES_MIGRATION)
         self.runner_env = {**self.env, "CREATE_TABLE": "n"}
 
     # -- admin key ----------------------------------------------------------------------
@@ -249,8 +262,12 @@ class Container:
             self.read_models.stop()
         self.app.close()
 
-    def create_api(self) -> Litestar:
-        """The API app; its lifespan starts the other roles of this process and the views."""
+    def create_api(self, *, freeze_gc: bool = False) -> Litestar:
+        """The API app; its lifespan starts the other roles of this process and the views.
+
+        `freeze_gc` (for a server process, which has one app for its whole life) moves what
+        start-up built out of the garbage collector's sight, so requests do not pay for it.
+        """
         self.start()
         ctx = self.api_context()
         read_models = self.read_models
@@ -259,10 +276,9 @@ class Container:
         @asynccontextmanager
         async def lifespan(_: Litestar) -> AsyncIterator[None]:
             await asyncio.to_thread(read_models.start)
-            # Everything built so far lives as long as the process: keep it out of the
-            # collector's way, so hot requests do not pay for scanning it.
-            gc.collect()
-            gc.freeze()
+            if freeze_gc:
+                gc.collect()
+                gc.freeze()
             try:
                 yield
             finally:

@@ -27,10 +27,18 @@ from projections.rows import KeyRow, SessionRow
 
 log = logging.getLogger(__name__)
 APP_NAME = "sessiond"
+# `trusted_until`: until when that process may still accept keys from its copy (its own
+# refresh time plus its own SESSIOND_STALE_AFTER, plus a margin), whatever other processes use.
 INSTANCES_DDL = (
     "CREATE TABLE IF NOT EXISTS sessiond_api_instances ("
-    "instance_id text PRIMARY KEY, position bigint NOT NULL, seen_at timestamptz NOT NULL)"
+    "instance_id text PRIMARY KEY, position bigint NOT NULL, seen_at timestamptz NOT NULL, "
+    "trusted_until timestamptz NOT NULL)"
 )
+INSTANCES_MIGRATION = (  # for databases made before `trusted_until` existed
+    "ALTER TABLE sessiond_api_instances "
+    "ADD COLUMN IF NOT EXISTS trusted_until timestamptz NOT NULL DEFAULT now()"
+)
+TRUST_MARGIN_SECONDS = 1.0
 
 
 class CachedReadModels(ReadModels):
@@ -122,10 +130,11 @@ class CachedReadModels(ReadModels):
             self._keys_pos = max(self._keys_pos, keys_pos)
             self.position = min(self._status_pos, self._keys_pos)
             conn.execute(
-                "INSERT INTO sessiond_api_instances VALUES (%s, %s, now()) "
+                "INSERT INTO sessiond_api_instances VALUES "
+                "(%s, %s, now(), now() + make_interval(secs => %s)) "
                 "ON CONFLICT (instance_id) DO UPDATE SET position = EXCLUDED.position, "
-                "seen_at = EXCLUDED.seen_at",
-                (self.instance_id, self.position),
+                "seen_at = EXCLUDED.seen_at, trusted_until = EXCLUDED.trusted_until",
+                (self.instance_id, self.position, self.stale_after + TRUST_MARGIN_SECONDS),
             )
         self._refreshed_at = time.monotonic()
         self._wake_waiters()
@@ -196,24 +205,23 @@ class CachedReadModels(ReadModels):
         deadline = time.monotonic() + timeout
         if not await self.wait(position, timeout):
             return False
-        # A process that stopped refreshing for longer than it trusts its own copy
-        # (stale_after) refuses keys anyway, so it need not be waited for.
-        window = f"{self.stale_after + 1.0} seconds"
+        # A process that stopped refreshing for longer than it trusts its own copy refuses
+        # keys anyway (see `is_fresh`), so it need not be waited for once that time is over.
         pause = 0.001
         while time.monotonic() < deadline:
-            lagging = await asyncio.to_thread(self._count_lagging, position, window)
+            lagging = await asyncio.to_thread(self._count_lagging, position)
             if lagging == 0:
                 return True
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.02)
         return False
 
-    def _count_lagging(self, position: int, window: str) -> int:
+    def _count_lagging(self, position: int) -> int:
         with self.datastore.cursor() as curs:
             curs.execute(
                 "SELECT count(*) AS n FROM sessiond_api_instances "
-                "WHERE position < %s AND seen_at > now() - %s::interval",
-                (position, window),
+                "WHERE position < %s AND trusted_until > now()",
+                (position,),
             )
             row = curs.fetchone()
         return int(row["n"]) if row else 0
