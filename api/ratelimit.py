@@ -7,9 +7,8 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
 
 
 @dataclass(frozen=True)
@@ -33,21 +32,16 @@ class Decision:
 class SessionRateLimiter:
     """A sliding-window budget of requests per minute for each session.
 
-    `storage_uri` is ``memory://`` (one process; counted synchronously, which is cheaper on
-    the hot path and never blocks) or ``redis://…`` (shared by every API process, so they
-    spend one budget together; counted with the asyncio client).
+    `storage_uri` is ``memory://`` (one process) or ``redis://…`` (shared by every API
+    process, so they spend one budget together). Both are counted with `limits`' asyncio
+    strategies: its in-memory storage then expires counters on an asyncio task, where the
+    threaded one would start a timer thread every few milliseconds under load.
     """
 
     def __init__(self, storage_uri: str = "memory://") -> None:
-        self.shared = not storage_uri.startswith("memory://")
-        if self.shared:
-            self.async_storage = storage_from_string(
-                "async+" + storage_uri, implementation="redispy"
-            )
-            self.async_limiter = AsyncSlidingWindow(self.async_storage)
-        else:
-            self.storage = storage_from_string(storage_uri)
-            self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+        options = {} if storage_uri.startswith("memory://") else {"implementation": "redispy"}
+        self.storage = storage_from_string("async+" + storage_uri, **options)
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self._items: dict[int, RateLimitItemPerMinute] = {}
 
     def _item(self, per_minute: int) -> RateLimitItemPerMinute:
@@ -58,17 +52,12 @@ class SessionRateLimiter:
 
     async def hit(self, session_id: str, per_minute: int) -> Decision:
         item = self._item(per_minute)
-        if self.shared:
-            allowed = await self.async_limiter.hit(item, "session", session_id)
-            stats = await self.async_limiter.get_window_stats(item, "session", session_id)
-        else:
-            allowed = self.limiter.hit(item, "session", session_id)
-            stats = self.limiter.get_window_stats(item, "session", session_id)
+        allowed = await self.limiter.hit(item, "session", session_id)
+        stats = await self.limiter.get_window_stats(item, "session", session_id)
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
         return Decision(allowed, per_minute, max(0, stats.remaining), reset_after)
 
     async def check(self) -> None:
         """Raise if the counting storage cannot be reached."""
-        ok = await self.async_storage.check() if self.shared else self.storage.check()  # type: ignore[misc]
-        if not ok:
+        if not await self.storage.check():  # type: ignore[misc]
             raise ConnectionError("the rate-limit storage does not answer")
