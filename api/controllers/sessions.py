@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post, put
@@ -36,6 +37,21 @@ from api.schemas import (
 )
 
 SESSION = "/{session_id:str}"
+
+
+async def _run(
+    request: Request[Any, Any, State],
+    access: SessionAccess,
+    command: Callable[[str, str], int | None],
+) -> SessionOut:
+    """Run a session command, wait for the views, answer with the session as it is now."""
+    ctx = context(request)
+    position = await call(command, access.session.session_id, access.actor)
+    await settle(ctx, position)
+    row = current_row(ctx, access.session.session_id)
+    return session_out(row, ctx.default_requests_per_minute)
+
+
 LABEL_FILTER = Schema(type=OpenAPIType.STRING, pattern=LABEL_FILTER_PATTERN)
 
 
@@ -143,24 +159,14 @@ class SessionsController(Controller):
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
         """Ask for a new QR code (from disconnected, expired or stopped)."""
-        ctx = context(request)
-        position = await call(ctx.app.reconnect, access.session.session_id, access.actor)
-        await settle(ctx, position)
-        return session_out(
-            current_row(ctx, access.session.session_id), ctx.default_requests_per_minute
-        )
+        return await _run(request, access, context(request).app.reconnect)
 
     @post(SESSION + "/stop", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
     async def stop(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
         """Stop the session; it stays stopped until reconnected. Stopping twice is harmless."""
-        ctx = context(request)
-        position = await call(ctx.app.stop, access.session.session_id, access.actor)
-        await settle(ctx, position)
-        return session_out(
-            current_row(ctx, access.session.session_id), ctx.default_requests_per_minute
-        )
+        return await _run(request, access, context(request).app.stop)
 
     @delete(SESSION, status_code=204, responses=problems(400, 401, 403, 404, 409, 503))
     async def delete_session(
