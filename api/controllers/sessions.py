@@ -15,6 +15,7 @@ from api.auth import (
     API_KEY_SECURITY,
     Principal,
     SessionAccess,
+    key_required,
     provide_access,
     provide_admin,
     provide_admin_access,
@@ -65,7 +66,12 @@ class SessionsController(Controller):
         "admin_access": Provide(provide_admin_access),
     }
 
-    @post("/", status_code=201, responses=problems(400, 401, 403, 413, 422, 503))
+    @post(
+        "/",
+        status_code=201,
+        guards=[key_required],
+        responses=problems(400, 401, 403, 413, 422, 503),
+    )
     async def create_session(
         self,
         request: Request[Any, Any, State],
@@ -177,7 +183,11 @@ class SessionsController(Controller):
         position = await call(ctx.app.delete, admin_access.session.session_id, admin_access.actor)
         await settle(ctx, position, everywhere=True)
 
-    @put(SESSION + "/rate-limit", responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
+    @put(
+        SESSION + "/rate-limit",
+        guards=[key_required],
+        responses=problems(400, 401, 403, 404, 409, 413, 422, 503),
+    )
     async def set_rate_limit(
         self,
         request: Request[Any, Any, State],

@@ -220,3 +220,16 @@ def test_routing_and_auth_errors_are_problems_too(start: Any, sessiond_env: dict
         assert_problem(client.get(f"/sessions/{other['sessionId']}/qr", headers=ADMIN), 409)
         assert server.process.poll() is None
         assert "Traceback" not in server.log_path.read_text(errors="replace")
+
+
+def test_a_request_without_a_key_gets_401_before_its_body_is_judged(
+    start: Any, sessiond_env: dict[str, str]
+) -> None:
+    server = start("serve", sessiond_env)
+    with server.client() as client:
+        for body in (b"{not json", b'{"name": 5}', b'{"name": "ok", "surprise": 1}'):
+            answer = client.post(
+                "/sessions", content=body, headers={"content-type": "application/json"}
+            )
+            assert answer.status_code == 401, (body, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
