@@ -21,6 +21,7 @@ from api.controllers.health import HealthController
 from api.controllers.keys import KeysController
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
+from api.fastpath import status_fast_path
 from api.openapi import complete_openapi
 from api.problems import handle_exception
 from api.requests import JsonRequest
@@ -120,7 +121,7 @@ def create_app(
         route_handlers=handlers,
         openapi_config=openapi,
         exception_handlers={Exception: handle_exception},
-        middleware=[rate_limit_headers, allow_header],
+        middleware=[status_fast_path, rate_limit_headers, allow_header],
         state=State({"ctx": ctx}),
         lifespan=list(lifespan),
         request_class=JsonRequest,

@@ -1,0 +1,53 @@
+"""The status read, answered without Litestar's per-request machinery.
+
+`GET /sessions/{id}/status` is what clients poll. Routing stays Litestar's, and so do the
+access check (`provide_access`: key, session scope, rate limit) and every error answer
+(`handle_exception`); only the parameter model, the handler call and the response object
+are skipped, and the body is encoded straight to ASGI. The route's handler stays declared
+for the OpenAPI document and answers any request this path does not take.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from api.auth import RATE_LIMIT_STATE, provide_access
+from api.presenters import status_out
+from api.problems import handle_exception
+from api.requests import JsonRequest
+
+FAST_STATUS = "fast_status"  # set in the `opt` of the route handler this path answers
+_ENCODER = msgspec.json.Encoder()
+
+
+def status_fast_path(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        handler = scope.get("route_handler")
+        if (
+            scope["type"] != ScopeType.HTTP
+            or scope["method"] != "GET"
+            or handler is None
+            or not handler.opt.get(FAST_STATUS)
+        ):
+            await app(scope, receive, send)
+            return
+        request = JsonRequest(scope, receive)
+        try:
+            access = await provide_access(request, scope["path_params"]["session_id"])
+        except Exception as error:  # answered exactly as the app's exception handler would
+            response = handle_exception(request, error)
+            await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+            return
+        body = _ENCODER.encode(status_out(access.session))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        extra: dict[str, str] = scope["state"].get(RATE_LIMIT_STATE) or {}
+        headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return middleware
