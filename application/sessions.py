@@ -227,7 +227,7 @@ class SessionsApplication(Application[UUID]):
         """
         uuid = session_id if isinstance(session_id, UUID) else session_uuid(session_id)
         for attempt in range(_CONFLICT_RETRIES):
-            cached = self._cache.get(uuid) if attempt == 0 else None
+            cached = self._cache.take(uuid) if attempt == 0 else None
             session = cached if cached is not None else self.load(uuid)
             try:
                 if session.is_deleted:
