@@ -36,11 +36,12 @@ def status_fast_path(app: ASGIApp) -> ASGIApp:
         request = JsonRequest(scope, receive)
         try:
             access = await provide_access(request, scope["path_params"]["session_id"])
+            body = _ENCODER.encode(status_out(access.session))
         except Exception as error:  # answered exactly as the app's exception handler would
             response = handle_exception(request, error)
+            response.headers.update(scope["state"].get(RATE_LIMIT_STATE) or {})
             await response.to_asgi_response(app=None, request=request)(scope, receive, send)
             return
-        body = _ENCODER.encode(status_out(access.session))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -110,7 +110,12 @@ class SessionsApplication(Application[UUID]):
             if aggregate_id in due and isinstance(aggregate, Session)
         ]
         if snapshots:
-            self.snapshots.put(snapshots)
+            try:
+                self.snapshots.put(snapshots)
+            except Exception:  # the events are committed: a snapshot is only a shortcut
+                log.exception(
+                    "could not store %d snapshots; sessions load from events", len(snapshots)
+                )
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
