@@ -18,9 +18,8 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import InfrastructureFactory, Tracking
+from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.utils import Environment
 from litestar import Litestar
 
 from api.app import create_app
@@ -53,11 +52,6 @@ def _shared_view(datastore: PostgresDatastore, name: str, view_class: type[Any])
     view = view_class(datastore=datastore, tracking_table_name=f"{name}_tracking")
     view.create_table()
     return view
-
-
-def _view(env: dict[str, str], name: str, view_class: type[Any]) -> Any:
-    factory = InfrastructureFactory[Any].construct(env=Environment(name, env))
-    return factory.tracking_recorder(view_class)
 
 
 @dataclass

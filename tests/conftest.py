@@ -6,9 +6,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.utils import Environment
 from psycopg.conninfo import make_conninfo
 
 from infra.settings import Settings
@@ -55,3 +58,9 @@ def test_settings(data_dir: Path, database_url: str, **overrides: str) -> Settin
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+def view_on(env: dict[str, str], name: str, view_class: type[Any]) -> Any:
+    """A view of projection `name` with its own pool, built as the projection runner builds it."""
+    factory = InfrastructureFactory[Any].construct(env=Environment(name, env))
+    return factory.tracking_recorder(view_class)

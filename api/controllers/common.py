@@ -54,17 +54,16 @@ async def call(function: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(function, *args)
 
 
-async def settle(ctx: ApiContext, position: int | None, *, everywhere: bool = True) -> None:
+async def settle(ctx: ApiContext, position: int | None) -> None:
     """Wait until the views this client reads next include `position` (read-your-writes).
 
-    The client's next request may reach any API process behind a load balancer, so by
-    default this waits until every live API process has the change; that is also what makes
-    a revoked key refused by all of them once the answer has been sent.
+    The client's next request may reach any API process behind a load balancer, so this waits
+    until every live API process has the change; that is also what makes a revoked key
+    refused by all of them once the answer has been sent.
     """
     if position is None:
         return
-    wait = ctx.read_models.wait_everywhere if everywhere else ctx.read_models.wait
-    if not await wait(position, ctx.write_wait_timeout):
+    if not await ctx.read_models.wait_everywhere(position, ctx.write_wait_timeout):
         log.warning("views did not reach position %s within %ss", position, ctx.write_wait_timeout)
         raise ProblemError(
             503,

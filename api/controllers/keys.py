@@ -62,4 +62,4 @@ class KeysController(Controller):
         """Revoke a key; once this answers, no server accepts it. Revoking twice is harmless."""
         ctx = context(request)
         position = await call(ctx.app.revoke_key, access.session.session_id, key_id, access.actor)
-        await settle(ctx, position, everywhere=True)
+        await settle(ctx, position)

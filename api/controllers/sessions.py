@@ -181,7 +181,7 @@ class SessionsController(Controller):
         """Delete the session (admin); every one of its API keys is revoked at once."""
         ctx = context(request)
         position = await call(ctx.app.delete, admin_access.session.session_id, admin_access.actor)
-        await settle(ctx, position, everywhere=True)
+        await settle(ctx, position)
 
     @put(
         SESSION + "/rate-limit",
@@ -200,5 +200,5 @@ class SessionsController(Controller):
         position = await call(
             ctx.app.set_rate_limit, session_id, data.requests_per_minute, admin_access.actor
         )
-        await settle(ctx, position, everywhere=True)
+        await settle(ctx, position)
         return session_out(current_row(ctx, session_id), ctx.default_requests_per_minute)

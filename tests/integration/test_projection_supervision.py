@@ -10,12 +10,12 @@ import psycopg
 import pytest
 
 from application.sessions import SessionsApplication
-from infra.container import _view
 from infra.pgrecorder import PollingApplicationRecorder, PollingSubscription
 from infra.pgviews import PostgresSessionStatusView
 from infra.settings import eventsourcing_env
 from infra.supervisor import ProjectionSupervisor
 from projections.status import SessionStatusProjection
+from tests.conftest import view_on
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -36,7 +36,7 @@ def env(database_url: str) -> dict[str, str]:
 @pytest.fixture
 def app(env: dict[str, str]) -> Iterator[SessionsApplication]:
     application = SessionsApplication(env=env)
-    _view(env, "session_status", PostgresSessionStatusView).datastore.close()  # create tables
+    view_on(env, "session_status", PostgresSessionStatusView).datastore.close()  # create tables
     yield application
     application.close()
 
@@ -66,7 +66,7 @@ def supervisors(
 
 
 def _tracked(env: dict[str, str]) -> int:
-    view = _view(env, "session_status", PostgresSessionStatusView)
+    view = view_on(env, "session_status", PostgresSessionStatusView)
     try:
         return int(view.max_tracking_id("sessiond") or 0)
     finally:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import pytest
 from eventsourcing.persistence import Tracking
 
-from infra.container import _view
 from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView
 from infra.settings import eventsourcing_env
 from projections.rows import KeyRow, SessionRow
@@ -18,6 +17,7 @@ from projections.views import (
     MemorySessionStatusView,
     SessionStatusView,
 )
+from tests.conftest import view_on
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -28,8 +28,8 @@ def views(request: pytest.FixtureRequest) -> Iterator[tuple[SessionStatusView, A
         yield MemorySessionStatusView(), MemoryApiKeyView()
         return
     env = eventsourcing_env(request.getfixturevalue("database_url"))
-    status = _view(env, "session_status", PostgresSessionStatusView)
-    keys = _view(env, "api_keys", PostgresApiKeyView)
+    status = view_on(env, "session_status", PostgresSessionStatusView)
+    keys = view_on(env, "api_keys", PostgresApiKeyView)
     yield status, keys
     status.datastore.close()
     keys.datastore.close()
