@@ -23,3 +23,27 @@ class SimulatorError(ApplicationError):
     """The simulated phone cannot do that now (e.g. scan when no QR code is shown)."""
 
     code = "simulator-refused"
+
+
+class GatewayError(ApplicationError):
+    """The gateway cannot do that for this session now."""
+
+    code = "gateway-refused"
+
+
+class NotConnected(GatewayError):
+    """The session's client is not connected to WhatsApp."""
+
+    code = "not-connected"
+
+
+class NotPairing(GatewayError):
+    """The session is not pairing (no QR code is being shown), so no pairing code can be made."""
+
+    code = "not-pairing"
+
+
+class GatewayUnavailable(ApplicationError):
+    """No worker answered for the session in time (none running, or it is starting)."""
+
+    code = "gateway-unavailable"

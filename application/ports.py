@@ -1,8 +1,13 @@
-"""Ports: what the application needs from the outside world, as abstract classes."""
+"""Ports: what the application needs from the outside world, as abstract classes.
+
+Both gateways (neonize and the simulator) implement `WhatsAppGateway` and report what happens
+through `GatewayEvents`; `tests/contract` runs one suite against both so they cannot drift.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
@@ -18,23 +23,52 @@ class GatewayEvents(ABC):
     def qr_issued(
         self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
     ) -> int | None:
-        """A new QR code is ready to be scanned."""
+        """A new QR code is ready to be scanned (`attempt` of `max_attempts`)."""
 
     @abstractmethod
     def qr_exhausted(self, session_id: UUID) -> int | None:
-        """The last QR code expired without being scanned."""
+        """The last QR code expired without being scanned; the client has stopped."""
 
     @abstractmethod
     def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
-        """The link to WhatsApp is up (after a scan, or when a linked device resumed)."""
+        """The link to WhatsApp is up (after a scan, or when a linked device resumed).
+
+        `jid` is the full device JID (``user:device@s.whatsapp.net``) to resume it later.
+        """
 
     @abstractmethod
-    def disconnected(self, session_id: UUID, reason: str) -> int | None:
-        """The link went down for `reason` (``connection_lost``, ``logged_out``…)."""
+    def disconnected(
+        self,
+        session_id: UUID,
+        reason: str,
+        detail: str = "",
+        not_before: datetime | None = None,
+    ) -> int | None:
+        """The link went down, or could not be made, for `reason` (a `domain.values.Reason`).
+
+        `detail` is a short human-readable explanation (the library's message); `not_before`
+        is the earliest time a new attempt can succeed (the end of a temporary ban).
+        """
+
+    @abstractmethod
+    def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
+        """Keepalive pings to WhatsApp started failing (False) or work again (True)."""
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """What WhatsApp answered for a message sent."""
+
+    message_id: str
+    timestamp: datetime
 
 
 class WhatsAppGateway(ABC):
-    """The link to WhatsApp, one client per session (neonize, or the simulator)."""
+    """The link to WhatsApp, one client per session (neonize, or the simulator).
+
+    Every method returns quickly: a client's life runs on the gateway's own threads and is
+    reported through `GatewayEvents`.
+    """
 
     @abstractmethod
     def bind(self, events: GatewayEvents) -> None:
@@ -44,7 +78,8 @@ class WhatsAppGateway(ABC):
     def start(self, session_id: UUID, device_jid: str | None) -> None:
         """Start a client: resume `device_jid` if given, else begin pairing with QR codes.
 
-        Starting a session that is already running restarts it.
+        Starting a session that is already running restarts it. A device that can no longer
+        be resumed is reported as ``disconnected(device_unlinked)``, never a crash.
         """
 
     @abstractmethod
@@ -52,8 +87,24 @@ class WhatsAppGateway(ABC):
         """Stop the client, keeping the device linked; stopping a stopped session is a no-op."""
 
     @abstractmethod
-    def logout(self, session_id: UUID) -> None:
-        """Unlink the device from the phone and stop the client."""
+    def logout(self, session_id: UUID, device_jid: str | None) -> None:
+        """Unlink the device (the running client's, else `device_jid` from the store) and
+        stop the client. Reports nothing: the session is being deleted."""
+
+    @abstractmethod
+    def pair_phone(self, session_id: UUID, phone: str) -> str:
+        """The 8-character code to type on the phone `phone` (digits with country code).
+
+        Only while the session is pairing (showing QR codes); else raises `NotPairing`.
+        """
+
+    @abstractmethod
+    def send_text(self, session_id: UUID, to: str, text: str) -> SentMessage:
+        """Send a text; raises `NotConnected` unless the session's client is connected."""
+
+    @abstractmethod
+    def running(self) -> set[UUID]:
+        """The sessions that have a client (pairing, connecting or connected) right now."""
 
     @abstractmethod
     def stop_all(self) -> None:
@@ -73,7 +124,7 @@ class PhoneSimulator(ABC):
 
     @abstractmethod
     def scan(self, session_id: UUID) -> int | None:
-        """The phone scans the QR code being shown."""
+        """The phone scans the QR code being shown (or types the pairing code)."""
 
     @abstractmethod
     def drop(self, session_id: UUID) -> int | None:
@@ -82,3 +133,19 @@ class PhoneSimulator(ABC):
     @abstractmethod
     def remote_logout(self, session_id: UUID) -> int | None:
         """The user unlinks the device from the phone."""
+
+    @abstractmethod
+    def replace(self, session_id: UUID) -> int | None:
+        """The same device connects from somewhere else (WhatsApp's stream replaced)."""
+
+    @abstractmethod
+    def ban(self, session_id: UUID, seconds: float) -> int | None:
+        """WhatsApp bans the account temporarily for `seconds`."""
+
+    @abstractmethod
+    def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
+        """Keepalive pings start failing (False) or work again (True)."""
+
+    @abstractmethod
+    def set_reachable(self, reachable: bool) -> None:
+        """Make WhatsApp unreachable (every connection drops, every start fails) or back."""

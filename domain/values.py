@@ -31,13 +31,26 @@ class DesiredState(StrEnum):
 
 
 class Reason(StrEnum):
-    """Reasons the service itself gives; the gateway may report others."""
+    """Why a session is not (or no longer) connected; carried into the status.
 
-    STOPPED = "stopped"
-    DELETED = "deleted"
-    QR_EXPIRED = "qr_expired"
-    CONNECTION_LOST = "connection_lost"
-    LOGGED_OUT = "logged_out"
+    The reconnect policy (`domain.policy`) decides from the reason whether and when the
+    service tries again.
+    """
+
+    STOPPED = "stopped"  # the operator stopped it
+    DELETED = "deleted"  # the operator deleted it
+    QR_EXPIRED = "qr_expired"  # every QR code expired without a scan: needs a reconnect
+    CONNECTION_LOST = "connection_lost"  # the link dropped: retried with backoff
+    WHATSAPP_UNREACHABLE = "whatsapp_unreachable"  # no connection could be made: retried
+    CONNECT_FAILURE = "connect_failure"  # WhatsApp refused the connection: retried
+    LOGGED_OUT = "logged_out"  # unlinked from the phone: needs a new QR code
+    DEVICE_UNLINKED = "device_unlinked"  # the stored device is gone: needs a new QR code
+    STREAM_REPLACED = "stream_replaced"  # another client took the device over: not fought
+    TEMPORARILY_BANNED = "temporarily_banned"  # retried when the ban ends
+    CLIENT_OUTDATED = "client_outdated"  # WhatsApp refuses this client version: not retried
+    PAIRING_FAILED = "pairing_failed"  # the phone could not complete the pairing
+    SERVICE_RESTARTED = "service_restarted"  # the gateway restarted; resumed at once
+    GATEWAY_LOST = "gateway_lost"  # the worker that held the session died; taken over
 
 
 ADMIN_ACTOR = "admin"
