@@ -98,7 +98,7 @@ def create_app(
         HealthController,
         ping,
     ]
-    if ctx.simulator is not None:
+    if ctx.simulator:
         handlers.append(SimulatorController)
     openapi = OpenAPIConfig(
         title="sessiond",

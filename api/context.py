@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 from api.ratelimit import SessionRateLimiter
-from application.ports import PhoneSimulator
 from application.sessions import SessionsApplication
 from projections.readmodels import ReadModels
+
+
+class GatewayCalls(ABC):
+    """Calls that run where the session's client lives (a worker process, maybe another one).
+
+    `call` answers the action's result, or raises the `ApplicationError` the worker gave
+    (`NotPairing`, `SimulatorError`…), or `GatewayUnavailable` when no worker answered in time.
+    """
+
+    @abstractmethod
+    async def call(self, session_id: UUID, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run `action` for the session on its worker and return what it answered."""
 
 
 @dataclass
@@ -20,5 +34,6 @@ class ApiContext:
     default_requests_per_minute: int
     write_wait_timeout: float
     max_body_bytes: int
-    simulator: PhoneSimulator | None
+    gateway_calls: GatewayCalls
+    simulator: bool
     readiness: Callable[[], Awaitable[dict[str, str]]]

@@ -20,13 +20,15 @@ from projections.rows import KeyRow, SessionRow
 
 
 def health(row: SessionRow) -> Health:
-    """``stopped`` (the operator stopped it), ``healthy`` (connected), ``starting``
-    (connecting: waiting for a scan or a resume), ``unhealthy`` (disconnected or expired
-    while it is meant to be running)."""
+    """``stopped`` (the operator stopped it), ``healthy`` (connected, keepalives answered),
+    ``degraded`` (connected, but WhatsApp stopped answering keepalives), ``starting``
+    (connecting: waiting for a scan, a resume or a retry), ``unhealthy`` (disconnected or
+    expired while it is meant to be running; `reason` says why, `nextRetryAt` when the
+    service tries again, if it does)."""
     if row.desired == "stopped":
         return "stopped"
     if row.status == "connected":
-        return "healthy"
+        return "degraded" if row.degraded else "healthy"
     if row.status == "connecting":
         return "starting"
     return "unhealthy"
@@ -54,6 +56,9 @@ def session_out(row: SessionRow, default_rpm: int) -> SessionOut:
         labels=row.labels,
         status=_status(row),
         reason=row.reason,
+        detail=row.detail,
+        retry_attempt=row.retry_attempt,
+        next_retry_at=row.next_retry_at,
         stopped=row.desired == "stopped",
         health=health(row),
         created_at=row.created_at,
@@ -78,6 +83,9 @@ def status_out(row: SessionRow, now: datetime | None = None) -> StatusOut:
             uptime=row.uptime(now or datetime.now(UTC)),
         ),
         reason=row.reason,
+        detail=row.detail,
+        retry_attempt=row.retry_attempt,
+        next_retry_at=row.next_retry_at,
         qr_expires_at=row.qr_expires_at,
         last_activity_at=row.last_activity_at,
         updated_at=row.updated_at,

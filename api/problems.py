@@ -9,7 +9,14 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
-from application.errors import ConcurrentChange, SessionNotFound, SimulatorError
+from application.errors import (
+    ApplicationError,
+    ConcurrentChange,
+    GatewayError,
+    GatewayUnavailable,
+    SessionNotFound,
+    SimulatorError,
+)
 from domain.errors import (
     DomainError,
     InvalidTransition,
@@ -26,6 +33,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    406: "Not acceptable",
     409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
@@ -134,7 +142,11 @@ def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Respo
         problem = _domain_problem(error)
     elif isinstance(error, SessionNotFound):
         problem = ProblemError(404, "session-not-found", "no such session")
-    elif isinstance(error, (ConcurrentChange, SimulatorError)):
+    elif isinstance(error, (ConcurrentChange, SimulatorError, GatewayError)):
+        problem = ProblemError(409, error.code, str(error))
+    elif isinstance(error, GatewayUnavailable):
+        problem = ProblemError(503, error.code, str(error), {"Retry-After": "2"})
+    elif isinstance(error, ApplicationError):
         problem = ProblemError(409, error.code, str(error))
     elif isinstance(error, HTTPException):
         problem = _http_problem(error, request)

@@ -21,7 +21,7 @@ LabelPart = Annotated[str, Meta(pattern=f"^{LABEL_PART}$")]
 LABEL_FILTER_PATTERN = f"^{LABEL_PART}:{LABEL_PART}$"
 LabelFilter = Annotated[str, Meta(pattern=LABEL_FILTER_PATTERN)]
 StatusValue = Literal["connecting", "connected", "disconnected", "expired"]
-Health = Literal["healthy", "starting", "unhealthy", "stopped"]
+Health = Literal["healthy", "degraded", "starting", "unhealthy", "stopped"]
 
 
 class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -78,6 +78,9 @@ class SessionOut(Out):
     labels: dict[str, str]
     status: StatusValue
     reason: str | None
+    detail: str | None
+    retry_attempt: int
+    next_retry_at: datetime | None
     stopped: bool
     health: Health
     created_at: datetime
@@ -87,6 +90,35 @@ class SessionOut(Out):
     push_name: str | None
     qr: QrSummaryOut | None
     rate_limit: RateLimitOut
+
+
+Phone = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=32,
+        description="The phone's number in international form: + and country code, then digits",
+        examples=["+14155550123"],
+    ),
+]
+
+
+class PairCodeIn(Body):
+    phone: Phone
+
+
+class PairCodeOut(Out):
+    session_id: str
+    phone: str
+    code: str
+
+
+class BanIn(Body):
+    seconds: Annotated[int, Meta(ge=1, le=86_400)] = 60
+
+
+class KeepAliveIn(Body):
+    healthy: bool
 
 
 class KeyCreatedOut(Out):
@@ -123,6 +155,9 @@ class StatusOut(Out):
     health: Health
     metrics: MetricsOut
     reason: str | None
+    detail: str | None
+    retry_attempt: int
+    next_retry_at: datetime | None
     qr_expires_at: datetime | None
     last_activity_at: datetime | None
     updated_at: datetime

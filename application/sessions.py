@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
@@ -22,9 +22,11 @@ from application.commit import GroupCommitter
 from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
 from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
+from domain.policy import ReconnectPolicy
 from domain.session import ApiKey, Session
 from domain.values import (
     GATEWAY_ACTOR,
+    Status,
     check_labels,
     clean_name,
     public_session_id,
@@ -61,6 +63,13 @@ class IssuedKey:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Start the session's client: resume `device_jid`, or pair anew when it is None."""
+
+    device_jid: str | None
+
+
+@dataclass(frozen=True)
 class CreatedSession:
     session_id: str
     first_key: IssuedKey
@@ -74,8 +83,9 @@ class SessionsApplication(Application[UUID]):
     is_snapshotting_enabled = True
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Session: 50}
 
-    def __init__(self, env: Any = None) -> None:
+    def __init__(self, env: Any = None, policy: ReconnectPolicy | None = None) -> None:
         super().__init__(env)
+        self.policy = policy or ReconnectPolicy()
         self.committer = GroupCommitter(self._record_batch)
         self._cache: SessionCache[Session] = SessionCache()
 
@@ -197,11 +207,56 @@ class SessionsApplication(Application[UUID]):
     def record_connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
         return self._gateway_change(session_id, lambda s: s.connect(jid, push_name))
 
-    def record_disconnected(self, session_id: UUID, reason: str) -> int | None:
-        return self._gateway_change(session_id, lambda s: s.disconnect(reason))
+    def record_disconnected(
+        self,
+        session_id: UUID,
+        reason: str,
+        detail: str = "",
+        not_before: datetime | None = None,
+    ) -> int | None:
+        """Record that the link went down; the reconnect policy schedules the next try."""
+
+        def disconnect(session: Session) -> None:
+            attempt = session.retry_attempt + 1
+            retry_at = self.policy.next_retry(reason, attempt, datetime.now(UTC), not_before)
+            session.disconnect(reason, detail[:500], attempt, retry_at)
+
+        return self._gateway_change(session_id, disconnect)
 
     def record_qr_expired(self, session_id: UUID) -> int | None:
         return self._gateway_change(session_id, lambda s: s.expire_qr())
+
+    def record_keepalive(self, session_id: UUID, healthy: bool) -> int | None:
+        def change(session: Session) -> None:
+            if healthy:
+                session.restore_keepalive()
+            else:
+                session.lose_keepalive()
+
+        return self._gateway_change(session_id, change)
+
+    def retry(self, session_id: UUID) -> Resume | None:
+        """Record that the service tries again and say what to start; None when a retry no
+        longer applies (connected, stopped or deleted meanwhile)."""
+        tried: list[Session] = []
+
+        def attempt(session: Session) -> None:
+            session.attempt_reconnect()
+            tried.append(session)
+
+        if self._gateway_change(session_id, attempt) is None or not tried:
+            return None
+        return Resume(tried[-1].jid)
+
+    def expire_stale_qr(self, session_id: UUID, now: datetime) -> int | None:
+        """The safety net for a QR code whose expiry the gateway never reported."""
+
+        def expire(session: Session) -> None:
+            due = session.qr_expires_at
+            if session.status == Status.CONNECTING and (due is None or due <= now):
+                session.expire_qr()
+
+        return self._gateway_change(session_id, expire)
 
     # -- load, change, save ---------------------------------------------------------------
 
@@ -267,4 +322,4 @@ class SessionsApplication(Application[UUID]):
             return None
 
 
-__all__ = ["GATEWAY_ACTOR", "CreatedSession", "IssuedKey", "SessionsApplication"]
+__all__ = ["GATEWAY_ACTOR", "CreatedSession", "IssuedKey", "Resume", "SessionsApplication"]

@@ -20,6 +20,7 @@ from domain.errors import (
     SessionIsDeleted,
     UnknownApiKey,
 )
+from domain.policy import ReconnectPolicy
 from domain.values import (
     MAX_REQUESTS_PER_MINUTE,
     DesiredState,
@@ -77,6 +78,22 @@ class Session(Aggregate):
     class Disconnected(Event):
         TOPIC = "sessiond:Session.Disconnected"
         reason: str
+        # Defaults keep events recorded before these fields existed readable.
+        detail: str = ""
+        attempt: int = 0
+        next_retry_at: datetime | None = None
+
+    class ReconnectAttempted(Event):
+        """The service tries again on its own (backoff, ban over, or after a restart)."""
+
+        TOPIC = "sessiond:Session.ReconnectAttempted"
+        attempt: int
+
+    class KeepAliveLost(Event):
+        TOPIC = "sessiond:Session.KeepAliveLost"
+
+    class KeepAliveRestored(Event):
+        TOPIC = "sessiond:Session.KeepAliveRestored"
 
     class QRExpired(Event):
         TOPIC = "sessiond:Session.QRExpired"
@@ -116,6 +133,12 @@ class Session(Aggregate):
         requests_per_minute: int | None
         actor: str
 
+    # Class-level defaults keep snapshots taken before these attributes existed loadable.
+    detail: str | None = None
+    retry_attempt: int = 0
+    next_retry_at: datetime | None = None
+    degraded: bool = False
+
     #: Statuses from which an operator may ask for a new QR code.
     RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset({Status.DISCONNECTED, Status.EXPIRED})
 
@@ -142,6 +165,10 @@ class Session(Aggregate):
         self.qr_attempt = 0
         self.qr_max_attempts = 0
         self.keys: dict[str, ApiKey] = {}
+        self.detail: str | None = None
+        self.retry_attempt = 0
+        self.next_retry_at: datetime | None = None
+        self.degraded = False
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -197,17 +224,74 @@ class Session(Aggregate):
         self.jid = jid
         self.push_name = push_name
         self._clear_qr()
+        self._clear_retry()
 
-    def disconnect(self, reason: str) -> None:
+    def disconnect(
+        self,
+        reason: str,
+        detail: str = "",
+        attempt: int = 0,
+        next_retry_at: datetime | None = None,
+    ) -> None:
+        """The link went down or could not be made; `attempt` counts failures in a row."""
         self.check_running("cannot disconnect")
         self.check_status("cannot disconnect", Status.CONNECTING, Status.CONNECTED)
-        self._disconnect(reason)
+        if not reason:
+            raise InvalidValue("a disconnection needs a reason")
+        if attempt < 0:
+            raise InvalidValue("the attempt count cannot be negative")
+        self._disconnect(reason, detail, attempt, next_retry_at)
 
     @event(Disconnected)
-    def _disconnect(self, reason: str) -> None:
+    def _disconnect(
+        self, reason: str, detail: str, attempt: int, next_retry_at: datetime | None
+    ) -> None:
         self.status = Status.DISCONNECTED.value
         self.reason = reason
+        self.detail = detail or None
+        self.retry_attempt = attempt
+        self.next_retry_at = next_retry_at
+        self.degraded = False
+        if ReconnectPolicy.needs_new_qr(reason):
+            self.jid = None  # the device is gone: the next start pairs a new one
         self._clear_qr()
+
+    def attempt_reconnect(self) -> None:
+        """The service tries again after a failure (never after a stop or a delete)."""
+        self.check_running("cannot retry")
+        self.check_status("cannot retry", Status.DISCONNECTED)
+        self._attempt_reconnect(self.retry_attempt)
+
+    @event(ReconnectAttempted)
+    def _attempt_reconnect(self, attempt: int) -> None:
+        self.status = Status.CONNECTING.value
+        self.next_retry_at = None
+
+    def lose_keepalive(self) -> bool:
+        """Keepalive pings fail: a connected session is degraded. False if nothing changed."""
+        self.check_running("cannot degrade")
+        self.check_status("keepalive lost", Status.CONNECTED)
+        if self.degraded:
+            return False
+        self._lose_keepalive()
+        return True
+
+    @event(KeepAliveLost)
+    def _lose_keepalive(self) -> None:
+        self.degraded = True
+
+    def restore_keepalive(self) -> bool:
+        """Keepalive pings work again. False if the session was not degraded."""
+        self.check_running("cannot restore")
+        self.check_status("keepalive restored", Status.CONNECTED)
+        if not self.degraded:
+            return False
+        self._restore_keepalive()
+        return True
+
+    @event(KeepAliveRestored)
+    def _restore_keepalive(self) -> None:
+        self.degraded = False
 
     def expire_qr(self) -> None:
         self.check_running("cannot expire the QR code")
@@ -219,6 +303,7 @@ class Session(Aggregate):
         self.status = Status.EXPIRED.value
         self.reason = Reason.QR_EXPIRED.value
         self._clear_qr()
+        self._clear_retry()
 
     # -- commands from operators and clients ----------------------------------------------
 
@@ -234,6 +319,7 @@ class Session(Aggregate):
         self.status = Status.CONNECTING.value
         self.reason = None
         self._clear_qr()
+        self._clear_retry()
 
     def stop(self, actor: str) -> None:
         self.check_not_deleted()
@@ -247,6 +333,7 @@ class Session(Aggregate):
         self.status = Status.DISCONNECTED.value
         self.reason = Reason.STOPPED.value
         self._clear_qr()
+        self._clear_retry()
 
     def delete(self, actor: str) -> None:
         """Delete the session and, in the same save, revoke every key it still has."""
@@ -261,6 +348,7 @@ class Session(Aggregate):
         self.status = Status.DISCONNECTED.value
         self.reason = Reason.DELETED.value
         self._clear_qr()
+        self._clear_retry()
 
     @event(KeysRevoked)
     def _revoke_keys(self, key_ids: list[str], actor: str) -> None:
@@ -303,6 +391,12 @@ class Session(Aggregate):
     @event(RateLimitSet)
     def _set_rate_limit(self, requests_per_minute: int | None, actor: str) -> None:
         self.requests_per_minute = requests_per_minute
+
+    def _clear_retry(self) -> None:
+        self.detail = None
+        self.retry_attempt = 0
+        self.next_retry_at = None
+        self.degraded = False
 
     def _clear_qr(self) -> None:
         self.qr_code = None

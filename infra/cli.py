@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from infra.asgi import ROLES_VARIABLE
@@ -40,6 +43,69 @@ def _serve_http(roles: str, host: str, port: int, workers: int) -> None:
     server.serve()
 
 
+class ChildWorker:
+    """`sessiond worker` as a child process of `sessiond serve`, restarted if it dies.
+
+    The gateway runs apart from the API: a crash inside the Go library (neonize) takes only
+    this child down; its sessions come back when it is restarted (they are taken over from
+    the dead worker's leases and resumed from their recorded devices).
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="child-worker", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "worker"],
+            env=self.env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
+        )
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            assert self.process is not None
+            started = time.monotonic()
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            print(
+                f"sessiond: the gateway worker exited with {code}; restarting it in {delay:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 30.0)
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if `sessiond serve` dies, so no orphan keeps sessions."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _run_background_roles(settings: Settings, url: str, roles: frozenset[str]) -> None:
     from infra.container import Container  # noqa: PLC0415
 
@@ -56,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sessiond", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("serve", "run every role in one process: API, projections and gateway"),
+        ("serve", "run every role: API and projections here, the gateway in a child process"),
         ("api", "run only the HTTP API (any number of them)"),
     ):
         command = commands.add_parser(name, help=help_text)
@@ -65,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "api":
             command.add_argument("--workers", type=int, default=1)
     commands.add_parser("projector", help="run only the view projections (leader elected)")
-    commands.add_parser("worker", help="run only the gateway and its driver")
+    commands.add_parser("worker", help="run only the gateway (any number: sessions are leased)")
     args = parser.parse_args(argv)
 
     try:
@@ -82,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:
         if args.command == "serve":
-            _serve_http("api,projector,worker", args.host, args.port, 1)
+            child = ChildWorker(dict(os.environ))
+            child.start()
+            try:
+                _serve_http("api,projector", args.host, args.port, 1)
+            finally:
+                child.stop()
         elif args.command == "api":
             _serve_http("api", args.host, args.port, args.workers)
         else:

@@ -1,8 +1,9 @@
 """The composition root: the one place that builds adapters and wires the roles together.
 
 Roles: ``api`` (HTTP, reads the in-process copy of the views), ``projector`` (runs the view
-projections, one process at a time per projection) and ``worker`` (runs the gateway and the
-driver that turns decisions into gateway calls). `sessiond serve` runs all three.
+projections, one process at a time per projection) and ``worker`` (runs the gateway: holds
+sessions by lease and keeps their clients as desired). `sessiond serve` runs the first two in
+its HTTP process and the worker in a child process that it restarts if it dies.
 """
 
 from __future__ import annotations
@@ -15,27 +16,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import Tracking
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresDatastore
 from litestar import Litestar
 
 from api.app import create_app
 from api.context import ApiContext
 from api.ratelimit import SessionRateLimiter
-from application.gateway import GatewayDriver, RecordingGatewayEvents, restore_sessions
+from application.gateway import RecordingGatewayEvents
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
-from application.ports import PhoneSimulator, WhatsAppGateway
+from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
-from domain.values import session_uuid
+from domain.policy import ReconnectPolicy
+from infra.gatewaycalls import PostgresGatewayCalls
+from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
 from infra.pgrecorder import PollingApplicationRecorder
 from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView
 from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
 from infra.supervisor import ProjectionSupervisor
+from infra.worker import GatewayWorker, WorkerTimings
+from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
 from projections.status import SessionStatusProjection
 
@@ -66,7 +69,8 @@ class Container:
     supervisors: list[ProjectionSupervisor] = field(default_factory=list)
     gateway: WhatsAppGateway | None = None
     read_models: CachedReadModels | None = None
-    driver_tracking: PostgresTrackingRecorder = field(init=False)
+    worker: GatewayWorker | None = None
+    gateway_view: PostgresGatewayView = field(init=False)
     runner_env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,7 +81,8 @@ class Container:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
             self.app = SessionsApplication(
-                env=eventsourcing_env(self.database_url, pool_size=2, max_overflow=10)
+                env=eventsourcing_env(self.database_url, pool_size=2, max_overflow=10),
+                policy=ReconnectPolicy(base=self.settings.retry_base, cap=self.settings.retry_cap),
             )
             # The views read here share the application's connection pool: PostgreSQL's
             # connections are counted across every process.
@@ -86,9 +91,7 @@ class Container:
                 datastore, SessionStatusProjection.name, PostgresSessionStatusView
             )
             self.key_view = _shared_view(datastore, ApiKeyProjection.name, PostgresApiKeyView)
-            self.driver_tracking = _shared_view(
-                datastore, GatewayDriver.name, PostgresTrackingRecorder
-            )
+            self.gateway_view = _shared_view(datastore, GatewayProjection.name, PostgresGatewayView)
             with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
@@ -127,6 +130,7 @@ class Container:
         for projection, view in (
             (SessionStatusProjection, PostgresSessionStatusView),
             (ApiKeyProjection, PostgresApiKeyView),
+            (GatewayProjection, PostgresGatewayView),
         ):
             supervisor = ProjectionSupervisor(
                 projection,
@@ -142,63 +146,37 @@ class Container:
         gateway = self._build_gateway()
         gateway.bind(RecordingGatewayEvents(self.app))
         self.gateway = gateway
-        driver = GatewayDriver.bound_to(gateway)
-        tracking = self.driver_tracking
-
-        def on_elected() -> None:
-            # A new side-effecting projector starts at the head of the log: history is
-            # never replayed into the gateway by accident.
-            if tracking.max_tracking_id(self.app.name) is None:
-                head = self.app.recorder.max_notification_id()
-                if head:
-                    tracking.insert_tracking(Tracking(self.app.name, head))
-            start = tracking.max_tracking_id(self.app.name) or 0
-            restore_sessions(self.app, gateway, self._sessions_to_restore(start))
-
-        def on_demoted() -> None:
-            # Another process may take the driver over: it must be the only one to run clients.
-            gateway.stop_all()
-
-        supervisor = ProjectionSupervisor(
-            driver,
-            PostgresTrackingRecorder,
-            self.runner_env,
-            self.database_url,
-            check_interval=self.settings.poll_interval,
-            on_elected=on_elected,
-            on_demoted=on_demoted,
+        timings = WorkerTimings(
+            lease_ttl=self.settings.lease_ttl,
+            tick=self.settings.worker_tick,
+            deadline_tick=min(0.5, self.settings.worker_tick),
+            claim_batch=self.settings.restore_batch,
         )
-        supervisor.start()
-        self.supervisors.append(supervisor)
-
-    def _sessions_to_restore(self, start: int) -> list[UUID]:
-        """Every session that may have to run as of position `start`, where the driver starts.
-
-        The status view's running sessions, plus every session with an event the view has not
-        processed yet (up to `start`): `restore_sessions` then loads each one and decides from
-        its recorded state, so a lagging view can neither hide a session nor start one.
-        """
-        candidates = {
-            session_uuid(row.session_id)
-            for row in self.status_view.all_sessions()
-            if row.desired == "running"
-        }
-        seen = self.status_view.max_tracking_id(self.app.name) or 0
-        while seen < start:
-            page = self.app.recorder.select_notifications(
-                start=seen, limit=1000, stop=start, inclusive_of_start=False
-            )
-            if not page:
-                break
-            candidates.update(UUID(str(notification.originator_id)) for notification in page)
-            seen = page[-1].id
-        return sorted(candidates)
+        self.worker = GatewayWorker(self.app, gateway, self.database_url, timings)
+        self.worker.start()
 
     def _build_gateway(self) -> WhatsAppGateway:
+        if self.settings.gateway == "neonize":
+            # Imported here: only a worker with the real gateway loads the Go library.
+            from infra.neonize_gateway import (  # noqa: PLC0415
+                NeonizeGateway,
+                prepare_store,
+                store_dsn_from_url,
+            )
+
+            prepare_store(self.database_url)  # whatsmeow's schema, once, before any client
+            return NeonizeGateway(
+                store_dsn_from_url(self.database_url),
+                first_timeout=self.settings.qr_first_timeout,
+                next_timeout=self.settings.qr_next_timeout,
+                max_codes=self.settings.qr_max_codes,
+            )
+        datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         return SimulatorGateway(
             first_timeout=self.settings.qr_first_timeout,
             next_timeout=self.settings.qr_next_timeout,
             max_codes=self.settings.qr_max_codes,
+            devices=PostgresDeviceSet(datastore),
         )
 
     def api_context(self) -> ApiContext:
@@ -211,7 +189,7 @@ class Container:
         )
         storage = self.settings.redis_url or "memory://"
         limiter = SessionRateLimiter(storage)
-        simulator = self.gateway if isinstance(self.gateway, PhoneSimulator) else None
+        datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         read_models = self.read_models
 
         async def readiness() -> dict[str, str]:
@@ -237,7 +215,8 @@ class Container:
             default_requests_per_minute=self.settings.default_requests_per_minute,
             write_wait_timeout=self.settings.write_wait_timeout,
             max_body_bytes=self.settings.max_body_bytes,
-            simulator=simulator,
+            gateway_calls=PostgresGatewayCalls(datastore, self.settings.gateway_call_timeout),
+            simulator=self.settings.gateway == "simulator",
             readiness=readiness,
         )
 
@@ -248,10 +227,10 @@ class Container:
             self.start_worker()
 
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()  # also closes the gateway
         for supervisor in self.supervisors:
             supervisor.stop()
-        if self.gateway is not None:
-            self.gateway.close()
         if self.read_models is not None:
             self.read_models.stop()
         self.app.close()

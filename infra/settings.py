@@ -17,7 +17,7 @@ class SettingsError(Exception):
     """A setting is missing or malformed."""
 
 
-GATEWAYS = ("simulator",)
+GATEWAYS = ("neonize", "simulator")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,12 @@ class Settings:
     qr_first_timeout: float
     qr_next_timeout: float
     qr_max_codes: int
+    lease_ttl: float
+    worker_tick: float
+    restore_batch: int
+    retry_base: float
+    retry_cap: float
+    gateway_call_timeout: float
     write_wait_timeout: float
     poll_interval: float
     stale_after: float
@@ -45,12 +51,18 @@ class Settings:
             data_dir=Path(reader.text("DATA_DIR", "./var")),
             database_url=reader.optional("DATABASE_URL"),
             admin_key=reader.optional("ADMIN_KEY"),
-            gateway=reader.choice("GATEWAY", "simulator", GATEWAYS),
+            gateway=reader.choice("GATEWAY", "neonize", GATEWAYS),
             redis_url=reader.optional("REDIS_URL"),
             default_requests_per_minute=reader.integer("DEFAULT_RATE_LIMIT", 600, 1, 100_000),
             qr_first_timeout=reader.number("QR_FIRST_TIMEOUT", 60.0, 0.05, 600.0),
             qr_next_timeout=reader.number("QR_NEXT_TIMEOUT", 20.0, 0.05, 600.0),
             qr_max_codes=reader.integer("QR_MAX_CODES", 6, 1, 100),
+            lease_ttl=reader.number("LEASE_TTL", 30.0, 1.0, 3600.0),
+            worker_tick=reader.number("WORKER_TICK", 1.0, 0.05, 60.0),
+            restore_batch=reader.integer("RESTORE_BATCH", 50, 1, 100_000),
+            retry_base=reader.number("RETRY_BASE", 2.0, 0.01, 3600.0),
+            retry_cap=reader.number("RETRY_CAP", 300.0, 0.1, 86_400.0),
+            gateway_call_timeout=reader.number("GATEWAY_CALL_TIMEOUT", 5.0, 0.2, 120.0),
             write_wait_timeout=reader.number("WRITE_WAIT_TIMEOUT", 5.0, 0.1, 120.0),
             poll_interval=reader.number("POLL_INTERVAL", 1.0, 0.05, 60.0),
             stale_after=reader.number("STALE_AFTER", 3.0, 0.5, 60.0),

@@ -1,30 +1,35 @@
 """The simulator gateway: the `WhatsAppGateway` contract with no network.
 
 QR codes rotate on WhatsApp's timings (the first lasts 60 s, the next ones 20 s, 6 in all;
-configurable), then the session expires. Hooks let a demo or a test scan the code, drop the
-connection, log out from the phone, as a real phone and network would.
+configurable), then the session expires. Hooks let a demo or a test do what a real phone and
+network do: scan the code, drop the connection, log out from the phone, connect the device
+elsewhere (stream replaced), ban the account for a while, fail keepalives, make WhatsApp
+unreachable. `tests/contract` holds it to the same contract as the neonize adapter.
 """
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
+from collections.abc import MutableSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from application.errors import SimulatorError
-from application.ports import GatewayEvents, PhoneSimulator, WhatsAppGateway
+from application.errors import NotConnected, NotPairing, SimulatorError
+from application.ports import GatewayEvents, PhoneSimulator, SentMessage, WhatsAppGateway
 from domain.values import Reason
 from infra.timers import TimerThread
 
+PUSH_NAME = "Simulated phone"
 
-@dataclass
+
+@dataclass(slots=True)
 class _Client:
     generation: int = 0
-    phase: str = "stopped"  # stopped | pairing | connected | disconnected
+    phase: str = "stopped"  # stopped | pairing | resuming | connected | disconnected | expired
     attempt: int = 0
-    device_jid: str | None = None
 
 
 class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
@@ -35,13 +40,19 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         next_timeout: float = 20.0,
         max_codes: int = 6,
         resume_delay: float = 0.05,
+        devices: MutableSet[str] | None = None,
     ) -> None:
         self.first_timeout = first_timeout
         self.next_timeout = next_timeout
         self.max_codes = max_codes
         self.resume_delay = resume_delay
+        self.reachable = True
         self._events: GatewayEvents | None = None
         self._clients: dict[UUID, _Client] = {}
+        # The "device store": devices linked to a phone (kept in PostgreSQL by the service,
+        # as whatsmeow keeps its own, so that a restarted worker resumes them).
+        self._devices: MutableSet[str] = set() if devices is None else devices
+        self._message_ids = itertools.count(1)
         self._lock = threading.RLock()
         self._timers = TimerThread("simulator")
 
@@ -61,16 +72,13 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             client = self._clients.setdefault(session_id, _Client())
             client.generation += 1
             generation = client.generation
-            if device_jid:
-                client.device_jid = device_jid
-                client.phase = "resuming"
-                self._timers.call_later(
-                    self.resume_delay, lambda: self._resume(session_id, generation)
-                )
-                return
-            client.phase = "pairing"
             client.attempt = 0
-        self._next_qr(session_id, generation)
+            client.phase = "resuming" if device_jid else "pairing"
+        # Like a real client, the outcome is reported from the gateway's own thread.
+        self._timers.call_later(
+            self.resume_delay if device_jid else 0.0,
+            lambda: self._begin(session_id, generation, device_jid),
+        )
 
     def stop(self, session_id: UUID) -> None:
         with self._lock:
@@ -79,10 +87,36 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
                 client.generation += 1
                 client.phase = "stopped"
 
-    def logout(self, session_id: UUID) -> None:
+    def logout(self, session_id: UUID, device_jid: str | None) -> None:
         with self._lock:
             self.stop(session_id)
             self._clients.pop(session_id, None)
+            if device_jid:
+                self._devices.discard(device_jid)
+
+    def pair_phone(self, session_id: UUID, phone: str) -> str:
+        with self._lock:
+            client = self._clients.get(session_id)
+            if client is None or client.phase != "pairing" or client.attempt == 0:
+                raise NotPairing("the session is not showing a QR code")
+        alphabet = "ABCDEFGHJKLMNPQRSTVWXYZ0123456789"
+        return "".join(secrets.choice(alphabet) for _ in range(8))
+
+    def send_text(self, session_id: UUID, to: str, text: str) -> SentMessage:
+        with self._lock:
+            client = self._clients.get(session_id)
+            if client is None or client.phase != "connected":
+                raise NotConnected("the session is not connected")
+            number = next(self._message_ids)
+        return SentMessage(f"SIM{number:012d}", datetime.now(UTC))
+
+    def running(self) -> set[UUID]:
+        with self._lock:
+            return {
+                session_id
+                for session_id, client in self._clients.items()
+                if client.phase in ("pairing", "resuming", "connected")
+            }
 
     def stop_all(self) -> None:
         with self._lock:
@@ -97,28 +131,46 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
     # -- what a phone and a network do ------------------------------------------------------
 
     def scan(self, session_id: UUID) -> int | None:
-        """The phone scans the QR code being shown."""
         with self._lock:
             client = self._client_in(session_id, "pairing", "no QR code is being shown")
             client.generation += 1
             client.phase = "connected"
-            client.device_jid = f"{secrets.randbelow(10**11):011d}@s.whatsapp.net"
-            jid = client.device_jid
-        return self.events.connected(session_id, jid, "Simulated phone")
+            jid = f"{secrets.randbelow(10**11):011d}:{secrets.randbelow(90) + 10}@s.whatsapp.net"
+            self._devices.add(jid)
+        return self.events.connected(session_id, jid, PUSH_NAME)
 
     def drop(self, session_id: UUID) -> int | None:
-        """The network drops the connection."""
-        with self._lock:
-            client = self._client_in(session_id, "connected", "the session is not connected")
-            client.phase = "disconnected"
-        return self.events.disconnected(session_id, Reason.CONNECTION_LOST.value)
+        return self._end(session_id, Reason.CONNECTION_LOST, "the network dropped the link")
 
     def remote_logout(self, session_id: UUID) -> int | None:
-        """The user unlinks the device from the phone."""
         with self._lock:
             self._client_in(session_id, "connected", "the session is not connected")
-            self._clients.pop(session_id, None)
-        return self.events.disconnected(session_id, Reason.LOGGED_OUT.value)
+        return self._end(session_id, Reason.LOGGED_OUT, "unlinked from the phone", forget=True)
+
+    def replace(self, session_id: UUID) -> int | None:
+        return self._end(session_id, Reason.STREAM_REPLACED, "the device connected elsewhere")
+
+    def ban(self, session_id: UUID, seconds: float) -> int | None:
+        until = datetime.now(UTC) + timedelta(seconds=seconds)
+        return self._end(session_id, Reason.TEMPORARILY_BANNED, "simulated ban", until)
+
+    def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
+        with self._lock:
+            self._client_in(session_id, "connected", "the session is not connected")
+        return self.events.keepalive(session_id, healthy)
+
+    def set_reachable(self, reachable: bool) -> None:
+        with self._lock:
+            self.reachable = reachable
+            dropped = (
+                []
+                if reachable
+                else [
+                    session_id for session_id, c in self._clients.items() if c.phase == "connected"
+                ]
+            )
+        for session_id in dropped:
+            self._end(session_id, Reason.CONNECTION_LOST, "WhatsApp is unreachable")
 
     def phase(self, session_id: UUID) -> str:
         with self._lock:
@@ -139,14 +191,47 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             return None
         return client
 
-    def _resume(self, session_id: UUID, generation: int) -> None:
+    def _end(
+        self,
+        session_id: UUID,
+        reason: Reason,
+        detail: str,
+        not_before: datetime | None = None,
+        *,
+        forget: bool = False,
+    ) -> int | None:
+        """The connected client goes down for `reason` and stops (WhatsApp closed it)."""
+        with self._lock:
+            client = self._client_in(session_id, "connected", "the session is not connected")
+            client.generation += 1
+            client.phase = "disconnected"
+            if forget:
+                self._clients.pop(session_id, None)
+        return self.events.disconnected(session_id, reason.value, detail, not_before)
+
+    def _begin(self, session_id: UUID, generation: int, device_jid: str | None) -> None:
         with self._lock:
             client = self._current(session_id, generation)
-            if client is None or client.device_jid is None:
+            if client is None:
                 return
-            client.phase = "connected"
-            jid = client.device_jid
-        self.events.connected(session_id, jid, "Simulated phone")
+            if not self.reachable:
+                client.phase = "disconnected"
+                outcome = (Reason.WHATSAPP_UNREACHABLE, "failed to dial WhatsApp (simulated)")
+            elif device_jid is not None and device_jid not in self._devices:
+                # Like the neonize adapter: a device missing from the store is never resumed.
+                client.phase = "disconnected"
+                outcome = (Reason.DEVICE_UNLINKED, "the device is not in the store")
+            elif device_jid is not None:
+                client.phase = "connected"
+                outcome = None
+            else:
+                outcome = None
+        if outcome is not None:
+            self.events.disconnected(session_id, outcome[0].value, outcome[1])
+        elif device_jid is not None:
+            self.events.connected(session_id, device_jid, PUSH_NAME)
+        else:
+            self._next_qr(session_id, generation)
 
     def _next_qr(self, session_id: UUID, generation: int) -> None:
         with self._lock:

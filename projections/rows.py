@@ -15,6 +15,10 @@ class SessionRow(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = {}
     status: str
     reason: str | None = None
+    detail: str | None = None
+    retry_attempt: int = 0
+    next_retry_at: datetime | None = None
+    degraded: bool = False
     desired: str = "running"
     created_at: datetime
     updated_at: datetime

@@ -63,6 +63,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             jid=event.jid,
             push_name=event.push_name,
             **_NO_QR,
+            **_NO_RETRY,
         )
 
     @process_event.register
@@ -72,14 +73,35 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             tracking,
             status=Status.DISCONNECTED.value,
             reason=event.reason,
+            detail=event.detail or None,
+            retry_attempt=event.attempt,
+            next_retry_at=event.next_retry_at,
+            degraded=False,
             connected_at=None,
             **_NO_QR,
         )
 
     @process_event.register
+    def _attempted(self, event: Session.ReconnectAttempted, tracking: Tracking) -> None:
+        self._update(event, tracking, status=Status.CONNECTING.value, next_retry_at=None, **_NO_QR)
+
+    @process_event.register
+    def _keepalive_lost(self, event: Session.KeepAliveLost, tracking: Tracking) -> None:
+        self._update(event, tracking, degraded=True)
+
+    @process_event.register
+    def _keepalive_restored(self, event: Session.KeepAliveRestored, tracking: Tracking) -> None:
+        self._update(event, tracking, degraded=False)
+
+    @process_event.register
     def _qr_expired(self, event: Session.QRExpired, tracking: Tracking) -> None:
         self._update(
-            event, tracking, status=Status.EXPIRED.value, reason=Reason.QR_EXPIRED.value, **_NO_QR
+            event,
+            tracking,
+            status=Status.EXPIRED.value,
+            reason=Reason.QR_EXPIRED.value,
+            **_NO_QR,
+            **_NO_RETRY,
         )
 
     @process_event.register
@@ -92,6 +114,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             desired=DesiredState.RUNNING.value,
             connected_at=None,
             **_NO_QR,
+            **_NO_RETRY,
         )
 
     @process_event.register
@@ -104,6 +127,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             desired=DesiredState.STOPPED.value,
             connected_at=None,
             **_NO_QR,
+            **_NO_RETRY,
         )
 
     @process_event.register
@@ -116,6 +140,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             desired=DesiredState.DELETED.value,
             connected_at=None,
             **_NO_QR,
+            **_NO_RETRY,
         )
 
     @process_event.register
@@ -138,6 +163,12 @@ class SessionStatusProjection(Projection[SessionStatusView]):
         self.view.save_session(row, tracking)
 
 
+_NO_RETRY: dict[str, Any] = {
+    "detail": None,
+    "retry_attempt": 0,
+    "next_retry_at": None,
+    "degraded": False,
+}
 _NO_QR: dict[str, Any] = {
     "qr_code": None,
     "qr_expires_at": None,

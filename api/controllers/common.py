@@ -24,6 +24,7 @@ _DESCRIPTIONS = {
     401: "No API key, or an unknown, mistyped or revoked one",
     403: "The operation needs the admin key",
     404: "No such session (or not reachable with this key)",
+    406: "None of the media types in Accept can be served",
     409: "The session's state does not allow this now, or it changed meanwhile; retry",
     413: "The request body is too large",
     422: "The body is JSON, but its fields or values are not valid",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, post, put
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, JSONBody, QueryParameter
 
@@ -24,12 +25,15 @@ from api.controllers.common import call, context, current_row, problems, settle
 from api.fastpath import FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
+from api.qr import PNG, SVG, InvalidPhone, normalize_phone, render
 from api.schemas import (
     LABEL_FILTER_PATTERN,
     CreatedSessionOut,
     CreateSessionIn,
     KeyCreatedOut,
     LabelFilter,
+    PairCodeIn,
+    PairCodeOut,
     QrOut,
     RateLimitIn,
     SessionListOut,
@@ -37,8 +41,10 @@ from api.schemas import (
     StatusOut,
     StatusValue,
 )
+from domain.values import session_uuid
 
 SESSION = "/{session_id:str}"
+JSON = "application/json"
 
 
 async def _run(
@@ -148,17 +154,78 @@ class SessionsController(Controller):
         access = await provide_access(request, session_id)
         return status_out(access.session)
 
-    @get(SESSION + "/qr", responses=problems(400, 401, 404, 409, 429, 503))
-    async def get_qr(self, access: NamedDependency[SessionAccess]) -> QrOut:
-        """The QR code to scan now, while the session is connecting."""
+    @get(
+        SESSION + "/qr",
+        responses={
+            **problems(400, 401, 404, 406, 409, 429, 503),
+            200: ResponseSpec(
+                data_container=QrOut,
+                description=(
+                    "The QR code to scan: JSON by default, or the image itself with "
+                    "`Accept: image/png` or `Accept: image/svg+xml`"
+                ),
+            ),
+        },
+    )
+    async def get_qr(
+        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+    ) -> Response[Any]:
+        """The QR code to scan now, while the session is connecting (JSON, PNG or SVG)."""
         qr = qr_out(access.session)
         if qr is None:
+            session = access.session
+            hint = f" ({session.reason})" if session.reason else ""
             raise ProblemError(
                 409,
                 "no-qr-code",
-                f"no QR code is being shown: the session is {access.session.status}",
+                f"no QR code is being shown: the session is {session.status}{hint}",
             )
-        return qr
+        wanted = (
+            request.accept.best_match([JSON, PNG, SVG], default=JSON)
+            if request.headers.get("accept")
+            else JSON
+        )
+        if wanted is None:
+            raise ProblemError(
+                406, "not-acceptable", f"the QR code is served as {JSON}, {PNG} or {SVG}"
+            )
+        headers = {"Cache-Control": "no-store", "Vary": "Accept"}
+        if wanted == JSON:
+            return Response(qr, media_type=JSON, headers=headers)
+        image = await call(render, qr.code, wanted)
+        return Response(image, media_type=wanted, headers=headers)
+
+    @post(
+        SESSION + "/pair-code",
+        status_code=200,
+        guards=[key_required],
+        responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+    )
+    async def pair_code(
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        data: JSONBody[PairCodeIn],
+    ) -> PairCodeOut:
+        """Link by phone number instead of a scan: the 8-character code to type on the phone
+        (WhatsApp → Linked devices → Link with phone number), while QR codes are shown."""
+        try:
+            phone = normalize_phone(data.phone)
+        except InvalidPhone as error:
+            raise ProblemError(422, "invalid-phone", str(error)) from None
+        session = access.session
+        if session.status != "connecting" or session.qr_code is None:
+            raise ProblemError(
+                409,
+                "not-pairing",
+                f"a pairing code is only given while QR codes are shown: the session is "
+                f"{session.status}",
+            )
+        ctx = context(request)
+        result = await ctx.gateway_calls.call(
+            session_uuid(session.session_id), "pair_code", {"phone": phone}
+        )
+        return PairCodeOut(session_id=session.session_id, phone=phone, code=str(result["code"]))
 
     @post(SESSION + "/reconnect", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
     async def reconnect(

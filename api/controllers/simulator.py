@@ -1,21 +1,22 @@
-"""Simulator controls (only with ``SESSIOND_GATEWAY=simulator``): scan, drop, log out."""
+"""Simulator controls (only with ``SESSIOND_GATEWAY=simulator``): what a phone and a network
+do to a session. They run on the worker that holds the session, wherever it is."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-from uuid import UUID
 
 from litestar import Controller, Request, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_admin_access
-from api.controllers.common import call, context, current_row, problems, settle
+from api.controllers.common import context, current_row, problems, settle
 from api.presenters import status_out
-from api.problems import ProblemError
-from api.schemas import StatusOut
+from api.schemas import BanIn, KeepAliveIn, StatusOut
 from domain.values import session_uuid
+
+_RESPONSES = problems(400, 401, 403, 404, 409, 503)
 
 
 class SimulatorController(Controller):
@@ -25,38 +26,63 @@ class SimulatorController(Controller):
     dependencies = {"admin_access": Provide(provide_admin_access)}  # noqa: RUF012
 
     async def _act(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess], action: str
+        self,
+        request: Request[Any, Any, State],
+        access: SessionAccess,
+        action: str,
+        args: dict[str, Any] | None = None,
     ) -> StatusOut:
         ctx = context(request)
-        if ctx.simulator is None:  # pragma: no cover - the routes exist only with it
-            raise ProblemError(404, "not-found", "the simulator is not running")
-        actions: dict[str, Callable[[UUID], int | None]] = {
-            "scan": ctx.simulator.scan,
-            "drop": ctx.simulator.drop,
-            "logout": ctx.simulator.remote_logout,
-        }
         session_id = access.session.session_id
-        position = await call(actions[action], session_uuid(session_id))
-        await settle(ctx, position)
+        result = await ctx.gateway_calls.call(session_uuid(session_id), action, args or {})
+        position = result.get("position")
+        await settle(ctx, position if isinstance(position, int) else None)
         return status_out(current_row(ctx, session_id))
 
-    @post("/scan", status_code=200, responses=problems(400, 401, 403, 404, 409, 503))
+    @post("/scan", status_code=200, responses=_RESPONSES)
     async def scan(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
         """The phone scans the QR code being shown."""
         return await self._act(request, admin_access, "scan")
 
-    @post("/drop", status_code=200, responses=problems(400, 401, 403, 404, 409, 503))
+    @post("/drop", status_code=200, responses=_RESPONSES)
     async def drop(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
-        """The network drops the connection."""
+        """The network drops the connection (the service retries with backoff)."""
         return await self._act(request, admin_access, "drop")
 
-    @post("/logout", status_code=200, responses=problems(400, 401, 403, 404, 409, 503))
+    @post("/logout", status_code=200, responses=_RESPONSES)
     async def logout(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
-        """The user unlinks the device from the phone."""
+        """The user unlinks the device from the phone (a new QR code is needed)."""
         return await self._act(request, admin_access, "logout")
+
+    @post("/replace", status_code=200, responses=_RESPONSES)
+    async def replace(
+        self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
+    ) -> StatusOut:
+        """The device connects from somewhere else (not fought: reported)."""
+        return await self._act(request, admin_access, "replace")
+
+    @post("/ban", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
+    async def ban(
+        self,
+        request: Request[Any, Any, State],
+        admin_access: NamedDependency[SessionAccess],
+        data: JSONBody[BanIn],
+    ) -> StatusOut:
+        """WhatsApp bans the account for a while (retried when the ban ends)."""
+        return await self._act(request, admin_access, "ban", {"seconds": data.seconds})
+
+    @post("/keepalive", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
+    async def keepalive(
+        self,
+        request: Request[Any, Any, State],
+        admin_access: NamedDependency[SessionAccess],
+        data: JSONBody[KeepAliveIn],
+    ) -> StatusOut:
+        """Keepalive pings fail (`healthy: false`: the session is degraded) or work again."""
+        return await self._act(request, admin_access, "keepalive", {"healthy": data.healthy})

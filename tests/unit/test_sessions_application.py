@@ -1,28 +1,31 @@
-"""`SessionsApplication` commands on in-memory persistence, and the restore after a restart."""
+"""`SessionsApplication` commands on in-memory persistence, the reconnect policy as recorded,
+the takeover decisions of a worker and the gateway projection."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
-from uuid import UUID, uuid4
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
 
 import pytest
 from eventsourcing.domain import Snapshot
-from eventsourcing.popo import POPOTrackingRecorder
 
 from application.errors import SessionNotFound
-from application.gateway import (
-    SERVICE_RESTARTED,
-    GatewayDriver,
-    RecordingGatewayEvents,
-    restore_sessions,
-)
+from application.gateway import RecordingGatewayEvents, plan_start
 from application.keys import SESSION_KEY_KIND, key_kind
-from application.ports import GatewayEvents, WhatsAppGateway
-from application.sessions import SessionsApplication
+from application.sessions import Resume, SessionsApplication
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
+from domain.policy import ReconnectPolicy
 from domain.session import ApiKey, Session
-from domain.values import ADMIN_ACTOR, is_session_id, key_actor
+from domain.values import ADMIN_ACTOR, Reason, is_session_id, key_actor
+from projections.gateway import (
+    LOGOUT,
+    QR_EXPIRY,
+    QR_GRACE,
+    RETRY,
+    GatewayProjection,
+    MemoryGatewayView,
+)
 from tests.unit.helpers import catch_up, create, head, popo_app, replay
 
 LATER = datetime(2030, 1, 1, tzinfo=UTC)
@@ -32,34 +35,6 @@ JID = "4915112345678:1@s.whatsapp.net"
 @pytest.fixture
 def app() -> SessionsApplication:
     return popo_app()
-
-
-class FakeGateway(WhatsAppGateway):
-    """Remembers every call, in order; starts nothing."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, UUID, str | None]] = []
-        self.events: GatewayEvents | None = None
-        self.closed = False
-        self.stopped_all = False
-
-    def bind(self, events: GatewayEvents) -> None:
-        self.events = events
-
-    def start(self, session_id: UUID, device_jid: str | None) -> None:
-        self.calls.append(("start", session_id, device_jid))
-
-    def stop(self, session_id: UUID) -> None:
-        self.calls.append(("stop", session_id, None))
-
-    def logout(self, session_id: UUID) -> None:
-        self.calls.append(("logout", session_id, None))
-
-    def stop_all(self) -> None:
-        self.stopped_all = True
-
-    def close(self) -> None:
-        self.closed = True
 
 
 # -- create ---------------------------------------------------------------------------------
@@ -427,6 +402,8 @@ def test_recording_gateway_events_forward_to_the_application(app: SessionsApplic
     assert app.get_session(sid).status == "expired"
     app.reconnect(sid, ADMIN_ACTOR)
     assert events.connected(uuid, JID, "Support Phone") == head(app)
+    assert events.keepalive(uuid, healthy=False) == head(app)
+    assert app.get_session(sid).degraded
     assert events.disconnected(uuid, "logged_out") == head(app)
     assert app.get_session(sid).reason == "logged_out"
     assert events.connected(uuid4(), JID, "nobody") is None
@@ -499,14 +476,12 @@ def test_the_stored_snapshot_and_events_alone_rebuild_the_session() -> None:
     assert vars(rebuilt) == vars(app.load(sid))
 
 
-# -- restore after a restart ----------------------------------------------------------------
+# -- what a worker starts when it takes a session over -------------------------------------
 
 
-def test_restoring_sessions_resumes_connected_and_connecting_ones_only(
+def test_a_takeover_resumes_connected_and_connecting_sessions_only(
     app: SessionsApplication,
 ) -> None:
-    gateway = FakeGateway()
-
     connected_id, connected = create(app, "connected")
     app.record_connected(connected, JID, "Support Phone")
     _, connecting = create(app, "connecting")
@@ -523,23 +498,33 @@ def test_restoring_sessions_resumes_connected_and_connecting_ones_only(
     app.record_disconnected(dropped, "connection_lost")
     untouched = {u: app.load(u).version for u in (stopped, deleted, expired, dropped)}
 
-    started = restore_sessions(
-        app, gateway, [connected, connecting, stopped, deleted, expired, dropped]
-    )
+    plans = {
+        u: plan_start(app, u, Reason.SERVICE_RESTARTED)
+        for u in (connected, connecting, stopped, deleted, expired, dropped)
+    }
 
-    # Check the connected session resumes its linked device; the connecting one pairs anew.
-    assert started == 2
-    assert gateway.calls == [("start", connected, JID), ("start", connecting, None)]
+    # Check the connected session resumes its linked device; the connecting one pairs anew;
+    # the dropped one is left to its retry deadline; the others start nothing.
+    assert plans == {
+        connected: Resume(JID),
+        connecting: Resume(None),
+        stopped: None,
+        deleted: None,
+        expired: None,
+        dropped: None,
+    }
 
-    # Check the connected one is recorded as disconnected, since the service was down.
+    # Check the connected one is recorded as disconnected (nothing ran it), then retried.
+    events = app.events.recorder.select_events(connected)
+    topics = [e.topic.removeprefix("sessiond:Session.") for e in events][-3:]
+    assert topics == ["Connected", "Disconnected", "ReconnectAttempted"]
     session = app.get_session(connected_id)
     assert (session.status, session.reason, session.desired) == (
-        "disconnected",
-        SERVICE_RESTARTED,
+        "connecting",
+        "service_restarted",
         "running",
     )
     assert session.jid == JID
-    assert SERVICE_RESTARTED == "service_restarted"
 
     # Check the others are left exactly as they were.
     assert {u: app.load(u).version for u in untouched} == untouched
@@ -549,49 +534,172 @@ def test_restoring_sessions_resumes_connected_and_connecting_ones_only(
     assert app.get_session(connected_id).status == "connected"
 
 
-def test_a_second_restart_before_the_resume_still_resumes_the_session(
+def test_a_second_takeover_before_the_resume_resumes_again_without_new_events(
     app: SessionsApplication,
 ) -> None:
     _, connected = create(app, "connected")
     app.record_connected(connected, JID, "Support Phone")
-    restore_sessions(app, FakeGateway(), [connected])
+    assert plan_start(app, connected, Reason.GATEWAY_LOST) == Resume(JID)
 
-    # The service restarts again before the device reconnected.
-    gateway = FakeGateway()
     position = app.recorder.max_notification_id()
-    assert restore_sessions(app, gateway, [connected]) == 1
-    assert gateway.calls == [("start", connected, JID)]
+    assert plan_start(app, connected, Reason.GATEWAY_LOST) == Resume(JID)
     assert app.recorder.max_notification_id() == position  # nothing more to record
 
 
-def test_restoring_no_sessions_starts_nothing(app: SessionsApplication) -> None:
-    gateway = FakeGateway()
-    assert restore_sessions(app, gateway, []) == 0
-    assert gateway.calls == []
+def test_a_takeover_of_an_unknown_session_starts_nothing(app: SessionsApplication) -> None:
+    assert plan_start(app, uuid4(), Reason.GATEWAY_LOST) is None
 
 
-# -- the gateway driver ---------------------------------------------------------------------
+# -- failures, retries and keepalives -------------------------------------------------------
 
 
-def test_the_gateway_driver_starts_stops_and_logs_out_as_the_log_says(
+def test_failures_in_a_row_count_attempts_and_back_off_until_connected(
     app: SessionsApplication,
 ) -> None:
-    gateway = FakeGateway()
-    driver = GatewayDriver.bound_to(gateway)(view=POPOTrackingRecorder())
     sid, uuid = create(app)
-    app.record_connected(uuid, JID, "Support Phone")
+    app.policy = ReconnectPolicy(base=2.0, factor=2.0, cap=5.0, jitter=0.0)
+    delays = []
+    for expected_attempt in (1, 2, 3, 4):
+        before = datetime.now(UTC)
+        app.record_disconnected(uuid, "whatsapp_unreachable", "dial tcp: network is unreachable")
+        session = app.get_session(sid)
+        assert (session.status, session.reason, session.retry_attempt) == (
+            "disconnected",
+            "whatsapp_unreachable",
+            expected_attempt,
+        )
+        assert session.detail == "dial tcp: network is unreachable"
+        assert session.next_retry_at is not None
+        delays.append(round((session.next_retry_at - before).total_seconds()))
+        assert app.retry(uuid) == Resume(None)
+        assert app.get_session(sid).status == "connecting"
+
+    assert delays == [2, 4, 5, 5]  # doubling, capped
+
+    app.record_connected(uuid, JID, "Phone")
+    session = app.get_session(sid)
+    assert (session.retry_attempt, session.next_retry_at, session.detail) == (0, None, None)
+
+
+def test_reasons_that_need_a_new_qr_code_schedule_no_retry_and_forget_the_device(
+    app: SessionsApplication,
+) -> None:
+    sid, uuid = create(app)
+    app.record_connected(uuid, JID, "Phone")
+    app.record_disconnected(uuid, "logged_out", "unlinked from the phone")
+    session = app.get_session(sid)
+    assert (session.reason, session.next_retry_at, session.jid) == ("logged_out", None, None)
+    assert app.retry(uuid) == Resume(None)  # an explicit retry would pair a new device
+
+
+def test_a_ban_is_retried_when_it_ends(app: SessionsApplication) -> None:
+    sid, uuid = create(app)
+    app.record_connected(uuid, JID, "Phone")
+    ends = datetime.now(UTC) + timedelta(hours=2)
+    app.record_disconnected(uuid, "temporarily_banned", "SEND_TO_TOO_MANY_PEOPLE", ends)
+    session = app.get_session(sid)
+    assert session.next_retry_at is not None
+    assert ends <= session.next_retry_at <= ends + timedelta(seconds=5)
+    assert session.jid == JID  # the device stays linked through a ban
+
+
+def test_a_replaced_stream_is_reported_and_not_fought(app: SessionsApplication) -> None:
+    sid, uuid = create(app)
+    app.record_connected(uuid, JID, "Phone")
+    app.record_disconnected(uuid, "stream_replaced")
+    session = app.get_session(sid)
+    assert (session.status, session.reason, session.next_retry_at) == (
+        "disconnected",
+        "stream_replaced",
+        None,
+    )
+
+
+def test_a_retry_that_no_longer_applies_records_nothing(app: SessionsApplication) -> None:
+    sid, uuid = create(app)
+    app.record_connected(uuid, JID, "Phone")
+    position = head(app)
+    assert app.retry(uuid) is None  # connected: nothing to retry
     app.stop(sid, ADMIN_ACTOR)
+    assert app.retry(uuid) is None  # stopped by the operator meanwhile
+    assert head(app) == position + 1
+
+
+def test_keepalive_failures_degrade_a_connected_session_and_recover(
+    app: SessionsApplication,
+) -> None:
+    sid, uuid = create(app)
+    assert app.record_keepalive(uuid, healthy=False) is None  # not connected: ignored
+    app.record_connected(uuid, JID, "Phone")
+    assert app.record_keepalive(uuid, healthy=False) is not None
+    assert app.get_session(sid).degraded
+    position = head(app)
+    assert app.record_keepalive(uuid, healthy=False) is None  # already degraded
+    assert head(app) == position
+    assert app.record_keepalive(uuid, healthy=True) is not None
+    assert not app.get_session(sid).degraded
+    app.record_keepalive(uuid, healthy=False)
+    app.record_disconnected(uuid, "connection_lost")
+    assert not app.get_session(sid).degraded  # a disconnected session is not "degraded"
+
+
+def test_a_stale_qr_code_is_expired_by_its_deadline_only_when_still_shown(
+    app: SessionsApplication,
+) -> None:
+    sid, uuid = create(app)
+    app.record_qr(uuid, "2@abc", datetime.now(UTC) + timedelta(seconds=60), 1, 6)
+    assert app.expire_stale_qr(uuid, datetime.now(UTC)) is None  # not due yet
+    assert app.expire_stale_qr(uuid, datetime.now(UTC) + timedelta(seconds=61)) is not None
+    assert app.get_session(sid).status == "expired"
+    assert app.expire_stale_qr(uuid, datetime.now(UTC) + timedelta(seconds=61)) is None
+
+
+# -- the gateway projection -----------------------------------------------------------------
+
+
+def test_the_gateway_view_follows_desired_state_generations_and_deadlines(
+    app: SessionsApplication,
+) -> None:
+    projection = GatewayProjection(view=MemoryGatewayView())
+    view = projection.view
+    sid, uuid = create(app)
+    catch_up(app, projection)
+    row = view.row(uuid)
+    assert row is not None
+    assert (row.desired, row.generation, row.jid) == ("running", 1, None)
+
+    expires = datetime.now(UTC) + timedelta(seconds=60)
+    app.record_qr(uuid, "2@abc", expires, 1, 6)
+    catch_up(app, projection)
+    assert [(d.kind, d.due_at) for d in view.deadlines(uuid)] == [(QR_EXPIRY, expires + QR_GRACE)]
+
+    app.record_connected(uuid, JID, "Phone")
+    catch_up(app, projection)
+    assert view.deadlines(uuid) == []
+    assert view.row(uuid).jid == JID  # type: ignore[union-attr]
+
+    app.record_disconnected(uuid, "connection_lost")
+    catch_up(app, projection)
+    (retry,) = view.deadlines(uuid)
+    assert (retry.kind, retry.due_at) == (RETRY, app.get_session(sid).next_retry_at)
+
+    app.retry(uuid)
+    catch_up(app, projection)
+    assert view.deadlines(uuid) == []
+
+    app.stop(sid, ADMIN_ACTOR)
+    catch_up(app, projection)
+    assert view.row(uuid).desired == "stopped"  # type: ignore[union-attr]
     app.reconnect(sid, ADMIN_ACTOR)
+    catch_up(app, projection)
+    row = view.row(uuid)
+    assert row is not None
+    assert (row.desired, row.generation) == ("running", 2)
+
     app.issue_key(sid, "ci", ADMIN_ACTOR)
     app.delete(sid, ADMIN_ACTOR)
-
-    catch_up(app, driver)
-
-    assert gateway.calls == [
-        ("start", uuid, None),
-        ("stop", uuid, None),
-        ("start", uuid, None),
-        ("logout", uuid, None),
-    ]
-    # Check every event is tracked, those the driver ignores included.
-    assert driver.view.max_tracking_id(app.name) == head(app)
+    catch_up(app, projection)
+    assert view.row(uuid).desired == "deleted"  # type: ignore[union-attr]
+    assert [d.kind for d in view.deadlines(uuid)] == [LOGOUT]
+    # Check every event is tracked, those the projection ignores included.
+    assert view.max_tracking_id(app.name) == head(app)

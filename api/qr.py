@@ -1,0 +1,51 @@
+"""QR codes as images (PNG or SVG) rendered with segno, and phone numbers checked with
+phonenumbers — the two well-kept libraries made for these jobs."""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+import phonenumbers
+import segno
+
+PNG = "image/png"
+SVG = "image/svg+xml"
+
+
+@lru_cache(maxsize=256)
+def render(code: str, media_type: str) -> bytes:
+    """The QR code for `code` as `media_type`; a code is rendered once, whoever asks."""
+    qr = segno.make_qr(code, error="l")
+    out = io.BytesIO()
+    if media_type == PNG:
+        qr.save(out, kind="png", scale=8, border=4)
+    else:
+        qr.save(out, kind="svg", scale=8, border=4, xmldecl=False)
+    return out.getvalue()
+
+
+class InvalidPhone(ValueError):
+    """Not a phone number WhatsApp could pair with."""
+
+
+def normalize_phone(raw: str) -> str:
+    """The number as WhatsApp wants it (country code and digits, no +); `InvalidPhone` else."""
+    text = raw.strip().replace(" ", "").replace("-", "").replace("(", "").replace(")", "")
+    if not text.startswith("+"):
+        text = "+" + text.removeprefix("00")
+    digits = text[1:]
+    if not digits.isdigit():
+        raise InvalidPhone(
+            f"{raw!r} is not a phone number: use + and the country code, then digits only"
+        )
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException as error:
+        raise InvalidPhone(f"{raw!r} is not a phone number: {error}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidPhone(
+            f"{raw!r} is not a valid phone number for any country; write it in international "
+            "form, e.g. +14155550123"
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]

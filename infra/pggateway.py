@@ -1,0 +1,303 @@
+"""PostgreSQL side of the gateway: the desired-state view, leases, deadlines and requests.
+
+- ``sessiond_gateway_sessions`` and ``sessiond_deadlines`` are written by the gateway
+  projection, each change with its tracking record in one transaction (``NOTIFY
+  sessiond_gateway`` wakes the workers).
+- ``sessiond_leases``: which worker owns which session. A worker is alive while its
+  connection named ``sessiond-worker:<id>`` is open (PostgreSQL drops it the moment the
+  process dies, so a killed worker's sessions are taken over at once) and while it renews its
+  leases (so a worker cut off from the database gives them up after the lease time).
+- ``sessiond_gateway_requests``: calls that must run where the session's client lives (a
+  pairing code, the simulator's phone); the API inserts, the owner executes and answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableSet
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from psycopg.sql import SQL
+from psycopg.types.json import Jsonb
+
+from projections.gateway import (
+    _UNSET,
+    Deadline,
+    GatewayChange,
+    GatewayRow,
+    GatewayView,
+)
+
+GATEWAY_CHANNEL = "sessiond_gateway"
+REQUESTS_CHANNEL = "sessiond_gateway_requests"
+WORKER_APP_PREFIX = "sessiond-worker:"
+
+GATEWAY_DDL = (
+    "CREATE TABLE IF NOT EXISTS sessiond_gateway_sessions (session_id uuid PRIMARY KEY, "
+    "desired text NOT NULL, generation int NOT NULL DEFAULT 0, jid text, "
+    "position bigint NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sessiond_gateway_sessions_desired "
+    "ON sessiond_gateway_sessions (desired)",
+    "CREATE TABLE IF NOT EXISTS sessiond_deadlines (session_id uuid NOT NULL, kind text NOT NULL, "
+    "due_at timestamptz NOT NULL, token bigint NOT NULL, claims int NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (session_id, kind))",
+    "CREATE INDEX IF NOT EXISTS sessiond_deadlines_due ON sessiond_deadlines (due_at)",
+    "CREATE TABLE IF NOT EXISTS sessiond_leases (session_id uuid PRIMARY KEY, owner text NOT NULL, "
+    "expires_at timestamptz NOT NULL, acquired_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX IF NOT EXISTS sessiond_leases_owner ON sessiond_leases (owner)",
+    "CREATE TABLE IF NOT EXISTS sessiond_gateway_requests (id bigserial PRIMARY KEY, "
+    "session_id uuid NOT NULL, action text NOT NULL, args jsonb NOT NULL, claimed_by text, "
+    "result jsonb, error_code text, error_detail text, "
+    "created_at timestamptz NOT NULL DEFAULT now(), done_at timestamptz)",
+    "CREATE INDEX IF NOT EXISTS sessiond_gateway_requests_open "
+    "ON sessiond_gateway_requests (session_id) WHERE done_at IS NULL",
+)
+
+
+class PostgresGatewayView(PostgresTrackingRecorder, GatewayView):
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.sql_create_statements += [SQL(s).format() for s in GATEWAY_DDL]
+
+    def apply(self, session_id: UUID, change: GatewayChange, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_gateway_sessions AS g "
+                "(session_id, desired, generation, jid, position) "
+                "VALUES (%(id)s, coalesce(%(desired)s, 'running'), %(bump)s, %(jid)s, %(pos)s) "
+                "ON CONFLICT (session_id) DO UPDATE SET "
+                "desired = coalesce(%(desired)s, g.desired), "
+                "generation = g.generation + %(bump)s, "
+                "jid = CASE WHEN %(set_jid)s THEN %(jid)s ELSE g.jid END, "
+                "position = %(pos)s",
+                {
+                    "id": session_id,
+                    "desired": change.desired,
+                    "bump": int(change.bump),
+                    "set_jid": change.jid is not _UNSET,
+                    "jid": None if change.jid is _UNSET else change.jid,
+                    "pos": tracking.notification_id,
+                },
+            )
+            if change.clear_deadlines:
+                curs.execute(
+                    "DELETE FROM sessiond_deadlines WHERE session_id = %s AND kind = ANY(%s)",
+                    (session_id, list(change.clear_deadlines)),
+                )
+            for kind, due in change.set_deadlines.items():
+                curs.execute(
+                    "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (session_id, kind) DO UPDATE SET "
+                    "due_at = EXCLUDED.due_at, token = EXCLUDED.token, claims = 0",
+                    (session_id, kind, due, tracking.notification_id),
+                )
+            self._insert_tracking(curs, tracking)
+            curs.execute("SELECT pg_notify(%s, '')", (GATEWAY_CHANNEL,))
+
+    def row(self, session_id: UUID) -> GatewayRow | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT session_id, desired, generation, jid, position "
+                "FROM sessiond_gateway_sessions WHERE session_id = %s",
+                (session_id,),
+            )
+            found = curs.fetchone()
+        return None if found is None else GatewayRow(**found)
+
+    def deadlines(self, session_id: UUID) -> list[Deadline]:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT session_id, kind, due_at, token FROM sessiond_deadlines "
+                "WHERE session_id = %s ORDER BY kind",
+                (session_id,),
+            )
+            return [Deadline(**r) for r in curs.fetchall()]
+
+
+LIVE_WORKERS = (
+    "SELECT substr(application_name, %s) AS owner FROM pg_stat_activity "
+    "WHERE application_name LIKE 'sessiond-worker:%%'"
+)
+
+
+class WorkStore:
+    """The worker's and the API's queries on leases, deadlines and requests (one pool)."""
+
+    def __init__(self, datastore: PostgresDatastore, worker_id: str = "") -> None:
+        self.datastore = datastore
+        self.worker_id = worker_id
+        self._live = (LIVE_WORKERS, (len(WORKER_APP_PREFIX) + 1,))
+
+    # -- leases --------------------------------------------------------------------------
+
+    def live_workers(self) -> set[str]:
+        with self.datastore.cursor() as curs:
+            curs.execute(*self._live)
+            return {r["owner"] for r in curs.fetchall()}
+
+    def claim(self, limit: int, ttl: float) -> list[tuple[UUID, bool]]:
+        """Take up to `limit` sessions meant to run that no live worker holds, with whether
+        another worker held them before (it died) or nobody did (the service started)."""
+        if limit <= 0:
+            return []
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                f"WITH live AS ({LIVE_WORKERS}), "  # noqa: S608 - constant text, no input
+                "orphans AS (SELECT g.session_id, l.owner AS previous FROM "
+                "sessiond_gateway_sessions g LEFT JOIN sessiond_leases l USING (session_id) "
+                "WHERE g.desired = 'running' AND (l.session_id IS NULL OR l.expires_at < now() "
+                "OR l.owner NOT IN (SELECT owner FROM live)) ORDER BY g.session_id LIMIT %s) "
+                "INSERT INTO sessiond_leases AS l (session_id, owner, expires_at) "
+                "SELECT session_id, %s, now() + make_interval(secs => %s) FROM orphans "
+                "ON CONFLICT (session_id) DO UPDATE SET owner = EXCLUDED.owner, "
+                "expires_at = EXCLUDED.expires_at, acquired_at = now() "
+                "WHERE l.expires_at < now() OR l.owner NOT IN (SELECT owner FROM live) "
+                "RETURNING session_id, (SELECT previous FROM orphans o "
+                "WHERE o.session_id = l.session_id) AS previous",
+                (len(WORKER_APP_PREFIX) + 1, limit, self.worker_id, ttl),
+            )
+            return [(r["session_id"], r["previous"] is not None) for r in curs.fetchall()]
+
+    def renew(self, ttl: float) -> set[UUID]:
+        """Extend this worker's leases; the sessions it still holds."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "UPDATE sessiond_leases SET expires_at = now() + make_interval(secs => %s) "
+                "WHERE owner = %s RETURNING session_id",
+                (ttl, self.worker_id),
+            )
+            return {r["session_id"] for r in curs.fetchall()}
+
+    def release(self, session_ids: list[UUID] | None = None) -> None:
+        """Give up leases (all of this worker's when `session_ids` is None)."""
+        with self.datastore.transaction(commit=True) as curs:
+            if session_ids is None:
+                curs.execute("DELETE FROM sessiond_leases WHERE owner = %s", (self.worker_id,))
+            elif session_ids:
+                curs.execute(
+                    "DELETE FROM sessiond_leases WHERE owner = %s AND session_id = ANY(%s)",
+                    (self.worker_id, session_ids),
+                )
+
+    def wanted(self) -> int:
+        """How many sessions are meant to be running."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT count(*) AS n FROM sessiond_gateway_sessions WHERE desired = 'running'"
+            )
+            row = curs.fetchone()
+        return int(row["n"]) if row else 0
+
+    def owned_rows(self) -> list[GatewayRow]:
+        """The desired state of every session this worker holds."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT g.session_id, g.desired, g.generation, g.jid, g.position "
+                "FROM sessiond_gateway_sessions g JOIN sessiond_leases l USING (session_id) "
+                "WHERE l.owner = %s",
+                (self.worker_id,),
+            )
+            return [GatewayRow(**r) for r in curs.fetchall()]
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def claim_deadlines(self, limit: int, hold: float) -> list[Deadline]:
+        """Due deadlines of this worker's sessions (and logouts nobody holds), pushed
+        `hold` seconds ahead so that a worker dying mid-way leaves them to be claimed again."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                f"WITH live AS ({LIVE_WORKERS}), "  # noqa: S608 - constant text, no input
+                "due AS (SELECT d.session_id, d.kind FROM sessiond_deadlines d "
+                "LEFT JOIN sessiond_leases l USING (session_id) WHERE d.due_at <= now() AND "
+                "(l.owner = %s OR (d.kind = 'logout' AND (l.session_id IS NULL OR "
+                "l.owner NOT IN (SELECT owner FROM live)))) "
+                "ORDER BY d.due_at LIMIT %s FOR UPDATE OF d SKIP LOCKED) "
+                "UPDATE sessiond_deadlines d SET due_at = now() + make_interval(secs => %s), "
+                "claims = claims + 1 FROM due "
+                "WHERE d.session_id = due.session_id AND d.kind = due.kind "
+                "RETURNING d.session_id, d.kind, d.due_at, d.token",
+                (len(WORKER_APP_PREFIX) + 1, self.worker_id, limit, hold),
+            )
+            return [Deadline(**r) for r in curs.fetchall()]
+
+    def finish_deadline(self, deadline: Deadline) -> None:
+        """Remove a deadline that was handled, unless a newer event has set it again."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "DELETE FROM sessiond_deadlines WHERE session_id = %s AND kind = %s AND token = %s",
+                (deadline.session_id, deadline.kind, deadline.token),
+            )
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def claim_requests(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "UPDATE sessiond_gateway_requests r SET claimed_by = %s FROM ("
+                "SELECT r2.id FROM sessiond_gateway_requests r2 JOIN sessiond_leases l "
+                "USING (session_id) WHERE l.owner = %s AND r2.done_at IS NULL "
+                "AND r2.claimed_by IS NULL ORDER BY r2.id LIMIT %s "
+                "FOR UPDATE OF r2 SKIP LOCKED) picked WHERE r.id = picked.id "
+                "RETURNING r.id, r.session_id, r.action, r.args",
+                (self.worker_id, self.worker_id, limit),
+            )
+            return list(curs.fetchall())
+
+    def answer_request(
+        self,
+        request_id: int,
+        result: dict[str, Any] | None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        code, detail = error or (None, None)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "UPDATE sessiond_gateway_requests SET result = %s, error_code = %s, "
+                "error_detail = %s, done_at = now() WHERE id = %s",
+                (None if result is None else Jsonb(result), code, detail, request_id),
+            )
+            curs.execute("SELECT pg_notify(%s, %s)", (REQUESTS_CHANNEL + "_done", str(request_id)))
+
+    def purge_requests(self, older_than_seconds: float = 3600.0) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "DELETE FROM sessiond_gateway_requests "
+                "WHERE created_at < now() - make_interval(secs => %s)",
+                (older_than_seconds,),
+            )
+
+
+class PostgresDeviceSet(MutableSet[str]):
+    """The simulator's device store in PostgreSQL (table ``sessiond_simulator_devices``)."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        self.datastore = datastore
+        with datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "CREATE TABLE IF NOT EXISTS sessiond_simulator_devices (jid text PRIMARY KEY)"
+            )
+
+    def __contains__(self, jid: object) -> bool:
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT 1 FROM sessiond_simulator_devices WHERE jid = %s", (jid,))
+            return curs.fetchone() is not None
+
+    def __iter__(self) -> Iterator[str]:
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT jid FROM sessiond_simulator_devices ORDER BY jid")
+            return iter([r["jid"] for r in curs.fetchall()])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+    def add(self, jid: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_simulator_devices VALUES (%s) ON CONFLICT DO NOTHING", (jid,)
+            )
+
+    def discard(self, jid: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("DELETE FROM sessiond_simulator_devices WHERE jid = %s", (jid,))

@@ -1,0 +1,291 @@
+"""The gateway worker: owns sessions through leases and keeps their clients as desired.
+
+Each worker process has an identity, a connection named ``sessiond-worker:<id>``: while it
+is open the worker is alive. Periodic ticks (APScheduler) do the rest:
+
+- **leases**: renew what it holds (clients of sessions it no longer holds are stopped), and
+  claim sessions meant to run that no live worker holds, up to its fair share
+  (⌈running sessions / live workers⌉) and at most `claim_batch` per tick, so that a restart
+  of many sessions is staggered;
+- **reconcile** (also woken at once by ``NOTIFY sessiond_gateway``): start what an operator
+  (re)started or what was just taken over (decided from the session's events), stop what was
+  stopped;
+- **deadlines**: run due retries, expire QR codes the gateway never reported, log deleted
+  sessions out — claimed with ``FOR UPDATE SKIP LOCKED``, so any number of workers is safe;
+- **requests**: calls that must run where the client lives (pairing codes, the simulator).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from application.errors import ApplicationError
+from application.gateway import plan_start
+from application.ports import PhoneSimulator, WhatsAppGateway
+from application.sessions import SessionsApplication
+from domain.errors import DomainError
+from domain.values import DesiredState, Reason
+from infra.pggateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
+from projections.gateway import LOGOUT, QR_EXPIRY, RETRY, Deadline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerTimings:
+    lease_ttl: float = 30.0
+    tick: float = 1.0  # leases and the reconcile safety net
+    deadline_tick: float = 0.5
+    claim_batch: int = 50
+    deadline_hold: float = 30.0
+
+
+class GatewayWorker:
+    def __init__(
+        self,
+        app: SessionsApplication,
+        gateway: WhatsAppGateway,
+        database_url: str,
+        timings: WorkerTimings | None = None,
+    ) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.database_url = database_url
+        self.timings = timings or WorkerTimings()
+        datastore = app.factory.datastore  # type: ignore[attr-defined]
+        self.store = WorkStore(datastore)
+        self._generations: dict[UUID, int] = {}
+        self._takeover: dict[UUID, str] = {}
+        self._lock = threading.RLock()
+        self._reconcile_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="worker-deadline")
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._identity: psycopg.Connection[Any] | None = None
+        self._listener: threading.Thread | None = None
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 3}
+        )
+
+    @property
+    def worker_id(self) -> str:
+        return self.store.worker_id
+
+    # -- life --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._connect_identity()
+        t = self.timings
+        self._scheduler.add_job(self._guarded(self.lease_tick), "interval", seconds=t.tick)
+        self._scheduler.add_job(
+            self._guarded(self.reconcile_tick), "interval", seconds=t.tick, id="reconcile"
+        )
+        self._scheduler.add_job(
+            self._guarded(self.deadline_tick), "interval", seconds=t.deadline_tick
+        )
+        self._scheduler.add_job(self._guarded(self.requests_tick), "interval", seconds=t.tick)
+        self._scheduler.add_job(self._guarded(self.store.purge_requests), "interval", minutes=10)
+        self._scheduler.start()
+        self._listener = threading.Thread(target=self._listen, name="worker-listen", daemon=True)
+        self._listener.start()
+        self.poke()
+
+    def close(self) -> None:
+        """Stop every client (devices stay linked) and give the sessions up for others."""
+        self._stopping.set()
+        self._scheduler.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
+        self.gateway.stop_all()
+        try:
+            self.store.release()
+        except Exception:
+            log.exception("could not release the leases; they expire on their own")
+        if self._identity is not None:
+            self._identity.close()
+        if self._listener is not None:
+            self._listener.join(5)
+        self.gateway.close()
+
+    def poke(self) -> None:
+        """Reconcile as soon as possible (a NOTIFY arrived, or leases changed)."""
+        self._dirty.set()
+        if self._scheduler.running and not self._stopping.is_set():
+            self._scheduler.modify_job("reconcile", next_run_time=datetime.now(UTC))
+
+    def _guarded(self, tick: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            if self._stopping.is_set():
+                return
+            try:
+                tick()
+            except Exception:
+                log.exception("worker tick %s failed", getattr(tick, "__name__", tick))
+
+        return run
+
+    def _connect_identity(self) -> None:
+        """(Re)open the connection that says this worker is alive, under a new id."""
+        self.store.worker_id = uuid.uuid4().hex
+        conn = psycopg.connect(
+            self.database_url,
+            autocommit=True,
+            application_name=WORKER_APP_PREFIX + self.store.worker_id,
+        )
+        conn.execute(f"LISTEN {GATEWAY_CHANNEL}")
+        conn.execute(f"LISTEN {REQUESTS_CHANNEL}")
+        self._identity = conn
+        log.info("gateway worker %s is up", self.worker_id)
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            conn = self._identity
+            try:
+                assert conn is not None
+                for notify in conn.notifies(timeout=1.0):
+                    if notify.channel == REQUESTS_CHANNEL:
+                        self._scheduler.add_job(self._guarded(self.requests_tick))
+                    else:
+                        self.poke()
+                conn.execute("SELECT 1")
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                log.exception("the worker lost its database connection; stopping its clients")
+                self._lose_everything()
+                self._stopping.wait(1.0)
+                try:
+                    self._connect_identity()
+                    self.poke()
+                except Exception:
+                    log.exception("could not reconnect the worker")
+
+    def _lose_everything(self) -> None:
+        with self._lock:
+            self.gateway.stop_all()
+            self._generations.clear()
+            self._takeover.clear()
+
+    # -- ticks --------------------------------------------------------------------------------
+
+    def lease_tick(self) -> None:
+        t = self.timings
+        held = self.store.renew(t.lease_ttl)
+        with self._lock:
+            lost = (self.gateway.running() | set(self._generations)) - held
+            for session_id in lost:
+                log.warning("lost the lease of %s; stopping its client", session_id)
+                self.gateway.stop(session_id)
+                self._generations.pop(session_id, None)
+        live = max(1, len(self.store.live_workers()))
+        share = math.ceil(self.store.wanted() / live)
+        claimed = self.store.claim(min(t.claim_batch, share - len(held)), t.lease_ttl)
+        if claimed:
+            with self._lock:
+                for session_id, had_owner in claimed:
+                    self._generations.pop(session_id, None)
+                    self._takeover[session_id] = (
+                        Reason.GATEWAY_LOST.value if had_owner else Reason.SERVICE_RESTARTED.value
+                    )
+            log.info("took over %d sessions", len(claimed))
+            self.poke()
+
+    def reconcile_tick(self) -> None:
+        """Reconcile once (the safety net), then again for as long as something pokes."""
+        self._dirty.clear()
+        self.reconcile()
+        while self._dirty.is_set() and not self._stopping.is_set():
+            self._dirty.clear()
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        with self._reconcile_lock, self._lock:
+            rows = self.store.owned_rows()
+            for row in rows:
+                if row.desired == DesiredState.RUNNING:
+                    if self._generations.get(row.session_id) != row.generation:
+                        reason = self._takeover.pop(row.session_id, Reason.SERVICE_RESTARTED.value)
+                        self._generations[row.session_id] = row.generation
+                        plan = plan_start(self.app, row.session_id, reason)
+                        if plan is not None:
+                            self.gateway.start(row.session_id, plan.device_jid)
+                elif row.desired == DesiredState.STOPPED:
+                    self.gateway.stop(row.session_id)
+                    self._generations.pop(row.session_id, None)
+                    self.store.release([row.session_id])
+                # deleted: the logout deadline logs it out and releases it
+
+    def deadline_tick(self) -> None:
+        """Run every due deadline, on several threads so their events share commits."""
+        while not self._stopping.is_set():
+            due = self.store.claim_deadlines(500, self.timings.deadline_hold)
+            now = datetime.now(UTC)
+            list(self._pool.map(self._run_deadline, due, [now] * len(due)))
+            if len(due) < 500:
+                return
+
+    def _run_deadline(self, deadline: Deadline, now: datetime) -> None:
+        try:
+            self._deadline(deadline, now)
+        except (ApplicationError, DomainError):
+            log.exception("deadline %s of %s failed", deadline.kind, deadline.session_id)
+        self.store.finish_deadline(deadline)
+
+    def _deadline(self, deadline: Deadline, now: datetime) -> None:
+        session_id = deadline.session_id
+        if deadline.kind == RETRY:
+            plan = self.app.retry(session_id)
+            if plan is not None:
+                with self._lock:
+                    self.gateway.start(session_id, plan.device_jid)
+        elif deadline.kind == QR_EXPIRY:
+            if self.app.expire_stale_qr(session_id, now) is not None:
+                with self._lock:
+                    self.gateway.stop(session_id)
+        elif deadline.kind == LOGOUT:
+            jid = self.app.load(session_id).jid
+            with self._lock:
+                self.gateway.logout(session_id, jid)
+                self._generations.pop(session_id, None)
+            self.store.release([session_id])
+
+    def requests_tick(self) -> None:
+        for request in self.store.claim_requests():
+            try:
+                result = self._execute(request["session_id"], request["action"], request["args"])
+            except ApplicationError as error:
+                self.store.answer_request(request["id"], None, (error.code, str(error)))
+            except Exception as error:
+                log.exception("gateway request %s failed", request["action"])
+                self.store.answer_request(request["id"], None, ("gateway-failed", str(error)))
+            else:
+                self.store.answer_request(request["id"], result)
+
+    def _execute(self, session_id: UUID, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        if action == "pair_code":
+            return {"code": self.gateway.pair_phone(session_id, str(args["phone"]))}
+        simulator = self.gateway
+        if not isinstance(simulator, PhoneSimulator):
+            raise ApplicationError(f"the gateway cannot {action}")
+        simulated: dict[str, Callable[[], int | None]] = {
+            "scan": lambda: simulator.scan(session_id),
+            "drop": lambda: simulator.drop(session_id),
+            "logout": lambda: simulator.remote_logout(session_id),
+            "replace": lambda: simulator.replace(session_id),
+            "ban": lambda: simulator.ban(session_id, float(args.get("seconds", 60))),
+            "keepalive": lambda: simulator.keepalive(session_id, bool(args.get("healthy"))),
+        }
+        if action not in simulated:
+            raise ApplicationError(f"unknown gateway action {action!r}")
+        return {"position": simulated[action]()}
