@@ -31,7 +31,7 @@ class InvalidPhone(ValueError):
 
 def normalize_phone(raw: str) -> str:
     """The number as WhatsApp wants it (country code and digits, no +); `InvalidPhone` else."""
-    text = raw.strip().replace(" ", "").replace("-", "").replace("(", "").replace(")", "")
+    text = "".join(c for c in raw.strip() if c not in " ().-")
     if not text.startswith("+"):
         text = "+" + text.removeprefix("00")
     digits = text[1:]

@@ -95,9 +95,13 @@ class SessionOut(Out):
 Phone = Annotated[
     str,
     Meta(
-        min_length=1,
+        min_length=7,
         max_length=32,
-        description="The phone's number in international form: + and country code, then digits",
+        pattern=r"^\+?[1-9][0-9 ().-]{5,30}$",
+        description=(
+            "The phone's number in international form: + and country code, then digits "
+            "(spaces, dots, dashes and brackets are ignored)"
+        ),
         examples=["+14155550123"],
     ),
 ]

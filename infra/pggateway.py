@@ -148,7 +148,9 @@ class WorkStore:
                 "orphans AS (SELECT g.session_id, l.owner AS previous FROM "
                 "sessiond_gateway_sessions g LEFT JOIN sessiond_leases l USING (session_id) "
                 "WHERE g.desired = 'running' AND (l.session_id IS NULL OR l.expires_at < now() "
-                "OR l.owner NOT IN (SELECT owner FROM live)) ORDER BY g.session_id LIMIT %s) "
+                "OR l.owner NOT IN (SELECT owner FROM live)) "
+                "AND %s IN (SELECT owner FROM live) "  # a worker cut off claims nothing
+                "ORDER BY g.session_id LIMIT %s) "
                 "INSERT INTO sessiond_leases AS l (session_id, owner, expires_at) "
                 "SELECT session_id, %s, now() + make_interval(secs => %s) FROM orphans "
                 "ON CONFLICT (session_id) DO UPDATE SET owner = EXCLUDED.owner, "
@@ -156,17 +158,19 @@ class WorkStore:
                 "WHERE l.expires_at < now() OR l.owner NOT IN (SELECT owner FROM live) "
                 "RETURNING session_id, (SELECT previous FROM orphans o "
                 "WHERE o.session_id = l.session_id) AS previous",
-                (len(WORKER_APP_PREFIX) + 1, limit, self.worker_id, ttl),
+                (len(WORKER_APP_PREFIX) + 1, self.worker_id, limit, self.worker_id, ttl),
             )
             return [(r["session_id"], r["previous"] is not None) for r in curs.fetchall()]
 
     def renew(self, ttl: float) -> set[UUID]:
-        """Extend this worker's leases; the sessions it still holds."""
+        """Extend this worker's leases; the sessions it still holds (none while its identity
+        connection is down: others may be taking them over)."""
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
+                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
                 "UPDATE sessiond_leases SET expires_at = now() + make_interval(secs => %s) "
-                "WHERE owner = %s RETURNING session_id",
-                (ttl, self.worker_id),
+                "WHERE owner = %s AND owner IN (SELECT owner FROM live) RETURNING session_id",
+                (len(WORKER_APP_PREFIX) + 1, ttl, self.worker_id),
             )
             return {r["session_id"] for r in curs.fetchall()}
 
@@ -191,13 +195,14 @@ class WorkStore:
         return int(row["n"]) if row else 0
 
     def owned_rows(self) -> list[GatewayRow]:
-        """The desired state of every session this worker holds."""
+        """The desired state of every session this worker holds (none while it is cut off)."""
         with self.datastore.cursor() as curs:
             curs.execute(
+                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
                 "SELECT g.session_id, g.desired, g.generation, g.jid, g.position "
                 "FROM sessiond_gateway_sessions g JOIN sessiond_leases l USING (session_id) "
-                "WHERE l.owner = %s",
-                (self.worker_id,),
+                "WHERE l.owner = %s AND l.owner IN (SELECT owner FROM live)",
+                (len(WORKER_APP_PREFIX) + 1, self.worker_id),
             )
             return [GatewayRow(**r) for r in curs.fetchall()]
 

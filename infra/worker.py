@@ -41,6 +41,9 @@ from infra.pggateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX
 from projections.gateway import LOGOUT, QR_EXPIRY, RETRY, Deadline
 
 log = logging.getLogger(__name__)
+# Every tick would otherwise log two lines at INFO.
+logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+logging.getLogger("apscheduler.scheduler").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,18 @@ class GatewayWorker:
     def start(self) -> None:
         self._connect_identity()
         t = self.timings
-        self._scheduler.add_job(self._guarded(self.lease_tick), "interval", seconds=t.tick)
+        self._scheduler.add_job(
+            self._guarded(self.lease_tick), "interval", seconds=t.tick, id="leases"
+        )
         self._scheduler.add_job(
             self._guarded(self.reconcile_tick), "interval", seconds=t.tick, id="reconcile"
         )
         self._scheduler.add_job(
             self._guarded(self.deadline_tick), "interval", seconds=t.deadline_tick
         )
-        self._scheduler.add_job(self._guarded(self.requests_tick), "interval", seconds=t.tick)
+        self._scheduler.add_job(
+            self._guarded(self.requests_tick), "interval", seconds=t.tick, id="requests"
+        )
         self._scheduler.add_job(self._guarded(self.store.purge_requests), "interval", minutes=10)
         self._scheduler.start()
         self._listener = threading.Thread(target=self._listen, name="worker-listen", daemon=True)
@@ -118,11 +125,13 @@ class GatewayWorker:
             self._listener.join(5)
         self.gateway.close()
 
-    def poke(self) -> None:
-        """Reconcile as soon as possible (a NOTIFY arrived, or leases changed)."""
+    def poke(self, *jobs: str) -> None:
+        """Reconcile (and run `jobs`) as soon as possible: a NOTIFY came, or leases changed."""
         self._dirty.set()
         if self._scheduler.running and not self._stopping.is_set():
-            self._scheduler.modify_job("reconcile", next_run_time=datetime.now(UTC))
+            now = datetime.now(UTC)
+            for job in ("reconcile", *jobs):
+                self._scheduler.modify_job(job, next_run_time=now)
 
     def _guarded(self, tick: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
@@ -155,9 +164,9 @@ class GatewayWorker:
                 assert conn is not None
                 for notify in conn.notifies(timeout=1.0):
                     if notify.channel == REQUESTS_CHANNEL:
-                        self._scheduler.add_job(self._guarded(self.requests_tick))
+                        self._scheduler.modify_job("requests", next_run_time=datetime.now(UTC))
                     else:
-                        self.poke()
+                        self.poke("leases")
                 conn.execute("SELECT 1")
             except Exception:
                 if self._stopping.is_set():

@@ -52,6 +52,9 @@ def test_settings(data_dir: Path, database_url: str, **overrides: str) -> Settin
         "SESSIOND_QR_FIRST_TIMEOUT": "60",
         "SESSIOND_QR_NEXT_TIMEOUT": "20",
         "SESSIOND_POLL_INTERVAL": "0.2",
+        "SESSIOND_GATEWAY": "simulator",
+        "SESSIOND_WORKER_TICK": "0.2",
+        "SESSIOND_LEASE_TTL": "5",
         **overrides,
     }
     return Settings.from_env(env)

@@ -181,9 +181,7 @@ class SessionsController(Controller):
                 f"no QR code is being shown: the session is {session.status}{hint}",
             )
         wanted = (
-            request.accept.best_match([JSON, PNG, SVG], default=JSON)
-            if request.headers.get("accept")
-            else JSON
+            request.accept.best_match([JSON, PNG, SVG]) if request.headers.get("accept") else JSON
         )
         if wanted is None:
             raise ProblemError(
@@ -231,7 +229,9 @@ class SessionsController(Controller):
     async def reconnect(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
-        """Ask for a new QR code (from disconnected, expired or stopped)."""
+        """Start the session again (from disconnected, expired or stopped): its linked device
+        is resumed with no new scan; a session without one (never linked, logged out, QR codes
+        expired) shows new QR codes."""
         return await _run(request, access, context(request).app.reconnect)
 
     @post(SESSION + "/stop", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))

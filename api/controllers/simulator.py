@@ -14,6 +14,7 @@ from api.auth import API_KEY_SECURITY, SessionAccess, provide_admin_access
 from api.controllers.common import context, current_row, problems, settle
 from api.presenters import status_out
 from api.schemas import BanIn, KeepAliveIn, StatusOut
+from application.errors import SimulatorError
 from domain.values import session_uuid
 
 _RESPONSES = problems(400, 401, 403, 404, 409, 503)
@@ -34,6 +35,9 @@ class SimulatorController(Controller):
     ) -> StatusOut:
         ctx = context(request)
         session_id = access.session.session_id
+        if access.session.desired != "running":
+            # No worker runs a stopped session's client: nothing there for a phone to act on.
+            raise SimulatorError(f"the session is {access.session.desired}: no client runs it")
         result = await ctx.gateway_calls.call(session_uuid(session_id), action, args or {})
         position = result.get("position")
         await settle(ctx, position if isinstance(position, int) else None)

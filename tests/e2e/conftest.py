@@ -88,6 +88,9 @@ def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
         "SESSIOND_DATABASE_URL": database_url,
         "SESSIOND_ADMIN_KEY": ADMIN_KEY,
         "SESSIOND_POLL_INTERVAL": "0.2",
+        "SESSIOND_GATEWAY": "simulator",
+        "SESSIOND_WORKER_TICK": "0.2",
+        "SESSIOND_LEASE_TTL": "5",
         "SESSIOND_LOG_LEVEL": "info",
     }
 

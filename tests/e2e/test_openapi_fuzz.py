@@ -41,6 +41,12 @@ def _config(session_ids: list[str], key_ids: list[str]) -> str:
             "[parameters]",
             '"path.session_id" = { dictionary = "session_ids", probability = 0.5 }',
             '"path.key_id" = { dictionary = "key_ids", probability = 0.5 }',
+            # Whether a phone number exists in its country is beyond any JSON schema: the
+            # schema gives its shape, phonenumbers decides, and 422 says why it refused.
+            "[[operations]]",
+            'include-path = "/sessions/{session_id}/pair-code"',
+            "[operations.checks.positive_data_acceptance]",
+            'expected-statuses = ["200", "401", "403", "404", "409", "422", "429", "503"]',
             "",
         ]
     )

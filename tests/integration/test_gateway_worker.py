@@ -1,0 +1,265 @@
+"""The session supervisor end to end in one process: QR images and pairing codes, the
+reconnect policy per reason, degraded health, an unreachable WhatsApp, and a worker that
+loses its database connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from domain.values import session_uuid
+from infra.simulator import SimulatorGateway
+from tests.integration.conftest import ADMIN, Api
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, str]:
+    return {"SESSIOND_RETRY_BASE": "0.3", "SESSIOND_RETRY_CAP": "1"}
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    """The first truthy result of `check`, polled until `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {timeout} s: last {result!r}")
+        await asyncio.sleep(0.03)
+
+
+async def status(api: Api, created: dict[str, Any]) -> dict[str, Any]:
+    response = await api.client.get(
+        f"/sessions/{created['sessionId']}/status", headers=api.key(created)
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def simulator(api: Api) -> SimulatorGateway:
+    gateway = api.container.gateway
+    assert isinstance(gateway, SimulatorGateway)
+    return gateway
+
+
+def uuid_of(created: dict[str, Any]) -> Any:
+    return session_uuid(created["sessionId"])
+
+
+def event_types(api: Api, session_id: str) -> list[str]:
+    return [type(e).__name__ for e in api.container.app.events.get(session_uuid(session_id))]
+
+
+async def simulate(api: Api, created: dict[str, Any], action: str, **body: Any) -> Any:
+    """A simulator action, retried while the session's worker has not picked it up yet."""
+    url = f"/simulator/sessions/{created['sessionId']}/{action}"
+
+    async def attempt() -> Any:
+        response = await api.client.post(url, headers=ADMIN, json=body or None)
+        return response if response.status_code == 200 else None
+
+    return await eventually(attempt)
+
+
+async def connected_session(api: Api, name: str = "Support") -> dict[str, Any]:
+    created = await api.create_session(name)
+    await simulate(api, created, "scan")
+    assert (await status(api, created))["status"] == "connected"
+    return created
+
+
+async def test_the_qr_code_is_served_as_json_png_or_svg(api: Api) -> None:
+    created = await api.create_session("Images")
+    url, key = f"/sessions/{created['sessionId']}/qr", api.key(created)
+
+    async def qr_json() -> Any:
+        response = await api.client.get(url, headers=key)
+        return response.json() if response.status_code == 200 else None
+
+    qr = await eventually(qr_json)
+    assert (qr["attempt"], qr["maxAttempts"]) == (1, 6)
+    png = await api.client.get(url, headers={**key, "accept": "image/png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+    svg = await api.client.get(url, headers={**key, "accept": "image/svg+xml"})
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    assert svg.text.startswith("<svg")
+    either = await api.client.get(url, headers={**key, "accept": "text/html, image/*;q=0.9"})
+    assert either.headers["content-type"] in ("image/png", "image/svg+xml")
+    refused = await api.client.get(url, headers={**key, "accept": "text/csv"})
+    assert refused.status_code == 406
+    assert refused.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_pairing_code_is_given_for_a_valid_phone_while_pairing(api: Api) -> None:
+    created = await api.create_session("By phone")
+    url, key = f"/sessions/{created['sessionId']}/pair-code", api.key(created)
+    for bad in ("12", "+999 123", "phone", "+1 415 555 01234567"):
+        response = await api.client.post(url, headers=key, json={"phone": bad})
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["type"] == "urn:sessiond:problem:invalid-phone"
+        assert "phone number" in response.json()["detail"]
+
+    async def code() -> Any:
+        response = await api.client.post(url, headers=key, json={"phone": "+1 415-555-0123"})
+        return response.json() if response.status_code == 200 else None
+
+    answer = await eventually(code)
+    assert answer["phone"] == "14155550123"
+    assert len(answer["code"]) == 8 and answer["code"].isalnum()
+
+    await simulate(api, created, "scan")
+    refused = await api.client.post(url, headers=key, json={"phone": "+14155550123"})
+    assert refused.status_code == 409
+    assert refused.json()["type"] == "urn:sessiond:problem:not-pairing"
+
+
+async def test_a_lost_connection_is_retried_with_backoff_and_resumes_the_device(
+    api: Api,
+) -> None:
+    created = await connected_session(api)
+    dropped = (await simulate(api, created, "drop")).json()
+    assert (dropped["status"], dropped["reason"], dropped["retryAttempt"]) == (
+        "disconnected",
+        "connection_lost",
+        1,
+    )
+    assert dropped["nextRetryAt"] is not None and dropped["health"] == "unhealthy"
+
+    async def back() -> Any:
+        body = await status(api, created)
+        return body if body["status"] == "connected" else None
+
+    body = await eventually(back)
+    assert (body["reason"], body["retryAttempt"], body["nextRetryAt"]) == (None, 0, None)
+    assert event_types(api, created["sessionId"])[-3:] == [
+        "Disconnected",
+        "ReconnectAttempted",
+        "Connected",
+    ]
+
+
+async def test_logged_out_and_replaced_sessions_wait_for_the_operator(api: Api) -> None:
+    logged_out = await connected_session(api, "Unlinked")
+    replaced = await connected_session(api, "Replaced")
+    body = (await simulate(api, logged_out, "logout")).json()
+    assert (body["reason"], body["nextRetryAt"]) == ("logged_out", None)
+    body = (await simulate(api, replaced, "replace")).json()
+    assert (body["reason"], body["nextRetryAt"]) == ("stream_replaced", None)
+    await asyncio.sleep(1.5)  # longer than any backoff here: nothing is retried
+    assert (await status(api, logged_out))["status"] == "disconnected"
+    assert (await status(api, replaced))["status"] == "disconnected"
+
+    # Check a reconnect of the unlinked session pairs a new device with a new QR code.
+    response = await api.client.post(
+        f"/sessions/{logged_out['sessionId']}/reconnect", headers=api.key(logged_out)
+    )
+    assert response.status_code == 200
+
+    async def qr() -> Any:
+        body = await status(api, logged_out)
+        return body["qrExpiresAt"]
+
+    await eventually(qr)
+
+
+async def test_a_banned_session_is_retried_when_the_ban_ends(api: Api) -> None:
+    created = await connected_session(api, "Banned")
+    body = (await simulate(api, created, "ban", seconds=1)).json()
+    assert body["reason"] == "temporarily_banned"
+    assert body["nextRetryAt"] is not None
+
+    async def back() -> Any:
+        return (await status(api, created))["status"] == "connected"
+
+    await eventually(back)
+
+
+async def test_failing_keepalives_make_a_connected_session_degraded(api: Api) -> None:
+    created = await connected_session(api, "Flaky")
+    body = (await simulate(api, created, "keepalive", healthy=False)).json()
+    assert (body["status"], body["health"]) == ("connected", "degraded")
+    body = (await simulate(api, created, "keepalive", healthy=True)).json()
+    assert body["health"] == "healthy"
+
+
+async def test_when_whatsapp_is_unreachable_the_status_says_so_and_retries(api: Api) -> None:
+    simulator(api).set_reachable(False)
+    created = await api.create_session("Offline")
+
+    async def failing_again() -> Any:
+        body = await status(api, created)
+        return body if body["retryAttempt"] >= 2 and body["status"] == "disconnected" else None
+
+    body = await eventually(failing_again)
+    assert body["reason"] == "whatsapp_unreachable"
+    assert body["detail"] and body["nextRetryAt"] is not None
+
+    simulator(api).set_reachable(True)
+
+    async def pairing() -> Any:
+        return (await status(api, created))["qrExpiresAt"]
+
+    await eventually(pairing)
+
+
+async def test_stop_stops_the_client_and_delete_logs_the_device_out(api: Api) -> None:
+    created = await connected_session(api, "Lifecycle")
+    uuid = session_uuid(created["sessionId"])
+    device = (await api.client.get(f"/sessions/{created['sessionId']}", headers=ADMIN)).json()[
+        "phoneJid"
+    ]
+    assert uuid in simulator(api).running()
+    await api.client.post(f"/sessions/{created['sessionId']}/stop", headers=api.key(created))
+
+    async def stopped() -> bool:
+        return uuid not in simulator(api).running()
+
+    await eventually(stopped)
+    await api.client.post(f"/sessions/{created['sessionId']}/reconnect", headers=api.key(created))
+
+    async def resumed() -> bool:
+        return (await status(api, created))["status"] == "connected"
+
+    await eventually(resumed)
+    assert device in simulator(api)._devices
+    deleted = await api.client.delete(f"/sessions/{created['sessionId']}", headers=ADMIN)
+    assert deleted.status_code == 204
+
+    async def logged_out() -> bool:
+        return device not in simulator(api)._devices and uuid not in simulator(api).running()
+
+    await eventually(logged_out)
+
+
+async def test_a_worker_that_loses_its_database_connection_gets_its_sessions_back(
+    api: Api, database_url: str
+) -> None:
+    created = await connected_session(api, "Steady")
+    worker = api.container.worker
+    assert worker is not None
+    first_id = worker.worker_id
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            ("sessiond-worker:" + first_id,),
+        )
+
+    def reasons() -> list[Any]:
+        events = api.container.app.events.get(uuid_of(created))
+        return [getattr(e, "reason", None) for e in events if type(e).__name__ == "Disconnected"]
+
+    async def back() -> Any:
+        types = event_types(api, created["sessionId"])
+        return "gateway_lost" in reasons() and types[-1] == "Connected"
+
+    await eventually(back)
+    assert worker.worker_id != first_id
+    assert uuid_of(created) in simulator(api).running()
+    assert (await status(api, created))["status"] == "connected"
