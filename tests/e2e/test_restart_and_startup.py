@@ -82,6 +82,7 @@ def test_a_restart_keeps_stopped_sessions_stopped_and_resumes_connected_ones(
 def test_serve_with_no_configuration_uses_embedded_postgres(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
     env["SESSIOND_DATA_DIR"] = str(tmp_path / "var")
+    env["SESSIOND_GATEWAY"] = "simulator"  # the default (neonize) would dial WhatsApp
     server = Sessiond("serve", env, tmp_path / "serve.log")
     try:
         server.wait_ready(timeout=90)

@@ -1,0 +1,151 @@
+"""The gateway in its own processes: a worker killed with SIGKILL (as a crash inside the Go
+library would) takes neither the API nor its sessions down for long, and with two workers
+each session has exactly one owner, taken over by the other when its owner dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
+
+
+def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what} (last: {result!r})")
+        time.sleep(0.05)
+
+
+def status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
+    response = client.get(f"/sessions/{created['sessionId']}/status", headers=key_of(created))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def scan(client: httpx.Client, created: dict[str, Any]) -> None:
+    def scanned() -> bool:
+        url = f"/simulator/sessions/{created['sessionId']}/scan"
+        return client.post(url, headers=ADMIN).status_code == 200
+
+    eventually(scanned, what="the scan")
+    assert status(client, created)["status"] == "connected"
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """The child processes of `pid` with their command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def gateway_child(server: Sessiond) -> int:
+    (pid,) = [pid for pid, cmd in children(server.process.pid) if "infra.cli worker" in cmd]
+    return pid
+
+
+def disconnect_reasons(database_url: str, session_id: str) -> list[str]:
+    """The reasons of the session's Disconnected events, read from the event store."""
+    uuid = session_id.removeprefix("sess_")
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT convert_from(state, 'UTF8') FROM sessiond_events WHERE originator_id = %s "
+            "AND topic = 'sessiond:Session.Disconnected' ORDER BY originator_version",
+            (uuid,),
+        ).fetchall()
+    return [row[0].split('"reason":"', 1)[1].split('"', 1)[0] for row in rows]
+
+
+def test_a_killed_gateway_child_is_restarted_and_its_sessions_come_back(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    server = start("serve", sessiond_env)
+    with server.client() as client:
+        created = create_session(client, "Survivor")
+        scan(client, created)
+        first = eventually(lambda: gateway_child(server), what="the gateway child")
+
+        os.kill(first, signal.SIGKILL)
+        # Check the API keeps answering while the gateway is down.
+        for _ in range(10):
+            assert client.get("/health/live").status_code == 200
+            assert status(client, created)["sessionId"] == created["sessionId"]
+            time.sleep(0.02)
+
+        # Check a new child runs, and the session is connected again, the outage on record.
+        second = eventually(
+            lambda: (
+                [p for p, c in children(server.process.pid) if "infra.cli worker" in c] != [first]
+            ),
+            what="a new gateway child",
+        )
+        assert second
+        eventually(
+            lambda: (
+                "gateway_lost" in disconnect_reasons(database_url, created["sessionId"])
+                and status(client, created)["status"] == "connected"
+            ),
+            what="the session back, connected",
+        )
+        assert "exited with -9" in server.log()
+
+
+def _owners(database_url: str) -> dict[str, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT owner, count(*) FROM sessiond_leases GROUP BY owner").fetchall()
+    return dict(rows)
+
+
+def test_two_workers_share_the_sessions_and_one_takes_over_when_the_other_dies(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    api = start("api", sessiond_env)
+    start("projector", sessiond_env)
+    first = start("worker", sessiond_env)
+    second = start("worker", sessiond_env)
+    eventually(lambda: "is up" in first.log() and "is up" in second.log(), what="both workers up")
+    with api.client() as client:
+        sessions = [create_session(client, f"Phone {n}") for n in range(6)]
+        for created in sessions:
+            scan(client, created)
+
+        # Check each session has exactly one owner and the two workers share them.
+        owners = eventually(lambda: _owners(database_url), what="leases")
+        assert sorted(owners.values()) == [3, 3], owners
+
+        first.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def all_back() -> bool:
+            owners = _owners(database_url)
+            connected = all(status(client, s)["status"] == "connected" for s in sessions)
+            return connected and list(owners.values()) == [6]
+
+        eventually(all_back, timeout=15, what="every session on the surviving worker")
+        took = time.monotonic() - killed_at
+        # Takeover is bounded: the dead worker's connection is gone at once, the survivor
+        # claims on its next tick (0.2 s here), and resuming a device is quick.
+        assert took < 10, took
+        lost = [disconnect_reasons(database_url, s["sessionId"]) for s in sessions]
+        assert sum("gateway_lost" in reasons for reasons in lost) == 3
