@@ -25,6 +25,7 @@ from application.sessions import ApiKeyAsDict, SessionsApplication
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE, key_actor
+from projections.gateway import GatewayProjection, MemoryGatewayView
 from projections.keys import ApiKeyProjection
 from projections.status import SessionStatusProjection
 from projections.views import MemoryApiKeyView, MemorySessionStatusView
@@ -47,6 +48,8 @@ class Model:
     desired: str = "running"
     keys: dict[str, bool] = field(default_factory=dict)  # key id -> active
     requests_per_minute: int | None = None
+    attempt: int = 0  # failures in a row
+    degraded: bool = False
 
     @property
     def running(self) -> bool:
@@ -76,6 +79,7 @@ class SessionsMachine(RuleBasedStateMachine):
         self.models: dict[str, Model] = {}
         self.status = SessionStatusProjection(MemorySessionStatusView())
         self.keys = ApiKeyProjection(MemoryApiKeyView())
+        self.gateway = GatewayProjection(MemoryGatewayView())
         self.mapper = independent_mapper()
 
     def run(self, expected: Expected, command: Callable[[], object]) -> bool:
@@ -113,6 +117,7 @@ class SessionsMachine(RuleBasedStateMachine):
         expected: Expected = SessionIsDeleted if m.deleted else m.running
         if self.run(expected, lambda: self.app.stop(session_id, ADMIN_ACTOR)):
             m.status, m.reason, m.desired = "disconnected", "stopped", "stopped"
+            m.attempt, m.degraded = 0, False
 
     @rule(session_id=sessions)
     def reconnect(self, session_id: str) -> None:
@@ -126,6 +131,7 @@ class SessionsMachine(RuleBasedStateMachine):
             expected = InvalidTransition
         if self.run(expected, lambda: self.app.reconnect(session_id, key_actor("key_x"))):
             m.status, m.reason, m.desired = "connecting", None, "running"
+            m.attempt, m.degraded = 0, False
 
     @rule(session_id=sessions)
     def delete(self, session_id: str) -> None:
@@ -133,6 +139,7 @@ class SessionsMachine(RuleBasedStateMachine):
         expected: Expected = SessionIsDeleted if m.deleted else True
         if self.run(expected, lambda: self.app.delete(session_id, ADMIN_ACTOR)):
             m.status, m.reason, m.desired = "disconnected", "deleted", "deleted"
+            m.attempt, m.degraded = 0, False
             m.keys = dict.fromkeys(m.keys, False)
 
     @rule(session_id=sessions)
@@ -187,15 +194,41 @@ class SessionsMachine(RuleBasedStateMachine):
         applies = m.running and m.status in ("connecting", "disconnected")
         uuid = self.uuid(session_id)
         if self.run(applies, lambda: self.app.record_connected(uuid, JID, "Phone")):
-            m.status, m.reason = "connected", None
+            m.status, m.reason, m.attempt, m.degraded = "connected", None, 0, False
 
-    @rule(session_id=sessions, reason=st.sampled_from(["connection_lost", "logged_out"]))
+    @rule(
+        session_id=sessions,
+        reason=st.sampled_from(
+            ["connection_lost", "logged_out", "whatsapp_unreachable", "stream_replaced"]
+        ),
+    )
     def record_disconnected(self, session_id: str, reason: str) -> None:
         m = self.models[session_id]
         applies = m.running and m.status in ("connecting", "connected")
         uuid = self.uuid(session_id)
         if self.run(applies, lambda: self.app.record_disconnected(uuid, reason)):
-            m.status, m.reason = "disconnected", reason
+            m.status, m.reason, m.degraded = "disconnected", reason, False
+            m.attempt += 1
+
+    @rule(session_id=sessions)
+    def retry(self, session_id: str) -> None:
+        m = self.models[session_id]
+        applies = m.running and m.status == "disconnected"
+        uuid = self.uuid(session_id)
+        before = head(self.app)
+        planned = self.app.retry(uuid)
+        assert (planned is not None) == applies
+        assert (head(self.app) > before) == applies
+        if applies:
+            m.status = "connecting"
+
+    @rule(session_id=sessions, healthy=st.booleans())
+    def keepalive(self, session_id: str, healthy: bool) -> None:
+        m = self.models[session_id]
+        applies = m.running and m.status == "connected" and m.degraded == healthy
+        uuid = self.uuid(session_id)
+        if self.run(applies, lambda: self.app.record_keepalive(uuid, healthy)):
+            m.degraded = not healthy
 
     @rule(session_id=sessions, attempt=st.integers(1, 6))
     def record_qr(self, session_id: str, attempt: int) -> None:
@@ -211,6 +244,7 @@ class SessionsMachine(RuleBasedStateMachine):
         uuid = self.uuid(session_id)
         if self.run(applies, lambda: self.app.record_qr_expired(uuid)):
             m.status, m.reason = "expired", "qr_expired"
+            m.attempt, m.degraded = 0, False
 
     # -- invariants -----------------------------------------------------------------------
 
@@ -224,7 +258,7 @@ class SessionsMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_session_agrees_with_the_model_its_events_and_its_rows(self) -> None:
-        catch_up(self.app, self.status, self.keys)
+        catch_up(self.app, self.status, self.keys, self.gateway)
         from_log = self.replay_log()
         assert len(from_log) == len(self.models)
         for session_id, m in self.models.items():
@@ -259,6 +293,24 @@ class SessionsMachine(RuleBasedStateMachine):
             assert (row.connected_at is not None) == (session.status == "connected")
             assert row.requests_per_minute == session.requests_per_minute
             assert (row.qr_code, row.qr_attempt) == (session.qr_code, session.qr_attempt)
+            assert (row.retry_attempt, row.next_retry_at, row.degraded) == (
+                session.retry_attempt,
+                session.next_retry_at,
+                session.degraded,
+            )
+            if session.status in ("disconnected", "connecting"):
+                assert session.retry_attempt == m.attempt
+            assert session.degraded == m.degraded
+
+            # Check the gateway view wants what the session wants, with its retry deadline.
+            wanted = self.gateway.view.row(session.id)
+            assert wanted is not None and wanted.desired == session.desired
+            deadlines = {d.kind: d.due_at for d in self.gateway.view.deadlines(session.id)}
+            if session.status == "disconnected" and session.next_retry_at is not None:
+                assert deadlines.get("retry") == session.next_retry_at
+            else:
+                assert "retry" not in deadlines
+            assert ("logout" in deadlines) == session.is_deleted
 
             # Check the key rows built from the log agree with the aggregate.
             key_rows = {
