@@ -66,8 +66,14 @@ class SentMessage:
 class WhatsAppGateway(ABC):
     """The link to WhatsApp, one client per session (neonize, or the simulator).
 
-    Every method returns quickly: a client's life runs on the gateway's own threads and is
-    reported through `GatewayEvents`.
+    A client's life runs on the gateway's own threads and is reported through `GatewayEvents`;
+    `start`, `stop` and `running` return at once, while `logout` of a connected client,
+    `pair_phone` and `send_text` wait for WhatsApp's answer.
+
+    After ``disconnected(connection_lost)`` or ``disconnected(connect_failure)`` a client may
+    reconnect by itself (whatsmeow does after the server closed the socket), reporting
+    `connected` with no `start`; the application's retry calls `start`, which restarts it.
+    After every other reason the client has stopped.
     """
 
     @abstractmethod

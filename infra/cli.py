@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -66,6 +67,9 @@ class ChildWorker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "worker"],
             env=self.env,
+            # Its own process group: a Ctrl+C in the terminal reaches `serve`, which stops the
+            # child itself (rather than the child exiting first and being restarted).
+            start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
         )
 
@@ -160,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             _run_background_roles(settings, url, frozenset({args.command}))
     finally:
         del server
+    if args.command == "worker" and settings.gateway == "neonize":
+        # A neonize client whose pairing ended may leave a non-daemon thread blocked in Go
+        # for ever (infra/neonize_gateway.py): everything is stopped and recorded by now.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -165,12 +165,9 @@ class Container:
             )
 
             prepare_store(self.database_url)  # whatsmeow's schema, once, before any client
-            return NeonizeGateway(
-                store_dsn_from_url(self.database_url),
-                first_timeout=self.settings.qr_first_timeout,
-                next_timeout=self.settings.qr_next_timeout,
-                max_codes=self.settings.qr_max_codes,
-            )
+            # WhatsApp sets the real QR lifetimes (60 s, then 20 s): the QR settings are for
+            # the simulator only, or the expiry shown would be wrong.
+            return NeonizeGateway(store_dsn_from_url(self.database_url))
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         return SimulatorGateway(
             first_timeout=self.settings.qr_first_timeout,

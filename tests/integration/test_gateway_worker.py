@@ -225,7 +225,7 @@ async def test_stop_stops_the_client_and_delete_logs_the_device_out(api: Api) ->
     await api.client.post(f"/sessions/{created['sessionId']}/reconnect", headers=api.key(created))
 
     async def resumed() -> bool:
-        return (await status(api, created))["status"] == "connected"
+        return bool((await status(api, created))["status"] == "connected")
 
     await eventually(resumed)
     assert device in simulator(api)._devices

@@ -1,0 +1,404 @@
+"""The `WhatsAppGateway` contract, run against the simulator and the neonize adapter.
+
+Each test drives a gateway and a "phone" (what a real phone and network do to a session) and
+asserts the `GatewayEvents` callbacks the application would see. For the simulator the phone
+is its `PhoneSimulator` hooks; for neonize it is a scripted neonize client (real `NewClient`
+objects, events fed through neonize's own dispatch on the client's thread, as Go does; no
+network). Where the adapters legitimately differ (the JID a scan links, the push name, the
+detail texts) the tests assert shapes, not strings.
+
+QR timings are short (0.3 s, then 0.05 s, 3 codes). Waits return as soon as the awaited
+callback arrives; only "nothing more happens" needs a fixed pause: until the next QR code
+would have been due.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from application.errors import NotConnected, NotPairing
+from application.ports import PhoneSimulator, WhatsAppGateway
+from infra.neonize_gateway import NeonizeGateway
+from infra.simulator import SimulatorGateway
+from tests.unit.test_neonize_mapping import (
+    NZ,
+    PB,
+    Call,
+    Recorder,
+    ScriptedClient,
+    feed,
+    make_store,
+    names,
+)
+
+FIRST, NEXT, CODES = 0.3, 0.05, 3
+KNOWN_JID = "15551234567:12@s.whatsapp.net"
+UNKNOWN_JID = "15559999999:3@s.whatsapp.net"
+DIAL_ERROR = "failed to dial whatsapp web websocket: connect: network is unreachable"
+
+
+class Phone(ABC):
+    """What a phone and a network do to a session."""
+
+    @abstractmethod
+    def scan(self, session_id: UUID) -> None: ...
+
+    @abstractmethod
+    def drop(self, session_id: UUID) -> None: ...
+
+    @abstractmethod
+    def remote_logout(self, session_id: UUID) -> None: ...
+
+    @abstractmethod
+    def replace(self, session_id: UUID) -> None: ...
+
+    @abstractmethod
+    def ban(self, session_id: UUID, seconds: float) -> None: ...
+
+    @abstractmethod
+    def keepalive(self, session_id: UUID, healthy: bool) -> None: ...
+
+    @abstractmethod
+    def set_reachable(self, reachable: bool) -> None: ...
+
+
+class SimulatedPhone(Phone):
+    def __init__(self, simulator: PhoneSimulator) -> None:
+        self.simulator = simulator
+
+    def scan(self, session_id: UUID) -> None:
+        self.simulator.scan(session_id)
+
+    def drop(self, session_id: UUID) -> None:
+        self.simulator.drop(session_id)
+
+    def remote_logout(self, session_id: UUID) -> None:
+        self.simulator.remote_logout(session_id)
+
+    def replace(self, session_id: UUID) -> None:
+        self.simulator.replace(session_id)
+
+    def ban(self, session_id: UUID, seconds: float) -> None:
+        self.simulator.ban(session_id, seconds)
+
+    def keepalive(self, session_id: UUID, healthy: bool) -> None:
+        self.simulator.keepalive(session_id, healthy)
+
+    def set_reachable(self, reachable: bool) -> None:
+        self.simulator.set_reachable(reachable)
+
+
+class ScriptedPhone(Phone):
+    """Plays whatsmeow's part for the neonize adapter: events go to the session's scripted
+    client, which feeds them through neonize on its own thread."""
+
+    def __init__(self, gateway: NeonizeGateway) -> None:
+        self.gateway = gateway
+        self.reachable = True
+
+    def client(self, session_id: UUID) -> ScriptedClient:
+        client = self.gateway.client_of(session_id)
+        assert isinstance(client, ScriptedClient)
+        return client
+
+    def send(self, session_id: UUID, event: Any) -> None:
+        self.client(session_id).do(lambda c: feed(c, event))
+
+    def scan(self, session_id: UUID) -> None:
+        self.client(session_id).do(lambda c: c.scan())
+
+    def drop(self, session_id: UUID) -> None:
+        self.send(session_id, PB.Disconnected(status=True))
+
+    def remote_logout(self, session_id: UUID) -> None:
+        self.send(session_id, PB.LoggedOut(OnConnect=False, Reason=PB.LOGGED_OUT))
+
+    def replace(self, session_id: UUID) -> None:
+        self.send(session_id, PB.StreamReplaced())
+
+    def ban(self, session_id: UUID, seconds: float) -> None:
+        code = PB.TemporaryBan.BLOCKED_BY_USERS
+        self.send(session_id, PB.TemporaryBan(Code=code, Expire=int(seconds)))
+
+    def keepalive(self, session_id: UUID, healthy: bool) -> None:
+        event = PB.KeepAliveRestored() if healthy else PB.KeepAliveTimeout(ErrorCount=1)
+        self.send(session_id, event)
+
+    def set_reachable(self, reachable: bool) -> None:
+        self.reachable = reachable
+        if not reachable:
+            for session_id in self.gateway.running():
+                self.drop(session_id)
+
+    def make_client(self, store_dsn: str, **kwargs: Any) -> ScriptedClient:
+        fail = None if self.reachable else NZ.neonize_error(DIAL_ERROR)
+        return ScriptedClient(store_dsn, codes=CODES, first=FIRST, next_=NEXT, fail=fail, **kwargs)
+
+
+@dataclass
+class Rig:
+    gateway: WhatsAppGateway
+    phone: Phone
+    events: Recorder
+
+    def wait(self, session_id: UUID, count: int) -> list[Call]:
+        """The session's calls once there are `count` of them."""
+        return self.events.wait_for(session_id, lambda calls: len(calls) >= count)
+
+    def wait_name(self, session_id: UUID, name: str) -> list[Call]:
+        return self.events.wait_for(session_id, lambda calls: name in names(calls))
+
+    def quiet(self, session_id: UUID, pause: float) -> list[Call]:
+        """The session's calls after `pause` seconds in which anything pending would arrive."""
+        time.sleep(pause)
+        if isinstance(self.gateway, NeonizeGateway):
+            assert self.gateway.wait_idle()
+        return self.events.of(session_id)
+
+    def connected(self) -> tuple[UUID, str]:
+        """A session paired by a scan; its device JID."""
+        sid = uuid4()
+        self.gateway.start(sid, None)
+        self.wait_name(sid, "qr_issued")
+        self.phone.scan(sid)
+        call = self.wait_name(sid, "connected")[-1]
+        return sid, call.args[0]
+
+
+@pytest.fixture(params=["simulator", "neonize"])
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    events = Recorder()
+    gateway: WhatsAppGateway
+    phone: Phone
+    if request.param == "simulator":
+        simulator = SimulatorGateway(
+            first_timeout=FIRST, next_timeout=NEXT, max_codes=CODES, devices={KNOWN_JID}
+        )
+        gateway, phone = simulator, SimulatedPhone(simulator)
+    else:
+        store = make_store(tmp_path / "store.db", KNOWN_JID)
+
+        def factory(store_dsn: str, **kwargs: Any) -> ScriptedClient:
+            return scripted.make_client(store_dsn, **kwargs)
+
+        neonize = NeonizeGateway(
+            str(store),
+            client_factory=factory,
+            first_timeout=FIRST,
+            next_timeout=NEXT,
+            max_codes=CODES,
+        )
+        scripted = ScriptedPhone(neonize)
+        gateway, phone = neonize, scripted
+    gateway.bind(events)
+    yield Rig(gateway, phone, events)
+    gateway.close()
+
+
+def jid_shaped(jid: str) -> bool:
+    user, at, server = jid.partition("@")
+    return bool(user) and at == "@" and server == "s.whatsapp.net"
+
+
+# -- pairing ------------------------------------------------------------------------------------
+
+
+def test_qr_codes_rotate_then_run_out(rig: Rig) -> None:
+    sid = uuid4()
+    before = datetime.now(UTC)
+    rig.gateway.start(sid, None)
+    assert sid in rig.gateway.running()
+    calls = rig.wait_name(sid, "qr_exhausted")
+    assert names(calls) == ["qr_issued"] * CODES + ["qr_exhausted"]
+    codes = [call.args for call in calls[:CODES]]
+    assert [(attempt, top) for _, _, attempt, top in codes] == [(n, CODES) for n in (1, 2, 3)]
+    assert len({code for code, *_ in codes}) == CODES
+    assert all(code for code, *_ in codes)
+    expiries = [expires_at for _, expires_at, *_ in codes]
+    assert expiries == sorted(expiries) and len(set(expiries)) == CODES
+    assert before + timedelta(seconds=FIRST) <= expiries[0] < before + timedelta(seconds=5)
+    assert sid not in rig.gateway.running()
+    assert rig.quiet(sid, 2 * NEXT) == calls  # no code after the last one
+
+
+def test_a_scan_connects_the_new_device(rig: Rig) -> None:
+    sid = uuid4()
+    rig.gateway.start(sid, None)
+    rig.wait_name(sid, "qr_issued")
+    rig.phone.scan(sid)
+    calls = rig.wait_name(sid, "connected")
+    assert names(calls) == ["qr_issued", "connected"]
+    jid, push_name = calls[-1].args
+    assert jid_shaped(jid)
+    assert push_name
+    assert sid in rig.gateway.running()
+    # no more codes once scanned (the second one was due FIRST after the first)
+    assert names(rig.quiet(sid, FIRST + NEXT)) == ["qr_issued", "connected"]
+    sent = rig.gateway.send_text(sid, "15557654321", "hello")
+    assert sent.message_id
+    assert abs(sent.timestamp - datetime.now(UTC)) < timedelta(seconds=60)
+
+
+def test_pair_phone_only_while_qr_codes_are_shown(rig: Rig) -> None:
+    sid = uuid4()
+    with pytest.raises(NotPairing):
+        rig.gateway.pair_phone(sid, "15551234567")
+    rig.gateway.start(sid, None)
+    rig.wait_name(sid, "qr_issued")
+    code = rig.gateway.pair_phone(sid, "15551234567")
+    assert len(code) == 8
+    rig.phone.scan(sid)
+    rig.wait_name(sid, "connected")
+    with pytest.raises(NotPairing):
+        rig.gateway.pair_phone(sid, "15551234567")
+
+
+def test_send_text_needs_a_connected_session(rig: Rig) -> None:
+    sid = uuid4()
+    with pytest.raises(NotConnected):
+        rig.gateway.send_text(sid, "15557654321", "hello")
+    rig.gateway.start(sid, None)
+    rig.wait_name(sid, "qr_issued")
+    with pytest.raises(NotConnected):
+        rig.gateway.send_text(sid, "15557654321", "hello")
+
+
+# -- a connected session ------------------------------------------------------------------------
+
+
+def test_a_dropped_link_is_connection_lost(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    rig.phone.drop(sid)
+    calls = rig.wait(sid, 3)
+    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "connection_lost")
+    with pytest.raises(NotConnected):
+        rig.gateway.send_text(sid, "15557654321", "hello")
+
+
+def test_a_remote_logout_is_logged_out_and_the_client_stops(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    rig.phone.remote_logout(sid)
+    calls = rig.wait(sid, 3)
+    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "logged_out")
+    assert sid not in rig.gateway.running()
+    assert len(rig.quiet(sid, 0.05)) == 3
+
+
+def test_a_replaced_stream_is_reported_and_the_client_stops(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    rig.phone.replace(sid)
+    calls = rig.wait(sid, 3)
+    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "stream_replaced")
+    assert sid not in rig.gateway.running()
+
+
+def test_a_temporary_ban_says_when_it_ends(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    rig.phone.ban(sid, 3600)
+    calls = rig.wait(sid, 3)
+    reason, detail, not_before = calls[2].args
+    assert (calls[2].name, reason) == ("disconnected", "temporarily_banned")
+    assert detail
+    assert abs(not_before - (datetime.now(UTC) + timedelta(seconds=3600))) < timedelta(seconds=5)
+    assert sid not in rig.gateway.running()
+
+
+def test_keepalive_failures_and_recoveries_are_reported(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    rig.phone.keepalive(sid, False)
+    rig.wait(sid, 3)
+    rig.phone.keepalive(sid, True)
+    calls = rig.wait(sid, 4)
+    assert [(c.name, c.args) for c in calls[2:]] == [
+        ("keepalive", (False,)),
+        ("keepalive", (True,)),
+    ]
+    assert sid in rig.gateway.running()
+
+
+# -- resuming, stopping, logging out --------------------------------------------------------------
+
+
+def test_a_stored_device_resumes_with_its_jid(rig: Rig) -> None:
+    sid = uuid4()
+    rig.gateway.start(sid, KNOWN_JID)
+    calls = rig.wait(sid, 1)
+    assert (calls[0].name, calls[0].args[0]) == ("connected", KNOWN_JID)
+    assert sid in rig.gateway.running()
+
+
+def test_a_device_missing_from_the_store_is_device_unlinked(rig: Rig) -> None:
+    sid = uuid4()
+    rig.gateway.start(sid, UNKNOWN_JID)
+    calls = rig.wait(sid, 1)
+    assert (calls[0].name, calls[0].args[0]) == ("disconnected", "device_unlinked")
+    assert sid not in rig.gateway.running()
+
+
+def test_a_device_paired_by_scan_resumes_after_a_stop(rig: Rig) -> None:
+    sid, jid = rig.connected()
+    rig.gateway.stop(sid)
+    rig.gateway.start(sid, jid)
+    calls = rig.wait(sid, 3)
+    assert (calls[2].name, calls[2].args[0]) == ("connected", jid)
+
+
+def test_after_stop_nothing_more_is_reported(rig: Rig) -> None:
+    sid = uuid4()
+    rig.gateway.start(sid, None)
+    rig.wait_name(sid, "qr_issued")
+    rig.gateway.stop(sid)
+    assert sid not in rig.gateway.running()
+    assert names(rig.quiet(sid, FIRST + NEXT)) == ["qr_issued"]  # the second code was due
+    rig.gateway.stop(sid)  # a no-op
+
+
+def test_logout_unlinks_the_device_for_good_and_reports_nothing(rig: Rig) -> None:
+    sid, jid = rig.connected()
+    rig.gateway.logout(sid, jid)
+    assert sid not in rig.gateway.running()
+    assert len(rig.quiet(sid, 0.05)) == 2
+    again = uuid4()
+    rig.gateway.start(again, jid)
+    calls = rig.wait(again, 1)
+    assert (calls[0].name, calls[0].args[0]) == ("disconnected", "device_unlinked")
+
+
+def test_stop_all_stops_every_client(rig: Rig) -> None:
+    pairing = uuid4()
+    rig.gateway.start(pairing, None)
+    resumed = uuid4()
+    rig.gateway.start(resumed, KNOWN_JID)
+    rig.wait(resumed, 1)
+    rig.wait_name(pairing, "qr_issued")
+    rig.gateway.stop_all()
+    assert rig.gateway.running() == set()
+    assert names(rig.quiet(pairing, FIRST)) == ["qr_issued"]
+
+
+# -- WhatsApp unreachable -------------------------------------------------------------------------
+
+
+def test_starting_while_whatsapp_is_unreachable_is_reported(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    rig.phone.set_reachable(False)
+    calls = rig.wait(sid, 3)
+    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "connection_lost")
+    other = uuid4()
+    rig.gateway.start(other, None)
+    calls = rig.wait(other, 1)
+    assert (calls[0].name, calls[0].args[0]) == ("disconnected", "whatsapp_unreachable")
+    assert calls[0].args[1]
+    assert other not in rig.gateway.running()
+    rig.phone.set_reachable(True)
+    rig.gateway.start(other, None)
+    assert names(rig.wait(other, 2))[1] == "qr_issued"

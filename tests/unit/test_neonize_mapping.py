@@ -1,0 +1,813 @@
+"""Offline mapping tests of the neonize gateway, with real neonize objects and no network.
+
+Events are hand-built `Neonize_pb2` messages pushed through neonize's own Go→Python entry
+points: `client.event.execute(...)` (what Go calls for every event), the ctypes QR callback
+``_NewClient__onQr`` and the login-status callback the gateway's client overrides. The
+clients are real `NewClient`s whose `connect()` is replaced by a script that talks to no one
+(`ScriptedClient`), so no test can reach WhatsApp; `stop()` still goes to Go, which is safe
+on a client that never connected.
+
+`ScriptedClient`, `feed` and `Recorder` are also used by the contract and store tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import queue
+import secrets
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from application.errors import GatewayError, NotConnected, NotPairing
+from application.ports import GatewayEvents
+from infra.neonize_gateway import (
+    NeonizeGateway,
+    delete_device,
+    device_stored,
+    import_neonize,
+    session_client_class,
+    store_dsn_from_url,
+)
+
+NZ = import_neonize()
+PB = NZ.pb
+EVENT_TO_INT: dict[Any, int] = NZ.events.EVENT_TO_INT
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+WAIT = 5.0  # upper bound of every wait below; they return as soon as the condition holds
+PHONE_JID = "15551234567:12@s.whatsapp.net"
+SENT_AT = int(time.time())  # WhatsApp's timestamp of what a scripted client sends
+
+
+# -- feeding neonize --------------------------------------------------------------------------
+
+
+def fill_required(message: Any) -> Any:
+    """`message` with every unset proto2 ``required`` field set to its default (recursively):
+    neonize's `FromString` refuses messages with missing required fields."""
+    for fd in message.DESCRIPTOR.fields:
+        if fd.message_type is not None:
+            if fd.is_repeated:
+                for item in getattr(message, fd.name):
+                    fill_required(item)
+            elif fd.is_required or message.HasField(fd.name):
+                fill_required(getattr(message, fd.name))
+                getattr(message, fd.name).SetInParent()
+        elif fd.is_required and not message.HasField(fd.name):
+            default = fd.enum_type.values[0].number if fd.enum_type else fd.default_value
+            setattr(message, fd.name, default)
+    return message
+
+
+def feed(client: Any, event: Any) -> None:
+    """Deliver `event` to `client` exactly as Go does: serialized, through `execute`."""
+    data = fill_required(event).SerializeToString()
+    buffer = ctypes.create_string_buffer(data, max(len(data), 1))
+    client.event.execute(0, ctypes.addressof(buffer), len(data), EVENT_TO_INT[type(event)])
+
+
+def show_qr(client: Any, code: str) -> None:
+    """Go's QR callback (one call per code of whatsmeow's QR channel)."""
+    buffer = ctypes.create_string_buffer(code.encode())
+    client._NewClient__onQr(0, ctypes.addressof(buffer))
+
+
+def login_status(client: Any, status: str) -> None:
+    """Go's login-status callback (the QR channel's end state)."""
+    buffer = ctypes.create_string_buffer(status.encode())
+    client._NewClient__onLoginStatus(0, ctypes.addressof(buffer))
+
+
+def device_jid_proto(jid: str) -> Any:
+    """A JID as whatsmeow encodes a device (``user:device@server``: Device set)."""
+    user_device, _, server = jid.partition("@")
+    user, _, device = user_device.partition(":")
+    return PB.JID(User=user, Device=int(device or 0), Server=server, RawAgent=0, Integrator=0)
+
+
+# -- a client that talks to no one ------------------------------------------------------------
+
+SessionClient: Any = session_client_class()
+
+
+class ScriptedClient(SessionClient):  # type: ignore[misc]
+    """A real neonize client whose `connect()` plays whatsmeow's part from a script.
+
+    `connect()` blocks until `stop()`, like neonize's; meanwhile it runs the commands given
+    with `do` on its own thread (Go's, for the gateway). A resumed device sends Device and
+    Connected at once; a new one shows `codes` QR codes (`first` then `next` seconds each),
+    then reports "timeout", unless `scan()` runs first.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        jid: Any = None,
+        uuid: str | None = None,
+        new_device: bool = False,
+        codes: int = 0,
+        first: float = 0.0,
+        next_: float = 0.0,
+        fail: Exception | None = None,
+        return_at_once: bool = False,
+    ) -> None:
+        super().__init__(name, jid=jid, uuid=uuid, new_device=new_device)
+        self.codes, self.first, self.next = codes, first, next_
+        self.fail, self.return_at_once = fail, return_at_once
+        self.commands: queue.Queue[Callable[[ScriptedClient], None] | None] = queue.Queue()
+        self.connecting = threading.Event()
+        self.stopped = threading.Event()
+        self.stop_calls = 0
+        self.paired = False
+        self.sent: list[tuple[Any, Any]] = []
+        self.send_error: Exception | None = None
+        self.logouts = 0
+        self.pair_calls: list[tuple[Any, ...]] = []
+
+    # whatsmeow's side
+    def connect(self) -> None:
+        self.connecting.set()
+        if self.fail is not None:
+            raise self.fail
+        if self.return_at_once:
+            return
+        if self.jid is not None:
+            stored = f"{self.jid.User}@{self.jid.Server}"
+            feed(self, PB.Device(JID=device_jid_proto(stored), PushName="Resumed phone"))
+            feed(self, PB.Connected(status=True))
+        elif self.codes and not self._show_codes():
+            return
+        while (command := self.commands.get()) is not None:
+            command(self)
+
+    def _show_codes(self) -> bool:
+        """Show the codes until scanned or run out; False when stopped meanwhile."""
+        for attempt in range(1, self.codes + 1):
+            show_qr(self, f"2@ref{attempt},{secrets.token_hex(8)}")
+            try:
+                command = self.commands.get(timeout=self.first if attempt == 1 else self.next)
+            except queue.Empty:
+                continue
+            if command is None:
+                return False
+            command(self)
+            if self.paired:
+                return True
+        login_status(self, "timeout")
+        return True
+
+    def do(self, command: Callable[[ScriptedClient], None]) -> None:
+        """Run `command` on the client's thread, as Go delivers events."""
+        self.commands.put(command)
+
+    @property
+    def device(self) -> str | None:
+        """The JID of the device this client is linked as, if any."""
+        if self.me is not None and self.me.JID.User:
+            return str(NZ.jid_to_string(self.me.JID))
+        return f"{self.jid.User}@{self.jid.Server}" if self.jid is not None else None
+
+    def scan(self, jid: str = "") -> None:
+        """The phone scans the code: whatsmeow stores the new device, then reports it."""
+        jid = jid or f"{secrets.randbelow(10**11):011d}:1@s.whatsapp.net"
+        if Path(self.name).exists():
+            make_store(Path(self.name), jid)
+        self.paired = True
+        login_status(self, "success")
+        feed(self, PB.PairStatus(ID=device_jid_proto(jid), Status=PB.PairStatus.SUCCESS))
+        feed(self, PB.Device(JID=device_jid_proto(jid), PushName="Scanning phone"))
+        feed(self, PB.Connected(status=True))
+
+    # calls the gateway makes
+    def stop(self) -> None:
+        self.stop_calls += 1
+        self.stopped.set()
+        self.commands.put(None)
+        super().stop()  # Go's Stop: safe on a client Go never saw
+
+    def send_message(self, to: Any, message: Any) -> Any:
+        if self.send_error is not None:
+            raise self.send_error
+        self.sent.append((to, message))
+        return PB.SendResponse(ID=f"3EB0{len(self.sent):06d}", Timestamp=SENT_AT, ServerID=0)
+
+    def logout(self) -> None:
+        """whatsmeow unlinks the device and deletes it from its store."""
+        self.logouts += 1
+        if self.device is not None and Path(self.name).exists():
+            delete_device(self.name, self.device)
+
+    def PairPhone(self, *args: Any) -> str:  # noqa: N802 - neonize's name
+        self.pair_calls.append(args)
+        return "ABCD1234"
+
+
+# -- what the gateway reports -----------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    name: str
+    session_id: UUID
+    args: tuple[Any, ...]
+
+
+class Recorder(GatewayEvents):
+    """Records every callback; `wait_for` blocks until a condition on the calls holds."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.changed = threading.Condition()
+        self.hold: threading.Event | None = None  # set to make callbacks block (slow recorder)
+
+    def _add(self, name: str, session_id: UUID, *args: Any) -> int:
+        if self.hold is not None:
+            self.hold.wait(WAIT)
+        with self.changed:
+            self.calls.append(Call(name, session_id, args))
+            self.changed.notify_all()
+            return len(self.calls)
+
+    def qr_issued(
+        self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
+    ) -> int | None:
+        return self._add("qr_issued", session_id, code, expires_at, attempt, max_attempts)
+
+    def qr_exhausted(self, session_id: UUID) -> int | None:
+        return self._add("qr_exhausted", session_id)
+
+    def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
+        return self._add("connected", session_id, jid, push_name)
+
+    def disconnected(
+        self,
+        session_id: UUID,
+        reason: str,
+        detail: str = "",
+        not_before: datetime | None = None,
+    ) -> int | None:
+        return self._add("disconnected", session_id, reason, detail, not_before)
+
+    def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
+        return self._add("keepalive", session_id, healthy)
+
+    def of(self, session_id: UUID) -> list[Call]:
+        with self.changed:
+            return [call for call in self.calls if call.session_id == session_id]
+
+    def wait_for(
+        self, session_id: UUID, condition: Callable[[list[Call]], bool], timeout: float = WAIT
+    ) -> list[Call]:
+        with self.changed:
+            self.changed.wait_for(lambda: condition(self.of(session_id)), timeout)
+        calls = self.of(session_id)
+        assert condition(calls), [(c.name, c.args) for c in calls]
+        return calls
+
+
+def names(calls: list[Call]) -> list[str]:
+    return [call.name for call in calls]
+
+
+# -- the rig ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    gateway: NeonizeGateway
+    events: Recorder
+    store: Path
+    clients: list[ScriptedClient] = field(default_factory=list)
+
+    def settle(self) -> list[Call]:
+        """Wait until every report queued so far has been delivered; all calls so far."""
+        assert self.gateway.wait_idle(WAIT)
+        return list(self.events.calls)
+
+    def start(self, session_id: UUID, jid: str | None = None) -> ScriptedClient:
+        self.gateway.start(session_id, jid)
+        client = self.clients[-1]
+        assert client.connecting.wait(WAIT)
+        return client
+
+
+def make_store(path: Path, *jids: str) -> Path:
+    """A SQLite store holding `jids` (the device table only: what the gateway looks at)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS whatsmeow_device (jid TEXT PRIMARY KEY)")
+        conn.executemany("INSERT OR IGNORE INTO whatsmeow_device VALUES (?)", [(j,) for j in jids])
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    store = make_store(tmp_path / "store.db", PHONE_JID)
+    events = Recorder()
+    made: list[ScriptedClient] = []
+
+    def factory(store_dsn: str, **kwargs: Any) -> ScriptedClient:
+        made.append(ScriptedClient(store_dsn, **kwargs))
+        return made[-1]
+
+    gateway = NeonizeGateway(str(store), client_factory=factory, clock=lambda: NOW)
+    gateway.bind(events)
+    yield Rig(gateway, events, store, made)
+    gateway.close()
+
+
+def run_now(target: Callable[[], None], name: str) -> None:
+    """A `spawn` that runs the client's thread body at once, on the caller's thread."""
+    target()
+
+
+def connected_rig(rig: Rig) -> tuple[UUID, ScriptedClient]:
+    sid = uuid4()
+    client = rig.start(sid)
+    show_qr(client, "2@code")
+    client.scan(PHONE_JID)
+    calls = rig.settle()
+    assert names(calls)[-1] == "connected"
+    rig.events.calls.clear()
+    return sid, client
+
+
+# -- QR codes -----------------------------------------------------------------------------------
+
+
+def test_a_new_session_pairs_a_new_device_under_a_fresh_key(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    assert client.new_device is True
+    assert client.jid is None
+    assert sid.hex in client.uuid.decode()
+    assert rig.gateway.running() == {sid}
+    again = rig.start(sid)
+    assert again.uuid != client.uuid
+
+
+def test_each_qr_code_is_reported_with_its_attempt_and_lifetime(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    for n in range(1, 4):
+        show_qr(client, f"2@code{n}")
+    calls = rig.settle()
+    assert [(c.name, c.args) for c in calls] == [
+        ("qr_issued", ("2@code1", NOW + timedelta(seconds=60), 1, 6)),
+        ("qr_issued", ("2@code2", NOW + timedelta(seconds=20), 2, 6)),
+        ("qr_issued", ("2@code3", NOW + timedelta(seconds=20), 3, 6)),
+    ]
+
+
+def test_login_status_timeout_reports_exhausted_and_stops_the_client(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    show_qr(client, "2@code1")
+    login_status(client, "timeout")
+    assert names(rig.settle()) == ["qr_issued", "qr_exhausted"]
+    assert client.stopped.wait(WAIT)  # else connect() would block for ever
+    assert sid not in rig.gateway.running()
+    show_qr(client, "2@late")  # nothing more from a finished client
+    assert names(rig.settle()) == ["qr_issued", "qr_exhausted"]
+
+
+@pytest.mark.parametrize(
+    "status", ["err-scanned-without-multidevice", "err-unexpected-state", "error"]
+)
+def test_login_status_errors_are_pairing_failures(rig: Rig, status: str) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    show_qr(client, "2@code1")
+    login_status(client, status)
+    calls = rig.settle()
+    assert (calls[-1].name, calls[-1].args) == ("disconnected", ("pairing_failed", status, None))
+    assert client.stopped.wait(WAIT)
+    assert sid not in rig.gateway.running()
+
+
+def test_an_outdated_client_seen_while_pairing_is_client_outdated(rig: Rig) -> None:
+    client = rig.start(uuid4())
+    login_status(client, "err-client-outdated")
+    assert rig.settle()[-1].args[0] == "client_outdated"
+
+
+def test_pair_status_error_is_a_pairing_failure(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    show_qr(client, "2@code1")
+    feed(client, PB.PairStatus(Status=PB.PairStatus.ERROR, Error="bad signature"))
+    calls = rig.settle()
+    assert calls[-1].args == ("pairing_failed", "bad signature", None)
+    assert client.stopped.wait(WAIT)
+
+
+# -- connected and after ----------------------------------------------------------------------
+
+
+def test_connected_reports_the_device_jid_and_push_name_from_the_device_event(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    show_qr(client, "2@code1")
+    login_status(client, "success")
+    feed(client, PB.Device(JID=device_jid_proto(PHONE_JID), PushName="Alice"))
+    assert rig.settle()[-1].name == "qr_issued"  # the Device event only sets `me`
+    feed(client, PB.Connected(status=True))
+    calls = rig.settle()
+    assert (calls[-1].name, calls[-1].args) == ("connected", (PHONE_JID, "Alice"))
+
+
+def test_a_server_side_drop_is_connection_lost_and_the_reconnect_is_connected(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    feed(client, PB.Disconnected(status=True))
+    feed(client, PB.Connected(status=True))  # whatsmeow reconnects by itself
+    calls = rig.settle()
+    assert [(c.name, c.args[0]) for c in calls] == [
+        ("disconnected", "connection_lost"),
+        ("connected", PHONE_JID),
+    ]
+    assert not client.stopped.is_set()
+    assert sid in rig.gateway.running()
+
+
+def test_logged_out_is_reported_with_its_reason_then_the_client_stops(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    feed(client, PB.LoggedOut(OnConnect=False, Reason=PB.LOGGED_OUT))
+    assert [c.args for c in rig.settle()] == [("logged_out", "LOGGED_OUT", None)]
+    assert client.stopped.wait(WAIT)
+    assert sid not in rig.gateway.running()
+    feed(client, PB.Disconnected(status=True))  # what our own stop causes: not reported
+    assert len(rig.settle()) == 1
+
+
+def test_stream_replaced_is_reported_then_the_client_stops(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    feed(client, PB.StreamReplaced())
+    assert [c.args[0] for c in rig.settle()] == ["stream_replaced"]
+    assert client.stopped.wait(WAIT)
+    assert sid not in rig.gateway.running()
+
+
+def test_a_temporary_ban_carries_its_reason_and_end_then_the_client_stops(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    code = PB.TemporaryBan.SEND_TO_TOO_MANY_PEOPLE
+    feed(client, PB.TemporaryBan(Code=code, Expire=3600))
+    assert [c.args for c in rig.settle()] == [
+        ("temporarily_banned", "SEND_TO_TOO_MANY_PEOPLE", NOW + timedelta(seconds=3600))
+    ]
+    assert client.stopped.wait(WAIT)
+    assert sid not in rig.gateway.running()
+
+
+def test_a_connect_failure_is_reported_with_reason_and_message(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    feed(client, PB.ConnectFailure(Reason=PB.EXPERIMENTAL, Message="try later"))
+    assert [c.args for c in rig.settle()] == [("connect_failure", "EXPERIMENTAL: try later", None)]
+    assert sid in rig.gateway.running()  # whatsmeow may still reconnect; not stopped
+
+
+def test_client_outdated_is_reported_then_the_client_stops(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    feed(client, PB.ClientOutdated())
+    assert [c.args[0] for c in rig.settle()] == ["client_outdated"]
+    assert client.stopped.wait(WAIT)
+    assert sid not in rig.gateway.running()
+
+
+def test_keepalive_timeouts_and_restores_are_reported(rig: Rig) -> None:
+    _, client = connected_rig(rig)
+    feed(client, PB.KeepAliveTimeout(ErrorCount=1, LastSuccess=0))
+    feed(client, PB.KeepAliveRestored())
+    assert [(c.name, c.args) for c in rig.settle()] == [
+        ("keepalive", (False,)),
+        ("keepalive", (True,)),
+    ]
+
+
+def test_message_and_receipt_events_are_not_subscribed(rig: Rig) -> None:
+    client = rig.start(uuid4())
+    assert EVENT_TO_INT[NZ.events.MessageEv] not in client.event.list_func
+    assert EVENT_TO_INT[NZ.events.ReceiptEv] not in client.event.list_func
+
+
+# -- how connect() ends -----------------------------------------------------------------------
+
+
+def test_a_connect_error_is_whatsapp_unreachable(rig: Rig) -> None:
+    message = (
+        "failed to dial whatsapp web websocket: dial tcp: lookup web.whatsapp.com: "
+        "connect: network is unreachable"
+    )
+    made: list[ScriptedClient] = []
+
+    def failing(dsn: str, **kwargs: Any) -> ScriptedClient:
+        made.append(ScriptedClient(dsn, fail=NZ.neonize_error(message), **kwargs))
+        return made[-1]
+
+    gateway = NeonizeGateway(str(rig.store), client_factory=failing, spawn=run_now)
+    gateway.bind(rig.events)
+    sid = uuid4()
+    gateway.start(sid, None)  # connect() ran, and failed, before start returned
+    assert sid not in gateway.running()
+    assert made[0].stop_calls == 1  # Go's maps are cleaned up after a failed connect
+    assert gateway.wait_idle()
+    assert [(c.name, c.args) for c in rig.events.of(sid)] == [
+        ("disconnected", ("whatsapp_unreachable", message, None))
+    ]
+    gateway.close()
+
+
+def test_connect_returning_by_itself_is_connection_lost(rig: Rig) -> None:
+    gateway = NeonizeGateway(
+        str(rig.store),
+        client_factory=lambda dsn, **kw: ScriptedClient(dsn, return_at_once=True, **kw),
+        spawn=run_now,
+    )
+    gateway.bind(rig.events)
+    sid = uuid4()
+    gateway.start(sid, None)
+    assert sid not in gateway.running()
+    assert gateway.wait_idle()
+    assert [(c.name, c.args[0]) for c in rig.events.of(sid)] == [
+        ("disconnected", "connection_lost")
+    ]
+    gateway.close()
+
+
+# -- stop, restart --------------------------------------------------------------------------------
+
+
+def test_stop_stops_the_client_and_nothing_more_is_reported(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    show_qr(client, "2@code1")
+    rig.settle()
+    rig.gateway.stop(sid)
+    assert client.stop_calls == 1
+    assert not client._stop_finalizer.alive  # its GC-time Stop(uuid) can hit no newer client
+    assert rig.gateway.running() == set()
+    show_qr(client, "2@code2")
+    feed(client, PB.Disconnected(status=True))
+    assert names(rig.settle()) == ["qr_issued"]
+    rig.gateway.stop(sid)  # stopping a stopped session is a no-op
+    assert client.stop_calls == 1
+
+
+def test_a_restart_drops_the_old_clients_reports(rig: Rig) -> None:
+    sid = uuid4()
+    old = rig.start(sid)
+    rig.gateway.wait_idle()
+    rig.events.hold = threading.Event()  # the dispatcher is busy when the old client speaks
+    show_qr(old, "2@old-held")
+    show_qr(old, "2@old-queued")
+    new = rig.start(sid)
+    rig.events.hold.set()
+    show_qr(old, "2@old-late")
+    show_qr(new, "2@new")
+    codes = [c.args[0] for c in rig.settle()]
+    assert old.stop_calls == 1
+    assert "2@old-queued" not in codes
+    assert "2@old-late" not in codes
+    assert codes[-1] == "2@new"
+
+
+def test_stop_all_and_close_stop_every_client(rig: Rig) -> None:
+    a, b = uuid4(), uuid4()
+    first, second = rig.start(a), rig.start(b)
+    assert rig.gateway.running() == {a, b}
+    rig.gateway.stop_all()
+    assert rig.gateway.running() == set()
+    assert first.stop_calls == second.stop_calls == 1
+    again = rig.start(a)
+    rig.gateway.close()
+    assert again.stop_calls == 1
+
+
+def test_handlers_are_closures_that_survive_garbage_collection(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    handlers = list(client.event.list_func.values())
+    assert handlers
+    assert not any(isinstance(h, weakref.WeakMethod) for h in handlers)
+    gc.collect()
+    feed(client, PB.KeepAliveRestored())
+    assert names(rig.settle()) == ["keepalive"]
+
+
+def test_a_slow_recording_does_not_hold_up_the_go_thread(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid)
+    rig.events.hold = threading.Event()
+    show_qr(client, "2@code1")  # returns at once although the recorder is blocked
+    show_qr(client, "2@code2")
+    assert rig.events.of(sid) == []
+    rig.events.hold.set()
+    rig.events.wait_for(sid, lambda calls: len(calls) == 2)
+
+
+# -- pair by phone, send, log out ---------------------------------------------------------------
+
+
+def test_pair_phone_needs_a_qr_code_shown(rig: Rig) -> None:
+    sid = uuid4()
+    with pytest.raises(NotPairing):
+        rig.gateway.pair_phone(sid, "15551234567")
+    client = rig.start(sid)
+    with pytest.raises(NotPairing):
+        rig.gateway.pair_phone(sid, "15551234567")
+    show_qr(client, "2@code1")
+    assert rig.gateway.pair_phone(sid, "15551234567") == "ABCD1234"
+    assert client.pair_calls == [("15551234567", True, NZ.client_name.LINUX)]
+    client.scan(PHONE_JID)
+    with pytest.raises(NotPairing):
+        rig.gateway.pair_phone(sid, "15551234567")
+
+
+def test_send_text_before_connected_never_reaches_go(rig: Rig) -> None:
+    sid = uuid4()
+    with pytest.raises(NotConnected):
+        rig.gateway.send_text(sid, "15557654321", "hello")
+    client = rig.start(sid)
+    show_qr(client, "2@code1")
+    with pytest.raises(NotConnected):
+        rig.gateway.send_text(sid, "15557654321", "hello")
+    assert client.sent == []
+
+
+def test_send_text_when_connected_sends_a_plain_conversation(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    sent = rig.gateway.send_text(sid, "+15557654321", "hello @15550000000")
+    assert (sent.message_id, sent.timestamp) == ("3EB0000001", datetime.fromtimestamp(SENT_AT, UTC))
+    to, message = client.sent[0]
+    assert (to.User, to.Server) == ("15557654321", "s.whatsapp.net")
+    assert message.conversation == "hello @15550000000"
+    rig.gateway.send_text(sid, "120363000000000000@g.us", "hi group")
+    assert (client.sent[1][0].User, client.sent[1][0].Server) == ("120363000000000000", "g.us")
+    feed(client, PB.Disconnected(status=True))
+    with pytest.raises(NotConnected):
+        rig.gateway.send_text(sid, "15557654321", "hello")
+
+
+def test_send_text_failure_is_a_gateway_error(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    client.send_error = NZ.neonize_error("client is nil")
+    with pytest.raises(GatewayError, match="client is nil"):
+        rig.gateway.send_text(sid, "15557654321", "hello")
+
+
+def test_logout_of_a_connected_client_logs_out_then_stops_and_reports_nothing(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    rig.gateway.logout(sid, PHONE_JID)
+    assert client.logouts == 1
+    assert client.stop_calls == 1
+    assert rig.gateway.running() == set()
+    feed(client, PB.Disconnected(status=True))
+    assert rig.settle() == []
+    assert not device_stored(str(rig.store), PHONE_JID)
+
+
+def test_logout_without_a_connected_client_never_calls_go_and_deletes_the_device(
+    rig: Rig,
+) -> None:
+    sid = uuid4()
+    client = rig.start(sid)  # pairing: not connected
+    rig.gateway.logout(sid, None)
+    assert client.logouts == 0
+    assert client.stop_calls == 1
+    assert device_stored(str(rig.store), PHONE_JID)
+    rig.gateway.logout(uuid4(), PHONE_JID)  # no client at all: the store row goes
+    assert not device_stored(str(rig.store), PHONE_JID)
+    assert rig.settle() == []
+
+
+# -- resuming a stored device -------------------------------------------------------------------
+
+
+def test_resuming_a_stored_device_builds_its_client_and_reports_connected(rig: Rig) -> None:
+    sid = uuid4()
+    client = rig.start(sid, PHONE_JID)
+    assert client.uuid == b"15551234567:12"  # neonize's Go key for a resumed device
+    assert (client.jid.User, client.jid.Server) == ("15551234567:12", "s.whatsapp.net")
+    assert client.new_device is False
+    calls = rig.events.wait_for(sid, lambda calls: len(calls) == 1)
+    assert (calls[0].name, calls[0].args) == ("connected", (PHONE_JID, "Resumed phone"))
+
+
+def test_resuming_an_unknown_device_reports_device_unlinked_without_building_a_client(
+    tmp_path: Path,
+) -> None:
+    events = Recorder()
+    # the real client class: Go would abort the process if it got this JID
+    gateway = NeonizeGateway(str(make_store(tmp_path / "store.db", PHONE_JID)))
+    gateway.bind(events)
+    missing = NeonizeGateway(str(tmp_path / "absent.db"))
+    missing.bind(events)
+    a, b = uuid4(), uuid4()
+    gateway.start(a, "15559999999:3@s.whatsapp.net")
+    missing.start(b, PHONE_JID)
+    assert gateway.wait_idle() and missing.wait_idle()
+    for sid, gw in ((a, gateway), (b, missing)):
+        [call] = events.of(sid)
+        assert (call.name, call.args[0]) == ("disconnected", "device_unlinked")
+        assert gw.client_of(sid) is None
+        assert gw.running() == set()
+    assert not (tmp_path / "absent.db").exists()  # looking never creates a store
+    gateway.close()
+    missing.close()
+
+
+def test_a_store_that_cannot_be_reached_is_retried_not_unlinked() -> None:
+    events = Recorder()
+    dead = "postgres://nobody@127.0.0.1:9/nowhere?sslmode=disable&connect_timeout=2"
+    gateway = NeonizeGateway(dead + "&search_path=whatsmeow")
+    gateway.bind(events)
+    sid = uuid4()
+    gateway.start(sid, PHONE_JID)
+    assert gateway.wait_idle()
+    [call] = events.of(sid)
+    assert (call.name, call.args[0]) == ("disconnected", "whatsapp_unreachable")
+    assert call.args[1].startswith("store: ")
+    assert gateway.client_of(sid) is None
+    gateway.close()
+
+
+def test_delete_device_removes_only_that_device(tmp_path: Path) -> None:
+    other = "15550000000:2@s.whatsapp.net"
+    store = str(make_store(tmp_path / "store.db", PHONE_JID, other))
+    assert delete_device(store, PHONE_JID)
+    assert not delete_device(store, PHONE_JID)
+    assert (device_stored(store, PHONE_JID), device_stored(store, other)) == (False, True)
+
+
+# -- DSNs and logging -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "dsn"),
+    [
+        (
+            "postgresql://sessiond:s3cr%2Ft@db.internal:6543/app",
+            "postgres://sessiond:s3cr%2Ft@db.internal:6543/app"
+            "?sslmode=disable&search_path=whatsmeow",
+        ),
+        (
+            "host=/tmp/pg-sock user=postgres dbname=sessiond_test port=5433",
+            "postgres://postgres@/sessiond_test?host=%2Ftmp%2Fpg-sock&port=5433"
+            "&sslmode=disable&search_path=whatsmeow",
+        ),
+        (
+            "postgresql://postgres:@/postgres?host=/run/embedded",
+            "postgres://postgres@/postgres?host=%2Frun%2Fembedded&port=5432"
+            "&sslmode=disable&search_path=whatsmeow",
+        ),
+        (
+            "postgresql://u@127.0.0.1/d?sslmode=require&connect_timeout=3",
+            "postgres://u@127.0.0.1:5432/d?sslmode=require&connect_timeout=3&search_path=whatsmeow",
+        ),
+        (
+            "postgresql://u@[::1]:5432/d?sslmode=prefer",
+            "postgres://u@[::1]:5432/d?sslmode=disable&search_path=whatsmeow",
+        ),
+    ],
+)
+def test_store_dsn_from_url(url: str, dsn: str) -> None:
+    assert store_dsn_from_url(url) == dsn
+
+
+def test_importing_neonize_leaves_the_root_logger_alone() -> None:
+    """In a fresh interpreter (here neonize is imported already): neonize's import runs
+    `logging.basicConfig(level=INFO, handlers=[its handler])`; `import_neonize` undoes it."""
+    script = """
+import logging
+import sys
+root = logging.getLogger()
+before = (root.level, list(root.handlers))
+from infra.neonize_gateway import import_neonize
+import_neonize()
+neonize_log = sys.modules["neonize.utils.log"]  # the package shadows it with a Logger
+assert neonize_log.stream_handler not in root.handlers, "neonize's handler stayed"
+assert (root.level, list(root.handlers)) == before, ((root.level, root.handlers), before)
+print("unchanged", before[0], len(before[1]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "unchanged 30 0"
