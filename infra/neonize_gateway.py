@@ -122,6 +122,9 @@ def import_neonize() -> Neonize:
         finally:
             root.setLevel(level)
             root.handlers[:] = handlers
+        # sessiond sends text only: neonize's warning that ffmpeg (for media) is missing,
+        # logged at every connect, would only confuse an operator.
+        logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
         _neonize = Neonize(
             new_client=NewClient,
             client_factory=GoClientFactory,
