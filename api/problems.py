@@ -13,6 +13,7 @@ from application.errors import (
     ApplicationError,
     ConcurrentChange,
     GatewayError,
+    GatewayFailed,
     GatewayUnavailable,
     SessionNotFound,
     SimulatorError,
@@ -40,6 +41,7 @@ _TITLES = {
     422: "Unprocessable content",
     429: "Too many requests",
     500: "Internal server error",
+    502: "Bad gateway",
     503: "Service unavailable",
 }
 
@@ -144,6 +146,9 @@ def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Respo
         problem = ProblemError(404, "session-not-found", "no such session")
     elif isinstance(error, (ConcurrentChange, SimulatorError, GatewayError)):
         problem = ProblemError(409, error.code, str(error))
+    elif isinstance(error, GatewayFailed):
+        log.error("the gateway worker failed on %s %s: %s", request.method, request.url.path, error)
+        problem = ProblemError(502, error.code, f"the gateway worker failed: {error}")
     elif isinstance(error, GatewayUnavailable):
         problem = ProblemError(503, error.code, str(error), {"Retry-After": "2"})
     elif isinstance(error, ApplicationError):

@@ -47,3 +47,9 @@ class GatewayUnavailable(ApplicationError):
     """No worker answered for the session in time (none running, or it is starting)."""
 
     code = "gateway-unavailable"
+
+
+class GatewayFailed(ApplicationError):
+    """The worker running the session failed unexpectedly while doing what was asked."""
+
+    code = "gateway-failed"

@@ -24,7 +24,6 @@ from litestar import Litestar
 from api.app import create_app
 from api.context import ApiContext
 from api.ratelimit import SessionRateLimiter
-from application.gateway import RecordingGatewayEvents
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
@@ -144,7 +143,6 @@ class Container:
 
     def start_worker(self) -> None:
         gateway = self._build_gateway()
-        gateway.bind(RecordingGatewayEvents(self.app))
         self.gateway = gateway
         timings = WorkerTimings(
             lease_ttl=self.settings.lease_ttl,

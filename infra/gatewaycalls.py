@@ -15,6 +15,7 @@ from api.context import GatewayCalls
 from application.errors import (
     ApplicationError,
     GatewayError,
+    GatewayFailed,
     GatewayUnavailable,
     NotConnected,
     NotPairing,
@@ -24,7 +25,14 @@ from infra.pggateway import REQUESTS_CHANNEL
 
 _ERRORS: dict[str, type[ApplicationError]] = {
     error.code: error
-    for error in (GatewayError, NotConnected, NotPairing, SimulatorError, ApplicationError)
+    for error in (
+        GatewayError,
+        GatewayFailed,
+        NotConnected,
+        NotPairing,
+        SimulatorError,
+        ApplicationError,
+    )
 }
 
 
@@ -35,6 +43,14 @@ class PostgresGatewayCalls(GatewayCalls):
 
     async def call(self, session_id: UUID, action: str, args: dict[str, Any]) -> dict[str, Any]:
         request_id = await asyncio.to_thread(self._insert, session_id, action, args)
+        try:
+            return await self._wait(request_id)
+        except asyncio.CancelledError:
+            # The caller went away: withdraw the request unless a worker already has it.
+            await asyncio.shield(asyncio.to_thread(self._cancel, request_id))
+            raise
+
+    async def _wait(self, request_id: int) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         while time.monotonic() < deadline:

@@ -47,6 +47,8 @@ GATEWAY_DDL = (
     "CREATE TABLE IF NOT EXISTS sessiond_leases (session_id uuid PRIMARY KEY, owner text NOT NULL, "
     "expires_at timestamptz NOT NULL, acquired_at timestamptz NOT NULL DEFAULT now())",
     "CREATE INDEX IF NOT EXISTS sessiond_leases_owner ON sessiond_leases (owner)",
+    "CREATE TABLE IF NOT EXISTS sessiond_workers (id text PRIMARY KEY, ttl float8 NOT NULL, "
+    "renewed_at timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessiond_gateway_requests (id bigserial PRIMARY KEY, "
     "session_id uuid NOT NULL, action text NOT NULL, args jsonb NOT NULL, claimed_by text, "
     "result jsonb, error_code text, error_detail text, "
@@ -116,9 +118,14 @@ class PostgresGatewayView(PostgresTrackingRecorder, GatewayView):
             return [Deadline(**r) for r in curs.fetchall()]
 
 
+#: Live workers: their identity connection is open (PostgreSQL drops it the moment the
+#: process dies) and they renewed their heartbeat within their lease time (a hung or cut-off
+#: worker whose connection lingers is not live).
 LIVE_WORKERS = (
-    "SELECT substr(application_name, %s) AS owner FROM pg_stat_activity "
-    "WHERE application_name LIKE 'sessiond-worker:%%'"
+    "SELECT w.id AS owner FROM sessiond_workers w "
+    "WHERE w.renewed_at > now() - make_interval(secs => w.ttl) AND EXISTS ("
+    "SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database() "
+    "AND a.application_name = 'sessiond-worker:' || w.id)"
 )
 
 
@@ -128,20 +135,21 @@ class WorkStore:
     def __init__(self, datastore: PostgresDatastore, worker_id: str = "") -> None:
         self.datastore = datastore
         self.worker_id = worker_id
-        self._live = (LIVE_WORKERS, (len(WORKER_APP_PREFIX) + 1,))
 
     # -- leases --------------------------------------------------------------------------
 
     def live_workers(self) -> set[str]:
         with self.datastore.cursor() as curs:
-            curs.execute(*self._live)
+            curs.execute(LIVE_WORKERS)
             return {r["owner"] for r in curs.fetchall()}
 
-    def claim(self, limit: int, ttl: float) -> list[tuple[UUID, bool]]:
+    def claim(self, limit: int, ttl: float, *, orphans_only: bool) -> list[tuple[UUID, bool]]:
         """Take up to `limit` sessions meant to run that no live worker holds, with whether
-        another worker held them before (it died) or nobody did (the service started)."""
+        another worker held them before (it died, or stopped renewing) or nobody did (the
+        service started). `orphans_only`: only sessions another worker held."""
         if limit <= 0:
             return []
+        held_before = "AND l.session_id IS NOT NULL " if orphans_only else ""
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
                 f"WITH live AS ({LIVE_WORKERS}), "  # noqa: S608 - constant text, no input
@@ -149,7 +157,8 @@ class WorkStore:
                 "sessiond_gateway_sessions g LEFT JOIN sessiond_leases l USING (session_id) "
                 "WHERE g.desired = 'running' AND (l.session_id IS NULL OR l.expires_at < now() "
                 "OR l.owner NOT IN (SELECT owner FROM live)) "
-                "AND %s IN (SELECT owner FROM live) "  # a worker cut off claims nothing
+                + held_before
+                + "AND %s IN (SELECT owner FROM live) "  # a worker cut off claims nothing
                 "ORDER BY g.session_id LIMIT %s) "
                 "INSERT INTO sessiond_leases AS l (session_id, owner, expires_at) "
                 "SELECT session_id, %s, now() + make_interval(secs => %s) FROM orphans "
@@ -158,7 +167,7 @@ class WorkStore:
                 "WHERE l.expires_at < now() OR l.owner NOT IN (SELECT owner FROM live) "
                 "RETURNING session_id, (SELECT previous FROM orphans o "
                 "WHERE o.session_id = l.session_id) AS previous",
-                (len(WORKER_APP_PREFIX) + 1, self.worker_id, limit, self.worker_id, ttl),
+                (self.worker_id, limit, self.worker_id, ttl),
             )
             return [(r["session_id"], r["previous"] is not None) for r in curs.fetchall()]
 
@@ -166,11 +175,18 @@ class WorkStore:
         """Extend this worker's leases; the sessions it still holds (none while its identity
         connection is down: others may be taking them over)."""
         with self.datastore.transaction(commit=True) as curs:
+            curs.execute(  # the heartbeat, while the identity connection is open
+                "INSERT INTO sessiond_workers (id, ttl, renewed_at) SELECT %s, %s, now() "
+                "WHERE EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                "AND datname = current_database()) ON CONFLICT (id) DO UPDATE SET "
+                "renewed_at = now(), ttl = EXCLUDED.ttl",
+                (self.worker_id, ttl, WORKER_APP_PREFIX + self.worker_id),
+            )
             curs.execute(
                 f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
                 "UPDATE sessiond_leases SET expires_at = now() + make_interval(secs => %s) "
                 "WHERE owner = %s AND owner IN (SELECT owner FROM live) RETURNING session_id",
-                (len(WORKER_APP_PREFIX) + 1, ttl, self.worker_id),
+                (ttl, self.worker_id),
             )
             return {r["session_id"] for r in curs.fetchall()}
 
@@ -179,6 +195,7 @@ class WorkStore:
         with self.datastore.transaction(commit=True) as curs:
             if session_ids is None:
                 curs.execute("DELETE FROM sessiond_leases WHERE owner = %s", (self.worker_id,))
+                curs.execute("DELETE FROM sessiond_workers WHERE id = %s", (self.worker_id,))
             elif session_ids:
                 curs.execute(
                     "DELETE FROM sessiond_leases WHERE owner = %s AND session_id = ANY(%s)",
@@ -202,7 +219,7 @@ class WorkStore:
                 "SELECT g.session_id, g.desired, g.generation, g.jid, g.position "
                 "FROM sessiond_gateway_sessions g JOIN sessiond_leases l USING (session_id) "
                 "WHERE l.owner = %s AND l.owner IN (SELECT owner FROM live)",
-                (len(WORKER_APP_PREFIX) + 1, self.worker_id),
+                (self.worker_id,),
             )
             return [GatewayRow(**r) for r in curs.fetchall()]
 
@@ -222,8 +239,8 @@ class WorkStore:
                 "UPDATE sessiond_deadlines d SET due_at = now() + make_interval(secs => %s), "
                 "claims = claims + 1 FROM due "
                 "WHERE d.session_id = due.session_id AND d.kind = due.kind "
-                "RETURNING d.session_id, d.kind, d.due_at, d.token",
-                (len(WORKER_APP_PREFIX) + 1, self.worker_id, limit, hold),
+                "RETURNING d.session_id, d.kind, d.due_at, d.token, d.claims",
+                (self.worker_id, limit, hold),
             )
             return [Deadline(**r) for r in curs.fetchall()]
 
@@ -271,6 +288,9 @@ class WorkStore:
                 "DELETE FROM sessiond_gateway_requests "
                 "WHERE created_at < now() - make_interval(secs => %s)",
                 (older_than_seconds,),
+            )
+            curs.execute(  # heartbeats of workers long gone
+                "DELETE FROM sessiond_workers WHERE renewed_at < now() - interval '1 day'"
             )
 
 

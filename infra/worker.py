@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,19 +32,23 @@ from uuid import UUID
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from application.errors import ApplicationError
-from application.gateway import plan_start
-from application.ports import PhoneSimulator, WhatsAppGateway
+from application.errors import ApplicationError, GatewayFailed, SessionNotFound
+from application.gateway import RecordingGatewayEvents, plan_start
+from application.ports import GatewayEvents, PhoneSimulator, WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
-from domain.values import DesiredState, Reason
+from domain.values import DesiredState, Reason, Status
 from infra.pggateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
-from projections.gateway import LOGOUT, QR_EXPIRY, RETRY, Deadline
+from projections.gateway import LOGOUT, QR_EXPIRY, RETRY, START_CHECK, START_TIMEOUT, Deadline
 
 log = logging.getLogger(__name__)
 # Every tick would otherwise log two lines at INFO.
 logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 logging.getLogger("apscheduler.scheduler").setLevel(logging.WARNING)
+
+
+#: A deadline that keeps failing is given up after this many claims (logged as an error).
+MAX_DEADLINE_CLAIMS = 20
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,51 @@ class WorkerTimings:
     deadline_tick: float = 0.5
     claim_batch: int = 50
     deadline_hold: float = 30.0
+
+
+class FencedGatewayEvents(GatewayEvents):
+    """`GatewayEvents` that drop the reports of sessions `holds` says are not ours."""
+
+    def __init__(self, events: GatewayEvents, holds: Callable[[UUID], bool]) -> None:
+        self.events = events
+        self.holds = holds
+
+    def _ours(self, session_id: UUID, what: str) -> bool:
+        if self.holds(session_id):
+            return True
+        log.info("dropped a %s report for %s: this worker does not hold it", what, session_id)
+        return False
+
+    def qr_issued(
+        self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
+    ) -> int | None:
+        if not self._ours(session_id, "QR code"):
+            return None
+        return self.events.qr_issued(session_id, code, expires_at, attempt, max_attempts)
+
+    def qr_exhausted(self, session_id: UUID) -> int | None:
+        return self.events.qr_exhausted(session_id) if self._ours(session_id, "QR") else None
+
+    def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
+        if not self._ours(session_id, "connected"):
+            return None
+        return self.events.connected(session_id, jid, push_name)
+
+    def disconnected(
+        self,
+        session_id: UUID,
+        reason: str,
+        detail: str = "",
+        not_before: datetime | None = None,
+    ) -> int | None:
+        if not self._ours(session_id, "disconnected"):
+            return None
+        return self.events.disconnected(session_id, reason, detail, not_before)
+
+    def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
+        if not self._ours(session_id, "keepalive"):
+            return None
+        return self.events.keepalive(session_id, healthy)
 
 
 class GatewayWorker:
@@ -65,6 +115,9 @@ class GatewayWorker:
     ) -> None:
         self.app = app
         self.gateway = gateway
+        # Reports about sessions this worker does not hold (any more) are not recorded: the
+        # worker that holds them now speaks for them.
+        gateway.bind(FencedGatewayEvents(RecordingGatewayEvents(app), self.holds))
         self.database_url = database_url
         self.timings = timings or WorkerTimings()
         datastore = app.factory.datastore  # type: ignore[attr-defined]
@@ -73,6 +126,10 @@ class GatewayWorker:
         self._takeover: dict[UUID, str] = {}
         self._lock = threading.RLock()
         self._reconcile_lock = threading.Lock()
+        self._lease_lock = threading.Lock()
+        self._held: set[UUID] = set()
+        self._last_renewal = float("-inf")
+        self._started_at: dict[UUID, float] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="worker-deadline")
         self._dirty = threading.Event()
         self._stopping = threading.Event()
@@ -107,7 +164,7 @@ class GatewayWorker:
         self._scheduler.start()
         self._listener = threading.Thread(target=self._listen, name="worker-listen", daemon=True)
         self._listener.start()
-        self.poke()
+        self.poke("leases")
 
     def close(self) -> None:
         """Stop every client (devices stay linked) and give the sessions up for others."""
@@ -181,28 +238,57 @@ class GatewayWorker:
                     log.exception("could not reconnect the worker")
 
     def _lose_everything(self) -> None:
+        """Stop every client: this worker may no longer hold its sessions."""
         with self._lock:
             self.gateway.stop_all()
             self._generations.clear()
             self._takeover.clear()
+            self._started_at.clear()
+            self._held = set()
+
+    def holds(self, session_id: UUID) -> bool:
+        """Whether this worker holds the session's lease, as of its last renewal (fencing:
+        a worker that could not renew in time holds nothing and has stopped its clients)."""
+        return session_id in self._held and self._renewed_recently()
+
+    def _renewed_recently(self) -> bool:
+        return time.monotonic() - self._last_renewal < self.timings.lease_ttl * 0.8
 
     # -- ticks --------------------------------------------------------------------------------
 
     def lease_tick(self) -> None:
+        with self._lease_lock:  # overlapping runs would see each other's claims as losses
+            self._lease_tick()
+
+    def _lease_tick(self) -> None:
         t = self.timings
-        held = self.store.renew(t.lease_ttl)
+        try:
+            held = self.store.renew(t.lease_ttl)
+        except Exception:
+            if not self._renewed_recently():
+                log.exception("could not renew the leases in time; stopping every client")
+                self._lose_everything()
+            raise
+        self._last_renewal = time.monotonic()
         with self._lock:
+            self._held = held
             lost = (self.gateway.running() | set(self._generations)) - held
             for session_id in lost:
                 log.warning("lost the lease of %s; stopping its client", session_id)
                 self.gateway.stop(session_id)
                 self._generations.pop(session_id, None)
+                self._started_at.pop(session_id, None)
+        # Sessions whose worker died or stopped renewing are taken over whatever the share;
+        # new ones only up to this worker's fair share of the sessions meant to run.
+        claimed = self.store.claim(t.claim_batch, t.lease_ttl, orphans_only=True)
         live = max(1, len(self.store.live_workers()))
         share = math.ceil(self.store.wanted() / live)
-        claimed = self.store.claim(min(t.claim_batch, share - len(held)), t.lease_ttl)
+        room = min(t.claim_batch - len(claimed), share - len(held) - len(claimed))
+        claimed += self.store.claim(room, t.lease_ttl, orphans_only=False)
         if claimed:
             with self._lock:
                 for session_id, had_owner in claimed:
+                    self._held.add(session_id)
                     self._generations.pop(session_id, None)
                     self._takeover[session_id] = (
                         Reason.GATEWAY_LOST.value if had_owner else Reason.SERVICE_RESTARTED.value
@@ -219,25 +305,37 @@ class GatewayWorker:
             self.reconcile()
 
     def reconcile(self) -> None:
+        if not self._renewed_recently():
+            return
         with self._reconcile_lock, self._lock:
             rows = self.store.owned_rows()
             for row in rows:
+                session_id = row.session_id
                 if row.desired == DesiredState.RUNNING:
-                    if self._generations.get(row.session_id) != row.generation:
-                        reason = self._takeover.pop(row.session_id, Reason.SERVICE_RESTARTED.value)
-                        self._generations[row.session_id] = row.generation
-                        plan = plan_start(self.app, row.session_id, reason)
-                        if plan is not None:
-                            self.gateway.start(row.session_id, plan.device_jid)
+                    if self._generations.get(session_id) == row.generation:
+                        continue
+                    reason = self._takeover.get(session_id, Reason.SERVICE_RESTARTED.value)
+                    plan = plan_start(self.app, session_id, reason)
+                    if plan is not None:
+                        self._start(session_id, plan.device_jid)
+                    # Only now: a start that raised is tried again on the next reconcile.
+                    self._generations[session_id] = row.generation
+                    self._takeover.pop(session_id, None)
                 elif row.desired == DesiredState.STOPPED:
-                    self.gateway.stop(row.session_id)
-                    self._generations.pop(row.session_id, None)
-                    self.store.release([row.session_id])
+                    self.gateway.stop(session_id)
+                    self._generations.pop(session_id, None)
+                    self._started_at.pop(session_id, None)
+                    self.store.release([session_id])
+                    self._held.discard(session_id)
                 # deleted: the logout deadline logs it out and releases it
+
+    def _start(self, session_id: UUID, device_jid: str | None) -> None:
+        self.gateway.start(session_id, device_jid)
+        self._started_at[session_id] = time.monotonic()
 
     def deadline_tick(self) -> None:
         """Run every due deadline, on several threads so their events share commits."""
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self._renewed_recently():
             due = self.store.claim_deadlines(500, self.timings.deadline_hold)
             now = datetime.now(UTC)
             list(self._pool.map(self._run_deadline, due, [now] * len(due)))
@@ -245,41 +343,95 @@ class GatewayWorker:
                 return
 
     def _run_deadline(self, deadline: Deadline, now: datetime) -> None:
+        """Run a deadline, and remove it when it is done or no longer applies. One that
+        failed unexpectedly, or is not due yet after all, comes back after the hold."""
         try:
-            self._deadline(deadline, now)
-        except (ApplicationError, DomainError):
+            done = self._deadline(deadline, now)
+        except (DomainError, SessionNotFound):
+            log.info("deadline %s of %s no longer applies", deadline.kind, deadline.session_id)
+            done = True
+        except Exception:
             log.exception("deadline %s of %s failed", deadline.kind, deadline.session_id)
-        self.store.finish_deadline(deadline)
+            done = deadline.claims >= MAX_DEADLINE_CLAIMS
+            if done:
+                log.error(  # noqa: TRY400 - the traceback was just logged
+                    "giving up deadline %s of %s", deadline.kind, deadline.session_id
+                )
+        if done:
+            self.store.finish_deadline(deadline)
 
-    def _deadline(self, deadline: Deadline, now: datetime) -> None:
+    def _deadline(self, deadline: Deadline, now: datetime) -> bool:
         session_id = deadline.session_id
-        if deadline.kind == RETRY:
-            plan = self.app.retry(session_id)
-            if plan is not None:
-                with self._lock:
-                    self.gateway.start(session_id, plan.device_jid)
-        elif deadline.kind == QR_EXPIRY:
-            if self.app.expire_stale_qr(session_id, now) is not None:
-                with self._lock:
-                    self.gateway.stop(session_id)
-        elif deadline.kind == LOGOUT:
+        if deadline.kind == LOGOUT:
             jid = self.app.load(session_id).jid
             with self._lock:
                 self.gateway.logout(session_id, jid)
                 self._generations.pop(session_id, None)
+                self._started_at.pop(session_id, None)
+                self._held.discard(session_id)
             self.store.release([session_id])
+            return True
+        if not self.holds(session_id):
+            return False  # taken over meanwhile: its new worker runs it
+        if deadline.kind == RETRY:
+            plan = self.app.retry(session_id)
+            if plan is not None:
+                with self._lock:
+                    try:
+                        self._start(session_id, plan.device_jid)
+                    except Exception as error:
+                        log.exception("could not start %s", session_id)
+                        self.app.record_disconnected(
+                            session_id, Reason.CONNECT_FAILURE.value, f"start failed: {error}"
+                        )
+            return True
+        if deadline.kind == QR_EXPIRY:
+            with self._lock:
+                generation = self._generations.get(session_id)
+            if self.app.expire_stale_qr(session_id, now) is not None:
+                with self._lock:
+                    if self._generations.get(session_id) == generation:  # no restart since
+                        self.gateway.stop(session_id)
+            return True
+        if deadline.kind == START_CHECK:
+            return self._check_start(session_id)
+        log.error("unknown deadline kind %r", deadline.kind)
+        return True
+
+    def _check_start(self, session_id: UUID) -> bool:
+        """A start with no news for too long (no QR code, no connection, no failure): stop
+        it and record it as a failed connection, so that the reconnect policy tries again."""
+        started = self._started_at.get(session_id)
+        if started is None or time.monotonic() - started < START_TIMEOUT.total_seconds():
+            return False  # not started here yet, or started recently: look again later
+        session = self.app.load(session_id)
+        if session.status != Status.CONNECTING or session.qr_code is not None:
+            return True
+        with self._lock:
+            self.gateway.stop(session_id)
+            self._started_at.pop(session_id, None)
+        seconds = int(START_TIMEOUT.total_seconds())
+        self.app.record_disconnected(
+            session_id, Reason.CONNECT_FAILURE.value, f"no answer from WhatsApp in {seconds} s"
+        )
+        return True
 
     def requests_tick(self) -> None:
-        for request in self.store.claim_requests():
-            try:
-                result = self._execute(request["session_id"], request["action"], request["args"])
-            except ApplicationError as error:
-                self.store.answer_request(request["id"], None, (error.code, str(error)))
-            except Exception as error:
-                log.exception("gateway request %s failed", request["action"])
-                self.store.answer_request(request["id"], None, ("gateway-failed", str(error)))
-            else:
-                self.store.answer_request(request["id"], result)
+        if not self._renewed_recently():
+            return
+        requests = self.store.claim_requests()
+        list(self._pool.map(self._answer, requests))  # a slow one does not hold up the rest
+
+    def _answer(self, request: dict[str, Any]) -> None:
+        try:
+            result = self._execute(request["session_id"], request["action"], request["args"])
+        except ApplicationError as error:
+            self.store.answer_request(request["id"], None, (error.code, str(error)))
+        except Exception as error:
+            log.exception("gateway request %s failed", request["action"])
+            self.store.answer_request(request["id"], None, (GatewayFailed.code, str(error)))
+        else:
+            self.store.answer_request(request["id"], result)
 
     def _execute(self, session_id: UUID, action: str, args: dict[str, Any]) -> dict[str, Any]:
         if action == "pair_code":

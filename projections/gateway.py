@@ -29,9 +29,14 @@ from domain.values import DesiredState
 RETRY = "retry"
 QR_EXPIRY = "qr_expiry"
 LOGOUT = "logout"
-DEADLINE_KINDS = (RETRY, QR_EXPIRY, LOGOUT)
+START_CHECK = "start_check"
+DEADLINE_KINDS = (RETRY, QR_EXPIRY, LOGOUT, START_CHECK)
 #: How long after a QR code's expiry, with no news from the gateway, the session is expired.
 QR_GRACE = timedelta(seconds=15)
+#: How long a start may go without a QR code, a connection or a failure before the worker
+#: gives up on it and lets the reconnect policy try again (a start that failed or hung).
+START_TIMEOUT = timedelta(seconds=60)
+_STARTED = (QR_EXPIRY, START_CHECK)
 _UNSET: Any = object()
 
 
@@ -41,6 +46,7 @@ class Deadline:
     kind: str
     due_at: datetime
     token: int  # the position of the event that set it: a claim deletes only what it saw
+    claims: int = 0  # how many times a worker claimed it (a failing one is given up)
 
 
 @dataclass
@@ -89,50 +95,63 @@ class GatewayProjection(Projection[GatewayView]):
 
     @process_event.register
     def _created(self, event: Session.Created, tracking: Tracking) -> None:
-        change = GatewayChange(desired=DesiredState.RUNNING.value, bump=True, jid=None)
+        change = GatewayChange(
+            desired=DesiredState.RUNNING.value,
+            bump=True,
+            jid=None,
+            set_deadlines={START_CHECK: event.timestamp + START_TIMEOUT},
+        )
         self._apply(event, change, tracking)
 
     @process_event.register
     def _qr_issued(self, event: Session.QRIssued, tracking: Tracking) -> None:
-        change = GatewayChange(set_deadlines={QR_EXPIRY: event.expires_at + QR_GRACE})
+        change = GatewayChange(
+            set_deadlines={QR_EXPIRY: event.expires_at + QR_GRACE}, clear_deadlines=(START_CHECK,)
+        )
         self._apply(event, change, tracking)
 
     @process_event.register
     def _connected(self, event: Session.Connected, tracking: Tracking) -> None:
-        change = GatewayChange(jid=event.jid, clear_deadlines=(RETRY, QR_EXPIRY))
+        change = GatewayChange(jid=event.jid, clear_deadlines=(RETRY, *_STARTED))
         self._apply(event, change, tracking)
 
     @process_event.register
     def _disconnected(self, event: Session.Disconnected, tracking: Tracking) -> None:
-        change = GatewayChange(clear_deadlines=(QR_EXPIRY,))
+        change = GatewayChange(clear_deadlines=_STARTED)
         if ReconnectPolicy.needs_new_qr(event.reason):
             change.jid = None
         if event.next_retry_at is not None:
             change.set_deadlines[RETRY] = event.next_retry_at
         else:
-            change.clear_deadlines = (QR_EXPIRY, RETRY)
+            change.clear_deadlines = (RETRY, *_STARTED)
         self._apply(event, change, tracking)
 
     @process_event.register
     def _attempted(self, event: Session.ReconnectAttempted, tracking: Tracking) -> None:
-        self._apply(event, GatewayChange(clear_deadlines=(RETRY,)), tracking)
+        change = GatewayChange(
+            clear_deadlines=(RETRY,), set_deadlines={START_CHECK: event.timestamp + START_TIMEOUT}
+        )
+        self._apply(event, change, tracking)
 
     @process_event.register
     def _qr_expired(self, event: Session.QRExpired, tracking: Tracking) -> None:
-        change = GatewayChange(jid=None, clear_deadlines=(RETRY, QR_EXPIRY))
+        change = GatewayChange(jid=None, clear_deadlines=(RETRY, *_STARTED))
         self._apply(event, change, tracking)
 
     @process_event.register
     def _reconnect(self, event: Session.ReconnectRequested, tracking: Tracking) -> None:
         change = GatewayChange(
-            desired=DesiredState.RUNNING.value, bump=True, clear_deadlines=(RETRY, QR_EXPIRY)
+            desired=DesiredState.RUNNING.value,
+            bump=True,
+            clear_deadlines=(RETRY, QR_EXPIRY),
+            set_deadlines={START_CHECK: event.timestamp + START_TIMEOUT},
         )
         self._apply(event, change, tracking)
 
     @process_event.register
     def _stopped(self, event: Session.Stopped, tracking: Tracking) -> None:
         change = GatewayChange(
-            desired=DesiredState.STOPPED.value, clear_deadlines=(RETRY, QR_EXPIRY)
+            desired=DesiredState.STOPPED.value, clear_deadlines=(RETRY, *_STARTED)
         )
         self._apply(event, change, tracking)
 
@@ -140,7 +159,7 @@ class GatewayProjection(Projection[GatewayView]):
     def _deleted(self, event: Session.Deleted, tracking: Tracking) -> None:
         change = GatewayChange(
             desired=DesiredState.DELETED.value,
-            clear_deadlines=(RETRY, QR_EXPIRY),
+            clear_deadlines=(RETRY, *_STARTED),
             set_deadlines={LOGOUT: event.timestamp},
         )
         self._apply(event, change, tracking)

@@ -197,7 +197,7 @@ class SessionsController(Controller):
         SESSION + "/pair-code",
         status_code=200,
         guards=[key_required],
-        responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+        responses=problems(400, 401, 404, 409, 413, 422, 429, 502, 503),
     )
     async def pair_code(
         self,

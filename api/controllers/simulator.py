@@ -17,7 +17,7 @@ from api.schemas import BanIn, KeepAliveIn, StatusOut
 from application.errors import SimulatorError
 from domain.values import session_uuid
 
-_RESPONSES = problems(400, 401, 403, 404, 409, 503)
+_RESPONSES = problems(400, 401, 403, 404, 409, 502, 503)
 
 
 class SimulatorController(Controller):
@@ -71,7 +71,7 @@ class SimulatorController(Controller):
         """The device connects from somewhere else (not fought: reported)."""
         return await self._act(request, admin_access, "replace")
 
-    @post("/ban", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
+    @post("/ban", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503))
     async def ban(
         self,
         request: Request[Any, Any, State],
@@ -81,7 +81,11 @@ class SimulatorController(Controller):
         """WhatsApp bans the account for a while (retried when the ban ends)."""
         return await self._act(request, admin_access, "ban", {"seconds": data.seconds})
 
-    @post("/keepalive", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 503))
+    @post(
+        "/keepalive",
+        status_code=200,
+        responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503),
+    )
     async def keepalive(
         self,
         request: Request[Any, Any, State],

@@ -23,6 +23,8 @@ from projections.gateway import (
     QR_EXPIRY,
     QR_GRACE,
     RETRY,
+    START_CHECK,
+    START_TIMEOUT,
     GatewayProjection,
     MemoryGatewayView,
 )
@@ -667,6 +669,9 @@ def test_the_gateway_view_follows_desired_state_generations_and_deadlines(
     row = view.row(uuid)
     assert row is not None
     assert (row.desired, row.generation, row.jid) == ("running", 1, None)
+    # Check a start is watched: no QR code, connection or failure in time, and it is retried.
+    (watch,) = view.deadlines(uuid)
+    assert (watch.kind, watch.due_at) == (START_CHECK, app.load(sid).created_on + START_TIMEOUT)
 
     expires = datetime.now(UTC) + timedelta(seconds=60)
     app.record_qr(uuid, "2@abc", expires, 1, 6)
@@ -685,7 +690,7 @@ def test_the_gateway_view_follows_desired_state_generations_and_deadlines(
 
     app.retry(uuid)
     catch_up(app, projection)
-    assert view.deadlines(uuid) == []
+    assert [d.kind for d in view.deadlines(uuid)] == [START_CHECK]
 
     app.stop(sid, ADMIN_ACTOR)
     catch_up(app, projection)
