@@ -22,7 +22,7 @@ from typing import Any
 from benchutil import print_table, verdict
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("status_read.py", "command_throughput.py")
+BENCHMARKS = ("status_read.py", "command_throughput.py", "gateway_storm.py")
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:
@@ -86,6 +86,31 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                     + ("" if commands["verified"] else " ORDERING BROKEN"),
                 ]
             )
+    storm = results.get("gateway_storm.py")
+    if storm is None:
+        rows.append(["gateway storm", "-", "-", "-", "-", "FAILED"])
+    else:
+        invalid = "" if storm["valid"] else " INVALID"
+        rows.append(
+            [
+                f"worker memory per idle session ({storm['sessions']:,} sessions)",
+                f"{storm['rss_empty_kb'] / 1024:,.1f} MB at 0",
+                f"{storm['kb_per_session']:,.1f} KB",
+                "-",
+                "< 50 KB",
+                verdict(storm["memory_met"]) + invalid,
+            ]
+        )
+        rows.append(
+            [
+                "reconnect storm visible vs same events via the app (s)",
+                f"{storm['baseline_s']:.2f}",
+                f"{storm['storm_s']:.2f}",
+                f"{storm['ratio']:.2f}",
+                "< 10 s",
+                verdict(storm["storm_met"]) + invalid,
+            ]
+        )
     return rows
 
 
