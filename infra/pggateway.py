@@ -18,10 +18,11 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL
 from psycopg.types.json import Jsonb
 
+from infra.pgviews import BatchingView
 from projections.gateway import (
     _UNSET,
     Deadline,
@@ -58,13 +59,13 @@ GATEWAY_DDL = (
 )
 
 
-class PostgresGatewayView(PostgresTrackingRecorder, GatewayView):
+class PostgresGatewayView(BatchingView, GatewayView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         self.sql_create_statements += [SQL(s).format() for s in GATEWAY_DDL]
 
     def apply(self, session_id: UUID, change: GatewayChange, tracking: Tracking) -> None:
-        with self.datastore.transaction(commit=True) as curs:
+        with self._transaction() as curs:
             curs.execute(
                 "INSERT INTO sessiond_gateway_sessions AS g "
                 "(session_id, desired, generation, jid, position) "
@@ -96,7 +97,9 @@ class PostgresGatewayView(PostgresTrackingRecorder, GatewayView):
                     (session_id, kind, due, tracking.notification_id),
                 )
             self._insert_tracking(curs, tracking)
-            curs.execute("SELECT pg_notify(%s, '')", (GATEWAY_CHANNEL,))
+            if change.desired is not None or change.bump:
+                # Only what workers must act on at once; deadlines are polled.
+                curs.execute("SELECT pg_notify(%s, '')", (GATEWAY_CHANNEL,))
 
     def row(self, session_id: UUID) -> GatewayRow | None:
         with self.datastore.cursor() as curs:

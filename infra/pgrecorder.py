@@ -25,6 +25,12 @@ class PollingSubscription(PostgresSubscription):
         self._poll_thread = Thread(target=self._poll, args=(interval,), daemon=True)
         self._poll_thread.start()
 
+    def buffered(self) -> bool:
+        """Whether the next notification is already read (no wait, no query)."""
+        return self._notifications_index < len(self._notifications) or (
+            not self._notifications_queue.empty()
+        )
+
     def _poll(self, interval: float) -> None:
         while not self._poll_stop.wait(interval) and not self._has_been_stopped:
             self._has_been_notified.set()

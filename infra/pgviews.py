@@ -6,7 +6,8 @@ sends ``NOTIFY sessiond_views`` so that API processes refresh their in-memory co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
@@ -20,6 +21,9 @@ from projections.rows import KeyRow, SessionRow
 from projections.views import ApiKeyView, SessionStatusView
 
 VIEWS_CHANNEL = "sessiond_views"
+#: A view's rows commit with their tracking record, so a commit that a crash of PostgreSQL
+#: loses is replayed from the event log: views need not wait for the disk (events do).
+SYNC_COMMIT_OFF = "SET LOCAL synchronous_commit = off"
 R = TypeVar("R", SessionRow, KeyRow)
 
 
@@ -27,7 +31,45 @@ def view_table_name(tracking_table_name: str) -> str:
     return tracking_table_name.removesuffix("_tracking")
 
 
-class _PostgresView(PostgresTrackingRecorder):
+class BatchingView(PostgresTrackingRecorder):
+    """A view whose runner may apply a page of events in one transaction (`batch`): each
+    event's rows and tracking record are written on the batch's cursor, and commit together.
+    Rows written in the batch are kept in `_written`, since reads on other connections
+    cannot see them before the commit."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self._batch: Cursor[DictRow] | None = None
+        self._written: dict[str, Any] = {}
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)
+            self._batch = curs
+            try:
+                yield
+            except BaseException:
+                self._written.clear()  # rolled back: forget what it wrote
+                raise
+            finally:
+                self._batch = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Cursor[DictRow]]:
+        if self._batch is not None:
+            yield self._batch
+            return
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)
+            yield curs
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        with self._transaction() as curs:
+            self._insert_tracking(curs, tracking)
+
+
+class _PostgresView(BatchingView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         self.table = view_table_name(self.tracking_table_name)
@@ -43,7 +85,7 @@ class _PostgresView(PostgresTrackingRecorder):
         )
 
     def _write(self, statement: Composed, params: list[dict[str, Any]], tracking: Tracking) -> None:
-        with self.datastore.transaction(commit=True) as curs:
+        with self._transaction() as curs:
             if params:
                 curs.executemany(statement, params)
             self._insert_tracking(curs, tracking)
@@ -77,6 +119,9 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
         self.select_since = SQL("SELECT doc FROM {0} WHERE position > %s").format(table)
 
     def get_session(self, session_id: str) -> SessionRow | None:
+        written: SessionRow | None = self._written.get(session_id)
+        if written is not None:
+            return written
         with self.datastore.cursor() as curs:
             curs.execute(self.select_one, (session_id,))
             rows = self._fetch(curs, SessionRow)
@@ -92,6 +137,10 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
             "doc": msgspec.json.encode(row).decode(),
         }
         self._write(self.upsert, [params], tracking)
+        # Only the projection's runner writes rows, and it owns this view instance for as
+        # long as it holds the projection's lock: what it wrote is what is stored, so the
+        # next event of the session needs no read back.
+        self._written[row.session_id] = row
 
     def all_sessions(self) -> list[SessionRow]:
         with self.datastore.cursor() as curs:
@@ -145,12 +194,16 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
         return rows
 
     def get_key(self, key_id: str) -> KeyRow | None:
+        written: KeyRow | None = self._written.get(key_id)
+        if written is not None:
+            return written
         with self.datastore.cursor() as curs:
             curs.execute(self.select_one, (key_id,))
             rows = self._fetch(curs, KeyRow)
         return rows[0] if rows else None
 
     def save_keys(self, rows: Iterable[KeyRow], tracking: Tracking) -> None:
+        rows = list(rows)
         params = [
             {
                 "key_id": row.key_id,
@@ -164,6 +217,9 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
             for row in rows
         ]
         self._write(self.upsert, params, tracking)
+        # As for sessions: the runner's own writes (last use is kept in its own column).
+        for row in rows:
+            self._written[row.key_id] = msgspec.structs.replace(row, last_used_at=None)
 
     def all_keys(self) -> list[KeyRow]:
         with self.datastore.cursor() as curs:

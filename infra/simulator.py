@@ -210,6 +210,8 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         return self.events.disconnected(session_id, reason.value, detail, not_before)
 
     def _begin(self, session_id: UUID, generation: int, device_jid: str | None) -> None:
+        # The store is looked up before the lock is taken: it may be a database query.
+        stored = device_jid is None or device_jid in self._devices
         with self._lock:
             client = self._current(session_id, generation)
             if client is None:
@@ -217,7 +219,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             if not self.reachable:
                 client.phase = "disconnected"
                 outcome = (Reason.WHATSAPP_UNREACHABLE, "failed to dial WhatsApp (simulated)")
-            elif device_jid is not None and device_jid not in self._devices:
+            elif not stored:
                 # Like the neonize adapter: a device missing from the store is never resumed.
                 client.phase = "disconnected"
                 outcome = (Reason.DEVICE_UNLINKED, "the device is not in the store")

@@ -1,4 +1,5 @@
-"""One thread that runs many short-lived timers (QR rotation of many simulated sessions)."""
+"""One thread that keeps many short-lived timers (QR rotation of many simulated sessions);
+due callbacks run on a small pool, so that callbacks that record events share commits."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
 
 class TimerThread:
-    def __init__(self, name: str = "timers") -> None:
+    def __init__(self, name: str = "timers", workers: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
@@ -31,6 +34,7 @@ class TimerThread:
             self._stopping = True
             self._cond.notify()
         self._thread.join(5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         while True:
@@ -43,7 +47,11 @@ class TimerThread:
                 if self._stopping:
                     return
                 _, _, callback = heapq.heappop(self._heap)
-            try:
-                callback()
-            except Exception:
-                log.exception("a timer callback failed")
+            self._pool.submit(self._call, callback)
+
+    @staticmethod
+    def _call(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("a timer callback failed")

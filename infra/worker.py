@@ -132,6 +132,10 @@ class GatewayWorker:
         self._started_at: dict[UUID, float] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="worker-deadline")
         self._dirty = threading.Event()
+        self._wake = threading.Event()
+        self._claim_wanted = threading.Event()
+        self._requests_wanted = threading.Event()
+        self._reactor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._identity: psycopg.Connection[Any] | None = None
         self._listener: threading.Thread | None = None
@@ -164,11 +168,17 @@ class GatewayWorker:
         self._scheduler.start()
         self._listener = threading.Thread(target=self._listen, name="worker-listen", daemon=True)
         self._listener.start()
-        self.poke("leases")
+        self._reactor = threading.Thread(target=self._react, name="worker-react", daemon=True)
+        self._reactor.start()
+        self.lease_tick()  # hold something before the first reconcile
+        self.poke(claim=True)
 
     def close(self) -> None:
         """Stop every client (devices stay linked) and give the sessions up for others."""
         self._stopping.set()
+        self._wake.set()
+        if self._reactor is not None:
+            self._reactor.join(10)
         self._scheduler.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.gateway.stop_all()
@@ -182,13 +192,31 @@ class GatewayWorker:
             self._listener.join(5)
         self.gateway.close()
 
-    def poke(self, *jobs: str) -> None:
-        """Reconcile (and run `jobs`) as soon as possible: a NOTIFY came, or leases changed."""
+    def poke(self, *, claim: bool = False, requests: bool = False) -> None:
+        """Reconcile (and claim, and answer requests) soon: a NOTIFY came, or leases changed.
+        Pokes coalesce: however many arrive while the reactor works, it runs once more."""
         self._dirty.set()
-        if self._scheduler.running and not self._stopping.is_set():
-            now = datetime.now(UTC)
-            for job in ("reconcile", *jobs):
-                self._scheduler.modify_job(job, next_run_time=now)
+        if claim:
+            self._claim_wanted.set()
+        if requests:
+            self._requests_wanted.set()
+        self._wake.set()
+
+    def _react(self) -> None:
+        """The reactor: what NOTIFYs ask for, at once (the periodic ticks are the safety net)."""
+        while not self._stopping.is_set():
+            self._wake.wait(self.timings.tick)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            if self._claim_wanted.is_set():
+                self._claim_wanted.clear()
+                self._guarded(self.claim_tick)()
+            if self._requests_wanted.is_set():
+                self._requests_wanted.clear()
+                self._guarded(self.requests_tick)()
+            if self._dirty.is_set():
+                self._guarded(self.reconcile_tick)()
 
     def _guarded(self, tick: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
@@ -221,9 +249,9 @@ class GatewayWorker:
                 assert conn is not None
                 for notify in conn.notifies(timeout=1.0):
                     if notify.channel == REQUESTS_CHANNEL:
-                        self._scheduler.modify_job("requests", next_run_time=datetime.now(UTC))
+                        self.poke(requests=True)
                     else:
-                        self.poke("leases")
+                        self.poke(claim=True)
                 conn.execute("SELECT 1")
             except Exception:
                 if self._stopping.is_set():
@@ -257,10 +285,19 @@ class GatewayWorker:
     # -- ticks --------------------------------------------------------------------------------
 
     def lease_tick(self) -> None:
+        """Renew the leases (every third of their time) and claim sessions."""
         with self._lease_lock:  # overlapping runs would see each other's claims as losses
-            self._lease_tick()
+            if time.monotonic() - self._last_renewal >= self.timings.lease_ttl / 3:
+                self._renew()
+            self._claim()
 
-    def _lease_tick(self) -> None:
+    def claim_tick(self) -> None:
+        """Claim sessions now (a session was created or restarted somewhere)."""
+        with self._lease_lock:
+            if self._renewed_recently():
+                self._claim()
+
+    def _renew(self) -> None:
         t = self.timings
         try:
             held = self.store.renew(t.lease_ttl)
@@ -278,6 +315,10 @@ class GatewayWorker:
                 self.gateway.stop(session_id)
                 self._generations.pop(session_id, None)
                 self._started_at.pop(session_id, None)
+
+    def _claim(self) -> None:
+        t = self.timings
+        held = self._held
         # Sessions whose worker died or stopped renewing are taken over whatever the share;
         # new ones only up to this worker's fair share of the sessions meant to run.
         claimed = self.store.claim(t.claim_batch, t.lease_ttl, orphans_only=True)
@@ -419,8 +460,11 @@ class GatewayWorker:
     def requests_tick(self) -> None:
         if not self._renewed_recently():
             return
-        requests = self.store.claim_requests()
-        list(self._pool.map(self._answer, requests))  # a slow one does not hold up the rest
+        while not self._stopping.is_set():
+            requests = self.store.claim_requests(200)
+            list(self._pool.map(self._answer, requests))  # a slow one does not hold up others
+            if len(requests) < 200:
+                return
 
     def _answer(self, request: dict[str, Any]) -> None:
         try:
