@@ -180,8 +180,12 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
         self.select_since = SQL("SELECT doc, last_used_at FROM {0} WHERE position > %s").format(
             table
         )
+        # Rows a projection batch has locked (a revocation in progress) are skipped rather
+        # than waited for: waiting could deadlock with the batch; they are tried again later.
         self.touch = SQL(
-            "UPDATE {0} SET last_used_at = GREATEST(last_used_at, %(at)s) WHERE key_id = %(key_id)s"
+            "UPDATE {0} SET last_used_at = GREATEST(last_used_at, %(at)s) WHERE key_id = ("
+            "SELECT key_id FROM {0} WHERE key_id = %(key_id)s FOR UPDATE SKIP LOCKED) "
+            "RETURNING key_id"
         ).format(table)
 
     def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
@@ -235,8 +239,15 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
         curs.execute(self.select_since, (position,))
         return self._fetch(curs, KeyRow)
 
-    def record_last_use(self, uses: dict[str, Any]) -> None:
+    def record_last_use(self, uses: dict[str, Any]) -> dict[str, Any]:
+        """Record when keys were last used; return the uses it could not record now."""
         if not uses:
-            return
+            return {}
+        done: set[str] = set()
         with self.datastore.transaction(commit=True) as curs:
-            curs.executemany(self.touch, [{"key_id": k, "at": at} for k, at in uses.items()])
+            for key_id, at in sorted(uses.items()):
+                curs.execute(self.touch, {"key_id": key_id, "at": at})
+                if curs.fetchone() is not None:
+                    done.add(key_id)
+        # A locked key is tried again later; a key the view does not have is not.
+        return {k: at for k, at in uses.items() if k not in done and self.get_key(k) is not None}

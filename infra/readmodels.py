@@ -178,9 +178,14 @@ class CachedReadModels(ReadModels):
         with self._uses_lock:
             uses, self._uses = self._uses, {}
         try:
-            self.key_view.record_last_use(uses)
+            left = self.key_view.record_last_use(uses)
         except Exception:
             log.exception("could not record when keys were last used")
+            left = uses
+        if left:  # kept for the next flush (newest time wins)
+            with self._uses_lock:
+                for key_id, at in left.items():
+                    self._uses[key_id] = max(at, self._uses.get(key_id, at))
 
     def is_fresh(self) -> bool:
         return time.monotonic() - self._refreshed_at < self.stale_after

@@ -50,7 +50,11 @@ class BatchingProjectionRunner(ProjectionRunner[SessionsApplication, Any]):
                     projection.process_event(domain_event, tracking)
                     count = 1
                     while count < BATCH_LIMIT and source.buffered():  # type: ignore[union-attr]
-                        projection.process_event(*next(subscription))
+                        try:
+                            item = next(subscription)
+                        except StopIteration:  # stopped: commit what was applied
+                            break
+                        projection.process_event(*item)
                         count += 1
         except BaseException as error:
             _runner = runner()

@@ -136,6 +136,8 @@ class GatewayWorker:
         self._claim_wanted = threading.Event()
         self._requests_wanted = threading.Event()
         self._reactor: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._fenced = threading.Event()
         self._stopping = threading.Event()
         self._identity: psycopg.Connection[Any] | None = None
         self._listener: threading.Thread | None = None
@@ -170,6 +172,8 @@ class GatewayWorker:
         self._listener.start()
         self._reactor = threading.Thread(target=self._react, name="worker-react", daemon=True)
         self._reactor.start()
+        self._watchdog = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+        self._watchdog.start()
         self.lease_tick()  # hold something before the first reconcile
         self.poke(claim=True)
 
@@ -201,6 +205,17 @@ class GatewayWorker:
         if requests:
             self._requests_wanted.set()
         self._wake.set()
+
+    def _watch(self) -> None:
+        """Fencing that needs neither the database nor the worker's locks (either may hang):
+        once the leases have not been renewed for most of their time, stop every client."""
+        while not self._stopping.wait(min(1.0, self.timings.lease_ttl / 10)):
+            if self._renewed_recently() or self._fenced.is_set():
+                continue
+            if self.gateway.running():
+                log.error("the leases were not renewed in time; stopping every client")
+                self.gateway.stop_all()
+                self._fenced.set()
 
     def _react(self) -> None:
         """The reactor: what NOTIFYs ask for, at once (the periodic ticks are the safety net)."""
@@ -261,6 +276,8 @@ class GatewayWorker:
                 self._stopping.wait(1.0)
                 try:
                     self._connect_identity()
+                    self._last_renewal = float("-inf")  # a new id: renew (heartbeat) at once
+                    self.lease_tick()
                     self.poke()
                 except Exception:
                     log.exception("could not reconnect the worker")
@@ -299,6 +316,7 @@ class GatewayWorker:
 
     def _renew(self) -> None:
         t = self.timings
+        started = time.monotonic()  # the lease runs from the renewal's start, not its end
         try:
             held = self.store.renew(t.lease_ttl)
         except Exception:
@@ -306,8 +324,12 @@ class GatewayWorker:
                 log.exception("could not renew the leases in time; stopping every client")
                 self._lose_everything()
             raise
-        self._last_renewal = time.monotonic()
+        self._last_renewal = started
         with self._lock:
+            if self._fenced.is_set():  # the watchdog stopped every client: start them again
+                self._fenced.clear()
+                self._generations.clear()
+                self._started_at.clear()
             self._held = held
             lost = (self.gateway.running() | set(self._generations)) - held
             for session_id in lost:

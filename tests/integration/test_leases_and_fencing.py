@@ -4,6 +4,7 @@ the cases a review found where a session could end up run twice or by no one."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from typing import Any
@@ -165,3 +166,32 @@ async def test_a_start_that_never_answers_is_given_up_and_retried(api: Api) -> N
     events = list(api.container.app.events.get(session_id))
     details = [getattr(e, "detail", "") for e in events if type(e).__name__ == "Disconnected"]
     assert any("no answer from WhatsApp" in d for d in details)
+
+
+async def test_a_renewal_that_hangs_is_fenced_by_the_watchdog_and_recovers(api: Api) -> None:
+    created = await connected_session(api, "Hung renewal")
+    session_id = session_uuid(created["sessionId"])
+    worker = worker_of(api)
+    real_renew = worker.store.renew
+    release = threading.Event()
+
+    def hanging_renew(ttl: float) -> set[Any]:
+        release.wait(30)  # as a network black hole would, with no error
+        return real_renew(ttl)
+
+    worker.store.renew = hanging_renew  # type: ignore[method-assign]
+    worker._last_renewal = time.monotonic() - worker.timings.lease_ttl  # renewal due, and late
+
+    async def fenced() -> bool:
+        return session_id not in simulator_of(api).running()
+
+    await eventually(fenced)
+    assert not worker.holds(session_id)
+
+    release.set()  # the database answers again: the worker holds its sessions and resumes them
+
+    async def resumed() -> bool:
+        running = session_id in simulator_of(api).running()
+        return running and (await status(api, created))["status"] == "connected"
+
+    await eventually(resumed, timeout=20)
