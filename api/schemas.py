@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -195,3 +195,20 @@ class ProblemOut(msgspec.Struct):
     status: int
     detail: str
     instance: str
+
+
+class EventOut(Out):
+    """One recorded event: what happened, when, in which version of the session, with its
+    data (API key hashes, QR codes and message text redacted)."""
+
+    session_id: str
+    version: int
+    type: str
+    timestamp: datetime
+    data: dict[str, Any]
+    position: int | None = None
+
+
+class EventPageOut(Out):
+    items: list[EventOut]
+    next: int | None  # pass as `after` for the next page; null at the end

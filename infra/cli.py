@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "api":
             command.add_argument("--workers", type=int, default=1)
     commands.add_parser("projector", help="run only the view projections (leader elected)")
+    history = commands.add_parser("history", help="print a session's timeline from its events")
+    history.add_argument("session_id", help="the session's id (sess_…)")
+    export = commands.add_parser("export", help="write the event log as NDJSON")
+    export.add_argument("--after", type=int, default=0, help="only events after this position")
+    export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
     commands.add_parser("worker", help="run only the gateway (any number: sessions are leased)")
     args = parser.parse_args(argv)
 
@@ -151,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:
+        if args.command in ("history", "export"):
+            from infra.audit import export_log, print_history  # noqa: PLC0415
+
+            if args.command == "history":
+                return print_history(settings, url, args.session_id)
+            return export_log(settings, url, args.after, args.output)
         if args.command == "serve":
             child = ChildWorker(dict(os.environ))
             child.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -42,6 +43,7 @@ from api.schemas import (
     StatusValue,
 )
 from domain.values import session_uuid
+from projections.history import state_as_of
 
 SESSION = "/{session_id:str}"
 JSON = "application/json"
@@ -140,10 +142,29 @@ class SessionsController(Controller):
 
     @get(SESSION, responses=problems(400, 401, 404, 429, 503))
     async def get_session(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        as_of: Annotated[
+            datetime | None,
+            QueryParameter(
+                name="asOf",
+                description="The session as it was at this instant, rebuilt from its events",
+            ),
+        ] = None,
     ) -> SessionOut:
-        """One session."""
-        return session_out(access.session, context(request).default_requests_per_minute)
+        """One session, as it is now or as it was at `asOf`."""
+        ctx = context(request)
+        if as_of is None:
+            return session_out(access.session, ctx.default_requests_per_minute)
+        instant = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+        uuid = session_uuid(access.session.session_id)
+        row = await call(state_as_of, ctx.app, uuid, instant)
+        if row is None:
+            raise ProblemError(
+                404, "not-yet-created", f"the session did not exist yet at {instant.isoformat()}"
+            )
+        return session_out(row, ctx.default_requests_per_minute)
 
     @get(SESSION + "/status", opt={FAST_STATUS: True}, responses=problems(400, 401, 404, 429, 503))
     async def get_status(

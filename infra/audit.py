@@ -1,0 +1,89 @@
+"""The auditor's commands: `sessiond history <sessionId>` and `sessiond export`."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from typing import IO, Any
+
+import msgspec
+from tqdm import tqdm
+
+from api.schemas import EventOut
+from application.errors import SessionNotFound
+from domain.errors import InvalidValue
+from domain.values import session_uuid
+from infra.container import Container
+from infra.settings import Settings
+from projections.history import HistoryEntry, log_page, session_history
+
+PAGE = 1000
+
+
+def _out(entry: HistoryEntry) -> EventOut:
+    return EventOut(
+        session_id=entry.session_id,
+        version=entry.version,
+        type=entry.type,
+        timestamp=entry.timestamp,
+        data=entry.data,
+        position=entry.position,
+    )
+
+
+def _describe(data: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in data.items() if value not in ({}, None))
+
+
+def print_history(settings: Settings, url: str, session_id: str) -> int:
+    """Print every event of the session, one line each; 1 if there is no such session."""
+    try:
+        uuid = session_uuid(session_id)
+    except InvalidValue as error:
+        print(f"sessiond: {error}", file=sys.stderr)
+        return 2
+    container = Container(settings, url, frozenset())
+    try:
+        try:
+            container.app.load(uuid)
+        except SessionNotFound:
+            print(f"sessiond: no session {session_id}", file=sys.stderr)
+            return 1
+        after = 0
+        while True:
+            entries = session_history(container.app, uuid, after, PAGE)
+            for e in entries:
+                when = e.timestamp.isoformat(timespec="milliseconds")
+                print(f"{when}  v{e.version:<4} {e.type:<19} {_describe(e.data)}")
+            if len(entries) < PAGE:
+                return 0
+            after = entries[-1].version
+    finally:
+        container.close()
+
+
+def export_log(settings: Settings, url: str, after: int, output: str) -> int:
+    """Write the log after position `after` as NDJSON, with a progress bar on stderr."""
+    container = Container(settings, url, frozenset())
+    encoder = msgspec.json.Encoder()
+    try:
+        head = container.app.recorder.max_notification_id() or 0
+        with ExitStack() as stack:
+            out: IO[bytes] = (
+                sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
+            )
+            progress = stack.enter_context(
+                tqdm(total=max(0, head - after), unit="event", file=sys.stderr, delay=0.5)
+            )
+            while after < head:
+                entries = log_page(container.app, after, PAGE)
+                if not entries:
+                    break
+                for e in entries:
+                    out.write(encoder.encode(_out(e)) + b"\n")
+                assert entries[-1].position is not None
+                progress.update(entries[-1].position - after)
+                after = entries[-1].position
+        return 0
+    finally:
+        container.close()

@@ -1,0 +1,66 @@
+"""`sessiond history` and `sessiond export` against a database a server has written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import ADMIN, ROOT, create_session, key_of
+
+
+def sessiond(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_history_prints_a_timeline_and_export_writes_the_log(
+    start: Any, sessiond_env: dict[str, str], tmp_path: Path
+) -> None:
+    server = start("serve", sessiond_env)
+    with server.client() as client:
+        created = create_session(client, "Audited")
+        sid = created["sessionId"]
+        deadline = time.monotonic() + 20
+        while client.post(f"/simulator/sessions/{sid}/scan", headers=ADMIN).status_code != 200:
+            assert time.monotonic() < deadline, "never scanned"
+            time.sleep(0.05)
+        client.post(f"/sessions/{sid}/stop", headers=key_of(created))
+
+    history = sessiond(sessiond_env, "history", sid)
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    kinds = [line.split()[2] for line in lines]
+    assert kinds[:3] == ["Created", "ApiKeyIssued", "QRIssued"]
+    assert "Connected" in kinds and kinds[-1] == "Stopped"
+    assert "key_hash=[redacted]" in history.stdout
+    assert created["apiKey"]["key"] not in history.stdout
+
+    unknown = sessiond(sessiond_env, "history", "sess_" + "0" * 32)
+    assert unknown.returncode == 1 and "no session" in unknown.stderr
+    malformed = sessiond(sessiond_env, "history", "nope")
+    assert malformed.returncode == 2 and "not a session id" in malformed.stderr
+
+    exported = tmp_path / "log.ndjson"
+    done = sessiond(sessiond_env, "export", "--output", str(exported))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in exported.read_text().splitlines()]
+    positions = [r["position"] for r in records]
+    assert positions == sorted(set(positions))  # in log order (ids may skip numbers)
+    versions = [r["version"] for r in records]
+    assert versions == list(range(1, len(records) + 1))  # one session: every version once
+    assert {r["sessionId"] for r in records} == {sid}
+    assert [r["type"] for r in records][-1] == "Stopped"
+    tail = sessiond(sessiond_env, "export", "--after", str(positions[-2]))
+    assert [json.loads(line)["position"] for line in tail.stdout.splitlines()] == positions[-1:]
