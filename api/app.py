@@ -18,7 +18,7 @@ from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, S
 from api.auth import API_KEY_HEADER, API_KEY_SCHEME, RATE_LIMIT_STATE
 from api.context import ApiContext
 from api.controllers.health import HealthController
-from api.controllers.history import HistoryController
+from api.controllers.history import HistoryController, UptimeController
 from api.controllers.keys import KeysController
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
@@ -97,6 +97,7 @@ def create_app(
         SessionsController,
         KeysController,
         HistoryController,
+        UptimeController,
         HealthController,
         ping,
     ]

@@ -11,6 +11,7 @@ from uuid import UUID
 from api.ratelimit import SessionRateLimiter
 from application.sessions import SessionsApplication
 from projections.readmodels import ReadModels
+from projections.uptime import UptimeView
 
 
 class GatewayCalls(ABC):
@@ -37,3 +38,4 @@ class ApiContext:
     gateway_calls: GatewayCalls
     simulator: bool
     readiness: Callable[[], Awaitable[dict[str, str]]]
+    uptime: UptimeView

@@ -212,3 +212,20 @@ class EventOut(Out):
 class EventPageOut(Out):
     items: list[EventOut]
     next: int | None  # pass as `after` for the next page; null at the end
+
+
+class UptimeBucketOut(Out):
+    start: datetime
+    end: datetime
+    running_seconds: float
+    connected_seconds: float
+    uptime: float | None  # connected / running; null when it was not meant to run at all
+
+
+class UptimeSeriesOut(Out):
+    session_id: str
+    start: datetime
+    end: datetime
+    bucket: Literal["hour", "day"]
+    uptime: float | None  # over the whole window
+    items: list[UptimeBucketOut]

@@ -31,7 +31,7 @@ from domain.policy import ReconnectPolicy
 from infra.gatewaycalls import PostgresGatewayCalls
 from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
 from infra.pgrecorder import PollingApplicationRecorder
-from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView
+from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView, PostgresUptimeView
 from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
@@ -40,6 +40,7 @@ from infra.worker import GatewayWorker, WorkerTimings
 from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
 from projections.status import SessionStatusProjection
+from projections.uptime import UptimeProjection
 
 log = logging.getLogger(__name__)
 ROLES = frozenset({"api", "projector", "worker"})
@@ -70,6 +71,7 @@ class Container:
     read_models: CachedReadModels | None = None
     worker: GatewayWorker | None = None
     gateway_view: PostgresGatewayView = field(init=False)
+    uptime_view: PostgresUptimeView = field(init=False)
     runner_env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +93,7 @@ class Container:
             )
             self.key_view = _shared_view(datastore, ApiKeyProjection.name, PostgresApiKeyView)
             self.gateway_view = _shared_view(datastore, GatewayProjection.name, PostgresGatewayView)
+            self.uptime_view = _shared_view(datastore, UptimeProjection.name, PostgresUptimeView)
             with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
@@ -130,6 +133,7 @@ class Container:
             (SessionStatusProjection, PostgresSessionStatusView),
             (ApiKeyProjection, PostgresApiKeyView),
             (GatewayProjection, PostgresGatewayView),
+            (UptimeProjection, PostgresUptimeView),
         ):
             supervisor = ProjectionSupervisor(
                 projection,
@@ -212,6 +216,7 @@ class Container:
             max_body_bytes=self.settings.max_body_bytes,
             gateway_calls=PostgresGatewayCalls(datastore, self.settings.gateway_call_timeout),
             simulator=self.settings.gateway == "simulator",
+            uptime=self.uptime_view,
             readiness=readiness,
         )
 

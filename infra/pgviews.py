@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
+from uuid import UUID
 
 import msgspec
 from eventsourcing.persistence import Tracking
@@ -18,6 +20,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
 from projections.rows import KeyRow, SessionRow
+from projections.uptime import Transition, UptimeView
 from projections.views import ApiKeyView, SessionStatusView
 
 VIEWS_CHANNEL = "sessiond_views"
@@ -251,3 +254,51 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
                     done.add(key_id)
         # A locked key is tried again later; a key the view does not have is not.
         return {k: at for k, at in uses.items() if k not in done and self.get_key(k) is not None}
+
+
+class PostgresUptimeView(BatchingView, UptimeView):
+    """Transitions of every session (``sessiond_uptime``), found by session and time."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS sessiond_uptime (session_id uuid NOT NULL, "
+                "position bigint NOT NULL, at timestamptz NOT NULL, running boolean NOT NULL, "
+                "connected boolean NOT NULL, PRIMARY KEY (session_id, position))"
+            ).format(),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS sessiond_uptime_at ON sessiond_uptime "
+                "(session_id, at, position)"
+            ).format(),
+        ]
+
+    def add_transition(self, session_id: UUID, transition: Transition, tracking: Tracking) -> None:
+        with self._transaction() as curs:
+            curs.execute(
+                "INSERT INTO sessiond_uptime (session_id, position, at, running, connected) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    session_id,
+                    tracking.notification_id,
+                    transition.at,
+                    transition.running,
+                    transition.connected,
+                ),
+            )
+            self._insert_tracking(curs, tracking)
+
+    def transitions(self, session_id: UUID, start: datetime, end: datetime) -> list[Transition]:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT at, running, connected FROM sessiond_uptime WHERE session_id = %s "
+                "AND at <= %s ORDER BY at DESC, position DESC LIMIT 1",
+                (session_id, start),
+            )
+            before = [Transition(**row) for row in curs.fetchall()]
+            curs.execute(
+                "SELECT at, running, connected FROM sessiond_uptime WHERE session_id = %s "
+                "AND at > %s AND at <= %s ORDER BY at, position",
+                (session_id, start, end),
+            )
+            return before + [Transition(**row) for row in curs.fetchall()]

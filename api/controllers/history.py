@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get
 from litestar.datastructures import State
@@ -11,11 +12,15 @@ from litestar.params import QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
 from api.controllers.common import call, context, problems
-from api.schemas import EventOut, EventPageOut
+from api.problems import ProblemError
+from api.schemas import EventOut, EventPageOut, UptimeBucketOut, UptimeSeriesOut
 from domain.values import session_uuid
 from projections.history import HistoryEntry, log_page, session_history
+from projections.uptime import BUCKETS, series
 
 MAX_PAGE = 1000
+MAX_BUCKETS = 10_000  # a year of hours fits
+DEFAULT_WINDOW = timedelta(days=30)
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Events per page")]
 After = Annotated[
     int, QueryParameter(ge=0, description="Only events after this one (the `next` of a page)")
@@ -71,3 +76,71 @@ class HistoryController(Controller):
         """The global log of every session (admin), paged by position (`after`, `next`)."""
         entries = await call(log_page, context(request).app, after, limit)
         return _page(entries, limit, "position")
+
+
+def _utc(instant: datetime | None) -> datetime | None:
+    if instant is None or instant.tzinfo is not None:
+        return instant
+    return instant.replace(tzinfo=UTC)
+
+
+class UptimeController(Controller):
+    tags = ["history"]  # noqa: RUF012
+    security = API_KEY_SECURITY
+    dependencies = {"access": Provide(provide_access)}  # noqa: RUF012
+
+    @get("/sessions/{session_id:str}/uptime", responses=problems(400, 401, 404, 429, 503))
+    async def uptime(
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        start: Annotated[
+            datetime | None,
+            QueryParameter(
+                name="from", description="Start of the window (default: 30 days before `to`)"
+            ),
+        ] = None,
+        end: Annotated[
+            datetime | None, QueryParameter(name="to", description="End of the window (now)")
+        ] = None,
+        bucket: Annotated[
+            Literal["hour", "day"], QueryParameter(description="Length of each point")
+        ] = "day",
+    ) -> UptimeSeriesOut:
+        """The uptime series analysts chart: per hour or day, the seconds the session was
+        meant to run and those it was connected, and their ratio. Stopped time counts neither
+        way; a bucket in which it was not meant to run has no uptime (null)."""
+        row = access.session
+        stop = _utc(end) or datetime.now(UTC)
+        begin = _utc(start) or max(row.created_at, stop - DEFAULT_WINDOW)
+        step = BUCKETS[bucket]
+        if begin >= stop:
+            raise ProblemError(400, "invalid-window", "`from` must be before `to`")
+        if (stop - begin) / step > MAX_BUCKETS:
+            raise ProblemError(
+                400,
+                "window-too-long",
+                f"at most {MAX_BUCKETS} buckets per request: use bucket=day or a shorter window",
+            )
+        uuid = session_uuid(row.session_id)
+        transitions = await call(context(request).uptime.transitions, uuid, begin, stop)
+        points = series(transitions, begin, stop, step)
+        running = sum(p.running_seconds for p in points)
+        connected = sum(p.connected_seconds for p in points)
+        return UptimeSeriesOut(
+            session_id=row.session_id,
+            start=begin,
+            end=stop,
+            bucket=bucket,
+            uptime=min(1.0, connected / running) if running > 0 else None,
+            items=[
+                UptimeBucketOut(
+                    start=p.start,
+                    end=p.end,
+                    running_seconds=round(p.running_seconds, 3),
+                    connected_seconds=round(p.connected_seconds, 3),
+                    uptime=p.uptime,
+                )
+                for p in points
+            ],
+        )
