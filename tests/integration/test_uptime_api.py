@@ -19,7 +19,8 @@ async def test_a_known_timeline_gives_its_hourly_series(api: Api, database_url: 
     uuid = session_uuid(created["sessionId"])
     # Transitions of a past day, written as the projection would (negative positions keep
     # them apart from the real ones): up 01:00-03:00, stopped 04:00-06:00, up from 06:30.
-    timeline = [(0, True, False), (1, True, True), (3, True, False), (4, False, False)]
+    timeline: list[tuple[float, bool, bool]] = [(0, True, False), (1, True, True)]
+    timeline += [(3, True, False), (4, False, False)]
     timeline += [(6, True, False), (6.5, True, True), (8, False, False)]
     with psycopg.connect(database_url, autocommit=True) as conn:
         for n, (hours, running, connected) in enumerate(timeline):
