@@ -20,6 +20,7 @@ from api.context import ApiContext
 from api.controllers.health import HealthController
 from api.controllers.history import HistoryController, UptimeController
 from api.controllers.keys import KeysController
+from api.controllers.metrics import metrics
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
 from api.fastpath import status_fast_path
@@ -98,6 +99,7 @@ def create_app(
         KeysController,
         HistoryController,
         UptimeController,
+        metrics,
         HealthController,
         ping,
     ]

@@ -39,3 +39,4 @@ class ApiContext:
     simulator: bool
     readiness: Callable[[], Awaitable[dict[str, str]]]
     uptime: UptimeView
+    projection_lags: Callable[[], dict[str, int]]

@@ -217,8 +217,23 @@ class Container:
             gateway_calls=PostgresGatewayCalls(datastore, self.settings.gateway_call_timeout),
             simulator=self.settings.gateway == "simulator",
             uptime=self.uptime_view,
+            projection_lags=self.projection_lags,
             readiness=readiness,
         )
+
+    def projection_lags(self) -> dict[str, int]:
+        """How many events each view has yet to process (by notification id)."""
+        head = self.app.recorder.max_notification_id() or 0
+        views = {
+            "session_status": self.status_view,
+            "api_keys": self.key_view,
+            "gateway": self.gateway_view,
+            "uptime": self.uptime_view,
+        }
+        return {
+            name: max(0, head - (view.max_tracking_id(self.app.name) or 0))
+            for name, view in views.items()
+        }
 
     def start(self) -> None:
         if "projector" in self.roles:

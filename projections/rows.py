@@ -33,6 +33,7 @@ class SessionRow(msgspec.Struct, kw_only=True):
     last_activity_at: datetime | None = None
     messages_sent: int = 0
     messages_received: int = 0
+    reconnects: int = 0  # tries to connect again: by the service (retries) or an operator
     # Uptime accumulators: seconds meant to be running, and of those, seconds connected,
     # both counted up to `marked_at`; the open interval since then is added when read.
     running_seconds: float = 0.0

@@ -83,7 +83,14 @@ class SessionStatusProjection(Projection[SessionStatusView]):
 
     @process_event.register
     def _attempted(self, event: Session.ReconnectAttempted, tracking: Tracking) -> None:
-        self._update(event, tracking, status=Status.CONNECTING.value, next_retry_at=None, **_NO_QR)
+        self._update(
+            event,
+            tracking,
+            status=Status.CONNECTING.value,
+            next_retry_at=None,
+            count_reconnect=True,
+            **_NO_QR,
+        )
 
     @process_event.register
     def _keepalive_lost(self, event: Session.KeepAliveLost, tracking: Tracking) -> None:
@@ -147,12 +154,21 @@ class SessionStatusProjection(Projection[SessionStatusView]):
     def _rate_limit(self, event: Session.RateLimitSet, tracking: Tracking) -> None:
         self._update(event, tracking, requests_per_minute=event.requests_per_minute)
 
-    def _update(self, event: Session.Event, tracking: Tracking, **changes: Any) -> None:
+    def _update(
+        self,
+        event: Session.Event,
+        tracking: Tracking,
+        *,
+        count_reconnect: bool = False,
+        **changes: Any,
+    ) -> None:
         row = self.view.get_session(public_session_id(event.originator_id))
         if row is None:  # pragma: no cover - a Created event always comes first
             self.view.insert_tracking(tracking)
             return
         row = _advance_uptime(row, event.timestamp)
+        if count_reconnect:
+            changes["reconnects"] = row.reconnects + 1
         row = msgspec.structs.replace(
             row,
             updated_at=event.timestamp,

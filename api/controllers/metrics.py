@@ -1,0 +1,73 @@
+"""Prometheus metrics (`GET /metrics`), read from this process's copy of the views at scrape
+time, plus how far each view lags behind the log. Aggregates only: no session ids or names."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from litestar import MediaType, Request, Response, get
+from litestar.datastructures import State
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from api.controllers.common import call, context
+from api.presenters import health
+from projections.rows import SessionRow
+
+STATUSES = ("connecting", "connected", "disconnected", "expired")
+HEALTHS = ("healthy", "degraded", "starting", "unhealthy", "stopped")
+
+
+class SessionsCollector(Collector):
+    def __init__(self, rows: list[SessionRow], lags: dict[str, int]) -> None:
+        self.rows = [row for row in rows if not row.is_deleted]
+        self.lags = lags
+
+    def collect(self) -> Iterator[Metric]:
+        by_status = Counter(row.status for row in self.rows)
+        sessions = GaugeMetricFamily(
+            "sessiond_sessions", "Sessions (not deleted) by status", labels=["status"]
+        )
+        for status in STATUSES:
+            sessions.add_metric([status], by_status.get(status, 0))
+        yield sessions
+        by_health: Counter[str] = Counter(health(row) for row in self.rows)
+        healths = GaugeMetricFamily(
+            "sessiond_sessions_health", "Sessions (not deleted) by health", labels=["health"]
+        )
+        for name in HEALTHS:
+            healths.add_metric([name], by_health.get(name, 0))
+        yield healths
+        messages = CounterMetricFamily(
+            "sessiond_messages", "Messages of live sessions", labels=["direction"]
+        )
+        messages.add_metric(["sent"], sum(row.messages_sent for row in self.rows))
+        messages.add_metric(["received"], sum(row.messages_received for row in self.rows))
+        yield messages
+        yield CounterMetricFamily(
+            "sessiond_reconnects",
+            "Times the service tried to connect live sessions again after a failure",
+            value=sum(row.reconnects for row in self.rows),
+        )
+        lag = GaugeMetricFamily(
+            "sessiond_projection_lag_events",
+            "Events recorded that a view has not processed yet",
+            labels=["projection"],
+        )
+        for name, behind in sorted(self.lags.items()):
+            lag.add_metric([name], behind)
+        yield lag
+
+
+@get("/metrics", tags=["health"], media_type=MediaType.TEXT)
+async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
+    """Prometheus exposition: sessions by status and health, messages, reconnects and how
+    many events each view lags behind the log."""
+    ctx = context(request)
+    lags = await call(ctx.projection_lags)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SessionsCollector(ctx.read_models.sessions(), lags))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
