@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import ExitStack
 from typing import IO, Any
@@ -87,3 +88,27 @@ def export_log(settings: Settings, url: str, after: int, output: str) -> int:
         return 0
     finally:
         container.close()
+
+
+def projections_status(settings: Settings, url: str) -> int:
+    """Print each view's position in the log and how many events it has yet to process."""
+    container = Container(settings, url, frozenset())
+    try:
+        head = container.app.recorder.max_notification_id() or 0
+        lags = container.projection_lags()
+        print(f"{'view':<16} {'position':>10} {'lag':>8}")
+        for name, lag in lags.items():
+            print(f"{name:<16} {head - lag:>10} {lag:>8}")
+        print(f"{'(log head)':<16} {head:>10}")
+        return 0
+    finally:
+        container.close()
+
+
+def run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """`sessiond history | export | projections` with their parsed arguments."""
+    if args.command == "history":
+        return print_history(settings, url, args.session_id)
+    if args.command == "projections":
+        return projections_status(settings, url)
+    return export_log(settings, url, args.after, args.output)

@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("projector", help="run only the view projections (leader elected)")
     history = commands.add_parser("history", help="print a session's timeline from its events")
     history.add_argument("session_id", help="the session's id (sess_…)")
+    projections = commands.add_parser("projections", help="the views built from the log")
+    projections.add_argument("action", choices=["status"], help="status: position and lag")
     export = commands.add_parser("export", help="write the event log as NDJSON")
     export.add_argument("--after", type=int, default=0, help="only events after this position")
     export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
@@ -156,12 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:
-        if args.command in ("history", "export"):
-            from infra.audit import export_log, print_history  # noqa: PLC0415
+        if args.command in ("history", "export", "projections"):
+            from infra.audit import run_command  # noqa: PLC0415
 
-            if args.command == "history":
-                return print_history(settings, url, args.session_id)
-            return export_log(settings, url, args.after, args.output)
+            return run_command(args, settings, url)
         if args.command == "serve":
             child = ChildWorker(dict(os.environ))
             child.start()

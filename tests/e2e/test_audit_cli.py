@@ -64,3 +64,20 @@ def test_history_prints_a_timeline_and_export_writes_the_log(
     assert [r["type"] for r in records][-1] == "Stopped"
     tail = sessiond(sessiond_env, "export", "--after", str(positions[-2]))
     assert [json.loads(line)["position"] for line in tail.stdout.splitlines()] == positions[-1:]
+
+
+def test_projections_status_shows_each_views_position_and_lag(
+    start: Any, sessiond_env: dict[str, str]
+) -> None:
+    server = start("serve", sessiond_env)
+    with server.client() as client:
+        create_session(client, "Counted")
+    shown = sessiond(sessiond_env, "projections", "status")
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines()[1:]}
+    assert set(rows) == {"session_status", "api_keys", "gateway", "uptime", "(log"}
+    head = int(shown.stdout.splitlines()[-1].split()[-1])
+    assert head >= 2
+    for name in ("session_status", "api_keys", "gateway", "uptime"):
+        position, lag = map(int, rows[name])
+        assert position + lag == head and lag >= 0
