@@ -22,7 +22,12 @@ from typing import Any
 from benchutil import print_table, verdict
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("status_read.py", "command_throughput.py", "gateway_storm.py")
+BENCHMARKS = (
+    "status_read.py",
+    "command_throughput.py",
+    "gateway_storm.py",
+    "uptime_series.py",
+)
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:
@@ -111,6 +116,21 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 verdict(storm["storm_met"]) + invalid,
             ]
         )
+    uptime = results.get("uptime_series.py")
+    if uptime is None:
+        rows.append(["uptime series vs status read", "-", "-", "-", "-", "FAILED"])
+    else:
+        for key, label in (("hour", "by hour (8,760 buckets)"), ("day", "by day")):
+            rows.append(
+                [
+                    f"uptime series, a year {label}, p99 vs status (ms)",
+                    f"{uptime['status']['p99_ms']:.1f}",
+                    f"{uptime[key]['p99_ms']:.1f}",
+                    f"{uptime['ratio_p99_' + key]:.1f}",
+                    "-",
+                    f"p50 {uptime[key]['p50_ms']:.1f} ms" + ("" if uptime["valid"] else " INVALID"),
+                ]
+            )
     return rows
 
 
