@@ -374,6 +374,10 @@ class GatewayWorker:
             rows = self.store.owned_rows()
             for row in rows:
                 session_id = row.session_id
+                if session_id not in self._held:
+                    # Claimed in the database a moment ago, but its takeover (and why) is not
+                    # noted yet: the claim pokes again once it is.
+                    continue
                 if row.desired == DesiredState.RUNNING:
                     if self._generations.get(session_id) == row.generation:
                         continue

@@ -270,6 +270,12 @@ async def test_a_worker_that_loses_its_database_connection_gets_its_sessions_bac
         resumed = resumed and len(events) - 1 > lost[-1]
         return resumed and (await status(api, created))["status"] == "connected"
 
-    await eventually(back)
+    try:
+        await eventually(back)
+    except AssertionError:
+        events = list(api.container.app.events.get(uuid_of(created)))
+        raise AssertionError(
+            [(type(e).__name__, getattr(e, "reason", "")) for e in events]
+        ) from None
     assert worker.worker_id != first_id
     assert uuid_of(created) in simulator(api).running()
