@@ -80,7 +80,7 @@ def status_out(row: SessionRow, now: datetime | None = None) -> StatusOut:
         metrics=MetricsOut(
             messages_sent=row.messages_sent,
             messages_received=row.messages_received,
-            uptime=row.uptime(now or datetime.now(UTC)),
+            uptime=row.uptime_window(now or datetime.now(UTC)),
         ),
         reason=row.reason,
         detail=row.detail,

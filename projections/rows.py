@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
+
+UPTIME_DAYS = 30
+
+
+def window_start(now: datetime, days: int = UPTIME_DAYS) -> datetime:
+    """Midnight (UTC) that opens a window of `days` days ending with the day of `now`."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days - 1)
+
+
+class KeyRow(msgspec.Struct, kw_only=True):
+    """One API key as the key view knows it: never the key itself, only its hash."""
+
+    key_id: str
+    session_id: str
+    prefix: str
+    key_hash: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+    position: int = 0
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
 
 
 class SessionRow(msgspec.Struct, kw_only=True):
@@ -39,6 +65,9 @@ class SessionRow(msgspec.Struct, kw_only=True):
     running_seconds: float = 0.0
     connected_seconds: float = 0.0
     marked_at: datetime | None = None
+    # The same two accumulators per UTC day ("YYYY-MM-DD": [running, connected] seconds),
+    # for the last UPTIME_DAYS + 1 days, counted up to `marked_at`: the status's window.
+    days: dict[str, list[float]] = {}
     version: int = 0
     position: int = 0
 
@@ -59,20 +88,20 @@ class SessionRow(msgspec.Struct, kw_only=True):
             return None
         return min(1.0, connected / running)
 
-
-class KeyRow(msgspec.Struct, kw_only=True):
-    """One API key as the key view knows it: never the key itself, only its hash."""
-
-    key_id: str
-    session_id: str
-    prefix: str
-    key_hash: str
-    label: str
-    created_at: datetime
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
-    position: int = 0
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
+    def uptime_window(self, now: datetime, days: int = UPTIME_DAYS) -> float | None:
+        """Uptime over the current UTC day and the `days - 1` whole days before it (or since
+        creation, if younger): what the status shows."""
+        if not self.days and self.running_seconds > 0:
+            return self.uptime(now)  # a row written before the days were kept
+        start = window_start(now, days)
+        first = start.date().isoformat()
+        running = sum(r for day, (r, _) in self.days.items() if day >= first)
+        connected = sum(c for day, (_, c) in self.days.items() if day >= first)
+        if self.marked_at is not None and now > self.marked_at and self.desired == "running":
+            open_seconds = (now - max(self.marked_at, start)).total_seconds()
+            running += max(0.0, open_seconds)
+            if self.status == "connected":
+                connected += max(0.0, open_seconds)
+        if running <= 0:
+            return None
+        return min(1.0, connected / running)

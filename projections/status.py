@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -12,7 +12,7 @@ from eventsourcing.projection import Projection
 
 from domain.session import Session
 from domain.values import DesiredState, Reason, Status, public_session_id
-from projections.rows import SessionRow
+from projections.rows import UPTIME_DAYS, SessionRow, window_start
 from projections.views import SessionStatusView
 
 
@@ -199,10 +199,32 @@ def _advance_uptime(row: SessionRow, until: datetime) -> SessionRow:
         return msgspec.structs.replace(row, marked_at=until)
     seconds = (until - row.marked_at).total_seconds()
     running, connected = row.running_seconds, row.connected_seconds
+    days = {day: list(pair) for day, pair in row.days.items()}
     if row.desired == DesiredState.RUNNING.value:
+        is_connected = row.status == Status.CONNECTED.value
         running += seconds
-        if row.status == Status.CONNECTED.value:
+        if is_connected:
             connected += seconds
+        for day, day_seconds in _split_by_day(row.marked_at, until):
+            pair = days.setdefault(day, [0.0, 0.0])
+            pair[0] += day_seconds
+            if is_connected:
+                pair[1] += day_seconds
+    oldest = window_start(until, UPTIME_DAYS + 1).date().isoformat()
+    days = {day: pair for day, pair in days.items() if day >= oldest}
     return msgspec.structs.replace(
-        row, running_seconds=running, connected_seconds=connected, marked_at=until
+        row, running_seconds=running, connected_seconds=connected, marked_at=until, days=days
     )
+
+
+def _split_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:
+    """The seconds of [start, end) in each UTC day it touches."""
+    parts = []
+    cursor = start.astimezone(UTC)
+    end = end.astimezone(UTC)
+    while cursor < end:
+        midnight = cursor.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        stop = min(midnight, end)
+        parts.append((cursor.date().isoformat(), (stop - cursor).total_seconds()))
+        cursor = stop
+    return parts

@@ -17,7 +17,7 @@ from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, public_session_id
 from projections.keys import ApiKeyProjection
-from projections.rows import KeyRow, SessionRow
+from projections.rows import KeyRow, SessionRow, window_start
 from projections.status import SessionStatusProjection
 from projections.views import MemoryApiKeyView, MemorySessionStatusView
 from tests.unit.helpers import catch_up, head, popo_app
@@ -377,3 +377,76 @@ def test_the_projection_accumulates_running_and_connected_time_between_events() 
 
     # Check the open interval since the last event counts as disconnected running time.
     assert r.uptime(at(200)) == pytest.approx(50 / 140)
+
+
+# -- the status's uptime window: today and the 29 whole UTC days before it -------------------
+
+
+def test_the_status_window_counts_the_last_thirty_days_only() -> None:
+    midnight = datetime(2026, 3, 31, tzinfo=UTC)
+    view = MemorySessionStatusView()
+    projection = SessionStatusProjection(view)
+    sid = uuid4()
+    # Created 40 days ago, connected for the first 10 days, then down for 30 days (the last
+    # transition was 30 days ago), reading taken at noon: the window sees only the downtime.
+    created = midnight - timedelta(days=40)
+    up = created + timedelta(hours=1)
+    down = midnight - timedelta(days=30)
+    # eventsourcing makes the events dataclasses at run time, which mypy cannot see.
+    created_event: Any = Session.Created
+    connected_event: Any = Session.Connected
+    disconnected_event: Any = Session.Disconnected
+    events = [
+        created_event(
+            originator_id=sid,
+            originator_version=1,
+            timestamp=created,
+            originator_topic="sessiond:Session",
+            name="Old",
+            labels={},
+            requests_per_minute=None,
+            actor="admin",
+        ),
+        connected_event(
+            originator_id=sid,
+            originator_version=2,
+            timestamp=up,
+            jid="49:1@s.whatsapp.net",
+            push_name="Phone",
+        ),
+        disconnected_event(
+            originator_id=sid,
+            originator_version=3,
+            timestamp=down,
+            reason="connection_lost",
+        ),
+    ]
+    for position, event in enumerate(events, start=1):
+        projection.process_event(event, Tracking("sessiond", position))
+    row = view.get_session(public_session_id(sid))
+    assert row is not None
+    noon = midnight + timedelta(hours=12)
+    # Since creation: 10 days connected of 40.5 days running.
+    assert row.uptime(noon) == pytest.approx(
+        (down - up).total_seconds() / (noon - created).total_seconds()
+    )
+    assert row.uptime_window(noon) == 0.0
+    # Days are kept per UTC day (those older than 31 days before the last event are dropped).
+    assert len(row.days) == 10  # from creation to `down`, one entry per UTC day
+    assert sum(c for _, c in row.days.values()) == pytest.approx((down - up).total_seconds())
+
+
+def test_the_status_window_splits_the_open_interval_at_its_start() -> None:
+    now = datetime(2026, 3, 31, 6, tzinfo=UTC)
+    # Connected since 35 days ago, with nothing recorded since: the window (from 29 days
+    # before today's midnight) is all connected; the days before it do not count.
+    r = row(status="connected", marked_at=now - timedelta(days=35))
+    assert r.uptime_window(now) == 1.0
+    stopped = row(status="disconnected", desired="stopped", marked_at=now - timedelta(days=35))
+    assert stopped.uptime_window(now) is None
+    assert window_start(now) == datetime(2026, 3, 2, tzinfo=UTC)
+
+
+def test_a_row_written_before_days_were_kept_falls_back_to_since_creation() -> None:
+    old = row(running_seconds=100, connected_seconds=50, status="disconnected")
+    assert old.uptime_window(at(100)) == old.uptime(at(100))
