@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from api.schemas import (
+    EventOut,
     Health,
     KeyOut,
     MetricsOut,
@@ -16,6 +17,7 @@ from api.schemas import (
     StatusOut,
     StatusValue,
 )
+from projections.history import HistoryEntry
 from projections.rows import KeyRow, SessionRow
 
 
@@ -125,3 +127,14 @@ def label_filter(labels: list[str] | None) -> dict[str, str]:
             raise ValueError(f"label filter {item!r} must read key:value")
         wanted[key] = value
     return wanted
+
+
+def event_out(entry: HistoryEntry) -> EventOut:
+    return EventOut(
+        session_id=entry.session_id,
+        version=entry.version,
+        type=entry.type,
+        timestamp=entry.timestamp,
+        data=entry.data,
+        position=entry.position,
+    )

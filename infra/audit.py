@@ -10,26 +10,15 @@ from typing import IO, Any
 import msgspec
 from tqdm import tqdm
 
-from api.schemas import EventOut
+from api.presenters import event_out
 from application.errors import SessionNotFound
 from domain.errors import InvalidValue
 from domain.values import session_uuid
 from infra.container import Container
 from infra.settings import Settings
-from projections.history import HistoryEntry, log_page, session_history
+from projections.history import log_page, session_history
 
 PAGE = 1000
-
-
-def _out(entry: HistoryEntry) -> EventOut:
-    return EventOut(
-        session_id=entry.session_id,
-        version=entry.version,
-        type=entry.type,
-        timestamp=entry.timestamp,
-        data=entry.data,
-        position=entry.position,
-    )
 
 
 def _describe(data: dict[str, Any]) -> str:
@@ -81,7 +70,7 @@ def export_log(settings: Settings, url: str, after: int, output: str) -> int:
                 if not entries:
                     break
                 for e in entries:
-                    out.write(encoder.encode(_out(e)) + b"\n")
+                    out.write(encoder.encode(event_out(e)) + b"\n")
                 assert entries[-1].position is not None
                 progress.update(entries[-1].position - after)
                 after = entries[-1].position

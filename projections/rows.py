@@ -93,15 +93,21 @@ class SessionRow(msgspec.Struct, kw_only=True):
         creation, if younger): what the status shows."""
         if not self.days and self.running_seconds > 0:
             return self.uptime(now)  # a row written before the days were kept
-        start = window_start(now, days)
-        first = start.date().isoformat()
-        running = sum(r for day, (r, _) in self.days.items() if day >= first)
-        connected = sum(c for day, (_, c) in self.days.items() if day >= first)
-        if self.marked_at is not None and now > self.marked_at and self.desired == "running":
-            open_seconds = (now - max(self.marked_at, start)).total_seconds()
-            running += max(0.0, open_seconds)
+        # On the status read path: one pass over at most 32 days, and no datetime built
+        # unless the open interval began before the window.
+        first = (now.astimezone(UTC).date() - timedelta(days=days - 1)).isoformat()
+        running = connected = 0.0
+        for day, (day_running, day_connected) in self.days.items():
+            if day >= first:
+                running += day_running
+                connected += day_connected
+        marked = self.marked_at
+        if marked is not None and now > marked and self.desired == "running":
+            inside = marked.astimezone(UTC).date().isoformat() >= first
+            open_seconds = (now - (marked if inside else window_start(now, days))).total_seconds()
+            running += open_seconds
             if self.status == "connected":
-                connected += max(0.0, open_seconds)
+                connected += open_seconds
         if running <= 0:
             return None
         return min(1.0, connected / running)

@@ -12,8 +12,9 @@ from litestar.params import QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
 from api.controllers.common import call, context, problems
+from api.presenters import event_out
 from api.problems import ProblemError
-from api.schemas import EventOut, EventPageOut, UptimeBucketOut, UptimeSeriesOut
+from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
 from domain.values import session_uuid
 from projections.history import HistoryEntry, log_page, session_history
 from projections.uptime import BUCKETS, series
@@ -28,17 +29,7 @@ After = Annotated[
 
 
 def _page(entries: list[HistoryEntry], limit: int, cursor: str) -> EventPageOut:
-    items = [
-        EventOut(
-            session_id=e.session_id,
-            version=e.version,
-            type=e.type,
-            timestamp=e.timestamp,
-            data=e.data,
-            position=e.position,
-        )
-        for e in entries
-    ]
+    items = [event_out(e) for e in entries]
     last = getattr(entries[-1], cursor) if entries and len(entries) == limit else None
     return EventPageOut(items=items, next=last)
 
