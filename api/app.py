@@ -20,6 +20,7 @@ from api.context import ApiContext
 from api.controllers.health import HealthController
 from api.controllers.history import HistoryController, UptimeController
 from api.controllers.keys import KeysController
+from api.controllers.messages import MessagesController
 from api.controllers.metrics import metrics
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
@@ -97,6 +98,7 @@ def create_app(
     handlers: list[ControllerRouterHandler] = [
         SessionsController,
         KeysController,
+        MessagesController,
         HistoryController,
         UptimeController,
         metrics,

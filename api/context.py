@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from api.ratelimit import SessionRateLimiter
 from application.sessions import SessionsApplication
+from projections.messages import MessagesView
 from projections.readmodels import ReadModels
 from projections.uptime import UptimeView
 
@@ -39,4 +40,7 @@ class ApiContext:
     simulator: bool
     readiness: Callable[[], Awaitable[dict[str, str]]]
     uptime: UptimeView
+    messages: MessagesView
+    #: The texts of a session's messages, by the version of the event that carries each.
+    message_texts: Callable[[UUID, Collection[int]], dict[int, str]]
     projection_lags: Callable[[], dict[str, int]]

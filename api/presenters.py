@@ -9,6 +9,7 @@ from api.schemas import (
     EventOut,
     Health,
     KeyOut,
+    MessageOut,
     MetricsOut,
     QrOut,
     QrSummaryOut,
@@ -18,6 +19,7 @@ from api.schemas import (
     StatusValue,
 )
 from projections.history import HistoryEntry
+from projections.messages import MessageRow
 from projections.rows import KeyRow, SessionRow
 
 
@@ -83,6 +85,10 @@ def status_out(row: SessionRow, now: datetime | None = None) -> StatusOut:
             messages_sent=row.messages_sent,
             messages_received=row.messages_received,
             uptime=row.uptime_window(now or datetime.now(UTC)),
+            messages_delivered=row.messages_delivered,
+            messages_read=row.messages_read,
+            messages_failed=row.messages_failed,
+            queue_depth=row.queue_depth,
         ),
         reason=row.reason,
         detail=row.detail,
@@ -137,4 +143,28 @@ def event_out(entry: HistoryEntry) -> EventOut:
         timestamp=entry.timestamp,
         data=entry.data,
         position=entry.position,
+    )
+
+
+def message_out(row: MessageRow, text: str | None) -> MessageOut:
+    return MessageOut(
+        message_id=row.message_id,
+        session_id=row.session_id,
+        direction=row.direction,  # type: ignore[arg-type]
+        status=row.status,  # type: ignore[arg-type]
+        text=text,
+        to=row.to,
+        sender=row.sender,
+        chat=row.chat,
+        push_name=row.push_name,
+        whatsapp_id=row.whatsapp_id,
+        idempotency_key=row.idempotency_key,
+        reason=row.reason,
+        detail=row.detail,
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+        delivered_at=row.delivered_at,
+        read_at=row.read_at,
+        failed_at=row.failed_at,
+        updated_at=row.updated_at,
     )

@@ -20,6 +20,7 @@ from application.errors import (
 )
 from domain.errors import (
     DomainError,
+    IdempotencyKeyReused,
     InvalidTransition,
     InvalidValue,
     SessionIsDeleted,
@@ -80,7 +81,7 @@ def _domain_problem(error: DomainError) -> ProblemError:
         return ProblemError(404, error.code, str(error))
     if isinstance(error, InvalidTransition):
         return ProblemError(409, error.code, str(error))
-    if isinstance(error, InvalidValue):
+    if isinstance(error, (InvalidValue, IdempotencyKeyReused)):
         return ProblemError(422, error.code, str(error))
     return ProblemError(409, error.code, str(error))
 

@@ -9,6 +9,9 @@ from functools import lru_cache
 import phonenumbers
 import segno
 
+from domain.errors import InvalidValue
+from domain.values import check_recipient
+
 PNG = "image/png"
 SVG = "image/svg+xml"
 
@@ -49,3 +52,15 @@ def normalize_phone(raw: str) -> str:
             "form, e.g. +14155550123"
         )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+
+
+def normalize_recipient(raw: str) -> str:
+    """The chat JID a message goes to: a phone number (as for `normalize_phone`) becomes
+    ``<digits>@s.whatsapp.net``; a user or group JID is taken as it is. `InvalidPhone` else."""
+    text = raw.strip()
+    if "@" in text:
+        try:
+            return check_recipient(text)
+        except InvalidValue as error:
+            raise InvalidPhone(str(error)) from None
+    return normalize_phone(text) + "@s.whatsapp.net"

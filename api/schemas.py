@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from domain.values import MAX_NAME_LENGTH, MAX_REQUESTS_PER_MINUTE
+from domain.values import MAX_NAME_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TEXT_LENGTH
 
 SessionId = Annotated[
     str, Meta(pattern=r"^sess_[0-9a-f]{32}$", examples=["sess_6f1c0d6c2b3a4e5f8a9b0c1d2e3f4a5b"])
@@ -149,7 +149,11 @@ class SessionListOut(Out):
 class MetricsOut(Out):
     messages_sent: int
     messages_received: int
-    uptime: float | None
+    uptime: float | None  # connected / meant to run, over the last 30 days (see README)
+    messages_delivered: int
+    messages_read: int
+    messages_failed: int
+    queue_depth: int  # outbound messages waiting to be sent
 
 
 class StatusOut(Out):
@@ -229,3 +233,60 @@ class UptimeSeriesOut(Out):
     bucket: Literal["hour", "day"]
     uptime: float | None  # over the whole window
     items: list[UptimeBucketOut]
+
+
+Recipient = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        description="A phone number in international format, or a user or group JID",
+        examples=["+14155550123", "14155550123@s.whatsapp.net"],
+    ),
+]
+MessageText = Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_LENGTH)]
+MessageStatusValue = Literal["queued", "sent", "delivered", "read", "failed", "received"]
+Direction = Literal["outbound", "inbound"]
+MessageId = Annotated[str, Meta(pattern=r"^msg_[0-9a-f]{32}$")]
+
+
+class SendMessageIn(Body):
+    to: Recipient
+    text: MessageText
+
+
+class MessageOut(Out):
+    message_id: str
+    session_id: str
+    direction: Direction
+    status: MessageStatusValue
+    text: str | None  # null only if its event could not be read
+    to: str | None  # outbound
+    sender: str | None  # inbound
+    chat: str | None  # inbound: the sender, or a group
+    push_name: str | None  # inbound
+    whatsapp_id: str | None
+    idempotency_key: str | None
+    reason: str | None  # failed: rejected | send_failed | session_deleted
+    detail: str | None
+    created_at: datetime  # queued, or received
+    sent_at: datetime | None  # outbound: sent; inbound: when the sender sent it
+    delivered_at: datetime | None
+    read_at: datetime | None
+    failed_at: datetime | None
+    updated_at: datetime
+
+
+class MessagePageOut(Out):
+    items: list[MessageOut]
+    next: int | None  # pass as `before` for the next (older) page; null at the end
+
+
+class InboundIn(Body):
+    sender: Recipient
+    text: MessageText
+
+
+class AckIn(Body):
+    message_id: MessageId
+    status: Literal["delivered", "read"]

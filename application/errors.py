@@ -37,6 +37,13 @@ class NotConnected(GatewayError):
     code = "not-connected"
 
 
+class RecipientRejected(GatewayError):
+    """WhatsApp refuses to deliver to that recipient (not on WhatsApp, blocked): sending the
+    message again will not help."""
+
+    code = "recipient-rejected"
+
+
 class NotPairing(GatewayError):
     """The session is not pairing (no QR code is being shown), so no pairing code can be made."""
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from uuid import UUID
 
 from application.errors import SessionNotFound
-from application.ports import GatewayEvents
+from application.ports import GatewayEvents, InboundMessage
 from application.sessions import Resume, SessionsApplication
 from domain.policy import IMMEDIATE_REASONS
 from domain.values import DesiredState, Status
@@ -45,6 +45,14 @@ class RecordingGatewayEvents(GatewayEvents):
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         return self.app.record_keepalive(session_id, healthy)
+
+    def message_received(self, session_id: UUID, message: InboundMessage) -> int | None:
+        return self.app.record_received(session_id, message)
+
+    def message_status(
+        self, session_id: UUID, whatsapp_ids: list[str], status: str, at: datetime
+    ) -> int | None:
+        return self.app.record_acks(session_id, whatsapp_ids, status, at)
 
 
 def plan_start(app: SessionsApplication, session_id: UUID, takeover_reason: str) -> Resume | None:

@@ -54,6 +54,29 @@ class GatewayEvents(ABC):
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         """Keepalive pings to WhatsApp started failing (False) or work again (True)."""
 
+    @abstractmethod
+    def message_received(self, session_id: UUID, message: InboundMessage) -> int | None:
+        """A text message came in. The same `whatsapp_id` reported twice is recorded once."""
+
+    @abstractmethod
+    def message_status(
+        self, session_id: UUID, whatsapp_ids: list[str], status: str, at: datetime
+    ) -> int | None:
+        """WhatsApp acknowledged messages this session sent: `status` is ``delivered`` or
+        ``read`` (a `domain.values.MessageStatus`). Unknown ids and repeats are ignored."""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A text message received by a session's WhatsApp account."""
+
+    whatsapp_id: str  # WhatsApp's id of the message
+    sender: str  # the sender's JID (``user@s.whatsapp.net``)
+    chat: str  # the chat it came in (the sender, or a group ``…@g.us``)
+    text: str
+    sent_at: datetime  # when the sender's phone sent it
+    push_name: str = ""  # the sender's display name, if WhatsApp gave one
+
 
 @dataclass(frozen=True)
 class SentMessage:
@@ -106,7 +129,9 @@ class WhatsAppGateway(ABC):
 
     @abstractmethod
     def send_text(self, session_id: UUID, to: str, text: str) -> SentMessage:
-        """Send a text; raises `NotConnected` unless the session's client is connected."""
+        """Send a text to the JID `to`; raises `NotConnected` unless the session's client is
+        connected, `RecipientRejected` when WhatsApp refuses that recipient for good, and
+        `GatewayError` for a failure that may pass (timeouts, server errors)."""
 
     @abstractmethod
     def running(self) -> set[UUID]:
@@ -151,6 +176,15 @@ class PhoneSimulator(ABC):
     @abstractmethod
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         """Keepalive pings start failing (False) or work again (True)."""
+
+    @abstractmethod
+    def inbound(self, session_id: UUID, sender: str, text: str) -> int | None:
+        """Someone (the JID `sender`) sends the session's account a text message."""
+
+    @abstractmethod
+    def ack(self, session_id: UUID, whatsapp_id: str, status: str) -> int | None:
+        """The recipient's phone acknowledges a message the session sent (`status` is
+        ``delivered`` or ``read``)."""
 
     @abstractmethod
     def set_reachable(self, reachable: bool) -> None:

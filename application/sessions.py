@@ -21,14 +21,16 @@ from application.cache import SessionCache
 from application.commit import GroupCommitter
 from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
+from application.ports import InboundMessage
 from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
 from domain.policy import ReconnectPolicy
-from domain.session import ApiKey, Session
+from domain.session import ApiKey, QueuedMessage, RecentMessage, Session
 from domain.values import (
     GATEWAY_ACTOR,
     Status,
     check_labels,
     clean_name,
+    new_message_id,
     public_session_id,
     session_uuid,
 )
@@ -38,17 +40,31 @@ T = TypeVar("T")
 _CONFLICT_RETRIES = 5
 
 
-class ApiKeyAsDict(Transcoding):
-    """Lets snapshots of sessions carry their `ApiKey` entities."""
+class _DataclassAsDict(Transcoding):
+    """Lets snapshots of sessions carry a dataclass of the domain (its fields as a dict)."""
 
-    type = ApiKey
-    name = "sessiond_api_key"
+    def __init__(self, kind: type[Any], name: str) -> None:
+        self.type = kind
+        self.name = name
 
-    def encode(self, obj: ApiKey) -> dict[str, Any]:
+    def encode(self, obj: Any) -> dict[str, Any]:
         return dict(obj.__dict__)
 
-    def decode(self, data: dict[str, Any]) -> ApiKey:
-        return ApiKey(**data)
+    def decode(self, data: dict[str, Any]) -> Any:
+        return self.type(**data)
+
+
+#: The domain's dataclasses that snapshots carry, with their stable names in stored state.
+SNAPSHOT_TYPES: tuple[tuple[type[Any], str], ...] = (
+    (ApiKey, "sessiond_api_key"),
+    (QueuedMessage, "sessiond_queued_message"),
+    (RecentMessage, "sessiond_recent_message"),
+)
+
+
+def domain_transcodings() -> list[Transcoding]:
+    """The transcodings of the domain's dataclasses, for any mapper of sessiond's events."""
+    return [_DataclassAsDict(kind, name) for kind, name in SNAPSHOT_TYPES]
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,16 @@ class Resume:
     """Start the session's client: resume `device_jid`, or pair anew when it is None."""
 
     device_jid: str | None
+
+
+@dataclass(frozen=True)
+class QueuedMessageResult:
+    """The message a send request queued, or the one an earlier request with the same
+    idempotency key queued (`replayed`, and nothing recorded: `position` is None)."""
+
+    message_id: str
+    position: int | None
+    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -129,7 +155,8 @@ class SessionsApplication(Application[UUID]):
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
-        transcoder.register(ApiKeyAsDict())
+        for transcoding in domain_transcodings():
+            transcoder.register(transcoding)
 
     # -- queries ----------------------------------------------------------------------
 
@@ -195,7 +222,73 @@ class SessionsApplication(Application[UUID]):
     def set_rate_limit(self, session_id: str, requests_per_minute: int | None, actor: str) -> int:
         return self._change(session_id, lambda s: s.set_rate_limit(requests_per_minute, actor))
 
+    def send_message(
+        self,
+        session_id: str,
+        to: str,
+        text: str,
+        idempotency_key: str | None,
+        actor: str,
+    ) -> QueuedMessageResult:
+        """Queue a text; with an idempotency key the session still remembers, answer the
+        message queued then instead (`IdempotencyKeyReused` if it was for another text)."""
+        outcome: list[QueuedMessageResult] = []
+
+        def queue(session: Session) -> None:
+            outcome.clear()
+            if idempotency_key is not None:
+                existing = session.queued_message(idempotency_key, to, text)
+                if existing is not None:
+                    outcome.append(QueuedMessageResult(existing, None, replayed=True))
+                    return
+            message_id = new_message_id()
+            session.queue_message(message_id, to, text, idempotency_key, actor)
+            outcome.append(QueuedMessageResult(message_id, None, replayed=False))
+
+        position = self._change_or_none(session_id, queue)
+        (result,) = outcome
+        if result.replayed:
+            return result
+        return QueuedMessageResult(result.message_id, position, replayed=False)
+
     # -- what the gateway reports -------------------------------------------------------
+
+    def record_sent(self, session_id: UUID, message_id: str, whatsapp_id: str) -> int | None:
+        return self._gateway_change(session_id, lambda s: s.mark_sent(message_id, whatsapp_id))
+
+    def record_send_failed(
+        self, session_id: UUID, message_id: str, reason: str, detail: str
+    ) -> int | None:
+        return self._gateway_change(
+            session_id, lambda s: s.fail_message(message_id, reason, detail[:500])
+        )
+
+    def record_received(self, session_id: UUID, message: InboundMessage) -> int | None:
+        """Record an inbound text; one already recorded (same WhatsApp id) is not again."""
+
+        def receive(session: Session) -> None:
+            session.receive_message(
+                message_id=new_message_id(),
+                whatsapp_id=message.whatsapp_id,
+                sender=message.sender,
+                chat=message.chat,
+                text=message.text,
+                push_name=message.push_name,
+                sent_at=message.sent_at,
+            )
+
+        return self._gateway_change(session_id, receive)
+
+    def record_acks(
+        self, session_id: UUID, whatsapp_ids: list[str], status: str, at: datetime
+    ) -> int | None:
+        """Record delivery or read receipts; ids the session does not know are ignored."""
+
+        def acknowledge(session: Session) -> None:
+            for whatsapp_id in whatsapp_ids:
+                session.acknowledge(whatsapp_id, status, at)
+
+        return self._gateway_change(session_id, acknowledge)
 
     def record_qr(
         self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
@@ -322,4 +415,11 @@ class SessionsApplication(Application[UUID]):
             return None
 
 
-__all__ = ["GATEWAY_ACTOR", "CreatedSession", "IssuedKey", "Resume", "SessionsApplication"]
+__all__ = [
+    "GATEWAY_ACTOR",
+    "CreatedSession",
+    "IssuedKey",
+    "QueuedMessageResult",
+    "Resume",
+    "SessionsApplication",
+]

@@ -35,3 +35,15 @@ class InvalidValue(DomainError):
     """A value given to the domain is out of its allowed range."""
 
     code = "invalid-value"
+
+
+class QueueFull(DomainError):
+    """The session already has as many outbound messages waiting as it may keep."""
+
+    code = "queue-full"
+
+
+class IdempotencyKeyReused(DomainError):
+    """An idempotency key already used for a different message."""
+
+    code = "idempotency-key-reused"

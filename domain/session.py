@@ -6,6 +6,7 @@ renaming this module never breaks the replay of events already recorded.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
@@ -15,18 +16,31 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import (
     AlreadyStopped,
+    IdempotencyKeyReused,
     InvalidTransition,
     InvalidValue,
+    QueueFull,
     SessionIsDeleted,
     UnknownApiKey,
 )
 from domain.policy import ReconnectPolicy
 from domain.values import (
+    MAX_QUEUED_MESSAGES,
     MAX_REQUESTS_PER_MINUTE,
     DesiredState,
+    FailureReason,
+    MessageStatus,
     Reason,
     Status,
+    check_recipient,
+    check_text,
 )
+
+#: Outbound messages the session remembers after they left the queue (for acknowledgements
+#: and idempotency keys); older ones are looked up in the messages view.
+RECENT_MESSAGES = 200
+#: WhatsApp ids of the last inbound messages, so that one reported twice is recorded once.
+RECENT_INBOUND = 200
 
 
 @dataclass
@@ -46,6 +60,32 @@ class ApiKey:
     @property
     def is_active(self) -> bool:
         return not self.revoked
+
+
+@dataclass
+class QueuedMessage:
+    """An outbound message waiting to be sent (the queue is in order)."""
+
+    message_id: str
+    to: str
+    text: str
+
+
+@dataclass
+class RecentMessage:
+    """An outbound message the session remembers: its status, WhatsApp's id once sent, and
+    the idempotency key and fingerprint of the request that queued it."""
+
+    message_id: str
+    status: str
+    fingerprint: str
+    idempotency_key: str | None = None
+    whatsapp_id: str | None = None
+
+
+def message_fingerprint(to: str, text: str) -> str:
+    """What tells a retried request from a different one under the same idempotency key."""
+    return hashlib.sha256(f"{to}\x00{text}".encode()).hexdigest()
 
 
 class Session(Aggregate):
@@ -133,12 +173,50 @@ class Session(Aggregate):
         requests_per_minute: int | None
         actor: str
 
+    class MessageQueued(Event):
+        TOPIC = "sessiond:Session.MessageQueued"
+        message_id: str
+        to: str
+        text: str
+        idempotency_key: str | None
+        actor: str
+
+    class MessageSent(Event):
+        TOPIC = "sessiond:Session.MessageSent"
+        message_id: str
+        whatsapp_id: str
+
+    class MessageDelivered(Event):
+        TOPIC = "sessiond:Session.MessageDelivered"
+        message_id: str
+        acknowledged_at: datetime
+
+    class MessageRead(Event):
+        TOPIC = "sessiond:Session.MessageRead"
+        message_id: str
+        acknowledged_at: datetime
+
+    class MessageFailed(Event):
+        TOPIC = "sessiond:Session.MessageFailed"
+        message_id: str
+        reason: str
+        detail: str
+
+    class MessageReceived(Event):
+        TOPIC = "sessiond:Session.MessageReceived"
+        message_id: str
+        whatsapp_id: str
+        sender: str
+        chat: str
+        text: str
+        push_name: str
+        sent_at: datetime
+
     # Class-level defaults keep snapshots taken before these attributes existed loadable.
     detail: str | None = None
     retry_attempt: int = 0
     next_retry_at: datetime | None = None
     degraded: bool = False
-
     #: Statuses from which an operator may ask for a new QR code.
     RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset({Status.DISCONNECTED, Status.EXPIRED})
 
@@ -169,6 +247,10 @@ class Session(Aggregate):
         self.retry_attempt = 0
         self.next_retry_at: datetime | None = None
         self.degraded = False
+        # Messages (absent from snapshots taken before messages existed: see `_messages`).
+        self.outbox: list[QueuedMessage] = []
+        self.recent: dict[str, RecentMessage] = {}
+        self.recent_inbound: list[str] = []
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -341,6 +423,8 @@ class Session(Aggregate):
         self._delete(actor)
         active = sorted(k.key_id for k in self.keys.values() if k.is_active)
         self._revoke_keys(active, actor)
+        for message in list(self._messages()[0]):
+            self._fail_message(message.message_id, FailureReason.SESSION_DELETED.value, "")
 
     @event(Deleted)
     def _delete(self, actor: str) -> None:
@@ -391,6 +475,178 @@ class Session(Aggregate):
     @event(RateLimitSet)
     def _set_rate_limit(self, requests_per_minute: int | None, actor: str) -> None:
         self.requests_per_minute = requests_per_minute
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def _messages(self) -> tuple[list[QueuedMessage], dict[str, RecentMessage], list[str]]:
+        """The outbox, the recent outbound messages and the recent inbound ids (created on
+        first use for a session restored from a snapshot older than messages)."""
+        if "outbox" not in self.__dict__:
+            self.outbox, self.recent, self.recent_inbound = [], {}, []
+        return self.outbox, self.recent, self.recent_inbound
+
+    def queued_message(self, idempotency_key: str, to: str, text: str) -> str | None:
+        """The message an earlier request with this idempotency key queued, if the session
+        still remembers it; `IdempotencyKeyReused` if that request was for another message."""
+        for message in self._messages()[1].values():
+            if message.idempotency_key == idempotency_key:
+                if message.fingerprint != message_fingerprint(to, text):
+                    raise IdempotencyKeyReused(
+                        f"the idempotency key {idempotency_key!r} was used for another message"
+                    )
+                return message.message_id
+        return None
+
+    def queue_message(
+        self, message_id: str, to: str, text: str, idempotency_key: str | None, actor: str
+    ) -> None:
+        """Queue a text for `to`; it is sent when the session is connected, in order."""
+        self.check_not_deleted()
+        check_recipient(to)
+        check_text(text)
+        outbox, recent, _ = self._messages()
+        if message_id in recent:
+            raise InvalidValue(f"message id {message_id} is already used")
+        if len(outbox) >= MAX_QUEUED_MESSAGES:
+            raise QueueFull(
+                f"{len(outbox)} messages are already waiting to be sent "
+                f"(at most {MAX_QUEUED_MESSAGES}); try again once the session has sent some"
+            )
+        self._queue_message(message_id, to, text, idempotency_key, actor)
+
+    @event(MessageQueued)
+    def _queue_message(
+        self, message_id: str, to: str, text: str, idempotency_key: str | None, actor: str
+    ) -> None:
+        outbox, recent, _ = self._messages()
+        outbox.append(QueuedMessage(message_id, to, text))
+        fingerprint = message_fingerprint(to, text)
+        self._remember(RecentMessage(message_id, "queued", fingerprint, idempotency_key))
+
+    def next_message(self) -> QueuedMessage | None:
+        """The message to send next, if any."""
+        outbox = self._messages()[0]
+        return outbox[0] if outbox else None
+
+    def _take_from_queue(self, message_id: str, what: str) -> None:
+        outbox = self._messages()[0]
+        if not outbox or outbox[0].message_id != message_id:
+            raise InvalidTransition(f"cannot {what} {message_id}: it is not next in the queue")
+
+    def mark_sent(self, message_id: str, whatsapp_id: str) -> None:
+        """The next message in the queue went out, with WhatsApp's id `whatsapp_id`."""
+        self.check_not_deleted()
+        self._take_from_queue(message_id, "send")
+        if not whatsapp_id:
+            raise InvalidValue("a sent message has WhatsApp's id")
+        self._mark_sent(message_id, whatsapp_id)
+
+    @event(MessageSent)
+    def _mark_sent(self, message_id: str, whatsapp_id: str) -> None:
+        outbox, recent, _ = self._messages()
+        outbox.pop(0)
+        message = recent.get(message_id)
+        if message is not None:
+            message.status = MessageStatus.SENT.value
+            message.whatsapp_id = whatsapp_id
+
+    def fail_message(self, message_id: str, reason: str, detail: str) -> None:
+        """The next message in the queue cannot be sent, for `reason` (a `FailureReason`)."""
+        self.check_not_deleted()
+        self._take_from_queue(message_id, "fail")
+        self._fail_message(message_id, reason, detail)
+
+    @event(MessageFailed)
+    def _fail_message(self, message_id: str, reason: str, detail: str) -> None:
+        outbox, recent = self._messages()[:2]
+        self.outbox = [m for m in outbox if m.message_id != message_id]
+        message = recent.get(message_id)
+        if message is not None:
+            message.status = MessageStatus.FAILED.value
+
+    def acknowledge(self, whatsapp_id: str, status: str, at: datetime) -> bool:
+        """The recipient's phone got (``delivered``) or opened (``read``) a sent message.
+        False (nothing recorded) for an id the session does not remember, or an ack that
+        adds nothing (a repeat, or delivered after read)."""
+        self.check_not_deleted()
+        message = next(
+            (m for m in self._messages()[1].values() if m.whatsapp_id == whatsapp_id), None
+        )
+        if message is None:
+            return False
+        if status == MessageStatus.DELIVERED and message.status == MessageStatus.SENT:
+            self._deliver(message.message_id, at)
+            return True
+        if status == MessageStatus.READ and message.status in (
+            MessageStatus.SENT,
+            MessageStatus.DELIVERED,
+        ):
+            self._read(message.message_id, at)
+            return True
+        if status not in (MessageStatus.DELIVERED, MessageStatus.READ):
+            raise InvalidValue(f"an acknowledgement is delivered or read, not {status!r}")
+        return False
+
+    @event(MessageDelivered)
+    def _deliver(self, message_id: str, acknowledged_at: datetime) -> None:
+        self._messages()[1][message_id].status = MessageStatus.DELIVERED.value
+
+    @event(MessageRead)
+    def _read(self, message_id: str, acknowledged_at: datetime) -> None:
+        self._messages()[1][message_id].status = MessageStatus.READ.value
+
+    def receive_message(
+        self,
+        *,
+        message_id: str,
+        whatsapp_id: str,
+        sender: str,
+        chat: str,
+        text: str,
+        push_name: str,
+        sent_at: datetime,
+    ) -> bool:
+        """A text came in; False (nothing recorded) if this WhatsApp id was already recorded."""
+        self.check_not_deleted()
+        if not whatsapp_id:
+            raise InvalidValue("an inbound message has WhatsApp's id")
+        if whatsapp_id in self._messages()[2]:
+            return False
+        self._receive(
+            message_id=message_id,
+            whatsapp_id=whatsapp_id,
+            sender=sender,
+            chat=chat,
+            text=text,
+            push_name=push_name[:100],
+            sent_at=sent_at,
+        )
+        return True
+
+    @event(MessageReceived)
+    def _receive(
+        self,
+        *,
+        message_id: str,
+        whatsapp_id: str,
+        sender: str,
+        chat: str,
+        text: str,
+        push_name: str,
+        sent_at: datetime,
+    ) -> None:
+        inbound = self._messages()[2]
+        inbound.append(whatsapp_id)
+        del inbound[:-RECENT_INBOUND]
+
+    def _remember(self, message: RecentMessage) -> None:
+        recent = self._messages()[1]
+        recent[message.message_id] = message
+        while len(recent) > RECENT_MESSAGES:
+            oldest = next(iter(recent))
+            if recent[oldest].status == MessageStatus.QUEUED:
+                break  # still queued (the queue is longer than the memory): keep it
+            del recent[oldest]
 
     def _clear_retry(self) -> None:
         self.detail = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from domain.errors import InvalidValue
 
@@ -105,3 +105,66 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
                     f"label {key!r}: keys and values are 1-63 letters, digits, '_', '.' or '-'"
                 )
     return dict(labels)
+
+
+class MessageStatus(StrEnum):
+    """Where an outbound message is: queued → sent → delivered → read, or failed.
+
+    Inbound messages are ``received``.
+    """
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    RECEIVED = "received"
+
+
+class FailureReason(StrEnum):
+    """Why an outbound message was not sent."""
+
+    REJECTED = "rejected"  # WhatsApp refused the recipient (not on WhatsApp, blocked)
+    SEND_FAILED = "send_failed"  # every try failed (timeouts, server errors)
+    SESSION_DELETED = "session_deleted"  # the session was deleted with it still queued
+
+
+MESSAGE_ID_PREFIX = "msg_"
+_MESSAGE_ID = re.compile(r"^msg_[0-9a-f]{32}$")
+#: The longest text sessiond sends (WhatsApp's own limit is higher; long texts are rarely
+#: delivered well and make the queue heavy).
+MAX_TEXT_LENGTH = 4096
+#: Outbound messages a session keeps waiting at most; more are refused until it drains.
+MAX_QUEUED_MESSAGES = 1000
+#: Chats that may receive a message: a user (``<digits>@s.whatsapp.net``) or a group
+#: (``<digits>-<digits>@g.us`` or ``<digits>@g.us``).
+_RECIPIENT = re.compile(r"^(?:\d{5,20}@s\.whatsapp\.net|\d{5,20}(?:-\d{5,20})?@g\.us)$")
+
+
+def new_message_id() -> str:
+    return MESSAGE_ID_PREFIX + uuid4().hex
+
+
+def is_message_id(public_id: str) -> bool:
+    return bool(_MESSAGE_ID.fullmatch(public_id))
+
+
+def check_recipient(to: str) -> str:
+    """A chat JID that a message can go to; raise `InvalidValue` if it is not one."""
+    if not _RECIPIENT.fullmatch(to):
+        raise InvalidValue(
+            f"{to!r} is not a recipient: give a phone number in international format, "
+            "a user JID (<digits>@s.whatsapp.net) or a group JID (<id>@g.us)"
+        )
+    return to
+
+
+def check_text(text: str) -> str:
+    """A text that can be sent; raise `InvalidValue` if it is empty or too long."""
+    if not text.strip():
+        raise InvalidValue("text must not be empty")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise InvalidValue(f"text must be at most {MAX_TEXT_LENGTH} characters (got {len(text)})")
+    if "\x00" in text:
+        raise InvalidValue("text must not contain NUL characters")
+    return text

@@ -12,13 +12,14 @@ import asyncio
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import psycopg
-from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from litestar import Litestar
 
 from api.app import create_app
@@ -30,8 +31,13 @@ from application.sessions import SessionsApplication
 from domain.policy import ReconnectPolicy
 from infra.gatewaycalls import PostgresGatewayCalls
 from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
-from infra.pgrecorder import PollingApplicationRecorder
-from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView, PostgresUptimeView
+from infra.pgrecorder import PollingApplicationRecorder, event_texts
+from infra.pgviews import (
+    PostgresApiKeyView,
+    PostgresMessagesView,
+    PostgresSessionStatusView,
+    PostgresUptimeView,
+)
 from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
@@ -39,6 +45,7 @@ from infra.supervisor import ProjectionSupervisor
 from infra.worker import GatewayWorker, WorkerTimings
 from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
+from projections.messages import MessagesProjection
 from projections.status import SessionStatusProjection
 from projections.uptime import UptimeProjection
 
@@ -72,17 +79,23 @@ class Container:
     worker: GatewayWorker | None = None
     gateway_view: PostgresGatewayView = field(init=False)
     uptime_view: PostgresUptimeView = field(init=False)
+    messages_view: PostgresMessagesView = field(init=False)
     runner_env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         PollingApplicationRecorder.poll_interval = self.settings.poll_interval
-        self.env = eventsourcing_env(self.database_url)
+        self.env = eventsourcing_env(self.database_url, cipher_key=self.settings.cipher_key)
         # Tables are created here, once, under a lock: processes starting together must not
         # race on CREATE TABLE. Everything built later is told not to create tables.
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
             self.app = SessionsApplication(
-                env=eventsourcing_env(self.database_url, pool_size=2, max_overflow=10),
+                env=eventsourcing_env(
+                    self.database_url,
+                    pool_size=2,
+                    max_overflow=10,
+                    cipher_key=self.settings.cipher_key,
+                ),
                 policy=ReconnectPolicy(base=self.settings.retry_base, cap=self.settings.retry_cap),
             )
             # The views read here share the application's connection pool: PostgreSQL's
@@ -94,6 +107,9 @@ class Container:
             self.key_view = _shared_view(datastore, ApiKeyProjection.name, PostgresApiKeyView)
             self.gateway_view = _shared_view(datastore, GatewayProjection.name, PostgresGatewayView)
             self.uptime_view = _shared_view(datastore, UptimeProjection.name, PostgresUptimeView)
+            self.messages_view = _shared_view(
+                datastore, MessagesProjection.name, PostgresMessagesView
+            )
             with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
@@ -134,6 +150,7 @@ class Container:
             (ApiKeyProjection, PostgresApiKeyView),
             (GatewayProjection, PostgresGatewayView),
             (UptimeProjection, PostgresUptimeView),
+            (MessagesProjection, PostgresMessagesView),
         ):
             supervisor = ProjectionSupervisor(
                 projection,
@@ -152,6 +169,7 @@ class Container:
             lease_ttl=self.settings.lease_ttl,
             tick=self.settings.worker_tick,
             deadline_tick=min(0.5, self.settings.worker_tick),
+            send_interval=self.settings.send_interval,
             claim_batch=self.settings.restore_batch,
         )
         self.worker = GatewayWorker(self.app, gateway, self.database_url, timings)
@@ -185,6 +203,7 @@ class Container:
             self.key_view,
             poll_interval=self.settings.poll_interval,
             stale_after=self.settings.stale_after,
+            waited_views=[self.messages_view],
         )
         storage = self.settings.redis_url or "memory://"
         limiter = SessionRateLimiter(storage)
@@ -217,6 +236,8 @@ class Container:
             gateway_calls=PostgresGatewayCalls(datastore, self.settings.gateway_call_timeout),
             simulator=self.settings.gateway == "simulator",
             uptime=self.uptime_view,
+            messages=self.messages_view,
+            message_texts=self.message_texts,
             projection_lags=self.projection_lags,
             readiness=readiness,
         )
@@ -229,11 +250,18 @@ class Container:
             "api_keys": self.key_view,
             "gateway": self.gateway_view,
             "uptime": self.uptime_view,
+            "messages": self.messages_view,
         }
         return {
             name: max(0, head - (view.max_tracking_id(self.app.name) or 0))
             for name, view in views.items()
         }
+
+    def message_texts(self, session_id: UUID, versions: Collection[int]) -> dict[int, str]:
+        """The texts of a session's messages, from the events that carry them."""
+        recorder = self.app.recorder
+        assert isinstance(recorder, PostgresApplicationRecorder)
+        return event_texts(recorder, self.app.mapper.to_domain_event, session_id, versions)
 
     def start(self) -> None:
         if "projector" in self.roles:

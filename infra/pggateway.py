@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from infra.pgviews import BatchingView
 from projections.gateway import (
     _UNSET,
+    SEND,
     Deadline,
     GatewayChange,
     GatewayRow,
@@ -39,6 +40,7 @@ GATEWAY_DDL = (
     "CREATE TABLE IF NOT EXISTS sessiond_gateway_sessions (session_id uuid PRIMARY KEY, "
     "desired text NOT NULL, generation int NOT NULL DEFAULT 0, jid text, "
     "position bigint NOT NULL)",
+    "ALTER TABLE sessiond_gateway_sessions ADD COLUMN IF NOT EXISTS queued int NOT NULL DEFAULT 0",
     "CREATE INDEX IF NOT EXISTS sessiond_gateway_sessions_desired "
     "ON sessiond_gateway_sessions (desired)",
     "CREATE TABLE IF NOT EXISTS sessiond_deadlines (session_id uuid NOT NULL, kind text NOT NULL, "
@@ -68,13 +70,15 @@ class PostgresGatewayView(BatchingView, GatewayView):
         with self._transaction() as curs:
             curs.execute(
                 "INSERT INTO sessiond_gateway_sessions AS g "
-                "(session_id, desired, generation, jid, position) "
-                "VALUES (%(id)s, coalesce(%(desired)s, 'running'), %(bump)s, %(jid)s, %(pos)s) "
+                "(session_id, desired, generation, jid, position, queued) "
+                "VALUES (%(id)s, coalesce(%(desired)s, 'running'), %(bump)s, %(jid)s, %(pos)s, "
+                "%(queued)s) "
                 "ON CONFLICT (session_id) DO UPDATE SET "
                 "desired = coalesce(%(desired)s, g.desired), "
                 "generation = g.generation + %(bump)s, "
                 "jid = CASE WHEN %(set_jid)s THEN %(jid)s ELSE g.jid END, "
-                "position = %(pos)s",
+                "position = %(pos)s, queued = g.queued + %(queued)s "
+                "RETURNING queued",
                 {
                     "id": session_id,
                     "desired": change.desired,
@@ -82,14 +86,20 @@ class PostgresGatewayView(BatchingView, GatewayView):
                     "set_jid": change.jid is not _UNSET,
                     "jid": None if change.jid is _UNSET else change.jid,
                     "pos": tracking.notification_id,
+                    "queued": change.queued,
                 },
             )
+            found = curs.fetchone()
+            queued = int(found["queued"]) if found else 0
             if change.clear_deadlines:
                 curs.execute(
                     "DELETE FROM sessiond_deadlines WHERE session_id = %s AND kind = ANY(%s)",
                     (session_id, list(change.clear_deadlines)),
                 )
-            for kind, due in change.set_deadlines.items():
+            deadlines = dict(change.set_deadlines)
+            if change.send_at is not None and queued > 0:
+                deadlines[SEND] = change.send_at
+            for kind, due in deadlines.items():
                 curs.execute(
                     "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "
                     "VALUES (%s, %s, %s, %s) ON CONFLICT (session_id, kind) DO UPDATE SET "
@@ -104,7 +114,7 @@ class PostgresGatewayView(BatchingView, GatewayView):
     def row(self, session_id: UUID) -> GatewayRow | None:
         with self.datastore.cursor() as curs:
             curs.execute(
-                "SELECT session_id, desired, generation, jid, position "
+                "SELECT session_id, desired, generation, jid, position, queued "
                 "FROM sessiond_gateway_sessions WHERE session_id = %s",
                 (session_id,),
             )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from threading import Event, Thread
 from typing import Any, ClassVar
+from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, Subscription
+from eventsourcing.persistence import ApplicationRecorder, StoredEvent, Subscription
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresSubscription
+from psycopg.sql import SQL, Identifier
 
 
 class PollingSubscription(PostgresSubscription):
@@ -51,3 +53,34 @@ class PollingApplicationRecorder(PostgresApplicationRecorder):
         self, gt: int | None = None, topics: Sequence[str] = ()
     ) -> Subscription[ApplicationRecorder]:
         return PollingSubscription(self, gt=gt, topics=topics, interval=self.poll_interval)
+
+
+def event_texts(
+    recorder: PostgresApplicationRecorder,
+    to_domain_event: Callable[[StoredEvent], Any],
+    originator_id: UUID,
+    versions: Collection[int],
+) -> dict[int, str]:
+    """The `text` of the session's events at `versions` (decrypted by the mapper when a
+    cipher is set), in one query: message texts live in their events only."""
+    if not versions:
+        return {}
+    statement = SQL(
+        "SELECT originator_id, originator_version, topic, state FROM {0}.{1} "
+        "WHERE originator_id = %s AND originator_version = ANY(%s)"
+    ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+    with recorder.datastore.cursor() as curs:
+        curs.execute(statement, (originator_id, list(versions)))
+        rows = curs.fetchall()
+    texts = {}
+    for row in rows:
+        stored = StoredEvent(
+            originator_id=row["originator_id"],
+            originator_version=row["originator_version"],
+            topic=row["topic"],
+            state=bytes(row["state"]),
+        )
+        text = getattr(to_domain_event(stored), "text", None)
+        if isinstance(text, str):
+            texts[stored.originator_version] = text
+    return texts

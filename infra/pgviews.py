@@ -19,6 +19,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
+from projections.messages import MessageRow, MessagesView
 from projections.rows import KeyRow, SessionRow
 from projections.uptime import Transition, UptimeView
 from projections.views import ApiKeyView, SessionStatusView
@@ -254,6 +255,110 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
                     done.add(key_id)
         # A locked key is tried again later; a key the view does not have is not.
         return {k: at for k, at in uses.items() if k not in done and self.get_key(k) is not None}
+
+
+class PostgresMessagesView(_PostgresView, MessagesView):
+    """One row per message (no text: see `projections.messages`), found by id, by session in
+    log order, and by idempotency key."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        table = self._ident()
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                "message_id text PRIMARY KEY, session_id text NOT NULL, direction text NOT NULL, "
+                "status text NOT NULL, idempotency_key text, position bigint NOT NULL, "
+                "doc text NOT NULL)"
+            ).format(table),
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id, position)").format(
+                Identifier(f"{self.table}_session_idx"), table
+            ),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id, idempotency_key) "
+                "WHERE idempotency_key IS NOT NULL"
+            ).format(Identifier(f"{self.table}_idempotency_idx"), table),
+        ]
+        self.insert = SQL(
+            "INSERT INTO {0} (message_id, session_id, direction, status, idempotency_key, "
+            "position, doc) VALUES (%(message_id)s, %(session_id)s, %(direction)s, %(status)s, "
+            "%(idempotency_key)s, %(position)s, %(doc)s) ON CONFLICT (message_id) DO NOTHING"
+        ).format(table)
+        self.update = SQL(
+            "UPDATE {0} SET status = %(status)s, doc = %(doc)s WHERE message_id = %(message_id)s"
+        ).format(table)
+        self.select_one = SQL("SELECT doc FROM {0} WHERE message_id = %s").format(table)
+        self.select_page = SQL(
+            "SELECT doc FROM {0} WHERE session_id = %(session_id)s AND position < %(before)s "
+            "AND (%(direction)s::text IS NULL OR direction = %(direction)s) "
+            "AND (%(status)s::text IS NULL OR status = %(status)s) "
+            "ORDER BY position DESC LIMIT %(limit)s"
+        ).format(table)
+        self.select_key = SQL(
+            "SELECT doc FROM {0} WHERE session_id = %s AND idempotency_key = %s "
+            "ORDER BY position LIMIT 1"
+        ).format(table)
+
+    def add_message(self, row: MessageRow, tracking: Tracking) -> None:
+        self._write(self.insert, [self._params(row)], tracking)
+
+    def update_message(self, message_id: str, changes: dict[str, Any], tracking: Tracking) -> None:
+        with self._transaction() as curs:
+            curs.execute(self.select_one, (message_id,))  # sees the batch's own writes
+            found = curs.fetchone()
+            if found is not None:
+                row = msgspec.json.decode(found["doc"], type=MessageRow)
+                curs.execute(self.update, self._params(msgspec.structs.replace(row, **changes)))
+            self._insert_tracking(curs, tracking)
+            curs.execute(self.notify_statement)
+
+    @staticmethod
+    def _params(row: MessageRow) -> dict[str, Any]:
+        return {
+            "message_id": row.message_id,
+            "session_id": row.session_id,
+            "direction": row.direction,
+            "status": row.status,
+            "idempotency_key": row.idempotency_key,
+            "position": row.position,
+            "doc": msgspec.json.encode(row).decode(),
+        }
+
+    def get_message(self, message_id: str) -> MessageRow | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_one, (message_id,))
+            rows = self._fetch_messages(curs)
+        return rows[0] if rows else None
+
+    def list_messages(
+        self,
+        session_id: str,
+        *,
+        direction: str | None = None,
+        status: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[MessageRow]:
+        params = {
+            "session_id": session_id,
+            "before": before if before is not None else 2**62,
+            "direction": direction,
+            "status": status,
+            "limit": limit,
+        }
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_page, params)
+            return self._fetch_messages(curs)
+
+    def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(self.select_key, (session_id, key))
+            rows = self._fetch_messages(curs)
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _fetch_messages(curs: Cursor[DictRow]) -> list[MessageRow]:
+        return [msgspec.json.decode(row["doc"], type=MessageRow) for row in curs.fetchall()]
 
 
 class PostgresUptimeView(BatchingView, UptimeView):

@@ -5,7 +5,9 @@ A wrong setting raises `SettingsError` with one clear line; the CLI prints it an
 
 from __future__ import annotations
 
+import binascii
 import os
+from base64 import b64decode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ class Settings:
     stale_after: float
     max_body_bytes: int
     log_level: str
+    send_interval: float = 1.0
+    cipher_key: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -68,7 +72,11 @@ class Settings:
             stale_after=reader.number("STALE_AFTER", 3.0, 0.5, 60.0),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 65_536, 1_024, 16_777_216),
             log_level=reader.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            send_interval=reader.number("SEND_INTERVAL", 1.0, 0.0, 60.0),
+            cipher_key=reader.optional("CIPHER_KEY"),
         )
+        if settings.cipher_key is not None:
+            check_cipher_key(settings.cipher_key)
         if settings.database_url is not None:
             try:
                 conninfo_to_dict(settings.database_url)
@@ -127,8 +135,30 @@ class _Reader:
         return value
 
 
+CIPHER_TOPIC = "eventsourcing.cryptography:AESCipher"
+
+
+def check_cipher_key(key: str) -> None:
+    """Raise `SettingsError` unless `key` is an AES key (16, 24 or 32 bytes) in base64."""
+    try:
+        size = len(b64decode(key.encode(), validate=True))
+    except (binascii.Error, ValueError):
+        raise SettingsError(
+            "SESSIOND_CIPHER_KEY is not base64; make one with `sessiond cipher-key`"
+        ) from None
+    if size not in (16, 24, 32):
+        raise SettingsError(
+            f"SESSIOND_CIPHER_KEY decodes to {size} bytes; an AES key is 16, 24 or 32 bytes "
+            "(make one with `sessiond cipher-key`)"
+        )
+
+
 def eventsourcing_env(
-    database_url: str, *, pool_size: int = 1, max_overflow: int = 4
+    database_url: str,
+    *,
+    pool_size: int = 1,
+    max_overflow: int = 4,
+    cipher_key: str | None = None,
 ) -> dict[str, str]:
     """The eventsourcing environment for PostgreSQL persistence at `database_url`.
 
@@ -149,4 +179,7 @@ def eventsourcing_env(
         "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "APPLICATION_RECORDER_TOPIC": "infra.pgrecorder:PollingApplicationRecorder",
+        # With a key, every event and snapshot is stored encrypted (AES-GCM), message texts
+        # included; everything that decodes events (views, history, export) decrypts them.
+        **({"CIPHER_TOPIC": CIPHER_TOPIC, "CIPHER_KEY": cipher_key} if cipher_key else {}),
     }

@@ -4,12 +4,13 @@ QR codes rotate on WhatsApp's timings (the first lasts 60 s, the next ones 20 s,
 configurable), then the session expires. Hooks let a demo or a test do what a real phone and
 network do: scan the code, drop the connection, log out from the phone, connect the device
 elsewhere (stream replaced), ban the account for a while, fail keepalives, make WhatsApp
-unreachable. `tests/contract` holds it to the same contract as the neonize adapter.
+unreachable, receive a text, acknowledge a sent one. Recipients whose number starts with 0
+(``0…@s.whatsapp.net``) are "not on WhatsApp": sending to them is refused for good.
+`tests/contract` holds it to the same contract as the neonize adapter.
 """
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import threading
 from collections.abc import MutableSet
@@ -17,9 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from application.errors import NotConnected, NotPairing, SimulatorError
-from application.ports import GatewayEvents, PhoneSimulator, SentMessage, WhatsAppGateway
-from domain.values import Reason
+from application.errors import NotConnected, NotPairing, RecipientRejected, SimulatorError
+from application.ports import (
+    GatewayEvents,
+    InboundMessage,
+    PhoneSimulator,
+    SentMessage,
+    WhatsAppGateway,
+)
+from domain.values import MessageStatus, Reason
 from infra.timers import TimerThread
 
 PUSH_NAME = "Simulated phone"
@@ -52,7 +59,6 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         # The "device store": devices linked to a phone (kept in PostgreSQL by the service,
         # as whatsmeow keeps its own, so that a restarted worker resumes them).
         self._devices: MutableSet[str] = set() if devices is None else devices
-        self._message_ids = itertools.count(1)
         self._lock = threading.RLock()
         self._timers = TimerThread("simulator")
 
@@ -107,8 +113,9 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             client = self._clients.get(session_id)
             if client is None or client.phase != "connected":
                 raise NotConnected("the session is not connected")
-            number = next(self._message_ids)
-        return SentMessage(f"SIM{number:012d}", datetime.now(UTC))
+        if to.startswith("0"):
+            raise RecipientRejected(f"{to} is not on WhatsApp (simulated)")
+        return SentMessage(_whatsapp_id(), datetime.now(UTC))
 
     def running(self) -> set[UUID]:
         with self._lock:
@@ -158,6 +165,25 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         with self._lock:
             self._client_in(session_id, "connected", "the session is not connected")
         return self.events.keepalive(session_id, healthy)
+
+    def inbound(self, session_id: UUID, sender: str, text: str) -> int | None:
+        with self._lock:
+            self._client_in(session_id, "connected", "the session is not connected")
+        message = InboundMessage(
+            whatsapp_id=_whatsapp_id(),
+            sender=sender,
+            chat=sender,
+            text=text,
+            sent_at=datetime.now(UTC),
+        )
+        return self.events.message_received(session_id, message)
+
+    def ack(self, session_id: UUID, whatsapp_id: str, status: str) -> int | None:
+        if status not in (MessageStatus.DELIVERED, MessageStatus.READ):
+            raise SimulatorError(f"a phone acknowledges delivered or read, not {status!r}")
+        with self._lock:
+            self._client_in(session_id, "connected", "the session is not connected")
+        return self.events.message_status(session_id, [whatsapp_id], status, datetime.now(UTC))
 
     def set_reachable(self, reachable: bool) -> None:
         with self._lock:
@@ -255,3 +281,8 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         expires_at = datetime.now(UTC) + timedelta(seconds=lifetime)
         self.events.qr_issued(session_id, code, expires_at, attempt, self.max_codes)
         self._timers.call_later(lifetime, lambda: self._next_qr(session_id, generation))
+
+
+def _whatsapp_id() -> str:
+    """A message id shaped like WhatsApp's (``3EB0`` and 16 hex digits)."""
+    return "3EB0" + secrets.token_hex(8).upper()

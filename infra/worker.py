@@ -34,12 +34,21 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from application.errors import ApplicationError, GatewayFailed, SessionNotFound
 from application.gateway import RecordingGatewayEvents, plan_start
-from application.ports import GatewayEvents, PhoneSimulator, WhatsAppGateway
+from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
 from domain.values import DesiredState, Reason, Status
 from infra.pggateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
-from projections.gateway import LOGOUT, QR_EXPIRY, RETRY, START_CHECK, START_TIMEOUT, Deadline
+from infra.sender import MessageSender
+from projections.gateway import (
+    LOGOUT,
+    QR_EXPIRY,
+    RETRY,
+    SEND,
+    START_CHECK,
+    START_TIMEOUT,
+    Deadline,
+)
 
 log = logging.getLogger(__name__)
 # Every tick would otherwise log two lines at INFO.
@@ -58,6 +67,7 @@ class WorkerTimings:
     deadline_tick: float = 0.5
     claim_batch: int = 50
     deadline_hold: float = 30.0
+    send_interval: float = 1.0  # at least this long between two messages of a session
 
 
 class FencedGatewayEvents(GatewayEvents):
@@ -104,6 +114,17 @@ class FencedGatewayEvents(GatewayEvents):
             return None
         return self.events.keepalive(session_id, healthy)
 
+    # Messages and receipts are facts whoever reports them (a client being fenced may still
+    # get one): they are recorded, never dropped; a repeat is recognised by WhatsApp's id.
+
+    def message_received(self, session_id: UUID, message: InboundMessage) -> int | None:
+        return self.events.message_received(session_id, message)
+
+    def message_status(
+        self, session_id: UUID, whatsapp_ids: list[str], status: str, at: datetime
+    ) -> int | None:
+        return self.events.message_status(session_id, whatsapp_ids, status, at)
+
 
 class GatewayWorker:
     def __init__(
@@ -131,6 +152,7 @@ class GatewayWorker:
         self._last_renewal = float("-inf")
         self._started_at: dict[UUID, float] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="worker-deadline")
+        self.sender = MessageSender(app, gateway, self.holds, interval=self.timings.send_interval)
         self._dirty = threading.Event()
         self._wake = threading.Event()
         self._claim_wanted = threading.Event()
@@ -185,6 +207,7 @@ class GatewayWorker:
             self._reactor.join(10)
         self._scheduler.shutdown(wait=True)
         self._pool.shutdown(wait=True)
+        self.sender.close()
         self.gateway.stop_all()
         try:
             self.store.release()
@@ -460,9 +483,15 @@ class GatewayWorker:
                     if self._generations.get(session_id) == generation:  # no restart since
                         self.gateway.stop(session_id)
             return True
-        if deadline.kind == START_CHECK:
-            return self._check_start(session_id)
-        log.error("unknown deadline kind %r", deadline.kind)
+        other = {START_CHECK: self._check_start, SEND: self._send}.get(deadline.kind)
+        if other is None:
+            log.error("unknown deadline kind %r", deadline.kind)
+            return True
+        return other(session_id)
+
+    def _send(self, session_id: UUID) -> bool:
+        """Messages are waiting: drain the session's queue (if it is connected)."""
+        self.sender.kick(session_id)
         return True
 
     def _check_start(self, session_id: UUID) -> bool:
@@ -516,6 +545,10 @@ class GatewayWorker:
             "replace": lambda: simulator.replace(session_id),
             "ban": lambda: simulator.ban(session_id, float(args.get("seconds", 60))),
             "keepalive": lambda: simulator.keepalive(session_id, bool(args.get("healthy"))),
+            "inbound": lambda: simulator.inbound(
+                session_id, str(args["sender"]), str(args["text"])
+            ),
+            "ack": lambda: simulator.ack(session_id, str(args["whatsapp_id"]), str(args["status"])),
         }
         if action not in simulated:
             raise ApplicationError(f"unknown gateway action {action!r}")

@@ -30,7 +30,8 @@ RETRY = "retry"
 QR_EXPIRY = "qr_expiry"
 LOGOUT = "logout"
 START_CHECK = "start_check"
-DEADLINE_KINDS = (RETRY, QR_EXPIRY, LOGOUT, START_CHECK)
+SEND = "send"  # the session has messages waiting: send them if it is connected
+DEADLINE_KINDS = (RETRY, QR_EXPIRY, LOGOUT, START_CHECK, SEND)
 #: How long after a QR code's expiry, with no news from the gateway, the session is expired.
 QR_GRACE = timedelta(seconds=15)
 #: How long a start may go without a QR code, a connection or a failure before the worker
@@ -56,6 +57,7 @@ class GatewayRow:
     generation: int
     jid: str | None
     position: int
+    queued: int = 0  # outbound messages waiting
 
 
 @dataclass
@@ -67,6 +69,8 @@ class GatewayChange:
     jid: Any = _UNSET  # str | None when set
     set_deadlines: dict[str, datetime] = field(default_factory=dict)
     clear_deadlines: tuple[str, ...] = ()
+    queued: int = 0  # change in the number of messages waiting
+    send_at: datetime | None = None  # set the SEND deadline then, if messages are waiting
 
 
 class GatewayView(TrackingRecorder, ABC):
@@ -112,8 +116,22 @@ class GatewayProjection(Projection[GatewayView]):
 
     @process_event.register
     def _connected(self, event: Session.Connected, tracking: Tracking) -> None:
-        change = GatewayChange(jid=event.jid, clear_deadlines=(RETRY, *_STARTED))
+        change = GatewayChange(
+            jid=event.jid, clear_deadlines=(RETRY, *_STARTED), send_at=event.timestamp
+        )
         self._apply(event, change, tracking)
+
+    @process_event.register
+    def _message_queued(self, event: Session.MessageQueued, tracking: Tracking) -> None:
+        self._apply(event, GatewayChange(queued=1, send_at=event.timestamp), tracking)
+
+    @process_event.register
+    def _message_sent(self, event: Session.MessageSent, tracking: Tracking) -> None:
+        self._apply(event, GatewayChange(queued=-1), tracking)
+
+    @process_event.register
+    def _message_failed(self, event: Session.MessageFailed, tracking: Tracking) -> None:
+        self._apply(event, GatewayChange(queued=-1), tracking)
 
     @process_event.register
     def _disconnected(self, event: Session.Disconnected, tracking: Tracking) -> None:
@@ -159,7 +177,7 @@ class GatewayProjection(Projection[GatewayView]):
     def _deleted(self, event: Session.Deleted, tracking: Tracking) -> None:
         change = GatewayChange(
             desired=DesiredState.DELETED.value,
-            clear_deadlines=(RETRY, *_STARTED),
+            clear_deadlines=(RETRY, SEND, *_STARTED),
             set_deadlines={LOGOUT: event.timestamp},
         )
         self._apply(event, change, tracking)
@@ -182,10 +200,14 @@ class MemoryGatewayView(POPOTrackingRecorder, GatewayView):
             if change.jid is not _UNSET:
                 row.jid = change.jid
             row.position = tracking.notification_id
+            row.queued += change.queued
             self._rows[session_id] = row
             for kind in change.clear_deadlines:
                 self._deadlines.pop((session_id, kind), None)
-            for kind, due in change.set_deadlines.items():
+            deadlines = dict(change.set_deadlines)
+            if change.send_at is not None and row.queued > 0:
+                deadlines[SEND] = change.send_at
+            for kind, due in deadlines.items():
                 self._deadlines[(session_id, kind)] = Deadline(
                     session_id, kind, due, tracking.notification_id
                 )

@@ -56,9 +56,13 @@ class SessionRow(msgspec.Struct, kw_only=True):
     qr_attempt: int = 0
     qr_max_attempts: int = 0
     requests_per_minute: int | None = None
-    last_activity_at: datetime | None = None
+    last_activity_at: datetime | None = None  # the last message sent or received
     messages_sent: int = 0
     messages_received: int = 0
+    messages_delivered: int = 0  # sent messages the recipient's phone got
+    messages_read: int = 0  # sent messages the recipient opened
+    messages_failed: int = 0  # outbound messages that were not sent
+    queue_depth: int = 0  # outbound messages waiting to be sent
     reconnects: int = 0  # tries to connect again: by the service (retries) or an operator
     # Uptime accumulators: seconds meant to be running, and of those, seconds connected,
     # both counted up to `marked_at`; the open interval since then is added when read.

@@ -154,12 +154,44 @@ class SessionStatusProjection(Projection[SessionStatusView]):
     def _rate_limit(self, event: Session.RateLimitSet, tracking: Tracking) -> None:
         self._update(event, tracking, requests_per_minute=event.requests_per_minute)
 
+    @process_event.register
+    def _message_queued(self, event: Session.MessageQueued, tracking: Tracking) -> None:
+        self._update(event, tracking, count={"queue_depth": 1})
+
+    @process_event.register
+    def _message_sent(self, event: Session.MessageSent, tracking: Tracking) -> None:
+        self._update(
+            event,
+            tracking,
+            last_activity_at=event.timestamp,
+            count={"queue_depth": -1, "messages_sent": 1},
+        )
+
+    @process_event.register
+    def _message_failed(self, event: Session.MessageFailed, tracking: Tracking) -> None:
+        self._update(event, tracking, count={"queue_depth": -1, "messages_failed": 1})
+
+    @process_event.register
+    def _message_delivered(self, event: Session.MessageDelivered, tracking: Tracking) -> None:
+        self._update(event, tracking, count={"messages_delivered": 1})
+
+    @process_event.register
+    def _message_read(self, event: Session.MessageRead, tracking: Tracking) -> None:
+        self._update(event, tracking, count={"messages_read": 1})
+
+    @process_event.register
+    def _message_received(self, event: Session.MessageReceived, tracking: Tracking) -> None:
+        self._update(
+            event, tracking, last_activity_at=event.timestamp, count={"messages_received": 1}
+        )
+
     def _update(
         self,
         event: Session.Event,
         tracking: Tracking,
         *,
         count_reconnect: bool = False,
+        count: dict[str, int] | None = None,
         **changes: Any,
     ) -> None:
         row = self.view.get_session(public_session_id(event.originator_id))
@@ -169,6 +201,8 @@ class SessionStatusProjection(Projection[SessionStatusView]):
         row = _advance_uptime(row, event.timestamp)
         if count_reconnect:
             changes["reconnects"] = row.reconnects + 1
+        for counter, step in (count or {}).items():
+            changes[counter] = getattr(row, counter) + step
         row = msgspec.structs.replace(
             row,
             updated_at=event.timestamp,

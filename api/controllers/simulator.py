@@ -11,9 +11,11 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_admin_access
-from api.controllers.common import context, current_row, problems, settle
+from api.controllers.common import call, context, current_row, problems, settle
 from api.presenters import status_out
-from api.schemas import BanIn, KeepAliveIn, StatusOut
+from api.problems import ProblemError
+from api.qr import InvalidPhone, normalize_recipient
+from api.schemas import AckIn, BanIn, InboundIn, KeepAliveIn, StatusOut
 from application.errors import SimulatorError
 from domain.values import session_uuid
 
@@ -94,3 +96,41 @@ class SimulatorController(Controller):
     ) -> StatusOut:
         """Keepalive pings fail (`healthy: false`: the session is degraded) or work again."""
         return await self._act(request, admin_access, "keepalive", {"healthy": data.healthy})
+
+    @post(
+        "/inbound", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503)
+    )
+    async def inbound(
+        self,
+        request: Request[Any, Any, State],
+        admin_access: NamedDependency[SessionAccess],
+        data: JSONBody[InboundIn],
+    ) -> StatusOut:
+        """Someone sends the session's account a text (`sender`: a phone number or JID)."""
+        try:
+            sender = normalize_recipient(data.sender)
+        except InvalidPhone as error:
+            raise ProblemError(422, "invalid-sender", str(error)) from None
+        args = {"sender": sender, "text": data.text}
+        return await self._act(request, admin_access, "inbound", args)
+
+    @post("/ack", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503))
+    async def ack(
+        self,
+        request: Request[Any, Any, State],
+        admin_access: NamedDependency[SessionAccess],
+        data: JSONBody[AckIn],
+    ) -> StatusOut:
+        """The recipient's phone acknowledges a sent message: `delivered` or `read`."""
+        ctx = context(request)
+        row = await call(ctx.messages.get_message, data.message_id)
+        if row is None or row.session_id != admin_access.session.session_id:
+            raise ProblemError(
+                404, "message-not-found", f"the session has no message {data.message_id}"
+            )
+        if row.direction != "outbound" or row.whatsapp_id is None:
+            raise ProblemError(
+                409, "not-sent", f"message {data.message_id} is {row.status}: nothing to ack yet"
+            )
+        args = {"whatsapp_id": row.whatsapp_id, "status": data.status}
+        return await self._act(request, admin_access, "ack", args)

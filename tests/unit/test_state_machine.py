@@ -21,7 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from application.sessions import ApiKeyAsDict, SessionsApplication
+from application.sessions import SessionsApplication, domain_transcodings
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE, key_actor
@@ -63,7 +63,7 @@ class Model:
 def independent_mapper() -> Mapper[UUID]:
     """A mapper built here, not by any `SessionsApplication`, with the same transcodings."""
     transcoder = JSONTranscoder()
-    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), ApiKeyAsDict()):
+    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), *domain_transcodings()):
         transcoder.register(transcoding)
     return Mapper(transcoder=transcoder)
 

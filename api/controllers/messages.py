@@ -1,0 +1,153 @@
+"""Messages of a session: send a text (queued, then sent in order while connected), read one,
+list them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
+
+from api.auth import API_KEY_SECURITY, SessionAccess, key_required, provide_access
+from api.controllers.common import call, context, problems, settle
+from api.presenters import message_out
+from api.problems import ProblemError
+from api.qr import InvalidPhone, normalize_recipient
+from api.schemas import (
+    Direction,
+    MessageId,
+    MessageOut,
+    MessagePageOut,
+    MessageStatusValue,
+    SendMessageIn,
+)
+from domain.values import session_uuid
+from projections.messages import MessageRow
+
+SESSION = "/sessions/{session_id:str}"
+MAX_PAGE = 200
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",
+        description=(
+            "Makes a retried request safe: the same key (for the same text and recipient) "
+            "answers the message the first request queued instead of queueing another"
+        ),
+    ),
+]
+
+
+class MessagesController(Controller):
+    tags = ["messages"]  # noqa: RUF012 - Litestar reads it as a class attribute
+    security = API_KEY_SECURITY
+    dependencies = {"access": Provide(provide_access)}  # noqa: RUF012
+
+    @post(
+        SESSION + "/messages",
+        status_code=202,
+        guards=[key_required],
+        responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+    )
+    async def send_message(
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        data: JSONBody[SendMessageIn],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[MessageOut]:
+        """Queue a text for sending. It goes out in order once the session is connected
+        (at once if it is), paced; follow its status with GET. While the session is
+        disconnected, stopped or pairing, it waits in the queue."""
+        ctx = context(request)
+        try:
+            to = normalize_recipient(data.to)
+        except InvalidPhone as error:
+            raise ProblemError(422, "invalid-recipient", str(error)) from None
+        session_id = access.session.session_id
+        if idempotency_key is not None:
+            earlier = await call(ctx.messages.find_by_idempotency_key, session_id, idempotency_key)
+            if earlier is not None:
+                await self._check_same(ctx, earlier, to, data.text, idempotency_key)
+                return self._answer(earlier, data.text, replayed=True)
+        result = await call(
+            ctx.app.send_message, session_id, to, data.text, idempotency_key, access.actor
+        )
+        position = result.position
+        if position is None:  # replayed from the session: its row may still be on its way
+            position = await call(ctx.app.recorder.max_notification_id)
+        await settle(ctx, position)
+        row = await call(ctx.messages.get_message, result.message_id)
+        if row is None:  # pragma: no cover - settle waited for the messages view
+            raise ProblemError(503, "views-lagging", "the message was queued; read it shortly")
+        return self._answer(row, data.text, replayed=result.replayed)
+
+    @staticmethod
+    async def _check_same(ctx: Any, row: MessageRow, to: str, text: str, key: str) -> None:
+        texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
+        if row.to != to or texts.get(row.version) != text:
+            raise ProblemError(
+                422,
+                "idempotency-key-reused",
+                f"the idempotency key {key!r} was used for another message ({row.message_id})",
+            )
+
+    @staticmethod
+    def _answer(row: MessageRow, text: str, *, replayed: bool) -> Response[MessageOut]:
+        headers = {"Location": f"/sessions/{row.session_id}/messages/{row.message_id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(message_out(row, text), status_code=202, headers=headers)
+
+    @get(SESSION + "/messages/{message_id:str}", responses=problems(400, 401, 404, 429, 503))
+    async def get_message(
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        message_id: MessageId,
+    ) -> MessageOut:
+        """One message of the session, with its text and where it is."""
+        ctx = context(request)
+        row = await call(ctx.messages.get_message, message_id)
+        if row is None or row.session_id != access.session.session_id:
+            raise ProblemError(404, "message-not-found", f"the session has no message {message_id}")
+        texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
+        return message_out(row, texts.get(row.version))
+
+    @get(SESSION + "/messages", responses=problems(400, 401, 404, 429, 503))
+    async def list_messages(
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
+        *,
+        direction: Annotated[
+            Direction | None, QueryParameter(description="Only outbound or only inbound")
+        ] = None,
+        status: Annotated[
+            MessageStatusValue | None, QueryParameter(description="Only messages in this status")
+        ] = None,
+        before: Annotated[
+            int | None,
+            QueryParameter(ge=1, description="Only messages older than this (a page's `next`)"),
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
+    ) -> MessagePageOut:
+        """The session's messages, newest first, a page at a time."""
+        ctx = context(request)
+        session_id = access.session.session_id
+        rows = await call(
+            lambda: ctx.messages.list_messages(
+                session_id, direction=direction, status=status, before=before, limit=limit
+            )
+        )
+        texts = await call(
+            ctx.message_texts, session_uuid(session_id), [row.version for row in rows]
+        )
+        items = [message_out(row, texts.get(row.version)) for row in rows]
+        return MessagePageOut(items=items, next=rows[-1].position if len(rows) == limit else None)

@@ -1,0 +1,132 @@
+"""Drains each session's queue of outbound messages, in order, paced, while it is connected.
+
+A ``send`` deadline (set by the gateway projection when a message is queued, and when a
+session with messages waiting connects) asks the worker that holds the session to drain it.
+The drain sends one message per step, at least `interval` seconds apart per session, from
+the session's recorded queue (never from a view, which may lag), and records each outcome:
+
+- sent: WhatsApp's id is recorded (``MessageSent``);
+- refused for good (`RecipientRejected`): the message fails (``rejected``) and the next goes;
+- not connected: the drain stops; the next connection sets the deadline again;
+- any other failure: tried again after a growing pause, and failed (``send_failed``) after
+  `attempts` tries, so that one bad message does not block the queue for ever.
+
+Sending is at least once: a worker that dies after WhatsApp took a message but before
+``MessageSent`` was recorded leaves it queued, and the next worker sends it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from uuid import UUID
+
+from application.errors import NotConnected, RecipientRejected, SessionNotFound
+from application.ports import WhatsAppGateway
+from application.sessions import SessionsApplication
+from domain.values import FailureReason, Status
+from infra.timers import TimerThread
+
+log = logging.getLogger(__name__)
+
+
+class MessageSender:
+    def __init__(
+        self,
+        app: SessionsApplication,
+        gateway: WhatsAppGateway,
+        holds: Callable[[UUID], bool],
+        *,
+        interval: float = 1.0,
+        attempts: int = 3,
+        workers: int = 4,
+    ) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.holds = holds
+        self.interval = interval
+        self.attempts = attempts
+        self._timers = TimerThread("sender", workers)
+        self._lock = threading.Lock()
+        self._active: set[UUID] = set()  # a drain is scheduled or running
+        self._again: set[UUID] = set()  # kicked while active: look once more before idling
+        self._last_sent: dict[UUID, float] = {}
+        self._failures: dict[str, int] = {}  # message id -> failed tries in a row
+
+    def kick(self, session_id: UUID) -> None:
+        """Drain the session's queue (soon, keeping its pace); a no-op if already draining."""
+        with self._lock:
+            if session_id in self._active:
+                self._again.add(session_id)
+                return
+            self._active.add(session_id)
+        self._timers.call_later(self._pause(session_id), lambda: self._step(session_id))
+
+    def draining(self) -> set[UUID]:
+        with self._lock:
+            return set(self._active)
+
+    def close(self) -> None:
+        self._timers.stop()
+
+    def _pause(self, session_id: UUID, extra: float = 0.0) -> float:
+        last = self._last_sent.get(session_id)
+        wait = 0.0 if last is None else last + self.interval - time.monotonic()
+        return max(wait, extra, 0.0)
+
+    def _step(self, session_id: UUID) -> None:
+        delay: float | None = None
+        try:
+            delay = self._send_next(session_id)
+        except Exception:
+            log.exception(
+                "draining the queue of %s failed; the next connection resumes it", session_id
+            )
+        if delay is not None:
+            self._timers.call_later(delay, lambda: self._step(session_id))
+            return
+        with self._lock:
+            if session_id in self._again:  # kicked meanwhile: look again before idling
+                self._again.discard(session_id)
+                again = True
+            else:
+                self._active.discard(session_id)
+                again = False
+        if again:
+            self._timers.call_later(self._pause(session_id), lambda: self._step(session_id))
+
+    def _send_next(self, session_id: UUID) -> float | None:
+        """Send the next message; the pause before the following step, or None when done."""
+        if not self.holds(session_id):
+            return None
+        try:
+            session = self.app.load(session_id)
+        except SessionNotFound:
+            return None
+        message = session.next_message()
+        if message is None or session.status != Status.CONNECTED or session.is_deleted:
+            return None
+        try:
+            sent = self.gateway.send_text(session_id, message.to, message.text)
+        except NotConnected:
+            return None
+        except RecipientRejected as error:
+            self._fail(session_id, message.message_id, FailureReason.REJECTED, str(error))
+        except Exception as error:
+            tries = self._failures.get(message.message_id, 0) + 1
+            log.warning("sending %s failed (try %d): %s", message.message_id, tries, error)
+            if tries < self.attempts:
+                self._failures[message.message_id] = tries
+                return float(self.interval * 2**tries)
+            self._fail(session_id, message.message_id, FailureReason.SEND_FAILED, str(error))
+        else:
+            self._failures.pop(message.message_id, None)
+            self._last_sent[session_id] = time.monotonic()
+            self.app.record_sent(session_id, message.message_id, sent.message_id)
+        return self._pause(session_id)
+
+    def _fail(self, session_id: UUID, message_id: str, reason: FailureReason, detail: str) -> None:
+        self._failures.pop(message_id, None)
+        self.app.record_send_failed(session_id, message_id, reason.value, detail)

@@ -1,0 +1,203 @@
+"""The messages view: one row per message, outbound and inbound, with its status and times.
+
+Rows never hold the text: it stays in the event that carried it (``MessageQueued`` or
+``MessageReceived``, at the row's `version`), encrypted at rest when a cipher key is set, and
+is read from there when a message is shown.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from eventsourcing.dispatch import singledispatchmethod
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.popo import POPOTrackingRecorder
+from eventsourcing.projection import Projection
+
+from domain.session import Session
+from domain.values import MessageStatus, public_session_id
+
+OUTBOUND = "outbound"
+INBOUND = "inbound"
+
+
+class MessageRow(msgspec.Struct, kw_only=True):
+    message_id: str
+    session_id: str
+    direction: str  # outbound | inbound
+    status: str  # a `MessageStatus`
+    to: str | None = None  # outbound: the recipient's JID
+    sender: str | None = None  # inbound: who sent it
+    chat: str | None = None  # inbound: the chat it came in (the sender, or a group)
+    push_name: str | None = None  # inbound: the sender's display name
+    idempotency_key: str | None = None
+    whatsapp_id: str | None = None
+    reason: str | None = None  # failed: a `FailureReason`
+    detail: str | None = None
+    created_at: datetime  # queued, or received
+    sent_at: datetime | None = None  # outbound: sent; inbound: when the sender sent it
+    delivered_at: datetime | None = None
+    read_at: datetime | None = None
+    failed_at: datetime | None = None
+    updated_at: datetime
+    version: int  # the session's event that carries the text
+    position: int  # that event's position in the log (the order of the list)
+
+
+class MessagesView(TrackingRecorder, ABC):
+    @abstractmethod
+    def add_message(self, row: MessageRow, tracking: Tracking) -> None:
+        """Insert the row, with the tracking record."""
+
+    @abstractmethod
+    def update_message(self, message_id: str, changes: dict[str, Any], tracking: Tracking) -> None:
+        """Change fields of a row, with the tracking record."""
+
+    @abstractmethod
+    def get_message(self, message_id: str) -> MessageRow | None:
+        """The row of that message."""
+
+    @abstractmethod
+    def list_messages(
+        self,
+        session_id: str,
+        *,
+        direction: str | None = None,
+        status: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[MessageRow]:
+        """The session's messages, newest first, with a position below `before`."""
+
+    @abstractmethod
+    def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
+        """The first outbound message queued with that idempotency key."""
+
+
+class MessagesProjection(Projection[MessagesView]):
+    name = "messages"
+
+    @singledispatchmethod
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        self.view.insert_tracking(tracking)
+
+    @process_event.register
+    def _queued(self, event: Session.MessageQueued, tracking: Tracking) -> None:
+        row = MessageRow(
+            message_id=event.message_id,
+            session_id=public_session_id(event.originator_id),
+            direction=OUTBOUND,
+            status=MessageStatus.QUEUED.value,
+            to=event.to,
+            idempotency_key=event.idempotency_key,
+            created_at=event.timestamp,
+            updated_at=event.timestamp,
+            version=event.originator_version,
+            position=tracking.notification_id,
+        )
+        self.view.add_message(row, tracking)
+
+    @process_event.register
+    def _received(self, event: Session.MessageReceived, tracking: Tracking) -> None:
+        row = MessageRow(
+            message_id=event.message_id,
+            session_id=public_session_id(event.originator_id),
+            direction=INBOUND,
+            status=MessageStatus.RECEIVED.value,
+            sender=event.sender,
+            chat=event.chat,
+            push_name=event.push_name or None,
+            whatsapp_id=event.whatsapp_id,
+            created_at=event.timestamp,
+            sent_at=event.sent_at,
+            updated_at=event.timestamp,
+            version=event.originator_version,
+            position=tracking.notification_id,
+        )
+        self.view.add_message(row, tracking)
+
+    @process_event.register
+    def _sent(self, event: Session.MessageSent, tracking: Tracking) -> None:
+        changes = {
+            "status": MessageStatus.SENT.value,
+            "whatsapp_id": event.whatsapp_id,
+            "sent_at": event.timestamp,
+        }
+        self._update(event, changes, tracking)
+
+    @process_event.register
+    def _delivered(self, event: Session.MessageDelivered, tracking: Tracking) -> None:
+        changes = {"status": MessageStatus.DELIVERED.value, "delivered_at": event.acknowledged_at}
+        self._update(event, changes, tracking)
+
+    @process_event.register
+    def _read(self, event: Session.MessageRead, tracking: Tracking) -> None:
+        changes = {"status": MessageStatus.READ.value, "read_at": event.acknowledged_at}
+        self._update(event, changes, tracking)
+
+    @process_event.register
+    def _failed(self, event: Session.MessageFailed, tracking: Tracking) -> None:
+        changes = {
+            "status": MessageStatus.FAILED.value,
+            "reason": event.reason,
+            "detail": event.detail or None,
+            "failed_at": event.timestamp,
+        }
+        self._update(event, changes, tracking)
+
+    def _update(self, event: Any, changes: dict[str, Any], tracking: Tracking) -> None:
+        changes["updated_at"] = event.timestamp
+        self.view.update_message(event.message_id, changes, tracking)
+
+
+class MemoryMessagesView(POPOTrackingRecorder, MessagesView):
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, MessageRow] = {}
+        self._rows_lock = threading.Lock()
+
+    def add_message(self, row: MessageRow, tracking: Tracking) -> None:
+        with self._rows_lock:
+            self.insert_tracking(tracking)
+            self._rows[row.message_id] = row
+
+    def update_message(self, message_id: str, changes: dict[str, Any], tracking: Tracking) -> None:
+        with self._rows_lock:
+            self.insert_tracking(tracking)
+            row = self._rows.get(message_id)
+            if row is not None:
+                self._rows[message_id] = msgspec.structs.replace(row, **changes)
+
+    def get_message(self, message_id: str) -> MessageRow | None:
+        return self._rows.get(message_id)
+
+    def list_messages(
+        self,
+        session_id: str,
+        *,
+        direction: str | None = None,
+        status: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[MessageRow]:
+        rows = [
+            r
+            for r in self._rows.values()
+            if r.session_id == session_id
+            and (direction is None or r.direction == direction)
+            and (status is None or r.status == status)
+            and (before is None or r.position < before)
+        ]
+        return sorted(rows, key=lambda r: r.position, reverse=True)[:limit]
+
+    def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
+        rows = [
+            r
+            for r in self._rows.values()
+            if r.session_id == session_id and r.idempotency_key == key
+        ]
+        return min(rows, key=lambda r: r.position) if rows else None
