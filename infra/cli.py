@@ -143,7 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--after", type=int, default=0, help="only events after this position")
     export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
     commands.add_parser("worker", help="run only the gateway (any number: sessions are leased)")
+    commands.add_parser(
+        "cipher-key", help="print a new key for SESSIOND_CIPHER_KEY (AES-256, base64)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "cipher-key":
+        from eventsourcing.cryptography import AESCipher  # noqa: PLC0415
+
+        print(AESCipher.create_key(32))
+        return 0
 
     try:
         settings = Settings.from_env()

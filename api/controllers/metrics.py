@@ -19,6 +19,13 @@ from projections.rows import SessionRow
 
 STATUSES = ("connecting", "connected", "disconnected", "expired")
 HEALTHS = ("healthy", "degraded", "starting", "unhealthy", "stopped")
+MESSAGE_COUNTERS = (
+    ("outbound", "sent", "messages_sent"),
+    ("outbound", "delivered", "messages_delivered"),
+    ("outbound", "read", "messages_read"),
+    ("outbound", "failed", "messages_failed"),
+    ("inbound", "received", "messages_received"),
+)
 
 
 class SessionsCollector(Collector):
@@ -42,11 +49,24 @@ class SessionsCollector(Collector):
             healths.add_metric([name], by_health.get(name, 0))
         yield healths
         messages = CounterMetricFamily(
-            "sessiond_messages", "Messages of live sessions", labels=["direction"]
+            "sessiond_messages",
+            "Messages of live sessions that reached a status (a read message counts as sent "
+            "and read, and as delivered once that ack came)",
+            labels=["direction", "status"],
         )
-        messages.add_metric(["sent"], sum(row.messages_sent for row in self.rows))
-        messages.add_metric(["received"], sum(row.messages_received for row in self.rows))
+        for direction, status, field in MESSAGE_COUNTERS:
+            messages.add_metric([direction, status], sum(getattr(r, field) for r in self.rows))
         yield messages
+        yield GaugeMetricFamily(
+            "sessiond_message_queue_depth",
+            "Outbound messages waiting to be sent, over all live sessions",
+            value=sum(row.queue_depth for row in self.rows),
+        )
+        yield GaugeMetricFamily(
+            "sessiond_message_queue_depth_max",
+            "Outbound messages waiting in the longest queue of a live session",
+            value=max((row.queue_depth for row in self.rows), default=0),
+        )
         yield CounterMetricFamily(
             "sessiond_reconnects",
             "Times the service tried to connect live sessions again after a failure",
@@ -64,8 +84,8 @@ class SessionsCollector(Collector):
 
 @get("/metrics", tags=["health"], media_type=MediaType.TEXT)
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
-    """Prometheus exposition: sessions by status and health, messages, reconnects and how
-    many events each view lags behind the log."""
+    """Prometheus exposition: sessions by status and health, messages by direction and
+    status, queue depths, reconnects and how many events each view lags behind the log."""
     ctx = context(request)
     lags = await call(ctx.projection_lags)
     registry = CollectorRegistry(auto_describe=False)

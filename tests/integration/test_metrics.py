@@ -46,11 +46,50 @@ async def test_metrics_count_sessions_reconnects_and_view_lag(api: Api) -> None:
     assert samples[("sessiond_sessions_health", (("health", "stopped"),))] == 1
     assert samples[("sessiond_sessions_health", (("health", "healthy"),))] == 2
     assert samples[("sessiond_reconnects_total", ())] == 1
-    assert samples[("sessiond_messages_total", (("direction", "sent"),))] == 0
+    outbound_sent = (("direction", "outbound"), ("status", "sent"))
+    assert samples[("sessiond_messages_total", outbound_sent)] == 0
     lags = {
         dict(labels)["projection"]: value
         for (name, labels), value in samples.items()
         if name == "sessiond_projection_lag_events"
     }
-    assert set(lags) == {"session_status", "api_keys", "gateway", "uptime"}
+    assert set(lags) == {"session_status", "api_keys", "gateway", "uptime", "messages"}
     assert all(value >= 0 for value in lags.values())
+
+
+async def test_metrics_count_messages_by_direction_and_status_and_queue_depths(api: Api) -> None:
+    linked = await connected_session(api, "Linked")
+    waiting = await api.create_session("Waiting")
+    for n in range(3):
+        response = await api.client.post(
+            f"/sessions/{waiting['sessionId']}/messages",
+            json={"to": "+14155550123", "text": f"later {n}"},
+            headers=api.key(waiting),
+        )
+        assert response.status_code == 202
+    for to in ("+14155550123", "0123456@s.whatsapp.net"):
+        await api.client.post(
+            f"/sessions/{linked['sessionId']}/messages",
+            json={"to": to, "text": "now"},
+            headers=api.key(linked),
+        )
+    await simulate(api, linked, "inbound", sender="+4915112345678", text="hello")
+
+    async def settled() -> Any:
+        samples = await scrape(api)
+        outbound = [
+            samples[("sessiond_messages_total", (("direction", "outbound"), ("status", s)))]
+            for s in ("sent", "failed")
+        ]
+        return samples if outbound == [1, 1] else None
+
+    samples = await eventually(settled)
+
+    def count(direction: str, status: str) -> float:
+        return samples[("sessiond_messages_total", (("direction", direction), ("status", status)))]
+
+    assert count("outbound", "failed") == 1
+    assert count("inbound", "received") == 1
+    assert count("outbound", "read") == 0
+    assert samples[("sessiond_message_queue_depth", ())] == 3
+    assert samples[("sessiond_message_queue_depth_max", ())] == 3
