@@ -14,6 +14,7 @@ would have been due.
 
 from __future__ import annotations
 
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -25,8 +26,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from application.errors import NotConnected, NotPairing
-from application.ports import PhoneSimulator, WhatsAppGateway
+from application.errors import NotConnected, NotPairing, RecipientRejected
+from application.ports import InboundMessage, PhoneSimulator, WhatsAppGateway
 from infra.neonize_gateway import NeonizeGateway
 from infra.simulator import SimulatorGateway
 from tests.unit.test_neonize_mapping import (
@@ -38,12 +39,16 @@ from tests.unit.test_neonize_mapping import (
     feed,
     make_store,
     names,
+    receipt,
+    text_message,
 )
 
 FIRST, NEXT, CODES = 0.3, 0.05, 3
 KNOWN_JID = "15551234567:12@s.whatsapp.net"
 UNKNOWN_JID = "15559999999:3@s.whatsapp.net"
 DIAL_ERROR = "failed to dial whatsapp web websocket: connect: network is unreachable"
+FRIEND = "15557654321@s.whatsapp.net"
+NOT_ON_WHATSAPP = "0123456789@s.whatsapp.net"  # both gateways: numbers starting with 0
 
 
 class Phone(ABC):
@@ -70,6 +75,14 @@ class Phone(ABC):
     @abstractmethod
     def set_reachable(self, reachable: bool) -> None: ...
 
+    @abstractmethod
+    def inbound(self, session_id: UUID, sender: str, text: str) -> None:
+        """`sender` writes `text` to the session's account."""
+
+    @abstractmethod
+    def ack(self, session_id: UUID, whatsapp_id: str, status: str) -> None:
+        """The recipient's phone acknowledges a message the session sent."""
+
 
 class SimulatedPhone(Phone):
     def __init__(self, simulator: PhoneSimulator) -> None:
@@ -95,6 +108,12 @@ class SimulatedPhone(Phone):
 
     def set_reachable(self, reachable: bool) -> None:
         self.simulator.set_reachable(reachable)
+
+    def inbound(self, session_id: UUID, sender: str, text: str) -> None:
+        self.simulator.inbound(session_id, sender, text)
+
+    def ack(self, session_id: UUID, whatsapp_id: str, status: str) -> None:
+        self.simulator.ack(session_id, whatsapp_id, status)
 
 
 class ScriptedPhone(Phone):
@@ -138,6 +157,19 @@ class ScriptedPhone(Phone):
         if not reachable:
             for session_id in self.gateway.running():
                 self.drop(session_id)
+
+    def inbound(self, session_id: UUID, sender: str, text: str) -> None:
+        message_id = "3A" + secrets.token_hex(9).upper()
+        now_ms = int(time.time() * 1000)
+        event = text_message(text, sender=sender, message_id=message_id, timestamp=now_ms)
+        self.send(session_id, event)
+
+    def ack(self, session_id: UUID, whatsapp_id: str, status: str) -> None:
+        # sent by the recipient of the message, whom the client remembers
+        recipient = self.client(session_id).recipients[whatsapp_id]
+        kind = {"delivered": PB.Receipt.DELIVERED, "read": PB.Receipt.READ}[status]
+        event = receipt(whatsapp_id, kind=kind, sender=recipient, timestamp=int(time.time()))
+        self.send(session_id, event)
 
     def make_client(self, store_dsn: str, **kwargs: Any) -> ScriptedClient:
         fail = None if self.reachable else NZ.neonize_error(DIAL_ERROR)
@@ -404,3 +436,45 @@ def test_starting_while_whatsapp_is_unreachable_is_reported(rig: Rig) -> None:
     rig.phone.set_reachable(True)
     rig.gateway.start(other, None)
     assert names(rig.wait(other, 2))[1] == "qr_issued"
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+def test_a_connected_session_receives_a_text_once(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    before = datetime.now(UTC)
+    rig.phone.inbound(sid, FRIEND, "hello from a friend")
+    rig.wait_name(sid, "message_received")
+    calls = rig.quiet(sid, 0.05)
+    received = [call.args[0] for call in calls if call.name == "message_received"]
+    assert len(received) == 1
+    [message] = received
+    assert isinstance(message, InboundMessage)
+    assert (message.text, message.sender, message.chat) == ("hello from a friend", FRIEND, FRIEND)
+    assert message.whatsapp_id
+    assert before - timedelta(seconds=1) <= message.sent_at <= datetime.now(UTC)
+
+
+def test_send_text_returns_whatsapps_id_and_acks_report_delivered_then_read(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    sent = rig.gateway.send_text(sid, FRIEND, "hello")
+    assert sent.message_id
+    rig.phone.ack(sid, sent.message_id, "delivered")
+    rig.wait_name(sid, "message_status")
+    rig.phone.ack(sid, sent.message_id, "read")
+    calls = rig.events.wait_for(sid, lambda calls: names(calls).count("message_status") == 2)
+    statuses = [call.args for call in calls if call.name == "message_status"]
+    assert [(ids, status) for ids, status, _ in statuses] == [
+        ([sent.message_id], "delivered"),
+        ([sent.message_id], "read"),
+    ]
+    for _, _, at in statuses:
+        assert abs(at - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_send_text_to_a_number_not_on_whatsapp_is_rejected_for_good(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    with pytest.raises(RecipientRejected):
+        rig.gateway.send_text(sid, NOT_ON_WHATSAPP, "hello")
+    assert rig.gateway.send_text(sid, FRIEND, "hello").message_id  # the session is fine

@@ -6,11 +6,13 @@ activity and queue depth follow; idempotency keys, bad input and deleted session
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import datetime
 from typing import Any
 
 import pytest
 
+from application.ports import InboundMessage
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.test_gateway_worker import (
     connected_session,
@@ -79,7 +81,7 @@ async def test_texts_queued_while_disconnected_drain_in_order_on_connect(api: Ap
     sent = [await message(api, created, i) for i in ids]
     times = [datetime.fromisoformat(m["sentAt"]) for m in sent]
     assert times == sorted(times), "sent in the order queued"
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     assert min(gaps) >= SEND_INTERVAL * 0.9, f"paced per session: {gaps}"
     assert all(m["whatsappId"] for m in sent)
 
@@ -147,8 +149,6 @@ async def test_inbound_texts_are_recorded_counted_and_listed(api: Api) -> None:
 
 
 async def test_the_same_whatsapp_message_reported_twice_is_recorded_once(api: Api) -> None:
-    from application.ports import InboundMessage  # noqa: PLC0415
-
     created = await connected_session(api, "Twice")
     worker = api.container.worker
     assert worker is not None

@@ -86,7 +86,9 @@ async def test_metrics_count_messages_by_direction_and_status_and_queue_depths(a
     samples = await eventually(settled)
 
     def count(direction: str, status: str) -> float:
-        return samples[("sessiond_messages_total", (("direction", direction), ("status", status)))]
+        return float(
+            samples[("sessiond_messages_total", (("direction", direction), ("status", status)))]
+        )
 
     assert count("outbound", "failed") == 1
     assert count("inbound", "received") == 1

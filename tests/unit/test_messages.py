@@ -5,6 +5,7 @@ counters, the messages view and the send deadline."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -78,7 +79,7 @@ def test_bad_recipients_and_texts_are_refused_before_anything_is_recorded(
 
 
 def test_a_full_queue_refuses_more(app: SessionsApplication) -> None:
-    session_id, uuid = create(app)
+    _, uuid = create(app)
     session = app.load(uuid)
     for n in range(MAX_QUEUED_MESSAGES):
         session.queue_message(f"msg_{n:032x}", TO, "x", None, ADMIN_ACTOR)
@@ -157,7 +158,8 @@ def test_a_snapshot_carries_the_queue_and_an_old_snapshot_loads(
     session_id, uuid = create(app)
     message_id = queue(app, session_id, "kept", key="k")
     snapshot = Snapshot.take(app.load(uuid))
-    restored = app.mapper.to_domain_event(app.mapper.to_stored_event(snapshot)).mutate(None)
+    decoded: Any = app.mapper.to_domain_event(app.mapper.to_stored_event(snapshot))
+    restored = decoded.mutate(None)
     assert [m.text for m in restored.outbox] == ["kept"]
     assert restored.queued_message("k", TO, "kept") == message_id
     # A snapshot taken before messages existed has none of their attributes.
@@ -165,6 +167,7 @@ def test_a_snapshot_carries_the_queue_and_an_old_snapshot_loads(
     for name in ("outbox", "recent", "recent_inbound"):
         del old.state[name]
     session = old.mutate(None)
+    assert isinstance(session, Session)
     assert session.next_message() is None
     session.queue_message("msg_" + "a" * 32, TO, "new", None, ADMIN_ACTOR)
     assert session.next_message() is not None

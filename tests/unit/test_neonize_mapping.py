@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import queue
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -31,8 +32,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from application.errors import GatewayError, NotConnected, NotPairing
-from application.ports import GatewayEvents
+from application.errors import GatewayError, NotConnected, NotPairing, RecipientRejected
+from application.ports import GatewayEvents, InboundMessage
 from infra.neonize_gateway import (
     NeonizeGateway,
     delete_device,
@@ -49,6 +50,10 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WAIT = 5.0  # upper bound of every wait below; they return as soon as the condition holds
 PHONE_JID = "15551234567:12@s.whatsapp.net"
 SENT_AT = int(time.time())  # WhatsApp's timestamp of what a scripted client sends
+ALICE = "15557654321@s.whatsapp.net"
+#: neonize's times: a message's in milliseconds, a receipt's in seconds (UnixMilli / Unix)
+MESSAGE_MS = int(NOW.timestamp()) * 1000 + 123
+RECEIPT_S = int(NOW.timestamp()) + 5
 
 
 # -- feeding neonize --------------------------------------------------------------------------
@@ -97,6 +102,62 @@ def device_jid_proto(jid: str) -> Any:
     return PB.JID(User=user, Device=int(device or 0), Server=server, RawAgent=0, Integrator=0)
 
 
+def user_of(jid: str) -> str:
+    """`jid` without its device part (``user:device@server`` → ``user@server``)."""
+    user_device, _, server = jid.partition("@")
+    return f"{user_device.partition(':')[0]}@{server}"
+
+
+def text_message(
+    text: str = "hello",
+    *,
+    sender: str = ALICE,
+    chat: str | None = None,
+    message_id: str = "3A0000000000000000A1",
+    from_me: bool = False,
+    timestamp: int = MESSAGE_MS,
+    push_name: str = "Alice",
+    content: Any = None,
+    sender_alt: str | None = None,
+    **flags: Any,
+) -> Any:
+    """A `MessageEv` as whatsmeow encodes it: `text` as a plain conversation unless `content`
+    (a waE2E Message) is given; `chat` defaults to the sender's one-to-one chat."""
+    chat = chat or user_of(sender)
+    source = PB.MessageSource(
+        Chat=device_jid_proto(chat),
+        Sender=device_jid_proto(sender),
+        IsFromMe=from_me,
+        IsGroup=chat.endswith("@g.us") or chat.endswith("@broadcast"),
+    )
+    if sender_alt is not None:
+        source.SenderAlt.CopyFrom(device_jid_proto(sender_alt))
+    info = PB.MessageInfo(
+        MessageSource=source,
+        ID=message_id,
+        Type="text",
+        Pushname=push_name,
+        Timestamp=timestamp,
+    )
+    body = NZ.message(conversation=text) if content is None else content
+    return PB.Message(Info=info, Message=body, **flags)
+
+
+def receipt(
+    *message_ids: str,
+    kind: int = PB.Receipt.DELIVERED,
+    sender: str = ALICE,
+    from_me: bool = False,
+    timestamp: int = RECEIPT_S,
+) -> Any:
+    """A `ReceiptEv` as whatsmeow encodes it: its MessageSource is the receipt's sender's."""
+    jid = device_jid_proto(sender)
+    source = PB.MessageSource(Chat=jid, Sender=jid, IsFromMe=from_me, IsGroup=False)
+    return PB.Receipt(
+        MessageSource=source, MessageIDs=list(message_ids), Timestamp=timestamp, Type=kind
+    )
+
+
 # -- a client that talks to no one ------------------------------------------------------------
 
 SessionClient: Any = session_client_class()
@@ -108,7 +169,8 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
     `connect()` blocks until `stop()`, like neonize's; meanwhile it runs the commands given
     with `do` on its own thread (Go's, for the gateway). A resumed device sends Device and
     Connected at once; a new one shows `codes` QR codes (`first` then `next` seconds each),
-    then reports "timeout", unless `scan()` runs first.
+    then reports "timeout", unless `scan()` runs first. Like the simulator, it treats phone
+    numbers starting with 0 as not on WhatsApp: sending to one fails as whatsmeow's does.
     """
 
     def __init__(
@@ -133,6 +195,7 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
         self.stop_calls = 0
         self.paired = False
         self.sent: list[tuple[Any, Any]] = []
+        self.recipients: dict[str, str] = {}  # WhatsApp's id of each message sent → its JID
         self.send_error: Exception | None = None
         self.logouts = 0
         self.pair_calls: list[tuple[Any, ...]] = []
@@ -201,8 +264,14 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
     def send_message(self, to: Any, message: Any) -> Any:
         if self.send_error is not None:
             raise self.send_error
+        jid = f"{to.User}@{to.Server}"
+        if to.Server == "s.whatsapp.net" and to.User.startswith("0"):
+            # whatsmeow's answer when usync knows no account for the number (send.go)
+            raise NZ.send_message_error(f"no LID found for {jid} from server")
         self.sent.append((to, message))
-        return PB.SendResponse(ID=f"3EB0{len(self.sent):06d}", Timestamp=SENT_AT, ServerID=0)
+        message_id = f"3EB0{len(self.sent):06d}"
+        self.recipients[message_id] = jid
+        return PB.SendResponse(ID=message_id, Timestamp=SENT_AT, ServerID=0)
 
     def logout(self) -> None:
         """whatsmeow unlinks the device and deletes it from its store."""
@@ -263,6 +332,14 @@ class Recorder(GatewayEvents):
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         return self._add("keepalive", session_id, healthy)
+
+    def message_received(self, session_id: UUID, message: InboundMessage) -> int | None:
+        return self._add("message_received", session_id, message)
+
+    def message_status(
+        self, session_id: UUID, whatsapp_ids: list[str], status: str, at: datetime
+    ) -> int | None:
+        return self._add("message_status", session_id, whatsapp_ids, status, at)
 
     def of(self, session_id: UUID) -> list[Call]:
         with self.changed:
@@ -496,10 +573,182 @@ def test_keepalive_timeouts_and_restores_are_reported(rig: Rig) -> None:
     ]
 
 
-def test_message_and_receipt_events_are_not_subscribed(rig: Rig) -> None:
+# -- messages received ------------------------------------------------------------------------
+
+
+def received(calls: list[Call]) -> list[InboundMessage]:
+    return [call.args[0] for call in calls if call.name == "message_received"]
+
+
+def test_message_and_receipt_events_are_subscribed(rig: Rig) -> None:
     client = rig.start(uuid4())
-    assert EVENT_TO_INT[NZ.events.MessageEv] not in client.event.list_func
-    assert EVENT_TO_INT[NZ.events.ReceiptEv] not in client.event.list_func
+    assert EVENT_TO_INT[NZ.events.MessageEv] in client.event.list_func
+    assert EVENT_TO_INT[NZ.events.ReceiptEv] in client.event.list_func
+
+
+def test_a_text_received_is_reported_with_its_id_sender_time_and_push_name(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    feed(client, text_message("hello there", sender="15557654321:3@s.whatsapp.net"))
+    assert [(c.name, c.session_id) for c in rig.settle()] == [("message_received", sid)]
+    assert received(rig.events.calls) == [
+        InboundMessage(
+            whatsapp_id="3A0000000000000000A1",
+            sender=ALICE,  # the sending device's number is dropped
+            chat=ALICE,
+            text="hello there",
+            sent_at=NOW + timedelta(milliseconds=123),  # neonize's message times are in ms
+            push_name="Alice",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ({"conversation": "plain"}, "plain"),
+        ({"extendedTextMessage": {"text": "see https://example.org"}}, "see https://example.org"),
+        ({"imageMessage": {"caption": "a caption", "mimetype": "image/jpeg"}}, "a caption"),
+    ],
+    ids=["conversation", "extended-text", "image-caption"],
+)
+def test_the_text_is_a_conversation_an_extended_text_or_a_caption(
+    rig: Rig, content: dict[str, Any], text: str
+) -> None:
+    _, client = connected_rig(rig)
+    feed(client, text_message(content=NZ.message(**content)))
+    [message] = received(rig.settle())
+    assert message.text == text
+
+
+def test_a_group_message_has_the_group_as_chat_and_the_member_as_sender(rig: Rig) -> None:
+    _, client = connected_rig(rig)
+    group = "120363000000000000@g.us"
+    feed(client, text_message("hi all", chat=group, sender="15557654321:2@s.whatsapp.net"))
+    [message] = received(rig.settle())
+    assert (message.chat, message.sender) == (group, ALICE)
+
+
+def test_a_hidden_sender_is_named_by_the_phone_number_whatsapp_gives_beside_it(rig: Rig) -> None:
+    _, client = connected_rig(rig)
+    hidden = "208378654321:4@lid"
+    feed(client, text_message(sender=hidden, sender_alt="15557654321:4@s.whatsapp.net"))
+    feed(client, text_message(sender=hidden, message_id="3A0000000000000000A2"))
+    first, second = received(rig.settle())
+    assert (first.sender, first.chat) == (ALICE, ALICE)
+    assert (second.sender, second.chat) == ("208378654321@lid", "208378654321@lid")  # no number
+
+
+def test_a_message_without_a_time_is_dated_now(rig: Rig) -> None:
+    _, client = connected_rig(rig)
+    feed(client, text_message(timestamp=0))
+    [message] = received(rig.settle())
+    assert message.sent_at == NOW
+
+
+def test_messages_sent_by_this_account_are_not_reported(rig: Rig) -> None:
+    """Our own sends come back as messages from us, as do those typed on the phone."""
+    _, client = connected_rig(rig)
+    feed(client, text_message("sent by us", sender=PHONE_JID, chat=ALICE, from_me=True))
+    assert rig.settle() == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"imageMessage": {"mimetype": "image/jpeg"}},  # media without a caption
+        {"reactionMessage": {"text": "+1"}},
+        {"protocolMessage": {"type": 0}},  # e.g. a message deleted for everyone
+        {},  # nothing WhatsApp could decode
+    ],
+    ids=["media", "reaction", "protocol", "empty"],
+)
+def test_messages_without_text_are_not_reported(rig: Rig, content: dict[str, Any]) -> None:
+    _, client = connected_rig(rig)
+    feed(client, text_message(content=NZ.message(**content)))
+    assert rig.settle() == []
+
+
+def test_status_updates_channel_posts_and_edits_are_not_reported(rig: Rig) -> None:
+    _, client = connected_rig(rig)
+    feed(client, text_message("my status", chat="status@broadcast"))
+    feed(client, text_message("a post", sender="120363000000000001@newsletter"))
+    feed(client, text_message("fixed typo", IsEdit=True))
+    assert rig.settle() == []
+
+
+def test_a_message_after_stop_is_not_reported(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    rig.gateway.stop(sid)
+    feed(client, text_message())
+    assert rig.settle() == []
+
+
+def test_a_failing_recording_is_logged_and_later_reports_still_arrive(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, client = connected_rig(rig)
+
+    def broken(session_id: UUID, message: InboundMessage) -> int | None:
+        raise RuntimeError("the recorder is down")
+
+    rig.events.message_received = broken  # type: ignore[method-assign]
+    feed(client, text_message())
+    feed(client, PB.KeepAliveRestored())
+    assert names(rig.settle()) == ["keepalive"]
+    assert "the recorder is down" in caplog.text
+
+
+# -- receipts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"), [(PB.Receipt.DELIVERED, "delivered"), (PB.Receipt.READ, "read")]
+)
+def test_delivered_and_read_receipts_report_the_ids_status_and_time(
+    rig: Rig, kind: int, status: str
+) -> None:
+    sid, client = connected_rig(rig)
+    feed(client, receipt("3EB0000001", "3EB0000002", kind=kind))
+    assert [(c.name, c.session_id, c.args) for c in rig.settle()] == [
+        (
+            "message_status",
+            sid,
+            (["3EB0000001", "3EB0000002"], status, NOW + timedelta(seconds=5)),  # in seconds
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        PB.Receipt.SENDER,
+        PB.Receipt.RETRY,
+        PB.Receipt.READ_SELF,
+        PB.Receipt.PLAYED,
+        PB.Receipt.PLAYED_SELF,
+        PB.Receipt.SERVER_ERROR,
+        PB.Receipt.INACTIVE,
+        PB.Receipt.PEER_MSG,
+        PB.Receipt.HISTORY_SYNC,
+    ],
+    ids=lambda kind: str(PB.Receipt.ReceiptType.Name(kind)),
+)
+def test_other_receipt_types_are_ignored(rig: Rig, kind: int) -> None:
+    _, client = connected_rig(rig)
+    feed(client, receipt("3EB0000001", kind=kind))
+    assert rig.settle() == []
+
+
+def test_receipts_from_this_accounts_own_devices_are_ignored(rig: Rig) -> None:
+    """The phone reading a message it received sends "read" from us: not an ack of ours."""
+    _, client = connected_rig(rig)
+    feed(
+        client,
+        receipt("3A0000000000000000A1", kind=PB.Receipt.READ, sender=PHONE_JID, from_me=True),
+    )
+    feed(client, receipt("3EB0000001", kind=PB.Receipt.DELIVERED, sender=PHONE_JID, from_me=True))
+    feed(client, receipt(kind=PB.Receipt.READ))  # no ids at all
+    assert rig.settle() == []
 
 
 # -- how connect() ends -----------------------------------------------------------------------
@@ -660,11 +909,49 @@ def test_send_text_when_connected_sends_a_plain_conversation(rig: Rig) -> None:
         rig.gateway.send_text(sid, "15557654321", "hello")
 
 
-def test_send_text_failure_is_a_gateway_error(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        # whatsmeow's own texts (send.go, errors.go), as neonize's SendMessageError carries them
+        ("no LID found for 15557654321@s.whatsapp.net from server", RecipientRejected),
+        ("can't send message to unknown server example.com", RecipientRejected),
+        ("message recipient must be a user JID with no device part", RecipientRejected),
+        ("sending to non-status broadcast lists is not yet supported", RecipientRejected),
+        ("failed to send message node: websocket not connected", NotConnected),
+        ("client is nil", NotConnected),
+        ("timed out waiting for message send response", GatewayError),
+        ("server returned error 479", GatewayError),
+        (
+            "failed to get user info for 15557654321@s.whatsapp.net to fill LID cache: "
+            "info query timed out",
+            GatewayError,
+        ),
+    ],
+)
+def test_send_text_failures_are_mapped_by_what_whatsmeow_said(
+    rig: Rig, error: str, raised: type[GatewayError]
+) -> None:
     sid, client = connected_rig(rig)
-    client.send_error = NZ.neonize_error("client is nil")
-    with pytest.raises(GatewayError, match="client is nil"):
+    client.send_error = NZ.send_message_error(error)
+    with pytest.raises(GatewayError, match=re.escape(error)) as caught:
         rig.gateway.send_text(sid, "15557654321", "hello")
+    assert type(caught.value) is raised
+    assert isinstance(caught.value.__cause__, NZ.send_message_error)
+
+
+def test_send_text_failure_outside_neonize_is_a_gateway_error(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    client.send_error = OSError("ctypes went wrong")
+    with pytest.raises(GatewayError, match="ctypes went wrong") as caught:
+        rig.gateway.send_text(sid, "15557654321", "hello")
+    assert type(caught.value) is GatewayError
+
+
+def test_send_text_to_a_number_not_on_whatsapp_is_rejected(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    with pytest.raises(RecipientRejected, match=r"no LID found for 0123456789@s\.whatsapp\.net"):
+        rig.gateway.send_text(sid, "0123456789@s.whatsapp.net", "hello")
+    assert client.sent == []
 
 
 def test_logout_of_a_connected_client_logs_out_then_stops_and_reports_nothing(rig: Rig) -> None:
