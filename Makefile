@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-## Start the service with no configuration: embedded PostgreSQL in ./var, simulator gateway.
+## Start the service with no configuration: embedded PostgreSQL in ./var, the neonize gateway.
 run: install
 	$(VENV)/bin/sessiond serve --host $(HOST) --port $(PORT)
 
