@@ -518,8 +518,7 @@ class Session(Aggregate):
     def _queue_message(
         self, message_id: str, to: str, text: str, idempotency_key: str | None, actor: str
     ) -> None:
-        outbox, recent, _ = self._messages()
-        outbox.append(QueuedMessage(message_id, to, text))
+        self._messages()[0].append(QueuedMessage(message_id, to, text))
         fingerprint = message_fingerprint(to, text)
         self._remember(RecentMessage(message_id, "queued", fingerprint, idempotency_key))
 

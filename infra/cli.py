@@ -122,7 +122,14 @@ def _run_background_roles(settings: Settings, url: str, roles: frozenset[str]) -
     container.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _print_cipher_key() -> int:
+    from eventsourcing.cryptography import AESCipher  # noqa: PLC0415
+
+    print(AESCipher.create_key(32))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat list of commands
     parser = argparse.ArgumentParser(prog="sessiond", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -148,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "cipher-key":
-        from eventsourcing.cryptography import AESCipher  # noqa: PLC0415
-
-        print(AESCipher.create_key(32))
-        return 0
+        return _print_cipher_key()
 
     try:
         settings = Settings.from_env()

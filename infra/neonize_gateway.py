@@ -26,6 +26,11 @@ all verified on 0.5.2 (see ``research/neonize.md``):
   new one with the same key started would stop the new one. The adapter stops old clients
   itself and detaches their finalizer. Every start gets a new generation; reports of an
   older generation (a stopped or restarted client) are dropped by the dispatcher.
+- **Messages.** Only texts written to the account are reported (not our own sends echoed back,
+  status updates, edits, media without a caption), and only the receipts a recipient's device
+  sends for what we sent (delivered, read). whatsmeow's send errors reach Python as text only,
+  so `send_text` tells a refused recipient from a failure that may pass by their wording
+  (`RECIPIENT_REFUSALS`: re-check on every upgrade).
 - **Importing neonize configures the root logger** (`logging.basicConfig` at INFO with a
   handler of its own): `import_neonize()` imports it lazily and puts the root logger back.
 - **The store.** whatsmeow's tables live in a schema of the service's PostgreSQL database
@@ -60,9 +65,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from application.errors import GatewayError, NotConnected, NotPairing
-from application.ports import GatewayEvents, SentMessage, WhatsAppGateway
-from domain.values import Reason
+from application.errors import GatewayError, NotConnected, NotPairing, RecipientRejected
+from application.ports import GatewayEvents, InboundMessage, SentMessage, WhatsAppGateway
+from domain.values import MessageStatus, Reason
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +96,12 @@ class Neonize:
     pb: Any  # neonize.proto.Neonize_pb2
     message: Any  # waE2E Message
     jid_to_string: Callable[[Any], str]
+    jid_to_non_ad: Callable[[Any], Any]  # a copy of the JID without its device part
     build_jid: Callable[..., Any]
+    extract_text: Callable[[Any], str]  # a waE2E Message's text, or its media's caption
     client_name: Any
     neonize_error: type[Exception]
+    send_message_error: type[Exception]  # what `send_message` raises (a `neonize_error`)
     session_client: Any  # `SessionClient`, defined once neonize is imported
 
 
@@ -114,11 +122,12 @@ def import_neonize() -> Neonize:
             import neonize.events  # noqa: PLC0415
             from neonize.client import ClientFactory as GoClientFactory  # noqa: PLC0415
             from neonize.client import NewClient  # noqa: PLC0415
-            from neonize.exc import NeonizeError  # noqa: PLC0415
+            from neonize.exc import NeonizeError, SendMessageError  # noqa: PLC0415
             from neonize.proto import Neonize_pb2  # noqa: PLC0415
             from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message  # noqa: PLC0415
             from neonize.utils.enum import ClientName  # noqa: PLC0415
-            from neonize.utils.jid import Jid2String, build_jid  # noqa: PLC0415
+            from neonize.utils.jid import Jid2String, JIDToNonAD, build_jid  # noqa: PLC0415
+            from neonize.utils.message import extract_text  # noqa: PLC0415
         finally:
             root.setLevel(level)
             root.handlers[:] = handlers
@@ -132,9 +141,12 @@ def import_neonize() -> Neonize:
             pb=Neonize_pb2,
             message=Message,
             jid_to_string=Jid2String,
+            jid_to_non_ad=JIDToNonAD,
             build_jid=build_jid,
+            extract_text=extract_text,
             client_name=ClientName,
             neonize_error=NeonizeError,
+            send_message_error=SendMessageError,
             session_client=_define_session_client(NewClient),
         )
         return _neonize
@@ -318,6 +330,102 @@ def prepare_store(database_url: str) -> set[str]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (STORE_UPGRADE_LOCK,))
 
 
+# -- messages ----------------------------------------------------------------------------------
+
+#: whatsmeow's `SendMessage` errors that refuse the recipient itself, so that sending again
+#: cannot help. neonize passes on only their text (``SendMessageError(err.Error())``, with
+#: whatsmeow's context around it), hence substrings; each is in 0.5.2's Go library.
+RECIPIENT_REFUSALS = (
+    # WhatsApp knows no account (no LID) for that phone number: not on WhatsApp, or the
+    # number is written in a form it does not know; asking again gets the same answer
+    "no LID found for",
+    "can't send message to unknown server",  # ErrUnknownServer: not a user, group or channel
+    "message recipient must be a user JID with no device part",  # ErrRecipientADJID
+    "sending to non-status broadcast lists is not yet supported",  # ErrBroadcastListUnsupported
+)
+#: ... and those saying the client has no link: the socket dropped since `Connected` (whatsmeow
+#: reconnects, and `connected` follows), or Go holds no client under its key any more.
+NOT_CONNECTED_ERRORS = (
+    "websocket not connected",  # ErrNotConnected
+    "client is nil",  # ErrClientIsNil
+)
+
+#: Chats whose messages are not written to the account: status updates (``status@broadcast``)
+#: and the posts of channels it follows (``…@newsletter``).
+_NOT_CHATS = frozenset({"broadcast", "newsletter"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# neonize 0.5.2 encodes a message's time with Go's UnixMilli and a receipt's (and a send
+# response's) with Unix: checked in its Go library, where EncodeMessageInfo multiplies by 1000
+# and EncodeReceipts does not (objdump), as in neonize's source (goneonize/utils/encoder.go).
+_MESSAGE_TIME_UNIT = timedelta(milliseconds=1)
+_RECEIPT_TIME_UNIT = timedelta(seconds=1)
+
+
+def _send_error(message: str) -> GatewayError:
+    """The port's error for whatsmeow's send error `message`: what is not known to refuse
+    the recipient or to lack a link may pass (time-outs, ``server returned error <code>``,
+    failed user look-ups), so it is a plain `GatewayError`."""
+    if any(refusal in message for refusal in RECIPIENT_REFUSALS):
+        return RecipientRejected(f"WhatsApp refused the recipient: {message}")
+    if any(sign in message for sign in NOT_CONNECTED_ERRORS):
+        return NotConnected(f"the session is not connected: {message}")
+    return GatewayError(f"WhatsApp did not take the message: {message}")
+
+
+def _instant(timestamp: int, unit: timedelta, clock: Clock) -> datetime:
+    """A neonize timestamp (a count of `unit` since the epoch) in UTC; unset: now."""
+    return _EPOCH + timestamp * unit if timestamp > 0 else clock()
+
+
+def _user_jid(nz: Neonize, jid: Any, alt: Any) -> str:
+    """`jid` without its device part; a hidden user (``…@lid``) as the phone-number JID that
+    WhatsApp gave beside it (`alt`), when it did, since that is what `send_text` takes."""
+    if jid.Server == "lid" and alt.User and alt.Server == "s.whatsapp.net":
+        jid = alt
+    return nz.jid_to_string(nz.jid_to_non_ad(jid))
+
+
+def _inbound(nz: Neonize, event: Any, clock: Clock) -> InboundMessage | None:
+    """The text message a `MessageEv` carries; None (logged) for anything else."""
+    info = event.Info
+    source = info.MessageSource
+    text = ""
+    if source.IsFromMe:
+        why = "sent by this account (our own send echoed back, or sent from the phone)"
+    elif source.Chat.Server in _NOT_CHATS:
+        why = f"not a chat ({nz.jid_to_string(source.Chat)})"
+    elif event.IsEdit:
+        why = "an edit of an earlier message"
+    elif not (text := nz.extract_text(event.Message)):
+        why = "no text (media without caption, reaction, protocol message...)"
+    if not text:
+        log.debug("message %s skipped: %s", info.ID, why)
+        return None
+    sender = _user_jid(nz, source.Sender, source.SenderAlt)
+    chat = nz.jid_to_string(source.Chat)
+    if not source.IsGroup and source.Chat.User == source.Sender.User:
+        chat = sender  # a one-to-one chat is the sender's: named the same way
+    sent_at = _instant(info.Timestamp, _MESSAGE_TIME_UNIT, clock)
+    return InboundMessage(info.ID, sender, chat, text, sent_at, info.Pushname)
+
+
+def _receipt_status(pb: Any, event: Any) -> str | None:
+    """The status a `ReceiptEv` gives messages this session sent, or None."""
+    # A receipt's MessageSource is its sender's (whatsmeow's parseReceipt reads it from the
+    # receipt's "from"): IsFromMe means one of this account's own devices sent it, because the
+    # phone read a message it received ("read", "read-self") or got one we sent ("sender"),
+    # never a recipient acknowledging ours.
+    if event.MessageSource.IsFromMe or not event.MessageIDs:
+        return None
+    if event.Type == pb.Receipt.DELIVERED:
+        return MessageStatus.DELIVERED.value
+    if event.Type == pb.Receipt.READ:
+        return MessageStatus.READ.value
+    # PLAYED is for view-once media and voice notes, never our texts; RETRY, SENDER, the
+    # *_SELF types, SERVER_ERROR, INACTIVE, PEER_MSG and HISTORY_SYNC acknowledge nothing.
+    return None
+
+
 # -- the gateway -------------------------------------------------------------------------------
 
 
@@ -473,6 +581,8 @@ class NeonizeGateway(WhatsAppGateway):
             # A Message, not a str: neonize would scan a str for @mentions, and for each
             # "@...@g.us" token make a network call.
             response = link.client.send_message(recipient, nz.message(conversation=text))
+        except nz.neonize_error as exc:
+            raise _send_error(str(exc)) from exc
         except Exception as exc:
             raise GatewayError(f"WhatsApp did not take the message: {exc}") from exc
         timestamp = (
@@ -540,7 +650,9 @@ class NeonizeGateway(WhatsAppGateway):
         client = link.client
         client.event.qr(self._qr_handler(link))
         client.on_login_status = self._login_status_handler(link)
-        handlers = self._link_handlers(link) | self._ending_handlers(link)
+        handlers = (
+            self._link_handlers(link) | self._ending_handlers(link) | self._message_handlers(link)
+        )
         for event_type, handler in handlers.items():
             client.event(event_type)(handler)
 
@@ -635,6 +747,34 @@ class NeonizeGateway(WhatsAppGateway):
             ev.KeepAliveTimeoutEv: keepalive(False),
             ev.KeepAliveRestoredEv: keepalive(True),
         }
+
+    def _message_handlers(self, link: _Link) -> dict[Any, Callable[[Any, Any], None]]:
+        """Texts received and receipts of what was sent. The event is mapped by the
+        dispatcher (Go's thread only enqueues it), which logs a mapping that fails."""
+        nz = import_neonize()
+        ev, pb = nz.events, nz.pb
+        sid = link.session_id
+
+        def on_message(_client: Any, event: Any) -> None:
+            def deliver(events: GatewayEvents) -> None:
+                message = _inbound(nz, event, self._clock)
+                if message is not None:
+                    events.message_received(sid, message)
+
+            if not link.ended:
+                self._report(link, deliver)
+
+        def on_receipt(_client: Any, event: Any) -> None:
+            def deliver(events: GatewayEvents) -> None:
+                status = _receipt_status(pb, event)
+                if status is not None:
+                    at = _instant(event.Timestamp, _RECEIPT_TIME_UNIT, self._clock)
+                    events.message_status(sid, list(event.MessageIDs), status, at)
+
+            if not link.ended:
+                self._report(link, deliver)
+
+        return {ev.MessageEv: on_message, ev.ReceiptEv: on_receipt}
 
     def _ending_handlers(self, link: _Link) -> dict[Any, Callable[[Any, Any], None]]:
         """Events after which the client is useless: report, then stop it."""

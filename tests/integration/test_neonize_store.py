@@ -192,6 +192,8 @@ class Events(GatewayEvents):
     def qr_exhausted(self, *args): reports.append(("qr_exhausted",)); done.release()
     def connected(self, *args): reports.append(("connected",)); done.release()
     def keepalive(self, *args): reports.append(("keepalive",)); done.release()
+    def message_received(self, *args): reports.append(("message",)); done.release()
+    def message_status(self, *args): reports.append(("receipt",)); done.release()
     def disconnected(self, session_id, reason, detail="", not_before=None):
         reports.append((reason, detail)); done.release()
 
