@@ -129,7 +129,7 @@ def _print_cipher_key() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat list of commands
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sessiond", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
