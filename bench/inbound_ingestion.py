@@ -106,9 +106,10 @@ def raw_saves(app: SessionsApplication, messages: int) -> float:
     batches = []
     for _ in range(THREADS):
         originator = uuid4()
+        received: Any = Session.MessageReceived  # its fields are declared as annotations
         stored = [
             app.mapper.to_stored_event(
-                Session.MessageReceived(
+                received(
                     originator_id=originator,
                     originator_version=version,
                     timestamp=now,
