@@ -21,6 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
+from application.ports import InboundMessage
 from application.sessions import SessionsApplication, domain_transcodings
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
 from domain.session import Session
@@ -34,6 +35,7 @@ from tests.unit.helpers import catch_up, head, popo_app, replay
 STATUSES = {"connecting", "connected", "disconnected", "expired"}
 LATER = datetime(2030, 1, 1, tzinfo=UTC)
 JID = "4915112345678:1@s.whatsapp.net"
+TO = "4915112345678@s.whatsapp.net"
 
 #: What a command should do: raise this error, record events (True) or record nothing (False).
 Expected = type[Exception] | bool
@@ -50,6 +52,10 @@ class Model:
     requests_per_minute: int | None = None
     attempt: int = 0  # failures in a row
     degraded: bool = False
+    queue: list[str] = field(default_factory=list)  # outbound message ids waiting, in order
+    sent: dict[str, str] = field(default_factory=dict)  # WhatsApp id -> message status
+    received: set[str] = field(default_factory=set)  # WhatsApp ids of inbound messages
+    counts: dict[str, int] = field(default_factory=dict)  # status counter -> value
 
     @property
     def running(self) -> bool:
@@ -141,6 +147,8 @@ class SessionsMachine(RuleBasedStateMachine):
             m.status, m.reason, m.desired = "disconnected", "deleted", "deleted"
             m.attempt, m.degraded = 0, False
             m.keys = dict.fromkeys(m.keys, False)
+            m.counts["messages_failed"] = m.counts.get("messages_failed", 0) + len(m.queue)
+            m.queue = []
 
     @rule(session_id=sessions)
     def issue_key(self, session_id: str) -> None:
@@ -185,6 +193,64 @@ class SessionsMachine(RuleBasedStateMachine):
             expected = True
         if self.run(expected, lambda: self.app.set_rate_limit(session_id, limit, ADMIN_ACTOR)):
             m.requests_per_minute = limit
+
+    # -- messages ---------------------------------------------------------------------------
+
+    @rule(session_id=sessions, text=st.sampled_from(["hi", "  spaced  ", " ", "ünïcode ✓"]))
+    def send_message(self, session_id: str, text: str) -> None:
+        m = self.models[session_id]
+        expected: Expected = SessionIsDeleted if m.deleted else (text.strip() != "" or InvalidValue)
+        queued: list[str] = []
+
+        def send() -> int | None:
+            result = self.app.send_message(session_id, TO, text, None, ADMIN_ACTOR)
+            queued.append(result.message_id)
+            return result.position
+
+        if self.run(expected, send):
+            m.queue.append(queued[0])
+
+    @rule(session_id=sessions, outcome=st.sampled_from(["sent", "failed", "stale"]))
+    def send_next(self, session_id: str, outcome: str) -> None:
+        m = self.models[session_id]
+        uuid = self.uuid(session_id)
+        if outcome == "stale" or not m.queue or m.deleted:
+            self.run(False, lambda: self.app.record_sent(uuid, "msg_" + "0" * 32, "WA"))
+            return
+        message_id = m.queue.pop(0)
+        if outcome == "sent":
+            whatsapp_id = f"WA{len(m.sent)}"
+            self.run(True, lambda: self.app.record_sent(uuid, message_id, whatsapp_id))
+            m.sent[whatsapp_id] = "sent"
+            m.counts["messages_sent"] = m.counts.get("messages_sent", 0) + 1
+        else:
+            self.run(True, lambda: self.app.record_send_failed(uuid, message_id, "rejected", "no"))
+            m.counts["messages_failed"] = m.counts.get("messages_failed", 0) + 1
+
+    @rule(session_id=sessions, status=st.sampled_from(["delivered", "read"]), data=st.data())
+    def ack(self, session_id: str, status: str, data: st.DataObject) -> None:
+        m = self.models[session_id]
+        whatsapp_id = data.draw(st.sampled_from([*sorted(m.sent), "WA-unknown"]))
+        current = m.sent.get(whatsapp_id)
+        applies = not m.deleted and (
+            (status == "delivered" and current == "sent")
+            or (status == "read" and current in ("sent", "delivered"))
+        )
+        uuid = self.uuid(session_id)
+        if self.run(applies, lambda: self.app.record_acks(uuid, [whatsapp_id], status, LATER)):
+            m.sent[whatsapp_id] = status
+            counter = f"messages_{status}"
+            m.counts[counter] = m.counts.get(counter, 0) + 1
+
+    @rule(session_id=sessions, whatsapp_id=st.sampled_from(["IN1", "IN2", "IN3"]))
+    def receive(self, session_id: str, whatsapp_id: str) -> None:
+        m = self.models[session_id]
+        applies = not m.deleted and whatsapp_id not in m.received
+        uuid = self.uuid(session_id)
+        message = InboundMessage(whatsapp_id, TO, TO, "hello", LATER)
+        if self.run(applies, lambda: self.app.record_received(uuid, message)):
+            m.received.add(whatsapp_id)
+            m.counts["messages_received"] = m.counts.get("messages_received", 0) + 1
 
     # -- what the gateway reports: dropped (None) when it no longer applies ------------------
 
@@ -311,6 +377,22 @@ class SessionsMachine(RuleBasedStateMachine):
             else:
                 assert "retry" not in deadlines
             assert ("logout" in deadlines) == session.is_deleted
+
+            # Check the queue, its order and the message counters, in the session and rows.
+            assert [q.message_id for q in session.outbox] == m.queue
+            assert row.queue_depth == len(m.queue) == wanted.queued
+            for counter in (
+                "messages_sent",
+                "messages_failed",
+                "messages_delivered",
+                "messages_read",
+                "messages_received",
+            ):
+                assert getattr(row, counter) == m.counts.get(counter, 0), counter
+            if m.queue and not session.is_deleted:
+                assert "send" in deadlines
+            if session.is_deleted:
+                assert "send" not in deadlines
 
             # Check the key rows built from the log agree with the aggregate.
             key_rows = {
