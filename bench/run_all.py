@@ -27,6 +27,7 @@ BENCHMARKS = (
     "command_throughput.py",
     "gateway_storm.py",
     "uptime_series.py",
+    "inbound_ingestion.py",
 )
 
 
@@ -131,6 +132,20 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                     f"p50 {uptime[key]['p50_ms']:.1f} ms" + ("" if uptime["valid"] else " INVALID"),
                 ]
             )
+    ingestion = results.get("inbound_ingestion.py")
+    if ingestion is None:
+        rows.append(["inbound ingestion vs raw saves", "-", "-", "-", "-", "FAILED"])
+    else:
+        rows.append(
+            [
+                "inbound messages visible in status vs raw saves (/s)",
+                f"{ingestion['raw_per_s']:,.0f}",
+                f"{ingestion['visible_per_s']:,.0f}",
+                f"{ingestion['ratio']:.2f}",
+                "-",
+                f"recorded {ingestion['recorded_per_s']:,.0f}/s",
+            ]
+        )
     return rows
 
 
