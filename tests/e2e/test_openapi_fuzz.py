@@ -47,6 +47,24 @@ def _config(session_ids: list[str], key_ids: list[str]) -> str:
             'include-path = "/sessions/{session_id}/pair-code"',
             "[operations.checks.positive_data_acceptance]",
             'expected-statuses = ["200", "401", "403", "404", "409", "422", "429", "503"]',
+            # The same for a message's recipient (phonenumbers), a text of only spaces, and an
+            # idempotency key sent again with another text (422 idempotency-key-reused).
+            "[[operations]]",
+            'include-path = "/sessions/{session_id}/messages"',
+            "[operations.checks.positive_data_acceptance]",
+            'expected-statuses = ["200", "202", "401", "403", "404", "409", "422", "429", "503"]',
+            # An ack for a message of another session, or not sent yet (404, 409): beyond a
+            # schema too; so is an inbound sender's phone number (422).
+            *(
+                line
+                for action in ("ack", "inbound")
+                for line in (
+                    "[[operations]]",
+                    f'include-path = "/simulator/sessions/{{session_id}}/{action}"',
+                    "[operations.checks.positive_data_acceptance]",
+                    'expected-statuses = ["200", "401", "403", "404", "409", "422", "502", "503"]',
+                )
+            ),
             # A window must start before it ends and fit 10,000 buckets: no schema says that.
             "[[operations]]",
             'include-path = "/sessions/{session_id}/uptime"',

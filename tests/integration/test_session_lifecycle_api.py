@@ -25,7 +25,15 @@ async def test_the_seed_flow_create_scan_stop_reconnect_expire_delete(api: Api) 
     assert status["status"] == "connected"
     assert status["health"] == "healthy"
     assert status["connectedAt"] is not None
-    assert set(status["metrics"]) == {"messagesSent", "messagesReceived", "uptime"}
+    assert set(status["metrics"]) == {
+        "messagesSent",
+        "messagesReceived",
+        "uptime",
+        "messagesDelivered",
+        "messagesRead",
+        "messagesFailed",
+        "queueDepth",
+    }
 
     # Check stop: disconnected with the reason "stopped"; a second stop is harmless.
     stopped = (await client.post(f"/sessions/{session_id}/stop", headers=key)).json()

@@ -401,6 +401,12 @@ def test_every_nested_event_class_declares_its_own_explicit_topic() -> None:
         "ReconnectAttempted",
         "KeepAliveLost",
         "KeepAliveRestored",
+        "MessageQueued",
+        "MessageSent",
+        "MessageDelivered",
+        "MessageRead",
+        "MessageFailed",
+        "MessageReceived",
     }
     for name, cls in classes.items():
         declaring = next(k for k in cls.__mro__ if "TOPIC" in k.__dict__)
