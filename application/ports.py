@@ -66,6 +66,19 @@ class GatewayEvents(ABC):
         ``read`` (a `domain.values.MessageStatus`). Unknown ids and repeats are ignored."""
 
 
+class MessageIndex(ABC):
+    """Messages a session no longer remembers (it keeps the last few hundred), found in the
+    messages view: a late receipt, or an inbound message WhatsApp delivered again."""
+
+    @abstractmethod
+    def sent_message(self, session_id: UUID, whatsapp_id: str) -> tuple[str, str] | None:
+        """The (message id, status) of the session's outbound message with that WhatsApp id."""
+
+    @abstractmethod
+    def received_message(self, session_id: UUID, whatsapp_id: str) -> bool:
+        """Whether the session recorded an inbound message with that WhatsApp id."""
+
+
 @dataclass(frozen=True)
 class InboundMessage:
     """A text message received by a session's WhatsApp account."""

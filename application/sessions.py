@@ -6,6 +6,7 @@ can wait until the read models have caught up with it (read-your-writes).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from application.cache import SessionCache
 from application.commit import GroupCommitter
 from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
-from application.ports import InboundMessage
+from application.ports import InboundMessage, MessageIndex
 from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
 from domain.policy import ReconnectPolicy
 from domain.session import ApiKey, QueuedMessage, RecentMessage, Session
@@ -88,11 +89,14 @@ class Resume:
 @dataclass(frozen=True)
 class QueuedMessageResult:
     """The message a send request queued, or the one an earlier request with the same
-    idempotency key queued (`replayed`, and nothing recorded: `position` is None)."""
+    idempotency key queued (`replayed`, and nothing recorded: `position` is None), with its
+    status as the session knows it."""
 
     message_id: str
     position: int | None
     replayed: bool
+    status: str = "queued"
+    queued_at: datetime | None = None  # when it was queued (None for a replay)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class SessionsApplication(Application[UUID]):
         self.policy = policy or ReconnectPolicy()
         self.committer = GroupCommitter(self._record_batch)
         self._cache: SessionCache[Session] = SessionCache()
+        #: Where messages the sessions no longer remember are looked up (the messages view).
+        self.message_index: MessageIndex | None = None
 
     def close(self) -> None:
         self.committer.close()
@@ -239,17 +245,19 @@ class SessionsApplication(Application[UUID]):
             if idempotency_key is not None:
                 existing = session.queued_message(idempotency_key, to, text)
                 if existing is not None:
-                    outcome.append(QueuedMessageResult(existing, None, replayed=True))
+                    status = session.recent[existing].status
+                    outcome.append(QueuedMessageResult(existing, None, True, status))
                     return
             message_id = new_message_id()
             session.queue_message(message_id, to, text, idempotency_key, actor)
-            outcome.append(QueuedMessageResult(message_id, None, replayed=False))
+            queued_at = session.pending_events[-1].timestamp
+            outcome.append(QueuedMessageResult(message_id, None, False, queued_at=queued_at))
 
         position = self._change_or_none(session_id, queue)
         (result,) = outcome
         if result.replayed:
             return result
-        return QueuedMessageResult(result.message_id, position, replayed=False)
+        return dataclasses.replace(result, position=position)
 
     # -- what the gateway reports -------------------------------------------------------
 
@@ -267,6 +275,13 @@ class SessionsApplication(Application[UUID]):
         """Record an inbound text; one already recorded (same WhatsApp id) is not again."""
 
         def receive(session: Session) -> None:
+            index = self.message_index
+            if (
+                not session.remembers(message.whatsapp_id)
+                and index is not None
+                and index.received_message(session.id, message.whatsapp_id)
+            ):
+                return  # recorded long ago: WhatsApp delivered it again
             session.receive_message(
                 message_id=new_message_id(),
                 whatsapp_id=message.whatsapp_id,
@@ -285,8 +300,12 @@ class SessionsApplication(Application[UUID]):
         """Record delivery or read receipts; ids the session does not know are ignored."""
 
         def acknowledge(session: Session) -> None:
+            index = self.message_index
             for whatsapp_id in whatsapp_ids:
-                session.acknowledge(whatsapp_id, status, at)
+                older = None
+                if not session.remembers(whatsapp_id) and index is not None:
+                    older = index.sent_message(session.id, whatsapp_id)
+                session.acknowledge(whatsapp_id, status, at, older)
 
         return self._gateway_change(session_id, acknowledge)
 

@@ -64,11 +64,12 @@ class ApiKey:
 
 @dataclass
 class QueuedMessage:
-    """An outbound message waiting to be sent (the queue is in order)."""
+    """An outbound message waiting to be sent (the queue is in order). Its text stays in
+    the ``MessageQueued`` event at `version`: snapshots stay small, and texts are stored once."""
 
     message_id: str
     to: str
-    text: str
+    version: int
 
 
 @dataclass
@@ -518,7 +519,8 @@ class Session(Aggregate):
     def _queue_message(
         self, message_id: str, to: str, text: str, idempotency_key: str | None, actor: str
     ) -> None:
-        self._messages()[0].append(QueuedMessage(message_id, to, text))
+        # Applied before the version moves on: this event's version is the next one.
+        self._messages()[0].append(QueuedMessage(message_id, to, self.version + 1))
         fingerprint = message_fingerprint(to, text)
         self._remember(RecentMessage(message_id, "queued", fingerprint, idempotency_key))
 
@@ -563,36 +565,54 @@ class Session(Aggregate):
         if message is not None:
             message.status = MessageStatus.FAILED.value
 
-    def acknowledge(self, whatsapp_id: str, status: str, at: datetime) -> bool:
+    def remembers(self, whatsapp_id: str) -> bool:
+        """Whether the session remembers a message by that WhatsApp id (sent or received)."""
+        _, recent, inbound = self._messages()
+        return whatsapp_id in inbound or any(m.whatsapp_id == whatsapp_id for m in recent.values())
+
+    def acknowledge(
+        self,
+        whatsapp_id: str,
+        status: str,
+        at: datetime,
+        older: tuple[str, str] | None = None,
+    ) -> bool:
         """The recipient's phone got (``delivered``) or opened (``read``) a sent message.
-        False (nothing recorded) for an id the session does not remember, or an ack that
-        adds nothing (a repeat, or delivered after read)."""
+
+        A message the session no longer remembers is acknowledged from `older`, its
+        (message id, status) as the messages view knows it. False (nothing recorded) for an
+        unknown id, or an ack that adds nothing (a repeat, or delivered after read)."""
         self.check_not_deleted()
+        if status not in (MessageStatus.DELIVERED, MessageStatus.READ):
+            raise InvalidValue(f"an acknowledgement is delivered or read, not {status!r}")
         message = next(
             (m for m in self._messages()[1].values() if m.whatsapp_id == whatsapp_id), None
         )
-        if message is None:
-            return False
-        if status == MessageStatus.DELIVERED and message.status == MessageStatus.SENT:
-            self._deliver(message.message_id, at)
+        message_id, current = (
+            (message.message_id, message.status) if message is not None else older or ("", "")
+        )
+        if status == MessageStatus.DELIVERED and current == MessageStatus.SENT:
+            self._deliver(message_id, at)
             return True
-        if status == MessageStatus.READ and message.status in (
+        if status == MessageStatus.READ and current in (
             MessageStatus.SENT,
             MessageStatus.DELIVERED,
         ):
-            self._read(message.message_id, at)
+            self._read(message_id, at)
             return True
-        if status not in (MessageStatus.DELIVERED, MessageStatus.READ):
-            raise InvalidValue(f"an acknowledgement is delivered or read, not {status!r}")
         return False
 
     @event(MessageDelivered)
     def _deliver(self, message_id: str, acknowledged_at: datetime) -> None:
-        self._messages()[1][message_id].status = MessageStatus.DELIVERED.value
+        message = self._messages()[1].get(message_id)
+        if message is not None:
+            message.status = MessageStatus.DELIVERED.value
 
     @event(MessageRead)
     def _read(self, message_id: str, acknowledged_at: datetime) -> None:
-        self._messages()[1][message_id].status = MessageStatus.READ.value
+        message = self._messages()[1].get(message_id)
+        if message is not None:
+            message.status = MessageStatus.READ.value
 
     def receive_message(
         self,

@@ -110,6 +110,7 @@ class Container:
             self.messages_view = _shared_view(
                 datastore, MessagesProjection.name, PostgresMessagesView
             )
+            self.app.message_index = self.messages_view
             with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
@@ -203,7 +204,6 @@ class Container:
             self.key_view,
             poll_interval=self.settings.poll_interval,
             stale_after=self.settings.stale_after,
-            waited_views=[self.messages_view],
         )
         storage = self.settings.redis_url or "memory://"
         limiter = SessionRateLimiter(storage)

@@ -54,6 +54,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -449,6 +450,14 @@ class _Report:
     session_id: UUID
     generation: int
     deliver: Deliver
+    # A message or a receipt: whatsmeow has already acknowledged it to WhatsApp, so it is
+    # recorded whichever client (even one stopped or replaced since) reported it, and a
+    # recording that fails is tried again (a repeat is recognised by WhatsApp's id).
+    fact: bool = False
+
+
+#: Pauses before recording a message or receipt again after a failure (then it is logged).
+FACT_RETRY_PAUSES = (0.2, 1.0, 3.0)
 
 
 class NeonizeGateway(WhatsAppGateway):
@@ -761,8 +770,7 @@ class NeonizeGateway(WhatsAppGateway):
                 if message is not None:
                     events.message_received(sid, message)
 
-            if not link.ended:
-                self._report(link, deliver)
+            self._report(link, deliver, fact=True)
 
         def on_receipt(_client: Any, event: Any) -> None:
             def deliver(events: GatewayEvents) -> None:
@@ -771,8 +779,7 @@ class NeonizeGateway(WhatsAppGateway):
                     at = _instant(event.Timestamp, _RECEIPT_TIME_UNIT, self._clock)
                     events.message_status(sid, list(event.MessageIDs), status, at)
 
-            if not link.ended:
-                self._report(link, deliver)
+            self._report(link, deliver, fact=True)
 
         return {ev.MessageEv: on_message, ev.ReceiptEv: on_receipt}
 
@@ -811,8 +818,8 @@ class NeonizeGateway(WhatsAppGateway):
 
     # -- reports -------------------------------------------------------------------------------
 
-    def _report(self, link: _Link, deliver: Deliver) -> None:
-        self._queue.put(_Report(link.session_id, link.generation, deliver))
+    def _report(self, link: _Link, deliver: Deliver, *, fact: bool = False) -> None:
+        self._queue.put(_Report(link.session_id, link.generation, deliver, fact))
 
     def _end(self, link: _Link) -> bool:
         """Mark `link` ended; True for the one caller that ended it."""
@@ -861,12 +868,24 @@ class NeonizeGateway(WhatsAppGateway):
                     link = self._links.get(item.session_id)
                     current = link is not None and link.generation == item.generation
                 events = self._events
-                if not current or events is None:
+                if events is None or not (current or item.fact):
                     continue  # from a client that was stopped or replaced since
-                try:
-                    item.deliver(events)
-                except Exception:
+                self._deliver(item, events)
+
+    @staticmethod
+    def _deliver(item: _Report, events: GatewayEvents) -> None:
+        pauses = FACT_RETRY_PAUSES if item.fact else ()
+        for pause in (*pauses, None):
+            try:
+                item.deliver(events)
+            except Exception:
+                if pause is None:
                     log.exception("recording a gateway report for %s failed", item.session_id)
+                    return
+                log.warning("recording a message of %s failed; trying again", item.session_id)
+                time.sleep(pause)
+            else:
+                return
 
     def _barrier(self) -> None:
         """Wait (briefly) for a report being delivered, so none arrives after we return."""

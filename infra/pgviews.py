@@ -19,7 +19,8 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from projections.messages import MessageRow, MessagesView
+from domain.values import public_session_id
+from projections.messages import MessageRow, MessagesView, apply_changes
 from projections.rows import KeyRow, SessionRow
 from projections.uptime import Transition, UptimeView
 from projections.views import ApiKeyView, SessionStatusView
@@ -269,8 +270,12 @@ class PostgresMessagesView(_PostgresView, MessagesView):
                 "CREATE TABLE IF NOT EXISTS {0} ("
                 "message_id text PRIMARY KEY, session_id text NOT NULL, direction text NOT NULL, "
                 "status text NOT NULL, idempotency_key text, position bigint NOT NULL, "
-                "doc text NOT NULL)"
+                "doc text NOT NULL, whatsapp_id text)"
             ).format(table),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id, whatsapp_id) "
+                "WHERE whatsapp_id IS NOT NULL"
+            ).format(Identifier(f"{self.table}_whatsapp_idx"), table),
             SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id, position)").format(
                 Identifier(f"{self.table}_session_idx"), table
             ),
@@ -281,11 +286,13 @@ class PostgresMessagesView(_PostgresView, MessagesView):
         ]
         self.insert = SQL(
             "INSERT INTO {0} (message_id, session_id, direction, status, idempotency_key, "
-            "position, doc) VALUES (%(message_id)s, %(session_id)s, %(direction)s, %(status)s, "
-            "%(idempotency_key)s, %(position)s, %(doc)s) ON CONFLICT (message_id) DO NOTHING"
+            "position, doc, whatsapp_id) VALUES (%(message_id)s, %(session_id)s, "
+            "%(direction)s, %(status)s, %(idempotency_key)s, %(position)s, %(doc)s, "
+            "%(whatsapp_id)s) ON CONFLICT (message_id) DO NOTHING"
         ).format(table)
         self.update = SQL(
-            "UPDATE {0} SET status = %(status)s, doc = %(doc)s WHERE message_id = %(message_id)s"
+            "UPDATE {0} SET status = %(status)s, doc = %(doc)s, whatsapp_id = %(whatsapp_id)s "
+            "WHERE message_id = %(message_id)s"
         ).format(table)
         self.select_one = SQL("SELECT doc FROM {0} WHERE message_id = %s").format(table)
         self.select_page = SQL(
@@ -293,6 +300,10 @@ class PostgresMessagesView(_PostgresView, MessagesView):
             "AND (%(direction)s::text IS NULL OR direction = %(direction)s) "
             "AND (%(status)s::text IS NULL OR status = %(status)s) "
             "ORDER BY position DESC LIMIT %(limit)s"
+        ).format(table)
+        self.select_whatsapp = SQL(
+            "SELECT doc FROM {0} WHERE session_id = %s AND whatsapp_id = %s AND direction = %s "
+            "ORDER BY position LIMIT 1"
         ).format(table)
         self.select_key = SQL(
             "SELECT doc FROM {0} WHERE session_id = %s AND idempotency_key = %s "
@@ -308,7 +319,7 @@ class PostgresMessagesView(_PostgresView, MessagesView):
             found = curs.fetchone()
             if found is not None:
                 row = msgspec.json.decode(found["doc"], type=MessageRow)
-                curs.execute(self.update, self._params(msgspec.structs.replace(row, **changes)))
+                curs.execute(self.update, self._params(apply_changes(row, changes)))
             self._insert_tracking(curs, tracking)
             curs.execute(self.notify_statement)
 
@@ -322,7 +333,25 @@ class PostgresMessagesView(_PostgresView, MessagesView):
             "idempotency_key": row.idempotency_key,
             "position": row.position,
             "doc": msgspec.json.encode(row).decode(),
+            "whatsapp_id": row.whatsapp_id,
         }
+
+    def sent_message(self, session_id: UUID, whatsapp_id: str) -> tuple[str, str] | None:
+        row = self._by_whatsapp_id(session_id, whatsapp_id, "outbound")
+        return None if row is None else (row.message_id, row.status)
+
+    def received_message(self, session_id: UUID, whatsapp_id: str) -> bool:
+        return self._by_whatsapp_id(session_id, whatsapp_id, "inbound") is not None
+
+    def _by_whatsapp_id(
+        self, session_id: UUID, whatsapp_id: str, direction: str
+    ) -> MessageRow | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                self.select_whatsapp, (public_session_id(session_id), whatsapp_id, direction)
+            )
+            rows = self._fetch_messages(curs)
+        return rows[0] if rows else None
 
     def get_message(self, message_id: str) -> MessageRow | None:
         with self.datastore.cursor() as curs:

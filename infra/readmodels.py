@@ -15,12 +15,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from eventsourcing.persistence import TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore
 
 from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
@@ -53,14 +51,10 @@ class CachedReadModels(ReadModels):
         poll_interval: float = 1.0,
         stale_after: float = 3.0,
         flush_interval: float = 5.0,
-        waited_views: Sequence[TrackingRecorder] = (),
     ) -> None:
         self.database_url = database_url
         self.status_view = status_view
         self.key_view = key_view
-        # Views read from PostgreSQL directly (not copied here) that a write must also wait
-        # for, so that a client reads its own writes there too (the messages view).
-        self.waited_views = tuple(waited_views)
         self.datastore: PostgresDatastore = status_view.datastore
         self.poll_interval = poll_interval
         self.stale_after = stale_after
@@ -121,7 +115,6 @@ class CachedReadModels(ReadModels):
                 curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 status_pos = self._tracking(curs, self.status_view)
                 keys_pos = self._tracking(curs, self.key_view)
-                others = [self._tracking(curs, view) for view in self.waited_views]
                 sessions = self.status_view.changed_since(curs, self._status_pos)
                 keys = self.key_view.changed_since(curs, self._keys_pos)
             for row in sessions:
@@ -135,7 +128,7 @@ class CachedReadModels(ReadModels):
                     self._key_ids_by_hash[key.key_hash] = key.key_id
             self._status_pos = max(self._status_pos, status_pos)
             self._keys_pos = max(self._keys_pos, keys_pos)
-            self.position = min(self._status_pos, self._keys_pos, *others)
+            self.position = min(self._status_pos, self._keys_pos)
             conn.execute(
                 "INSERT INTO sessiond_api_instances VALUES "
                 "(%s, %s, now(), now() + make_interval(secs => %s)) "
@@ -147,7 +140,7 @@ class CachedReadModels(ReadModels):
         self._wake_waiters()
 
     @staticmethod
-    def _tracking(curs: Any, view: Any) -> int:
+    def _tracking(curs: Any, view: PostgresSessionStatusView | PostgresApiKeyView) -> int:
         curs.execute(view.max_tracking_id_statement, (APP_NAME,))
         row = curs.fetchone()
         return int(row["max"] or 0) if row else 0

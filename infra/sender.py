@@ -8,11 +8,15 @@ the session's recorded queue (never from a view, which may lag), and records eac
 - sent: WhatsApp's id is recorded (``MessageSent``);
 - refused for good (`RecipientRejected`): the message fails (``rejected``) and the next goes;
 - not connected: the drain stops; the next connection sets the deadline again;
-- any other failure: tried again after a growing pause, and failed (``send_failed``) after
-  `attempts` tries, so that one bad message does not block the queue for ever.
+- any other failure (a time-out, a server error): tried again after a growing pause (2 s,
+  doubling up to 60 s, whatever the pace), and failed (``send_failed``) after `attempts`
+  tries (about two minutes), so that one bad message does not block the queue for ever;
+- an error of the service itself (the database, a conflict): the step is tried again after a
+  pause, however long it takes; the drain never goes idle with messages waiting.
 
 Sending is at least once: a worker that dies after WhatsApp took a message but before
-``MessageSent`` was recorded leaves it queued, and the next worker sends it again.
+``MessageSent`` was recorded leaves it queued, and the next worker sends it again (a worker
+that lives on records it on its next step instead of sending it again).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from uuid import UUID
 from application.errors import NotConnected, RecipientRejected, SessionNotFound
 from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
+from domain.session import QueuedMessage
 from domain.values import FailureReason, Status
 from infra.timers import TimerThread
 
@@ -40,8 +45,8 @@ class MessageSender:
         holds: Callable[[UUID], bool],
         *,
         interval: float = 1.0,
-        attempts: int = 3,
-        workers: int = 4,
+        attempts: int = 6,
+        workers: int = 16,
     ) -> None:
         self.app = app
         self.gateway = gateway
@@ -54,6 +59,9 @@ class MessageSender:
         self._again: set[UUID] = set()  # kicked while active: look once more before idling
         self._last_sent: dict[UUID, float] = {}
         self._failures: dict[str, int] = {}  # message id -> failed tries in a row
+        self._errors: dict[UUID, int] = {}  # session -> failed steps in a row (our own errors)
+        # Sent, but recording it failed: recorded on the next step instead of sent again.
+        self._unrecorded: dict[str, str] = {}  # message id -> WhatsApp's id
 
     def kick(self, session_id: UUID) -> None:
         """Drain the session's queue (soon, keeping its pace); a no-op if already draining."""
@@ -77,13 +85,15 @@ class MessageSender:
         return max(wait, extra, 0.0)
 
     def _step(self, session_id: UUID) -> None:
-        delay: float | None = None
+        delay: float | None
         try:
             delay = self._send_next(session_id)
+            self._errors.pop(session_id, None)
         except Exception:
-            log.exception(
-                "draining the queue of %s failed; the next connection resumes it", session_id
-            )
+            errors = self._errors.get(session_id, 0) + 1
+            self._errors[session_id] = errors
+            delay = _backoff(errors)
+            log.exception("draining the queue of %s failed; again in %.0f s", session_id, delay)
         if delay is not None:
             self._timers.call_later(delay, lambda: self._step(session_id))
             return
@@ -108,8 +118,20 @@ class MessageSender:
         message = session.next_message()
         if message is None or session.status != Status.CONNECTED or session.is_deleted:
             return None
+        whatsapp_id = self._unrecorded.get(message.message_id)
+        if whatsapp_id is None:
+            return self._send(session_id, message)
+        # WhatsApp took it, but recording that failed: record it now, do not send it again.
+        self.app.record_sent(session_id, message.message_id, whatsapp_id)
+        self._unrecorded.pop(message.message_id, None)
+        return self._pause(session_id)
+
+    def _send(self, session_id: UUID, message: QueuedMessage) -> float | None:
+        """Send `message` and record the outcome; the pause before the next step, or None
+        when the session cannot send now."""
+        text = self._text(session_id, message.version)
         try:
-            sent = self.gateway.send_text(session_id, message.to, message.text)
+            sent = self.gateway.send_text(session_id, message.to, text)
         except NotConnected:
             return None
         except RecipientRejected as error:
@@ -119,14 +141,29 @@ class MessageSender:
             log.warning("sending %s failed (try %d): %s", message.message_id, tries, error)
             if tries < self.attempts:
                 self._failures[message.message_id] = tries
-                return float(self.interval * 2**tries)
+                return _backoff(tries)
             self._fail(session_id, message.message_id, FailureReason.SEND_FAILED, str(error))
         else:
             self._failures.pop(message.message_id, None)
             self._last_sent[session_id] = time.monotonic()
+            self._unrecorded[message.message_id] = sent.message_id
             self.app.record_sent(session_id, message.message_id, sent.message_id)
+            self._unrecorded.pop(message.message_id, None)
         return self._pause(session_id)
+
+    def _text(self, session_id: UUID, version: int) -> str:
+        """The text of a queued message, from its ``MessageQueued`` event (decrypted)."""
+        (queued,) = self.app.events.get(session_id, gt=version - 1, lte=version)
+        text = getattr(queued, "text", None)
+        if not isinstance(text, str):
+            raise TypeError(f"event {version} of {session_id} is not a queued message")
+        return text
 
     def _fail(self, session_id: UUID, message_id: str, reason: FailureReason, detail: str) -> None:
         self._failures.pop(message_id, None)
         self.app.record_send_failed(session_id, message_id, reason.value, detail)
+
+
+def _backoff(tries: int) -> float:
+    """2 s after the first failure, doubling, at most a minute."""
+    return float(min(60, 2**tries))

@@ -11,6 +11,7 @@ import threading
 from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from eventsourcing.dispatch import singledispatchmethod
@@ -18,6 +19,7 @@ from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
+from application.ports import MessageIndex
 from domain.session import Session
 from domain.values import MessageStatus, public_session_id
 
@@ -48,7 +50,7 @@ class MessageRow(msgspec.Struct, kw_only=True):
     position: int  # that event's position in the log (the order of the list)
 
 
-class MessagesView(TrackingRecorder, ABC):
+class MessagesView(TrackingRecorder, MessageIndex, ABC):
     @abstractmethod
     def add_message(self, row: MessageRow, tracking: Tracking) -> None:
         """Insert the row, with the tracking record."""
@@ -131,7 +133,8 @@ class MessagesProjection(Projection[MessagesView]):
 
     @process_event.register
     def _delivered(self, event: Session.MessageDelivered, tracking: Tracking) -> None:
-        changes = {"status": MessageStatus.DELIVERED.value, "delivered_at": event.acknowledged_at}
+        # A read may come before (or without) a delivered: the status never goes back.
+        changes = {"delivered_at": event.acknowledged_at, "status_unless_read": True}
         self._update(event, changes, tracking)
 
     @process_event.register
@@ -154,6 +157,14 @@ class MessagesProjection(Projection[MessagesView]):
         self.view.update_message(event.message_id, changes, tracking)
 
 
+def apply_changes(row: MessageRow, changes: dict[str, Any]) -> MessageRow:
+    """The row with `changes` (``status_unless_read``: delivered, unless already read)."""
+    changes = dict(changes)
+    if changes.pop("status_unless_read", False) and row.status != MessageStatus.READ:
+        changes["status"] = MessageStatus.DELIVERED.value
+    return msgspec.structs.replace(row, **changes)
+
+
 class MemoryMessagesView(POPOTrackingRecorder, MessagesView):
     def __init__(self) -> None:
         super().__init__()
@@ -170,7 +181,7 @@ class MemoryMessagesView(POPOTrackingRecorder, MessagesView):
             self.insert_tracking(tracking)
             row = self._rows.get(message_id)
             if row is not None:
-                self._rows[message_id] = msgspec.structs.replace(row, **changes)
+                self._rows[message_id] = apply_changes(row, changes)
 
     def get_message(self, message_id: str) -> MessageRow | None:
         return self._rows.get(message_id)
@@ -201,3 +212,25 @@ class MemoryMessagesView(POPOTrackingRecorder, MessagesView):
             if r.session_id == session_id and r.idempotency_key == key
         ]
         return min(rows, key=lambda r: r.position) if rows else None
+
+    def _by_whatsapp_id(
+        self, session_id: UUID, whatsapp_id: str, direction: str
+    ) -> MessageRow | None:
+        public = public_session_id(session_id)
+        return next(
+            (
+                r
+                for r in self._rows.values()
+                if r.session_id == public
+                and r.whatsapp_id == whatsapp_id
+                and r.direction == direction
+            ),
+            None,
+        )
+
+    def sent_message(self, session_id: UUID, whatsapp_id: str) -> tuple[str, str] | None:
+        row = self._by_whatsapp_id(session_id, whatsapp_id, OUTBOUND)
+        return None if row is None else (row.message_id, row.status)
+
+    def received_message(self, session_id: UUID, whatsapp_id: str) -> bool:
+        return self._by_whatsapp_id(session_id, whatsapp_id, INBOUND) is not None

@@ -3,6 +3,10 @@ list them."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -11,6 +15,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
 from api.auth import API_KEY_SECURITY, SessionAccess, key_required, provide_access
+from api.context import ApiContext
 from api.controllers.common import call, context, problems, settle
 from api.presenters import message_out
 from api.problems import ProblemError
@@ -23,9 +28,11 @@ from api.schemas import (
     MessageStatusValue,
     SendMessageIn,
 )
+from application.sessions import QueuedMessageResult
 from domain.values import session_uuid
-from projections.messages import MessageRow
+from projections.messages import OUTBOUND, MessageRow
 
+log = logging.getLogger(__name__)
 SESSION = "/sessions/{session_id:str}"
 MAX_PAGE = 200
 IdempotencyKey = Annotated[
@@ -64,7 +71,8 @@ class MessagesController(Controller):
     ) -> Response[MessageOut]:
         """Queue a text for sending. It goes out in order once the session is connected
         (at once if it is), paced; follow its status with GET. While the session is
-        disconnected, stopped or pairing, it waits in the queue."""
+        disconnected, stopped or pairing, it waits in the queue. Once recorded, the answer is
+        202 even if the views lag (then a GET may briefly not find it)."""
         ctx = context(request)
         try:
             to = normalize_recipient(data.to)
@@ -79,14 +87,48 @@ class MessagesController(Controller):
         result = await call(
             ctx.app.send_message, session_id, to, data.text, idempotency_key, access.actor
         )
+        row = await self._row_once_visible(ctx, result)
+        if row is not None:
+            return self._answer(row, data.text, replayed=result.replayed)
+        # Recorded, but the messages view has not caught up in time: the answer is built from
+        # what was recorded, so that the client has the message id and does not send again.
+        now = datetime.now(UTC)
+        queued = MessageRow(
+            message_id=result.message_id,
+            session_id=session_id,
+            direction=OUTBOUND,
+            status=result.status,
+            to=to,
+            idempotency_key=idempotency_key,
+            created_at=result.queued_at or now,
+            updated_at=result.queued_at or now,
+            version=0,
+            position=result.position or 0,
+        )
+        return self._answer(queued, data.text, replayed=result.replayed)
+
+    @staticmethod
+    async def _row_once_visible(ctx: ApiContext, result: QueuedMessageResult) -> MessageRow | None:
+        """The message's row once the views have it (read-your-writes), or None if they do
+        not catch up within the write wait."""
         position = result.position
         if position is None:  # replayed from the session: its row may still be on its way
-            position = await call(ctx.app.recorder.max_notification_id)
-        await settle(ctx, position)
-        row = await call(ctx.messages.get_message, result.message_id)
-        if row is None:  # pragma: no cover - settle waited for the messages view
-            raise ProblemError(503, "views-lagging", "the message was queued; read it shortly")
-        return self._answer(row, data.text, replayed=result.replayed)
+            position = await call(ctx.app.recorder.max_notification_id) or 0
+        deadline = time.monotonic() + ctx.write_wait_timeout
+        try:
+            await settle(ctx, position)
+        except ProblemError:
+            return None
+        pause = 0.002
+        while True:
+            reached = await call(ctx.messages.max_tracking_id, ctx.app.name) or 0
+            if reached >= position:
+                return await call(ctx.messages.get_message, result.message_id)
+            if time.monotonic() > deadline:
+                log.warning("the messages view did not reach %s in time", position)
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     @staticmethod
     async def _check_same(ctx: Any, row: MessageRow, to: str, text: str, key: str) -> None:

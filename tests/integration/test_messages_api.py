@@ -286,3 +286,31 @@ async def test_a_message_waits_while_the_link_is_down_and_goes_after_the_retry(a
     assert (await message(api, created, queued["messageId"]))["status"] in ("queued", "sent")
     sent = await until_status(api, created, queued["messageId"], "sent")
     assert sent["sentAt"] > sent["createdAt"]
+
+
+async def test_a_message_recorded_while_the_views_lag_is_still_answered_202(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.controllers import messages as controller
+    from api.problems import ProblemError
+
+    async def lagging(ctx: Any, position: int | None) -> None:
+        raise ProblemError(503, "views-lagging", "the views lag")
+
+    created = await api.create_session("Lagging views")
+    monkeypatch.setattr(controller, "settle", lagging)
+    response = await send(api, created, "do not send me twice")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued" and body["text"] == "do not send me twice"
+    assert body["messageId"].startswith("msg_") and body["createdAt"]
+    assert response.headers["location"].endswith(body["messageId"])
+    shown = await eventually(lambda: _found(api, created, body["messageId"]))
+    assert shown["messageId"] == body["messageId"]
+
+
+async def _found(api: Api, created: dict[str, Any], message_id: str) -> dict[str, Any] | None:
+    response = await api.client.get(
+        f"/sessions/{created['sessionId']}/messages/{message_id}", headers=api.key(created)
+    )
+    return response.json() if response.status_code == 200 else None

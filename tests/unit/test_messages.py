@@ -20,7 +20,7 @@ from domain.errors import (
     QueueFull,
     SessionIsDeleted,
 )
-from domain.session import RECENT_MESSAGES, Session
+from domain.session import RECENT_INBOUND, RECENT_MESSAGES, Session
 from domain.values import ADMIN_ACTOR, MAX_QUEUED_MESSAGES, MAX_TEXT_LENGTH, public_session_id
 from infra.settings import Settings, SettingsError
 from projections.gateway import SEND, GatewayProjection, MemoryGatewayView
@@ -160,7 +160,10 @@ def test_a_snapshot_carries_the_queue_and_an_old_snapshot_loads(
     snapshot = Snapshot.take(app.load(uuid))
     decoded: Any = app.mapper.to_domain_event(app.mapper.to_stored_event(snapshot))
     restored = decoded.mutate(None)
-    assert [m.text for m in restored.outbox] == ["kept"]
+    (queued,) = restored.outbox
+    (event,) = app.events.get(uuid, gt=queued.version - 1, lte=queued.version)
+    assert isinstance(event, Session.MessageQueued) and event.text == "kept"
+    assert "kept" not in str(snapshot.state)  # the text is not copied into snapshots
     assert restored.queued_message("k", TO, "kept") == message_id
     # A snapshot taken before messages existed has none of their attributes.
     old = Snapshot.take(app.load(uuid))
@@ -252,3 +255,44 @@ def test_the_send_deadline_is_set_when_messages_wait_and_the_session_can_send(
 def test_a_malformed_cipher_key_is_a_clear_settings_error(key: str) -> None:
     with pytest.raises(SettingsError, match="SESSIOND_CIPHER_KEY"):
         Settings.from_env({"SESSIOND_CIPHER_KEY": key})
+
+
+def test_a_late_ack_of_a_message_the_session_forgot_is_recorded_from_the_view(
+    app: SessionsApplication,
+) -> None:
+    session_id, uuid = create(app)
+    view = MemoryMessagesView()
+    app.message_index = view
+    connect(app, uuid)
+    first = queue(app, session_id, "old one")
+    app.record_sent(uuid, first, "WA-OLD")
+    for n in range(RECENT_MESSAGES + 5):
+        app.record_sent(uuid, queue(app, session_id, f"m{n}"), f"WA{n}")
+    catch_up(app, MessagesProjection(view=view))
+    assert not app.load(uuid).remembers("WA-OLD")
+    assert app.record_acks(uuid, ["WA-OLD"], "read", NOW) is not None
+    assert app.record_acks(uuid, ["WA-UNKNOWN"], "read", NOW) is None
+    catch_up(app, MessagesProjection(view=view))
+    row = view.get_message(first)
+    assert row is not None and row.status == "read"
+    # A delivered that arrives after the read does not move the view back.
+    app.record_acks(uuid, ["WA-OLD"], "delivered", NOW)
+    catch_up(app, MessagesProjection(view=view))
+    row = view.get_message(first)
+    assert row is not None and row.status == "read"
+
+
+def test_an_inbound_message_delivered_again_long_after_is_recorded_once(
+    app: SessionsApplication,
+) -> None:
+    _, uuid = create(app)
+    view = MemoryMessagesView()
+    app.message_index = view
+    connect(app, uuid)
+    app.record_received(uuid, InboundMessage("3EB0-FIRST", TO, TO, "hello", NOW))
+    for n in range(RECENT_INBOUND + 5):
+        app.record_received(uuid, InboundMessage(f"3EB0-{n}", TO, TO, "more", NOW))
+    catch_up(app, MessagesProjection(view=view))
+    assert not app.load(uuid).remembers("3EB0-FIRST")
+    again = InboundMessage("3EB0-FIRST", TO, TO, "hello", NOW)
+    assert app.record_received(uuid, again) is None

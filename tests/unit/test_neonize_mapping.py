@@ -676,15 +676,16 @@ def test_status_updates_channel_posts_and_edits_are_not_reported(rig: Rig) -> No
     assert rig.settle() == []
 
 
-def test_a_message_after_stop_is_not_reported(rig: Rig) -> None:
+def test_a_message_after_stop_is_still_reported(rig: Rig) -> None:
+    # whatsmeow has acknowledged it to WhatsApp already: dropping it would lose it for good.
     sid, client = connected_rig(rig)
     rig.gateway.stop(sid)
     feed(client, text_message())
-    assert rig.settle() == []
+    assert names(rig.settle()) == ["message_received"]
 
 
 def test_a_failing_recording_is_logged_and_later_reports_still_arrive(
-    rig: Rig, caplog: pytest.LogCaptureFixture
+    rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, client = connected_rig(rig)
 
@@ -692,10 +693,30 @@ def test_a_failing_recording_is_logged_and_later_reports_still_arrive(
         raise RuntimeError("the recorder is down")
 
     rig.events.message_received = broken  # type: ignore[method-assign]
+    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0, 0.0))
     feed(client, text_message())
     feed(client, PB.KeepAliveRestored())
     assert names(rig.settle()) == ["keepalive"]
     assert "the recorder is down" in caplog.text
+    assert caplog.text.count("trying again") == 2
+
+
+def test_a_message_whose_recording_fails_once_is_recorded_on_the_next_try(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = connected_rig(rig)
+    record = rig.events.message_received
+    failures = [RuntimeError("the database blinked")]
+
+    def flaky(session_id: UUID, message: InboundMessage) -> int | None:
+        if failures:
+            raise failures.pop()
+        return record(session_id, message)
+
+    rig.events.message_received = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0,))
+    feed(client, text_message())
+    assert names(rig.settle()) == ["message_received"]
 
 
 # -- receipts ---------------------------------------------------------------------------------
