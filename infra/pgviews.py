@@ -98,6 +98,7 @@ class BatchingView(PostgresTrackingRecorder):
                         copy.write_row(self._copy_row(row))
             if bulk.tracking is not None and (final or not bulk.replaced):
                 self._insert_tracking(curs, bulk.tracking)
+                bulk.tracking = None
         bulk.inserted = []
 
     def _stage(self, key: Hashable | None, row: Any, tracking: Tracking) -> bool:

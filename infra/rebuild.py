@@ -163,27 +163,30 @@ class ViewRebuild:
 
     def build(self) -> None:
         """Apply the log from the start (a bulk load of the empty tables), then catch up
-        until a pass finds nothing new."""
+        with the head again while a pass has more than a page to apply: what is left for
+        the switch, while the view stands still, is then at most about a page."""
         started = time.monotonic()
         with self.view.bulk():
             self._catch_up(bulk=True)
-        while self._catch_up():
+        while self._catch_up() > self.page_size:
             pass
         self.report.build_seconds = time.monotonic() - started
 
     def _catch_up(self, *, bulk: bool = False) -> int:
-        """Apply every event after the new view's position, a page at a time (in a bulk, or
-        a transaction per page); return how many were applied."""
+        """Apply the events after the new view's position up to the head of the log as it
+        is now (events keep coming: a pass must end), a page at a time, in a bulk or in a
+        transaction per page; return how many were applied."""
         recorder, mapper, app_name = self.app.recorder, self.app.mapper, self.app.name
         process_event, topics = self.projection.process_event, self.projection.topics
+        head = recorder.max_notification_id() or 0
         applied = 0
         position = self.report.position
-        while True:
+        while position < head:
             notifications = recorder.select_notifications(
-                position, self.page_size, topics=topics, inclusive_of_start=False
+                position, self.page_size, head, topics, inclusive_of_start=False
             )
             if not notifications:
-                return applied
+                break
             with nullcontext() if bulk else self.view.batch():
                 for notification in notifications:
                     process_event(
@@ -192,12 +195,12 @@ class ViewRebuild:
             if bulk:
                 self.view.end_page()
             last = notifications[-1].id
-            if last > self._progress.total:
-                self._progress.total = recorder.max_notification_id() or last
+            self._progress.total = max(self._progress.total, head)
             self._progress.update(last - position)
             position = self.report.position = last
             applied += len(notifications)
             self.report.events += len(notifications)
+        return applied
 
     # -- 2. and 3. handover and switch ------------------------------------------------------
 
