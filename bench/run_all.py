@@ -27,6 +27,7 @@ BENCHMARKS = (
     "command_throughput.py",
     "gateway_storm.py",
     "uptime_series.py",
+    "rebuild.py",
 )
 
 
@@ -131,6 +132,22 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                     f"p50 {uptime[key]['p50_ms']:.1f} ms" + ("" if uptime["valid"] else " INVALID"),
                 ]
             )
+    rebuild = results.get("rebuild.py")
+    if rebuild is None:
+        rows.append(["status view rebuild vs raw decoded read", "-", "-", "-", "-", "FAILED"])
+    else:
+        rows.append(
+            [
+                f"status view rebuild vs raw decoded read, {rebuild['events']:,} events (ev/s)",
+                f"{rebuild['read_events_per_s']:,.0f}",
+                f"{rebuild['rebuild_events_per_s']:,.0f}",
+                f"{rebuild['ratio']:.2f}",
+                "≥ 0.35, 1M well < 60 s",
+                f"{verdict(rebuild['ratio_met'] and rebuild['time_met'])} "
+                f"({rebuild['seconds_per_million']:.1f} s per million)"
+                + ("" if rebuild["valid"] else " INVALID"),
+            ]
+        )
     return rows
 
 
