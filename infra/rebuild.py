@@ -1,9 +1,10 @@
 """`sessiond projections rebuild <name>`: a fresh copy of a view, switched to with no downtime.
 
 1. **Build.** Generation N+1 of the view (tables suffixed ``_g{N+1}``, see
-   `infra/generations.py`) is filled from the start of the log in this process, a page of
-   events per transaction (`BatchingView.page`), while generation N keeps serving; then it
-   catches up with the head again and again until a pass finds nothing new.
+   `infra/generations.py`) is filled from the start of the log in this process while
+   generation N keeps serving: the first pass keeps the rows in memory and copies each into
+   the empty tables once (`BatchingView.bulk`); then it catches up with the head, a
+   transaction per page, again while a pass has more than a page to apply.
 2. **Handover.** The rebuild waits for the projection's advisory lock (``pg_advisory_lock``)
    and announces it on ``sessiond_generations``. The supervisor that runs the projection
    sees a session waiting for its lock, stops its runner after the page it is applying and
@@ -95,6 +96,8 @@ class ViewRebuild:
         keep_old: bool = False,
         progress: bool = True,
     ) -> None:
+        if page_size < 1 or switch_timeout <= 0 or retire_timeout <= 0:
+            raise RebuildError("the page size and the timeouts must be positive")
         self.container = container
         self.name = check_rebuildable(name)
         self.projection_class, _ = PROJECTIONS[name]
@@ -121,13 +124,22 @@ class ViewRebuild:
                 self.build()
                 self.switch()
             except BaseException:
-                if not self.switched:
+                if not self.switched and self._still_old():
                     self._drop(self.view.tables())
                 raise
             finally:
                 self._progress.close()
             self.retire()
         return self.report
+
+    def _still_old(self) -> bool:
+        """Whether the old generation is known to be active still (a switch whose commit
+        failed may have happened: its tables are then kept, whatever the error)."""
+        try:
+            with psycopg.connect(self.container.database_url, autocommit=True) as conn:
+                return active_generation(conn, self.name) == self.old_generation
+        except psycopg.Error:
+            return False
 
     @contextmanager
     def _only_rebuild(self) -> Iterator[None]:
@@ -247,8 +259,15 @@ class ViewRebuild:
         self.report.handover_seconds = time.monotonic() - started
 
     def _final_catch_up(self) -> None:
-        """Catch up while holding the lock: nothing else writes the view now."""
+        """Catch up while holding the lock: nothing else writes the view now, so the new
+        view ends at least as far as the old one."""
+        head = self.app.recorder.max_notification_id() or 0
         self._catch_up()
+        if not self.projection.topics and self.report.position < head:
+            raise RebuildError(
+                f"the new view stopped at position {self.report.position}, before the head "
+                f"({head}); nothing was switched"
+            )
 
     def _announce_when_waiting(self, pid: int, done: threading.Event) -> None:
         """Notify the supervisors once the session `pid` waits for the lock: the leader

@@ -194,6 +194,8 @@ def test_a_view_cannot_be_rebuilt_twice_at_once_nor_the_gateway_view_at_all(
         ViewRebuild(container, "gateway")
     with pytest.raises(RebuildError, match="no view named 'nope'"):
         ViewRebuild(container, "nope")
+    with pytest.raises(RebuildError, match="must be positive"):
+        ViewRebuild(container, "uptime", page_size=0)
     assert active_generation(database_url, "uptime") == 0
 
 
