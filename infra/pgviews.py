@@ -158,6 +158,21 @@ class _PostgresView(BatchingView):
     def tables(self) -> list[str]:
         return [self.table, self.tracking_table_name]
 
+    #: The columns the projection writes (a bulk load copies them in).
+    columns: tuple[str, ...] = ()
+
+    def _params(self, row: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _copy_statement(self) -> Composed:
+        return SQL("COPY {0} ({1}) FROM STDIN").format(
+            self._ident(), SQL(", ").join(Identifier(c) for c in self.columns)
+        )
+
+    def _copy_row(self, row: Any) -> Sequence[Any]:
+        params = self._params(row)
+        return tuple(params[c] for c in self.columns)
+
     def _ident(self) -> Composed:
         return SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.table))
 
@@ -210,8 +225,9 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
             rows = self._fetch(curs, SessionRow)
         return rows[0] if rows else None
 
-    @staticmethod
-    def _params(row: SessionRow) -> dict[str, Any]:
+    columns = ("session_id", "status", "desired", "labels", "position", "doc")
+
+    def _params(self, row: SessionRow) -> dict[str, Any]:
         return {
             "session_id": row.session_id,
             "status": row.status,
@@ -228,16 +244,6 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
         # long as it holds the projection's lock: what it wrote is what is stored, so the
         # next event of the session needs no read back.
         self._written[row.session_id] = row
-
-    def _copy_statement(self) -> Composed:
-        return SQL(
-            "COPY {0} (session_id, status, desired, labels, position, doc) FROM STDIN"
-        ).format(self._ident())
-
-    def _copy_row(self, row: SessionRow) -> Sequence[Any]:
-        labels = msgspec.json.encode(row.labels).decode()
-        doc = msgspec.json.encode(row).decode()
-        return (row.session_id, row.status, row.desired, labels, row.position, doc)
 
     def all_sessions(self) -> list[SessionRow]:
         with self.datastore.cursor() as curs:
@@ -303,8 +309,9 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
             rows = self._fetch(curs, KeyRow)
         return rows[0] if rows else None
 
-    @staticmethod
-    def _params(row: KeyRow) -> dict[str, Any]:
+    columns = ("key_id", "session_id", "key_hash", "position", "doc")
+
+    def _params(self, row: KeyRow) -> dict[str, Any]:
         return {
             "key_id": row.key_id,
             "session_id": row.session_id,
@@ -324,15 +331,6 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
             self._write(self.upsert, [self._params(row) for row in rows], tracking)
         for row in rows:
             self._written[row.key_id] = row
-
-    def _copy_statement(self) -> Composed:
-        return SQL("COPY {0} (key_id, session_id, key_hash, position, doc) FROM STDIN").format(
-            self._ident()
-        )
-
-    def _copy_row(self, row: KeyRow) -> Sequence[Any]:
-        doc = msgspec.json.encode(row).decode()
-        return (row.key_id, row.session_id, row.key_hash, row.position, doc)
 
     def carry_over_last_use(self, curs: Cursor[DictRow], old: PostgresApiKeyView) -> None:
         """Copy the last use of keys (recorded by API processes, held by no event) from the
