@@ -28,6 +28,7 @@ BENCHMARKS = (
     "gateway_storm.py",
     "uptime_series.py",
     "inbound_ingestion.py",
+    "rebuild.py",
 )
 
 
@@ -132,6 +133,11 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                     f"p50 {uptime[key]['p50_ms']:.1f} ms" + ("" if uptime["valid"] else " INVALID"),
                 ]
             )
+    return rows + _issue_4_rows(results)
+
+
+def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    rows: list[list[str]] = []
     ingestion = results.get("inbound_ingestion.py")
     if ingestion is None:
         rows.append(["inbound ingestion vs raw saves", "-", "-", "-", "-", "FAILED"])
@@ -144,6 +150,22 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 f"{ingestion['ratio']:.2f}",
                 "-",
                 f"recorded {ingestion['recorded_per_s']:,.0f}/s",
+            ]
+        )
+    rebuild = results.get("rebuild.py")
+    if rebuild is None:
+        rows.append(["status view rebuild vs raw decoded read", "-", "-", "-", "-", "FAILED"])
+    else:
+        rows.append(
+            [
+                f"status view rebuild vs raw decoded read, {rebuild['events']:,} events (ev/s)",
+                f"{rebuild['read_events_per_s']:,.0f}",
+                f"{rebuild['rebuild_events_per_s']:,.0f}",
+                f"{rebuild['ratio']:.2f}",
+                "≥ 0.35, 1M well < 60 s",
+                f"{verdict(rebuild['ratio_met'] and rebuild['time_met'])} "
+                f"({rebuild['seconds_per_million']:.1f} s per million)"
+                + ("" if rebuild["valid"] else " INVALID"),
             ]
         )
     return rows

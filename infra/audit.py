@@ -1,4 +1,5 @@
-"""The auditor's commands: `sessiond history <sessionId>` and `sessiond export`."""
+"""The auditor's commands: `sessiond history <sessionId>`, `sessiond export` and `sessiond
+projections status` (`sessiond projections rebuild` is in `infra/rebuild.py`)."""
 
 from __future__ import annotations
 
@@ -80,14 +81,16 @@ def export_log(settings: Settings, url: str, after: int, output: str) -> int:
 
 
 def projections_status(settings: Settings, url: str) -> int:
-    """Print each view's position in the log and how many events it has yet to process."""
+    """Print each view's position in the log, how many events it has yet to process, and
+    which generation of it serves (0 until it is rebuilt)."""
     container = Container(settings, url, frozenset())
     try:
         head = container.app.recorder.max_notification_id() or 0
         lags = container.projection_lags()
-        print(f"{'view':<16} {'position':>10} {'lag':>8}")
+        print(f"{'view':<16} {'position':>10} {'lag':>8} {'generation':>10}")
         for name, lag in lags.items():
-            print(f"{name:<16} {head - lag:>10} {lag:>8}")
+            generation = container.views.generation(name)
+            print(f"{name:<16} {head - lag:>10} {lag:>8} {generation:>10}")
         print(f"{'(log head)':<16} {head:>10}")
         return 0
     finally:

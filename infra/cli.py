@@ -129,7 +129,32 @@ def _print_cipher_key() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_projections(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    projections = commands.add_parser("projections", help="the views built from the log")
+    projections.add_argument(
+        "action",
+        choices=["status", "rebuild"],
+        help="status: each view's generation, position and lag; rebuild: build a fresh copy "
+        "of a view from the log while the current one serves, then switch to it",
+    )
+    projections.add_argument("name", nargs="?", help="the view to rebuild (e.g. session_status)")
+    projections.add_argument(
+        "--keep-old",
+        action="store_true",
+        help="keep the previous generation's tables after the switch (default: drop them)",
+    )
+    projections.add_argument(
+        "--page-size", type=int, default=5000, help="events applied per transaction"
+    )
+    projections.add_argument(
+        "--switch-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the running projector to hand the view over",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sessiond", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -144,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("projector", help="run only the view projections (leader elected)")
     history = commands.add_parser("history", help="print a session's timeline from its events")
     history.add_argument("session_id", help="the session's id (sess_…)")
-    projections = commands.add_parser("projections", help="the views built from the log")
-    projections.add_argument("action", choices=["status"], help="status: position and lag")
+    _add_projections(commands)
     export = commands.add_parser("export", help="write the event log as NDJSON")
     export.add_argument("--after", type=int, default=0, help="only events after this position")
     export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
@@ -153,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "cipher-key", help="print a new key for SESSIOND_CIPHER_KEY (AES-256, base64)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "cipher-key":
         return _print_cipher_key()
@@ -170,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:
+        if args.command == "projections" and args.action == "rebuild":
+            from infra.rebuild import rebuild_command  # noqa: PLC0415
+
+            return rebuild_command(args, settings, url)
         if args.command in ("history", "export", "projections"):
             from infra.audit import run_command  # noqa: PLC0415
 

@@ -19,7 +19,8 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.projection import Projection
 from litestar import Litestar
 
 from api.app import create_app
@@ -30,9 +31,16 @@ from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.policy import ReconnectPolicy
 from infra.gatewaycalls import PostgresGatewayCalls
+from infra.generations import (
+    GENERATIONS_DDL,
+    ActiveMessagesView,
+    ActiveUptimeView,
+    ActiveViews,
+)
 from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
 from infra.pgrecorder import PollingApplicationRecorder, event_texts
 from infra.pgviews import (
+    BatchingView,
     PostgresApiKeyView,
     PostgresMessagesView,
     PostgresSessionStatusView,
@@ -57,11 +65,30 @@ ADMIN_DDL = (
 )
 
 
-def _shared_view(datastore: PostgresDatastore, name: str, view_class: type[Any]) -> Any:
-    """The view of projection `name` on an existing pool, with the tables its runner uses."""
-    view = view_class(datastore=datastore, tracking_table_name=f"{name}_tracking")
-    view.create_table()
-    return view
+#: Every projection with the class of its PostgreSQL view, by projection name.
+PROJECTIONS: dict[str, tuple[type[Projection[Any]], type[BatchingView]]] = {
+    SessionStatusProjection.name: (SessionStatusProjection, PostgresSessionStatusView),
+    ApiKeyProjection.name: (ApiKeyProjection, PostgresApiKeyView),
+    GatewayProjection.name: (GatewayProjection, PostgresGatewayView),
+    UptimeProjection.name: (UptimeProjection, PostgresUptimeView),
+    MessagesProjection.name: (MessagesProjection, PostgresMessagesView),
+}
+#: The views `sessiond projections rebuild` can rebuild, and why the others cannot.
+REBUILDABLE = frozenset(
+    {
+        SessionStatusProjection.name,
+        ApiKeyProjection.name,
+        UptimeProjection.name,
+        MessagesProjection.name,
+    }
+)
+NOT_REBUILDABLE = {
+    GatewayProjection.name: (
+        "workers change its tables in place (deadlines claimed and pushed back, finished ones "
+        "deleted) and query them by their fixed names, so a copy built from the log would "
+        "neither equal it nor be read"
+    ),
+}
 
 
 @dataclass
@@ -71,15 +98,11 @@ class Container:
     roles: frozenset[str]
     env: dict[str, str] = field(init=False)
     app: SessionsApplication = field(init=False)
-    status_view: PostgresSessionStatusView = field(init=False)
-    key_view: PostgresApiKeyView = field(init=False)
+    views: ActiveViews = field(init=False)
     supervisors: list[ProjectionSupervisor] = field(default_factory=list)
     gateway: WhatsAppGateway | None = None
     read_models: CachedReadModels | None = None
     worker: GatewayWorker | None = None
-    gateway_view: PostgresGatewayView = field(init=False)
-    uptime_view: PostgresUptimeView = field(init=False)
-    messages_view: PostgresMessagesView = field(init=False)
     runner_env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,23 +122,47 @@ class Container:
                 policy=ReconnectPolicy(base=self.settings.retry_base, cap=self.settings.retry_cap),
             )
             # The views read here share the application's connection pool: PostgreSQL's
-            # connections are counted across every process.
+            # connections are counted across every process. Each is the active generation's
+            # (with the tables its runner uses); API processes follow later switches.
             datastore = self.app.factory.datastore  # type: ignore[attr-defined]
-            self.status_view = _shared_view(
-                datastore, SessionStatusProjection.name, PostgresSessionStatusView
-            )
-            self.key_view = _shared_view(datastore, ApiKeyProjection.name, PostgresApiKeyView)
-            self.gateway_view = _shared_view(datastore, GatewayProjection.name, PostgresGatewayView)
-            self.uptime_view = _shared_view(datastore, UptimeProjection.name, PostgresUptimeView)
-            self.messages_view = _shared_view(
-                datastore, MessagesProjection.name, PostgresMessagesView
-            )
-            self.app.message_index = self.messages_view
+            with datastore.transaction(commit=True) as curs:
+                curs.execute(GENERATIONS_DDL)
+            self.views = ActiveViews(datastore, {n: v for n, (_, v) in PROJECTIONS.items()})
+            self.views.resolve(create=True)
+            # Messages a session no longer remembers are looked up in the active view.
+            self.app.message_index = ActiveMessagesView(self.views, MessagesProjection.name)
             with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
                 curs.execute(INSTANCES_MIGRATION)
         self.runner_env = {**self.env, "CREATE_TABLE": "n"}
+
+    # -- the active generation of each view ---------------------------------------------
+
+    @property
+    def status_view(self) -> PostgresSessionStatusView:
+        view: PostgresSessionStatusView = self.views.get(SessionStatusProjection.name)
+        return view
+
+    @property
+    def key_view(self) -> PostgresApiKeyView:
+        view: PostgresApiKeyView = self.views.get(ApiKeyProjection.name)
+        return view
+
+    @property
+    def gateway_view(self) -> PostgresGatewayView:
+        view: PostgresGatewayView = self.views.get(GatewayProjection.name)
+        return view
+
+    @property
+    def uptime_view(self) -> PostgresUptimeView:
+        view: PostgresUptimeView = self.views.get(UptimeProjection.name)
+        return view
+
+    @property
+    def messages_view(self) -> PostgresMessagesView:
+        view: PostgresMessagesView = self.views.get(MessagesProjection.name)
+        return view
 
     # -- admin key ----------------------------------------------------------------------
 
@@ -146,13 +193,7 @@ class Container:
     # -- roles --------------------------------------------------------------------------
 
     def start_projector(self) -> None:
-        for projection, view in (
-            (SessionStatusProjection, PostgresSessionStatusView),
-            (ApiKeyProjection, PostgresApiKeyView),
-            (GatewayProjection, PostgresGatewayView),
-            (UptimeProjection, PostgresUptimeView),
-            (MessagesProjection, PostgresMessagesView),
-        ):
+        for projection, view in PROJECTIONS.values():
             supervisor = ProjectionSupervisor(
                 projection,
                 view,
@@ -200,8 +241,7 @@ class Container:
     def api_context(self) -> ApiContext:
         self.read_models = CachedReadModels(
             self.database_url,
-            self.status_view,
-            self.key_view,
+            self.views,
             poll_interval=self.settings.poll_interval,
             stale_after=self.settings.stale_after,
         )
@@ -235,8 +275,8 @@ class Container:
             max_body_bytes=self.settings.max_body_bytes,
             gateway_calls=PostgresGatewayCalls(datastore, self.settings.gateway_call_timeout),
             simulator=self.settings.gateway == "simulator",
-            uptime=self.uptime_view,
-            messages=self.messages_view,
+            uptime=ActiveUptimeView(self.views, UptimeProjection.name),
+            messages=ActiveMessagesView(self.views, MessagesProjection.name),
             message_texts=self.message_texts,
             projection_lags=self.projection_lags,
             readiness=readiness,
@@ -245,16 +285,9 @@ class Container:
     def projection_lags(self) -> dict[str, int]:
         """How many events each view has yet to process (by notification id)."""
         head = self.app.recorder.max_notification_id() or 0
-        views = {
-            "session_status": self.status_view,
-            "api_keys": self.key_view,
-            "gateway": self.gateway_view,
-            "uptime": self.uptime_view,
-            "messages": self.messages_view,
-        }
         return {
-            name: max(0, head - (view.max_tracking_id(self.app.name) or 0))
-            for name, view in views.items()
+            name: max(0, head - (self.views.get(name).max_tracking_id(self.app.name) or 0))
+            for name in self.views.names()
         }
 
     def message_texts(self, session_id: UUID, versions: Collection[int]) -> dict[int, str]:

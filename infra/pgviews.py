@@ -6,8 +6,9 @@ sends ``NOTIFY sessiond_views`` so that API processes refresh their in-memory co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -20,6 +21,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
 from domain.values import public_session_id
+from infra.generations import table_suffix
 from projections.messages import MessageRow, MessagesView, apply_changes
 from projections.rows import KeyRow, SessionRow
 from projections.uptime import Transition, UptimeView
@@ -30,6 +32,15 @@ VIEWS_CHANNEL = "sessiond_views"
 #: loses is replayed from the event log: views need not wait for the disk (events do).
 SYNC_COMMIT_OFF = "SET LOCAL synchronous_commit = off"
 R = TypeVar("R", SessionRow, KeyRow)
+
+
+@dataclass
+class _Bulk:
+    """What a bulk load has applied and not yet written."""
+
+    replaced: dict[Hashable, Any] = field(default_factory=dict)
+    inserted: list[Any] = field(default_factory=list)
+    tracking: Tracking | None = None
 
 
 def view_table_name(tracking_table_name: str) -> str:
@@ -46,6 +57,69 @@ class BatchingView(PostgresTrackingRecorder):
         super().__init__(datastore, **kwargs)
         self._batch: Cursor[DictRow] | None = None
         self._written: dict[str, Any] = {}
+        self._bulk: _Bulk | None = None
+
+    def tables(self) -> list[str]:
+        """Every table this view writes (its rows and its tracking record)."""
+        return [self.tracking_table_name]
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Apply the events of a rebuild from scratch into this view's tables, just created
+        and read by nothing yet. Rows that each write replaces whole are kept in memory and
+        copied in (COPY) once each, in their final state, when the bulk ends, with the last
+        tracking record; rows that are only ever inserted are copied in at each `end_page`.
+        The tables end as applying the events one by one leaves them, without updating any
+        row many times (each update of an indexed row leaves an index entry behind, which
+        every later update of that row visits). Rows are read back from `_written`."""
+        self._bulk = _Bulk()
+        try:
+            yield
+            self._flush_bulk(final=True)
+        except BaseException:
+            self._written.clear()
+            raise
+        finally:
+            self._bulk = None
+
+    def end_page(self) -> None:
+        """Between pages of a bulk: copy in the rows only ever inserted, so that memory does
+        not grow with the log (with the tracking record, unless other rows wait for the end)."""
+        if self._bulk is not None and self._bulk.inserted:
+            self._flush_bulk(final=False)
+
+    def _flush_bulk(self, *, final: bool) -> None:
+        bulk = self._bulk
+        assert bulk is not None
+        rows = bulk.inserted + (list(bulk.replaced.values()) if final else [])
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)
+            if rows:
+                with curs.copy(self._copy_statement()) as copy:
+                    for row in rows:
+                        copy.write_row(self._copy_row(row))
+            if bulk.tracking is not None and (final or not bulk.replaced):
+                self._insert_tracking(curs, bulk.tracking)
+                bulk.tracking = None
+        bulk.inserted = []
+
+    def _stage(self, key: Hashable | None, row: Any, tracking: Tracking) -> bool:
+        """In a bulk, keep `row` to be copied in (by `key` when later writes replace it,
+        else as inserted); False when no bulk is open."""
+        if self._bulk is None:
+            return False
+        if key is None:
+            self._bulk.inserted.append(row)
+        else:
+            self._bulk.replaced[key] = row
+        self._bulk.tracking = tracking
+        return True
+
+    def _copy_statement(self) -> Composed:
+        raise NotImplementedError(f"{type(self).__name__} cannot be bulk-loaded")
+
+    def _copy_row(self, row: Any) -> Sequence[Any]:
+        raise NotImplementedError(f"{type(self).__name__} cannot be bulk-loaded")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -70,6 +144,9 @@ class BatchingView(PostgresTrackingRecorder):
             yield curs
 
     def insert_tracking(self, tracking: Tracking) -> None:
+        if self._bulk is not None:
+            self._bulk.tracking = tracking
+            return
         with self._transaction() as curs:
             self._insert_tracking(curs, tracking)
 
@@ -79,6 +156,24 @@ class _PostgresView(BatchingView):
         super().__init__(datastore, **kwargs)
         self.table = view_table_name(self.tracking_table_name)
         self.notify_statement = SQL("SELECT pg_notify({0}, {1})").format(VIEWS_CHANNEL, self.table)
+
+    def tables(self) -> list[str]:
+        return [self.table, self.tracking_table_name]
+
+    #: The columns the projection writes (a bulk load copies them in).
+    columns: tuple[str, ...] = ()
+
+    def _params(self, row: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _copy_statement(self) -> Composed:
+        return SQL("COPY {0} ({1}) FROM STDIN").format(
+            self._ident(), SQL(", ").join(Identifier(c) for c in self.columns)
+        )
+
+    def _copy_row(self, row: Any) -> Sequence[Any]:
+        params = self._params(row)
+        return tuple(params[c] for c in self.columns)
 
     def _ident(self) -> Composed:
         return SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.table))
@@ -132,8 +227,10 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
             rows = self._fetch(curs, SessionRow)
         return rows[0] if rows else None
 
-    def save_session(self, row: SessionRow, tracking: Tracking) -> None:
-        params = {
+    columns = ("session_id", "status", "desired", "labels", "position", "doc")
+
+    def _params(self, row: SessionRow) -> dict[str, Any]:
+        return {
             "session_id": row.session_id,
             "status": row.status,
             "desired": row.desired,
@@ -141,7 +238,10 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
             "position": row.position,
             "doc": msgspec.json.encode(row).decode(),
         }
-        self._write(self.upsert, [params], tracking)
+
+    def save_session(self, row: SessionRow, tracking: Tracking) -> None:
+        if not self._stage(row.session_id, row, tracking):
+            self._write(self.upsert, [self._params(row)], tracking)
         # Only the projection's runner writes rows, and it owns this view instance for as
         # long as it holds the projection's lock: what it wrote is what is stored, so the
         # next event of the session needs no read back.
@@ -211,24 +311,38 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
             rows = self._fetch(curs, KeyRow)
         return rows[0] if rows else None
 
+    columns = ("key_id", "session_id", "key_hash", "position", "doc")
+
+    def _params(self, row: KeyRow) -> dict[str, Any]:
+        return {
+            "key_id": row.key_id,
+            "session_id": row.session_id,
+            "key_hash": row.key_hash,
+            "position": row.position,
+            "doc": msgspec.json.encode(row).decode(),
+        }
+
     def save_keys(self, rows: Iterable[KeyRow], tracking: Tracking) -> None:
-        rows = list(rows)
-        params = [
-            {
-                "key_id": row.key_id,
-                "session_id": row.session_id,
-                "key_hash": row.key_hash,
-                "position": row.position,
-                "doc": msgspec.json.encode(
-                    msgspec.structs.replace(row, last_used_at=None)
-                ).decode(),
-            }
-            for row in rows
-        ]
-        self._write(self.upsert, params, tracking)
         # As for sessions: the runner's own writes (last use is kept in its own column).
+        rows = [msgspec.structs.replace(row, last_used_at=None) for row in rows]
+        if self._bulk is not None:
+            self._bulk.tracking = tracking
+            for row in rows:
+                self._stage(row.key_id, row, tracking)
+        else:
+            self._write(self.upsert, [self._params(row) for row in rows], tracking)
         for row in rows:
-            self._written[row.key_id] = msgspec.structs.replace(row, last_used_at=None)
+            self._written[row.key_id] = row
+
+    def carry_over_last_use(self, curs: Cursor[DictRow], old: PostgresApiKeyView) -> None:
+        """Copy the last use of keys (recorded by API processes, held by no event) from the
+        view `old` of an earlier generation, keeping the later time of the two."""
+        curs.execute(
+            SQL(
+                "UPDATE {0} AS n SET last_used_at = GREATEST(n.last_used_at, o.last_used_at) "
+                "FROM {1} AS o WHERE o.key_id = n.key_id AND o.last_used_at IS NOT NULL"
+            ).format(self._ident(), old._ident())
+        )
 
     def all_keys(self) -> list[KeyRow]:
         with self.datastore.cursor() as curs:
@@ -310,21 +424,56 @@ class PostgresMessagesView(_PostgresView, MessagesView):
             "ORDER BY position LIMIT 1"
         ).format(table)
 
+    columns = (
+        "message_id",
+        "session_id",
+        "direction",
+        "status",
+        "idempotency_key",
+        "position",
+        "doc",
+        "whatsapp_id",
+    )
+
     def add_message(self, row: MessageRow, tracking: Tracking) -> None:
-        self._write(self.insert, [self._params(row)], tracking)
+        if not self._stage(row.message_id, row, tracking):
+            self._write(self.insert, [self._params(row)], tracking)
+
+    def end_page(self) -> None:
+        """In a rebuild, every page's rows are copied in at its end (not kept to the end of
+        the log, which may hold millions of messages); a later change to one of them is an
+        update of the table (see `update_message`)."""
+        if self._bulk is not None and self._bulk.replaced:
+            self._bulk.inserted.extend(self._bulk.replaced.values())
+            self._bulk.replaced.clear()
+        super().end_page()
 
     def update_message(self, message_id: str, changes: dict[str, Any], tracking: Tracking) -> None:
+        bulk = self._bulk
+        if bulk is not None:
+            staged = bulk.replaced.get(message_id)
+            if staged is not None:
+                bulk.replaced[message_id] = apply_changes(staged, changes)
+            else:  # copied in with an earlier page of the rebuild
+                with self.datastore.transaction(commit=True) as curs:
+                    self._update_stored(curs, message_id, changes)
+            bulk.tracking = tracking
+            return
         with self._transaction() as curs:
-            curs.execute(self.select_one, (message_id,))  # sees the batch's own writes
-            found = curs.fetchone()
-            if found is not None:
-                row = msgspec.json.decode(found["doc"], type=MessageRow)
-                curs.execute(self.update, self._params(apply_changes(row, changes)))
+            self._update_stored(curs, message_id, changes)
             self._insert_tracking(curs, tracking)
             curs.execute(self.notify_statement)
 
-    @staticmethod
-    def _params(row: MessageRow) -> dict[str, Any]:
+    def _update_stored(
+        self, curs: Cursor[DictRow], message_id: str, changes: dict[str, Any]
+    ) -> None:
+        curs.execute(self.select_one, (message_id,))  # sees the batch's own writes
+        found = curs.fetchone()
+        if found is not None:
+            row = msgspec.json.decode(found["doc"], type=MessageRow)
+            curs.execute(self.update, self._params(apply_changes(row, changes)))
+
+    def _params(self, row: MessageRow) -> dict[str, Any]:
         return {
             "message_id": row.message_id,
             "session_id": row.session_id,
@@ -391,48 +540,65 @@ class PostgresMessagesView(_PostgresView, MessagesView):
 
 
 class PostgresUptimeView(BatchingView, UptimeView):
-    """Transitions of every session (``sessiond_uptime``), found by session and time."""
+    """Transitions of every session (``sessiond_uptime``, or ``sessiond_uptime_g{N}`` for a
+    rebuilt generation N), found by session and time."""
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
+        self.table = "sessiond_uptime" + table_suffix(self.tracking_table_name)
+        table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.table))
         self.sql_create_statements += [
             SQL(
-                "CREATE TABLE IF NOT EXISTS sessiond_uptime (session_id uuid NOT NULL, "
+                "CREATE TABLE IF NOT EXISTS {0} (session_id uuid NOT NULL, "
                 "position bigint NOT NULL, at timestamptz NOT NULL, running boolean NOT NULL, "
                 "connected boolean NOT NULL, PRIMARY KEY (session_id, position))"
-            ).format(),
-            SQL(
-                "CREATE INDEX IF NOT EXISTS sessiond_uptime_at ON sessiond_uptime "
-                "(session_id, at, position)"
-            ).format(),
+            ).format(table),
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id, at, position)").format(
+                Identifier(self.table + "_at"), table
+            ),
         ]
+        self.insert = SQL(
+            "INSERT INTO {0} (session_id, position, at, running, connected) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        ).format(table)
+        self.copy = SQL(
+            "COPY {0} (session_id, position, at, running, connected) FROM STDIN"
+        ).format(table)
+        self.select_before = SQL(
+            "SELECT at, running, connected FROM {0} WHERE session_id = %s "
+            "AND at <= %s ORDER BY at DESC, position DESC LIMIT 1"
+        ).format(table)
+        self.select_within = SQL(
+            "SELECT at, running, connected FROM {0} WHERE session_id = %s "
+            "AND at > %s AND at <= %s ORDER BY at, position"
+        ).format(table)
+
+    def tables(self) -> list[str]:
+        return [self.table, self.tracking_table_name]
 
     def add_transition(self, session_id: UUID, transition: Transition, tracking: Tracking) -> None:
+        row = (
+            session_id,
+            tracking.notification_id,
+            transition.at,
+            transition.running,
+            transition.connected,
+        )
+        if self._stage(None, row, tracking):  # one row per event, never updated
+            return
         with self._transaction() as curs:
-            curs.execute(
-                "INSERT INTO sessiond_uptime (session_id, position, at, running, connected) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (
-                    session_id,
-                    tracking.notification_id,
-                    transition.at,
-                    transition.running,
-                    transition.connected,
-                ),
-            )
+            curs.execute(self.insert, row)
             self._insert_tracking(curs, tracking)
+
+    def _copy_statement(self) -> Composed:
+        return self.copy
+
+    def _copy_row(self, row: Sequence[Any]) -> Sequence[Any]:
+        return row
 
     def transitions(self, session_id: UUID, start: datetime, end: datetime) -> list[Transition]:
         with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT at, running, connected FROM sessiond_uptime WHERE session_id = %s "
-                "AND at <= %s ORDER BY at DESC, position DESC LIMIT 1",
-                (session_id, start),
-            )
+            curs.execute(self.select_before, (session_id, start))
             before = [Transition(**row) for row in curs.fetchall()]
-            curs.execute(
-                "SELECT at, running, connected FROM sessiond_uptime WHERE session_id = %s "
-                "AND at > %s AND at <= %s ORDER BY at, position",
-                (session_id, start, end),
-            )
+            curs.execute(self.select_within, (session_id, start, end))
             return before + [Transition(**row) for row in curs.fetchall()]

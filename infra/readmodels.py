@@ -6,6 +6,9 @@ The copy refreshes when a view writes (``NOTIFY sessiond_views``) and at least e
 since the last refresh in one snapshot. Every API process records how far its copy has got in
 ``sessiond_api_instances``, so a revocation can wait until *every* live process has seen it.
 A process whose copy is older than `stale_after` refuses keys rather than trust a stale copy.
+Each refresh also reads which generation of each view is active, in the same snapshot: after a
+rebuilt view is switched to, the copy of that view is reloaded whole from the new tables (the
+rebuild may have changed rows the log has not touched since) and replaces the old one at once.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from typing import Any
 import psycopg
 from eventsourcing.postgres import PostgresDatastore
 
+from infra.generations import ActiveViews
 from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
+from projections.keys import ApiKeyProjection
 from projections.readmodels import ReadModels
 from projections.rows import KeyRow, SessionRow
+from projections.status import SessionStatusProjection
 
 log = logging.getLogger(__name__)
 APP_NAME = "sessiond"
@@ -45,17 +51,18 @@ class CachedReadModels(ReadModels):
     def __init__(
         self,
         database_url: str,
-        status_view: PostgresSessionStatusView,
-        key_view: PostgresApiKeyView,
+        views: ActiveViews,
         *,
         poll_interval: float = 1.0,
         stale_after: float = 3.0,
         flush_interval: float = 5.0,
     ) -> None:
         self.database_url = database_url
-        self.status_view = status_view
-        self.key_view = key_view
-        self.datastore: PostgresDatastore = status_view.datastore
+        self.views = views
+        self.datastore: PostgresDatastore = views.datastore
+        # The generation each copy was loaded from (-1: not loaded yet).
+        self._status_generation = -1
+        self._keys_generation = -1
         self.poll_interval = poll_interval
         self.stale_after = stale_after
         self.flush_interval = flush_interval
@@ -109,19 +116,43 @@ class CachedReadModels(ReadModels):
 
     # -- refresh --------------------------------------------------------------------------
 
+    @property
+    def status_view(self) -> PostgresSessionStatusView:
+        view: PostgresSessionStatusView = self.views.get(SessionStatusProjection.name)
+        return view
+
+    @property
+    def key_view(self) -> PostgresApiKeyView:
+        view: PostgresApiKeyView = self.views.get(ApiKeyProjection.name)
+        return view
+
     def refresh(self) -> None:
         with self.datastore.get_connection() as conn:
             with conn.transaction(), conn.cursor() as curs:
                 curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                status_pos = self._tracking(curs, self.status_view)
-                keys_pos = self._tracking(curs, self.key_view)
-                sessions = self.status_view.changed_since(curs, self._status_pos)
-                keys = self.key_view.changed_since(curs, self._keys_pos)
-            for row in sessions:
+                self.views.resolve(curs)
+                status_view, key_view = self.status_view, self.key_view
+                status_generation = self.views.generation(SessionStatusProjection.name)
+                keys_generation = self.views.generation(ApiKeyProjection.name)
+                reload_status = status_generation != self._status_generation
+                reload_keys = keys_generation != self._keys_generation
+                status_pos = self._tracking(curs, status_view)
+                keys_pos = self._tracking(curs, key_view)
+                sessions = status_view.changed_since(curs, 0 if reload_status else self._status_pos)
+                keys = key_view.changed_since(curs, 0 if reload_keys else self._keys_pos)
+            if reload_status:  # a new generation: its rows replace the old copy's at once
+                self._sessions = {row.session_id: row for row in sessions}
+                self._status_generation = status_generation
+            if reload_keys:
+                # The keys first: a lookup through the old hash index finds every key there.
+                self._keys = {key.key_id: key for key in keys}
+                self._key_ids_by_hash = {key.key_hash: key.key_id for key in keys}
+                self._keys_generation = keys_generation
+            for row in [] if reload_status else sessions:
                 current = self._sessions.get(row.session_id)
                 if current is None or current.position <= row.position:
                     self._sessions[row.session_id] = row
-            for key in keys:
+            for key in [] if reload_keys else keys:
                 current_key = self._keys.get(key.key_id)
                 if current_key is None or current_key.position <= key.position:
                     self._keys[key.key_id] = key

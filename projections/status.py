@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -12,7 +13,7 @@ from eventsourcing.projection import Projection
 
 from domain.session import Session
 from domain.values import DesiredState, Reason, Status, public_session_id
-from projections.rows import UPTIME_DAYS, SessionRow, window_start
+from projections.rows import UPTIME_DAYS, SessionRow
 from projections.views import SessionStatusView
 
 
@@ -227,35 +228,54 @@ _NO_QR: dict[str, Any] = {
 }
 
 
+_RUNNING = DesiredState.RUNNING.value
+_CONNECTED = Status.CONNECTED.value
+
+
 def _advance_uptime(row: SessionRow, until: datetime) -> SessionRow:
-    """Add the interval since the last transition to the uptime accumulators."""
-    if row.marked_at is None or until <= row.marked_at:
+    """Add the interval since the last transition to the uptime accumulators.
+
+    It runs for most events (and for every event of a rebuild), so it copies only what
+    changes: the day lists are replaced, never changed in place, and the old row keeps its own.
+    """
+    marked = row.marked_at
+    if marked is None or until <= marked:
         return msgspec.structs.replace(row, marked_at=until)
-    seconds = (until - row.marked_at).total_seconds()
-    running, connected = row.running_seconds, row.connected_seconds
-    days = {day: list(pair) for day, pair in row.days.items()}
-    if row.desired == DesiredState.RUNNING.value:
-        is_connected = row.status == Status.CONNECTED.value
+    running, connected, days = row.running_seconds, row.connected_seconds, row.days
+    if row.desired == _RUNNING:
+        seconds = (until - marked).total_seconds()
+        is_connected = row.status == _CONNECTED
         running += seconds
         if is_connected:
             connected += seconds
-        for day, day_seconds in _split_by_day(row.marked_at, until):
-            pair = days.setdefault(day, [0.0, 0.0])
-            pair[0] += day_seconds
-            if is_connected:
-                pair[1] += day_seconds
-    oldest = window_start(until, UPTIME_DAYS + 1).date().isoformat()
-    days = {day: pair for day, pair in days.items() if day >= oldest}
+        days = dict(days)
+        for day, day_seconds in _split_by_day(marked, until):
+            day_running, day_connected = days.get(day, (0.0, 0.0))
+            days[day] = [
+                day_running + day_seconds,
+                day_connected + day_seconds if is_connected else day_connected,
+            ]
+    oldest = _oldest_day(until.astimezone(UTC).date())
+    if days and min(days) < oldest:
+        days = {day: pair for day, pair in days.items() if day >= oldest}
     return msgspec.structs.replace(
         row, running_seconds=running, connected_seconds=connected, marked_at=until, days=days
     )
 
 
+@lru_cache(maxsize=64)
+def _oldest_day(today: date) -> str:
+    """The first day kept in the accumulators: that of `window_start(…, UPTIME_DAYS + 1)`."""
+    return (today - timedelta(days=UPTIME_DAYS)).isoformat()
+
+
 def _split_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:
     """The seconds of [start, end) in each UTC day it touches."""
-    parts = []
     cursor = start.astimezone(UTC)
     end = end.astimezone(UTC)
+    if cursor.date() == end.date():  # the usual case: no midnight in between
+        return [(cursor.date().isoformat(), (end - cursor).total_seconds())] if cursor < end else []
+    parts = []
     while cursor < end:
         midnight = cursor.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
         stop = min(midnight, end)

@@ -79,5 +79,6 @@ def test_projections_status_shows_each_views_position_and_lag(
     head = int(shown.stdout.splitlines()[-1].split()[-1])
     assert head >= 2
     for name in ("session_status", "api_keys", "gateway", "uptime"):
-        position, lag = map(int, rows[name])
+        position, lag, generation = map(int, rows[name])
         assert position + lag == head and lag >= 0
+        assert generation == 0  # never rebuilt
