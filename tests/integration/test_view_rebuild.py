@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg.sql import SQL, Identifier
 
+from application.ports import InboundMessage
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR
 from infra.container import REBUILDABLE, Container
@@ -55,6 +56,9 @@ def scripted_history(app: SessionsApplication) -> list[str]:
         )  # fmt: skip
         sid = created.session_id
         uuid = app.load(sid).id
+        to = "4915112345678@s.whatsapp.net"
+        first = app.send_message(sid, to, f"hello {n}", f"key-{n}", ADMIN_ACTOR).message_id
+        second = app.send_message(sid, to, f"second {n}", None, ADMIN_ACTOR).message_id
         extra = app.issue_key(sid, "crm", ADMIN_ACTOR)
         if n % 3 == 0:
             app.revoke_key(sid, extra.key_id, ADMIN_ACTOR)
@@ -64,6 +68,13 @@ def scripted_history(app: SessionsApplication) -> list[str]:
             return sid
         jid = f"49{n:09d}:1@s.whatsapp.net"
         app.record_connected(uuid, jid, "Phone")
+        app.record_sent(uuid, first, f"WA{n}")
+        app.record_received(uuid, InboundMessage(f"IN{n}", to, to, f"inbound {n}", expires))
+        app.record_acks(uuid, [f"WA{n}"], "delivered", expires)
+        if n % 2:
+            app.record_acks(uuid, [f"WA{n}"], "read", expires)
+        if n % 3 == 0:
+            app.record_send_failed(uuid, second, "rejected", "not on WhatsApp")
         app.record_keepalive(uuid, healthy=False)
         app.record_keepalive(uuid, healthy=True)
         app.record_disconnected(uuid, "connection_lost", "dropped")
