@@ -24,6 +24,7 @@ from api.controllers.messages import MessagesController
 from api.controllers.metrics import metrics
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
+from api.controllers.webhooks import WebhooksController
 from api.fastpath import status_fast_path
 from api.openapi import complete_openapi
 from api.problems import handle_exception
@@ -99,6 +100,7 @@ def create_app(
         SessionsController,
         KeysController,
         MessagesController,
+        WebhooksController,
         HistoryController,
         UptimeController,
         metrics,

@@ -145,3 +145,13 @@ async def provide_admin_access(
 ) -> SessionAccess:
     """Dependency of admin-only routes of one session."""
     return await _access(request, session_id, admin_only=True)
+
+
+async def provide_caller(request: Request[Any, Any, State]) -> Principal:
+    """Dependency of routes that name no session but serve both kinds of key (webhooks): a
+    session key is checked against its session (alive, within its rate limit)."""
+    principal = authenticate(request)
+    if not principal.is_admin:
+        assert principal.session_id is not None
+        await _access(request, principal.session_id, admin_only=False)
+    return principal

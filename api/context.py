@@ -13,6 +13,7 @@ from application.sessions import SessionsApplication
 from projections.messages import MessagesView
 from projections.readmodels import ReadModels
 from projections.uptime import UptimeView
+from projections.webhooks import WebhookQueries
 
 
 class GatewayCalls(ABC):
@@ -44,3 +45,6 @@ class ApiContext:
     #: The texts of a session's messages, by the version of the event that carries each.
     message_texts: Callable[[UUID, Collection[int]], dict[int, str]]
     projection_lags: Callable[[], dict[str, int]]
+    webhook_queries: WebhookQueries
+    #: Why a webhook URL can never be a target (a literal private address), or None.
+    check_webhook_url: Callable[[str], str | None]

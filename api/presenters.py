@@ -143,6 +143,7 @@ def event_out(entry: HistoryEntry) -> EventOut:
         timestamp=entry.timestamp,
         data=entry.data,
         position=entry.position,
+        webhook_id=entry.webhook_id,
     )
 
 

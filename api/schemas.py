@@ -205,12 +205,13 @@ class EventOut(Out):
     """One recorded event: what happened, when, in which version of the session, with its
     data (API key hashes, QR codes and message text redacted)."""
 
-    session_id: str
+    session_id: str | None  # null for an event of a webhook endpoint (see webhookId)
     version: int
     type: str
     timestamp: datetime
     data: dict[str, Any]
     position: int | None = None
+    webhook_id: str | None = None
 
 
 class EventPageOut(Out):
@@ -290,3 +291,137 @@ class InboundIn(Body):
 class AckIn(Body):
     message_id: MessageId
     status: Literal["delivered", "read"]
+
+
+WebhookEventType = Literal[
+    "session.created",
+    "session.qr",
+    "session.socket-connected",
+    "session.socket-disconnected",
+    "session.expired",
+    "session.stopped",
+    "session.deleted",
+    "message.received",
+    "message.sent",
+    "message.delivered",
+    "message.read",
+    "message.failed",
+]
+WebhookUrl = Annotated[
+    str, Meta(min_length=1, max_length=2048, examples=["https://example.com/hooks/whatsapp"])
+]
+
+
+class WebhookIn(Body):
+    url: WebhookUrl
+    events: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=12)]
+    session_id: SessionId | None = None
+
+
+class WebhookChangeIn(Body):
+    url: WebhookUrl | None = None
+    events: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=12)] | None = None
+    enabled: bool | None = None
+
+
+class WebhookOut(Out):
+    webhook_id: str
+    url: str
+    events: list[str]
+    session_id: str | None  # null: every session's events (an admin's endpoint)
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None  # the first failure since the last success
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str  # shown only now: verify signatures with it (Standard Webhooks)
+
+
+class WebhookListOut(Out):
+    items: list[WebhookOut]
+    count: int
+
+
+class RotateSecretIn(Body):
+    grace_seconds: Annotated[int, Meta(ge=0, le=7 * 86_400)] = 86_400
+
+
+class RotatedSecretOut(Out):
+    webhook_id: str
+    secret: str
+    previous_secret_valid_until: datetime
+
+
+class AttemptOut(Out):
+    attempt: int
+    at: datetime
+    status_code: int | None
+    duration_ms: float
+    error: str | None
+    response: str | None  # the start of the answer (1 KB at most)
+
+
+class DeliveryOut(Out):
+    delivery_id: str
+    webhook_id: str
+    event_id: str  # the webhook-id header: the same on every try and replay
+    event_type: str
+    session_id: str
+    status: Literal["pending", "delivered", "dead", "cancelled"]
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    replay: bool
+    attempt_log: list[AttemptOut]
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> DeliveryOut:
+        return cls(
+            delivery_id=row["delivery_id"],
+            webhook_id=row["webhook_id"],
+            event_id=row["event_id"],
+            event_type=row["event_type"],
+            session_id=row["session_id"],
+            status=row["status"],
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"] if row["status"] == "pending" else None,
+            created_at=row["created_at"],
+            delivered_at=row["delivered_at"],
+            last_status=row["last_status"],
+            last_error=row["last_error"],
+            replay=row["replay"],
+            attempt_log=[
+                AttemptOut(
+                    attempt=a["attempt"],
+                    at=a["at"],
+                    status_code=a["status_code"],
+                    duration_ms=a["duration_ms"],
+                    error=a["error"],
+                    response=a["response"],
+                )
+                for a in row["attempt_log"]
+            ],
+        )
+
+
+class DeliveryPageOut(Out):
+    items: list[DeliveryOut]
+    next: str | None  # pass as `before` for the next (older) page
+
+
+class ReplayIn(Body):
+    from_: Annotated[datetime, Meta(description="start of the window (included)")] = msgspec.field(
+        name="from"
+    )
+    to: datetime
+
+
+class ReplayOut(Out):
+    webhook_id: str
+    enqueued: int

@@ -46,16 +46,20 @@ from infra.pgviews import (
     PostgresSessionStatusView,
     PostgresUptimeView,
 )
+from infra.pgwebhooks import PostgresWebhookView, WebhookStore
 from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
 from infra.supervisor import ProjectionSupervisor
+from infra.webhook_http import check_url
+from infra.webhooks import DispatcherSettings, WebhookDispatcher
 from infra.worker import GatewayWorker, WorkerTimings
 from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
 from projections.messages import MessagesProjection
 from projections.status import SessionStatusProjection
 from projections.uptime import UptimeProjection
+from projections.webhooks import WebhookProjection
 
 log = logging.getLogger(__name__)
 ROLES = frozenset({"api", "projector", "worker"})
@@ -72,6 +76,7 @@ PROJECTIONS: dict[str, tuple[type[Projection[Any]], type[BatchingView]]] = {
     GatewayProjection.name: (GatewayProjection, PostgresGatewayView),
     UptimeProjection.name: (UptimeProjection, PostgresUptimeView),
     MessagesProjection.name: (MessagesProjection, PostgresMessagesView),
+    WebhookProjection.name: (WebhookProjection, PostgresWebhookView),
 }
 #: The views `sessiond projections rebuild` can rebuild, and why the others cannot.
 REBUILDABLE = frozenset(
@@ -83,6 +88,10 @@ REBUILDABLE = frozenset(
     }
 )
 NOT_REBUILDABLE = {
+    WebhookProjection.name: (
+        "it sends: a copy built from the log would enqueue every delivery again, and its "
+        "deliveries and attempts are a record of what was sent, not something derived"
+    ),
     GatewayProjection.name: (
         "workers change its tables in place (deadlines claimed and pushed back, finished ones "
         "deleted) and query them by their fixed names, so a copy built from the log would "
@@ -103,6 +112,7 @@ class Container:
     gateway: WhatsAppGateway | None = None
     read_models: CachedReadModels | None = None
     worker: GatewayWorker | None = None
+    dispatcher: WebhookDispatcher | None = None
     runner_env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +226,23 @@ class Container:
         )
         self.worker = GatewayWorker(self.app, gateway, self.database_url, timings)
         self.worker.start()
+        self.start_dispatcher()
+
+    def start_dispatcher(self) -> None:
+        """Webhook delivery runs in the worker role (any number of workers share it)."""
+        datastore = self.app.factory.datastore  # type: ignore[attr-defined]
+        self.dispatcher = WebhookDispatcher(
+            self.app,
+            WebhookStore(datastore),
+            self.database_url,
+            DispatcherSettings(
+                allow_private=self.settings.webhooks_allow_private,
+                concurrency=self.settings.webhook_concurrency,
+                retry_scale=self.settings.webhook_retry_scale,
+                poll=min(0.5, self.settings.poll_interval),
+            ),
+        )
+        self.dispatcher.start()
 
     def _build_gateway(self) -> WhatsAppGateway:
         if self.settings.gateway == "neonize":
@@ -278,6 +305,10 @@ class Container:
             uptime=ActiveUptimeView(self.views, UptimeProjection.name),
             messages=ActiveMessagesView(self.views, MessagesProjection.name),
             message_texts=self.message_texts,
+            webhook_queries=WebhookStore(datastore),
+            check_webhook_url=lambda url: check_url(
+                url, allow_private=self.settings.webhooks_allow_private
+            ),
             projection_lags=self.projection_lags,
             readiness=readiness,
         )
@@ -303,6 +334,8 @@ class Container:
             self.start_worker()
 
     def close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         if self.worker is not None:
             self.worker.close()  # also closes the gateway
         for supervisor in self.supervisors:

@@ -46,6 +46,9 @@ class Settings:
     log_level: str
     send_interval: float = 1.0
     cipher_key: str | None = None
+    webhooks_allow_private: bool = False
+    webhook_retry_scale: float = 1.0
+    webhook_concurrency: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +77,12 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             send_interval=reader.number("SEND_INTERVAL", 1.0, 0.0, 60.0),
             cipher_key=reader.optional("CIPHER_KEY"),
+            webhooks_allow_private=reader.choice(
+                "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false")
+            )
+            == "true",
+            webhook_retry_scale=reader.number("WEBHOOK_RETRY_SCALE", 1.0, 0.0001, 100.0),
+            webhook_concurrency=reader.integer("WEBHOOK_CONCURRENCY", 64, 1, 1000),
         )
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)

@@ -14,25 +14,28 @@ from eventsourcing.persistence import Tracking
 
 from application.sessions import SessionsApplication
 from domain.values import public_session_id
+from domain.webhook import WebhookEndpoint, public_webhook_id
 from projections.rows import SessionRow
 from projections.status import SessionStatusProjection
 from projections.views import MemorySessionStatusView
 
 REDACTED = "[redacted]"
-#: Never shown: API key hashes, QR codes (they link a phone while valid), message text.
-SECRET_FIELDS = frozenset({"key_hash", "code", "text"})
+#: Never shown: API key hashes, QR codes (they link a phone while valid), message text,
+#: webhook signing secrets.
+SECRET_FIELDS = frozenset({"key_hash", "code", "text", "secret"})
 #: Bookkeeping every event carries; shown as its own fields, not as data.
 _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    session_id: str
+    session_id: str | None  # None for an event of a webhook endpoint
     version: int
     type: str
     timestamp: datetime
     data: dict[str, Any]
     position: int | None = None
+    webhook_id: str | None = None  # the endpoint, for an event of a webhook endpoint
 
 
 def entry(event: Any, position: int | None = None) -> HistoryEntry:
@@ -42,6 +45,16 @@ def entry(event: Any, position: int | None = None) -> HistoryEntry:
         for name, value in vars(event).items()
         if name not in _ENVELOPE
     }
+    if isinstance(event, WebhookEndpoint.Event):
+        return HistoryEntry(
+            session_id=None,
+            webhook_id=public_webhook_id(event.originator_id),
+            version=event.originator_version,
+            type=f"Webhook{type(event).__name__}",
+            timestamp=event.timestamp,
+            data=data,
+            position=position,
+        )
     return HistoryEntry(
         session_id=public_session_id(event.originator_id),
         version=event.originator_version,
@@ -80,3 +93,18 @@ def fold(events: Iterable[Any]) -> SessionRow | None:
         session_id = public_session_id(event.originator_id)
         projection.process_event(event, Tracking("as-of", position))
     return None if session_id is None else projection.view.get_session(session_id)
+
+
+def first_position_at(app: SessionsApplication, instant: datetime) -> int:
+    """The position of the first event recorded at or after `instant` (binary search on the
+    log, whose events are in time order), or one past the end."""
+    low, high = 1, (app.recorder.max_notification_id() or 0) + 1
+    while low < high:
+        middle = (low + high) // 2
+        (found,) = app.recorder.select_notifications(start=middle, limit=1)
+        event: Any = app.mapper.to_domain_event(found)
+        if event.timestamp < instant:
+            low = found.id + 1
+        else:
+            high = middle
+    return low

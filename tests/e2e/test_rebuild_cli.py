@@ -67,7 +67,7 @@ def test_rebuild_refuses_unknown_views_and_the_gateway_view(sessiond_env: dict[s
     unknown = sessiond(sessiond_env, "projections", "rebuild", "sessions")
     assert unknown.returncode == 2
     assert "no view named 'sessions'" in unknown.stderr
-    assert "api_keys, session_status, uptime" in unknown.stderr
+    assert "api_keys, messages, session_status, uptime" in unknown.stderr
     gateway = sessiond(sessiond_env, "projections", "rebuild", "gateway")
     assert gateway.returncode == 2
     assert "the gateway view cannot be rebuilt" in gateway.stderr

@@ -1,0 +1,319 @@
+"""Webhook endpoints: register (the secret is shown once), read, change, delete, rotate the
+secret, and the deliveries: list them with every attempt, send one again, replay a time range.
+
+The admin manages every endpoint (global ones, or any session's); a session key manages its
+own session's endpoints only (another's answer 404, as for sessions)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody, QueryParameter
+
+from api.auth import API_KEY_SECURITY, Principal, key_required, provide_caller
+from api.context import ApiContext
+from api.controllers.common import call, context, problems
+from api.problems import ProblemError
+from api.schemas import (
+    DeliveryOut,
+    DeliveryPageOut,
+    ReplayIn,
+    ReplayOut,
+    RotatedSecretOut,
+    RotateSecretIn,
+    WebhookChangeIn,
+    WebhookCreatedOut,
+    WebhookIn,
+    WebhookListOut,
+    WebhookOut,
+)
+from application.webhooks import Webhooks
+from domain.webhook import WebhookEndpoint, public_webhook_id
+from projections.history import first_position_at
+from projections.webhooks import NewDelivery, event_id, webhook_event
+
+WEBHOOK = "/webhooks/{webhook_id:str}"
+MAX_REPLAY_EVENTS = 100_000
+
+
+def _out(row: dict[str, Any]) -> WebhookOut:
+    return WebhookOut(
+        webhook_id=row["webhook_id"],
+        url=row["url"],
+        events=list(row["events"]),
+        session_id=row["session_id"],
+        enabled=row["enabled"],
+        disabled_reason=row["disabled_reason"],
+        failing_since=row["failing_since"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def _visible(ctx: ApiContext, position: int) -> None:
+    """Wait (bounded) until the webhook projection has `position` (read-your-writes)."""
+    deadline = time.monotonic() + ctx.write_wait_timeout
+    pause = 0.002
+    while await call(ctx.webhook_queries.position) < position:
+        if time.monotonic() > deadline:
+            raise ProblemError(
+                503,
+                "views-lagging",
+                f"the change was recorded (position {position}) but the webhook view has not "
+                "caught up yet; read it again shortly",
+                {"Retry-After": "1"},
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _reachable(principal: Principal, row: dict[str, Any] | None, webhook_id: str) -> dict[str, Any]:
+    if row is None or not (principal.is_admin or row["session_id"] == principal.session_id):
+        raise ProblemError(404, "webhook-not-found", f"no webhook {webhook_id}")
+    return row
+
+
+class WebhooksController(Controller):
+    tags = ["webhooks"]  # noqa: RUF012 - Litestar reads it as a class attribute
+    security = API_KEY_SECURITY
+    dependencies = {"caller": Provide(provide_caller)}  # noqa: RUF012
+
+    async def _row(self, ctx: ApiContext, caller: Principal, webhook_id: str) -> dict[str, Any]:
+        return _reachable(caller, await call(ctx.webhook_queries.endpoint, webhook_id), webhook_id)
+
+    @post(
+        "/webhooks",
+        status_code=201,
+        guards=[key_required],
+        responses=problems(400, 401, 404, 413, 422, 429, 503),
+    )
+    async def create_webhook(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        data: JSONBody[WebhookIn],
+    ) -> WebhookCreatedOut:
+        """Register an endpoint; the answer holds its signing secret, shown this once. Without
+        `sessionId` the admin's endpoint receives every session's events; a session key's
+        endpoint is always its own session's."""
+        ctx = context(request)
+        session_id = data.session_id
+        if not caller.is_admin:
+            if session_id not in (None, caller.session_id):
+                raise ProblemError(404, "session-not-found", "no such session")
+            session_id = caller.session_id
+        if session_id is not None:
+            session = ctx.read_models.session(session_id)
+            if session is None or session.is_deleted:
+                raise ProblemError(404, "session-not-found", "no such session")
+        reason = ctx.check_webhook_url(data.url)
+        if reason is not None:
+            raise ProblemError(422, "invalid-url", reason)
+        registered = await call(
+            Webhooks(ctx.app).register, data.url, list(data.events), session_id, caller.actor
+        )
+        await _visible(ctx, registered.position)
+        row = await self._row(ctx, caller, registered.webhook_id)
+        fields = {f: getattr(_out(row), f) for f in WebhookOut.__struct_fields__}
+        return WebhookCreatedOut(**fields, secret=registered.secret)
+
+    @get("/webhooks", responses=problems(400, 401, 429, 503))
+    async def list_webhooks(
+        self, request: Request[Any, Any, State], caller: NamedDependency[Principal]
+    ) -> WebhookListOut:
+        """The endpoints the caller manages (the admin: all of them)."""
+        ctx = context(request)
+        rows = await call(
+            ctx.webhook_queries.endpoints_of, None if caller.is_admin else caller.session_id
+        )
+        items = [_out(row) for row in rows]
+        return WebhookListOut(items=items, count=len(items))
+
+    @get(WEBHOOK, responses=problems(400, 401, 404, 429, 503))
+    async def get_webhook(
+        self, request: Request[Any, Any, State], caller: NamedDependency[Principal], webhook_id: str
+    ) -> WebhookOut:
+        """One endpoint (never its secret)."""
+        return _out(await self._row(context(request), caller, webhook_id))
+
+    @patch(WEBHOOK, guards=[key_required], responses=problems(400, 401, 404, 413, 422, 429, 503))
+    async def change_webhook(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        webhook_id: str,
+        data: JSONBody[WebhookChangeIn],
+    ) -> WebhookOut:
+        """Change its URL or events, or enable it again (or disable it)."""
+        ctx = context(request)
+        await self._row(ctx, caller, webhook_id)
+        if data.url is not None:
+            reason = ctx.check_webhook_url(data.url)
+            if reason is not None:
+                raise ProblemError(422, "invalid-url", reason)
+        events = [str(e) for e in data.events] if data.events is not None else None
+        position = await call(
+            lambda: Webhooks(ctx.app).change(
+                webhook_id, caller.actor, url=data.url, events=events, enabled=data.enabled
+            )
+        )
+        if position is not None:
+            await _visible(ctx, position)
+        return _out(await self._row(ctx, caller, webhook_id))
+
+    @delete(WEBHOOK, status_code=204, responses=problems(400, 401, 404, 429, 503))
+    async def delete_webhook(
+        self, request: Request[Any, Any, State], caller: NamedDependency[Principal], webhook_id: str
+    ) -> None:
+        """Delete it: nothing more is delivered, pending deliveries are cancelled."""
+        ctx = context(request)
+        await self._row(ctx, caller, webhook_id)
+        position = await call(Webhooks(ctx.app).delete, webhook_id, caller.actor)
+        await _visible(ctx, position)
+
+    @post(
+        WEBHOOK + "/rotate-secret",
+        status_code=200,
+        guards=[key_required],
+        responses=problems(400, 401, 404, 413, 422, 429, 503),
+    )
+    async def rotate_secret(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        webhook_id: str,
+        data: JSONBody[RotateSecretIn | None] = None,
+    ) -> RotatedSecretOut:
+        """A new secret, shown this once; deliveries carry both signatures until the old
+        secret's grace period ends (default 24 hours)."""
+        ctx = context(request)
+        await self._row(ctx, caller, webhook_id)
+        grace = timedelta(seconds=data.grace_seconds if data is not None else 86_400)
+        secret, _ = await call(Webhooks(ctx.app).rotate_secret, webhook_id, caller.actor, grace)
+        return RotatedSecretOut(
+            webhook_id=webhook_id,
+            secret=secret,
+            previous_secret_valid_until=datetime.now(UTC) + grace,
+        )
+
+    @get(WEBHOOK + "/deliveries", responses=problems(400, 401, 404, 429, 503))
+    async def list_deliveries(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        webhook_id: str,
+        *,
+        status: Annotated[
+            str | None,
+            QueryParameter(
+                description="pending, delivered, dead or cancelled",
+                pattern="^(pending|delivered|dead|cancelled)$",
+            ),
+        ] = None,
+        before: Annotated[
+            str | None, QueryParameter(description="A page's `next`", max_length=64)
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> DeliveryPageOut:
+        """Its deliveries, newest first, each with every attempt (status, duration, error,
+        the start of the answer)."""
+        ctx = context(request)
+        await self._row(ctx, caller, webhook_id)
+        rows = await call(
+            lambda: ctx.webhook_queries.deliveries(
+                webhook_id, status=status, before=before, limit=limit
+            )
+        )
+        items = [DeliveryOut.from_row(row) for row in rows]
+        return DeliveryPageOut(
+            items=items, next=rows[-1]["delivery_id"] if len(rows) == limit else None
+        )
+
+    @post(
+        WEBHOOK + "/deliveries/{delivery_id:str}/retry",
+        status_code=202,
+        responses=problems(400, 401, 404, 429, 503),
+    )
+    async def retry_delivery(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        webhook_id: str,
+        delivery_id: str,
+    ) -> dict[str, str]:
+        """Send this delivery again now (its event keeps its `webhook-id`)."""
+        ctx = context(request)
+        await self._row(ctx, caller, webhook_id)
+        if not await call(ctx.webhook_queries.retry, webhook_id, delivery_id):
+            raise ProblemError(404, "delivery-not-found", f"no delivery {delivery_id}")
+        return {"deliveryId": delivery_id, "status": "pending"}
+
+    @post(
+        WEBHOOK + "/replay",
+        status_code=202,
+        guards=[key_required],
+        responses=problems(400, 401, 404, 413, 422, 429, 503),
+    )
+    async def replay(
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        webhook_id: str,
+        data: JSONBody[ReplayIn],
+    ) -> ReplayOut:
+        """Send again every event of `[from, to)` this endpoint subscribes to (each with its
+        own `webhook-id`, so receivers can tell a replay from a new event)."""
+        ctx = context(request)
+        row = await self._row(ctx, caller, webhook_id)
+        start = data.from_ if data.from_.tzinfo else data.from_.replace(tzinfo=UTC)
+        end = data.to if data.to.tzinfo else data.to.replace(tzinfo=UTC)
+        if end <= start:
+            raise ProblemError(422, "invalid-window", "`to` must come after `from`")
+        deliveries = await call(_replayable, ctx, row, start, end)
+        count = await call(ctx.webhook_queries.replay, deliveries)
+        return ReplayOut(webhook_id=webhook_id, enqueued=count)
+
+
+def _replayable(
+    ctx: ApiContext, row: dict[str, Any], start: datetime, end: datetime
+) -> list[NewDelivery]:
+    """The endpoint's events recorded in [start, end), read from the log."""
+    app = ctx.app
+    position = first_position_at(app, start)
+    found: list[NewDelivery] = []
+    scanned = 0
+    while scanned < MAX_REPLAY_EVENTS:
+        page = app.recorder.select_notifications(start=position, limit=500)
+        if not page:
+            break
+        for notification in page:
+            event: Any = app.mapper.to_domain_event(notification)
+            if event.timestamp >= end:
+                return found
+            scanned += 1
+            described = webhook_event(event)
+            if described is None or event.timestamp < start:
+                continue
+            kind, data = described
+            if kind in row["events"] and row["session_id"] in (None, data["sessionId"]):
+                found.append(
+                    NewDelivery(
+                        webhook_id=row["webhook_id"],
+                        event_id=event_id(notification.id),
+                        event_type=kind,
+                        session_id=data["sessionId"],
+                        position=notification.id,
+                        occurred_at=event.timestamp,
+                    )
+                )
+        position = page[-1].id + 1
+    return found
+
+
+__all__ = ["WebhookEndpoint", "WebhooksController", "public_webhook_id"]

@@ -1,0 +1,357 @@
+"""PostgreSQL side of webhooks: the endpoints and the outbox (written by the webhook
+projection with its tracking record), the attempts log, and the queries of the dispatcher
+and the API.
+
+- ``sessiond_webhook_endpoints``: one row per endpoint (no secret: the dispatcher reads it
+  from the endpoint's events), plus `failing_since`, kept by the dispatcher.
+- ``sessiond_webhook_deliveries``: one row per (endpoint, event): pending, delivered or dead.
+  Workers claim due rows with ``FOR UPDATE SKIP LOCKED`` and push them `hold` seconds ahead, so
+  a worker that dies mid-delivery leaves them to be claimed again.
+- ``sessiond_webhook_attempts``: every attempt: status, duration, error, the start of the answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore
+from psycopg.sql import SQL, Identifier
+from psycopg.types.json import Jsonb
+
+from infra.pgviews import BatchingView
+from projections.webhooks import EndpointRow, NewDelivery, WebhookQueries, WebhookView
+
+WEBHOOKS_CHANNEL = "sessiond_webhooks"
+EVENTS_TABLE = "sessiond_events"  # the application's stored events (eventsourcing's table)
+PENDING, DELIVERED, DEAD, CANCELLED = "pending", "delivered", "dead", "cancelled"
+
+WEBHOOK_DDL = (
+    "CREATE TABLE IF NOT EXISTS sessiond_webhook_state (id int PRIMARY KEY CHECK (id = 1), "
+    "start_position bigint NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessiond_webhook_endpoints (webhook_id text PRIMARY KEY, "
+    "url text NOT NULL, events jsonb NOT NULL, session_id text, enabled boolean NOT NULL, "
+    "disabled_reason text, version int NOT NULL, created_at timestamptz NOT NULL, "
+    "updated_at timestamptz NOT NULL, failing_since timestamptz)",
+    "CREATE INDEX IF NOT EXISTS sessiond_webhook_endpoints_session "
+    "ON sessiond_webhook_endpoints (session_id)",
+    "CREATE TABLE IF NOT EXISTS sessiond_webhook_deliveries (delivery_id text PRIMARY KEY, "
+    "webhook_id text NOT NULL, event_id text NOT NULL, event_type text NOT NULL, "
+    "session_id text NOT NULL, position bigint NOT NULL, occurred_at timestamptz NOT NULL, "
+    "status text NOT NULL, attempts int NOT NULL DEFAULT 0, "
+    "next_attempt_at timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+    "delivered_at timestamptz, last_status int, last_error text, replay boolean NOT NULL "
+    "DEFAULT false)",
+    "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_due "
+    "ON sessiond_webhook_deliveries (next_attempt_at) WHERE status = 'pending'",
+    "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_endpoint "
+    "ON sessiond_webhook_deliveries (webhook_id, created_at)",
+    "CREATE TABLE IF NOT EXISTS sessiond_webhook_attempts (delivery_id text NOT NULL, "
+    "attempt int NOT NULL, at timestamptz NOT NULL, status_code int, duration_ms float8 NOT NULL, "
+    "error text, response text, PRIMARY KEY (delivery_id, attempt))",
+)
+
+
+def new_delivery_id() -> str:
+    return "dlv_" + uuid.uuid4().hex
+
+
+class PostgresWebhookView(BatchingView, WebhookView):
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.sql_create_statements += [SQL(s).format() for s in WEBHOOK_DDL]
+        self._start: int | None = None
+
+    def create_table(self) -> None:
+        super().create_table()
+        with self.datastore.transaction(commit=True) as curs:
+            # First set-up: deliver only what is recorded from now on.
+            curs.execute(
+                SQL(
+                    "INSERT INTO sessiond_webhook_state (id, start_position) "
+                    "SELECT 1, coalesce(max(notification_id), 0) FROM {0}.{1} "
+                    "ON CONFLICT (id) DO NOTHING"
+                ).format(Identifier(self.datastore.schema or "public"), Identifier(EVENTS_TABLE))
+            )
+
+    def start_position(self) -> int:
+        if self._start is None:
+            with self.datastore.cursor() as curs:
+                curs.execute("SELECT start_position FROM sessiond_webhook_state WHERE id = 1")
+                row = curs.fetchone()
+            self._start = int(row["start_position"]) if row else 0
+        return self._start
+
+    def save_endpoint(self, row: EndpointRow, tracking: Tracking) -> None:
+        with self._transaction() as curs:
+            curs.execute(
+                "INSERT INTO sessiond_webhook_endpoints (webhook_id, url, events, session_id, "
+                "enabled, disabled_reason, version, created_at, updated_at) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (webhook_id) DO UPDATE SET "
+                "url = EXCLUDED.url, events = EXCLUDED.events, enabled = EXCLUDED.enabled, "
+                "disabled_reason = EXCLUDED.disabled_reason, version = EXCLUDED.version, "
+                "updated_at = EXCLUDED.updated_at, failing_since = CASE WHEN EXCLUDED.enabled "
+                "AND NOT sessiond_webhook_endpoints.enabled THEN NULL "
+                "ELSE sessiond_webhook_endpoints.failing_since END",
+                (
+                    row.webhook_id,
+                    row.url,
+                    Jsonb(row.events),
+                    row.session_id,
+                    row.enabled,
+                    row.disabled_reason,
+                    row.version,
+                    row.created_at,
+                    row.updated_at,
+                ),
+            )
+            self._insert_tracking(curs, tracking)
+
+    def remove_endpoint(self, webhook_id: str, tracking: Tracking) -> None:
+        with self._transaction() as curs:
+            curs.execute(
+                "DELETE FROM sessiond_webhook_endpoints WHERE webhook_id = %s", (webhook_id,)
+            )
+            curs.execute(
+                "UPDATE sessiond_webhook_deliveries SET status = 'cancelled', "
+                "last_error = 'the webhook was deleted' "
+                "WHERE webhook_id = %s AND status = 'pending'",
+                (webhook_id,),
+            )
+            self._insert_tracking(curs, tracking)
+
+    def endpoints(self) -> list[EndpointRow]:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT webhook_id, url, events, session_id, enabled, disabled_reason, version, "
+                "created_at, updated_at FROM sessiond_webhook_endpoints"
+            )
+            return [EndpointRow(**row) for row in curs.fetchall()]
+
+    def enqueue(self, deliveries: list[NewDelivery], tracking: Tracking) -> None:
+        with self._transaction() as curs:
+            curs.executemany(
+                "INSERT INTO sessiond_webhook_deliveries (delivery_id, webhook_id, event_id, "
+                "event_type, session_id, position, occurred_at, status, next_attempt_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', now())",
+                [
+                    (
+                        new_delivery_id(),
+                        d.webhook_id,
+                        d.event_id,
+                        d.event_type,
+                        d.session_id,
+                        d.position,
+                        d.occurred_at,
+                    )
+                    for d in deliveries
+                ],
+            )
+            self._insert_tracking(curs, tracking)
+            curs.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    delivery_id: str
+    webhook_id: str
+    event_id: str
+    event_type: str
+    position: int
+    attempts: int  # tries before this one
+    url: str
+    version: int  # of the endpoint
+
+
+class WebhookStore(WebhookQueries):
+    """The dispatcher's and the API's queries on endpoints, deliveries and attempts."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        self.datastore = datastore
+
+    def position(self) -> int:
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT max(notification_id) AS n FROM webhooks_tracking")
+            row = curs.fetchone()
+        return int(row["n"] or 0) if row else 0
+
+    # -- the dispatcher ----------------------------------------------------------------------
+
+    def claim(self, limit: int, hold: float) -> list[Claimed]:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "WITH due AS (SELECT d.delivery_id FROM sessiond_webhook_deliveries d "
+                "JOIN sessiond_webhook_endpoints e USING (webhook_id) "
+                "WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.enabled "
+                "ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE OF d SKIP LOCKED) "
+                "UPDATE sessiond_webhook_deliveries d SET next_attempt_at = now() + "
+                "make_interval(secs => %s) FROM due, sessiond_webhook_endpoints e "
+                "WHERE d.delivery_id = due.delivery_id AND e.webhook_id = d.webhook_id "
+                "RETURNING d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.position, "
+                "d.attempts, e.url, e.version",
+                (limit, hold),
+            )
+            return [Claimed(**row) for row in curs.fetchall()]
+
+    def record_attempt(
+        self,
+        claimed: Claimed,
+        *,
+        at: datetime,
+        status_code: int | None,
+        duration_ms: float,
+        error: str | None,
+        response: str | None,
+        outcome: str,  # delivered | retry | dead
+        next_attempt_at: datetime | None,
+    ) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_webhook_attempts (delivery_id, attempt, at, status_code, "
+                "duration_ms, error, response) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    claimed.delivery_id,
+                    claimed.attempts + 1,
+                    at,
+                    status_code,
+                    duration_ms,
+                    error,
+                    response,
+                ),
+            )
+            status = {"delivered": DELIVERED, "dead": DEAD}.get(outcome, PENDING)
+            curs.execute(
+                "UPDATE sessiond_webhook_deliveries SET attempts = attempts + 1, status = %s, "
+                "last_status = %s, last_error = %s, "
+                "delivered_at = CASE WHEN %s = 'delivered' THEN %s ELSE delivered_at END, "
+                "next_attempt_at = coalesce(%s, next_attempt_at) "
+                "WHERE delivery_id = %s AND status = 'pending'",
+                (
+                    status,
+                    status_code,
+                    error,
+                    status,
+                    at,
+                    next_attempt_at,
+                    claimed.delivery_id,
+                ),
+            )
+            if outcome == "delivered":
+                curs.execute(
+                    "UPDATE sessiond_webhook_endpoints SET failing_since = NULL "
+                    "WHERE webhook_id = %s AND failing_since IS NOT NULL",
+                    (claimed.webhook_id,),
+                )
+            else:
+                curs.execute(
+                    "UPDATE sessiond_webhook_endpoints SET failing_since = %s "
+                    "WHERE webhook_id = %s AND failing_since IS NULL",
+                    (at, claimed.webhook_id),
+                )
+
+    def failing_since(self, webhook_id: str) -> datetime | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT failing_since FROM sessiond_webhook_endpoints WHERE webhook_id = %s",
+                (webhook_id,),
+            )
+            row = curs.fetchone()
+        return None if row is None else row["failing_since"]
+
+    def kill_pending(self, webhook_id: str, reason: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "UPDATE sessiond_webhook_deliveries SET status = 'dead', last_error = %s "
+                "WHERE webhook_id = %s AND status = 'pending'",
+                (reason, webhook_id),
+            )
+
+    # -- the API ------------------------------------------------------------------------------
+
+    def endpoints_of(self, session_id: str | None) -> list[dict[str, Any]]:
+        """Endpoints of a session (None: every endpoint)."""
+        with self.datastore.cursor() as curs:
+            if session_id is None:
+                curs.execute("SELECT * FROM sessiond_webhook_endpoints ORDER BY created_at")
+            else:
+                curs.execute(
+                    "SELECT * FROM sessiond_webhook_endpoints WHERE session_id = %s "
+                    "ORDER BY created_at",
+                    (session_id,),
+                )
+            return list(curs.fetchall())
+
+    def endpoint(self, webhook_id: str) -> dict[str, Any] | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT * FROM sessiond_webhook_endpoints WHERE webhook_id = %s", (webhook_id,)
+            )
+            row: dict[str, Any] | None = curs.fetchone()
+            return row
+
+    def deliveries(
+        self, webhook_id: str, *, status: str | None, before: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The endpoint's deliveries, newest first, each with its attempts."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT * FROM sessiond_webhook_deliveries WHERE webhook_id = %(w)s "
+                "AND (%(s)s::text IS NULL OR status = %(s)s) AND (%(b)s::text IS NULL OR "
+                "(created_at, delivery_id) < (SELECT created_at, delivery_id FROM "
+                "sessiond_webhook_deliveries WHERE delivery_id = %(b)s)) "
+                "ORDER BY created_at DESC, delivery_id DESC LIMIT %(l)s",
+                {"w": webhook_id, "s": status, "b": before, "l": limit},
+            )
+            rows = list(curs.fetchall())
+            ids = [r["delivery_id"] for r in rows]
+            curs.execute(
+                "SELECT * FROM sessiond_webhook_attempts WHERE delivery_id = ANY(%s) "
+                "ORDER BY attempt",
+                (ids,),
+            )
+            attempts: dict[str, list[dict[str, Any]]] = {}
+            for attempt in curs.fetchall():
+                attempts.setdefault(attempt["delivery_id"], []).append(attempt)
+        for row in rows:
+            row["attempt_log"] = attempts.get(row["delivery_id"], [])
+        return rows
+
+    def retry(self, webhook_id: str, delivery_id: str) -> bool:
+        """Send a delivery again now (whatever its status), keeping its event id."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "UPDATE sessiond_webhook_deliveries SET status = 'pending', "
+                "next_attempt_at = now() WHERE webhook_id = %s AND delivery_id = %s "
+                "RETURNING delivery_id",
+                (webhook_id, delivery_id),
+            )
+            found = curs.fetchone() is not None
+            curs.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
+        return found
+
+    def replay(self, deliveries: list[NewDelivery]) -> int:
+        """Enqueue deliveries again (a replay): new delivery ids, the events' own ids."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.executemany(
+                "INSERT INTO sessiond_webhook_deliveries (delivery_id, webhook_id, event_id, "
+                "event_type, session_id, position, occurred_at, status, next_attempt_at, "
+                "replay) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', now(), true)",
+                [
+                    (
+                        new_delivery_id(),
+                        d.webhook_id,
+                        d.event_id,
+                        d.event_type,
+                        d.session_id,
+                        d.position,
+                        d.occurred_at,
+                    )
+                    for d in deliveries
+                ],
+            )
+            curs.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
+        return len(deliveries)
