@@ -239,6 +239,7 @@ class Container:
                 allow_private=self.settings.webhooks_allow_private,
                 concurrency=self.settings.webhook_concurrency,
                 retry_scale=self.settings.webhook_retry_scale,
+                hold=self.settings.webhook_claim_hold,
                 poll=min(0.5, self.settings.poll_interval),
             ),
         )

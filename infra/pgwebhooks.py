@@ -27,6 +27,7 @@ from projections.webhooks import EndpointRow, NewDelivery, WebhookQueries, Webho
 
 WEBHOOKS_CHANNEL = "sessiond_webhooks"
 EVENTS_TABLE = "sessiond_events"  # the application's stored events (eventsourcing's table)
+APPLICATION_NAME = "sessiond"  # whose tracking records count
 PENDING, DELIVERED, DEAD, CANCELLED = "pending", "delivered", "dead", "cancelled"
 
 WEBHOOK_DDL = (
@@ -174,7 +175,11 @@ class WebhookStore(WebhookQueries):
 
     def position(self) -> int:
         with self.datastore.cursor() as curs:
-            curs.execute("SELECT max(notification_id) AS n FROM webhooks_tracking")
+            curs.execute(
+                "SELECT max(notification_id) AS n FROM webhooks_tracking "
+                "WHERE application_name = %s",
+                (APPLICATION_NAME,),
+            )
             row = curs.fetchone()
         return int(row["n"] or 0) if row else 0
 

@@ -49,6 +49,7 @@ class Settings:
     webhooks_allow_private: bool = False
     webhook_retry_scale: float = 1.0
     webhook_concurrency: int = 64
+    webhook_claim_hold: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +84,7 @@ class Settings:
             == "true",
             webhook_retry_scale=reader.number("WEBHOOK_RETRY_SCALE", 1.0, 0.0001, 100.0),
             webhook_concurrency=reader.integer("WEBHOOK_CONCURRENCY", 64, 1, 1000),
+            webhook_claim_hold=reader.number("WEBHOOK_CLAIM_HOLD", 60.0, 0.5, 3600.0),
         )
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)

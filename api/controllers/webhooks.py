@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, key_required, provide_caller
 from api.context import ApiContext
@@ -137,7 +137,10 @@ class WebhooksController(Controller):
 
     @get(WEBHOOK, responses=problems(400, 401, 404, 429, 503))
     async def get_webhook(
-        self, request: Request[Any, Any, State], caller: NamedDependency[Principal], webhook_id: str
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        webhook_id: FromPath[str],
     ) -> WebhookOut:
         """One endpoint (never its secret)."""
         return _out(await self._row(context(request), caller, webhook_id))
@@ -147,7 +150,7 @@ class WebhooksController(Controller):
         self,
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
-        webhook_id: str,
+        webhook_id: FromPath[str],
         data: JSONBody[WebhookChangeIn],
     ) -> WebhookOut:
         """Change its URL or events, or enable it again (or disable it)."""
@@ -169,7 +172,10 @@ class WebhooksController(Controller):
 
     @delete(WEBHOOK, status_code=204, responses=problems(400, 401, 404, 429, 503))
     async def delete_webhook(
-        self, request: Request[Any, Any, State], caller: NamedDependency[Principal], webhook_id: str
+        self,
+        request: Request[Any, Any, State],
+        caller: NamedDependency[Principal],
+        webhook_id: FromPath[str],
     ) -> None:
         """Delete it: nothing more is delivered, pending deliveries are cancelled."""
         ctx = context(request)
@@ -187,7 +193,7 @@ class WebhooksController(Controller):
         self,
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
-        webhook_id: str,
+        webhook_id: FromPath[str],
         data: JSONBody[RotateSecretIn | None] = None,
     ) -> RotatedSecretOut:
         """A new secret, shown this once; deliveries carry both signatures until the old
@@ -207,7 +213,7 @@ class WebhooksController(Controller):
         self,
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
-        webhook_id: str,
+        webhook_id: FromPath[str],
         *,
         status: Annotated[
             str | None,
@@ -244,8 +250,8 @@ class WebhooksController(Controller):
         self,
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
-        webhook_id: str,
-        delivery_id: str,
+        webhook_id: FromPath[str],
+        delivery_id: FromPath[str],
     ) -> dict[str, str]:
         """Send this delivery again now (its event keeps its `webhook-id`)."""
         ctx = context(request)
@@ -264,7 +270,7 @@ class WebhooksController(Controller):
         self,
         request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
-        webhook_id: str,
+        webhook_id: FromPath[str],
         data: JSONBody[ReplayIn],
     ) -> ReplayOut:
         """Send again every event of `[from, to)` this endpoint subscribes to (each with its
