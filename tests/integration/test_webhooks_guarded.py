@@ -1,0 +1,93 @@
+"""Webhooks with private targets refused (the default): a literal private address is refused
+when registering, and a name that resolves to one is refused when connecting, so a loopback
+canary receives nothing. And an endpoint failing for days is disabled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import ADMIN, Api
+from tests.integration.test_gateway_worker import eventually
+from tests.receiver import Receiver, receiver
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, str]:
+    return {"SESSIOND_WEBHOOK_RETRY_SCALE": "0.0001"}
+
+
+@pytest.fixture
+def canary() -> Iterator[Receiver]:
+    with receiver() as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "2130706433", "0x7f000001", "127.1", "[::1]", "[::ffff:127.0.0.1]"]
+)
+async def test_a_literal_private_address_is_refused_when_registering(
+    api: Api, canary: Receiver, host: str
+) -> None:
+    response = await api.client.post(
+        "/webhooks",
+        json={"url": f"http://{host}:{canary.port}/hook", "events": ["session.created"]},
+        headers=ADMIN,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith("invalid-url")
+
+
+async def test_a_name_resolving_to_loopback_is_refused_when_connecting(
+    api: Api, canary: Receiver
+) -> None:
+    response = await api.client.post(
+        "/webhooks",
+        json={"url": f"http://localhost:{canary.port}/hook", "events": ["session.created"]},
+        headers=ADMIN,
+    )
+    assert response.status_code == 201, response.text
+    webhook = response.json()
+    await api.create_session("Canary")
+    url = f"/webhooks/{webhook['webhookId']}/deliveries"
+
+    async def refused() -> Any:
+        items = (await api.client.get(url, headers=ADMIN)).json()["items"]
+        return items if items and items[0]["attempts"] >= 2 else None
+
+    items = await eventually(refused)
+    assert "non-public address" in items[0]["lastError"], items[0]["lastError"]
+    assert canary.received == []
+
+
+async def test_an_endpoint_failing_for_days_is_disabled(api: Api) -> None:
+    # Every delivery to it fails (its address is refused: loopback, and private targets are
+    # not allowed here); it has been failing for four days when one more fails.
+    response = await api.client.post(
+        "/webhooks",
+        json={"url": "http://localhost:9/hook", "events": ["session.created"]},
+        headers=ADMIN,
+    )
+    webhook = response.json()
+    datastore = api.container.app.factory.datastore  # type: ignore[attr-defined]
+    with datastore.transaction(commit=True) as curs:
+        curs.execute(
+            "UPDATE sessiond_webhook_endpoints SET failing_since = now() - interval '4 days' "
+            "WHERE webhook_id = %s",
+            (webhook["webhookId"],),
+        )
+    await api.create_session("The last straw")
+
+    async def disabled() -> Any:
+        body = (await api.client.get(f"/webhooks/{webhook['webhookId']}", headers=ADMIN)).json()
+        return body if not body["enabled"] else None
+
+    body = await eventually(disabled)
+    assert "failing without a success for 4.0 days" in body["disabledReason"]
+    await asyncio.sleep(0.1)
+    history = (await api.client.get("/events?after=0&limit=1000", headers=ADMIN)).json()
+    assert any(e["type"] == "WebhookDisabled" for e in history["items"])
+    assert all(e["data"].get("secret") in (None, "[redacted]") for e in history["items"])
