@@ -51,7 +51,7 @@ from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModel
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
 from infra.supervisor import ProjectionSupervisor
-from infra.webhook_http import check_url
+from infra.webhook_http import check_url, webhook_client
 from infra.webhooks import DispatcherSettings, WebhookDispatcher
 from infra.worker import GatewayWorker, WorkerTimings
 from projections.gateway import GatewayProjection
@@ -241,6 +241,13 @@ class Container:
                 retry_scale=self.settings.webhook_retry_scale,
                 hold=self.settings.webhook_claim_hold,
                 poll=min(0.5, self.settings.poll_interval),
+            ),
+            client_factory=lambda s: webhook_client(
+                allow_private=s.allow_private,
+                private_only=self.settings.webhooks_private_only,
+                connect_timeout=s.connect_timeout,
+                read_timeout=s.read_timeout,
+                max_connections=s.concurrency,
             ),
         )
         self.dispatcher.start()

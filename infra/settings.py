@@ -47,6 +47,7 @@ class Settings:
     send_interval: float = 1.0
     cipher_key: str | None = None
     webhooks_allow_private: bool = False
+    webhooks_private_only: bool = False
     webhook_retry_scale: float = 1.0
     webhook_concurrency: int = 64
     webhook_claim_hold: float = 60.0
@@ -79,9 +80,13 @@ class Settings:
             send_interval=reader.number("SEND_INTERVAL", 1.0, 0.0, 60.0),
             cipher_key=reader.optional("CIPHER_KEY"),
             webhooks_allow_private=reader.choice(
-                "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false")
+                "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false", "only")
             )
-            == "true",
+            in ("true", "only"),
+            webhooks_private_only=reader.choice(
+                "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false", "only")
+            )
+            == "only",
             webhook_retry_scale=reader.number("WEBHOOK_RETRY_SCALE", 1.0, 0.0001, 100.0),
             webhook_concurrency=reader.integer("WEBHOOK_CONCURRENCY", 64, 1, 1000),
             webhook_claim_hold=reader.number("WEBHOOK_CLAIM_HOLD", 60.0, 0.5, 3600.0),

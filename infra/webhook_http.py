@@ -137,8 +137,9 @@ def check_url(url: str, *, allow_private: bool = False) -> str | None:
 class VettingBackend(httpcore.AsyncNetworkBackend):
     """Resolves every host itself and connects only to vetted addresses."""
 
-    def __init__(self, *, allow_private: bool) -> None:
-        self._allow_private = allow_private
+    def __init__(self, *, allow_private: bool, private_only: bool = False) -> None:
+        self._allow_private = allow_private or private_only
+        self._private_only = private_only
         self._backend = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -157,6 +158,14 @@ class VettingBackend(httpcore.AsyncNetworkBackend):
                 listed = ", ".join(str(ip) for ip in refused)
                 raise BlockedAddress(
                     f"webhook target {host!r} resolves to non-public address {listed}; refused"
+                )
+        if self._private_only:
+            public = [ip for ip in addresses if is_public(ip)]
+            if public:
+                listed = ", ".join(str(ip) for ip in public)
+                raise BlockedAddress(
+                    f"webhook target {host!r} resolves to public address {listed}; refused "
+                    "(SESSIOND_WEBHOOKS_ALLOW_PRIVATE=only delivers to private addresses only)"
                 )
         # Connecting to the address, not the name, pins the vetted address. TLS still verifies
         # the certificate against the original name: httpcore calls start_tls with
@@ -212,7 +221,9 @@ class VettingBackend(httpcore.AsyncNetworkBackend):
 
 
 class _VettedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, *, allow_private: bool, limits: httpx.Limits) -> None:
+    def __init__(
+        self, *, allow_private: bool, limits: httpx.Limits, private_only: bool = False
+    ) -> None:
         super().__init__(limits=limits, trust_env=False)
         # httpx takes no network backend, so the pool it built is replaced by one that has ours;
         # it opened nothing yet. The other arguments are those httpx passes (no proxy, no uds).
@@ -221,7 +232,7 @@ class _VettedTransport(httpx.AsyncHTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=VettingBackend(allow_private=allow_private),
+            network_backend=VettingBackend(allow_private=allow_private, private_only=private_only),
         )
 
 
@@ -231,16 +242,21 @@ def webhook_client(
     connect_timeout: float = 5.0,
     read_timeout: float = 10.0,
     max_connections: int = 100,
+    private_only: bool = False,
 ) -> httpx.AsyncClient:
     """An HTTP client for webhook deliveries: vetted targets, no redirects, no proxies.
 
-    `allow_private` lets loopback and private targets through (development and tests only).
+    `allow_private` lets loopback and private targets through (development and tests only);
+    `private_only` lets only them through (tests, closed networks: nothing leaves the host's
+    networks).
     Connect and read are bounded; a receiver that trickles bytes is bounded only by the caller's
     overall deadline.
     """
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
     return httpx.AsyncClient(
-        transport=_VettedTransport(allow_private=allow_private, limits=limits),
+        transport=_VettedTransport(
+            allow_private=allow_private, limits=limits, private_only=private_only
+        ),
         timeout=httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         ),

@@ -53,6 +53,8 @@ def test_settings(data_dir: Path, database_url: str, **overrides: str) -> Settin
         "SESSIOND_QR_NEXT_TIMEOUT": "20",
         "SESSIOND_POLL_INTERVAL": "0.2",
         "SESSIOND_GATEWAY": "simulator",
+        # Tests never reach beyond this host: webhooks go to private addresses only.
+        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WORKER_TICK": "0.2",
         "SESSIOND_LEASE_TTL": "5",
         **overrides,

@@ -89,6 +89,8 @@ def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
         "SESSIOND_ADMIN_KEY": ADMIN_KEY,
         "SESSIOND_POLL_INTERVAL": "0.2",
         "SESSIOND_GATEWAY": "simulator",
+        # Tests never reach beyond this host: webhooks go to private addresses only.
+        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WORKER_TICK": "0.2",
         "SESSIOND_LEASE_TTL": "5",
         "SESSIOND_LOG_LEVEL": "info",

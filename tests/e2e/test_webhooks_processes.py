@@ -27,7 +27,7 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
 ) -> None:
     env = {
         **sessiond_env,
-        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "true",
+        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WEBHOOK_CLAIM_HOLD": "2",
     }
     server = start("serve", env)

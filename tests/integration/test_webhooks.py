@@ -22,7 +22,7 @@ from tests.receiver import Answer, Received, Receiver, receiver
 @pytest.fixture
 def settings_overrides() -> dict[str, str]:
     return {
-        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "true",
+        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WEBHOOK_RETRY_SCALE": "0.0001",  # a day of retries in about 9 s
         "SESSIOND_RETRY_BASE": "5",
     }

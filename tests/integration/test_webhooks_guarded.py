@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from infra.webhook_http import BlockedAddress, webhook_client
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.test_gateway_worker import eventually
 from tests.receiver import Receiver, receiver
@@ -17,7 +18,8 @@ from tests.receiver import Receiver, receiver
 
 @pytest.fixture
 def settings_overrides() -> dict[str, str]:
-    return {"SESSIOND_WEBHOOK_RETRY_SCALE": "0.0001"}
+    # The default (public targets only); the tests register only loopback targets.
+    return {"SESSIOND_WEBHOOK_RETRY_SCALE": "0.0001", "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "false"}
 
 
 @pytest.fixture
@@ -91,3 +93,9 @@ async def test_an_endpoint_failing_for_days_is_disabled(api: Api) -> None:
     history = (await api.client.get("/events?after=0&limit=1000", headers=ADMIN)).json()
     assert any(e["type"] == "WebhookDisabled" for e in history["items"])
     assert all(e["data"].get("secret") in (None, "[redacted]") for e in history["items"])
+
+
+async def test_private_only_refuses_public_addresses_before_connecting() -> None:
+    async with webhook_client(allow_private=True, private_only=True, connect_timeout=0.5) as client:
+        with pytest.raises(BlockedAddress, match=r"public address 93\.184\.216\.34"):
+            await client.post("http://93.184.216.34/hook", content=b"{}")
