@@ -240,6 +240,7 @@ class Container:
                 concurrency=self.settings.webhook_concurrency,
                 retry_scale=self.settings.webhook_retry_scale,
                 hold=self.settings.webhook_claim_hold,
+                read_timeout=self.settings.webhook_timeout,
                 poll=min(0.5, self.settings.poll_interval),
             ),
             client_factory=lambda s: webhook_client(

@@ -51,6 +51,7 @@ class Settings:
     webhook_retry_scale: float = 1.0
     webhook_concurrency: int = 64
     webhook_claim_hold: float = 60.0
+    webhook_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +91,7 @@ class Settings:
             webhook_retry_scale=reader.number("WEBHOOK_RETRY_SCALE", 1.0, 0.0001, 100.0),
             webhook_concurrency=reader.integer("WEBHOOK_CONCURRENCY", 64, 1, 1000),
             webhook_claim_hold=reader.number("WEBHOOK_CLAIM_HOLD", 60.0, 0.5, 3600.0),
+            webhook_timeout=reader.number("WEBHOOK_TIMEOUT", 10.0, 0.1, 120.0),
         )
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)

@@ -25,6 +25,7 @@ def settings_overrides() -> dict[str, str]:
         "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WEBHOOK_RETRY_SCALE": "0.0001",  # a day of retries in about 9 s
         "SESSIOND_RETRY_BASE": "5",
+        "SESSIOND_WEBHOOK_TIMEOUT": "0.5",
     }
 
 
@@ -157,6 +158,21 @@ async def test_a_receiver_that_is_down_gets_every_event_once_it_recovers(
     assert failed_first and failed_first[0]["attemptLog"][0]["statusCode"] == 503
     assert failed_first[0]["attemptLog"][-1]["statusCode"] == 200
     assert failed_first[0]["attemptLog"][0]["durationMs"] >= 0
+
+
+async def test_a_receiver_that_times_out_gets_the_event_again_with_the_same_id(
+    api: Api, hook: Receiver
+) -> None:
+    hook.script = [Answer(200, delay=1.5)]  # longer than the 0.5 s the receiver is given
+    webhook = await register(api, hook.url, ["session.created"])
+    await api.create_session("Slow")
+    first, second = await wait_received(hook, lambda r: r[:2] if len(r) >= 2 else None)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    page = (
+        await api.client.get(f"/webhooks/{webhook['webhookId']}/deliveries", headers=ADMIN)
+    ).json()
+    log = page["items"][0]["attemptLog"]
+    assert "Timeout" in log[0]["error"] and log[0]["durationMs"] < 1400
 
 
 async def test_a_receiver_that_refuses_connections_gets_the_events_later(api: Api) -> None:
