@@ -29,6 +29,7 @@ BENCHMARKS = (
     "uptime_series.py",
     "inbound_ingestion.py",
     "rebuild.py",
+    "webhook_delivery.py",
 )
 
 
@@ -166,6 +167,33 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 f"{verdict(rebuild['ratio_met'] and rebuild['time_met'])} "
                 f"({rebuild['seconds_per_million']:.1f} s per million)"
                 + ("" if rebuild["valid"] else " INVALID"),
+            ]
+        )
+    return rows + _webhook_rows(results)
+
+
+def _webhook_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    webhooks = results.get("webhook_delivery.py")
+    if webhooks is None:
+        return [["webhook deliveries vs raw POSTs", "-", "-", "-", "-", "FAILED"]]
+    invalid = "" if webhooks["valid"] else " INVALID"
+    rows = []
+    for workers, figures in webhooks["workers"].items():
+        target = workers == "4"
+        rows.append(
+            [
+                f"webhook deliveries vs raw POSTs, {workers} worker(s) (/s)",
+                f"{webhooks['raw_per_s']:,.0f}",
+                f"{figures['deliveries_per_s']:,.0f}",
+                f"{figures['ratio']:.2f}",
+                "≥ 500/s, p99 < 250 ms" if target else "-",
+                (
+                    verdict(webhooks["throughput_met"] and webhooks["latency_met"]) + " "
+                    if target
+                    else ""
+                )
+                + f"(p50 {figures['p50_ms']:,.0f} ms, p99 {figures['p99_ms']:,.0f} ms at "
+                f"{figures['offered_per_s']:,.0f}/s)" + invalid,
             ]
         )
     return rows

@@ -13,11 +13,12 @@ and the API.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
@@ -167,6 +168,20 @@ class Claimed:
     version: int  # of the endpoint
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt's facts, as the attempts log and the outbox record them."""
+
+    claimed: Claimed
+    at: datetime
+    status_code: int | None
+    duration_ms: float
+    error: str | None
+    response: str | None
+    outcome: str  # delivered | retry | dead
+    next_attempt_at: datetime | None
+
+
 class WebhookStore(WebhookQueries):
     """The dispatcher's and the API's queries on endpoints, deliveries and attempts."""
 
@@ -201,6 +216,27 @@ class WebhookStore(WebhookQueries):
             )
             return [Claimed(**row) for row in curs.fetchall()]
 
+    def stored_events(self, positions: Sequence[int]) -> dict[int, Notification]:
+        """The recorded events at these positions (one query for a claimed batch)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT notification_id, originator_id, originator_version, topic, state "
+                    "FROM {0}.{1} WHERE notification_id = ANY(%s)"
+                ).format(Identifier(self.datastore.schema or "public"), Identifier(EVENTS_TABLE)),
+                (list(positions),),
+            )
+            return {
+                row["notification_id"]: Notification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            }
+
     def record_attempt(
         self,
         claimed: Claimed,
@@ -213,50 +249,72 @@ class WebhookStore(WebhookQueries):
         outcome: str,  # delivered | retry | dead
         next_attempt_at: datetime | None,
     ) -> None:
+        self.record_attempts(
+            [
+                Attempt(
+                    claimed, at, status_code, duration_ms, error, response, outcome, next_attempt_at
+                )
+            ]
+        )
+
+    def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Log the attempts and update their deliveries and endpoints, in one transaction: the
+        same as recording them one after the other, in this order (the statements of each
+        kind are pipelined; an endpoint's `failing_since` only changes where its outcome
+        changes from success to failure or back, so a run of alike outcomes needs one)."""
+        if not attempts:
+            return
+        endpoint_changes: list[dict[str, Any]] = []
+        last_ok: dict[str, bool] = {}
+        for a in attempts:
+            ok = a.outcome == "delivered"
+            if last_ok.get(a.claimed.webhook_id) is not ok:  # the same again changes nothing
+                last_ok[a.claimed.webhook_id] = ok
+                endpoint_changes.append(
+                    {"w": a.claimed.webhook_id, "since": None if ok else a.at, "failed": not ok}
+                )
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
+            curs.executemany(
                 "INSERT INTO sessiond_webhook_attempts (delivery_id, attempt, at, status_code, "
                 "duration_ms, error, response) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",
-                (
-                    claimed.delivery_id,
-                    claimed.attempts + 1,
-                    at,
-                    status_code,
-                    duration_ms,
-                    error,
-                    response,
-                ),
+                [
+                    (
+                        a.claimed.delivery_id,
+                        a.claimed.attempts + 1,
+                        a.at,
+                        a.status_code,
+                        a.duration_ms,
+                        a.error,
+                        a.response,
+                    )
+                    for a in attempts
+                ],
             )
-            status = {"delivered": DELIVERED, "dead": DEAD}.get(outcome, PENDING)
-            curs.execute(
-                "UPDATE sessiond_webhook_deliveries SET attempts = attempts + 1, status = %s, "
-                "last_status = %s, last_error = %s, "
-                "delivered_at = CASE WHEN %s = 'delivered' THEN %s ELSE delivered_at END, "
-                "next_attempt_at = coalesce(%s, next_attempt_at) "
-                "WHERE delivery_id = %s AND status = 'pending'",
-                (
-                    status,
-                    status_code,
-                    error,
-                    status,
-                    at,
-                    next_attempt_at,
-                    claimed.delivery_id,
-                ),
+            curs.executemany(
+                "UPDATE sessiond_webhook_deliveries SET attempts = attempts + 1, status = %(s)s, "
+                "last_status = %(code)s, last_error = %(error)s, "
+                "delivered_at = CASE WHEN %(s)s = 'delivered' THEN %(at)s ELSE delivered_at END, "
+                "next_attempt_at = coalesce(%(next)s, next_attempt_at) "
+                "WHERE delivery_id = %(id)s AND status = 'pending'",
+                [
+                    {
+                        "s": {"delivered": DELIVERED, "dead": DEAD}.get(a.outcome, PENDING),
+                        "code": a.status_code,
+                        "error": a.error,
+                        "at": a.at,
+                        "next": a.next_attempt_at,
+                        "id": a.claimed.delivery_id,
+                    }
+                    for a in attempts
+                ],
             )
-            if outcome == "delivered":
-                curs.execute(
-                    "UPDATE sessiond_webhook_endpoints SET failing_since = NULL "
-                    "WHERE webhook_id = %s AND failing_since IS NOT NULL",
-                    (claimed.webhook_id,),
-                )
-            else:
-                curs.execute(
-                    "UPDATE sessiond_webhook_endpoints SET failing_since = %s "
-                    "WHERE webhook_id = %s AND failing_since IS NULL",
-                    (at, claimed.webhook_id),
-                )
+            # A success clears `failing_since`; a failure sets it unless it is set already.
+            curs.executemany(
+                "UPDATE sessiond_webhook_endpoints SET failing_since = %(since)s "
+                "WHERE webhook_id = %(w)s AND (failing_since IS NULL) = %(failed)s",
+                endpoint_changes,
+            )
 
     def failing_since(self, webhook_id: str) -> datetime | None:
         with self.datastore.cursor() as curs:

@@ -9,6 +9,13 @@
   endpoint failing without a single success for `disable_after` is disabled and reported.
 - After a secret rotation, both signatures are sent until the old secret's grace period ends.
 - Every attempt is logged: status, duration, error, the start of the answer.
+
+Round trips are shared: a claim fetches its batch's events in one more query, and the
+attempts that finish while the previous ones are being written are written together, in one
+transaction (each delivery's slot is held until its attempt is recorded, as before). Requests
+are spread over several HTTP clients with at most `CLIENT_SLOTS` in flight each: httpcore's pool
+rescans its connections and queued requests on every request and every answer, so one client
+with 64 in flight costs about 6 ms of CPU per request, against 1 ms with 8.
 """
 
 from __future__ import annotations
@@ -17,23 +24,25 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from uuid import UUID
 
 import httpx
 import psycopg
+from eventsourcing.persistence import Notification
 from standardwebhooks.webhooks import Webhook
 
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.webhook import WebhookEndpoint
-from infra.pgwebhooks import WEBHOOKS_CHANNEL, Claimed, WebhookStore
+from infra.pgwebhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
 from projections.webhooks import webhook_body
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,8 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
 RESPONSE_EXCERPT = 1024
 MAX_RETRY_AFTER = 86_400.0
+#: Requests in flight on one HTTP client (one connection pool) at most; see above.
+CLIENT_SLOTS = 8
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class _Signer:
     def __init__(self, webhooks: Webhooks) -> None:
         self.webhooks = webhooks
         self._cache: dict[str, tuple[int, WebhookEndpoint]] = {}
+        self._signers: dict[str, Webhook] = {}
         self._lock = threading.Lock()
 
     def endpoint(self, webhook_id: str, version: int) -> WebhookEndpoint:
@@ -100,11 +112,64 @@ class _Signer:
         return endpoint
 
     def signature(self, endpoint: WebhookEndpoint, event_id: str, at: datetime, body: str) -> str:
-        signatures = [Webhook(endpoint.secret).sign(event_id, at, body)]
+        signatures = [self._signer(endpoint.secret).sign(event_id, at, body)]
         previous, until = endpoint.previous_secret, endpoint.previous_valid_until
         if previous and until is not None and at < until:
-            signatures.append(Webhook(previous).sign(event_id, at, body))
+            signatures.append(self._signer(previous).sign(event_id, at, body))
         return " ".join(signatures)
+
+    def _signer(self, secret: str) -> Webhook:
+        signer = self._signers.get(secret)
+        if signer is None:
+            if len(self._signers) > 1000:  # secrets rotated away: start again
+                self._signers.clear()
+            signer = self._signers[secret] = Webhook(secret)
+        return signer
+
+
+class _Clients:
+    """`concurrency` requests in flight over enough clients that none has more than
+    `CLIENT_SLOTS`; a request takes the first client with a free slot, so a light load keeps
+    to the first one and its keep-alive connections."""
+
+    def __init__(
+        self,
+        factory: Callable[[DispatcherSettings], httpx.AsyncClient],
+        settings: DispatcherSettings,
+    ) -> None:
+        self.slots = min(CLIENT_SLOTS, settings.concurrency)
+        count = math.ceil(settings.concurrency / self.slots)
+        each = replace(settings, concurrency=self.slots)
+        self.clients = [factory(each) for _ in range(count)]
+        self.busy = [0] * count
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> _Clients:
+        for client in self.clients:
+            await self._stack.enter_async_context(client)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[httpx.AsyncClient]:
+        """A client with a free slot (there is one: in-flight requests are bounded by the
+        dispatcher's concurrency), held until the attempt is over."""
+        index = next(i for i, busy in enumerate(self.busy) if busy < self.slots)
+        self.busy[index] += 1
+        try:
+            yield self.clients[index]
+        finally:
+            self.busy[index] -= 1
+
+
+@dataclass
+class _Recording:
+    """An attempt waiting to be written, and the future its delivery waits on."""
+
+    attempt: Attempt
+    done: asyncio.Future[None] = field(repr=False)
 
 
 class WebhookDispatcher:
@@ -125,6 +190,9 @@ class WebhookDispatcher:
         self._client_factory = client_factory or _default_client
         self._stopping = threading.Event()
         self._wake: asyncio.Event | None = None
+        self._freed: asyncio.Event | None = None  # a delivery ended: its slot is free
+        self._recordings: list[_Recording] = []
+        self._to_record: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="webhooks-listen", daemon=True)
@@ -137,13 +205,18 @@ class WebhookDispatcher:
     def close(self) -> None:
         self._stopping.set()
         self._poke()
+        loop, freed = self._loop, self._freed
+        if loop is not None and freed is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(freed.set)
         self._thread.join(15)
         self._listener.join(5)
 
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wake.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(wake.set)
 
     def _listen(self) -> None:
         while not self._stopping.is_set():
@@ -162,47 +235,95 @@ class WebhookDispatcher:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        limit = asyncio.Semaphore(self.settings.concurrency)
+        self._wake = wake = asyncio.Event()
+        self._freed = freed = asyncio.Event()
+        self._to_record = asyncio.Event()
+        concurrency = self.settings.concurrency
+        # With more due than slots, claim again once a quarter of the slots are free, not one
+        # by one as each delivery ends.
+        batch = max(1, concurrency // 4)
         tasks: set[asyncio.Task[None]] = set()
-        async with self._client_factory(self.settings) as client:
+
+        def ended(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            freed.set()
+
+        # Built in a thread: each client loads the CA certificates (a fraction of a second).
+        clients = await asyncio.to_thread(_Clients, self._client_factory, self.settings)
+        async with clients:
+            recorder = asyncio.create_task(self._record_loop())
             while not self._stopping.is_set():
-                free = self.settings.concurrency - len(tasks)
-                claimed: list[Claimed] = []
+                free = concurrency - len(tasks)
+                claimed: list[tuple[Claimed, WebhookEndpoint, str]] = []
+                wake.clear()  # news from now on is seen by the wait below
                 if free > 0:
                     try:
-                        claimed = await asyncio.to_thread(
-                            self.store.claim, free, self.settings.hold
-                        )
+                        claimed = await asyncio.to_thread(self._claim, free)
                     except Exception:
                         log.exception("could not claim webhook deliveries")
-                for item in claimed:
-                    task = asyncio.create_task(self._deliver(client, limit, item))
+                for item, endpoint, body in claimed:
+                    task = asyncio.create_task(self._deliver(clients, item, endpoint, body))
                     tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if len(claimed) < free:  # nothing more due now: wait for news or the poll
-                    self._wake.clear()
+                    task.add_done_callback(ended)
+                if free > 0 and len(claimed) < free:  # nothing more due now: news or the poll
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.settings.poll)
-                else:
-                    await asyncio.sleep(0)
+                        await asyncio.wait_for(wake.wait(), self.settings.poll)
+                else:  # more may be due: claim again when enough slots are free
+                    while concurrency - len(tasks) < batch and not self._stopping.is_set():
+                        freed.clear()
+                        await freed.wait()
             if tasks:
                 await asyncio.wait(tasks, timeout=10)
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
 
-    async def _deliver(
-        self, client: httpx.AsyncClient, limit: asyncio.Semaphore, item: Claimed
-    ) -> None:
-        async with limit:
+    def _claim(self, limit: int) -> list[tuple[Claimed, WebhookEndpoint, str]]:
+        """Claim due deliveries, with each one's endpoint (with its secrets) and body, built
+        from the event itself; the events of the batch are read in one query. One that cannot
+        be prepared is logged and left claimed: it is tried again when the claim expires."""
+        claimed = self.store.claim(limit, self.settings.hold)
+        if not claimed:
+            return []
+        events = self.store.stored_events([item.position for item in claimed])
+        prepared = []
+        for item in claimed:
             try:
-                await self._attempt(client, item)
+                endpoint, body = self._prepare(item, events.get(item.position))
             except Exception:
                 log.exception("delivering %s failed unexpectedly", item.delivery_id)
+                continue
+            prepared.append((item, endpoint, body))
+        return prepared
 
-    async def _attempt(self, client: httpx.AsyncClient, item: Claimed) -> None:
-        prepared = await asyncio.to_thread(self._prepare, item)
-        if prepared is None:
-            return
-        endpoint, body = prepared
+    def _prepare(
+        self, item: Claimed, notification: Notification | None
+    ) -> tuple[WebhookEndpoint, str]:
+        """The endpoint (with its secrets) and the body, built from the event itself."""
+        endpoint = self.signer.endpoint(item.webhook_id, item.version)
+        if notification is None:
+            raise LookupError(f"no event at position {item.position}")
+        body = webhook_body(self.app.mapper.to_domain_event(notification))
+        if body is None:
+            raise LookupError(f"the event at {item.position} is not a webhook")
+        return endpoint, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    async def _deliver(
+        self, clients: _Clients, item: Claimed, endpoint: WebhookEndpoint, body: str
+    ) -> None:
+        try:
+            with clients.slot() as client:
+                recording = await self._attempt(client, item, endpoint, body)
+            self._recordings.append(recording)
+            assert self._to_record is not None
+            self._to_record.set()
+            await recording.done  # the slot stays taken until the attempt is recorded
+        except Exception:
+            log.exception("delivering %s failed unexpectedly", item.delivery_id)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, item: Claimed, endpoint: WebhookEndpoint, body: str
+    ) -> _Recording:
         at = datetime.now(UTC)
         headers = {
             "content-type": "application/json",
@@ -238,41 +359,14 @@ class WebhookDispatcher:
         except (httpx.HTTPError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__
         duration_ms = (time.monotonic() - started) * 1000
-        await asyncio.to_thread(
-            self._record, item, at, status, duration_ms, error, excerpt, retry_after
-        )
-
-    def _prepare(self, item: Claimed) -> tuple[WebhookEndpoint, str] | None:
-        """The endpoint (with its secrets) and the body, built from the event itself."""
-        endpoint = self.signer.endpoint(item.webhook_id, item.version)
-        notifications = self.app.recorder.select_notifications(start=item.position, limit=1)
-        if not notifications or notifications[0].id != item.position:
-            raise LookupError(f"no event at position {item.position}")
-        event = self.app.mapper.to_domain_event(notifications[0])
-        body = webhook_body(event)
-        if body is None:
-            raise LookupError(f"the event at {item.position} is not a webhook")
-        return endpoint, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-
-    def _record(  # noqa: PLR0917 - one attempt's facts
-        self,
-        item: Claimed,
-        at: datetime,
-        status: int | None,
-        duration_ms: float,
-        error: str | None,
-        excerpt: str | None,
-        retry_after: float | None,
-    ) -> None:
         delivered = status is not None and 200 <= status < 300
-        gone = status == 410
         delay = (
             None
-            if delivered or gone
+            if delivered or status == 410
             else next_delay(item.attempts + 1, self.settings.retry_scale, retry_after)
         )
         outcome = "delivered" if delivered else ("retry" if delay is not None else "dead")
-        self.store.record_attempt(
+        attempt = Attempt(
             item,
             at=at,
             status_code=status,
@@ -282,15 +376,66 @@ class WebhookDispatcher:
             outcome=outcome,
             next_attempt_at=None if delay is None else at + timedelta(seconds=delay),
         )
-        if delivered:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        return _Recording(attempt, done)
+
+    async def _record_loop(self) -> None:
+        """Write the attempts that ended, together: those that end meanwhile go next."""
+        assert self._to_record is not None
+        while True:
+            await self._to_record.wait()
+            self._to_record.clear()
+            batch, self._recordings = self._recordings, []
+            if not batch:
+                continue
+            try:
+                errors = await asyncio.to_thread(self._record, batch)
+            except Exception as error:  # a single attempt that could not be recorded
+                errors = [error] * len(batch)
+            for recording, failed in zip(batch, errors, strict=True):
+                if recording.done.done():
+                    continue
+                if failed is None:
+                    recording.done.set_result(None)
+                else:
+                    recording.done.set_exception(failed)
+
+    def _record(self, batch: Sequence[_Recording]) -> list[BaseException | None]:
+        """Record the attempts in one transaction (one by one if that fails, so that one bad
+        attempt does not hold the others back), then act on each outcome, in order."""
+        errors: list[BaseException | None] = [None] * len(batch)
+        try:
+            self.store.record_attempts([r.attempt for r in batch])
+        except Exception:
+            if len(batch) == 1:
+                raise
+            log.warning("recording %d webhook attempts together failed; one by one", len(batch))
+            for n, recording in enumerate(batch):
+                try:
+                    self.store.record_attempts([recording.attempt])
+                except Exception as error:
+                    errors[n] = error
+        for n, recording in enumerate(batch):
+            if errors[n] is None:
+                try:
+                    self._after(recording.attempt)
+                except Exception as error:
+                    errors[n] = error
+        return errors
+
+    def _after(self, attempt: Attempt) -> None:
+        """What a recorded outcome leads to: 410 disables the endpoint, and so does failing
+        without a success for `disable_after`."""
+        item = attempt.claimed
+        if attempt.outcome == "delivered":
             self.delivered += 1
             return
-        if gone:
+        if attempt.status_code == 410:
             self._disable(item.webhook_id, "the endpoint answered 410 Gone")
             return
         since = self.store.failing_since(item.webhook_id)
-        if since is not None and at - since >= self.settings.disable_after:
-            days = (at - since).total_seconds() / 86_400
+        if since is not None and attempt.at - since >= self.settings.disable_after:
+            days = (attempt.at - since).total_seconds() / 86_400
             self._disable(item.webhook_id, f"failing without a success for {days:.1f} days")
 
     def _disable(self, webhook_id: str, reason: str) -> None:
