@@ -75,7 +75,8 @@ def test_projections_status_shows_each_views_position_and_lag(
     shown = sessiond(sessiond_env, "projections", "status")
     assert shown.returncode == 0, shown.stderr
     rows = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines()[1:]}
-    assert set(rows) == {"session_status", "api_keys", "gateway", "uptime", "messages", "(log"}
+    views = {"session_status", "api_keys", "gateway", "uptime", "messages", "webhooks"}
+    assert set(rows) == {*views, "(log"}
     head = int(shown.stdout.splitlines()[-1].split()[-1])
     assert head >= 2
     for name in ("session_status", "api_keys", "gateway", "uptime"):

@@ -65,6 +65,19 @@ def _config(session_ids: list[str], key_ids: list[str]) -> str:
                     'expected-statuses = ["200", "401", "403", "404", "409", "422", "502", "503"]',
                 )
             ),
+            # A webhook's URL must be http(s) with a host, no credentials and no private
+            # literal address; a replay's window must start before it ends.
+            *(
+                line
+                for path in ("/webhooks", "/webhooks/{webhook_id}", "/webhooks/{webhook_id}/replay")
+                for line in (
+                    "[[operations]]",
+                    f'include-path = "{path}"',
+                    "[operations.checks.positive_data_acceptance]",
+                    'expected-statuses = ["200", "201", "202", "204", "401", "403", "404", '
+                    '"409", "422", "429", "503"]',
+                )
+            ),
             # A window must start before it ends and fit 10,000 buckets: no schema says that.
             "[[operations]]",
             'include-path = "/sessions/{session_id}/uptime"',

@@ -53,7 +53,14 @@ async def test_metrics_count_sessions_reconnects_and_view_lag(api: Api) -> None:
         for (name, labels), value in samples.items()
         if name == "sessiond_projection_lag_events"
     }
-    assert set(lags) == {"session_status", "api_keys", "gateway", "uptime", "messages"}
+    assert set(lags) == {
+        "session_status",
+        "api_keys",
+        "gateway",
+        "uptime",
+        "messages",
+        "webhooks",
+    }
     assert all(value >= 0 for value in lags.values())
 
 
