@@ -56,6 +56,8 @@ class BatchingView(PostgresTrackingRecorder):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         self._batch: Cursor[DictRow] | None = None
+        self._batch_top = 0  # the highest tracking record written in the open batch
+        self._deferred: Tracking | None = None  # the last one not written yet
         self._written: dict[str, Any] = {}
         self._bulk: _Bulk | None = None
 
@@ -123,16 +125,31 @@ class BatchingView(PostgresTrackingRecorder):
 
     @contextmanager
     def batch(self) -> Iterator[None]:
+        """Events of a page in one transaction. An event the view has nothing to do with
+        writes no tracking record of its own: the page's last one is written at the end
+        (when it is past every record written in the page), which is all that tells how far
+        the view has got, and commits with the page's rows."""
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SYNC_COMMIT_OFF)
             self._batch = curs
+            self._batch_top = 0
+            self._deferred = None
             try:
                 yield
+                deferred = self._deferred
+                if deferred is not None and deferred.notification_id > self._batch_top:
+                    self._insert_tracking(curs, deferred)
             except BaseException:
                 self._written.clear()  # rolled back: forget what it wrote
                 raise
             finally:
                 self._batch = None
+                self._deferred = None
+
+    def _insert_tracking(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
+        super()._insert_tracking(curs, tracking)
+        if self._batch is not None:
+            self._batch_top = max(self._batch_top, tracking.notification_id)
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor[DictRow]]:
@@ -146,6 +163,9 @@ class BatchingView(PostgresTrackingRecorder):
     def insert_tracking(self, tracking: Tracking) -> None:
         if self._bulk is not None:
             self._bulk.tracking = tracking
+            return
+        if self._batch is not None:  # nothing else to write: the page's end writes it
+            self._deferred = tracking
             return
         with self._transaction() as curs:
             self._insert_tracking(curs, tracking)
