@@ -57,6 +57,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         reader = _Reader(env)
+        private_targets = reader.choice(
+            "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false", "only")
+        )
         settings = cls(
             data_dir=Path(reader.text("DATA_DIR", "./var")),
             database_url=reader.optional("DATABASE_URL"),
@@ -80,14 +83,8 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             send_interval=reader.number("SEND_INTERVAL", 1.0, 0.0, 60.0),
             cipher_key=reader.optional("CIPHER_KEY"),
-            webhooks_allow_private=reader.choice(
-                "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false", "only")
-            )
-            in ("true", "only"),
-            webhooks_private_only=reader.choice(
-                "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false", "only")
-            )
-            == "only",
+            webhooks_allow_private=private_targets in ("true", "only"),
+            webhooks_private_only=private_targets == "only",
             webhook_retry_scale=reader.number("WEBHOOK_RETRY_SCALE", 1.0, 0.0001, 100.0),
             webhook_concurrency=reader.integer("WEBHOOK_CONCURRENCY", 64, 1, 1000),
             webhook_claim_hold=reader.number("WEBHOOK_CLAIM_HOLD", 60.0, 0.5, 3600.0),

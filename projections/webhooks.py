@@ -10,6 +10,7 @@ copied out of the events, so the cipher covers them).
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -232,9 +233,8 @@ class WebhookProjection(Projection[WebhookView]):
         if row is None:  # pragma: no cover - registered first, always
             self.view.insert_tracking(tracking)
             return
-        fields = {**row.__dict__, **changes}
-        fields.update(version=event.originator_version, updated_at=event.timestamp)
-        self._save(EndpointRow(**fields), tracking)
+        changes.update(version=event.originator_version, updated_at=event.timestamp)
+        self._save(dataclasses.replace(row, **changes), tracking)
 
     def _save(self, row: EndpointRow, tracking: Tracking) -> None:
         self._known()[row.webhook_id] = row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -74,6 +75,20 @@ async def settle(ctx: ApiContext, position: int | None) -> None:
             f"within {ctx.write_wait_timeout} s; read it again shortly",
             {"Retry-After": "1"},
         )
+
+
+async def reached(ctx: ApiContext, view_position: Callable[[], int], position: int) -> bool:
+    """Wait, within the write wait, until a view read from PostgreSQL (not copied in this
+    process) has processed `position`; False if it has not in time."""
+    deadline = time.monotonic() + ctx.write_wait_timeout
+    pause = 0.002
+    while await call(view_position) < position:
+        if time.monotonic() > deadline:
+            log.warning("a view did not reach position %s in time", position)
+            return False
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    return True
 
 
 def current_row(ctx: ApiContext, session_id: str) -> SessionRow:

@@ -3,9 +3,7 @@ list them."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -16,7 +14,7 @@ from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
 from api.auth import API_KEY_SECURITY, SessionAccess, key_required, provide_access
 from api.context import ApiContext
-from api.controllers.common import call, context, problems, settle
+from api.controllers.common import call, context, problems, reached, settle
 from api.presenters import message_out
 from api.problems import ProblemError
 from api.qr import InvalidPhone, normalize_recipient
@@ -114,21 +112,15 @@ class MessagesController(Controller):
         position = result.position
         if position is None:  # replayed from the session: its row may still be on its way
             position = await call(ctx.app.recorder.max_notification_id) or 0
-        deadline = time.monotonic() + ctx.write_wait_timeout
         try:
             await settle(ctx, position)
         except ProblemError:
             return None
-        pause = 0.002
-        while True:
-            reached = await call(ctx.messages.max_tracking_id, ctx.app.name) or 0
-            if reached >= position:
-                return await call(ctx.messages.get_message, result.message_id)
-            if time.monotonic() > deadline:
-                log.warning("the messages view did not reach %s in time", position)
-                return None
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        if not await reached(
+            ctx, lambda: ctx.messages.max_tracking_id(ctx.app.name) or 0, position
+        ):
+            return None
+        return await call(ctx.messages.get_message, result.message_id)
 
     @staticmethod
     async def _check_same(ctx: Any, row: MessageRow, to: str, text: str, key: str) -> None:

@@ -6,8 +6,6 @@ own session's endpoints only (another's answer 404, as for sessions)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -18,7 +16,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, key_required, provide_caller
 from api.context import ApiContext
-from api.controllers.common import call, context, problems
+from api.controllers.common import call, context, problems, reached
 from api.problems import ProblemError
 from api.schemas import (
     DeliveryOut,
@@ -34,7 +32,6 @@ from api.schemas import (
     WebhookOut,
 )
 from application.webhooks import Webhooks
-from domain.webhook import WebhookEndpoint, public_webhook_id
 from projections.history import first_position_at
 from projections.webhooks import NewDelivery, event_id, webhook_event
 
@@ -58,19 +55,14 @@ def _out(row: dict[str, Any]) -> WebhookOut:
 
 async def _visible(ctx: ApiContext, position: int) -> None:
     """Wait (bounded) until the webhook projection has `position` (read-your-writes)."""
-    deadline = time.monotonic() + ctx.write_wait_timeout
-    pause = 0.002
-    while await call(ctx.webhook_queries.position) < position:
-        if time.monotonic() > deadline:
-            raise ProblemError(
-                503,
-                "views-lagging",
-                f"the change was recorded (position {position}) but the webhook view has not "
-                "caught up yet; read it again shortly",
-                {"Retry-After": "1"},
-            )
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    if not await reached(ctx, ctx.webhook_queries.position, position):
+        raise ProblemError(
+            503,
+            "views-lagging",
+            f"the change was recorded (position {position}) but the webhook view has not "
+            "caught up yet; read it again shortly",
+            {"Retry-After": "1"},
+        )
 
 
 def _reachable(principal: Principal, row: dict[str, Any] | None, webhook_id: str) -> dict[str, Any]:
@@ -320,6 +312,3 @@ def _replayable(
                 )
         position = page[-1].id + 1
     return found
-
-
-__all__ = ["WebhookEndpoint", "WebhooksController", "public_webhook_id"]

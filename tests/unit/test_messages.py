@@ -296,3 +296,12 @@ def test_an_inbound_message_delivered_again_long_after_is_recorded_once(
     assert not app.load(uuid).remembers("3EB0-FIRST")
     again = InboundMessage("3EB0-FIRST", TO, TO, "hello", NOW)
     assert app.record_received(uuid, again) is None
+
+
+def test_the_api_offers_exactly_the_webhook_event_catalogue() -> None:
+    from typing import get_args
+
+    from api.schemas import WebhookEventType
+    from domain.webhook import EVENT_TYPES
+
+    assert get_args(WebhookEventType) == EVENT_TYPES
