@@ -61,8 +61,16 @@ def test_texts_drain_in_order_on_connect_and_survive_a_gateway_crash(
             timeout=30,
             what="the text sent by the restarted gateway",
         )
-        metrics = status(client, created)["metrics"]
-        assert (metrics["messagesSent"], metrics["queueDepth"]) == (4, 0)
+        # The status view is a different projection from the messages view: it catches up on
+        # its own, so wait for it rather than assume it moved in step.
+        eventually(
+            lambda: (
+                (m := status(client, created)["metrics"])["messagesSent"],
+                m["queueDepth"],
+            )
+            == (4, 0),
+            what="the status view counted the fourth text",
+        )
         history = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)
         types = [e["type"] for e in history.json()["items"]]
         assert types.count("MessageSent") == 4
