@@ -19,7 +19,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore
-from psycopg.sql import SQL
+from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
 from infra.pgviews import BatchingView
@@ -33,6 +33,7 @@ from projections.gateway import (
 )
 
 GATEWAY_CHANNEL = "sessiond_gateway"
+NOTIFY_GATEWAY = SQL("NOTIFY {0}").format(Identifier(GATEWAY_CHANNEL))
 REQUESTS_CHANNEL = "sessiond_gateway_requests"
 WORKER_APP_PREFIX = "sessiond-worker:"
 
@@ -109,7 +110,7 @@ class PostgresGatewayView(BatchingView, GatewayView):
             self._insert_tracking(curs, tracking)
             if change.desired is not None or change.bump:
                 # Only what workers must act on at once; deadlines are polled.
-                curs.execute("SELECT pg_notify(%s, '')", (GATEWAY_CHANNEL,))
+                self._notify(curs, NOTIFY_GATEWAY)
 
     def row(self, session_id: UUID) -> GatewayRow | None:
         with self.datastore.cursor() as curs:

@@ -1,49 +1,17 @@
-"""An application recorder whose subscriptions also poll, so a lost NOTIFY never stalls a view."""
+"""An application recorder whose subscriptions share one reader of the log per process
+(`infra.loghub`), which also polls, so a lost NOTIFY never stalls a view."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from threading import Event, Thread
 from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent, Subscription
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresSubscription
+from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.sql import SQL, Identifier
 
-
-class PollingSubscription(PostgresSubscription):
-    """LISTEN/NOTIFY as usual, plus a wake-up every `interval` seconds as a safety net."""
-
-    def __init__(
-        self,
-        recorder: PostgresApplicationRecorder,
-        gt: int | None = None,
-        topics: Sequence[str] = (),
-        interval: float = 1.0,
-    ) -> None:
-        super().__init__(recorder=recorder, gt=gt, topics=topics)
-        self._poll_stop = Event()
-        self._poll_thread = Thread(target=self._poll, args=(interval,), daemon=True)
-        self._poll_thread.start()
-
-    def buffered(self) -> bool:
-        """Whether the next notification is already read (no wait, no query)."""
-        return self._notifications_index < len(self._notifications) or (
-            not self._notifications_queue.empty()
-        )
-
-    def _poll(self, interval: float) -> None:
-        while not self._poll_stop.wait(interval) and not self._has_been_stopped:
-            self._has_been_notified.set()
-
-    def stop(self) -> None:
-        self._poll_stop.set()
-        super().stop()
-
-    def __exit__(self, *args: object, **kwargs: Any) -> None:
-        self._poll_stop.set()
-        super().__exit__(*args, **kwargs)
+from infra.loghub import HubSubscription
 
 
 class PollingApplicationRecorder(PostgresApplicationRecorder):
@@ -52,7 +20,7 @@ class PollingApplicationRecorder(PostgresApplicationRecorder):
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()
     ) -> Subscription[ApplicationRecorder]:
-        return PollingSubscription(self, gt=gt, topics=topics, interval=self.poll_interval)
+        return HubSubscription(self, gt=gt, topics=topics, poll_interval=self.poll_interval)
 
 
 def event_texts(

@@ -6,6 +6,7 @@ sends ``NOTIFY sessiond_views`` so that API processes refresh their in-memory co
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ VIEWS_CHANNEL = "sessiond_views"
 #: loses is replayed from the event log: views need not wait for the disk (events do).
 SYNC_COMMIT_OFF = "SET LOCAL synchronous_commit = off"
 R = TypeVar("R", SessionRow, KeyRow)
+Statement = Composed | SQL | str
+Params = Any  # a statement's parameters: a mapping or a sequence
 
 
 @dataclass
@@ -56,8 +59,9 @@ class BatchingView(PostgresTrackingRecorder):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         self._batch: Cursor[DictRow] | None = None
-        self._batch_top = 0  # the highest tracking record written in the open batch
-        self._deferred: Tracking | None = None  # the last one not written yet
+        self._deferred: Tracking | None = None  # the batch's last tracking record
+        self._pending: list[tuple[Statement, Params]] = []  # the batch's writes, in order
+        self._notifies: dict[tuple[int, Params], Statement] = {}  # and its NOTIFYs, once each
         self._written: dict[str, Any] = {}
         self._bulk: _Bulk | None = None
 
@@ -125,35 +129,81 @@ class BatchingView(PostgresTrackingRecorder):
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Events of a page in one transaction. An event the view has nothing to do with
-        writes no tracking record of its own: the page's last one is written at the end
-        (when it is past every record written in the page), which is all that tells how far
-        the view has got, and commits with the page's rows."""
+        """Events of a page in one transaction, in as few round trips as the page allows.
+
+        Rows that writes replace or insert whole are kept (`_defer`) and written at the end,
+        one ``executemany`` per run of the same statement (psycopg pipelines it), before any
+        write made at once (`_transaction`), so the order of writes is kept. The tracking
+        table holds one row per view, the furthest position, so the page's last tracking
+        record is all that need be written; it commits with the page's rows. Each NOTIFY is
+        sent once, at the end (PostgreSQL delivers them at the commit anyway)."""
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SYNC_COMMIT_OFF)
             self._batch = curs
-            self._batch_top = 0
             self._deferred = None
             try:
                 yield
-                deferred = self._deferred
-                if deferred is not None and deferred.notification_id > self._batch_top:
-                    self._insert_tracking(curs, deferred)
+                self._flush_pending(curs)
+                if self._deferred is not None:
+                    super()._insert_tracking(curs, self._deferred)
+                for (_, params), statement in self._notifies.items():
+                    curs.execute(statement, params)
             except BaseException:
                 self._written.clear()  # rolled back: forget what it wrote
                 raise
             finally:
                 self._batch = None
                 self._deferred = None
+                self._pending = []
+                self._notifies = {}
+
+    def _flush_pending(self, curs: Cursor[DictRow]) -> None:
+        pending, self._pending = self._pending, []
+        for _, run in itertools.groupby(pending, key=lambda write: id(write[0])):
+            writes = list(run)
+            curs.executemany(writes[0][0], [params for _, params in writes])
+
+    def _defer(
+        self,
+        statement: Statement,
+        params: Sequence[Params],
+        tracking: Tracking,
+        notify: Statement | None = None,
+    ) -> None:
+        """Write rows (each with `statement`), the tracking record and a NOTIFY: at the end
+        of the open batch, else now, in a transaction of their own."""
+        if self._batch is None:
+            with self._transaction() as curs:
+                if params:
+                    curs.executemany(statement, params)
+                self._insert_tracking(curs, tracking)
+                if notify is not None:
+                    curs.execute(notify)
+            return
+        self._pending.extend((statement, p) for p in params)
+        self._insert_tracking(self._batch, tracking)
+        if notify is not None:
+            self._notifies[(id(notify), ())] = notify
+
+    def _notify(self, curs: Cursor[DictRow], statement: Statement, params: Params = ()) -> None:
+        """NOTIFY: at the end of the open batch (once however many events ask), else now."""
+        if self._batch is None:
+            curs.execute(statement, params)
+        else:
+            self._notifies[(id(statement), tuple(params))] = statement
 
     def _insert_tracking(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
-        super()._insert_tracking(curs, tracking)
-        if self._batch is not None:
-            self._batch_top = max(self._batch_top, tracking.notification_id)
+        if self._batch is None:
+            super()._insert_tracking(curs, tracking)
+        elif self._deferred is None or tracking.notification_id > self._deferred.notification_id:
+            self._deferred = tracking
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor[DictRow]]:
+        """A cursor for writes made at once: the open batch's (after the writes it keeps
+        for its end, so that writes stay in order), else one of a transaction of its own."""
         if self._batch is not None:
+            self._flush_pending(self._batch)
             yield self._batch
             return
         with self.datastore.transaction(commit=True) as curs:
@@ -165,7 +215,7 @@ class BatchingView(PostgresTrackingRecorder):
             self._bulk.tracking = tracking
             return
         if self._batch is not None:  # nothing else to write: the page's end writes it
-            self._deferred = tracking
+            self._insert_tracking(self._batch, tracking)
             return
         with self._transaction() as curs:
             self._insert_tracking(curs, tracking)
@@ -205,11 +255,7 @@ class _PostgresView(BatchingView):
         )
 
     def _write(self, statement: Composed, params: list[dict[str, Any]], tracking: Tracking) -> None:
-        with self._transaction() as curs:
-            if params:
-                curs.executemany(statement, params)
-            self._insert_tracking(curs, tracking)
-            curs.execute(self.notify_statement)
+        self._defer(statement, params, tracking, self.notify_statement)
 
     def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
         return [msgspec.json.decode(row["doc"], type=kind) for row in curs.fetchall()]
@@ -479,10 +525,10 @@ class PostgresMessagesView(_PostgresView, MessagesView):
                     self._update_stored(curs, message_id, changes)
             bulk.tracking = tracking
             return
-        with self._transaction() as curs:
+        with self._transaction() as curs:  # reads the row: the batch's writes go first
             self._update_stored(curs, message_id, changes)
             self._insert_tracking(curs, tracking)
-            curs.execute(self.notify_statement)
+            self._notify(curs, self.notify_statement)
 
     def _update_stored(
         self, curs: Cursor[DictRow], message_id: str, changes: dict[str, Any]
@@ -606,9 +652,7 @@ class PostgresUptimeView(BatchingView, UptimeView):
         )
         if self._stage(None, row, tracking):  # one row per event, never updated
             return
-        with self._transaction() as curs:
-            curs.execute(self.insert, row)
-            self._insert_tracking(curs, tracking)
+        self._defer(self.insert, [row], tracking)
 
     def _copy_statement(self) -> Composed:
         return self.copy

@@ -27,6 +27,12 @@ from infra.pgviews import BatchingView
 from projections.webhooks import EndpointRow, NewDelivery, WebhookQueries, WebhookView
 
 WEBHOOKS_CHANNEL = "sessiond_webhooks"
+INSERT_DELIVERY = SQL(
+    "INSERT INTO sessiond_webhook_deliveries (delivery_id, webhook_id, event_id, event_type, "
+    "session_id, position, occurred_at, status, next_attempt_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', now())"
+)
+NOTIFY_DELIVERIES = SQL("NOTIFY {0}").format(Identifier(WEBHOOKS_CHANNEL))
 EVENTS_TABLE = "sessiond_events"  # the application's stored events (eventsourcing's table)
 APPLICATION_NAME = "sessiond"  # whose tracking records count
 PENDING, DELIVERED, DEAD, CANCELLED = "pending", "delivered", "dead", "cancelled"
@@ -134,26 +140,19 @@ class PostgresWebhookView(BatchingView, WebhookView):
             return [EndpointRow(**row) for row in curs.fetchall()]
 
     def enqueue(self, deliveries: list[NewDelivery], tracking: Tracking) -> None:
-        with self._transaction() as curs:
-            curs.executemany(
-                "INSERT INTO sessiond_webhook_deliveries (delivery_id, webhook_id, event_id, "
-                "event_type, session_id, position, occurred_at, status, next_attempt_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', now())",
-                [
-                    (
-                        new_delivery_id(),
-                        d.webhook_id,
-                        d.event_id,
-                        d.event_type,
-                        d.session_id,
-                        d.position,
-                        d.occurred_at,
-                    )
-                    for d in deliveries
-                ],
+        rows = [
+            (
+                new_delivery_id(),
+                d.webhook_id,
+                d.event_id,
+                d.event_type,
+                d.session_id,
+                d.position,
+                d.occurred_at,
             )
-            self._insert_tracking(curs, tracking)
-            curs.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
+            for d in deliveries
+        ]
+        self._defer(INSERT_DELIVERY, rows, tracking, NOTIFY_DELIVERIES)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Projection runners apply the events already read in one transaction per page: the views
 must come out exactly as if each event had been applied alone — including a key issued and
-revoked within one page, whose revocation reads a row not yet committed."""
+revoked within one page, whose revocation reads a row not yet committed, and a text queued,
+sent and delivered within one page, whose updates read a row written earlier in it."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR
 from infra.pggateway import PostgresGatewayView
 from infra.pgrecorder import PollingApplicationRecorder
-from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView
+from infra.pgviews import PostgresApiKeyView, PostgresMessagesView, PostgresSessionStatusView
 from infra.settings import eventsourcing_env
 from infra.supervisor import BATCH_LIMIT, ProjectionSupervisor
 from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
+from projections.messages import MessagesProjection
 from projections.status import SessionStatusProjection
 from tests.conftest import view_on
 
@@ -28,6 +30,7 @@ VIEWS: list[tuple[Any, Any]] = [
     (SessionStatusProjection, PostgresSessionStatusView),
     (ApiKeyProjection, PostgresApiKeyView),
     (GatewayProjection, PostgresGatewayView),
+    (MessagesProjection, PostgresMessagesView),
 ]
 
 
@@ -58,6 +61,13 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
         app.revoke_key(sid, extra.key_id, ADMIN_ACTOR)  # issued and revoked in one page
         app.record_qr(uuid, "2@code", datetime.now(UTC) + timedelta(seconds=60), 1, 6)
         app.record_connected(uuid, f"49{n:09d}:1@s.whatsapp.net", "Phone")
+        for m in range(n % 3):  # queued, sent, then (for some) delivered
+            queued = app.send_message(
+                sid, "14155550123@s.whatsapp.net", f"text {m}", None, ADMIN_ACTOR
+            )
+            app.record_sent(uuid, queued.message_id, f"WA{n}-{m}")
+            if m == 1:
+                app.record_acks(uuid, [f"WA{n}-{m}"], "delivered", datetime.now(UTC))
         app.record_disconnected(uuid, "connection_lost", "dropped")
         if n % 3 == 0:
             app.stop(sid, ADMIN_ACTOR)
@@ -87,6 +97,7 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
 
         # Check every row agrees with the session it was built from.
         status, keys, gateway = readers["session_status"], readers["api_keys"], readers["gateway"]
+        messages = readers["messages"]
         for sid in sessions:
             session = app.load(sid)
             row = status.get_session(sid)
@@ -103,6 +114,9 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
             assert sum(key_rows.values()) == (0 if session.is_deleted else 1)
             wanted = gateway.row(session.id)
             assert wanted is not None and wanted.desired == session.desired
+            texts = messages.list_messages(sid, limit=10)
+            expected = {0: [], 1: ["sent"], 2: ["delivered", "sent"]}[sessions.index(sid) % 3]
+            assert sorted(m.status for m in texts) == expected
         for reader in readers.values():
             reader.datastore.close()
     finally:

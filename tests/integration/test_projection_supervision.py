@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from application.sessions import SessionsApplication
-from infra.pgrecorder import PollingApplicationRecorder, PollingSubscription
+from infra.pgrecorder import PollingApplicationRecorder
 from infra.pgviews import PostgresSessionStatusView
 from infra.settings import eventsourcing_env
 from infra.supervisor import ProjectionSupervisor
@@ -131,7 +131,7 @@ def test_a_subscription_still_sees_events_when_every_notify_is_lost(
     )
     recorder = app.recorder
     assert isinstance(recorder, PollingApplicationRecorder)
-    subscription = PollingSubscription(recorder, gt=recorder.max_notification_id(), interval=0.2)
+    subscription = recorder.subscribe(gt=recorder.max_notification_id())  # polls every 0.2 s
     with subscription:
         created = silent.create_session("Quiet", {}, None, "admin")
         # Check the poll delivers the Created event although no NOTIFY was ever sent.

@@ -195,7 +195,7 @@ def test_an_unknown_session_raises_session_not_found(app: SessionsApplication) -
         "sess_" + "0" * 33,
         "SESS_" + "0" * 32,
         "0" * 32,
-        str(uuid4()),
+        "6f1c2b4e-9a7d-4e3b-8c5f-1d2e3f4a5b6c",  # a UUID, not a session id
         " sess_" + "0" * 32,
         "sess_" + "0" * 32 + " ",
         "sess_" + "0" * 32 + "\r",
