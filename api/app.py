@@ -10,7 +10,6 @@ from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
@@ -25,6 +24,7 @@ from api.controllers.metrics import metrics
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
 from api.controllers.webhooks import WebhooksController
+from api.docs import swagger_assets, swagger_plugin
 from api.fastpath import status_fast_path
 from api.openapi import complete_openapi
 from api.problems import handle_exception
@@ -106,6 +106,7 @@ def create_app(
         metrics,
         HealthController,
         ping,
+        swagger_assets(),
     ]
     if ctx.simulator:
         handlers.append(SimulatorController)
@@ -123,7 +124,7 @@ def create_app(
                 )
             }
         ),
-        render_plugins=[SwaggerRenderPlugin()],
+        render_plugins=[swagger_plugin()],
         path="/schema",
     )
     app = Litestar(
