@@ -25,6 +25,7 @@ from api.controllers.metrics import metrics
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
 from api.controllers.webhooks import WebhooksController
+from api.dashboard import Dashboard, template_config
 from api.fastpath import status_fast_path
 from api.openapi import complete_openapi
 from api.problems import handle_exception
@@ -96,6 +97,7 @@ def create_app(
     ctx: ApiContext,
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = (),
 ) -> Litestar:
+    dashboard = Dashboard(ctx)
     handlers: list[ControllerRouterHandler] = [
         SessionsController,
         KeysController,
@@ -106,6 +108,7 @@ def create_app(
         metrics,
         HealthController,
         ping,
+        *dashboard.handlers,
     ]
     if ctx.simulator:
         handlers.append(SimulatorController)
@@ -130,9 +133,10 @@ def create_app(
         route_handlers=handlers,
         openapi_config=openapi,
         exception_handlers={Exception: handle_exception},
-        middleware=[status_fast_path, rate_limit_headers, allow_header],
-        state=State({"ctx": ctx}),
-        lifespan=list(lifespan),
+        middleware=[status_fast_path, rate_limit_headers, allow_header, dashboard.middleware],
+        state=State({"ctx": ctx, **dashboard.state}),
+        lifespan=[*lifespan, dashboard.lifespan],
+        template_config=template_config(),
         request_class=JsonRequest,
         request_max_body_size=ctx.max_body_bytes,
         debug=False,
