@@ -18,12 +18,12 @@ from projections.rows import SessionRow
 DashRequest = Request[Any, Any, State]
 
 
-def page(request: DashRequest, name: str, *, status: int = 200, **values: Any) -> Template:
+def page(request: DashRequest, template: str, *, status: int = 200, **values: Any) -> Template:
     """A full page: every one carries the CSRF token for its forms, and shows (once) what the
     last action left in the flash."""
     flash = request.session.pop("flash", None) if request.scope.get("session") else None
     return Template(
-        template_name=name,
+        template_name=template,
         context={
             "csrf_token": csrf_token(request),
             "flash": flash or {},
