@@ -92,7 +92,9 @@ class Settings:
             webhook_claim_hold=reader.number("WEBHOOK_CLAIM_HOLD", 60.0, 0.5, 3600.0),
             webhook_timeout=reader.number("WEBHOOK_TIMEOUT", 10.0, 0.1, 120.0),
             dashboard_secret=reader.optional("DASHBOARD_SECRET"),
-            dashboard_secure_cookie=reader.choice("DASHBOARD_SECURE_COOKIE", "false", ("true", "false"))
+            dashboard_secure_cookie=reader.choice(
+                "DASHBOARD_SECURE_COOKIE", "false", ("true", "false")
+            )
             == "true",
         )
         if settings.cipher_key is not None:

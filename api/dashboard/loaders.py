@@ -61,9 +61,12 @@ def details(ctx: ApiContext, row: SessionRow) -> SessionDetails:
         timeline=timeline(ctx, row),
         chart=chart(series(transitions, begin, end, BUCKETS["day"])),
         webhooks=[
-            Webhook(e, ctx.webhook_queries.deliveries(
+            Webhook(
+                e,
+                ctx.webhook_queries.deliveries(
                     e["webhook_id"], status=None, before=None, limit=DELIVERIES
-                ))
+                ),
+            )
             for e in endpoints
         ],
     )

@@ -137,8 +137,10 @@ def qr_panel(row: SessionRow, now: datetime) -> QrPanel | None:
         return None
     svg = render(row.qr_code, SVG)  # the API's renderer; cached per code
     svg = _SIZE.sub(
-        lambda m: b'viewBox="0 0 %s %s" role="img" aria-labelledby="qr-caption"'
-        % (m.group(1), m.group(2)),
+        lambda m: (
+            b'viewBox="0 0 %s %s" role="img" aria-labelledby="qr-caption"'
+            % (m.group(1), m.group(2))
+        ),
         svg,
         count=1,
     )

@@ -37,7 +37,9 @@ from api.problems import as_problem
 __all__ = ["Dashboard", "template_config"]
 
 
-def _error_page(request: Request[Any, Any, Any], status: int, title: str, detail: str) -> Response[Any]:
+def _error_page(
+    request: Request[Any, Any, Any], status: int, title: str, detail: str
+) -> Response[Any]:
     back = request.headers.get("referer") or ""
     return Template(
         template_name="error.html",

@@ -93,8 +93,8 @@ class Sessions:
         # back a session that a sign-out in the meantime cleared. So it only reads it.
         if connection.route_handler.opt.get(SKIP_SESSION):
             return await self._backend.load_from_connection(connection)
-        session: dict[str, Any] = connection.scope.get("session") or {}
-        return session
+        session = connection.scope.get("session")
+        return session if isinstance(session, dict) else {}
 
 
 def is_signed_in(session: dict[str, Any]) -> bool:

@@ -4,7 +4,7 @@ JSON API runs, recorded with the actor ``admin``, and waits for the views like t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -114,7 +114,9 @@ class SessionController(Controller):
             if view == "page":
                 if row.version != known["version"]:  # read the events only when there are new
                     entries: list[HistoryEntry] = await call(loaders.timeline, ctx, row)
-                    known.update(version=row.version, html=fragment("_timeline.html", timeline=entries))
+                    known.update(
+                        version=row.version, html=fragment("_timeline.html", timeline=entries)
+                    )
                 regions["session-timeline"] = known["html"]
             return regions
 
@@ -123,7 +125,9 @@ class SessionController(Controller):
     # -- linking by phone number ----------------------------------------------------------
 
     @post(SESSION + "/pair-code")
-    async def pair_code(self, request: DashRequest, session_id: FromPath[str]) -> Template | Redirect:
+    async def pair_code(
+        self, request: DashRequest, session_id: FromPath[str]
+    ) -> Template | Redirect:
         """Ask the session's worker for a code to type on the phone (instead of scanning)."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
@@ -134,7 +138,10 @@ class SessionController(Controller):
         except InvalidPhone as error:
             return await self._link_page(request, row, status=422, error=str(error))
         if row.status != "connecting" or row.qr_code is None:
-            message = f"A pairing code is given only while QR codes are shown: the session is {row.status}."
+            message = (
+                "A pairing code is given only while QR codes are shown: "
+                f"the session is {row.status}."
+            )
             return await self._link_page(request, row, status=409, error=message)
         try:
             result = await ctx.gateway_calls.call(
@@ -197,7 +204,9 @@ class SessionController(Controller):
     # -- keys and rate limit --------------------------------------------------------------
 
     @post(SESSION + "/keys")
-    async def create_key(self, request: DashRequest, session_id: FromPath[str]) -> Template | Redirect:
+    async def create_key(
+        self, request: DashRequest, session_id: FromPath[str]
+    ) -> Template | Redirect:
         """A new key for the session, shown on the next page only."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
@@ -212,7 +221,9 @@ class SessionController(Controller):
         return see_other(_path(row, "#keys"))
 
     @post(SESSION + "/keys/{key_id:str}/revoke")
-    async def revoke_key(self, request: DashRequest, session_id: FromPath[str], key_id: FromPath[str]) -> Redirect:
+    async def revoke_key(
+        self, request: DashRequest, session_id: FromPath[str], key_id: FromPath[str]
+    ) -> Redirect:
         """Revoke one key; once this answers, no server accepts it."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
@@ -222,7 +233,9 @@ class SessionController(Controller):
         return see_other(_path(row, "#keys"))
 
     @post(SESSION + "/rate-limit")
-    async def rate_limit(self, request: DashRequest, session_id: FromPath[str]) -> Template | Redirect:
+    async def rate_limit(
+        self, request: DashRequest, session_id: FromPath[str]
+    ) -> Template | Redirect:
         """Set the session's requests per minute; empty goes back to the default."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
@@ -232,7 +245,10 @@ class SessionController(Controller):
         if raw:
             value = int(raw) if raw.isascii() and raw.isdigit() else 0
             if not 1 <= value <= MAX_REQUESTS_PER_MINUTE:
-                error = f"Enter a whole number from 1 to {MAX_REQUESTS_PER_MINUTE:,}, or leave it empty for the default."
+                error = (
+                    f"Enter a whole number from 1 to {MAX_REQUESTS_PER_MINUTE:,}, "
+                    "or leave it empty for the default."
+                )
                 return await self._session_page(request, row, status=422, rate_limit=error)
         position = await call(ctx.app.set_rate_limit, row.session_id, value, ADMIN_ACTOR)
         await settle(ctx, position)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from litestar import Controller, get, post
 from litestar.params import QueryParameter
@@ -19,6 +19,7 @@ from api.dashboard.security import (
 )
 from api.dashboard.web import DashRequest, ctx_of, page, see_other
 
+
 class SignInController(Controller):
     path = DASHBOARD
     include_in_schema = False
@@ -34,9 +35,7 @@ class SignInController(Controller):
         if is_signed_in(request.session):
             return see_other(safe_next(next_path))
         notice = "You are signed out." if signed_out else None
-        return page(
-            request, "sign_in.html", next=safe_next(next_path), error=None, notice=notice
-        )
+        return page(request, "sign_in.html", next=safe_next(next_path), error=None, notice=notice)
 
     @post("/sign-in", opt={PUBLIC: True})
     async def sign_in(self, request: DashRequest) -> Template | Redirect:

@@ -10,8 +10,8 @@ from litestar.response import Redirect, Template
 
 from api.context import ApiContext
 from api.controllers.common import context
-from api.problems import ProblemError
 from api.dashboard.security import PAGE_HEADERS, csrf_token
+from api.problems import ProblemError
 from domain.values import is_session_id
 from projections.rows import SessionRow
 

@@ -65,10 +65,12 @@ def test_texts_drain_in_order_on_connect_and_survive_a_gateway_crash(
         # its own, so wait for it rather than assume it moved in step.
         eventually(
             lambda: (
-                (m := status(client, created)["metrics"])["messagesSent"],
-                m["queueDepth"],
-            )
-            == (4, 0),
+                (
+                    (m := status(client, created)["metrics"])["messagesSent"],
+                    m["queueDepth"],
+                )
+                == (4, 0)
+            ),
             what="the status view counted the fourth text",
         )
         history = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)

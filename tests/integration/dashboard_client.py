@@ -29,7 +29,9 @@ class Dashboard:
             self.token = token_in(response.text)
         return response
 
-    async def post(self, path: str, form: dict[str, str] | None = None, *, token: bool = True) -> httpx.Response:
+    async def post(
+        self, path: str, form: dict[str, str] | None = None, *, token: bool = True
+    ) -> httpx.Response:
         data = dict(form or {})
         if token:
             data["csrf_token"] = self.token

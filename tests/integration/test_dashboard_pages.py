@@ -156,7 +156,9 @@ async def test_stop_reconnect_key_rate_limit_and_delete_go_through_the_applicati
     zero = await dash.post(base + "/rate-limit", {"requests_per_minute": "0"})
     assert zero.status_code == 422
     assert "Enter a whole number from 1 to" in zero.text
-    assert (await dash.post(base + "/rate-limit", {"requests_per_minute": "120"})).status_code == 303
+    assert (
+        await dash.post(base + "/rate-limit", {"requests_per_minute": "120"})
+    ).status_code == 303
     body = (await api.client.get(f"/sessions/{session_id}", headers=ADMIN)).json()
     assert body["rateLimit"] == {"requestsPerMinute": 120, "isDefault": False}
     # Check the delete asks first, saying that every key will be revoked, then deletes.
