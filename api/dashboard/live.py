@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -39,11 +40,16 @@ class ViewChanges:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch(), name="view-changes")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._watch(), name="view-changes")
+        _on_stop_signal(loop, self._end_streams)
 
-    async def close(self) -> None:
+    def _end_streams(self) -> None:
         self.closing.set()
         self._changed.set()
+
+    async def close(self) -> None:
+        self._end_streams()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -62,6 +68,31 @@ class ViewChanges:
         """Return when the views change, the server is closing, or after `timeout`."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+def _on_stop_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call `callback` too when the process is asked to stop (SIGTERM, SIGINT).
+
+    The HTTP server (granian) drains open connections before it shuts the app down, so a
+    stream waiting for the app's shutdown would hold the server up for ever. The server's own
+    handler still runs after ours; where the server installed none on this loop, the signals
+    are left alone (the app's shutdown then ends the streams).
+    """
+    handlers: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers", {})
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous = handlers.get(number)
+        if previous is None:
+            continue
+
+        def handler(previous: asyncio.Handle = previous) -> None:
+            callback()
+            if not previous.cancelled():
+                previous._run()  # the server's handler (asyncio keeps no public way to chain)
+
+        try:
+            loop.add_signal_handler(number, handler)
+        except (RuntimeError, ValueError, NotImplementedError):
+            return  # not the main thread (the test client's loop): no signals to hear here
 
 
 async def _messages(changes: ViewChanges, render: Render) -> AsyncIterator[ServerSentEventMessage]:

@@ -74,9 +74,7 @@ def page(browser: Browser, server: Sessiond) -> Iterator[Page]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on(
-        "console", lambda m: errors.append(m.text) if m.type == "error" else None
-    )
+    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     yield opened
     context.close()
     # Answers of 4xx (a refused key, a refused name) are logged by the browser as failed loads.

@@ -99,7 +99,9 @@ def test_the_operators_path_from_sign_in_to_delete(page: Page, api: httpx.Client
 
     # Check delete asks first, saying every key will be revoked; then the keys are refused.
     page.get_by_role("link", name="Delete…").click()
-    expect(page.get_by_role("alert")).to_contain_text("All API keys of this session will be revoked")
+    expect(page.get_by_role("alert")).to_contain_text(
+        "All API keys of this session will be revoked"
+    )
     screenshot(page, "04-delete-confirmation")
     page.get_by_role("button", name="Delete the session and revoke its keys").focus()
     page.keyboard.press("Enter")
