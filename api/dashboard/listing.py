@@ -17,14 +17,46 @@ from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, page, see_other
 from domain.errors import InvalidValue
 from domain.values import ADMIN_ACTOR, MAX_NAME_LENGTH
+from projections.rows import SessionRow
 
 Filter = Annotated[str, QueryParameter(name="status", pattern="^(" + "|".join(FILTERS) + ")$")]
 PageNumber = Annotated[int, QueryParameter(name="page", ge=1, le=100_000)]
 
 
-def _list(request: DashRequest, wanted: str, number: int) -> ListPage:
-    rows = ctx_of(request).read_models.sessions()
-    return list_page(rows, wanted, number, datetime.now(UTC))
+LISTS_STATE = "dashboard_lists"
+
+
+class RenderedLists:
+    """The list's table as last rendered, per filter and page, while nothing has changed.
+
+    Every open list page re-renders its table on every change of the views, and every load of
+    the page renders it too: with many operators (or a reload storm) on 1,000 sessions, that
+    is the same 7 ms of work again and again. The key is what the table shows: the rows' count
+    and newest position (any change of a row moves it), the filter, the page, and the second
+    (the uptime column moves with time).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._tables: dict[tuple[int, int, str, int, int], tuple[ListPage, str]] = {}
+
+    def table(self, rows: list[SessionRow], wanted: str, number: int) -> tuple[ListPage, str]:
+        now = datetime.now(UTC)
+        newest = max((row.position for row in rows), default=0)
+        key = (len(rows), newest, wanted, number, int(now.timestamp()))
+        found = self._tables.get(key)
+        if found is None:
+            listing = list_page(rows, wanted, number, now)
+            found = (listing, fragment("_sessions.html", listing=listing))
+            if len(self._tables) >= self.size:
+                self._tables.clear()  # they are all a second old at most: start again
+            self._tables[key] = found
+        return found
+
+
+def _table(request: DashRequest, wanted: str, number: int) -> tuple[ListPage, str]:
+    lists: RenderedLists = request.app.state[LISTS_STATE]
+    return lists.table(ctx_of(request).read_models.sessions(), wanted, number)
 
 
 class ListController(Controller):
@@ -36,8 +68,8 @@ class ListController(Controller):
         self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
     ) -> Template:
         """Every session with its state, last activity, queue and uptime; filtered by state."""
-        listing = _list(request, wanted, number)
-        return page(request, "list.html", listing=listing)
+        listing, table = _table(request, wanted, number)
+        return page(request, "list.html", listing=listing, table=table)
 
     @get("/live/sessions", opt={SKIP_SESSION: True})
     async def live_sessions(
@@ -47,8 +79,7 @@ class ListController(Controller):
         changes: ViewChanges = request.app.state.dashboard_changes
 
         async def render() -> dict[str, str]:
-            listing = _list(request, wanted, number)
-            return {"sessions-table": fragment("_sessions.html", listing=listing)}
+            return {"sessions-table": _table(request, wanted, number)[1]}
 
         return stream(changes, render)
 

@@ -14,7 +14,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from api.context import ApiContext
-from api.dashboard.listing import ListController
+from api.dashboard.listing import LISTS_STATE, ListController, RenderedLists
 from api.dashboard.live import ViewChanges
 from api.dashboard.security import (
     DASHBOARD,
@@ -93,7 +93,7 @@ class Dashboard:
         self.ctx = ctx
         self.sessions = Sessions(cookie_config(ctx))
         self.middleware = self.sessions.config.middleware
-        self.state = {SESSIONS_STATE: self.sessions}
+        self.state = {SESSIONS_STATE: self.sessions, LISTS_STATE: RenderedLists()}
         self.handlers: list[ControllerRouterHandler] = [
             Router(
                 path="/",
