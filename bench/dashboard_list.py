@@ -116,7 +116,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 cookie = sign_in(client)
                 page = client.get("/dashboard/", headers={"Cookie": cookie})
-                if page.status_code != 200 or f"of {args.sessions:,} sessions" not in page.text:
+                if page.status_code != 200 or f"of {args.sessions} sessions" not in page.text:
                     raise RuntimeError(f"the list page is wrong: {page.status_code}")
                 print(f"list page: {len(page.content):,} bytes, {args.sessions:,} sessions counted")
             wrk = None if args.python_client else ensure_wrk(install=not args.no_install)
