@@ -45,6 +45,16 @@ def status_regions(ctx: ApiContext, row: SessionRow, view: str) -> dict[str, str
     return {"session-status": html}
 
 
+async def _posted(
+    request: DashRequest, session_id: str, field: str
+) -> tuple[ApiContext, SessionRow, str]:
+    """The context, the session (404 if gone) and one field of the posted form, trimmed."""
+    ctx = ctx_of(request)
+    row = live_row(ctx, session_id)
+    form = await request.form()
+    return ctx, row, str(form.get(field) or "").strip()
+
+
 def _path(row: SessionRow, tail: str = "") -> str:
     return f"{DASHBOARD}/sessions/{row.session_id}{tail}"
 
@@ -55,17 +65,29 @@ class SessionController(Controller):
 
     # -- pages ----------------------------------------------------------------------------
 
+    def _status_page(
+        self, request: DashRequest, row: SessionRow, view: str, status: int, **values: Any
+    ) -> Template:
+        """A page with the session's live status: its own page (``page``) or ``link``."""
+        return page(
+            request,
+            "session.html" if view == "page" else "link.html",
+            status=status,
+            s=line(row, datetime.now(UTC)),
+            status_html=status_regions(ctx_of(request), row, view)["session-status"],
+            **values,
+        )
+
     async def _session_page(
         self, request: DashRequest, row: SessionRow, *, status: int = 200, **errors: str
     ) -> Template:
         ctx = ctx_of(request)
         details = await call(loaders.details, ctx, row)
-        return page(
+        return self._status_page(
             request,
-            "session.html",
-            status=status,
-            s=line(row, datetime.now(UTC)),
-            status_html=status_regions(ctx, row, "page")["session-status"],
+            row,
+            "page",
+            status,
             details=details,
             default_rpm=ctx.default_requests_per_minute,
             max_rpm=MAX_REQUESTS_PER_MINUTE,
@@ -81,15 +103,7 @@ class SessionController(Controller):
     async def _link_page(
         self, request: DashRequest, row: SessionRow, *, status: int = 200, error: str | None = None
     ) -> Template:
-        ctx = ctx_of(request)
-        return page(
-            request,
-            "link.html",
-            status=status,
-            s=line(row, datetime.now(UTC)),
-            status_html=status_regions(ctx, row, "link")["session-status"],
-            phone_error=error,
-        )
+        return self._status_page(request, row, "link", status, phone_error=error)
 
     @get(SESSION + "/link")
     async def link(self, request: DashRequest, session_id: FromPath[str]) -> Template:
@@ -129,10 +143,7 @@ class SessionController(Controller):
         self, request: DashRequest, session_id: FromPath[str]
     ) -> Template | Redirect:
         """Ask the session's worker for a code to type on the phone (instead of scanning)."""
-        ctx = ctx_of(request)
-        row = live_row(ctx, session_id)
-        form = await request.form()
-        raw = str(form.get("phone") or "")
+        ctx, row, raw = await _posted(request, session_id, "phone")
         try:
             phone = normalize_phone(raw)
         except InvalidPhone as error:
@@ -208,10 +219,8 @@ class SessionController(Controller):
         self, request: DashRequest, session_id: FromPath[str]
     ) -> Template | Redirect:
         """A new key for the session, shown on the next page only."""
-        ctx = ctx_of(request)
-        row = live_row(ctx, session_id)
-        form = await request.form()
-        label = str(form.get("label") or "").strip() or "default"
+        ctx, row, label = await _posted(request, session_id, "label")
+        label = label or "default"
         if len(label) > MAX_KEY_LABEL or not label.isprintable():
             error = f"A key's label is 1 to {MAX_KEY_LABEL} printable characters."
             return await self._session_page(request, row, status=422, key_label=error)
@@ -237,10 +246,7 @@ class SessionController(Controller):
         self, request: DashRequest, session_id: FromPath[str]
     ) -> Template | Redirect:
         """Set the session's requests per minute; empty goes back to the default."""
-        ctx = ctx_of(request)
-        row = live_row(ctx, session_id)
-        form = await request.form()
-        raw = str(form.get("requests_per_minute") or "").strip()
+        ctx, row, raw = await _posted(request, session_id, "requests_per_minute")
         value: int | None = None
         if raw:
             value = int(raw) if raw.isascii() and raw.isdigit() else 0
