@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import mark, same_document, scan, screenshot, session_id_of, sign_in
 from tests.e2e.conftest import ADMIN
 
+pytestmark = pytest.mark.browser
 STATUS = "#session-status"
 
 

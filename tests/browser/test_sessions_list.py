@@ -4,9 +4,12 @@ and a narrow (375 px) screen."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import admin_json, mark, same_document, screenshot, sign_in
+
+pytestmark = pytest.mark.browser
 
 
 def test_the_list_filters_by_state_and_updates_live(page: Page, api: httpx.Client) -> None:
@@ -34,8 +37,8 @@ def test_the_list_filters_by_state_and_updates_live(page: Page, api: httpx.Clien
     expect(rows.first).to_contain_text("Alpha")
     expect(page.locator('[data-count="stopped"]')).to_have_text("1")
     mark(page)
-    beta = page.evaluate("1") and admin_json(api, "GET", "/sessions?status=connecting")["items"]
-    admin_json(api, "POST", f"/sessions/{beta[0]['sessionId']}/stop")
+    connecting = admin_json(api, "GET", "/sessions?status=connecting")["items"]
+    admin_json(api, "POST", f"/sessions/{connecting[0]['sessionId']}/stop")
     expect(rows).to_have_count(2)
     expect(page.locator('[data-count="stopped"]')).to_have_text("2")
     assert same_document(page)

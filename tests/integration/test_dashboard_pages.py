@@ -232,3 +232,26 @@ async def test_no_page_loads_anything_from_another_origin(api: Api) -> None:
         response = await api.client.get(f"/dashboard/static/{asset}")
         assert response.status_code == 200
         assert "http://" not in response.text and "https://" not in response.text
+
+
+async def test_the_session_page_lists_the_sessions_webhooks_with_their_deliveries(
+    api: Api,
+) -> None:
+    dash = await signed_in(api)
+    session_id = await dash.create_session("Support")
+    hook = {
+        "url": "http://127.0.0.1:9/hooks",
+        "events": ["session.stopped"],
+        "sessionId": session_id,
+    }
+    created = await api.client.post("/webhooks", json=hook, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    await dash.get(f"/dashboard/sessions/{session_id}")
+    await dash.post(f"/dashboard/sessions/{session_id}/stop")
+    for _ in range(100):  # the delivery is enqueued by the webhook view, then tried
+        page = await dash.get(f"/dashboard/sessions/{session_id}")
+        if 'data-label="Event">session.stopped<' in page.text:
+            break
+        await asyncio.sleep(0.1)
+    assert "http://127.0.0.1:9/hooks" in page.text
+    assert 'data-label="Event">session.stopped<' in page.text
