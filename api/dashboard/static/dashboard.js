@@ -47,7 +47,6 @@
     window.addEventListener("pagehide", function () { events.close(); });
   }
 
-  var timers = [];
   function startCountdowns(root) {
     root.querySelectorAll("[data-expires-at]").forEach(function (el) {
       var skew = Date.parse(el.dataset.serverNow) - Date.now();
@@ -58,7 +57,6 @@
         if (left <= 0 || !document.contains(el)) { clearInterval(timer); }
       }
       var timer = setInterval(tick, 1000);
-      timers.push(timer);
       tick();
     });
   }
