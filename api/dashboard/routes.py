@@ -109,6 +109,7 @@ class Dashboard:
                 name="dashboard-static",
                 include_in_schema=False,
                 cache_control=CacheControlHeader(max_age=86_400, public=True),
+                opt={SKIP_SESSION: True},  # no cookie on a file a cache may keep
             ),
             root,
         ]

@@ -226,12 +226,13 @@ async def test_no_page_loads_anything_from_another_origin(api: Api) -> None:
         assert not EXTERNAL.findall(text), path
         links = re.findall(r'(?:src|href|action)="([^"]*)"', text)
         assert not [link for link in links if link.startswith("//")], path
-    await dash.post("/dashboard/sign-out")
-    assert not EXTERNAL.findall((await dash.get("/dashboard/sign-in")).text)
     for asset in ("dashboard.css", "dashboard.js"):
         response = await api.client.get(f"/dashboard/static/{asset}")
         assert response.status_code == 200
+        assert "set-cookie" not in response.headers  # signed in, yet no cookie on a file
         assert "http://" not in response.text and "https://" not in response.text
+    await dash.post("/dashboard/sign-out")
+    assert not EXTERNAL.findall((await dash.get("/dashboard/sign-in")).text)
 
 
 async def test_the_session_page_lists_the_sessions_webhooks_with_their_deliveries(
