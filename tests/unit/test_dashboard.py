@@ -1,9 +1,11 @@
-"""What the dashboard shows of sessions: states in words and colour, the list's pages and
-counts, the uptime chart, and the formats."""
+"""What the dashboard shows of sessions (states in words and colour, the list's pages and
+counts, the uptime chart, the formats), and the rules of its sign-in that need no server."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from api.dashboard.chart import chart, window
 from api.dashboard.present import (
@@ -15,6 +17,8 @@ from api.dashboard.present import (
     qr_panel,
     state_of,
 )
+from api.dashboard.security import cookie_secret, safe_next
+from infra.settings import Settings, SettingsError
 from projections.rows import SessionRow
 from projections.uptime import Bucket
 
@@ -102,3 +106,22 @@ def test_formats_read_as_an_operator_expects() -> None:
     assert percent(1.0) == "100 %"
     assert event_name("ApiKeyIssued") == "Api key issued"
     assert event_name("QRIssued") == "QR issued"
+
+
+def test_the_cookie_key_is_stable_per_admin_key_and_secret_and_the_secret_must_be_long() -> None:
+    first = cookie_secret("hash-a", None)
+    assert len(first) == 32 and first == cookie_secret("hash-a", None)
+    assert first != cookie_secret("hash-b", None)  # a new admin key signs everyone out
+    assert first != cookie_secret("hash-a", "s" * 32)
+    with pytest.raises(SettingsError, match="DASHBOARD_SECRET must be at least 32"):
+        Settings.from_env({"SESSIOND_DASHBOARD_SECRET": "short"})
+    settings = Settings.from_env(
+        {"SESSIOND_DASHBOARD_SECRET": "s" * 32, "SESSIOND_DASHBOARD_SECURE_COOKIE": "true"}
+    )
+    assert settings.dashboard_secret == "s" * 32 and settings.dashboard_secure_cookie
+
+
+def test_only_dashboard_paths_are_where_signing_in_leads() -> None:
+    assert safe_next("/dashboard/sessions/new") == "/dashboard/sessions/new"
+    for elsewhere in (None, "", "//evil.test/", "https://evil.test/", "/sessions", "/dashboard\\x"):
+        assert safe_next(elsewhere) == "/dashboard/"
