@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/sessiond serve --host $(HOST) --port $(PORT)
 
+## Debian's Chromium for the browser tests (never a browser downloaded by the test tool).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
+
 ## Run every test (PostgreSQL tests use SESSIOND_TEST_DATABASE_URL, or an embedded server).
-test: install
+test: install chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

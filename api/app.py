@@ -24,6 +24,7 @@ from api.controllers.metrics import metrics
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
 from api.controllers.webhooks import WebhooksController
+from api.dashboard import Dashboard, template_config
 from api.docs import swagger_assets, swagger_plugin
 from api.fastpath import status_fast_path
 from api.openapi import complete_openapi
@@ -96,6 +97,7 @@ def create_app(
     ctx: ApiContext,
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = (),
 ) -> Litestar:
+    dashboard = Dashboard(ctx)
     handlers: list[ControllerRouterHandler] = [
         SessionsController,
         KeysController,
@@ -107,6 +109,7 @@ def create_app(
         HealthController,
         ping,
         swagger_assets(),
+        *dashboard.handlers,
     ]
     if ctx.simulator:
         handlers.append(SimulatorController)
@@ -131,9 +134,10 @@ def create_app(
         route_handlers=handlers,
         openapi_config=openapi,
         exception_handlers={Exception: handle_exception},
-        middleware=[status_fast_path, rate_limit_headers, allow_header],
-        state=State({"ctx": ctx}),
-        lifespan=list(lifespan),
+        middleware=[status_fast_path, rate_limit_headers, allow_header, dashboard.middleware],
+        state=State({"ctx": ctx, **dashboard.state}),
+        lifespan=[*lifespan, dashboard.lifespan],
+        template_config=template_config(),
         request_class=JsonRequest,
         request_max_body_size=ctx.max_body_bytes,
         debug=False,

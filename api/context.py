@@ -48,3 +48,10 @@ class ApiContext:
     webhook_queries: WebhookQueries
     #: Why a webhook URL can never be a target (a literal private address), or None.
     check_webhook_url: Callable[[str], str | None]
+    #: How far this process's copy of the views has got (a notification id): the dashboard's
+    #: live pages wait on it to learn that something changed.
+    view_position: Callable[[], int]
+    #: The dashboard's cookie-signing secret (SESSIOND_DASHBOARD_SECRET), or None to derive
+    #: it from the admin key; and whether its cookie is sent over HTTPS only.
+    dashboard_secret: str | None = None
+    dashboard_secure_cookie: bool = False

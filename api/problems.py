@@ -139,6 +139,11 @@ def _validation_problem(error: ValidationException) -> ProblemError:
 
 def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
     """The one exception handler of the app."""
+    return problem_response(as_problem(request, error), request)
+
+
+def as_problem(request: Request[Any, Any, Any], error: Exception) -> ProblemError:
+    """The problem an error is answered with (the dashboard renders the same one as HTML)."""
     if isinstance(error, ProblemError):
         problem = error
     elif isinstance(error, DomainError):
@@ -159,4 +164,4 @@ def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Respo
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         problem = ProblemError(500, "internal-error", "an unexpected error happened; it was logged")
-    return problem_response(problem, request)
+    return problem

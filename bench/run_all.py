@@ -30,6 +30,7 @@ BENCHMARKS = (
     "inbound_ingestion.py",
     "rebuild.py",
     "webhook_delivery.py",
+    "dashboard_list.py",
 )
 
 
@@ -169,7 +170,26 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 + ("" if rebuild["valid"] else " INVALID"),
             ]
         )
-    return rows + _webhook_rows(results)
+    return rows + _webhook_rows(results) + _dashboard_rows(results)
+
+
+def _dashboard_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    dashboard = results.get("dashboard_list.py")
+    if dashboard is None:
+        return [["dashboard list vs JSON list", "-", "-", "-", "-", "FAILED"]]
+    page, listed = dashboard["page"], dashboard["json_list"]
+    return [
+        [
+            f"dashboard list page, {dashboard['sessions']:,} sessions, vs JSON list (req/s)",
+            f"{listed['rps']:,.0f}",
+            f"{page['rps']:,.0f}",
+            f"{dashboard['ratio_page_json']:.2f}",
+            "p99 < 100 ms",
+            f"{verdict(dashboard['p99_met'])} (p50 {page['p50_ms']:.1f} ms, "
+            f"p99 {page['p99_ms']:.1f} ms at {dashboard['connections']} connections)"
+            + ("" if dashboard["valid"] else " INVALID"),
+        ]
+    ]
 
 
 def _webhook_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:

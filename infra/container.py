@@ -320,6 +320,9 @@ class Container:
             ),
             projection_lags=self.projection_lags,
             readiness=readiness,
+            view_position=lambda: read_models.position,
+            dashboard_secret=self.settings.dashboard_secret,
+            dashboard_secure_cookie=self.settings.dashboard_secure_cookie,
         )
 
     def projection_lags(self) -> dict[str, int]:

@@ -52,6 +52,8 @@ class Settings:
     webhook_concurrency: int = 64
     webhook_claim_hold: float = 60.0
     webhook_timeout: float = 10.0
+    dashboard_secret: str | None = None
+    dashboard_secure_cookie: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +91,11 @@ class Settings:
             webhook_concurrency=reader.integer("WEBHOOK_CONCURRENCY", 64, 1, 1000),
             webhook_claim_hold=reader.number("WEBHOOK_CLAIM_HOLD", 60.0, 0.5, 3600.0),
             webhook_timeout=reader.number("WEBHOOK_TIMEOUT", 10.0, 0.1, 120.0),
+            dashboard_secret=reader.optional("DASHBOARD_SECRET"),
+            dashboard_secure_cookie=reader.choice(
+                "DASHBOARD_SECURE_COOKIE", "false", ("true", "false")
+            )
+            == "true",
         )
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)
@@ -101,6 +108,8 @@ class Settings:
                 ) from None
         if settings.admin_key is not None and len(settings.admin_key) < 16:
             raise SettingsError("SESSIOND_ADMIN_KEY must be at least 16 characters long")
+        if settings.dashboard_secret is not None and len(settings.dashboard_secret) < 32:
+            raise SettingsError("SESSIOND_DASHBOARD_SECRET must be at least 32 characters long")
         if settings.redis_url is not None and not settings.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):

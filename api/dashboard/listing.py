@@ -1,0 +1,113 @@
+"""The sessions list (live), and creating a session."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.params import QueryParameter
+from litestar.response import Redirect, ServerSentEvent, Template
+
+from api.controllers.common import call, current_row, settle
+from api.dashboard.live import ViewChanges, stream
+from api.dashboard.present import FILTERS, ListPage, list_page
+from api.dashboard.security import DASHBOARD, SKIP_SESSION
+from api.dashboard.templating import fragment
+from api.dashboard.web import DashRequest, ctx_of, flash, page, see_other
+from domain.errors import InvalidValue
+from domain.values import ADMIN_ACTOR, MAX_NAME_LENGTH
+from projections.rows import SessionRow
+
+Filter = Annotated[str, QueryParameter(name="status", pattern="^(" + "|".join(FILTERS) + ")$")]
+PageNumber = Annotated[int, QueryParameter(name="page", ge=1, le=100_000)]
+
+
+LISTS_STATE = "dashboard_lists"
+
+
+class RenderedLists:
+    """The list's table as last rendered, per filter and page, while nothing has changed.
+
+    Every open list page re-renders its table on every change of the views, and every load of
+    the page renders it too: with many operators (or a reload storm) on 1,000 sessions, that
+    is the same 7 ms of work again and again. The key is what the table shows: the rows' count
+    and newest position (any change of a row moves it), the filter, the page, and the second
+    (the uptime column moves with time).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._tables: dict[tuple[int, int, str, int, int], tuple[ListPage, str]] = {}
+
+    def table(self, rows: list[SessionRow], wanted: str, number: int) -> tuple[ListPage, str]:
+        now = datetime.now(UTC)
+        newest = max((row.position for row in rows), default=0)
+        key = (len(rows), newest, wanted, number, int(now.timestamp()))
+        found = self._tables.get(key)
+        if found is None:
+            listing = list_page(rows, wanted, number, now)
+            found = (listing, fragment("_sessions.html", listing=listing))
+            if len(self._tables) >= self.size:
+                self._tables.clear()  # they are all a second old at most: start again
+            self._tables[key] = found
+        return found
+
+
+def _table(request: DashRequest, wanted: str, number: int) -> tuple[ListPage, str]:
+    lists: RenderedLists = request.app.state[LISTS_STATE]
+    return lists.table(ctx_of(request).read_models.sessions(), wanted, number)
+
+
+class ListController(Controller):
+    path = DASHBOARD
+    include_in_schema = False
+
+    @get("/")
+    async def sessions(
+        self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
+    ) -> Template:
+        """Every session with its state, last activity, queue and uptime; filtered by state."""
+        listing, table = _table(request, wanted, number)
+        return page(request, "list.html", listing=listing, table=table)
+
+    @get("/live/sessions", opt={SKIP_SESSION: True})
+    async def live_sessions(
+        self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
+    ) -> ServerSentEvent:
+        """The list's table, sent again whenever it changes."""
+        changes: ViewChanges = request.app.state.dashboard_changes
+
+        async def render() -> dict[str, str]:
+            return {"sessions-table": _table(request, wanted, number)[1]}
+
+        return stream(changes, render)
+
+    @get("/sessions/new")
+    async def new_session(self, request: DashRequest) -> Template:
+        """The form that names a new session."""
+        return page(request, "new.html", name="", error=None, max_name=MAX_NAME_LENGTH)
+
+    @post("/sessions")
+    async def create_session(self, request: DashRequest) -> Template | Redirect:
+        """Create the session (as the API does), then show its QR code to scan."""
+        ctx = ctx_of(request)
+        form = await request.form()
+        name = str(form.get("name") or "")
+        try:
+            created = await call(ctx.app.create_session, name, {}, None, ADMIN_ACTOR)
+        except InvalidValue as error:
+            message = str(error)
+            return page(
+                request,
+                "new.html",
+                status=422,
+                name=name,
+                error=message[:1].upper() + message[1:] + ".",
+                max_name=MAX_NAME_LENGTH,
+            )
+        await settle(ctx, created.position)
+        row = current_row(ctx, created.session_id)
+        key = created.first_key
+        flash(request, key={"key_id": key.key_id, "key": key.key, "label": key.label})
+        return see_other(f"{DASHBOARD}/sessions/{row.session_id}/link")

@@ -1,0 +1,119 @@
+"""Live updates over SSE: a stream re-renders its page's regions when the views change.
+
+The views' in-process copy (`ReadModels`) is refreshed from PostgreSQL notifications; one
+watcher per process waits on it and wakes every stream. A stream then renders its regions from
+that copy and sends those that changed. An idle stream holds no database connection, sends a
+comment every `HEARTBEAT` seconds (which also tells it when the client has gone), and ends
+after `LIFETIME` seconds (the browser reconnects by itself) or when the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from api.context import ApiContext
+
+log = logging.getLogger(__name__)
+HEARTBEAT = 15.0
+LIFETIME = 600.0
+COALESCE = 0.25  # a burst of changes is sent as one update
+RECONNECT_MS = 2000
+
+#: What a stream sends: region id -> its HTML; None when the stream should end.
+Render = Callable[[], Awaitable[dict[str, str] | None]]
+
+
+class ViewChanges:
+    """Wakes every live stream of this process when the views' copy moves on."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.closing = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._watch(), name="view-changes")
+        _on_stop_signal(loop, self._end_streams)
+
+    def _end_streams(self) -> None:
+        self.closing.set()
+        self._changed.set()
+
+    async def close(self) -> None:
+        self._end_streams()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            seen = self.ctx.view_position()
+            # One waiter for the whole process, however many streams are open.
+            await self.ctx.read_models.wait(seen + 1, HEARTBEAT)
+            if self.ctx.view_position() > seen:
+                changed, self._changed = self._changed, asyncio.Event()
+                changed.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Return when the views change, the server is closing, or after `timeout`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+def _on_stop_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call `callback` too when the process is asked to stop (SIGTERM, SIGINT).
+
+    The HTTP server (granian) drains open connections before it shuts the app down, so a
+    stream waiting for the app's shutdown would hold the server up for ever. The server's own
+    handler still runs after ours; where the server installed none on this loop, the signals
+    are left alone (the app's shutdown then ends the streams).
+    """
+    handlers: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers", {})
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous = handlers.get(number)
+        if previous is None:
+            continue
+
+        def handler(previous: asyncio.Handle = previous) -> None:
+            callback()
+            if not previous.cancelled():
+                previous._run()  # the server's handler (asyncio keeps no public way to chain)
+
+        try:
+            loop.add_signal_handler(number, handler)
+        except (RuntimeError, ValueError, NotImplementedError):
+            return  # not the main thread (the test client's loop): no signals to hear here
+
+
+async def _messages(changes: ViewChanges, render: Render) -> AsyncIterator[ServerSentEventMessage]:
+    sent: dict[str, str] = {}
+    ends_at = time.monotonic() + LIFETIME
+    yield ServerSentEventMessage(comment="live", retry=RECONNECT_MS)
+    while not changes.closing.is_set() and time.monotonic() < ends_at:
+        regions = await render()
+        if regions is None:
+            yield ServerSentEventMessage(event="end", data="")
+            return
+        changed = {k: v for k, v in regions.items() if sent.get(k) != v}
+        for region, html in changed.items():
+            yield ServerSentEventMessage(event=region, data=html)
+        sent.update(changed)
+        if not changed:
+            yield ServerSentEventMessage(comment="idle")
+        await changes.wait(HEARTBEAT)
+        await asyncio.sleep(COALESCE)
+
+
+def stream(changes: ViewChanges, render: Render) -> ServerSentEvent:
+    """The SSE answer of a live page; Litestar ends it when the client goes away."""
+    return ServerSentEvent(_messages(changes, render), headers={"Cache-Control": "no-store"})
