@@ -350,6 +350,8 @@ class Container:
             self.dispatcher.close()
         if self.worker is not None:
             self.worker.close()  # also closes the gateway
+        for supervisor in self.supervisors:  # all at once, then wait for each
+            supervisor.request_stop()
         for supervisor in self.supervisors:
             supervisor.stop()
         if self.read_models is not None:

@@ -35,8 +35,19 @@ log = logging.getLogger(__name__)
 WINDOW = 5000
 #: A subscription with more than this many notifications queued is detached (see above).
 BACKLOG_LIMIT = 20_000
+#: How often the listener looks whether it should stop (the longest a release waits for it).
+STOP_CHECK = 0.2
 #: Notifications per query, the hub's and a catching-up subscription's.
 PAGE = 500
+#: The hub's connections give up on a server that does not answer (connect, dead peer, query).
+CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "options": "-c statement_timeout=30000",
+}
 
 
 def _connect_kwargs(recorder: PostgresApplicationRecorder) -> dict[str, Any]:
@@ -90,14 +101,23 @@ class LogHub:
             recorder.datastore.schema,
             recorder.events_table_name,
         )
-        with cls._registry_lock:
-            hub = cls._hubs.get(key)
-            if hub is None:
-                hub = LogHub(key, recorder, poll_interval)
-                hub._start()  # raises if the database cannot be reached: nothing registered
-                cls._hubs[key] = hub
-            hub._refs += 1
-        return hub
+        while True:
+            with cls._registry_lock:
+                hub = cls._hubs.get(key)
+                if hub is not None:
+                    hub._refs += 1
+                    hub.poll_interval = min(hub.poll_interval, poll_interval)
+                    return hub
+            # Connect without holding the registry (a slow server must not stall the others'
+            # subscribe and release); raises if the database cannot be reached.
+            fresh = LogHub(key, recorder, poll_interval)
+            fresh._read_head()
+            with cls._registry_lock:
+                if key not in cls._hubs:  # else another thread made one meanwhile: use it
+                    fresh._refs = 1
+                    cls._hubs[key] = fresh
+                    fresh._start_threads()
+                    return fresh
 
     def release(self) -> None:
         with self._registry_lock:
@@ -113,12 +133,17 @@ class LogHub:
     # -- reading ------------------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(**self._connect_kwargs, autocommit=True, row_factory=dict_row)
+        # Bounded: a reader stuck on a dead connection would stall every view of the process.
+        return psycopg.connect(
+            **{**CONNECT_OPTIONS, **self._connect_kwargs}, autocommit=True, row_factory=dict_row
+        )
 
-    def _start(self) -> None:
+    def _read_head(self) -> None:
         with self._connect() as conn:
             row = conn.execute(self._select_head).fetchone()
         self._last = self._window_start = int(row["head"] or 0) if row else 0
+
+    def _start_threads(self) -> None:
         for thread in self._threads:
             thread.start()
 
@@ -129,10 +154,10 @@ class LogHub:
                     conn.execute(self._listen_statement)
                     self._notified.set()  # anything recorded before LISTEN is read too
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        for _ in conn.notifies(timeout=STOP_CHECK, stop_after=1):
                             self._notified.set()
             except Exception:
-                log.warning("the event log listener lost its connection; reconnecting")
+                log.warning("the event log listener failed; reconnecting", exc_info=True)
                 self._stopping.wait(0.5)
 
     def _pull(self) -> None:
@@ -146,7 +171,7 @@ class LogHub:
                 while not self._stopping.is_set() and self._read_page(conn) == PAGE:
                     pass
             except Exception:
-                log.warning("the event log reader lost its connection; reconnecting")
+                log.warning("the event log reader failed; reading again", exc_info=True)
                 if conn is not None:
                     conn.close()
                 conn = None

@@ -52,6 +52,8 @@ RESPONSE_EXCERPT = 1024
 MAX_RETRY_AFTER = 86_400.0
 #: Requests in flight on one HTTP client (one connection pool) at most; see above.
 CLIENT_SLOTS = 8
+#: How often the listener looks whether it should stop (the longest `close` waits for it).
+STOP_CHECK = 0.2
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ class WebhookDispatcher:
                 with psycopg.connect(self.database_url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {WEBHOOKS_CHANNEL}")
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        for _ in conn.notifies(timeout=STOP_CHECK, stop_after=1):
                             self._poke()
             except Exception:
                 log.exception("the webhook listener failed; reconnecting")

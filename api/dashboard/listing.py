@@ -12,7 +12,7 @@ from litestar.response import Redirect, ServerSentEvent, Template
 from api.controllers.common import call, current_row, settle
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import FILTERS, ListPage, list_page
-from api.dashboard.security import DASHBOARD, SKIP_SESSION
+from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, page, see_other
 from domain.errors import InvalidValue
@@ -81,7 +81,7 @@ class ListController(Controller):
         async def render() -> dict[str, str]:
             return {"sessions-table": _table(request, wanted, number)[1]}
 
-        return stream(changes, render)
+        return stream(changes, render, await sign_in_left(request))
 
     @get("/sessions/new")
     async def new_session(self, request: DashRequest) -> Template:
@@ -106,8 +106,10 @@ class ListController(Controller):
                 error=message[:1].upper() + message[1:] + ".",
                 max_name=MAX_NAME_LENGTH,
             )
+        key = created.first_key
+        # Kept for the next page first: if the views lag (503 below), the key is still shown
+        # on the session's page, not lost.
+        flash(request, key={"key_id": key.key_id, "key": key.key, "label": key.label})
         await settle(ctx, created.position)
         row = current_row(ctx, created.session_id)
-        key = created.first_key
-        flash(request, key={"key_id": key.key_id, "key": key.key, "label": key.label})
         return see_other(f"{DASHBOARD}/sessions/{row.session_id}/link")

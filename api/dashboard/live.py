@@ -64,10 +64,15 @@ class ViewChanges:
                 changed, self._changed = self._changed, asyncio.Event()
                 changed.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Return when the views change, the server is closing, or after `timeout`."""
+    def current(self) -> asyncio.Event:
+        """The event the next change sets: take it before reading the views, then `wait` on
+        it, so that a change made while the stream renders or sends wakes it at once."""
+        return self._changed
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Return when `event` is set (a change, or the server closing), or after `timeout`."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
 
 
 def _on_stop_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
@@ -95,11 +100,14 @@ def _on_stop_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None
             return  # not the main thread (the test client's loop): no signals to hear here
 
 
-async def _messages(changes: ViewChanges, render: Render) -> AsyncIterator[ServerSentEventMessage]:
+async def _messages(
+    changes: ViewChanges, render: Render, lifetime: float
+) -> AsyncIterator[ServerSentEventMessage]:
     sent: dict[str, str] = {}
-    ends_at = time.monotonic() + LIFETIME
+    ends_at = time.monotonic() + min(LIFETIME, lifetime)
     yield ServerSentEventMessage(comment="live", retry=RECONNECT_MS)
     while not changes.closing.is_set() and time.monotonic() < ends_at:
+        woken = changes.current()
         regions = await render()
         if regions is None:
             yield ServerSentEventMessage(event="end", data="")
@@ -110,10 +118,14 @@ async def _messages(changes: ViewChanges, render: Render) -> AsyncIterator[Serve
         sent.update(changed)
         if not changed:
             yield ServerSentEventMessage(comment="idle")
-        await changes.wait(HEARTBEAT)
+        await changes.wait(woken, min(HEARTBEAT, max(0.0, ends_at - time.monotonic())))
         await asyncio.sleep(COALESCE)
 
 
-def stream(changes: ViewChanges, render: Render) -> ServerSentEvent:
-    """The SSE answer of a live page; Litestar ends it when the client goes away."""
-    return ServerSentEvent(_messages(changes, render), headers={"Cache-Control": "no-store"})
+def stream(changes: ViewChanges, render: Render, lifetime: float = LIFETIME) -> ServerSentEvent:
+    """The SSE answer of a live page; Litestar ends it when the client goes away, and it ends
+    itself after `lifetime` seconds (at the latest when the operator's sign-in expires: the
+    browser's reconnect then meets the sign-in check)."""
+    return ServerSentEvent(
+        _messages(changes, render, lifetime), headers={"Cache-Control": "no-store"}
+    )

@@ -106,6 +106,15 @@ def is_signed_in(session: dict[str, Any]) -> bool:
     )
 
 
+async def sign_in_left(connection: ASGIConnection[Any, Any, Any, Any]) -> float:
+    """Seconds until the operator's sign-in expires (0 when not signed in)."""
+    sessions: Sessions = connection.app.state[SESSIONS_STATE]
+    session = await sessions.session_of(connection)
+    if not is_signed_in(session):
+        return 0.0
+    return max(0.0, float(session["since"]) + SIGNED_IN_FOR - time.time())
+
+
 def admin_key_matches(ctx: ApiContext, key: str) -> bool:
     """Compare in constant time (through the hashes: the key's length is not revealed)."""
     return hmac.compare_digest(hash_key(key), ctx.admin_key_hash)

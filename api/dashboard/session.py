@@ -17,7 +17,7 @@ from api.controllers.common import call, settle
 from api.dashboard import loaders
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import line, qr_panel
-from api.dashboard.security import DASHBOARD, SKIP_SESSION
+from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, live_row, page, see_other
 from api.qr import InvalidPhone, normalize_phone
@@ -134,7 +134,7 @@ class SessionController(Controller):
                 regions["session-timeline"] = known["html"]
             return regions
 
-        return stream(changes, render)
+        return stream(changes, render, await sign_in_left(request))
 
     # -- linking by phone number ----------------------------------------------------------
 
@@ -225,8 +225,9 @@ class SessionController(Controller):
             error = f"A key's label is 1 to {MAX_KEY_LABEL} printable characters."
             return await self._session_page(request, row, status=422, key_label=error)
         issued = await call(ctx.app.issue_key, row.session_id, label, ADMIN_ACTOR)
-        await settle(ctx, issued.position)
+        # Kept for the next page before waiting for the views (see `create_session`).
         flash(request, key={"key_id": issued.key_id, "key": issued.key, "label": issued.label})
+        await settle(ctx, issued.position)
         return see_other(_path(row, "#keys"))
 
     @post(SESSION + "/keys/{key_id:str}/revoke")
@@ -249,7 +250,7 @@ class SessionController(Controller):
         ctx, row, raw = await _posted(request, session_id, "requests_per_minute")
         value: int | None = None
         if raw:
-            value = int(raw) if raw.isascii() and raw.isdigit() else 0
+            value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else 0
             if not 1 <= value <= MAX_REQUESTS_PER_MINUTE:
                 error = (
                     f"Enter a whole number from 1 to {MAX_REQUESTS_PER_MINUTE:,}, "

@@ -156,6 +156,8 @@ async def test_stop_reconnect_key_rate_limit_and_delete_go_through_the_applicati
     zero = await dash.post(base + "/rate-limit", {"requests_per_minute": "0"})
     assert zero.status_code == 422
     assert "Enter a whole number from 1 to" in zero.text
+    huge = await dash.post(base + "/rate-limit", {"requests_per_minute": "9" * 5000})
+    assert huge.status_code == 422  # not a 500 from int() refusing 5,000 digits
     assert (
         await dash.post(base + "/rate-limit", {"requests_per_minute": "120"})
     ).status_code == 303
