@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,21 @@ def test_two_workers_share_the_sessions_and_one_takes_over_when_the_other_dies(
 
         first.stop(signal.SIGKILL)
         killed_at = time.monotonic()
+        killed_wall = datetime.now(UTC)
 
         def all_back() -> bool:
+            # The dead worker's sessions still read "connected" (from before) until the
+            # survivor records their loss and connects them again: wait for three sessions
+            # connected since the kill, not only for the leases and the status.
             owners = _owners(database_url)
-            connected = all(status(client, s)["status"] == "connected" for s in sessions)
-            return connected and list(owners.values()) == [6]
+            states = [status(client, s) for s in sessions]
+            connected = all(state["status"] == "connected" for state in states)
+            again = sum(
+                datetime.fromisoformat(state["connectedAt"].replace("Z", "+00:00")) > killed_wall
+                for state in states
+                if state["connectedAt"]
+            )
+            return connected and list(owners.values()) == [6] and again >= 3
 
         eventually(all_back, timeout=15, what="every session on the surviving worker")
         took = time.monotonic() - killed_at
