@@ -6,14 +6,17 @@ is reported next to a baseline measured in the same run (interleaved rounds, med
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -90,3 +93,24 @@ def print_table(
     print(line(["-" * w for w in widths]))
     for row in rows:
         print(line(row))
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_on_termination() -> None:
+    """SIGTERM and SIGHUP raise SystemExit, so that `finally` blocks and atexit hooks stop
+    the processes and drop the databases a benchmark started."""
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _raise_exit)
+
+
+def run_bench(
+    bench: Callable[[argparse.Namespace], dict[str, Any]], args: argparse.Namespace
+) -> int:
+    """Run `bench`, write its result for `run_all.py`; the exit code says whether it was valid."""
+    exit_on_termination()
+    result = bench(args)
+    write_result(args.json_out, result)
+    return 0 if result["valid"] else 1

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from benchutil import fresh_database, median, print_table, ratio, verdict, write_result
+from benchutil import fresh_database, median, print_table, ratio, run_bench, verdict
 
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR, session_uuid
@@ -210,10 +208,6 @@ def verify(app: SessionsApplication, sessions: list[BenchSession]) -> list[str]:
 # -- the benchmark ----------------------------------------------------------------------------
 
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     by_writers: dict[str, Any] = {}
     with fresh_database() as url:
@@ -351,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")
     if not args.writers or not all(1 <= n <= 64 for n in args.writers):
         parser.error("writer counts must be 1..64")
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    result = bench(args)
-    write_result(args.json_out, result)
-    return 0 if result["valid"] else 1
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

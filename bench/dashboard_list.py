@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import fresh_database, median, print_table, ratio, write_result
+from benchutil import fresh_database, median, print_table, ratio, run_bench
 from status_read import (
     ADMIN_KEY,
     Load,
@@ -39,7 +38,6 @@ from status_read import (
     PythonClient,
     Server,
     Wrk,
-    _raise_exit,
     describe,
     ensure_wrk,
     summarise,
@@ -220,11 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")
     if not 6 <= args.sessions <= 20_000:
         parser.error("sessions must be 6..20,000")
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    result = bench(args)
-    write_result(args.json_out, result)
-    return 0 if result["valid"] else 1
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

@@ -54,12 +54,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from benchutil import ROOT, fresh_database, median, print_table, ratio, verdict, write_result
+from benchutil import ROOT, fresh_database, median, print_table, ratio, run_bench, verdict
 
 from application.sessions import SessionsApplication
 from domain.policy import ReconnectPolicy
@@ -103,10 +102,6 @@ signal.signal(signal.SIGUSR2, trim)
 from infra.cli import main
 sys.exit(main(["worker"]))
 """
-
-
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 # -- the sessiond processes ---------------------------------------------------------------------
@@ -897,11 +892,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("sessions must be 1..20000 and rounds 1..20")
     if not 0 <= args.duration <= 120 or not 0 <= args.settle <= 120:
         parser.error("duration and settle must be 0..120 s")
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    result = bench(args)
-    write_result(args.json_out, result)
-    return 0 if result["valid"] else 1
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

@@ -29,17 +29,15 @@ its session's.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from uuid import uuid4
 
 import psycopg
-from benchutil import fresh_database, median, print_table, ratio, verdict, write_result
+from benchutil import fresh_database, median, print_table, ratio, run_bench, verdict
 from psycopg.sql import SQL, Identifier
 
 from application.keys import SESSION_KEY_KIND, generate_key
@@ -54,10 +52,6 @@ TARGET_RATIO = 0.35
 TARGET_SECONDS_PER_MILLION = 60.0
 INSERT_BATCH = 20_000
 VIEW = "session_status"
-
-
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 # -- the log ----------------------------------------------------------------------------------
@@ -323,11 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("events must be 1,000..20,000,000 and rounds 1..10")
     if not 1 <= args.sessions <= args.events // 2:
         parser.error("sessions must be 1..events / 2 (each starts with two events)")
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    result = bench(args)
-    write_result(args.json_out, result)
-    return 0 if result["valid"] else 1
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from benchutil import print_table, verdict
+from benchutil import exit_on_termination, print_table, verdict
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
@@ -32,10 +31,6 @@ BENCHMARKS = (
     "webhook_delivery.py",
     "dashboard_list.py",
 )
-
-
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 def run(script: str, options: list[str], workdir: Path) -> tuple[int, dict[str, Any] | None]:
@@ -229,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         options += ["--duration", str(args.duration)]
     if args.rounds is not None:
         options += ["--rounds", str(args.rounds)]
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
+    exit_on_termination()
     codes: dict[str, int] = {}
     results: dict[str, dict[str, Any] | None] = {}
     with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:

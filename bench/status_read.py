@@ -33,19 +33,10 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
-from benchutil import (
-    ROOT,
-    fresh_database,
-    median,
-    print_table,
-    ratio,
-    verdict,
-    write_result,
-)
+from benchutil import ROOT, fresh_database, median, print_table, ratio, run_bench, verdict
 
 HOST = "127.0.0.1"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -347,10 +338,6 @@ class PythonClient(LoadGenerator):
 # -- the benchmark ----------------------------------------------------------------------------
 
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def describe(label: str, load: Load) -> str:
     return (
         f"{label:<6} {load.rps:>9,.0f} req/s  p50 {load.p50_ms:6.2f} ms  p99 {load.p99_ms:6.2f} ms"
@@ -491,11 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.duration <= 120:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    result = bench(args)
-    write_result(args.json_out, result)
-    return 0 if result["valid"] else 1
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

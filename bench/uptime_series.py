@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import tempfile
 import time
@@ -32,12 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 import psycopg
-from benchutil import fresh_database, median, print_table, ratio, write_result
+from benchutil import fresh_database, median, print_table, ratio, run_bench
 from status_read import BenchSession, Server, create_session
 
 from domain.values import session_uuid
@@ -50,10 +48,6 @@ STOPPED_HOURS = (  # [first, last) hours of the window in which the session was 
     (4_500, 4_520),
     (7_000, 7_100),
 )
-
-
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 # -- the fixture ------------------------------------------------------------------------------
@@ -323,11 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 1 <= args.requests <= 10_000 or args.warmup < 0:
         parser.error("rounds must be 1..20, requests 1..10000 and warmup ≥ 0")
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    result = bench(args)
-    write_result(args.json_out, result)
-    return 0 if result["valid"] else 1
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

@@ -62,13 +62,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
 import psycopg
-from benchutil import ROOT, fresh_database, median, print_table, ratio, verdict, write_result
+from benchutil import ROOT, fresh_database, median, print_table, ratio, run_bench, verdict
 from standardwebhooks.webhooks import Webhook
 
 from application.ports import InboundMessage
@@ -134,10 +133,6 @@ if out:
 from infra.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 # -- the receiver (its own process) -------------------------------------------------------------
@@ -995,11 +990,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("events must be 100..100000 and rounds 1..20")
     if not 1 <= args.duration <= 120 or min(args.rate_1, args.rate_4, args.rate_light) <= 0:
         parser.error("duration must be 1..120 s and the rates positive")
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    result = bench(args)
-    write_result(args.json_out, result)
-    return 0 if result["valid"] else 1
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

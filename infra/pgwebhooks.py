@@ -392,7 +392,7 @@ class WebhookStore(WebhookQueries):
                 (webhook_id, delivery_id),
             )
             found = curs.fetchone() is not None
-            curs.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
+            curs.execute(NOTIFY_DELIVERIES)
         return found
 
     def replay(self, deliveries: list[NewDelivery]) -> int:
@@ -415,5 +415,5 @@ class WebhookStore(WebhookQueries):
                     for d in deliveries
                 ],
             )
-            curs.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
+            curs.execute(NOTIFY_DELIVERIES)
         return len(deliveries)
