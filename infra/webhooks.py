@@ -12,10 +12,9 @@
 
 Round trips are shared: a claim fetches its batch's events in one more query, and the
 attempts that finish while the previous ones are being written are written together, in one
-transaction (each delivery's slot is held until its attempt is recorded, as before). Requests
-are spread over several HTTP clients with at most `CLIENT_SLOTS` in flight each: httpcore's pool
-rescans its connections and queued requests on every request and every answer, so one client
-with 64 in flight costs about 6 ms of CPU per request, against 1 ms with 8.
+transaction (each delivery's slot is held until its attempt is recorded, as before). The POSTs go
+through one client (`infra.webhook_http`: httpx on aiohttp's pool), `concurrency` at most in
+flight.
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from uuid import UUID
@@ -43,6 +41,7 @@ from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.webhook import WebhookEndpoint
 from infra.pgwebhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
+from infra.webhook_http import webhook_client
 from projections.webhooks import webhook_body
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,6 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
 RESPONSE_EXCERPT = 1024
 MAX_RETRY_AFTER = 86_400.0
-#: Requests in flight on one HTTP client (one connection pool) at most; see above.
-CLIENT_SLOTS = 8
 #: How often the listener looks whether it should stop (the longest `close` waits for it).
 STOP_CHECK = 0.2
 
@@ -127,43 +124,6 @@ class _Signer:
                 self._signers.clear()
             signer = self._signers[secret] = Webhook(secret)
         return signer
-
-
-class _Clients:
-    """`concurrency` requests in flight over enough clients that none has more than
-    `CLIENT_SLOTS`; a request takes the first client with a free slot, so a light load keeps
-    to the first one and its keep-alive connections."""
-
-    def __init__(
-        self,
-        factory: Callable[[DispatcherSettings], httpx.AsyncClient],
-        settings: DispatcherSettings,
-    ) -> None:
-        self.slots = min(CLIENT_SLOTS, settings.concurrency)
-        count = math.ceil(settings.concurrency / self.slots)
-        each = replace(settings, concurrency=self.slots)
-        self.clients = [factory(each) for _ in range(count)]
-        self.busy = [0] * count
-        self._stack = contextlib.AsyncExitStack()
-
-    async def __aenter__(self) -> _Clients:
-        for client in self.clients:
-            await self._stack.enter_async_context(client)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[httpx.AsyncClient]:
-        """A client with a free slot (there is one: in-flight requests are bounded by the
-        dispatcher's concurrency), held until the attempt is over."""
-        index = next(i for i, busy in enumerate(self.busy) if busy < self.slots)
-        self.busy[index] += 1
-        try:
-            yield self.clients[index]
-        finally:
-            self.busy[index] -= 1
 
 
 @dataclass
@@ -250,9 +210,9 @@ class WebhookDispatcher:
             tasks.discard(task)
             freed.set()
 
-        # Built in a thread: each client loads the CA certificates (a fraction of a second).
-        clients = await asyncio.to_thread(_Clients, self._client_factory, self.settings)
-        async with clients:
+        # Built in a thread: the client loads the CA certificates (a fraction of a second).
+        client = await asyncio.to_thread(self._client_factory, self.settings)
+        async with client:
             recorder = asyncio.create_task(self._record_loop())
             while not self._stopping.is_set():
                 free = concurrency - len(tasks)
@@ -264,7 +224,7 @@ class WebhookDispatcher:
                     except Exception:
                         log.exception("could not claim webhook deliveries")
                 for item, endpoint, body in claimed:
-                    task = asyncio.create_task(self._deliver(clients, item, endpoint, body))
+                    task = asyncio.create_task(self._deliver(client, item, endpoint, body))
                     tasks.add(task)
                     task.add_done_callback(ended)
                 if free > 0 and len(claimed) < free:  # nothing more due now: news or the poll
@@ -311,11 +271,10 @@ class WebhookDispatcher:
         return endpoint, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     async def _deliver(
-        self, clients: _Clients, item: Claimed, endpoint: WebhookEndpoint, body: str
+        self, client: httpx.AsyncClient, item: Claimed, endpoint: WebhookEndpoint, body: str
     ) -> None:
         try:
-            with clients.slot() as client:
-                recording = await self._attempt(client, item, endpoint, body)
+            recording = await self._attempt(client, item, endpoint, body)
             self._recordings.append(recording)
             assert self._to_record is not None
             self._to_record.set()
@@ -458,8 +417,6 @@ async def _start_of(response: httpx.Response) -> str:
 
 
 def _default_client(settings: DispatcherSettings) -> httpx.AsyncClient:
-    from infra.webhook_http import webhook_client  # noqa: PLC0415
-
     return webhook_client(
         allow_private=settings.allow_private,
         connect_timeout=settings.connect_timeout,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpcore
 import httpx
 import pytest
 from cryptography import x509
@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from infra.webhook_http import (
     BlockedAddress,
-    VettingBackend,
+    _Policy,
+    _VettingResolver,
     check_url,
     is_public,
     webhook_client,
@@ -196,6 +197,74 @@ async def test_the_environment_proxy_is_ignored(
     assert response.status_code == 204
 
 
+async def test_cookies_a_receiver_sets_are_never_sent_back(canary: Canary) -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            seen.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: tenant=a; Path=/\r\nContent-Length: 0\r\n\r\n"
+            )
+            await writer.drain()
+            if len(seen) == 2:
+                break
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, webhook_client(allow_private=True) as client:
+        for _ in range(2):
+            response = await client.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
+            assert response.status_code == 200
+        server.close()
+
+    assert len(seen) == 2
+    assert b"cookie:" not in seen[1].lower()
+
+
+class _FixedResolver:
+    """Resolves every name to the same addresses."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, object]]:
+        return [
+            {"hostname": host, "host": a, "port": port, "family": 0, "proto": 0, "flags": 0}
+            for a in self.addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_name_with_one_private_address_among_public_ones_is_refused() -> None:
+    resolver = _VettingResolver(_Policy(allow_private=False, private_only=False))
+    resolver._inner = _FixedResolver("93.184.216.34", "10.0.0.7")  # type: ignore[assignment]
+    with pytest.raises(OSError, match=r"non-public address 10\.0\.0\.7"):
+        await resolver.resolve("mixed.example", 443)
+    resolver._inner = _FixedResolver("93.184.216.34", "2606:2800:220:1::")  # type: ignore[assignment]
+    assert [r["host"] for r in await resolver.resolve("public.example", 443)] == [
+        "93.184.216.34",
+        "2606:2800:220:1::",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("address", "family"),
+    [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6), ("169.254.169.254", socket.AF_INET)],
+)
+def test_the_socket_factory_refuses_a_private_address_whatever_led_to_it(
+    address: str, family: socket.AddressFamily
+) -> None:
+    make = _Policy(allow_private=False, private_only=False).socket_factory()
+    with pytest.raises(OSError, match="non-public address"):
+        make((family, socket.SOCK_STREAM, 6, "", (address, 443)))
+    allowed = _Policy(allow_private=True, private_only=False).socket_factory()
+    allowed((family, socket.SOCK_STREAM, 6, "", (address, 443))).close()
+
+
 def _certificate_for_localhost(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -233,18 +302,13 @@ async def test_tls_verifies_the_host_name_although_the_connection_is_made_to_the
     server = await asyncio.start_server(canary.handle, "127.0.0.1", 0, ssl=server_context)
     port = server.sockets[0].getsockname()[1]
     client_context = ssl.create_default_context(cafile=str(cert_path))
-    async with (
-        server,
-        httpcore.AsyncConnectionPool(
-            ssl_context=client_context, network_backend=VettingBackend(allow_private=True)
-        ) as pool,
-    ):
+    async with server, webhook_client(allow_private=True, ssl_context=client_context) as client:
         # Check the certificate for "localhost" is accepted: SNI and verification use the name.
-        response = await pool.request("POST", f"https://localhost:{port}/hook")
-        assert response.status == 204
+        response = await client.post(f"https://localhost:{port}/hook")
+        assert response.status_code == 204
         # Check a certificate that does not name the host is still refused.
-        with pytest.raises(httpcore.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|mismatch"):
-            await pool.request("POST", f"https://127.0.0.1:{port}/hook")
+        with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|mismatch"):
+            await client.post(f"https://127.0.0.1:{port}/hook")
         server.close()
 
     assert canary.requests == ["POST /hook HTTP/1.1"]
@@ -340,3 +404,26 @@ def test_check_url_lets_loopback_through_when_private_targets_are_allowed() -> N
     assert check_url("http://127.0.0.1:8080/hook", allow_private=True) is None
     # Check a name is never judged at registration: it is vetted when connecting.
     assert check_url("http://localhost:8080/hook") is None
+
+
+async def test_transport_errors_keep_their_httpx_class() -> None:
+    # A closed port: refused at once, a ConnectError (httpx-aiohttp alone says ConnectTimeout).
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()[1]
+    probe.close()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()  # no answer at all
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, webhook_client(allow_private=True, connect_timeout=2) as client:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await client.post(f"http://127.0.0.1:{closed_port}/hook")
+        with pytest.raises(httpx.RemoteProtocolError, match="disconnected"):
+            await client.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
+        server.close()
+
+    assert not isinstance(refused.value, BlockedAddress)
