@@ -7,12 +7,17 @@ is reported next to a baseline measured in the same run (interleaved rounds, med
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import os
+import re
 import signal
 import statistics
+import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +30,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TIME_PATTERN = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 def base_database_url() -> str:
@@ -114,3 +121,91 @@ def run_bench(
     result = bench(args)
     write_result(args.json_out, result)
     return 0 if result["valid"] else 1
+
+
+def machine_busy_seconds() -> float:
+    """CPU time used on the machine so far, every core (from /proc/stat: not idle, not iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class Role:
+    """A process of the benchmark (a ``sessiond`` role, a receiver) in its own process group,
+    its output in ``<workdir>/<name>.log``; `stop` ends the group (also at exit)."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        *,
+        python: bool = True,
+    ) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(  # our own CLI and scripts, fixed arguments
+            [sys.executable, *args] if python else args,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.paused = False
+        atexit.register(self.stop)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def problems(self) -> Counter[str]:
+        """The log's WARNING, ERROR and traceback lines, counted by message (ids and times
+        taken out)."""
+        text = self.log_path.read_text(errors="replace")
+        keys = ("WARNING", "ERROR", "CRITICAL", "Traceback")
+        found: Counter[str] = Counter()
+        for line in text.splitlines():
+            if any(k in line for k in keys):
+                message = UUID_PATTERN.sub("<id>", line.split(" ", 2)[-1])
+                found[TIME_PATTERN.sub("<time>", message)[:160]] += 1
+        return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the process has used so far."""
+        text = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def pause(self) -> None:
+        if not self.paused:
+            os.killpg(self.pid, signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            os.killpg(self.pid, signal.SIGCONT)
+            self.paused = False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGCONT)  # a paused group ends too
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.process.wait(5)
+        if not self._log.closed:
+            self._log.close()

@@ -37,12 +37,8 @@ medians of three storms and three baselines.
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import os
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,7 +54,16 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from benchutil import ROOT, fresh_database, median, print_table, ratio, run_bench, verdict
+from benchutil import (
+    Role,
+    fresh_database,
+    machine_busy_seconds,
+    median,
+    print_table,
+    ratio,
+    run_bench,
+    verdict,
+)
 
 from application.sessions import SessionsApplication
 from domain.policy import ReconnectPolicy
@@ -79,8 +84,6 @@ BASELINE_THREADS = 8
 CORES = os.cpu_count() or 1
 POLL = 0.02  # seconds between readings of the status view during a storm
 STATUS_TABLE = "session_status"
-UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-TIME_PATTERN = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 STORM_EVENTS = (Session.Disconnected, Session.ReconnectAttempted, Session.Connected)
 
 # The worker, with two signal handlers added; everything else is `sessiond worker` itself.
@@ -105,67 +108,6 @@ sys.exit(main(["worker"]))
 
 
 # -- the sessiond processes ---------------------------------------------------------------------
-
-
-class Role:
-    """One ``sessiond`` role in its own process group; `stop` ends the group."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(  # our own CLI, fixed arguments
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        atexit.register(self.stop)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def problems(self) -> Counter[str]:
-        """The log's WARNING, ERROR and traceback lines, counted by message (ids and times
-        taken out)."""
-        text = self.log_path.read_text(errors="replace")
-        keys = ("WARNING", "ERROR", "CRITICAL", "Traceback")
-        found: Counter[str] = Counter()
-        for line in text.splitlines():
-            if any(k in line for k in keys):
-                message = UUID_PATTERN.sub("<id>", line.split(" ", 2)[-1])
-                found[TIME_PATTERN.sub("<time>", message)[:160]] += 1
-        return found
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the process has used so far."""
-        text = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = text[text.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        if not self._log.closed:
-            self._log.close()
 
 
 class Worker(Role):
@@ -385,12 +327,6 @@ class Storm:
     @property
     def others_cpu_s(self) -> float:
         return self.machine_busy_s - self.worker_cpu_s - self.projector_cpu_s - self.bench_cpu_s
-
-
-def machine_busy_seconds() -> float:
-    """CPU time used on the machine so far, every core (from /proc/stat: not idle, not iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def connected_versions(db: Database, session_ids: Sequence[str]) -> dict[str, int]:

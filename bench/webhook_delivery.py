@@ -50,15 +50,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,7 +67,17 @@ from uuid import UUID, uuid4
 
 import httpx
 import psycopg
-from benchutil import ROOT, fresh_database, median, print_table, ratio, run_bench, verdict
+from benchutil import (
+    ROOT,
+    Role,
+    fresh_database,
+    machine_busy_seconds,
+    median,
+    print_table,
+    ratio,
+    run_bench,
+    verdict,
+)
 from httpx_aiohttp import AiohttpTransport
 from standardwebhooks.webhooks import Webhook
 
@@ -231,79 +239,6 @@ def serve_receiver(port_file: str) -> int:
 
 
 # -- the processes ------------------------------------------------------------------------------
-
-
-class Role:
-    """One process in its own process group; `stop` ends the group."""
-
-    def __init__(
-        self, name: str, args: list[str], env: dict[str, str], workdir: Path, *, python: bool
-    ) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(  # our own CLI and script, fixed arguments
-            [sys.executable, *args] if python else args,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.paused = False
-        atexit.register(self.stop)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def problems(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace")
-        keys = ("WARNING", "ERROR", "CRITICAL", "Traceback")
-        return [line[:200] for line in text.splitlines() if any(k in line for k in keys)]
-
-    def cpu_seconds(self) -> float:
-        text = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = text[text.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def pause(self) -> None:
-        if not self.paused:
-            os.killpg(self.pid, signal.SIGSTOP)
-            self.paused = True
-
-    def resume(self) -> None:
-        if self.paused:
-            os.killpg(self.pid, signal.SIGCONT)
-            self.paused = False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGCONT)
-                os.killpg(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal.SIGKILL)
-                self.process.wait(5)
-        if not self._log.closed:
-            self._log.close()
-
-
-def machine_busy_seconds() -> float:
-    """CPU time used on the machine so far, every core (from /proc/stat: not idle, not iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -734,7 +669,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         db = Database(url)
         roles: list[Role] = []
         phases: list[Phase] = []
-        log_problems: dict[str, list[str]] = {}
+        log_problems: dict[str, Counter[str]] = {}
         try:
             sessions = []
             for n in range(SESSIONS):
@@ -869,7 +804,7 @@ def show_profile(path: Path, name: str) -> None:
 
 
 def report(
-    args: argparse.Namespace, phases: list[Phase], log_problems: dict[str, list[str]]
+    args: argparse.Namespace, phases: list[Phase], log_problems: dict[str, Counter[str]]
 ) -> dict[str, Any]:
     def of(kind: str, workers: int) -> list[Phase]:
         return [p for p in phases if p.kind == kind and p.workers == workers]
@@ -946,7 +881,7 @@ def report(
     result["latency_met"] = four["p99_ms"] < TARGET_P99_MS
     problems = [p for phase in phases for p in phase.problems]
     result["problems"] = problems[:50]
-    result["log_problems"] = {k: len(v) for k, v in log_problems.items()}
+    result["log_problems"] = {k: v.total() for k, v in log_problems.items()}
     result["valid"] = not problems
     print(
         f"\nWebhook delivery — {args.events:,} events per burst, {args.duration:g} s of steady "
@@ -967,7 +902,8 @@ def report(
     )
     for name, lines in log_problems.items():
         if lines:
-            print(f"- {name} log: {len(lines)} warning/error lines, e.g. {lines[0]}")
+            line, count = lines.most_common(1)[0]
+            print(f"- {name} log: {lines.total()} warning/error lines, e.g. {count}x {line}")
     if problems:
         print(f"INVALID RUN: {len(problems)} problems (see above)")
     return result
