@@ -21,7 +21,7 @@ import ipaddress
 import re
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,16 @@ class _Refused(OSError):
     """An address the policy refuses; raised where aiohttp expects an `OSError`."""
 
 
+def _parsed(address: str) -> IPAddress:
+    """An address aiohttp is about to use; one that does not parse is refused."""
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        raise _Refused(
+            f"webhook target address {address!r} is not an IP address; refused"
+        ) from None
+
+
 @dataclass(frozen=True)
 class _Policy:
     """Which addresses a webhook may be sent to."""
@@ -182,7 +192,7 @@ class _Policy:
         def make(addr_info: tuple[Any, ...]) -> socket.socket:
             family, kind, proto, _, sockaddr = addr_info
             address = str(sockaddr[0])
-            self.check(address, [ipaddress.ip_address(address)])
+            self.check(address, [_parsed(address)])
             return socket.socket(family, kind, proto)
 
         return make
@@ -200,7 +210,7 @@ class _VettingResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        self._policy.check(host, [ipaddress.ip_address(r["host"]) for r in results])
+        self._policy.check(host, [_parsed(r["host"]) for r in results])
         return results
 
     async def close(self) -> None:
@@ -226,8 +236,45 @@ _HTTPX_CLASSES: tuple[tuple[type[BaseException], type[httpx.TransportError]], ..
     (aiohttp.ClientConnectorError, httpx.ConnectError),
     (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
     (aiohttp.ClientPayloadError, httpx.ReadError),
-    (aiohttp.ClientOSError, httpx.ReadError),
+    (aiohttp.ClientOSError, httpx.ReadError),  # a reset connection among others
+    (aiohttp.ClientConnectionError, httpx.RemoteProtocolError),  # "Connection closed"
+    (aiohttp.ClientError, httpx.RemoteProtocolError),  # a malformed answer, whatever else
 )
+
+
+def _as_httpx(exc: BaseException, request: httpx.Request) -> httpx.TransportError | None:
+    """The httpx exception for one the transport raised (httpx-aiohttp's, already mapped by
+    its table, or aiohttp's own, which its table misses: a malformed answer is one); None if
+    it is none of aiohttp's."""
+    refused = _refusal(exc)
+    if refused is not None:
+        return BlockedAddress(str(refused), request=request)
+    cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
+    for kind, mapped in _HTTPX_CLASSES:
+        if isinstance(cause, kind):
+            return mapped(str(exc), request=request)
+    return None
+
+
+class _MappedStream(httpx.AsyncByteStream):
+    """The answer's body, its errors mapped as `handle_async_request`'s are."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
+        self._inner = inner
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            raise (_as_httpx(exc, self._request) or exc) from exc
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            raise (_as_httpx(exc, self._request) or exc) from exc
 
 
 class _VettedTransport(AiohttpTransport):
@@ -266,16 +313,12 @@ class _VettedTransport(AiohttpTransport):
         try:
             if literal is not None:  # aiohttp would not resolve it, nor judge its spelling
                 self._policy.check(host, [literal])
-            return await super().handle_async_request(request)
-        except (_Refused, httpx.TransportError) as exc:
-            refused = _refusal(exc)
-            if refused is not None:
-                raise BlockedAddress(str(refused), request=request) from exc
-            cause = exc.__cause__
-            for kind, mapped in _HTTPX_CLASSES:
-                if isinstance(cause, kind):
-                    raise mapped(str(exc), request=request) from cause
-            raise
+            response = await super().handle_async_request(request)
+        except (_Refused, httpx.TransportError, aiohttp.ClientError) as exc:
+            raise (_as_httpx(exc, request) or exc) from exc
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _MappedStream(response.stream, request)
+        return response
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -300,8 +343,10 @@ def webhook_client(
     `allow_private` lets loopback and private targets through (development and tests only);
     `private_only` lets only them through (tests, closed networks: nothing leaves the host's
     networks). `ssl_context` replaces the system's certificate authorities (tests).
-    Connect and read are bounded; a receiver that trickles bytes is bounded only by the caller's
-    overall deadline. Build it outside the event loop: it loads the certificate authorities.
+    Connect and read are bounded; a receiver that trickles bytes, or whose chunked body breaks
+    after the headers (aiohttp then stops the read timer and the body never ends), is bounded
+    only by the caller's overall deadline: always set one. Build it outside the event loop: it
+    loads the certificate authorities.
     """
     transport = _VettedTransport(
         _Policy(allow_private=allow_private, private_only=private_only),

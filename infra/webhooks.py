@@ -289,6 +289,7 @@ class WebhookDispatcher:
         headers = {
             "content-type": "application/json",
             "user-agent": "sessiond-webhooks/1",
+            "accept-encoding": "identity",  # the answer's start is logged as it came
             "webhook-id": item.event_id,
             "webhook-timestamp": str(int(at.timestamp())),
             "webhook-signature": self.signer.signature(endpoint, item.event_id, at, body),
@@ -319,6 +320,9 @@ class WebhookDispatcher:
                 error = f"HTTP {status}"
         except (httpx.HTTPError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__
+        except Exception as exc:  # a failed attempt all the same: recorded, tried again later
+            log.warning("delivering %s: unexpected %r", item.delivery_id, exc, exc_info=True)
+            error = f"unexpected {type(exc).__name__}: {exc}"[:500]
         duration_ms = (time.monotonic() - started) * 1000
         delivered = status is not None and 200 <= status < 300
         delay = (

@@ -37,6 +37,7 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes | None = None  # written instead of an HTTP answer (then the connection closes)
 
 
 class Receiver:
@@ -60,6 +61,10 @@ class Receiver:
                     receiver.arrived.notify_all()
                 if answer.delay:
                     time.sleep(answer.delay)
+                if answer.raw is not None:
+                    self.wfile.write(answer.raw)
+                    self.close_connection = True
+                    return
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)

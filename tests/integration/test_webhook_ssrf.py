@@ -427,3 +427,31 @@ async def test_transport_errors_keep_their_httpx_class() -> None:
         server.close()
 
     assert not isinstance(refused.value, BlockedAddress)
+
+
+async def test_a_malformed_answer_or_a_cut_body_is_an_httpx_error() -> None:
+    answers = iter(
+        [
+            b"HELLO\r\n\r\n",  # not HTTP at all
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",  # then closed
+        ]
+    )
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(next(answers))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    async with server, webhook_client(allow_private=True, connect_timeout=2) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(url)
+        response = await client.send(client.build_request("POST", url), stream=True)
+        assert response.status_code == 200
+        with pytest.raises(httpx.ReadError):
+            async for _ in response.aiter_raw():
+                pass
+        await response.aclose()
+        server.close()

@@ -196,6 +196,29 @@ async def test_a_receiver_that_refuses_connections_gets_the_events_later(api: Ap
     assert created["sessionId"] == items[0]["sessionId"]
 
 
+async def test_a_malformed_answer_is_a_failed_attempt_and_the_event_comes_again(
+    api: Api, hook: Receiver
+) -> None:
+    hook.script = [Answer(raw=b"HELLO\r\n\r\n")]
+    webhook = await register(api, hook.url, ["session.created"])
+    await api.create_session("Garbled")
+    first, second = await wait_received(hook, lambda r: r[:2] if len(r) >= 2 else None)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+
+    async def delivered() -> Any:
+        page = (
+            await api.client.get(f"/webhooks/{webhook['webhookId']}/deliveries", headers=ADMIN)
+        ).json()
+        items = page["items"]
+        return items if items and items[0]["status"] == "delivered" else None
+
+    items = await eventually(delivered)
+    log = items[0]["attemptLog"]
+    assert log[0]["statusCode"] is None
+    assert log[0]["error"].startswith("RemoteProtocolError"), log[0]["error"]
+    assert log[-1]["statusCode"] == 200
+
+
 async def test_410_disables_the_endpoint_and_3xx_is_a_failure(api: Api, hook: Receiver) -> None:
     hook.script = [Answer(302, {"location": hook.url + "/elsewhere"})]
     webhook = await register(api, hook.url, ["session.created"])
