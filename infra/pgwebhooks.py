@@ -23,7 +23,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
-from infra.pgviews import BatchingView
+from infra.pgviews import SYNC_COMMIT_OFF, BatchingView
 from projections.webhooks import EndpointRow, NewDelivery, WebhookQueries, WebhookView
 
 WEBHOOKS_CHANNEL = "sessiond_webhooks"
@@ -200,7 +200,11 @@ class WebhookStore(WebhookQueries):
     # -- the dispatcher ----------------------------------------------------------------------
 
     def claim(self, limit: int, hold: float) -> list[Claimed]:
+        """Take up to `limit` due deliveries for `hold` seconds. The claim need not wait for
+        the disk: one that a crash of PostgreSQL loses leaves its deliveries due, to be
+        claimed and sent again with the same ids, as when a worker dies."""
         with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)
             curs.execute(
                 "WITH due AS (SELECT d.delivery_id FROM sessiond_webhook_deliveries d "
                 "JOIN sessiond_webhook_endpoints e USING (webhook_id) "
