@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import json
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import ROOT, fresh_database, median, print_table, ratio, run_bench, verdict
+from benchutil import Role, fresh_database, median, print_table, ratio, run_bench, verdict
 
 HOST = "127.0.0.1"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -68,14 +67,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Server:
+class Server(Role):
     """One ``sessiond serve`` process in its own process group; `stop` kills the group."""
 
     def __init__(self, database_url: str, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self.log_path = workdir / "sessiond.log"
-        self._log = self.log_path.open("wb")
         env = {
             **os.environ,
             "SESSIOND_DATABASE_URL": database_url,
@@ -84,18 +81,8 @@ class Server:
             "SESSIOND_LOG_LEVEL": "warning",
             "SESSIOND_DATA_DIR": str(workdir / "var"),
         }
-        args = [sys.executable, "-m", "infra.cli", "serve", "--host", HOST]
-        args += ["--port", str(self.port)]
-        self.process = subprocess.Popen(  # our own CLI, fixed arguments
-            args,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        atexit.register(self.stop)
+        args = ["-m", "infra.cli", "serve", "--host", HOST, "--port", str(self.port)]
+        super().__init__("sessiond", args, env, workdir)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -107,9 +94,6 @@ class Server:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"sessiond was not ready in {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by every process of the server's group."""
@@ -127,20 +111,11 @@ class Server:
         return total / ticks
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        pid = self.process.pid
+        super().stop()
         # Workers left behind by a server that died first.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if not self._log.closed:
-            self._log.close()
+            os.killpg(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)

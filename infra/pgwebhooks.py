@@ -67,6 +67,19 @@ def new_delivery_id() -> str:
     return "dlv_" + uuid.uuid4().hex
 
 
+def _delivery_row(d: NewDelivery) -> tuple[Any, ...]:
+    """A new delivery's values, in the order of `INSERT_DELIVERY` (and of the replay's)."""
+    return (
+        new_delivery_id(),
+        d.webhook_id,
+        d.event_id,
+        d.event_type,
+        d.session_id,
+        d.position,
+        d.occurred_at,
+    )
+
+
 class PostgresWebhookView(BatchingView, WebhookView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
@@ -140,18 +153,7 @@ class PostgresWebhookView(BatchingView, WebhookView):
             return [EndpointRow(**row) for row in curs.fetchall()]
 
     def enqueue(self, deliveries: list[NewDelivery], tracking: Tracking) -> None:
-        rows = [
-            (
-                new_delivery_id(),
-                d.webhook_id,
-                d.event_id,
-                d.event_type,
-                d.session_id,
-                d.position,
-                d.occurred_at,
-            )
-            for d in deliveries
-        ]
+        rows = [_delivery_row(d) for d in deliveries]
         self._defer(INSERT_DELIVERY, rows, tracking, NOTIFY_DELIVERIES)
 
 
@@ -406,18 +408,7 @@ class WebhookStore(WebhookQueries):
                 "INSERT INTO sessiond_webhook_deliveries (delivery_id, webhook_id, event_id, "
                 "event_type, session_id, position, occurred_at, status, next_attempt_at, "
                 "replay) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', now(), true)",
-                [
-                    (
-                        new_delivery_id(),
-                        d.webhook_id,
-                        d.event_id,
-                        d.event_type,
-                        d.session_id,
-                        d.position,
-                        d.occurred_at,
-                    )
-                    for d in deliveries
-                ],
+                [_delivery_row(d) for d in deliveries],
             )
             curs.execute(NOTIFY_DELIVERIES)
         return len(deliveries)
