@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from litestar import Request
@@ -96,3 +97,18 @@ def current_row(ctx: ApiContext, session_id: str) -> SessionRow:
     if row is None or row.is_deleted:
         raise ProblemError(404, "session-not-found", "no such session")
     return row
+
+
+def utc_instant(value: datetime, name: str, status: int = 400) -> datetime:
+    """`value`, an instant a client sent, in UTC; refused (`status`: 400 for a query parameter,
+    422 for a body field) if it has no UTC offset (which instant it names is a guess) or if in
+    UTC it falls outside the years 1 to 9999 (it cannot be computed with)."""
+    code = "invalid-parameter" if status == 400 else "invalid-request"
+    if value.utcoffset() is None:
+        raise ProblemError(status, code, f"`{name}` needs a UTC offset, as in 2026-11-25T12:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ProblemError(
+            status, code, f"`{name}` is out of range: in UTC it falls outside the years 1 to 9999"
+        ) from None

@@ -16,7 +16,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, key_required, provide_caller
 from api.context import ApiContext
-from api.controllers.common import call, context, problems, reached
+from api.controllers.common import call, context, problems, reached, utc_instant
 from api.problems import ProblemError
 from api.schemas import (
     DeliveryOut,
@@ -269,8 +269,7 @@ class WebhooksController(Controller):
         own `webhook-id`, so receivers can tell a replay from a new event)."""
         ctx = context(request)
         row = await self._row(ctx, caller, webhook_id)
-        start = data.from_ if data.from_.tzinfo else data.from_.replace(tzinfo=UTC)
-        end = data.to if data.to.tzinfo else data.to.replace(tzinfo=UTC)
+        start, end = utc_instant(data.from_, "from", 422), utc_instant(data.to, "to", 422)
         if end <= start:
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
         deliveries = await call(_replayable, ctx, row, start, end)
