@@ -153,8 +153,13 @@ def as_problem(request: Request[Any, Any, Any], error: Exception) -> ProblemErro
     elif isinstance(error, (ConcurrentChange, SimulatorError, GatewayError)):
         problem = ProblemError(409, error.code, str(error))
     elif isinstance(error, GatewayFailed):
+        # What failed is the worker's or a library's text: the log has it, never the client.
         log.error("the gateway worker failed on %s %s: %s", request.method, request.url.path, error)
-        problem = ProblemError(502, error.code, f"the gateway worker failed: {error}")
+        problem = ProblemError(
+            502,
+            error.code,
+            "the gateway worker running the session failed doing this; it was logged",
+        )
     elif isinstance(error, GatewayUnavailable):
         problem = ProblemError(503, error.code, str(error), {"Retry-After": "2"})
     elif isinstance(error, ApplicationError):

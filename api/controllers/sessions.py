@@ -17,7 +17,6 @@ from api.auth import (
     API_KEY_SECURITY,
     Principal,
     SessionAccess,
-    key_required,
     provide_access,
     provide_admin,
     provide_admin_access,
@@ -78,7 +77,6 @@ class SessionsController(Controller):
     @post(
         "/",
         status_code=201,
-        guards=[key_required],
         responses=problems(400, 401, 403, 413, 422, 503),
     )
     async def create_session(
@@ -218,7 +216,6 @@ class SessionsController(Controller):
     @post(
         SESSION + "/pair-code",
         status_code=200,
-        guards=[key_required],
         responses=problems(400, 401, 404, 409, 413, 422, 429, 502, 503),
     )
     async def pair_code(
@@ -274,7 +271,6 @@ class SessionsController(Controller):
 
     @put(
         SESSION + "/rate-limit",
-        guards=[key_required],
         responses=problems(400, 401, 403, 404, 409, 413, 422, 503),
     )
     async def set_rate_limit(
