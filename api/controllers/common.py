@@ -99,16 +99,20 @@ def current_row(ctx: ApiContext, session_id: str) -> SessionRow:
     return row
 
 
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def utc_instant(value: datetime, name: str, status: int = 400) -> datetime:
-    """`value`, an instant a client sent, in UTC; refused (`status`: 400 for a query parameter,
-    422 for a body field) if it has no UTC offset (which instant it names is a guess) or if in
-    UTC it falls outside the years 1 to 9999 (it cannot be computed with)."""
-    code = "invalid-parameter" if status == 400 else "invalid-request"
+    """`value`, an instant a client sent, in UTC. Refused (`status`: 400 for a query
+    parameter, 422 for a body field) without a UTC offset: which instant it names is a guess.
+    One that an offset puts just outside the calendar (``0001-01-01T00:00:00+05:00`` is in
+    year 0 in UTC) is before or after anything recorded: it becomes the calendar's first or
+    last instant, so that no computation with it overflows."""
     if value.utcoffset() is None:
+        code = "invalid-parameter" if status == 400 else "invalid-request"
         raise ProblemError(status, code, f"`{name}` needs a UTC offset, as in 2026-11-25T12:00:00Z")
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise ProblemError(
-            status, code, f"`{name}` is out of range: in UTC it falls outside the years 1 to 9999"
-        ) from None
+        return EARLIEST if value.year == 1 else LATEST

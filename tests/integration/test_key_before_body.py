@@ -93,3 +93,20 @@ async def test_every_route_that_needs_a_key_answers_401_before_reading_the_reque
                 assert answer.headers["content-type"].startswith("application/problem+json")
                 assert answer.headers["www-authenticate"] == "ApiKey", where
                 assert answer.json()["type"] == "urn:sessiond:problem:unauthorized", where
+
+
+async def test_an_id_or_a_query_with_a_nul_character_is_a_4xx_on_every_route(api: Api) -> None:
+    # PostgreSQL text cannot hold one: without a check first, the lookup itself fails (500).
+    document = (await api.client.get("/schema/openapi.json")).json()
+    ids = await real_ids(api)
+    for method, template, operation in operations(document):
+        names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
+        for name in names:
+            path = template.format(**{**ids, name: "a%00b"})
+            answer = await api.client.request(method, path, headers=ADMIN)
+            assert answer.status_code == 404, f"{method} {path}: {answer.text[:300]}"
+            assert answer.headers["content-type"].startswith("application/problem+json")
+        path = template.format(**ids)
+        for query in [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]:
+            answer = await api.client.request(method, path, headers=ADMIN, params={query: "a\x00"})
+            assert answer.status_code == 400, f"{method} {path} {query}: {answer.text[:300]}"

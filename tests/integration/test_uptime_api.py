@@ -76,7 +76,6 @@ async def test_bad_windows_are_refused_with_400(api: Api) -> None:
         {"to": "0001-01-01T00:00:00Z", "bucket": "hour"},
         {"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59.999999Z"},
         {"from": "0001-01-01T00:00:00+23:59"},
-        {"to": "9999-12-31T23:59:59-23:59"},
         {"from": "2026-01-01T00:00:00"},
         {"to": "2026-01-01T00:00:00+24:00"},
         {"from": "9999-12-30T00:00:00Z", "to": "9999-12-31T23:59:59Z"},
@@ -87,8 +86,9 @@ async def test_bad_windows_are_refused_with_400(api: Api) -> None:
         assert response.status_code == 400, (params, response.text)
         assert response.headers["content-type"].startswith("application/problem+json")
     # Check an end past now is cut at now: nothing is counted for time to come.
-    cut = await api.client.get(url, params={"to": "9999-12-31T23:59:59Z"}, headers=key)
-    assert cut.status_code == 200, cut.text
-    assert datetime.fromisoformat(cut.json()["end"]) < now + timedelta(minutes=5)
+    for end in ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59-23:59"):
+        cut = await api.client.get(url, params={"to": end}, headers=key)
+        assert cut.status_code == 200, cut.text
+        assert datetime.fromisoformat(cut.json()["end"]) < now + timedelta(minutes=5)
     other = await api.create_session("Other")
     assert (await api.client.get(url, headers=api.key(other))).status_code == 404
