@@ -9,13 +9,21 @@ one connected since its link, one stopped after a drop.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from litestar.testing import AsyncTestClient
 
-from projections.uptime import uptime_percent
+from infra.container import Container
+from infra.rebuild import ViewRebuild
+from projections.uptime import split_by_day, uptime_percent
+from tests.conftest import test_settings
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.dashboard_client import Dashboard
 from tests.integration.test_gateway_worker import eventually, simulate, status
@@ -118,3 +126,55 @@ async def test_every_place_shows_the_same_uptime_counted_from_the_first_link(api
     # Check a session never linked has no uptime anywhere (null, "—").
     shown = await figures(api, dash, never)
     assert shown == dict.fromkeys(shown), shown
+
+
+async def test_a_database_of_the_previous_release_works_and_a_rebuild_counts_from_the_link(
+    api: Api, database_url: str, tmp_path: Path
+) -> None:
+    # A session that waited for its scan, then was connected until stopped.
+    created = await api.create_session("Upgraded")
+    sid = created["sessionId"]
+    await simulate(api, created, "scan")
+    assert (await api.client.post(f"/sessions/{sid}/stop", headers=ADMIN)).status_code == 200
+    await views_have_everything(api)
+    times = await event_times(api, created)
+    wait = times["Connected"][0] - times["Created"][0]
+    assert wait.total_seconds() > 0
+
+    # The row as the previous release wrote it: no `linked_at`, and the wait for the scan
+    # counted as time meant to be running (not connected).
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        (doc,) = conn.execute("SELECT doc FROM session_status WHERE session_id = %s", (sid,))
+        row = json.loads(doc[0])
+        assert row.pop("linked_at") is not None
+        row["running_seconds"] += wait.total_seconds()
+        for day, seconds in split_by_day(times["Created"][0], times["Connected"][0]):
+            row["days"].setdefault(day, [0.0, 0.0])[0] += seconds
+        conn.execute(
+            "UPDATE session_status SET doc = %s WHERE session_id = %s", (json.dumps(row), sid)
+        )
+    old_basis = uptime_percent(row["running_seconds"], row["connected_seconds"])
+    assert old_basis is not None and old_basis < 100
+
+    # Check a process of this release started on that database reads it: the session still
+    # has its figure, counted from creation as that release did.
+    settings = test_settings(tmp_path / "new", database_url, SESSIOND_DEFAULT_RATE_LIMIT="1000")
+    upgraded = Container(settings, database_url, frozenset({"api"}))
+    async with AsyncTestClient(app=upgraded.create_api()) as client:
+        new = Api(client, upgraded)
+        assert (await status(new, created))["metrics"]["uptime"] == old_basis
+
+        # Check the rebuild the README asks for counts it from the first link, as the
+        # series does: 100, the session was connected from its link to its stop.
+        report = await asyncio.to_thread(
+            ViewRebuild(api.container, "session_status", progress=False).run
+        )
+        assert report.generation == 1
+
+        async def rebuilt() -> Any:
+            return (await status(new, created))["metrics"]["uptime"] == 100.0
+
+        await eventually(rebuilt)
+        dash = Dashboard(client)
+        await dash.sign_in()
+        assert set((await figures(new, dash, created)).values()) == {100.0}
