@@ -154,13 +154,6 @@ def status_uptime(row: SessionRow, now: datetime, days: int = UPTIME_DAYS) -> fl
     that window, from the same events."""
     if linked_since(row) is None:
         return None
-    open_seconds = 0.0
-    marked = row.marked_at
-    if not row.days and row.running_seconds > 0:  # a row written before the days were kept
-        if marked is not None and now > marked and in_service(row):
-            open_seconds = (now - marked).total_seconds()
-        connected = row.connected_seconds + (open_seconds if row.status == _CONNECTED else 0.0)
-        return uptime_percent(row.running_seconds + open_seconds, connected)
     # On the status read path: one pass over at most 32 days, and no datetime built unless
     # the open interval began before the window.
     first = (now.astimezone(UTC).date() - timedelta(days=days - 1)).isoformat()
@@ -169,6 +162,7 @@ def status_uptime(row: SessionRow, now: datetime, days: int = UPTIME_DAYS) -> fl
         if day >= first:
             running += day_running
             connected += day_connected
+    marked = row.marked_at
     if marked is not None and now > marked and in_service(row):
         inside = marked.astimezone(UTC).date().isoformat() >= first
         open_seconds = (now - (marked if inside else window_start(now, days))).total_seconds()

@@ -109,12 +109,10 @@ class UptimeController(Controller):
         stop = now if end is None else min(now, utc_instant(end, "to"))
         if start is not None:
             begin = utc_instant(start, "from")
-        else:  # `stop` is after a real date here: its window's start exists
-            begin = (
-                row.created_at
-                if stop <= row.created_at
-                else max(row.created_at, window_start(stop))
-            )
+        elif stop > row.created_at:  # then its window's start is a date that exists
+            begin = max(row.created_at, window_start(stop))
+        else:
+            begin = row.created_at  # an invalid window, refused below
         step = BUCKETS[bucket]
         if begin >= stop:
             raise ProblemError(400, "invalid-window", "`from` must be before `to`, and before now")

@@ -300,31 +300,36 @@ def test_uptime_counts_the_open_interval_while_connected() -> None:
     assert status_uptime(row(status="disconnected"), at(60)) == 0.0
 
 
+def counted(running: float, connected: float) -> dict[str, Any]:
+    """Accumulators of a row: seconds in service and connected, all on T0's day."""
+    return {
+        "running_seconds": running,
+        "connected_seconds": connected,
+        "days": {T0.date().isoformat(): [running, connected]},
+    }
+
+
 def test_uptime_is_the_connected_share_of_the_time_in_service() -> None:
-    # 100 s in service of which 50 s connected (a row without days: counted since the link),
-    # then 100 s more: connected or not.
-    counted = {"running_seconds": 100, "connected_seconds": 50}
-    assert status_uptime(row(**counted, status="connected"), at(100)) == 75.0
-    assert status_uptime(row(**counted, status="connecting"), at(100)) == 25.0
-    assert status_uptime(row(**counted, status="expired"), at(300)) == 12.5
+    # 100 s in service of which 50 s connected, then 100 s more: connected or not.
+    assert status_uptime(row(**counted(100, 50), status="connected"), at(100)) == 75.0
+    assert status_uptime(row(**counted(100, 50), status="connecting"), at(100)) == 25.0
+    assert status_uptime(row(**counted(100, 50), status="expired"), at(300)) == 12.5
 
 
 def test_uptime_leaves_out_the_time_a_session_is_stopped_or_deleted() -> None:
     for desired in ("stopped", "deleted"):
-        stopped = row(
-            running_seconds=100, connected_seconds=80, status="disconnected", desired=desired
-        )
+        stopped = row(**counted(100, 80), status="disconnected", desired=desired)
         assert status_uptime(stopped, at(10_000)) == 80.0
 
 
 def test_uptime_ignores_a_reading_taken_before_the_mark() -> None:
-    marked = row(running_seconds=100, connected_seconds=25, status="connected", marked_at=at(50))
+    marked = row(**counted(100, 25), status="connected", marked_at=at(50))
     assert status_uptime(marked, at(10)) == 25.0
     assert status_uptime(marked, at(50)) == 25.0
 
 
 def test_uptime_never_exceeds_100() -> None:
-    inconsistent = row(running_seconds=10, connected_seconds=20, status="connected")
+    inconsistent = row(**counted(10, 20), status="connected")
     assert status_uptime(inconsistent, at(10)) == 100.0
 
 
@@ -394,7 +399,3 @@ def test_the_status_window_splits_the_open_interval_at_its_start() -> None:
     assert status_uptime(stopped, now) is None
     assert window_start(now) == datetime(2026, 3, 2, tzinfo=UTC)
 
-
-def test_a_row_written_before_days_were_kept_falls_back_to_since_the_link() -> None:
-    old = row(running_seconds=100, connected_seconds=50, status="disconnected")
-    assert status_uptime(old, at(100)) == 25.0

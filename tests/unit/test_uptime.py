@@ -269,6 +269,14 @@ def test_stopped_time_counts_neither_way() -> None:
     assert clocked.figure() == 75.0
 
 
+def test_a_session_out_of_service_for_longer_than_the_window_has_no_uptime() -> None:
+    clocked = Clocked().do(connect).wait(3600).do(lambda s: s.stop(ADMIN_ACTOR))
+    assert clocked.wait(20 * 86_400).figure() == 100.0
+    # Check an event long after (its days dropped from the row) changes nothing.
+    clocked.wait(20 * 86_400).do(ACTIONS["key"])
+    assert clocked.figure() is None
+
+
 def test_the_status_window_is_the_last_thirty_utc_days() -> None:
     # Linked an hour after creation, connected for 10 days, then down for 30 days; the
     # reading, at noon, sees only the downtime.
@@ -332,6 +340,7 @@ histories = st.lists(
         st.one_of(  # whole seconds: both views' sums are then exact
             st.integers(min_value=0, max_value=3_600),
             st.integers(min_value=0, max_value=5 * 86_400),
+            st.integers(min_value=0, max_value=40 * 86_400),
         ),
         st.sampled_from(sorted(ACTIONS)),
         st.integers(min_value=0, max_value=2 * 86_400),  # when to read, after the step
