@@ -398,4 +398,3 @@ def test_the_status_window_splits_the_open_interval_at_its_start() -> None:
     stopped = msgspec.structs.replace(r, status="disconnected", desired="stopped")
     assert status_uptime(stopped, now) is None
     assert window_start(now) == datetime(2026, 3, 2, tzinfo=UTC)
-
