@@ -7,14 +7,16 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from litestar import Litestar, get
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.enums import ScopeType
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 
-from api.auth import API_KEY_HEADER, API_KEY_SCHEME, RATE_LIMIT_STATE
+from api.auth import API_KEY_HEADER, API_KEY_SCHEME, RATE_LIMIT_STATE, key_required
 from api.context import ApiContext
 from api.controllers.health import HealthController
 from api.controllers.history import HistoryController, UptimeController
@@ -28,7 +30,7 @@ from api.dashboard import Dashboard, template_config
 from api.docs import swagger_assets, swagger_plugin
 from api.fastpath import status_fast_path
 from api.openapi import complete_openapi
-from api.problems import handle_exception
+from api.problems import ProblemError, handle_exception
 from api.requests import JsonRequest
 
 
@@ -87,6 +89,17 @@ def allow_header(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def no_nul_characters(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The app's guard, after the key: PostgreSQL text cannot hold a NUL character, so an id
+    with one names nothing (404) and a query parameter with one is not valid (400), answered
+    before any lookup."""
+    if any("\x00" in str(value) for value in connection.path_params.values()):
+        raise ProblemError(404, "not-found", "nothing has an id with a NUL character")
+    for name, value in connection.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise ProblemError(400, "invalid-parameter", "a query parameter has a NUL character")
+
+
 @get("/ping", include_in_schema=False, security=[])
 async def ping() -> dict[str, str]:
     """A bare route for benchmarks: no key, no lookup."""
@@ -134,6 +147,7 @@ def create_app(
         route_handlers=handlers,
         openapi_config=openapi,
         exception_handlers={Exception: handle_exception},
+        guards=[key_required, no_nul_characters],  # before the parameters and the body
         middleware=[status_fast_path, rate_limit_headers, allow_header, dashboard.middleware],
         state=State({"ctx": ctx, **dashboard.state}),
         lifespan=[*lifespan, dashboard.lifespan],

@@ -15,6 +15,7 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import FromPath
@@ -91,10 +92,12 @@ def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     return Principal(is_admin=False, key_id=row.key_id, session_id=row.session_id)
 
 
-def key_required(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard of routes with a body: a missing or invalid key answers 401 before the body is
-    read, so a caller without a key learns nothing from validation errors."""
-    authenticate(connection)
+def key_required(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The app's guard: a route that needs a key (its OpenAPI security names one) checks it
+    before anything else, so a missing or invalid key answers 401 before the parameters or
+    the body are read, and a caller without a key learns nothing from validation errors."""
+    if isinstance(handler, HTTPRouteHandler) and handler.resolve_security():
+        authenticate(connection)
 
 
 async def provide_admin(request: Request[Any, Any, State]) -> Principal:

@@ -6,6 +6,8 @@
 - A session name carries the domain's rule (trimmed of surrounding whitespace, then printable
   characters only) as a pattern, so that a schema-valid name is one the service accepts.
 - A body that may be left out (``data: ... = None``) is marked ``required: false``.
+- An uptime is a number from 0 to 100, or null (the generator drops the bounds of a member
+  of a union).
 
 The document is built when the app is, so a route that cannot be described fails at start-up,
 not on the first ``GET /schema/openapi.json``.
@@ -20,7 +22,7 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar
-from litestar.openapi.spec import Operation, PathItem, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIType, Operation, PathItem, RequestBody, Schema
 from litestar.routes import HTTPRoute
 
 from api.schemas import Body
@@ -29,6 +31,12 @@ REF_TEMPLATE = "#/components/schemas/{name}"
 
 # (component, property): text fields whose domain rule is "trimmed, then printable".
 PRINTABLE_TEXT_FIELDS = {("CreateSessionIn", "name")}
+# (component, property): uptime figures, `api.schemas.Percentage | None`.
+PERCENTAGE_FIELDS = {
+    ("MetricsOut", "uptime"),
+    ("UptimeBucketOut", "uptime"),
+    ("UptimeSeriesOut", "uptime"),
+}
 
 
 @dataclass
@@ -95,6 +103,21 @@ def _operations(path_item: PathItem, methods: set[str]) -> list[Operation]:
     return [operation for operation in found if isinstance(operation, Operation)]
 
 
+def _bound_percentages(schemas: dict[str, Schema]) -> None:
+    for component, prop in PERCENTAGE_FIELDS:
+        properties = schemas[component].properties
+        assert properties is not None
+        described = properties[prop]
+        assert isinstance(described, Schema)
+        properties[prop] = Schema(
+            one_of=[
+                Schema(type=OpenAPIType.NUMBER, minimum=0, maximum=100),
+                Schema(type=OpenAPIType.NULL),
+            ],
+            description=described.description,
+        )
+
+
 def complete_openapi(app: Litestar) -> None:
     """Build the app's OpenAPI document now, and add what the generator leaves out."""
     openapi = app.openapi_schema
@@ -103,6 +126,7 @@ def complete_openapi(app: Litestar) -> None:
         for name, document in request_schemas().items():
             if name in schemas:
                 schemas[name] = JsonSchema(document=document)
+        _bound_percentages(schemas)
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or openapi.paths is None:
             continue

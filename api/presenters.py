@@ -21,6 +21,7 @@ from api.schemas import (
 from projections.history import HistoryEntry
 from projections.messages import MessageRow
 from projections.rows import KeyRow, SessionRow
+from projections.uptime import status_uptime
 
 
 def health(row: SessionRow) -> Health:
@@ -84,7 +85,7 @@ def status_out(row: SessionRow, now: datetime | None = None) -> StatusOut:
         metrics=MetricsOut(
             messages_sent=row.messages_sent,
             messages_received=row.messages_received,
-            uptime=row.uptime_window(now or datetime.now(UTC)),
+            uptime=status_uptime(row, now or datetime.now(UTC)),
             messages_delivered=row.messages_delivered,
             messages_read=row.messages_read,
             messages_failed=row.messages_failed,

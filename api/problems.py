@@ -90,7 +90,7 @@ def _http_problem(error: HTTPException, request: Request[Any, Any, Any]) -> Prob
     status = error.status_code
     headers = {k: str(v) for k, v in (error.headers or {}).items()}
     if isinstance(error, ValidationException):
-        return _validation_problem(error)
+        return _validation_problem(error, request)
     if status == 400 and isinstance(error.__cause__, SerializationException):
         return ProblemError(
             400, "malformed-json", f"the request body is not valid JSON: {error.detail}"
@@ -117,7 +117,17 @@ def _http_problem(error: HTTPException, request: Request[Any, Any, Any]) -> Prob
     return ProblemError(status, code, str(error.detail), headers)
 
 
-def _validation_problem(error: ValidationException) -> ProblemError:
+def _wire_name(request: Request[Any, Any, Any], name: str) -> str:
+    """A parameter's name as the client sends it (``asOf``), not the handler's (``as_of``)."""
+    handler = request.scope.get("route_handler")
+    found = handler.parsed_fn_signature.parameters.get(name) if handler is not None else None
+    alias = getattr(getattr(found, "kwarg_definition", None), "name", None)
+    return alias if isinstance(alias, str) else name
+
+
+def _validation_problem(
+    error: ValidationException, request: Request[Any, Any, Any]
+) -> ProblemError:
     """A body that does not fit its schema is 422; a bad query or path parameter is 400."""
     items = [item for item in error.extra if isinstance(item, dict)] if error.extra else []
     if not items:
@@ -125,6 +135,8 @@ def _validation_problem(error: ValidationException) -> ProblemError:
     parts = []
     for item in items:
         where, message = item.get("key") or item.get("source") or "request", item.get("message")
+        if item.get("source") == "query" and item.get("key"):
+            where = _wire_name(request, item["key"])
         if item.get("source") == "body" and where == "data":
             if message == "'data'":  # the body was left out: there is no `data` to read
                 parts.append("the request body is missing; send a JSON object")
@@ -153,8 +165,13 @@ def as_problem(request: Request[Any, Any, Any], error: Exception) -> ProblemErro
     elif isinstance(error, (ConcurrentChange, SimulatorError, GatewayError)):
         problem = ProblemError(409, error.code, str(error))
     elif isinstance(error, GatewayFailed):
+        # What failed is the worker's or a library's text: the log has it, never the client.
         log.error("the gateway worker failed on %s %s: %s", request.method, request.url.path, error)
-        problem = ProblemError(502, error.code, f"the gateway worker failed: {error}")
+        problem = ProblemError(
+            502,
+            error.code,
+            "the gateway worker running the session failed doing this; it was logged",
+        )
     elif isinstance(error, GatewayUnavailable):
         problem = ProblemError(503, error.code, str(error), {"Retry-After": "2"})
     elif isinstance(error, ApplicationError):

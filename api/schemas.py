@@ -22,6 +22,13 @@ LABEL_FILTER_PATTERN = f"^{LABEL_PART}:{LABEL_PART}$"
 LabelFilter = Annotated[str, Meta(pattern=LABEL_FILTER_PATTERN)]
 StatusValue = Literal["connecting", "connected", "disconnected", "expired"]
 Health = Literal["healthy", "degraded", "starting", "unhealthy", "stopped"]
+#: An uptime figure (see `projections.uptime`): a percentage, null with no time in service.
+Percentage = Annotated[float, Meta(ge=0, le=100)]
+UPTIME = (
+    "Uptime as a percentage from 0 to 100, rounded to two decimals: the share of the time in "
+    "service (meant to be running, from the session's first link on; stopped time counts "
+    "neither way) during which the session was connected; null with no time in service"
+)
 
 
 class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -149,7 +156,10 @@ class SessionListOut(Out):
 class MetricsOut(Out):
     messages_sent: int
     messages_received: int
-    uptime: float | None  # connected / meant to run, over the last 30 days (see README)
+    uptime: Annotated[
+        Percentage | None,
+        Meta(description=UPTIME + ", over the current UTC day and the 29 days before it"),
+    ]
     messages_delivered: int
     messages_read: int
     messages_failed: int
@@ -222,9 +232,11 @@ class EventPageOut(Out):
 class UptimeBucketOut(Out):
     start: datetime
     end: datetime
-    running_seconds: float
+    running_seconds: Annotated[
+        float, Meta(description="Seconds in service: meant to run, from the first link on")
+    ]
     connected_seconds: float
-    uptime: float | None  # connected / running; null when it was not meant to run at all
+    uptime: Annotated[Percentage | None, Meta(description=UPTIME + ", over the bucket")]
 
 
 class UptimeSeriesOut(Out):
@@ -232,7 +244,7 @@ class UptimeSeriesOut(Out):
     start: datetime
     end: datetime
     bucket: Literal["hour", "day"]
-    uptime: float | None  # over the whole window
+    uptime: Annotated[Percentage | None, Meta(description=UPTIME + ", over the whole window")]
     items: list[UptimeBucketOut]
 
 
@@ -416,10 +428,12 @@ class DeliveryPageOut(Out):
 
 
 class ReplayIn(Body):
-    from_: Annotated[datetime, Meta(description="start of the window (included)")] = msgspec.field(
-        name="from"
-    )
-    to: datetime
+    from_: Annotated[
+        datetime, Meta(tz=True, description="start of the window (included), with a UTC offset")
+    ] = msgspec.field(name="from")
+    to: Annotated[
+        datetime, Meta(tz=True, description="end of the window (excluded), with a UTC offset")
+    ]
 
 
 class ReplayOut(Out):

@@ -174,8 +174,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     f"{time.monotonic() - started:.2f} s",
                     flush=True,
                 )
-                whole = series(rows, start, end, end - start)[0]
-                expected = whole.connected_seconds / whole.running_seconds
+                expected = series(rows, start, end, end - start)[0].uptime
+                assert expected is not None
                 todo = kinds(session, start, end, expected)
                 headers = {"x-api-key": session.key}
                 for n in range(args.warmup):

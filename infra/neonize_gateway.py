@@ -574,7 +574,8 @@ class NeonizeGateway(WhatsAppGateway):
         try:
             code = link.client.PairPhone(phone, True, import_neonize().client_name.LINUX)
         except Exception as exc:
-            raise GatewayError(f"WhatsApp refused the pairing code: {exc}") from exc
+            log.warning("WhatsApp refused the pairing code of %s: %s", session_id, exc)
+            raise GatewayError("WhatsApp refused the pairing code; try again") from exc
         return str(code)
 
     def send_text(self, session_id: UUID, to: str, text: str) -> SentMessage:

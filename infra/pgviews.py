@@ -634,6 +634,12 @@ class PostgresUptimeView(BatchingView, UptimeView):
             "SELECT at, running, connected FROM {0} WHERE session_id = %s "
             "AND at <= %s ORDER BY at DESC, position DESC LIMIT 1"
         ).format(table)
+        # The first link: found walking the session's transitions from its creation, which
+        # is where it usually is (the second or third transition).
+        self.select_link = SQL(
+            "SELECT at, running, connected FROM {0} WHERE session_id = %s "
+            "AND connected AND at <= %s ORDER BY at, position LIMIT 1"
+        ).format(table)
         self.select_within = SQL(
             "SELECT at, running, connected FROM {0} WHERE session_id = %s "
             "AND at > %s AND at <= %s ORDER BY at, position"
@@ -663,6 +669,10 @@ class PostgresUptimeView(BatchingView, UptimeView):
     def transitions(self, session_id: UUID, start: datetime, end: datetime) -> list[Transition]:
         with self.datastore.cursor() as curs:
             curs.execute(self.select_before, (session_id, start))
-            before = [Transition(**row) for row in curs.fetchall()]
+            before = curs.fetchall()
+            if before and not before[0]["connected"]:
+                curs.execute(self.select_link, (session_id, start))
+                before = curs.fetchall() + before
             curs.execute(self.select_within, (session_id, start, end))
-            return before + [Transition(**row) for row in curs.fetchall()]
+            rows = before + curs.fetchall()
+        return [Transition(**row) for row in rows]

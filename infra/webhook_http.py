@@ -12,12 +12,16 @@ Every address is vetted before anything is sent to it, in three places that each
   then connects to those very addresses: DNS cannot change between the check and the connect);
 - the socket factory judges the address of every socket about to connect, whatever led to it.
 Redirects are not followed, the environment's proxies are ignored and no cookie is kept.
+A refusal says only that (``refused: not a public address``): the attempt is recorded and shown
+to whoever holds a key of the session, so which addresses a name resolves to goes to the log
+only.
 """
 
 from __future__ import annotations
 
 import http.cookiejar
 import ipaddress
+import logging
 import re
 import socket
 import ssl
@@ -30,6 +34,7 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from httpx_aiohttp import AiohttpTransport
 
+log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _BLOCKED_V4 = tuple(
@@ -70,6 +75,14 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 # Characters of the legacy IPv4 spellings inet_aton accepts: 2130706433, 0x7f000001, 0177.1.
 _LEGACY_IPV4 = re.compile(r"[0-9a-fA-FxX.]+")
+
+
+#: The error of an attempt whose target was refused (the log says which address, and why).
+REFUSED_NOT_PUBLIC = "refused: not a public address"
+REFUSED_NOT_PRIVATE = (
+    "refused: not a private address (SESSIOND_WEBHOOKS_ALLOW_PRIVATE=only delivers to private "
+    "addresses only)"
+)
 
 
 class BlockedAddress(httpx.ConnectError):
@@ -148,7 +161,12 @@ def check_url(url: str, *, allow_private: bool = False) -> str | None:
 
 
 class _Refused(OSError):
-    """An address the policy refuses; raised where aiohttp expects an `OSError`."""
+    """An address the policy refuses; raised where aiohttp expects an `OSError`. Its message
+    says which (for the log); `reason` says only why, for the attempt's record."""
+
+    def __init__(self, message: str, reason: str = REFUSED_NOT_PUBLIC) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _parsed(address: str) -> IPAddress:
@@ -183,7 +201,8 @@ class _Policy:
                 listed = ", ".join(str(ip) for ip in public)
                 raise _Refused(
                     f"webhook target {host!r} resolves to public address {listed}; refused "
-                    "(SESSIOND_WEBHOOKS_ALLOW_PRIVATE=only delivers to private addresses only)"
+                    "(SESSIOND_WEBHOOKS_ALLOW_PRIVATE=only delivers to private addresses only)",
+                    REFUSED_NOT_PRIVATE,
                 )
 
     def socket_factory(self) -> Callable[[tuple[Any, ...]], socket.socket]:
@@ -248,7 +267,8 @@ def _as_httpx(exc: BaseException, request: httpx.Request) -> httpx.TransportErro
     it is none of aiohttp's."""
     refused = _refusal(exc)
     if refused is not None:
-        return BlockedAddress(str(refused), request=request)
+        log.warning("webhook delivery to %s: %s", request.url, refused)
+        return BlockedAddress(refused.reason, request=request)
     cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
     for kind, mapped in _HTTPX_CLASSES:
         if isinstance(cause, kind):

@@ -64,8 +64,10 @@ class SessionRow(msgspec.Struct, kw_only=True):
     messages_failed: int = 0  # outbound messages that were not sent
     queue_depth: int = 0  # outbound messages waiting to be sent
     reconnects: int = 0  # tries to connect again: by the service (retries) or an operator
-    # Uptime accumulators: seconds meant to be running, and of those, seconds connected,
-    # both counted up to `marked_at`; the open interval since then is added when read.
+    # Uptime (see `projections.uptime`): from the first link on, seconds in service (meant
+    # to be running), and of those, seconds connected, both counted up to `marked_at`; the
+    # open interval since then is added when read.
+    linked_at: datetime | None = None  # the first Connected
     running_seconds: float = 0.0
     connected_seconds: float = 0.0
     marked_at: datetime | None = None
@@ -78,40 +80,3 @@ class SessionRow(msgspec.Struct, kw_only=True):
     @property
     def is_deleted(self) -> bool:
         return self.desired == "deleted"
-
-    def uptime(self, now: datetime) -> float | None:
-        """Share of the time meant to be running that the session was connected."""
-        running, connected = self.running_seconds, self.connected_seconds
-        if self.marked_at is not None and now > self.marked_at:
-            open_seconds = (now - self.marked_at).total_seconds()
-            if self.desired == "running":
-                running += open_seconds
-                if self.status == "connected":
-                    connected += open_seconds
-        if running <= 0:
-            return None
-        return min(1.0, connected / running)
-
-    def uptime_window(self, now: datetime, days: int = UPTIME_DAYS) -> float | None:
-        """Uptime over the current UTC day and the `days - 1` whole days before it (or since
-        creation, if younger): what the status shows."""
-        if not self.days and self.running_seconds > 0:
-            return self.uptime(now)  # a row written before the days were kept
-        # On the status read path: one pass over at most 32 days, and no datetime built
-        # unless the open interval began before the window.
-        first = (now.astimezone(UTC).date() - timedelta(days=days - 1)).isoformat()
-        running = connected = 0.0
-        for day, (day_running, day_connected) in self.days.items():
-            if day >= first:
-                running += day_running
-                connected += day_connected
-        marked = self.marked_at
-        if marked is not None and now > marked and self.desired == "running":
-            inside = marked.astimezone(UTC).date().isoformat() >= first
-            open_seconds = (now - (marked if inside else window_start(now, days))).total_seconds()
-            running += open_seconds
-            if self.status == "connected":
-                connected += open_seconds
-        if running <= 0:
-            return None
-        return min(1.0, connected / running)

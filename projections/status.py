@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -13,7 +11,8 @@ from eventsourcing.projection import Projection
 
 from domain.session import Session
 from domain.values import DesiredState, Reason, Status, public_session_id
-from projections.rows import UPTIME_DAYS, SessionRow
+from projections.rows import SessionRow
+from projections.uptime import advance, first_linked
 from projections.views import SessionStatusView
 
 
@@ -58,6 +57,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
         self._update(
             event,
             tracking,
+            link=True,
             status=Status.CONNECTED.value,
             reason=None,
             connected_at=event.timestamp,
@@ -191,6 +191,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
         event: Session.Event,
         tracking: Tracking,
         *,
+        link: bool = False,
         count_reconnect: bool = False,
         count: dict[str, int] | None = None,
         **changes: Any,
@@ -199,7 +200,9 @@ class SessionStatusProjection(Projection[SessionStatusView]):
         if row is None:  # pragma: no cover - a Created event always comes first
             self.view.insert_tracking(tracking)
             return
-        row = _advance_uptime(row, event.timestamp)
+        row = advance(row, event.timestamp)
+        if link:
+            changes.update(first_linked(row, event.timestamp))
         if count_reconnect:
             changes["reconnects"] = row.reconnects + 1
         for counter, step in (count or {}).items():
@@ -226,59 +229,3 @@ _NO_QR: dict[str, Any] = {
     "qr_attempt": 0,
     "qr_max_attempts": 0,
 }
-
-
-_RUNNING = DesiredState.RUNNING.value
-_CONNECTED = Status.CONNECTED.value
-
-
-def _advance_uptime(row: SessionRow, until: datetime) -> SessionRow:
-    """Add the interval since the last transition to the uptime accumulators.
-
-    It runs for most events (and for every event of a rebuild), so it copies only what
-    changes: the day lists are replaced, never changed in place, and the old row keeps its own.
-    """
-    marked = row.marked_at
-    if marked is None or until <= marked:
-        return msgspec.structs.replace(row, marked_at=until)
-    running, connected, days = row.running_seconds, row.connected_seconds, row.days
-    if row.desired == _RUNNING:
-        seconds = (until - marked).total_seconds()
-        is_connected = row.status == _CONNECTED
-        running += seconds
-        if is_connected:
-            connected += seconds
-        days = dict(days)
-        for day, day_seconds in _split_by_day(marked, until):
-            day_running, day_connected = days.get(day, (0.0, 0.0))
-            days[day] = [
-                day_running + day_seconds,
-                day_connected + day_seconds if is_connected else day_connected,
-            ]
-    oldest = _oldest_day(until.astimezone(UTC).date())
-    if days and min(days) < oldest:
-        days = {day: pair for day, pair in days.items() if day >= oldest}
-    return msgspec.structs.replace(
-        row, running_seconds=running, connected_seconds=connected, marked_at=until, days=days
-    )
-
-
-@lru_cache(maxsize=64)
-def _oldest_day(today: date) -> str:
-    """The first day kept in the accumulators: that of `window_start(…, UPTIME_DAYS + 1)`."""
-    return (today - timedelta(days=UPTIME_DAYS)).isoformat()
-
-
-def _split_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:
-    """The seconds of [start, end) in each UTC day it touches."""
-    cursor = start.astimezone(UTC)
-    end = end.astimezone(UTC)
-    if cursor.date() == end.date():  # the usual case: no midnight in between
-        return [(cursor.date().isoformat(), (end - cursor).total_seconds())] if cursor < end else []
-    parts = []
-    while cursor < end:
-        midnight = cursor.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-        stop = min(midnight, end)
-        parts.append((cursor.date().isoformat(), (stop - cursor).total_seconds()))
-        cursor = stop
-    return parts

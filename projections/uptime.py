@@ -1,38 +1,61 @@
-"""Uptime over time, from the recorded transitions.
+"""Uptime: its one definition, and every computation of it.
 
-**Definition.** Uptime is the share of the time a session was *meant to be running* (created
-or reconnected, and not stopped or deleted since) during which it was *connected*. Stopped
-time counts neither way. Over a window: connected seconds / running seconds within it; a
-window with no running time has no uptime (null), not 0 or 1.
+**Definition.** Uptime is the share of the time a session was *in service* during which it was
+*connected*, as a percentage from 0 to 100 rounded to two decimals. In service: meant to be
+running (created or reconnected, and not stopped or deleted since) **and linked**, i.e. from
+the session's first link (its first ``Connected``) on: the wait for the first scan was never
+service, so it is not downtime. Stopped time counts neither way. A span with no time in service
+has no uptime (null), not 0 or 100.
 
-Every lifecycle event fixes both flags (the domain only lets a running session connect,
-disconnect, expire or retry), so the projection writes one transition row per such event —
-the state from that instant on — and needs no read back. A series is computed from the
-transitions inside the window plus the last one before it.
+Two views count it from the same events. The status row (`projections.rows.SessionRow`) keeps
+per-UTC-day accumulators, so the status, the dashboard's card and its list read it from memory
+(`status_uptime`, kept current by `advance`); the uptime view keeps one transition per lifecycle
+event, so any window can be charted (`series`: the JSON series and the dashboard's chart).
+`uptime_percent` alone turns counted seconds into the figure, so at one instant every place
+that shows a session's uptime shows the same number.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
 from domain.session import Session
+from projections.rows import UPTIME_DAYS, SessionRow, window_start
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+_RUNNING = "running"
+_CONNECTED = "connected"
+
+
+def uptime_percent(in_service_seconds: float, connected_seconds: float) -> float | None:
+    """The uptime figure: connected seconds per second in service, as a percentage (0 to 100,
+    two decimals); None when there was no time in service. Every place that shows uptime
+    gets its figure from here."""
+    if in_service_seconds <= 0:
+        return None
+    return round(min(100.0, 100.0 * connected_seconds / in_service_seconds), 2)
+
+
+# -- the uptime view: one transition per lifecycle event, any window -------------------------
 
 
 @dataclass(frozen=True)
 class Transition:
+    """The state of a session from `at` on: meant to be running, connected."""
+
     at: datetime
     running: bool
     connected: bool
@@ -42,21 +65,35 @@ class Transition:
 class Bucket:
     start: datetime
     end: datetime
-    running_seconds: float
+    running_seconds: float  # in service: meant to be running, since the first link
     connected_seconds: float
 
     @property
     def uptime(self) -> float | None:
-        if self.running_seconds <= 0:
-            return None
-        return min(1.0, self.connected_seconds / self.running_seconds)
+        return uptime_percent(self.running_seconds, self.connected_seconds)
+
+
+def overall(buckets: Iterable[Bucket]) -> float | None:
+    """The uptime of the whole span the buckets cover."""
+    running = connected = 0.0
+    for bucket in buckets:
+        running += bucket.running_seconds
+        connected += bucket.connected_seconds
+    return uptime_percent(running, connected)
+
+
+def first_link(transitions: Iterable[Transition]) -> datetime | None:
+    """When the session was first linked: its first connected transition."""
+    return next((t.at for t in transitions if t.connected), None)
 
 
 def series(
     transitions: Sequence[Transition], start: datetime, end: datetime, step: timedelta
 ) -> list[Bucket]:
     """Buckets of `step` from `start` to `end` (the last one may be shorter), given the
-    transitions in time order: the last one at or before `start` (if any), then the rest."""
+    transitions as `UptimeView.transitions` returns them: in time order, the first link among
+    them even when it came before `start`. Time before the first link is not in service."""
+    linked_at = first_link(transitions)
     buckets: list[Bucket] = []
     index = 0
     state: Transition | None = None
@@ -65,17 +102,18 @@ def series(
         index += 1
     edge = start
     while edge < end:
-        stop = min(edge + step, end)
+        stop = end if end - edge <= step else edge + step  # never past `end`: no overflow
         running = connected = 0.0
         cursor = edge
         while True:
             change_at = transitions[index].at if index < len(transitions) else None
             segment_end = stop if change_at is None or change_at >= stop else change_at
-            seconds = (segment_end - cursor).total_seconds()
-            if state is not None and state.running and seconds > 0:
-                running += seconds
-                if state.connected:
-                    connected += seconds
+            if state is not None and state.running and linked_at is not None:
+                seconds = (segment_end - max(cursor, linked_at)).total_seconds()
+                if seconds > 0:
+                    running += seconds
+                    if state.connected:
+                        connected += seconds
             if segment_end == stop:
                 break
             state = transitions[index]
@@ -94,6 +132,107 @@ def floor(instant: datetime, step: timedelta) -> datetime:
     return instant.replace(minute=0, second=0, microsecond=0)
 
 
+# -- the status row: per-day accumulators, read from memory ----------------------------------
+
+
+def linked_since(row: SessionRow) -> datetime | None:
+    """From when the row counts uptime: the session's first link. A row that a release before
+    `linked_at` wrote for a session linked by then has its device's JID but no `linked_at`;
+    its accumulators count from its creation (until the view is rebuilt from the log)."""
+    if row.linked_at is not None:
+        return row.linked_at
+    return row.created_at if row.jid is not None else None
+
+
+def in_service(row: SessionRow) -> bool:
+    return row.desired == _RUNNING and linked_since(row) is not None
+
+
+def status_uptime(row: SessionRow, now: datetime, days: int = UPTIME_DAYS) -> float | None:
+    """The uptime the status shows at `now`: over the current UTC day and the `days - 1` whole
+    days before it (since the first link, if that is later). The same as `series` gives for
+    that window, from the same events."""
+    if linked_since(row) is None:
+        return None
+    # On the status read path: one pass over at most 32 days, and no datetime built unless
+    # the open interval began before the window.
+    first = (now.astimezone(UTC).date() - timedelta(days=days - 1)).isoformat()
+    running = connected = 0.0
+    for day, (day_running, day_connected) in row.days.items():
+        if day >= first:
+            running += day_running
+            connected += day_connected
+    marked = row.marked_at
+    if marked is not None and now > marked and in_service(row):
+        inside = marked.astimezone(UTC).date().isoformat() >= first
+        open_seconds = (now - (marked if inside else window_start(now, days))).total_seconds()
+        running += open_seconds
+        if row.status == _CONNECTED:
+            connected += open_seconds
+    return uptime_percent(running, connected)
+
+
+def first_linked(row: SessionRow, at: datetime) -> dict[str, Any]:
+    """The changes that record a session's first link at `at` (none if it was linked before):
+    from then on its time in service is counted. Accumulators a previous release counted
+    before the link (the wait for the first scan) are dropped."""
+    if linked_since(row) is not None:
+        return {}
+    return {"linked_at": at, "running_seconds": 0.0, "connected_seconds": 0.0, "days": {}}
+
+
+def advance(row: SessionRow, until: datetime) -> SessionRow:
+    """Add the interval since the last mark to the accumulators, if the session was in service.
+
+    It runs for most events (and for every event of a rebuild), so it copies only what
+    changes: the day lists are replaced, never changed in place, and the old row keeps its own.
+    """
+    marked = row.marked_at
+    if marked is None or until <= marked:
+        return msgspec.structs.replace(row, marked_at=until)
+    running, connected, days = row.running_seconds, row.connected_seconds, row.days
+    if in_service(row):
+        seconds = (until - marked).total_seconds()
+        is_connected = row.status == _CONNECTED
+        running += seconds
+        if is_connected:
+            connected += seconds
+        days = dict(days)
+        for day, day_seconds in split_by_day(marked, until):
+            day_running, day_connected = days.get(day, (0.0, 0.0))
+            days[day] = [
+                day_running + day_seconds,
+                day_connected + day_seconds if is_connected else day_connected,
+            ]
+    oldest = _oldest_day(until.astimezone(UTC).date())
+    if days and min(days) < oldest:
+        days = {day: pair for day, pair in days.items() if day >= oldest}
+    return msgspec.structs.replace(
+        row, running_seconds=running, connected_seconds=connected, marked_at=until, days=days
+    )
+
+
+@lru_cache(maxsize=64)
+def _oldest_day(today: date) -> str:
+    """The first day kept in the accumulators: that of `window_start(…, UPTIME_DAYS + 1)`."""
+    return (today - timedelta(days=UPTIME_DAYS)).isoformat()
+
+
+def split_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:
+    """The seconds of [start, end) in each UTC day it touches."""
+    cursor = start.astimezone(UTC)
+    end = end.astimezone(UTC)
+    if cursor.date() == end.date():  # the usual case: no midnight in between
+        return [(cursor.date().isoformat(), (end - cursor).total_seconds())] if cursor < end else []
+    parts = []
+    while cursor < end:
+        midnight = cursor.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        stop = min(midnight, end)
+        parts.append((cursor.date().isoformat(), (stop - cursor).total_seconds()))
+        cursor = stop
+    return parts
+
+
 class UptimeView(TrackingRecorder, ABC):
     @abstractmethod
     def add_transition(self, session_id: UUID, transition: Transition, tracking: Tracking) -> None:
@@ -101,7 +240,9 @@ class UptimeView(TrackingRecorder, ABC):
 
     @abstractmethod
     def transitions(self, session_id: UUID, start: datetime, end: datetime) -> list[Transition]:
-        """The last transition at or before `start`, then those up to `end`, in order."""
+        """In time order: the last transition at or before `start` (preceded by the session's
+        first connected one, its first link, when that last one is not connected), then those
+        up to `end`."""
 
 
 class UptimeProjection(Projection[UptimeView]):
@@ -163,4 +304,6 @@ class MemoryUptimeView(POPOTrackingRecorder, UptimeView):
         with self._lock:
             rows = list(self._rows.get(session_id, []))
         before = [t for t in rows if t.at <= start][-1:]
+        if before and not before[0].connected:
+            before = [t for t in rows if t.connected and t.at <= start][:1] + before
         return before + [t for t in rows if start < t.at <= end]

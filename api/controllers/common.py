@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from litestar import Request
@@ -96,3 +97,22 @@ def current_row(ctx: ApiContext, session_id: str) -> SessionRow:
     if row is None or row.is_deleted:
         raise ProblemError(404, "session-not-found", "no such session")
     return row
+
+
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def utc_instant(value: datetime, name: str, status: int = 400) -> datetime:
+    """`value`, an instant a client sent, in UTC. Refused (`status`: 400 for a query
+    parameter, 422 for a body field) without a UTC offset: which instant it names is a guess.
+    One that an offset puts just outside the calendar (``0001-01-01T00:00:00+05:00`` is in
+    year 0 in UTC) is before or after anything recorded: it becomes the calendar's first or
+    last instant, so that no computation with it overflows."""
+    if value.utcoffset() is None:
+        code = "invalid-parameter" if status == 400 else "invalid-request"
+        raise ProblemError(status, code, f"`{name}` needs a UTC offset, as in 2026-11-25T12:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return EARLIEST if value.year == 1 else LATEST

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get
@@ -11,17 +11,17 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
-from api.controllers.common import call, context, problems
+from api.controllers.common import call, context, problems, utc_instant
 from api.presenters import event_out
 from api.problems import ProblemError
 from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
 from domain.values import session_uuid
 from projections.history import HistoryEntry, log_page, session_history
-from projections.uptime import BUCKETS, series
+from projections.rows import window_start
+from projections.uptime import BUCKETS, overall, series
 
 MAX_PAGE = 1000
 MAX_BUCKETS = 10_000  # a year of hours fits
-DEFAULT_WINDOW = timedelta(days=30)
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Events per page")]
 After = Annotated[
     int, QueryParameter(ge=0, description="Only events after this one (the `next` of a page)")
@@ -69,12 +69,6 @@ class HistoryController(Controller):
         return _page(entries, limit, "position")
 
 
-def _utc(instant: datetime | None) -> datetime | None:
-    if instant is None or instant.tzinfo is not None:
-        return instant
-    return instant.replace(tzinfo=UTC)
-
-
 class UptimeController(Controller):
     tags = ["history"]  # noqa: RUF012
     security = API_KEY_SECURITY
@@ -88,25 +82,40 @@ class UptimeController(Controller):
         start: Annotated[
             datetime | None,
             QueryParameter(
-                name="from", description="Start of the window (default: 30 days before `to`)"
+                name="from",
+                description="Start of the window, with a UTC offset (default: midnight UTC 29 "
+                "days before the day of `to`, as in the status, or the session's creation if "
+                "later)",
             ),
         ] = None,
         end: Annotated[
-            datetime | None, QueryParameter(name="to", description="End of the window (now)")
+            datetime | None,
+            QueryParameter(
+                name="to",
+                description="End of the window, with a UTC offset (default and at most: now)",
+            ),
         ] = None,
         bucket: Annotated[
             Literal["hour", "day"], QueryParameter(description="Length of each point")
         ] = "day",
     ) -> UptimeSeriesOut:
-        """The uptime series analysts chart: per hour or day, the seconds the session was
-        meant to run and those it was connected, and their ratio. Stopped time counts neither
-        way; a bucket in which it was not meant to run has no uptime (null)."""
+        """The uptime series analysts chart: per hour or day, the seconds the session was in
+        service (meant to run, from its first link on) and those it was connected, and the
+        uptime as a percentage (0-100, two decimals). The time before the first link and the
+        time stopped count neither way; a bucket with no time in service has no uptime (null).
+        The default window's uptime is the status's `metrics.uptime` at the same instant."""
         row = access.session
-        stop = _utc(end) or datetime.now(UTC)
-        begin = _utc(start) or max(row.created_at, stop - DEFAULT_WINDOW)
+        now = datetime.now(UTC)
+        stop = now if end is None else min(now, utc_instant(end, "to"))
+        if start is not None:
+            begin = utc_instant(start, "from")
+        elif stop > row.created_at:  # then its window's start is a date that exists
+            begin = max(row.created_at, window_start(stop))
+        else:
+            begin = row.created_at  # an invalid window, refused below
         step = BUCKETS[bucket]
         if begin >= stop:
-            raise ProblemError(400, "invalid-window", "`from` must be before `to`")
+            raise ProblemError(400, "invalid-window", "`from` must be before `to`, and before now")
         if (stop - begin) / step > MAX_BUCKETS:
             raise ProblemError(
                 400,
@@ -116,14 +125,12 @@ class UptimeController(Controller):
         uuid = session_uuid(row.session_id)
         transitions = await call(context(request).uptime.transitions, uuid, begin, stop)
         points = series(transitions, begin, stop, step)
-        running = sum(p.running_seconds for p in points)
-        connected = sum(p.connected_seconds for p in points)
         return UptimeSeriesOut(
             session_id=row.session_id,
             start=begin,
             end=stop,
             bucket=bucket,
-            uptime=min(1.0, connected / running) if running > 0 else None,
+            uptime=overall(points),
             items=[
                 UptimeBucketOut(
                     start=p.start,

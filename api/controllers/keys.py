@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
-from api.auth import API_KEY_SECURITY, SessionAccess, key_required, provide_access
+from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
 from api.controllers.common import call, context, problems, settle
 from api.presenters import key_out
 from api.schemas import CreateKeyIn, KeyCreatedOut, KeyListOut
@@ -24,7 +24,6 @@ class KeysController(Controller):
     @post(
         "/",
         status_code=201,
-        guards=[key_required],
         responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
     )
     async def create_key(

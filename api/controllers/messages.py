@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
-from api.auth import API_KEY_SECURITY, SessionAccess, key_required, provide_access
+from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
 from api.context import ApiContext
 from api.controllers.common import call, context, problems, reached, settle
 from api.presenters import message_out
@@ -57,7 +57,6 @@ class MessagesController(Controller):
     @post(
         SESSION + "/messages",
         status_code=202,
-        guards=[key_required],
         responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
     )
     async def send_message(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -17,12 +17,11 @@ from api.auth import (
     API_KEY_SECURITY,
     Principal,
     SessionAccess,
-    key_required,
     provide_access,
     provide_admin,
     provide_admin_access,
 )
-from api.controllers.common import call, context, current_row, problems, settle
+from api.controllers.common import call, context, current_row, problems, settle, utc_instant
 from api.fastpath import FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
@@ -78,7 +77,6 @@ class SessionsController(Controller):
     @post(
         "/",
         status_code=201,
-        guards=[key_required],
         responses=problems(400, 401, 403, 413, 422, 503),
     )
     async def create_session(
@@ -149,7 +147,8 @@ class SessionsController(Controller):
             datetime | None,
             QueryParameter(
                 name="asOf",
-                description="The session as it was at this instant, rebuilt from its events",
+                description="The session as it was at this instant (with a UTC offset), "
+                "rebuilt from its events",
             ),
         ] = None,
     ) -> SessionOut:
@@ -157,7 +156,7 @@ class SessionsController(Controller):
         ctx = context(request)
         if as_of is None:
             return session_out(access.session, ctx.default_requests_per_minute)
-        instant = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+        instant = utc_instant(as_of, "asOf")
         uuid = session_uuid(access.session.session_id)
         row = await call(state_as_of, ctx.app, uuid, instant)
         if row is None:
@@ -217,7 +216,6 @@ class SessionsController(Controller):
     @post(
         SESSION + "/pair-code",
         status_code=200,
-        guards=[key_required],
         responses=problems(400, 401, 404, 409, 413, 422, 429, 502, 503),
     )
     async def pair_code(
@@ -273,7 +271,6 @@ class SessionsController(Controller):
 
     @put(
         SESSION + "/rate-limit",
-        guards=[key_required],
         responses=problems(400, 401, 403, 404, 409, 413, 422, 503),
     )
     async def set_rate_limit(

@@ -14,9 +14,9 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from api.auth import API_KEY_SECURITY, Principal, key_required, provide_caller
+from api.auth import API_KEY_SECURITY, Principal, provide_caller
 from api.context import ApiContext
-from api.controllers.common import call, context, problems, reached
+from api.controllers.common import call, context, problems, reached, utc_instant
 from api.problems import ProblemError
 from api.schemas import (
     DeliveryOut,
@@ -82,7 +82,6 @@ class WebhooksController(Controller):
     @post(
         "/webhooks",
         status_code=201,
-        guards=[key_required],
         responses=problems(400, 401, 404, 413, 422, 429, 503),
     )
     async def create_webhook(
@@ -137,7 +136,7 @@ class WebhooksController(Controller):
         """One endpoint (never its secret)."""
         return _out(await self._row(context(request), caller, webhook_id))
 
-    @patch(WEBHOOK, guards=[key_required], responses=problems(400, 401, 404, 413, 422, 429, 503))
+    @patch(WEBHOOK, responses=problems(400, 401, 404, 413, 422, 429, 503))
     async def change_webhook(
         self,
         request: Request[Any, Any, State],
@@ -178,7 +177,6 @@ class WebhooksController(Controller):
     @post(
         WEBHOOK + "/rotate-secret",
         status_code=200,
-        guards=[key_required],
         responses=problems(400, 401, 404, 413, 422, 429, 503),
     )
     async def rotate_secret(
@@ -255,7 +253,6 @@ class WebhooksController(Controller):
     @post(
         WEBHOOK + "/replay",
         status_code=202,
-        guards=[key_required],
         responses=problems(400, 401, 404, 413, 422, 429, 503),
     )
     async def replay(
@@ -269,8 +266,7 @@ class WebhooksController(Controller):
         own `webhook-id`, so receivers can tell a replay from a new event)."""
         ctx = context(request)
         row = await self._row(ctx, caller, webhook_id)
-        start = data.from_ if data.from_.tzinfo else data.from_.replace(tzinfo=UTC)
-        end = data.to if data.to.tzinfo else data.to.replace(tzinfo=UTC)
+        start, end = utc_instant(data.from_, "from", 422), utc_instant(data.to, "to", 422)
         if end <= start:
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
         deliveries = await call(_replayable, ctx, row, start, end)

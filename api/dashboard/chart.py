@@ -7,7 +7,7 @@ from datetime import datetime
 
 from api.dashboard.present import duration, percent
 from projections.rows import UPTIME_DAYS, window_start
-from projections.uptime import Bucket
+from projections.uptime import Bucket, overall
 
 WIDTH = 300  # the SVG's own units; CSS scales it to the page
 HEIGHT = 100
@@ -39,9 +39,9 @@ def window(now: datetime) -> tuple[datetime, datetime]:
 
 
 def tone(uptime: float) -> str:
-    if uptime >= 0.99:
+    if uptime >= 99:
         return "ok"
-    return "warn" if uptime >= 0.9 else "bad"
+    return "warn" if uptime >= 90 else "bad"
 
 
 def chart(points: list[Bucket]) -> Chart:
@@ -52,21 +52,19 @@ def chart(points: list[Bucket]) -> Chart:
         day = point.start.strftime("%Y-%m-%d")
         if point.uptime is None:
             height, bar_tone = 2.0, "none"
-            title = f"{day}: not running"
+            title = f"{day}: not in service"
         else:
-            height, bar_tone = max(2.0, point.uptime * HEIGHT), tone(point.uptime)
+            height, bar_tone = max(2.0, point.uptime / 100 * HEIGHT), tone(point.uptime)
             title = (
                 f"{day}: {percent(point.uptime)} connected "
                 f"({duration(point.connected_seconds)} of {duration(point.running_seconds)})"
             )
         bars.append(Bar(index * slot, HEIGHT - height, slot - GAP, height, bar_tone, title))
-    running = sum(p.running_seconds for p in points)
-    connected = sum(p.connected_seconds for p in points)
-    uptime = min(1.0, connected / running) if running > 0 else None
+    uptime = overall(points)
     days = len(points)
     summary = (
         f"Uptime by day over the last {days} days: {percent(uptime)} overall"
         if uptime is not None
-        else f"Uptime by day over the last {days} days: the session was not running"
+        else f"Uptime by day over the last {days} days: the session was not in service"
     )
     return Chart(bars, WIDTH, HEIGHT, uptime, summary)

@@ -13,6 +13,7 @@ from markupsafe import Markup
 from api.presenters import health
 from api.qr import SVG, render
 from projections.rows import SessionRow
+from projections.uptime import status_uptime
 
 #: The state shown for a session, its colour (tone) and its words. Never colour alone.
 TONES = {
@@ -69,7 +70,7 @@ class Line:
 
 def line(row: SessionRow, now: datetime) -> Line:
     state = state_of(row)
-    return Line(row, state, TONES[state], LABELS[state], health(row), row.uptime_window(now))
+    return Line(row, state, TONES[state], LABELS[state], health(row), status_uptime(row, now))
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,12 @@ def duration(seconds: float) -> str:
     return " ".join(f"{n} {unit}" for n, unit in parts[:2])
 
 
-def percent(share: float | None) -> str:
-    if share is None:
+def percent(uptime: float | None) -> str:
+    """An uptime figure (already a percentage with two decimals) as the JSON API gives it:
+    ``99.95 %``, ``99.9 %``, ``100 %``."""
+    if uptime is None:
         return "—"
-    value = share * 100
-    return f"{math.floor(value * 10) / 10:.1f} %" if value < 100 else "100 %"
+    return f"{uptime:.2f}".rstrip("0").rstrip(".") + " %"
 
 
 def event_name(kind: str) -> str:

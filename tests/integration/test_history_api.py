@@ -115,8 +115,10 @@ async def test_the_state_as_of_an_instant_is_rebuilt_from_the_events(api: Api) -
     missing = await as_of(marks["before"])
     assert missing.status_code == 404
     assert missing.json()["type"] == "urn:sessiond:problem:not-yet-created"
-    naive = marks["connected"].replace(tzinfo=None).isoformat()  # read as UTC
+    # Check an instant without a UTC offset is refused: which instant it names is a guess.
+    naive = marks["connected"].replace(tzinfo=None).isoformat()
     response = await api.client.get(f"/sessions/{sid}", params={"asOf": naive}, headers=ADMIN)
-    assert response.json()["status"] == "connected"
+    assert response.status_code == 400
+    assert "UTC offset" in response.json()["detail"]
     bad = await api.client.get(f"/sessions/{sid}", params={"asOf": "yesterday"}, headers=ADMIN)
     assert bad.status_code == 400

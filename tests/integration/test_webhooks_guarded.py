@@ -43,26 +43,36 @@ async def test_a_literal_private_address_is_refused_when_registering(
     assert response.json()["type"].endswith("invalid-url")
 
 
-async def test_a_name_resolving_to_loopback_is_refused_when_connecting(
-    api: Api, canary: Receiver
+async def test_a_name_resolving_to_loopback_is_refused_when_connecting_and_not_revealed(
+    api: Api, canary: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # A session's own endpoint, registered and read with the session's key.
+    session = await api.create_session("Canary")
+    key = api.key(session)
     response = await api.client.post(
         "/webhooks",
-        json={"url": f"http://localhost:{canary.port}/hook", "events": ["session.created"]},
-        headers=ADMIN,
+        json={"url": f"http://localhost:{canary.port}/hook", "events": ["session.stopped"]},
+        headers=key,
     )
     assert response.status_code == 201, response.text
     webhook = response.json()
-    await api.create_session("Canary")
+    stopped = await api.client.post(f"/sessions/{session['sessionId']}/stop", headers=key)
+    assert stopped.status_code == 200, stopped.text
     url = f"/webhooks/{webhook['webhookId']}/deliveries"
 
     async def refused() -> Any:
-        items = (await api.client.get(url, headers=ADMIN)).json()["items"]
+        items = (await api.client.get(url, headers=key)).json()["items"]
         return items if items and items[0]["attempts"] >= 2 else None
 
     items = await eventually(refused)
-    assert "non-public address" in items[0]["lastError"], items[0]["lastError"]
     assert canary.received == []
+    # Check the session key learns that it was refused, not where localhost resolves.
+    errors = [items[0]["lastError"], *(a["error"] for a in items[0]["attemptLog"])]
+    for error in errors:
+        assert error.endswith("refused: not a public address"), error
+        assert "127.0.0.1" not in error and "::1" not in error, error
+    # Check the log has the whole story, for the operator.
+    assert "resolves to non-public address" in caplog.text
 
 
 async def test_an_endpoint_failing_for_days_is_disabled(api: Api) -> None:
@@ -97,5 +107,6 @@ async def test_an_endpoint_failing_for_days_is_disabled(api: Api) -> None:
 
 async def test_private_only_refuses_public_addresses_before_connecting() -> None:
     async with webhook_client(allow_private=True, private_only=True, connect_timeout=0.5) as client:
-        with pytest.raises(BlockedAddress, match=r"public address 93\.184\.216\.34"):
+        with pytest.raises(BlockedAddress, match=r"^refused: not a private address") as refused:
             await client.post("http://93.184.216.34/hook", content=b"{}")
+    assert "93.184" not in str(refused.value)

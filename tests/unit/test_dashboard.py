@@ -90,20 +90,26 @@ def test_the_chart_has_a_bar_a_day_with_an_accessible_title() -> None:
     points.append(Bucket(begin + 29 * day, NOW, 43_200.0, 21_600.0))
     drawn = chart(points)
     assert len(drawn.bars) == 30
-    assert drawn.bars[0].tone == "none" and drawn.bars[0].title.endswith("not running")
+    assert drawn.bars[0].tone == "none" and drawn.bars[0].title.endswith("not in service")
     assert drawn.bars[28].tone == "ok" and drawn.bars[28].height == 100
     assert drawn.bars[29].tone == "bad"
-    assert drawn.bars[29].title == "2026-11-26: 50.0 % connected (6 h 0 min of 12 h 0 min)"
-    assert drawn.summary == "Uptime by day over the last 30 days: 83.3 % overall"
+    assert drawn.bars[29].title == "2026-11-26: 50 % connected (6 h 0 min of 12 h 0 min)"
+    # Check the overall figure is the JSON API's: 108,000 s connected of 129,600 in service.
+    assert drawn.uptime == 83.33
+    assert drawn.summary == "Uptime by day over the last 30 days: 83.33 % overall"
 
 
 def test_formats_read_as_an_operator_expects() -> None:
     assert duration(59) == "59 s"
     assert duration(3_725) == "1 h 2 min"
     assert duration(3 * 86_400 + 7_200) == "3 d 2 h"
+    # An uptime as the JSON API gives it (a percentage, two decimals), without trailing zeros.
     assert percent(None) == "—"
-    assert percent(0.99999) == "99.9 %"
-    assert percent(1.0) == "100 %"
+    assert percent(99.95) == "99.95 %"
+    assert percent(99.9) == "99.9 %"
+    assert percent(100.0) == "100 %"
+    assert percent(0.0) == "0 %"
+    assert percent(48.2) == "48.2 %"
     assert event_name("ApiKeyIssued") == "Api key issued"
     assert event_name("QRIssued") == "QR issued"
 

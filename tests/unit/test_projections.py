@@ -19,6 +19,7 @@ from domain.values import ADMIN_ACTOR, public_session_id
 from projections.keys import ApiKeyProjection
 from projections.rows import KeyRow, SessionRow, window_start
 from projections.status import SessionStatusProjection
+from projections.uptime import status_uptime, uptime_percent
 from projections.views import MemoryApiKeyView, MemorySessionStatusView
 from tests.unit.helpers import catch_up, head, popo_app
 
@@ -277,6 +278,7 @@ def row(**changes: Any) -> SessionRow:
         created_at=T0,
         updated_at=T0,
         marked_at=T0,
+        linked_at=T0,
     )
     return msgspec.structs.replace(base, **changes)
 
@@ -285,48 +287,50 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def test_uptime_is_unknown_before_any_running_time() -> None:
-    assert row().uptime(T0) is None
-    assert row(marked_at=None).uptime(at(100)) is None
-    assert row(desired="stopped").uptime(at(100)) is None
+def test_uptime_is_unknown_before_any_time_in_service() -> None:
+    assert status_uptime(row(), T0) is None
+    assert status_uptime(row(marked_at=None), at(100)) is None
+    assert status_uptime(row(desired="stopped"), at(100)) is None
+    assert status_uptime(row(linked_at=None, status="connected"), at(100)) is None
 
 
 def test_uptime_counts_the_open_interval_while_connected() -> None:
-    assert row(status="connected").uptime(at(60)) == 1.0
-    assert row(status="connecting").uptime(at(60)) == 0.0
-    assert row(status="disconnected").uptime(at(60)) == 0.0
+    assert status_uptime(row(status="connected"), at(60)) == 100.0
+    assert status_uptime(row(status="connecting"), at(60)) == 0.0
+    assert status_uptime(row(status="disconnected"), at(60)) == 0.0
 
 
-def test_uptime_is_the_connected_share_of_the_running_time() -> None:
-    # 100 s running of which 50 s connected, then 100 s more: connected or not.
-    assert row(running_seconds=100, connected_seconds=50, status="connected").uptime(
-        at(100)
-    ) == pytest.approx(150 / 200)
-    assert row(running_seconds=100, connected_seconds=50, status="connecting").uptime(
-        at(100)
-    ) == pytest.approx(50 / 200)
-    assert row(running_seconds=100, connected_seconds=50, status="expired").uptime(
-        at(300)
-    ) == pytest.approx(50 / 400)
+def counted(running: float, connected: float) -> dict[str, Any]:
+    """Accumulators of a row: seconds in service and connected, all on T0's day."""
+    return {
+        "running_seconds": running,
+        "connected_seconds": connected,
+        "days": {T0.date().isoformat(): [running, connected]},
+    }
+
+
+def test_uptime_is_the_connected_share_of_the_time_in_service() -> None:
+    # 100 s in service of which 50 s connected, then 100 s more: connected or not.
+    assert status_uptime(row(**counted(100, 50), status="connected"), at(100)) == 75.0
+    assert status_uptime(row(**counted(100, 50), status="connecting"), at(100)) == 25.0
+    assert status_uptime(row(**counted(100, 50), status="expired"), at(300)) == 12.5
 
 
 def test_uptime_leaves_out_the_time_a_session_is_stopped_or_deleted() -> None:
     for desired in ("stopped", "deleted"):
-        stopped = row(
-            running_seconds=100, connected_seconds=80, status="disconnected", desired=desired
-        )
-        assert stopped.uptime(at(10_000)) == pytest.approx(0.8)
+        stopped = row(**counted(100, 80), status="disconnected", desired=desired)
+        assert status_uptime(stopped, at(10_000)) == 80.0
 
 
 def test_uptime_ignores_a_reading_taken_before_the_mark() -> None:
-    marked = row(running_seconds=100, connected_seconds=25, status="connected", marked_at=at(50))
-    assert marked.uptime(at(10)) == pytest.approx(0.25)
-    assert marked.uptime(at(50)) == pytest.approx(0.25)
+    marked = row(**counted(100, 25), status="connected", marked_at=at(50))
+    assert status_uptime(marked, at(10)) == 25.0
+    assert status_uptime(marked, at(50)) == 25.0
 
 
-def test_uptime_never_exceeds_one() -> None:
-    inconsistent = row(running_seconds=10, connected_seconds=20, status="connected")
-    assert inconsistent.uptime(at(10)) == 1.0
+def test_uptime_never_exceeds_100() -> None:
+    inconsistent = row(**counted(10, 20), status="connected")
+    assert status_uptime(inconsistent, at(10)) == 100.0
 
 
 def retimed(events: Sequence[Any], offsets: list[float]) -> list[Any]:
@@ -335,7 +339,7 @@ def retimed(events: Sequence[Any], offsets: list[float]) -> list[Any]:
     return [dataclasses.replace(e, timestamp=at(s)) for e, s in zip(events, offsets, strict=True)]
 
 
-def test_the_projection_accumulates_running_and_connected_time_between_events() -> None:
+def test_the_projection_accumulates_time_in_service_from_the_first_link() -> None:
     session = Session(
         id=uuid4(), name="Support", labels={}, requests_per_minute=None, actor=ADMIN_ACTOR
     )
@@ -356,97 +360,41 @@ def test_the_projection_accumulates_running_and_connected_time_between_events() 
         assert found is not None
         return found
 
-    # Check 10 s connecting count as running, not connected.
+    # Check the 10 s waiting for the first scan count neither way.
     r = feed(2)
-    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (10, 0, at(10))
+    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (0, 0, at(10))
+    assert r.linked_at == at(10)
 
     # Check 30 s connected count as both.
     r = feed(3)
-    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (40, 30, at(40))
-    assert r.uptime(at(40)) == pytest.approx(30 / 40)
+    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (30, 30, at(40))
+    assert status_uptime(r, at(40)) == 100.0
 
     # Check the 60 s stopped count as neither, even read while still stopped.
-    assert r.uptime(at(100)) == pytest.approx(30 / 40)
+    assert status_uptime(r, at(100)) == 100.0
     r = feed(4)
-    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (40, 30, at(100))
+    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (30, 30, at(100))
 
-    # Check 10 s connecting, then 20 s connected.
+    # Check 10 s connecting (after the first link: downtime), then 20 s connected.
     r = feed(6)
-    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (70, 50, at(130))
-    assert r.uptime(at(130)) == pytest.approx(50 / 70)
+    assert (r.running_seconds, r.connected_seconds, r.marked_at) == (60, 50, at(130))
+    assert r.linked_at == at(10)
+    assert status_uptime(r, at(130)) == 83.33
 
-    # Check the open interval since the last event counts as disconnected running time.
-    assert r.uptime(at(200)) == pytest.approx(50 / 140)
+    # Check the open interval since the last event counts as disconnected time in service.
+    assert status_uptime(r, at(200)) == uptime_percent(130, 50) == 38.46
 
 
 # -- the status's uptime window: today and the 29 whole UTC days before it -------------------
-
-
-def test_the_status_window_counts_the_last_thirty_days_only() -> None:
-    midnight = datetime(2026, 3, 31, tzinfo=UTC)
-    view = MemorySessionStatusView()
-    projection = SessionStatusProjection(view)
-    sid = uuid4()
-    # Created 40 days ago, connected for the first 10 days, then down for 30 days (the last
-    # transition was 30 days ago), reading taken at noon: the window sees only the downtime.
-    created = midnight - timedelta(days=40)
-    up = created + timedelta(hours=1)
-    down = midnight - timedelta(days=30)
-    # eventsourcing makes the events dataclasses at run time, which mypy cannot see.
-    created_event: Any = Session.Created
-    connected_event: Any = Session.Connected
-    disconnected_event: Any = Session.Disconnected
-    events = [
-        created_event(
-            originator_id=sid,
-            originator_version=1,
-            timestamp=created,
-            originator_topic="sessiond:Session",
-            name="Old",
-            labels={},
-            requests_per_minute=None,
-            actor="admin",
-        ),
-        connected_event(
-            originator_id=sid,
-            originator_version=2,
-            timestamp=up,
-            jid="49:1@s.whatsapp.net",
-            push_name="Phone",
-        ),
-        disconnected_event(
-            originator_id=sid,
-            originator_version=3,
-            timestamp=down,
-            reason="connection_lost",
-        ),
-    ]
-    for position, event in enumerate(events, start=1):
-        projection.process_event(event, Tracking("sessiond", position))
-    row = view.get_session(public_session_id(sid))
-    assert row is not None
-    noon = midnight + timedelta(hours=12)
-    # Since creation: 10 days connected of 40.5 days running.
-    assert row.uptime(noon) == pytest.approx(
-        (down - up).total_seconds() / (noon - created).total_seconds()
-    )
-    assert row.uptime_window(noon) == 0.0
-    # Days are kept per UTC day (those older than 31 days before the last event are dropped).
-    assert len(row.days) == 10  # from creation to `down`, one entry per UTC day
-    assert sum(c for _, c in row.days.values()) == pytest.approx((down - up).total_seconds())
 
 
 def test_the_status_window_splits_the_open_interval_at_its_start() -> None:
     now = datetime(2026, 3, 31, 6, tzinfo=UTC)
     # Connected since 35 days ago, with nothing recorded since: the window (from 29 days
     # before today's midnight) is all connected; the days before it do not count.
-    r = row(status="connected", marked_at=now - timedelta(days=35))
-    assert r.uptime_window(now) == 1.0
-    stopped = row(status="disconnected", desired="stopped", marked_at=now - timedelta(days=35))
-    assert stopped.uptime_window(now) is None
+    long_ago = now - timedelta(days=35)
+    r = row(status="connected", marked_at=long_ago, days={long_ago.date().isoformat(): [1, 0]})
+    assert status_uptime(r, now) == 100.0
+    stopped = msgspec.structs.replace(r, status="disconnected", desired="stopped")
+    assert status_uptime(stopped, now) is None
     assert window_start(now) == datetime(2026, 3, 2, tzinfo=UTC)
-
-
-def test_a_row_written_before_days_were_kept_falls_back_to_since_creation() -> None:
-    old = row(running_seconds=100, connected_seconds=50, status="disconnected")
-    assert old.uptime_window(at(100)) == old.uptime(at(100))

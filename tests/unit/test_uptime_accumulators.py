@@ -1,7 +1,7 @@
 """The status projection's uptime accumulators, against the straightforward first version.
 
-`_advance_uptime` runs for most events and for every event of a rebuild, so it was rewritten
-to copy only what changes; it must give exactly (bit for bit) what the first version gave.
+`advance` runs for most events and for every event of a rebuild, so it was rewritten to copy
+only what changes; it must give exactly (bit for bit) what the first version gave.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projections.rows import UPTIME_DAYS, SessionRow, window_start
-from projections.status import _advance_uptime, _split_by_day
+from projections.uptime import advance, split_by_day
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def reference_split_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:
+def referencesplit_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:
     parts = []
     cursor = start.astimezone(UTC)
     end = end.astimezone(UTC)
@@ -36,12 +36,12 @@ def reference_advance_uptime(row: SessionRow, until: datetime) -> SessionRow:
     seconds = (until - row.marked_at).total_seconds()
     running, connected = row.running_seconds, row.connected_seconds
     days = {day: list(pair) for day, pair in row.days.items()}
-    if row.desired == "running":
+    if row.desired == "running" and row.linked_at is not None:
         is_connected = row.status == "connected"
         running += seconds
         if is_connected:
             connected += seconds
-        for day, day_seconds in reference_split_by_day(row.marked_at, until):
+        for day, day_seconds in referencesplit_by_day(row.marked_at, until):
             pair = days.setdefault(day, [0.0, 0.0])
             pair[0] += day_seconds
             if is_connected:
@@ -72,7 +72,7 @@ def assert_same_as_the_first_version(
 ) -> SessionRow:
     row = SessionRow(
         session_id="sess_a", name="a", status="connecting", created_at=start,
-        updated_at=start, marked_at=start,
+        updated_at=start, marked_at=start, linked_at=start,
     )  # fmt: skip
     expected, now = row, start
     for millis, status, desired in steps:
@@ -80,7 +80,7 @@ def assert_same_as_the_first_version(
         expected = msgspec.structs.replace(
             reference_advance_uptime(expected, now), status=status, desired=desired
         )
-        row = msgspec.structs.replace(_advance_uptime(row, now), status=status, desired=desired)
+        row = msgspec.structs.replace(advance(row, now), status=status, desired=desired)
         assert msgspec.json.encode(row) == msgspec.json.encode(expected)
         assert row == expected
     return row
@@ -106,19 +106,19 @@ def test_forty_days_of_hourly_events_keep_the_last_thirty_one_days() -> None:
 def test_a_previous_row_keeps_its_own_accumulators() -> None:
     row = SessionRow(
         session_id="sess_a", name="a", status="connected", created_at=T0, updated_at=T0,
-        marked_at=T0, days={T0.date().isoformat(): [1.0, 1.0]},
+        marked_at=T0, linked_at=T0, days={T0.date().isoformat(): [1.0, 1.0]},
     )  # fmt: skip
-    later = _advance_uptime(row, T0 + timedelta(hours=1))
+    later = advance(row, T0 + timedelta(hours=1))
     assert later.days[T0.date().isoformat()] == [3601.0, 3601.0]
     assert row.days == {T0.date().isoformat(): [1.0, 1.0]}
 
 
 def test_an_interval_is_split_at_each_utc_midnight() -> None:
     start = T0 + timedelta(hours=22)
-    assert _split_by_day(start, start + timedelta(hours=28)) == [
+    assert split_by_day(start, start + timedelta(hours=28)) == [
         ("2026-01-01", 7200.0),
         ("2026-01-02", 86400.0),
         ("2026-01-03", 7200.0),
     ]
-    assert _split_by_day(start, start + timedelta(hours=1)) == [("2026-01-01", 3600.0)]
-    assert _split_by_day(start, start) == []
+    assert split_by_day(start, start + timedelta(hours=1)) == [("2026-01-01", 3600.0)]
+    assert split_by_day(start, start) == []
