@@ -21,7 +21,7 @@ from infra.whatsapp_link import LinkCheck
 from tests.unit.test_neonize_mapping import NOW, NZ, Recorder, ScriptedClient, make_store
 
 DIAL_ERROR = (
-    'failed to dial whatsapp web websocket: failed to WebSocket dial: failed to send handshake '
+    "failed to dial whatsapp web websocket: failed to WebSocket dial: failed to send handshake "
     'request: Get "https://web.whatsapp.com/ws/chat": proxyconnect tcp: dial tcp '
     "127.0.0.1:9: connect: connection refused"
 )

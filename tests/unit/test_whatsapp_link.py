@@ -87,8 +87,7 @@ def test_a_proxy_that_refuses_the_tunnel_is_a_failure(
     answers.append(b"HTTP/1.1 403 Forbidden\r\n\r\n")
     check = LinkCheck(environ={"HTTPS_PROXY": f"http://127.0.0.1:{port}"})
     assert check.failure() == (
-        f"the proxy 127.0.0.1:{port} refused to reach web.whatsapp.com:443: "
-        "HTTP/1.1 403 Forbidden"
+        f"the proxy 127.0.0.1:{port} refused to reach web.whatsapp.com:443: HTTP/1.1 403 Forbidden"
     )
 
 
