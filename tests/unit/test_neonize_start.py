@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -79,6 +80,10 @@ class Link:
         return ours
 
 
+def has_calls(count: int, calls: list[Any]) -> bool:
+    return len(calls) == count
+
+
 def failing_gateway(
     store: Path, messages: list[str], link: Link
 ) -> tuple[NeonizeGateway, Recorder, list[ScriptedClient]]:
@@ -128,7 +133,7 @@ def test_a_session_that_cannot_reach_whatsapp_goes_back_to_go_only_once_the_link
     # Check two retries while the link is down never reach Go: the check's words instead.
     for attempt in (2, 3):
         gateway.start(sid, None)
-        calls = events.wait_for(sid, lambda calls, n=attempt: len(calls) == n)
+        calls = events.wait_for(sid, partial(has_calls, attempt))
         assert calls[-1].args[:2] == (
             "whatsapp_unreachable",
             "cannot reach web.whatsapp.com:443: [Errno 111] Connection refused",
