@@ -15,9 +15,10 @@ connection by PgBouncer instead (``connect_query``), the start-up parameters PgB
 track are ignored; whatsmeow keeps no session state (no LISTEN, no advisory lock, no named
 statement) between transactions.
 
-PgBouncer runs under a small ``sh`` wrapper whose standard input is a pipe from this process:
-when the worker ends, however it ends (SIGKILL too), the pipe closes and the wrapper stops
-PgBouncer. A PgBouncer that dies on its own is started again on the same socket.
+PgBouncer runs under a small ``sh`` wrapper, in a process group of its own, whose standard
+input is a pipe from this process: when the worker ends, however it ends (SIGKILL too), the
+pipe closes and the wrapper stops PgBouncer. A PgBouncer that dies on its own is started again
+on the same socket.
 """
 
 from __future__ import annotations
@@ -245,6 +246,10 @@ class DeviceStorePool:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own process group: a signal to the worker's group (a terminal's Ctrl+C, a
+            # supervisor stopping the worker) is the worker's to handle; PgBouncer follows the
+            # worker through the pipe.
+            start_new_session=True,
         )
         with self._lock:
             self._process, self._stdin = process, process.stdin
