@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from infra.devicestore import APPLICATION_NAME
+from infra.devicestore import APPLICATION_NAME, DeviceStorePool
 from tests.e2e.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,3 +169,77 @@ def test_a_device_stays_resumable_by_the_worker_that_takes_the_session_over(
     for reason, detail in (first, second):
         assert reason == "whatsapp_unreachable", detail
         assert "failed to dial whatsapp web websocket" in detail, detail
+
+
+def pgbouncers_of(pool_dir: str) -> list[int]:
+    """The PgBouncer processes serving the pool in `pool_dir` (their command line names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if command[0].endswith(b"pgbouncer") and pool_dir.encode() in b" ".join(command):
+                found.append(int(entry.name))
+    return found
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.postgres
+def test_pgbouncer_ends_with_its_worker_even_a_killed_one(database_url: str) -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from infra.devicestore import DeviceStorePool\n"
+            "pool = DeviceStorePool(sys.argv[1], size=1)\n"
+            "pool.start()\n"
+            "print(pool.socket_dir, flush=True)\n"
+            "time.sleep(120)\n",
+            database_url,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    pool_dir = child.stdout.readline().strip()
+    assert pool_dir and len(pgbouncers_of(pool_dir)) == 1
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    assert wait_until(lambda: pgbouncers_of(pool_dir) == [])
+
+
+@pytest.mark.postgres
+def test_a_pgbouncer_that_dies_is_started_again_on_the_same_socket(database_url: str) -> None:
+    pool = DeviceStorePool(database_url, size=1)
+    pool.start()
+    try:
+        [first] = pgbouncers_of(pool.socket_dir)
+        os.kill(first, signal.SIGKILL)
+
+        def serving_again() -> bool:
+            try:
+                with psycopg.connect(pool.conninfo(), connect_timeout=2) as conn:
+                    row = conn.execute("SHOW search_path").fetchone()
+            except psycopg.Error:
+                return False
+            return row == ("whatsmeow",)
+
+        assert wait_until(serving_again)
+        [second] = pgbouncers_of(pool.socket_dir)
+        assert second != first
+    finally:
+        pool.close()
+    assert pgbouncers_of(pool.socket_dir) == []
+    assert not Path(pool.socket_dir).exists()  # nothing left: no password on disk either
