@@ -81,9 +81,10 @@ def find_pgbouncer(configured: str | None = None) -> str:
 
 
 def _quoted(value: str, what: str) -> str:
-    if any(c in value for c in "'\\\n"):
-        raise DeviceStoreError(f"the database {what} {value!r} cannot be given to PgBouncer")
-    return f"'{value}'"
+    """A value of a PgBouncer connection string: in single quotes, a quote doubled."""
+    if any(c in value for c in "\n\0"):
+        raise DeviceStoreError(f"the database's {what} cannot be given to PgBouncer")
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _run_as(host: str) -> str | None:
@@ -179,9 +180,8 @@ class DeviceStorePool:
             self._wait_ready()
         finally:
             # Read at start-up and never again: no password stays on disk.
-            for name in ("pgbouncer.ini", "users.txt"):
-                with contextlib.suppress(FileNotFoundError):
-                    (Path(self.socket_dir) / name).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (Path(self.socket_dir) / "pgbouncer.ini").unlink()
 
     def _write_config(self) -> None:
         assert self.directory is not None
@@ -195,19 +195,16 @@ class DeviceStorePool:
             "application_name": APPLICATION_NAME,
             "connect_query": f"SET search_path TO {self.schema}",
         }
+        if params.get("password"):
+            # read at start-up, before PgBouncer drops root (an auth_file is read later)
+            server["password"] = params["password"]
         connstring = " ".join(f"{key}={_quoted(value, key)}" for key, value in server.items())
-        password = params.get("password", "")
-        users = self.directory / "users.txt"
-        escaped_user, escaped_password = (v.replace('"', '""') for v in (server_user, password))
-        users.write_text(f'"{escaped_user}" "{escaped_password}"\n')
-        users.chmod(0o600)
         settings = {
             "listen_addr": "",
             "listen_port": str(LISTEN_PORT),
             "unix_socket_dir": str(self.directory),
             "unix_socket_mode": "0700",
-            "auth_type": "any",
-            "auth_file": str(users),
+            "auth_type": "any",  # the socket's directory is private; the server user is fixed
             "pool_mode": "transaction",
             "default_pool_size": str(self.size),
             "max_db_connections": str(self.size),

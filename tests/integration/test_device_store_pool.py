@@ -18,8 +18,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from infra.devicestore import APPLICATION_NAME, DeviceStorePool
+from infra.embedded import start_embedded_postgres
 from tests.e2e.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,3 +246,36 @@ def test_a_pgbouncer_that_dies_is_started_again_on_the_same_socket(database_url:
         pool.close()
     assert pgbouncers_of(pool.socket_dir) == []
     assert not Path(pool.socket_dir).exists()  # nothing left: no password on disk either
+
+
+def test_a_password_reaches_postgresql_through_pgbouncer_and_stays_off_disk(
+    tmp_path: Path,
+) -> None:
+    """A private server (never the shared one reconfigured) whose role needs a password."""
+    url, server = start_embedded_postgres(tmp_path / "pw")
+    password = "p\"a's s\\w"  # quotes, a space, a backslash
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE tenant LOGIN PASSWORD {}").format(sql.Literal(password))
+            )
+            conn.execute("CREATE DATABASE tenant_db OWNER tenant")
+        hba = tmp_path / "pw" / "postgres" / "pg_hba.conf"
+        hba.write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        without = make_conninfo(url, dbname="tenant_db", user="tenant")
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(without).close()
+
+        pool = DeviceStorePool(make_conninfo(without, password=password), size=1)
+        pool.start()
+        try:
+            with psycopg.connect(pool.conninfo()) as conn:
+                row = conn.execute("SELECT current_user, current_database()").fetchone()
+            assert row == ("tenant", "tenant_db")
+            assert os.listdir(pool.socket_dir) == [".s.PGSQL.6432"]  # no configuration left
+        finally:
+            pool.close()
+    finally:
+        server.cleanup()
