@@ -70,8 +70,13 @@ class DeviceStoreError(RuntimeError):
 
 
 def find_pgbouncer(configured: str | None = None) -> str:
-    """The PgBouncer binary: `configured`, else ``pgbouncer`` on PATH, else Debian's path."""
-    for candidate in (configured, shutil.which("pgbouncer"), DEBIAN_BINARY):
+    """The PgBouncer binary: `configured` (it must be there), else ``pgbouncer`` on PATH, else
+    Debian's path."""
+    if configured:
+        if os.access(configured, os.X_OK):
+            return configured
+        raise DeviceStoreError(f"SESSIOND_PGBOUNCER: {configured} is not an executable PgBouncer")
+    for candidate in (shutil.which("pgbouncer"), DEBIAN_BINARY):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise DeviceStoreError(
