@@ -92,16 +92,30 @@ def _quoted(value: str, what: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _run_as(host: str) -> str | None:
-    """PgBouncer refuses to run as root: as root, it runs as the owner of the server's socket
-    directory (who can open it), or as ``nobody`` for a server reached over TCP."""
+#: PgBouncer refuses to run as root. Run by root, it runs as this user instead, allowed to
+#: search any directory (``CAP_DAC_READ_SEARCH``, kept through ``setpriv``): the way to the
+#: server's socket may cross a directory only root can enter (a data directory under /root;
+#: pytest's base directory, which every new pytest run makes 0700 again).
+UNPRIVILEGED_USER = "nobody"
+SETPRIV = "/usr/bin/setpriv"
+
+
+def _unprivileged_prefix() -> list[str]:
+    """The command that drops root before PgBouncer starts (nothing when not root)."""
     if os.geteuid() != 0:
-        return None
-    if host.startswith("/") and Path(host).is_dir():
-        owner = pwd.getpwuid(Path(host).stat().st_uid).pw_name
-        if owner != "root":
-            return owner
-    return "nobody"
+        return []
+    if not os.access(SETPRIV, os.X_OK):
+        raise DeviceStoreError(f"running as root, PgBouncer needs {SETPRIV} (util-linux)")
+    user = pwd.getpwnam(UNPRIVILEGED_USER)
+    return [
+        SETPRIV,
+        f"--reuid={user.pw_uid}",
+        f"--regid={user.pw_gid}",
+        "--clear-groups",
+        "--inh-caps=-all,+dac_read_search",
+        "--ambient-caps=-all,+dac_read_search",
+        "--bounding-set=-all,+dac_read_search",
+    ]
 
 
 class DeviceStorePool:
@@ -128,7 +142,7 @@ class DeviceStorePool:
         self._watcher: threading.Thread | None = None
         self._params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v}
         self._host = self._params.get("host", "localhost").split(",")[0]
-        self._user = _run_as(self._host)
+        self._prefix = _unprivileged_prefix()
 
     @property
     def socket_dir(self) -> str:
@@ -148,8 +162,8 @@ class DeviceStorePool:
     def start(self) -> None:
         """Start PgBouncer and wait until a query goes through it to PostgreSQL."""
         self.directory = Path(tempfile.mkdtemp(prefix="sessiond-store-"))
-        if self._user is not None:
-            os.chown(self.directory, pwd.getpwnam(self._user).pw_uid, -1)
+        if self._prefix:  # PgBouncer makes its socket here
+            os.chown(self.directory, pwd.getpwnam(UNPRIVILEGED_USER).pw_uid, -1)
         self._launch()
         self._watcher = threading.Thread(target=self._watch, name="device-store-pool", daemon=True)
         self._watcher.start()
@@ -190,7 +204,7 @@ class DeviceStorePool:
 
     def _write_config(self) -> None:
         assert self.directory is not None
-        params, host, user = self._params, self._host, self._user
+        params, host = self._params, self._host
         server_user = params.get("user") or pwd.getpwuid(os.getuid())[0]
         server = {
             "host": host,
@@ -233,8 +247,6 @@ class DeviceStorePool:
             settings["server_tls_sslmode"] = params["sslmode"]
         if "sslrootcert" in params:
             settings["server_tls_ca_file"] = params["sslrootcert"]
-        if user is not None:
-            settings["user"] = user
         lines = ["[databases]", f"{POOL_DATABASE} = {connstring}", "", "[pgbouncer]"]
         lines += [f"{key} = {value}" for key, value in settings.items()]
         config = self.directory / "pgbouncer.ini"
@@ -244,7 +256,14 @@ class DeviceStorePool:
     def _spawn(self) -> None:
         assert self.directory is not None
         process = subprocess.Popen(  # noqa: S603 - our wrapper and the configured PgBouncer
-            ["/bin/sh", "-c", _WRAPPER, self.binary, str(self.directory / "pgbouncer.ini")],
+            [
+                *self._prefix,
+                "/bin/sh",
+                "-c",
+                _WRAPPER,
+                self.binary,
+                str(self.directory / "pgbouncer.ini"),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -279,3 +279,23 @@ def test_a_password_reaches_postgresql_through_pgbouncer_and_stays_off_disk(
             pool.close()
     finally:
         server.cleanup()
+
+
+def test_pgbouncer_reaches_a_server_whose_socket_only_root_can_reach(tmp_path: Path) -> None:
+    """Run by root, PgBouncer runs as an unprivileged user; the way to the server's socket may
+    cross a directory only root can enter (pytest makes its base directory 0700 again at every
+    run: another run of the suite did so under this one)."""
+    locked = tmp_path / "locked"
+    url, server = start_embedded_postgres(locked / "pg")
+    try:
+        locked.chmod(0o700)
+        pool = DeviceStorePool(url, size=1)
+        pool.start()
+        try:
+            with psycopg.connect(pool.conninfo()) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            pool.close()
+    finally:
+        locked.chmod(0o755)  # for the server's own user, to stop it
+        server.cleanup()
