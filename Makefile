@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint bench clean chromium
+.PHONY: install run test lint bench clean chromium pgbouncer
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 ## Start the service with no configuration: embedded PostgreSQL in ./var, the neonize gateway.
-run: install
+run: install pgbouncer
 	$(VENV)/bin/sessiond serve --host $(HOST) --port $(PORT)
 
 ## Debian's Chromium for the browser tests (never a browser downloaded by the test tool).
@@ -31,8 +31,16 @@ chromium:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
 	fi
 
+## Debian's PgBouncer: each gateway worker runs one in front of the WhatsApp device store.
+pgbouncer:
+	@if [ ! -x /usr/sbin/pgbouncer ] && ! command -v pgbouncer >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer; \
+	fi
+
 ## Run every test (PostgreSQL tests use SESSIOND_TEST_DATABASE_URL, or an embedded server).
-test: install chromium
+test: install chromium pgbouncer
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -40,7 +48,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
 
-bench: install
+bench: install pgbouncer
 	$(PY) bench/run_all.py
 
 clean:

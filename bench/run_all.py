@@ -30,6 +30,7 @@ BENCHMARKS = (
     "rebuild.py",
     "webhook_delivery.py",
     "dashboard_list.py",
+    "neonize_clients.py",
 )
 
 
@@ -165,7 +166,26 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 + ("" if rebuild["valid"] else " INVALID"),
             ]
         )
-    return rows + _webhook_rows(results) + _dashboard_rows(results)
+    return rows + _webhook_rows(results) + _dashboard_rows(results) + _client_rows(results)
+
+
+def _client_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    clients = results.get("neonize_clients.py")
+    if clients is None:
+        return [["real neonize clients, offline", "-", "-", "-", "-", "FAILED"]]
+    largest = clients["rows"][-1]
+    return [
+        [
+            f"real neonize client, offline, {largest['clients']:,} in one worker (all in)",
+            f"{clients['base_all_kb'] / 1024:,.0f} MB at 0",
+            f"{largest['all_kb']:,.0f} KB each",
+            "-",
+            "< 5 MB",
+            f"{verdict(clients['target_met'])} ({largest['connections_total']:.0f} connections, "
+            f"{largest['cpu_core_share']:.0%} of a core idle-retrying)"
+            + ("" if clients["valid"] else " INVALID"),
+        ]
+    ]
 
 
 def _dashboard_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:

@@ -1,7 +1,8 @@
 """The reconnect policy: whether, and when, a session that went down is tried again.
 
-- The link dropped, or WhatsApp could not be reached or refused the connection: exponential
-  backoff with jitter, capped (``base · factor^(attempt-1)``, at most ``cap``, ± ``jitter``).
+- The link dropped, WhatsApp could not be reached or refused the connection, or the device
+  store (its database) failed: exponential backoff with jitter, capped
+  (``base · factor^(attempt-1)``, at most ``cap``, ± ``jitter``).
 - A temporary ban: once the ban has ended (plus a little jitter so sessions spread out).
 - Logged out, device unlinked, QR codes expired, pairing failed: never — the phone must scan a
   new QR code, which an operator asks for with a reconnect.
@@ -20,7 +21,12 @@ from datetime import datetime, timedelta
 from domain.values import Reason
 
 BACKOFF_REASONS = frozenset(
-    {Reason.CONNECTION_LOST, Reason.WHATSAPP_UNREACHABLE, Reason.CONNECT_FAILURE}
+    {
+        Reason.CONNECTION_LOST,
+        Reason.WHATSAPP_UNREACHABLE,
+        Reason.CONNECT_FAILURE,
+        Reason.STORE_UNAVAILABLE,
+    }
 )
 IMMEDIATE_REASONS = frozenset({Reason.SERVICE_RESTARTED, Reason.GATEWAY_LOST})
 NEEDS_QR_REASONS = frozenset(

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     CONNECTION_LOST = "connection_lost"  # the link dropped: retried with backoff
     WHATSAPP_UNREACHABLE = "whatsapp_unreachable"  # no connection could be made: retried
     CONNECT_FAILURE = "connect_failure"  # WhatsApp refused the connection: retried
+    STORE_UNAVAILABLE = "store_unavailable"  # the device store (its database) failed: retried
     LOGGED_OUT = "logged_out"  # unlinked from the phone: needs a new QR code
     DEVICE_UNLINKED = "device_unlinked"  # the stored device is gone: needs a new QR code
     STREAM_REPLACED = "stream_replaced"  # another client took the device over: not fought

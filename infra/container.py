@@ -256,16 +256,30 @@ class Container:
     def _build_gateway(self) -> WhatsAppGateway:
         if self.settings.gateway == "neonize":
             # Imported here: only a worker with the real gateway loads the Go library.
+            from infra.devicestore import DeviceStorePool  # noqa: PLC0415
             from infra.neonize_gateway import (  # noqa: PLC0415
                 NeonizeGateway,
                 prepare_store,
                 store_dsn_from_url,
             )
 
-            prepare_store(self.database_url)  # whatsmeow's schema, once, before any client
+            # The device store through a private PgBouncer: a fixed number of connections
+            # however many clients (and Go pools) neonize opens.
+            pool = DeviceStorePool(
+                self.database_url,
+                size=self.settings.device_store_connections,
+                binary=self.settings.pgbouncer,
+            )
+            pool.start()
+            try:
+                store_dsn = store_dsn_from_url(pool.conninfo(), pooled=True)
+                prepare_store(self.database_url, store_dsn)  # once, before any client
+            except BaseException:
+                pool.close()
+                raise
             # WhatsApp sets the real QR lifetimes (60 s, then 20 s): the QR settings are for
             # the simulator only, or the expiry shown would be wrong.
-            return NeonizeGateway(store_dsn_from_url(self.database_url))
+            return NeonizeGateway(store_dsn, pool=pool)
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         return SimulatorGateway(
             first_timeout=self.settings.qr_first_timeout,

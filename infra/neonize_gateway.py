@@ -31,6 +31,16 @@ all verified on 0.5.2 (see ``research/neonize.md``):
   sends for what we sent (delivered, read). whatsmeow's send errors reach Python as text only,
   so `send_text` tells a refused recipient from a failure that may pass by their wording
   (`RECIPIENT_REFUSALS`: re-check on every upgrade).
+- **neonize's client maps have no lock.** Go keeps its clients, stop functions and event
+  channels in plain maps, written when a client starts (`Neonize`) and stops (`Stop`): two
+  starts at once abort the process ("concurrent map writes", seen with 20 clients starting
+  together). `GoEntry` lets one client at a time into that phase.
+- **Every start opens a store that is never closed** (a Go connection pool, one connection
+  kept for ever): the store is reached through the worker's PgBouncer
+  (`infra.devicestore`), and a session whose last start could not reach WhatsApp is started
+  again in Go only once `LinkCheck` finds WhatsApp's first hop answering; until then each
+  retry reports the check's answer. A start that failed in the store (lib/pq's or whatsmeow's
+  store errors) is reported as `store_unavailable`, not as WhatsApp being unreachable.
 - **Importing neonize configures the root logger** (`logging.basicConfig` at INFO with a
   handler of its own): `import_neonize()` imports it lazily and puts the root logger back.
 - **The store.** whatsmeow's tables live in a schema of the service's PostgreSQL database
@@ -38,7 +48,7 @@ all verified on 0.5.2 (see ``research/neonize.md``):
   lib/pq with its own DSN syntax (`store_dsn_from_url`). Its schema upgrade races when run
   concurrently on a fresh store: `prepare_store` runs it once at boot, under an advisory
   lock. Devices are looked up and deleted with SQL (Go's listing opens a new connection pool
-  per call and never closes it).
+  per call and never closes it: the upgrade goes through the pooler too).
 
 Known limit, read in neonize's Go source and not verifiable offline: once a pairing client's
 QR loop ends without a scan (timeout, or a stop), neonize's Go call waits for a device ID
@@ -55,7 +65,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,6 +80,8 @@ from psycopg.conninfo import conninfo_to_dict
 from application.errors import GatewayError, NotConnected, NotPairing, RecipientRejected
 from application.ports import GatewayEvents, InboundMessage, SentMessage, WhatsAppGateway
 from domain.values import MessageStatus, Reason
+from infra.devicestore import DeviceStorePool
+from infra.whatsapp_link import LinkCheck
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +208,9 @@ def _spawn_daemon(target: Callable[[], None], name: str) -> None:
 _LIBPQ_PASSTHROUGH = ("connect_timeout", "application_name", "sslcert", "sslkey", "sslrootcert")
 
 
-def store_dsn_from_url(database_url: str, schema: str = STORE_SCHEMA) -> str:
+def store_dsn_from_url(
+    database_url: str, schema: str = STORE_SCHEMA, *, pooled: bool = False
+) -> str:
     """The lib/pq DSN of the whatsmeow store in the database of `database_url`.
 
     `database_url` is anything libpq takes (``postgresql://...`` or ``key=value`` conninfo,
@@ -203,6 +218,8 @@ def store_dsn_from_url(database_url: str, schema: str = STORE_SCHEMA) -> str:
     socket directory goes in the query (``?host=/dir&port=5432``). lib/pq knows no
     ``prefer``/``allow`` SSL modes and defaults to ``require``: those and a missing mode
     become ``disable``. Other query parameters, ``search_path`` here, become server settings.
+    `pooled`: the URL is a PgBouncer in transaction mode (`infra.devicestore`), so lib/pq
+    must send each query in one round trip (``binary_parameters=yes``).
     """
     params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
     user = params.get("user", "")
@@ -224,6 +241,8 @@ def store_dsn_from_url(database_url: str, schema: str = STORE_SCHEMA) -> str:
     query["sslmode"] = "disable" if sslmode in ("prefer", "allow") else sslmode
     query.update({key: params[key] for key in _LIBPQ_PASSTHROUGH if key in params})
     query["search_path"] = schema
+    if pooled:
+        query["binary_parameters"] = "yes"
     return f"postgres://{netloc}/{quote(dbname, safe='')}?{urlencode(query)}"
 
 
@@ -237,6 +256,7 @@ def _pg_connect_args(store_dsn: str) -> tuple[dict[str, Any], str]:
     parts = urlsplit(store_dsn)
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     schema = query.pop("search_path", "public").split(",")[0].strip() or "public"
+    query.pop("binary_parameters", None)  # lib/pq's own
     args: dict[str, Any] = {"dbname": unquote(parts.path.lstrip("/"))}
     if parts.username:
         args["user"] = unquote(parts.username)
@@ -314,9 +334,10 @@ def upgrade_store(store_dsn: str) -> set[str]:
 STORE_UPGRADE_LOCK = 0x5E5510D_0057
 
 
-def prepare_store(database_url: str) -> set[str]:
+def prepare_store(database_url: str, store_dsn: str | None = None) -> set[str]:
     """Create the store's schema in the service's database and upgrade it; call once at boot,
-    before any client starts. Returns the JIDs of the stored devices.
+    before any client starts. Returns the JIDs of the stored devices. Go reaches the store
+    through `store_dsn` (the pooler's) when given: the pool it opens is never closed.
 
     whatsmeow's upgrade races with itself (``table ... already exists``): an advisory lock
     keeps workers booting together from running it at the same time.
@@ -326,9 +347,75 @@ def prepare_store(database_url: str) -> set[str]:
         try:
             schema = sql.Identifier(STORE_SCHEMA)
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-            return upgrade_store(store_dsn_from_url(database_url))
+            return upgrade_store(store_dsn or store_dsn_from_url(database_url))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (STORE_UPGRADE_LOCK,))
+
+
+#: Signs, in the text of the error a client start returns, that the device store failed and
+#: not the link: neonize opens the store (whatsmeow's upgrade check), loads the device, and
+#: only then dials. lib/pq's and database/sql's errors, whatsmeow's store errors, SQLite's,
+#: and a Unix socket (the store's pooler: WhatsApp is dialled over TCP) that cannot be reached.
+STORE_ERROR_SIGNS = (
+    "failed to upgrade database",
+    "pq: ",
+    "sql: ",
+    "driver: bad connection",
+    "dial unix ",
+    "failed to get device",
+    "failed to scan",
+    "database is locked",
+    "unable to open database",
+    "no such table",
+)
+
+
+def start_failure_reason(message: str) -> Reason:
+    """Why a client start that returned the error `message` failed: the device store, or (any
+    other error: the dial, the proxy, the handshake) WhatsApp being unreachable."""
+    if any(sign in message for sign in STORE_ERROR_SIGNS):
+        return Reason.STORE_UNAVAILABLE
+    return Reason.WHATSAPP_UNREACHABLE
+
+
+#: The longest a client start keeps the others out of Go (its map writes take milliseconds,
+#: then it may wait on the network).
+GO_ENTRY_HOLD = 0.25
+
+
+class GoEntry:
+    """One neonize client at a time in the phase where Go writes its unsynchronised maps.
+
+    `enter` waits until the previous entrant has passed that phase (it sets its event when Go
+    answers: the call returned, or a first callback came, or at most `hold` seconds), then
+    returns the caller's own event, to set in turn.
+    """
+
+    def __init__(self, hold: float = GO_ENTRY_HOLD) -> None:
+        self.hold = hold
+        self._lock = threading.Lock()
+        self._current: threading.Event | None = None
+
+    def enter(self) -> threading.Event:
+        with self._lock:
+            previous = self._current
+            if previous is not None:
+                previous.wait(self.hold)
+            self._current = threading.Event()
+            return self._current
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Run a short Go call that writes the maps (``Stop``) alone."""
+        passed = self.enter()
+        try:
+            yield
+        finally:
+            passed.set()
+
+
+#: Go's maps are the process's: every gateway of the process shares the entry.
+GO_ENTRY = GoEntry()
 
 
 # -- messages ----------------------------------------------------------------------------------
@@ -443,6 +530,8 @@ class _Link:
     connected: bool = False
     ended: bool = False  # final report made or stop requested: report nothing more
     stopped: bool = False  # client.stop() called (or skipped for good)
+    entered: bool = False  # the client's start was handed to Go
+    passed: threading.Event | None = None  # set once Go has answered the start
 
 
 @dataclass(frozen=True)
@@ -473,6 +562,8 @@ class NeonizeGateway(WhatsAppGateway):
         first_timeout: float = 60.0,
         next_timeout: float = 20.0,
         max_codes: int = 6,
+        link_check: LinkCheck | None = None,
+        pool: DeviceStorePool | None = None,
     ) -> None:
         self.store_dsn = store_dsn
         self.first_timeout = first_timeout
@@ -491,6 +582,11 @@ class NeonizeGateway(WhatsAppGateway):
         self._delivery = threading.RLock()  # held while a report is delivered
         self._queue: queue.Queue[_Report | threading.Event | None] = queue.Queue()
         self._dispatcher: threading.Thread | None = None
+        self._link_check = link_check or LinkCheck()
+        self._pool = pool  # closed with the gateway
+        self._entry = GO_ENTRY
+        # Sessions whose last start in Go could not reach WhatsApp: checked before the next.
+        self._unreachable: set[UUID] = set()
 
     # -- the port ----------------------------------------------------------------------------
 
@@ -530,7 +626,8 @@ class NeonizeGateway(WhatsAppGateway):
             stored = device_stored(self.store_dsn, device_jid)
         except Exception as exc:  # the store is down: retry later, keep the device
             log.warning("cannot look device %s up in the store: %s", device_jid, exc)
-            self._report_ended(session_id, Reason.WHATSAPP_UNREACHABLE, f"store: {exc}")
+            detail = f"the device store failed: {exc}"
+            self._report_ended(session_id, Reason.STORE_UNAVAILABLE, detail)
             return None
         if not stored:
             detail = f"device {device_jid} is not in the store (unlinked or logged out)"
@@ -546,6 +643,7 @@ class NeonizeGateway(WhatsAppGateway):
             self._stop_link(self._detach(session_id))
 
     def logout(self, session_id: UUID, device_jid: str | None) -> None:
+        self._unreachable.discard(session_id)
         with self._control:
             link = self._detach(session_id)
             jid = device_jid
@@ -623,6 +721,8 @@ class NeonizeGateway(WhatsAppGateway):
             self._queue.put(None)
             if dispatcher is not threading.current_thread():
                 dispatcher.join(timeout=5)
+        if self._pool is not None:
+            self._pool.close()
 
     # -- for tests and diagnostics ------------------------------------------------------------
 
@@ -641,12 +741,37 @@ class NeonizeGateway(WhatsAppGateway):
     # -- the client's thread ----------------------------------------------------------------
 
     def _run(self, link: _Link) -> None:
-        """Run the client's blocking `connect()`; report why it ended if we did not end it."""
+        """Run the client's blocking `connect()`; report why it ended if we did not end it.
+        A session whose last start could not reach WhatsApp goes to Go only once the link
+        check passes (each start leaves a store behind in Go)."""
+        sid = link.session_id
         try:
-            link.client.connect()
+            if sid in self._unreachable:
+                why = self._link_check.failure()
+                if why is not None:
+                    self._final(link, Reason.WHATSAPP_UNREACHABLE, why)
+                    return
+            passed = self._entry.enter()
+            with self._lock:
+                go = not link.ended
+                link.entered, link.passed = go, passed
+            if not go:
+                passed.set()  # stopped while waiting: never handed to Go
+                return
+            try:
+                link.client.connect()
+            finally:
+                passed.set()
         except Exception as exc:
-            # e.g. "failed to dial whatsapp web websocket: ... network is unreachable"
-            self._final(link, Reason.WHATSAPP_UNREACHABLE, str(exc) or type(exc).__name__)
+            # e.g. "failed to dial whatsapp web websocket: ... network is unreachable", or
+            # "failed to upgrade database: ... pq: sorry, too many clients already"
+            detail = str(exc) or type(exc).__name__
+            reason = start_failure_reason(detail)
+            if reason == Reason.WHATSAPP_UNREACHABLE:
+                self._unreachable.add(sid)
+            else:
+                self._unreachable.discard(sid)
+            self._final(link, reason, detail)
         else:
             self._final(link, Reason.CONNECTION_LOST, "the client stopped by itself")
         finally:
@@ -658,13 +783,20 @@ class NeonizeGateway(WhatsAppGateway):
     def _attach(self, link: _Link) -> None:
         """Register the handlers of `link`'s client (closures: neonize holds methods weakly)."""
         client = link.client
-        client.event.qr(self._qr_handler(link))
-        client.on_login_status = self._login_status_handler(link)
+        client.event.qr(_answered(link, self._qr_handler(link)))
+        on_status = self._login_status_handler(link)
+
+        def on_login_status(status: str) -> None:
+            if link.passed is not None:
+                link.passed.set()
+            on_status(status)
+
+        client.on_login_status = on_login_status
         handlers = (
             self._link_handlers(link) | self._ending_handlers(link) | self._message_handlers(link)
         )
         for event_type, handler in handlers.items():
-            client.event(event_type)(handler)
+            client.event(event_type)(_answered(link, handler))
 
     def _qr_handler(self, link: _Link) -> Callable[[Any, bytes], None]:
         sid = link.session_id
@@ -725,6 +857,7 @@ class NeonizeGateway(WhatsAppGateway):
             link.device_jid = jid or link.device_jid
             link.pairing = False
             link.connected = True
+            self._unreachable.discard(sid)
             if not link.ended:
                 self._report(link, lambda e: e.connected(sid, jid, push_name))
 
@@ -920,6 +1053,7 @@ class NeonizeGateway(WhatsAppGateway):
             if link.stopped or link.client is None:
                 return
             link.stopped = True
+            entered = link.entered
             key = link.client.uuid
             # Go knows clients by key only: never stop a newer client that reuses it.
             reused = any(
@@ -930,13 +1064,26 @@ class NeonizeGateway(WhatsAppGateway):
                 for other in self._links.values()
             )
         try:
-            if not reused:
-                link.client.stop()
+            if entered and not reused:  # Go never saw a client that was not entered
+                with self._entry.exclusive():
+                    link.client.stop()
         except Exception:
             log.exception("stopping the client of session %s failed", link.session_id)
         finalizer = getattr(link.client, "_stop_finalizer", None)
         if finalizer is not None:
             finalizer.detach()  # its Stop(uuid) at GC time could hit a newer client
+
+
+def _answered(link: _Link, handler: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """`handler`, which first notes that Go has answered the link's start (its maps are
+    written once it calls back)."""
+
+    def wrapped(client: Any, event: Any) -> None:
+        if link.passed is not None:
+            link.passed.set()
+        handler(client, event)
+
+    return wrapped
 
 
 def _enum_name(enum: Any, value: int) -> str:

@@ -54,6 +54,8 @@ class Settings:
     webhook_timeout: float = 10.0
     dashboard_secret: str | None = None
     dashboard_secure_cookie: bool = False
+    device_store_connections: int = 4
+    pgbouncer: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -96,6 +98,8 @@ class Settings:
                 "DASHBOARD_SECURE_COOKIE", "false", ("true", "false")
             )
             == "true",
+            device_store_connections=reader.integer("DEVICE_STORE_CONNECTIONS", 4, 1, 100),
+            pgbouncer=reader.optional("PGBOUNCER"),
         )
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)

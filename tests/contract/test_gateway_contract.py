@@ -15,6 +15,7 @@ would have been due.
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from application.errors import NotConnected, NotPairing, RecipientRejected
 from application.ports import InboundMessage, PhoneSimulator, WhatsAppGateway
 from infra.neonize_gateway import NeonizeGateway
 from infra.simulator import SimulatorGateway
+from infra.whatsapp_link import LinkCheck
 from tests.unit.test_neonize_mapping import (
     NZ,
     PB,
@@ -171,6 +173,14 @@ class ScriptedPhone(Phone):
         event = receipt(whatsapp_id, kind=kind, sender=recipient, timestamp=int(time.time()))
         self.send(session_id, event)
 
+    def dial(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        """WhatsApp's first hop, for the gateway's link check: refused while unreachable."""
+        if not self.reachable:
+            raise OSError(101, "Network is unreachable")
+        ours, theirs = socket.socketpair()
+        theirs.close()
+        return ours
+
     def make_client(self, store_dsn: str, **kwargs: Any) -> ScriptedClient:
         fail = None if self.reachable else NZ.neonize_error(DIAL_ERROR)
         return ScriptedClient(store_dsn, codes=CODES, first=FIRST, next_=NEXT, fail=fail, **kwargs)
@@ -222,12 +232,16 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         def factory(store_dsn: str, **kwargs: Any) -> ScriptedClient:
             return scripted.make_client(store_dsn, **kwargs)
 
+        def dial(address: tuple[str, int], timeout: float) -> socket.socket:
+            return scripted.dial(address, timeout)
+
         neonize = NeonizeGateway(
             str(store),
             client_factory=factory,
             first_timeout=FIRST,
             next_timeout=NEXT,
             max_codes=CODES,
+            link_check=LinkCheck(ttl=0.0, environ={}, connect=dial),
         )
         scripted = ScriptedPhone(neonize)
         gateway, phone = neonize, scripted

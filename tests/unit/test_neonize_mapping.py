@@ -1045,8 +1045,9 @@ def test_a_store_that_cannot_be_reached_is_retried_not_unlinked() -> None:
     gateway.start(sid, PHONE_JID)
     assert gateway.wait_idle()
     [call] = events.of(sid)
-    assert (call.name, call.args[0]) == ("disconnected", "whatsapp_unreachable")
-    assert call.args[1].startswith("store: ")
+    assert (call.name, call.args[0]) == ("disconnected", "store_unavailable")
+    assert call.args[1].startswith("the device store failed: ")
+    assert "127.0.0.1" in call.args[1]  # the database's own message
     assert gateway.client_of(sid) is None
     gateway.close()
 

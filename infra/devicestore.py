@@ -1,0 +1,331 @@
+"""The device store's connections: a private PgBouncer in front of whatsmeow's tables.
+
+neonize 0.5.2 opens a new whatsmeow store, with a Go connection pool of its own, on every
+client start (and every retry) and never closes it: straight to PostgreSQL, each start keeps
+a connection open for the life of the process. So each gateway worker starts its own
+PgBouncer (Debian's ``pgbouncer``), listening only on a Unix socket in a private directory,
+in transaction mode with a small fixed pool of server connections, and hands neonize a DSN
+pointing at it. However many clients and pools Go opens, PostgreSQL sees at most `size`
+connections of the device store per worker, named ``sessiond-device-store``.
+
+What makes whatsmeow's queries fit transaction pooling: lib/pq sends each query in one
+round trip (``binary_parameters=yes``: no unnamed statement parsed on one server connection
+and bound on another); the ``search_path`` lib/pq would send at start-up is set on each server
+connection by PgBouncer instead (``connect_query``), the start-up parameters PgBouncer does not
+track are ignored; whatsmeow keeps no session state (no LISTEN, no advisory lock, no named
+statement) between transactions.
+
+PgBouncer runs under a small ``sh`` wrapper, in a process group of its own, whose standard
+input is a pipe from this process: when the worker ends, however it ends (SIGKILL too), the
+pipe closes and the wrapper stops PgBouncer. A PgBouncer that dies on its own is started again
+on the same socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+log = logging.getLogger(__name__)
+
+#: The ``application_name`` of the store's server connections (count them in pg_stat_activity).
+APPLICATION_NAME = "sessiond-device-store"
+#: The name neonize's DSN asks PgBouncer for; it maps to the service's database.
+POOL_DATABASE = "whatsmeow_store"
+LISTEN_PORT = 6432  # only names the socket file (.s.PGSQL.6432): no TCP port is opened
+#: Where Debian installs it (not on a normal user's PATH).
+DEBIAN_BINARY = "/usr/sbin/pgbouncer"
+START_TIMEOUT = 15.0
+#: Seconds a client connection may sit idle before PgBouncer closes it. neonize's abandoned
+#: pools hold one each; a live client's pool reconnects by itself when it needs one.
+CLIENT_IDLE_TIMEOUT = 120
+SERVER_IDLE_TIMEOUT = 30  # an idle worker gives its server connections back
+
+# Stops PgBouncer when this process's end of stdin closes (the worker ended), and exits with
+# PgBouncer's status when PgBouncer ends first.
+_WRAPPER = """exec 3<&0
+"$0" "$1" </dev/null 3<&- &
+pid=$!
+{ read -r _ <&3; kill -TERM "$pid" 2>/dev/null; } &
+exec 3<&-
+wait "$pid"
+"""
+
+
+class DeviceStoreError(RuntimeError):
+    """The device store's pooler could not be started."""
+
+
+def find_pgbouncer(configured: str | None = None) -> str:
+    """The PgBouncer binary: `configured` (it must be there), else ``pgbouncer`` on PATH, else
+    Debian's path."""
+    if configured:
+        if os.access(configured, os.X_OK):
+            return configured
+        raise DeviceStoreError(f"SESSIOND_PGBOUNCER: {configured} is not an executable PgBouncer")
+    for candidate in (shutil.which("pgbouncer"), DEBIAN_BINARY):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise DeviceStoreError(
+        "the neonize gateway needs PgBouncer for its device store: install Debian's "
+        "`pgbouncer` package (`make run` does) or set SESSIOND_PGBOUNCER to its path"
+    )
+
+
+def _quoted(value: str, what: str) -> str:
+    """A value of a PgBouncer connection string: in single quotes, a quote doubled."""
+    if any(c in value for c in "\n\0"):
+        raise DeviceStoreError(f"the database's {what} cannot be given to PgBouncer")
+    return "'" + value.replace("'", "''") + "'"
+
+
+#: PgBouncer refuses to run as root. Run by root, it runs as this user instead, allowed to
+#: search any directory (``CAP_DAC_READ_SEARCH``, kept through ``setpriv``): the way to the
+#: server's socket may cross a directory only root can enter (a data directory under /root;
+#: pytest's base directory, which every new pytest run makes 0700 again).
+UNPRIVILEGED_USER = "nobody"
+SETPRIV = "/usr/bin/setpriv"
+
+
+def _unprivileged_prefix() -> list[str]:
+    """The command that drops root before PgBouncer starts (nothing when not root)."""
+    if os.geteuid() != 0:
+        return []
+    if not os.access(SETPRIV, os.X_OK):
+        raise DeviceStoreError(f"running as root, PgBouncer needs {SETPRIV} (util-linux)")
+    user = pwd.getpwnam(UNPRIVILEGED_USER)
+    return [
+        SETPRIV,
+        f"--reuid={user.pw_uid}",
+        f"--regid={user.pw_gid}",
+        "--clear-groups",
+        "--inh-caps=-all,+dac_read_search",
+        "--ambient-caps=-all,+dac_read_search",
+        "--bounding-set=-all,+dac_read_search",
+    ]
+
+
+class DeviceStorePool:
+    """A private PgBouncer for one worker process: `start` it, give neonize `dsn`, `close`."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        size: int = 4,
+        binary: str | None = None,
+        schema: str = "whatsmeow",
+    ) -> None:
+        self.database_url = database_url
+        self.size = size
+        self.binary = find_pgbouncer(binary)
+        self.schema = schema
+        self.directory: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stdin: IO[bytes] | None = None
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._lines: deque[str] = deque(maxlen=20)
+        self._watcher: threading.Thread | None = None
+        self._params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v}
+        self._host = self._params.get("host", "localhost").split(",")[0]
+        self._prefix = _unprivileged_prefix()
+
+    @property
+    def socket_dir(self) -> str:
+        if self.directory is None:
+            raise DeviceStoreError("the device store's pooler is not started")
+        return str(self.directory)
+
+    def conninfo(self) -> str:
+        """A libpq conninfo of the pool (for psycopg; lib/pq's form is `store_dsn`)."""
+        user = self._params.get("user") or pwd.getpwuid(os.getuid())[0]
+        return make_conninfo(
+            host=self.socket_dir, port=str(LISTEN_PORT), dbname=POOL_DATABASE, user=user
+        )
+
+    # -- life ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start PgBouncer and wait until a query goes through it to PostgreSQL."""
+        self.directory = Path(tempfile.mkdtemp(prefix="sessiond-store-"))
+        if self._prefix:  # PgBouncer makes its socket here
+            os.chown(self.directory, pwd.getpwnam(UNPRIVILEGED_USER).pw_uid, -1)
+        self._launch()
+        self._watcher = threading.Thread(target=self._watch, name="device-store-pool", daemon=True)
+        self._watcher.start()
+        log.info("device store: PgBouncer in %s, %d server connections", self.directory, self.size)
+
+    def close(self) -> None:
+        self._closing.set()
+        with self._lock:
+            process, stdin = self._process, self._stdin
+        if stdin is not None:
+            with contextlib.suppress(OSError):
+                stdin.close()  # the wrapper stops PgBouncer
+        if process is not None:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def running(self) -> bool:
+        with self._lock:
+            return self._process is not None and self._process.poll() is None
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        """Write the configuration, start PgBouncer, wait for it, remove the files."""
+        self._write_config()
+        try:
+            self._spawn()
+            self._wait_ready()
+        finally:
+            # Read at start-up and never again: no password stays on disk.
+            with contextlib.suppress(FileNotFoundError):
+                (Path(self.socket_dir) / "pgbouncer.ini").unlink()
+
+    def _write_config(self) -> None:
+        assert self.directory is not None
+        params, host = self._params, self._host
+        server_user = params.get("user") or pwd.getpwuid(os.getuid())[0]
+        server = {
+            "host": host,
+            "port": params.get("port", "5432").split(",")[0],
+            "dbname": params.get("dbname", server_user),
+            "user": server_user,
+            "application_name": APPLICATION_NAME,
+            "connect_query": f"SET search_path TO {self.schema}",
+        }
+        if params.get("password"):
+            # read at start-up, before PgBouncer drops root (an auth_file is read later)
+            server["password"] = params["password"]
+        connstring = " ".join(f"{key}={_quoted(value, key)}" for key, value in server.items())
+        settings = {
+            "listen_addr": "",
+            "listen_port": str(LISTEN_PORT),
+            "unix_socket_dir": str(self.directory),
+            "unix_socket_mode": "0700",
+            "auth_type": "any",  # the socket's directory is private; the server user is fixed
+            "pool_mode": "transaction",
+            "default_pool_size": str(self.size),
+            "max_db_connections": str(self.size),
+            "min_pool_size": "0",
+            "reserve_pool_size": "0",
+            "max_client_conn": "10000",
+            "client_idle_timeout": str(CLIENT_IDLE_TIMEOUT),
+            "server_idle_timeout": str(SERVER_IDLE_TIMEOUT),
+            "server_lifetime": "3600",
+            "query_wait_timeout": "60",
+            # lib/pq sends these at start-up; search_path comes from connect_query instead
+            "ignore_startup_parameters": "extra_float_digits,search_path",
+            "log_connections": "0",
+            "log_disconnections": "0",
+            "log_stats": "0",
+            "stats_period": "3600",
+            "logfile": "",
+            "pidfile": "",
+        }
+        if "sslmode" in params:
+            settings["server_tls_sslmode"] = params["sslmode"]
+        if "sslrootcert" in params:
+            settings["server_tls_ca_file"] = params["sslrootcert"]
+        lines = ["[databases]", f"{POOL_DATABASE} = {connstring}", "", "[pgbouncer]"]
+        lines += [f"{key} = {value}" for key, value in settings.items()]
+        config = self.directory / "pgbouncer.ini"
+        config.write_text("\n".join(lines) + "\n")
+        config.chmod(0o600)
+
+    def _spawn(self) -> None:
+        assert self.directory is not None
+        process = subprocess.Popen(  # noqa: S603 - our wrapper and the configured PgBouncer
+            [
+                *self._prefix,
+                "/bin/sh",
+                "-c",
+                _WRAPPER,
+                self.binary,
+                str(self.directory / "pgbouncer.ini"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Its own process group: a signal to the worker's group (a terminal's Ctrl+C, a
+            # supervisor stopping the worker) is the worker's to handle; PgBouncer follows the
+            # worker through the pipe.
+            start_new_session=True,
+        )
+        with self._lock:
+            self._process, self._stdin = process, process.stdin
+        assert process.stderr is not None
+        threading.Thread(
+            target=self._forward, args=(process.stderr,), name="pgbouncer-log", daemon=True
+        ).start()
+
+    def _forward(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            self._lines.append(line)
+            if any(word in line for word in (" ERROR ", " WARNING ", " FATAL ")):
+                log.warning("pgbouncer: %s", line)
+            else:
+                log.debug("pgbouncer: %s", line)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        error: Exception | None = None
+        while time.monotonic() < deadline:
+            with self._lock:
+                process = self._process
+            if process is not None and process.poll() is not None:
+                break
+            try:
+                with psycopg.connect(self.conninfo(), connect_timeout=5, autocommit=True) as conn:
+                    conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                error = exc
+                time.sleep(0.05)
+            else:
+                return
+        lines = "; ".join(self._lines) or "no output"
+        raise DeviceStoreError(f"PgBouncer did not start ({error}): {lines}")
+
+    def _watch(self) -> None:
+        """Start PgBouncer again (same socket) whenever it ends while we are not closing."""
+        pause = 0.5
+        while not self._closing.is_set():
+            with self._lock:
+                process = self._process
+            if process is None:
+                return
+            process.wait()
+            if self._closing.is_set():
+                return
+            log.error("device store: PgBouncer exited (%s); starting it again", process.returncode)
+            self._closing.wait(pause)
+            pause = min(pause * 2, 10.0)
+            if self._closing.is_set():
+                return
+            try:
+                self._launch()
+            except DeviceStoreError as exc:
+                log.error("device store: %s", exc)  # noqa: TRY400 - no traceback needed
+            else:
+                pause = 0.5

@@ -1,0 +1,108 @@
+"""The link check: WhatsApp's first hop, direct or through the proxy the environment names,
+as Go finds it. Proxies here are sockets on 127.0.0.1; the direct case uses a fake connector.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from infra.whatsapp_link import LinkCheck, proxy_for
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        ({"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
+        ({"https_proxy": "p:3128"}, "http://p:3128"),  # Go assumes http://
+        ({"HTTP_PROXY": "http://p:3128"}, None),  # https URLs use HTTPS_PROXY only
+        ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "*"}, None),
+        ({"HTTPS_PROXY": "http://p:3128", "no_proxy": "example.com, whatsapp.com"}, None),
+        ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": ".whatsapp.com"}, None),
+        ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "example.com"}, "http://p:3128"),
+        ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "app.com"}, "http://p:3128"),
+    ],
+)
+def test_the_proxy_is_chosen_as_go_chooses_it(
+    environ: dict[str, str], expected: str | None
+) -> None:
+    assert proxy_for("web.whatsapp.com", environ) == expected
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def proxy() -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """A one-line HTTP proxy on 127.0.0.1: answers each CONNECT with the next answer given."""
+    server = socket.create_server(("127.0.0.1", 0))
+    answers: list[bytes] = []
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                requests.append(conn.recv(1024))
+                conn.sendall(answers.pop(0) if answers else b"")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1], answers, requests
+    server.close()
+
+
+def test_a_closed_proxy_port_is_reported_with_its_address() -> None:
+    port = free_port()
+    check = LinkCheck(environ={"HTTPS_PROXY": f"http://127.0.0.1:{port}"})
+    why = check.failure()
+    assert why is not None
+    assert why.startswith(f"cannot reach web.whatsapp.com:443 through the proxy 127.0.0.1:{port}")
+    assert "refused" in why
+
+
+def test_a_proxy_that_connects_lets_the_start_through(
+    proxy: tuple[int, list[bytes], list[bytes]],
+) -> None:
+    port, answers, requests = proxy
+    answers.append(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    check = LinkCheck(environ={"HTTPS_PROXY": f"127.0.0.1:{port}"})
+    assert check.failure() is None
+    assert requests[0].startswith(b"CONNECT web.whatsapp.com:443 HTTP/1.1\r\n")
+
+
+def test_a_proxy_that_refuses_the_tunnel_is_a_failure(
+    proxy: tuple[int, list[bytes], list[bytes]],
+) -> None:
+    port, answers, _ = proxy
+    answers.append(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+    check = LinkCheck(environ={"HTTPS_PROXY": f"http://127.0.0.1:{port}"})
+    assert check.failure() == (
+        f"the proxy 127.0.0.1:{port} refused to reach web.whatsapp.com:443: HTTP/1.1 403 Forbidden"
+    )
+
+
+def test_one_check_serves_every_caller_for_its_ttl() -> None:
+    dials: list[tuple[str, int]] = []
+    now = [0.0]
+
+    def refuse(address: tuple[str, int], timeout: float) -> socket.socket:
+        dials.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    check = LinkCheck(ttl=1.0, environ={}, connect=refuse, clock=lambda: now[0])
+    answers = {check.failure() for _ in range(50)}
+    assert answers == {"cannot reach web.whatsapp.com:443: [Errno 101] Network is unreachable"}
+    assert dials == [("web.whatsapp.com", 443)]
+    now[0] = 1.5
+    check.failure()
+    assert len(dials) == 2
