@@ -22,7 +22,7 @@ from litestar.params import FromPath
 from api.context import ApiContext
 from api.problems import ProblemError
 from application.keys import SESSION_KEY_KIND, hash_key, key_kind
-from domain.values import ADMIN_ACTOR, key_actor
+from domain.values import ADMIN_ACTOR, is_session_id, key_actor
 from projections.rows import SessionRow
 
 API_KEY_HEADER = "x-api-key"
@@ -84,8 +84,8 @@ def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
             "this server cannot check keys right now; try again shortly",
             {"Retry-After": "1"},
         )
-    row = ctx.read_models.key_by_hash(key_hash)
-    if row is None or not row.is_active:
+    row = ctx.read_models.accepted_key(key_hash)
+    if row is None:
         raise _unauthorized("the API key is not valid, or it has been revoked")
     ctx.read_models.note_key_use(row.key_id, datetime.now(UTC))
     return Principal(is_admin=False, key_id=row.key_id, session_id=row.session_id)
@@ -145,6 +145,20 @@ async def provide_admin_access(
 ) -> SessionAccess:
     """Dependency of admin-only routes of one session."""
     return await _access(request, session_id, admin_only=True)
+
+
+async def provide_admin_of_session(
+    request: Request[Any, Any, State], session_id: FromPath[str]
+) -> Principal:
+    """Dependency of admin-only routes of one session that also answer for a session that
+    is deleted (a delete that is sent again): a session key gets what `_access` gives it."""
+    principal = authenticate(request)
+    if principal.is_admin:
+        if not is_session_id(session_id):
+            raise ProblemError(404, "session-not-found", "no such session")
+        return principal
+    await _access(request, session_id, admin_only=True)
+    raise AssertionError("a session key never reaches an admin-only route")  # pragma: no cover
 
 
 async def provide_caller(request: Request[Any, Any, State]) -> Principal:

@@ -48,6 +48,8 @@ from infra.pgviews import (
 )
 from infra.pgwebhooks import PostgresWebhookView, WebhookStore
 from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
+from infra.revocations import TABLE as REVOCATIONS_TABLE
+from infra.revocations import backfill
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
 from infra.supervisor import ProjectionSupervisor
@@ -122,6 +124,8 @@ class Container:
         # race on CREATE TABLE. Everything built later is told not to create tables.
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (REVOCATIONS_TABLE,))
+            had_revocations = bool((found.fetchone() or (False,))[0])
             self.app = SessionsApplication(
                 env=eventsourcing_env(
                     self.database_url,
@@ -145,7 +149,22 @@ class Container:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
                 curs.execute(INSTANCES_MIGRATION)
+            if not had_revocations:  # a log recorded before revocations were kept apart
+                written = backfill(
+                    self.recorder.revocations,
+                    self.recorder,
+                    datastore,
+                    self.app.mapper.to_domain_event,
+                )
+                if written:
+                    log.info("wrote the %d revocations recorded before this version", written)
         self.runner_env = {**self.env, "CREATE_TABLE": "n"}
+
+    @property
+    def recorder(self) -> PollingApplicationRecorder:
+        recorder = self.app.recorder
+        assert isinstance(recorder, PollingApplicationRecorder)
+        return recorder
 
     # -- the active generation of each view ---------------------------------------------
 
@@ -278,6 +297,7 @@ class Container:
         self.read_models = CachedReadModels(
             self.database_url,
             self.views,
+            self.recorder.revocations,
             poll_interval=self.settings.poll_interval,
             stale_after=self.settings.stale_after,
         )
