@@ -87,8 +87,7 @@ def test_revocations_saved_in_one_group_commit_each_get_their_own_events_positio
     recordings = app._record_batch(batch)  # the group committer's one transaction
 
     position_of = {
-        (r.notification.originator_id, r.notification.topic): r.notification.id
-        for r in recordings
+        (r.notification.originator_id, r.notification.topic): r.notification.id for r in recordings
     }
     rows = revocations(database_url)
     assert rows == sorted(
