@@ -25,7 +25,7 @@ from litestar import Litestar
 
 from api.app import create_app
 from api.context import ApiContext
-from api.ratelimit import SessionRateLimiter
+from api.ratelimit import FailureThrottle, SessionRateLimiter
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
@@ -100,6 +100,14 @@ NOT_REBUILDABLE = {
         "neither equal it nor be read"
     ),
 }
+
+
+def per_process_warning(processes: int) -> str:
+    return (
+        f"{processes} API processes share this database without SESSIOND_REDIS_URL: each "
+        "counts rate limits and failed authentications on its own (a client spread over "
+        "them gets up to that many times its budget); set SESSIOND_REDIS_URL to share them"
+    )
 
 
 @dataclass
@@ -305,6 +313,24 @@ class Container:
         limiter = SessionRateLimiter(storage)
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         read_models = self.read_models
+        told: list[int] = []
+
+        async def readiness_warnings() -> list[str]:
+            """Without Redis, rate limits and failure counts are this process's own: say so
+            once several API processes share the database (and log it the first time)."""
+            if self.settings.redis_url is not None:
+                return []
+            try:
+                processes = await asyncio.to_thread(read_models.live_instances)
+            except Exception:
+                return []  # the database check says what is wrong
+            if processes <= 1:
+                return []
+            warning = per_process_warning(processes)
+            if not told:
+                told.append(processes)
+                log.warning("%s", warning)
+            return [warning]
 
         async def readiness() -> dict[str, str]:
             checks = {}
@@ -340,6 +366,9 @@ class Container:
             ),
             projection_lags=self.projection_lags,
             readiness=readiness,
+            readiness_warnings=readiness_warnings,
+            failure_throttle=FailureThrottle(limiter, self.settings.auth_failure_limit),
+            trusted_proxies=self.settings.trusted_proxies,
             view_position=lambda: read_models.position,
             dashboard_secret=self.settings.dashboard_secret,
             dashboard_secure_cookie=self.settings.dashboard_secure_cookie,
@@ -392,6 +421,7 @@ class Container:
         @asynccontextmanager
         async def lifespan(_: Litestar) -> AsyncIterator[None]:
             await asyncio.to_thread(read_models.start)
+            await ctx.readiness_warnings()  # logs it at start-up when it applies
             if freeze_gc:
                 gc.collect()
                 gc.freeze()

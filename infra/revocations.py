@@ -132,9 +132,7 @@ class RevocationTable:
             [r.session_deleted for r in revocations],
         )
 
-    def read_since(
-        self, curs: Cursor[DictRow], after: int
-    ) -> tuple[int, list[RevocationRow]]:
+    def read_since(self, curs: Cursor[DictRow], after: int) -> tuple[int, list[RevocationRow]]:
         """The head of the log this snapshot sees, and the revocations after `after` up to
         it: with the ones read before, every revocation up to that head."""
         curs.execute(self.head)
@@ -154,9 +152,7 @@ class RevocationTable:
         ]
         return head, rows
 
-    def position_of(
-        self, curs: Cursor[DictRow], session_id: str, key_id: str | None
-    ) -> int | None:
+    def position_of(self, curs: Cursor[DictRow], session_id: str, key_id: str | None) -> int | None:
         """The position of the event that revoked `key_id` (None: that deleted the session)."""
         curs.execute(self.of_session, (session_id,))
         for row in curs.fetchall():

@@ -12,8 +12,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+import httpx
 import msgspec
 import psycopg
 import pytest
@@ -50,12 +52,11 @@ class Cluster:
 
     def new_projector(self) -> Sessiond:
         """Start a projector and wait until it runs the views the API reads."""
-        projector = self.projector = self.start("projector", self.env)
+        projector: Sessiond = self.start("projector", self.env)
+        self.projector = projector
         for view in ("session_status", "api_keys"):
-            eventually(
-                lambda v=view: f"now runs projection {v}" in projector.log_path.read_text(),
-                f"the projector runs {view}",
-            )
+            line = f"now runs projection {view}"
+            eventually(partial(_logged, projector, line), f"the projector runs {view}")
         return projector
 
     def close(self) -> None:
@@ -80,6 +81,16 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
         time.sleep(0.05)
 
 
+def _logged(process: Sessiond, line: str) -> bool:
+    return line in process.log_path.read_text()
+
+
+def answered(
+    client: httpx.Client, path: str, headers: dict[str, str], status: int
+) -> Callable[[], bool]:
+    return lambda: client.get(path, headers=headers).status_code == status
+
+
 def new_key(cluster: Cluster, session_id: str) -> tuple[str, dict[str, str]]:
     """A key of the session that works on both API processes."""
     issued = cluster.a.post(f"/sessions/{session_id}/keys", json={}, headers=ADMIN)
@@ -87,10 +98,7 @@ def new_key(cluster: Cluster, session_id: str) -> tuple[str, dict[str, str]]:
     key = {"x-api-key": issued.json()["key"]}
     for client in cluster.clients:
         eventually(
-            lambda c=client: (
-                c.get(f"/sessions/{session_id}/status", headers=key).status_code == 200
-            ),
-            "the new key works",
+            answered(client, f"/sessions/{session_id}/status", key, 200), "the new key works"
         )
     return issued.json()["keyId"], key
 
@@ -235,7 +243,7 @@ def test_with_the_projector_killed_mid_burst_revoked_keys_are_refused(
     # Another writer (as a worker does) records a burst of events, one revocation among them.
     writer = SessionsApplication(env={**eventsourcing_env(database_url), "CREATE_TABLE": "n"})
     burst_start = head(database_url)
-    revoked_in_burst: list[int] = []
+    revoked_in_burst: list[int | None] = []
 
     def burst(index: int) -> None:
         for n in range(400):
@@ -299,7 +307,7 @@ def test_a_process_whose_refresh_is_held_past_its_window_refuses_keys_then_recov
         held.execute("LOCK TABLE api_keys_tracking IN ACCESS EXCLUSIVE MODE")
         for client in cluster.clients:
             eventually(
-                lambda c=client: c.get(status, headers=good).status_code == 503,
+                answered(client, status, good, 503),
                 "the process refuses session keys once its copy is older than its window",
             )
             ready = client.get("/health/ready")
@@ -333,9 +341,7 @@ def test_a_process_whose_refresh_is_held_past_its_window_refuses_keys_then_recov
 
     # Check both processes recover by themselves, and the key revoked meanwhile stays refused.
     for client in cluster.clients:
-        eventually(
-            lambda c=client: c.get(status, headers=good).status_code == 200, "the process recovers"
-        )
+        eventually(answered(client, status, good, 200), "the process recovers")
     statuses = answers(cluster, session_id, doomed)
     assert statuses == Counter({401: REQUESTS}), statuses
     eventually(

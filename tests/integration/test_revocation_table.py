@@ -55,6 +55,7 @@ def test_a_revoke_and_a_delete_write_their_revocations_at_their_events_positions
     assert revocations(database_url) == []
 
     revoked_at = app.revoke_key(sid, second.key_id, ADMIN_ACTOR)
+    assert revoked_at is not None
     assert revocations(database_url) == [(revoked_at, sid, [second.key_id], False)]
     assert topic_at(database_url, revoked_at) == "sessiond:Session.ApiKeyRevoked"
 
@@ -155,13 +156,16 @@ def test_a_revoking_event_is_never_recorded_without_its_revocation(
 
     # Check the database refuses it too, whoever writes it (the trigger, at commit).
     event = stored[0]
-    with psycopg.connect(database_url) as conn, pytest.raises(psycopg.errors.RaiseException):
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO sessiond_events (originator_id, originator_version, topic, state) "
-                "VALUES (%s, %s, %s, %s)",
-                (event.originator_id, event.originator_version, event.topic, event.state),
-            )
+    with (
+        psycopg.connect(database_url) as conn,
+        pytest.raises(psycopg.errors.RaiseException),
+        conn.transaction(),
+    ):
+        conn.execute(
+            "INSERT INTO sessiond_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, %s, %s, %s)",
+            (event.originator_id, event.originator_version, event.topic, event.state),
+        )
     assert app.recorder.max_notification_id() == head
     assert revocations(database_url) == []
 
