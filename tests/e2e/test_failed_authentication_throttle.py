@@ -37,9 +37,12 @@ def client_from(server: Sessiond, address: str, **kwargs: Any) -> httpx.Client:
     return httpx.Client(base_url=server.url, timeout=10, transport=transport, **kwargs)
 
 
-def flood(client: httpx.Client, path: str, failures: int = 10, **headers: str) -> None:
+def flood(
+    client: httpx.Client, path: str, failures: int = 10, headers: dict[str, str] | None = None
+) -> None:
     for n in range(failures):
-        refused = client.get(path, headers={"x-api-key": BAD_KEYS[n % len(BAD_KEYS)], **headers})
+        bad = {"x-api-key": BAD_KEYS[n % len(BAD_KEYS)], **(headers or {})}
+        refused = client.get(path, headers=bad)
         assert refused.status_code == 401, refused.text
 
 
@@ -124,7 +127,7 @@ def test_behind_trusted_proxies_each_forwarded_client_is_counted_on_its_own(
         created = create_session(direct, "Behind a proxy")
         status = f"/sessions/{created['sessionId']}/status"
         # The client 203.0.113.7 guesses through two proxies (10.1.2.3, then ours).
-        flood(through_proxy, status, **{"x-forwarded-for": "203.0.113.7, 10.1.2.3"})
+        flood(through_proxy, status, headers={"x-forwarded-for": "203.0.113.7, 10.1.2.3"})
         locked = {"x-forwarded-for": "203.0.113.7, 10.1.2.3", **key_of(created)}
         assert_locked_out(through_proxy.get(status, headers=locked))
         # Check it cannot escape by writing another address before its own.
