@@ -6,6 +6,8 @@
 - A session name carries the domain's rule (trimmed of surrounding whitespace, then printable
   characters only) as a pattern, so that a schema-valid name is one the service accepts.
 - A body that may be left out (``data: ... = None``) is marked ``required: false``.
+- Every operation that takes a key may answer 429: the throttle of failed authentications
+  covers every route (`api.auth.failure_throttle`), not only those with a rate limit.
 
 The document is built when the app is, so a route that cannot be described fails at start-up,
 not on the first ``GET /schema/openapi.json``.
@@ -13,6 +15,7 @@ not on the first ``GET /schema/openapi.json``.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -103,6 +106,7 @@ def complete_openapi(app: Litestar) -> None:
         for name, document in request_schemas().items():
             if name in schemas:
                 schemas[name] = JsonSchema(document=document)
+    _throttled_everywhere(openapi.paths or {})
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or openapi.paths is None:
             continue
@@ -116,3 +120,19 @@ def complete_openapi(app: Litestar) -> None:
             for operation in _operations(path_item, set(handler.http_methods)):
                 if isinstance(operation.request_body, RequestBody):
                     operation.request_body.required = False
+
+
+def _throttled_everywhere(paths: dict[str, PathItem]) -> None:
+    operations = [
+        operation
+        for item in paths.values()
+        for operation in _operations(item, {"GET", "POST", "PUT", "PATCH", "DELETE"})
+    ]
+    template = next(
+        (o.responses["429"] for o in operations if o.responses and "429" in o.responses), None
+    )
+    if template is None:
+        return
+    for operation in operations:
+        if operation.security and operation.responses is not None:
+            operation.responses.setdefault("429", copy.deepcopy(template))

@@ -30,7 +30,10 @@ _DESCRIPTIONS = {
     409: "The session's state does not allow this now, or it changed meanwhile; retry",
     413: "The request body is too large",
     422: "The body is JSON, but its fields or values are not valid",
-    429: "The session's rate limit is spent; see Retry-After",
+    429: (
+        "The session's rate limit is spent, or this address failed to authenticate too "
+        "often; see Retry-After"
+    ),
     502: "The gateway worker running the session failed while doing this; it was logged",
     503: "This server cannot check keys, or its views lag behind, right now; see Retry-After",
 }

@@ -89,6 +89,12 @@ def test_a_flood_of_bad_keys_locks_that_address_out_of_every_route_and_no_other(
         }
         routes = list(every_route(good, ids))
         assert len(routes) > 30
+        # Check the API's description says so: every operation that takes a key may be 429.
+        document = good.get("/schema/openapi.json").json()
+        for template, operations in document["paths"].items():
+            for method, operation in operations.items():
+                if isinstance(operation, dict) and operation.get("security"):
+                    assert "429" in operation["responses"], (method, template)
         for method, path in routes:
             answer = attacker.request(method, path, headers=ADMIN)
             if path.startswith(UNTHROTTLED):
