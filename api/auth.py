@@ -25,7 +25,7 @@ from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import FromPath
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.context import ApiContext
 from api.problems import ProblemError
@@ -197,7 +197,8 @@ async def provide_caller(request: Request[Any, Any, State]) -> Principal:
 
 def failure_throttle(app: ASGIApp) -> ASGIApp:
     """Refuse a locked-out client address before anything else (429 with Retry-After), and
-    count the request as a failure when it ends refused (`note_failed_authentication`)."""
+    count the request as a failure once it has been answered refused
+    (`note_failed_authentication`)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or scope["path"].startswith(UNTHROTTLED):
@@ -214,13 +215,10 @@ def failure_throttle(app: ASGIApp) -> ASGIApp:
                 {"Retry-After": str(wait)},
             )
 
-        async def send_counting(message: Message) -> None:
-            if message["type"] == "http.response.start" and scope.get("state", {}).pop(
-                AUTH_FAILED_STATE, False
-            ):
+        try:
+            await app(scope, receive, send)
+        finally:
+            if scope.get("state", {}).get(AUTH_FAILED_STATE):
                 await ctx.failure_throttle.failed(address)
-            await send(message)
-
-        await app(scope, receive, send_counting)
 
     return middleware

@@ -3,6 +3,7 @@ by the `limits` library in memory (per process) or in Redis (shared by every API
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -101,10 +102,12 @@ def client_address(scope: Any, trusted_proxies: Sequence[Network]) -> str:
     its /64 (one host usually holds a whole /64, and could otherwise rotate through it).
     """
     client = scope.get("client")
-    peer = _parse(str(client[0])) if client else None
-    if peer is None:
-        return str(client[0]) if client else "unknown"
-    if trusted_proxies and _trusted(peer, trusted_proxies):
+    if not client:
+        return "unknown"
+    peer, key = _peer(str(client[0]))
+    if peer is None or not trusted_proxies:
+        return key
+    if _trusted(peer, trusted_proxies):
         forwarded = [
             value.decode("latin-1")
             for name, value in scope.get("headers", ())
@@ -121,6 +124,13 @@ def client_address(scope: Any, trusted_proxies: Sequence[Network]) -> str:
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer(text: str) -> tuple[Address | None, str]:
+    """A peer address parsed, and its key (parsed once per address: this runs per request)."""
+    address = _parse(text)
+    return address, text if address is None else _key(address)
 
 
 def _parse(text: str) -> Address | None:
