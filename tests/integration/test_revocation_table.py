@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -16,8 +17,10 @@ from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, session_uuid
 from infra.container import Container
+from infra.rebuild import ViewRebuild
 from infra.settings import eventsourcing_env
 from tests.conftest import test_settings
+from tests.integration.conftest import ADMIN, Api
 
 
 @pytest.fixture
@@ -207,3 +210,26 @@ def test_a_save_that_revokes_nothing_writes_no_revocation(
     app.stop("sess_" + session.id.hex, ADMIN_ACTOR)
     assert revocations(database_url) == []
     assert app.load(session_uuid("sess_" + session.id.hex)).keys[key.key_id].is_active
+
+
+async def test_rebuilding_the_key_view_keeps_every_revocation_in_force(
+    api: Api, database_url: str
+) -> None:
+    created = await api.create_session("Rebuilt")
+    sid = created["sessionId"]
+    issued = await api.client.post(f"/sessions/{sid}/keys", json={}, headers=ADMIN)
+    revoked = {"x-api-key": issued.json()["key"]}
+    answer = await api.client.delete(
+        f"/sessions/{sid}/keys/{issued.json()['keyId']}", headers=ADMIN
+    )
+    assert answer.status_code == 204
+    before = revocations(database_url)
+
+    # The key view is rebuilt into a new generation and switched to: the API process reloads
+    # its copy of the keys whole, but not its revocations.
+    report = await asyncio.to_thread(ViewRebuild(api.container, "api_keys", progress=False).run)
+    assert report.generation == 1
+    assert revocations(database_url) == before
+    status = f"/sessions/{sid}/status"
+    assert (await api.client.get(status, headers=revoked)).status_code == 401
+    assert (await api.client.get(status, headers=Api.key(created))).status_code == 200
