@@ -124,7 +124,9 @@ class CachedReadModels(ReadModels):
         self._claimed_at = -math.inf  # when the last claim that committed was sent
         # A refresh right after the last write of the instance row needs no claim of its own.
         self._claim_reuse = stale_after / 10
-        self._refresh_lock = threading.Lock()
+        # Guards `_trusted_from` against a refresh that ends after `stop` (held briefly, never
+        # across a database wait).
+        self._trust_lock = threading.Lock()
         self._stopped = False
         self._uses: dict[str, datetime] = {}
         self._uses_lock = threading.Lock()
@@ -142,9 +144,9 @@ class CachedReadModels(ReadModels):
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(5)
-        with self._refresh_lock:
+        with self._trust_lock:
             # Before the row goes: once writes stop waiting for this process, it accepts
-            # no session key.
+            # no session key (even if a refresh still running ends after this).
             self._stopped = True
             self._trusted_from = -math.inf
         self._flush_uses()
@@ -184,9 +186,10 @@ class CachedReadModels(ReadModels):
         return view
 
     def refresh(self) -> None:
-        with self._refresh_lock:
-            if not self._stopped:
-                self._refresh()
+        """Read the views and revocations afresh (on one thread at a time: `start`, then the
+        listener)."""
+        if not self._stopped:
+            self._refresh()
 
     def _claim(self) -> float:
         """Claim trust for a snapshot about to be read; return the local time it counts from.
@@ -249,7 +252,10 @@ class CachedReadModels(ReadModels):
             self._status_pos = max(self._status_pos, status_pos)
             self._keys_pos = max(self._keys_pos, keys_pos)
             self.position = min(self._status_pos, self._keys_pos)
-            self._trusted_from = max(self._trusted_from, trusted_from)
+            with self._trust_lock:
+                if self._stopped:
+                    return
+                self._trusted_from = max(self._trusted_from, trusted_from)
             sent = time.monotonic()
             conn.execute(
                 _REFRESHED,
