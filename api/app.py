@@ -16,7 +16,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 
-from api.auth import API_KEY_HEADER, API_KEY_SCHEME, RATE_LIMIT_STATE, key_required
+from api.auth import (
+    API_KEY_HEADER,
+    API_KEY_SCHEME,
+    RATE_LIMIT_STATE,
+    failure_throttle,
+    key_required,
+)
 from api.context import ApiContext
 from api.controllers.health import HealthController
 from api.controllers.history import HistoryController, UptimeController
@@ -148,7 +154,14 @@ def create_app(
         openapi_config=openapi,
         exception_handlers={Exception: handle_exception},
         guards=[key_required, no_nul_characters],  # before the parameters and the body
-        middleware=[status_fast_path, rate_limit_headers, allow_header, dashboard.middleware],
+        # The failure throttle first: it covers every route, the status fast path included.
+        middleware=[
+            failure_throttle,
+            status_fast_path,
+            rate_limit_headers,
+            allow_header,
+            dashboard.middleware,
+        ],
         state=State({"ctx": ctx, **dashboard.state}),
         lifespan=[*lifespan, dashboard.lifespan],
         template_config=template_config(),

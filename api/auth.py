@@ -3,6 +3,12 @@
 A session key reaches its own session only: any other session answers 404, so existence is
 never revealed. No key, an unknown, mistyped or revoked key answers 401. Those answers are
 given before the rate limit is counted, so they never spend a session's budget.
+
+Guessing is throttled per client address (`failure_throttle`): a key that is sent and not
+accepted (admin or session, malformed, unknown or revoked; a missing key is no guess and is
+not counted) and a failed dashboard sign-in count as failures; an address with more than the
+limit in a minute gets 429 on every route but the probes, before its key is even looked at,
+so a locked-out guesser cannot learn whether a key is valid.
 """
 
 from __future__ import annotations
@@ -15,15 +21,18 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import FromPath
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.context import ApiContext
 from api.problems import ProblemError
+from api.ratelimit import client_address
 from application.keys import SESSION_KEY_KIND, hash_key, key_kind
-from domain.values import ADMIN_ACTOR, key_actor
+from domain.values import ADMIN_ACTOR, is_session_id, key_actor
 from projections.rows import SessionRow
 
 API_KEY_HEADER = "x-api-key"
@@ -31,6 +40,11 @@ API_KEY_SCHEME = "apiKey"
 # The OpenAPI security of every route that needs a key (the health probes need none).
 API_KEY_SECURITY: list[SecurityRequirement] = [{API_KEY_SCHEME: []}]
 RATE_LIMIT_STATE = "ratelimit_headers"
+#: Set in the request's scope state when a credential sent was refused (counted as a failure).
+AUTH_FAILED_STATE = "auth_failed"
+#: Paths that are never throttled: the probes and the API's description need no key, and a
+#: load balancer probing from a locked-out address must still see the server.
+UNTHROTTLED = ("/health/", "/metrics", "/ping", "/schema")
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,16 @@ def _unauthorized(detail: str) -> ProblemError:
     return ProblemError(401, "unauthorized", detail, {"WWW-Authenticate": "ApiKey"})
 
 
+def note_failed_authentication(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Count this request as a failed authentication of its client address."""
+    connection.scope.setdefault("state", {})[AUTH_FAILED_STATE] = True
+
+
+def _refused(request: ASGIConnection[Any, Any, Any, Any], detail: str) -> ProblemError:
+    note_failed_authentication(request)
+    return _unauthorized(detail)
+
+
 def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     ctx = _context(request)
     key = request.headers.get(API_KEY_HEADER)
@@ -77,7 +101,7 @@ def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     if kind != SESSION_KEY_KIND:
         if hmac.compare_digest(key_hash, ctx.admin_key_hash):
             return Principal(is_admin=True)
-        raise _unauthorized("the API key is not valid")
+        raise _refused(request, "the API key is not valid")
     if not ctx.read_models.is_fresh():
         raise ProblemError(
             503,
@@ -85,9 +109,9 @@ def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
             "this server cannot check keys right now; try again shortly",
             {"Retry-After": "1"},
         )
-    row = ctx.read_models.key_by_hash(key_hash)
-    if row is None or not row.is_active:
-        raise _unauthorized("the API key is not valid, or it has been revoked")
+    row = ctx.read_models.accepted_key(key_hash)
+    if row is None:
+        raise _refused(request, "the API key is not valid, or it has been revoked")
     ctx.read_models.note_key_use(row.key_id, datetime.now(UTC))
     return Principal(is_admin=False, key_id=row.key_id, session_id=row.session_id)
 
@@ -150,6 +174,20 @@ async def provide_admin_access(
     return await _access(request, session_id, admin_only=True)
 
 
+async def provide_admin_of_session(
+    request: Request[Any, Any, State], session_id: FromPath[str]
+) -> Principal:
+    """Dependency of admin-only routes of one session that also answer for a session that
+    is deleted (a delete that is sent again): a session key gets what `_access` gives it."""
+    principal = authenticate(request)
+    if principal.is_admin:
+        if not is_session_id(session_id):
+            raise ProblemError(404, "session-not-found", "no such session")
+        return principal
+    await _access(request, session_id, admin_only=True)
+    raise AssertionError("a session key never reaches an admin-only route")  # pragma: no cover
+
+
 async def provide_caller(request: Request[Any, Any, State]) -> Principal:
     """Dependency of routes that name no session but serve both kinds of key (webhooks): a
     session key is checked against its session (alive, within its rate limit)."""
@@ -158,3 +196,32 @@ async def provide_caller(request: Request[Any, Any, State]) -> Principal:
         assert principal.session_id is not None
         await _access(request, principal.session_id, admin_only=False)
     return principal
+
+
+def failure_throttle(app: ASGIApp) -> ASGIApp:
+    """Refuse a locked-out client address before anything else (429 with Retry-After), and
+    count the request as a failure once it has been answered refused
+    (`note_failed_authentication`)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"].startswith(UNTHROTTLED):
+            await app(scope, receive, send)
+            return
+        ctx: ApiContext = scope["litestar_app"].state.ctx
+        address = client_address(scope, ctx.trusted_proxies)
+        wait = await ctx.failure_throttle.locked_out(address)
+        if wait is not None:
+            raise ProblemError(
+                429,
+                "too-many-failures",
+                f"too many failed authentications from this address; try again in {wait} s",
+                {"Retry-After": str(wait)},
+            )
+
+        try:
+            await app(scope, receive, send)
+        finally:
+            if scope.get("state", {}).get(AUTH_FAILED_STATE):
+                await ctx.failure_throttle.failed(address)
+
+    return middleware

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from api.ratelimit import SessionRateLimiter
+from api.ratelimit import FailureThrottle, Network, SessionRateLimiter
 from application.sessions import SessionsApplication
 from projections.messages import MessagesView
 from projections.readmodels import ReadModels
@@ -51,7 +51,14 @@ class ApiContext:
     #: How far this process's copy of the views has got (a notification id): the dashboard's
     #: live pages wait on it to learn that something changed.
     view_position: Callable[[], int]
+    #: Failed authentications counted per client address (in the rate limits' storage).
+    failure_throttle: FailureThrottle
+    #: What `/health/ready` reports beside its checks, without failing them (e.g. that rate
+    #: limits and failure counts are per process while several share the database).
+    readiness_warnings: Callable[[], Awaitable[list[str]]]
     #: The dashboard's cookie-signing secret (SESSIOND_DASHBOARD_SECRET), or None to derive
     #: it from the admin key; and whether its cookie is sent over HTTPS only.
     dashboard_secret: str | None = None
     dashboard_secure_cookie: bool = False
+    #: Proxies whose ``X-Forwarded-For`` is believed (SESSIOND_TRUSTED_PROXIES).
+    trusted_proxies: tuple[Network, ...] = ()

@@ -4,7 +4,9 @@
 access check (`provide_access`: key, session scope, rate limit) and every error answer
 (`handle_exception`); only the parameter model, the handler call and the response object
 are skipped, and the body is encoded straight to ASGI. The route's handler stays declared
-for the OpenAPI document and answers any request this path does not take.
+for the OpenAPI document and answers any request this path does not take. The throttle of
+failed authentications (`api.auth.failure_throttle`) runs before this path, as before every
+route: a locked-out address is refused here too, and a refused key here is counted.
 """
 
 from __future__ import annotations

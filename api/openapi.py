@@ -8,6 +8,8 @@
 - A body that may be left out (``data: ... = None``) is marked ``required: false``.
 - An uptime is a number from 0 to 100, or null (the generator drops the bounds of a member
   of a union).
+- Every operation that takes a key may answer 429: the throttle of failed authentications
+  covers every route (`api.auth.failure_throttle`), not only those with a rate limit.
 
 The document is built when the app is, so a route that cannot be described fails at start-up,
 not on the first ``GET /schema/openapi.json``.
@@ -15,6 +17,7 @@ not on the first ``GET /schema/openapi.json``.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -127,6 +130,7 @@ def complete_openapi(app: Litestar) -> None:
             if name in schemas:
                 schemas[name] = JsonSchema(document=document)
         _bound_percentages(schemas)
+    _throttled_everywhere(openapi.paths or {})
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or openapi.paths is None:
             continue
@@ -140,3 +144,19 @@ def complete_openapi(app: Litestar) -> None:
             for operation in _operations(path_item, set(handler.http_methods)):
                 if isinstance(operation.request_body, RequestBody):
                     operation.request_body.required = False
+
+
+def _throttled_everywhere(paths: dict[str, PathItem]) -> None:
+    operations = [
+        operation
+        for item in paths.values()
+        for operation in _operations(item, {"GET", "POST", "PUT", "PATCH", "DELETE"})
+    ]
+    template = next(
+        (o.responses["429"] for o in operations if o.responses and "429" in o.responses), None
+    )
+    if template is None:
+        return
+    for operation in operations:
+        if operation.security and operation.responses is not None:
+            operation.responses.setdefault("429", copy.deepcopy(template))

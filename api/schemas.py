@@ -199,6 +199,8 @@ class KeyListOut(Out):
 class HealthOut(Out):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str]
+    #: Things an operator should know that do not make the server unready.
+    warnings: list[str] = []
 
 
 class ProblemOut(msgspec.Struct):

@@ -79,6 +79,16 @@ class MessageIndex(ABC):
         """Whether the session recorded an inbound message with that WhatsApp id."""
 
 
+class RevocationLog(ABC):
+    """Where the recorder keeps the revocations it writes with their events (see
+    `application.revocations`): a retried revoke or delete finds what it must wait for."""
+
+    @abstractmethod
+    def revocation_position(self, session_id: str, key_id: str | None) -> int | None:
+        """The position of the event that revoked `key_id` (or, with None, that deleted the
+        session `session_id`), or None if no such revocation is recorded."""
+
+
 @dataclass(frozen=True)
 class InboundMessage:
     """A text message received by a session's WhatsApp account."""

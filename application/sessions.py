@@ -22,7 +22,8 @@ from application.cache import SessionCache
 from application.commit import GroupCommitter
 from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
-from application.ports import InboundMessage, MessageIndex
+from application.ports import InboundMessage, MessageIndex, RevocationLog
+from application.revocations import REVOCATIONS, revocations_in
 from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
 from domain.policy import ReconnectPolicy
 from domain.session import ApiKey, QueuedMessage, RecentMessage, Session
@@ -136,6 +137,14 @@ class SessionsApplication(Application[UUID]):
         self._notify(recordings)
         return recordings
 
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """Every save hands the recorder the revocations among its events, so that a recorder
+        that keeps them (see `application.revocations`) writes them in the same transaction."""
+        revocations = revocations_in(processing_event.events)
+        if revocations:
+            processing_event.saved_kwargs[REVOCATIONS] = revocations
+        return super()._record(processing_event)
+
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         """Snapshot from the sessions just saved, in memory, instead of loading them again."""
         if self.snapshots is None:
@@ -172,6 +181,21 @@ class SessionsApplication(Application[UUID]):
         if session.is_deleted:
             raise SessionNotFound(f"no session {session_id}")
         return session
+
+    def recorded_revocation(self, session_id: str, key_id: str | None = None) -> int:
+        """The position to wait for before saying that a revocation already recorded is in
+        force: the event that revoked `key_id` (with None: that deleted the session).
+
+        A recorder without a revocation log (in memory) answers the head of the log, which is
+        at or after it.
+        """
+        recorder = self.recorder
+        if isinstance(recorder, RevocationLog):
+            public_id = public_session_id(session_uuid(session_id))
+            position = recorder.revocation_position(public_id, key_id)
+            if position is not None:
+                return position
+        return recorder.max_notification_id() or 0
 
     # -- commands from operators and clients ----------------------------------------
 

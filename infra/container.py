@@ -25,7 +25,7 @@ from litestar import Litestar
 
 from api.app import create_app
 from api.context import ApiContext
-from api.ratelimit import SessionRateLimiter
+from api.ratelimit import FailureThrottle, SessionRateLimiter
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
@@ -48,6 +48,8 @@ from infra.pgviews import (
 )
 from infra.pgwebhooks import PostgresWebhookView, WebhookStore
 from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
+from infra.revocations import TABLE as REVOCATIONS_TABLE
+from infra.revocations import backfill
 from infra.settings import Settings, eventsourcing_env
 from infra.simulator import SimulatorGateway
 from infra.supervisor import ProjectionSupervisor
@@ -100,6 +102,14 @@ NOT_REBUILDABLE = {
 }
 
 
+def per_process_warning(processes: int) -> str:
+    return (
+        f"{processes} API processes share this database without SESSIOND_REDIS_URL: each "
+        "counts rate limits and failed authentications on its own (a client spread over "
+        "them gets up to that many times its budget); set SESSIOND_REDIS_URL to share them"
+    )
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -122,6 +132,8 @@ class Container:
         # race on CREATE TABLE. Everything built later is told not to create tables.
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (REVOCATIONS_TABLE,))
+            had_revocations = bool((found.fetchone() or (False,))[0])
             self.app = SessionsApplication(
                 env=eventsourcing_env(
                     self.database_url,
@@ -145,7 +157,22 @@ class Container:
                 curs.execute(ADMIN_DDL)
                 curs.execute(INSTANCES_DDL)
                 curs.execute(INSTANCES_MIGRATION)
+            if not had_revocations:  # a log recorded before revocations were kept apart
+                written = backfill(
+                    self.recorder.revocations,
+                    self.recorder,
+                    datastore,
+                    self.app.mapper.to_domain_event,
+                )
+                if written:
+                    log.info("wrote the %d revocations recorded before this version", written)
         self.runner_env = {**self.env, "CREATE_TABLE": "n"}
+
+    @property
+    def recorder(self) -> PollingApplicationRecorder:
+        recorder = self.app.recorder
+        assert isinstance(recorder, PollingApplicationRecorder)
+        return recorder
 
     # -- the active generation of each view ---------------------------------------------
 
@@ -292,6 +319,7 @@ class Container:
         self.read_models = CachedReadModels(
             self.database_url,
             self.views,
+            self.recorder.revocations,
             poll_interval=self.settings.poll_interval,
             stale_after=self.settings.stale_after,
         )
@@ -299,6 +327,24 @@ class Container:
         limiter = SessionRateLimiter(storage)
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         read_models = self.read_models
+        told: list[int] = []
+
+        async def readiness_warnings() -> list[str]:
+            """Without Redis, rate limits and failure counts are this process's own: say so
+            once several API processes share the database (and log it the first time)."""
+            if self.settings.redis_url is not None:
+                return []
+            try:
+                processes = await asyncio.to_thread(read_models.live_instances)
+            except Exception:
+                return []  # the database check says what is wrong
+            if processes <= 1:
+                return []
+            warning = per_process_warning(processes)
+            if not told:
+                told.append(processes)
+                log.warning("%s", warning)
+            return [warning]
 
         async def readiness() -> dict[str, str]:
             checks = {}
@@ -334,6 +380,9 @@ class Container:
             ),
             projection_lags=self.projection_lags,
             readiness=readiness,
+            readiness_warnings=readiness_warnings,
+            failure_throttle=FailureThrottle(limiter, self.settings.auth_failure_limit),
+            trusted_proxies=self.settings.trusted_proxies,
             view_position=lambda: read_models.position,
             dashboard_secret=self.settings.dashboard_secret,
             dashboard_secure_cookie=self.settings.dashboard_secure_cookie,
@@ -386,6 +435,7 @@ class Container:
         @asynccontextmanager
         async def lifespan(_: Litestar) -> AsyncIterator[None]:
             await asyncio.to_thread(read_models.start)
+            await ctx.readiness_warnings()  # logs it at start-up when it applies
             if freeze_gc:
                 gc.collect()
                 gc.freeze()

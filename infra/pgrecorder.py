@@ -1,5 +1,6 @@
-"""An application recorder whose subscriptions share one reader of the log per process
-(`infra.loghub`), which also polls, so a lost NOTIFY never stalls a view."""
+"""The application recorder: its subscriptions share one reader of the log per process
+(`infra.loghub`), which also polls, so a lost NOTIFY never stalls a view; and it writes the
+revocations of what it records in the same transaction (`infra.revocations`)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,53 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, StoredEvent, Subscription
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    ProgrammingError,
+    StoredEvent,
+    Subscription,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from application.ports import RevocationLog
+from application.revocations import REVOCATIONS
 from infra.loghub import HubSubscription
+from infra.pgviews import VIEWS_CHANNEL
+from infra.revocations import RevocationTable
 
 
-class PollingApplicationRecorder(PostgresApplicationRecorder):
+class PollingApplicationRecorder(PostgresApplicationRecorder, RevocationLog):
     poll_interval: ClassVar[float] = 1.0
+
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        if datastore.enable_db_functions:  # its insert function would skip the revocations
+            raise ProgrammingError("POSTGRES_ENABLE_DB_FUNCTIONS is not supported by sessiond")
+        self.revocations = RevocationTable(datastore.schema, events_table_name)
+        self.sql_create_statements.extend(self.revocations.create_statements())
+        self._notify_views = SQL("NOTIFY {0}").format(Identifier(VIEWS_CHANNEL))
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        """Record the events and, in the same transaction and under the same table lock, the
+        revocations among them; then wake every API process's copy of the views."""
+        # Checked before anything is written (an error here leaves nothing recorded).
+        parameters = RevocationTable.parameters(stored_events, kwargs.get(REVOCATIONS, ()))
+        super()._insert_stored_events(curs, stored_events, **kwargs)
+        if parameters is not None:
+            with curs.connection.cursor() as revocations:
+                revocations.execute(self.revocations.insert, parameters)
+                revocations.execute(self._notify_views)
+
+    def revocation_position(self, session_id: str, key_id: str | None) -> int | None:
+        with self.datastore.cursor() as curs:
+            return self.revocations.position_of(curs, session_id, key_id)
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()

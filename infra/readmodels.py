@@ -1,11 +1,26 @@
 """The in-process copy of the views, kept current from PostgreSQL notifications.
 
 Status reads and key checks are served from memory (no database round trip per request).
-The copy refreshes when a view writes (``NOTIFY sessiond_views``) and at least every
-`poll_interval`; each refresh reads the views' tracking positions and the rows that changed
-since the last refresh in one snapshot. Every API process records how far its copy has got in
-``sessiond_api_instances``, so a revocation can wait until *every* live process has seen it.
-A process whose copy is older than `stale_after` refuses keys rather than trust a stale copy.
+The copy refreshes when a view writes (``NOTIFY sessiond_views``), when a key is revoked (the
+recorder notifies too) and at least every `poll_interval`; each refresh reads, in one
+snapshot, the head of the log, the revocations recorded since the last refresh
+(`infra.revocations`), the views' tracking positions and the rows that changed. A key is
+accepted only if the key view has it active and no revocation names it or its session: the
+revocations are complete up to the head of the log the snapshot saw, whatever the projector
+is doing, so revoking never waits for a projection.
+
+Every API process records in ``sessiond_api_instances`` how far its copy has got (`position`
+for the views, `revoked_through` for the revocations) and until when it may trust the copy it
+holds (`trusted_until`), so a write can wait until *every* live process has it. The trust is
+claimed *before* the snapshot is read: a process trusts a snapshot for `stale_after` from the
+moment it sent that claim (which precedes the snapshot), and the claim's `trusted_until`
+(the database's clock at the claim plus `stale_after` plus a margin) outlasts that trust. A
+write that waits for a revocation therefore either sees the process's `revoked_through` reach
+it, or sees its `trusted_until` pass, after which the process refuses session keys (503) until
+a refresh whose snapshot comes after a newer claim, which the write did not see, so after the
+revocation. A process whose last snapshot is older than `stale_after` refuses keys rather
+than trust a stale copy, however long the refresh that read it took.
+
 Each refresh also reads which generation of each view is active, in the same snapshot: after a
 rebuilt view is switched to, the copy of that view is reloaded whole from the new tables (the
 rebuild may have changed rows the log has not touched since) and replaces the old one at once.
@@ -15,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +43,8 @@ from eventsourcing.postgres import PostgresDatastore
 
 from infra.generations import ActiveViews
 from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
+from infra.revocations import RevocationRow, RevocationTable
+from infra.settings import TRUST_MARGIN_SECONDS
 from projections.keys import ApiKeyProjection
 from projections.readmodels import ReadModels
 from projections.rows import KeyRow, SessionRow
@@ -33,18 +52,37 @@ from projections.status import SessionStatusProjection
 
 log = logging.getLogger(__name__)
 APP_NAME = "sessiond"
-# `trusted_until`: until when that process may still accept keys from its copy (its own
-# refresh time plus its own SESSIOND_STALE_AFTER, plus a margin), whatever other processes use.
+# `trusted_until`: until when that process may still accept keys from the copy it holds or
+# is reading (its last claim plus its own SESSIOND_STALE_AFTER, plus a margin), whatever
+# other processes use. `seen_at`: when it last finished a refresh.
 INSTANCES_DDL = (
     "CREATE TABLE IF NOT EXISTS sessiond_api_instances ("
     "instance_id text PRIMARY KEY, position bigint NOT NULL, seen_at timestamptz NOT NULL, "
-    "trusted_until timestamptz NOT NULL)"
+    "trusted_until timestamptz NOT NULL, revoked_through bigint NOT NULL DEFAULT 0)"
 )
-INSTANCES_MIGRATION = (  # for databases made before `trusted_until` existed
+INSTANCES_MIGRATION = (  # for databases made before these columns existed
     "ALTER TABLE sessiond_api_instances "
-    "ADD COLUMN IF NOT EXISTS trusted_until timestamptz NOT NULL DEFAULT now()"
+    "ADD COLUMN IF NOT EXISTS trusted_until timestamptz NOT NULL DEFAULT now(), "
+    "ADD COLUMN IF NOT EXISTS revoked_through bigint NOT NULL DEFAULT 0"
 )
-TRUST_MARGIN_SECONDS = 1.0
+# A claim lasts TRUST_MARGIN_SECONDS longer than the process's own window: that covers the
+# time between the local clock read and the database's `now()` of the claim, and the drift
+# between the two clocks.
+_CLAIM = (
+    "INSERT INTO sessiond_api_instances "
+    "(instance_id, position, revoked_through, seen_at, trusted_until) "
+    "VALUES (%s, %s, %s, '-infinity', now() + make_interval(secs => %s)) "
+    "ON CONFLICT (instance_id) DO UPDATE SET trusted_until = "
+    "greatest(sessiond_api_instances.trusted_until, EXCLUDED.trusted_until)"
+)
+_REFRESHED = (
+    "INSERT INTO sessiond_api_instances "
+    "(instance_id, position, revoked_through, seen_at, trusted_until) "
+    "VALUES (%s, %s, %s, now(), now() + make_interval(secs => %s)) "
+    "ON CONFLICT (instance_id) DO UPDATE SET position = EXCLUDED.position, "
+    "revoked_through = EXCLUDED.revoked_through, seen_at = EXCLUDED.seen_at, "
+    "trusted_until = greatest(sessiond_api_instances.trusted_until, EXCLUDED.trusted_until)"
+)
 
 
 class CachedReadModels(ReadModels):
@@ -52,6 +90,7 @@ class CachedReadModels(ReadModels):
         self,
         database_url: str,
         views: ActiveViews,
+        revocations: RevocationTable,
         *,
         poll_interval: float = 1.0,
         stale_after: float = 3.0,
@@ -59,6 +98,7 @@ class CachedReadModels(ReadModels):
     ) -> None:
         self.database_url = database_url
         self.views = views
+        self.revocations = revocations
         self.datastore: PostgresDatastore = views.datastore
         # The generation each copy was loaded from (-1: not loaded yet).
         self._status_generation = -1
@@ -73,7 +113,21 @@ class CachedReadModels(ReadModels):
         self._key_ids_by_hash: dict[str, str] = {}
         self._status_pos = 0
         self._keys_pos = 0
-        self._refreshed_at = 0.0
+        #: Every key id revoked, and every session deleted, up to `revoked_through` (the head
+        #: of the log in the last snapshot read): the set only grows.
+        self._revoked_keys: set[str] = set()
+        self._deleted_sessions: set[str] = set()
+        self.revoked_through = 0
+        #: The local (monotonic) time from which the copy held is trusted: when the claim that
+        #: preceded its snapshot was sent. -inf: trust nothing (not started, or stopped).
+        self._trusted_from = -math.inf
+        self._claimed_at = -math.inf  # when the last claim that committed was sent
+        # A refresh right after the last write of the instance row needs no claim of its own.
+        self._claim_reuse = stale_after / 10
+        # Guards `_trusted_from` against a refresh that ends after `stop` (held briefly, never
+        # across a database wait).
+        self._trust_lock = threading.Lock()
+        self._stopped = False
         self._uses: dict[str, datetime] = {}
         self._uses_lock = threading.Lock()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -90,6 +144,11 @@ class CachedReadModels(ReadModels):
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(5)
+        with self._trust_lock:
+            # Before the row goes: once writes stop waiting for this process, it accepts
+            # no session key (even if a refresh still running ends after this).
+            self._stopped = True
+            self._trusted_from = -math.inf
         self._flush_uses()
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
@@ -127,9 +186,39 @@ class CachedReadModels(ReadModels):
         return view
 
     def refresh(self) -> None:
+        """Read the views and revocations afresh (on one thread at a time: `start`, then the
+        listener)."""
+        if not self._stopped:
+            self._refresh()
+
+    def _claim(self) -> float:
+        """Claim trust for a snapshot about to be read; return the local time it counts from.
+
+        The claim is the write of this process's row (`trusted_until` pushed to the database's
+        `now()` plus the window and margin); the write that ended the last refresh serves when
+        it was sent a moment ago."""
+        sent = time.monotonic()
+        if sent - self._claimed_at <= self._claim_reuse:
+            return self._claimed_at
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                _CLAIM,
+                (
+                    self.instance_id,
+                    self.position,
+                    self.revoked_through,
+                    self.stale_after + TRUST_MARGIN_SECONDS,
+                ),
+            )
+        self._claimed_at = sent
+        return sent
+
+    def _refresh(self) -> None:
+        trusted_from = self._claim()
         with self.datastore.get_connection() as conn:
             with conn.transaction(), conn.cursor() as curs:
                 curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                head, revocations = self.revocations.read_since(curs, self.revoked_through)
                 self.views.resolve(curs)
                 status_view, key_view = self.status_view, self.key_view
                 status_generation = self.views.generation(SessionStatusProjection.name)
@@ -140,6 +229,9 @@ class CachedReadModels(ReadModels):
                 keys_pos = self._tracking(curs, key_view)
                 sessions = status_view.changed_since(curs, 0 if reload_status else self._status_pos)
                 keys = key_view.changed_since(curs, 0 if reload_keys else self._keys_pos)
+            # Revocations first: a key they name is refused whatever the view says of it.
+            self._revoke(revocations)
+            self.revoked_through = max(self.revoked_through, head)
             if reload_status:  # a new generation: its rows replace the old copy's at once
                 self._sessions = {row.session_id: row for row in sessions}
                 self._status_generation = status_generation
@@ -160,15 +252,28 @@ class CachedReadModels(ReadModels):
             self._status_pos = max(self._status_pos, status_pos)
             self._keys_pos = max(self._keys_pos, keys_pos)
             self.position = min(self._status_pos, self._keys_pos)
+            with self._trust_lock:
+                if self._stopped:
+                    return
+                self._trusted_from = max(self._trusted_from, trusted_from)
+            sent = time.monotonic()
             conn.execute(
-                "INSERT INTO sessiond_api_instances VALUES "
-                "(%s, %s, now(), now() + make_interval(secs => %s)) "
-                "ON CONFLICT (instance_id) DO UPDATE SET position = EXCLUDED.position, "
-                "seen_at = EXCLUDED.seen_at, trusted_until = EXCLUDED.trusted_until",
-                (self.instance_id, self.position, self.stale_after + TRUST_MARGIN_SECONDS),
+                _REFRESHED,
+                (
+                    self.instance_id,
+                    self.position,
+                    self.revoked_through,
+                    self.stale_after + TRUST_MARGIN_SECONDS,
+                ),
             )
-        self._refreshed_at = time.monotonic()
+            self._claimed_at = sent
         self._wake_waiters()
+
+    def _revoke(self, revocations: list[RevocationRow]) -> None:
+        for revocation in revocations:
+            self._revoked_keys.update(revocation.key_ids)
+            if revocation.session_deleted:
+                self._deleted_sessions.add(revocation.session_id)
 
     @staticmethod
     def _tracking(curs: Any, view: PostgresSessionStatusView | PostgresApiKeyView) -> int:
@@ -197,6 +302,17 @@ class CachedReadModels(ReadModels):
         key_id = self._key_ids_by_hash.get(key_hash)
         return None if key_id is None else self._keys.get(key_id)
 
+    def accepted_key(self, key_hash: str) -> KeyRow | None:
+        row = self.key_by_hash(key_hash)
+        if (
+            row is None
+            or not row.is_active
+            or row.key_id in self._revoked_keys
+            or row.session_id in self._deleted_sessions
+        ):
+            return None
+        return row
+
     def keys_of(self, session_id: str) -> list[KeyRow]:
         self._flush_uses()
         return self.key_view.keys_of_session(session_id)
@@ -219,7 +335,7 @@ class CachedReadModels(ReadModels):
                     self._uses[key_id] = max(at, self._uses.get(key_id, at))
 
     def is_fresh(self) -> bool:
-        return time.monotonic() - self._refreshed_at < self.stale_after
+        return time.monotonic() - self._trusted_from < self.stale_after
 
     # -- read-your-writes -----------------------------------------------------------------
 
@@ -243,24 +359,53 @@ class CachedReadModels(ReadModels):
             return False
         # A process that stopped refreshing for longer than it trusts its own copy refuses
         # keys anyway (see `is_fresh`), so it need not be waited for once that time is over.
-        pause = 0.001
-        while time.monotonic() < deadline:
-            lagging = await asyncio.to_thread(self._count_lagging, position)
-            if lagging == 0:
-                return True
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.02)
-        return False
+        return await _poll_until_none(self._count_lagging, position, deadline)
+
+    async def wait_revoked_everywhere(self, position: int, timeout: float) -> bool:
+        # The same, on the revocations: each process's `revoked_through` moves with every
+        # refresh it makes, whatever the projector is doing.
+        return await _poll_until_none(self._count_not_revoked, position, time.monotonic() + timeout)
 
     def _count_lagging(self, position: int) -> int:
+        return self._count(
+            "SELECT count(*) AS n FROM sessiond_api_instances "
+            "WHERE position < %s AND trusted_until > now()",
+            position,
+        )
+
+    def _count_not_revoked(self, position: int) -> int:
+        return self._count(
+            "SELECT count(*) AS n FROM sessiond_api_instances "
+            "WHERE revoked_through < %s AND trusted_until > now()",
+            position,
+        )
+
+    def _count(self, query: str, position: int) -> int:
+        with self.datastore.cursor() as curs:
+            curs.execute(query, (position,))
+            row = curs.fetchone()
+        return int(row["n"]) if row else 0
+
+    def live_instances(self) -> int:
+        """How many API processes (this one included) share this database right now."""
         with self.datastore.cursor() as curs:
             curs.execute(
-                "SELECT count(*) AS n FROM sessiond_api_instances "
-                "WHERE position < %s AND trusted_until > now()",
-                (position,),
+                "SELECT count(*) AS n FROM sessiond_api_instances WHERE trusted_until > now()"
             )
             row = curs.fetchone()
         return int(row["n"]) if row else 0
+
+
+async def _poll_until_none(count: Callable[[int], int], position: int, deadline: float) -> bool:
+    """Whether `count(position)` reached 0 before `deadline` (it is asked at least once)."""
+    pause = 0.001
+    while True:
+        if await asyncio.to_thread(count, position) == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.02)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -6,6 +6,7 @@ A wrong setting raises `SettingsError` with one clear line; the CLI prints it an
 from __future__ import annotations
 
 import binascii
+import ipaddress
 import os
 from base64 import b64decode
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ class SettingsError(Exception):
 
 
 GATEWAYS = ("neonize", "simulator")
+#: How much longer than SESSIOND_STALE_AFTER an API process that stopped refreshing is waited
+#: for by a revocation (see `infra.readmodels`).
+TRUST_MARGIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class Settings:
     dashboard_secure_cookie: bool = False
     device_store_connections: int = 4
     pgbouncer: str | None = None
+    auth_failure_limit: int = 10
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,7 +106,10 @@ class Settings:
             == "true",
             device_store_connections=reader.integer("DEVICE_STORE_CONNECTIONS", 4, 1, 100),
             pgbouncer=reader.optional("PGBOUNCER"),
+            auth_failure_limit=reader.integer("AUTH_FAILURE_LIMIT", 10, 1, 1_000_000),
+            trusted_proxies=networks("TRUSTED_PROXIES", reader.optional("TRUSTED_PROXIES")),
         )
+        check_revocation_timing(settings)
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)
         if settings.database_url is not None:
@@ -119,6 +128,50 @@ class Settings:
         ):
             raise SettingsError("SESSIOND_REDIS_URL must start with redis://, rediss:// or unix://")
         return settings
+
+
+def check_revocation_timing(settings: Settings) -> None:
+    """Refuse windows in which a revocation could not be confirmed or keys not be checked.
+
+    A revocation answers only once every live API process holds it, or has stopped trusting
+    its copy: an API process that stopped refreshing is waited for up to SESSIOND_STALE_AFTER
+    (plus a margin), so the write wait must be longer, or every revocation would answer 503
+    while one process is stuck. And a process refreshes at least every SESSIOND_POLL_INTERVAL,
+    so a shorter window would make it refuse keys between two quiet refreshes.
+    """
+    if settings.stale_after + TRUST_MARGIN_SECONDS >= settings.write_wait_timeout:
+        raise SettingsError(
+            f"SESSIOND_STALE_AFTER={settings.stale_after:g} needs "
+            f"SESSIOND_WRITE_WAIT_TIMEOUT > {settings.stale_after + TRUST_MARGIN_SECONDS:g} "
+            f"(it is {settings.write_wait_timeout:g}): a revocation must be able to outwait "
+            "an API process that stopped refreshing"
+        )
+    if settings.stale_after <= settings.poll_interval:
+        raise SettingsError(
+            f"SESSIOND_STALE_AFTER={settings.stale_after:g} must be longer than "
+            f"SESSIOND_POLL_INTERVAL={settings.poll_interval:g}, or an idle API process "
+            "refuses keys between two refreshes"
+        )
+
+
+def networks(
+    name: str, raw: str | None
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated addresses or CIDR ranges (``10.0.0.0/8, ::1``)."""
+    if raw is None:
+        return ()
+    found = []
+    for part in raw.split(","):
+        text = part.strip()
+        if not text:
+            continue
+        try:
+            found.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"SESSIOND_{name}: {text!r} is not an IP address or a CIDR range"
+            ) from None
+    return tuple(found)
 
 
 class _Reader:

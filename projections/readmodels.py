@@ -24,6 +24,11 @@ class ReadModels(ABC):
         """The key whose SHA-256 hash this is, or None."""
 
     @abstractmethod
+    def accepted_key(self, key_hash: str) -> KeyRow | None:
+        """The key whose hash this is if it may be accepted: active in the key view, and
+        neither it nor its session revoked by a revocation this copy holds; else None."""
+
+    @abstractmethod
     def keys_of(self, session_id: str) -> list[KeyRow]:
         """Every key of a session, revoked ones included, with their last use."""
 
@@ -42,3 +47,8 @@ class ReadModels(ABC):
     @abstractmethod
     async def wait_everywhere(self, position: int, timeout: float) -> bool:
         """Wait until every live API process's copy includes `position`; False on timeout."""
+
+    @abstractmethod
+    async def wait_revoked_everywhere(self, position: int, timeout: float) -> bool:
+        """Wait until every live API process holds every revocation up to `position` (or
+        refuses session keys); False on timeout. Never waits for a projection."""

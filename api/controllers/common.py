@@ -16,6 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from api.context import ApiContext
 from api.problems import ProblemError
 from api.schemas import ProblemOut
+from domain.errors import SessionIsDeleted
 from projections.rows import SessionRow
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,10 @@ _DESCRIPTIONS = {
     409: "The session's state does not allow this now, or it changed meanwhile; retry",
     413: "The request body is too large",
     422: "The body is JSON, but its fields or values are not valid",
-    429: "The session's rate limit is spent; see Retry-After",
+    429: (
+        "The session's rate limit is spent, or this address failed to authenticate too "
+        "often; see Retry-After"
+    ),
     502: "The gateway worker running the session failed while doing this; it was logged",
     503: "This server cannot check keys, or its views lag behind, right now; see Retry-After",
 }
@@ -58,24 +62,62 @@ async def call(function: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(function, *args)
 
 
-async def settle(ctx: ApiContext, position: int | None) -> None:
+async def settle(ctx: ApiContext, position: int | None, *, revocation: bool = False) -> None:
     """Wait until the views this client reads next include `position` (read-your-writes).
 
     The client's next request may reach any API process behind a load balancer, so this waits
-    until every live API process has the change; that is also what makes a revoked key
-    refused by all of them once the answer has been sent.
+    until every live API process has the change. For a `revocation` it first waits until
+    every live API process has the revocation in force (it refuses the key, or every session
+    key): that never depends on a projection, and no 2xx is answered before it holds.
     """
     if position is None:
         return
-    if not await ctx.read_models.wait_everywhere(position, ctx.write_wait_timeout):
+    deadline = time.monotonic() + ctx.write_wait_timeout
+    if revocation and not await ctx.read_models.wait_revoked_everywhere(
+        position, ctx.write_wait_timeout
+    ):
+        log.warning(
+            "a revocation (position %s) was not in force everywhere within %ss",
+            position,
+            ctx.write_wait_timeout,
+        )
+        raise ProblemError(
+            503,
+            "views-lagging",
+            f"the revocation was recorded (position {position}) but not every server has it "
+            f"in force within {ctx.write_wait_timeout} s; send the same request again",
+            {"Retry-After": "1"},
+        )
+    left = max(0.0, deadline - time.monotonic())
+    if not await ctx.read_models.wait_everywhere(position, left):
         log.warning("views did not reach position %s within %ss", position, ctx.write_wait_timeout)
+        in_force = "; the revocation is in force on every server" if revocation else ""
         raise ProblemError(
             503,
             "views-lagging",
             f"the change was recorded (position {position}) but the views have not caught up "
-            f"within {ctx.write_wait_timeout} s; read it again shortly",
+            f"within {ctx.write_wait_timeout} s{in_force}; read it again shortly",
             {"Retry-After": "1"},
         )
+
+
+async def revoke_key(ctx: ApiContext, session_id: str, key_id: str, actor: str) -> None:
+    """Revoke a key and answer once it is in force everywhere. A key revoked before (a retry)
+    records nothing, and waits for the revocation recorded then, as the first try did."""
+    position = await call(ctx.app.revoke_key, session_id, key_id, actor)
+    if position is None:
+        position = await call(ctx.app.recorded_revocation, session_id, key_id)
+    await settle(ctx, position, revocation=True)
+
+
+async def delete_session(ctx: ApiContext, session_id: str, actor: str) -> None:
+    """Delete a session (its keys are revoked in the same save) and answer once that is in
+    force everywhere. A session deleted before (a retry) waits for that deletion instead."""
+    try:
+        position = await call(ctx.app.delete, session_id, actor)
+    except SessionIsDeleted:
+        position = await call(ctx.app.recorded_revocation, session_id, None)
+    await settle(ctx, position, revocation=True)
 
 
 async def reached(ctx: ApiContext, view_position: Callable[[], int], position: int) -> bool:

@@ -32,10 +32,16 @@ class HealthController(Controller):
         },
     )
     async def ready(self, request: Request[Any, Any, State]) -> Response[HealthOut]:
-        """The database, the views and the rate-limit storage answer."""
-        checks = await context(request).readiness()
+        """The database, the views and the rate-limit storage answer; `warnings` says what
+        an operator should know that does not make the server unready."""
+        ctx = context(request)
+        checks = await ctx.readiness()
         ok = all(value == "ok" for value in checks.values())
         return Response(
-            HealthOut(status="ok" if ok else "unavailable", checks=checks),
+            HealthOut(
+                status="ok" if ok else "unavailable",
+                checks=checks,
+                warnings=await ctx.readiness_warnings(),
+            ),
             status_code=200 if ok else 503,
         )

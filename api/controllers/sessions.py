@@ -20,8 +20,17 @@ from api.auth import (
     provide_access,
     provide_admin,
     provide_admin_access,
+    provide_admin_of_session,
 )
-from api.controllers.common import call, context, current_row, problems, settle, utc_instant
+from api.controllers.common import (
+    call,
+    context,
+    current_row,
+    delete_session,
+    problems,
+    settle,
+    utc_instant,
+)
 from api.fastpath import FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
@@ -72,6 +81,7 @@ class SessionsController(Controller):
         "admin": Provide(provide_admin),
         "access": Provide(provide_access),
         "admin_access": Provide(provide_admin_access),
+        "admin_of_session": Provide(provide_admin_of_session),
     }
 
     @post(
@@ -262,12 +272,15 @@ class SessionsController(Controller):
 
     @delete(SESSION, status_code=204, responses=problems(400, 401, 403, 404, 409, 503))
     async def delete_session(
-        self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
+        self,
+        request: Request[Any, Any, State],
+        admin_of_session: NamedDependency[Principal],
+        session_id: FromPath[str],
     ) -> None:
-        """Delete the session (admin); every one of its API keys is revoked at once."""
-        ctx = context(request)
-        position = await call(ctx.app.delete, admin_access.session.session_id, admin_access.actor)
-        await settle(ctx, position)
+        """Delete the session (admin); every one of its API keys is revoked at once. Once
+        this answers, no server accepts them. Deleting a deleted session answers like the
+        first delete (204 once its revocations are in force everywhere)."""
+        await delete_session(context(request), session_id, admin_of_session.actor)
 
     @put(
         SESSION + "/rate-limit",

@@ -38,7 +38,11 @@ __all__ = ["Dashboard", "template_config"]
 
 
 def _error_page(
-    request: Request[Any, Any, Any], status: int, title: str, detail: str
+    request: Request[Any, Any, Any],
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
 ) -> Response[Any]:
     back = request.headers.get("referer") or ""
     return Template(
@@ -52,7 +56,7 @@ def _error_page(
             "path": request.url.path,
         },
         status_code=status,
-        headers=PAGE_HEADERS,
+        headers={**PAGE_HEADERS, **(headers or {})},
     )
 
 
@@ -72,11 +76,14 @@ def dashboard_error(request: Request[Any, Any, Any], error: Exception) -> Respon
             "go back, reload the page and try again.",
         )
     problem = as_problem(request, error)
-    title = {404: "Not found", 409: "Not possible now", 503: "Try again shortly"}.get(
-        problem.status, "Something went wrong"
-    )
+    title = {
+        404: "Not found",
+        409: "Not possible now",
+        429: "Too many tries",
+        503: "Try again shortly",
+    }.get(problem.status, "Something went wrong")
     detail = problem.detail[:1].upper() + problem.detail[1:]
-    return _error_page(request, problem.status, title, detail)
+    return _error_page(request, problem.status, title, detail, problem.headers)
 
 
 @get("/", include_in_schema=False)

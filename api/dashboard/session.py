@@ -13,7 +13,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
 from api.context import ApiContext
-from api.controllers.common import call, settle
+from api.controllers.common import call, delete_session, revoke_key, settle
 from api.dashboard import loaders
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import line, qr_panel
@@ -207,8 +207,7 @@ class SessionController(Controller):
         """Delete the session; once this answers, no server accepts any of its keys."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
-        position = await call(ctx.app.delete, row.session_id, ADMIN_ACTOR)
-        await settle(ctx, position)
+        await delete_session(ctx, row.session_id, ADMIN_ACTOR)
         flash(request, notice=f"Session “{row.name}” deleted; all its API keys are revoked.")
         return see_other(DASHBOARD + "/")
 
@@ -237,8 +236,7 @@ class SessionController(Controller):
         """Revoke one key; once this answers, no server accepts it."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
-        position = await call(ctx.app.revoke_key, row.session_id, key_id, ADMIN_ACTOR)
-        await settle(ctx, position)
+        await revoke_key(ctx, row.session_id, key_id, ADMIN_ACTOR)
         flash(request, notice=f"Key {key_id} revoked.")
         return see_other(_path(row, "#keys"))
 

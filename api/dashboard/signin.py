@@ -8,6 +8,7 @@ from litestar import Controller, get, post
 from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
 
+from api.auth import note_failed_authentication
 from api.dashboard.security import (
     DASHBOARD,
     PUBLIC,
@@ -53,6 +54,7 @@ class SignInController(Controller):
                 notice=None,
             )
         if not admin_key_matches(ctx_of(request), key):
+            note_failed_authentication(request)  # guessing the admin key here is throttled too
             return page(
                 request,
                 "sign_in.html",

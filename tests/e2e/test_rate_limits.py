@@ -50,7 +50,11 @@ def test_each_session_has_its_own_budget_and_429_says_when_to_retry(
 def test_refused_requests_do_not_spend_a_session_budget(
     start: Any, sessiond_env: dict[str, str]
 ) -> None:
-    server = start("serve", {**sessiond_env, "SESSIOND_DEFAULT_RATE_LIMIT": "3"})
+    # Twenty refused keys on purpose: more than the failure throttle allows by default.
+    server = start(
+        "serve",
+        {**sessiond_env, "SESSIOND_DEFAULT_RATE_LIMIT": "3", "SESSIOND_AUTH_FAILURE_LIMIT": "1000"},
+    )
     with server.client() as client:
         victim, other = create_session(client, "Victim"), create_session(client, "Other")
         path = f"/sessions/{victim['sessionId']}/status"

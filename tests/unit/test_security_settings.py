@@ -1,0 +1,48 @@
+"""Settings that would break revocation or the failure throttle stop start-up with one line."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from infra.settings import Settings, SettingsError
+
+
+def test_a_staleness_window_a_revocation_cannot_outwait_is_refused() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"SESSIOND_STALE_AFTER": "5", "SESSIOND_WRITE_WAIT_TIMEOUT": "5"})
+    assert str(refused.value) == (
+        "SESSIOND_STALE_AFTER=5 needs SESSIOND_WRITE_WAIT_TIMEOUT > 6 (it is 5): "
+        "a revocation must be able to outwait an API process that stopped refreshing"
+    )
+    assert "\n" not in str(refused.value)
+    # The margin counts: a write wait equal to the window plus the margin is still too short.
+    with pytest.raises(SettingsError):
+        Settings.from_env({"SESSIOND_STALE_AFTER": "2", "SESSIOND_WRITE_WAIT_TIMEOUT": "3"})
+    assert Settings.from_env({"SESSIOND_STALE_AFTER": "2", "SESSIOND_WRITE_WAIT_TIMEOUT": "3.1"})
+
+
+def test_a_staleness_window_shorter_than_the_poll_is_refused() -> None:
+    with pytest.raises(SettingsError, match="must be longer than SESSIOND_POLL_INTERVAL=2"):
+        Settings.from_env({"SESSIOND_STALE_AFTER": "2", "SESSIOND_POLL_INTERVAL": "2"})
+
+
+def test_the_defaults_keep_the_guarantee() -> None:
+    settings = Settings.from_env({})
+    assert settings.stale_after + 1 < settings.write_wait_timeout
+    assert settings.auth_failure_limit == 10
+    assert settings.trusted_proxies == ()
+
+
+def test_trusted_proxies_are_addresses_or_ranges() -> None:
+    settings = Settings.from_env({"SESSIOND_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1,"})
+    assert settings.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    with pytest.raises(SettingsError, match=r"'proxy\.local' is not an IP address or a CIDR"):
+        Settings.from_env({"SESSIOND_TRUSTED_PROXIES": "10.0.0.1, proxy.local"})
+    with pytest.raises(SettingsError, match="AUTH_FAILURE_LIMIT"):
+        Settings.from_env({"SESSIOND_AUTH_FAILURE_LIMIT": "0"})
