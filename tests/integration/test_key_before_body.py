@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.test_gateway_worker import simulate
 
@@ -29,6 +31,13 @@ GARBAGE_QUERY = {
     "label": "no-colon",
 }
 WRONG_KEYS = ["", "nope", "sdk_" + "0" * 40, "sda_" + "0" * 40, "test-admin-key-012345678"]
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, str]:
+    """This walk sends thousands of refused keys from one address on purpose: the throttle of
+    failed authentications (tested on its own) would lock it out after ten."""
+    return {"SESSIOND_AUTH_FAILURE_LIMIT": "1000000"}
 
 
 async def real_ids(api: Api) -> dict[str, str]:
