@@ -8,6 +8,7 @@ starts again, and whose connections it kills (``pg_terminate_backend``): never t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -294,3 +295,18 @@ def test_a_clean_stop_after_a_crash_still_stops_the_embedded_postgres(tmp_path: 
     # Check the embedded server stopped with the last clean stop: the crash is not a holder.
     eventually(lambda: _zombie(postmaster), timeout=STOP_PROMISE, what="PostgreSQL stopped")
     assert _postmaster(pgdata) is None
+
+
+def test_the_holders_of_the_embedded_postgres_that_are_gone_are_forgotten(tmp_path: Path) -> None:
+    from infra.embedded import PIDS_FILE, STARTS_FILE, forget_dead_holders
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    reused = os.getppid()  # alive, but not the process that was noted under its id
+    (tmp_path / PIDS_FILE).write_text(json.dumps([ended.pid, os.getpid(), reused]))
+    (tmp_path / STARTS_FILE).write_text(json.dumps({str(reused): "-1"}))
+
+    assert sorted(forget_dead_holders(tmp_path)) == sorted([ended.pid, reused])
+    assert json.loads((tmp_path / PIDS_FILE).read_text()) == [os.getpid()]
+    assert json.loads((tmp_path / STARTS_FILE).read_text()) == {}
+    assert forget_dead_holders(tmp_path) == []
