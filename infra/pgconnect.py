@@ -58,7 +58,7 @@ def with_liveness(params: dict[str, Any]) -> dict[str, Any]:
 
 def connect(database_url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """A direct connection (a listener, a lock, an identity) with the `LIVENESS` options."""
-    return psycopg.connect(**with_liveness(conninfo_to_dict(database_url)), **kwargs)
+    return psycopg.connect(**{**with_liveness(conninfo_to_dict(database_url)), **kwargs})
 
 
 @contextmanager

@@ -169,9 +169,12 @@ class ProjectionSupervisor:
                     self._run_runner(lock_conn)
                 except psycopg.Error:
                     raise  # the lock's connection is gone: so is the lock
-                except Exception:
+                except Exception as error:
                     self.restarts += 1
-                    log.exception("projection %s failed; restarting it", self.name)
+                    if unreachable(error):
+                        log.warning("projection %s failed (%s); restarting it", self.name, error)
+                    else:
+                        log.exception("projection %s failed; restarting it", self.name)
                     lock_conn.execute("SELECT 1")  # still holding the lock?
                     self._stopping.wait(self.restart_delay)
                 else:

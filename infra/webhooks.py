@@ -39,7 +39,7 @@ from standardwebhooks.webhooks import Webhook
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.webhook import WebhookEndpoint
-from infra.pgconnect import connect
+from infra.pgconnect import connect, unreachable
 from infra.pgwebhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
 from infra.webhook_http import webhook_client
 from projections.webhooks import webhook_body
@@ -198,8 +198,11 @@ class WebhookDispatcher:
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=STOP_CHECK, stop_after=1):
                             self._poke()
-            except Exception:
-                log.exception("the webhook listener failed; reconnecting")
+            except Exception as error:
+                if unreachable(error):
+                    log.warning("the webhook listener lost the database (%s); again", error)
+                else:
+                    log.exception("the webhook listener failed; reconnecting")
                 self._stopping.wait(1.0)
 
     def _run(self) -> None:
@@ -231,8 +234,11 @@ class WebhookDispatcher:
                 if free > 0:
                     try:
                         claimed = await asyncio.to_thread(self._claim, free)
-                    except Exception:
-                        log.exception("could not claim webhook deliveries")
+                    except Exception as error:
+                        if unreachable(error):
+                            log.warning("could not claim webhook deliveries: %s", error)
+                        else:
+                            log.exception("could not claim webhook deliveries")
                 for item, endpoint, body in claimed:
                     task = asyncio.create_task(self._deliver(client, item, endpoint, body))
                     tasks.add(task)
