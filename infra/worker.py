@@ -69,6 +69,8 @@ logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 MAX_DEADLINE_CLAIMS = 20
 #: The longest a stopping worker waits to give its leases up (they expire anyway).
 RELEASE_WAIT = 1.0
+#: The longest a stopping worker waits for its listener (it looks every second).
+LISTENER_WAIT = 1.5
 
 
 @dataclass(frozen=True)
@@ -235,9 +237,11 @@ class GatewayWorker:
             self.store.release(timeout=min(RELEASE_WAIT, _left(deadline)))
         except Exception as error:
             log.warning("could not give the leases up (%s); they expire on their own", error)
-        for thread in (self._listener, self._reactor, self._watchdog):
-            if thread is not None:  # each sees `_stopping` within a second (the listener
-                thread.join(_left(deadline))  # closes the identity connection as it leaves)
+        # The listener sees `_stopping` within a second and closes the identity connection
+        # as it leaves; the reactor and the watchdog end by themselves (a tick may still wait
+        # for the pool: closing it ends that wait).
+        if self._listener is not None:
+            self._listener.join(min(LISTENER_WAIT, _left(deadline)))
         if self._identity is not None:
             self._identity.close()  # the listener is stuck (connecting): others take over
         self.gateway.close()
