@@ -171,8 +171,8 @@ class GatewayWorker:
         self._claim_wanted = threading.Event()
         self._requests_wanted = threading.Event()
         self._renew_wanted = threading.Event()
-        # Bumped (under `_lock`) whenever what this worker holds changes under a tick's feet:
-        # a plan made from the database before the bump is not applied.
+        # Bumped (under `_lock`) whenever a session this worker held may have changed hands
+        # (lost, fenced, taken back): a plan made from the database before is not applied.
         self._epoch = 0
         self._reactor: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
@@ -413,13 +413,14 @@ class GatewayWorker:
             return  # the worker came back under a new id meanwhile: renewed under it next
         self._last_renewal = started
         with self._lock:
-            self._epoch += 1
+            lost = (self.gateway.running() | set(self._generations)) - held
+            if self._fenced.is_set() or lost or self._held - held:  # plans made before: void
+                self._epoch += 1
             if self._fenced.is_set():  # the watchdog stopped every client: start them again
                 self._fenced.clear()
                 self._generations.clear()
                 self._started_at.clear()
             self._held = held
-            lost = (self.gateway.running() | set(self._generations)) - held
             for session_id in lost:
                 log.warning("lost the lease of %s; stopping its client", session_id)
                 self.gateway.stop(session_id)
@@ -438,7 +439,8 @@ class GatewayWorker:
         claimed += self.store.claim(room, t.lease_ttl, orphans_only=False)
         if claimed:
             with self._lock:
-                self._epoch += 1
+                if any(session_id in self._generations for session_id, _ in claimed):
+                    self._epoch += 1  # taken back after a loss: what was planned before is void
                 for session_id, had_owner in claimed:
                     self._held.add(session_id)
                     self._generations.pop(session_id, None)

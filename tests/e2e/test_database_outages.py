@@ -7,6 +7,7 @@ starts again, and whose connections it kills (``pg_terminate_backend``): never t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -78,8 +79,8 @@ class OwnPostgres:
 def postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
     own = OwnPostgres(tmp_path / "pg")
     yield own
-    if own.running():
-        own.stop()
+    own.server.cleanup()  # this process lets its handle go: the server stops (if running)
+    atexit.unregister(own.server._cleanup)  # done: nothing left for the exit
 
 
 @pytest.fixture
