@@ -250,7 +250,8 @@ class CachedReadModels(ReadModels):
         if position <= self.position:  # refreshed while the waiter was being added
             self._wake_waiters()
         try:
-            await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancel (3.11)
+                await future
         except TimeoutError:
             return False
         return True
