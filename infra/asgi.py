@@ -8,13 +8,19 @@ from litestar import Litestar
 
 from infra.container import ROLES, Container
 from infra.logs import configure_logging
+from infra.processes import die_with_parent
 from infra.settings import Settings
 
 ROLES_VARIABLE = "SESSIOND_ROLES"
+#: The HTTP server's main process: its workers stop when it dies (even by SIGKILL).
+SERVER_PID_VARIABLE = "SESSIOND_SERVER_PID"
 
 
 def create() -> Litestar:
     """Build the app for the roles the CLI chose (``SESSIOND_ROLES``, comma-separated)."""
+    server_pid = os.environ.get(SERVER_PID_VARIABLE)
+    if server_pid:
+        die_with_parent(int(server_pid))
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     roles = frozenset(os.environ.get(ROLES_VARIABLE, "api").split(","))

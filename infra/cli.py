@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -11,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from infra.asgi import ROLES_VARIABLE
+from infra.asgi import ROLES_VARIABLE, SERVER_PID_VARIABLE
 from infra.logs import configure_logging
+from infra.processes import STOP_LIMIT, die_with_parent, exit_if_not_stopped
 from infra.settings import Settings, SettingsError
 
 
@@ -26,12 +27,25 @@ def _database_url(settings: Settings) -> tuple[str, Any]:
     return start_embedded_postgres(settings.data_dir)
 
 
-def _serve_http(roles: str, host: str, port: int, workers: int) -> None:
+def _serve_http(
+    roles: str, host: str, port: int, workers: int, on_stop: Callable[[], None] | None = None
+) -> None:
+    """Serve HTTP from granian worker processes; `on_stop` is called as soon as the server
+    is asked to stop (before it waits for its workers)."""
     from granian.constants import Interfaces  # noqa: PLC0415
     from granian.server import Server  # noqa: PLC0415
 
+    class _Server(Server):  # type: ignore[misc, valid-type]
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if not self.interrupt_signal:
+                exit_if_not_stopped(f"sessiond {roles}")
+                if on_stop is not None:
+                    on_stop()
+            super().signal_handler_interrupt(*args, **kwargs)
+
     os.environ[ROLES_VARIABLE] = roles
-    server = Server(
+    os.environ[SERVER_PID_VARIABLE] = str(os.getpid())
+    server = _Server(
         "infra.asgi:create",
         address=host,
         port=port,
@@ -40,6 +54,8 @@ def _serve_http(roles: str, host: str, port: int, workers: int) -> None:
         factory=True,
         log_access=False,
         respawn_failed_workers=True,
+        # A worker that has not closed its roles by then is killed (they take STOP_TIMEOUT).
+        workers_kill_timeout=int(STOP_LIMIT) - 1,
     )
     server.serve()
 
@@ -70,7 +86,7 @@ class ChildWorker:
             # Its own process group: a Ctrl+C in the terminal reaches `serve`, which stops the
             # child itself (rather than the child exiting first and being restarted).
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only sets the death signal
         )
 
     def _run(self) -> None:
@@ -94,20 +110,22 @@ class ChildWorker:
             self.restarts += 1
             self._spawn()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the child to stop (SIGTERM), without waiting: `stop` waits."""
         self._stopping.set()
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+
+    def stop(self) -> None:
+        """Stop the child; it exits within `STOP_LIMIT` of being asked (else it is killed)."""
+        if not self._stopping.is_set():
+            self.request_stop()
+        if self.process is not None:
             try:
-                self.process.wait(15)
+                self.process.wait(STOP_LIMIT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if `sessiond serve` dies, so no orphan keeps sessions."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+                self.process.wait()
 
 
 def _run_background_roles(settings: Settings, url: str, roles: frozenset[str]) -> None:
@@ -119,6 +137,7 @@ def _run_background_roles(settings: Settings, url: str, roles: frozenset[str]) -
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
+    exit_if_not_stopped(f"sessiond {','.join(sorted(roles))}")
     container.close()
 
 
@@ -210,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             child = ChildWorker(dict(os.environ))
             child.start()
-            try:
-                _serve_http("api,projector", args.host, args.port, 1)
+            try:  # the child stops while the HTTP process does, not after it
+                _serve_http("api,projector", args.host, args.port, 1, child.request_stop)
             finally:
                 child.stop()
         elif args.command == "api":

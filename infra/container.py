@@ -12,13 +12,13 @@ import asyncio
 import gc
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.projection import Projection
 from litestar import Litestar
@@ -37,6 +37,7 @@ from infra.generations import (
     ActiveUptimeView,
     ActiveViews,
 )
+from infra.pgconnect import connect
 from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
 from infra.pgrecorder import PollingApplicationRecorder, event_texts
 from infra.pgviews import (
@@ -65,6 +66,8 @@ from projections.webhooks import WebhookProjection
 
 log = logging.getLogger(__name__)
 ROLES = frozenset({"api", "projector", "worker"})
+#: How long `Container.close` takes at most: a role asked to stop stops in 10 s, start to end.
+STOP_TIMEOUT = 6.0
 ADMIN_DDL = (
     "CREATE TABLE IF NOT EXISTS sessiond_admin (id int PRIMARY KEY CHECK (id = 1), "
     "key_hash text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
@@ -130,7 +133,7 @@ class Container:
         self.env = eventsourcing_env(self.database_url, cipher_key=self.settings.cipher_key)
         # Tables are created here, once, under a lock: processes starting together must not
         # race on CREATE TABLE. Everything built later is told not to create tables.
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
             found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (REVOCATIONS_TABLE,))
             had_revocations = bool((found.fetchone() or (False,))[0])
@@ -408,17 +411,33 @@ class Container:
         if "worker" in self.roles:
             self.start_worker()
 
-    def close(self) -> None:
+    def close(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop every role of this process in `timeout` seconds at most, whatever the
+        database does: each is asked to stop at once, then waited for in the time left; what
+        still waits for a connection after that is cut short by closing the pool."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if self.dispatcher is not None:
-            self.dispatcher.close()
+            self.dispatcher.request_stop(timeout / 2)
         if self.worker is not None:
-            self.worker.close()  # also closes the gateway
-        for supervisor in self.supervisors:  # all at once, then wait for each
-            supervisor.request_stop()
+            self.worker.request_stop()
         for supervisor in self.supervisors:
-            supervisor.stop()
+            supervisor.request_stop()
         if self.read_models is not None:
-            self.read_models.stop()
+            self.read_models.request_stop()
+        if self.worker is not None:  # first: its clients stop, and its leases go to others
+            self.worker.close(left())  # also closes the gateway
+        if self.dispatcher is not None:
+            self.dispatcher.close(left())
+        for supervisor in self.supervisors:
+            supervisor.stop(left())
+        if self.read_models is not None:
+            self.read_models.stop(left())
+        datastore = self.app.factory.datastore  # type: ignore[attr-defined]
+        datastore.pool.close(timeout=min(1.0, left()))  # fails every wait still going on
         self.app.close()
 
     def create_api(self, *, freeze_gc: bool = False) -> Litestar:

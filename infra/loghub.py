@@ -29,6 +29,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
+from infra.pgconnect import unreachable
+
 log = logging.getLogger(__name__)
 
 #: Notifications the hub keeps, so a subscription a little behind attaches without a query.
@@ -156,8 +158,10 @@ class LogHub:
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=STOP_CHECK, stop_after=1):
                             self._notified.set()
-            except Exception:
-                log.warning("the event log listener failed; reconnecting", exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "the event log listener failed; reconnecting", exc_info=not unreachable(error)
+                )
                 self._stopping.wait(0.5)
 
     def _pull(self) -> None:
@@ -170,8 +174,10 @@ class LogHub:
                     conn = self._connect()
                 while not self._stopping.is_set() and self._read_page(conn) == PAGE:
                     pass
-            except Exception:
-                log.warning("the event log reader failed; reading again", exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "the event log reader failed; reading again", exc_info=not unreachable(error)
+                )
                 if conn is not None:
                     conn.close()
                 conn = None

@@ -22,6 +22,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
+from infra.pgconnect import transaction
 from infra.pgviews import BatchingView
 from projections.gateway import (
     _UNSET,
@@ -204,9 +205,16 @@ class WorkStore:
             )
             return {r["session_id"] for r in curs.fetchall()}
 
-    def release(self, session_ids: list[UUID] | None = None) -> None:
-        """Give up leases (all of this worker's when `session_ids` is None)."""
-        with self.datastore.transaction(commit=True) as curs:
+    def release(
+        self, session_ids: list[UUID] | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Give up leases (all of this worker's when `session_ids` is None), waiting at most
+        `timeout` seconds for a connection when given (the pool's timeout otherwise)."""
+        with (
+            self.datastore.transaction(commit=True)
+            if timeout is None
+            else transaction(self.datastore, timeout=timeout)
+        ) as curs:
             if session_ids is None:
                 curs.execute("DELETE FROM sessiond_leases WHERE owner = %s", (self.worker_id,))
                 curs.execute("DELETE FROM sessiond_workers WHERE id = %s", (self.worker_id,))

@@ -38,10 +38,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from eventsourcing.postgres import PostgresDatastore
 
 from infra.generations import ActiveViews
+from infra.pgconnect import connect, transaction, unreachable
 from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
 from infra.revocations import RevocationRow, RevocationTable
 from infra.settings import TRUST_MARGIN_SECONDS
@@ -83,6 +83,8 @@ _REFRESHED = (
     "revoked_through = EXCLUDED.revoked_through, seen_at = EXCLUDED.seen_at, "
     "trusted_until = greatest(sessiond_api_instances.trusted_until, EXCLUDED.trusted_until)"
 )
+#: The longest a stopping process waits for a connection to remove its row.
+STOP_WAIT = 1.0
 
 
 class CachedReadModels(ReadModels):
@@ -141,25 +143,38 @@ class CachedReadModels(ReadModels):
         self.refresh()
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Stop refreshing (without waiting: `stop` waits)."""
         self._stopping.set()
-        self._thread.join(5)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop, and say so in ``sessiond_api_instances``, in `timeout` seconds at most: with
+        the database away, the row stays and is not waited for once its trust has run out."""
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._thread.join(timeout)
         with self._trust_lock:
             # Before the row goes: once writes stop waiting for this process, it accepts
             # no session key (even if a refresh still running ends after this).
             self._stopped = True
             self._trusted_from = -math.inf
-        self._flush_uses()
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                "DELETE FROM sessiond_api_instances WHERE instance_id = %s", (self.instance_id,)
-            )
+        try:
+            wait = min(STOP_WAIT, max(0.0, deadline - time.monotonic()))
+            with transaction(self.datastore, timeout=wait) as curs:
+                curs.execute(
+                    "DELETE FROM sessiond_api_instances WHERE instance_id = %s",
+                    (self.instance_id,),
+                )
+        except Exception as error:
+            log.warning("could not remove this process from the API instances: %s", error)
+            return
+        self._flush_uses()  # the database answered just now
 
     def _listen(self) -> None:
         last_flush = time.monotonic()
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
+                with connect(self.database_url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {VIEWS_CHANNEL}")
                     self.refresh()  # nothing written before LISTEN may be missed
                     while not self._stopping.is_set():
@@ -169,8 +184,11 @@ class CachedReadModels(ReadModels):
                         if time.monotonic() - last_flush > self.flush_interval:
                             self._flush_uses()
                             last_flush = time.monotonic()
-            except Exception:
-                log.exception("the read-model listener failed; reconnecting")
+            except Exception as error:
+                if unreachable(error):
+                    log.warning("the read-model listener lost the database (%s); again", error)
+                else:
+                    log.exception("the read-model listener failed; reconnecting")
                 self._stopping.wait(0.5)
 
     # -- refresh --------------------------------------------------------------------------
@@ -348,7 +366,8 @@ class CachedReadModels(ReadModels):
         if position <= self.position:  # refreshed while the waiter was being added
             self._wake_waiters()
         try:
-            await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancel (3.11)
+                await future
         except TimeoutError:
             return False
         return True

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from infra.container import NOT_REBUILDABLE, PROJECTIONS, REBUILDABLE, Container
 from infra.generations import GENERATIONS_CHANNEL, active_generation
+from infra.pgconnect import connect
 from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView
 from infra.settings import Settings
 from infra.supervisor import lock_key
@@ -136,7 +137,7 @@ class ViewRebuild:
         """Whether the old generation is known to be active still (a switch whose commit
         failed may have happened: its tables are then kept, whatever the error)."""
         try:
-            with psycopg.connect(self.container.database_url, autocommit=True) as conn:
+            with connect(self.container.database_url, autocommit=True) as conn:
                 return active_generation(conn, self.name) == self.old_generation
         except psycopg.Error:
             return False
@@ -144,7 +145,7 @@ class ViewRebuild:
     @contextmanager
     def _only_rebuild(self) -> Iterator[None]:
         """One rebuild of a view at a time (a second one is refused, not queued)."""
-        with psycopg.connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.database_url, autocommit=True) as conn:
             key = lock_key(self.name) + ":rebuild"
             row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
             if not (row and row[0]):
@@ -153,7 +154,7 @@ class ViewRebuild:
 
     def prepare(self) -> None:
         """Create the new generation's tables (dropping leftovers of an interrupted rebuild)."""
-        with psycopg.connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.database_url, autocommit=True) as conn:
             self.old_generation = active_generation(conn, self.name)
         generation = self.old_generation + 1
         self.report = RebuildReport(self.name, generation)
@@ -220,7 +221,7 @@ class ViewRebuild:
         """Take the projection's lock from its runner, catch up, make the new view active."""
         started = time.monotonic()
         url = self.container.database_url
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as lock_conn:
+        with connect(url, autocommit=True, row_factory=dict_row) as lock_conn:
             lock_conn.execute(
                 "SELECT set_config('lock_timeout', %s, false)",
                 (f"{int(self.switch_timeout * 1000)}ms",),
@@ -272,7 +273,7 @@ class ViewRebuild:
     def _announce_when_waiting(self, pid: int, done: threading.Event) -> None:
         """Notify the supervisors once the session `pid` waits for the lock: the leader
         then hands over at once instead of at its next check."""
-        with psycopg.connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.database_url, autocommit=True) as conn:
             while not done.is_set():
                 row = conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)", (pid,)
@@ -323,7 +324,7 @@ class ViewRebuild:
     def _wait_for_readers(self) -> bool:
         """Wait until every live API process has refreshed twice since now (the switch)."""
         deadline = time.monotonic() + self.retire_timeout
-        with psycopg.connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.database_url, autocommit=True) as conn:
             for _ in range(2):
                 since = conn.execute("SELECT now()").fetchone()
                 while True:

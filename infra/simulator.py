@@ -97,8 +97,8 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         with self._lock:
             self.stop(session_id)
             self._clients.pop(session_id, None)
-            if device_jid:
-                self._devices.discard(device_jid)
+        if device_jid:  # without the lock: the store may be a database
+            self._devices.discard(device_jid)
 
     def pair_phone(self, session_id: UUID, phone: str) -> str:
         with self._lock:
@@ -143,7 +143,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             client.generation += 1
             client.phase = "connected"
             jid = f"{secrets.randbelow(10**11):011d}:{secrets.randbelow(90) + 10}@s.whatsapp.net"
-            self._devices.add(jid)
+        self._devices.add(jid)  # without the lock: the store may be a database
         return self.events.connected(session_id, jid, PUSH_NAME)
 
     def drop(self, session_id: UUID) -> int | None:

@@ -20,6 +20,7 @@ from eventsourcing.utils import EnvType
 
 from application.sessions import SessionsApplication
 from infra.generations import GENERATIONS_CHANNEL, active_generation, projection_for
+from infra.pgconnect import connect, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,14 @@ class ProjectionSupervisor:
         while not self._stopping.is_set():
             try:
                 self._lead_while_elected()
-            except Exception:
+            except Exception as error:
                 self.restarts += 1
-                log.exception("projection %s lost its lock; electing again", self.name)
+                if unreachable(error):
+                    log.warning(
+                        "projection %s lost its lock (%s); electing again", self.name, error
+                    )
+                else:
+                    log.exception("projection %s lost its lock; electing again", self.name)
             self._stopping.wait(self.restart_delay)
 
     def _lead_while_elected(self) -> None:
@@ -142,7 +148,7 @@ class ProjectionSupervisor:
         The lock is let go on purpose only when a rebuild waits for it (a handover): the
         runner is stopped first, then this process stands by again.
         """
-        with psycopg.connect(self.database_url, autocommit=True) as lock_conn:
+        with connect(self.database_url, autocommit=True) as lock_conn:
             lock_conn.execute(f"LISTEN {GENERATIONS_CHANNEL}")
             while self._wait_for_lock(lock_conn):
                 self._lead(lock_conn)
@@ -163,9 +169,12 @@ class ProjectionSupervisor:
                     self._run_runner(lock_conn)
                 except psycopg.Error:
                     raise  # the lock's connection is gone: so is the lock
-                except Exception:
+                except Exception as error:
                     self.restarts += 1
-                    log.exception("projection %s failed; restarting it", self.name)
+                    if unreachable(error):
+                        log.warning("projection %s failed (%s); restarting it", self.name, error)
+                    else:
+                        log.exception("projection %s failed; restarting it", self.name)
                     lock_conn.execute("SELECT 1")  # still holding the lock?
                     self._stopping.wait(self.restart_delay)
                 else:

@@ -33,13 +33,13 @@ from email.utils import parsedate_to_datetime
 from uuid import UUID
 
 import httpx
-import psycopg
 from eventsourcing.persistence import Notification
 from standardwebhooks.webhooks import Webhook
 
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.webhook import WebhookEndpoint
+from infra.pgconnect import connect, unreachable
 from infra.pgwebhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
 from infra.webhook_http import webhook_client
 from projections.webhooks import webhook_body
@@ -151,6 +151,7 @@ class WebhookDispatcher:
         self.signer = _Signer(self.webhooks)
         self._client_factory = client_factory or _default_client
         self._stopping = threading.Event()
+        self._stop_by = float("inf")
         self._wake: asyncio.Event | None = None
         self._freed: asyncio.Event | None = None  # a delivery ended: its slot is free
         self._recordings: list[_Recording] = []
@@ -164,15 +165,24 @@ class WebhookDispatcher:
         self._thread.start()
         self._listener.start()
 
-    def close(self) -> None:
+    def request_stop(self, timeout: float = 10.0) -> None:
+        """Claim nothing more; deliveries in flight get `timeout` seconds to end and be
+        recorded (`close` waits). One cut short is delivered again after its hold."""
+        if not self._stopping.is_set():
+            self._stop_by = time.monotonic() + timeout
         self._stopping.set()
         self._poke()
         loop, freed = self._loop, self._freed
         if loop is not None and freed is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(freed.set)
-        self._thread.join(15)
-        self._listener.join(5)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop, in `timeout` seconds at most."""
+        deadline = time.monotonic() + timeout
+        self.request_stop(timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._listener.join(max(0.0, deadline - time.monotonic()))
 
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
@@ -183,13 +193,16 @@ class WebhookDispatcher:
     def _listen(self) -> None:
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
+                with connect(self.database_url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {WEBHOOKS_CHANNEL}")
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=STOP_CHECK, stop_after=1):
                             self._poke()
-            except Exception:
-                log.exception("the webhook listener failed; reconnecting")
+            except Exception as error:
+                if unreachable(error):
+                    log.warning("the webhook listener lost the database (%s); again", error)
+                else:
+                    log.exception("the webhook listener failed; reconnecting")
                 self._stopping.wait(1.0)
 
     def _run(self) -> None:
@@ -221,8 +234,11 @@ class WebhookDispatcher:
                 if free > 0:
                     try:
                         claimed = await asyncio.to_thread(self._claim, free)
-                    except Exception:
-                        log.exception("could not claim webhook deliveries")
+                    except Exception as error:
+                        if unreachable(error):
+                            log.warning("could not claim webhook deliveries: %s", error)
+                        else:
+                            log.exception("could not claim webhook deliveries")
                 for item, endpoint, body in claimed:
                     task = asyncio.create_task(self._deliver(client, item, endpoint, body))
                     tasks.add(task)
@@ -235,7 +251,7 @@ class WebhookDispatcher:
                         freed.clear()
                         await freed.wait()
             if tasks:
-                await asyncio.wait(tasks, timeout=10)
+                await asyncio.wait(tasks, timeout=max(0.0, self._stop_by - time.monotonic()))
             recorder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await recorder

@@ -13,6 +13,13 @@ is open the worker is alive. Periodic ticks (APScheduler) do the rest:
 - **deadlines**: run due retries, expire QR codes the gateway never reported, log deleted
   sessions out — claimed with ``FOR UPDATE SKIP LOCKED``, so any number of workers is safe;
 - **requests**: calls that must run where the client lives (pairing codes, the simulator).
+
+Locks and the database: the worker's lock (`_lock`) guards what it runs (clients, generations,
+holdings) and is never held while waiting for the database, so that losing the connection
+(`_lose_everything`) and stopping (`close`) never wait behind a tick that waits for it; work
+decided from the database is applied under the lock only if nothing was lost meanwhile (the
+epoch). Every database wait is bounded (the pool's timeout), and `close` returns within its
+time whatever the database does.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, Wha
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
 from domain.values import DesiredState, Reason, Status
+from infra.pgconnect import connect, unreachable
 from infra.pggateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
 from infra.sender import MessageSender
 from projections.gateway import (
@@ -51,13 +59,18 @@ from projections.gateway import (
 )
 
 log = logging.getLogger(__name__)
-# Every tick would otherwise log two lines at INFO.
-logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
-logging.getLogger("apscheduler.scheduler").setLevel(logging.WARNING)
+# Every tick would otherwise log two lines at INFO; and ticks that run late or overlap (a
+# database that is slow or away) are expected: their failures are logged by `_guarded`.
+logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
+logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 
 #: A deadline that keeps failing is given up after this many claims (logged as an error).
 MAX_DEADLINE_CLAIMS = 20
+#: The longest a stopping worker waits to give its leases up (they expire anyway).
+RELEASE_WAIT = 1.0
+#: The longest a stopping worker waits for its listener (it looks every second).
+LISTENER_WAIT = 1.5
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,10 @@ class GatewayWorker:
         self._wake = threading.Event()
         self._claim_wanted = threading.Event()
         self._requests_wanted = threading.Event()
+        self._renew_wanted = threading.Event()
+        # Bumped (under `_lock`) whenever a session this worker held may have changed hands
+        # (lost, fenced, taken back): a plan made from the database before is not applied.
+        self._epoch = 0
         self._reactor: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._fenced = threading.Event()
@@ -199,34 +216,47 @@ class GatewayWorker:
         self.lease_tick()  # hold something before the first reconcile
         self.poke(claim=True)
 
-    def close(self) -> None:
-        """Stop every client (devices stay linked) and give the sessions up for others."""
+    def request_stop(self) -> None:
+        """Start nothing more, and stop the ticks (without waiting: `close` waits)."""
         self._stopping.set()
         self._wake.set()
-        if self._reactor is not None:
-            self._reactor.join(10)
-        self._scheduler.shutdown(wait=True)
-        self._pool.shutdown(wait=True)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every client (devices stay linked) and give the sessions up for others, in
+        `timeout` seconds at most: leases that could not be given up (the database is away)
+        expire on their own, and a tick still waiting for the database ends with its wait."""
+        deadline = time.monotonic() + timeout
+        self.request_stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
-        self.gateway.stop_all()
+        with self._lock:  # never held across a database wait: taken at once
+            self.gateway.stop_all()
         try:
-            self.store.release()
-        except Exception:
-            log.exception("could not release the leases; they expire on their own")
-        if self._identity is not None:
-            self._identity.close()
+            self.store.release(timeout=min(RELEASE_WAIT, _left(deadline)))
+        except Exception as error:
+            log.warning("could not give the leases up (%s); they expire on their own", error)
+        # The listener sees `_stopping` within a second and closes the identity connection
+        # as it leaves; the reactor and the watchdog end by themselves (a tick may still wait
+        # for the pool: closing it ends that wait).
         if self._listener is not None:
-            self._listener.join(5)
+            self._listener.join(min(LISTENER_WAIT, _left(deadline)))
+        if self._identity is not None:
+            self._identity.close()  # the listener is stuck (connecting): others take over
         self.gateway.close()
 
-    def poke(self, *, claim: bool = False, requests: bool = False) -> None:
-        """Reconcile (and claim, and answer requests) soon: a NOTIFY came, or leases changed.
-        Pokes coalesce: however many arrive while the reactor works, it runs once more."""
+    def poke(self, *, claim: bool = False, requests: bool = False, renew: bool = False) -> None:
+        """Reconcile (and claim, answer requests, renew the leases) soon: a NOTIFY came, or
+        leases changed. Pokes coalesce: however many arrive while the reactor works, it runs
+        once more."""
         self._dirty.set()
         if claim:
             self._claim_wanted.set()
         if requests:
             self._requests_wanted.set()
+        if renew:
+            self._renew_wanted.set()
         self._wake.set()
 
     def _watch(self) -> None:
@@ -247,6 +277,9 @@ class GatewayWorker:
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            if self._renew_wanted.is_set():
+                self._renew_wanted.clear()
+                self._guarded(self.lease_tick)()
             if self._claim_wanted.is_set():
                 self._claim_wanted.clear()
                 self._guarded(self.claim_tick)()
@@ -262,28 +295,56 @@ class GatewayWorker:
                 return
             try:
                 tick()
-            except Exception:
-                log.exception("worker tick %s failed", getattr(tick, "__name__", tick))
+            except Exception as error:
+                name = getattr(tick, "__name__", tick)
+                if self._stopping.is_set():  # its database wait was cut short by the stop
+                    log.info("worker tick %s ended by the stop: %s", name, error)
+                elif unreachable(error):
+                    log.warning("worker tick %s failed: the database is away (%s)", name, error)
+                else:
+                    log.exception("worker tick %s failed", name)
 
         return run
 
     def _connect_identity(self) -> None:
         """(Re)open the connection that says this worker is alive, under a new id."""
         self.store.worker_id = uuid.uuid4().hex
-        conn = psycopg.connect(
+        conn = connect(
             self.database_url,
             autocommit=True,
             application_name=WORKER_APP_PREFIX + self.store.worker_id,
         )
-        conn.execute(f"LISTEN {GATEWAY_CHANNEL}")
-        conn.execute(f"LISTEN {REQUESTS_CHANNEL}")
+        try:
+            conn.execute(f"LISTEN {GATEWAY_CHANNEL}")
+            conn.execute(f"LISTEN {REQUESTS_CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
         self._identity = conn
         log.info("gateway worker %s is up", self.worker_id)
 
     def _listen(self) -> None:
+        """NOTIFYs wake the reactor. A lost identity connection means the sessions may be
+        another worker's by now: every client stops at once, and the worker comes back under
+        a new id (its leases renewed and its sessions claimed again by the reactor: this
+        thread waits for no lock and no tick)."""
+        try:
+            self._listen_until_stopped()
+        finally:
+            if self._identity is not None:
+                self._identity.close()  # this worker is gone: others take its sessions over
+
+    def _listen_until_stopped(self) -> None:
+        lost = False
         while not self._stopping.is_set():
             conn = self._identity
             try:
+                if lost:
+                    self._connect_identity()
+                    lost = False
+                    self._last_renewal = float("-inf")  # a new id: renew (heartbeat) at once
+                    self.poke(renew=True, claim=True)
+                    continue
                 assert conn is not None
                 for notify in conn.notifies(timeout=1.0):
                     if notify.channel == REQUESTS_CHANNEL:
@@ -291,23 +352,23 @@ class GatewayWorker:
                     else:
                         self.poke(claim=True)
                 conn.execute("SELECT 1")
-            except Exception:
+            except Exception as error:
                 if self._stopping.is_set():
                     return
-                log.exception("the worker lost its database connection; stopping its clients")
-                self._lose_everything()
+                if lost:
+                    log.warning("could not reconnect the worker: %s", error)
+                else:
+                    log.exception("the worker lost its database connection; stopping its clients")
+                    lost = True
+                    self._lose_everything()
+                    if conn is not None:
+                        conn.close()
                 self._stopping.wait(1.0)
-                try:
-                    self._connect_identity()
-                    self._last_renewal = float("-inf")  # a new id: renew (heartbeat) at once
-                    self.lease_tick()
-                    self.poke()
-                except Exception:
-                    log.exception("could not reconnect the worker")
 
     def _lose_everything(self) -> None:
         """Stop every client: this worker may no longer hold its sessions."""
         with self._lock:
+            self._epoch += 1
             self.gateway.stop_all()
             self._generations.clear()
             self._takeover.clear()
@@ -340,21 +401,26 @@ class GatewayWorker:
     def _renew(self) -> None:
         t = self.timings
         started = time.monotonic()  # the lease runs from the renewal's start, not its end
+        worker_id = self.store.worker_id
         try:
             held = self.store.renew(t.lease_ttl)
         except Exception:
-            if not self._renewed_recently():
+            if not self._renewed_recently() and not self._stopping.is_set():
                 log.exception("could not renew the leases in time; stopping every client")
                 self._lose_everything()
             raise
+        if self.store.worker_id != worker_id:
+            return  # the worker came back under a new id meanwhile: renewed under it next
         self._last_renewal = started
         with self._lock:
+            lost = (self.gateway.running() | set(self._generations)) - held
+            if self._fenced.is_set() or lost or self._held - held:  # plans made before: void
+                self._epoch += 1
             if self._fenced.is_set():  # the watchdog stopped every client: start them again
                 self._fenced.clear()
                 self._generations.clear()
                 self._started_at.clear()
             self._held = held
-            lost = (self.gateway.running() | set(self._generations)) - held
             for session_id in lost:
                 log.warning("lost the lease of %s; stopping its client", session_id)
                 self.gateway.stop(session_id)
@@ -373,6 +439,8 @@ class GatewayWorker:
         claimed += self.store.claim(room, t.lease_ttl, orphans_only=False)
         if claimed:
             with self._lock:
+                if any(session_id in self._generations for session_id, _ in claimed):
+                    self._epoch += 1  # taken back after a loss: what was planned before is void
                 for session_id, had_owner in claimed:
                     self._held.add(session_id)
                     self._generations.pop(session_id, None)
@@ -391,33 +459,57 @@ class GatewayWorker:
             self.reconcile()
 
     def reconcile(self) -> None:
+        """Start and stop clients as the sessions this worker holds are meant to be. What is
+        read from the database is read without the worker's lock, and applied under it only
+        if nothing changed what this worker holds meanwhile (else a poke runs it again)."""
         if not self._renewed_recently():
             return
-        with self._reconcile_lock, self._lock:
-            rows = self.store.owned_rows()
-            for row in rows:
-                session_id = row.session_id
-                if session_id not in self._held:
-                    # Claimed in the database a moment ago, but its takeover (and why) is not
-                    # noted yet: the claim pokes again once it is.
-                    continue
+        with self._reconcile_lock:
+            with self._lock:
+                epoch = self._epoch
+            for row in self.store.owned_rows():
                 if row.desired == DesiredState.RUNNING:
-                    if self._generations.get(session_id) == row.generation:
-                        continue
-                    reason = self._takeover.get(session_id, Reason.SERVICE_RESTARTED.value)
-                    plan = plan_start(self.app, session_id, reason)
-                    if plan is not None:
-                        self._start(session_id, plan.device_jid)
-                    # Only now: a start that raised is tried again on the next reconcile.
-                    self._generations[session_id] = row.generation
-                    self._takeover.pop(session_id, None)
+                    self._reconcile_running(row.session_id, row.generation, epoch)
                 elif row.desired == DesiredState.STOPPED:
-                    self.gateway.stop(session_id)
-                    self._generations.pop(session_id, None)
-                    self._started_at.pop(session_id, None)
-                    self.store.release([session_id])
-                    self._held.discard(session_id)
+                    self._reconcile_stopped(row.session_id, epoch)
                 # deleted: the logout deadline logs it out and releases it
+
+    def _current(self, epoch: int, session_id: UUID) -> bool:
+        """Whether a plan made at `epoch` for `session_id` still applies (under `_lock`)."""
+        if self._epoch != epoch or self._stopping.is_set():
+            self.poke()  # what changed pokes too; this makes sure
+            return False
+        # Not held: claimed in the database a moment ago, but its takeover (and why) is not
+        # noted yet (the claim pokes again once it is), or given up since.
+        return session_id in self._held
+
+    def _reconcile_running(self, session_id: UUID, generation: int, epoch: int) -> None:
+        with self._lock:
+            if not self._current(epoch, session_id):
+                return
+            if self._generations.get(session_id) == generation:
+                return
+            reason = self._takeover.get(session_id, Reason.SERVICE_RESTARTED.value)
+        plan = plan_start(self.app, session_id, reason)
+        with self._lock:
+            if not self._current(epoch, session_id):
+                return
+            if plan is not None:
+                self._start(session_id, plan.device_jid)
+            # Only now: a start that raised is tried again on the next reconcile.
+            self._generations[session_id] = generation
+            self._takeover.pop(session_id, None)
+
+    def _reconcile_stopped(self, session_id: UUID, epoch: int) -> None:
+        with self._lock:
+            if not self._current(epoch, session_id):
+                return
+            self.gateway.stop(session_id)
+            self._generations.pop(session_id, None)
+            self._started_at.pop(session_id, None)
+        self.store.release([session_id])
+        with self._lock:
+            self._held.discard(session_id)
 
     def _start(self, session_id: UUID, device_jid: str | None) -> None:
         self.gateway.start(session_id, device_jid)
@@ -434,7 +526,10 @@ class GatewayWorker:
 
     def _run_deadline(self, deadline: Deadline, now: datetime) -> None:
         """Run a deadline, and remove it when it is done or no longer applies. One that
-        failed unexpectedly, or is not due yet after all, comes back after the hold."""
+        failed unexpectedly, or is not due yet after all, comes back after the hold (as
+        does one left because the worker is stopping)."""
+        if self._stopping.is_set():
+            return
         try:
             done = self._deadline(deadline, now)
         except (DomainError, SessionNotFound):
@@ -454,27 +549,18 @@ class GatewayWorker:
         session_id = deadline.session_id
         if deadline.kind == LOGOUT:
             jid = self.app.load(session_id).jid
-            with self._lock:
-                self.gateway.logout(session_id, jid)
+            with self._lock:  # not started again from now on: it is not held
+                self._epoch += 1
                 self._generations.pop(session_id, None)
                 self._started_at.pop(session_id, None)
                 self._held.discard(session_id)
+            self.gateway.logout(session_id, jid)  # may talk to WhatsApp: not under the lock
             self.store.release([session_id])
             return True
         if not self.holds(session_id):
             return False  # taken over meanwhile: its new worker runs it
         if deadline.kind == RETRY:
-            plan = self.app.retry(session_id)
-            if plan is not None:
-                with self._lock:
-                    try:
-                        self._start(session_id, plan.device_jid)
-                    except Exception as error:
-                        log.exception("could not start %s", session_id)
-                        self.app.record_disconnected(
-                            session_id, Reason.CONNECT_FAILURE.value, f"start failed: {error}"
-                        )
-            return True
+            return self._retry(session_id)
         if deadline.kind == QR_EXPIRY:
             with self._lock:
                 generation = self._generations.get(session_id)
@@ -488,6 +574,26 @@ class GatewayWorker:
             log.error("unknown deadline kind %r", deadline.kind)
             return True
         return other(session_id)
+
+    def _retry(self, session_id: UUID) -> bool:
+        """Connect again, as the reconnect policy planned (a start that fails is recorded)."""
+        plan = self.app.retry(session_id)
+        if plan is None:
+            return True
+        failed: Exception | None = None
+        with self._lock:
+            if self._stopping.is_set() or session_id not in self._held:
+                return False  # stopping, or given up meanwhile: after the hold, or elsewhere
+            try:
+                self._start(session_id, plan.device_jid)
+            except Exception as error:
+                log.exception("could not start %s", session_id)
+                failed = error
+        if failed is not None:  # recorded without the lock: it waits for the database
+            self.app.record_disconnected(
+                session_id, Reason.CONNECT_FAILURE.value, f"start failed: {failed}"
+            )
+        return True
 
     def _send(self, session_id: UUID) -> bool:
         """Messages are waiting: drain the session's queue (if it is connected)."""
@@ -553,3 +659,8 @@ class GatewayWorker:
         if action not in simulated:
             raise ApplicationError(f"unknown gateway action {action!r}")
         return {"position": simulated[action]()}
+
+
+def _left(deadline: float) -> float:
+    """Seconds left until `deadline` (a `time.monotonic()` time), never negative."""
+    return max(0.0, deadline - time.monotonic())

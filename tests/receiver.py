@@ -88,7 +88,7 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
 
-    def wait_for(self, check: Callable[[list[Received]], Any], timeout: float = 10.0) -> Any:
+    def wait_for(self, check: Callable[[list[Received]], Any], timeout: float = 30.0) -> Any:
         """The first truthy `check(received)`, waiting for requests until `timeout`."""
         deadline = time.monotonic() + timeout
         with self.lock:

@@ -50,13 +50,20 @@ class ViewChanges:
 
     async def close(self) -> None:
         self._end_streams()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        if task is None:
+            return
+        # Cancelled until it ends: a cancel that lands as a wait completes can be lost on
+        # the way (asyncio.wait_for in Python 3.11 returns the result instead), and the app's
+        # shutdown would wait for the watcher for ever.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     async def _watch(self) -> None:
-        while True:
+        while not self.closing.is_set():
             seen = self.ctx.view_position()
             # One waiter for the whole process, however many streams are open.
             await self.ctx.read_models.wait(seen + 1, HEARTBEAT)
@@ -72,7 +79,8 @@ class ViewChanges:
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         """Return when `event` is set (a change, or the server closing), or after `timeout`."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancel (3.11)
+                await event.wait()
 
 
 def _on_stop_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:

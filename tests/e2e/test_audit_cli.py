@@ -32,7 +32,7 @@ def test_history_prints_a_timeline_and_export_writes_the_log(
     with server.client() as client:
         created = create_session(client, "Audited")
         sid = created["sessionId"]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while client.post(f"/simulator/sessions/{sid}/scan", headers=ADMIN).status_code != 200:
             assert time.monotonic() < deadline, "never scanned"
             time.sleep(0.05)

@@ -18,7 +18,7 @@ import psycopg
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 
 
-def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -153,7 +153,7 @@ def test_two_workers_share_the_sessions_and_one_takes_over_when_the_other_dies(
             )
             return connected and list(owners.values()) == [6] and again >= 3
 
-        eventually(all_back, timeout=15, what="every session on the surviving worker")
+        eventually(all_back, timeout=30, what="every session on the surviving worker")
         took = time.monotonic() - killed_at
         # Takeover is bounded: the dead worker's connection is gone at once, the survivor
         # claims on its next tick (0.2 s here), and resuming a device is quick.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg
+
 from tests.e2e.conftest import ADMIN, create_session, free_port, key_of
 
 
@@ -68,9 +70,36 @@ def test_a_new_session_that_cannot_reach_whatsapp_says_so_and_retries(
         # Check a stop ends the retries, and is recorded.
         stopped = client.post(url + "/stop", headers=key_of(created))
         assert stopped.json()["reason"] == "stopped"
-        time.sleep(1.5)  # longer than any retry here
+        # Once the gateway view has taken the stop in, no retry is due: none can come.
+        database_url = sessiond_env["SESSIOND_DATABASE_URL"]
+        deadline = time.monotonic() + 30
+        while _gateway_position(database_url) < _head(database_url):
+            assert time.monotonic() < deadline, "the gateway view never took the stop in"
+            time.sleep(0.05)
+        assert "retry" not in _deadlines(database_url, created["sessionId"])
         after = status()
         assert after["health"] == "stopped" and after["nextRetryAt"] is None
         assert after["updatedAt"] == stopped.json()["updatedAt"]  # nothing recorded since
     log = server.log()
     assert "panic" not in log and "Traceback" not in log, log
+
+
+def _head(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT max(notification_id) FROM sessiond_events").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def _gateway_position(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT max(notification_id) FROM gateway_tracking").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def _deadlines(database_url: str, session_id: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT kind FROM sessiond_deadlines WHERE session_id = %s",
+            (session_id.removeprefix("sess_"),),
+        ).fetchall()
+    return [row[0] for row in rows]

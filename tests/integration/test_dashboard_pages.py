@@ -3,11 +3,12 @@ does. Every action goes through the application, recorded with the actor ``admin
 
 from __future__ import annotations
 
-import asyncio
 import re
+from typing import Any
 
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.dashboard_client import Dashboard
+from tests.integration.test_gateway_worker import eventually
 
 EXTERNAL = re.compile(r'(?:src|href|action)="(?!/|#)([^"]*)"')
 
@@ -20,11 +21,12 @@ async def signed_in(api: Api) -> Dashboard:
 
 async def qr_shown(api: Api, session_id: str) -> None:
     """Wait for the worker to show the session's first QR code."""
-    for _ in range(200):
-        if (await api.client.get(f"/sessions/{session_id}/qr", headers=ADMIN)).status_code == 200:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no QR code was shown")
+
+    async def shown() -> bool:
+        response = await api.client.get(f"/sessions/{session_id}/qr", headers=ADMIN)
+        return response.status_code == 200
+
+    await eventually(shown)
 
 
 async def events_of(api: Api, session_id: str) -> list[dict[str, object]]:
@@ -251,10 +253,11 @@ async def test_the_session_page_lists_the_sessions_webhooks_with_their_deliverie
     assert created.status_code == 201, created.text
     await dash.get(f"/dashboard/sessions/{session_id}")
     await dash.post(f"/dashboard/sessions/{session_id}/stop")
-    for _ in range(100):  # the delivery is enqueued by the webhook view, then tried
+
+    async def listed() -> Any:  # the delivery is enqueued by the webhook view, then tried
         page = await dash.get(f"/dashboard/sessions/{session_id}")
-        if 'data-label="Event">session.stopped<' in page.text:
-            break
-        await asyncio.sleep(0.1)
+        return page if 'data-label="Event">session.stopped<' in page.text else None
+
+    page = await eventually(listed)
     assert "http://127.0.0.1:9/hooks" in page.text
     assert 'data-label="Event">session.stopped<' in page.text

@@ -13,6 +13,7 @@ import pytest
 
 from domain.values import session_uuid
 from infra.simulator import SimulatorGateway
+from projections.gateway import RETRY
 from tests.integration.conftest import ADMIN, Api
 
 
@@ -21,7 +22,7 @@ def settings_overrides() -> dict[str, str]:
     return {"SESSIOND_RETRY_BASE": "0.3", "SESSIOND_RETRY_CAP": "1"}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
     """The first truthy result of `check`, polled until `timeout`."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -159,9 +160,18 @@ async def test_logged_out_and_replaced_sessions_wait_for_the_operator(api: Api) 
     assert (body["reason"], body["nextRetryAt"]) == ("logged_out", None)
     body = (await simulate(api, replaced, "replace")).json()
     assert (body["reason"], body["nextRetryAt"]) == ("stream_replaced", None)
-    await asyncio.sleep(1.5)  # longer than any backoff here: nothing is retried
-    assert (await status(api, logged_out))["status"] == "disconnected"
-    assert (await status(api, replaced))["status"] == "disconnected"
+    # Check nothing is retried: once the gateway view has taken the disconnections in, it
+    # holds no retry deadline for either session (a retry is nothing but such a deadline).
+    recorded = api.container.app.recorder.max_notification_id() or 0
+    gateway_view = api.container.gateway_view
+
+    async def taken_in() -> bool:
+        return (gateway_view.max_tracking_id(api.container.app.name) or 0) >= recorded
+
+    await eventually(taken_in)
+    for created in (logged_out, replaced):
+        assert RETRY not in [d.kind for d in gateway_view.deadlines(uuid_of(created))]
+        assert (await status(api, created))["status"] == "disconnected"
 
     # Check a reconnect of the unlinked session pairs a new device with a new QR code.
     response = await api.client.post(

@@ -18,7 +18,7 @@ from projections.status import SessionStatusProjection
 from tests.conftest import view_on
 
 
-def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
+def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -74,13 +74,26 @@ def _tracked(env: dict[str, str]) -> int:
 
 
 def test_only_one_process_runs_a_projection_and_another_takes_over(
-    app: SessionsApplication, env: dict[str, str], supervisors: Callable[[], ProjectionSupervisor]
+    app: SessionsApplication,
+    env: dict[str, str],
+    supervisors: Callable[[], ProjectionSupervisor],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    tries: dict[ProjectionSupervisor, int] = {}
+    pause = ProjectionSupervisor._sleep
+
+    def sleep(self: ProjectionSupervisor, conn: Any) -> None:  # after each lock tried in vain
+        tries[self] = tries.get(self, 0) + 1
+        pause(self, conn)
+
+    monkeypatch.setattr(ProjectionSupervisor, "_sleep", sleep)
     first, second = supervisors(), supervisors()
     eventually(lambda: first.is_leader.is_set() or second.is_leader.is_set())
-    time.sleep(0.5)
-    assert first.is_leader.is_set() != second.is_leader.is_set()
     leader, standby = (first, second) if first.is_leader.is_set() else (second, first)
+    # Check the standby tries the lock (in vain) again and again while the leader runs.
+    seen = tries.get(standby, 0)
+    eventually(lambda: tries.get(standby, 0) >= seen + 2)
+    assert leader.is_leader.is_set() and not standby.is_leader.is_set()
 
     created = app.create_session("One", {}, None, "admin")
     eventually(lambda: _tracked(env) >= created.position)

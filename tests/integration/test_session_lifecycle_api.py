@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from tests.integration.conftest import ADMIN, Api
+from tests.integration.test_gateway_worker import eventually
 
 
 async def test_the_seed_flow_create_scan_stop_reconnect_expire_delete(api: Api) -> None:
@@ -48,12 +47,12 @@ async def test_the_seed_flow_create_scan_stop_reconnect_expire_delete(api: Api) 
     # Check reconnect resumes the linked device: connected again with no new scan.
     reconnected = (await client.post(f"/sessions/{session_id}/reconnect", headers=key)).json()
     assert reconnected["status"] == "connecting"
-    for _ in range(100):
+
+    async def connected() -> bool:
         status = (await client.get(f"/sessions/{session_id}/status", headers=key)).json()
-        if status["status"] == "connected":
-            break
-        await asyncio.sleep(0.05)
-    assert status["status"] == "connected"
+        return bool(status["status"] == "connected")
+
+    await eventually(connected)
 
     # Check delete answers 204, then the session and its key are gone.
     deleted = await client.delete(f"/sessions/{session_id}", headers=ADMIN)
@@ -63,9 +62,9 @@ async def test_the_seed_flow_create_scan_stop_reconnect_expire_delete(api: Api) 
 
 
 async def _wait_for_qr(api: Api, session_id: str, key: dict[str, str]) -> dict[str, object]:
-    for _ in range(100):
+    async def shown() -> dict[str, object] | None:
         response = await api.client.get(f"/sessions/{session_id}/qr", headers=key)
-        if response.status_code == 200:
-            return dict(response.json())
-        await asyncio.sleep(0.05)
-    raise AssertionError("no QR code appeared")
+        return dict(response.json()) if response.status_code == 200 else None
+
+    found: dict[str, object] = await eventually(shown)
+    return found

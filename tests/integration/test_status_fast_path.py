@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
 
 from api.fastpath import FAST_STATUS
 from tests.integration.conftest import ADMIN, Api
+from tests.integration.test_gateway_worker import eventually
 
 # Headers that differ between two requests whatever path answers them.
 VARYING = {"date", "ratelimit-remaining", "ratelimit-reset", "retry-after"}
@@ -45,12 +45,13 @@ async def _both(api: Api, path: str, headers: dict[str, str]) -> tuple[Any, Any]
 async def test_every_answer_of_the_fast_path_matches_the_handler(api: Api) -> None:
     mine, other = await api.create_session("Mine"), await api.create_session("Other")
     status = f"/sessions/{mine['sessionId']}/status"
+
     # Compare once the session is settled (its first QR code shown), so that nothing the
     # worker records between the two requests makes them differ.
-    for _ in range(200):
-        if (await api.client.get(status, headers=ADMIN)).json()["qrExpiresAt"]:
-            break
-        await asyncio.sleep(0.02)
+    async def settled() -> bool:
+        return bool((await api.client.get(status, headers=ADMIN)).json()["qrExpiresAt"])
+
+    await eventually(settled)
     cases = [
         (status, ADMIN),
         (status, api.key(mine)),

@@ -75,6 +75,9 @@ async def canary() -> AsyncIterator[Canary]:
         server.close()
 
 
+#: A connect time-out no refusal may come near: one that waited for a connect would be late.
+CONNECT_FOREVER = 30.0
+
 HOSTILE_TARGETS = [
     "127.0.0.1:{port}",
     "localhost:{port}",
@@ -126,13 +129,14 @@ async def test_a_hostile_target_is_refused_before_anything_is_sent(
     canary: Canary, target: str
 ) -> None:
     url = "http://" + target.format(port=canary.port) + "/hook"
-    async with webhook_client(allow_private=False, connect_timeout=0.5) as client:
+    async with webhook_client(allow_private=False, connect_timeout=CONNECT_FOREVER) as client:
         started = time.monotonic()
         with pytest.raises(BlockedAddress, match=r"^refused: not a public address$"):
             await client.post(url, json={"type": "probe"})
 
-    # Check it was refused before any connect attempt, not after a timeout.
-    assert time.monotonic() - started < 0.4
+    # Check it was refused before any connect attempt, not after one timed out (a connect to
+    # an address that does not answer would wait the whole CONNECT_FOREVER).
+    assert time.monotonic() - started < CONNECT_FOREVER / 3
     assert canary.connections == 0
     assert canary.requests == []
 
@@ -169,21 +173,21 @@ async def test_a_receiver_that_never_answers_hits_the_read_timeout(canary: Canar
             await client.post(f"http://127.0.0.1:{canary.port}/hang", content=b"{}")
         elapsed = time.monotonic() - started
 
-    assert 0.4 < elapsed < 2.0
+    assert 0.4 < elapsed < CONNECT_FOREVER / 3  # not before the time-out; and it ended
 
 
 async def test_a_slow_receiver_does_not_block_another_delivery(canary: Canary) -> None:
-    async with webhook_client(allow_private=True, read_timeout=1.0) as client:
+    async with webhook_client(allow_private=True, read_timeout=5.0) as client:
         slow = asyncio.create_task(client.post(f"http://127.0.0.1:{canary.port}/hang"))
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
+        while "POST /hang HTTP/1.1" not in canary.requests:  # in flight: the receiver has it
+            await asyncio.sleep(0.01)
         response = await client.post(f"http://127.0.0.1:{canary.port}/fast")
-        fast_elapsed = time.monotonic() - started
+        # Check the fast one answered while the slow one still waits for its answer.
+        assert not slow.done()
         with pytest.raises(httpx.ReadTimeout):
             await slow
 
     assert response.status_code == 204
-    assert fast_elapsed < 0.5
 
 
 async def test_the_environment_proxy_is_ignored(

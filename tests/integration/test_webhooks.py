@@ -7,7 +7,6 @@ and who may manage which endpoint."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,18 +52,17 @@ def of_type(kind: str) -> Any:
     return check
 
 
-async def wait_received(hook: Receiver, check: Any, timeout: float = 10.0) -> Any:
+async def wait_received(hook: Receiver, check: Any, timeout: float = 30.0) -> Any:
     return await asyncio.to_thread(hook.wait_for, check, timeout)
 
 
-async def test_a_drop_arrives_signed_within_a_second(api: Api, hook: Receiver) -> None:
+async def test_a_drop_arrives_signed(api: Api, hook: Receiver) -> None:
+    # How soon it arrives is measured by bench/webhook_delivery.py, not timed here.
     webhook = await register(api, hook.url, ["session.socket-disconnected"])
     assert webhook["secret"].startswith("whsec_") and webhook["enabled"]
     created = await connected_session(api, "Watched")
-    dropped_at = time.monotonic()
     await simulate(api, created, "drop")
     (arrived,) = await wait_received(hook, of_type("session.socket-disconnected"))
-    assert arrived.at - dropped_at < 1.0, f"{arrived.at - dropped_at:.2f} s"
     body = arrived.verify(webhook["secret"])
     assert body["data"]["sessionId"] == created["sessionId"]
     assert body["data"]["reason"] == "connection_lost"
@@ -241,8 +239,18 @@ async def test_410_disables_the_endpoint_and_3xx_is_a_failure(api: Api, hook: Re
     body = await eventually(disabled)
     assert "410" in body["disabledReason"]
     count = len(hook.received)
-    await api.create_session("After gone")
-    await asyncio.sleep(0.5)
+    with receiver() as witness:
+        await register(api, witness.url, ["session.created"])
+        after = await api.create_session("After gone")
+        # Check: once the event has reached another endpoint (an event's deliveries are
+        # enqueued together, for every endpoint), the disabled one has none of it.
+        await wait_received(
+            witness, lambda r: [x for x in r if x.json["data"]["sessionId"] == after["sessionId"]]
+        )
+    page = (
+        await api.client.get(f"/webhooks/{webhook['webhookId']}/deliveries", headers=ADMIN)
+    ).json()
+    assert after["sessionId"] not in [item["sessionId"] for item in page["items"]]
     assert len(hook.received) == count, "a disabled endpoint gets nothing"
     enabled = await api.client.patch(
         f"/webhooks/{webhook['webhookId']}", json={"enabled": True}, headers=ADMIN
@@ -355,7 +363,9 @@ async def test_a_session_key_manages_only_its_own_sessions_endpoints(
     await api.client.post(f"/sessions/{theirs['sessionId']}/stop", headers=ADMIN)
     await api.client.post(f"/sessions/{mine['sessionId']}/stop", headers=ADMIN)
     (arrived,) = await wait_received(hook, of_type("session.stopped"))
-    await asyncio.sleep(0.3)
+    # Their stop, recorded first, was taken in before: the endpoint has nothing of it.
+    page = (await api.client.get(f"/webhooks/{own['webhookId']}/deliveries", headers=ADMIN)).json()
+    assert [item["sessionId"] for item in page["items"]] == [mine["sessionId"]]
     assert [r.json["data"]["sessionId"] for r in hook.received] == [mine["sessionId"]]
     arrived.verify(own["secret"])
     deleted = await api.client.delete(f"/webhooks/{own['webhookId']}", headers=api.key(mine))

@@ -4,7 +4,6 @@ canary receives nothing. And an endpoint failing for days is disabled."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,9 +98,12 @@ async def test_an_endpoint_failing_for_days_is_disabled(api: Api) -> None:
 
     body = await eventually(disabled)
     assert "failing without a success for 4.0 days" in body["disabledReason"]
-    await asyncio.sleep(0.1)
-    history = (await api.client.get("/events?after=0&limit=1000", headers=ADMIN)).json()
-    assert any(e["type"] == "WebhookDisabled" for e in history["items"])
+
+    async def recorded() -> Any:
+        history = (await api.client.get("/events?after=0&limit=1000", headers=ADMIN)).json()
+        return history if any(e["type"] == "WebhookDisabled" for e in history["items"]) else None
+
+    history = await eventually(recorded)
     assert all(e["data"].get("secret") in (None, "[redacted]") for e in history["items"])
 
 

@@ -64,3 +64,31 @@ async def test_a_stream_ends_when_the_sign_in_expires() -> None:
     messages = [m async for m in _messages(changes, render, lifetime=0.3)]  # type: ignore[arg-type]
     assert time.monotonic() - started < 2
     assert any(m.event == "status" for m in messages)
+
+
+class _SwallowingViews:
+    """A copy of the views whose wait lets a cancel be lost: its future completes as the
+    cancel lands (what `asyncio.wait_for` does in Python 3.11 when both meet)."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.waiting = asyncio.Event()
+        self.future: asyncio.Future[None] | None = None
+
+    async def wait(self, position: int, timeout: float) -> bool:
+        self.future = asyncio.get_running_loop().create_future()
+        self.waiting.set()
+        await asyncio.wait_for(self.future, timeout)
+        return True
+
+
+async def test_the_watcher_ends_when_the_app_stops_even_if_a_cancel_is_lost() -> None:
+    views = _SwallowingViews()
+    ctx = type("Ctx", (), {"read_models": views, "view_position": lambda self: 0})()
+    changes = live.ViewChanges(ctx)
+    changes._task = asyncio.create_task(changes._watch())
+    await views.waiting.wait()
+    assert views.future is not None
+    views.future.set_result(None)  # a refresh answers the wait just as the app stops
+    await asyncio.wait_for(changes.close(), 30)
+    assert changes._task.done()

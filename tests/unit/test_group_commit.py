@@ -34,8 +34,8 @@ def test_a_conflict_in_a_batch_fails_only_the_command_that_conflicted() -> None:
 
     # Check only A's command gets the conflict; B's is recorded with its own position.
     with pytest.raises(IntegrityError):
-        conflicted.result(timeout=1)
-    assert fine.result(timeout=1) == app.recorder.max_notification_id()
+        conflicted.result(timeout=30)
+    assert fine.result(timeout=30) == app.recorder.max_notification_id()
     assert app.load(b).is_stopped
     assert len(list(app.events.get(session_uuid(a)))) == 3  # created, key, the other stop
     app.close()

@@ -47,7 +47,7 @@ NZ = import_neonize()
 PB = NZ.pb
 EVENT_TO_INT: dict[Any, int] = NZ.events.EVENT_TO_INT
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-WAIT = 5.0  # upper bound of every wait below; they return as soon as the condition holds
+WAIT = 30.0  # upper bound of every wait below; they return as soon as the condition holds
 PHONE_JID = "15551234567:12@s.whatsapp.net"
 SENT_AT = int(time.time())  # WhatsApp's timestamp of what a scripted client sends
 ALICE = "15557654321@s.whatsapp.net"

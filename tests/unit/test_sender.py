@@ -56,7 +56,7 @@ def build(app: SessionsApplication, gateway: FakeGateway, interval: float = 0.0)
     return MessageSender(app, gateway, lambda _: True, interval=interval)  # type: ignore[arg-type]
 
 
-def until(check: Any, timeout: float = 5.0) -> None:
+def until(check: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "not in time"

@@ -1,0 +1,88 @@
+"""How sessiond connects to PostgreSQL, so that no wait on a server that is gone lasts for ever.
+
+- Every connection, direct or pooled, gives up connecting after `CONNECT_TIMEOUT` and notices
+  a peer that went away without a word (a partition, a host that died) through TCP keepalives
+  and a user timeout, instead of waiting for the kernel's retransmissions (a quarter of an hour).
+  A server that is stopped or ends a session closes the socket: that is seen at once anyway.
+- A pool hands a connection out within its timeout (``POSTGRES_CONNECT_TIMEOUT``) or raises.
+  After an outage it retries at most `RECONNECT_WINDOW` apart (psycopg_pool backs off to minutes
+  by default), so a process is back within seconds of the database.
+- `transaction` runs a statement with a short wait of its own: what a stopping process still
+  tells the database (leases it gives up, the rows it leaves) is worth a second, not the stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from eventsourcing import persistence, postgres
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.utils import Environment, EnvType
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+
+CONNECT_TIMEOUT = 5
+#: Seconds a pool keeps retrying one lost connection before it lets the slot go (a later
+#: request grows the pool again, with a fresh attempt): the longest pause between retries.
+RECONNECT_WINDOW = 5.0
+#: libpq options of every connection; a URL that sets one of them keeps its own value.
+LIVENESS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: unacknowledged data for this long means a dead peer
+}
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the database is away (it cannot be reached, a connection broke, or
+    none came in time): an outage, logged in one line, not a bug with its traceback."""
+    return isinstance(
+        error,
+        psycopg.OperationalError  # PoolTimeout and PoolClosed too
+        | psycopg.InterfaceError
+        | persistence.OperationalError
+        | persistence.InterfaceError,
+    )
+
+
+def with_liveness(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the `LIVENESS` options it does not set itself."""
+    return {**LIVENESS, **params}
+
+
+def connect(database_url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A direct connection (a listener, a lock, an identity) with the `LIVENESS` options."""
+    return psycopg.connect(**{**with_liveness(conninfo_to_dict(database_url)), **kwargs})
+
+
+@contextmanager
+def transaction(
+    datastore: PostgresDatastore, *, timeout: float
+) -> Iterator[psycopg.Cursor[DictRow]]:
+    """A transaction on one of `datastore`'s connections, waiting at most `timeout` seconds
+    for it (`psycopg_pool.PoolTimeout` after that, `PoolClosed` once the pool is closed)."""
+    with (
+        datastore.pool.connection(timeout=max(timeout, 0.01)) as conn,
+        conn.transaction(),
+        conn.cursor(row_factory=dict_row) as curs,
+    ):
+        yield curs
+
+
+class PostgresFactory(postgres.PostgresFactory):
+    """eventsourcing's PostgreSQL persistence, with pools that connect as `connect` does and
+    retry a lost connection at most `RECONNECT_WINDOW` apart."""
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        super().__init__(env)
+        pool = self.datastore.pool
+        assert isinstance(pool.kwargs, dict)
+        for name, value in LIVENESS.items():
+            pool.kwargs.setdefault(name, value)
+        pool.reconnect_timeout = RECONNECT_WINDOW

@@ -1,0 +1,34 @@
+"""A wait for the views' copy gives way to a cancel, even one that lands as it is answered:
+else whatever waits on it (a request, the dashboard's watcher) could outlive the server."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from infra.readmodels import CachedReadModels
+
+
+async def test_a_cancel_that_lands_as_the_wait_is_answered_is_not_lost() -> None:
+    models = CachedReadModels("", SimpleNamespace(datastore=None))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(models.wait(1, 60))
+    while not models._waiters:  # the task is waiting for position 1
+        await asyncio.sleep(0)
+    ((_, answer),) = models._waiters
+    answer.set_result(None)  # a refresh reached position 1...
+    waiting.cancel()  # ...as the process stops
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_a_wait_ends_when_the_copy_gets_there_or_after_its_time() -> None:
+    models = CachedReadModels("", SimpleNamespace(datastore=None))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(models.wait(1, 60))
+    while not models._waiters:
+        await asyncio.sleep(0)
+    models.position = 1
+    models._wake_waiters()
+    assert await waiting is True
+    assert await models.wait(2, 0.01) is False
