@@ -12,7 +12,7 @@ from infra.readmodels import CachedReadModels
 
 
 async def test_a_cancel_that_lands_as_the_wait_is_answered_is_not_lost() -> None:
-    models = CachedReadModels("", SimpleNamespace(datastore=None))  # type: ignore[arg-type]
+    models = CachedReadModels("", SimpleNamespace(datastore=None), None)  # type: ignore[arg-type]
     waiting = asyncio.create_task(models.wait(1, 60))
     while not models._waiters:  # the task is waiting for position 1
         await asyncio.sleep(0)
@@ -24,7 +24,7 @@ async def test_a_cancel_that_lands_as_the_wait_is_answered_is_not_lost() -> None
 
 
 async def test_a_wait_ends_when_the_copy_gets_there_or_after_its_time() -> None:
-    models = CachedReadModels("", SimpleNamespace(datastore=None))  # type: ignore[arg-type]
+    models = CachedReadModels("", SimpleNamespace(datastore=None), None)  # type: ignore[arg-type]
     waiting = asyncio.create_task(models.wait(1, 60))
     while not models._waiters:
         await asyncio.sleep(0)
