@@ -5,6 +5,7 @@ after an operator's reconnect)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from uuid import UUID
 
@@ -18,10 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class RecordingGatewayEvents(GatewayEvents):
-    """Records what the gateway reports as events of the session."""
+    """Records what the gateway reports as events of the session, naming the worker that
+    reports it (`worker` gives its current id)."""
 
-    def __init__(self, app: SessionsApplication) -> None:
+    def __init__(self, app: SessionsApplication, worker: Callable[[], str] = str) -> None:
         self.app = app
+        self.worker = worker
 
     def qr_issued(
         self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
@@ -32,7 +35,7 @@ class RecordingGatewayEvents(GatewayEvents):
         return self.app.record_qr_expired(session_id)
 
     def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
-        return self.app.record_connected(session_id, jid, push_name)
+        return self.app.record_connected(session_id, jid, push_name, self.worker())
 
     def disconnected(
         self,
@@ -41,7 +44,7 @@ class RecordingGatewayEvents(GatewayEvents):
         detail: str = "",
         not_before: datetime | None = None,
     ) -> int | None:
-        return self.app.record_disconnected(session_id, reason, detail, not_before)
+        return self.app.record_disconnected(session_id, reason, detail, not_before, self.worker())
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         return self.app.record_keepalive(session_id, healthy)
@@ -55,7 +58,9 @@ class RecordingGatewayEvents(GatewayEvents):
         return self.app.record_acks(session_id, whatsapp_ids, status, at)
 
 
-def plan_start(app: SessionsApplication, session_id: UUID, takeover_reason: str) -> Resume | None:
+def plan_start(
+    app: SessionsApplication, session_id: UUID, takeover_reason: str, worker: str = ""
+) -> Resume | None:
     """What a worker that has just taken `session_id` over must start, decided from the
     session's recorded state (never from a view, which may lag):
 
@@ -65,8 +70,8 @@ def plan_start(app: SessionsApplication, session_id: UUID, takeover_reason: str)
     - recorded as connected: it is not, since no client runs it here, so that is recorded as
       a disconnection for `takeover_reason` (``service_restarted`` / ``gateway_lost``), and
       it is resumed at once;
-    - disconnected with a retry due: the retry deadline starts it; if it was disconnected by
-      a restart and never resumed, it is resumed now;
+    - disconnected with a retry due: the retry deadline starts it; if it was disconnected
+      because its holder went away or handed it over, it is resumed now;
     - expired, logged out, replaced, outdated: nothing until an operator reconnects.
     """
     try:
@@ -78,12 +83,12 @@ def plan_start(app: SessionsApplication, session_id: UUID, takeover_reason: str)
     if session.status == Status.CONNECTING:
         return Resume(session.jid)
     if session.status == Status.CONNECTED:
-        app.record_disconnected(session_id, takeover_reason, "no client was running it")
+        app.record_disconnected(
+            session_id, takeover_reason, "no client was running it", worker=worker
+        )
         return app.retry(session_id)
-    if (
-        session.status == Status.DISCONNECTED
-        and session.reason in IMMEDIATE_REASONS
-        and session.next_retry_at is None
-    ):
+    if session.status == Status.DISCONNECTED and session.reason in IMMEDIATE_REASONS:
+        # Resumed now, not by its retry deadline: the previous holder may have claimed that
+        # one as it handed the session over (its run here then finds nothing to retry).
         return app.retry(session_id)
     return None

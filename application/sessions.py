@@ -340,8 +340,11 @@ class SessionsApplication(Application[UUID]):
             session_id, lambda s: s.issue_qr(code, expires_at, attempt, max_attempts)
         )
 
-    def record_connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
-        return self._gateway_change(session_id, lambda s: s.connect(jid, push_name))
+    def record_connected(
+        self, session_id: UUID, jid: str, push_name: str, worker: str = ""
+    ) -> int | None:
+        """Record that `worker`'s client of the session connected."""
+        return self._gateway_change(session_id, lambda s: s.connect(jid, push_name, worker))
 
     def record_disconnected(
         self,
@@ -349,13 +352,15 @@ class SessionsApplication(Application[UUID]):
         reason: str,
         detail: str = "",
         not_before: datetime | None = None,
+        worker: str = "",
     ) -> int | None:
-        """Record that the link went down; the reconnect policy schedules the next try."""
+        """Record that the link went down (as `worker` reports it); the reconnect policy
+        schedules the next try."""
 
         def disconnect(session: Session) -> None:
             attempt = session.retry_attempt + 1
             retry_at = self.policy.next_retry(reason, attempt, datetime.now(UTC), not_before)
-            session.disconnect(reason, detail[:500], attempt, retry_at)
+            session.disconnect(reason, detail[:500], attempt, retry_at, worker)
 
         return self._gateway_change(session_id, disconnect)
 

@@ -9,7 +9,8 @@
 - Replaced by another client: never — fighting it would make the two clients take the device
   from each other in turn; the status reports it instead.
 - Client outdated: never — only a new sessiond release helps.
-- The service or the worker holding the session went away: at once (attempt 1 has no delay).
+- The service or the worker holding the session went away, or handed it over: at once
+  (attempt 1 has no delay).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ BACKOFF_REASONS = frozenset(
         Reason.STORE_UNAVAILABLE,
     }
 )
-IMMEDIATE_REASONS = frozenset({Reason.SERVICE_RESTARTED, Reason.GATEWAY_LOST})
+IMMEDIATE_REASONS = frozenset({Reason.SERVICE_RESTARTED, Reason.GATEWAY_LOST, Reason.HANDED_OVER})
 NEEDS_QR_REASONS = frozenset(
     {Reason.LOGGED_OUT, Reason.DEVICE_UNLINKED, Reason.QR_EXPIRED, Reason.PAIRING_FAILED}
 )

@@ -115,6 +115,8 @@ class Session(Aggregate):
         TOPIC = "sessiond:Session.Connected"
         jid: str
         push_name: str
+        # The gateway worker whose client connected (empty in events recorded before).
+        worker: str = ""
 
     class Disconnected(Event):
         TOPIC = "sessiond:Session.Disconnected"
@@ -123,6 +125,7 @@ class Session(Aggregate):
         detail: str = ""
         attempt: int = 0
         next_retry_at: datetime | None = None
+        worker: str = ""  # the gateway worker that recorded it (empty: before, or the API)
 
     class ReconnectAttempted(Event):
         """The service tries again on its own (backoff, ban over, or after a restart)."""
@@ -295,13 +298,13 @@ class Session(Aggregate):
         self.qr_attempt = attempt
         self.qr_max_attempts = max_attempts
 
-    def connect(self, jid: str, push_name: str) -> None:
+    def connect(self, jid: str, push_name: str, worker: str = "") -> None:
         self.check_running("cannot connect")
         self.check_status("cannot connect", Status.CONNECTING, Status.DISCONNECTED)
-        self._connect(jid, push_name)
+        self._connect(jid, push_name, worker)
 
     @event(Connected)
-    def _connect(self, jid: str, push_name: str) -> None:
+    def _connect(self, jid: str, push_name: str, worker: str) -> None:
         self.status = Status.CONNECTED.value
         self.reason = None
         self.jid = jid
@@ -315,19 +318,26 @@ class Session(Aggregate):
         detail: str = "",
         attempt: int = 0,
         next_retry_at: datetime | None = None,
+        worker: str = "",
     ) -> None:
-        """The link went down or could not be made; `attempt` counts failures in a row."""
+        """The link went down or could not be made; `attempt` counts failures in a row;
+        `worker` is the gateway worker that reports it."""
         self.check_running("cannot disconnect")
         self.check_status("cannot disconnect", Status.CONNECTING, Status.CONNECTED)
         if not reason:
             raise InvalidValue("a disconnection needs a reason")
         if attempt < 0:
             raise InvalidValue("the attempt count cannot be negative")
-        self._disconnect(reason, detail, attempt, next_retry_at)
+        self._disconnect(reason, detail, attempt, next_retry_at, worker)
 
     @event(Disconnected)
     def _disconnect(
-        self, reason: str, detail: str, attempt: int, next_retry_at: datetime | None
+        self,
+        reason: str,
+        detail: str,
+        attempt: int,
+        next_retry_at: datetime | None,
+        worker: str,
     ) -> None:
         self.status = Status.DISCONNECTED.value
         self.reason = reason

@@ -52,6 +52,7 @@ class Reason(StrEnum):
     PAIRING_FAILED = "pairing_failed"  # the phone could not complete the pairing
     SERVICE_RESTARTED = "service_restarted"  # the gateway restarted; resumed at once
     GATEWAY_LOST = "gateway_lost"  # the worker that held the session died; taken over
+    HANDED_OVER = "handed_over"  # its worker handed it to another (rebalance, stop): resumed
 
 
 ADMIN_ACTOR = "admin"

@@ -253,6 +253,7 @@ class Container:
             deadline_tick=min(0.5, self.settings.worker_tick),
             send_interval=self.settings.send_interval,
             claim_batch=self.settings.restore_batch,
+            move_batch=self.settings.move_batch,
         )
         self.worker = GatewayWorker(self.app, gateway, self.database_url, timings)
         self.worker.start()
@@ -316,6 +317,7 @@ class Container:
             next_timeout=self.settings.qr_next_timeout,
             max_codes=self.settings.qr_max_codes,
             devices=PostgresDeviceSet(datastore),
+            phone_delay=self.settings.simulator_phone_delay,
         )
 
     def api_context(self) -> ApiContext:

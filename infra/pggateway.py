@@ -158,6 +158,17 @@ class WorkStore:
             curs.execute(LIVE_WORKERS)
             return {r["owner"] for r in curs.fetchall()}
 
+    def held_counts(self) -> dict[str, int]:
+        """How many sessions each live worker holds (live workers holding none included)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
+                "SELECT live.owner, count(l.session_id) AS n FROM live "
+                "LEFT JOIN sessiond_leases l ON l.owner = live.owner AND l.expires_at > now() "
+                "GROUP BY live.owner"
+            )
+            return {r["owner"]: int(r["n"]) for r in curs.fetchall()}
+
     def claim(self, limit: int, ttl: float, *, orphans_only: bool) -> list[tuple[UUID, bool]]:
         """Take up to `limit` sessions meant to run that no live worker holds, with whether
         another worker held them before (it died, or stopped renewing) or nobody did (the
@@ -276,16 +287,35 @@ class WorkStore:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def claim_requests(self, limit: int = 50) -> list[dict[str, Any]]:
+    def open_requests(self) -> list[tuple[int, UUID]]:
+        """Unanswered requests for this worker's sessions that nobody live is running: new
+        ones, and those of a worker that died mid-call (its holder now answers them)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
+                "SELECT r.id, r.session_id FROM sessiond_gateway_requests r "
+                "JOIN sessiond_leases l USING (session_id) WHERE l.owner = %s "
+                "AND r.done_at IS NULL AND (r.claimed_by IS NULL OR "
+                "r.claimed_by NOT IN (SELECT owner FROM live)) ORDER BY r.id LIMIT 500",
+                (self.worker_id,),
+            )
+            return [(r["id"], r["session_id"]) for r in curs.fetchall()]
+
+    def claim_requests(self, ids: list[int]) -> list[dict[str, Any]]:
+        """Take the requests `ids` (from `open_requests`) unless someone live took them."""
+        if not ids:
+            return []
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
+                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
                 "UPDATE sessiond_gateway_requests r SET claimed_by = %s FROM ("
                 "SELECT r2.id FROM sessiond_gateway_requests r2 JOIN sessiond_leases l "
-                "USING (session_id) WHERE l.owner = %s AND r2.done_at IS NULL "
-                "AND r2.claimed_by IS NULL ORDER BY r2.id LIMIT %s "
+                "USING (session_id) WHERE r2.id = ANY(%s) AND l.owner = %s "
+                "AND r2.done_at IS NULL AND (r2.claimed_by IS NULL OR "
+                "r2.claimed_by NOT IN (SELECT owner FROM live)) "
                 "FOR UPDATE OF r2 SKIP LOCKED) picked WHERE r.id = picked.id "
                 "RETURNING r.id, r.session_id, r.action, r.args",
-                (self.worker_id, self.worker_id, limit),
+                (self.worker_id, ids, self.worker_id),
             )
             return list(curs.fetchall())
 

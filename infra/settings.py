@@ -37,9 +37,11 @@ class Settings:
     qr_first_timeout: float
     qr_next_timeout: float
     qr_max_codes: int
+    simulator_phone_delay: float
     lease_ttl: float
     worker_tick: float
     restore_batch: int
+    move_batch: int
     retry_base: float
     retry_cap: float
     gateway_call_timeout: float
@@ -80,9 +82,11 @@ class Settings:
             qr_first_timeout=reader.number("QR_FIRST_TIMEOUT", 60.0, 0.05, 600.0),
             qr_next_timeout=reader.number("QR_NEXT_TIMEOUT", 20.0, 0.05, 600.0),
             qr_max_codes=reader.integer("QR_MAX_CODES", 6, 1, 100),
+            simulator_phone_delay=reader.number("SIMULATOR_PHONE_DELAY", 0.0, 0.0, 600.0),
             lease_ttl=reader.number("LEASE_TTL", 30.0, 1.0, 3600.0),
             worker_tick=reader.number("WORKER_TICK", 1.0, 0.05, 60.0),
             restore_batch=reader.integer("RESTORE_BATCH", 50, 1, 100_000),
+            move_batch=reader.integer("MOVE_BATCH", 10, 1, 100_000),
             retry_base=reader.number("RETRY_BASE", 2.0, 0.01, 3600.0),
             retry_cap=reader.number("RETRY_CAP", 300.0, 0.1, 86_400.0),
             gateway_call_timeout=reader.number("GATEWAY_CALL_TIMEOUT", 5.0, 0.2, 120.0),

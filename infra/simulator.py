@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import MutableSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,11 +49,14 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         max_codes: int = 6,
         resume_delay: float = 0.05,
         devices: MutableSet[str] | None = None,
+        phone_delay: float = 0.0,
     ) -> None:
         self.first_timeout = first_timeout
         self.next_timeout = next_timeout
         self.max_codes = max_codes
         self.resume_delay = resume_delay
+        # Seconds the simulated phone takes to scan a code (a slow phone: a call in progress).
+        self.phone_delay = phone_delay
         self.reachable = True
         self._events: GatewayEvents | None = None
         self._clients: dict[UUID, _Client] = {}
@@ -138,6 +142,8 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
     # -- what a phone and a network do ------------------------------------------------------
 
     def scan(self, session_id: UUID) -> int | None:
+        if self.phone_delay:
+            time.sleep(self.phone_delay)  # not under the lock: other sessions go on
         with self._lock:
             client = self._client_in(session_id, "pairing", "no QR code is being shown")
             client.generation += 1

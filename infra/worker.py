@@ -5,14 +5,21 @@ is open the worker is alive. Periodic ticks (APScheduler) do the rest:
 
 - **leases**: renew what it holds (clients of sessions it no longer holds are stopped), and
   claim sessions meant to run that no live worker holds, up to its fair share
-  (⌈running sessions / live workers⌉) and at most `claim_batch` per tick, so that a restart
-  of many sessions is staggered;
+  (`application.placement.share`: even, within one) and at most `claim_batch` per tick, so
+  that a restart of many sessions is staggered; a dead worker's sessions are taken whatever
+  the share;
+- **rebalance**: a worker above its share while another lacks sessions hands some over, at
+  most `move_batch` per tick, fenced: it stops their clients, records each as disconnected
+  (``handed_over``, by this worker), and only then gives the lease up for the other to claim.
+  A worker asked to stop does the same with all it holds when another worker is live;
 - **reconcile** (also woken at once by ``NOTIFY sessiond_gateway``): start what an operator
   (re)started or what was just taken over (decided from the session's events), stop what was
   stopped;
 - **deadlines**: run due retries, expire QR codes the gateway never reported, log deleted
   sessions out — claimed with ``FOR UPDATE SKIP LOCKED``, so any number of workers is safe;
-- **requests**: calls that must run where the client lives (pairing codes, the simulator).
+- **requests**: calls that must run where the client lives (pairing codes, the simulator),
+  once the client is started here; those of a worker that died mid-call are run again by
+  the session's next holder.
 
 Locks and the database: the worker's lock (`_lock`) guards what it runs (clients, generations,
 holdings) and is never held while waiting for the database, so that losing the connection
@@ -25,7 +32,6 @@ time whatever the database does.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
@@ -41,6 +47,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from application.errors import ApplicationError, GatewayFailed, SessionNotFound
 from application.gateway import RecordingGatewayEvents, plan_start
+from application.placement import share, to_hand_over
 from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
@@ -79,6 +86,7 @@ class WorkerTimings:
     tick: float = 1.0  # leases and the reconcile safety net
     deadline_tick: float = 0.5
     claim_batch: int = 50
+    move_batch: int = 10  # sessions handed to other workers per tick, at most
     deadline_hold: float = 30.0
     send_interval: float = 1.0  # at least this long between two messages of a session
 
@@ -151,7 +159,9 @@ class GatewayWorker:
         self.gateway = gateway
         # Reports about sessions this worker does not hold (any more) are not recorded: the
         # worker that holds them now speaks for them.
-        gateway.bind(FencedGatewayEvents(RecordingGatewayEvents(app), self.holds))
+        gateway.bind(
+            FencedGatewayEvents(RecordingGatewayEvents(app, lambda: self.worker_id), self.holds)
+        )
         self.database_url = database_url
         self.timings = timings or WorkerTimings()
         datastore = app.factory.datastore  # type: ignore[attr-defined]
@@ -232,9 +242,20 @@ class GatewayWorker:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
         with self._lock:  # never held across a database wait: taken at once
+            self._epoch += 1
             self.gateway.stop_all()
+            held, self._held = set(self._held), set()
+        kept: set[UUID] = set()
         try:
-            self.store.release(timeout=min(RELEASE_WAIT, _left(deadline)))
+            if held and self.store.live_workers() - {self.worker_id}:
+                kept = self._record_hand_overs(held, _left(deadline) - RELEASE_WAIT)
+        except Exception as error:
+            log.warning("could not hand the sessions over (%s); others take them", error)
+        try:
+            if kept:  # not handed over in time: left to be taken over as lost
+                self.store.release(sorted(held - kept), timeout=min(RELEASE_WAIT, _left(deadline)))
+            else:
+                self.store.release(timeout=min(RELEASE_WAIT, _left(deadline)))
         except Exception as error:
             log.warning("could not give the leases up (%s); they expire on their own", error)
         # The listener sees `_stopping` within a second and closes the identity connection
@@ -386,11 +407,81 @@ class GatewayWorker:
     # -- ticks --------------------------------------------------------------------------------
 
     def lease_tick(self) -> None:
-        """Renew the leases (every third of their time) and claim sessions."""
+        """Renew the leases (every third of their time), claim sessions, hand some over."""
         with self._lease_lock:  # overlapping runs would see each other's claims as losses
             if time.monotonic() - self._last_renewal >= self.timings.lease_ttl / 3:
                 self._renew()
-            self._claim()
+            wanted, live = self._claim()
+            self._rebalance(wanted, live)
+
+    def _rebalance(self, wanted: int, live: set[str]) -> None:
+        """Hand sessions above this worker's share to workers that lack theirs (fenced)."""
+        if self._stopping.is_set() or not self._renewed_recently():
+            return
+        if len(self._held) <= share(self.worker_id, live, wanted):
+            return  # the usual case: one cheap look, no count of everyone's leases
+        counts = self.store.held_counts()
+        n = to_hand_over(self.worker_id, len(self._held), counts, wanted, self.timings.move_batch)
+        if n <= 0:
+            return
+        with self._lock:
+            moving = set(sorted(self._held)[:n])
+            self._epoch += 1  # plans made for them before are void
+            for session_id in moving:
+                self._held.discard(session_id)  # its reports are dropped from now on
+                self.gateway.stop(session_id)
+                self._generations.pop(session_id, None)
+                self._started_at.pop(session_id, None)
+                self._takeover.pop(session_id, None)
+        kept = self._record_hand_overs(moving, self.timings.lease_ttl / 3)
+        self.store.release(sorted(moving - kept))
+        if kept:
+            with self._lock:  # not recorded: still ours, started again by the reconcile
+                self._held |= kept
+            self.poke()
+        log.info("handed %d sessions over to other workers", len(moving - kept))
+
+    def _record_hand_overs(self, sessions: set[UUID], budget: float) -> set[UUID]:
+        """Record, as this worker, that the (stopped) clients of `sessions` are disconnected
+        because they are handed over — before their leases are given up, so that the next
+        holder connects only after. Several at once (they share commits), within `budget`
+        seconds; the sessions not recorded by then are returned (their leases must be kept).
+        Daemon threads: one still waiting for the database never holds up an exit."""
+        pending = list(sessions)
+        done: set[UUID] = set()
+        guard = threading.Lock()
+
+        def record() -> None:
+            while True:
+                with guard:
+                    if not pending:
+                        return
+                    session_id = pending.pop()
+                try:  # a session not connected or connecting: nothing recorded, none needed
+                    self.app.record_disconnected(
+                        session_id,
+                        Reason.HANDED_OVER.value,
+                        "handed over to another worker",
+                        worker=self.worker_id,
+                    )
+                except Exception as error:
+                    log.warning("could not hand %s over: %s", session_id, error)
+                    continue
+                with guard:
+                    done.add(session_id)
+
+        threads = [
+            threading.Thread(target=record, name="worker-hand-over", daemon=True)
+            for _ in range(min(8, len(sessions)))
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + max(0.0, budget)
+        for thread in threads:
+            thread.join(_left(deadline))
+        with guard:
+            pending.clear()  # the threads still running stop after their current one
+            return sessions - done
 
     def claim_tick(self) -> None:
         """Claim sessions now (a session was created or restarted somewhere)."""
@@ -427,15 +518,17 @@ class GatewayWorker:
                 self._generations.pop(session_id, None)
                 self._started_at.pop(session_id, None)
 
-    def _claim(self) -> None:
+    def _claim(self) -> tuple[int, set[str]]:
+        """Claim sessions; how many are wanted running, and the live workers."""
         t = self.timings
         held = self._held
         # Sessions whose worker died or stopped renewing are taken over whatever the share;
         # new ones only up to this worker's fair share of the sessions meant to run.
         claimed = self.store.claim(t.claim_batch, t.lease_ttl, orphans_only=True)
-        live = max(1, len(self.store.live_workers()))
-        share = math.ceil(self.store.wanted() / live)
-        room = min(t.claim_batch - len(claimed), share - len(held) - len(claimed))
+        live = self.store.live_workers()
+        wanted = self.store.wanted()
+        mine = share(self.worker_id, live, wanted)
+        room = min(t.claim_batch - len(claimed), mine - len(held) - len(claimed))
         claimed += self.store.claim(room, t.lease_ttl, orphans_only=False)
         if claimed:
             with self._lock:
@@ -449,6 +542,7 @@ class GatewayWorker:
                     )
             log.info("took over %d sessions", len(claimed))
             self.poke()
+        return wanted, live
 
     def reconcile_tick(self) -> None:
         """Reconcile once (the safety net), then again for as long as something pokes."""
@@ -490,7 +584,7 @@ class GatewayWorker:
             if self._generations.get(session_id) == generation:
                 return
             reason = self._takeover.get(session_id, Reason.SERVICE_RESTARTED.value)
-        plan = plan_start(self.app, session_id, reason)
+        plan = plan_start(self.app, session_id, reason, self.worker_id)
         with self._lock:
             if not self._current(epoch, session_id):
                 return
@@ -619,12 +713,17 @@ class GatewayWorker:
         return True
 
     def requests_tick(self) -> None:
+        """Answer the requests for sessions whose client is started here (one just taken
+        over waits for its start); a slow one does not hold up the others."""
         if not self._renewed_recently():
             return
         while not self._stopping.is_set():
-            requests = self.store.claim_requests(200)
-            list(self._pool.map(self._answer, requests))  # a slow one does not hold up others
-            if len(requests) < 200:
+            found = self.store.open_requests()
+            with self._lock:
+                ready = [rid for rid, sid in found if sid in self._generations]
+            requests = self.store.claim_requests(ready)
+            list(self._pool.map(self._answer, requests))
+            if len(found) < 500 or len(ready) < len(found):
                 return
 
     def _answer(self, request: dict[str, Any]) -> None:

@@ -1,0 +1,178 @@
+"""Gateway workers in their own processes share the sessions evenly: a worker that joins
+takes sessions from the others, a worker asked to stop hands its sessions over, and every
+move is fenced — the old holder disconnects (and says so) before the new one connects."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+
+from tests.e2e.conftest import ADMIN, Sessiond, create_session
+from tests.e2e.test_gateway_processes import eventually, scan, status
+
+
+def leases(database_url: str) -> dict[str, str]:
+    """Who holds each session (its uuid hex → the worker's id)."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT session_id, owner FROM sessiond_leases").fetchall()
+    return {row[0].hex: row[1] for row in rows}
+
+
+def spread(database_url: str) -> list[int]:
+    return sorted(Counter(leases(database_url).values()).values())
+
+
+def worker_id(worker: Sessiond) -> str:
+    found = re.findall(r"gateway worker ([0-9a-f]{32}) is up", worker.log())
+    assert found, worker.log()
+    return str(found[-1])
+
+
+def link_events(database_url: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Each session's Connected and Disconnected events, in order, as recorded."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT originator_id, topic, convert_from(state, 'UTF8') FROM sessiond_events "
+            "WHERE topic IN ('sessiond:Session.Connected', 'sessiond:Session.Disconnected') "
+            "ORDER BY originator_id, originator_version"
+        ).fetchall()
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for originator, topic, state in rows:
+        found.setdefault(originator.hex, []).append((topic.rsplit(".", 1)[1], json.loads(state)))
+    return found
+
+
+def check_never_held_twice(database_url: str) -> tuple[int, Counter[str]]:
+    """Walk every session's record: a client of a worker connects only once the client of
+    the previous holder is recorded as disconnected — by that holder itself when it handed
+    the session over (``handed_over``). The number of changes of holder, and the reasons."""
+    moves = 0
+    reasons: Counter[str] = Counter()
+    for session, events in link_events(database_url).items():
+        holder = ""  # the worker whose client is connected, "" when none is
+        last_out: dict[str, Any] | None = None
+        for name, state in events:
+            assert state["worker"], (session, name, state)  # every report names its worker
+            if name == "Connected":
+                assert holder == "", f"{session} connected by {state['worker']} while {holder}"
+                if last_out is not None and last_out["reason"] == "handed_over":
+                    assert last_out["worker"] != state["worker"], (session, events)
+                    moves += 1
+                holder = state["worker"]
+            else:
+                reasons[state["reason"]] += 1
+                if state["reason"] == "handed_over":
+                    # Only its holder hands a session over.
+                    assert state["worker"] == holder, (session, events)
+                holder, last_out = "", state
+    return moves, reasons
+
+
+def all_connected(client: httpx.Client, sessions: list[dict[str, Any]]) -> bool:
+    return all(status(client, created)["status"] == "connected" for created in sessions)
+
+
+def test_a_joining_worker_takes_an_even_share_and_a_stopping_one_hands_its_own_over(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    env = {**sessiond_env, "SESSIOND_MOVE_BATCH": "2"}
+    api = start("api", env)
+    start("projector", env)
+    workers = [start("worker", env) for _ in range(3)]
+    eventually(lambda: all("is up" in w.log() for w in workers), what="three workers up")
+    with api.client() as client:
+        sessions = [create_session(client, f"Phone {n}") for n in range(60)]
+        for created in sessions:
+            scan(client, created)
+
+        # Check the three workers hold 20 sessions each.
+        eventually(lambda: spread(database_url) == [20, 20, 20], what="20/20/20")
+
+        fourth = start("worker", env)
+        joined = datetime.now(UTC)
+
+        # Check the fourth takes 15, five from each, and every session is connected again.
+        eventually(
+            lambda: spread(database_url) == [15, 15, 15, 15] and all_connected(client, sessions),
+            timeout=60,
+            what="15 each, all connected",
+        )
+        held = leases(database_url)
+        assert Counter(held.values())[worker_id(fourth)] == 15
+        moves, reasons = check_never_held_twice(database_url)
+        assert moves == 15, (moves, reasons)
+        assert reasons["handed_over"] == 15
+        assert reasons["gateway_lost"] == 0
+        # Each moved session is connected again, from its new holder.
+        states = [status(client, s) for s in sessions]
+        again = [
+            s
+            for s in states
+            if datetime.fromisoformat(s["connectedAt"].replace("Z", "+00:00")) > joined
+        ]
+        assert len(again) == 15
+
+        # Check a worker asked to stop (SIGTERM) hands its 15 sessions over before it exits.
+        leaving = workers[0]
+        leaving_id = worker_id(leaving)
+        leaving.stop(signal.SIGTERM)
+        assert leaving.process.returncode == 0, leaving.log()
+        eventually(
+            lambda: spread(database_url) == [20, 20, 20] and all_connected(client, sessions),
+            timeout=60,
+            what="20 each on the three left, all connected",
+        )
+        assert leaving_id not in leases(database_url).values()
+        moves, reasons = check_never_held_twice(database_url)
+        assert moves == 30, (moves, reasons)
+        assert reasons["handed_over"] == 30
+        assert reasons["gateway_lost"] == 0
+        assert reasons["service_restarted"] == 0
+
+
+def test_a_call_whose_worker_dies_mid_way_is_answered_by_the_next_holder(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    env = {**sessiond_env, "SESSIOND_GATEWAY_CALL_TIMEOUT": "30"}
+    api = start("api", env)
+    start("projector", env)
+    # The first worker's phone is slow: a scan it runs is still under way when it dies.
+    slow = start("worker", {**env, "SESSIOND_SIMULATOR_PHONE_DELAY": "120"})
+    quick = start("worker", env)
+    eventually(lambda: "is up" in slow.log() and "is up" in quick.log(), what="workers up")
+    with httpx.Client(base_url=api.url, timeout=60) as client:
+        sessions = [create_session(client, f"Phone {n}") for n in range(2)]
+        eventually(lambda: spread(database_url) == [1, 1], what="one session each")
+        slow_id = worker_id(slow)
+        (created,) = [s for s in sessions if leases(database_url)[s["sessionId"][5:]] == slow_id]
+        eventually(lambda: status(client, created)["qrExpiresAt"], what="a QR code shown")
+
+        answers: list[httpx.Response] = []
+        url = f"/simulator/sessions/{created['sessionId']}/scan"
+        call = threading.Thread(target=lambda: answers.append(client.post(url, headers=ADMIN)))
+        call.start()
+
+        def claimed_by_slow() -> bool:
+            with psycopg.connect(database_url) as conn:
+                row = conn.execute(
+                    "SELECT claimed_by FROM sessiond_gateway_requests WHERE action = 'scan'"
+                ).fetchone()
+            return row is not None and row[0] == slow_id
+
+        eventually(claimed_by_slow, what="the scan under way on the slow worker")
+        slow.stop(signal.SIGKILL)
+        call.join(60)
+
+        # Check the call is answered by the session's next holder, not with a 503.
+        (answer,) = answers
+        assert answer.status_code == 200, answer.text
+        assert leases(database_url)[created["sessionId"][5:]] == worker_id(quick)
+        assert status(client, created)["status"] == "connected"
