@@ -1,0 +1,467 @@
+"""10,000 simulated sessions on one node: two gateway workers, one projector, one API process,
+one PostgreSQL (a fresh database).
+
+This process creates the sessions through `SessionsApplication` (group-committed threads),
+waits until the two workers hold them all (``sessiond_leases``) and each shows a QR code,
+scans them all through ``sessiond_gateway_requests`` (as the API's simulator routes do) and
+waits until the status view shows them all connected. Then it prints:
+
+- **memory per idle session per worker**: each worker's RSS after ``gc.collect()`` with its
+  sessions, less its RSS with none, divided by the sessions it holds;
+- **dashboard list**: ``GET /dashboard/`` (operator's cookie) one request at a time for
+  `--duration` seconds with every session in the views: p50 and p99 (goal p99 < 100 ms);
+- **reconnect storm**: every session's link drops at once (one ``drop`` request each, inserted
+  in one transaction); seconds until the status view shows every one connected again with
+  exactly Disconnected, ReconnectAttempted, Connected recorded (goal < 30 s); meanwhile
+  ``GET /sessions/{id}/status`` with the session's key, one request at a time on random
+  sessions: p99 during the storm (goal < 20 ms), next to p99 of the same reads before it
+  (the baseline, same run);
+- **start-up**: both workers stopped (SIGTERM, together), two new ones started; seconds from
+  their start until every session is connected again (each worker restores half: 5,000 of
+  10,000; goal < 60 s). Claims are staggered: `SESSIOND_RESTORE_BATCH` per worker tick.
+
+The reconnect backoff is small (0.5 s, cap 1 s) so that the storm measures the system rather
+than the policy's wait; QR codes last 600 s so that none expires during the run.
+
+    .venv/bin/python bench/scale_10k.py [--sessions 10000] [--duration 5]
+
+On the 2-core development machine the full run takes several minutes; ``--sessions 1000`` is
+what ``bench/run_all.py`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from benchutil import Role, fresh_database, print_table, run_bench, verdict
+from dashboard_list import sign_in
+from gateway_storm import (
+    ADMIN_KEY,
+    QR_TIMEOUT,
+    RETRY_BASE,
+    RETRY_CAP,
+    WORKER_BOOT,
+    Database,
+    Memory,
+    check_events,
+    connected_versions,
+    read_memory,
+    wait_for,
+)
+from gateway_storm import Worker as _Worker
+from status_read import free_port
+
+from application.sessions import SessionsApplication
+from domain.values import ADMIN_ACTOR, session_uuid
+from infra.container import Container
+from infra.settings import Settings
+
+CREATE_THREADS = 8
+RESTORE_BATCH = 250  # sessions a worker claims per tick (1 s): staggered restarts
+GOAL_STORM_S = 30.0
+GOAL_STATUS_P99_MS = 20.0
+GOAL_DASHBOARD_P99_MS = 100.0
+GOAL_STARTUP_S = 60.0
+
+
+class Worker(_Worker):
+    """A ``sessiond worker`` answering SIGUSR1/2 (gc, malloc_trim) with its own name."""
+
+    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+        self.marker = workdir / f"{name}-signal.txt"
+        env = {**env, "SESSIOND_BENCH_MARKER": str(self.marker)}
+        # Its id is in its log at INFO ("gateway worker … is up"): nothing per session is.
+        env = {**env, "SESSIOND_LOG_LEVEL": "info"}
+        Role.__init__(self, name, ["-c", WORKER_BOOT], env, workdir)
+
+    def worker_id(self) -> str:
+        found = re.findall(r"gateway worker ([0-9a-f]{32}) is up", self.log_path.read_text())
+        return str(found[-1]) if found else ""
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+class Sampler:
+    """One HTTP client reading one URL after another until stopped: latencies in ms."""
+
+    def __init__(self, base: str, targets: list[tuple[str, dict[str, str]]]) -> None:
+        self.client = httpx.Client(base_url=base, timeout=30)
+        self.targets = targets
+        self.latencies: list[float] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_for(self, seconds: float) -> None:
+        self.start()
+        time.sleep(seconds)
+        self.stop()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self.latencies = []
+        self.failures = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        rng = random.Random(7)
+        while not self._stop.is_set():
+            path, headers = rng.choice(self.targets)
+            started = time.perf_counter()
+            response = self.client.get(path, headers=headers)
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status_code == 200:
+                self.latencies.append(elapsed)
+            else:
+                self.failures += 1
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "requests": len(self.latencies),
+            "failures": self.failures,
+            "p50_ms": statistics.median(self.latencies) if self.latencies else float("nan"),
+            "p99_ms": percentile(self.latencies, 99),
+        }
+
+
+def settings_env(url: str, workdir: Path) -> dict[str, str]:
+    return {
+        "SESSIOND_DATABASE_URL": url,
+        "SESSIOND_GATEWAY": "simulator",
+        "SESSIOND_ADMIN_KEY": ADMIN_KEY,
+        "SESSIOND_QR_FIRST_TIMEOUT": f"{QR_TIMEOUT:g}",
+        "SESSIOND_QR_NEXT_TIMEOUT": f"{QR_TIMEOUT:g}",
+        "SESSIOND_RETRY_BASE": f"{RETRY_BASE:g}",
+        "SESSIOND_RETRY_CAP": f"{RETRY_CAP:g}",
+        "SESSIOND_RESTORE_BATCH": str(RESTORE_BATCH),
+        "SESSIOND_WRITE_WAIT_TIMEOUT": "30",
+        "SESSIOND_LOG_LEVEL": "warning",
+        "SESSIOND_DATA_DIR": str(workdir / "var"),
+    }
+
+
+def create_sessions(app: SessionsApplication, count: int) -> list[tuple[str, str]]:
+    """`count` sessions: (public id, first key)."""
+    started = time.monotonic()
+
+    def create(i: int) -> tuple[str, str]:
+        created = app.create_session(f"scale-{i}", {}, None, ADMIN_ACTOR)
+        return created.session_id, created.first_key.key
+
+    with ThreadPoolExecutor(CREATE_THREADS, thread_name_prefix="create") as pool:
+        found = list(pool.map(create, range(count)))
+    seconds = time.monotonic() - started
+    print(f"  created {count:,} sessions in {seconds:.1f} s ({count / seconds:,.0f}/s)")
+    return found
+
+
+def held_by(db: Database) -> dict[str, int]:
+    rows = db.conn.execute("SELECT owner, count(*) FROM sessiond_leases GROUP BY owner").fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def connect_all(db: Database, roles: Sequence[Role], session_ids: list[str], n: int) -> None:
+    def held_with_qr() -> tuple[bool, str]:
+        leases = db.leases()
+        _, qr, _, connected = db.counts()
+        return leases == n and qr + connected == n, f"{leases} leases, {qr} QR codes"
+
+    seconds = wait_for("leases and QR codes", held_with_qr, roles, 900, 0.5)
+    print(f"  the workers hold all {n:,} ({held_by(db)}), QR codes shown: {seconds:.1f} s")
+    started = time.monotonic()
+    scans = db.request([session_uuid(s) for s in session_ids], "scan")
+
+    def scanned() -> tuple[bool, str]:
+        answered = db.answered(scans)
+        _, _, _, connected = db.counts()
+        return answered == n and connected == n, f"{answered} scans, {connected} connected"
+
+    wait_for("scans", scanned, roles, 900, 0.5)
+    errors = db.errors(scans)
+    if errors:
+        raise RuntimeError(f"{len(errors)} scans failed: {errors[:3]}")
+    print(f"  scanned, all {n:,} connected: {time.monotonic() - started:.1f} s", flush=True)
+
+
+def storm(
+    app: SessionsApplication,
+    db: Database,
+    session_ids: list[str],
+    roles: Sequence[Role],
+    sampler: Sampler,
+) -> dict[str, Any]:
+    before = connected_versions(db, session_ids)
+    start_position = app.recorder.max_notification_id() or 0
+    n = len(session_ids)
+    sampler.start()
+    started = time.monotonic()
+    ids = db.request([session_uuid(s) for s in session_ids], "drop")
+
+    def back() -> tuple[bool, str]:
+        _, _, changed, connected = db.counts(start_position)
+        done = connected == n and db.answered(ids) == n
+        return done, f"{changed} changed, {connected} connected again"
+
+    wait_for("storm", back, roles, 600, 0.05)
+    seconds = time.monotonic() - started
+    sampler.stop()
+    problems, _ = check_events(app, start_position, before)
+    return {
+        "seconds": seconds,
+        "errors": len(db.errors(ids)),
+        "problems": problems[:5],
+        "problem_count": len(problems),
+        "status": sampler.summary(),
+    }
+
+
+def restart_workers(
+    db: Database, workers: list[Worker], env: dict[str, str], workdir: Path, n: int
+) -> tuple[dict[str, Any], list[Worker]]:
+    """Stop both workers together, start two new ones: seconds until all connected again."""
+    for worker in workers:
+        os.killpg(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.stop()
+    start_position = db.scalar("SELECT max(position) FROM session_status")
+    fresh = [Worker(f"worker-{i}-restarted", env, workdir) for i in (1, 2)]
+
+    def restored() -> tuple[bool, str]:
+        _, _, changed, connected = db.counts(start_position)
+        return connected == n, f"{changed} changed, {connected} connected again, {held_by(db)}"
+
+    seconds = wait_for("start-up", restored, fresh, 900, 0.25)
+    shares = sorted(held_by(db).values())
+    print(f"  two new workers: all {n:,} connected again in {seconds:.1f} s (held: {shares})")
+    return {"seconds": seconds, "held": shares}, fresh
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    n = args.sessions
+    with fresh_database() as url, tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
+        workdir = Path(tmp)
+        env = settings_env(url, workdir)
+        role_env = {**os.environ, **env}
+        container = Container(Settings.from_env(env), url, frozenset())  # tables only
+        db = Database(url)
+        roles: list[Role] = []
+        try:
+            port = free_port()
+            api = Role("api", ["-m", "infra.cli", "api", "--port", str(port)], role_env, workdir)
+            projector = Role("projector", ["-m", "infra.cli", "projector"], role_env, workdir)
+            workers = [Worker(f"worker-{i}", role_env, workdir) for i in (1, 2)]
+            roles += [api, projector, *workers]
+            base = f"http://127.0.0.1:{port}"
+
+            def up() -> tuple[bool, str]:
+                try:
+                    ready = httpx.get(base + "/health/ready", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    ready = False
+                live = db.scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                    "LIKE 'sessiond-worker:%%'"
+                )
+                return ready and live == 2, f"api ready: {ready}, workers: {live}"
+
+            wait_for("the processes", up, roles, 120)
+            time.sleep(2.0)
+            empty = {w.name: read_memory(w) for w in workers}
+
+            print(f"\nset-up: {n:,} sessions")
+            created = create_sessions(container.app, n)
+            session_ids = [s for s, _ in created]
+            connect_all(db, roles, session_ids, n)
+            time.sleep(args.duration)
+            loaded = {w.name: read_memory(w) for w in workers}
+            memory = memory_rows(db, workers, empty, loaded)
+
+            with httpx.Client(base_url=base, timeout=30) as client:
+                cookie = sign_in(client)
+            dashboard = Sampler(base, [("/dashboard/", {"Cookie": cookie})])
+            dashboard.run_for(args.duration)
+            dashboard_figures = dashboard.summary()
+            print(f"\ndashboard list, {n:,} sessions: {describe(dashboard_figures)}")
+
+            targets = [
+                (f"/sessions/{sid}/status", {"x-api-key": key})
+                for sid, key in random.Random(1).sample(created, min(500, n))
+            ]
+            quiet = Sampler(base, targets)
+            quiet.run_for(args.duration)
+            quiet_figures = quiet.summary()
+            print(f"GET /status, quiet: {describe(quiet_figures)}")
+
+            print(f"\nstorm: all {n:,} links drop at once")
+            stormed = storm(container.app, db, session_ids, roles, Sampler(base, targets))
+            print(
+                f"  all {n:,} recorded and visible connected again: {stormed['seconds']:.1f} s; "
+                f"errors {stormed['errors']}, event problems {stormed['problem_count']}"
+                f"\n  GET /status during the storm: {describe(stormed['status'])}",
+                flush=True,
+            )
+
+            print(f"\nstart-up: both workers stop, two new ones restore {n:,} sessions")
+            started, fresh = restart_workers(db, workers, role_env, workdir, n)
+            roles += fresh
+            problems = {role.name: sum(role.problems().values()) for role in roles}
+        except BaseException:
+            for role in roles:
+                print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
+            raise
+        finally:
+            for role in reversed(roles):
+                role.stop()
+            container.close()
+            db.close()
+    return report(n, memory, dashboard_figures, quiet_figures, stormed, started, problems)
+
+
+def memory_rows(
+    db: Database, workers: list[Worker], empty: dict[str, Memory], loaded: dict[str, Memory]
+) -> list[dict[str, Any]]:
+    held = held_by(db)
+    rows = []
+    for worker in workers:
+        count = held.get(worker.worker_id(), 0)
+        grown = loaded[worker.name].gc_kb - empty[worker.name].gc_kb
+        rows.append(
+            {
+                "worker": worker.name,
+                "sessions": count,
+                "rss_empty_mb": empty[worker.name].gc_kb / 1024,
+                "rss_loaded_mb": loaded[worker.name].gc_kb / 1024,
+                "kb_per_session": grown / count if count else float("nan"),
+            }
+        )
+        print(
+            f"  {worker.name}: {count:,} sessions, RSS after gc {rows[-1]['rss_empty_mb']:.1f} MB "
+            f"→ {rows[-1]['rss_loaded_mb']:.1f} MB: {rows[-1]['kb_per_session']:.1f} KB per "
+            "idle connected session"
+        )
+    return rows
+
+
+def describe(figures: dict[str, float]) -> str:
+    return (
+        f"{figures['requests']:,.0f} requests, p50 {figures['p50_ms']:.1f} ms, "
+        f"p99 {figures['p99_ms']:.1f} ms, failures {figures['failures']:.0f}"
+    )
+
+
+def report(  # noqa: PLR0917 - one call, in order
+    n: int,
+    memory: list[dict[str, Any]],
+    dashboard: dict[str, float],
+    quiet: dict[str, float],
+    stormed: dict[str, Any],
+    started: dict[str, Any],
+    problems: dict[str, int],
+) -> dict[str, Any]:
+    status = stormed["status"]
+    goals = {
+        "storm_met": stormed["seconds"] < GOAL_STORM_S,
+        "status_p99_met": status["p99_ms"] < GOAL_STATUS_P99_MS,
+        "dashboard_p99_met": dashboard["p99_ms"] < GOAL_DASHBOARD_P99_MS,
+        "startup_met": started["seconds"] < GOAL_STARTUP_S,
+    }
+    valid = (
+        stormed["errors"] == 0
+        and stormed["problem_count"] == 0
+        and status["failures"] == 0
+        and quiet["failures"] == 0
+        and dashboard["failures"] == 0
+    )
+    rows = [
+        [
+            f"memory per idle session, {m['worker']} ({m['sessions']:,})",
+            f"{m['rss_empty_mb']:.1f} MB at 0",
+            f"{m['kb_per_session']:.1f} KB",
+            "-",
+            "-",
+        ]
+        for m in memory
+    ]
+    rows += [
+        [
+            f"reconnect storm, {n:,} sessions visible connected (s)",
+            "-",
+            f"{stormed['seconds']:.1f}",
+            "< 30 s",
+            verdict(goals["storm_met"]),
+        ],
+        [
+            "GET /status p99 during the storm vs quiet (ms)",
+            f"{quiet['p99_ms']:.1f}",
+            f"{status['p99_ms']:.1f}",
+            "< 20 ms",
+            verdict(goals["status_p99_met"]),
+        ],
+        [
+            f"dashboard list p99, {n:,} sessions (ms)",
+            "-",
+            f"{dashboard['p99_ms']:.1f}",
+            "< 100 ms",
+            verdict(goals["dashboard_p99_met"]),
+        ],
+        [
+            f"start-up, 2 workers restoring {n:,} ({started['held']}) (s)",
+            "-",
+            f"{started['seconds']:.1f}",
+            "< 60 s",
+            verdict(goals["startup_met"]),
+        ],
+    ]
+    print(f"\nSummary ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores)")
+    print_table(["figure", "baseline", "subject", "goal", "verdict"], rows, align="lrrll")
+    print(f"warnings and errors in the logs: {problems}; valid: {valid}")
+    return {
+        "sessions": n,
+        "memory": memory,
+        "dashboard": dashboard,
+        "status_quiet": quiet,
+        "storm": stormed,
+        "startup": started,
+        "log_problems": problems,
+        "valid": valid,
+        **goals,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per latency read")
+    parser.add_argument("--rounds", type=int, default=1, help="accepted for run_all; one round")
+    parser.add_argument("--json-out")
+    return run_bench(bench, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
