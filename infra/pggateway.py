@@ -45,6 +45,8 @@ GATEWAY_DDL = (
     "ALTER TABLE sessiond_gateway_sessions ADD COLUMN IF NOT EXISTS queued int NOT NULL DEFAULT 0",
     "CREATE INDEX IF NOT EXISTS sessiond_gateway_sessions_desired "
     "ON sessiond_gateway_sessions (desired)",
+    "CREATE INDEX IF NOT EXISTS sessiond_gateway_sessions_position "
+    "ON sessiond_gateway_sessions (position)",
     "CREATE TABLE IF NOT EXISTS sessiond_deadlines (session_id uuid NOT NULL, kind text NOT NULL, "
     "due_at timestamptz NOT NULL, token bigint NOT NULL, claims int NOT NULL DEFAULT 0, "
     "PRIMARY KEY (session_id, kind))",
@@ -244,15 +246,21 @@ class WorkStore:
             row = curs.fetchone()
         return int(row["n"]) if row else 0
 
-    def owned_rows(self) -> list[GatewayRow]:
-        """The desired state of every session this worker holds (none while it is cut off)."""
+    def owned_rows(
+        self, since: int | None = None, also: list[UUID] | None = None
+    ) -> list[GatewayRow]:
+        """The desired state of the sessions this worker holds (none while it is cut off):
+        every one, or (`since` given) those changed after that position and those in `also`."""
+        changed = (
+            "" if since is None else "AND (g.position > %(since)s OR g.session_id = ANY(%(also)s)) "
+        )
         with self.datastore.cursor() as curs:
             curs.execute(
                 f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
                 "SELECT g.session_id, g.desired, g.generation, g.jid, g.position "
                 "FROM sessiond_gateway_sessions g JOIN sessiond_leases l USING (session_id) "
-                "WHERE l.owner = %s AND l.owner IN (SELECT owner FROM live)",
-                (self.worker_id,),
+                "WHERE l.owner = %(me)s AND l.owner IN (SELECT owner FROM live) " + changed,
+                {"me": self.worker_id, "since": since, "also": also or []},
             )
             return [GatewayRow(**r) for r in curs.fetchall()]
 

@@ -78,6 +78,9 @@ MAX_DEADLINE_CLAIMS = 20
 RELEASE_WAIT = 1.0
 #: The longest a stopping worker waits for its listener (it looks every second).
 LISTENER_WAIT = 1.5
+#: Reconciles read only the rows that changed (and the sessions just taken over); every
+#: this many seconds, and whenever what it holds may have changed hands, all of them.
+FULL_RECONCILE_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,11 @@ class GatewayWorker:
         # Bumped (under `_lock`) whenever a session this worker held may have changed hands
         # (lost, fenced, taken back): a plan made from the database before is not applied.
         self._epoch = 0
+        # What the last reconcile saw: the epoch of its last full pass, when the next full
+        # one is due, and the highest position of the rows it read since.
+        self._reconciled_epoch = -1
+        self._full_reconcile_at = 0.0
+        self._reconciled_position = 0
         self._reactor: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._fenced = threading.Event()
@@ -561,12 +569,24 @@ class GatewayWorker:
         with self._reconcile_lock:
             with self._lock:
                 epoch = self._epoch
-            for row in self.store.owned_rows():
+                taken_over = list(self._takeover)
+            now = time.monotonic()
+            full = epoch != self._reconciled_epoch or now >= self._full_reconcile_at
+            since = None if full else self._reconciled_position
+            rows = self.store.owned_rows(since, taken_over)
+            for row in rows:
                 if row.desired == DesiredState.RUNNING:
                     self._reconcile_running(row.session_id, row.generation, epoch)
                 elif row.desired == DesiredState.STOPPED:
                     self._reconcile_stopped(row.session_id, epoch)
                 # deleted: the logout deadline logs it out and releases it
+            # Only once every row was handled (a start that raised reads them again).
+            self._reconciled_position = max(
+                [self._reconciled_position, *(row.position for row in rows)]
+            )
+            if full:
+                self._reconciled_epoch = epoch
+                self._full_reconcile_at = now + FULL_RECONCILE_EVERY
 
     def _current(self, epoch: int, session_id: UUID) -> bool:
         """Whether a plan made at `epoch` for `session_id` still applies (under `_lock`)."""
