@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from litestar import Litestar
 
@@ -21,6 +22,9 @@ def create() -> Litestar:
     server_pid = os.environ.get(SERVER_PID_VARIABLE)
     if server_pid:
         die_with_parent(int(server_pid))
+    # Requests take the GIL from the threads that refresh the views within 1 ms, not the
+    # default 5 ms: a read never waits long behind a refresh (p99 of GET /status in a storm).
+    sys.setswitchinterval(0.001)
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     roles = frozenset(os.environ.get(ROLES_VARIABLE, "api").split(","))
