@@ -316,7 +316,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             created = create_sessions(container.app, n)
             session_ids = [s for s, _ in created]
             connect_all(db, roles, session_ids, n)
+            time.sleep(1.0)
+            cpu = {role.name: role.cpu_seconds() for role in roles}
             time.sleep(args.duration)
+            idle_cpu = {
+                role.name: round((role.cpu_seconds() - cpu[role.name]) / args.duration, 3)
+                for role in roles
+            }
+            print(f"  idle: share of a core used by each role: {idle_cpu}")
             loaded = {w.name: read_memory(w) for w in workers}
             memory = memory_rows(db, workers, empty, loaded)
 
@@ -359,7 +366,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 role.stop()
             container.close()
             db.close()
-    return report(n, memory, dashboard_figures, quiet_figures, stormed, started, problems)
+    result = report(n, memory, dashboard_figures, quiet_figures, stormed, started, problems)
+    return {**result, "idle_cpu": idle_cpu}
 
 
 def memory_rows(

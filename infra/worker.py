@@ -78,6 +78,10 @@ MAX_DEADLINE_CLAIMS = 20
 RELEASE_WAIT = 1.0
 #: The longest a stopping worker waits for its listener (it looks every second).
 LISTENER_WAIT = 1.5
+#: Threads that plan and start sessions in a reconcile, and that record hand-overs: what
+#: they record shares commits (a restart of thousands of sessions is not one save at a time).
+PLAN_THREADS = 16
+HAND_OVER_THREADS = 32
 #: Reconciles read only the rows that changed (and the sessions just taken over); every
 #: this many seconds, and whenever what it holds may have changed hands, all of them.
 FULL_RECONCILE_EVERY = 30.0
@@ -178,6 +182,7 @@ class GatewayWorker:
         self._last_renewal = float("-inf")
         self._started_at: dict[UUID, float] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="worker-deadline")
+        self._planners = ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="worker-plan")
         self.sender = MessageSender(app, gateway, self.holds, interval=self.timings.send_interval)
         self._dirty = threading.Event()
         self._wake = threading.Event()
@@ -248,6 +253,7 @@ class GatewayWorker:
         deadline = time.monotonic() + timeout
         self.request_stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._planners.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
         with self._lock:  # never held across a database wait: taken at once
             self._epoch += 1
@@ -480,7 +486,7 @@ class GatewayWorker:
 
         threads = [
             threading.Thread(target=record, name="worker-hand-over", daemon=True)
-            for _ in range(min(8, len(sessions)))
+            for _ in range(min(HAND_OVER_THREADS, len(sessions)))
         ]
         for thread in threads:
             thread.start()
@@ -574,10 +580,15 @@ class GatewayWorker:
             full = epoch != self._reconciled_epoch or now >= self._full_reconcile_at
             since = None if full else self._reconciled_position
             rows = self.store.owned_rows(since, taken_over)
+            running = [row for row in rows if row.desired == DesiredState.RUNNING]
+            # Planned on several threads: what they record (a takeover) shares commits.
+            for _ in self._planners.map(
+                lambda row: self._reconcile_running(row.session_id, row.generation, epoch),
+                running,
+            ):
+                pass
             for row in rows:
-                if row.desired == DesiredState.RUNNING:
-                    self._reconcile_running(row.session_id, row.generation, epoch)
-                elif row.desired == DesiredState.STOPPED:
+                if row.desired == DesiredState.STOPPED:
                     self._reconcile_stopped(row.session_id, epoch)
                 # deleted: the logout deadline logs it out and releases it
             # Only once every row was handled (a start that raised reads them again).
