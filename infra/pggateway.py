@@ -287,10 +287,23 @@ class WorkStore:
 
     def finish_deadline(self, deadline: Deadline) -> None:
         """Remove a deadline that was handled, unless a newer event has set it again."""
+        self.finish_deadlines([deadline])
+
+    def finish_deadlines(self, deadlines: list[Deadline]) -> None:
+        """Remove deadlines that were handled (in one statement), each unless a newer event
+        has set it again."""
+        if not deadlines:
+            return
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
-                "DELETE FROM sessiond_deadlines WHERE session_id = %s AND kind = %s AND token = %s",
-                (deadline.session_id, deadline.kind, deadline.token),
+                "DELETE FROM sessiond_deadlines d USING unnest(%s::uuid[], %s::text[], "
+                "%s::bigint[]) AS f(session_id, kind, token) WHERE d.session_id = f.session_id "
+                "AND d.kind = f.kind AND d.token = f.token",
+                (
+                    [d.session_id for d in deadlines],
+                    [d.kind for d in deadlines],
+                    [d.token for d in deadlines],
+                ),
             )
 
     # -- requests ---------------------------------------------------------------------------

@@ -181,7 +181,7 @@ class GatewayWorker:
         self._held: set[UUID] = set()
         self._last_renewal = float("-inf")
         self._started_at: dict[UUID, float] = {}
-        self._pool = ThreadPoolExecutor(8, thread_name_prefix="worker-deadline")
+        self._pool = ThreadPoolExecutor(16, thread_name_prefix="worker-deadline")
         self._planners = ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="worker-plan")
         self.sender = MessageSender(app, gateway, self.holds, interval=self.timings.send_interval)
         self._dirty = threading.Event()
@@ -645,16 +645,18 @@ class GatewayWorker:
         while not self._stopping.is_set() and self._renewed_recently():
             due = self.store.claim_deadlines(500, self.timings.deadline_hold)
             now = datetime.now(UTC)
-            list(self._pool.map(self._run_deadline, due, [now] * len(due)))
+            done = self._pool.map(self._run_deadline, due, [now] * len(due))
+            # Removed together: one statement for the batch, not one transaction each.
+            self.store.finish_deadlines([d for d, ok in zip(due, done, strict=True) if ok])
             if len(due) < 500:
                 return
 
-    def _run_deadline(self, deadline: Deadline, now: datetime) -> None:
-        """Run a deadline, and remove it when it is done or no longer applies. One that
+    def _run_deadline(self, deadline: Deadline, now: datetime) -> bool:
+        """Run a deadline; whether it is done or no longer applies (to be removed). One that
         failed unexpectedly, or is not due yet after all, comes back after the hold (as
         does one left because the worker is stopping)."""
         if self._stopping.is_set():
-            return
+            return False
         try:
             done = self._deadline(deadline, now)
         except (DomainError, SessionNotFound):
@@ -667,8 +669,7 @@ class GatewayWorker:
                 log.error(  # noqa: TRY400 - the traceback was just logged
                     "giving up deadline %s of %s", deadline.kind, deadline.session_id
                 )
-        if done:
-            self.store.finish_deadline(deadline)
+        return done
 
     def _deadline(self, deadline: Deadline, now: datetime) -> bool:
         session_id = deadline.session_id
