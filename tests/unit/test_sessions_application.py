@@ -708,3 +708,18 @@ def test_the_gateway_view_follows_desired_state_generations_and_deadlines(
     assert [d.kind for d in view.deadlines(uuid)] == [LOGOUT]
     # Check every event is tracked, those the projection ignores included.
     assert view.max_tracking_id(app.name) == head(app)
+
+
+def test_link_events_name_the_worker_that_reported_them(app: SessionsApplication) -> None:
+    _, uuid = create(app)
+    RecordingGatewayEvents(app, lambda: "worker-a").connected(uuid, JID, "Support Phone")
+    app.record_disconnected(uuid, Reason.HANDED_OVER, "handed over", worker="worker-a")
+    # Check the next holder resumes a handed-over session at once, and says so as itself.
+    assert plan_start(app, uuid, Reason.SERVICE_RESTARTED, "worker-b") == Resume(JID)
+    RecordingGatewayEvents(app, lambda: "worker-b").connected(uuid, JID, "Support Phone")
+    events = [e for e in app.events.get(uuid) if type(e).__name__ in ("Connected", "Disconnected")]
+    assert [(type(e).__name__, getattr(e, "worker", None)) for e in events] == [
+        ("Connected", "worker-a"),
+        ("Disconnected", "worker-a"),
+        ("Connected", "worker-b"),
+    ]
