@@ -357,6 +357,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             started, fresh = restart_workers(db, workers, role_env, workdir, n)
             roles += fresh
             problems = {role.name: sum(role.problems().values()) for role in roles}
+            for role in roles:
+                for message, count in role.problems().most_common(3):
+                    print(f"  {role.name} log: {count} × {message}")
         except BaseException:
             for role in roles:
                 print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)

@@ -23,7 +23,7 @@ from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
 from infra.pgconnect import transaction
-from infra.pgviews import BatchingView
+from infra.pgviews import SYNC_COMMIT_OFF, BatchingView
 from projections.gateway import (
     _UNSET,
     SEND,
@@ -270,6 +270,7 @@ class WorkStore:
         """Due deadlines of this worker's sessions (and logouts nobody holds), pushed
         `hold` seconds ahead so that a worker dying mid-way leaves them to be claimed again."""
         with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)  # a claim lost in a crash: the deadline runs again
             curs.execute(
                 f"WITH live AS ({LIVE_WORKERS}), "  # noqa: S608 - constant text, no input
                 "due AS (SELECT d.session_id, d.kind FROM sessiond_deadlines d "
@@ -295,6 +296,7 @@ class WorkStore:
         if not deadlines:
             return
         with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)  # lost in a crash: run again, and found done
             curs.execute(
                 "DELETE FROM sessiond_deadlines d USING unnest(%s::uuid[], %s::text[], "
                 "%s::bigint[]) AS f(session_id, kind, token) WHERE d.session_id = f.session_id "
@@ -327,6 +329,7 @@ class WorkStore:
         if not ids:
             return []
         with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)  # a claim lost in a crash: claimed again
             curs.execute(
                 f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
                 "UPDATE sessiond_gateway_requests r SET claimed_by = %s FROM ("
@@ -348,6 +351,9 @@ class WorkStore:
     ) -> None:
         code, detail = error or (None, None)
         with self.datastore.transaction(commit=True) as curs:
+            # Never waits for the disk: an answer lost in a crash leaves its caller to retry,
+            # as the crash itself would (a storm's answers do not each wait for a flush).
+            curs.execute(SYNC_COMMIT_OFF)
             curs.execute(
                 "UPDATE sessiond_gateway_requests SET result = %s, error_code = %s, "
                 "error_detail = %s, done_at = now() WHERE id = %s",
