@@ -359,7 +359,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             problems = {role.name: sum(role.problems().values()) for role in roles}
             for role in roles:
                 for message, count in role.problems().most_common(3):
-                    print(f"  {role.name} log: {count} × {message}")
+                    print(f"  {role.name} log: {count} times: {message}")
         except BaseException:
             for role in roles:
                 print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
