@@ -197,6 +197,15 @@ class GatewayWorker:
         self._reconciled_epoch = -1
         self._full_reconcile_at = 0.0
         self._reconciled_position = 0
+        # What a claim reads on every tick, kept between them (each is a scan of every
+        # session): the live workers last seen, when orphans are next looked for (at once
+        # when a worker leaves the live set), and the count of sessions meant to run
+        # (read again when a NOTIFY says the desired states changed).
+        self._seen_live: set[str] = set()
+        self._orphans_at = 0.0
+        self._wanted: tuple[int, int] | None = None  # (count, the changes seen when read)
+        self._wanted_at = 0.0
+        self._desired_changes = 0
         self._reactor: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._fenced = threading.Event()
@@ -287,6 +296,7 @@ class GatewayWorker:
         once more."""
         self._dirty.set()
         if claim:
+            self._desired_changes += 1  # sessions were created, started, stopped or deleted
             self._claim_wanted.set()
         if requests:
             self._requests_wanted.set()
@@ -538,9 +548,24 @@ class GatewayWorker:
         held = self._held
         # Sessions whose worker died or stopped renewing are taken over whatever the share;
         # new ones only up to this worker's fair share of the sessions meant to run.
-        claimed = self.store.claim(t.claim_batch, t.lease_ttl, orphans_only=True)
+        now = time.monotonic()
         live = self.store.live_workers()
-        wanted = self.store.wanted()
+        claimed: list[tuple[UUID, bool]] = []
+        # Orphans appear when a worker leaves the live set (it died, or stopped renewing):
+        # looked for then, and every third of the lease time as a safety net.
+        if self._seen_live - live or now >= self._orphans_at:
+            claimed = self.store.claim(t.claim_batch, t.lease_ttl, orphans_only=True)
+            if len(claimed) < t.claim_batch:  # else more are left: look again next tick
+                self._orphans_at = now + t.lease_ttl / 3
+                self._seen_live = live
+        else:
+            self._seen_live = live
+        changes = self._desired_changes  # read before the count: a change after reads again
+        if self._wanted is not None and self._wanted[1] == changes and now < self._wanted_at:
+            wanted = self._wanted[0]
+        else:
+            wanted = self.store.wanted()
+            self._wanted, self._wanted_at = (wanted, changes), now + t.lease_ttl / 3
         mine = share(self.worker_id, live, wanted)
         room = min(t.claim_batch - len(claimed), mine - len(held) - len(claimed))
         claimed += self.store.claim(room, t.lease_ttl, orphans_only=False)
