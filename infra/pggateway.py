@@ -292,15 +292,20 @@ class WorkStore:
 
     def finish_deadlines(self, deadlines: list[Deadline]) -> None:
         """Remove deadlines that were handled (in one statement), each unless a newer event
-        has set it again."""
+        has set it again. Rows locked by someone else are skipped, never waited for (the
+        projection may be setting them again, in its own order: waiting could deadlock); one
+        skipped comes back after the hold, and its run then finds nothing to do."""
         if not deadlines:
             return
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SYNC_COMMIT_OFF)  # lost in a crash: run again, and found done
             curs.execute(
-                "DELETE FROM sessiond_deadlines d USING unnest(%s::uuid[], %s::text[], "
-                "%s::bigint[]) AS f(session_id, kind, token) WHERE d.session_id = f.session_id "
-                "AND d.kind = f.kind AND d.token = f.token",
+                "WITH done AS (SELECT d.session_id, d.kind FROM sessiond_deadlines d "
+                "JOIN unnest(%s::uuid[], %s::text[], %s::bigint[]) AS f(session_id, kind, "
+                "token) ON d.session_id = f.session_id AND d.kind = f.kind "
+                "AND d.token = f.token FOR UPDATE OF d SKIP LOCKED) "
+                "DELETE FROM sessiond_deadlines d USING done "
+                "WHERE d.session_id = done.session_id AND d.kind = done.kind",
                 (
                     [d.session_id for d in deadlines],
                     [d.kind for d in deadlines],
