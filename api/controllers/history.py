@@ -42,7 +42,11 @@ class HistoryController(Controller):
         "admin": Provide(provide_admin),
     }
 
-    @get("/sessions/{session_id:str}/events", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        "/sessions/{session_id:str}/events",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="listSessionEvents",
+    )
     async def session_events(
         self,
         request: Request[Any, Any, State],
@@ -56,7 +60,7 @@ class HistoryController(Controller):
         entries = await call(session_history, app, uuid, after, limit)
         return _page(entries, limit, "version")
 
-    @get("/events", responses=problems(400, 401, 403))
+    @get("/events", responses=problems(400, 401, 403), operation_id="listEvents")
     async def log(
         self,
         request: Request[Any, Any, State],
@@ -74,7 +78,11 @@ class UptimeController(Controller):
     security = API_KEY_SECURITY
     dependencies = {"access": Provide(provide_access)}  # noqa: RUF012
 
-    @get("/sessions/{session_id:str}/uptime", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        "/sessions/{session_id:str}/uptime",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="getSessionUptime",
+    )
     async def uptime(
         self,
         request: Request[Any, Any, State],

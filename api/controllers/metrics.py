@@ -82,7 +82,7 @@ class SessionsCollector(Collector):
         yield lag
 
 
-@get("/metrics", tags=["health"], media_type=MediaType.TEXT)
+@get("/metrics", tags=["health"], media_type=MediaType.TEXT, operation_id="getMetrics")
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     """Prometheus exposition: sessions by status and health, messages by direction and
     status, queue depths, reconnects and how many events each view lags behind the log."""

@@ -88,6 +88,7 @@ class SessionsController(Controller):
         "/",
         status_code=201,
         responses=problems(400, 401, 403, 413, 422, 503),
+        operation_id="createSession",
     )
     async def create_session(
         self,
@@ -115,7 +116,7 @@ class SessionsController(Controller):
             ),
         )
 
-    @get("/", responses=problems(400, 401, 403))
+    @get("/", responses=problems(400, 401, 403), operation_id="listSessions")
     async def list_sessions(
         self,
         request: Request[Any, Any, State],
@@ -148,7 +149,7 @@ class SessionsController(Controller):
         items = [session_out(row, ctx.default_requests_per_minute) for row in rows]
         return SessionListOut(items=items, count=len(items))
 
-    @get(SESSION, responses=problems(400, 401, 404, 429, 503))
+    @get(SESSION, responses=problems(400, 401, 404, 429, 503), operation_id="getSession")
     async def get_session(
         self,
         request: Request[Any, Any, State],
@@ -175,7 +176,12 @@ class SessionsController(Controller):
             )
         return session_out(row, ctx.default_requests_per_minute)
 
-    @get(SESSION + "/status", opt={FAST_STATUS: True}, responses=problems(400, 401, 404, 429, 503))
+    @get(
+        SESSION + "/status",
+        opt={FAST_STATUS: True},
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="getSessionStatus",
+    )
     async def get_status(
         self, request: Request[Any, Any, State], session_id: FromPath[str]
     ) -> StatusOut:
@@ -196,6 +202,7 @@ class SessionsController(Controller):
                 ),
             ),
         },
+        operation_id="getSessionQr",
     )
     async def get_qr(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
@@ -227,6 +234,7 @@ class SessionsController(Controller):
         SESSION + "/pair-code",
         status_code=200,
         responses=problems(400, 401, 404, 409, 413, 422, 429, 502, 503),
+        operation_id="requestPairingCode",
     )
     async def pair_code(
         self,
@@ -254,7 +262,12 @@ class SessionsController(Controller):
         )
         return PairCodeOut(session_id=session.session_id, phone=phone, code=str(result["code"]))
 
-    @post(SESSION + "/reconnect", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
+    @post(
+        SESSION + "/reconnect",
+        status_code=200,
+        responses=problems(400, 401, 404, 409, 429, 503),
+        operation_id="reconnectSession",
+    )
     async def reconnect(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
@@ -263,14 +276,24 @@ class SessionsController(Controller):
         expired) shows new QR codes."""
         return await _run(request, access, context(request).app.reconnect)
 
-    @post(SESSION + "/stop", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
+    @post(
+        SESSION + "/stop",
+        status_code=200,
+        responses=problems(400, 401, 404, 409, 429, 503),
+        operation_id="stopSession",
+    )
     async def stop(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
         """Stop the session; it stays stopped until reconnected. Stopping twice is harmless."""
         return await _run(request, access, context(request).app.stop)
 
-    @delete(SESSION, status_code=204, responses=problems(400, 401, 403, 404, 409, 503))
+    @delete(
+        SESSION,
+        status_code=204,
+        responses=problems(400, 401, 403, 404, 409, 503),
+        operation_id="deleteSession",
+    )
     async def delete_session(
         self,
         request: Request[Any, Any, State],
@@ -285,6 +308,7 @@ class SessionsController(Controller):
     @put(
         SESSION + "/rate-limit",
         responses=problems(400, 401, 403, 404, 409, 413, 422, 503),
+        operation_id="setSessionRateLimit",
     )
     async def set_rate_limit(
         self,
