@@ -17,7 +17,6 @@ from api.context import ApiContext
 from api.controllers.common import call, context, problems, reached, settle
 from api.presenters import message_out
 from api.problems import ProblemError
-from api.qr import InvalidPhone, normalize_recipient
 from api.schemas import (
     Direction,
     MessageId,
@@ -26,6 +25,7 @@ from api.schemas import (
     MessageStatusValue,
     SendMessageIn,
 )
+from application.phones import InvalidPhone, normalize_recipient
 from application.sessions import QueuedMessageResult
 from domain.values import session_uuid
 from projections.messages import OUTBOUND, MessageRow

@@ -28,13 +28,14 @@ from api.controllers.common import (
     current_row,
     delete_session,
     problems,
+    request_pair_code,
     settle,
     utc_instant,
 )
 from api.fastpath import FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
-from api.qr import PNG, SVG, InvalidPhone, normalize_phone, render
+from api.qr import PNG, SVG, render
 from api.schemas import (
     LABEL_FILTER_PATTERN,
     CreatedSessionOut,
@@ -50,6 +51,7 @@ from api.schemas import (
     StatusOut,
     StatusValue,
 )
+from application.phones import InvalidPhone
 from domain.values import session_uuid
 from projections.history import state_as_of
 
@@ -245,22 +247,10 @@ class SessionsController(Controller):
         """Link by phone number instead of a scan: the 8-character code to type on the phone
         (WhatsApp → Linked devices → Link with phone number), while QR codes are shown."""
         try:
-            phone = normalize_phone(data.phone)
+            phone, code = await request_pair_code(context(request), access.session, data.phone)
         except InvalidPhone as error:
             raise ProblemError(422, "invalid-phone", str(error)) from None
-        session = access.session
-        if session.status != "connecting" or session.qr_code is None:
-            raise ProblemError(
-                409,
-                "not-pairing",
-                f"a pairing code is only given while QR codes are shown: the session is "
-                f"{session.status}",
-            )
-        ctx = context(request)
-        result = await ctx.gateway_calls.call(
-            session_uuid(session.session_id), "pair_code", {"phone": phone}
-        )
-        return PairCodeOut(session_id=session.session_id, phone=phone, code=str(result["code"]))
+        return PairCodeOut(session_id=access.session.session_id, phone=phone, code=code)
 
     @post(
         SESSION + "/reconnect",

@@ -14,9 +14,9 @@ from api.auth import API_KEY_SECURITY, SessionAccess, provide_admin_access
 from api.controllers.common import call, context, current_row, problems, settle
 from api.presenters import status_out
 from api.problems import ProblemError
-from api.qr import InvalidPhone, normalize_recipient
 from api.schemas import AckIn, BanIn, InboundIn, KeepAliveIn, StatusOut
 from application.errors import SimulatorError
+from application.phones import InvalidPhone, normalize_recipient
 from domain.values import session_uuid
 
 _RESPONSES = problems(400, 401, 403, 404, 409, 502, 503)
