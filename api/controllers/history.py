@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from litestar import Controller, Request, get
 from litestar.datastructures import State
@@ -18,7 +19,7 @@ from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
 from domain.values import session_uuid
 from projections.history import HistoryEntry, log_page, session_history
 from projections.rows import window_start
-from projections.uptime import BUCKETS, overall, series
+from projections.uptime import BUCKETS, Bucket, UptimeView, overall, series
 
 MAX_PAGE = 1000
 MAX_BUCKETS = 10_000  # a year of hours fits
@@ -32,6 +33,13 @@ def _page(entries: list[HistoryEntry], limit: int, cursor: str) -> EventPageOut:
     items = [event_out(e) for e in entries]
     last = getattr(entries[-1], cursor) if entries and len(entries) == limit else None
     return EventPageOut(items=items, next=last)
+
+
+def _uptime_points(
+    view: UptimeView, session_id: UUID, begin: datetime, stop: datetime, step: timedelta
+) -> list[Bucket]:
+    """The series' points, read and computed on the expensive reads' pool."""
+    return series(view.transitions(session_id, begin, stop), begin, stop, step)
 
 
 class HistoryController(Controller):
@@ -51,9 +59,11 @@ class HistoryController(Controller):
         limit: Limit = 100,
     ) -> EventPageOut:
         """Every event of the session in order, paged by version (`after`, `next`)."""
-        app = context(request).app
-        uuid = session_uuid(access.session.session_id)
-        entries = await call(session_history, app, uuid, after, limit)
+        ctx = context(request)
+        session_id = access.session.session_id
+        entries = await ctx.expensive_reads.run(
+            session_id, session_history, ctx.app, session_uuid(session_id), after, limit
+        )
         return _page(entries, limit, "version")
 
     @get("/events", responses=problems(400, 401, 403))
@@ -123,8 +133,10 @@ class UptimeController(Controller):
                 f"at most {MAX_BUCKETS} buckets per request: use bucket=day or a shorter window",
             )
         uuid = session_uuid(row.session_id)
-        transitions = await call(context(request).uptime.transitions, uuid, begin, stop)
-        points = series(transitions, begin, stop, step)
+        ctx = context(request)
+        points = await ctx.expensive_reads.run(
+            row.session_id, _uptime_points, ctx.uptime, uuid, begin, stop, step
+        )
         return UptimeSeriesOut(
             session_id=row.session_id,
             start=begin,

@@ -82,7 +82,7 @@ class WebhooksController(Controller):
     @post(
         "/webhooks",
         status_code=201,
-        responses=problems(400, 401, 404, 413, 422, 429, 503),
+        responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
     )
     async def create_webhook(
         self,
@@ -106,8 +106,18 @@ class WebhooksController(Controller):
         reason = ctx.check_webhook_url(data.url)
         if reason is not None:
             raise ProblemError(422, "invalid-url", reason)
+        existing = (
+            0
+            if session_id is None
+            else len(await call(ctx.webhook_queries.endpoints_of, session_id))
+        )
         registered = await call(
-            Webhooks(ctx.app).register, data.url, list(data.events), session_id, caller.actor
+            Webhooks(ctx.app).register,
+            data.url,
+            list(data.events),
+            session_id,
+            caller.actor,
+            existing,
         )
         await _visible(ctx, registered.position)
         row = await self._row(ctx, caller, registered.webhook_id)

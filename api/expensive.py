@@ -1,0 +1,72 @@
+"""Expensive reads (a session as it was, uptime series, history pages, webhook replays) run
+on a small pool of threads of their own, at most a few at once per session.
+
+Their blocking work never runs on the threads that serve commands and the status path, and
+one session's clients cannot fill the pool: beyond `per_session` reads in flight they are
+answered 429 ``expensive-reads-spent`` with ``Retry-After``. A read counts as in flight until
+its thread has finished the work, even if its client went away meanwhile. The pool uses the
+process's existing database pool (no connections of its own); at most `threads` of its
+connections are busy with expensive reads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from api.problems import ProblemError
+
+T = TypeVar("T")
+RETRY_AFTER = "1"
+
+
+class ExpensiveReads:
+    """A bounded pool for expensive reads, with a cap of reads in flight per session."""
+
+    def __init__(self, threads: int = 2, per_session: int = 2) -> None:
+        self.threads = threads
+        self.per_session = per_session
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="expensive-read")
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def in_flight(self, session_id: str) -> int:
+        with self._lock:
+            return self._running.get(session_id, 0)
+
+    async def run(self, session_id: str, function: Callable[..., T], *args: Any) -> T:
+        """Run `function(*args)` on the pool for `session_id`; 429 if it has too many."""
+        with self._lock:
+            running = self._running.get(session_id, 0)
+            if running >= self.per_session:
+                raise ProblemError(
+                    429,
+                    "expensive-reads-spent",
+                    f"this session already runs {running} expensive reads (a past state, an "
+                    f"uptime series, a history page or a replay); at most {self.per_session} "
+                    "at once (SESSIOND_EXPENSIVE_READS_PER_SESSION): try again shortly",
+                    {"Retry-After": RETRY_AFTER},
+                )
+            self._running[session_id] = running + 1
+        try:
+            future: Future[T] = self._executor.submit(function, *args)
+        except BaseException:
+            self._release(session_id)
+            raise
+        future.add_done_callback(lambda _: self._release(session_id))
+        return await asyncio.wrap_future(future)
+
+    def _release(self, session_id: str) -> None:
+        with self._lock:
+            left = self._running.get(session_id, 0) - 1
+            if left > 0:
+                self._running[session_id] = left
+            else:
+                self._running.pop(session_id, None)
+
+    def close(self) -> None:
+        """Start no more reads; those queued are dropped, those running end by themselves."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
