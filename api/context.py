@@ -68,3 +68,5 @@ class ApiContext:
     status_snapshots: StatusSnapshots | None = None
     #: The pool and per-session cap of expensive reads (past states, series, history, replay).
     expensive_reads: ExpensiveReads = field(default_factory=ExpensiveReads)
+    #: The most events one webhook replay reads (SESSIOND_REPLAY_MAX_EVENTS).
+    replay_max_events: int = 1000

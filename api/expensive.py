@@ -15,7 +15,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from api.problems import ProblemError
 
@@ -42,14 +42,7 @@ class ExpensiveReads:
         with self._lock:
             running = self._running.get(session_id, 0)
             if running >= self.per_session:
-                raise ProblemError(
-                    429,
-                    "expensive-reads-spent",
-                    f"this session already runs {running} expensive reads (a past state, an "
-                    f"uptime series, a history page or a replay); at most {self.per_session} "
-                    "at once (SESSIOND_EXPENSIVE_READS_PER_SESSION): try again shortly",
-                    {"Retry-After": RETRY_AFTER},
-                )
+                self.refuse(session_id)
             self._running[session_id] = running + 1
         try:
             future: Future[T] = self._executor.submit(function, *args)
@@ -58,6 +51,18 @@ class ExpensiveReads:
             raise
         future.add_done_callback(lambda _: self._release(session_id))
         return await asyncio.wrap_future(future)
+
+    def refuse(self, session_id: str) -> NoReturn:
+        """Answer 429: the session has as many expensive reads in flight as it may."""
+        raise ProblemError(
+            429,
+            "expensive-reads-spent",
+            f"this session already runs {self.in_flight(session_id)} expensive reads (past "
+            "states, uptime series, history pages, replays); at most "
+            f"{self.per_session} at once (SESSIOND_EXPENSIVE_READS_PER_SESSION): try again "
+            "shortly",
+            {"Retry-After": RETRY_AFTER},
+        )
 
     def _release(self, session_id: str) -> None:
         with self._lock:

@@ -436,8 +436,14 @@ class ReplayIn(Body):
     to: Annotated[
         datetime, Meta(tz=True, description="end of the window (excluded), with a UTC offset")
     ]
+    after: Annotated[
+        str | None,
+        Meta(max_length=32, description="the `next` of the previous call, to continue the window"),
+    ] = None
 
 
 class ReplayOut(Out):
     webhook_id: str
     enqueued: int
+    #: Where the window goes on (send it as `after`), or null when it is done.
+    next: str | None = None

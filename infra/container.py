@@ -394,6 +394,7 @@ class Container:
             failure_throttle=FailureThrottle(limiter, self.settings.auth_failure_limit),
             trusted_proxies=self.settings.trusted_proxies,
             status_snapshots=PostgresStatusSnapshots(datastore),
+            replay_max_events=self.settings.replay_max_events,
             expensive_reads=ExpensiveReads(
                 self.settings.expensive_read_threads, self.settings.expensive_reads_per_session
             ),

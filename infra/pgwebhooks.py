@@ -57,6 +57,8 @@ WEBHOOK_DDL = (
     "ON sessiond_webhook_deliveries (next_attempt_at) WHERE status = 'pending'",
     "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_endpoint "
     "ON sessiond_webhook_deliveries (webhook_id, created_at)",
+    "CREATE TABLE IF NOT EXISTS sessiond_webhook_replays (webhook_id text PRIMARY KEY, "
+    "until timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessiond_webhook_attempts (delivery_id text NOT NULL, "
     "attempt int NOT NULL, at timestamptz NOT NULL, status_code int, duration_ms float8 NOT NULL, "
     "error text, response text, PRIMARY KEY (delivery_id, attempt))",
@@ -412,3 +414,43 @@ class WebhookStore(WebhookQueries):
             )
             curs.execute(NOTIFY_DELIVERIES)
         return len(deliveries)
+
+    def session_notifications(
+        self, session_id: uuid.UUID, after_version: int, limit: int
+    ) -> list[Notification]:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT notification_id, originator_id, originator_version, topic, state "
+                    "FROM {0}.{1} WHERE originator_id = %s AND originator_version > %s "
+                    "ORDER BY originator_version LIMIT %s"
+                ).format(Identifier(self.datastore.schema or "public"), Identifier(EVENTS_TABLE)),
+                (session_id, after_version, limit),
+            )
+            return [
+                Notification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
+
+    def begin_replay(self, webhook_id: str, hold: float) -> bool:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_webhook_replays (webhook_id, until) VALUES "
+                "(%s, now() + make_interval(secs => %s)) ON CONFLICT (webhook_id) DO UPDATE "
+                "SET until = EXCLUDED.until WHERE sessiond_webhook_replays.until < now() "
+                "RETURNING webhook_id",
+                (webhook_id, hold),
+            )
+            return curs.fetchone() is not None
+
+    def end_replay(self, webhook_id: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "DELETE FROM sessiond_webhook_replays WHERE webhook_id = %s", (webhook_id,)
+            )
