@@ -275,6 +275,7 @@ class Container:
             DispatcherSettings(
                 allow_private=self.settings.webhooks_allow_private,
                 concurrency=self.settings.webhook_concurrency,
+                max_share=self.settings.webhook_max_share,
                 retry_scale=self.settings.webhook_retry_scale,
                 hold=self.settings.webhook_claim_hold,
                 read_timeout=self.settings.webhook_timeout,

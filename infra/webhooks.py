@@ -26,7 +26,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -36,6 +36,7 @@ import httpx
 from eventsourcing.persistence import Notification
 from standardwebhooks.webhooks import Webhook
 
+from application.fairness import Load, cap, fair_share
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.webhook import WebhookEndpoint
@@ -51,6 +52,8 @@ RESPONSE_EXCERPT = 1024
 MAX_RETRY_AFTER = 86_400.0
 #: How often the listener looks whether it should stop (the longest `close` waits for it).
 STOP_CHECK = 0.2
+#: The tenant of the admin's endpoints (every session's events), for the fair shares.
+GLOBAL_TENANT = "*global*"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class DispatcherSettings:
     hold: float = 60.0  # a claimed delivery comes back after this if its worker died
     poll: float = 0.5
     disable_after: timedelta = timedelta(days=3)
+    max_share: float = 0.25  # of the slots, the most one endpoint or tenant holds
 
 
 def next_delay(attempts: int, scale: float, retry_after: float | None) -> float | None:
@@ -157,6 +161,7 @@ class WebhookDispatcher:
         self._recordings: list[_Recording] = []
         self._to_record: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tenants: dict[str, str] = {}  # endpoint -> its session (or the admin's)
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="webhooks-listen", daemon=True)
         self.delivered = 0
@@ -218,10 +223,19 @@ class WebhookDispatcher:
         # by one as each delivery ends.
         batch = max(1, concurrency // 4)
         tasks: set[asyncio.Task[None]] = set()
+        in_flight: dict[str, int] = {}  # by endpoint
 
-        def ended(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            freed.set()
+        def started(webhook_id: str) -> Callable[[asyncio.Task[None]], None]:
+            in_flight[webhook_id] = in_flight.get(webhook_id, 0) + 1
+
+            def ended(task: asyncio.Task[None]) -> None:
+                tasks.discard(task)
+                left = in_flight.pop(webhook_id, 1) - 1
+                if left:
+                    in_flight[webhook_id] = left
+                freed.set()
+
+            return ended
 
         # Built in a thread: the client loads the CA certificates (a fraction of a second).
         client = await asyncio.to_thread(self._client_factory, self.settings)
@@ -231,9 +245,10 @@ class WebhookDispatcher:
                 free = concurrency - len(tasks)
                 claimed: list[tuple[Claimed, WebhookEndpoint, str]] = []
                 wake.clear()  # news from now on is seen by the wait below
+                freed.clear()
                 if free > 0:
                     try:
-                        claimed = await asyncio.to_thread(self._claim, free)
+                        claimed = await asyncio.to_thread(self._claim, dict(in_flight))
                     except Exception as error:
                         if unreachable(error):
                             log.warning("could not claim webhook deliveries: %s", error)
@@ -242,10 +257,11 @@ class WebhookDispatcher:
                 for item, endpoint, body in claimed:
                     task = asyncio.create_task(self._deliver(client, item, endpoint, body))
                     tasks.add(task)
-                    task.add_done_callback(ended)
-                if free > 0 and len(claimed) < free:  # nothing more due now: news or the poll
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), self.settings.poll)
+                    task.add_done_callback(started(item.webhook_id))
+                if free > 0 and len(claimed) < free:
+                    # Nothing more may start now: wait for news, a slot that frees (its
+                    # endpoint's share may go on), or the poll.
+                    await _first(wake, freed, self.settings.poll)
                 else:  # more may be due: claim again when enough slots are free
                     while concurrency - len(tasks) < batch and not self._stopping.is_set():
                         freed.clear()
@@ -256,11 +272,20 @@ class WebhookDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await recorder
 
-    def _claim(self, limit: int) -> list[tuple[Claimed, WebhookEndpoint, str]]:
-        """Claim due deliveries, with each one's endpoint (with its secrets) and body, built
+    def _claim(self, in_flight: Mapping[str, int]) -> list[tuple[Claimed, WebhookEndpoint, str]]:
+        """Claim due deliveries, each endpoint its fair share of the free slots (see
+        `application.fairness`), with each one's endpoint (with its secrets) and body, built
         from the event itself; the events of the batch are read in one query. One that cannot
         be prepared is logged and left claimed: it is tried again when the claim expires."""
-        claimed = self.store.claim(limit, self.settings.hold)
+        concurrency, share = self.settings.concurrency, self.settings.max_share
+        loads: dict[str, Load] = {}
+        for webhook_id, session_id, waiting in self.store.due_by_endpoint(cap(concurrency, share)):
+            tenant = self._tenants[webhook_id] = session_id or GLOBAL_TENANT
+            loads[webhook_id] = Load(tenant, in_flight.get(webhook_id, 0), waiting)
+        for webhook_id, held in in_flight.items():
+            if webhook_id not in loads:
+                loads[webhook_id] = Load(self._tenants.get(webhook_id, webhook_id), held, 0)
+        claimed = self.store.claim_shares(fair_share(concurrency, loads, share), self.settings.hold)
         if not claimed:
             return []
         events = self.store.stored_events([item.position for item in claimed])
@@ -424,6 +449,16 @@ class WebhookDispatcher:
         uuid: UUID = webhook_uuid(webhook_id)
         self.webhooks.disable(uuid, reason)
         self.store.kill_pending(webhook_id, f"the webhook was disabled: {reason}")
+
+
+async def _first(one: asyncio.Event, other: asyncio.Event, timeout: float) -> None:
+    """Wait until either event is set, or `timeout` seconds."""
+    waits = [asyncio.ensure_future(one.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _start_of(response: httpx.Response) -> str:
