@@ -436,10 +436,13 @@ class ReplayIn(Body):
     to: Annotated[
         datetime, Meta(tz=True, description="end of the window (excluded), with a UTC offset")
     ]
-    after: Annotated[
-        str | None,
-        Meta(max_length=32, description="the `next` of the previous call, to continue the window"),
-    ] = None
+    after: (
+        Annotated[
+            str,
+            Meta(max_length=32, description="the `next` of the previous call, to go on"),
+        ]
+        | None
+    ) = None
 
 
 class ReplayOut(Out):
