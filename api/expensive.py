@@ -41,9 +41,10 @@ class ExpensiveReads:
         """Run `function(*args)` on the pool for `session_id`; 429 if it has too many."""
         with self._lock:
             running = self._running.get(session_id, 0)
-            if running >= self.per_session:
-                self.refuse(session_id)
-            self._running[session_id] = running + 1
+            if running < self.per_session:
+                self._running[session_id] = running + 1
+        if running >= self.per_session:
+            self.refuse(session_id)
         try:
             future: Future[T] = self._executor.submit(function, *args)
         except BaseException:
