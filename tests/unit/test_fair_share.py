@@ -8,7 +8,7 @@ from application.fairness import Load, cap, fair_share, water_fill
 def test_water_filling_gives_each_its_demand_or_an_even_split_of_what_is_left() -> None:
     assert water_fill(10, {"a": 1, "b": 100, "c": 100}) == {"a": 1, "b": 4, "c": 5}
     assert water_fill(10, {"a": 2, "b": 3}) == {"a": 2, "b": 3}
-    assert sum(water_fill(7, {n: 100 for n in range(5)}).values()) == 7
+    assert sum(water_fill(7, dict.fromkeys(range(5), 100)).values()) == 7
 
 
 def test_an_endpoint_alone_never_takes_more_than_its_cap() -> None:
