@@ -25,7 +25,7 @@ from litestar import Litestar
 
 from api.app import create_app
 from api.context import ApiContext
-from api.expensive import ExpensiveReads
+from api.expensive import ExpensiveReads, keep_the_loop_responsive
 from api.ratelimit import FailureThrottle, SessionRateLimiter
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
@@ -460,6 +460,8 @@ class Container:
         start-up built out of the garbage collector's sight, so requests do not pay for it.
         """
         self.start()
+        if freeze_gc:  # a server process: its status reads must not queue behind busy threads
+            keep_the_loop_responsive()
         ctx = self.api_context()
         read_models = self.read_models
         assert read_models is not None

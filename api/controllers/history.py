@@ -12,7 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
-from api.controllers.common import call, context, problems, utc_instant
+from api.controllers.common import context, problems, utc_instant
 from api.presenters import event_out
 from api.problems import ProblemError
 from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
@@ -22,6 +22,8 @@ from projections.rows import window_start
 from projections.uptime import BUCKETS, Bucket, UptimeView, overall, series
 
 MAX_PAGE = 1000
+#: Whose expensive reads the admin's pages of the global log count as.
+ADMIN_LOG = "*global-log*"
 MAX_BUCKETS = 10_000  # a year of hours fits
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Events per page")]
 After = Annotated[
@@ -66,7 +68,7 @@ class HistoryController(Controller):
         )
         return _page(entries, limit, "version")
 
-    @get("/events", responses=problems(400, 401, 403))
+    @get("/events", responses=problems(400, 401, 403, 429))
     async def log(
         self,
         request: Request[Any, Any, State],
@@ -75,7 +77,8 @@ class HistoryController(Controller):
         limit: Limit = 100,
     ) -> EventPageOut:
         """The global log of every session (admin), paged by position (`after`, `next`)."""
-        entries = await call(log_page, context(request).app, after, limit)
+        ctx = context(request)
+        entries = await ctx.expensive_reads.run(ADMIN_LOG, log_page, ctx.app, after, limit)
         return _page(entries, limit, "position")
 
 
