@@ -285,30 +285,43 @@ class WebhooksController(Controller):
         if end <= start:
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
         tenant = row["session_id"] or GLOBAL_ENDPOINTS
-        if ctx.expensive_reads.in_flight(tenant) >= ctx.expensive_reads.per_session:
-            ctx.expensive_reads.refuse(tenant)
-        if not await call(ctx.webhook_queries.begin_replay, webhook_id, REPLAY_HOLD):
-            raise ProblemError(
-                409,
-                "replay-in-progress",
-                f"a replay of {webhook_id} is running; send this one when it has answered",
-                {"Retry-After": "1"},
-            )
         try:
             page = await ctx.expensive_reads.run(
                 tenant, _replay, ctx, row, (start, end), data.after
             )
         except InvalidCursor as error:
             raise ProblemError(422, "invalid-cursor", str(error)) from None
-        finally:
-            await call(ctx.webhook_queries.end_replay, webhook_id)
+        except ReplayInProgress:
+            raise ProblemError(
+                409,
+                "replay-in-progress",
+                f"a replay of {webhook_id} is running; send this one when it has answered",
+                {"Retry-After": "1"},
+            ) from None
         return ReplayOut(webhook_id=webhook_id, enqueued=len(page.deliveries), next=page.next)
 
 
 def _replay(
     ctx: ApiContext, row: dict[str, Any], window: tuple[datetime, datetime], after: str | None
 ) -> ReplayPage:
-    """Find a bounded page of the endpoint's events in `window` and enqueue them."""
+    """Find a bounded page of the endpoint's events in `window` and enqueue them, holding
+    the endpoint's replay (in every process) until done."""
+    queries, webhook_id = ctx.webhook_queries, row["webhook_id"]
+    if not queries.begin_replay(webhook_id, REPLAY_HOLD):
+        raise ReplayInProgress(webhook_id)
+    try:
+        return _replay_held(ctx, row, window, after)
+    finally:
+        queries.end_replay(webhook_id)
+
+
+class ReplayInProgress(Exception):
+    """Another replay of the endpoint holds it."""
+
+
+def _replay_held(
+    ctx: ApiContext, row: dict[str, Any], window: tuple[datetime, datetime], after: str | None
+) -> ReplayPage:
     page = replay_page(
         ctx.app,
         ctx.webhook_queries,
