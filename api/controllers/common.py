@@ -16,7 +16,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from api.context import ApiContext
 from api.problems import ProblemError
 from api.schemas import ProblemOut
+from application.errors import NotPairing
+from application.phones import normalize_phone
 from domain.errors import SessionIsDeleted
+from domain.values import Status, session_uuid
 from projections.rows import SessionRow
 
 log = logging.getLogger(__name__)
@@ -161,3 +164,19 @@ def utc_instant(value: datetime, name: str, status: int = 400) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         return EARLIEST if value.year == 1 else LATEST
+
+
+async def request_pair_code(ctx: ApiContext, row: SessionRow, raw_phone: str) -> tuple[str, str]:
+    """Link by phone number, for the API and the dashboard alike: (the phone as WhatsApp wants
+    it, the code to type on it). `InvalidPhone` for what is not a phone number; `NotPairing`
+    when the session is not showing QR codes (the view says so here; the worker holding the
+    session checks again)."""
+    phone = normalize_phone(raw_phone)
+    if row.status != Status.CONNECTING or row.qr_code is None:
+        raise NotPairing(
+            f"a pairing code is only given while QR codes are shown: the session is {row.status}"
+        )
+    result = await ctx.gateway_calls.call(
+        session_uuid(row.session_id), "pair_code", {"phone": phone}
+    )
+    return phone, str(result["code"])

@@ -52,7 +52,11 @@ class HistoryController(Controller):
         "admin": Provide(provide_admin),
     }
 
-    @get("/sessions/{session_id:str}/events", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        "/sessions/{session_id:str}/events",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="listSessionEvents",
+    )
     async def session_events(
         self,
         request: Request[Any, Any, State],
@@ -68,7 +72,7 @@ class HistoryController(Controller):
         )
         return _page(entries, limit, "version")
 
-    @get("/events", responses=problems(400, 401, 403, 429))
+    @get("/events", responses=problems(400, 401, 403, 429), operation_id="listEvents")
     async def log(
         self,
         request: Request[Any, Any, State],
@@ -87,7 +91,11 @@ class UptimeController(Controller):
     security = API_KEY_SECURITY
     dependencies = {"access": Provide(provide_access)}  # noqa: RUF012
 
-    @get("/sessions/{session_id:str}/uptime", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        "/sessions/{session_id:str}/uptime",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="getSessionUptime",
+    )
     async def uptime(
         self,
         request: Request[Any, Any, State],

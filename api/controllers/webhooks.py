@@ -85,6 +85,7 @@ class WebhooksController(Controller):
         "/webhooks",
         status_code=201,
         responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+        operation_id="createWebhook",
     )
     async def create_webhook(
         self,
@@ -126,7 +127,7 @@ class WebhooksController(Controller):
         fields = {f: getattr(_out(row), f) for f in WebhookOut.__struct_fields__}
         return WebhookCreatedOut(**fields, secret=registered.secret)
 
-    @get("/webhooks", responses=problems(400, 401, 429, 503))
+    @get("/webhooks", responses=problems(400, 401, 429, 503), operation_id="listWebhooks")
     async def list_webhooks(
         self, request: Request[Any, Any, State], caller: NamedDependency[Principal]
     ) -> WebhookListOut:
@@ -138,7 +139,7 @@ class WebhooksController(Controller):
         items = [_out(row) for row in rows]
         return WebhookListOut(items=items, count=len(items))
 
-    @get(WEBHOOK, responses=problems(400, 401, 404, 429, 503))
+    @get(WEBHOOK, responses=problems(400, 401, 404, 429, 503), operation_id="getWebhook")
     async def get_webhook(
         self,
         request: Request[Any, Any, State],
@@ -148,7 +149,9 @@ class WebhooksController(Controller):
         """One endpoint (never its secret)."""
         return _out(await self._row(context(request), caller, webhook_id))
 
-    @patch(WEBHOOK, responses=problems(400, 401, 404, 413, 422, 429, 503))
+    @patch(
+        WEBHOOK, responses=problems(400, 401, 404, 413, 422, 429, 503), operation_id="updateWebhook"
+    )
     async def change_webhook(
         self,
         request: Request[Any, Any, State],
@@ -173,7 +176,12 @@ class WebhooksController(Controller):
             await _visible(ctx, position)
         return _out(await self._row(ctx, caller, webhook_id))
 
-    @delete(WEBHOOK, status_code=204, responses=problems(400, 401, 404, 429, 503))
+    @delete(
+        WEBHOOK,
+        status_code=204,
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="deleteWebhook",
+    )
     async def delete_webhook(
         self,
         request: Request[Any, Any, State],
@@ -190,6 +198,7 @@ class WebhooksController(Controller):
         WEBHOOK + "/rotate-secret",
         status_code=200,
         responses=problems(400, 401, 404, 413, 422, 429, 503),
+        operation_id="rotateWebhookSecret",
     )
     async def rotate_secret(
         self,
@@ -210,7 +219,11 @@ class WebhooksController(Controller):
             previous_secret_valid_until=datetime.now(UTC) + grace,
         )
 
-    @get(WEBHOOK + "/deliveries", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        WEBHOOK + "/deliveries",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="listWebhookDeliveries",
+    )
     async def list_deliveries(
         self,
         request: Request[Any, Any, State],
@@ -247,6 +260,7 @@ class WebhooksController(Controller):
         WEBHOOK + "/deliveries/{delivery_id:str}/retry",
         status_code=202,
         responses=problems(400, 401, 404, 429, 503),
+        operation_id="retryWebhookDelivery",
     )
     async def retry_delivery(
         self,
@@ -266,6 +280,7 @@ class WebhooksController(Controller):
         WEBHOOK + "/replay",
         status_code=202,
         responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+        operation_id="replayWebhook",
     )
     async def replay(
         self,
