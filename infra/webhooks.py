@@ -162,6 +162,7 @@ class WebhookDispatcher:
         self._to_record: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tenants: dict[str, str] = {}  # endpoint -> its session (or the admin's)
+        self._ends = 0  # deliveries ended so far
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="webhooks-listen", daemon=True)
         self.delivered = 0
@@ -224,6 +225,8 @@ class WebhookDispatcher:
         batch = max(1, concurrency // 4)
         tasks: set[asyncio.Task[None]] = set()
         in_flight: dict[str, int] = {}  # by endpoint
+        # Work held back by the shares is claimed again once a quarter of a share has ended.
+        step = max(1, cap(concurrency, self.settings.max_share) // 4)
 
         def started(webhook_id: str) -> Callable[[asyncio.Task[None]], None]:
             in_flight[webhook_id] = in_flight.get(webhook_id, 0) + 1
@@ -233,6 +236,7 @@ class WebhookDispatcher:
                 left = in_flight.pop(webhook_id, 1) - 1
                 if left:
                     in_flight[webhook_id] = left
+                self._ends += 1
                 freed.set()
 
             return ended
@@ -244,11 +248,11 @@ class WebhookDispatcher:
             while not self._stopping.is_set():
                 free = concurrency - len(tasks)
                 claimed: list[tuple[Claimed, WebhookEndpoint, str]] = []
+                withheld = False  # due deliveries left for later by the shares
                 wake.clear()  # news from now on is seen by the wait below
-                freed.clear()
                 if free > 0:
                     try:
-                        claimed = await asyncio.to_thread(self._claim, dict(in_flight))
+                        claimed, withheld = await asyncio.to_thread(self._claim, dict(in_flight))
                     except Exception as error:
                         if unreachable(error):
                             log.warning("could not claim webhook deliveries: %s", error)
@@ -258,10 +262,10 @@ class WebhookDispatcher:
                     task = asyncio.create_task(self._deliver(client, item, endpoint, body))
                     tasks.add(task)
                     task.add_done_callback(started(item.webhook_id))
-                if free > 0 and len(claimed) < free:
-                    # Nothing more may start now: wait for news, a slot that frees (its
-                    # endpoint's share may go on), or the poll.
-                    await _first(wake, freed, self.settings.poll)
+                if free > 0 and withheld:  # the shares are full for now
+                    await self._until_shares_move(wake, freed, step)
+                elif free > 0 and len(claimed) < free:  # nothing more due: news or the poll
+                    await _first(wake, wake, self.settings.poll)
                 else:  # more may be due: claim again when enough slots are free
                     while concurrency - len(tasks) < batch and not self._stopping.is_set():
                         freed.clear()
@@ -272,11 +276,28 @@ class WebhookDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await recorder
 
-    def _claim(self, in_flight: Mapping[str, int]) -> list[tuple[Claimed, WebhookEndpoint, str]]:
+    async def _until_shares_move(
+        self, wake: asyncio.Event, freed: asyncio.Event, step: int
+    ) -> None:
+        """Wait for news (maybe another tenant's events), for `step` deliveries to end (their
+        endpoints' shares go on), or for the poll."""
+        mark = self._ends
+        deadline = time.monotonic() + self.settings.poll
+        while self._ends - mark < step and not wake.is_set() and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            freed.clear()
+            await _first(wake, freed, left)
+
+    def _claim(
+        self, in_flight: Mapping[str, int]
+    ) -> tuple[list[tuple[Claimed, WebhookEndpoint, str]], bool]:
         """Claim due deliveries, each endpoint its fair share of the free slots (see
         `application.fairness`), with each one's endpoint (with its secrets) and body, built
         from the event itself; the events of the batch are read in one query. One that cannot
-        be prepared is logged and left claimed: it is tried again when the claim expires."""
+        be prepared is logged and left claimed: it is tried again when the claim expires.
+        Also says whether the shares left due deliveries for later."""
         concurrency, share = self.settings.concurrency, self.settings.max_share
         loads: dict[str, Load] = {}
         for webhook_id, session_id, waiting in self.store.due_by_endpoint(cap(concurrency, share)):
@@ -285,9 +306,11 @@ class WebhookDispatcher:
         for webhook_id, held in in_flight.items():
             if webhook_id not in loads:
                 loads[webhook_id] = Load(self._tenants.get(webhook_id, webhook_id), held, 0)
-        claimed = self.store.claim_shares(fair_share(concurrency, loads, share), self.settings.hold)
+        grants = fair_share(concurrency, loads, share)
+        withheld = any(load.waiting > grants.get(key, 0) for key, load in loads.items())
+        claimed = self.store.claim_shares(grants, self.settings.hold)
         if not claimed:
-            return []
+            return [], withheld
         events = self.store.stored_events([item.position for item in claimed])
         prepared = []
         for item in claimed:
@@ -297,7 +320,7 @@ class WebhookDispatcher:
                 log.exception("delivering %s failed unexpectedly", item.delivery_id)
                 continue
             prepared.append((item, endpoint, body))
-        return prepared
+        return prepared, withheld
 
     def _prepare(
         self, item: Claimed, notification: Notification | None
