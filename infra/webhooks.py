@@ -300,7 +300,9 @@ class WebhookDispatcher:
         Also says whether the shares left due deliveries for later."""
         concurrency, share = self.settings.concurrency, self.settings.max_share
         loads: dict[str, Load] = {}
-        for webhook_id, session_id, waiting in self.store.due_by_endpoint(cap(concurrency, share)):
+        # Counted up to one past a share: more than the share means some are left for later.
+        most = cap(concurrency, share) + 1
+        for webhook_id, session_id, waiting in self.store.due_by_endpoint(most):
             tenant = self._tenants[webhook_id] = session_id or GLOBAL_TENANT
             loads[webhook_id] = Load(tenant, in_flight.get(webhook_id, 0), waiting)
         for webhook_id, held in in_flight.items():
