@@ -149,8 +149,9 @@ def past_state(
     snapshots: StatusSnapshots | None = None,
 ) -> PastState:
     """Rebuild the row at `instant` from the nearest snapshot at or before it, reading the
-    session's events after it page by page and stopping at the first one after `instant`:
-    the cost depends on the events up to `instant`, never on those after it. The snapshots
+    session's events after it in pages of `SNAPSHOT_EVERY` and stopping at the first one
+    after `instant`: the cost depends on the events up to `instant` (one page past it at most
+    is read), never on how many came after. The snapshots
     the rebuild passes that are not kept yet are kept for the next reads."""
     view = MemorySessionStatusView()
     projection = SessionStatusProjection(view=view)
