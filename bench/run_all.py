@@ -31,6 +31,7 @@ BENCHMARKS = (
     "webhook_delivery.py",
     "dashboard_list.py",
     "neonize_clients.py",
+    "noisy_neighbour.py",
 )
 
 
@@ -166,7 +167,39 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 + ("" if rebuild["valid"] else " INVALID"),
             ]
         )
-    return rows + _webhook_rows(results) + _dashboard_rows(results) + _client_rows(results)
+    return (
+        rows
+        + _webhook_rows(results)
+        + _dashboard_rows(results)
+        + _client_rows(results)
+        + _noisy_rows(results)
+    )
+
+
+def _noisy_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    noisy = results.get("noisy_neighbour.py")
+    if noisy is None:
+        return [["noisy neighbour: tenant B with A quiet vs noisy", "-", "-", "-", "-", "FAILED"]]
+    invalid = "" if noisy["valid"] else " INVALID"
+    status, webhook = noisy["status"], noisy["webhook"]
+    return [
+        [
+            f"tenant B's status p99, A quiet vs A noisy ({noisy['connections']} conns) (ms)",
+            f"{status['quiet']['p99_ms']:.1f}",
+            f"{status['noisy']['p99_ms']:.1f}",
+            f"{noisy['status_ratio']:.2f}",
+            "noisy p99 < 10 ms",
+            verdict(noisy["status_met"]) + invalid,
+        ],
+        [
+            "tenant B's webhook p99, A quiet vs A noisy (ms)",
+            f"{webhook['quiet']['p99_ms']:,.0f}",
+            f"{webhook['noisy']['p99_ms']:,.0f}",
+            f"{noisy['webhook_ratio']:.2f}",
+            "≤ 2x quiet",
+            verdict(noisy["webhook_met"]) + invalid,
+        ],
+    ]
 
 
 def _client_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:

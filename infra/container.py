@@ -25,10 +25,11 @@ from litestar import Litestar
 
 from api.app import create_app
 from api.context import ApiContext
+from api.expensive import ExpensiveReads, keep_the_loop_responsive
 from api.ratelimit import FailureThrottle, SessionRateLimiter
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
-from application.sessions import SessionsApplication
+from application.sessions import SessionCaps, SessionsApplication
 from domain.policy import ReconnectPolicy
 from infra.gatewaycalls import PostgresGatewayCalls
 from infra.generations import (
@@ -40,6 +41,7 @@ from infra.generations import (
 from infra.pgconnect import connect
 from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
 from infra.pgrecorder import PollingApplicationRecorder, event_texts
+from infra.pgsnapshots import SNAPSHOTS_DDL, PostgresStatusSnapshots
 from infra.pgviews import (
     BatchingView,
     PostgresApiKeyView,
@@ -145,6 +147,10 @@ class Container:
                     cipher_key=self.settings.cipher_key,
                 ),
                 policy=ReconnectPolicy(base=self.settings.retry_base, cap=self.settings.retry_cap),
+                caps=SessionCaps(
+                    keys=self.settings.max_keys_per_session,
+                    webhooks=self.settings.max_webhooks_per_session,
+                ),
             )
             # The views read here share the application's connection pool: PostgreSQL's
             # connections are counted across every process. Each is the active generation's
@@ -158,6 +164,7 @@ class Container:
             self.app.message_index = ActiveMessagesView(self.views, MessagesProjection.name)
             with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
+                curs.execute(SNAPSHOTS_DDL)
                 curs.execute(INSTANCES_DDL)
                 curs.execute(INSTANCES_MIGRATION)
             if not had_revocations:  # a log recorded before revocations were kept apart
@@ -268,6 +275,7 @@ class Container:
             DispatcherSettings(
                 allow_private=self.settings.webhooks_allow_private,
                 concurrency=self.settings.webhook_concurrency,
+                max_share=self.settings.webhook_max_share,
                 retry_scale=self.settings.webhook_retry_scale,
                 hold=self.settings.webhook_claim_hold,
                 read_timeout=self.settings.webhook_timeout,
@@ -386,6 +394,11 @@ class Container:
             readiness_warnings=readiness_warnings,
             failure_throttle=FailureThrottle(limiter, self.settings.auth_failure_limit),
             trusted_proxies=self.settings.trusted_proxies,
+            status_snapshots=PostgresStatusSnapshots(datastore),
+            replay_max_events=self.settings.replay_max_events,
+            expensive_reads=ExpensiveReads(
+                self.settings.expensive_read_threads, self.settings.expensive_reads_per_session
+            ),
             view_position=lambda: read_models.position,
             dashboard_secret=self.settings.dashboard_secret,
             dashboard_secure_cookie=self.settings.dashboard_secure_cookie,
@@ -447,6 +460,8 @@ class Container:
         start-up built out of the garbage collector's sight, so requests do not pay for it.
         """
         self.start()
+        if freeze_gc:  # a server process: its status reads must not queue behind busy threads
+            keep_the_loop_responsive()
         ctx = self.api_context()
         read_models = self.read_models
         assert read_models is not None

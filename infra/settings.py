@@ -62,6 +62,12 @@ class Settings:
     pgbouncer: str | None = None
     auth_failure_limit: int = 10
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_keys_per_session: int = 50
+    max_webhooks_per_session: int = 10
+    expensive_read_threads: int = 2
+    expensive_reads_per_session: int = 2
+    replay_max_events: int = 1000
+    webhook_max_share: float = 0.25
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +114,12 @@ class Settings:
             pgbouncer=reader.optional("PGBOUNCER"),
             auth_failure_limit=reader.integer("AUTH_FAILURE_LIMIT", 10, 1, 1_000_000),
             trusted_proxies=networks("TRUSTED_PROXIES", reader.optional("TRUSTED_PROXIES")),
+            max_keys_per_session=reader.integer("MAX_KEYS_PER_SESSION", 50, 1, 100_000),
+            max_webhooks_per_session=reader.integer("MAX_WEBHOOKS_PER_SESSION", 10, 1, 10_000),
+            expensive_read_threads=reader.integer("EXPENSIVE_READ_THREADS", 2, 1, 64),
+            expensive_reads_per_session=reader.integer("EXPENSIVE_READS_PER_SESSION", 2, 1, 64),
+            replay_max_events=reader.integer("REPLAY_MAX_EVENTS", 1000, 1, 100_000),
+            webhook_max_share=reader.number("WEBHOOK_MAX_SHARE", 0.25, 0.01, 1.0),
         )
         check_revocation_timing(settings)
         if settings.cipher_key is not None:

@@ -31,12 +31,15 @@ _DESCRIPTIONS = {
     403: "The operation needs the admin key",
     404: "No such session (or not reachable with this key)",
     406: "None of the media types in Accept can be served",
-    409: "The session's state does not allow this now, or it changed meanwhile; retry",
+    409: (
+        "The session's state does not allow this now, it changed meanwhile (retry), or it "
+        "holds as many keys or webhook endpoints as its cap allows"
+    ),
     413: "The request body is too large",
     422: "The body is JSON, but its fields or values are not valid",
     429: (
-        "The session's rate limit is spent, or this address failed to authenticate too "
-        "often; see Retry-After"
+        "The session's rate limit is spent, it has as many expensive reads in flight as it "
+        "may, or this address failed to authenticate too often; see Retry-After"
     ),
     502: "The gateway worker running the session failed while doing this; it was logged",
     503: "This server cannot check keys, or its views lag behind, right now; see Retry-After",

@@ -170,8 +170,15 @@ class SessionsController(Controller):
         if as_of is None:
             return session_out(access.session, ctx.default_requests_per_minute)
         instant = utc_instant(as_of, "asOf")
-        uuid = session_uuid(access.session.session_id)
-        row = await call(state_as_of, ctx.app, uuid, instant)
+        session_id = access.session.session_id
+        row = await ctx.expensive_reads.run(
+            session_id,
+            state_as_of,
+            ctx.app,
+            session_uuid(session_id),
+            instant,
+            ctx.status_snapshots,
+        )
         if row is None:
             raise ProblemError(
                 404, "not-yet-created", f"the session did not exist yet at {instant.isoformat()}"
