@@ -62,6 +62,9 @@ class Settings:
     pgbouncer: str | None = None
     auth_failure_limit: int = 10
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Where the session-bound connections go (LISTEN, advisory locks, a worker's identity)
+    #: when SESSIOND_DATABASE_URL is a pooler in transaction mode (PgBouncer).
+    direct_database_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,17 +111,27 @@ class Settings:
             pgbouncer=reader.optional("PGBOUNCER"),
             auth_failure_limit=reader.integer("AUTH_FAILURE_LIMIT", 10, 1, 1_000_000),
             trusted_proxies=networks("TRUSTED_PROXIES", reader.optional("TRUSTED_PROXIES")),
+            direct_database_url=reader.optional("DIRECT_DATABASE_URL"),
         )
         check_revocation_timing(settings)
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)
-        if settings.database_url is not None:
-            try:
-                conninfo_to_dict(settings.database_url)
-            except Exception as error:
-                raise SettingsError(
-                    f"SESSIOND_DATABASE_URL is not a PostgreSQL URL: {error}"
-                ) from None
+        for name, url in (
+            ("DATABASE_URL", settings.database_url),
+            ("DIRECT_DATABASE_URL", settings.direct_database_url),
+        ):
+            if url is not None:
+                try:
+                    conninfo_to_dict(url)
+                except Exception as error:
+                    raise SettingsError(
+                        f"SESSIOND_{name} is not a PostgreSQL URL: {error}"
+                    ) from None
+        if settings.direct_database_url is not None and settings.database_url is None:
+            raise SettingsError(
+                "SESSIOND_DIRECT_DATABASE_URL needs SESSIOND_DATABASE_URL (the embedded "
+                "server is reached directly)"
+            )
         if settings.admin_key is not None and len(settings.admin_key) < 16:
             raise SettingsError("SESSIOND_ADMIN_KEY must be at least 16 characters long")
         if settings.dashboard_secret is not None and len(settings.dashboard_secret) < 32:
@@ -240,11 +253,14 @@ def eventsourcing_env(
     pool_size: int = 1,
     max_overflow: int = 4,
     cipher_key: str | None = None,
+    application_name: str | None = None,
+    prepared: bool = True,
 ) -> dict[str, str]:
     """The eventsourcing environment for PostgreSQL persistence at `database_url`.
 
-    Pools start small: a process holds several (the application, each view, each runner),
-    and PostgreSQL's default of 100 connections must serve several processes.
+    `application_name` names the pool's connections (in ``pg_stat_activity``); `prepared`
+    False runs every statement unprepared, as PgBouncer in transaction mode needs (a statement
+    prepared on one server connection is unknown to the next).
     """
     info = conninfo_to_dict(database_url)
     return {
@@ -262,6 +278,8 @@ def eventsourcing_env(
         "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "APPLICATION_RECORDER_TOPIC": "infra.pgrecorder:PollingApplicationRecorder",
+        **({"POSTGRES_APPLICATION_NAME": application_name} if application_name else {}),
+        **({} if prepared else {"POSTGRES_PREPARED_STATEMENTS": "n"}),
         # With a key, every event and snapshot is stored encrypted (AES-GCM), message texts
         # included; everything that decodes events (views, history, export) decrypts them.
         **({"CIPHER_TOPIC": CIPHER_TOPIC, "CIPHER_KEY": cipher_key} if cipher_key else {}),
