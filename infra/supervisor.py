@@ -302,7 +302,7 @@ class ProjectionSupervisor:
     def _handover_wanted(self) -> bool:
         return bool(self._on_lock(WAITER_FOR_LOCK))
 
-    def _sleep(self, _unused: Any = None) -> None:
+    def _sleep(self) -> None:
         """Wait `check_interval`, or less when a rebuild announces itself (or a switch)."""
         self._news.wait(self.check_interval)
         self._news.clear()
