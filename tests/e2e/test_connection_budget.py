@@ -126,9 +126,10 @@ def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:
 def exercise(api: Sessiond, sessions: int = 12) -> None:
     """Some of everything, many requests at once: create, QR, scan, status, history, send,
     keys issued and revoked, a session deleted."""
-    with api.client(limits=httpx.Limits(max_connections=32)) as client, ThreadPoolExecutor(
-        16
-    ) as pool:
+    with (
+        api.client(limits=httpx.Limits(max_connections=32)) as client,
+        ThreadPoolExecutor(16) as pool,
+    ):
         created = list(pool.map(lambda n: create_session(client, f"Budget {n}"), range(sessions)))
 
         def link(session: dict[str, Any]) -> None:
