@@ -347,14 +347,14 @@ class Container:
             # The device store through a private PgBouncer: a fixed number of connections
             # however many clients (and Go pools) neonize opens.
             pool = DeviceStorePool(
-                self.database_url,
+                self.direct_url,  # not through a pooler of the operator's: it is one
                 size=self.settings.device_store_connections,
                 binary=self.settings.pgbouncer,
             )
             pool.start()
             try:
                 store_dsn = store_dsn_from_url(pool.conninfo(), pooled=True)
-                prepare_store(self.database_url, store_dsn)  # once, before any client
+                prepare_store(self.direct_url, store_dsn)  # once, before any client
             except BaseException:
                 pool.close()
                 raise
