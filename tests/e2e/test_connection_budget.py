@@ -41,6 +41,15 @@ def purpose(application_name: str) -> str:
     return application_name
 
 
+def session_bound(application_name: str) -> bool:
+    """Whether a connection so named is a direct one: a listener, the worker's identity, a
+    process's start-up; or not sessiond's (the test's own)."""
+    if not application_name.startswith("sessiond-"):
+        return True
+    process, _, rest = application_name.partition(":")
+    return rest in ("listener", "boot") or (process == "sessiond-worker" and rest != "pool")
+
+
 class Census:
     """Counts the connections to one database, by process, again and again on a thread:
     `peak` is the most each process ever held while it ran."""
@@ -50,6 +59,7 @@ class Census:
         self.dbname = str(conninfo_to_dict(database_url)["dbname"])
         self.peak: Counter[str] = Counter()
         self.peak_total = 0
+        self.peak_pooled = 0  # the most pooled connections (not `session_bound`) at once
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,6 +88,8 @@ class Census:
                 for process, n in by_process.items():
                     self.peak[process] = max(self.peak[process], n)
                 self.peak_total = max(self.peak_total, sum(by_process.values()))
+                pooled = sum(int(n) for name, n in rows if not session_bound(name))
+                self.peak_pooled = max(self.peak_pooled, pooled)
                 self.samples += 1
                 self._stop.wait(0.02)
 
