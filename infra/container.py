@@ -161,12 +161,9 @@ class Container:
     def __post_init__(self) -> None:
         PollingApplicationRecorder.poll_interval = self.settings.poll_interval
         label = process_label(self.roles)
-        # Behind a pooler (a direct URL apart), statements are not prepared: PgBouncer in
-        # transaction mode hands each transaction another server connection.
-        prepared = self.direct_url == self.database_url
-        self.env = eventsourcing_env(
-            self.database_url, cipher_key=self.settings.cipher_key, prepared=prepared
-        )
+        # No statement is prepared (see `eventsourcing_env`): behind PgBouncer in transaction
+        # mode too, each transaction may run on another server connection.
+        self.env = eventsourcing_env(self.database_url, cipher_key=self.settings.cipher_key)
         pool_max = POOL_MAX.get(self.roles, POOL_MAX_OTHERWISE)
         # Tables are created here, once, under a lock: processes starting together must not
         # race on CREATE TABLE. Everything built later is told not to create tables.
@@ -184,7 +181,6 @@ class Container:
                     max_overflow=pool_max - 1,
                     cipher_key=self.settings.cipher_key,
                     application_name=f"sessiond-{label}:pool",
-                    prepared=prepared,
                 ),
                 policy=ReconnectPolicy(base=self.settings.retry_base, cap=self.settings.retry_cap),
             )

@@ -71,6 +71,7 @@ class ProcessListener:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._pipe_closed = False
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
 
     # -- what others ask for ----------------------------------------------------------------
@@ -121,12 +122,15 @@ class ProcessListener:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() and not self._pipe_closed:
+            self._pipe_closed = True  # once: the numbers may be another file's afterwards
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
     def _wake(self) -> None:
+        if self._pipe_closed:
+            return
         # A full pipe wakes the thread anyway; a closed one belongs to a stopped listener.
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")

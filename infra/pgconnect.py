@@ -79,7 +79,7 @@ class PostgresFactory(postgres.PostgresFactory):
     """eventsourcing's PostgreSQL persistence, with pools that connect as `connect` does and
     retry a lost connection at most `RECONNECT_WINDOW` apart; their connections are named
     ``POSTGRES_APPLICATION_NAME`` and prepare no statement when ``POSTGRES_PREPARED_STATEMENTS``
-    is ``n`` (behind PgBouncer in transaction mode)."""
+    is ``n`` (`infra.settings.eventsourcing_env` says why)."""
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)

@@ -254,13 +254,16 @@ def eventsourcing_env(
     max_overflow: int = 4,
     cipher_key: str | None = None,
     application_name: str | None = None,
-    prepared: bool = True,
+    prepared: bool = False,
 ) -> dict[str, str]:
     """The eventsourcing environment for PostgreSQL persistence at `database_url`.
 
-    `application_name` names the pool's connections (in ``pg_stat_activity``); `prepared`
-    False runs every statement unprepared, as PgBouncer in transaction mode needs (a statement
-    prepared on one server connection is unknown to the next).
+    `application_name` names the pool's connections (in ``pg_stat_activity``). Statements are
+    sent unprepared unless `prepared`: PgBouncer in transaction mode needs it (a statement
+    prepared on one server connection is unknown to the next), and psycopg's cache of prepared
+    statements can outlive a pipeline that failed (a save whose optimistic-concurrency check
+    failed), after which every save on that connection fails with "prepared statement … does
+    not exist" (seen under load once a process's pool is small).
     """
     info = conninfo_to_dict(database_url)
     return {

@@ -36,7 +36,7 @@ def label(application_name: str) -> str:
 
 def purpose(application_name: str) -> str:
     name, _, rest = application_name.partition(":")
-    if name == "sessiond-worker" and rest != "pool":
+    if name == "sessiond-worker" and rest not in ("pool", "boot"):
         return "sessiond-worker:listener"  # the worker's identity: its one listener
     return application_name
 
@@ -118,7 +118,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) ->
 
 
 def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:
-    """Every projection elected and every worker alive (its identity connection up)."""
+    """Every projection elected, every worker alive (its identity connection up) and every
+    process started (none holds its start-up connection)."""
 
     def check() -> bool:
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -126,13 +127,26 @@ def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:
                 "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
                 "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
                 " (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name LIKE %s AND application_name <> %s)",
-                (WORKER_APP_PREFIX + "%", WORKER_APP_PREFIX + "pool"),
+                "AND application_name LIKE %s AND application_name NOT IN (%s, %s)),"
+                " (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE '%%:boot')",
+                (WORKER_APP_PREFIX + "%", WORKER_APP_PREFIX + "pool", WORKER_APP_PREFIX + "boot"),
             ).fetchone()
         assert row is not None
-        return int(row[0]) >= PROJECTIONS and int(row[1]) >= workers
+        return int(row[0]) >= PROJECTIONS and int(row[1]) >= workers and int(row[2]) == 0
 
     return check
+
+
+def lock_holders(database_url: str) -> dict[str, int]:
+    """The advisory locks held, by the name of the connection that holds them."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a "
+            "USING (pid) WHERE l.locktype = 'advisory' AND l.granted "
+            "AND a.datname = current_database() GROUP BY 1"
+        ).fetchall()
+    return {str(name): int(n) for name, n in rows}
 
 
 def exercise(api: Sessiond, sessions: int = 12) -> None:
@@ -187,6 +201,7 @@ def test_serve_holds_at_most_12_connections_idle_and_under_load(
     assert idle["sessiond-serve:listener"] == 1, idle
     assert idle["sessiond-worker:listener"] == 1, idle
     assert sum(idle.values()) <= BUDGETS["serve"], idle
+    assert lock_holders(database_url) == {"sessiond-serve:listener": PROJECTIONS}
 
     # Check the budget holds while every role is busy, and after.
     with census.watching():
@@ -208,7 +223,9 @@ def test_api_projector_and_worker_apart_each_keep_their_budget(
     wait_for(settled(database_url), "every projection elected and the worker up")
     census = Census(database_url)
 
-    # Check each idle process: its one listener, and its pool within the budget.
+    # Check each idle process: its one listener (the projector's holds every projection's
+    # lock), and its pool within the budget.
+    assert lock_holders(database_url) == {"sessiond-projector:listener": PROJECTIONS}
     idle = census.now()
     for role in ("api", "projector"):
         assert idle[f"sessiond-{role}:listener"] == 1, idle

@@ -49,5 +49,5 @@ def test_a_pool_behind_a_transaction_pooler_prepares_no_statement(
     with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
         prepare_on_two_clients(bouncer.conninfo(), prepared=True)
 
-    # Check the setting sessiond uses behind a pooler (a direct URL apart) avoids it.
+    # Check sessiond's pools (no statement prepared) do not.
     prepare_on_two_clients(bouncer.conninfo(), prepared=False)
