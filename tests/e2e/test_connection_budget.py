@@ -25,6 +25,8 @@ from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 
 BUDGETS = {"serve": 12, "api": 4, "projector": 8, "worker": 6}
 SERVE_NAMES = ("sessiond-serve", "sessiond-worker")
+#: The test's own connections (left out of every count).
+OURS = "budget-test"
 #: Every projection's advisory lock, held once the projector runs them all.
 PROJECTIONS = 6
 
@@ -43,9 +45,7 @@ def purpose(application_name: str) -> str:
 
 def session_bound(application_name: str) -> bool:
     """Whether a connection so named is a direct one: a listener, the worker's identity, a
-    process's start-up; or not sessiond's (the test's own)."""
-    if not application_name.startswith("sessiond-"):
-        return True
+    process's start-up."""
     process, _, rest = application_name.partition(":")
     return rest in ("listener", "boot") or (process == "sessiond-worker" and rest != "pool")
 
@@ -66,21 +66,21 @@ class Census:
 
     def now(self) -> Counter[str]:
         """The connections held right now, by purpose (each one's application name)."""
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with psycopg.connect(self.database_url, autocommit=True, application_name=OURS) as conn:
             rows = conn.execute(
                 "SELECT application_name, count(*) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid() GROUP BY 1",
-                (self.dbname,),
+                "WHERE datname = %s AND application_name <> %s GROUP BY 1",
+                (self.dbname, OURS),
             ).fetchall()
         return Counter({purpose(name): int(n) for name, n in rows})
 
     def _run(self) -> None:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with psycopg.connect(self.database_url, autocommit=True, application_name=OURS) as conn:
             while not self._stop.is_set():
                 rows = conn.execute(
                     "SELECT application_name, count(*) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid() GROUP BY 1",
-                    (self.dbname,),
+                    "WHERE datname = %s AND application_name <> %s GROUP BY 1",
+                    (self.dbname, OURS),
                 ).fetchall()
                 by_process: Counter[str] = Counter()
                 for name, n in rows:
@@ -122,7 +122,7 @@ def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:
     process started (none holds its start-up connection)."""
 
     def check() -> bool:
-        with psycopg.connect(database_url, autocommit=True) as conn:
+        with psycopg.connect(database_url, autocommit=True, application_name=OURS) as conn:
             row = conn.execute(
                 "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
                 "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
@@ -140,7 +140,7 @@ def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:
 
 def lock_holders(database_url: str) -> dict[str, int]:
     """The advisory locks held, by the name of the connection that holds them."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True, application_name=OURS) as conn:
         rows = conn.execute(
             "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a "
             "USING (pid) WHERE l.locktype = 'advisory' AND l.granted "
