@@ -138,6 +138,14 @@ def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:
     return check
 
 
+def assert_clean(*processes: Sessiond) -> None:
+    """No process logged an error with its traceback (a pool that ran dry, a failed save)."""
+    for process in processes:
+        log = process.log_path.read_text(errors="replace")
+        for bad in ("Traceback", "PoolTimeout", "prepared statement"):
+            assert bad not in log, (process.command, log[-3000:])
+
+
 def lock_holders(database_url: str) -> dict[str, int]:
     """The advisory locks held, by the name of the connection that holds them."""
     with psycopg.connect(database_url, autocommit=True, application_name=OURS) as conn:
@@ -211,6 +219,7 @@ def test_serve_holds_at_most_12_connections_idle_and_under_load(
     after = census.now()
     assert set(by_process(after)) <= set(SERVE_NAMES), after
     assert sum(after.values()) <= BUDGETS["serve"], after
+    assert_clean(serve)
     print(f"serve: idle {dict(idle)}, peak {dict(census.peak)}, after {dict(after)}")
 
 
@@ -218,8 +227,8 @@ def test_api_projector_and_worker_apart_each_keep_their_budget(
     start: Any, sessiond_env: dict[str, str], database_url: str
 ) -> None:
     api = start("api", sessiond_env)
-    start("projector", sessiond_env)
-    start("worker", sessiond_env)
+    projector = start("projector", sessiond_env)
+    worker = start("worker", sessiond_env)
     wait_for(settled(database_url), "every projection elected and the worker up")
     census = Census(database_url)
 
@@ -243,4 +252,5 @@ def test_api_projector_and_worker_apart_each_keep_their_budget(
     after = by_process(census.now())
     for role in ("api", "projector", "worker"):
         assert after[f"sessiond-{role}"] <= BUDGETS[role], after
+    assert_clean(api, projector, worker)
     print(f"apart: idle {dict(idle)}, peak {dict(census.peak)}, after {dict(after)}")
