@@ -90,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
         subject = median([figure(r, path) for r in runs["subject"]])
         ratio = subject / base if base else float("nan")
         better = "higher" if higher_is_better else "lower"
-        rows.append([name, f"{base:,.2f}", f"{subject:,.2f}", f"{ratio:.2f}", better])
+        each = " | ".join(
+            ", ".join(f"{figure(r, path):,.2f}" for r in runs[side])
+            for side in ("baseline", "subject")
+        )
+        rows.append([name, f"{base:,.2f}", f"{subject:,.2f}", f"{ratio:.2f}", better, each])
     print(
         f"\n{args.bench}: {args.baseline} (baseline) vs {HERE} (subject), medians of "
         f"{args.rounds} run(s) each, alternating"
     )
-    print_table(["figure", "baseline", "subject", "subject/baseline", "better"], rows)
+    print_table(
+        ["figure", "baseline", "subject", "subject/baseline", "better", "each run (base | subj)"],
+        rows,
+        align="lrrrll",
+    )
     return 0
 
 
