@@ -179,6 +179,7 @@ def test_fifty_offline_sessions_retry_within_a_fixed_connection_budget(
     # Check each process kept its own budget, the device store's pool (its PgBouncer's server
     # connections, named sessiond-device-store) counted apart.
     peaks = sampler.peak_by_process
+    print(f"{roles}: peak {sampler.peak_total} in all, by process {peaks}")
     if roles == "serve":
         serve_peak = peaks.get("sessiond-serve", 0) + peaks.get("sessiond-worker", 0)
         assert serve_peak <= BUDGETS["serve"], peaks
