@@ -143,7 +143,7 @@ class Container:
     env: dict[str, str] = field(init=False)
     #: The process's session-bound connection (LISTEN, the projections' locks); a worker
     #: alone has none: its identity connection listens for it.
-    listener: ProcessListener | None = None
+    listener: ProcessListener | None = field(default=None, init=False)
     app: SessionsApplication = field(init=False)
     views: ActiveViews = field(init=False)
     supervisors: list[ProjectionSupervisor] = field(default_factory=list)
