@@ -164,7 +164,7 @@ class Container:
         # No statement is prepared (see `eventsourcing_env`): behind PgBouncer in transaction
         # mode too, each transaction may run on another server connection.
         self.env = eventsourcing_env(self.database_url, cipher_key=self.settings.cipher_key)
-        pool_max = POOL_MAX.get(self.roles, POOL_MAX_OTHERWISE)
+        pool_max = self.settings.pool_max or POOL_MAX.get(self.roles, POOL_MAX_OTHERWISE)
         # Tables are created here, once, under a lock: processes starting together must not
         # race on CREATE TABLE. Everything built later is told not to create tables.
         with connect(

@@ -65,6 +65,8 @@ class Settings:
     #: Where the session-bound connections go (LISTEN, advisory locks, a worker's identity)
     #: when SESSIOND_DATABASE_URL is a pooler in transaction mode (PgBouncer).
     direct_database_url: str | None = None
+    #: The most connections of a process's pool (None: its roles' budget, `infra.container`).
+    pool_max: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +114,11 @@ class Settings:
             auth_failure_limit=reader.integer("AUTH_FAILURE_LIMIT", 10, 1, 1_000_000),
             trusted_proxies=networks("TRUSTED_PROXIES", reader.optional("TRUSTED_PROXIES")),
             direct_database_url=reader.optional("DIRECT_DATABASE_URL"),
+            pool_max=(
+                None
+                if reader.optional("POOL_MAX") is None
+                else reader.integer("POOL_MAX", 0, 1, 1000)
+            ),
         )
         check_revocation_timing(settings)
         if settings.cipher_key is not None:

@@ -38,3 +38,13 @@ def test_each_process_pool_leaves_room_for_its_listener_within_its_budget() -> N
     assert serve <= 12
     assert process_label(frozenset({"api", "projector"})) == "serve"
     assert process_label(frozenset({"worker"})) == "worker"
+
+
+def test_the_pool_size_is_the_budget_unless_set() -> None:
+    assert Settings.from_env({**BASE, "SESSIOND_DATABASE_URL": POOLED}).pool_max is None
+    settings = Settings.from_env(
+        {**BASE, "SESSIOND_DATABASE_URL": POOLED, "SESSIOND_POOL_MAX": "9"}
+    )
+    assert settings.pool_max == 9
+    with pytest.raises(SettingsError, match="SESSIOND_POOL_MAX"):
+        Settings.from_env({**BASE, "SESSIOND_POOL_MAX": "0"})
