@@ -104,7 +104,7 @@ class PostgresWebhookView(BatchingView, WebhookView):
 
     def start_position(self) -> int:
         if self._start is None:
-            with self.datastore.cursor() as curs:
+            with self._reading() as curs:
                 curs.execute("SELECT start_position FROM sessiond_webhook_state WHERE id = 1")
                 row = curs.fetchone()
             self._start = int(row["start_position"]) if row else 0
@@ -149,7 +149,7 @@ class PostgresWebhookView(BatchingView, WebhookView):
             self._insert_tracking(curs, tracking)
 
     def endpoints(self) -> list[EndpointRow]:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(
                 "SELECT webhook_id, url, events, session_id, enabled, disabled_reason, version, "
                 "created_at, updated_at FROM sessiond_webhook_endpoints"

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -146,7 +147,11 @@ class WebhookDispatcher:
         database_url: str,
         settings: DispatcherSettings,
         client_factory: Callable[[DispatcherSettings], httpx.AsyncClient] | None = None,
+        *,
+        listen: Callable[[str, Callable[[Any], None]], None] | None = None,
     ) -> None:
+        """`listen(channel, callback)`: the process's listener (the worker's), else the
+        dispatcher listens on a connection of its own."""
         self.app = app
         self.store = store
         self.database_url = database_url
@@ -164,12 +169,19 @@ class WebhookDispatcher:
         self._tenants: dict[str, str] = {}  # endpoint -> its session (or the admin's)
         self._ends = 0  # deliveries ended so far
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-        self._listener = threading.Thread(target=self._listen, name="webhooks-listen", daemon=True)
+        self._listener: threading.Thread | None = None
+        if listen is None:
+            self._listener = threading.Thread(
+                target=self._listen, name="webhooks-listen", daemon=True
+            )
+        else:
+            listen(WEBHOOKS_CHANNEL, lambda _: self._poke())
         self.delivered = 0
 
     def start(self) -> None:
         self._thread.start()
-        self._listener.start()
+        if self._listener is not None:
+            self._listener.start()
 
     def request_stop(self, timeout: float = 10.0) -> None:
         """Claim nothing more; deliveries in flight get `timeout` seconds to end and be
@@ -188,7 +200,8 @@ class WebhookDispatcher:
         deadline = time.monotonic() + timeout
         self.request_stop(timeout)
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        self._listener.join(max(0.0, deadline - time.monotonic()))
+        if self._listener is not None:
+            self._listener.join(max(0.0, deadline - time.monotonic()))
 
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
