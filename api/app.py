@@ -164,6 +164,7 @@ def create_app(
         ],
         state=State({"ctx": ctx, **dashboard.state}),
         lifespan=[*lifespan, dashboard.lifespan],
+        on_shutdown=[ctx.expensive_reads.close],
         template_config=template_config(),
         request_class=JsonRequest,
         request_max_body_size=ctx.max_body_bytes,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from api.expensive import ExpensiveReads
 from api.ratelimit import FailureThrottle, Network, SessionRateLimiter
 from application.sessions import SessionsApplication
+from projections.history import StatusSnapshots
 from projections.messages import MessagesView
 from projections.readmodels import ReadModels
 from projections.uptime import UptimeView
@@ -62,3 +64,9 @@ class ApiContext:
     dashboard_secure_cookie: bool = False
     #: Proxies whose ``X-Forwarded-For`` is believed (SESSIOND_TRUSTED_PROXIES).
     trusted_proxies: tuple[Network, ...] = ()
+    #: Where past states of sessions start from (None: from their first event).
+    status_snapshots: StatusSnapshots | None = None
+    #: The pool and per-session cap of expensive reads (past states, series, history, replay).
+    expensive_reads: ExpensiveReads = field(default_factory=ExpensiveReads)
+    #: The most events one webhook replay reads (SESSIOND_REPLAY_MAX_EVENTS).
+    replay_max_events: int = 1000

@@ -18,6 +18,7 @@ from api.schemas import (
     StatusOut,
     StatusValue,
 )
+from domain.values import DesiredState, Status
 from projections.history import HistoryEntry
 from projections.messages import MessageRow
 from projections.rows import KeyRow, SessionRow
@@ -30,11 +31,11 @@ def health(row: SessionRow) -> Health:
     (connecting: waiting for a scan, a resume or a retry), ``unhealthy`` (disconnected or
     expired while it is meant to be running; `reason` says why, `nextRetryAt` when the
     service tries again, if it does)."""
-    if row.desired == "stopped":
+    if row.desired == DesiredState.STOPPED:
         return "stopped"
-    if row.status == "connected":
+    if row.status == Status.CONNECTED:
         return "degraded" if row.degraded else "healthy"
-    if row.status == "connecting":
+    if row.status == Status.CONNECTING:
         return "starting"
     return "unhealthy"
 
@@ -64,7 +65,7 @@ def session_out(row: SessionRow, default_rpm: int) -> SessionOut:
         detail=row.detail,
         retry_attempt=row.retry_attempt,
         next_retry_at=row.next_retry_at,
-        stopped=row.desired == "stopped",
+        stopped=row.desired == DesiredState.STOPPED,
         health=health(row),
         created_at=row.created_at,
         updated_at=row.updated_at,

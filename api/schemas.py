@@ -436,8 +436,17 @@ class ReplayIn(Body):
     to: Annotated[
         datetime, Meta(tz=True, description="end of the window (excluded), with a UTC offset")
     ]
+    after: (
+        Annotated[
+            str,
+            Meta(max_length=32, description="the `next` of the previous call, to go on"),
+        ]
+        | None
+    ) = None
 
 
 class ReplayOut(Out):
     webhook_id: str
     enqueued: int
+    #: Where the window goes on (send it as `after`), or null when it is done.
+    next: str | None = None

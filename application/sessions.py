@@ -70,6 +70,14 @@ def domain_transcodings() -> list[Transcoding]:
 
 
 @dataclass(frozen=True)
+class SessionCaps:
+    """How many of each thing one session may hold (one tenant cannot grow without bound)."""
+
+    keys: int = 50  # active API keys
+    webhooks: int = 10  # webhook endpoints scoped to the session
+
+
+@dataclass(frozen=True)
 class IssuedKey:
     """A key as shown once to whoever asked for it."""
 
@@ -114,9 +122,15 @@ class SessionsApplication(Application[UUID]):
     is_snapshotting_enabled = True
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Session: 50}
 
-    def __init__(self, env: Any = None, policy: ReconnectPolicy | None = None) -> None:
+    def __init__(
+        self,
+        env: Any = None,
+        policy: ReconnectPolicy | None = None,
+        caps: SessionCaps | None = None,
+    ) -> None:
         super().__init__(env)
         self.policy = policy or ReconnectPolicy()
+        self.caps = caps or SessionCaps()
         self.committer = GroupCommitter(self._record_batch)
         self._cache: SessionCache[Session] = SessionCache()
         #: Where messages the sessions no longer remember are looked up (the messages view).
@@ -240,9 +254,12 @@ class SessionsApplication(Application[UUID]):
 
     def issue_key(self, session_id: str, label: str, actor: str) -> IssuedKey:
         new = generate_key(SESSION_KEY_KIND)
-        position = self._change(
-            session_id, lambda s: s.issue_key(new.key_id, new.prefix, new.key_hash, label, actor)
-        )
+
+        def issue(session: Session) -> None:
+            session.check_key_cap(self.caps.keys)
+            session.issue_key(new.key_id, new.prefix, new.key_hash, label, actor)
+
+        position = self._change(session_id, issue)
         return IssuedKey(new.key_id, new.key, new.prefix, label, position)
 
     def revoke_key(self, session_id: str, key_id: str, actor: str) -> int | None:
@@ -469,5 +486,6 @@ __all__ = [
     "IssuedKey",
     "QueuedMessageResult",
     "Resume",
+    "SessionCaps",
     "SessionsApplication",
 ]

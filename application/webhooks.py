@@ -17,6 +17,7 @@ from domain.errors import InvalidValue
 from domain.webhook import (
     WEBHOOK_ID_PREFIX,
     WebhookEndpoint,
+    check_endpoint_cap,
     check_events,
     check_url,
     public_webhook_id,
@@ -72,9 +73,18 @@ class Webhooks:
         return endpoint
 
     def register(
-        self, url: str, events: list[str], session_id: str | None, actor: str
+        self,
+        url: str,
+        events: list[str],
+        session_id: str | None,
+        actor: str,
+        existing: int = 0,
     ) -> RegisteredWebhook:
+        """Register an endpoint; a session's own (`session_id`) that already holds `existing`
+        endpoints may not go past its cap (`CapReached`)."""
         check_url(url)
+        if session_id is not None:
+            check_endpoint_cap(existing, self.app.caps.webhooks)
         secret = new_secret()
         endpoint = WebhookEndpoint(
             id=uuid4(),

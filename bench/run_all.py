@@ -32,6 +32,7 @@ BENCHMARKS = (
     "dashboard_list.py",
     "neonize_clients.py",
     "scale_10k.py",
+    "noisy_neighbour.py",
 )
 #: Extra options of one benchmark: the 10,000-session run takes several minutes on 2 cores,
 #: so `make bench` runs it with 1,000 (run `bench/scale_10k.py` alone for the full figure).
@@ -177,6 +178,7 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
         + _dashboard_rows(results)
         + _client_rows(results)
         + _scale_rows(results)
+        + _noisy_rows(results)
     )
 
 
@@ -221,6 +223,32 @@ def _scale_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
             "-",
             "< 60 s",
             verdict(scale["startup_met"]) + invalid,
+        ],
+    ]
+
+
+def _noisy_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    noisy = results.get("noisy_neighbour.py")
+    if noisy is None:
+        return [["noisy neighbour: tenant B with A quiet vs noisy", "-", "-", "-", "-", "FAILED"]]
+    invalid = "" if noisy["valid"] else " INVALID"
+    status, webhook = noisy["status"], noisy["webhook"]
+    return [
+        [
+            f"tenant B's status p99, A quiet vs A noisy ({noisy['connections']} conns) (ms)",
+            f"{status['quiet']['p99_ms']:.1f}",
+            f"{status['noisy']['p99_ms']:.1f}",
+            f"{noisy['status_ratio']:.2f}",
+            "noisy p99 < 10 ms",
+            verdict(noisy["status_met"]) + invalid,
+        ],
+        [
+            "tenant B's webhook p99, A quiet vs A noisy (ms)",
+            f"{webhook['quiet']['p99_ms']:,.0f}",
+            f"{webhook['noisy']['p99_ms']:,.0f}",
+            f"{noisy['webhook_ratio']:.2f}",
+            "≤ 2x quiet",
+            verdict(noisy["webhook_met"]) + invalid,
         ],
     ]
 

@@ -47,3 +47,14 @@ class IdempotencyKeyReused(DomainError):
     """An idempotency key already used for a different message."""
 
     code = "idempotency-key-reused"
+
+
+class CapReached(DomainError):
+    """A session already holds as many of something (API keys, webhook endpoints) as its cap
+    allows; `code` names which cap."""
+
+    code = "cap-reached"
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code

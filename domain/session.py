@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import (
     AlreadyStopped,
+    CapReached,
     IdempotencyKeyReused,
     InvalidTransition,
     InvalidValue,
@@ -449,6 +450,16 @@ class Session(Aggregate):
     def _revoke_keys(self, key_ids: list[str], actor: str) -> None:
         for key_id in key_ids:
             self.keys[key_id].revoked = True
+
+    def check_key_cap(self, cap: int) -> None:
+        """Raise `CapReached` if the session already holds `cap` active API keys."""
+        active = sum(1 for key in self.keys.values() if key.is_active)
+        if active >= cap:
+            raise CapReached(
+                "key-cap-reached",
+                f"a session holds at most {cap} active API keys (SESSIOND_MAX_KEYS_PER_SESSION); "
+                "revoke one first",
+            )
 
     def issue_key(self, key_id: str, prefix: str, key_hash: str, label: str, actor: str) -> None:
         self.check_not_deleted()

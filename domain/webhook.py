@@ -13,7 +13,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import InvalidValue, SessionIsDeleted
+from domain.errors import CapReached, InvalidValue, SessionIsDeleted
 
 #: Every event type a webhook can subscribe to.
 EVENT_TYPES = (
@@ -36,6 +36,16 @@ MAX_URL_LENGTH = 2048
 
 def public_webhook_id(uuid: UUID) -> str:
     return WEBHOOK_ID_PREFIX + uuid.hex
+
+
+def check_endpoint_cap(existing: int, cap: int) -> None:
+    """Raise `CapReached` if a session that holds `existing` endpoints may not have another."""
+    if existing >= cap:
+        raise CapReached(
+            "webhook-cap-reached",
+            f"a session holds at most {cap} webhook endpoints "
+            "(SESSIOND_MAX_WEBHOOKS_PER_SESSION); delete one first",
+        )
 
 
 def check_events(events: list[str]) -> list[str]:

@@ -25,10 +25,11 @@ from litestar import Litestar
 
 from api.app import create_app
 from api.context import ApiContext
+from api.expensive import ExpensiveReads, keep_the_loop_responsive
 from api.ratelimit import FailureThrottle, SessionRateLimiter
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
-from application.sessions import SessionsApplication
+from application.sessions import SessionCaps, SessionsApplication
 from domain.policy import ReconnectPolicy
 from infra.gatewaycalls import PostgresGatewayCalls
 from infra.generations import (
@@ -37,9 +38,11 @@ from infra.generations import (
     ActiveUptimeView,
     ActiveViews,
 )
+from infra.listener import ProcessListener
 from infra.pgconnect import connect
 from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
 from infra.pgrecorder import PollingApplicationRecorder, event_texts
+from infra.pgsnapshots import SNAPSHOTS_DDL, PostgresStatusSnapshots
 from infra.pgviews import (
     BatchingView,
     PostgresApiKeyView,
@@ -113,12 +116,36 @@ def per_process_warning(processes: int) -> str:
     )
 
 
+#: The most connections each process's pool opens, by the roles it runs: with its listener,
+#: `api` 4, `projector` 8, `worker` 6 (plus the device store's own pool), and `serve` 12 in
+#: all (api and projector in its HTTP process: 6; its child worker: 6). Tested by
+#: tests/e2e/test_connection_budget.py.
+POOL_MAX = {
+    frozenset({"api"}): 3,
+    frozenset({"projector"}): 7,
+    frozenset({"worker"}): 5,
+    frozenset({"api", "projector"}): 5,
+}
+#: A process with other roles together (tests, benchmarks).
+POOL_MAX_OTHERWISE = 10
+
+
+def process_label(roles: frozenset[str]) -> str:
+    """How a process names its connections: ``sessiond-<label>:pool``, ``…:listener``."""
+    if roles == frozenset({"api", "projector"}):
+        return "serve"
+    return "+".join(sorted(roles)) or "command"
+
+
 @dataclass
 class Container:
     settings: Settings
     database_url: str
     roles: frozenset[str]
     env: dict[str, str] = field(init=False)
+    #: The process's session-bound connection (LISTEN, the projections' locks); a worker
+    #: alone has none: its identity connection listens for it.
+    listener: ProcessListener | None = field(default=None, init=False)
     app: SessionsApplication = field(init=False)
     views: ActiveViews = field(init=False)
     supervisors: list[ProjectionSupervisor] = field(default_factory=list)
@@ -128,23 +155,40 @@ class Container:
     dispatcher: WebhookDispatcher | None = None
     runner_env: dict[str, str] = field(init=False)
 
+    @property
+    def direct_url(self) -> str:
+        """Where the connections that need a session of their own go (see the README)."""
+        return self.settings.direct_database_url or self.database_url
+
     def __post_init__(self) -> None:
         PollingApplicationRecorder.poll_interval = self.settings.poll_interval
+        label = process_label(self.roles)
+        # No statement is prepared (see `eventsourcing_env`): behind PgBouncer in transaction
+        # mode too, each transaction may run on another server connection.
         self.env = eventsourcing_env(self.database_url, cipher_key=self.settings.cipher_key)
+        pool_max = self.settings.pool_max or POOL_MAX.get(self.roles, POOL_MAX_OTHERWISE)
         # Tables are created here, once, under a lock: processes starting together must not
         # race on CREATE TABLE. Everything built later is told not to create tables.
-        with connect(self.database_url, autocommit=True) as conn:
+        with connect(
+            self.direct_url, autocommit=True, application_name=f"sessiond-{label}:boot"
+        ) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
             found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (REVOCATIONS_TABLE,))
             had_revocations = bool((found.fetchone() or (False,))[0])
             self.app = SessionsApplication(
+                # The process's one pool: every query of every role of the process.
                 env=eventsourcing_env(
                     self.database_url,
-                    pool_size=2,
-                    max_overflow=10,
+                    pool_size=1,
+                    max_overflow=pool_max - 1,
                     cipher_key=self.settings.cipher_key,
+                    application_name=f"sessiond-{label}:pool",
                 ),
                 policy=ReconnectPolicy(base=self.settings.retry_base, cap=self.settings.retry_cap),
+                caps=SessionCaps(
+                    keys=self.settings.max_keys_per_session,
+                    webhooks=self.settings.max_webhooks_per_session,
+                ),
             )
             # The views read here share the application's connection pool: PostgreSQL's
             # connections are counted across every process. Each is the active generation's
@@ -158,6 +202,7 @@ class Container:
             self.app.message_index = ActiveMessagesView(self.views, MessagesProjection.name)
             with datastore.transaction(commit=True) as curs:
                 curs.execute(ADMIN_DDL)
+                curs.execute(SNAPSHOTS_DDL)
                 curs.execute(INSTANCES_DDL)
                 curs.execute(INSTANCES_MIGRATION)
             if not had_revocations:  # a log recorded before revocations were kept apart
@@ -170,6 +215,10 @@ class Container:
                 if written:
                     log.info("wrote the %d revocations recorded before this version", written)
         self.runner_env = {**self.env, "CREATE_TABLE": "n"}
+        if self.roles & {"api", "projector"}:
+            self.listener = ProcessListener(self.direct_url, f"sessiond-{label}:listener")
+            self.recorder.listener = self.listener  # the log's reader listens there too
+            self.listener.start()
 
     @property
     def recorder(self) -> PollingApplicationRecorder:
@@ -238,8 +287,10 @@ class Container:
                 projection,
                 view,
                 self.runner_env,
-                self.database_url,
+                self.direct_url,
                 check_interval=self.settings.poll_interval,
+                app=self.app,
+                listener=self.listener,
             )
             supervisor.start()
             self.supervisors.append(supervisor)
@@ -255,12 +306,15 @@ class Container:
             claim_batch=self.settings.restore_batch,
             move_batch=self.settings.move_batch,
         )
-        self.worker = GatewayWorker(self.app, gateway, self.database_url, timings)
+        self.worker = GatewayWorker(self.app, gateway, self.direct_url, timings)
+        self._build_dispatcher(self.worker)
         self.worker.start()
-        self.start_dispatcher()
+        assert self.dispatcher is not None
+        self.dispatcher.start()
 
-    def start_dispatcher(self) -> None:
-        """Webhook delivery runs in the worker role (any number of workers share it)."""
+    def _build_dispatcher(self, worker: GatewayWorker) -> None:
+        """Webhook delivery runs in the worker role (any number of workers share it); it
+        listens on the worker's connection."""
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         self.dispatcher = WebhookDispatcher(
             self.app,
@@ -269,6 +323,7 @@ class Container:
             DispatcherSettings(
                 allow_private=self.settings.webhooks_allow_private,
                 concurrency=self.settings.webhook_concurrency,
+                max_share=self.settings.webhook_max_share,
                 retry_scale=self.settings.webhook_retry_scale,
                 hold=self.settings.webhook_claim_hold,
                 read_timeout=self.settings.webhook_timeout,
@@ -281,8 +336,8 @@ class Container:
                 read_timeout=s.read_timeout,
                 max_connections=s.concurrency,
             ),
+            listen=worker.listen,
         )
-        self.dispatcher.start()
 
     def _build_gateway(self) -> WhatsAppGateway:
         if self.settings.gateway == "neonize":
@@ -297,14 +352,14 @@ class Container:
             # The device store through a private PgBouncer: a fixed number of connections
             # however many clients (and Go pools) neonize opens.
             pool = DeviceStorePool(
-                self.database_url,
+                self.direct_url,  # not through a pooler of the operator's: it is one
                 size=self.settings.device_store_connections,
                 binary=self.settings.pgbouncer,
             )
             pool.start()
             try:
                 store_dsn = store_dsn_from_url(pool.conninfo(), pooled=True)
-                prepare_store(self.database_url, store_dsn)  # once, before any client
+                prepare_store(self.direct_url, store_dsn)  # once, before any client
             except BaseException:
                 pool.close()
                 raise
@@ -322,11 +377,12 @@ class Container:
 
     def api_context(self) -> ApiContext:
         self.read_models = CachedReadModels(
-            self.database_url,
+            self.direct_url,
             self.views,
             self.recorder.revocations,
             poll_interval=self.settings.poll_interval,
             stale_after=self.settings.stale_after,
+            listener=self.listener,
         )
         storage = self.settings.redis_url or "memory://"
         limiter = SessionRateLimiter(storage)
@@ -388,6 +444,11 @@ class Container:
             readiness_warnings=readiness_warnings,
             failure_throttle=FailureThrottle(limiter, self.settings.auth_failure_limit),
             trusted_proxies=self.settings.trusted_proxies,
+            status_snapshots=PostgresStatusSnapshots(datastore),
+            replay_max_events=self.settings.replay_max_events,
+            expensive_reads=ExpensiveReads(
+                self.settings.expensive_read_threads, self.settings.expensive_reads_per_session
+            ),
             view_position=lambda: read_models.position,
             dashboard_secret=self.settings.dashboard_secret,
             dashboard_secure_cookie=self.settings.dashboard_secure_cookie,
@@ -438,6 +499,8 @@ class Container:
             supervisor.stop(left())
         if self.read_models is not None:
             self.read_models.stop(left())
+        if self.listener is not None:  # after the supervisors: their locks go with it
+            self.listener.stop(min(2.0, left()))
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]
         datastore.pool.close(timeout=min(1.0, left()))  # fails every wait still going on
         self.app.close()
@@ -449,6 +512,8 @@ class Container:
         start-up built out of the garbage collector's sight, so requests do not pay for it.
         """
         self.start()
+        if freeze_gc:  # a server process: its status reads must not queue behind busy threads
+            keep_the_loop_responsive()
         ctx = self.api_context()
         read_models = self.read_models
         assert read_models is not None

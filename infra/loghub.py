@@ -13,6 +13,10 @@ hub. One that falls more than `BACKLOG_LIMIT` notifications behind (its view is 
 detached, so that the hub never holds an unbounded queue for it, and reads for itself again.
 Either way it yields every notification after its start once, in order: positions, tracking
 and exactly-once are the runners' business, as before.
+
+The hub costs no connection of its own: it listens on the process's listener
+(`infra.listener`, the recorder's ``listener``) and reads on the recorder's pool. A recorder
+without a listener (tests) gets the hub a listener of its own.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from typing import Any, ClassVar
 import psycopg
 from eventsourcing.persistence import ApplicationRecorder, Notification, Subscription
 from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg.rows import dict_row
+from psycopg.conninfo import make_conninfo
 from psycopg.sql import SQL, Identifier
 
+from infra.listener import ProcessListener
 from infra.pgconnect import unreachable
 
 log = logging.getLogger(__name__)
@@ -41,22 +46,17 @@ BACKLOG_LIMIT = 20_000
 STOP_CHECK = 0.2
 #: Notifications per query, the hub's and a catching-up subscription's.
 PAGE = 500
-#: The hub's connections give up on a server that does not answer (connect, dead peer, query).
-CONNECT_OPTIONS: dict[str, Any] = {
-    "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "options": "-c statement_timeout=30000",
-}
 
 
 def _connect_kwargs(recorder: PostgresApplicationRecorder) -> dict[str, Any]:
     """What the recorder's pool connects with (but its row factory)."""
     kwargs = recorder.datastore.pool.kwargs
     found = kwargs() if callable(kwargs) else kwargs or {}
-    return {k: v for k, v in found.items() if k != "row_factory"}
+    return {
+        k: v
+        for k, v in found.items()
+        if k not in ("row_factory", "prepare_threshold", "application_name")
+    }
 
 
 class LogHub:
@@ -69,7 +69,13 @@ class LogHub:
         self, key: tuple[Any, ...], recorder: PostgresApplicationRecorder, poll_interval: float
     ) -> None:
         self._key = key
-        self._connect_kwargs = _connect_kwargs(recorder)
+        self._datastore = recorder.datastore
+        shared: ProcessListener | None = getattr(recorder, "listener", None)
+        self._own_listener = shared is None
+        self._listener = shared or ProcessListener(
+            make_conninfo("", **_connect_kwargs(recorder)), "sessiond-loghub"
+        )
+        self._channel = recorder.channel_name
         table = SQL("{0}.{1}").format(
             Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
         )
@@ -78,7 +84,6 @@ class LogHub:
             "FROM {0} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(table)
         self._select_head = SQL("SELECT max(notification_id) AS head FROM {0}").format(table)
-        self._listen_statement = SQL("LISTEN {0}").format(Identifier(recorder.channel_name))
         self.poll_interval = poll_interval
         self._refs = 0
         self._lock = threading.Lock()
@@ -89,10 +94,7 @@ class LogHub:
         self._notified = threading.Event()
         self._stopping = threading.Event()
         self.reads = 0  # queries that found something (for tests)
-        self._threads = [
-            threading.Thread(target=self._listen, name="loghub-listen", daemon=True),
-            threading.Thread(target=self._pull, name="loghub-pull", daemon=True),
-        ]
+        self._threads = [threading.Thread(target=self._pull, name="loghub-pull", daemon=True)]
 
     # -- the registry: one hub per database and table, for as long as anyone subscribes ----
 
@@ -100,6 +102,7 @@ class LogHub:
     def acquire(cls, recorder: PostgresApplicationRecorder, poll_interval: float) -> LogHub:
         key = (
             tuple(sorted((k, str(v)) for k, v in _connect_kwargs(recorder).items())),
+            id(getattr(recorder, "listener", None)),
             recorder.datastore.schema,
             recorder.events_table_name,
         )
@@ -129,61 +132,44 @@ class LogHub:
             del self._hubs[self._key]
         self._stopping.set()
         self._notified.set()
+        self._listener.unlisten(self._channel, self._on_notify)
+        if self._own_listener:
+            self._listener.stop()
         for thread in self._threads:
             thread.join(5)
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        # Bounded: a reader stuck on a dead connection would stall every view of the process.
-        return psycopg.connect(
-            **{**CONNECT_OPTIONS, **self._connect_kwargs}, autocommit=True, row_factory=dict_row
-        )
+    def _on_notify(self, _: Any) -> None:
+        self._notified.set()  # also after the listener (re)connects: read what was missed
 
     def _read_head(self) -> None:
-        with self._connect() as conn:
+        with self._datastore.get_connection() as conn:
             row = conn.execute(self._select_head).fetchone()
         self._last = self._window_start = int(row["head"] or 0) if row else 0
 
     def _start_threads(self) -> None:
+        self._listener.listen(self._channel, self._on_notify)
+        if self._own_listener:
+            self._listener.start()
         for thread in self._threads:
             thread.start()
 
-    def _listen(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                with self._connect() as conn:
-                    conn.execute(self._listen_statement)
-                    self._notified.set()  # anything recorded before LISTEN is read too
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=STOP_CHECK, stop_after=1):
-                            self._notified.set()
-            except Exception as error:
-                log.warning(
-                    "the event log listener failed; reconnecting", exc_info=not unreachable(error)
-                )
-                self._stopping.wait(0.5)
-
     def _pull(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
         while not self._stopping.is_set():
             self._notified.wait(self.poll_interval)
             self._notified.clear()
             try:
-                if conn is None or conn.closed:
-                    conn = self._connect()
-                while not self._stopping.is_set() and self._read_page(conn) == PAGE:
-                    pass
+                with self._datastore.get_connection() as conn:
+                    while not self._stopping.is_set() and self._read_page(conn) == PAGE:
+                        pass
             except Exception as error:
+                if self._stopping.is_set():
+                    return
                 log.warning(
                     "the event log reader failed; reading again", exc_info=not unreachable(error)
                 )
-                if conn is not None:
-                    conn.close()
-                conn = None
                 self._stopping.wait(0.5)
-        if conn is not None:
-            conn.close()
 
     def _read_page(self, conn: psycopg.Connection[Any]) -> int:
         rows = conn.execute(self._select, (self._last, PAGE)).fetchall()

@@ -77,7 +77,9 @@ def transaction(
 
 class PostgresFactory(postgres.PostgresFactory):
     """eventsourcing's PostgreSQL persistence, with pools that connect as `connect` does and
-    retry a lost connection at most `RECONNECT_WINDOW` apart."""
+    retry a lost connection at most `RECONNECT_WINDOW` apart; their connections are named
+    ``POSTGRES_APPLICATION_NAME`` and prepare no statement when ``POSTGRES_PREPARED_STATEMENTS``
+    is ``n`` (`infra.settings.eventsourcing_env` says why)."""
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
@@ -85,4 +87,9 @@ class PostgresFactory(postgres.PostgresFactory):
         assert isinstance(pool.kwargs, dict)
         for name, value in LIVENESS.items():
             pool.kwargs.setdefault(name, value)
+        application_name = self.env.get("POSTGRES_APPLICATION_NAME")
+        if application_name:
+            pool.kwargs["application_name"] = application_name
+        if self.env.get("POSTGRES_PREPARED_STATEMENTS", "y").lower() == "n":
+            pool.kwargs["prepare_threshold"] = None  # even eventsourcing's prepare=True
         pool.reconnect_timeout = RECONNECT_WINDOW

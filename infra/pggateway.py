@@ -116,7 +116,7 @@ class PostgresGatewayView(BatchingView, GatewayView):
                 self._notify(curs, NOTIFY_GATEWAY)
 
     def row(self, session_id: UUID) -> GatewayRow | None:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(
                 "SELECT session_id, desired, generation, jid, position, queued "
                 "FROM sessiond_gateway_sessions WHERE session_id = %s",
@@ -126,7 +126,7 @@ class PostgresGatewayView(BatchingView, GatewayView):
         return None if found is None else GatewayRow(**found)
 
     def deadlines(self, session_id: UUID) -> list[Deadline]:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(
                 "SELECT session_id, kind, due_at, token FROM sessiond_deadlines "
                 "WHERE session_id = %s ORDER BY kind",

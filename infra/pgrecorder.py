@@ -21,6 +21,7 @@ from psycopg.sql import SQL, Identifier
 
 from application.ports import RevocationLog
 from application.revocations import REVOCATIONS
+from infra.listener import ProcessListener
 from infra.loghub import HubSubscription
 from infra.pgviews import VIEWS_CHANNEL
 from infra.revocations import RevocationTable
@@ -28,6 +29,9 @@ from infra.revocations import RevocationTable
 
 class PollingApplicationRecorder(PostgresApplicationRecorder, RevocationLog):
     poll_interval: ClassVar[float] = 1.0
+    #: The process's listener, which its subscriptions' reader listens on (set by the
+    #: composition root; without one, the reader gets a listener of its own).
+    listener: ProcessListener | None = None
 
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"

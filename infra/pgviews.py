@@ -199,6 +199,17 @@ class BatchingView(PostgresTrackingRecorder):
             self._deferred = tracking
 
     @contextmanager
+    def _reading(self) -> Iterator[Cursor[DictRow]]:
+        """A cursor for a read: the open batch's, else one of the pool's. A runner in a batch
+        reads on its batch's connection: it never holds one connection while it waits for
+        another, so runners sharing a small pool cannot all wait on each other."""
+        if self._batch is not None:
+            yield self._batch
+            return
+        with self.datastore.cursor() as curs:
+            yield curs
+
+    @contextmanager
     def _transaction(self) -> Iterator[Cursor[DictRow]]:
         """A cursor for writes made at once: the open batch's (after the writes it keeps
         for its end, so that writes stay in order), else one of a transaction of its own."""
@@ -288,7 +299,7 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
         written: SessionRow | None = self._written.get(session_id)
         if written is not None:
             return written
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_one, (session_id,))
             rows = self._fetch(curs, SessionRow)
         return rows[0] if rows else None
@@ -314,7 +325,7 @@ class PostgresSessionStatusView(_PostgresView, SessionStatusView):
         self._written[row.session_id] = row
 
     def all_sessions(self) -> list[SessionRow]:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_all)
             return self._fetch(curs, SessionRow)
 
@@ -372,7 +383,7 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
         written: KeyRow | None = self._written.get(key_id)
         if written is not None:
             return written
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_one, (key_id,))
             rows = self._fetch(curs, KeyRow)
         return rows[0] if rows else None
@@ -411,12 +422,12 @@ class PostgresApiKeyView(_PostgresView, ApiKeyView):
         )
 
     def all_keys(self) -> list[KeyRow]:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_all)
             return self._fetch(curs, KeyRow)
 
     def keys_of_session(self, session_id: str) -> list[KeyRow]:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_of_session, (session_id,))
             return self._fetch(curs, KeyRow)
 
@@ -561,7 +572,7 @@ class PostgresMessagesView(_PostgresView, MessagesView):
     def _by_whatsapp_id(
         self, session_id: UUID, whatsapp_id: str, direction: str
     ) -> MessageRow | None:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(
                 self.select_whatsapp, (public_session_id(session_id), whatsapp_id, direction)
             )
@@ -569,7 +580,7 @@ class PostgresMessagesView(_PostgresView, MessagesView):
         return rows[0] if rows else None
 
     def get_message(self, message_id: str) -> MessageRow | None:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_one, (message_id,))
             rows = self._fetch_messages(curs)
         return rows[0] if rows else None
@@ -590,12 +601,12 @@ class PostgresMessagesView(_PostgresView, MessagesView):
             "status": status,
             "limit": limit,
         }
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_page, params)
             return self._fetch_messages(curs)
 
     def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_key, (session_id, key))
             rows = self._fetch_messages(curs)
         return rows[0] if rows else None
@@ -667,7 +678,7 @@ class PostgresUptimeView(BatchingView, UptimeView):
         return row
 
     def transitions(self, session_id: UUID, start: datetime, end: datetime) -> list[Transition]:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(self.select_before, (session_id, start))
             before = curs.fetchall()
             if before and not before[0]["connected"]:

@@ -13,7 +13,7 @@ and the API.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,8 +55,12 @@ WEBHOOK_DDL = (
     "DEFAULT false)",
     "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_due "
     "ON sessiond_webhook_deliveries (next_attempt_at) WHERE status = 'pending'",
+    "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_endpoint_due "
+    "ON sessiond_webhook_deliveries (webhook_id, next_attempt_at) WHERE status = 'pending'",
     "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_endpoint "
     "ON sessiond_webhook_deliveries (webhook_id, created_at)",
+    "CREATE TABLE IF NOT EXISTS sessiond_webhook_replays (webhook_id text PRIMARY KEY, "
+    "until timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessiond_webhook_attempts (delivery_id text NOT NULL, "
     "attempt int NOT NULL, at timestamptz NOT NULL, status_code int, duration_ms float8 NOT NULL, "
     "error text, response text, PRIMARY KEY (delivery_id, attempt))",
@@ -100,7 +104,7 @@ class PostgresWebhookView(BatchingView, WebhookView):
 
     def start_position(self) -> int:
         if self._start is None:
-            with self.datastore.cursor() as curs:
+            with self._reading() as curs:
                 curs.execute("SELECT start_position FROM sessiond_webhook_state WHERE id = 1")
                 row = curs.fetchone()
             self._start = int(row["start_position"]) if row else 0
@@ -145,7 +149,7 @@ class PostgresWebhookView(BatchingView, WebhookView):
             self._insert_tracking(curs, tracking)
 
     def endpoints(self) -> list[EndpointRow]:
-        with self.datastore.cursor() as curs:
+        with self._reading() as curs:
             curs.execute(
                 "SELECT webhook_id, url, events, session_id, enabled, disabled_reason, version, "
                 "created_at, updated_at FROM sessiond_webhook_endpoints"
@@ -218,6 +222,52 @@ class WebhookStore(WebhookQueries):
                 "RETURNING d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.position, "
                 "d.attempts, e.url, e.version",
                 (limit, hold),
+            )
+            return [Claimed(**row) for row in curs.fetchall()]
+
+    def due_by_endpoint(self, most: int) -> list[tuple[str, str | None, int]]:
+        """Each enabled endpoint with deliveries due: its id, its session (None for the
+        admin's) and how many are due, counted up to `most`. The endpoints with pending
+        deliveries are found by skipping through an index (one probe per endpoint), so a
+        long backlog of one endpoint costs no more than a short one."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "WITH RECURSIVE pending (webhook_id) AS ("
+                "(SELECT webhook_id FROM sessiond_webhook_deliveries WHERE status = 'pending' "
+                "ORDER BY webhook_id LIMIT 1) UNION ALL "
+                "SELECT (SELECT d.webhook_id FROM sessiond_webhook_deliveries d "
+                "WHERE d.status = 'pending' AND d.webhook_id > pending.webhook_id "
+                "ORDER BY d.webhook_id LIMIT 1) FROM pending WHERE pending.webhook_id IS NOT NULL) "
+                "SELECT e.webhook_id, e.session_id, due.n FROM pending "
+                "JOIN sessiond_webhook_endpoints e USING (webhook_id) "
+                "CROSS JOIN LATERAL (SELECT count(*) AS n FROM (SELECT 1 FROM "
+                "sessiond_webhook_deliveries d WHERE d.webhook_id = e.webhook_id "
+                "AND d.status = 'pending' AND d.next_attempt_at <= now() LIMIT %s) x) due "
+                "WHERE e.enabled AND due.n > 0",
+                (most,),
+            )
+            return [(r["webhook_id"], r["session_id"], int(r["n"])) for r in curs.fetchall()]
+
+    def claim_shares(self, quotas: Mapping[str, int], hold: float) -> list[Claimed]:
+        """Take, for `hold` seconds, up to each endpoint's quota of its due deliveries
+        (oldest due first), as `claim` does."""
+        if not quotas:
+            return []
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SYNC_COMMIT_OFF)
+            curs.execute(
+                "WITH q AS (SELECT * FROM unnest(%s::text[], %s::int[]) AS q(webhook_id, quota)), "
+                "due AS (SELECT d.delivery_id FROM q CROSS JOIN LATERAL (SELECT d.delivery_id "
+                "FROM sessiond_webhook_deliveries d WHERE d.webhook_id = q.webhook_id "
+                "AND d.status = 'pending' AND d.next_attempt_at <= now() "
+                "ORDER BY d.next_attempt_at LIMIT q.quota FOR UPDATE SKIP LOCKED) d) "
+                "UPDATE sessiond_webhook_deliveries d SET next_attempt_at = now() + "
+                "make_interval(secs => %s) FROM due, sessiond_webhook_endpoints e "
+                "WHERE d.delivery_id = due.delivery_id AND e.webhook_id = d.webhook_id "
+                "AND e.enabled "
+                "RETURNING d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.position, "
+                "d.attempts, e.url, e.version",
+                (list(quotas), list(quotas.values()), hold),
             )
             return [Claimed(**row) for row in curs.fetchall()]
 
@@ -412,3 +462,43 @@ class WebhookStore(WebhookQueries):
             )
             curs.execute(NOTIFY_DELIVERIES)
         return len(deliveries)
+
+    def session_notifications(
+        self, session_id: uuid.UUID, after_version: int, limit: int
+    ) -> list[Notification]:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT notification_id, originator_id, originator_version, topic, state "
+                    "FROM {0}.{1} WHERE originator_id = %s AND originator_version > %s "
+                    "ORDER BY originator_version LIMIT %s"
+                ).format(Identifier(self.datastore.schema or "public"), Identifier(EVENTS_TABLE)),
+                (session_id, after_version, limit),
+            )
+            return [
+                Notification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
+
+    def begin_replay(self, webhook_id: str, hold: float) -> bool:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_webhook_replays (webhook_id, until) VALUES "
+                "(%s, now() + make_interval(secs => %s)) ON CONFLICT (webhook_id) DO UPDATE "
+                "SET until = EXCLUDED.until WHERE sessiond_webhook_replays.until < now() "
+                "RETURNING webhook_id",
+                (webhook_id, hold),
+            )
+            return curs.fetchone() is not None
+
+    def end_replay(self, webhook_id: str) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "DELETE FROM sessiond_webhook_replays WHERE webhook_id = %s", (webhook_id,)
+            )

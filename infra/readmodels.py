@@ -41,7 +41,8 @@ from typing import Any
 from eventsourcing.postgres import PostgresDatastore
 
 from infra.generations import ActiveViews
-from infra.pgconnect import connect, transaction, unreachable
+from infra.listener import ProcessListener
+from infra.pgconnect import transaction, unreachable
 from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
 from infra.revocations import RevocationRow, RevocationTable
 from infra.settings import TRUST_MARGIN_SECONDS
@@ -97,8 +98,13 @@ class CachedReadModels(ReadModels):
         poll_interval: float = 1.0,
         stale_after: float = 3.0,
         flush_interval: float = 5.0,
+        listener: ProcessListener | None = None,
     ) -> None:
         self.database_url = database_url
+        # Woken by the process's listener (one of its own without it: tests).
+        self._own_listener = listener is None
+        self.listener = listener or ProcessListener(database_url, "sessiond-readmodels")
+        self._notified = threading.Event()
         self.views = views
         self.revocations = revocations
         self.datastore: PostgresDatastore = views.datastore
@@ -141,18 +147,29 @@ class CachedReadModels(ReadModels):
 
     def start(self) -> None:
         self.refresh()
+        self.listener.listen(VIEWS_CHANNEL, self._on_notify)
+        if self._own_listener:
+            self.listener.start()
         self._thread.start()
+
+    def _on_notify(self, _: Any) -> None:
+        self._notified.set()  # also after the listener (re)connects: nothing may be missed
 
     def request_stop(self) -> None:
         """Stop refreshing (without waiting: `stop` waits)."""
         self._stopping.set()
+        self._notified.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop, and say so in ``sessiond_api_instances``, in `timeout` seconds at most: with
         the database away, the row stays and is not waited for once its trust has run out."""
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        self._notified.set()
         self._thread.join(timeout)
+        self.listener.unlisten(VIEWS_CHANNEL, self._on_notify)
+        if self._own_listener:
+            self.listener.stop(max(0.0, deadline - time.monotonic()))
         with self._trust_lock:
             # Before the row goes: once writes stop waiting for this process, it accepts
             # no session key (even if a refresh still running ends after this).
@@ -171,24 +188,24 @@ class CachedReadModels(ReadModels):
         self._flush_uses()  # the database answered just now
 
     def _listen(self) -> None:
+        """Refresh after each notification of the views (or of the listener's return), and
+        at least every `poll_interval`."""
         last_flush = time.monotonic()
         while not self._stopping.is_set():
+            self._notified.wait(self.poll_interval)
+            self._notified.clear()
+            if self._stopping.is_set():
+                return
             try:
-                with connect(self.database_url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {VIEWS_CHANNEL}")
-                    self.refresh()  # nothing written before LISTEN may be missed
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
-                            break
-                        self.refresh()
-                        if time.monotonic() - last_flush > self.flush_interval:
-                            self._flush_uses()
-                            last_flush = time.monotonic()
+                self.refresh()
+                if time.monotonic() - last_flush > self.flush_interval:
+                    self._flush_uses()
+                    last_flush = time.monotonic()
             except Exception as error:
                 if unreachable(error):
-                    log.warning("the read-model listener lost the database (%s); again", error)
+                    log.warning("the read models could not refresh (%s); again", error)
                 else:
-                    log.exception("the read-model listener failed; reconnecting")
+                    log.exception("the read models could not refresh; again")
                 self._stopping.wait(0.5)
 
     # -- refresh --------------------------------------------------------------------------

@@ -137,7 +137,7 @@ class ViewRebuild:
         """Whether the old generation is known to be active still (a switch whose commit
         failed may have happened: its tables are then kept, whatever the error)."""
         try:
-            with connect(self.container.database_url, autocommit=True) as conn:
+            with connect(self.container.direct_url, autocommit=True) as conn:
                 return active_generation(conn, self.name) == self.old_generation
         except psycopg.Error:
             return False
@@ -145,7 +145,7 @@ class ViewRebuild:
     @contextmanager
     def _only_rebuild(self) -> Iterator[None]:
         """One rebuild of a view at a time (a second one is refused, not queued)."""
-        with connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.direct_url, autocommit=True) as conn:
             key = lock_key(self.name) + ":rebuild"
             row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
             if not (row and row[0]):
@@ -154,7 +154,7 @@ class ViewRebuild:
 
     def prepare(self) -> None:
         """Create the new generation's tables (dropping leftovers of an interrupted rebuild)."""
-        with connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.direct_url, autocommit=True) as conn:
             self.old_generation = active_generation(conn, self.name)
         generation = self.old_generation + 1
         self.report = RebuildReport(self.name, generation)
@@ -220,7 +220,7 @@ class ViewRebuild:
     def switch(self) -> None:
         """Take the projection's lock from its runner, catch up, make the new view active."""
         started = time.monotonic()
-        url = self.container.database_url
+        url = self.container.direct_url
         with connect(url, autocommit=True, row_factory=dict_row) as lock_conn:
             lock_conn.execute(
                 "SELECT set_config('lock_timeout', %s, false)",
@@ -273,7 +273,7 @@ class ViewRebuild:
     def _announce_when_waiting(self, pid: int, done: threading.Event) -> None:
         """Notify the supervisors once the session `pid` waits for the lock: the leader
         then hands over at once instead of at its next check."""
-        with connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.direct_url, autocommit=True) as conn:
             while not done.is_set():
                 row = conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)", (pid,)
@@ -324,7 +324,7 @@ class ViewRebuild:
     def _wait_for_readers(self) -> bool:
         """Wait until every live API process has refreshed twice since now (the switch)."""
         deadline = time.monotonic() + self.retire_timeout
-        with connect(self.container.database_url, autocommit=True) as conn:
+        with connect(self.container.direct_url, autocommit=True) as conn:
             for _ in range(2):
                 since = conn.execute("SELECT now()").fetchone()
                 while True:

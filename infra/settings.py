@@ -64,6 +64,17 @@ class Settings:
     pgbouncer: str | None = None
     auth_failure_limit: int = 10
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_keys_per_session: int = 50
+    max_webhooks_per_session: int = 10
+    expensive_read_threads: int = 2
+    expensive_reads_per_session: int = 2
+    replay_max_events: int = 1000
+    webhook_max_share: float = 0.25
+    #: Where the session-bound connections go (LISTEN, advisory locks, a worker's identity)
+    #: when SESSIOND_DATABASE_URL is a pooler in transaction mode (PgBouncer).
+    direct_database_url: str | None = None
+    #: The most connections of a process's pool (None: its roles' budget, `infra.container`).
+    pool_max: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,17 +123,38 @@ class Settings:
             pgbouncer=reader.optional("PGBOUNCER"),
             auth_failure_limit=reader.integer("AUTH_FAILURE_LIMIT", 10, 1, 1_000_000),
             trusted_proxies=networks("TRUSTED_PROXIES", reader.optional("TRUSTED_PROXIES")),
+            max_keys_per_session=reader.integer("MAX_KEYS_PER_SESSION", 50, 1, 100_000),
+            max_webhooks_per_session=reader.integer("MAX_WEBHOOKS_PER_SESSION", 10, 1, 10_000),
+            expensive_read_threads=reader.integer("EXPENSIVE_READ_THREADS", 2, 1, 64),
+            expensive_reads_per_session=reader.integer("EXPENSIVE_READS_PER_SESSION", 2, 1, 64),
+            replay_max_events=reader.integer("REPLAY_MAX_EVENTS", 1000, 1, 100_000),
+            webhook_max_share=reader.number("WEBHOOK_MAX_SHARE", 0.25, 0.01, 1.0),
+            direct_database_url=reader.optional("DIRECT_DATABASE_URL"),
+            pool_max=(
+                None
+                if reader.optional("POOL_MAX") is None
+                else reader.integer("POOL_MAX", 0, 1, 1000)
+            ),
         )
         check_revocation_timing(settings)
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)
-        if settings.database_url is not None:
-            try:
-                conninfo_to_dict(settings.database_url)
-            except Exception as error:
-                raise SettingsError(
-                    f"SESSIOND_DATABASE_URL is not a PostgreSQL URL: {error}"
-                ) from None
+        for name, url in (
+            ("DATABASE_URL", settings.database_url),
+            ("DIRECT_DATABASE_URL", settings.direct_database_url),
+        ):
+            if url is not None:
+                try:
+                    conninfo_to_dict(url)
+                except Exception as error:
+                    raise SettingsError(
+                        f"SESSIOND_{name} is not a PostgreSQL URL: {error}"
+                    ) from None
+        if settings.direct_database_url is not None and settings.database_url is None:
+            raise SettingsError(
+                "SESSIOND_DIRECT_DATABASE_URL needs SESSIOND_DATABASE_URL (the embedded "
+                "server is reached directly)"
+            )
         if settings.admin_key is not None and len(settings.admin_key) < 16:
             raise SettingsError("SESSIOND_ADMIN_KEY must be at least 16 characters long")
         if settings.dashboard_secret is not None and len(settings.dashboard_secret) < 32:
@@ -244,11 +276,17 @@ def eventsourcing_env(
     pool_size: int = 1,
     max_overflow: int = 4,
     cipher_key: str | None = None,
+    application_name: str | None = None,
+    prepared: bool = False,
 ) -> dict[str, str]:
     """The eventsourcing environment for PostgreSQL persistence at `database_url`.
 
-    Pools start small: a process holds several (the application, each view, each runner),
-    and PostgreSQL's default of 100 connections must serve several processes.
+    `application_name` names the pool's connections (in ``pg_stat_activity``). Statements are
+    sent unprepared unless `prepared`: PgBouncer in transaction mode needs it (a statement
+    prepared on one server connection is unknown to the next), and psycopg's cache of prepared
+    statements can outlive a pipeline that failed (a save whose optimistic-concurrency check
+    failed), after which every save on that connection fails with "prepared statement … does
+    not exist" (seen under load once a process's pool is small).
     """
     info = conninfo_to_dict(database_url)
     return {
@@ -266,6 +304,8 @@ def eventsourcing_env(
         "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "APPLICATION_RECORDER_TOPIC": "infra.pgrecorder:PollingApplicationRecorder",
+        **({"POSTGRES_APPLICATION_NAME": application_name} if application_name else {}),
+        **({} if prepared else {"POSTGRES_PREPARED_STATEMENTS": "n"}),
         # With a key, every event and snapshot is stored encrypted (AES-GCM), message texts
         # included; everything that decodes events (views, history, export) decrypts them.
         **({"CIPHER_TOPIC": CIPHER_TOPIC, "CIPHER_KEY": cipher_key} if cipher_key else {}),

@@ -26,16 +26,18 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 from uuid import UUID
 
 import httpx
 from eventsourcing.persistence import Notification
 from standardwebhooks.webhooks import Webhook
 
+from application.fairness import Load, cap, fair_share
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.webhook import WebhookEndpoint
@@ -51,6 +53,8 @@ RESPONSE_EXCERPT = 1024
 MAX_RETRY_AFTER = 86_400.0
 #: How often the listener looks whether it should stop (the longest `close` waits for it).
 STOP_CHECK = 0.2
+#: The tenant of the admin's endpoints (every session's events), for the fair shares.
+GLOBAL_TENANT = "*global*"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class DispatcherSettings:
     hold: float = 60.0  # a claimed delivery comes back after this if its worker died
     poll: float = 0.5
     disable_after: timedelta = timedelta(days=3)
+    max_share: float = 0.25  # of the slots, the most one endpoint or tenant holds
 
 
 def next_delay(attempts: int, scale: float, retry_after: float | None) -> float | None:
@@ -142,7 +147,11 @@ class WebhookDispatcher:
         database_url: str,
         settings: DispatcherSettings,
         client_factory: Callable[[DispatcherSettings], httpx.AsyncClient] | None = None,
+        *,
+        listen: Callable[[str, Callable[[Any], None]], None] | None = None,
     ) -> None:
+        """`listen(channel, callback)`: the process's listener (the worker's), else the
+        dispatcher listens on a connection of its own."""
         self.app = app
         self.store = store
         self.database_url = database_url
@@ -157,13 +166,22 @@ class WebhookDispatcher:
         self._recordings: list[_Recording] = []
         self._to_record: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tenants: dict[str, str] = {}  # endpoint -> its session (or the admin's)
+        self._ends = 0  # deliveries ended so far
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-        self._listener = threading.Thread(target=self._listen, name="webhooks-listen", daemon=True)
+        self._listener: threading.Thread | None = None
+        if listen is None:
+            self._listener = threading.Thread(
+                target=self._listen, name="webhooks-listen", daemon=True
+            )
+        else:
+            listen(WEBHOOKS_CHANNEL, lambda _: self._poke())
         self.delivered = 0
 
     def start(self) -> None:
         self._thread.start()
-        self._listener.start()
+        if self._listener is not None:
+            self._listener.start()
 
     def request_stop(self, timeout: float = 10.0) -> None:
         """Claim nothing more; deliveries in flight get `timeout` seconds to end and be
@@ -182,7 +200,8 @@ class WebhookDispatcher:
         deadline = time.monotonic() + timeout
         self.request_stop(timeout)
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        self._listener.join(max(0.0, deadline - time.monotonic()))
+        if self._listener is not None:
+            self._listener.join(max(0.0, deadline - time.monotonic()))
 
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
@@ -218,10 +237,22 @@ class WebhookDispatcher:
         # by one as each delivery ends.
         batch = max(1, concurrency // 4)
         tasks: set[asyncio.Task[None]] = set()
+        in_flight: dict[str, int] = {}  # by endpoint
+        # Work held back by the shares is claimed again once a quarter of a share has ended.
+        step = max(1, cap(concurrency, self.settings.max_share) // 4)
 
-        def ended(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            freed.set()
+        def started(webhook_id: str) -> Callable[[asyncio.Task[None]], None]:
+            in_flight[webhook_id] = in_flight.get(webhook_id, 0) + 1
+
+            def ended(task: asyncio.Task[None]) -> None:
+                tasks.discard(task)
+                left = in_flight.pop(webhook_id, 1) - 1
+                if left:
+                    in_flight[webhook_id] = left
+                self._ends += 1
+                freed.set()
+
+            return ended
 
         # Built in a thread: the client loads the CA certificates (a fraction of a second).
         client = await asyncio.to_thread(self._client_factory, self.settings)
@@ -230,10 +261,11 @@ class WebhookDispatcher:
             while not self._stopping.is_set():
                 free = concurrency - len(tasks)
                 claimed: list[tuple[Claimed, WebhookEndpoint, str]] = []
+                withheld = False  # due deliveries left for later by the shares
                 wake.clear()  # news from now on is seen by the wait below
                 if free > 0:
                     try:
-                        claimed = await asyncio.to_thread(self._claim, free)
+                        claimed, withheld = await asyncio.to_thread(self._claim, dict(in_flight))
                     except Exception as error:
                         if unreachable(error):
                             log.warning("could not claim webhook deliveries: %s", error)
@@ -242,10 +274,11 @@ class WebhookDispatcher:
                 for item, endpoint, body in claimed:
                     task = asyncio.create_task(self._deliver(client, item, endpoint, body))
                     tasks.add(task)
-                    task.add_done_callback(ended)
-                if free > 0 and len(claimed) < free:  # nothing more due now: news or the poll
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), self.settings.poll)
+                    task.add_done_callback(started(item.webhook_id))
+                if free > 0 and withheld:  # the shares are full for now
+                    await self._until_shares_move(wake, freed, step)
+                elif free > 0 and len(claimed) < free:  # nothing more due: news or the poll
+                    await _first(wake, wake, self.settings.poll)
                 else:  # more may be due: claim again when enough slots are free
                     while concurrency - len(tasks) < batch and not self._stopping.is_set():
                         freed.clear()
@@ -256,13 +289,43 @@ class WebhookDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await recorder
 
-    def _claim(self, limit: int) -> list[tuple[Claimed, WebhookEndpoint, str]]:
-        """Claim due deliveries, with each one's endpoint (with its secrets) and body, built
+    async def _until_shares_move(
+        self, wake: asyncio.Event, freed: asyncio.Event, step: int
+    ) -> None:
+        """Wait for news (maybe another tenant's events), for `step` deliveries to end (their
+        endpoints' shares go on), or for the poll."""
+        mark = self._ends
+        deadline = time.monotonic() + self.settings.poll
+        while self._ends - mark < step and not wake.is_set() and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            freed.clear()
+            await _first(wake, freed, left)
+
+    def _claim(
+        self, in_flight: Mapping[str, int]
+    ) -> tuple[list[tuple[Claimed, WebhookEndpoint, str]], bool]:
+        """Claim due deliveries, each endpoint its fair share of the free slots (see
+        `application.fairness`), with each one's endpoint (with its secrets) and body, built
         from the event itself; the events of the batch are read in one query. One that cannot
-        be prepared is logged and left claimed: it is tried again when the claim expires."""
-        claimed = self.store.claim(limit, self.settings.hold)
+        be prepared is logged and left claimed: it is tried again when the claim expires.
+        Also says whether the shares left due deliveries for later."""
+        concurrency, share = self.settings.concurrency, self.settings.max_share
+        loads: dict[str, Load] = {}
+        # Counted up to one past a share: more than the share means some are left for later.
+        most = cap(concurrency, share) + 1
+        for webhook_id, session_id, waiting in self.store.due_by_endpoint(most):
+            tenant = self._tenants[webhook_id] = session_id or GLOBAL_TENANT
+            loads[webhook_id] = Load(tenant, in_flight.get(webhook_id, 0), waiting)
+        for webhook_id, held in in_flight.items():
+            if webhook_id not in loads:
+                loads[webhook_id] = Load(self._tenants.get(webhook_id, webhook_id), held, 0)
+        grants = fair_share(concurrency, loads, share)
+        withheld = any(load.waiting > grants.get(key, 0) for key, load in loads.items())
+        claimed = self.store.claim_shares(grants, self.settings.hold)
         if not claimed:
-            return []
+            return [], withheld
         events = self.store.stored_events([item.position for item in claimed])
         prepared = []
         for item in claimed:
@@ -272,7 +335,7 @@ class WebhookDispatcher:
                 log.exception("delivering %s failed unexpectedly", item.delivery_id)
                 continue
             prepared.append((item, endpoint, body))
-        return prepared
+        return prepared, withheld
 
     def _prepare(
         self, item: Claimed, notification: Notification | None
@@ -424,6 +487,16 @@ class WebhookDispatcher:
         uuid: UUID = webhook_uuid(webhook_id)
         self.webhooks.disable(uuid, reason)
         self.store.kill_pending(webhook_id, f"the webhook was disabled: {reason}")
+
+
+async def _first(one: asyncio.Event, other: asyncio.Event, timeout: float) -> None:
+    """Wait until either event is set, or `timeout` seconds."""
+    waits = [asyncio.ensure_future(one.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _start_of(response: httpx.Response) -> str:

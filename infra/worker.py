@@ -44,6 +44,7 @@ from uuid import UUID
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
+from psycopg.sql import SQL, Identifier
 
 from application.errors import ApplicationError, GatewayFailed, SessionNotFound
 from application.gateway import RecordingGatewayEvents, plan_start
@@ -212,6 +213,9 @@ class GatewayWorker:
         self._stopping = threading.Event()
         self._identity: psycopg.Connection[Any] | None = None
         self._listener: threading.Thread | None = None
+        # Other channels of this process, listened to on the identity connection (the
+        # process's one listener): channel -> what to call with each NOTIFY (None: reconnected).
+        self._channels: dict[str, Callable[[Any], None]] = {}
         self._scheduler = BackgroundScheduler(
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 3}
         )
@@ -290,6 +294,11 @@ class GatewayWorker:
             self._identity.close()  # the listener is stuck (connecting): others take over
         self.gateway.close()
 
+    def listen(self, channel: str, callback: Callable[[Any], None]) -> None:
+        """Call `callback` with each NOTIFY on `channel` (on the listener's thread: it must be
+        quick), and with None once connected or reconnected. Before `start` only."""
+        self._channels[channel] = callback
+
     def poke(self, *, claim: bool = False, requests: bool = False, renew: bool = False) -> None:
         """Reconcile (and claim, answer requests, renew the leases) soon: a NOTIFY came, or
         leases changed. Pokes coalesce: however many arrive while the reactor works, it runs
@@ -362,10 +371,14 @@ class GatewayWorker:
         try:
             conn.execute(f"LISTEN {GATEWAY_CHANNEL}")
             conn.execute(f"LISTEN {REQUESTS_CHANNEL}")
+            for channel in self._channels:
+                conn.execute(SQL("LISTEN {0}").format(Identifier(channel)))
         except BaseException:
             conn.close()
             raise
         self._identity = conn
+        for callback in self._channels.values():  # whatever was sent before the LISTEN
+            callback(None)
         log.info("gateway worker %s is up", self.worker_id)
 
     def _listen(self) -> None:
@@ -392,7 +405,10 @@ class GatewayWorker:
                     continue
                 assert conn is not None
                 for notify in conn.notifies(timeout=1.0):
-                    if notify.channel == REQUESTS_CHANNEL:
+                    other = self._channels.get(notify.channel)
+                    if other is not None:
+                        other(notify)
+                    elif notify.channel == REQUESTS_CHANNEL:
                         self.poke(requests=True)
                     else:
                         self.poke(claim=True)

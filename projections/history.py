@@ -4,6 +4,9 @@ events through the same projection that builds the live status view."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +22,7 @@ from projections.rows import SessionRow
 from projections.status import SessionStatusProjection
 from projections.views import MemorySessionStatusView
 
+log = logging.getLogger(__name__)
 REDACTED = "[redacted]"
 #: Never shown: API key hashes, QR codes (they link a phone while valid), message text,
 #: webhook signing secrets.
@@ -79,10 +83,107 @@ def log_page(app: SessionsApplication, after: int, limit: int) -> list[HistoryEn
     return [entry(app.mapper.to_domain_event(n), n.id) for n in notifications]
 
 
-def state_as_of(app: SessionsApplication, session_id: UUID, instant: datetime) -> SessionRow | None:
+#: A snapshot of a session's status row is kept every this many versions of the session:
+#: a past state is rebuilt from the nearest one, decoding at most this many events.
+SNAPSHOT_EVERY = 100
+#: How the status projection builds a row; bump it when that changes, so that snapshots
+#: taken by an older projection are no longer used.
+SNAPSHOT_FORMAT = 1
+
+
+class StatusSnapshots(ABC):
+    """Status rows of sessions as they were at some of their versions (see `state_as_of`)."""
+
+    @abstractmethod
+    def nearest(self, session_id: UUID, instant: datetime) -> tuple[int, SessionRow] | None:
+        """The latest snapshot of the session taken at or before `instant`: its version and
+        row, or None."""
+
+    @abstractmethod
+    def put(self, session_id: UUID, snapshots: list[tuple[int, datetime, SessionRow]]) -> None:
+        """Keep these snapshots (version, time of that version's event, row); one already
+        kept is left as it is."""
+
+
+class MemoryStatusSnapshots(StatusSnapshots):
+    def __init__(self) -> None:
+        self._rows: dict[UUID, dict[int, tuple[datetime, SessionRow]]] = {}
+        self._lock = threading.Lock()
+
+    def nearest(self, session_id: UUID, instant: datetime) -> tuple[int, SessionRow] | None:
+        with self._lock:
+            kept = self._rows.get(session_id, {})
+            found = [(v, row) for v, (at, row) in kept.items() if at <= instant]
+        return max(found, key=lambda item: item[0]) if found else None
+
+    def put(self, session_id: UUID, snapshots: list[tuple[int, datetime, SessionRow]]) -> None:
+        with self._lock:
+            kept = self._rows.setdefault(session_id, {})
+            for version, at, row in snapshots:
+                kept.setdefault(version, (at, row))
+
+
+@dataclass
+class PastState:
+    """A session's row at an instant, and what rebuilding it cost."""
+
+    row: SessionRow | None
+    decoded: int  # events read and applied after the snapshot it started from
+    from_version: int  # the snapshot's version (0: from the first event)
+
+
+def state_as_of(
+    app: SessionsApplication,
+    session_id: UUID,
+    instant: datetime,
+    snapshots: StatusSnapshots | None = None,
+) -> SessionRow | None:
     """The session's status row as it was at `instant` (None if it did not exist yet)."""
-    events: Iterable[Any] = app.events.get(session_id)
-    return fold(event for event in events if event.timestamp <= instant)
+    return past_state(app, session_id, instant, snapshots).row
+
+
+def past_state(
+    app: SessionsApplication,
+    session_id: UUID,
+    instant: datetime,
+    snapshots: StatusSnapshots | None = None,
+) -> PastState:
+    """Rebuild the row at `instant` from the nearest snapshot at or before it, reading the
+    session's events after it in pages of `SNAPSHOT_EVERY` and stopping at the first one
+    after `instant`: the cost depends on the events up to `instant` (one page past it at most
+    is read), never on how many came after. The snapshots
+    the rebuild passes that are not kept yet are kept for the next reads."""
+    view = MemorySessionStatusView()
+    projection = SessionStatusProjection(view=view)
+    public_id = public_session_id(session_id)
+    start = snapshots.nearest(session_id, instant) if snapshots is not None else None
+    version = 0
+    if start is not None:
+        version, row = start
+        view.save_session(row, Tracking("as-of", version))
+    from_version, decoded = version, 0
+    taken: list[tuple[int, datetime, SessionRow]] = []
+    while True:
+        page: list[Any] = list(app.events.get(session_id, gt=version or None, limit=SNAPSHOT_EVERY))
+        for event in page:
+            if event.timestamp > instant:
+                page = []  # nothing after `instant` is read further
+                break
+            version = event.originator_version
+            projection.process_event(event, Tracking("as-of", version))
+            decoded += 1
+            if version % SNAPSHOT_EVERY == 0:
+                snapshot = view.get_session(public_id)
+                if snapshot is not None:
+                    taken.append((version, event.timestamp, snapshot))
+        if len(page) < SNAPSHOT_EVERY:
+            break
+    if taken and snapshots is not None:
+        try:
+            snapshots.put(session_id, taken)
+        except Exception:  # a snapshot is only a shortcut: the answer stands without it
+            log.exception("could not keep %d status snapshots of %s", len(taken), public_id)
+    return PastState(view.get_session(public_id), decoded, from_version)
 
 
 def fold(events: Iterable[Any]) -> SessionRow | None:

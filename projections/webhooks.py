@@ -15,9 +15,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.dispatch import singledispatchmethod
-from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 
 from domain.session import Session
@@ -269,3 +270,19 @@ class WebhookQueries(ABC):
     @abstractmethod
     def position(self) -> int:
         """How far the webhook projection has got in the log."""
+
+    @abstractmethod
+    def session_notifications(
+        self, session_id: UUID, after_version: int, limit: int
+    ) -> list[Notification]:
+        """One session's recorded events after `after_version`, in order, at most `limit`
+        (never another session's)."""
+
+    @abstractmethod
+    def begin_replay(self, webhook_id: str, hold: float) -> bool:
+        """Take the endpoint's replay for `hold` seconds at most; False if another replay of
+        it is in flight (in any process)."""
+
+    @abstractmethod
+    def end_replay(self, webhook_id: str) -> None:
+        """Let the endpoint be replayed again."""

@@ -16,7 +16,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from api.context import ApiContext
 from api.problems import ProblemError
 from api.schemas import ProblemOut
+from application.errors import NotPairing
+from application.phones import normalize_phone
 from domain.errors import SessionIsDeleted
+from domain.values import Status, session_uuid
 from projections.rows import SessionRow
 
 log = logging.getLogger(__name__)
@@ -28,12 +31,15 @@ _DESCRIPTIONS = {
     403: "The operation needs the admin key",
     404: "No such session (or not reachable with this key)",
     406: "None of the media types in Accept can be served",
-    409: "The session's state does not allow this now, or it changed meanwhile; retry",
+    409: (
+        "The session's state does not allow this now, it changed meanwhile (retry), or it "
+        "holds as many keys or webhook endpoints as its cap allows"
+    ),
     413: "The request body is too large",
     422: "The body is JSON, but its fields or values are not valid",
     429: (
-        "The session's rate limit is spent, or this address failed to authenticate too "
-        "often; see Retry-After"
+        "The session's rate limit is spent, it has as many expensive reads in flight as it "
+        "may, or this address failed to authenticate too often; see Retry-After"
     ),
     502: "The gateway worker running the session failed while doing this; it was logged",
     503: "This server cannot check keys, or its views lag behind, right now; see Retry-After",
@@ -158,3 +164,19 @@ def utc_instant(value: datetime, name: str, status: int = 400) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         return EARLIEST if value.year == 1 else LATEST
+
+
+async def request_pair_code(ctx: ApiContext, row: SessionRow, raw_phone: str) -> tuple[str, str]:
+    """Link by phone number, for the API and the dashboard alike: (the phone as WhatsApp wants
+    it, the code to type on it). `InvalidPhone` for what is not a phone number; `NotPairing`
+    when the session is not showing QR codes (the view says so here; the worker holding the
+    session checks again)."""
+    phone = normalize_phone(raw_phone)
+    if row.status != Status.CONNECTING or row.qr_code is None:
+        raise NotPairing(
+            f"a pairing code is only given while QR codes are shown: the session is {row.status}"
+        )
+    result = await ctx.gateway_calls.call(
+        session_uuid(row.session_id), "pair_code", {"phone": phone}
+    )
+    return phone, str(result["code"])

@@ -17,7 +17,7 @@ class HealthController(Controller):
     tags = ["health"]  # noqa: RUF012
     security = []  # noqa: RUF012 - no key needed
 
-    @get("/live")
+    @get("/live", operation_id="getLiveness")
     async def live(self) -> HealthOut:
         """The process is up."""
         return HealthOut(status="ok", checks={})
@@ -30,6 +30,7 @@ class HealthController(Controller):
                 description="Something this server needs does not answer; see `checks`",
             )
         },
+        operation_id="getReadiness",
     )
     async def ready(self, request: Request[Any, Any, State]) -> Response[HealthOut]:
         """The database, the views and the rate-limit storage answer; `warnings` says what

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from litestar import Controller, Request, get
 from litestar.datastructures import State
@@ -11,16 +12,18 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
-from api.controllers.common import call, context, problems, utc_instant
+from api.controllers.common import context, problems, utc_instant
 from api.presenters import event_out
 from api.problems import ProblemError
 from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
 from domain.values import session_uuid
 from projections.history import HistoryEntry, log_page, session_history
 from projections.rows import window_start
-from projections.uptime import BUCKETS, overall, series
+from projections.uptime import BUCKETS, Bucket, UptimeView, overall, series
 
 MAX_PAGE = 1000
+#: Whose expensive reads the admin's pages of the global log count as.
+ADMIN_LOG = "*global-log*"
 MAX_BUCKETS = 10_000  # a year of hours fits
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Events per page")]
 After = Annotated[
@@ -34,6 +37,13 @@ def _page(entries: list[HistoryEntry], limit: int, cursor: str) -> EventPageOut:
     return EventPageOut(items=items, next=last)
 
 
+def _uptime_points(
+    view: UptimeView, session_id: UUID, begin: datetime, stop: datetime, step: timedelta
+) -> list[Bucket]:
+    """The series' points, read and computed on the expensive reads' pool."""
+    return series(view.transitions(session_id, begin, stop), begin, stop, step)
+
+
 class HistoryController(Controller):
     tags = ["history"]  # noqa: RUF012 - Litestar reads it as a class attribute
     security = API_KEY_SECURITY
@@ -42,7 +52,11 @@ class HistoryController(Controller):
         "admin": Provide(provide_admin),
     }
 
-    @get("/sessions/{session_id:str}/events", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        "/sessions/{session_id:str}/events",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="listSessionEvents",
+    )
     async def session_events(
         self,
         request: Request[Any, Any, State],
@@ -51,12 +65,14 @@ class HistoryController(Controller):
         limit: Limit = 100,
     ) -> EventPageOut:
         """Every event of the session in order, paged by version (`after`, `next`)."""
-        app = context(request).app
-        uuid = session_uuid(access.session.session_id)
-        entries = await call(session_history, app, uuid, after, limit)
+        ctx = context(request)
+        session_id = access.session.session_id
+        entries = await ctx.expensive_reads.run(
+            session_id, session_history, ctx.app, session_uuid(session_id), after, limit
+        )
         return _page(entries, limit, "version")
 
-    @get("/events", responses=problems(400, 401, 403))
+    @get("/events", responses=problems(400, 401, 403, 429), operation_id="listEvents")
     async def log(
         self,
         request: Request[Any, Any, State],
@@ -65,7 +81,8 @@ class HistoryController(Controller):
         limit: Limit = 100,
     ) -> EventPageOut:
         """The global log of every session (admin), paged by position (`after`, `next`)."""
-        entries = await call(log_page, context(request).app, after, limit)
+        ctx = context(request)
+        entries = await ctx.expensive_reads.run(ADMIN_LOG, log_page, ctx.app, after, limit)
         return _page(entries, limit, "position")
 
 
@@ -74,7 +91,11 @@ class UptimeController(Controller):
     security = API_KEY_SECURITY
     dependencies = {"access": Provide(provide_access)}  # noqa: RUF012
 
-    @get("/sessions/{session_id:str}/uptime", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        "/sessions/{session_id:str}/uptime",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="getSessionUptime",
+    )
     async def uptime(
         self,
         request: Request[Any, Any, State],
@@ -123,8 +144,10 @@ class UptimeController(Controller):
                 f"at most {MAX_BUCKETS} buckets per request: use bucket=day or a shorter window",
             )
         uuid = session_uuid(row.session_id)
-        transitions = await call(context(request).uptime.transitions, uuid, begin, stop)
-        points = series(transitions, begin, stop, step)
+        ctx = context(request)
+        points = await ctx.expensive_reads.run(
+            row.session_id, _uptime_points, ctx.uptime, uuid, begin, stop, step
+        )
         return UptimeSeriesOut(
             session_id=row.session_id,
             start=begin,

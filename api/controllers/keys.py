@@ -25,6 +25,7 @@ class KeysController(Controller):
         "/",
         status_code=201,
         responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+        operation_id="createSessionKey",
     )
     async def create_key(
         self,
@@ -41,7 +42,7 @@ class KeysController(Controller):
             key_id=issued.key_id, key=issued.key, prefix=issued.prefix, label=issued.label
         )
 
-    @get("/", responses=problems(400, 401, 404, 429, 503))
+    @get("/", responses=problems(400, 401, 404, 429, 503), operation_id="listSessionKeys")
     async def list_keys(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> KeyListOut:
@@ -51,7 +52,12 @@ class KeysController(Controller):
         rows.sort(key=lambda row: (row.created_at, row.key_id))
         return KeyListOut(items=[key_out(row) for row in rows], count=len(rows))
 
-    @delete("/{key_id:str}", status_code=204, responses=problems(400, 401, 404, 409, 429, 503))
+    @delete(
+        "/{key_id:str}",
+        status_code=204,
+        responses=problems(400, 401, 404, 409, 429, 503),
+        operation_id="revokeSessionKey",
+    )
     async def revoke_key(
         self,
         request: Request[Any, Any, State],

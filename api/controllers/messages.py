@@ -17,7 +17,6 @@ from api.context import ApiContext
 from api.controllers.common import call, context, problems, reached, settle
 from api.presenters import message_out
 from api.problems import ProblemError
-from api.qr import InvalidPhone, normalize_recipient
 from api.schemas import (
     Direction,
     MessageId,
@@ -26,6 +25,7 @@ from api.schemas import (
     MessageStatusValue,
     SendMessageIn,
 )
+from application.phones import InvalidPhone, normalize_recipient
 from application.sessions import QueuedMessageResult
 from domain.values import session_uuid
 from projections.messages import OUTBOUND, MessageRow
@@ -58,6 +58,7 @@ class MessagesController(Controller):
         SESSION + "/messages",
         status_code=202,
         responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+        operation_id="sendMessage",
     )
     async def send_message(
         self,
@@ -138,7 +139,11 @@ class MessagesController(Controller):
             headers["Idempotent-Replayed"] = "true"
         return Response(message_out(row, text), status_code=202, headers=headers)
 
-    @get(SESSION + "/messages/{message_id:str}", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        SESSION + "/messages/{message_id:str}",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="getMessage",
+    )
     async def get_message(
         self,
         request: Request[Any, Any, State],
@@ -153,7 +158,11 @@ class MessagesController(Controller):
         texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
         return message_out(row, texts.get(row.version))
 
-    @get(SESSION + "/messages", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        SESSION + "/messages",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="listMessages",
+    )
     async def list_messages(
         self,
         request: Request[Any, Any, State],

@@ -15,9 +15,10 @@ from prometheus_client.registry import Collector
 
 from api.controllers.common import call, context
 from api.presenters import health
+from domain.values import Status
 from projections.rows import SessionRow
 
-STATUSES = ("connecting", "connected", "disconnected", "expired")
+STATUSES = tuple(Status)
 HEALTHS = ("healthy", "degraded", "starting", "unhealthy", "stopped")
 MESSAGE_COUNTERS = (
     ("outbound", "sent", "messages_sent"),
@@ -38,8 +39,8 @@ class SessionsCollector(Collector):
         sessions = GaugeMetricFamily(
             "sessiond_sessions", "Sessions (not deleted) by status", labels=["status"]
         )
-        for status in STATUSES:
-            sessions.add_metric([status], by_status.get(status, 0))
+        for value in STATUSES:
+            sessions.add_metric([value], by_status.get(value, 0))
         yield sessions
         by_health: Counter[str] = Counter(health(row) for row in self.rows)
         healths = GaugeMetricFamily(
@@ -82,7 +83,7 @@ class SessionsCollector(Collector):
         yield lag
 
 
-@get("/metrics", tags=["health"], media_type=MediaType.TEXT)
+@get("/metrics", tags=["health"], media_type=MediaType.TEXT, operation_id="getMetrics")
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     """Prometheus exposition: sessions by status and health, messages by direction and
     status, queue depths, reconnects and how many events each view lags behind the log."""

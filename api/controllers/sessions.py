@@ -28,13 +28,14 @@ from api.controllers.common import (
     current_row,
     delete_session,
     problems,
+    request_pair_code,
     settle,
     utc_instant,
 )
 from api.fastpath import FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
-from api.qr import PNG, SVG, InvalidPhone, normalize_phone, render
+from api.qr import PNG, SVG, render
 from api.schemas import (
     LABEL_FILTER_PATTERN,
     CreatedSessionOut,
@@ -50,6 +51,7 @@ from api.schemas import (
     StatusOut,
     StatusValue,
 )
+from application.phones import InvalidPhone
 from domain.values import session_uuid
 from projections.history import state_as_of
 
@@ -88,6 +90,7 @@ class SessionsController(Controller):
         "/",
         status_code=201,
         responses=problems(400, 401, 403, 413, 422, 503),
+        operation_id="createSession",
     )
     async def create_session(
         self,
@@ -115,7 +118,7 @@ class SessionsController(Controller):
             ),
         )
 
-    @get("/", responses=problems(400, 401, 403))
+    @get("/", responses=problems(400, 401, 403), operation_id="listSessions")
     async def list_sessions(
         self,
         request: Request[Any, Any, State],
@@ -148,7 +151,7 @@ class SessionsController(Controller):
         items = [session_out(row, ctx.default_requests_per_minute) for row in rows]
         return SessionListOut(items=items, count=len(items))
 
-    @get(SESSION, responses=problems(400, 401, 404, 429, 503))
+    @get(SESSION, responses=problems(400, 401, 404, 429, 503), operation_id="getSession")
     async def get_session(
         self,
         request: Request[Any, Any, State],
@@ -167,15 +170,27 @@ class SessionsController(Controller):
         if as_of is None:
             return session_out(access.session, ctx.default_requests_per_minute)
         instant = utc_instant(as_of, "asOf")
-        uuid = session_uuid(access.session.session_id)
-        row = await call(state_as_of, ctx.app, uuid, instant)
+        session_id = access.session.session_id
+        row = await ctx.expensive_reads.run(
+            session_id,
+            state_as_of,
+            ctx.app,
+            session_uuid(session_id),
+            instant,
+            ctx.status_snapshots,
+        )
         if row is None:
             raise ProblemError(
                 404, "not-yet-created", f"the session did not exist yet at {instant.isoformat()}"
             )
         return session_out(row, ctx.default_requests_per_minute)
 
-    @get(SESSION + "/status", opt={FAST_STATUS: True}, responses=problems(400, 401, 404, 429, 503))
+    @get(
+        SESSION + "/status",
+        opt={FAST_STATUS: True},
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="getSessionStatus",
+    )
     async def get_status(
         self, request: Request[Any, Any, State], session_id: FromPath[str]
     ) -> StatusOut:
@@ -196,6 +211,7 @@ class SessionsController(Controller):
                 ),
             ),
         },
+        operation_id="getSessionQr",
     )
     async def get_qr(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
@@ -227,6 +243,7 @@ class SessionsController(Controller):
         SESSION + "/pair-code",
         status_code=200,
         responses=problems(400, 401, 404, 409, 413, 422, 429, 502, 503),
+        operation_id="requestPairingCode",
     )
     async def pair_code(
         self,
@@ -237,24 +254,17 @@ class SessionsController(Controller):
         """Link by phone number instead of a scan: the 8-character code to type on the phone
         (WhatsApp → Linked devices → Link with phone number), while QR codes are shown."""
         try:
-            phone = normalize_phone(data.phone)
+            phone, code = await request_pair_code(context(request), access.session, data.phone)
         except InvalidPhone as error:
             raise ProblemError(422, "invalid-phone", str(error)) from None
-        session = access.session
-        if session.status != "connecting" or session.qr_code is None:
-            raise ProblemError(
-                409,
-                "not-pairing",
-                f"a pairing code is only given while QR codes are shown: the session is "
-                f"{session.status}",
-            )
-        ctx = context(request)
-        result = await ctx.gateway_calls.call(
-            session_uuid(session.session_id), "pair_code", {"phone": phone}
-        )
-        return PairCodeOut(session_id=session.session_id, phone=phone, code=str(result["code"]))
+        return PairCodeOut(session_id=access.session.session_id, phone=phone, code=code)
 
-    @post(SESSION + "/reconnect", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
+    @post(
+        SESSION + "/reconnect",
+        status_code=200,
+        responses=problems(400, 401, 404, 409, 429, 503),
+        operation_id="reconnectSession",
+    )
     async def reconnect(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
@@ -263,14 +273,24 @@ class SessionsController(Controller):
         expired) shows new QR codes."""
         return await _run(request, access, context(request).app.reconnect)
 
-    @post(SESSION + "/stop", status_code=200, responses=problems(400, 401, 404, 409, 429, 503))
+    @post(
+        SESSION + "/stop",
+        status_code=200,
+        responses=problems(400, 401, 404, 409, 429, 503),
+        operation_id="stopSession",
+    )
     async def stop(
         self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
     ) -> SessionOut:
         """Stop the session; it stays stopped until reconnected. Stopping twice is harmless."""
         return await _run(request, access, context(request).app.stop)
 
-    @delete(SESSION, status_code=204, responses=problems(400, 401, 403, 404, 409, 503))
+    @delete(
+        SESSION,
+        status_code=204,
+        responses=problems(400, 401, 403, 404, 409, 503),
+        operation_id="deleteSession",
+    )
     async def delete_session(
         self,
         request: Request[Any, Any, State],
@@ -285,6 +305,7 @@ class SessionsController(Controller):
     @put(
         SESSION + "/rate-limit",
         responses=problems(400, 401, 403, 404, 409, 413, 422, 503),
+        operation_id="setSessionRateLimit",
     )
     async def set_rate_limit(
         self,

@@ -14,9 +14,9 @@ from api.auth import API_KEY_SECURITY, SessionAccess, provide_admin_access
 from api.controllers.common import call, context, current_row, problems, settle
 from api.presenters import status_out
 from api.problems import ProblemError
-from api.qr import InvalidPhone, normalize_recipient
 from api.schemas import AckIn, BanIn, InboundIn, KeepAliveIn, StatusOut
 from application.errors import SimulatorError
+from application.phones import InvalidPhone, normalize_recipient
 from domain.values import session_uuid
 
 _RESPONSES = problems(400, 401, 403, 404, 409, 502, 503)
@@ -45,35 +45,40 @@ class SimulatorController(Controller):
         await settle(ctx, position if isinstance(position, int) else None)
         return status_out(current_row(ctx, session_id))
 
-    @post("/scan", status_code=200, responses=_RESPONSES)
+    @post("/scan", status_code=200, responses=_RESPONSES, operation_id="simulateScan")
     async def scan(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
         """The phone scans the QR code being shown."""
         return await self._act(request, admin_access, "scan")
 
-    @post("/drop", status_code=200, responses=_RESPONSES)
+    @post("/drop", status_code=200, responses=_RESPONSES, operation_id="simulateDrop")
     async def drop(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
         """The network drops the connection (the service retries with backoff)."""
         return await self._act(request, admin_access, "drop")
 
-    @post("/logout", status_code=200, responses=_RESPONSES)
+    @post("/logout", status_code=200, responses=_RESPONSES, operation_id="simulateLogout")
     async def logout(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
         """The user unlinks the device from the phone (a new QR code is needed)."""
         return await self._act(request, admin_access, "logout")
 
-    @post("/replace", status_code=200, responses=_RESPONSES)
+    @post("/replace", status_code=200, responses=_RESPONSES, operation_id="simulateReplace")
     async def replace(
         self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
     ) -> StatusOut:
         """The device connects from somewhere else (not fought: reported)."""
         return await self._act(request, admin_access, "replace")
 
-    @post("/ban", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503))
+    @post(
+        "/ban",
+        status_code=200,
+        responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503),
+        operation_id="simulateBan",
+    )
     async def ban(
         self,
         request: Request[Any, Any, State],
@@ -87,6 +92,7 @@ class SimulatorController(Controller):
         "/keepalive",
         status_code=200,
         responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503),
+        operation_id="simulateKeepalive",
     )
     async def keepalive(
         self,
@@ -98,7 +104,10 @@ class SimulatorController(Controller):
         return await self._act(request, admin_access, "keepalive", {"healthy": data.healthy})
 
     @post(
-        "/inbound", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503)
+        "/inbound",
+        status_code=200,
+        responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503),
+        operation_id="simulateInbound",
     )
     async def inbound(
         self,
@@ -114,7 +123,12 @@ class SimulatorController(Controller):
         args = {"sender": sender, "text": data.text}
         return await self._act(request, admin_access, "inbound", args)
 
-    @post("/ack", status_code=200, responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503))
+    @post(
+        "/ack",
+        status_code=200,
+        responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503),
+        operation_id="simulateAck",
+    )
     async def ack(
         self,
         request: Request[Any, Any, State],

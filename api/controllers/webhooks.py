@@ -32,11 +32,13 @@ from api.schemas import (
     WebhookOut,
 )
 from application.webhooks import Webhooks
-from projections.history import first_position_at
-from projections.webhooks import NewDelivery, event_id, webhook_event
+from projections.replay import InvalidCursor, ReplayPage, replay_page
 
 WEBHOOK = "/webhooks/{webhook_id:str}"
-MAX_REPLAY_EVENTS = 100_000
+#: How long a replay holds its endpoint at most (a process that dies mid-replay lets go then).
+REPLAY_HOLD = 60.0
+#: Whose expensive reads the admin's endpoints (every session's events) count as.
+GLOBAL_ENDPOINTS = "*global-endpoints*"
 
 
 def _out(row: dict[str, Any]) -> WebhookOut:
@@ -82,7 +84,8 @@ class WebhooksController(Controller):
     @post(
         "/webhooks",
         status_code=201,
-        responses=problems(400, 401, 404, 413, 422, 429, 503),
+        responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+        operation_id="createWebhook",
     )
     async def create_webhook(
         self,
@@ -106,15 +109,25 @@ class WebhooksController(Controller):
         reason = ctx.check_webhook_url(data.url)
         if reason is not None:
             raise ProblemError(422, "invalid-url", reason)
+        existing = (
+            0
+            if session_id is None
+            else len(await call(ctx.webhook_queries.endpoints_of, session_id))
+        )
         registered = await call(
-            Webhooks(ctx.app).register, data.url, list(data.events), session_id, caller.actor
+            Webhooks(ctx.app).register,
+            data.url,
+            list(data.events),
+            session_id,
+            caller.actor,
+            existing,
         )
         await _visible(ctx, registered.position)
         row = await self._row(ctx, caller, registered.webhook_id)
         fields = {f: getattr(_out(row), f) for f in WebhookOut.__struct_fields__}
         return WebhookCreatedOut(**fields, secret=registered.secret)
 
-    @get("/webhooks", responses=problems(400, 401, 429, 503))
+    @get("/webhooks", responses=problems(400, 401, 429, 503), operation_id="listWebhooks")
     async def list_webhooks(
         self, request: Request[Any, Any, State], caller: NamedDependency[Principal]
     ) -> WebhookListOut:
@@ -126,7 +139,7 @@ class WebhooksController(Controller):
         items = [_out(row) for row in rows]
         return WebhookListOut(items=items, count=len(items))
 
-    @get(WEBHOOK, responses=problems(400, 401, 404, 429, 503))
+    @get(WEBHOOK, responses=problems(400, 401, 404, 429, 503), operation_id="getWebhook")
     async def get_webhook(
         self,
         request: Request[Any, Any, State],
@@ -136,7 +149,9 @@ class WebhooksController(Controller):
         """One endpoint (never its secret)."""
         return _out(await self._row(context(request), caller, webhook_id))
 
-    @patch(WEBHOOK, responses=problems(400, 401, 404, 413, 422, 429, 503))
+    @patch(
+        WEBHOOK, responses=problems(400, 401, 404, 413, 422, 429, 503), operation_id="updateWebhook"
+    )
     async def change_webhook(
         self,
         request: Request[Any, Any, State],
@@ -161,7 +176,12 @@ class WebhooksController(Controller):
             await _visible(ctx, position)
         return _out(await self._row(ctx, caller, webhook_id))
 
-    @delete(WEBHOOK, status_code=204, responses=problems(400, 401, 404, 429, 503))
+    @delete(
+        WEBHOOK,
+        status_code=204,
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="deleteWebhook",
+    )
     async def delete_webhook(
         self,
         request: Request[Any, Any, State],
@@ -178,6 +198,7 @@ class WebhooksController(Controller):
         WEBHOOK + "/rotate-secret",
         status_code=200,
         responses=problems(400, 401, 404, 413, 422, 429, 503),
+        operation_id="rotateWebhookSecret",
     )
     async def rotate_secret(
         self,
@@ -198,7 +219,11 @@ class WebhooksController(Controller):
             previous_secret_valid_until=datetime.now(UTC) + grace,
         )
 
-    @get(WEBHOOK + "/deliveries", responses=problems(400, 401, 404, 429, 503))
+    @get(
+        WEBHOOK + "/deliveries",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="listWebhookDeliveries",
+    )
     async def list_deliveries(
         self,
         request: Request[Any, Any, State],
@@ -235,6 +260,7 @@ class WebhooksController(Controller):
         WEBHOOK + "/deliveries/{delivery_id:str}/retry",
         status_code=202,
         responses=problems(400, 401, 404, 429, 503),
+        operation_id="retryWebhookDelivery",
     )
     async def retry_delivery(
         self,
@@ -253,7 +279,8 @@ class WebhooksController(Controller):
     @post(
         WEBHOOK + "/replay",
         status_code=202,
-        responses=problems(400, 401, 404, 413, 422, 429, 503),
+        responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
+        operation_id="replayWebhook",
     )
     async def replay(
         self,
@@ -262,49 +289,62 @@ class WebhooksController(Controller):
         webhook_id: FromPath[str],
         data: JSONBody[ReplayIn],
     ) -> ReplayOut:
-        """Send again every event of `[from, to)` this endpoint subscribes to (each with its
-        own `webhook-id`, so receivers can tell a replay from a new event)."""
+        """Send again the events of `[from, to)` this endpoint subscribes to (each with its
+        own `webhook-id`, so receivers can tell a replay from a new event). One call reads at
+        most SESSIOND_REPLAY_MAX_EVENTS events (a session's endpoint: that session's only);
+        when the window goes on, `next` is where to continue (send it as `after` with the same
+        window). One replay of an endpoint runs at a time (409 `replay-in-progress`)."""
         ctx = context(request)
         row = await self._row(ctx, caller, webhook_id)
         start, end = utc_instant(data.from_, "from", 422), utc_instant(data.to, "to", 422)
         if end <= start:
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
-        deliveries = await call(_replayable, ctx, row, start, end)
-        count = await call(ctx.webhook_queries.replay, deliveries)
-        return ReplayOut(webhook_id=webhook_id, enqueued=count)
+        tenant = row["session_id"] or GLOBAL_ENDPOINTS
+        try:
+            page = await ctx.expensive_reads.run(
+                tenant, _replay, ctx, row, (start, end), data.after
+            )
+        except InvalidCursor as error:
+            raise ProblemError(422, "invalid-cursor", str(error)) from None
+        except ReplayInProgress:
+            raise ProblemError(
+                409,
+                "replay-in-progress",
+                f"a replay of {webhook_id} is running; send this one when it has answered",
+                {"Retry-After": "1"},
+            ) from None
+        return ReplayOut(webhook_id=webhook_id, enqueued=len(page.deliveries), next=page.next)
 
 
-def _replayable(
-    ctx: ApiContext, row: dict[str, Any], start: datetime, end: datetime
-) -> list[NewDelivery]:
-    """The endpoint's events recorded in [start, end), read from the log."""
-    app = ctx.app
-    position = first_position_at(app, start)
-    found: list[NewDelivery] = []
-    scanned = 0
-    while scanned < MAX_REPLAY_EVENTS:
-        page = app.recorder.select_notifications(start=position, limit=500)
-        if not page:
-            break
-        for notification in page:
-            event: Any = app.mapper.to_domain_event(notification)
-            if event.timestamp >= end:
-                return found
-            scanned += 1
-            described = webhook_event(event)
-            if described is None or event.timestamp < start:
-                continue
-            kind, data = described
-            if kind in row["events"] and row["session_id"] in (None, data["sessionId"]):
-                found.append(
-                    NewDelivery(
-                        webhook_id=row["webhook_id"],
-                        event_id=event_id(notification.id),
-                        event_type=kind,
-                        session_id=data["sessionId"],
-                        position=notification.id,
-                        occurred_at=event.timestamp,
-                    )
-                )
-        position = page[-1].id + 1
-    return found
+def _replay(
+    ctx: ApiContext, row: dict[str, Any], window: tuple[datetime, datetime], after: str | None
+) -> ReplayPage:
+    """Find a bounded page of the endpoint's events in `window` and enqueue them, holding
+    the endpoint's replay (in every process) until done."""
+    queries, webhook_id = ctx.webhook_queries, row["webhook_id"]
+    if not queries.begin_replay(webhook_id, REPLAY_HOLD):
+        raise ReplayInProgress(webhook_id)
+    try:
+        return _replay_held(ctx, row, window, after)
+    finally:
+        queries.end_replay(webhook_id)
+
+
+class ReplayInProgress(Exception):
+    """Another replay of the endpoint holds it."""
+
+
+def _replay_held(
+    ctx: ApiContext, row: dict[str, Any], window: tuple[datetime, datetime], after: str | None
+) -> ReplayPage:
+    page = replay_page(
+        ctx.app,
+        ctx.webhook_queries,
+        endpoint=row,
+        window=window,
+        cursor=after,
+        limit=ctx.replay_max_events,
+    )
+    if page.deliveries:
+        ctx.webhook_queries.replay(page.deliveries)
+    return page

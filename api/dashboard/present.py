@@ -12,6 +12,7 @@ from markupsafe import Markup
 
 from api.presenters import health
 from api.qr import SVG, render
+from domain.values import DesiredState, Status
 from projections.rows import SessionRow
 from projections.uptime import status_uptime
 
@@ -45,9 +46,9 @@ PER_PAGE = 50
 
 
 def state_of(row: SessionRow) -> str:
-    if row.desired == "stopped":
+    if row.desired == DesiredState.STOPPED:
         return "stopped"
-    if row.status == "connected" and row.degraded:
+    if row.status == Status.CONNECTED and row.degraded:
         return "degraded"
     return row.status if row.status in TONES else "disconnected"
 

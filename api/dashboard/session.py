@@ -13,16 +13,16 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
 from api.context import ApiContext
-from api.controllers.common import call, delete_session, revoke_key, settle
+from api.controllers.common import call, delete_session, request_pair_code, revoke_key, settle
 from api.dashboard import loaders
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import line, qr_panel
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, live_row, page, see_other
-from api.qr import InvalidPhone, normalize_phone
 from application.errors import NotPairing
-from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE, session_uuid
+from application.phones import InvalidPhone
+from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE
 from projections.history import HistoryEntry
 from projections.rows import SessionRow
 
@@ -145,22 +145,12 @@ class SessionController(Controller):
         """Ask the session's worker for a code to type on the phone (instead of scanning)."""
         ctx, row, raw = await _posted(request, session_id, "phone")
         try:
-            phone = normalize_phone(raw)
+            phone, code = await request_pair_code(ctx, row, raw)
         except InvalidPhone as error:
             return await self._link_page(request, row, status=422, error=str(error))
-        if row.status != "connecting" or row.qr_code is None:
-            message = (
-                "A pairing code is given only while QR codes are shown: "
-                f"the session is {row.status}."
-            )
-            return await self._link_page(request, row, status=409, error=message)
-        try:
-            result = await ctx.gateway_calls.call(
-                session_uuid(row.session_id), "pair_code", {"phone": phone}
-            )
         except NotPairing as error:
             return await self._link_page(request, row, status=409, error=str(error))
-        flash(request, pair={"phone": "+" + phone, "code": str(result["code"])})
+        flash(request, pair={"phone": "+" + phone, "code": code})
         return see_other(_path(row, "/link"))
 
     # -- actions --------------------------------------------------------------------------

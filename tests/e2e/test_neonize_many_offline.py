@@ -27,11 +27,13 @@ from infra.devicestore import APPLICATION_NAME
 from infra.embedded import start_embedded_postgres
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, Sessiond, free_port
+from tests.e2e.test_connection_budget import BUDGETS, label
 
 SESSIONS = 50
-#: `sessiond serve` holds about 43 connections idle today; a server this small leaves no room
-#: for a device store that grows with the sessions.
-MAX_CONNECTIONS = 60
+#: sessiond's own processes hold at most 12 (serve) or 4 + 8 + 6 (api, projector, worker)
+#: connections, plus the device store's pool: a server this small leaves no room for a
+#: device store that grows with the sessions.
+MAX_CONNECTIONS = 40
 STORE_POOL = 3
 
 
@@ -60,6 +62,7 @@ class Sampler:
         self.url = url
         self.peak_total = 0
         self.peak_store = 0
+        self.peak_by_process: dict[str, int] = {}  # `label`: sessiond-serve, -worker, …
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -75,6 +78,11 @@ class Sampler:
                 counts = {name: int(n) for name, n in rows}
                 self.peak_total = max(self.peak_total, sum(counts.values()))
                 self.peak_store = max(self.peak_store, counts.get(APPLICATION_NAME, 0))
+                by_process: dict[str, int] = {}
+                for name, n in counts.items():
+                    by_process[label(name)] = by_process.get(label(name), 0) + n
+                for process, n in by_process.items():
+                    self.peak_by_process[process] = max(self.peak_by_process.get(process, 0), n)
                 self.samples += 1
 
     def stop(self) -> None:
@@ -168,6 +176,16 @@ def test_fifty_offline_sessions_retry_within_a_fixed_connection_budget(
     assert sampler.samples > 10
     assert 0 < sampler.peak_store <= STORE_POOL, sampler.peak_store
     assert sampler.peak_total < MAX_CONNECTIONS - 3, sampler.peak_total
+    # Check each process kept its own budget, the device store's pool (its PgBouncer's server
+    # connections, named sessiond-device-store) counted apart.
+    peaks = sampler.peak_by_process
+    print(f"{roles}: peak {sampler.peak_total} in all, by process {peaks}")
+    if roles == "serve":
+        serve_peak = peaks.get("sessiond-serve", 0) + peaks.get("sessiond-worker", 0)
+        assert serve_peak <= BUDGETS["serve"], peaks
+    else:
+        for role in ("api", "projector", "worker"):
+            assert 0 < peaks.get(f"sessiond-{role}", 0) <= BUDGETS[role], peaks
     for process in processes:
         log = process.log_path.read_text(errors="replace")
         for bad in ("too many clients", "store_unavailable", "panic", "Traceback"):

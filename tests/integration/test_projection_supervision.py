@@ -82,9 +82,9 @@ def test_only_one_process_runs_a_projection_and_another_takes_over(
     tries: dict[ProjectionSupervisor, int] = {}
     pause = ProjectionSupervisor._sleep
 
-    def sleep(self: ProjectionSupervisor, conn: Any) -> None:  # after each lock tried in vain
+    def sleep(self: ProjectionSupervisor) -> None:  # after each lock tried in vain
         tries[self] = tries.get(self, 0) + 1
-        pause(self, conn)
+        pause(self)
 
     monkeypatch.setattr(ProjectionSupervisor, "_sleep", sleep)
     first, second = supervisors(), supervisors()

@@ -1,0 +1,256 @@
+"""Each process holds a fixed few PostgreSQL connections, idle and under load, counted in
+``pg_stat_activity`` by the names the processes give them (``sessiond-<role>:pool``,
+``sessiond-<role>:listener``, a worker's ``sessiond-worker:<id>``).
+
+Budgets: ``serve`` 12 in all (its HTTP process and its child worker), an ``api`` 4, a
+``projector`` 8, a ``worker`` 6; the device store's pool of a neonize worker is counted apart
+(``sessiond-device-store``, tests/e2e/test_neonize_many_offline.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from infra.pggateway import WORKER_APP_PREFIX
+from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
+
+BUDGETS = {"serve": 12, "api": 4, "projector": 8, "worker": 6}
+SERVE_NAMES = ("sessiond-serve", "sessiond-worker")
+#: The test's own connections (left out of every count).
+OURS = "budget-test"
+#: Every projection's advisory lock, held once the projector runs them all.
+PROJECTIONS = 6
+
+
+def label(application_name: str) -> str:
+    """The process a connection belongs to (``sessiond-api``) and what it is for."""
+    return application_name.split(":", 1)[0]
+
+
+def purpose(application_name: str) -> str:
+    name, _, rest = application_name.partition(":")
+    if name == "sessiond-worker" and rest not in ("pool", "boot"):
+        return "sessiond-worker:listener"  # the worker's identity: its one listener
+    return application_name
+
+
+def session_bound(application_name: str) -> bool:
+    """Whether a connection so named is a direct one: a listener, the worker's identity, a
+    process's start-up."""
+    process, _, rest = application_name.partition(":")
+    return rest in ("listener", "boot") or (process == "sessiond-worker" and rest != "pool")
+
+
+class Census:
+    """Counts the connections to one database, by process, again and again on a thread:
+    `peak` is the most each process ever held while it ran."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.dbname = str(conninfo_to_dict(database_url)["dbname"])
+        self.peak: Counter[str] = Counter()
+        self.peak_total = 0
+        self.peak_pooled = 0  # the most pooled connections (not `session_bound`) at once
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> Counter[str]:
+        """The connections held right now, by purpose (each one's application name)."""
+        with psycopg.connect(self.database_url, autocommit=True, application_name=OURS) as conn:
+            rows = conn.execute(
+                "SELECT application_name, count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name <> %s GROUP BY 1",
+                (self.dbname, OURS),
+            ).fetchall()
+        return Counter({purpose(name): int(n) for name, n in rows})
+
+    def _run(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True, application_name=OURS) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(
+                    "SELECT application_name, count(*) FROM pg_stat_activity "
+                    "WHERE datname = %s AND application_name <> %s GROUP BY 1",
+                    (self.dbname, OURS),
+                ).fetchall()
+                by_process: Counter[str] = Counter()
+                for name, n in rows:
+                    by_process[label(name)] += int(n)
+                for process, n in by_process.items():
+                    self.peak[process] = max(self.peak[process], n)
+                self.peak_total = max(self.peak_total, sum(by_process.values()))
+                pooled = sum(int(n) for name, n in rows if not session_bound(name))
+                self.peak_pooled = max(self.peak_pooled, pooled)
+                self.samples += 1
+                self._stop.wait(0.02)
+
+    @contextmanager
+    def watching(self) -> Iterator[Census]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join(10)
+
+
+def by_process(counts: Counter[str]) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for name, n in counts.items():
+        found[label(name)] += n
+    return found
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:
+    """Every projection elected, every worker alive (its identity connection up) and every
+    process started (none holds its start-up connection)."""
+
+    def check() -> bool:
+        with psycopg.connect(database_url, autocommit=True, application_name=OURS) as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
+                " (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE %s AND application_name NOT IN (%s, %s)),"
+                " (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE '%%:boot')",
+                (WORKER_APP_PREFIX + "%", WORKER_APP_PREFIX + "pool", WORKER_APP_PREFIX + "boot"),
+            ).fetchone()
+        assert row is not None
+        return int(row[0]) >= PROJECTIONS and int(row[1]) >= workers and int(row[2]) == 0
+
+    return check
+
+
+def assert_clean(*processes: Sessiond) -> None:
+    """No process logged an error with its traceback (a pool that ran dry, a failed save)."""
+    for process in processes:
+        log = process.log_path.read_text(errors="replace")
+        for bad in ("Traceback", "PoolTimeout", "prepared statement"):
+            assert bad not in log, (process.command, log[-3000:])
+
+
+def lock_holders(database_url: str) -> dict[str, int]:
+    """The advisory locks held, by the name of the connection that holds them."""
+    with psycopg.connect(database_url, autocommit=True, application_name=OURS) as conn:
+        rows = conn.execute(
+            "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a "
+            "USING (pid) WHERE l.locktype = 'advisory' AND l.granted "
+            "AND a.datname = current_database() GROUP BY 1"
+        ).fetchall()
+    return {str(name): int(n) for name, n in rows}
+
+
+def exercise(api: Sessiond, sessions: int = 12) -> None:
+    """Some of everything, many requests at once: create, QR, scan, status, history, send,
+    keys issued and revoked, a session deleted."""
+    with (
+        api.client(limits=httpx.Limits(max_connections=32)) as client,
+        ThreadPoolExecutor(16) as pool,
+    ):
+        created = list(pool.map(lambda n: create_session(client, f"Budget {n}"), range(sessions)))
+
+        def link(session: dict[str, Any]) -> None:
+            sid, key = session["sessionId"], key_of(session)
+            wait_for(
+                lambda: client.get(f"/sessions/{sid}/qr", headers=key).status_code == 200,
+                f"the QR code of {sid}",
+            )
+            scanned = client.post(f"/simulator/sessions/{sid}/scan", headers=ADMIN)
+            assert scanned.status_code == 200, scanned.text
+            for _ in range(10):
+                assert client.get(f"/sessions/{sid}/status", headers=key).status_code == 200
+            assert client.get(f"/sessions/{sid}/events", headers=key).status_code == 200
+            assert client.get(f"/sessions/{sid}/uptime", headers=key).status_code == 200
+            sent = client.post(
+                f"/sessions/{sid}/messages",
+                json={"to": "+14155550123", "text": "hello"},
+                headers=key,
+            )
+            assert sent.status_code == 202, sent.text
+            assert client.get(f"/sessions/{sid}/messages", headers=key).status_code == 200
+            extra = client.post(f"/sessions/{sid}/keys", json={"label": "extra"}, headers=key)
+            assert extra.status_code == 201, extra.text
+            revoked = client.delete(f"/sessions/{sid}/keys/{extra.json()['keyId']}", headers=key)
+            assert revoked.status_code == 204, revoked.text
+
+        list(pool.map(link, created))
+        gone = client.delete(f"/sessions/{created[0]['sessionId']}", headers=ADMIN)
+        assert gone.status_code == 204, gone.text
+        assert client.get("/sessions", headers=ADMIN).status_code == 200
+
+
+def test_serve_holds_at_most_12_connections_idle_and_under_load(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    serve = start("serve", sessiond_env)
+    wait_for(settled(database_url), "every projection elected and the worker up")
+    census = Census(database_url)
+
+    # Check the idle process: one listener and one pool in each of its two processes.
+    idle = census.now()
+    assert set(by_process(idle)) <= set(SERVE_NAMES), idle
+    assert idle["sessiond-serve:listener"] == 1, idle
+    assert idle["sessiond-worker:listener"] == 1, idle
+    assert sum(idle.values()) <= BUDGETS["serve"], idle
+    assert lock_holders(database_url) == {"sessiond-serve:listener": PROJECTIONS}
+
+    # Check the budget holds while every role is busy, and after.
+    with census.watching():
+        exercise(serve)
+    assert census.samples > 10
+    assert census.peak_total <= BUDGETS["serve"], census.peak
+    after = census.now()
+    assert set(by_process(after)) <= set(SERVE_NAMES), after
+    assert sum(after.values()) <= BUDGETS["serve"], after
+    assert_clean(serve)
+    print(f"serve: idle {dict(idle)}, peak {dict(census.peak)}, after {dict(after)}")
+
+
+def test_api_projector_and_worker_apart_each_keep_their_budget(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    api = start("api", sessiond_env)
+    projector = start("projector", sessiond_env)
+    worker = start("worker", sessiond_env)
+    wait_for(settled(database_url), "every projection elected and the worker up")
+    census = Census(database_url)
+
+    # Check each idle process: its one listener (the projector's holds every projection's
+    # lock), and its pool within the budget.
+    assert lock_holders(database_url) == {"sessiond-projector:listener": PROJECTIONS}
+    idle = census.now()
+    for role in ("api", "projector"):
+        assert idle[f"sessiond-{role}:listener"] == 1, idle
+    assert idle["sessiond-worker:listener"] == 1, idle
+    idle_by_process = by_process(idle)
+    assert set(idle_by_process) == {f"sessiond-{role}" for role in ("api", "projector", "worker")}
+    for role in ("api", "projector", "worker"):
+        assert idle_by_process[f"sessiond-{role}"] <= BUDGETS[role], idle
+
+    # Check each keeps its budget while all are busy, and after.
+    with census.watching():
+        exercise(api)
+    for role in ("api", "projector", "worker"):
+        assert census.peak[f"sessiond-{role}"] <= BUDGETS[role], census.peak
+    after = by_process(census.now())
+    for role in ("api", "projector", "worker"):
+        assert after[f"sessiond-{role}"] <= BUDGETS[role], after
+    assert_clean(api, projector, worker)
+    print(f"apart: idle {dict(idle)}, peak {dict(census.peak)}, after {dict(after)}")
