@@ -321,7 +321,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     ready = False
                 live = db.scalar(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name "
-                    "LIKE 'sessiond-worker:%%'"
+                    "~ '^sessiond-worker:[0-9a-f]{32}$'"  # identities, not the pools
                 )
                 return ready and live == 2, f"api ready: {ready}, workers: {live}"
 
