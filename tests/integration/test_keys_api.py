@@ -19,7 +19,7 @@ async def test_keys_are_shown_once_listed_by_prefix_and_their_last_use_is_kept(a
     assert new["keyId"].startswith("key_") and new["label"] == "crm"
 
     # Check the new key works at once, and its use is recorded without an event.
-    position = api.container.app.recorder.max_notification_id()
+    position = api.container.app.recorder.max_notification_id() or 0
     status = await api.client.get(
         f"/sessions/{session_id}/status", headers={"x-api-key": new["key"]}
     )
