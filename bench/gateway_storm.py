@@ -512,6 +512,33 @@ def settings_env(url: str, workdir: Path, sessions: int) -> dict[str, str]:
     }
 
 
+def scan_all(
+    db: Database,
+    roles: Sequence[Role],
+    session_ids: list[str],
+    connected_total: int,
+    *,
+    timeout: float,
+    poll: float,
+) -> float:
+    """Scan every session through the requests table (one request each, inserted at once);
+    the seconds until all are answered and `connected_total` sessions are connected."""
+    started = time.monotonic()
+    scans = db.request([session_uuid(s) for s in session_ids], "scan")
+
+    def scanned() -> tuple[bool, str]:
+        answered = db.answered(scans)
+        _, _, _, connected = db.counts()
+        done = answered == len(session_ids) and connected == connected_total
+        return done, f"{answered} scans, {connected} connected"
+
+    wait_for("scans", scanned, roles, timeout, poll)
+    errors = db.errors(scans)
+    if errors:
+        raise RuntimeError(f"{len(errors)} scans failed: {errors[:3]}")
+    return time.monotonic() - started
+
+
 def add_sessions(
     app: SessionsApplication, db: Database, roles: Sequence[Role], first: int, count: int
 ) -> list[str]:
@@ -533,19 +560,7 @@ def add_sessions(
 
     seconds = wait_for("leases and QR codes", held_with_qr, roles, 300, 0.25)
     print(f"  the worker holds all {total}, each new one shows a QR code: {seconds:.2f} s later")
-    started = time.monotonic()
-    scans = db.request([session_uuid(s) for s in session_ids], "scan")
-
-    def scanned() -> tuple[bool, str]:
-        answered = db.answered(scans)
-        _, _, _, connected = db.counts()
-        return answered == count and connected == total, f"{answered} scans, {connected} connected"
-
-    wait_for("scans", scanned, roles, 300, 0.25)
-    errors = db.errors(scans)
-    if errors:
-        raise RuntimeError(f"{len(errors)} scans failed: {errors[:3]}")
-    seconds = time.monotonic() - started
+    seconds = scan_all(db, roles, session_ids, total, timeout=300, poll=0.25)
     print(f"  scanned them through the requests table, all {total} connected: {seconds:.2f} s")
     return session_ids
 

@@ -61,6 +61,7 @@ from gateway_storm import (
     check_events,
     connected_versions,
     read_memory,
+    scan_all,
     wait_for,
 )
 from gateway_storm import Worker as _Worker
@@ -226,19 +227,8 @@ def connect_all(db: Database, roles: Sequence[Role], session_ids: list[str], n: 
 
     seconds = wait_for("leases and QR codes", held_with_qr, roles, 900, 0.5)
     print(f"  the workers hold all {n:,} ({held_by(db)}), QR codes shown: {seconds:.1f} s")
-    started = time.monotonic()
-    scans = db.request([session_uuid(s) for s in session_ids], "scan")
-
-    def scanned() -> tuple[bool, str]:
-        answered = db.answered(scans)
-        _, _, _, connected = db.counts()
-        return answered == n and connected == n, f"{answered} scans, {connected} connected"
-
-    wait_for("scans", scanned, roles, 900, 0.5)
-    errors = db.errors(scans)
-    if errors:
-        raise RuntimeError(f"{len(errors)} scans failed: {errors[:3]}")
-    print(f"  scanned, all {n:,} connected: {time.monotonic() - started:.1f} s", flush=True)
+    seconds = scan_all(db, roles, session_ids, n, timeout=900, poll=0.5)
+    print(f"  scanned, all {n:,} connected: {seconds:.1f} s", flush=True)
 
 
 def storm(
