@@ -6,23 +6,15 @@ time, and webhook slots that a slow endpoint cannot take from the others."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
 from tests.e2e.test_gateway_processes import eventually
 from tests.receiver import Answer, Receiver, receiver
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    with receiver() as running:
-        yield running
 
 
 def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.e2e.conftest import ADMIN, create_session
 from tests.e2e.test_gateway_processes import eventually, gateway_child
-from tests.receiver import Answer, Receiver, receiver
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    with receiver() as running:
-        yield running
+from tests.receiver import Answer, Receiver
 
 
 def test_a_worker_killed_mid_delivery_loses_nothing(
