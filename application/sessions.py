@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ from application.errors import ConcurrentChange, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
 from application.ports import InboundMessage, MessageIndex, RevocationLog
 from application.revocations import REVOCATIONS, revocations_in
+from application.turns import Turns
 from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
 from domain.policy import ReconnectPolicy
 from domain.session import ApiKey, QueuedMessage, RecentMessage, Session
@@ -39,7 +42,13 @@ from domain.values import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Tries of a command when another process saved the session in between (its own process
+#: takes turns per session, see `application.turns`).
 _CONFLICT_RETRIES = 5
+#: A report of the gateway is a fact about the link: it is tried for longer before giving up.
+_REPORT_RETRIES = 20
+#: The longest pause between two tries (a random pause, doubling from 2 ms, spreads them).
+_MAX_CONFLICT_PAUSE = 0.1
 
 
 class _DataclassAsDict(Transcoding):
@@ -133,6 +142,7 @@ class SessionsApplication(Application[UUID]):
         self.caps = caps or SessionCaps()
         self.committer = GroupCommitter(self._record_batch)
         self._cache: SessionCache[Session] = SessionCache()
+        self._turns = Turns()
         #: Where messages the sessions no longer remember are looked up (the messages view).
         self.message_index: MessageIndex | None = None
 
@@ -436,42 +446,50 @@ class SessionsApplication(Application[UUID]):
         return position
 
     def _change_or_none(
-        self, session_id: str | UUID, change: Callable[[Session], object]
+        self,
+        session_id: str | UUID,
+        change: Callable[[Session], object],
+        tries: int = _CONFLICT_RETRIES,
     ) -> int | None:
         """Load, change, save; retried when another writer saved the session in between.
 
-        The first try may start from the cached copy (see `application.cache`); anything but
-        a successful save is decided again on a fresh load before it is answered.
+        Commands on one session take turns in this process, so only another process's
+        save can come in between. The first try may start from the cached copy (see
+        `application.cache`); anything but a successful save is decided again on a fresh
+        load before it is answered.
         """
         uuid = session_id if isinstance(session_id, UUID) else session_uuid(session_id)
-        for attempt in range(_CONFLICT_RETRIES):
-            cached = self._cache.take(uuid) if attempt == 0 else None
-            session = cached if cached is not None else self.load(uuid)
-            try:
-                if session.is_deleted:
-                    raise SessionIsDeleted(f"the session {session_id} has been deleted")
-                change(session)
-            except DomainError:
-                if cached is not None:
+        with self._turns.turn(uuid):
+            for attempt in range(tries):
+                if attempt > 1:  # not in step with the other writer: a random pause
+                    time.sleep(random.uniform(0, min(_MAX_CONFLICT_PAUSE, 0.002 * 2**attempt)))  # noqa: S311
+                cached = self._cache.take(uuid) if attempt == 0 else None
+                session = cached if cached is not None else self.load(uuid)
+                try:
+                    if session.is_deleted:
+                        raise SessionIsDeleted(f"the session {session_id} has been deleted")
+                    change(session)
+                except DomainError:
+                    if cached is not None:
+                        continue
+                    raise
+                if not session.pending_events:
+                    if cached is not None:
+                        continue
+                    return None
+                try:
+                    position = self._save(session)
+                except IntegrityError:
+                    self._cache.evict(uuid)
                     continue
-                raise
-            if not session.pending_events:
-                if cached is not None:
-                    continue
-                return None
-            try:
-                position = self._save(session)
-            except IntegrityError:
-                self._cache.evict(uuid)
-                continue
-            self._cache.put(uuid, session)
-            return position
+                self._cache.put(uuid, session)
+                return position
         raise ConcurrentChange(f"session {session_id} changed concurrently; try again")
 
     def _gateway_change(self, session_id: UUID, change: Callable[[Session], None]) -> int | None:
         """Record what the gateway saw; a report that no longer applies is dropped and logged."""
         try:
-            return self._change_or_none(session_id, change)
+            return self._change_or_none(session_id, change, _REPORT_RETRIES)
         except (InvalidTransition, SessionIsDeleted, SessionNotFound) as error:
             log.info("ignored a stale gateway report for %s: %s", session_id, error)
             return None

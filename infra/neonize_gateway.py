@@ -77,7 +77,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from application.errors import GatewayError, NotConnected, NotPairing, RecipientRejected
+from application.errors import (
+    ConcurrentChange,
+    GatewayError,
+    NotConnected,
+    NotPairing,
+    RecipientRejected,
+)
 from application.ports import GatewayEvents, InboundMessage, SentMessage, WhatsAppGateway
 from domain.values import MessageStatus, Reason
 from infra.devicestore import DeviceStorePool
@@ -998,28 +1004,37 @@ class NeonizeGateway(WhatsAppGateway):
                 item.set()
                 continue
             with self._delivery:
-                with self._lock:
-                    link = self._links.get(item.session_id)
-                    current = link is not None and link.generation == item.generation
                 events = self._events
-                if events is None or not (current or item.fact):
+                if events is None or not (item.fact or self._is_current(item)):
                     continue  # from a client that was stopped or replaced since
                 self._deliver(item, events)
 
-    @staticmethod
-    def _deliver(item: _Report, events: GatewayEvents) -> None:
-        pauses = FACT_RETRY_PAUSES if item.fact else ()
-        for pause in (*pauses, None):
+    def _deliver(self, item: _Report, events: GatewayEvents) -> None:
+        """Record a report. A message or receipt is tried again after any failure; a report
+        about the link only after losing a race with another writer of the session, and
+        only while its link is still the session's current one."""
+        for pause in (*FACT_RETRY_PAUSES, None):
             try:
                 item.deliver(events)
+            except ConcurrentChange:
+                if pause is None or not (item.fact or self._is_current(item)):
+                    log.exception("recording a gateway report for %s failed", item.session_id)
+                    return
+                log.warning("the session %s changed meanwhile; trying again", item.session_id)
+                time.sleep(pause)
             except Exception:
-                if pause is None:
+                if pause is None or not item.fact:
                     log.exception("recording a gateway report for %s failed", item.session_id)
                     return
                 log.warning("recording a message of %s failed; trying again", item.session_id)
                 time.sleep(pause)
             else:
                 return
+
+    def _is_current(self, item: _Report) -> bool:
+        with self._lock:
+            link = self._links.get(item.session_id)
+            return link is not None and link.generation == item.generation
 
     def _barrier(self) -> None:
         """Wait (briefly) for a report being delivered, so none arrives after we return."""

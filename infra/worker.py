@@ -46,7 +46,12 @@ import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg.sql import SQL, Identifier
 
-from application.errors import ApplicationError, GatewayFailed, SessionNotFound
+from application.errors import (
+    ApplicationError,
+    ConcurrentChange,
+    GatewayFailed,
+    SessionNotFound,
+)
 from application.gateway import RecordingGatewayEvents, plan_start
 from application.placement import share, to_hand_over
 from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, WhatsAppGateway
@@ -703,6 +708,13 @@ class GatewayWorker:
         except (DomainError, SessionNotFound):
             log.info("deadline %s of %s no longer applies", deadline.kind, deadline.session_id)
             done = True
+        except ConcurrentChange:  # lost every race with the session's other writers: later
+            log.warning(
+                "deadline %s of %s: the session kept changing; after the hold",
+                deadline.kind,
+                deadline.session_id,
+            )
+            done = False
         except Exception:
             log.exception("deadline %s of %s failed", deadline.kind, deadline.session_id)
             done = deadline.claims >= MAX_DEADLINE_CLAIMS
@@ -778,11 +790,14 @@ class GatewayWorker:
             return True
         with self._lock:
             self.gateway.stop(session_id)
-            self._started_at.pop(session_id, None)
         seconds = int(START_TIMEOUT.total_seconds())
         self.app.record_disconnected(
             session_id, Reason.CONNECT_FAILURE.value, f"no answer from WhatsApp in {seconds} s"
         )
+        # Only once recorded: if that raised, the check comes back and records it then.
+        with self._lock:
+            if self._started_at.get(session_id) == started:  # not started again meanwhile
+                del self._started_at[session_id]
         return True
 
     def requests_tick(self) -> None:

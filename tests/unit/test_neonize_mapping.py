@@ -32,7 +32,13 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from application.errors import GatewayError, NotConnected, NotPairing, RecipientRejected
+from application.errors import (
+    ConcurrentChange,
+    GatewayError,
+    NotConnected,
+    NotPairing,
+    RecipientRejected,
+)
 from application.ports import GatewayEvents, InboundMessage
 from infra.neonize_gateway import (
     NeonizeGateway,
@@ -717,6 +723,56 @@ def test_a_message_whose_recording_fails_once_is_recorded_on_the_next_try(
     monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0,))
     feed(client, text_message())
     assert names(rig.settle()) == ["message_received"]
+
+
+def test_a_link_report_that_lost_a_race_with_another_writer_is_recorded_on_the_next_try(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API changed the session at that moment: the link went down all the same."""
+    _, client = connected_rig(rig)
+    record = rig.events.disconnected
+    races = [ConcurrentChange("the session changed concurrently")] * 2
+
+    def racing(session_id: UUID, *args: Any) -> int | None:
+        if races:
+            raise races.pop()
+        return record(session_id, *args)
+
+    rig.events.disconnected = racing  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0, 0.0))
+    feed(client, PB.Disconnected(status=True))
+    assert [(c.name, c.args[0]) for c in rig.settle()] == [("disconnected", "connection_lost")]
+
+
+def test_a_link_report_is_not_tried_again_once_its_client_was_replaced(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart between two tries: the old link's word no longer describes the session."""
+    sid, client = connected_rig(rig)
+    tried = threading.Event()
+    go_on = threading.Event()
+
+    def racing(session_id: UUID, *args: Any) -> int | None:
+        tried.set()
+        assert go_on.wait(WAIT)
+        raise ConcurrentChange("the session changed concurrently")
+
+    rig.events.disconnected = racing  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0, 0.0, 0.0))
+    feed(client, PB.Disconnected(status=True))
+    assert tried.wait(WAIT)
+    threading.Thread(target=rig.gateway.start, args=(sid, PHONE_JID), daemon=True).start()
+    assert client.stopped.wait(WAIT)  # replaced: the old client is stopped
+    tries: list[tuple[Any, ...]] = []
+
+    def late(session_id: UUID, *args: Any) -> int | None:
+        tries.append(args)
+        return None
+
+    rig.events.disconnected = late  # type: ignore[method-assign,assignment]
+    go_on.set()
+    rig.settle()
+    assert tries == []  # not recorded late on behalf of the replaced link
 
 
 # -- receipts ---------------------------------------------------------------------------------
