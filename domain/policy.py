@@ -18,8 +18,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
-from domain.values import Reason
+from domain.values import DeadlineKind, FailureReason, Reason
 
 BACKOFF_REASONS = frozenset(
     {
@@ -70,3 +71,93 @@ class ReconnectPolicy:
     @staticmethod
     def needs_new_qr(reason: str | None) -> bool:
         return reason in NEEDS_QR_REASONS
+
+
+# -- outbound messages ------------------------------------------------------------------------
+
+
+class SendFailure(StrEnum):
+    """How a try to send a message failed, as far as what happens next is concerned."""
+
+    NOT_CONNECTED = "not_connected"  # the link is down (or not up yet)
+    REJECTED = "rejected"  # WhatsApp refused the recipient for good
+    TRANSIENT = "transient"  # a time-out, a server error: it may work later
+
+
+@dataclass(frozen=True)
+class SendVerdict:
+    """What to do after a failed try: stop draining (`wait_for_connection`), try the same
+    message again after `retry_in` seconds, or record it failed with `fail` and go on."""
+
+    wait_for_connection: bool = False
+    retry_in: float | None = None
+    fail: FailureReason | None = None
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """When a message that could not be sent is tried again, and when it fails.
+
+    - not connected: nothing is spent; the drain stops, the next connection starts it again;
+    - refused for good: the message fails (``rejected``) and the next one goes;
+    - anything else: tried again after a growing pause (2 s, doubling up to a minute,
+      whatever the pace), and failed (``send_failed``) after `attempts` tries (about two
+      minutes), so that one bad message does not block the queue for ever.
+    """
+
+    attempts: int = 6
+    first_pause: float = 2.0
+    longest_pause: float = 60.0
+
+    def pause(self, tries: int) -> float:
+        """The pause after `tries` failures in a row: `first_pause` after the first,
+        doubling, at most `longest_pause` (a failed send, or a drain step that failed on
+        the service's own error)."""
+        return float(min(self.longest_pause, self.first_pause * 2.0 ** max(0, tries - 1)))
+
+    def after(self, failure: SendFailure, tries: int) -> SendVerdict:
+        """The verdict after try number `tries` (1 for the first) of one message failed."""
+        if failure == SendFailure.NOT_CONNECTED:
+            return SendVerdict(wait_for_connection=True)
+        if failure == SendFailure.REJECTED:
+            return SendVerdict(fail=FailureReason.REJECTED)
+        if tries < self.attempts:
+            return SendVerdict(retry_in=self.pause(tries))
+        return SendVerdict(fail=FailureReason.SEND_FAILED)
+
+
+# -- deadlines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadlineRule:
+    """How the worker treats a deadline of one kind."""
+
+    #: Run only by the worker that holds the session; another leaves it for the holder.
+    holder_only: bool
+    #: Which claims of a deadline that keeps failing unexpectedly are enough: then it is
+    #: given up (logged), so that a broken deadline does not come back for ever.
+    max_claims: int = 20
+
+
+DEADLINE_RULES: dict[DeadlineKind, DeadlineRule] = {
+    # The session is deleted: whichever worker claims it logs the device out.
+    DeadlineKind.LOGOUT: DeadlineRule(holder_only=False),
+    DeadlineKind.RETRY: DeadlineRule(holder_only=True),
+    DeadlineKind.QR_EXPIRY: DeadlineRule(holder_only=True),
+    DeadlineKind.START_CHECK: DeadlineRule(holder_only=True),
+    DeadlineKind.SEND: DeadlineRule(holder_only=True),
+}
+
+
+def deadline_rule(kind: str) -> DeadlineRule | None:
+    """The rule for a deadline of `kind`; None for a kind this release does not know."""
+    try:
+        return DEADLINE_RULES[DeadlineKind(kind)]
+    except ValueError:
+        return None
+
+
+def gives_up(rule: DeadlineRule, claims: int) -> bool:
+    """Whether a deadline that failed unexpectedly on its claim number `claims` is dropped."""
+    return claims >= rule.max_claims

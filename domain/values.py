@@ -30,6 +30,16 @@ class DesiredState(StrEnum):
     DELETED = "deleted"
 
 
+class DeadlineKind(StrEnum):
+    """What a deadline of a session asks its worker to do when it is due."""
+
+    RETRY = "retry"  # connect again, as the reconnect policy planned
+    QR_EXPIRY = "qr_expiry"  # the QR code's expiry was never reported: expire it
+    LOGOUT = "logout"  # the session was deleted: log its device out
+    START_CHECK = "start_check"  # a start with no news for too long: record it failed
+    SEND = "send"  # the session has messages waiting: send them if it is connected
+
+
 class Reason(StrEnum):
     """Why a session is not (or no longer) connected; carried into the status.
 

@@ -22,16 +22,10 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
+from domain.values import DeadlineKind
 from infra.pgconnect import transaction
 from infra.pgviews import SYNC_COMMIT_OFF, BatchingView
-from projections.gateway import (
-    _UNSET,
-    SEND,
-    Deadline,
-    GatewayChange,
-    GatewayRow,
-    GatewayView,
-)
+from projections.gateway import _UNSET, Deadline, GatewayChange, GatewayRow, GatewayView
 
 GATEWAY_CHANNEL = "sessiond_gateway"
 NOTIFY_GATEWAY = SQL("NOTIFY {0}").format(Identifier(GATEWAY_CHANNEL))
@@ -102,7 +96,7 @@ class PostgresGatewayView(BatchingView, GatewayView):
                 )
             deadlines = dict(change.set_deadlines)
             if change.send_at is not None and queued > 0:
-                deadlines[SEND] = change.send_at
+                deadlines[DeadlineKind.SEND] = change.send_at
             for kind, due in deadlines.items():
                 curs.execute(
                     "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "

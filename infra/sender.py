@@ -4,15 +4,10 @@ A ``send`` deadline (set by the gateway projection when a message is queued, and
 session with messages waiting connects) asks the worker that holds the session to drain it.
 The drain sends one message per step, at least `interval` seconds apart per session, from
 the session's recorded queue (never from a view, which may lag), and records each outcome:
-
-- sent: WhatsApp's id is recorded (``MessageSent``);
-- refused for good (`RecipientRejected`): the message fails (``rejected``) and the next goes;
-- not connected: the drain stops; the next connection sets the deadline again;
-- any other failure (a time-out, a server error): tried again after a growing pause (2 s,
-  doubling up to 60 s, whatever the pace), and failed (``send_failed``) after `attempts`
-  tries (about two minutes), so that one bad message does not block the queue for ever;
-- an error of the service itself (the database, a conflict): the step is tried again after a
-  pause, however long it takes; the drain never goes idle with messages waiting.
+sent (WhatsApp's id is recorded, ``MessageSent``), or what `domain.policy.SendPolicy` decides
+for a failure (stop until connected, try again later, or fail the message and go on). An
+error of the service itself (the database, a conflict): the step is tried again after a
+pause, however long it takes; the drain never goes idle with messages waiting.
 
 Sending is at least once: a worker that dies after WhatsApp took a message but before
 ``MessageSent`` was recorded leaves it queued, and the next worker sends it again (a worker
@@ -30,6 +25,7 @@ from uuid import UUID
 from application.errors import NotConnected, RecipientRejected, SessionNotFound
 from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
+from domain.policy import SendFailure, SendPolicy
 from domain.session import QueuedMessage
 from domain.values import FailureReason, Status
 from infra.timers import TimerThread
@@ -45,14 +41,14 @@ class MessageSender:
         holds: Callable[[UUID], bool],
         *,
         interval: float = 1.0,
-        attempts: int = 6,
+        policy: SendPolicy | None = None,
         workers: int = 16,
     ) -> None:
         self.app = app
         self.gateway = gateway
         self.holds = holds
         self.interval = interval
-        self.attempts = attempts
+        self.policy = policy or SendPolicy()
         self._timers = TimerThread("sender", workers)
         self._lock = threading.Lock()
         self._active: set[UUID] = set()  # a drain is scheduled or running
@@ -92,7 +88,7 @@ class MessageSender:
         except Exception:
             errors = self._errors.get(session_id, 0) + 1
             self._errors[session_id] = errors
-            delay = _backoff(errors)
+            delay = self.policy.pause(errors)
             log.exception("draining the queue of %s failed; again in %.0f s", session_id, delay)
         if delay is not None:
             self._timers.call_later(delay, lambda: self._step(session_id))
@@ -132,17 +128,24 @@ class MessageSender:
         text = self._text(session_id, message.version)
         try:
             sent = self.gateway.send_text(session_id, message.to, text)
-        except NotConnected:
-            return None
-        except RecipientRejected as error:
-            self._fail(session_id, message.message_id, FailureReason.REJECTED, str(error))
         except Exception as error:
+            failure = (
+                SendFailure.NOT_CONNECTED
+                if isinstance(error, NotConnected)
+                else SendFailure.REJECTED
+                if isinstance(error, RecipientRejected)
+                else SendFailure.TRANSIENT
+            )
             tries = self._failures.get(message.message_id, 0) + 1
-            log.warning("sending %s failed (try %d): %s", message.message_id, tries, error)
-            if tries < self.attempts:
+            verdict = self.policy.after(failure, tries)
+            if verdict.wait_for_connection:
+                return None
+            if verdict.retry_in is not None:
+                log.warning("sending %s failed (try %d): %s", message.message_id, tries, error)
                 self._failures[message.message_id] = tries
-                return _backoff(tries)
-            self._fail(session_id, message.message_id, FailureReason.SEND_FAILED, str(error))
+                return verdict.retry_in
+            assert verdict.fail is not None
+            self._fail(session_id, message.message_id, verdict.fail, str(error))
         else:
             self._failures.pop(message.message_id, None)
             self._last_sent[session_id] = time.monotonic()
@@ -162,8 +165,3 @@ class MessageSender:
     def _fail(self, session_id: UUID, message_id: str, reason: FailureReason, detail: str) -> None:
         self._failures.pop(message_id, None)
         self.app.record_send_failed(session_id, message_id, reason.value, detail)
-
-
-def _backoff(tries: int) -> float:
-    """2 s after the first failure, doubling, at most a minute."""
-    return float(min(60, 2**tries))

@@ -57,19 +57,12 @@ from application.placement import share, to_hand_over
 from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
-from domain.values import DesiredState, Reason, Status
+from domain.policy import deadline_rule, gives_up
+from domain.values import DeadlineKind, DesiredState, Reason, Status
 from infra.pgconnect import connect, unreachable
 from infra.pggateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
 from infra.sender import MessageSender
-from projections.gateway import (
-    LOGOUT,
-    QR_EXPIRY,
-    RETRY,
-    SEND,
-    START_CHECK,
-    START_TIMEOUT,
-    Deadline,
-)
+from projections.gateway import START_TIMEOUT, Deadline
 
 log = logging.getLogger(__name__)
 # Every tick would otherwise log two lines at INFO; and ticks that run late or overlap (a
@@ -78,8 +71,6 @@ logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
 logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 
-#: A deadline that keeps failing is given up after this many claims (logged as an error).
-MAX_DEADLINE_CLAIMS = 20
 #: The longest a stopping worker waits to give its leases up (they expire anyway).
 RELEASE_WAIT = 1.0
 #: The longest a stopping worker waits for its listener (it looks every second).
@@ -717,7 +708,8 @@ class GatewayWorker:
             done = False
         except Exception:
             log.exception("deadline %s of %s failed", deadline.kind, deadline.session_id)
-            done = deadline.claims >= MAX_DEADLINE_CLAIMS
+            rule = deadline_rule(deadline.kind)
+            done = rule is None or gives_up(rule, deadline.claims)
             if done:
                 log.error(  # noqa: TRY400 - the traceback was just logged
                     "giving up deadline %s of %s", deadline.kind, deadline.session_id
@@ -726,33 +718,42 @@ class GatewayWorker:
 
     def _deadline(self, deadline: Deadline, now: datetime) -> bool:
         session_id = deadline.session_id
-        if deadline.kind == LOGOUT:
-            jid = self.app.load(session_id).jid
-            with self._lock:  # not started again from now on: it is not held
-                self._epoch += 1
-                self._generations.pop(session_id, None)
-                self._started_at.pop(session_id, None)
-                self._held.discard(session_id)
-            self.gateway.logout(session_id, jid)  # may talk to WhatsApp: not under the lock
-            self.store.release([session_id])
-            return True
-        if not self.holds(session_id):
-            return False  # taken over meanwhile: its new worker runs it
-        if deadline.kind == RETRY:
-            return self._retry(session_id)
-        if deadline.kind == QR_EXPIRY:
-            with self._lock:
-                generation = self._generations.get(session_id)
-            if self.app.expire_stale_qr(session_id, now) is not None:
-                with self._lock:
-                    if self._generations.get(session_id) == generation:  # no restart since
-                        self.gateway.stop(session_id)
-            return True
-        other = {START_CHECK: self._check_start, SEND: self._send}.get(deadline.kind)
-        if other is None:
+        rule = deadline_rule(deadline.kind)
+        if rule is None:
             log.error("unknown deadline kind %r", deadline.kind)
             return True
-        return other(session_id)
+        if rule.holder_only and not self.holds(session_id):
+            return False  # taken over meanwhile: its new worker runs it
+        run = {
+            DeadlineKind.LOGOUT: self._logout,
+            DeadlineKind.RETRY: self._retry,
+            DeadlineKind.QR_EXPIRY: lambda sid: self._expire_qr(sid, now),
+            DeadlineKind.START_CHECK: self._check_start,
+            DeadlineKind.SEND: self._send,
+        }[DeadlineKind(deadline.kind)]
+        return run(session_id)
+
+    def _logout(self, session_id: UUID) -> bool:
+        """The session was deleted: log its device out, wherever it was held."""
+        jid = self.app.load(session_id).jid
+        with self._lock:  # not started again from now on: it is not held
+            self._epoch += 1
+            self._generations.pop(session_id, None)
+            self._started_at.pop(session_id, None)
+            self._held.discard(session_id)
+        self.gateway.logout(session_id, jid)  # may talk to WhatsApp: not under the lock
+        self.store.release([session_id])
+        return True
+
+    def _expire_qr(self, session_id: UUID, now: datetime) -> bool:
+        """The QR code's expiry was never reported: expire it, and stop that start."""
+        with self._lock:
+            generation = self._generations.get(session_id)
+        if self.app.expire_stale_qr(session_id, now) is not None:
+            with self._lock:
+                if self._generations.get(session_id) == generation:  # no restart since
+                    self.gateway.stop(session_id)
+        return True
 
     def _retry(self, session_id: UUID) -> bool:
         """Connect again, as the reconnect policy planned (a start that fails is recorded)."""

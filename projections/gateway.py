@@ -24,20 +24,14 @@ from eventsourcing.projection import Projection
 
 from domain.policy import ReconnectPolicy
 from domain.session import Session
-from domain.values import DesiredState
+from domain.values import DeadlineKind, DesiredState
 
-RETRY = "retry"
-QR_EXPIRY = "qr_expiry"
-LOGOUT = "logout"
-START_CHECK = "start_check"
-SEND = "send"  # the session has messages waiting: send them if it is connected
-DEADLINE_KINDS = (RETRY, QR_EXPIRY, LOGOUT, START_CHECK, SEND)
 #: How long after a QR code's expiry, with no news from the gateway, the session is expired.
 QR_GRACE = timedelta(seconds=15)
 #: How long a start may go without a QR code, a connection or a failure before the worker
 #: gives up on it and lets the reconnect policy try again (a start that failed or hung).
 START_TIMEOUT = timedelta(seconds=60)
-_STARTED = (QR_EXPIRY, START_CHECK)
+_STARTED = (DeadlineKind.QR_EXPIRY, DeadlineKind.START_CHECK)
 _UNSET: Any = object()
 
 
@@ -70,7 +64,7 @@ class GatewayChange:
     set_deadlines: dict[str, datetime] = field(default_factory=dict)
     clear_deadlines: tuple[str, ...] = ()
     queued: int = 0  # change in the number of messages waiting
-    send_at: datetime | None = None  # set the SEND deadline then, if messages are waiting
+    send_at: datetime | None = None  # set the send deadline then, if messages wait
 
 
 class GatewayView(TrackingRecorder, ABC):
@@ -103,21 +97,22 @@ class GatewayProjection(Projection[GatewayView]):
             desired=DesiredState.RUNNING.value,
             bump=True,
             jid=None,
-            set_deadlines={START_CHECK: event.timestamp + START_TIMEOUT},
+            set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
         )
         self._apply(event, change, tracking)
 
     @process_event.register
     def _qr_issued(self, event: Session.QRIssued, tracking: Tracking) -> None:
         change = GatewayChange(
-            set_deadlines={QR_EXPIRY: event.expires_at + QR_GRACE}, clear_deadlines=(START_CHECK,)
+            set_deadlines={DeadlineKind.QR_EXPIRY: event.expires_at + QR_GRACE},
+            clear_deadlines=(DeadlineKind.START_CHECK,),
         )
         self._apply(event, change, tracking)
 
     @process_event.register
     def _connected(self, event: Session.Connected, tracking: Tracking) -> None:
         change = GatewayChange(
-            jid=event.jid, clear_deadlines=(RETRY, *_STARTED), send_at=event.timestamp
+            jid=event.jid, clear_deadlines=(DeadlineKind.RETRY, *_STARTED), send_at=event.timestamp
         )
         self._apply(event, change, tracking)
 
@@ -139,21 +134,22 @@ class GatewayProjection(Projection[GatewayView]):
         if ReconnectPolicy.needs_new_qr(event.reason):
             change.jid = None
         if event.next_retry_at is not None:
-            change.set_deadlines[RETRY] = event.next_retry_at
+            change.set_deadlines[DeadlineKind.RETRY] = event.next_retry_at
         else:
-            change.clear_deadlines = (RETRY, *_STARTED)
+            change.clear_deadlines = (DeadlineKind.RETRY, *_STARTED)
         self._apply(event, change, tracking)
 
     @process_event.register
     def _attempted(self, event: Session.ReconnectAttempted, tracking: Tracking) -> None:
         change = GatewayChange(
-            clear_deadlines=(RETRY,), set_deadlines={START_CHECK: event.timestamp + START_TIMEOUT}
+            clear_deadlines=(DeadlineKind.RETRY,),
+            set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
         )
         self._apply(event, change, tracking)
 
     @process_event.register
     def _qr_expired(self, event: Session.QRExpired, tracking: Tracking) -> None:
-        change = GatewayChange(jid=None, clear_deadlines=(RETRY, *_STARTED))
+        change = GatewayChange(jid=None, clear_deadlines=(DeadlineKind.RETRY, *_STARTED))
         self._apply(event, change, tracking)
 
     @process_event.register
@@ -161,15 +157,15 @@ class GatewayProjection(Projection[GatewayView]):
         change = GatewayChange(
             desired=DesiredState.RUNNING.value,
             bump=True,
-            clear_deadlines=(RETRY, QR_EXPIRY),
-            set_deadlines={START_CHECK: event.timestamp + START_TIMEOUT},
+            clear_deadlines=(DeadlineKind.RETRY, DeadlineKind.QR_EXPIRY),
+            set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
         )
         self._apply(event, change, tracking)
 
     @process_event.register
     def _stopped(self, event: Session.Stopped, tracking: Tracking) -> None:
         change = GatewayChange(
-            desired=DesiredState.STOPPED.value, clear_deadlines=(RETRY, *_STARTED)
+            desired=DesiredState.STOPPED.value, clear_deadlines=(DeadlineKind.RETRY, *_STARTED)
         )
         self._apply(event, change, tracking)
 
@@ -177,8 +173,8 @@ class GatewayProjection(Projection[GatewayView]):
     def _deleted(self, event: Session.Deleted, tracking: Tracking) -> None:
         change = GatewayChange(
             desired=DesiredState.DELETED.value,
-            clear_deadlines=(RETRY, SEND, *_STARTED),
-            set_deadlines={LOGOUT: event.timestamp},
+            clear_deadlines=(DeadlineKind.RETRY, DeadlineKind.SEND, *_STARTED),
+            set_deadlines={DeadlineKind.LOGOUT: event.timestamp},
         )
         self._apply(event, change, tracking)
 
@@ -206,7 +202,7 @@ class MemoryGatewayView(POPOTrackingRecorder, GatewayView):
                 self._deadlines.pop((session_id, kind), None)
             deadlines = dict(change.set_deadlines)
             if change.send_at is not None and row.queued > 0:
-                deadlines[SEND] = change.send_at
+                deadlines[DeadlineKind.SEND] = change.send_at
             for kind, due in deadlines.items():
                 self._deadlines[(session_id, kind)] = Deadline(
                     session_id, kind, due, tracking.notification_id

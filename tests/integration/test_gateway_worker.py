@@ -11,9 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from domain.values import session_uuid
+from domain.values import DeadlineKind, session_uuid
 from infra.simulator import SimulatorGateway
-from projections.gateway import RETRY
 from tests.integration.conftest import ADMIN, Api
 
 
@@ -170,7 +169,7 @@ async def test_logged_out_and_replaced_sessions_wait_for_the_operator(api: Api) 
 
     await eventually(taken_in)
     for created in (logged_out, replaced):
-        assert RETRY not in [d.kind for d in gateway_view.deadlines(uuid_of(created))]
+        assert DeadlineKind.RETRY not in [d.kind for d in gateway_view.deadlines(uuid_of(created))]
         assert (await status(api, created))["status"] == "disconnected"
 
     # Check a reconnect of the unlinked session pairs a new device with a new QR code.

@@ -21,9 +21,15 @@ from domain.errors import (
     SessionIsDeleted,
 )
 from domain.session import RECENT_INBOUND, RECENT_MESSAGES, Session
-from domain.values import ADMIN_ACTOR, MAX_QUEUED_MESSAGES, MAX_TEXT_LENGTH, public_session_id
+from domain.values import (
+    ADMIN_ACTOR,
+    MAX_QUEUED_MESSAGES,
+    MAX_TEXT_LENGTH,
+    DeadlineKind,
+    public_session_id,
+)
 from infra.settings import Settings, SettingsError
-from projections.gateway import SEND, GatewayProjection, MemoryGatewayView
+from projections.gateway import GatewayProjection, MemoryGatewayView
 from projections.messages import MemoryMessagesView, MessagesProjection
 from projections.status import SessionStatusProjection
 from projections.views import MemorySessionStatusView
@@ -238,15 +244,15 @@ def test_the_send_deadline_is_set_when_messages_wait_and_the_session_can_send(
     gateway = GatewayProjection(view=MemoryGatewayView())
     connect(app, uuid)  # nothing waiting: no deadline
     catch_up(app, gateway)
-    assert SEND not in {d.kind for d in gateway.view.deadlines(uuid)}
+    assert DeadlineKind.SEND not in {d.kind for d in gateway.view.deadlines(uuid)}
     queue(app, session_id, "x")
     catch_up(app, gateway)
-    assert SEND in {d.kind for d in gateway.view.deadlines(uuid)}
+    assert DeadlineKind.SEND in {d.kind for d in gateway.view.deadlines(uuid)}
     row = gateway.view.row(uuid)
     assert row is not None and row.queued == 1
     app.delete(session_id, ADMIN_ACTOR)
     catch_up(app, gateway)
-    assert SEND not in {d.kind for d in gateway.view.deadlines(uuid)}
+    assert DeadlineKind.SEND not in {d.kind for d in gateway.view.deadlines(uuid)}
     row = gateway.view.row(uuid)
     assert row is not None and row.queued == 0
 

@@ -10,14 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import pytest
-
 from application.errors import GatewayError, NotConnected, RecipientRejected
 from application.ports import SentMessage
 from application.sessions import SessionsApplication
+from domain.policy import SendPolicy
 from domain.session import Session
 from domain.values import ADMIN_ACTOR
-from infra import sender as sender_module
 from infra.sender import MessageSender
 from tests.unit.helpers import create, popo_app
 
@@ -53,7 +51,8 @@ class FlakyApp(SessionsApplication):
 
 
 def build(app: SessionsApplication, gateway: FakeGateway, interval: float = 0.0) -> MessageSender:
-    return MessageSender(app, gateway, lambda _: True, interval=interval)  # type: ignore[arg-type]
+    quick = SendPolicy(first_pause=0.01, longest_pause=0.01)
+    return MessageSender(app, gateway, lambda _: True, interval=interval, policy=quick)  # type: ignore[arg-type]
 
 
 def until(check: Any, timeout: float = 30.0) -> None:
@@ -69,11 +68,6 @@ def connected_with(app: SessionsApplication, texts: list[str]) -> UUID:
     for text in texts:
         app.send_message(session_id, TO, text, None, ADMIN_ACTOR)
     return uuid
-
-
-@pytest.fixture(autouse=True)
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sender_module, "_backoff", lambda tries: 0.01)
 
 
 def test_the_queue_goes_out_in_order_at_the_pace() -> None:
@@ -105,7 +99,7 @@ def test_transient_failures_are_retried_then_the_message_fails_and_the_next_goes
     app, gateway = popo_app(), FakeGateway()
     uuid = connected_with(app, ["first", "second"])
     sender = build(app, gateway)
-    gateway.failures = [GatewayError("timed out")] * sender.attempts
+    gateway.failures = [GatewayError("timed out")] * sender.policy.attempts
     sender.kick(uuid)
     until(lambda: app.load(uuid).next_message() is None)
     assert gateway.sent == ["second"]

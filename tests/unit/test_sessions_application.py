@@ -17,17 +17,8 @@ from application.sessions import Resume, SessionsApplication
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
 from domain.policy import ReconnectPolicy
 from domain.session import ApiKey, Session
-from domain.values import ADMIN_ACTOR, Reason, is_session_id, key_actor
-from projections.gateway import (
-    LOGOUT,
-    QR_EXPIRY,
-    QR_GRACE,
-    RETRY,
-    START_CHECK,
-    START_TIMEOUT,
-    GatewayProjection,
-    MemoryGatewayView,
-)
+from domain.values import ADMIN_ACTOR, DeadlineKind, Reason, is_session_id, key_actor
+from projections.gateway import QR_GRACE, START_TIMEOUT, GatewayProjection, MemoryGatewayView
 from tests.unit.helpers import catch_up, create, head, popo_app, replay
 
 LATER = datetime(2030, 1, 1, tzinfo=UTC)
@@ -671,12 +662,17 @@ def test_the_gateway_view_follows_desired_state_generations_and_deadlines(
     assert (row.desired, row.generation, row.jid) == ("running", 1, None)
     # Check a start is watched: no QR code, connection or failure in time, and it is retried.
     (watch,) = view.deadlines(uuid)
-    assert (watch.kind, watch.due_at) == (START_CHECK, app.load(sid).created_on + START_TIMEOUT)
+    assert (watch.kind, watch.due_at) == (
+        DeadlineKind.START_CHECK,
+        app.load(sid).created_on + START_TIMEOUT,
+    )
 
     expires = datetime.now(UTC) + timedelta(seconds=60)
     app.record_qr(uuid, "2@abc", expires, 1, 6)
     catch_up(app, projection)
-    assert [(d.kind, d.due_at) for d in view.deadlines(uuid)] == [(QR_EXPIRY, expires + QR_GRACE)]
+    assert [(d.kind, d.due_at) for d in view.deadlines(uuid)] == [
+        (DeadlineKind.QR_EXPIRY, expires + QR_GRACE)
+    ]
 
     app.record_connected(uuid, JID, "Phone")
     catch_up(app, projection)
@@ -686,11 +682,11 @@ def test_the_gateway_view_follows_desired_state_generations_and_deadlines(
     app.record_disconnected(uuid, "connection_lost")
     catch_up(app, projection)
     (retry,) = view.deadlines(uuid)
-    assert (retry.kind, retry.due_at) == (RETRY, app.get_session(sid).next_retry_at)
+    assert (retry.kind, retry.due_at) == (DeadlineKind.RETRY, app.get_session(sid).next_retry_at)
 
     app.retry(uuid)
     catch_up(app, projection)
-    assert [d.kind for d in view.deadlines(uuid)] == [START_CHECK]
+    assert [d.kind for d in view.deadlines(uuid)] == [DeadlineKind.START_CHECK]
 
     app.stop(sid, ADMIN_ACTOR)
     catch_up(app, projection)
@@ -705,7 +701,7 @@ def test_the_gateway_view_follows_desired_state_generations_and_deadlines(
     app.delete(sid, ADMIN_ACTOR)
     catch_up(app, projection)
     assert view.row(uuid).desired == "deleted"  # type: ignore[union-attr]
-    assert [d.kind for d in view.deadlines(uuid)] == [LOGOUT]
+    assert [d.kind for d in view.deadlines(uuid)] == [DeadlineKind.LOGOUT]
     # Check every event is tracked, those the projection ignores included.
     assert view.max_tracking_id(app.name) == head(app)
 
