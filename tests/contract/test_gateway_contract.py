@@ -32,7 +32,7 @@ from application.ports import InboundMessage, PhoneSimulator, WhatsAppGateway
 from infra.neonize_gateway import NeonizeGateway
 from infra.simulator import SimulatorGateway
 from infra.whatsapp_link import LinkCheck
-from tests.unit.test_neonize_mapping import (
+from tests.fakes.neonize import (
     NZ,
     PB,
     Call,

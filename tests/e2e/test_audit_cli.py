@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import ADMIN, ROOT, create_session, key_of
-
-
-def sessiond(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.e2e.conftest import ADMIN, create_session, key_of
+from tests.e2e.steps import sessiond
 
 
 def test_history_prints_a_timeline_and_export_writes_the_log(

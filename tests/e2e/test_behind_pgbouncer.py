@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from infra.devicestore import DeviceStorePool
+from tests.e2e.census import Census, session_bound, settled, wait_for
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.test_connection_budget import Census, session_bound, settled, wait_for
 
 #: PgBouncer's server connections: fewer than the pools of serve's two processes hold.
 BOUNCER_SIZE = 3

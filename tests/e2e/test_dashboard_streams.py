@@ -3,29 +3,14 @@ has not signed in, and end when the server shuts down (it does not wait for them
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
-
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def signed_in(server: Sessiond) -> httpx.Client:
-    client = server.client()
-    page = client.get("/dashboard/sign-in")
-    token = TOKEN.search(page.text)
-    assert token
-    answer = client.post(
-        "/dashboard/sign-in", data={"admin_key": ADMIN_KEY, "csrf_token": token.group(1)}
-    )
-    assert answer.status_code == 303, answer.text
-    return client
+from tests.e2e.steps import signed_in
 
 
 def test_a_live_list_sends_changes_and_ends_when_the_server_stops(

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.test_gateway_processes import eventually
+from tests.e2e.steps import eventually
 from tests.receiver import Answer, Receiver, receiver
 
 

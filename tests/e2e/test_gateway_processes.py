@@ -7,75 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 
-from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {result!r})")
-        time.sleep(0.05)
-
-
-def status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
-    response = client.get(f"/sessions/{created['sessionId']}/status", headers=key_of(created))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def scan(client: httpx.Client, created: dict[str, Any]) -> None:
-    def scanned() -> bool:
-        url = f"/simulator/sessions/{created['sessionId']}/scan"
-        return client.post(url, headers=ADMIN).status_code == 200
-
-    eventually(scanned, what="the scan")
-    assert status(client, created)["status"] == "connected"
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    """The child processes of `pid` with their command lines."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append((int(entry.name), cmdline))
-    return found
-
-
-def gateway_child(server: Sessiond) -> int:
-    (pid,) = [pid for pid, cmd in children(server.process.pid) if "infra.cli worker" in cmd]
-    return pid
-
-
-def disconnect_reasons(database_url: str, session_id: str) -> list[str]:
-    """The reasons of the session's Disconnected events, read from the event store."""
-    uuid = session_id.removeprefix("sess_")
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT convert_from(state, 'UTF8') FROM sessiond_events WHERE originator_id = %s "
-            "AND topic = 'sessiond:Session.Disconnected' ORDER BY originator_version",
-            (uuid,),
-        ).fetchall()
-    return [row[0].split('"reason":"', 1)[1].split('"', 1)[0] for row in rows]
+from tests.e2e.conftest import create_session
+from tests.e2e.steps import children, disconnect_reasons, eventually, gateway_child, scan, status
 
 
 def test_a_killed_gateway_child_is_restarted_and_its_sessions_come_back(

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.test_gateway_processes import eventually, gateway_child, scan, status
+from tests.e2e.steps import eventually, gateway_child, scan, status
 
 PHONE = "+14155550123"
 

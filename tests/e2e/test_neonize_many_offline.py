@@ -26,8 +26,8 @@ from psycopg.conninfo import make_conninfo
 from infra.devicestore import APPLICATION_NAME
 from infra.embedded import start_embedded_postgres
 from tests.conftest import ADMIN_KEY
+from tests.e2e.census import BUDGETS, label
 from tests.e2e.conftest import ADMIN, Sessiond, free_port
-from tests.e2e.test_connection_budget import BUDGETS, label
 
 SESSIONS = 50
 #: sessiond's own processes hold at most 12 (serve) or 4 + 8 + 6 (api, projector, worker)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.test_dashboard_streams import signed_in
+from tests.e2e.steps import signed_in
 
 EXAMPLES = 150  # per operation
 HOSTILE = [

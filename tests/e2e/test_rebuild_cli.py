@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.test_audit_cli import sessiond
+from tests.e2e.steps import sessiond
 
 
 def _views(env: dict[str, str]) -> dict[str, list[int]]:

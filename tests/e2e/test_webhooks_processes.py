@@ -9,7 +9,7 @@ import signal
 from typing import Any
 
 from tests.e2e.conftest import ADMIN, create_session
-from tests.e2e.test_gateway_processes import eventually, gateway_child
+from tests.e2e.steps import eventually, gateway_child
 from tests.receiver import Answer, Receiver
 
 

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
-from tests.e2e.test_gateway_processes import eventually, scan, status
+from tests.e2e.steps import eventually, scan, status
 
 
 def leases(database_url: str) -> dict[str, str]:

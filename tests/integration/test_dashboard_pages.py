@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.dashboard_client import Dashboard
-from tests.integration.test_gateway_worker import eventually
+from tests.integration.steps import eventually, qr_shown
 
 EXTERNAL = re.compile(r'(?:src|href|action)="(?!/|#)([^"]*)"')
 
@@ -17,16 +17,6 @@ async def signed_in(api: Api) -> Dashboard:
     dash = Dashboard(api.client)
     await dash.sign_in()
     return dash
-
-
-async def qr_shown(api: Api, session_id: str) -> None:
-    """Wait for the worker to show the session's first QR code."""
-
-    async def shown() -> bool:
-        response = await api.client.get(f"/sessions/{session_id}/qr", headers=ADMIN)
-        return response.status_code == 200
-
-    await eventually(shown)
 
 
 async def events_of(api: Api, session_id: str) -> list[dict[str, object]]:

@@ -34,7 +34,7 @@ import psycopg
 from application.ports import GatewayEvents
 from infra.devicestore import APPLICATION_NAME, DeviceStorePool
 from infra.neonize_gateway import NeonizeGateway, import_neonize, prepare_store, store_dsn_from_url
-from tests.integration.test_neonize_store import FAKE_JID, insert_fake_device
+from tests.fakes.devices import FAKE_JID, insert_fake_device
 
 url, clients, pool_size, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 reports, done = [], threading.Semaphore(0)

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_dashboard_pages import qr_shown
-from tests.integration.test_gateway_worker import simulator
+from tests.integration.steps import qr_shown, simulator
 
 # What a library might say when it fails: addresses, credentials, file names.
 LIBRARY_TEXT = (

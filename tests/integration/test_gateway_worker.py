@@ -4,74 +4,27 @@ loses its database connection."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from domain.values import DeadlineKind, session_uuid
-from infra.simulator import SimulatorGateway
 from tests.integration.conftest import ADMIN, Api
+from tests.integration.steps import (
+    connected_session,
+    event_types,
+    eventually,
+    simulate,
+    simulator,
+    status,
+    uuid_of,
+)
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, str]:
     return {"SESSIOND_RETRY_BASE": "0.3", "SESSIOND_RETRY_CAP": "1"}
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    """The first truthy result of `check`, polled until `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true within {timeout} s: last {result!r}")
-        await asyncio.sleep(0.03)
-
-
-async def status(api: Api, created: dict[str, Any]) -> dict[str, Any]:
-    response = await api.client.get(
-        f"/sessions/{created['sessionId']}/status", headers=api.key(created)
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def simulator(api: Api) -> SimulatorGateway:
-    gateway = api.container.gateway
-    assert isinstance(gateway, SimulatorGateway)
-    return gateway
-
-
-def uuid_of(created: dict[str, Any]) -> Any:
-    return session_uuid(created["sessionId"])
-
-
-def event_types(api: Api, session_id: str) -> list[str]:
-    return [type(e).__name__ for e in api.container.app.events.get(session_uuid(session_id))]
-
-
-async def simulate(api: Api, created: dict[str, Any], action: str, **body: Any) -> Any:
-    """A simulator action, retried while the session's worker has not picked it up yet."""
-    url = f"/simulator/sessions/{created['sessionId']}/{action}"
-
-    async def attempt() -> Any:
-        response = await api.client.post(url, headers=ADMIN, json=body or None)
-        return response if response.status_code == 200 else None
-
-    return await eventually(attempt)
-
-
-async def connected_session(api: Api, name: str = "Support") -> dict[str, Any]:
-    created = await api.create_session(name)
-    await simulate(api, created, "scan")
-    assert (await status(api, created))["status"] == "connected"
-    return created
 
 
 async def test_the_qr_code_is_served_as_json_png_or_svg(api: Api) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import eventually, simulate, status
+from tests.integration.steps import eventually, simulate, status
 
 
 async def _timeline(api: Api) -> tuple[dict[str, Any], dict[str, datetime]]:

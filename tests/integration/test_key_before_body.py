@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import simulate
+from tests.integration.steps import simulate
 
 PUBLIC = {("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")}
 GARBAGE_BODIES: list[tuple[bytes | None, dict[str, str]]] = [

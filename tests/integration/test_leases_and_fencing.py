@@ -18,7 +18,7 @@ from infra.pggateway import WORKER_APP_PREFIX, WorkStore
 from infra.simulator import SimulatorGateway
 from infra.worker import GatewayWorker
 from tests.integration.conftest import Api
-from tests.integration.test_gateway_worker import (
+from tests.integration.steps import (
     connected_session,
     eventually,
     simulate,

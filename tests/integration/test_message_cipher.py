@@ -10,8 +10,7 @@ from eventsourcing.cryptography import AESCipher
 from psycopg.sql import SQL, Identifier
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import connected_session, simulate
-from tests.integration.test_messages_api import send, until_status
+from tests.integration.steps import connected_session, send, simulate, until_status
 
 SECRET = "the vault code is 7321-alpha"
 INBOUND_SECRET = "meet me at the usual place"

@@ -14,12 +14,15 @@ import pytest
 
 from application.ports import InboundMessage
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import (
+from tests.integration.steps import (
     connected_session,
     event_types,
     eventually,
+    message,
+    send,
     simulate,
     status,
+    until_status,
 )
 
 PHONE = "+14155550123"
@@ -30,36 +33,6 @@ SEND_INTERVAL = 0.2
 @pytest.fixture
 def settings_overrides() -> dict[str, str]:
     return {"SESSIOND_SEND_INTERVAL": str(SEND_INTERVAL)}
-
-
-async def send(
-    api: Api, created: dict[str, Any], text: str, to: str = PHONE, **headers: str
-) -> Any:
-    return await api.client.post(
-        f"/sessions/{created['sessionId']}/messages",
-        json={"to": to, "text": text},
-        headers={**api.key(created), **headers},
-    )
-
-
-async def message(api: Api, created: dict[str, Any], message_id: str) -> dict[str, Any]:
-    response = await api.client.get(
-        f"/sessions/{created['sessionId']}/messages/{message_id}", headers=api.key(created)
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def until_status(
-    api: Api, created: dict[str, Any], message_id: str, wanted: str
-) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        body = await message(api, created, message_id)
-        return body if body["status"] == wanted else None
-
-    result: dict[str, Any] = await eventually(check)
-    return result
 
 
 async def test_texts_queued_while_disconnected_drain_in_order_on_connect(api: Api) -> None:

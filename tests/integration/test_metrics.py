@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Api
-from tests.integration.test_gateway_worker import connected_session, eventually, simulate
+from tests.integration.steps import connected_session, eventually, simulate
 
 
 @pytest.fixture

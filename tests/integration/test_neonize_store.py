@@ -31,40 +31,11 @@ from infra.neonize_gateway import (
     store_dsn_from_url,
     upgrade_store,
 )
-from tests.unit.test_neonize_mapping import Recorder, ScriptedClient
+from tests.fakes.devices import FAKE_JID, insert_fake_device
+from tests.fakes.neonize import Recorder, ScriptedClient
 
-FAKE_JID = "15551234567:12@s.whatsapp.net"
 UNKNOWN_JID = "15559999999:3@s.whatsapp.net"
 REPO = Path(__file__).resolve().parents[2]
-
-#: A device row as whatsmeow writes one (keys of the right sizes, none of them real).
-INSERT_DEVICE = """
-INSERT INTO {table} (jid, registration_id, noise_key, identity_key, signed_pre_key,
-    signed_pre_key_id, signed_pre_key_sig, adv_key, adv_details, adv_account_sig,
-    adv_account_sig_key, adv_device_sig, push_name)
-VALUES ({p}, 1, {p}, {p}, {p}, 1, {p}, {p}, {p}, {p}, {p}, {p}, 'Fake phone')
-"""
-DEVICE_KEYS = (
-    b"\1" * 32,
-    b"\2" * 32,
-    b"\3" * 32,
-    b"\4" * 64,
-    b"\5" * 32,
-    b"",
-    b"\6" * 64,
-    b"\7" * 32,
-    b"\x08" * 64,
-)
-
-
-def insert_fake_device(database_url: str, jid: str = FAKE_JID) -> None:
-    statement = INSERT_DEVICE.format(table=f"{STORE_SCHEMA}.whatsmeow_device", p="%s")
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(statement, (jid, *DEVICE_KEYS))
-        conn.execute(
-            f"INSERT INTO {STORE_SCHEMA}.whatsmeow_identity_keys VALUES (%s, 'peer', %s)",
-            (jid, b"\t" * 32),
-        )
 
 
 def count(database_url: str, table: str, jid: str) -> int:
@@ -176,7 +147,7 @@ import sqlite3, sys, threading
 from uuid import uuid4
 from application.ports import GatewayEvents
 from infra.neonize_gateway import NeonizeGateway, upgrade_store
-from tests.integration.test_neonize_store import DEVICE_KEYS, FAKE_JID, INSERT_DEVICE
+from tests.fakes.devices import DEVICE_KEYS, FAKE_JID, INSERT_DEVICE
 
 store = sys.argv[1]
 upgrade_store(store)  # whatsmeow's SQLite schema, by Go

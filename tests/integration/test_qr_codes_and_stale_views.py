@@ -10,7 +10,7 @@ import pytest
 
 from domain.session import Session
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import eventually
+from tests.integration.steps import eventually
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import eventually
+from tests.integration.steps import eventually
 
 
 async def test_the_seed_flow_create_scan_stop_reconnect_expire_delete(api: Api) -> None:

@@ -8,7 +8,7 @@ import httpx
 
 from api.fastpath import FAST_STATUS
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import eventually
+from tests.integration.steps import eventually
 
 # Headers that differ between two requests whatever path answers them.
 VARYING = {"date", "ratelimit-remaining", "ratelimit-reset", "retry-after"}

@@ -9,7 +9,7 @@ import psycopg
 
 from domain.values import session_uuid
 from tests.integration.conftest import Api
-from tests.integration.test_gateway_worker import eventually, simulate, status
+from tests.integration.steps import eventually, simulate, status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -26,7 +26,7 @@ from projections.uptime import split_by_day, uptime_percent
 from tests.conftest import test_settings
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.dashboard_client import Dashboard
-from tests.integration.test_gateway_worker import eventually, simulate, status
+from tests.integration.steps import eventually, simulate, status
 
 # The service does not retry a dropped link for 10 minutes: the session stays disconnected.
 OVERRIDES = {"SESSIOND_RETRY_BASE": "600", "SESSIOND_RETRY_CAP": "600"}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import connected_session, eventually, simulate
+from tests.integration.steps import connected_session, eventually, simulate
 from tests.receiver import Answer, Received, Receiver, receiver
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from infra.webhook_http import BlockedAddress, webhook_client
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import eventually
+from tests.integration.steps import eventually
 from tests.receiver import Receiver, receiver
 
 

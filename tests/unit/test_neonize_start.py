@@ -19,7 +19,7 @@ from domain.policy import ReconnectPolicy
 from domain.values import Reason
 from infra.neonize_gateway import GoEntry, NeonizeGateway, start_failure_reason
 from infra.whatsapp_link import LinkCheck
-from tests.unit.test_neonize_mapping import NOW, NZ, Recorder, ScriptedClient, make_store
+from tests.fakes.neonize import NOW, NZ, Recorder, ScriptedClient, make_store
 
 DIAL_ERROR = (
     "failed to dial whatsapp web websocket: failed to WebSocket dial: failed to send handshake "

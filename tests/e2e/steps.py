@@ -1,0 +1,105 @@
+"""Steps the end-to-end tests share: wait, read a status, scan, find a server's children."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from tests.conftest import ADMIN_KEY
+from tests.e2e.conftest import ADMIN, ROOT, Sessiond, key_of
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what} (last: {result!r})")
+        time.sleep(0.05)
+
+
+def status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
+    response = client.get(f"/sessions/{created['sessionId']}/status", headers=key_of(created))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def scan(client: httpx.Client, created: dict[str, Any]) -> None:
+    def scanned() -> bool:
+        url = f"/simulator/sessions/{created['sessionId']}/scan"
+        return client.post(url, headers=ADMIN).status_code == 200
+
+    eventually(scanned, what="the scan")
+    assert status(client, created)["status"] == "connected"
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """The child processes of `pid` with their command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def gateway_child(server: Sessiond) -> int:
+    (pid,) = [pid for pid, cmd in children(server.process.pid) if "infra.cli worker" in cmd]
+    return pid
+
+
+def disconnect_reasons(database_url: str, session_id: str) -> list[str]:
+    """The reasons of the session's Disconnected events, read from the event store."""
+    uuid = session_id.removeprefix("sess_")
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT convert_from(state, 'UTF8') FROM sessiond_events WHERE originator_id = %s "
+            "AND topic = 'sessiond:Session.Disconnected' ORDER BY originator_version",
+            (uuid,),
+        ).fetchall()
+    return [row[0].split('"reason":"', 1)[1].split('"', 1)[0] for row in rows]
+
+
+def sessiond(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def signed_in(server: Sessiond) -> httpx.Client:
+    client = server.client()
+    page = client.get("/dashboard/sign-in")
+    token = TOKEN.search(page.text)
+    assert token
+    answer = client.post(
+        "/dashboard/sign-in", data={"admin_key": ADMIN_KEY, "csrf_token": token.group(1)}
+    )
+    assert answer.status_code == 303, answer.text
+    return client
