@@ -69,8 +69,8 @@ from application.sessions import SessionsApplication
 from domain.policy import ReconnectPolicy
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, Reason, session_uuid
-from infra.container import Container
-from infra.pggateway import REQUESTS_CHANNEL, WORKER_APP_PREFIX
+from infra.bootstrap import Container
+from infra.postgres.gateway import REQUESTS_CHANNEL, WORKER_APP_PREFIX
 from infra.settings import Settings, eventsourcing_env
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -102,7 +102,7 @@ def trim(signum, frame):
     answer(f"trim {ctypes.CDLL('libc.so.6').malloc_trim(0)}")
 signal.signal(signal.SIGUSR1, collect)
 signal.signal(signal.SIGUSR2, trim)
-from infra.cli import main
+from infra.cli.main import main
 sys.exit(main(["worker"]))
 """
 

@@ -46,11 +46,11 @@ from benchutil import Role, print_table, run_bench, verdict
 from psycopg.conninfo import make_conninfo
 
 from domain.values import ADMIN_ACTOR
-from infra.container import Container
-from infra.devicestore import APPLICATION_NAME
-from infra.embedded import start_embedded_postgres
-from infra.pggateway import WORKER_APP_PREFIX
+from infra.bootstrap import Container
+from infra.postgres.embedded import start_embedded_postgres
+from infra.postgres.gateway import WORKER_APP_PREFIX
 from infra.settings import Settings
+from infra.whatsapp.devicestore import APPLICATION_NAME
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 TARGET_MB_PER_CLIENT = 5.0

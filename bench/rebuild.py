@@ -44,8 +44,8 @@ from application.keys import SESSION_KEY_KIND, generate_key
 from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, public_session_id
-from infra.container import Container
-from infra.rebuild import DEFAULT_PAGE_SIZE, ViewRebuild
+from infra.bootstrap import Container
+from infra.runtime.rebuild import DEFAULT_PAGE_SIZE, ViewRebuild
 from infra.settings import Settings
 
 TARGET_RATIO = 0.35

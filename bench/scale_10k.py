@@ -69,7 +69,7 @@ from status_read import free_port
 
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR, session_uuid
-from infra.container import Container
+from infra.bootstrap import Container
 from infra.settings import Settings
 
 CREATE_THREADS = 8

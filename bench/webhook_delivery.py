@@ -85,8 +85,8 @@ from application.ports import InboundMessage
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks
 from domain.values import ADMIN_ACTOR, session_uuid
-from infra.container import Container
-from infra.pggateway import WORKER_APP_PREFIX
+from infra.bootstrap import Container
+from infra.postgres.gateway import WORKER_APP_PREFIX
 from infra.settings import Settings, eventsourcing_env
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -140,7 +140,7 @@ if out:
         with open(out, "w") as f:
             json.dump(data, f)
     atexit.register(dump)
-from infra.cli import main
+from infra.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

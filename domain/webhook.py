@@ -174,7 +174,7 @@ class WebhookEndpoint(Aggregate):
 
 def check_url(url: str) -> str:
     """An http(s) URL with a host and no credentials; `InvalidValue` otherwise. (Whether its
-    address may be reached is checked when connecting: see `infra.webhook_http`.)"""
+    address may be reached is checked when connecting: see `infra.webhooks.client`.)"""
     from urllib.parse import urlsplit  # noqa: PLC0415 - the domain's only URL need
 
     if len(url) > MAX_URL_LENGTH:

@@ -22,7 +22,7 @@ class SettingsError(Exception):
 
 GATEWAYS = ("neonize", "simulator")
 #: How much longer than SESSIOND_STALE_AFTER an API process that stopped refreshing is waited
-#: for by a revocation (see `infra.readmodels`).
+#: for by a revocation (see `infra.postgres.viewcache`).
 TRUST_MARGIN_SECONDS = 1.0
 
 
@@ -73,7 +73,7 @@ class Settings:
     #: Where the session-bound connections go (LISTEN, advisory locks, a worker's identity)
     #: when SESSIOND_DATABASE_URL is a pooler in transaction mode (PgBouncer).
     direct_database_url: str | None = None
-    #: The most connections of a process's pool (None: its roles' budget, `infra.container`).
+    #: The most connections of a process's pool (None: its roles' budget, `infra.bootstrap`).
     pool_max: int | None = None
 
     @classmethod
@@ -290,8 +290,8 @@ def eventsourcing_env(
     """
     info = conninfo_to_dict(database_url)
     return {
-        # eventsourcing's PostgreSQL persistence, its connections bounded (infra/pgconnect.py).
-        "PERSISTENCE_MODULE": "infra.pgconnect:PostgresFactory",
+        # eventsourcing's PostgreSQL persistence, connections bounded (infra/postgres/connect.py).
+        "PERSISTENCE_MODULE": "infra.postgres.connect:PostgresFactory",
         "POSTGRES_DBNAME": str(info.get("dbname") or "postgres"),
         "POSTGRES_HOST": str(info.get("host") or "127.0.0.1"),
         "POSTGRES_PORT": str(info.get("port") or "5432"),
@@ -303,7 +303,7 @@ def eventsourcing_env(
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
-        "APPLICATION_RECORDER_TOPIC": "infra.pgrecorder:PollingApplicationRecorder",
+        "APPLICATION_RECORDER_TOPIC": "infra.postgres.recorder:PollingApplicationRecorder",
         **({"POSTGRES_APPLICATION_NAME": application_name} if application_name else {}),
         **({} if prepared else {"POSTGRES_PREPARED_STATEMENTS": "n"}),
         # With a key, every event and snapshot is stored encrypted (AES-GCM), message texts

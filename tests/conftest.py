@@ -26,7 +26,7 @@ def pg_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    from infra.embedded import start_embedded_postgres
+    from infra.postgres.embedded import start_embedded_postgres
 
     url, server = start_embedded_postgres(tmp_path_factory.mktemp("embedded"))
     yield url

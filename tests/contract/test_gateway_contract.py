@@ -29,9 +29,9 @@ import pytest
 
 from application.errors import NotConnected, NotPairing, RecipientRejected
 from application.ports import InboundMessage, PhoneSimulator, WhatsAppGateway
-from infra.neonize_gateway import NeonizeGateway
-from infra.simulator import SimulatorGateway
-from infra.whatsapp_link import LinkCheck
+from infra.whatsapp.link import LinkCheck
+from infra.whatsapp.neonize import NeonizeGateway
+from infra.whatsapp.simulator import SimulatorGateway
 from tests.fakes.neonize import (
     NZ,
     PB,

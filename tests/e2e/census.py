@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from infra.pggateway import WORKER_APP_PREFIX
+from infra.postgres.gateway import WORKER_APP_PREFIX
 
 BUDGETS = {"serve": 12, "api": 4, "projector": 8, "worker": 6}
 

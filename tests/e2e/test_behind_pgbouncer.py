@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infra.devicestore import DeviceStorePool
+from infra.whatsapp.devicestore import DeviceStorePool
 from tests.e2e.census import Census, session_bound, settled, wait_for
 from tests.e2e.conftest import ADMIN, create_session, key_of
 

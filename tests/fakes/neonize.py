@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from application.ports import GatewayEvents, InboundMessage
-from infra.neonize_gateway import (
+from infra.whatsapp.neonize import (
     delete_device,
     import_neonize,
     session_client_class,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from infra.container import Container
+from infra.bootstrap import Container
 from tests.conftest import ADMIN_KEY, test_settings
 
 ADMIN = {"x-api-key": ADMIN_KEY}

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from domain.values import session_uuid
-from infra.simulator import SimulatorGateway
+from infra.whatsapp.simulator import SimulatorGateway
 from tests.integration.conftest import ADMIN, Api
 
 

@@ -15,11 +15,11 @@ import pytest
 
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR
-from infra.pggateway import PostgresGatewayView
-from infra.pgrecorder import PollingApplicationRecorder
-from infra.pgviews import PostgresApiKeyView, PostgresMessagesView, PostgresSessionStatusView
+from infra.postgres.gateway import PostgresGatewayView
+from infra.postgres.recorder import PollingApplicationRecorder
+from infra.postgres.views import PostgresApiKeyView, PostgresMessagesView, PostgresSessionStatusView
+from infra.runtime.supervisor import BATCH_LIMIT, ProjectionSupervisor
 from infra.settings import eventsourcing_env
-from infra.supervisor import BATCH_LIMIT, ProjectionSupervisor
 from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
 from projections.messages import MessagesProjection

@@ -21,8 +21,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from infra.devicestore import APPLICATION_NAME, DeviceStorePool
-from infra.embedded import start_embedded_postgres
+from infra.postgres.embedded import start_embedded_postgres
+from infra.whatsapp.devicestore import APPLICATION_NAME, DeviceStorePool
 from tests.e2e.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +32,8 @@ import json, sys, threading
 from uuid import uuid4
 import psycopg
 from application.ports import GatewayEvents
-from infra.devicestore import APPLICATION_NAME, DeviceStorePool
-from infra.neonize_gateway import NeonizeGateway, import_neonize, prepare_store, store_dsn_from_url
+from infra.whatsapp.devicestore import APPLICATION_NAME, DeviceStorePool
+from infra.whatsapp.neonize import NeonizeGateway, import_neonize, prepare_store, store_dsn_from_url
 from tests.fakes.devices import FAKE_JID, insert_fake_device
 
 url, clients, pool_size, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -204,7 +204,7 @@ def test_pgbouncer_ends_with_its_worker_even_a_killed_one(database_url: str) -> 
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from infra.devicestore import DeviceStorePool\n"
+            "from infra.whatsapp.devicestore import DeviceStorePool\n"
             "pool = DeviceStorePool(sys.argv[1], size=1)\n"
             "pool.start()\n"
             "print(pool.socket_dir, flush=True)\n"

@@ -14,9 +14,9 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from domain.values import session_uuid
-from infra.pggateway import WORKER_APP_PREFIX, WorkStore
-from infra.simulator import SimulatorGateway
-from infra.worker import GatewayWorker
+from infra.postgres.gateway import WORKER_APP_PREFIX, WorkStore
+from infra.runtime.worker import GatewayWorker
+from infra.whatsapp.simulator import SimulatorGateway
 from tests.integration.conftest import Api
 from tests.integration.steps import (
     connected_session,

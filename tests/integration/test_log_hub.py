@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from application.sessions import SessionsApplication
-from infra import loghub
-from infra.loghub import HubSubscription, LogHub
-from infra.pgrecorder import PollingApplicationRecorder
+from infra.postgres import loghub
+from infra.postgres.loghub import HubSubscription, LogHub
+from infra.postgres.recorder import PollingApplicationRecorder
 from infra.settings import eventsourcing_env
 
 pytestmark = pytest.mark.postgres

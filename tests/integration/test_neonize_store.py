@@ -23,7 +23,7 @@ from uuid import uuid4
 import psycopg
 import pytest
 
-from infra.neonize_gateway import (
+from infra.whatsapp.neonize import (
     STORE_SCHEMA,
     NeonizeGateway,
     device_stored,
@@ -146,7 +146,7 @@ OFFLINE_SCRIPT = """
 import sqlite3, sys, threading
 from uuid import uuid4
 from application.ports import GatewayEvents
-from infra.neonize_gateway import NeonizeGateway, upgrade_store
+from infra.whatsapp.neonize import NeonizeGateway, upgrade_store
 from tests.fakes.devices import DEVICE_KEYS, FAKE_JID, INSERT_DEVICE
 
 store = sys.argv[1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from domain.values import session_uuid
-from infra.pgsnapshots import PostgresStatusSnapshots
+from infra.postgres.snapshots import PostgresStatusSnapshots
 from projections.history import SNAPSHOT_EVERY, fold, past_state
 from tests.integration.conftest import Api
 

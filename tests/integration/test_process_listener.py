@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from infra.listener import ListenerDown, ProcessListener
+from infra.postgres.listener import ListenerDown, ProcessListener
 
 pytestmark = pytest.mark.postgres
 NAME = "sessiond-test:listener"

@@ -10,10 +10,10 @@ import psycopg
 import pytest
 
 from application.sessions import SessionsApplication
-from infra.pgrecorder import PollingApplicationRecorder
-from infra.pgviews import PostgresSessionStatusView
+from infra.postgres.recorder import PollingApplicationRecorder
+from infra.postgres.views import PostgresSessionStatusView
+from infra.runtime.supervisor import ProjectionSupervisor
 from infra.settings import eventsourcing_env
-from infra.supervisor import ProjectionSupervisor
 from projections.status import SessionStatusProjection
 from tests.conftest import view_on
 

@@ -16,8 +16,8 @@ from application.keys import SESSION_KEY_KIND, generate_key
 from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, session_uuid
-from infra.container import Container
-from infra.rebuild import ViewRebuild
+from infra.bootstrap import Container
+from infra.runtime.rebuild import ViewRebuild
 from infra.settings import eventsourcing_env
 from tests.conftest import test_settings
 from tests.integration.conftest import ADMIN, Api

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from infra.container import STOP_TIMEOUT, Container
-from infra.simulator import SimulatorGateway
-from infra.worker import GatewayWorker, WorkerTimings
+from infra.bootstrap import STOP_TIMEOUT, Container
+from infra.runtime.worker import GatewayWorker, WorkerTimings
+from infra.whatsapp.simulator import SimulatorGateway
 from tests.conftest import test_settings
 
 

@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from eventsourcing.utils import Environment
 
-from infra.devicestore import DeviceStorePool
-from infra.pgconnect import PostgresFactory
+from infra.postgres.connect import PostgresFactory
 from infra.settings import eventsourcing_env
+from infra.whatsapp.devicestore import DeviceStorePool
 
 pytestmark = pytest.mark.postgres
 

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from infra.container import Container
-from infra.rebuild import ViewRebuild
+from infra.bootstrap import Container
+from infra.runtime.rebuild import ViewRebuild
 from projections.uptime import split_by_day, uptime_percent
 from tests.conftest import test_settings
 from tests.integration.conftest import ADMIN, Api

@@ -18,9 +18,9 @@ from psycopg.sql import SQL, Identifier
 from application.ports import InboundMessage
 from application.sessions import IssuedKey, SessionsApplication
 from domain.values import ADMIN_ACTOR
-from infra.container import REBUILDABLE, Container
-from infra.rebuild import RebuildError, ViewRebuild
-from infra.supervisor import lock_key
+from infra.bootstrap import REBUILDABLE, Container
+from infra.runtime.rebuild import RebuildError, ViewRebuild
+from infra.runtime.supervisor import lock_key
 from tests.conftest import test_settings
 from tests.integration.conftest import ADMIN, Api
 

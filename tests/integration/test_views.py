@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from eventsourcing.persistence import Tracking
 
-from infra.pgviews import PostgresApiKeyView, PostgresSessionStatusView
+from infra.postgres.views import PostgresApiKeyView, PostgresSessionStatusView
 from infra.settings import eventsourcing_env
 from projections.rows import KeyRow, SessionRow
 from projections.views import (

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from infra.webhook_http import (
+from infra.webhooks.client import (
     BlockedAddress,
     _Policy,
     _VettingResolver,

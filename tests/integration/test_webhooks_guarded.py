@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infra.webhook_http import BlockedAddress, webhook_client
+from infra.webhooks.client import BlockedAddress, webhook_client
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.steps import eventually
 from tests.receiver import Receiver, receiver

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.container import POOL_MAX, process_label
+from infra.bootstrap import POOL_MAX, process_label
 from infra.settings import Settings, SettingsError
 
 BASE = {"SESSIOND_ADMIN_KEY": "test-admin-key-0123456789"}

@@ -35,7 +35,7 @@ from application.errors import (
     RecipientRejected,
 )
 from application.ports import InboundMessage
-from infra.neonize_gateway import (
+from infra.whatsapp.neonize import (
     NeonizeGateway,
     delete_device,
     device_stored,
@@ -388,7 +388,7 @@ def test_a_failing_recording_is_logged_and_later_reports_still_arrive(
         raise RuntimeError("the recorder is down")
 
     rig.events.message_received = broken  # type: ignore[method-assign]
-    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0, 0.0))
+    monkeypatch.setattr("infra.whatsapp.neonize.FACT_RETRY_PAUSES", (0.0, 0.0))
     feed(client, text_message())
     feed(client, PB.KeepAliveRestored())
     assert names(rig.settle()) == ["keepalive"]
@@ -409,7 +409,7 @@ def test_a_message_whose_recording_fails_once_is_recorded_on_the_next_try(
         return record(session_id, message)
 
     rig.events.message_received = flaky  # type: ignore[method-assign]
-    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0,))
+    monkeypatch.setattr("infra.whatsapp.neonize.FACT_RETRY_PAUSES", (0.0,))
     feed(client, text_message())
     assert names(rig.settle()) == ["message_received"]
 
@@ -428,7 +428,7 @@ def test_a_link_report_that_lost_a_race_with_another_writer_is_recorded_on_the_n
         return record(session_id, *args)
 
     rig.events.disconnected = racing  # type: ignore[method-assign,assignment]
-    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0, 0.0))
+    monkeypatch.setattr("infra.whatsapp.neonize.FACT_RETRY_PAUSES", (0.0, 0.0))
     feed(client, PB.Disconnected(status=True))
     assert [(c.name, c.args[0]) for c in rig.settle()] == [("disconnected", "connection_lost")]
 
@@ -447,7 +447,7 @@ def test_a_link_report_is_not_tried_again_once_its_client_was_replaced(
         raise ConcurrentChange("the session changed concurrently")
 
     rig.events.disconnected = racing  # type: ignore[method-assign,assignment]
-    monkeypatch.setattr("infra.neonize_gateway.FACT_RETRY_PAUSES", (0.0, 0.0, 0.0))
+    monkeypatch.setattr("infra.whatsapp.neonize.FACT_RETRY_PAUSES", (0.0, 0.0, 0.0))
     feed(client, PB.Disconnected(status=True))
     assert tried.wait(WAIT)
     threading.Thread(target=rig.gateway.start, args=(sid, PHONE_JID), daemon=True).start()
@@ -848,7 +848,7 @@ import logging
 import sys
 root = logging.getLogger()
 before = (root.level, list(root.handlers))
-from infra.neonize_gateway import import_neonize
+from infra.whatsapp.neonize import import_neonize
 import_neonize()
 neonize_log = sys.modules["neonize.utils.log"]  # the package shadows it with a Logger
 assert neonize_log.stream_handler not in root.handlers, "neonize's handler stayed"

@@ -17,8 +17,8 @@ import pytest
 
 from domain.policy import ReconnectPolicy
 from domain.values import Reason
-from infra.neonize_gateway import GoEntry, NeonizeGateway, start_failure_reason
-from infra.whatsapp_link import LinkCheck
+from infra.whatsapp.link import LinkCheck
+from infra.whatsapp.neonize import GoEntry, NeonizeGateway, start_failure_reason
 from tests.fakes.neonize import NOW, NZ, Recorder, ScriptedClient, make_store
 
 DIAL_ERROR = (

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra.readmodels import CachedReadModels
+from infra.postgres.viewcache import CachedReadModels
 
 
 async def test_a_cancel_that_lands_as_the_wait_is_answered_is_not_lost() -> None:

@@ -16,7 +16,7 @@ from application.sessions import SessionsApplication
 from domain.policy import SendPolicy
 from domain.session import Session
 from domain.values import ADMIN_ACTOR
-from infra.sender import MessageSender
+from infra.runtime.sender import MessageSender
 from tests.unit.helpers import create, popo_app
 
 TO = "14155550123@s.whatsapp.net"

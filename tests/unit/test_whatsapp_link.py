@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.whatsapp_link import LinkCheck, proxy_for
+from infra.whatsapp.link import LinkCheck, proxy_for
 
 
 @pytest.mark.parametrize(

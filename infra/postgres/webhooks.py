@@ -23,7 +23,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
-from infra.pgviews import SYNC_COMMIT_OFF, BatchingView
+from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
 from projections.webhooks import EndpointRow, NewDelivery, WebhookQueries, WebhookView
 
 WEBHOOKS_CHANNEL = "sessiond_webhooks"

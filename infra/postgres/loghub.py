@@ -15,8 +15,8 @@ Either way it yields every notification after its start once, in order: position
 and exactly-once are the runners' business, as before.
 
 The hub costs no connection of its own: it listens on the process's listener
-(`infra.listener`, the recorder's ``listener``) and reads on the recorder's pool. A recorder
-without a listener (tests) gets the hub a listener of its own.
+(`infra.postgres.listener`, the recorder's ``listener``) and reads on the recorder's
+pool. A recorder without a listener (tests) gets the hub a listener of its own.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.conninfo import make_conninfo
 from psycopg.sql import SQL, Identifier
 
-from infra.listener import ProcessListener
-from infra.pgconnect import unreachable
+from infra.postgres.connect import unreachable
+from infra.postgres.listener import ProcessListener
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The auditor's commands: `sessiond history <sessionId>`, `sessiond export` and `sessiond
-projections status` (`sessiond projections rebuild` is in `infra/rebuild.py`)."""
+projections status` (`sessiond projections rebuild` is in `infra/runtime/rebuild.py`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from api.presenters import event_out
 from application.errors import SessionNotFound
 from domain.errors import InvalidValue
 from domain.values import session_uuid
-from infra.container import Container
+from infra.bootstrap import Container
 from infra.settings import Settings
 from projections.history import log_page, session_history
 

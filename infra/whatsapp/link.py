@@ -1,7 +1,7 @@
 """Whether WhatsApp Web can be reached from here, checked the way whatsmeow dials it.
 
 neonize leaves behind a store and a connection pool for every client start that fails
-(`infra.devicestore`), so a session whose link is down is not handed to Go again on each
+(`infra.whatsapp.devicestore`), so a session whose link is down is not handed to Go again on each
 retry: the gateway first asks this check, which opens the first hop whatsmeow would open —
 a TCP connection to ``web.whatsapp.com:443``, or to the HTTPS proxy named in the environment
 (``HTTPS_PROXY`` / ``https_proxy``, unless ``NO_PROXY`` / ``no_proxy`` exempts the host: Go's

@@ -13,16 +13,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from infra.asgi import ROLES_VARIABLE, SERVER_PID_VARIABLE
-from infra.logs import configure_logging
-from infra.processes import STOP_LIMIT, die_with_parent, exit_if_not_stopped
+from infra.runtime.asgi import ROLES_VARIABLE, SERVER_PID_VARIABLE
+from infra.runtime.logs import configure_logging
+from infra.runtime.processes import STOP_LIMIT, die_with_parent, exit_if_not_stopped
 from infra.settings import Settings, SettingsError
 
 
 def _database_url(settings: Settings) -> tuple[str, Any]:
     if settings.database_url:
         return settings.database_url, None
-    from infra.embedded import start_embedded_postgres  # noqa: PLC0415
+    from infra.postgres.embedded import start_embedded_postgres  # noqa: PLC0415
 
     return start_embedded_postgres(settings.data_dir)
 
@@ -46,7 +46,7 @@ def _serve_http(
     os.environ[ROLES_VARIABLE] = roles
     os.environ[SERVER_PID_VARIABLE] = str(os.getpid())
     server = _Server(
-        "infra.asgi:create",
+        "infra.runtime.asgi:create",
         address=host,
         port=port,
         interface=Interfaces.ASGI,
@@ -129,7 +129,7 @@ class ChildWorker:
 
 
 def _run_background_roles(settings: Settings, url: str, roles: frozenset[str]) -> None:
-    from infra.container import Container  # noqa: PLC0415
+    from infra.bootstrap import Container  # noqa: PLC0415
 
     container = Container(settings, url, roles)
     container.start()
@@ -219,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:
         if args.command == "projections" and args.action == "rebuild":
-            from infra.rebuild import rebuild_command  # noqa: PLC0415
+            from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415
 
             return rebuild_command(args, settings, url)
         if args.command in ("history", "export", "projections"):
-            from infra.audit import run_command  # noqa: PLC0415
+            from infra.cli.audit import run_command  # noqa: PLC0415
 
             return run_command(args, settings, url)
         if args.command == "serve":
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         del server
     if args.command == "worker" and settings.gateway == "neonize":
         # A neonize client whose pairing ended may leave a non-daemon thread blocked in Go
-        # for ever (infra/neonize_gateway.py): everything is stopped and recorded by now.
+        # for ever (infra/whatsapp/neonize.py): everything is stopped and recorded by now.
         logging.shutdown()
         os._exit(0)
     return 0

@@ -21,7 +21,7 @@ from application.errors import (
     NotPairing,
     SimulatorError,
 )
-from infra.pggateway import REQUESTS_CHANNEL
+from infra.postgres.gateway import REQUESTS_CHANNEL
 
 _ERRORS: dict[str, type[ApplicationError]] = {
     error.code: error

@@ -1,6 +1,6 @@
 """How sessiond's processes end: with the process that started them, and in bounded time.
 
-A process asked to stop (SIGTERM, SIGINT) closes its roles in `infra.container.STOP_TIMEOUT`
+A process asked to stop (SIGTERM, SIGINT) closes its roles in `infra.bootstrap.STOP_TIMEOUT`
 whatever the database does; `exit_if_not_stopped` is the net under that promise: should
 anything still hang, the process prints every thread's stack and exits anyway.
 """

@@ -13,7 +13,7 @@
 Round trips are shared: a claim fetches its batch's events in one more query, and the
 attempts that finish while the previous ones are being written are written together, in one
 transaction (each delivery's slot is held until its attempt is recorded, as before). The POSTs go
-through one client (`infra.webhook_http`: httpx on aiohttp's pool), `concurrency` at most in
+through one client (`infra.webhooks.client`: httpx on aiohttp's pool), `concurrency` at most in
 flight.
 """
 
@@ -41,9 +41,9 @@ from application.fairness import Load, cap, fair_share
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.webhook import WebhookEndpoint
-from infra.pgconnect import connect, unreachable
-from infra.pgwebhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
-from infra.webhook_http import webhook_client
+from infra.postgres.connect import connect, unreachable
+from infra.postgres.webhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
+from infra.webhooks.client import webhook_client
 from projections.webhooks import webhook_body
 
 log = logging.getLogger(__name__)

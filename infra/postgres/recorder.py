@@ -1,6 +1,6 @@
 """The application recorder: its subscriptions share one reader of the log per process
-(`infra.loghub`), which also polls, so a lost NOTIFY never stalls a view; and it writes the
-revocations of what it records in the same transaction (`infra.revocations`)."""
+(`infra.postgres.loghub`), which also polls, so a lost NOTIFY never stalls a view; and it writes the
+revocations of what it records in the same transaction (`infra.postgres.revocations`)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from psycopg.sql import SQL, Identifier
 
 from application.ports import RevocationLog
 from application.revocations import REVOCATIONS
-from infra.listener import ProcessListener
-from infra.loghub import HubSubscription
-from infra.pgviews import VIEWS_CHANNEL
-from infra.revocations import RevocationTable
+from infra.postgres.listener import ProcessListener
+from infra.postgres.loghub import HubSubscription
+from infra.postgres.revocations import RevocationTable
+from infra.postgres.views import VIEWS_CHANNEL
 
 
 class PollingApplicationRecorder(PostgresApplicationRecorder, RevocationLog):

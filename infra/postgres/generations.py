@@ -1,7 +1,7 @@
 """Generations of the views: which copy of each view serves, and the names of its tables.
 
 A view can be rebuilt from the log into a new generation while the active one keeps serving,
-then switched to (`infra/rebuild.py`). ``sessiond_view_generations`` records the active
+then switched to (`infra/runtime/rebuild.py`). ``sessiond_view_generations`` records the active
 generation of each projection; a projection without a row is at generation 0, whose tables
 keep the names they always had, so databases made before generations existed keep working.
 Generation N > 0 suffixes every table of the view with ``_g{N}``: the tracking table is

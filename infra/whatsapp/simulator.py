@@ -28,7 +28,7 @@ from application.ports import (
     WhatsAppGateway,
 )
 from domain.values import MessageStatus, Reason
-from infra.timers import TimerThread
+from infra.runtime.timers import TimerThread
 
 PUSH_NAME = "Simulated phone"
 

@@ -59,9 +59,9 @@ from application.sessions import SessionsApplication
 from domain.errors import DomainError
 from domain.policy import deadline_rule, gives_up
 from domain.values import DeadlineKind, DesiredState, Reason, Status
-from infra.pgconnect import connect, unreachable
-from infra.pggateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
-from infra.sender import MessageSender
+from infra.postgres.connect import connect, unreachable
+from infra.postgres.gateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
+from infra.runtime.sender import MessageSender
 from projections.gateway import START_TIMEOUT, Deadline
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from application.sessions import SessionsApplication
 from domain.policy import SendFailure, SendPolicy
 from domain.session import QueuedMessage
 from domain.values import FailureReason, Status
-from infra.timers import TimerThread
+from infra.runtime.timers import TimerThread
 
 log = logging.getLogger(__name__)
 

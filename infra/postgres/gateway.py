@@ -23,8 +23,8 @@ from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
 from domain.values import DeadlineKind
-from infra.pgconnect import transaction
-from infra.pgviews import SYNC_COMMIT_OFF, BatchingView
+from infra.postgres.connect import transaction
+from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
 from projections.gateway import _UNSET, Deadline, GatewayChange, GatewayRow, GatewayView
 
 GATEWAY_CHANNEL = "sessiond_gateway"

@@ -4,7 +4,7 @@ Status reads and key checks are served from memory (no database round trip per r
 The copy refreshes when a view writes (``NOTIFY sessiond_views``), when a key is revoked (the
 recorder notifies too) and at least every `poll_interval`; each refresh reads, in one
 snapshot, the head of the log, the revocations recorded since the last refresh
-(`infra.revocations`), the views' tracking positions and the rows that changed. A key is
+(`infra.postgres.revocations`), the views' tracking positions and the rows that changed. A key is
 accepted only if the key view has it active and no revocation names it or its session: the
 revocations are complete up to the head of the log the snapshot saw, whatever the projector
 is doing, so revoking never waits for a projection.
@@ -40,11 +40,11 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 
-from infra.generations import ActiveViews
-from infra.listener import ProcessListener
-from infra.pgconnect import transaction, unreachable
-from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
-from infra.revocations import RevocationRow, RevocationTable
+from infra.postgres.connect import transaction, unreachable
+from infra.postgres.generations import ActiveViews
+from infra.postgres.listener import ProcessListener
+from infra.postgres.revocations import RevocationRow, RevocationTable
+from infra.postgres.views import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
 from infra.settings import TRUST_MARGIN_SECONDS
 from projections.keys import ApiKeyProjection
 from projections.readmodels import ReadModels

@@ -1,5 +1,5 @@
 """The revocation table: every event that takes keys out of service, written by the recorder
-in the transaction that records the event (`infra.pgrecorder`), never by a projection.
+in the transaction that records the event (`infra.postgres.recorder`), never by a projection.
 
 One row per revoking event (`application.revocations`): its position in the log, its session,
 the key ids it revokes and whether it deletes the session. A deferred constraint trigger on

@@ -37,7 +37,7 @@ all verified on 0.5.2 (see ``research/neonize.md``):
   together). `GoEntry` lets one client at a time into that phase.
 - **Every start opens a store that is never closed** (a Go connection pool, one connection
   kept for ever): the store is reached through the worker's PgBouncer
-  (`infra.devicestore`), and a session whose last start could not reach WhatsApp is started
+  (`infra.whatsapp.devicestore`), and a session whose last start could not reach WhatsApp is started
   again in Go only once `LinkCheck` finds WhatsApp's first hop answering; until then each
   retry reports the check's answer. A start that failed in the store (lib/pq's or whatsmeow's
   store errors) is reported as `store_unavailable`, not as WhatsApp being unreachable.
@@ -86,8 +86,8 @@ from application.errors import (
 )
 from application.ports import GatewayEvents, InboundMessage, SentMessage, WhatsAppGateway
 from domain.values import MessageStatus, Reason
-from infra.devicestore import DeviceStorePool
-from infra.whatsapp_link import LinkCheck
+from infra.whatsapp.devicestore import DeviceStorePool
+from infra.whatsapp.link import LinkCheck
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def store_dsn_from_url(
     socket directory goes in the query (``?host=/dir&port=5432``). lib/pq knows no
     ``prefer``/``allow`` SSL modes and defaults to ``require``: those and a missing mode
     become ``disable``. Other query parameters, ``search_path`` here, become server settings.
-    `pooled`: the URL is a PgBouncer in transaction mode (`infra.devicestore`), so lib/pq
+    `pooled`: the URL is a PgBouncer in transaction mode (`infra.whatsapp.devicestore`), so lib/pq
     must send each query in one round trip (``binary_parameters=yes``).
     """
     params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}

@@ -22,7 +22,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
 from domain.values import public_session_id
-from infra.generations import table_suffix
+from infra.postgres.generations import table_suffix
 from projections.messages import MessageRow, MessagesView, apply_changes
 from projections.rows import KeyRow, SessionRow
 from projections.uptime import Transition, UptimeView

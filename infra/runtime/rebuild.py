@@ -1,7 +1,7 @@
 """`sessiond projections rebuild <name>`: a fresh copy of a view, switched to with no downtime.
 
 1. **Build.** Generation N+1 of the view (tables suffixed ``_g{N+1}``, see
-   `infra/generations.py`) is filled from the start of the log in this process while
+   `infra/postgres/generations.py`) is filled from the start of the log in this process while
    generation N keeps serving: the first pass keeps the rows in memory and copies each into
    the empty tables once (`BatchingView.bulk`); then it catches up with the head, a
    transaction per page, again while a pass has more than a page to apply.
@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,12 +42,12 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.sql import SQL, Identifier
 from tqdm import tqdm
 
-from infra.container import NOT_REBUILDABLE, PROJECTIONS, REBUILDABLE, Container
-from infra.generations import GENERATIONS_CHANNEL, active_generation
-from infra.pgconnect import connect
-from infra.pgviews import VIEWS_CHANNEL, PostgresApiKeyView
+from infra.bootstrap import NOT_REBUILDABLE, PROJECTIONS, REBUILDABLE, Container
+from infra.postgres.connect import connect
+from infra.postgres.generations import GENERATIONS_CHANNEL, active_generation
+from infra.postgres.views import VIEWS_CHANNEL, PostgresApiKeyView
+from infra.runtime.supervisor import lock_key
 from infra.settings import Settings
-from infra.supervisor import lock_key
 
 #: Events applied per transaction while building (the page is also what is read at once).
 DEFAULT_PAGE_SIZE = 5000
@@ -150,7 +150,11 @@ class ViewRebuild:
             row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
             if not (row and row[0]):
                 raise RebuildError(f"a rebuild of {self.name} is already running")
-            yield
+            try:
+                yield
+            finally:  # at once: a closed connection's locks go only when its backend has ended
+                with suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     def prepare(self) -> None:
         """Create the new generation's tables (dropping leftovers of an interrupted rebuild)."""

@@ -31,35 +31,35 @@ from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
 from application.sessions import SessionCaps, SessionsApplication
 from domain.policy import ReconnectPolicy
-from infra.gatewaycalls import PostgresGatewayCalls
-from infra.generations import (
+from infra.postgres.connect import connect
+from infra.postgres.gateway import PostgresDeviceSet, PostgresGatewayView
+from infra.postgres.gatewaycalls import PostgresGatewayCalls
+from infra.postgres.generations import (
     GENERATIONS_DDL,
     ActiveMessagesView,
     ActiveUptimeView,
     ActiveViews,
 )
-from infra.listener import ProcessListener
-from infra.pgconnect import connect
-from infra.pggateway import PostgresDeviceSet, PostgresGatewayView
-from infra.pgrecorder import PollingApplicationRecorder, event_texts
-from infra.pgsnapshots import SNAPSHOTS_DDL, PostgresStatusSnapshots
-from infra.pgviews import (
+from infra.postgres.listener import ProcessListener
+from infra.postgres.recorder import PollingApplicationRecorder, event_texts
+from infra.postgres.revocations import TABLE as REVOCATIONS_TABLE
+from infra.postgres.revocations import backfill
+from infra.postgres.snapshots import SNAPSHOTS_DDL, PostgresStatusSnapshots
+from infra.postgres.viewcache import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
+from infra.postgres.views import (
     BatchingView,
     PostgresApiKeyView,
     PostgresMessagesView,
     PostgresSessionStatusView,
     PostgresUptimeView,
 )
-from infra.pgwebhooks import PostgresWebhookView, WebhookStore
-from infra.readmodels import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
-from infra.revocations import TABLE as REVOCATIONS_TABLE
-from infra.revocations import backfill
+from infra.postgres.webhooks import PostgresWebhookView, WebhookStore
+from infra.runtime.supervisor import ProjectionSupervisor
+from infra.runtime.worker import GatewayWorker, WorkerTimings
 from infra.settings import Settings, eventsourcing_env
-from infra.simulator import SimulatorGateway
-from infra.supervisor import ProjectionSupervisor
-from infra.webhook_http import check_url, webhook_client
-from infra.webhooks import DispatcherSettings, WebhookDispatcher
-from infra.worker import GatewayWorker, WorkerTimings
+from infra.webhooks.client import check_url, webhook_client
+from infra.webhooks.dispatcher import DispatcherSettings, WebhookDispatcher
+from infra.whatsapp.simulator import SimulatorGateway
 from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
 from projections.messages import MessagesProjection
@@ -342,8 +342,8 @@ class Container:
     def _build_gateway(self) -> WhatsAppGateway:
         if self.settings.gateway == "neonize":
             # Imported here: only a worker with the real gateway loads the Go library.
-            from infra.devicestore import DeviceStorePool  # noqa: PLC0415
-            from infra.neonize_gateway import (  # noqa: PLC0415
+            from infra.whatsapp.devicestore import DeviceStorePool  # noqa: PLC0415
+            from infra.whatsapp.neonize import (  # noqa: PLC0415
                 NeonizeGateway,
                 prepare_store,
                 store_dsn_from_url,

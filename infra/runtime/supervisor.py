@@ -2,8 +2,9 @@
 
 Exactly one process runs each projection: the one holding ``pg_advisory_lock(hashtext(name))``
 on a dedicated connection. The others stand by and take over when that connection goes away.
-The leader runs the projection's active generation (`infra/generations.py`), read when it is
-elected, and hands the lock over to a rebuild that waits for it (`infra/rebuild.py`).
+The leader runs the projection's active generation (`infra/postgres/generations.py`), read
+when it is elected, and hands the lock over to a rebuild that waits for it
+(`infra/runtime/rebuild.py`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from eventsourcing.projection import ApplicationSubscription, Projection, Projec
 from eventsourcing.utils import EnvType
 
 from application.sessions import SessionsApplication
-from infra.generations import (
+from infra.postgres.connect import unreachable
+from infra.postgres.generations import (
     GENERATIONS_CHANNEL,
     active_generation,
     projection_for,
     tracking_table,
 )
-from infra.listener import ListenerDown, ProcessListener
-from infra.pgconnect import unreachable
+from infra.postgres.listener import ListenerDown, ProcessListener
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class LockLost(psycopg.OperationalError):
 class ProjectionSupervisor:
     """Keeps a `ProjectionRunner` going for as long as this process holds the projection's lock.
 
-    The lock is held on the process's listener (`infra.listener`), shared by every
+    The lock is held on the process's listener (`infra.postgres.listener`), shared by every
     supervisor of the process; the runner runs on the process's application (`app`), so
     that a projection costs no connection of its own. Without them (tests), the supervisor
     has a listener of its own and the runner builds its application from `env`."""

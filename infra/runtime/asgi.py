@@ -7,9 +7,9 @@ import sys
 
 from litestar import Litestar
 
-from infra.container import ROLES, Container
-from infra.logs import configure_logging
-from infra.processes import die_with_parent
+from infra.bootstrap import ROLES, Container
+from infra.runtime.logs import configure_logging
+from infra.runtime.processes import die_with_parent
 from infra.settings import Settings
 
 ROLES_VARIABLE = "SESSIOND_ROLES"

@@ -4,7 +4,7 @@ PostgreSQL's connections are counted across every process, so a process keeps a 
 one pool for its queries (which may go through PgBouncer in transaction mode) and this one
 direct connection for what needs a session of its own — ``LISTEN`` for every channel anyone
 in the process listens to, and the advisory locks held across transactions (the projections'
-leadership, `infra.supervisor`). A locked session must be the one that unlocks, and a
+leadership, `infra.runtime.supervisor`). A locked session must be the one that unlocks, and a
 notification reaches only the session that listens: neither survives a pooler.
 
 One thread owns the connection. It waits on the socket and on a wake-up pipe together, hands
@@ -32,7 +32,7 @@ import psycopg
 from psycopg import Notify
 from psycopg.sql import SQL, Identifier
 
-from infra.pgconnect import connect, unreachable
+from infra.postgres.connect import connect, unreachable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,0 +1,1 @@
+"""The `sessiond` command line (`python -m infra.cli` runs it too)."""

@@ -1,0 +1,1 @@
+"""WhatsApp: the neonize gateway and its device store, the link check, the simulator."""
