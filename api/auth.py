@@ -33,7 +33,7 @@ from api.problems import ProblemError
 from api.ratelimit import client_address
 from application.keys import SESSION_KEY_KIND, hash_key, key_kind
 from domain.values import ADMIN_ACTOR, is_session_id, key_actor
-from projections.rows import SessionRow
+from projections.status import SessionRow
 
 API_KEY_HEADER = "x-api-key"
 API_KEY_SCHEME = "apiKey"

@@ -20,9 +20,9 @@ from api.schemas import (
 )
 from domain.values import DesiredState, Status
 from projections.history import HistoryEntry
+from projections.keys import KeyRow
 from projections.messages import MessageRow
-from projections.rows import KeyRow, SessionRow
-from projections.uptime import status_uptime
+from projections.status import SessionRow, status_uptime
 
 
 def health(row: SessionRow) -> Health:

@@ -7,6 +7,7 @@ can wait until the read models have caught up with it (read-your-writes).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import time
@@ -45,10 +46,16 @@ T = TypeVar("T")
 #: Tries of a command when another process saved the session in between (its own process
 #: takes turns per session, see `application.turns`).
 _CONFLICT_RETRIES = 5
-#: A report of the gateway is a fact about the link: it is tried for longer before giving up.
-_REPORT_RETRIES = 20
+#: A report of the gateway is a fact about the link: it keeps trying for this long (seconds),
+#: however many tries that takes, before giving up.
+_REPORT_PATIENCE = 10.0
 #: The longest pause between two tries (a random pause, doubling from 2 ms, spreads them).
 _MAX_CONFLICT_PAUSE = 0.1
+
+
+def _conflict_pause(attempt: int) -> float:
+    """A random pause before try `attempt` after conflicts: up to 2 ms, doubling, capped."""
+    return random.uniform(0, min(_MAX_CONFLICT_PAUSE, 0.002 * 2 ** min(attempt, 16)))  # noqa: S311
 
 
 class _DataclassAsDict(Transcoding):
@@ -450,8 +457,10 @@ class SessionsApplication(Application[UUID]):
         session_id: str | UUID,
         change: Callable[[Session], object],
         tries: int = _CONFLICT_RETRIES,
+        patience: float = 0.0,
     ) -> int | None:
-        """Load, change, save; retried when another writer saved the session in between.
+        """Load, change, save; retried when another writer saved the session in between: at
+        least `tries` times, and until `patience` seconds have passed.
 
         Commands on one session take turns in this process, so only another process's
         save can come in between. The first try may start from the cached copy (see
@@ -460,9 +469,12 @@ class SessionsApplication(Application[UUID]):
         """
         uuid = session_id if isinstance(session_id, UUID) else session_uuid(session_id)
         with self._turns.turn(uuid):
-            for attempt in range(tries):
+            give_up_at = time.monotonic() + patience
+            for attempt in itertools.count():
+                if attempt >= tries and time.monotonic() >= give_up_at:
+                    break
                 if attempt > 1:  # not in step with the other writer: a random pause
-                    time.sleep(random.uniform(0, min(_MAX_CONFLICT_PAUSE, 0.002 * 2**attempt)))  # noqa: S311
+                    time.sleep(_conflict_pause(attempt))
                 cached = self._cache.take(uuid) if attempt == 0 else None
                 session = cached if cached is not None else self.load(uuid)
                 try:
@@ -489,7 +501,7 @@ class SessionsApplication(Application[UUID]):
     def _gateway_change(self, session_id: UUID, change: Callable[[Session], None]) -> int | None:
         """Record what the gateway saw; a report that no longer applies is dropped and logged."""
         try:
-            return self._change_or_none(session_id, change, _REPORT_RETRIES)
+            return self._change_or_none(session_id, change, patience=_REPORT_PATIENCE)
         except (InvalidTransition, SessionIsDeleted, SessionNotFound) as error:
             log.info("ignored a stale gateway report for %s: %s", session_id, error)
             return None

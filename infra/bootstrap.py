@@ -40,19 +40,17 @@ from infra.postgres.generations import (
     ActiveUptimeView,
     ActiveViews,
 )
+from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.listener import ProcessListener
+from infra.postgres.messages import PostgresMessagesView
 from infra.postgres.recorder import PollingApplicationRecorder, event_texts
 from infra.postgres.revocations import TABLE as REVOCATIONS_TABLE
 from infra.postgres.revocations import backfill
 from infra.postgres.snapshots import SNAPSHOTS_DDL, PostgresStatusSnapshots
+from infra.postgres.status import PostgresSessionStatusView
+from infra.postgres.uptime import PostgresUptimeView
 from infra.postgres.viewcache import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
-from infra.postgres.views import (
-    BatchingView,
-    PostgresApiKeyView,
-    PostgresMessagesView,
-    PostgresSessionStatusView,
-    PostgresUptimeView,
-)
+from infra.postgres.views import BatchingView
 from infra.postgres.webhooks import PostgresWebhookView, WebhookStore
 from infra.runtime.supervisor import ProjectionSupervisor
 from infra.runtime.worker import GatewayWorker, WorkerTimings

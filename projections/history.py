@@ -18,9 +18,7 @@ from eventsourcing.persistence import Tracking
 from application.sessions import SessionsApplication
 from domain.values import public_session_id
 from domain.webhook import WebhookEndpoint, public_webhook_id
-from projections.rows import SessionRow
-from projections.status import SessionStatusProjection
-from projections.views import MemorySessionStatusView
+from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
 
 log = logging.getLogger(__name__)
 REDACTED = "[redacted]"

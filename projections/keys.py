@@ -2,17 +2,73 @@
 
 from __future__ import annotations
 
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import msgspec
 from eventsourcing.dispatch import singledispatchmethod
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
 from domain.session import Session
 from domain.values import public_session_id
-from projections.rows import KeyRow
-from projections.views import ApiKeyView
+
+
+class KeyRow(msgspec.Struct, kw_only=True):
+    """One API key as the key view knows it: never the key itself, only its hash."""
+
+    key_id: str
+    session_id: str
+    prefix: str
+    key_hash: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+    position: int = 0
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class ApiKeyView(TrackingRecorder, ABC):
+    """Every API key of every session, keyed by key id."""
+
+    @abstractmethod
+    def get_key(self, key_id: str) -> KeyRow | None:
+        """The row of that key."""
+
+    @abstractmethod
+    def save_keys(self, rows: Iterable[KeyRow], tracking: Tracking) -> None:
+        """Write the rows and the tracking record in one transaction."""
+
+    @abstractmethod
+    def all_keys(self) -> list[KeyRow]:
+        """Every key row, revoked ones included."""
+
+
+class MemoryApiKeyView(POPOTrackingRecorder, ApiKeyView):
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, KeyRow] = {}
+        self._rows_lock = threading.Lock()
+
+    def get_key(self, key_id: str) -> KeyRow | None:
+        return self._rows.get(key_id)
+
+    def save_keys(self, rows: Iterable[KeyRow], tracking: Tracking) -> None:
+        with self._rows_lock:
+            self.insert_tracking(tracking)
+            for row in rows:
+                self._rows[row.key_id] = row
+
+    def all_keys(self) -> list[KeyRow]:
+        return list(self._rows.values())
 
 
 class ApiKeyProjection(Projection[ApiKeyView]):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from datetime import datetime
 
-from projections.rows import KeyRow, SessionRow
+from projections.keys import KeyRow
+from projections.status import SessionRow
 
 
 class ReadModels(ABC):

@@ -2,18 +2,195 @@
 
 from __future__ import annotations
 
+import threading
+from abc import ABC, abstractmethod
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import msgspec
 from eventsourcing.dispatch import singledispatchmethod
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
 from domain.session import Session
 from domain.values import DesiredState, Reason, Status, public_session_id
-from projections.rows import SessionRow
-from projections.uptime import advance, first_linked
-from projections.views import SessionStatusView
+from projections.uptime import split_by_day, uptime_percent
+
+UPTIME_DAYS = 30
+
+
+def window_start(now: datetime, days: int = UPTIME_DAYS) -> datetime:
+    """Midnight (UTC) that opens a window of `days` days ending with the day of `now`."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days - 1)
+
+
+class SessionRow(msgspec.Struct, kw_only=True):
+    """One session as the status view knows it."""
+
+    session_id: str
+    name: str
+    labels: dict[str, str] = {}
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    retry_attempt: int = 0
+    next_retry_at: datetime | None = None
+    degraded: bool = False
+    desired: str = "running"
+    created_at: datetime
+    updated_at: datetime
+    connected_at: datetime | None = None
+    jid: str | None = None
+    push_name: str | None = None
+    qr_code: str | None = None
+    qr_expires_at: datetime | None = None
+    qr_attempt: int = 0
+    qr_max_attempts: int = 0
+    requests_per_minute: int | None = None
+    last_activity_at: datetime | None = None  # the last message sent or received
+    messages_sent: int = 0
+    messages_received: int = 0
+    messages_delivered: int = 0  # sent messages the recipient's phone got
+    messages_read: int = 0  # sent messages the recipient opened
+    messages_failed: int = 0  # outbound messages that were not sent
+    queue_depth: int = 0  # outbound messages waiting to be sent
+    reconnects: int = 0  # tries to connect again: by the service (retries) or an operator
+    # Uptime (see `projections.uptime`): from the first link on, seconds in service (meant
+    # to be running), and of those, seconds connected, both counted up to `marked_at`; the
+    # open interval since then is added when read.
+    linked_at: datetime | None = None  # the first Connected
+    running_seconds: float = 0.0
+    connected_seconds: float = 0.0
+    marked_at: datetime | None = None
+    # The same two accumulators per UTC day ("YYYY-MM-DD": [running, connected] seconds),
+    # for the last UPTIME_DAYS + 1 days, counted up to `marked_at`: the status's window.
+    days: dict[str, list[float]] = {}
+    version: int = 0
+    position: int = 0
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.desired == "deleted"
+
+
+class SessionStatusView(TrackingRecorder, ABC):
+    """The status of every session, keyed by public session id."""
+
+    @abstractmethod
+    def get_session(self, session_id: str) -> SessionRow | None:
+        """The row of that session, deleted ones included."""
+
+    @abstractmethod
+    def save_session(self, row: SessionRow, tracking: Tracking) -> None:
+        """Write the row and the tracking record in one transaction."""
+
+    @abstractmethod
+    def all_sessions(self) -> list[SessionRow]:
+        """Every row, deleted ones included."""
+
+
+class MemorySessionStatusView(POPOTrackingRecorder, SessionStatusView):
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, SessionRow] = {}
+        self._rows_lock = threading.Lock()
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        return self._rows.get(session_id)
+
+    def save_session(self, row: SessionRow, tracking: Tracking) -> None:
+        with self._rows_lock:
+            self.insert_tracking(tracking)
+            self._rows[row.session_id] = row
+
+    def all_sessions(self) -> list[SessionRow]:
+        return list(self._rows.values())
+
+
+def linked_since(row: SessionRow) -> datetime | None:
+    """From when the row counts uptime: the session's first link. A row that a release before
+    `linked_at` wrote for a session linked by then has its device's JID but no `linked_at`;
+    its accumulators count from its creation (until the view is rebuilt from the log)."""
+    if row.linked_at is not None:
+        return row.linked_at
+    return row.created_at if row.jid is not None else None
+
+
+def in_service(row: SessionRow) -> bool:
+    return row.desired == DesiredState.RUNNING and linked_since(row) is not None
+
+
+def status_uptime(row: SessionRow, now: datetime, days: int = UPTIME_DAYS) -> float | None:
+    """The uptime the status shows at `now`: over the current UTC day and the `days - 1` whole
+    days before it (since the first link, if that is later). The same as `series` gives for
+    that window, from the same events."""
+    if linked_since(row) is None:
+        return None
+    # On the status read path: one pass over at most 32 days, and no datetime built unless
+    # the open interval began before the window.
+    first = (now.astimezone(UTC).date() - timedelta(days=days - 1)).isoformat()
+    running = connected = 0.0
+    for day, (day_running, day_connected) in row.days.items():
+        if day >= first:
+            running += day_running
+            connected += day_connected
+    marked = row.marked_at
+    if marked is not None and now > marked and in_service(row):
+        inside = marked.astimezone(UTC).date().isoformat() >= first
+        open_seconds = (now - (marked if inside else window_start(now, days))).total_seconds()
+        running += open_seconds
+        if row.status == Status.CONNECTED:
+            connected += open_seconds
+    return uptime_percent(running, connected)
+
+
+def first_linked(row: SessionRow, at: datetime) -> dict[str, Any]:
+    """The changes that record a session's first link at `at` (none if it was linked before):
+    from then on its time in service is counted. Accumulators a previous release counted
+    before the link (the wait for the first scan) are dropped."""
+    if linked_since(row) is not None:
+        return {}
+    return {"linked_at": at, "running_seconds": 0.0, "connected_seconds": 0.0, "days": {}}
+
+
+def advance(row: SessionRow, until: datetime) -> SessionRow:
+    """Add the interval since the last mark to the accumulators, if the session was in service.
+
+    It runs for most events (and for every event of a rebuild), so it copies only what
+    changes: the day lists are replaced, never changed in place, and the old row keeps its own.
+    """
+    marked = row.marked_at
+    if marked is None or until <= marked:
+        return msgspec.structs.replace(row, marked_at=until)
+    running, connected, days = row.running_seconds, row.connected_seconds, row.days
+    if in_service(row):
+        seconds = (until - marked).total_seconds()
+        is_connected = row.status == Status.CONNECTED
+        running += seconds
+        if is_connected:
+            connected += seconds
+        days = dict(days)
+        for day, day_seconds in split_by_day(marked, until):
+            day_running, day_connected = days.get(day, (0.0, 0.0))
+            days[day] = [
+                day_running + day_seconds,
+                day_connected + day_seconds if is_connected else day_connected,
+            ]
+    oldest = _oldest_day(until.astimezone(UTC).date())
+    if days and min(days) < oldest:
+        days = {day: pair for day, pair in days.items() if day >= oldest}
+    return msgspec.structs.replace(
+        row, running_seconds=running, connected_seconds=connected, marked_at=until, days=days
+    )
+
+
+@lru_cache(maxsize=64)
+def _oldest_day(today: date) -> str:
+    """The first day kept in the accumulators: that of `window_start(…, UPTIME_DAYS + 1)`."""
+    return (today - timedelta(days=UPTIME_DAYS)).isoformat()
 
 
 class SessionStatusProjection(Projection[SessionStatusView]):

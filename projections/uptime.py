@@ -7,10 +7,11 @@ the session's first link (its first ``Connected``) on: the wait for the first sc
 service, so it is not downtime. Stopped time counts neither way. A span with no time in service
 has no uptime (null), not 0 or 100.
 
-Two views count it from the same events. The status row (`projections.rows.SessionRow`) keeps
-per-UTC-day accumulators, so the status, the dashboard's card and its list read it from memory
-(`status_uptime`, kept current by `advance`); the uptime view keeps one transition per lifecycle
-event, so any window can be charted (`series`: the JSON series and the dashboard's chart).
+Two views count it from the same events. The status row (`projections.status.SessionRow`)
+keeps per-UTC-day accumulators, so the status, the dashboard's card and its list read it from
+memory (`projections.status.status_uptime`, kept current by `advance`); the uptime view keeps
+one transition per lifecycle event, so any window can be charted (`series`: the JSON series
+and the dashboard's chart).
 `uptime_percent` alone turns counted seconds into the figure, so at one instant every place
 that shows a session's uptime shows the same number.
 """
@@ -21,23 +22,18 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import msgspec
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
 from domain.session import Session
-from projections.rows import UPTIME_DAYS, SessionRow, window_start
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
-_RUNNING = "running"
-_CONNECTED = "connected"
 
 
 def uptime_percent(in_service_seconds: float, connected_seconds: float) -> float | None:
@@ -133,89 +129,6 @@ def floor(instant: datetime, step: timedelta) -> datetime:
 
 
 # -- the status row: per-day accumulators, read from memory ----------------------------------
-
-
-def linked_since(row: SessionRow) -> datetime | None:
-    """From when the row counts uptime: the session's first link. A row that a release before
-    `linked_at` wrote for a session linked by then has its device's JID but no `linked_at`;
-    its accumulators count from its creation (until the view is rebuilt from the log)."""
-    if row.linked_at is not None:
-        return row.linked_at
-    return row.created_at if row.jid is not None else None
-
-
-def in_service(row: SessionRow) -> bool:
-    return row.desired == _RUNNING and linked_since(row) is not None
-
-
-def status_uptime(row: SessionRow, now: datetime, days: int = UPTIME_DAYS) -> float | None:
-    """The uptime the status shows at `now`: over the current UTC day and the `days - 1` whole
-    days before it (since the first link, if that is later). The same as `series` gives for
-    that window, from the same events."""
-    if linked_since(row) is None:
-        return None
-    # On the status read path: one pass over at most 32 days, and no datetime built unless
-    # the open interval began before the window.
-    first = (now.astimezone(UTC).date() - timedelta(days=days - 1)).isoformat()
-    running = connected = 0.0
-    for day, (day_running, day_connected) in row.days.items():
-        if day >= first:
-            running += day_running
-            connected += day_connected
-    marked = row.marked_at
-    if marked is not None and now > marked and in_service(row):
-        inside = marked.astimezone(UTC).date().isoformat() >= first
-        open_seconds = (now - (marked if inside else window_start(now, days))).total_seconds()
-        running += open_seconds
-        if row.status == _CONNECTED:
-            connected += open_seconds
-    return uptime_percent(running, connected)
-
-
-def first_linked(row: SessionRow, at: datetime) -> dict[str, Any]:
-    """The changes that record a session's first link at `at` (none if it was linked before):
-    from then on its time in service is counted. Accumulators a previous release counted
-    before the link (the wait for the first scan) are dropped."""
-    if linked_since(row) is not None:
-        return {}
-    return {"linked_at": at, "running_seconds": 0.0, "connected_seconds": 0.0, "days": {}}
-
-
-def advance(row: SessionRow, until: datetime) -> SessionRow:
-    """Add the interval since the last mark to the accumulators, if the session was in service.
-
-    It runs for most events (and for every event of a rebuild), so it copies only what
-    changes: the day lists are replaced, never changed in place, and the old row keeps its own.
-    """
-    marked = row.marked_at
-    if marked is None or until <= marked:
-        return msgspec.structs.replace(row, marked_at=until)
-    running, connected, days = row.running_seconds, row.connected_seconds, row.days
-    if in_service(row):
-        seconds = (until - marked).total_seconds()
-        is_connected = row.status == _CONNECTED
-        running += seconds
-        if is_connected:
-            connected += seconds
-        days = dict(days)
-        for day, day_seconds in split_by_day(marked, until):
-            day_running, day_connected = days.get(day, (0.0, 0.0))
-            days[day] = [
-                day_running + day_seconds,
-                day_connected + day_seconds if is_connected else day_connected,
-            ]
-    oldest = _oldest_day(until.astimezone(UTC).date())
-    if days and min(days) < oldest:
-        days = {day: pair for day, pair in days.items() if day >= oldest}
-    return msgspec.structs.replace(
-        row, running_seconds=running, connected_seconds=connected, marked_at=until, days=days
-    )
-
-
-@lru_cache(maxsize=64)
-def _oldest_day(today: date) -> str:
-    """The first day kept in the accumulators: that of `window_start(…, UPTIME_DAYS + 1)`."""
-    return (today - timedelta(days=UPTIME_DAYS)).isoformat()
 
 
 def split_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:

@@ -20,7 +20,7 @@ from application.errors import NotPairing
 from application.phones import normalize_phone
 from domain.errors import SessionIsDeleted
 from domain.values import Status, session_uuid
-from projections.rows import SessionRow
+from projections.status import SessionRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

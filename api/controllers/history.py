@@ -18,7 +18,7 @@ from api.problems import ProblemError
 from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
 from domain.values import session_uuid
 from projections.history import HistoryEntry, log_page, session_history
-from projections.rows import window_start
+from projections.status import window_start
 from projections.uptime import BUCKETS, Bucket, UptimeView, overall, series
 
 MAX_PAGE = 1000

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from api.controllers.common import call, context
 from api.presenters import health
 from domain.values import Status
-from projections.rows import SessionRow
+from projections.status import SessionRow
 
 STATUSES = tuple(Status)
 HEALTHS = ("healthy", "degraded", "starting", "unhealthy", "stopped")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from api.dashboard.present import duration, percent
-from projections.rows import UPTIME_DAYS, window_start
+from projections.status import UPTIME_DAYS, window_start
 from projections.uptime import Bucket, overall
 
 WIDTH = 300  # the SVG's own units; CSS scales it to the page

@@ -17,7 +17,7 @@ from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, page, see_other
 from domain.errors import InvalidValue
 from domain.values import ADMIN_ACTOR, MAX_NAME_LENGTH
-from projections.rows import SessionRow
+from projections.status import SessionRow
 
 Filter = Annotated[str, QueryParameter(name="status", pattern="^(" + "|".join(FILTERS) + ")$")]
 PageNumber = Annotated[int, QueryParameter(name="page", ge=1, le=100_000)]

@@ -13,7 +13,8 @@ from api.context import ApiContext
 from api.dashboard.chart import Chart, chart, window
 from domain.values import session_uuid
 from projections.history import HistoryEntry, session_history
-from projections.rows import KeyRow, SessionRow
+from projections.keys import KeyRow
+from projections.status import SessionRow
 from projections.uptime import BUCKETS, series
 
 TIMELINE = 50

@@ -13,8 +13,7 @@ from markupsafe import Markup
 from api.presenters import health
 from api.qr import SVG, render
 from domain.values import DesiredState, Status
-from projections.rows import SessionRow
-from projections.uptime import status_uptime
+from projections.status import SessionRow, status_uptime
 
 #: The state shown for a session, its colour (tone) and its words. Never colour alone.
 TONES = {

@@ -24,7 +24,7 @@ from application.errors import NotPairing
 from application.phones import InvalidPhone
 from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE
 from projections.history import HistoryEntry
-from projections.rows import SessionRow
+from projections.status import SessionRow
 
 SESSION = "/sessions/{session_id:str}"
 View = Annotated[str, QueryParameter(name="view", pattern="^(link|page)$")]

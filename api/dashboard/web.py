@@ -13,7 +13,7 @@ from api.controllers.common import context
 from api.dashboard.security import PAGE_HEADERS, csrf_token
 from api.problems import ProblemError
 from domain.values import is_session_id
-from projections.rows import SessionRow
+from projections.status import SessionRow
 
 DashRequest = Request[Any, Any, State]
 

@@ -10,7 +10,7 @@ import msgspec
 from eventsourcing.postgres import PostgresDatastore
 
 from projections.history import SNAPSHOT_FORMAT, StatusSnapshots
-from projections.rows import SessionRow
+from projections.status import SessionRow
 
 SNAPSHOTS_DDL = (
     "CREATE TABLE IF NOT EXISTS sessiond_status_snapshots (session_id uuid NOT NULL, "

@@ -42,14 +42,15 @@ from eventsourcing.postgres import PostgresDatastore
 
 from infra.postgres.connect import transaction, unreachable
 from infra.postgres.generations import ActiveViews
+from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.listener import ProcessListener
 from infra.postgres.revocations import RevocationRow, RevocationTable
-from infra.postgres.views import VIEWS_CHANNEL, PostgresApiKeyView, PostgresSessionStatusView
+from infra.postgres.status import PostgresSessionStatusView
+from infra.postgres.views import VIEWS_CHANNEL
 from infra.settings import TRUST_MARGIN_SECONDS
-from projections.keys import ApiKeyProjection
+from projections.keys import ApiKeyProjection, KeyRow
 from projections.readmodels import ReadModels
-from projections.rows import KeyRow, SessionRow
-from projections.status import SessionStatusProjection
+from projections.status import SessionRow, SessionStatusProjection
 
 log = logging.getLogger(__name__)
 APP_NAME = "sessiond"

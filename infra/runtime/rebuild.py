@@ -45,7 +45,8 @@ from tqdm import tqdm
 from infra.bootstrap import NOT_REBUILDABLE, PROJECTIONS, REBUILDABLE, Container
 from infra.postgres.connect import connect
 from infra.postgres.generations import GENERATIONS_CHANNEL, active_generation
-from infra.postgres.views import VIEWS_CHANNEL, PostgresApiKeyView
+from infra.postgres.keys import PostgresApiKeyView
+from infra.postgres.views import VIEWS_CHANNEL
 from infra.runtime.supervisor import lock_key
 from infra.settings import Settings
 

@@ -24,7 +24,7 @@ from application.ports import InboundMessage
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR, session_uuid
 from infra.settings import eventsourcing_env
-from projections.rows import KeyRow
+from projections.keys import KeyRow
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
 
 REQUESTS = 50

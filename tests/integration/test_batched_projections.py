@@ -16,8 +16,10 @@ import pytest
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR
 from infra.postgres.gateway import PostgresGatewayView
+from infra.postgres.keys import PostgresApiKeyView
+from infra.postgres.messages import PostgresMessagesView
 from infra.postgres.recorder import PollingApplicationRecorder
-from infra.postgres.views import PostgresApiKeyView, PostgresMessagesView, PostgresSessionStatusView
+from infra.postgres.status import PostgresSessionStatusView
 from infra.runtime.supervisor import BATCH_LIMIT, ProjectionSupervisor
 from infra.settings import eventsourcing_env
 from projections.gateway import GatewayProjection

@@ -11,7 +11,7 @@ import pytest
 
 from application.sessions import SessionsApplication
 from infra.postgres.recorder import PollingApplicationRecorder
-from infra.postgres.views import PostgresSessionStatusView
+from infra.postgres.status import PostgresSessionStatusView
 from infra.runtime.supervisor import ProjectionSupervisor
 from infra.settings import eventsourcing_env
 from projections.status import SessionStatusProjection

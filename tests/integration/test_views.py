@@ -8,15 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from eventsourcing.persistence import Tracking
 
-from infra.postgres.views import PostgresApiKeyView, PostgresSessionStatusView
+from infra.postgres.keys import PostgresApiKeyView
+from infra.postgres.status import PostgresSessionStatusView
 from infra.settings import eventsourcing_env
-from projections.rows import KeyRow, SessionRow
-from projections.views import (
-    ApiKeyView,
-    MemoryApiKeyView,
-    MemorySessionStatusView,
-    SessionStatusView,
-)
+from projections.keys import ApiKeyView, KeyRow, MemoryApiKeyView
+from projections.status import MemorySessionStatusView, SessionRow, SessionStatusView
 from tests.conftest import view_on
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

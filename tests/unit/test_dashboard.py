@@ -19,7 +19,7 @@ from api.dashboard.present import (
 )
 from api.dashboard.security import cookie_secret, safe_next
 from infra.settings import Settings, SettingsError
-from projections.rows import SessionRow
+from projections.status import SessionRow
 from projections.uptime import Bucket
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -31,8 +31,7 @@ from domain.values import (
 from infra.settings import Settings, SettingsError
 from projections.gateway import GatewayProjection, MemoryGatewayView
 from projections.messages import MemoryMessagesView, MessagesProjection
-from projections.status import SessionStatusProjection
-from projections.views import MemorySessionStatusView
+from projections.status import MemorySessionStatusView, SessionStatusProjection
 from tests.unit.helpers import catch_up, create, popo_app
 
 TO = "14155550123@s.whatsapp.net"

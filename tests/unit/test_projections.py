@@ -16,11 +16,15 @@ from application.keys import hash_key
 from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, public_session_id
-from projections.keys import ApiKeyProjection
-from projections.rows import KeyRow, SessionRow, window_start
-from projections.status import SessionStatusProjection
-from projections.uptime import status_uptime, uptime_percent
-from projections.views import MemoryApiKeyView, MemorySessionStatusView
+from projections.keys import ApiKeyProjection, KeyRow, MemoryApiKeyView
+from projections.status import (
+    MemorySessionStatusView,
+    SessionRow,
+    SessionStatusProjection,
+    status_uptime,
+    window_start,
+)
+from projections.uptime import uptime_percent
 from tests.unit.helpers import catch_up, head, popo_app
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -27,9 +27,8 @@ from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, Unk
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE, key_actor
 from projections.gateway import GatewayProjection, MemoryGatewayView
-from projections.keys import ApiKeyProjection
-from projections.status import SessionStatusProjection
-from projections.views import MemoryApiKeyView, MemorySessionStatusView
+from projections.keys import ApiKeyProjection, MemoryApiKeyView
+from projections.status import MemorySessionStatusView, SessionStatusProjection
 from tests.unit.helpers import catch_up, head, popo_app, replay
 
 STATUSES = {"connecting", "connected", "disconnected", "expired"}

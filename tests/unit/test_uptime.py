@@ -18,8 +18,13 @@ from hypothesis import strategies as st
 from domain.errors import DomainError
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, public_session_id
-from projections.rows import SessionRow, window_start
-from projections.status import SessionStatusProjection
+from projections.status import (
+    MemorySessionStatusView,
+    SessionRow,
+    SessionStatusProjection,
+    status_uptime,
+    window_start,
+)
 from projections.uptime import (
     BUCKETS,
     MemoryUptimeView,
@@ -28,10 +33,8 @@ from projections.uptime import (
     floor,
     overall,
     series,
-    status_uptime,
     uptime_percent,
 )
-from projections.views import MemorySessionStatusView
 from tests.unit.helpers import catch_up, create, popo_app
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,8 +12,8 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.rows import UPTIME_DAYS, SessionRow, window_start
-from projections.uptime import advance, split_by_day
+from projections.status import UPTIME_DAYS, SessionRow, advance, window_start
+from projections.uptime import split_by_day
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

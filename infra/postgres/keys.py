@@ -1,0 +1,131 @@
+"""The API-key view on PostgreSQL: one JSON document per key, found by key id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL
+
+from infra.postgres.views import DocumentView, R
+from projections.keys import ApiKeyView, KeyRow
+
+
+class PostgresApiKeyView(DocumentView, ApiKeyView):
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        table = self._ident()
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                "key_id text PRIMARY KEY, session_id text NOT NULL, key_hash text NOT NULL, "
+                "position bigint NOT NULL, doc text NOT NULL, last_used_at timestamptz)"
+            ).format(table),
+            self._index("position"),
+            self._index("session_id"),
+        ]
+        # The last use of a key is kept in its own column, written by the API processes,
+        # so that recording it never needs an event and the projection never overwrites it.
+        self.upsert = SQL(
+            "INSERT INTO {0} (key_id, session_id, key_hash, position, doc) "
+            "VALUES (%(key_id)s, %(session_id)s, %(key_hash)s, %(position)s, %(doc)s) "
+            "ON CONFLICT (key_id) DO UPDATE SET position = EXCLUDED.position, doc = EXCLUDED.doc"
+        ).format(table)
+        self.select_one = SQL("SELECT doc, last_used_at FROM {0} WHERE key_id = %s").format(table)
+        self.select_all = SQL("SELECT doc, last_used_at FROM {0} ORDER BY key_id").format(table)
+        self.select_of_session = SQL(
+            "SELECT doc, last_used_at FROM {0} WHERE session_id = %s ORDER BY key_id"
+        ).format(table)
+        self.select_since = SQL("SELECT doc, last_used_at FROM {0} WHERE position > %s").format(
+            table
+        )
+        # Rows a projection batch has locked (a revocation in progress) are skipped rather
+        # than waited for: waiting could deadlock with the batch; they are tried again later.
+        self.touch = SQL(
+            "UPDATE {0} SET last_used_at = GREATEST(last_used_at, %(at)s) WHERE key_id = ("
+            "SELECT key_id FROM {0} WHERE key_id = %(key_id)s FOR UPDATE SKIP LOCKED) "
+            "RETURNING key_id"
+        ).format(table)
+
+    def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
+        rows = []
+        for record in curs.fetchall():
+            row = msgspec.json.decode(record["doc"], type=kind)
+            if isinstance(row, KeyRow) and record["last_used_at"] is not None:
+                row.last_used_at = record["last_used_at"]
+            rows.append(row)
+        return rows
+
+    def get_key(self, key_id: str) -> KeyRow | None:
+        written: KeyRow | None = self._written.get(key_id)
+        if written is not None:
+            return written
+        with self._reading() as curs:
+            curs.execute(self.select_one, (key_id,))
+            rows = self._fetch(curs, KeyRow)
+        return rows[0] if rows else None
+
+    columns = ("key_id", "session_id", "key_hash", "position", "doc")
+
+    def _params(self, row: KeyRow) -> dict[str, Any]:
+        return {
+            "key_id": row.key_id,
+            "session_id": row.session_id,
+            "key_hash": row.key_hash,
+            "position": row.position,
+            "doc": msgspec.json.encode(row).decode(),
+        }
+
+    def save_keys(self, rows: Iterable[KeyRow], tracking: Tracking) -> None:
+        # As for sessions: the runner's own writes (last use is kept in its own column).
+        rows = [msgspec.structs.replace(row, last_used_at=None) for row in rows]
+        if self._bulk is not None:
+            self._bulk.tracking = tracking
+            for row in rows:
+                self._stage(row.key_id, row, tracking)
+        else:
+            self._write(self.upsert, [self._params(row) for row in rows], tracking)
+        for row in rows:
+            self._written[row.key_id] = row
+
+    def carry_over_last_use(self, curs: Cursor[DictRow], old: PostgresApiKeyView) -> None:
+        """Copy the last use of keys (recorded by API processes, held by no event) from the
+        view `old` of an earlier generation, keeping the later time of the two."""
+        curs.execute(
+            SQL(
+                "UPDATE {0} AS n SET last_used_at = GREATEST(n.last_used_at, o.last_used_at) "
+                "FROM {1} AS o WHERE o.key_id = n.key_id AND o.last_used_at IS NOT NULL"
+            ).format(self._ident(), old._ident())
+        )
+
+    def all_keys(self) -> list[KeyRow]:
+        with self._reading() as curs:
+            curs.execute(self.select_all)
+            return self._fetch(curs, KeyRow)
+
+    def keys_of_session(self, session_id: str) -> list[KeyRow]:
+        with self._reading() as curs:
+            curs.execute(self.select_of_session, (session_id,))
+            return self._fetch(curs, KeyRow)
+
+    def changed_since(self, curs: Cursor[DictRow], position: int) -> list[KeyRow]:
+        curs.execute(self.select_since, (position,))
+        return self._fetch(curs, KeyRow)
+
+    def record_last_use(self, uses: dict[str, Any]) -> dict[str, Any]:
+        """Record when keys were last used; return the uses it could not record now."""
+        if not uses:
+            return {}
+        done: set[str] = set()
+        with self.datastore.transaction(commit=True) as curs:
+            for key_id, at in sorted(uses.items()):
+                curs.execute(self.touch, {"key_id": key_id, "at": at})
+                if curs.fetchone() is not None:
+                    done.add(key_id)
+        # A locked key is tried again later; a key the view does not have is not.
+        return {k: at for k, at in uses.items() if k not in done and self.get_key(k) is not None}
