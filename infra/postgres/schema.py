@@ -124,7 +124,10 @@ def apply_migrations(database_url: str, *, application_name: str = "sessiond-mig
         # table is from a process that died while it held it.
         backend.break_lock()
         hashes = set(backend.get_applied_migration_hashes())
-        unknown = [i for i in applied_migrations(database_url) if i not in known]
+        rows = backend.execute(
+            f'SELECT migration_id FROM "{MIGRATION_TABLE}" ORDER BY applied_at_utc'  # noqa: S608
+        ).fetchall()
+        unknown = [str(r[0]) for r in rows if r[0] not in known]
         if unknown:
             raise SchemaTooNew(unknown)
         todo = [m for m in migrations if m.hash not in hashes]

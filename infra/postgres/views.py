@@ -2,6 +2,9 @@
 
 Rows are stored as JSON documents beside the columns used to find them. Every write also
 sends ``NOTIFY sessiond_views`` so that API processes refresh their in-memory copy at once.
+Generation 0's tables are made by the schema's migrations (infra/postgres/migrations); the
+CREATE statements here make a rebuilt generation's (`sessiond projections rebuild`), and
+tests/integration/test_migrations.py keeps the two equal.
 """
 
 from __future__ import annotations
