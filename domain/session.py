@@ -58,6 +58,9 @@ class Session(Aggregate):
     """A named WhatsApp session that an operator links to a phone by scanning a QR code."""
 
     TOPIC = "sessiond:Session"
+    #: 2: the outbound queue, recent messages and inbound ids are one `Outbox` (snapshots of
+    #: version 1 are upcast by `upcast_v1_v2`).
+    class_version = 2
 
     class Event(Aggregate.Event):
         TOPIC = "sessiond:Session.Event"
@@ -181,10 +184,11 @@ class Session(Aggregate):
         push_name: str
         sent_at: datetime
 
-    #: 2: the outbound queue, recent messages and inbound ids are one `Outbox` (snapshots of
-    #: version 1 are upcast by `upcast_v1_v2`).
-    class_version = 2
-
+    # Class-level defaults keep snapshots taken before these attributes existed loadable.
+    detail: str | None = None
+    retry_attempt: int = 0
+    next_retry_at: datetime | None = None
+    degraded: bool = False
     #: Statuses from which an operator may ask for a new QR code.
     RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset({Status.DISCONNECTED, Status.EXPIRED})
 
