@@ -29,8 +29,9 @@ from application.ports import InboundMessage, MessageIndex, RevocationLog
 from application.revocations import REVOCATIONS, revocations_in
 from application.turns import Turns
 from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
+from domain.outbox import Outbox, QueuedMessage, RecentMessage
 from domain.policy import ReconnectPolicy
-from domain.session import ApiKey, QueuedMessage, RecentMessage, Session
+from domain.session import ApiKey, Session
 from domain.values import (
     GATEWAY_ACTOR,
     Status,
@@ -77,6 +78,7 @@ SNAPSHOT_TYPES: tuple[tuple[type[Any], str], ...] = (
     (ApiKey, "sessiond_api_key"),
     (QueuedMessage, "sessiond_queued_message"),
     (RecentMessage, "sessiond_recent_message"),
+    (Outbox, "sessiond_outbox"),
 )
 
 
@@ -303,7 +305,7 @@ class SessionsApplication(Application[UUID]):
             if idempotency_key is not None:
                 existing = session.queued_message(idempotency_key, to, text)
                 if existing is not None:
-                    status = session.recent[existing].status
+                    status = session.outbox.recent[existing].status
                     outcome.append(QueuedMessageResult(existing, None, True, status))
                     return
             message_id = new_message_id()

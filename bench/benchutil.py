@@ -45,14 +45,19 @@ def base_database_url() -> str:
 
 @contextmanager
 def fresh_database(prefix: str = "sessiond_bench_") -> Iterator[str]:
-    """Create an empty database for one benchmark run; drop it (forcefully) at the end."""
+    """Create a database with sessiond's schema (its migrations applied, as at start-up) for
+    one benchmark run; drop it (forcefully) at the end."""
+    from infra.postgres.schema import migrate  # noqa: PLC0415
+
     base = base_database_url()
     name = prefix + uuid.uuid4().hex[:12]
     with psycopg.connect(base, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     print(f"database: created {name}", flush=True)
     try:
-        yield make_conninfo(base, dbname=name)
+        url = make_conninfo(base, dbname=name)
+        migrate(url)
+        yield url
     finally:
         try:
             with psycopg.connect(base, autocommit=True, connect_timeout=10) as conn:

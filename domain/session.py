@@ -6,10 +6,9 @@ renaming this module never breaks the replay of events already recorded.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -17,16 +16,14 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import (
     AlreadyStopped,
     CapReached,
-    IdempotencyKeyReused,
     InvalidTransition,
     InvalidValue,
-    QueueFull,
     SessionIsDeleted,
     UnknownApiKey,
 )
+from domain.outbox import Outbox, QueuedMessage, message_fingerprint
 from domain.policy import ReconnectPolicy
 from domain.values import (
-    MAX_QUEUED_MESSAGES,
     MAX_REQUESTS_PER_MINUTE,
     DesiredState,
     FailureReason,
@@ -36,12 +33,6 @@ from domain.values import (
     check_recipient,
     check_text,
 )
-
-#: Outbound messages the session remembers after they left the queue (for acknowledgements
-#: and idempotency keys); older ones are looked up in the messages view.
-RECENT_MESSAGES = 200
-#: WhatsApp ids of the last inbound messages, so that one reported twice is recorded once.
-RECENT_INBOUND = 200
 
 
 @dataclass
@@ -63,37 +54,13 @@ class ApiKey:
         return not self.revoked
 
 
-@dataclass
-class QueuedMessage:
-    """An outbound message waiting to be sent (the queue is in order). Its text stays in
-    the ``MessageQueued`` event at `version`: snapshots stay small, and texts are stored once."""
-
-    message_id: str
-    to: str
-    version: int
-
-
-@dataclass
-class RecentMessage:
-    """An outbound message the session remembers: its status, WhatsApp's id once sent, and
-    the idempotency key and fingerprint of the request that queued it."""
-
-    message_id: str
-    status: str
-    fingerprint: str
-    idempotency_key: str | None = None
-    whatsapp_id: str | None = None
-
-
-def message_fingerprint(to: str, text: str) -> str:
-    """What tells a retried request from a different one under the same idempotency key."""
-    return hashlib.sha256(f"{to}\x00{text}".encode()).hexdigest()
-
-
 class Session(Aggregate):
     """A named WhatsApp session that an operator links to a phone by scanning a QR code."""
 
     TOPIC = "sessiond:Session"
+    #: 2: the outbound queue, recent messages and inbound ids are one `Outbox` (snapshots of
+    #: version 1 are upcast by `upcast_v1_v2`).
+    class_version = 2
 
     class Event(Aggregate.Event):
         TOPIC = "sessiond:Session.Event"
@@ -252,10 +219,16 @@ class Session(Aggregate):
         self.retry_attempt = 0
         self.next_retry_at: datetime | None = None
         self.degraded = False
-        # Messages (absent from snapshots taken before messages existed: see `_messages`).
-        self.outbox: list[QueuedMessage] = []
-        self.recent: dict[str, RecentMessage] = {}
-        self.recent_inbound: list[str] = []
+        self.outbox = Outbox()
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot taken before the outbox was an entity: its three parts, apart."""
+        state["outbox"] = Outbox(
+            queue=state.pop("outbox"),
+            recent=state.pop("recent"),
+            received=state.pop("recent_inbound"),
+        )
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -435,7 +408,7 @@ class Session(Aggregate):
         self._delete(actor)
         active = sorted(k.key_id for k in self.keys.values() if k.is_active)
         self._revoke_keys(active, actor)
-        for message in list(self._messages()[0]):
+        for message in list(self.outbox.queue):
             self._fail_message(message.message_id, FailureReason.SESSION_DELETED.value, "")
 
     @event(Deleted)
@@ -500,24 +473,10 @@ class Session(Aggregate):
 
     # -- messages ---------------------------------------------------------------------------
 
-    def _messages(self) -> tuple[list[QueuedMessage], dict[str, RecentMessage], list[str]]:
-        """The outbox, the recent outbound messages and the recent inbound ids (created on
-        first use for a session restored from a snapshot older than messages)."""
-        if "outbox" not in self.__dict__:
-            self.outbox, self.recent, self.recent_inbound = [], {}, []
-        return self.outbox, self.recent, self.recent_inbound
-
     def queued_message(self, idempotency_key: str, to: str, text: str) -> str | None:
         """The message an earlier request with this idempotency key queued, if the session
         still remembers it; `IdempotencyKeyReused` if that request was for another message."""
-        for message in self._messages()[1].values():
-            if message.idempotency_key == idempotency_key:
-                if message.fingerprint != message_fingerprint(to, text):
-                    raise IdempotencyKeyReused(
-                        f"the idempotency key {idempotency_key!r} was used for another message"
-                    )
-                return message.message_id
-        return None
+        return self.outbox.replayed(idempotency_key, to, text)
 
     def queue_message(
         self, message_id: str, to: str, text: str, idempotency_key: str | None, actor: str
@@ -526,14 +485,7 @@ class Session(Aggregate):
         self.check_not_deleted()
         check_recipient(to)
         check_text(text)
-        outbox, recent, _ = self._messages()
-        if message_id in recent:
-            raise InvalidValue(f"message id {message_id} is already used")
-        if len(outbox) >= MAX_QUEUED_MESSAGES:
-            raise QueueFull(
-                f"{len(outbox)} messages are already waiting to be sent "
-                f"(at most {MAX_QUEUED_MESSAGES}); try again once the session has sent some"
-            )
+        self.outbox.check_can_queue(message_id)
         self._queue_message(message_id, to, text, idempotency_key, actor)
 
     @event(MessageQueued)
@@ -541,55 +493,38 @@ class Session(Aggregate):
         self, message_id: str, to: str, text: str, idempotency_key: str | None, actor: str
     ) -> None:
         # Applied before the version moves on: this event's version is the next one.
-        self._messages()[0].append(QueuedMessage(message_id, to, self.version + 1))
-        fingerprint = message_fingerprint(to, text)
-        self._remember(RecentMessage(message_id, "queued", fingerprint, idempotency_key))
+        queued = QueuedMessage(message_id, to, self.version + 1)
+        self.outbox.add(queued, message_fingerprint(to, text), idempotency_key)
 
     def next_message(self) -> QueuedMessage | None:
         """The message to send next, if any."""
-        outbox = self._messages()[0]
-        return outbox[0] if outbox else None
-
-    def _take_from_queue(self, message_id: str, what: str) -> None:
-        outbox = self._messages()[0]
-        if not outbox or outbox[0].message_id != message_id:
-            raise InvalidTransition(f"cannot {what} {message_id}: it is not next in the queue")
+        return self.outbox.next()
 
     def mark_sent(self, message_id: str, whatsapp_id: str) -> None:
         """The next message in the queue went out, with WhatsApp's id `whatsapp_id`."""
         self.check_not_deleted()
-        self._take_from_queue(message_id, "send")
+        self.outbox.check_next(message_id, "send")
         if not whatsapp_id:
             raise InvalidValue("a sent message has WhatsApp's id")
         self._mark_sent(message_id, whatsapp_id)
 
     @event(MessageSent)
     def _mark_sent(self, message_id: str, whatsapp_id: str) -> None:
-        outbox, recent, _ = self._messages()
-        outbox.pop(0)
-        message = recent.get(message_id)
-        if message is not None:
-            message.status = MessageStatus.SENT.value
-            message.whatsapp_id = whatsapp_id
+        self.outbox.sent(message_id, whatsapp_id)
 
     def fail_message(self, message_id: str, reason: str, detail: str) -> None:
         """The next message in the queue cannot be sent, for `reason` (a `FailureReason`)."""
         self.check_not_deleted()
-        self._take_from_queue(message_id, "fail")
+        self.outbox.check_next(message_id, "fail")
         self._fail_message(message_id, reason, detail)
 
     @event(MessageFailed)
     def _fail_message(self, message_id: str, reason: str, detail: str) -> None:
-        outbox, recent = self._messages()[:2]
-        self.outbox = [m for m in outbox if m.message_id != message_id]
-        message = recent.get(message_id)
-        if message is not None:
-            message.status = MessageStatus.FAILED.value
+        self.outbox.failed(message_id)
 
     def remembers(self, whatsapp_id: str) -> bool:
         """Whether the session remembers a message by that WhatsApp id (sent or received)."""
-        _, recent, inbound = self._messages()
-        return whatsapp_id in inbound or any(m.whatsapp_id == whatsapp_id for m in recent.values())
+        return self.outbox.remembers(whatsapp_id)
 
     def acknowledge(
         self,
@@ -606,9 +541,7 @@ class Session(Aggregate):
         self.check_not_deleted()
         if status not in (MessageStatus.DELIVERED, MessageStatus.READ):
             raise InvalidValue(f"an acknowledgement is delivered or read, not {status!r}")
-        message = next(
-            (m for m in self._messages()[1].values() if m.whatsapp_id == whatsapp_id), None
-        )
+        message = self.outbox.sent_as(whatsapp_id)
         message_id, current = (
             (message.message_id, message.status) if message is not None else older or ("", "")
         )
@@ -625,15 +558,11 @@ class Session(Aggregate):
 
     @event(MessageDelivered)
     def _deliver(self, message_id: str, acknowledged_at: datetime) -> None:
-        message = self._messages()[1].get(message_id)
-        if message is not None:
-            message.status = MessageStatus.DELIVERED.value
+        self.outbox.set_status(message_id, MessageStatus.DELIVERED)
 
     @event(MessageRead)
     def _read(self, message_id: str, acknowledged_at: datetime) -> None:
-        message = self._messages()[1].get(message_id)
-        if message is not None:
-            message.status = MessageStatus.READ.value
+        self.outbox.set_status(message_id, MessageStatus.READ)
 
     def receive_message(
         self,
@@ -650,7 +579,7 @@ class Session(Aggregate):
         self.check_not_deleted()
         if not whatsapp_id:
             raise InvalidValue("an inbound message has WhatsApp's id")
-        if whatsapp_id in self._messages()[2]:
+        if self.outbox.has_received(whatsapp_id):
             return False
         self._receive(
             message_id=message_id,
@@ -675,18 +604,7 @@ class Session(Aggregate):
         push_name: str,
         sent_at: datetime,
     ) -> None:
-        inbound = self._messages()[2]
-        inbound.append(whatsapp_id)
-        del inbound[:-RECENT_INBOUND]
-
-    def _remember(self, message: RecentMessage) -> None:
-        recent = self._messages()[1]
-        recent[message.message_id] = message
-        while len(recent) > RECENT_MESSAGES:
-            oldest = next(iter(recent))
-            if recent[oldest].status == MessageStatus.QUEUED:
-                break  # still queued (the queue is longer than the memory): keep it
-            del recent[oldest]
+        self.outbox.receive(whatsapp_id)
 
     def _clear_retry(self) -> None:
         self.detail = None

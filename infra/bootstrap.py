@@ -31,25 +31,20 @@ from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
 from application.sessions import SessionCaps, SessionsApplication
 from domain.policy import ReconnectPolicy
-from infra.postgres.connect import connect
 from infra.postgres.gateway import PostgresDeviceSet, PostgresGatewayView
 from infra.postgres.gatewaycalls import PostgresGatewayCalls
-from infra.postgres.generations import (
-    GENERATIONS_DDL,
-    ActiveMessagesView,
-    ActiveUptimeView,
-    ActiveViews,
-)
+from infra.postgres.generations import ActiveMessagesView, ActiveUptimeView, ActiveViews
 from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.listener import ProcessListener
 from infra.postgres.messages import PostgresMessagesView
 from infra.postgres.recorder import PollingApplicationRecorder, event_texts
 from infra.postgres.revocations import TABLE as REVOCATIONS_TABLE
 from infra.postgres.revocations import backfill
-from infra.postgres.snapshots import SNAPSHOTS_DDL, PostgresStatusSnapshots
+from infra.postgres.schema import apply_migrations, schema_lock
+from infra.postgres.snapshots import PostgresStatusSnapshots
 from infra.postgres.status import PostgresSessionStatusView
 from infra.postgres.uptime import PostgresUptimeView
-from infra.postgres.viewcache import INSTANCES_DDL, INSTANCES_MIGRATION, CachedReadModels
+from infra.postgres.viewcache import CachedReadModels
 from infra.postgres.views import BatchingView
 from infra.postgres.webhooks import PostgresWebhookView, WebhookStore
 from infra.runtime.supervisor import ProjectionSupervisor
@@ -69,10 +64,6 @@ log = logging.getLogger(__name__)
 ROLES = frozenset({"api", "projector", "worker"})
 #: How long `Container.close` takes at most: a role asked to stop stops in 10 s, start to end.
 STOP_TIMEOUT = 6.0
-ADMIN_DDL = (
-    "CREATE TABLE IF NOT EXISTS sessiond_admin (id int PRIMARY KEY CHECK (id = 1), "
-    "key_hash text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
-)
 
 
 #: Every projection with the class of its PostgreSQL view, by projection name.
@@ -165,14 +156,15 @@ class Container:
         # mode too, each transaction may run on another server connection.
         self.env = eventsourcing_env(self.database_url, cipher_key=self.settings.cipher_key)
         pool_max = self.settings.pool_max or POOL_MAX.get(self.roles, POOL_MAX_OTHERWISE)
-        # Tables are created here, once, under a lock: processes starting together must not
-        # race on CREATE TABLE. Everything built later is told not to create tables.
-        with connect(
-            self.direct_url, autocommit=True, application_name=f"sessiond-{label}:boot"
-        ) as conn:
-            conn.execute("SELECT pg_advisory_lock(hashtext('sessiond:schema'))")
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (REVOCATIONS_TABLE,))
-            had_revocations = bool((found.fetchone() or (False,))[0])
+        # The schema is brought up to date here, once, under a lock: processes starting
+        # together take turns (infra/postgres/schema.py). No table is created anywhere else.
+        with schema_lock(self.direct_url, application_name=f"sessiond-{label}:boot") as conn:
+            found = conn.execute(
+                "SELECT to_regclass('sessiond_events') IS NOT NULL AND to_regclass(%s) IS NULL",
+                (REVOCATIONS_TABLE,),
+            )
+            log_without_revocations = bool((found.fetchone() or (False,))[0])
+            apply_migrations(self.direct_url, application_name=f"sessiond-{label}:boot")
             self.app = SessionsApplication(
                 # The process's one pool: every query of every role of the process.
                 env=eventsourcing_env(
@@ -192,18 +184,11 @@ class Container:
             # connections are counted across every process. Each is the active generation's
             # (with the tables its runner uses); API processes follow later switches.
             datastore = self.app.factory.datastore  # type: ignore[attr-defined]
-            with datastore.transaction(commit=True) as curs:
-                curs.execute(GENERATIONS_DDL)
             self.views = ActiveViews(datastore, {n: v for n, (_, v) in PROJECTIONS.items()})
-            self.views.resolve(create=True)
+            self.views.resolve()
             # Messages a session no longer remembers are looked up in the active view.
             self.app.message_index = ActiveMessagesView(self.views, MessagesProjection.name)
-            with datastore.transaction(commit=True) as curs:
-                curs.execute(ADMIN_DDL)
-                curs.execute(SNAPSHOTS_DDL)
-                curs.execute(INSTANCES_DDL)
-                curs.execute(INSTANCES_MIGRATION)
-            if not had_revocations:  # a log recorded before revocations were kept apart
+            if log_without_revocations:  # a log recorded before revocations were kept apart
                 written = backfill(
                     self.recorder.revocations,
                     self.recorder,
@@ -212,7 +197,7 @@ class Container:
                 )
                 if written:
                     log.info("wrote the %d revocations recorded before this version", written)
-        self.runner_env = {**self.env, "CREATE_TABLE": "n"}
+        self.runner_env = self.env
         if self.roles & {"api", "projector"}:
             self.listener = ProcessListener(self.direct_url, f"sessiond-{label}:listener")
             self.recorder.listener = self.listener  # the log's reader listens there too

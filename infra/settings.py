@@ -304,6 +304,8 @@ def eventsourcing_env(
         "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "APPLICATION_RECORDER_TOPIC": "infra.postgres.recorder:PollingApplicationRecorder",
+        # Every table is created by the schema's migrations (infra/postgres/schema.py).
+        "CREATE_TABLE": "n",
         **({"POSTGRES_APPLICATION_NAME": application_name} if application_name else {}),
         **({} if prepared else {"POSTGRES_PREPARED_STATEMENTS": "n"}),
         # With a key, every event and snapshot is stored encrypted (AES-GCM), message texts

@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from infra.postgres.schema import migrate
 from infra.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -35,11 +36,31 @@ def pg_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def database_url(pg_base_url: str) -> Iterator[str]:
-    """A new, empty database for one test, dropped afterwards."""
+    """A new database for one test, its schema migrated as sessiond's start-up does; dropped
+    afterwards."""
+    url = empty_database(pg_base_url)
+    migrate(url)
+    yield url
+    drop_database(pg_base_url, url)
+
+
+@pytest.fixture
+def empty_database_url(pg_base_url: str) -> Iterator[str]:
+    """A new database with no table at all, dropped afterwards."""
+    url = empty_database(pg_base_url)
+    yield url
+    drop_database(pg_base_url, url)
+
+
+def empty_database(pg_base_url: str) -> str:
     name = "sessiond_test_" + uuid.uuid4().hex[:12]
     with psycopg.connect(pg_base_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield make_conninfo(pg_base_url, dbname=name)
+    return make_conninfo(pg_base_url, dbname=name)
+
+
+def drop_database(pg_base_url: str, url: str) -> None:
+    name = conninfo_to_dict(url)["dbname"]
     with psycopg.connect(pg_base_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

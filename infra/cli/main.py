@@ -218,25 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:
-        if args.command == "projections" and args.action == "rebuild":
-            from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415
-
-            return rebuild_command(args, settings, url)
-        if args.command in ("history", "export", "projections"):
-            from infra.cli.audit import run_command  # noqa: PLC0415
-
-            return run_command(args, settings, url)
-        if args.command == "serve":
-            child = ChildWorker(dict(os.environ))
-            child.start()
-            try:  # the child stops while the HTTP process does, not after it
-                _serve_http("api,projector", args.host, args.port, 1, child.request_stop)
-            finally:
-                child.stop()
-        elif args.command == "api":
-            _serve_http("api", args.host, args.port, args.workers)
-        else:
-            _run_background_roles(settings, url, frozenset({args.command}))
+        code = _run_command(args, settings, url)
     finally:
         del server
     if args.command == "worker" and settings.gateway == "neonize":
@@ -244,6 +226,37 @@ def main(argv: list[str] | None = None) -> int:
         # for ever (infra/whatsapp/neonize.py): everything is stopped and recorded by now.
         logging.shutdown()
         os._exit(0)
+    return code
+
+
+def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """Run `args.command` on the database at `url`, its schema brought up to date first."""
+    from infra.postgres.schema import SchemaError, migrate  # noqa: PLC0415
+
+    try:  # once here, before any process of this command builds its roles
+        migrate(settings.direct_database_url or url)
+    except SchemaError as error:
+        print(f"sessiond: {error}", file=sys.stderr)
+        return 2
+    if args.command == "projections" and args.action == "rebuild":
+        from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415
+
+        return rebuild_command(args, settings, url)
+    if args.command in ("history", "export", "projections"):
+        from infra.cli.audit import run_command  # noqa: PLC0415
+
+        return run_command(args, settings, url)
+    if args.command == "serve":
+        child = ChildWorker(dict(os.environ))
+        child.start()
+        try:  # the child stops while the HTTP process does, not after it
+            _serve_http("api,projector", args.host, args.port, 1, child.request_stop)
+        finally:
+            child.stop()
+    elif args.command == "api":
+        _serve_http("api", args.host, args.port, args.workers)
+    else:
+        _run_background_roles(settings, url, frozenset({args.command}))
     return 0
 
 

@@ -32,37 +32,10 @@ NOTIFY_GATEWAY = SQL("NOTIFY {0}").format(Identifier(GATEWAY_CHANNEL))
 REQUESTS_CHANNEL = "sessiond_gateway_requests"
 WORKER_APP_PREFIX = "sessiond-worker:"
 
-GATEWAY_DDL = (
-    "CREATE TABLE IF NOT EXISTS sessiond_gateway_sessions (session_id uuid PRIMARY KEY, "
-    "desired text NOT NULL, generation int NOT NULL DEFAULT 0, jid text, "
-    "position bigint NOT NULL)",
-    "ALTER TABLE sessiond_gateway_sessions ADD COLUMN IF NOT EXISTS queued int NOT NULL DEFAULT 0",
-    "CREATE INDEX IF NOT EXISTS sessiond_gateway_sessions_desired "
-    "ON sessiond_gateway_sessions (desired)",
-    "CREATE INDEX IF NOT EXISTS sessiond_gateway_sessions_position "
-    "ON sessiond_gateway_sessions (position)",
-    "CREATE TABLE IF NOT EXISTS sessiond_deadlines (session_id uuid NOT NULL, kind text NOT NULL, "
-    "due_at timestamptz NOT NULL, token bigint NOT NULL, claims int NOT NULL DEFAULT 0, "
-    "PRIMARY KEY (session_id, kind))",
-    "CREATE INDEX IF NOT EXISTS sessiond_deadlines_due ON sessiond_deadlines (due_at)",
-    "CREATE TABLE IF NOT EXISTS sessiond_leases (session_id uuid PRIMARY KEY, owner text NOT NULL, "
-    "expires_at timestamptz NOT NULL, acquired_at timestamptz NOT NULL DEFAULT now())",
-    "CREATE INDEX IF NOT EXISTS sessiond_leases_owner ON sessiond_leases (owner)",
-    "CREATE TABLE IF NOT EXISTS sessiond_workers (id text PRIMARY KEY, ttl float8 NOT NULL, "
-    "renewed_at timestamptz NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sessiond_gateway_requests (id bigserial PRIMARY KEY, "
-    "session_id uuid NOT NULL, action text NOT NULL, args jsonb NOT NULL, claimed_by text, "
-    "result jsonb, error_code text, error_detail text, "
-    "created_at timestamptz NOT NULL DEFAULT now(), done_at timestamptz)",
-    "CREATE INDEX IF NOT EXISTS sessiond_gateway_requests_open "
-    "ON sessiond_gateway_requests (session_id) WHERE done_at IS NULL",
-)
-
 
 class PostgresGatewayView(BatchingView, GatewayView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
-        self.sql_create_statements += [SQL(s).format() for s in GATEWAY_DDL]
 
     def apply(self, session_id: UUID, change: GatewayChange, tracking: Tracking) -> None:
         with self._transaction() as curs:
@@ -377,10 +350,6 @@ class PostgresDeviceSet(MutableSet[str]):
 
     def __init__(self, datastore: PostgresDatastore) -> None:
         self.datastore = datastore
-        with datastore.transaction(commit=True) as curs:
-            curs.execute(
-                "CREATE TABLE IF NOT EXISTS sessiond_simulator_devices (jid text PRIMARY KEY)"
-            )
 
     def __contains__(self, jid: object) -> bool:
         with self.datastore.cursor() as curs:

@@ -28,10 +28,6 @@ from projections.uptime import Transition, UptimeView
 
 T = TypeVar("T")
 
-GENERATIONS_DDL = (
-    "CREATE TABLE IF NOT EXISTS sessiond_view_generations (name text PRIMARY KEY, "
-    "generation int NOT NULL, switched_at timestamptz NOT NULL DEFAULT now())"
-)
 #: A switch is announced here (payload: the projection's name) and on the views' channel.
 GENERATIONS_CHANNEL = "sessiond_generations"
 SELECT_GENERATIONS = "SELECT name, generation FROM sessiond_view_generations"
@@ -106,9 +102,9 @@ class ActiveViews:
             datastore=self.datastore, tracking_table_name=tracking_table(name, generation)
         )
 
-    def resolve(self, curs: Any = None, *, create: bool = False) -> set[str]:
+    def resolve(self, curs: Any = None) -> set[str]:
         """Follow the registry (on `curs` when given, to read it in the caller's snapshot);
-        return the names whose generation changed. `create`: create the active tables."""
+        return the names whose generation changed."""
         if curs is None:
             with self.datastore.cursor() as own:
                 own.execute(SELECT_GENERATIONS)
@@ -122,10 +118,7 @@ class ActiveViews:
         for name, generation in wanted.items():
             if self._generations.get(name) == generation:
                 continue
-            view = self.build(name, generation)
-            if create:
-                view.create_table()
-            self._views[name] = view
+            self._views[name] = self.build(name, generation)
             self._generations[name] = generation
             changed.add(name)
         return changed

@@ -40,7 +40,6 @@ class PollingApplicationRecorder(PostgresApplicationRecorder, RevocationLog):
         if datastore.enable_db_functions:  # its insert function would skip the revocations
             raise ProgrammingError("POSTGRES_ENABLE_DB_FUNCTIONS is not supported by sessiond")
         self.revocations = RevocationTable(datastore.schema, events_table_name)
-        self.sql_create_statements.extend(self.revocations.create_statements())
         self._notify_views = SQL("NOTIFY {0}").format(Identifier(VIEWS_CHANNEL))
 
     def _insert_stored_events(

@@ -21,13 +21,14 @@ from eventsourcing.persistence import ApplicationRecorder, ProgrammingError, Sto
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier, Literal
+from psycopg.sql import SQL, Identifier
 
 from application.revocations import REVOCATION_TOPICS, Revocation, revocations_in
 
 TABLE = "sessiond_revocations"
-_CHECK_FUNCTION = "sessiond_check_revocation"
-_TRIGGER = "sessiond_revocation_recorded"
+#: The trigger that refuses a revoking event recorded without its row (its topics are
+#: `REVOCATION_TOPICS`, frozen in the schema's migrations: a new one needs a migration).
+TRIGGER = "sessiond_revocation_recorded"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class RevocationRow:
 
 
 class RevocationTable:
-    """The statements of the revocation table beside the events table `events_table`."""
+    """The statements of the revocation table beside the events table `events_table` (the
+    table and its trigger are created by the schema's migrations, infra/postgres/)."""
 
     def __init__(self, schema: str, events_table: str) -> None:
         self.schema = schema
@@ -64,45 +66,6 @@ class RevocationTable:
             "SELECT position, key_ids, session_deleted FROM {0} "
             "WHERE session_id = %s ORDER BY position"
         ).format(self.table)
-
-    def create_statements(self) -> list[Composed]:
-        """The table, its index, and the trigger that refuses a revoking event without its row
-        (created once: PostgreSQL cannot replace a constraint trigger)."""
-        topics = SQL(", ").join(Literal(topic) for topic in sorted(REVOCATION_TOPICS))
-        function = SQL("{0}.{1}").format(Identifier(self.schema), Identifier(_CHECK_FUNCTION))
-        return [
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0} (position bigint PRIMARY KEY, "
-                "session_id text NOT NULL, key_ids text[] NOT NULL, "
-                "session_deleted boolean NOT NULL)"
-            ).format(self.table),
-            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id)").format(
-                Identifier(TABLE + "_session"), self.table
-            ),
-            SQL(
-                "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
-                "$body$ BEGIN "
-                "IF NOT EXISTS (SELECT 1 FROM {table} WHERE position = NEW.notification_id) "
-                "THEN RAISE EXCEPTION 'event at position % (%) revokes keys, but its "
-                "revocation was not recorded with it', NEW.notification_id, NEW.topic; "
-                "END IF; RETURN NULL; END $body$"
-            ).format(function=function, table=self.table),
-            SQL(
-                "DO $do$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger "
-                "WHERE tgname = {name} AND tgrelid = {events_text}::regclass) THEN "
-                "CREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT ON {events} "
-                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
-                "WHEN (NEW.topic IN ({topics})) EXECUTE FUNCTION {function}(); "
-                "END IF; END $do$"
-            ).format(
-                name=Literal(_TRIGGER),
-                events_text=Literal(f'"{self.schema}"."{self.events_table}"'),
-                trigger=Identifier(_TRIGGER),
-                events=self.events,
-                topics=topics,
-                function=function,
-            ),
-        ]
 
     @staticmethod
     def parameters(

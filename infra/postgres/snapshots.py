@@ -12,11 +12,6 @@ from eventsourcing.postgres import PostgresDatastore
 from projections.history import SNAPSHOT_FORMAT, StatusSnapshots
 from projections.status import SessionRow
 
-SNAPSHOTS_DDL = (
-    "CREATE TABLE IF NOT EXISTS sessiond_status_snapshots (session_id uuid NOT NULL, "
-    "format int NOT NULL, version int NOT NULL, at timestamptz NOT NULL, row bytea NOT NULL, "
-    "PRIMARY KEY (session_id, format, version))"
-)
 _DECODER = msgspec.json.Decoder(SessionRow)
 _ENCODER = msgspec.json.Encoder()
 

@@ -54,19 +54,10 @@ from projections.status import SessionRow, SessionStatusProjection
 
 log = logging.getLogger(__name__)
 APP_NAME = "sessiond"
+# ``sessiond_api_instances``: one row per API process (its table: infra/postgres/migrations).
 # `trusted_until`: until when that process may still accept keys from the copy it holds or
 # is reading (its last claim plus its own SESSIOND_STALE_AFTER, plus a margin), whatever
 # other processes use. `seen_at`: when it last finished a refresh.
-INSTANCES_DDL = (
-    "CREATE TABLE IF NOT EXISTS sessiond_api_instances ("
-    "instance_id text PRIMARY KEY, position bigint NOT NULL, seen_at timestamptz NOT NULL, "
-    "trusted_until timestamptz NOT NULL, revoked_through bigint NOT NULL DEFAULT 0)"
-)
-INSTANCES_MIGRATION = (  # for databases made before these columns existed
-    "ALTER TABLE sessiond_api_instances "
-    "ADD COLUMN IF NOT EXISTS trusted_until timestamptz NOT NULL DEFAULT now(), "
-    "ADD COLUMN IF NOT EXISTS revoked_through bigint NOT NULL DEFAULT 0"
-)
 # A claim lasts TRUST_MARGIN_SECONDS longer than the process's own window: that covers the
 # time between the local clock read and the database's `now()` of the claim, and the drift
 # between the two clocks.

@@ -5,6 +5,9 @@ Each view's own tables and queries are in a module of its own: `infra.postgres.s
 `.keys`, `.messages`, `.uptime`, `.gateway` and `.webhooks`. Document views store a row as a
 JSON document beside the columns used to find it. Every write also sends
 ``NOTIFY sessiond_views`` so that API processes refresh their in-memory copy at once.
+Generation 0's tables are made by the schema's migrations (infra/postgres/migrations); the
+CREATE statements of each view make a rebuilt generation's (`sessiond projections rebuild`),
+and tests/integration/test_migrations.py keeps the two equal.
 """
 
 from __future__ import annotations

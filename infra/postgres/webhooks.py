@@ -37,35 +37,6 @@ EVENTS_TABLE = "sessiond_events"  # the application's stored events (eventsourci
 APPLICATION_NAME = "sessiond"  # whose tracking records count
 PENDING, DELIVERED, DEAD, CANCELLED = "pending", "delivered", "dead", "cancelled"
 
-WEBHOOK_DDL = (
-    "CREATE TABLE IF NOT EXISTS sessiond_webhook_state (id int PRIMARY KEY CHECK (id = 1), "
-    "start_position bigint NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sessiond_webhook_endpoints (webhook_id text PRIMARY KEY, "
-    "url text NOT NULL, events jsonb NOT NULL, session_id text, enabled boolean NOT NULL, "
-    "disabled_reason text, version int NOT NULL, created_at timestamptz NOT NULL, "
-    "updated_at timestamptz NOT NULL, failing_since timestamptz)",
-    "CREATE INDEX IF NOT EXISTS sessiond_webhook_endpoints_session "
-    "ON sessiond_webhook_endpoints (session_id)",
-    "CREATE TABLE IF NOT EXISTS sessiond_webhook_deliveries (delivery_id text PRIMARY KEY, "
-    "webhook_id text NOT NULL, event_id text NOT NULL, event_type text NOT NULL, "
-    "session_id text NOT NULL, position bigint NOT NULL, occurred_at timestamptz NOT NULL, "
-    "status text NOT NULL, attempts int NOT NULL DEFAULT 0, "
-    "next_attempt_at timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
-    "delivered_at timestamptz, last_status int, last_error text, replay boolean NOT NULL "
-    "DEFAULT false)",
-    "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_due "
-    "ON sessiond_webhook_deliveries (next_attempt_at) WHERE status = 'pending'",
-    "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_endpoint_due "
-    "ON sessiond_webhook_deliveries (webhook_id, next_attempt_at) WHERE status = 'pending'",
-    "CREATE INDEX IF NOT EXISTS sessiond_webhook_deliveries_endpoint "
-    "ON sessiond_webhook_deliveries (webhook_id, created_at)",
-    "CREATE TABLE IF NOT EXISTS sessiond_webhook_replays (webhook_id text PRIMARY KEY, "
-    "until timestamptz NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sessiond_webhook_attempts (delivery_id text NOT NULL, "
-    "attempt int NOT NULL, at timestamptz NOT NULL, status_code int, duration_ms float8 NOT NULL, "
-    "error text, response text, PRIMARY KEY (delivery_id, attempt))",
-)
-
 
 def new_delivery_id() -> str:
     return "dlv_" + uuid.uuid4().hex
@@ -87,20 +58,7 @@ def _delivery_row(d: NewDelivery) -> tuple[Any, ...]:
 class PostgresWebhookView(BatchingView, WebhookView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
-        self.sql_create_statements += [SQL(s).format() for s in WEBHOOK_DDL]
         self._start: int | None = None
-
-    def create_table(self) -> None:
-        super().create_table()
-        with self.datastore.transaction(commit=True) as curs:
-            # First set-up: deliver only what is recorded from now on.
-            curs.execute(
-                SQL(
-                    "INSERT INTO sessiond_webhook_state (id, start_position) "
-                    "SELECT 1, coalesce(max(notification_id), 0) FROM {0}.{1} "
-                    "ON CONFLICT (id) DO NOTHING"
-                ).format(Identifier(self.datastore.schema or "public"), Identifier(EVENTS_TABLE))
-            )
 
     def start_position(self) -> int:
         if self._start is None:

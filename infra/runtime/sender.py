@@ -25,8 +25,8 @@ from uuid import UUID
 from application.errors import NotConnected, RecipientRejected, SessionNotFound
 from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
+from domain.outbox import QueuedMessage
 from domain.policy import SendFailure, SendPolicy
-from domain.session import QueuedMessage
 from domain.values import FailureReason, Status
 from infra.runtime.timers import TimerThread
 

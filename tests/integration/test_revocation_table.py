@@ -184,10 +184,12 @@ def test_revocations_recorded_before_the_table_existed_are_written_when_it_is_ma
     first.app.delete(created.session_id, ADMIN_ACTOR)
     before = revocations(database_url)
     first.close()  # its listener too: left running, it outlives the test's database
-    # A database of the version before: no table, no trigger.
+    # A database of the version before: no table, no trigger (and no migrations recorded:
+    # that version had none).
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DROP TRIGGER sessiond_revocation_recorded ON sessiond_events")
         conn.execute("DROP TABLE sessiond_revocations")
+        conn.execute("DROP TABLE _yoyo_migration, _yoyo_log, _yoyo_version, yoyo_lock")
 
     second = Container(settings, database_url, frozenset({"api"}))
     try:

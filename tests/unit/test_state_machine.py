@@ -378,7 +378,7 @@ class SessionsMachine(RuleBasedStateMachine):
             assert ("logout" in deadlines) == session.is_deleted
 
             # Check the queue, its order and the message counters, in the session and rows.
-            assert [q.message_id for q in session.outbox] == m.queue
+            assert [q.message_id for q in session.outbox.queue] == m.queue
             assert row.queue_depth == len(m.queue) == wanted.queued
             for counter in (
                 "messages_sent",
