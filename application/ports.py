@@ -78,6 +78,21 @@ class MessageIndex(ABC):
     def received_message(self, session_id: UUID, whatsapp_id: str) -> bool:
         """Whether the session recorded an inbound message with that WhatsApp id."""
 
+    @abstractmethod
+    def earlier_message(self, session_id: UUID, idempotency_key: str) -> EarlierMessage | None:
+        """The session's outbound message first queued with that idempotency key."""
+
+
+@dataclass(frozen=True)
+class EarlierMessage:
+    """An outbound message as the messages view knows it, for a retried send."""
+
+    message_id: str
+    version: int  # its MessageQueued event's version in the session (where its text is)
+    to: str
+    status: str
+    queued_at: datetime
+
 
 class RevocationLog(ABC):
     """Where the recorder keeps the revocations it writes with their events (see

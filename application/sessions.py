@@ -28,7 +28,12 @@ from application.keys import SESSION_KEY_KIND, generate_key
 from application.ports import InboundMessage, MessageIndex, RevocationLog
 from application.revocations import REVOCATIONS, revocations_in
 from application.turns import Turns
-from domain.errors import DomainError, InvalidTransition, SessionIsDeleted
+from domain.errors import (
+    DomainError,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    SessionIsDeleted,
+)
 from domain.outbox import Outbox, QueuedMessage, RecentMessage
 from domain.policy import ReconnectPolicy
 from domain.session import ApiKey, Session
@@ -123,7 +128,7 @@ class QueuedMessageResult:
     position: int | None
     replayed: bool
     status: str = "queued"
-    queued_at: datetime | None = None  # when it was queued (None for a replay)
+    queued_at: datetime | None = None  # when it was queued (None for a replay it remembers)
 
 
 @dataclass(frozen=True)
@@ -296,17 +301,18 @@ class SessionsApplication(Application[UUID]):
         idempotency_key: str | None,
         actor: str,
     ) -> QueuedMessageResult:
-        """Queue a text; with an idempotency key the session still remembers, answer the
-        message queued then instead (`IdempotencyKeyReused` if it was for another text)."""
+        """Queue a text. With an idempotency key already used for this session, answer the
+        message queued then instead, nothing recorded (`IdempotencyKeyReused` if it was for
+        another recipient or text): the session remembers its recent messages, the messages
+        view the older ones."""
         outcome: list[QueuedMessageResult] = []
 
         def queue(session: Session) -> None:
             outcome.clear()
             if idempotency_key is not None:
-                existing = session.queued_message(idempotency_key, to, text)
-                if existing is not None:
-                    status = session.outbox.recent[existing].status
-                    outcome.append(QueuedMessageResult(existing, None, True, status))
+                earlier = self._earlier_message(session, idempotency_key, to, text)
+                if earlier is not None:
+                    outcome.append(earlier)
                     return
             message_id = new_message_id()
             session.queue_message(message_id, to, text, idempotency_key, actor)
@@ -318,6 +324,33 @@ class SessionsApplication(Application[UUID]):
         if result.replayed:
             return result
         return dataclasses.replace(result, position=position)
+
+    def _earlier_message(
+        self, session: Session, idempotency_key: str, to: str, text: str
+    ) -> QueuedMessageResult | None:
+        """The message an earlier send with this key queued, if it was the same message."""
+        remembered = session.queued_message(idempotency_key, to, text)
+        if remembered is not None:
+            status = session.outbox.recent[remembered].status
+            return QueuedMessageResult(remembered, None, True, status)
+        index = self.message_index
+        found = None if index is None else index.earlier_message(session.id, idempotency_key)
+        if found is None:
+            return None
+        if found.to != to or self.queued_text(session.id, found.version) != text:
+            raise IdempotencyKeyReused(
+                f"the idempotency key {idempotency_key!r} was used for another message "
+                f"({found.message_id})"
+            )
+        return QueuedMessageResult(found.message_id, None, True, found.status, found.queued_at)
+
+    def queued_text(self, session_id: UUID, version: int) -> str:
+        """The text of a queued message, from its ``MessageQueued`` event (decrypted)."""
+        (queued,) = self.events.get(session_id, gt=version - 1, lte=version)
+        text = getattr(queued, "text", None)
+        if not isinstance(text, str):
+            raise TypeError(f"event {version} of {session_id} is not a queued message")
+        return text
 
     # -- what the gateway reports -------------------------------------------------------
 

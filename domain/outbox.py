@@ -70,7 +70,8 @@ class Outbox:
             if message.idempotency_key == idempotency_key:
                 if message.fingerprint != message_fingerprint(to, text):
                     raise IdempotencyKeyReused(
-                        f"the idempotency key {idempotency_key!r} was used for another message"
+                        f"the idempotency key {idempotency_key!r} was used for another message "
+                        f"({message.message_id})"
                     )
                 return message.message_id
         return None

@@ -19,7 +19,7 @@ from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
-from application.ports import MessageIndex
+from application.ports import EarlierMessage, MessageIndex
 from domain.session import Session
 from domain.values import MessageStatus, public_session_id
 
@@ -78,6 +78,12 @@ class MessagesView(TrackingRecorder, MessageIndex, ABC):
     @abstractmethod
     def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
         """The first outbound message queued with that idempotency key."""
+
+    def earlier_message(self, session_id: UUID, idempotency_key: str) -> EarlierMessage | None:
+        row = self.find_by_idempotency_key(public_session_id(session_id), idempotency_key)
+        if row is None or row.to is None:
+            return None
+        return EarlierMessage(row.message_id, row.version, row.to, row.status, row.created_at)
 
 
 class MessagesProjection(Projection[MessagesView]):

@@ -77,11 +77,6 @@ class MessagesController(Controller):
         except InvalidPhone as error:
             raise ProblemError(422, "invalid-recipient", str(error)) from None
         session_id = access.session.session_id
-        if idempotency_key is not None:
-            earlier = await call(ctx.messages.find_by_idempotency_key, session_id, idempotency_key)
-            if earlier is not None:
-                await self._check_same(ctx, earlier, to, data.text, idempotency_key)
-                return self._answer(earlier, data.text, replayed=True)
         result = await call(
             ctx.app.send_message, session_id, to, data.text, idempotency_key, access.actor
         )
@@ -121,16 +116,6 @@ class MessagesController(Controller):
         ):
             return None
         return await call(ctx.messages.get_message, result.message_id)
-
-    @staticmethod
-    async def _check_same(ctx: Any, row: MessageRow, to: str, text: str, key: str) -> None:
-        texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
-        if row.to != to or texts.get(row.version) != text:
-            raise ProblemError(
-                422,
-                "idempotency-key-reused",
-                f"the idempotency key {key!r} was used for another message ({row.message_id})",
-            )
 
     @staticmethod
     def _answer(row: MessageRow, text: str, *, replayed: bool) -> Response[MessageOut]:

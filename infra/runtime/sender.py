@@ -125,7 +125,7 @@ class MessageSender:
     def _send(self, session_id: UUID, message: QueuedMessage) -> float | None:
         """Send `message` and record the outcome; the pause before the next step, or None
         when the session cannot send now."""
-        text = self._text(session_id, message.version)
+        text = self.app.queued_text(session_id, message.version)
         try:
             sent = self.gateway.send_text(session_id, message.to, text)
         except Exception as error:
@@ -153,14 +153,6 @@ class MessageSender:
             self.app.record_sent(session_id, message.message_id, sent.message_id)
             self._unrecorded.pop(message.message_id, None)
         return self._pause(session_id)
-
-    def _text(self, session_id: UUID, version: int) -> str:
-        """The text of a queued message, from its ``MessageQueued`` event (decrypted)."""
-        (queued,) = self.app.events.get(session_id, gt=version - 1, lte=version)
-        text = getattr(queued, "text", None)
-        if not isinstance(text, str):
-            raise TypeError(f"event {version} of {session_id} is not a queued message")
-        return text
 
     def _fail(self, session_id: UUID, message_id: str, reason: FailureReason, detail: str) -> None:
         self._failures.pop(message_id, None)

@@ -121,6 +121,36 @@ def test_the_session_remembers_a_bounded_number_of_sent_messages(
     assert session.queued_message(f"k{RECENT_MESSAGES + 19}", TO, f"m{RECENT_MESSAGES + 19}")
 
 
+def test_a_key_the_session_forgot_is_answered_from_the_messages_view(
+    app: SessionsApplication,
+) -> None:
+    """The application owns idempotency: a retry with a key older than the session's memory
+    gets the first message from the view, checked against its recorded text."""
+    view = MemoryMessagesView()
+    projection = MessagesProjection(view=view)
+    app.message_index = view
+    session_id, uuid = create(app)
+    connect(app, uuid)
+    first = app.send_message(session_id, TO, "the first", "k-old", ADMIN_ACTOR)
+    app.record_sent(uuid, first.message_id, "WA-first")
+    for n in range(RECENT_MESSAGES):
+        app.record_sent(uuid, queue(app, session_id, f"m{n}"), f"WA{n}")
+    catch_up(app, projection)
+    assert app.load(uuid).queued_message("k-old", TO, "the first") is None  # forgotten
+    head = app.recorder.max_notification_id()
+
+    again = app.send_message(session_id, TO, "the first", "k-old", ADMIN_ACTOR)
+    assert (again.message_id, again.replayed, again.status) == (first.message_id, True, "sent")
+    assert again.position is None and app.recorder.max_notification_id() == head
+    with pytest.raises(IdempotencyKeyReused, match=first.message_id):
+        app.send_message(session_id, TO, "another text", "k-old", ADMIN_ACTOR)
+    with pytest.raises(IdempotencyKeyReused):
+        app.send_message(
+            session_id, "14155550999@s.whatsapp.net", "the first", "k-old", ADMIN_ACTOR
+        )
+    assert app.recorder.max_notification_id() == head
+
+
 def test_acks_move_forward_only_and_unknown_ids_are_ignored(app: SessionsApplication) -> None:
     session_id, uuid = create(app)
     connect(app, uuid)
