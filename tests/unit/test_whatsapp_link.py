@@ -106,3 +106,24 @@ def test_one_check_serves_every_caller_for_its_ttl() -> None:
     now[0] = 1.5
     check.failure()
     assert len(dials) == 2
+
+
+def test_a_sessions_own_proxy_is_checked_instead_with_its_credentials(
+    proxy: tuple[int, list[bytes], list[bytes]],
+) -> None:
+    port, answers, requests = proxy
+    answers += [b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", b"HTTP/1.1 502 Bad\r\n\r\n"]
+    check = LinkCheck(ttl=0.0, environ={"HTTPS_PROXY": "http://127.0.0.1:1"})
+    own = f"http://user:p%40ss@127.0.0.1:{port}"
+
+    # Check the credentials go with the CONNECT; a 407 is the proxy's own failure.
+    refused = check.diagnose(own)
+    assert refused is not None and refused.at_proxy
+    assert b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" in requests[0]  # user:p@ss
+    # ... while a proxy that cannot go on to WhatsApp is not.
+    beyond = check.diagnose(own)
+    assert beyond is not None and not beyond.at_proxy
+    # Check a closed port is the proxy's failure, and the environment's proxy is separate.
+    closed = check.diagnose(f"socks5://127.0.0.1:{free_port()}")
+    assert closed is not None and closed.at_proxy and "refused" in closed.detail
+    assert check.default_proxy() == "http://127.0.0.1:1"
