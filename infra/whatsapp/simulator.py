@@ -6,14 +6,17 @@ network do: scan the code, drop the connection, log out from the phone, connect 
 elsewhere (stream replaced), ban the account for a while, fail keepalives, make WhatsApp
 unreachable, receive a text, acknowledge a sent one. Recipients whose number starts with 0
 (``0…@s.whatsapp.net``) are "not on WhatsApp": sending to them is refused for good.
-A session's proxy is honoured as far as a simulation can: each start through one first opens
-a TCP connection to it (nothing is sent), and one that does not answer ends the start as
-``proxy_unreachable``, as the real gateway reports it; `proxy_of` tells what a start used.
+A session's proxy is honoured as far as a simulation can without a network: each start through
+a proxy on this machine (a loopback address or ``localhost``) first opens a TCP connection to it
+(nothing is sent), and one that does not answer ends the start as ``proxy_unreachable``, as the
+real gateway reports it; a proxy elsewhere is taken as answering (the simulator never leaves
+the machine, nor resolves a name). `proxy_of` tells what a start used.
 `tests/contract` holds it to the same contract as the neonize adapter.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 import threading
@@ -320,8 +323,11 @@ def _spawn(target: Callable[[], None], name: str) -> None:
 
 
 def _proxy_failure(proxy: str) -> str | None:
-    """None if the proxy accepts a TCP connection, else why not (without its password)."""
+    """None if the proxy accepts a TCP connection (or is not on this machine), else why not
+    (without its password)."""
     address = parse_proxy_url(proxy)
+    if not _on_this_machine(address.host):
+        return None
     where = f"{address.host}:{address.port}"
     try:
         socket.create_connection((address.host, address.port), PROXY_TIMEOUT).close()
@@ -329,6 +335,15 @@ def _proxy_failure(proxy: str) -> str | None:
         detail = f"cannot reach the proxy {where} (simulated): {error}"
         return hide_password(detail, address.password)
     return None
+
+
+def _on_this_machine(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _whatsapp_id() -> str:
