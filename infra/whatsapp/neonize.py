@@ -414,8 +414,13 @@ STORE_ERROR_SIGNS = (
 
 #: Go's words for a dial that failed at the proxy itself: ``proxyconnect tcp: ...`` (an HTTP
 #: proxy that cannot be reached) and ``socks connect tcp <proxy>-><target>: ...`` (a SOCKS5
-#: proxy that cannot be reached, refuses the credentials or the target).
+#: proxy that cannot be reached, breaks off, or refuses the credentials) ...
 PROXY_ERROR_SIGNS = ("proxyconnect ", "socks connect ")
+#: ... unless the SOCKS5 proxy answered that it could not reach the target itself
+#: (x/net's ``unknown error <reply>``: general failure, host unreachable, refused...), which
+#: is WhatsApp being unreachable from there; a proxy whose rules refuse it is its own failure.
+SOCKS_REPLY_ERROR = "unknown error "
+SOCKS_RULES_REFUSAL = "not allowed by ruleset"
 
 
 def start_failure_reason(message: str, own_proxy: bool = False) -> Reason:
@@ -425,7 +430,8 @@ def start_failure_reason(message: str, own_proxy: bool = False) -> Reason:
     if any(sign in message for sign in STORE_ERROR_SIGNS):
         return Reason.STORE_UNAVAILABLE
     if own_proxy and any(sign in message for sign in PROXY_ERROR_SIGNS):
-        return Reason.PROXY_UNREACHABLE
+        beyond = SOCKS_REPLY_ERROR in message and SOCKS_RULES_REFUSAL not in message
+        return Reason.WHATSAPP_UNREACHABLE if beyond else Reason.PROXY_UNREACHABLE
     return Reason.WHATSAPP_UNREACHABLE
 
 

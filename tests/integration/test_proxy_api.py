@@ -211,3 +211,10 @@ async def test_a_proxy_that_does_not_answer_is_proxy_unreachable_and_retried(api
         )
         assert answer.status_code == 200
         await eventually(lambda: _has_qr(api, created))
+
+
+async def test_the_simulator_never_dials_a_proxy_off_this_machine(api: Api) -> None:
+    url = f"socks5://fay:{SECRET}@proxy.invalid:1080"  # never resolved, never dialled
+    created = await api.create_session("Elsewhere", proxy={"url": url})
+    await eventually(lambda: _has_qr(api, created))
+    assert simulator(api).proxy_of(uuid_of(created)) == url

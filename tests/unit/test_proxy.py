@@ -143,6 +143,17 @@ def test_go_words_for_a_proxy_that_fails_are_proxy_unreachable_for_the_sessions_
     assert start_failure_reason(GO_BEYOND_THE_PROXY, own_proxy=True) == (
         Reason.WHATSAPP_UNREACHABLE
     )
+    socks = GO_SOCKS_REFUSED.rsplit(": dial tcp", 1)[0]
+    # the SOCKS5 proxy answered that it cannot reach WhatsApp: not the proxy's failure...
+    for reply in ("general SOCKS server failure", "host unreachable", "connection refused"):
+        message = f"{socks}: unknown error {reply}"
+        assert start_failure_reason(message, own_proxy=True) == Reason.WHATSAPP_UNREACHABLE
+    # ... unless its rules refuse it, or it refuses the credentials
+    for words in ("unknown error connection not allowed by ruleset", "EOF"):
+        message = f"{socks}: {words}"
+        assert start_failure_reason(message, own_proxy=True) == Reason.PROXY_UNREACHABLE
+    message = f"{socks}: username/password authentication failed"
+    assert start_failure_reason(message, own_proxy=True) == Reason.PROXY_UNREACHABLE
 
 
 def scripted_gateway(
