@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import Sessiond, create_session
-from tests.e2e.test_gateway_processes import eventually, status
+from tests.e2e.steps import eventually, status
 
 
 class Listener:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import eventually, simulate, simulator, status, uuid_of
+from tests.integration.steps import eventually, simulate, simulator, status, uuid_of
 
 SECRET = "hunter2-Pa55"
 

@@ -3,14 +3,28 @@ event and snapshot, while the next connect still dials with it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from eventsourcing.cryptography import AESCipher
+from psycopg.sql import SQL, Identifier
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_gateway_worker import uuid_of
-from tests.integration.test_message_cipher import stored_states
+from tests.integration.steps import uuid_of
 
 SECRET = "correct-horse-battery"
+
+
+def stored_states(api: Api) -> dict[str, list[bytes]]:
+    """Every stored event's and snapshot's state, as bytes, by table."""
+    recorder: Any = api.container.app.recorder
+    snapshots: Any = api.container.app.snapshots
+    states = {}
+    with recorder.datastore.cursor() as curs:
+        for table in (recorder.events_table_name, snapshots.recorder.events_table_name):
+            curs.execute(SQL("SELECT state FROM {0}").format(Identifier(table)))
+            states[table] = [bytes(row["state"]) for row in curs.fetchall()]
+    return states
 
 
 @pytest.fixture

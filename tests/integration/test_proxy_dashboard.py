@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.test_dashboard_pages import signed_in
+from tests.integration.dashboard_client import Dashboard
 
 SECRET = "dash-Secret-77"
+
+
+async def signed_in(api: Api) -> Dashboard:
+    dash = Dashboard(api.client)
+    await dash.sign_in()
+    return dash
 
 
 async def test_the_session_page_shows_sets_and_removes_the_proxy(api: Api) -> None:

@@ -17,7 +17,7 @@ from domain.proxy import ProxyAddress, hide_password, parse_proxy_url
 from domain.values import Reason, session_uuid
 from infra.neonize_gateway import NeonizeGateway, start_failure_reason
 from infra.whatsapp_link import LinkCheck
-from tests.unit.test_neonize_mapping import NZ, Recorder, ScriptedClient, make_store
+from tests.fakes.neonize import NZ, Recorder, ScriptedClient, make_store
 
 
 @pytest.mark.parametrize(
