@@ -15,8 +15,8 @@ from domain.errors import InvalidProxy
 from domain.policy import ReconnectPolicy
 from domain.proxy import ProxyAddress, hide_password, parse_proxy_url
 from domain.values import Reason, session_uuid
-from infra.neonize_gateway import NeonizeGateway, start_failure_reason
-from infra.whatsapp_link import LinkCheck
+from infra.whatsapp.link import LinkCheck
+from infra.whatsapp.neonize import NeonizeGateway, start_failure_reason
 from tests.fakes.neonize import NZ, Recorder, ScriptedClient, make_store
 
 
