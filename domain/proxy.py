@@ -75,8 +75,12 @@ def parse_proxy_url(url: str) -> ProxyAddress:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as error:
-        raise InvalidProxy(f"the proxy URL is malformed: {error}") from None
+    except ValueError:
+        # Not the parser's words: they quote what was typed, which may hold the password.
+        raise InvalidProxy(
+            "the proxy URL is malformed: write scheme://user:password@host:port, "
+            "the port a number from 1 to 65535"
+        ) from None
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise InvalidProxy("a proxy URL has no path, query or fragment: scheme://host:port")
     host = parts.hostname or ""

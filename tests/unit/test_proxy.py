@@ -65,6 +65,7 @@ def test_a_proxy_url_is_read_and_shown_without_its_password(
         ("http://proxy example.com:8080", "no spaces"),
         ("socks5://:secret@proxy.example.com:1080", "password without a user"),
         ("\x00\x01garbage", "no spaces or control"),
+        ("socks5://u:secret:1080", "malformed"),  # no @: the parser would quote "secret"
         ("socks5://" + "a" * 3000 + ":1", "1 to"),
     ],
 )
