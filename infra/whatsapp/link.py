@@ -105,6 +105,9 @@ class LinkCheck:
             now = self._clock()
             answer = self._answers.get(key)
             if answer is None or now - answer[0] >= self.ttl:
+                # Forget every stale answer (one per proxy ever checked would pile up).
+                for stale in [k for k, (at, _) in self._answers.items() if now - at >= self.ttl]:
+                    del self._answers[stale]
                 found = self._check(proxy or self.default_proxy())
                 self._answers[key] = answer = (self._clock(), found)
                 self.checks += 1
