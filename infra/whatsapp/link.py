@@ -82,7 +82,8 @@ class LinkCheck:
         self._environ = os.environ if environ is None else environ
         self._connect: Connect = connect or socket.create_connection
         self._clock = clock
-        self._lock = threading.Lock()  # one check at a time; the others reuse its answer
+        self._lock = threading.Lock()  # guards the answers and the routes' locks
+        self._routes: dict[str, threading.Lock] = {}
         # per route (a session's proxy, or "" for the environment's): when, and the answer
         self._answers: dict[str, tuple[float, LinkFailure | None]] = {}
         self.checks = 0
@@ -102,15 +103,26 @@ class LinkCheck:
         """`failure`, saying whether the proxy itself is what failed."""
         key = proxy or ""
         with self._lock:
+            route = self._routes.setdefault(key, threading.Lock())
+        # One check of a route at a time, the others reuse its answer; a proxy that does not
+        # answer holds up only the sessions that dial through it.
+        with route:
             now = self._clock()
-            answer = self._answers.get(key)
+            with self._lock:
+                answer = self._answers.get(key)
             if answer is None or now - answer[0] >= self.ttl:
-                # Forget every stale answer (one per proxy ever checked would pile up).
-                for stale in [k for k, (at, _) in self._answers.items() if now - at >= self.ttl]:
-                    del self._answers[stale]
                 found = self._check(proxy or self.default_proxy())
-                self._answers[key] = answer = (self._clock(), found)
-                self.checks += 1
+                answer = (self._clock(), found)
+                with self._lock:
+                    self.checks += 1
+                    self._answers[key] = answer
+                    # Forget stale routes (one per proxy ever checked would pile up); at worst
+                    # one being looked up again is checked twice at once.
+                    for stale, (at, _) in list(self._answers.items()):
+                        lock = self._routes.get(stale)
+                        if stale != key and now - at > self.ttl and not (lock and lock.locked()):
+                            self._answers.pop(stale, None)
+                            self._routes.pop(stale, None)
             return answer[1]
 
     def _check(self, proxy: str | None) -> LinkFailure | None:

@@ -127,3 +127,28 @@ def test_a_sessions_own_proxy_is_checked_instead_with_its_credentials(
     closed = check.diagnose(f"socks5://127.0.0.1:{free_port()}")
     assert closed is not None and closed.at_proxy and "refused" in closed.detail
     assert check.default_proxy() == "http://127.0.0.1:1"
+
+
+def test_a_proxy_that_does_not_answer_holds_up_only_its_own_route() -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def connect(address: tuple[str, int], timeout: float) -> socket.socket:
+        if address == ("10.0.0.1", 1080):  # a silent proxy: the dial hangs until released
+            entered.set()
+            release.wait(10)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    check = LinkCheck(ttl=60.0, environ={}, connect=connect)
+    stuck = threading.Thread(target=check.diagnose, args=("socks5://10.0.0.1:1080",))
+    stuck.start()
+    assert entered.wait(5)
+    # Check another proxy, and the direct route, are checked meanwhile.
+    other = check.diagnose("socks5://10.0.0.2:1080")
+    assert other is not None and other.at_proxy
+    direct = check.diagnose()
+    assert direct is not None and not direct.at_proxy
+    assert stuck.is_alive()
+    release.set()
+    stuck.join(5)
+    assert check.checks == 3
