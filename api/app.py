@@ -29,6 +29,7 @@ from api.controllers.history import HistoryController, UptimeController
 from api.controllers.keys import KeysController
 from api.controllers.messages import MessagesController
 from api.controllers.metrics import metrics
+from api.controllers.proxy import ProxyController
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
 from api.controllers.webhooks import WebhooksController
@@ -119,6 +120,7 @@ def create_app(
     dashboard = Dashboard(ctx)
     handlers: list[ControllerRouterHandler] = [
         SessionsController,
+        ProxyController,
         KeysController,
         MessagesController,
         WebhooksController,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from domain.proxy import MAX_PROXY_URL_LENGTH
 from domain.values import MAX_NAME_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TEXT_LENGTH
 
 SessionId = Annotated[
@@ -43,6 +44,35 @@ class RateLimitIn(Body):
     requests_per_minute: RequestsPerMinute | None
 
 
+ProxyUrl = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_PROXY_URL_LENGTH,
+        description=(
+            "socks5://, http:// or https://, then optional user:password@, a host and a port; "
+            "the password is never shown again (answers show `user:***@`)"
+        ),
+        examples=["socks5://user:password@proxy.example.com:1080"],
+    ),
+]
+
+
+class ProxyIn(Body):
+    url: ProxyUrl
+
+
+class ProxyOut(Out):
+    session_id: str
+    url: Annotated[
+        str | None,
+        Meta(
+            description="The proxy with its password masked (socks5://user:***@host:port); "
+            "null: WhatsApp is dialled directly"
+        ),
+    ]
+
+
 class CreateSessionIn(Body):
     name: Annotated[
         str,
@@ -54,6 +84,7 @@ class CreateSessionIn(Body):
     ]
     labels: Annotated[dict[LabelPart, LabelPart], Meta(max_length=16)] = {}
     rate_limit: RateLimitIn | None = None
+    proxy: ProxyIn | None = None
 
 
 class CreateKeyIn(Body):
@@ -146,6 +177,10 @@ class CreatedSessionOut(Out):
     status: StatusValue
     rate_limit: RateLimitOut
     api_key: KeyCreatedOut
+    proxy: Annotated[
+        str | None,
+        Meta(description="The session's proxy, its password masked; null: none"),
+    ] = None
 
 
 class SessionListOut(Out):

@@ -81,7 +81,7 @@ def plan_start(
     if session.desired != DesiredState.RUNNING:
         return None
     if session.status == Status.CONNECTING:
-        return Resume(session.jid)
+        return Resume.of(session)
     if session.status == Status.CONNECTED:
         app.record_disconnected(
             session_id, takeover_reason, "no client was running it", worker=worker

@@ -142,11 +142,14 @@ class WhatsAppGateway(ABC):
         """Set where the gateway reports what happens; called once before `start`."""
 
     @abstractmethod
-    def start(self, session_id: UUID, device_jid: str | None) -> None:
+    def start(self, session_id: UUID, device_jid: str | None, proxy: str | None = None) -> None:
         """Start a client: resume `device_jid` if given, else begin pairing with QR codes.
 
         Starting a session that is already running restarts it. A device that can no longer
-        be resumed is reported as ``disconnected(device_unlinked)``, never a crash.
+        be resumed is reported as ``disconnected(device_unlinked)``, never a crash. With
+        `proxy` (``socks5://…`` or ``http(s)://…``, credentials included) the client dials
+        WhatsApp through it and nothing else; one that cannot be reached is reported as
+        ``disconnected(proxy_unreachable)`` with the library's words (never the password).
         """
 
     @abstractmethod

@@ -36,6 +36,7 @@ from domain.errors import (
 )
 from domain.outbox import Outbox, QueuedMessage, RecentMessage
 from domain.policy import ReconnectPolicy
+from domain.proxy import parse_proxy_url
 from domain.session import ApiKey, Session
 from domain.values import (
     GATEWAY_ACTOR,
@@ -113,9 +114,16 @@ class IssuedKey:
 
 @dataclass(frozen=True)
 class Resume:
-    """Start the session's client: resume `device_jid`, or pair anew when it is None."""
+    """Start the session's client: resume `device_jid`, or pair anew when it is None; dial
+    through `proxy` (its full URL) when the session has one."""
 
     device_jid: str | None
+    proxy: str | None = None
+
+    @classmethod
+    def of(cls, session: Session) -> Resume:
+        proxy = session.proxy
+        return cls(session.jid, proxy.url if proxy is not None else None)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ class CreatedSession:
     session_id: str
     first_key: IssuedKey
     position: int
+    proxy: str | None = None  # masked
 
 
 class SessionsApplication(Application[UUID]):
@@ -244,7 +253,12 @@ class SessionsApplication(Application[UUID]):
         requests_per_minute: int | None,
         actor: str,
         key_label: str = "default",
+        *,
+        proxy: str | None = None,
     ) -> CreatedSession:
+        """Create a session; with `proxy` (a URL, `InvalidValue` if it is not one) its
+        connections dial through it from the start, recorded in the same save."""
+        address = parse_proxy_url(proxy) if proxy is not None else None
         session = Session(
             id=uuid4(),
             name=clean_name(name),
@@ -254,12 +268,15 @@ class SessionsApplication(Application[UUID]):
         )
         if requests_per_minute is not None:
             session.set_rate_limit(requests_per_minute, actor)
+        if address is not None:
+            session.set_proxy(address, actor)
         new = generate_key(SESSION_KEY_KIND)
         session.issue_key(new.key_id, new.prefix, new.key_hash, key_label, actor)
         position = self._save(session)
         self._cache.put(session.id, session)
         key = IssuedKey(new.key_id, new.key, new.prefix, key_label, position)
-        return CreatedSession(public_session_id(session.id), key, position)
+        shown = address.masked if address is not None else None
+        return CreatedSession(public_session_id(session.id), key, position, shown)
 
     def reconnect(self, session_id: str, actor: str) -> int:
         return self._change(session_id, lambda s: s.request_reconnect(actor))
@@ -292,6 +309,16 @@ class SessionsApplication(Application[UUID]):
 
     def set_rate_limit(self, session_id: str, requests_per_minute: int | None, actor: str) -> int:
         return self._change(session_id, lambda s: s.set_rate_limit(requests_per_minute, actor))
+
+    def set_proxy(self, session_id: str, url: str, actor: str) -> int | None:
+        """Dial through the proxy `url` from the session's next connect (`InvalidValue` if it
+        is not a proxy URL); the same proxy again records nothing and returns None."""
+        address = parse_proxy_url(url)
+        return self._change_or_none(session_id, lambda s: s.set_proxy(address, actor) or None)
+
+    def clear_proxy(self, session_id: str, actor: str) -> int | None:
+        """Dial directly from the session's next connect; None if it had no proxy."""
+        return self._change_or_none(session_id, lambda s: s.clear_proxy(actor) or None)
 
     def send_message(
         self,
@@ -456,7 +483,7 @@ class SessionsApplication(Application[UUID]):
 
         if self._gateway_change(session_id, attempt) is None or not tried:
             return None
-        return Resume(tried[-1].jid)
+        return Resume.of(tried[-1])
 
     def expire_stale_qr(self, session_id: UUID, now: datetime) -> int | None:
         """The safety net for a QR code whose expiry the gateway never reported."""

@@ -58,3 +58,9 @@ class CapReached(DomainError):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
+
+
+class InvalidProxy(InvalidValue):
+    """A proxy URL that is not one sessiond can dial through."""
+
+    code = "invalid-proxy"

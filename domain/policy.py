@@ -1,7 +1,7 @@
 """The reconnect policy: whether, and when, a session that went down is tried again.
 
-- The link dropped, WhatsApp could not be reached or refused the connection, or the device
-  store (its database) failed: exponential backoff with jitter, capped
+- The link dropped, WhatsApp (or the session's proxy) could not be reached or refused the
+  connection, or the device store (its database) failed: exponential backoff with jitter, capped
   (``base · factor^(attempt-1)``, at most ``cap``, ± ``jitter``).
 - A temporary ban: once the ban has ended (plus a little jitter so sessions spread out).
 - Logged out, device unlinked, QR codes expired, pairing failed: never — the phone must scan a
@@ -26,6 +26,7 @@ BACKOFF_REASONS = frozenset(
     {
         Reason.CONNECTION_LOST,
         Reason.WHATSAPP_UNREACHABLE,
+        Reason.PROXY_UNREACHABLE,
         Reason.CONNECT_FAILURE,
         Reason.STORE_UNAVAILABLE,
     }

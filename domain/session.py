@@ -23,6 +23,7 @@ from domain.errors import (
 )
 from domain.outbox import Outbox, QueuedMessage, message_fingerprint
 from domain.policy import ReconnectPolicy
+from domain.proxy import ProxyAddress
 from domain.values import (
     MAX_REQUESTS_PER_MINUTE,
     DesiredState,
@@ -184,7 +185,23 @@ class Session(Aggregate):
         push_name: str
         sent_at: datetime
 
+    class ProxySet(Event):
+        """The session dials WhatsApp through a proxy from its next connect. `url` is the
+        address as shown (password masked); the password is its own field, which every view
+        of the log redacts (and `SESSIOND_CIPHER_KEY` encrypts at rest, like every event)."""
+
+        TOPIC = "sessiond:Session.ProxySet"
+        url: str
+        password: str
+        actor: str
+
+    class ProxyCleared(Event):
+        TOPIC = "sessiond:Session.ProxyCleared"
+        actor: str
+
     # Class-level defaults keep snapshots taken before these attributes existed loadable.
+    proxy_url: str | None = None  # masked
+    proxy_password: str = ""
     detail: str | None = None
     retry_attempt: int = 0
     next_retry_at: datetime | None = None
@@ -470,6 +487,41 @@ class Session(Aggregate):
     @event(RateLimitSet)
     def _set_rate_limit(self, requests_per_minute: int | None, actor: str) -> None:
         self.requests_per_minute = requests_per_minute
+
+    # -- proxy ------------------------------------------------------------------------------
+
+    @property
+    def proxy(self) -> ProxyAddress | None:
+        """The proxy the session's next connect dials through, if any."""
+        if self.proxy_url is None:
+            return None
+        return ProxyAddress.unmask(self.proxy_url, self.proxy_password)
+
+    def set_proxy(self, proxy: ProxyAddress, actor: str) -> bool:
+        """Use `proxy` from the next connect on; False (nothing recorded) if it is already."""
+        self.check_not_deleted()
+        if self.proxy == proxy:
+            return False
+        self._set_proxy(proxy.masked, proxy.password, actor)
+        return True
+
+    @event(ProxySet)
+    def _set_proxy(self, url: str, password: str, actor: str) -> None:
+        self.proxy_url = url
+        self.proxy_password = password
+
+    def clear_proxy(self, actor: str) -> bool:
+        """Dial directly from the next connect on; False (nothing recorded) if it does."""
+        self.check_not_deleted()
+        if self.proxy_url is None:
+            return False
+        self._clear_proxy(actor)
+        return True
+
+    @event(ProxyCleared)
+    def _clear_proxy(self, actor: str) -> None:
+        self.proxy_url = None
+        self.proxy_password = ""
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class Reason(StrEnum):
     QR_EXPIRED = "qr_expired"  # every QR code expired without a scan: needs a reconnect
     CONNECTION_LOST = "connection_lost"  # the link dropped: retried with backoff
     WHATSAPP_UNREACHABLE = "whatsapp_unreachable"  # no connection could be made: retried
+    PROXY_UNREACHABLE = "proxy_unreachable"  # the session's own proxy failed: retried
     CONNECT_FAILURE = "connect_failure"  # WhatsApp refused the connection: retried
     STORE_UNAVAILABLE = "store_unavailable"  # the device store (its database) failed: retried
     LOGGED_OUT = "logged_out"  # unlinked from the phone: needs a new QR code

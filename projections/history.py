@@ -23,8 +23,8 @@ from projections.status import MemorySessionStatusView, SessionRow, SessionStatu
 log = logging.getLogger(__name__)
 REDACTED = "[redacted]"
 #: Never shown: API key hashes, QR codes (they link a phone while valid), message text,
-#: webhook signing secrets.
-SECRET_FIELDS = frozenset({"key_hash", "code", "text", "secret"})
+#: webhook signing secrets, proxy passwords.
+SECRET_FIELDS = frozenset({"key_hash", "code", "text", "secret", "password"})
 #: Bookkeeping every event carries; shown as its own fields, not as data.
 _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 

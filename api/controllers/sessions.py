@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -101,8 +102,13 @@ class SessionsController(Controller):
         """Create a session; the answer holds its first API key, shown this once."""
         ctx = context(request)
         requests_per_minute = data.rate_limit.requests_per_minute if data.rate_limit else None
+        proxy = data.proxy.url if data.proxy else None
         created = await call(
-            ctx.app.create_session, data.name, data.labels, requests_per_minute, admin.actor
+            partial(ctx.app.create_session, proxy=proxy),
+            data.name,
+            data.labels,
+            requests_per_minute,
+            admin.actor,
         )
         await settle(ctx, created.position)
         row = current_row(ctx, created.session_id)
@@ -116,6 +122,7 @@ class SessionsController(Controller):
             api_key=KeyCreatedOut(
                 key_id=key.key_id, key=key.key, prefix=key.prefix, label=key.label
             ),
+            proxy=created.proxy,
         )
 
     @get("/", responses=problems(400, 401, 403), operation_id="listSessions")

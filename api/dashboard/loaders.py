@@ -33,6 +33,7 @@ class SessionDetails:
     timeline: list[HistoryEntry]
     chart: Chart
     webhooks: list[Webhook]
+    proxy: str | None = None  # the session's proxy, its password masked
 
     @property
     def active_keys(self) -> int:
@@ -70,4 +71,5 @@ def details(ctx: ApiContext, row: SessionRow) -> SessionDetails:
             )
             for e in endpoints
         ],
+        proxy=ctx.app.load(session_uuid(row.session_id)).proxy_url,
     )

@@ -22,6 +22,7 @@ from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, live_row, page, see_other
 from application.errors import NotPairing
 from application.phones import InvalidPhone
+from domain.errors import InvalidProxy
 from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE
 from projections.history import HistoryEntry
 from projections.status import SessionRow
@@ -229,6 +230,21 @@ class SessionController(Controller):
         await revoke_key(ctx, row.session_id, key_id, ADMIN_ACTOR)
         flash(request, notice=f"Key {key_id} revoked.")
         return see_other(_path(row, "#keys"))
+
+    @post(SESSION + "/proxy")
+    async def proxy(self, request: DashRequest, session_id: FromPath[str]) -> Template | Redirect:
+        """Set the session's proxy (from its next connect on); empty removes it."""
+        ctx, row, raw = await _posted(request, session_id, "url")
+        try:
+            if raw:
+                position = await call(ctx.app.set_proxy, row.session_id, raw, ADMIN_ACTOR)
+            else:
+                position = await call(ctx.app.clear_proxy, row.session_id, ADMIN_ACTOR)
+        except InvalidProxy as error:
+            return await self._session_page(request, row, status=422, proxy=str(error))
+        await settle(ctx, position)
+        flash(request, notice="Proxy saved." if raw else "Proxy removed.")
+        return see_other(_path(row, "#proxy"))
 
     @post(SESSION + "/rate-limit")
     async def rate_limit(

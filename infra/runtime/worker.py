@@ -657,7 +657,7 @@ class GatewayWorker:
             if not self._current(epoch, session_id):
                 return
             if plan is not None:
-                self._start(session_id, plan.device_jid)
+                self._start(session_id, plan.device_jid, plan.proxy)
             # Only now: a start that raised is tried again on the next reconcile.
             self._generations[session_id] = generation
             self._takeover.pop(session_id, None)
@@ -673,8 +673,8 @@ class GatewayWorker:
         with self._lock:
             self._held.discard(session_id)
 
-    def _start(self, session_id: UUID, device_jid: str | None) -> None:
-        self.gateway.start(session_id, device_jid)
+    def _start(self, session_id: UUID, device_jid: str | None, proxy: str | None) -> None:
+        self.gateway.start(session_id, device_jid, proxy)
         self._started_at[session_id] = time.monotonic()
 
     def deadline_tick(self) -> None:
@@ -765,7 +765,7 @@ class GatewayWorker:
             if self._stopping.is_set() or session_id not in self._held:
                 return False  # stopping, or given up meanwhile: after the hold, or elsewhere
             try:
-                self._start(session_id, plan.device_jid)
+                self._start(session_id, plan.device_jid, plan.proxy)
             except Exception as error:
                 log.exception("could not start %s", session_id)
                 failed = error

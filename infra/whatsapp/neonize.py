@@ -41,6 +41,15 @@ all verified on 0.5.2 (see ``research/neonize.md``):
   again in Go only once `LinkCheck` finds WhatsApp's first hop answering; until then each
   retry reports the check's answer. A start that failed in the store (lib/pq's or whatsmeow's
   store errors) is reported as `store_unavailable`, not as WhatsApp being unreachable.
+- **Proxies.** whatsmeow dials through the proxy given to `connect()` (neonize's
+  ``ProxySettings``; ``set_proxy_address`` needs a client Go already holds, which it does only
+  once `connect()` runs). Without one, Go's HTTP transport takes ``HTTPS_PROXY`` from the
+  environment, and with a SOCKS5 one it *still* does: it would dial the environment's proxy
+  through the session's. So Go is loaded without the proxy variables (it copies the
+  environment when the library loads) and every client gets its proxy explicitly: the
+  session's own, else the environment's for WhatsApp's host (`LinkCheck.default_proxy`, Go's
+  rules), else none. A start that fails to reach the session's own proxy is reported as
+  ``proxy_unreachable``; messages never carry its password.
 - **Importing neonize configures the root logger** (`logging.basicConfig` at INFO with a
   handler of its own): `import_neonize()` imports it lazily and puts the root logger back.
 - **The store.** whatsmeow's tables live in a schema of the service's PostgreSQL database
@@ -61,6 +70,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -85,6 +95,7 @@ from application.errors import (
     RecipientRejected,
 )
 from application.ports import GatewayEvents, InboundMessage, SentMessage, WhatsAppGateway
+from domain.proxy import hide_password, parse_proxy_url
 from domain.values import MessageStatus, Reason
 from infra.whatsapp.devicestore import DeviceStorePool
 from infra.whatsapp.link import LinkCheck
@@ -123,10 +134,33 @@ class Neonize:
     neonize_error: type[Exception]
     send_message_error: type[Exception]  # what `send_message` raises (a `neonize_error`)
     session_client: Any  # `SessionClient`, defined once neonize is imported
+    proxy_settings: Any  # `ProxySettings(proxy_address=...)`, what `connect()` takes
 
 
 _neonize: Neonize | None = None
 _import_lock = threading.Lock()
+#: What Go's HTTP transport reads from the environment to choose a proxy (x/net/http/httpproxy).
+GO_PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "REQUEST_METHOD",
+)
+
+
+@contextmanager
+def _without_proxy_environment() -> Iterator[None]:
+    """Hide the proxy variables while Go loads (it copies the environment then), so that
+    whatsmeow never adds the environment's proxy behind a session's own; the adapter passes
+    the environment's proxy to the clients that have none (see the module's docstring)."""
+    saved = {name: os.environ.pop(name) for name in GO_PROXY_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def import_neonize() -> Neonize:
@@ -139,15 +173,16 @@ def import_neonize() -> Neonize:
         root = logging.getLogger()
         level, handlers = root.level, list(root.handlers)
         try:
-            import neonize.events  # noqa: PLC0415
-            from neonize.client import ClientFactory as GoClientFactory  # noqa: PLC0415
-            from neonize.client import NewClient  # noqa: PLC0415
-            from neonize.exc import NeonizeError, SendMessageError  # noqa: PLC0415
-            from neonize.proto import Neonize_pb2  # noqa: PLC0415
-            from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message  # noqa: PLC0415
-            from neonize.utils.enum import ClientName  # noqa: PLC0415
-            from neonize.utils.jid import Jid2String, JIDToNonAD, build_jid  # noqa: PLC0415
-            from neonize.utils.message import extract_text  # noqa: PLC0415
+            with _without_proxy_environment():
+                import neonize.events  # noqa: PLC0415
+                from neonize.client import ClientFactory as GoClientFactory  # noqa: PLC0415
+                from neonize.client import NewClient, ProxySettings  # noqa: PLC0415
+                from neonize.exc import NeonizeError, SendMessageError  # noqa: PLC0415
+                from neonize.proto import Neonize_pb2  # noqa: PLC0415
+                from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message  # noqa: PLC0415
+                from neonize.utils.enum import ClientName  # noqa: PLC0415
+                from neonize.utils.jid import Jid2String, JIDToNonAD, build_jid  # noqa: PLC0415
+                from neonize.utils.message import extract_text  # noqa: PLC0415
         finally:
             root.setLevel(level)
             root.handlers[:] = handlers
@@ -168,6 +203,7 @@ def import_neonize() -> Neonize:
             neonize_error=NeonizeError,
             send_message_error=SendMessageError,
             session_client=_define_session_client(NewClient),
+            proxy_settings=ProxySettings,
         )
         return _neonize
 
@@ -376,11 +412,26 @@ STORE_ERROR_SIGNS = (
 )
 
 
-def start_failure_reason(message: str) -> Reason:
-    """Why a client start that returned the error `message` failed: the device store, or (any
-    other error: the dial, the proxy, the handshake) WhatsApp being unreachable."""
+#: Go's words for a dial that failed at the proxy itself: ``proxyconnect tcp: ...`` (an HTTP
+#: proxy that cannot be reached) and ``socks connect tcp <proxy>-><target>: ...`` (a SOCKS5
+#: proxy that cannot be reached, breaks off, or refuses the credentials) ...
+PROXY_ERROR_SIGNS = ("proxyconnect ", "socks connect ")
+#: ... unless the SOCKS5 proxy answered that it could not reach the target itself
+#: (x/net's ``unknown error <reply>``: general failure, host unreachable, refused...), which
+#: is WhatsApp being unreachable from there; a proxy whose rules refuse it is its own failure.
+SOCKS_REPLY_ERROR = "unknown error "
+SOCKS_RULES_REFUSAL = "not allowed by ruleset"
+
+
+def start_failure_reason(message: str, own_proxy: bool = False) -> Reason:
+    """Why a client start that returned the error `message` failed: the device store, the
+    session's own proxy (with `own_proxy`), or (any other error: the dial, the handshake, the
+    environment's proxy) WhatsApp being unreachable."""
     if any(sign in message for sign in STORE_ERROR_SIGNS):
         return Reason.STORE_UNAVAILABLE
+    if own_proxy and any(sign in message for sign in PROXY_ERROR_SIGNS):
+        beyond = SOCKS_REPLY_ERROR in message and SOCKS_RULES_REFUSAL not in message
+        return Reason.WHATSAPP_UNREACHABLE if beyond else Reason.PROXY_UNREACHABLE
     return Reason.WHATSAPP_UNREACHABLE
 
 
@@ -538,6 +589,11 @@ class _Link:
     stopped: bool = False  # client.stop() called (or skipped for good)
     entered: bool = False  # the client's start was handed to Go
     passed: threading.Event | None = None  # set once Go has answered the start
+    proxy: str | None = None  # the session's own proxy (full URL), if it has one
+
+    @property
+    def proxy_password(self) -> str:
+        return parse_proxy_url(self.proxy).password if self.proxy else ""
 
 
 @dataclass(frozen=True)
@@ -605,7 +661,7 @@ class NeonizeGateway(WhatsAppGateway):
                 )
                 self._dispatcher.start()
 
-    def start(self, session_id: UUID, device_jid: str | None) -> None:
+    def start(self, session_id: UUID, device_jid: str | None, proxy: str | None = None) -> None:
         if self._events is None:
             raise RuntimeError("bind() the gateway before starting sessions")
         with self._control:
@@ -620,6 +676,7 @@ class NeonizeGateway(WhatsAppGateway):
                     self.store_dsn, uuid=f"{session_id.hex}-{generation}", new_device=True
                 )
             link = _Link(session_id, generation, client, device_jid, pairing=not device_jid)
+            link.proxy = proxy
             self._attach(link)
             with self._lock:
                 self._links[session_id] = link
@@ -753,9 +810,11 @@ class NeonizeGateway(WhatsAppGateway):
         sid = link.session_id
         try:
             if sid in self._unreachable:
-                why = self._link_check.failure()
+                why = self._link_check.diagnose(link.proxy)
                 if why is not None:
-                    self._final(link, Reason.WHATSAPP_UNREACHABLE, why)
+                    own = link.proxy is not None and why.at_proxy
+                    reason = Reason.PROXY_UNREACHABLE if own else Reason.WHATSAPP_UNREACHABLE
+                    self._final(link, reason, hide_password(why.detail, link.proxy_password))
                     return
             passed = self._entry.enter()
             with self._lock:
@@ -765,15 +824,15 @@ class NeonizeGateway(WhatsAppGateway):
                 passed.set()  # stopped while waiting: never handed to Go
                 return
             try:
-                link.client.connect()
+                link.client.connect(self._proxy_settings(link))
             finally:
                 passed.set()
         except Exception as exc:
             # e.g. "failed to dial whatsapp web websocket: ... network is unreachable", or
             # "failed to upgrade database: ... pq: sorry, too many clients already"
-            detail = str(exc) or type(exc).__name__
-            reason = start_failure_reason(detail)
-            if reason == Reason.WHATSAPP_UNREACHABLE:
+            detail = hide_password(str(exc) or type(exc).__name__, link.proxy_password)
+            reason = start_failure_reason(detail, own_proxy=link.proxy is not None)
+            if reason in (Reason.WHATSAPP_UNREACHABLE, Reason.PROXY_UNREACHABLE):
                 self._unreachable.add(sid)
             else:
                 self._unreachable.discard(sid)
@@ -783,6 +842,14 @@ class NeonizeGateway(WhatsAppGateway):
         finally:
             link.connected = False
             self._stop_client(link)
+
+    def _proxy_settings(self, link: _Link) -> Any | None:
+        """What `connect()` is given: the session's proxy, else the environment's (Go was
+        loaded without it: see the module's docstring), else None (a direct dial)."""
+        address = link.proxy or self._link_check.default_proxy()
+        if address is None:
+            return None
+        return import_neonize().proxy_settings(proxy_address=address)
 
     # -- neonize's callbacks (on Go's thread: enqueue only) ---------------------------------
 

@@ -6,15 +6,22 @@ network do: scan the code, drop the connection, log out from the phone, connect 
 elsewhere (stream replaced), ban the account for a while, fail keepalives, make WhatsApp
 unreachable, receive a text, acknowledge a sent one. Recipients whose number starts with 0
 (``0…@s.whatsapp.net``) are "not on WhatsApp": sending to them is refused for good.
+A session's proxy is honoured as far as a simulation can without a network: each start through
+a proxy on this machine (a loopback address or ``localhost``) first opens a TCP connection to it
+(nothing is sent), and one that does not answer ends the start as ``proxy_unreachable``, as the
+real gateway reports it; a proxy elsewhere is taken as answering (the simulator never leaves
+the machine, nor resolves a name). `proxy_of` tells what a start used.
 `tests/contract` holds it to the same contract as the neonize adapter.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
+import socket
 import threading
 import time
-from collections.abc import MutableSet
+from collections.abc import Callable, MutableSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -27,10 +34,13 @@ from application.ports import (
     SentMessage,
     WhatsAppGateway,
 )
+from domain.proxy import hide_password, parse_proxy_url
 from domain.values import MessageStatus, Reason
 from infra.runtime.timers import TimerThread
 
 PUSH_NAME = "Simulated phone"
+#: Seconds the simulator waits for a session's proxy to accept a connection.
+PROXY_TIMEOUT = 3.0
 
 
 @dataclass(slots=True)
@@ -65,6 +75,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         self._devices: MutableSet[str] = set() if devices is None else devices
         self._lock = threading.RLock()
         self._timers = TimerThread("simulator")
+        self._proxies: dict[UUID, str | None] = {}
 
     @property
     def events(self) -> GatewayEvents:
@@ -77,18 +88,29 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
 
     # -- the port -----------------------------------------------------------------------
 
-    def start(self, session_id: UUID, device_jid: str | None) -> None:
+    def start(self, session_id: UUID, device_jid: str | None, proxy: str | None = None) -> None:
         with self._lock:
             client = self._clients.setdefault(session_id, _Client())
             client.generation += 1
             generation = client.generation
             client.attempt = 0
             client.phase = "resuming" if device_jid else "pairing"
-        # Like a real client, the outcome is reported from the gateway's own thread.
+            self._proxies[session_id] = proxy
+
+        def begin() -> None:
+            self._begin(session_id, generation, device_jid, proxy)
+
+        # Like a real client, the outcome is reported from the gateway's own thread; a dial to
+        # a proxy gets a thread of its own (a silent one must not hold up every session).
         self._timers.call_later(
             self.resume_delay if device_jid else 0.0,
-            lambda: self._begin(session_id, generation, device_jid),
+            begin if proxy is None else lambda: _spawn(begin, f"simulator-{session_id.hex[:8]}"),
         )
+
+    def proxy_of(self, session_id: UUID) -> str | None:
+        """The proxy the session's last start dialled through (None: directly)."""
+        with self._lock:
+            return self._proxies.get(session_id)
 
     def stop(self, session_id: UUID) -> None:
         with self._lock:
@@ -241,14 +263,21 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
                 self._clients.pop(session_id, None)
         return self.events.disconnected(session_id, reason.value, detail, not_before)
 
-    def _begin(self, session_id: UUID, generation: int, device_jid: str | None) -> None:
-        # The store is looked up before the lock is taken: it may be a database query.
+    def _begin(
+        self, session_id: UUID, generation: int, device_jid: str | None, proxy: str | None
+    ) -> None:
+        # The store is looked up before the lock is taken: it may be a database query; so is
+        # the proxy dialled.
         stored = device_jid is None or device_jid in self._devices
+        proxy_failure = _proxy_failure(proxy) if proxy is not None else None
         with self._lock:
             client = self._current(session_id, generation)
             if client is None:
                 return
-            if not self.reachable:
+            if proxy_failure is not None:
+                client.phase = "disconnected"
+                outcome = (Reason.PROXY_UNREACHABLE, proxy_failure)
+            elif not self.reachable:
                 client.phase = "disconnected"
                 outcome = (Reason.WHATSAPP_UNREACHABLE, "failed to dial WhatsApp (simulated)")
             elif not stored:
@@ -287,6 +316,34 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         expires_at = datetime.now(UTC) + timedelta(seconds=lifetime)
         self.events.qr_issued(session_id, code, expires_at, attempt, self.max_codes)
         self._timers.call_later(lifetime, lambda: self._next_qr(session_id, generation))
+
+
+def _spawn(target: Callable[[], None], name: str) -> None:
+    threading.Thread(target=target, name=name, daemon=True).start()
+
+
+def _proxy_failure(proxy: str) -> str | None:
+    """None if the proxy accepts a TCP connection (or is not on this machine), else why not
+    (without its password)."""
+    address = parse_proxy_url(proxy)
+    if not _on_this_machine(address.host):
+        return None
+    where = f"{address.host}:{address.port}"
+    try:
+        socket.create_connection((address.host, address.port), PROXY_TIMEOUT).close()
+    except OSError as error:
+        detail = f"cannot reach the proxy {where} (simulated): {error}"
+        return hide_password(detail, address.password)
+    return None
+
+
+def _on_this_machine(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _whatsapp_id() -> str:

@@ -78,6 +78,19 @@ def _config(session_ids: list[str], key_ids: list[str]) -> str:
                     '"409", "422", "429", "503"]',
                 )
             ),
+            # Whether a string is a proxy URL (a scheme, a host, a port in range) is decided by
+            # the service, which says in a 422 what is wrong; at creation too.
+            *(
+                line
+                for path in ("/sessions", "/sessions/{session_id}/proxy")
+                for line in (
+                    "[[operations]]",
+                    f'include-path = "{path}"',
+                    "[operations.checks.positive_data_acceptance]",
+                    'expected-statuses = ["200", "201", "204", "401", "403", "404", "409", '
+                    '"422", "429", "503"]',
+                )
+            ),
             # A window must start before it ends and fit 10,000 buckets: no schema says that.
             "[[operations]]",
             'include-path = "/sessions/{session_id}/uptime"',

@@ -184,9 +184,11 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
         self.send_error: Exception | None = None
         self.logouts = 0
         self.pair_calls: list[tuple[Any, ...]] = []
+        self.proxy_settings: Any = None  # what `connect()` was given (neonize's ProxySettings)
 
     # whatsmeow's side
-    def connect(self) -> None:
+    def connect(self, proxy_settings: Any = None) -> None:
+        self.proxy_settings = proxy_settings
         self.connecting.set()
         if self.fail is not None:
             raise self.fail

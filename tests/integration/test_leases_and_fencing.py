@@ -116,11 +116,13 @@ async def test_a_start_that_fails_is_recorded_and_retried(api: Api) -> None:
     real_start = simulator.start
     failures: list[Any] = []
 
-    def start_failing_once(session_id: Any, device_jid: str | None) -> None:
+    def start_failing_once(
+        session_id: Any, device_jid: str | None, proxy: str | None = None
+    ) -> None:
         if not failures:
             failures.append(session_id)
             raise RuntimeError("the client could not be created")
-        real_start(session_id, device_jid)
+        real_start(session_id, device_jid, proxy)
 
     simulator.start = start_failing_once  # type: ignore[method-assign]
     await simulate(api, created, "drop")
@@ -142,11 +144,13 @@ async def test_a_start_that_never_answers_is_given_up_and_retried(api: Api) -> N
     real_start = simulator.start
     hung: list[Any] = []
 
-    def start_hanging_once(session_id: Any, device_jid: str | None) -> None:
+    def start_hanging_once(
+        session_id: Any, device_jid: str | None, proxy: str | None = None
+    ) -> None:
         if not hung:
             hung.append(session_id)  # accepted, and then nothing is ever reported
             return
-        real_start(session_id, device_jid)
+        real_start(session_id, device_jid, proxy)
 
     simulator.start = start_hanging_once  # type: ignore[method-assign]
     await simulate(api, created, "drop")

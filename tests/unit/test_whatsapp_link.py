@@ -106,3 +106,49 @@ def test_one_check_serves_every_caller_for_its_ttl() -> None:
     now[0] = 1.5
     check.failure()
     assert len(dials) == 2
+
+
+def test_a_sessions_own_proxy_is_checked_instead_with_its_credentials(
+    proxy: tuple[int, list[bytes], list[bytes]],
+) -> None:
+    port, answers, requests = proxy
+    answers += [b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", b"HTTP/1.1 502 Bad\r\n\r\n"]
+    check = LinkCheck(ttl=0.0, environ={"HTTPS_PROXY": "http://127.0.0.1:1"})
+    own = f"http://user:p%40ss@127.0.0.1:{port}"
+
+    # Check the credentials go with the CONNECT; a 407 is the proxy's own failure.
+    refused = check.diagnose(own)
+    assert refused is not None and refused.at_proxy
+    assert b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" in requests[0]  # user:p@ss
+    # ... while a proxy that cannot go on to WhatsApp is not.
+    beyond = check.diagnose(own)
+    assert beyond is not None and not beyond.at_proxy
+    # Check a closed port is the proxy's failure, and the environment's proxy is separate.
+    closed = check.diagnose(f"socks5://127.0.0.1:{free_port()}")
+    assert closed is not None and closed.at_proxy and "refused" in closed.detail
+    assert check.default_proxy() == "http://127.0.0.1:1"
+
+
+def test_a_proxy_that_does_not_answer_holds_up_only_its_own_route() -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def connect(address: tuple[str, int], timeout: float) -> socket.socket:
+        if address == ("10.0.0.1", 1080):  # a silent proxy: the dial hangs until released
+            entered.set()
+            release.wait(10)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    check = LinkCheck(ttl=60.0, environ={}, connect=connect)
+    stuck = threading.Thread(target=check.diagnose, args=("socks5://10.0.0.1:1080",))
+    stuck.start()
+    assert entered.wait(5)
+    # Check another proxy, and the direct route, are checked meanwhile.
+    other = check.diagnose("socks5://10.0.0.2:1080")
+    assert other is not None and other.at_proxy
+    direct = check.diagnose()
+    assert direct is not None and not direct.at_proxy
+    assert stuck.is_alive()
+    release.set()
+    stuck.join(5)
+    assert check.checks == 3
