@@ -325,12 +325,12 @@ class Container:
     def _build_gateway(self) -> WhatsAppGateway:
         if self.settings.gateway == "neonize":
             # Imported here: only a worker with the real gateway loads the Go library.
-            from infra.whatsapp.devicestore import DeviceStorePool  # noqa: PLC0415
-            from infra.whatsapp.neonize import (  # noqa: PLC0415
-                NeonizeGateway,
+            from infra.whatsapp.devicestore import (  # noqa: PLC0415
+                DeviceStorePool,
                 prepare_store,
                 store_dsn_from_url,
             )
+            from infra.whatsapp.neonize import NeonizeGateway  # noqa: PLC0415
 
             # The device store through a private PgBouncer: a fixed number of connections
             # however many clients (and Go pools) neonize opens.

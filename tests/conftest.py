@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,9 @@ def pg_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from infra.postgres.embedded import start_embedded_postgres
 
+    # Its INFO lines come from its own threads as the run ends, after pytest has closed the
+    # stream they would go to ("Logging error ... I/O operation on closed file").
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     url, server = start_embedded_postgres(tmp_path_factory.mktemp("embedded"))
     yield url
     del server

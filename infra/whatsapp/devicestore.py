@@ -28,16 +28,23 @@ import logging
 import os
 import pwd
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from infra.whatsapp.loading import (
+    import_neonize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,3 +336,156 @@ class DeviceStorePool:
                 log.error("device store: %s", exc)  # noqa: TRY400 - no traceback needed
             else:
                 pause = 0.5
+
+
+STORE_SCHEMA = "whatsmeow"
+
+
+DEVICE_TABLE = "whatsmeow_device"
+
+
+_LIBPQ_PASSTHROUGH = ("connect_timeout", "application_name", "sslcert", "sslkey", "sslrootcert")
+
+
+def store_dsn_from_url(
+    database_url: str, schema: str = STORE_SCHEMA, *, pooled: bool = False
+) -> str:
+    """The lib/pq DSN of the whatsmeow store in the database of `database_url`.
+
+    `database_url` is anything libpq takes (``postgresql://...`` or ``key=value`` conninfo,
+    possibly with a Unix-socket directory as host). lib/pq wants a ``postgres://`` URL; a
+    socket directory goes in the query (``?host=/dir&port=5432``). lib/pq knows no
+    ``prefer``/``allow`` SSL modes and defaults to ``require``: those and a missing mode
+    become ``disable``. Other query parameters, ``search_path`` here, become server settings.
+    `pooled`: the URL is a PgBouncer in transaction mode (`infra.whatsapp.devicestore`), so lib/pq
+    must send each query in one round trip (``binary_parameters=yes``).
+    """
+    params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
+    user = params.get("user", "")
+    password = params.get("password", "")
+    host = params.get("host", "localhost").split(",")[0]
+    port = params.get("port", "5432").split(",")[0]
+    dbname = params.get("dbname", user)
+    userinfo = quote(user, safe="")
+    if password:
+        userinfo += ":" + quote(password, safe="")
+    query: dict[str, str] = {}
+    if host.startswith("/"):
+        netloc = f"{userinfo}@"
+        query.update(host=host, port=port)
+    else:
+        shown = f"[{host}]" if ":" in host else host
+        netloc = f"{userinfo}@{shown}:{port}"
+    sslmode = params.get("sslmode", "disable")
+    query["sslmode"] = "disable" if sslmode in ("prefer", "allow") else sslmode
+    query.update({key: params[key] for key in _LIBPQ_PASSTHROUGH if key in params})
+    query["search_path"] = schema
+    if pooled:
+        query["binary_parameters"] = "yes"
+    return f"postgres://{netloc}/{quote(dbname, safe='')}?{urlencode(query)}"
+
+
+def is_postgres_dsn(store_dsn: str) -> bool:
+    """neonize's rule: a store name starting with ``postgres`` is lib/pq, else a SQLite path."""
+    return store_dsn.startswith("postgres")
+
+
+def _pg_connect_args(store_dsn: str) -> tuple[dict[str, Any], str]:
+    """psycopg keyword arguments and the schema for a lib/pq store DSN."""
+    parts = urlsplit(store_dsn)
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    schema = query.pop("search_path", "public").split(",")[0].strip() or "public"
+    query.pop("binary_parameters", None)  # lib/pq's own
+    args: dict[str, Any] = {"dbname": unquote(parts.path.lstrip("/"))}
+    if parts.username:
+        args["user"] = unquote(parts.username)
+    if parts.password:
+        args["password"] = unquote(parts.password)
+    if parts.hostname:
+        args["host"] = parts.hostname
+    if parts.port:
+        args["port"] = str(parts.port)
+    args.update(query)  # host/port of a socket directory, sslmode, connect_timeout...
+    args.setdefault("connect_timeout", "10")
+    return args, schema
+
+
+def _device_query(template: str, store_dsn: str, jid: str) -> bool:
+    """Run `template` (``{table}`` placeholder, one ``%s``/``?`` for the JID) on the store;
+    True if it matched a row. A store without the device table holds no device."""
+    if is_postgres_dsn(store_dsn):
+        args, schema = _pg_connect_args(store_dsn)
+        statement = sql.SQL(template).format(table=sql.Identifier(schema, DEVICE_TABLE))
+        with psycopg.connect(autocommit=True, **args) as conn:
+            try:
+                return conn.execute(statement, (jid,)).rowcount > 0
+            except psycopg.errors.UndefinedTable:
+                return False
+    try:
+        # mode=rw: never create a store file just to look into it
+        lite = sqlite3.connect(f"file:{store_dsn}?mode=rw", uri=True)
+    except sqlite3.OperationalError:
+        return False
+    try:
+        lite.execute("PRAGMA foreign_keys = ON")  # whatsmeow's other tables cascade
+        with lite:
+            cursor = lite.execute(template.format(table=DEVICE_TABLE).replace("%s", "?"), (jid,))
+            return cursor.rowcount > 0 or bool(cursor.fetchall())
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False
+        raise
+    finally:
+        lite.close()
+
+
+def device_stored(store_dsn: str, jid: str) -> bool:
+    """Whether the store holds device `jid` (``user:device@server``), by SQL, not Go."""
+    return _device_query("SELECT 1 FROM {table} WHERE jid = %s", store_dsn, jid)
+
+
+def delete_device(store_dsn: str, jid: str) -> bool:
+    """Delete device `jid` from the store (its keys and sessions cascade); True if it was
+    there. The device can never be resumed afterwards."""
+    return _device_query("DELETE FROM {table} WHERE jid = %s", store_dsn, jid)
+
+
+class StoreError(RuntimeError):
+    """The whatsmeow store could not be opened or upgraded."""
+
+
+def upgrade_store(store_dsn: str) -> set[str]:
+    """Run whatsmeow's schema upgrade on `store_dsn` through Go, once, and return the JIDs of
+    the stored devices (``user:device@server``, the form `start` takes)."""
+    nz = import_neonize()
+    try:
+        devices = nz.client_factory.get_all_devices_from_db(store_dsn)
+    except ValueError as exc:
+        # Go answers "error: ..." and neonize fails to parse that as a device row.
+        raise StoreError(
+            "the whatsmeow store could not be opened or upgraded (neonize hides Go's "
+            "message; check the DSN, the schema and the database's permissions)"
+        ) from exc
+    return {nz.jid_to_string(device.JID) for device in devices}
+
+
+#: The advisory lock held while whatsmeow upgrades its schema (an arbitrary constant).
+STORE_UPGRADE_LOCK = 0x5E5510D_0057
+
+
+def prepare_store(database_url: str, store_dsn: str | None = None) -> set[str]:
+    """Create the store's schema in the service's database and upgrade it; call once at boot,
+    before any client starts. Returns the JIDs of the stored devices. Go reaches the store
+    through `store_dsn` (the pooler's) when given: the pool it opens is never closed.
+
+    whatsmeow's upgrade races with itself (``table ... already exists``): an advisory lock
+    keeps workers booting together from running it at the same time.
+    """
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (STORE_UPGRADE_LOCK,))
+        try:
+            schema = sql.Identifier(STORE_SCHEMA)
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            return upgrade_store(store_dsn or store_dsn_from_url(database_url))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (STORE_UPGRADE_LOCK,))

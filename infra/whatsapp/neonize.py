@@ -1,7 +1,11 @@
 """The neonize gateway: the `WhatsAppGateway` port on neonize 0.5.2's sync `NewClient`.
 
-neonize wraps whatsmeow (Go) in a shared library. The hazards this adapter is built around,
-all verified on 0.5.2 (see ``research/neonize.md``):
+neonize wraps whatsmeow (Go) in a shared library. The adapter is four modules:
+`infra.whatsapp.loading` (importing neonize, the client class, the gate into Go),
+`infra.whatsapp.devicestore` (whatsmeow's store: its DSN, its upgrade, device lookups, its
+PgBouncer), `infra.whatsapp.mapping` (what neonize reports, in sessiond's words) and this one
+(the clients' lives and the reports). The hazards it is built around, all verified on 0.5.2
+(see ``research/neonize.md``):
 
 - **Go panics abort the whole process.** `get_me()` on a client that is not connected, or
   resuming a JID the store does not hold, kills every session. So the adapter never calls Go
@@ -37,8 +41,8 @@ all verified on 0.5.2 (see ``research/neonize.md``):
   together). `GoEntry` lets one client at a time into that phase.
 - **Every start opens a store that is never closed** (a Go connection pool, one connection
   kept for ever): the store is reached through the worker's PgBouncer
-  (`infra.whatsapp.devicestore`), and a session whose last start could not reach WhatsApp is started
-  again in Go only once `LinkCheck` finds WhatsApp's first hop answering; until then each
+  (`infra.whatsapp.devicestore`), and a session whose last start could not reach WhatsApp is
+  started again in Go only once `LinkCheck` finds WhatsApp's first hop answering; until then each
   retry reports the check's answer. A start that failed in the store (lib/pq's or whatsmeow's
   store errors) is reported as `store_unavailable`, not as WhatsApp being unreachable.
 - **Proxies.** whatsmeow dials through the proxy given to `connect()` (neonize's
@@ -67,49 +71,56 @@ thread, which would then hold up interpreter exit (a worker should end with `os.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from uuid import UUID
-
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from application.errors import (
     ConcurrentChange,
     GatewayError,
     NotConnected,
     NotPairing,
-    RecipientRejected,
 )
-from application.ports import GatewayEvents, InboundMessage, SentMessage, WhatsAppGateway
+from application.ports import GatewayEvents, SentMessage, WhatsAppGateway
 from domain.proxy import hide_password, parse_proxy_url
-from domain.values import MessageStatus, Reason
-from infra.whatsapp.devicestore import DeviceStorePool
+from domain.values import Reason
+from infra.whatsapp.devicestore import (
+    DeviceStorePool,
+    delete_device,
+    device_stored,
+)
 from infra.whatsapp.link import LinkCheck
+from infra.whatsapp.loading import (
+    GO_ENTRY,
+    default_factory,
+    import_neonize,
+    spawn_daemon,
+)
+from infra.whatsapp.mapping import (
+    RECEIPT_TIME_UNIT,
+    Clock,
+    enum_name,
+    inbound_message,
+    instant,
+    receipt_status,
+    send_error,
+    start_failure_reason,
+)
 
 log = logging.getLogger(__name__)
 
-STORE_SCHEMA = "whatsmeow"
-DEVICE_TABLE = "whatsmeow_device"
 #: How long `stop` waits for a report being delivered, so none arrives after it returns.
 DELIVERY_BARRIER_SECONDS = 2.0
 
 Spawn = Callable[[Callable[[], None], str], None]
 ClientFactory = Callable[..., Any]
-Clock = Callable[[], datetime]
 Deliver = Callable[[GatewayEvents], object]
 _Ending = tuple[Reason, str, datetime | None]  # reason, detail, not_before
 
@@ -117,458 +128,10 @@ _Ending = tuple[Reason, str, datetime | None]  # reason, detail, not_before
 # -- neonize, imported lazily ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Neonize:
-    """The parts of neonize the gateway uses (neonize is untyped: `Any` stops here)."""
-
-    new_client: Any
-    client_factory: Any
-    events: Any  # the neonize.events module: the event classes and their codes
-    pb: Any  # neonize.proto.Neonize_pb2
-    message: Any  # waE2E Message
-    jid_to_string: Callable[[Any], str]
-    jid_to_non_ad: Callable[[Any], Any]  # a copy of the JID without its device part
-    build_jid: Callable[..., Any]
-    extract_text: Callable[[Any], str]  # a waE2E Message's text, or its media's caption
-    client_name: Any
-    neonize_error: type[Exception]
-    send_message_error: type[Exception]  # what `send_message` raises (a `neonize_error`)
-    session_client: Any  # `SessionClient`, defined once neonize is imported
-    proxy_settings: Any  # `ProxySettings(proxy_address=...)`, what `connect()` takes
-
-
-_neonize: Neonize | None = None
-_import_lock = threading.Lock()
-#: What Go's HTTP transport reads from the environment to choose a proxy (x/net/http/httpproxy).
-GO_PROXY_VARIABLES = (
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "REQUEST_METHOD",
-)
-
-
-@contextmanager
-def _without_proxy_environment() -> Iterator[None]:
-    """Hide the proxy variables while Go loads (it copies the environment then), so that
-    whatsmeow never adds the environment's proxy behind a session's own; the adapter passes
-    the environment's proxy to the clients that have none (see the module's docstring)."""
-    saved = {name: os.environ.pop(name) for name in GO_PROXY_VARIABLES if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def import_neonize() -> Neonize:
-    """Import neonize once and return what the gateway uses, leaving the root logger as it
-    was (neonize's import calls `logging.basicConfig`, adding a handler and setting INFO)."""
-    global _neonize  # noqa: PLW0603 - a process-wide, import-once cache
-    with _import_lock:
-        if _neonize is not None:
-            return _neonize
-        root = logging.getLogger()
-        level, handlers = root.level, list(root.handlers)
-        try:
-            with _without_proxy_environment():
-                import neonize.events  # noqa: PLC0415
-                from neonize.client import ClientFactory as GoClientFactory  # noqa: PLC0415
-                from neonize.client import NewClient, ProxySettings  # noqa: PLC0415
-                from neonize.exc import NeonizeError, SendMessageError  # noqa: PLC0415
-                from neonize.proto import Neonize_pb2  # noqa: PLC0415
-                from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message  # noqa: PLC0415
-                from neonize.utils.enum import ClientName  # noqa: PLC0415
-                from neonize.utils.jid import Jid2String, JIDToNonAD, build_jid  # noqa: PLC0415
-                from neonize.utils.message import extract_text  # noqa: PLC0415
-        finally:
-            root.setLevel(level)
-            root.handlers[:] = handlers
-        # sessiond sends text only: neonize's warning that ffmpeg (for media) is missing,
-        # logged at every connect, would only confuse an operator.
-        logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
-        _neonize = Neonize(
-            new_client=NewClient,
-            client_factory=GoClientFactory,
-            events=neonize.events,
-            pb=Neonize_pb2,
-            message=Message,
-            jid_to_string=Jid2String,
-            jid_to_non_ad=JIDToNonAD,
-            build_jid=build_jid,
-            extract_text=extract_text,
-            client_name=ClientName,
-            neonize_error=NeonizeError,
-            send_message_error=SendMessageError,
-            session_client=_define_session_client(NewClient),
-            proxy_settings=ProxySettings,
-        )
-        return _neonize
-
-
-def _define_session_client(new_client: Any) -> Any:
-    class SessionClient(new_client):  # type: ignore[misc]
-        """A `NewClient` that hands whatsmeow's login status to `on_login_status`.
-
-        neonize 0.5.2 passes the QR channel's end states (``success``, ``timeout``,
-        ``err-client-outdated``, ``err-scanned-without-multidevice``, ``error``...) to the
-        private ``__onLoginStatus``, which only prints a pointer. `connect()` looks the
-        callback up as ``self._NewClient__onLoginStatus`` (name mangling), so this override
-        receives them; it is the only way to learn that the QR codes ran out.
-        """
-
-        on_login_status: Callable[[str], None] | None = None
-
-        def _NewClient__onLoginStatus(self, uuid: int | None, status: int | None) -> None:  # noqa: N802
-            text = ctypes.string_at(status).decode("utf-8", "replace") if status else ""
-            callback = self.on_login_status
-            if callback is not None:
-                callback(text)
-
-    return SessionClient
-
-
-def session_client_class() -> Any:
-    """The `NewClient` subclass the gateway builds; a `client_factory` must return one."""
-    return import_neonize().session_client
-
-
-def _default_factory(
-    store_dsn: str, *, jid: Any = None, uuid: str | None = None, new_device: bool = False
-) -> Any:
-    return session_client_class()(store_dsn, jid=jid, uuid=uuid, new_device=new_device)
-
-
-def _spawn_daemon(target: Callable[[], None], name: str) -> None:
-    threading.Thread(target=target, name=name, daemon=True).start()
-
-
 # -- the store ---------------------------------------------------------------------------------
-
-_LIBPQ_PASSTHROUGH = ("connect_timeout", "application_name", "sslcert", "sslkey", "sslrootcert")
-
-
-def store_dsn_from_url(
-    database_url: str, schema: str = STORE_SCHEMA, *, pooled: bool = False
-) -> str:
-    """The lib/pq DSN of the whatsmeow store in the database of `database_url`.
-
-    `database_url` is anything libpq takes (``postgresql://...`` or ``key=value`` conninfo,
-    possibly with a Unix-socket directory as host). lib/pq wants a ``postgres://`` URL; a
-    socket directory goes in the query (``?host=/dir&port=5432``). lib/pq knows no
-    ``prefer``/``allow`` SSL modes and defaults to ``require``: those and a missing mode
-    become ``disable``. Other query parameters, ``search_path`` here, become server settings.
-    `pooled`: the URL is a PgBouncer in transaction mode (`infra.whatsapp.devicestore`), so lib/pq
-    must send each query in one round trip (``binary_parameters=yes``).
-    """
-    params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
-    user = params.get("user", "")
-    password = params.get("password", "")
-    host = params.get("host", "localhost").split(",")[0]
-    port = params.get("port", "5432").split(",")[0]
-    dbname = params.get("dbname", user)
-    userinfo = quote(user, safe="")
-    if password:
-        userinfo += ":" + quote(password, safe="")
-    query: dict[str, str] = {}
-    if host.startswith("/"):
-        netloc = f"{userinfo}@"
-        query.update(host=host, port=port)
-    else:
-        shown = f"[{host}]" if ":" in host else host
-        netloc = f"{userinfo}@{shown}:{port}"
-    sslmode = params.get("sslmode", "disable")
-    query["sslmode"] = "disable" if sslmode in ("prefer", "allow") else sslmode
-    query.update({key: params[key] for key in _LIBPQ_PASSTHROUGH if key in params})
-    query["search_path"] = schema
-    if pooled:
-        query["binary_parameters"] = "yes"
-    return f"postgres://{netloc}/{quote(dbname, safe='')}?{urlencode(query)}"
-
-
-def is_postgres_dsn(store_dsn: str) -> bool:
-    """neonize's rule: a store name starting with ``postgres`` is lib/pq, else a SQLite path."""
-    return store_dsn.startswith("postgres")
-
-
-def _pg_connect_args(store_dsn: str) -> tuple[dict[str, Any], str]:
-    """psycopg keyword arguments and the schema for a lib/pq store DSN."""
-    parts = urlsplit(store_dsn)
-    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    schema = query.pop("search_path", "public").split(",")[0].strip() or "public"
-    query.pop("binary_parameters", None)  # lib/pq's own
-    args: dict[str, Any] = {"dbname": unquote(parts.path.lstrip("/"))}
-    if parts.username:
-        args["user"] = unquote(parts.username)
-    if parts.password:
-        args["password"] = unquote(parts.password)
-    if parts.hostname:
-        args["host"] = parts.hostname
-    if parts.port:
-        args["port"] = str(parts.port)
-    args.update(query)  # host/port of a socket directory, sslmode, connect_timeout...
-    args.setdefault("connect_timeout", "10")
-    return args, schema
-
-
-def _device_query(template: str, store_dsn: str, jid: str) -> bool:
-    """Run `template` (``{table}`` placeholder, one ``%s``/``?`` for the JID) on the store;
-    True if it matched a row. A store without the device table holds no device."""
-    if is_postgres_dsn(store_dsn):
-        args, schema = _pg_connect_args(store_dsn)
-        statement = sql.SQL(template).format(table=sql.Identifier(schema, DEVICE_TABLE))
-        with psycopg.connect(autocommit=True, **args) as conn:
-            try:
-                return conn.execute(statement, (jid,)).rowcount > 0
-            except psycopg.errors.UndefinedTable:
-                return False
-    try:
-        # mode=rw: never create a store file just to look into it
-        lite = sqlite3.connect(f"file:{store_dsn}?mode=rw", uri=True)
-    except sqlite3.OperationalError:
-        return False
-    try:
-        lite.execute("PRAGMA foreign_keys = ON")  # whatsmeow's other tables cascade
-        with lite:
-            cursor = lite.execute(template.format(table=DEVICE_TABLE).replace("%s", "?"), (jid,))
-            return cursor.rowcount > 0 or bool(cursor.fetchall())
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return False
-        raise
-    finally:
-        lite.close()
-
-
-def device_stored(store_dsn: str, jid: str) -> bool:
-    """Whether the store holds device `jid` (``user:device@server``), by SQL, not Go."""
-    return _device_query("SELECT 1 FROM {table} WHERE jid = %s", store_dsn, jid)
-
-
-def delete_device(store_dsn: str, jid: str) -> bool:
-    """Delete device `jid` from the store (its keys and sessions cascade); True if it was
-    there. The device can never be resumed afterwards."""
-    return _device_query("DELETE FROM {table} WHERE jid = %s", store_dsn, jid)
-
-
-class StoreError(RuntimeError):
-    """The whatsmeow store could not be opened or upgraded."""
-
-
-def upgrade_store(store_dsn: str) -> set[str]:
-    """Run whatsmeow's schema upgrade on `store_dsn` through Go, once, and return the JIDs of
-    the stored devices (``user:device@server``, the form `start` takes)."""
-    nz = import_neonize()
-    try:
-        devices = nz.client_factory.get_all_devices_from_db(store_dsn)
-    except ValueError as exc:
-        # Go answers "error: ..." and neonize fails to parse that as a device row.
-        raise StoreError(
-            "the whatsmeow store could not be opened or upgraded (neonize hides Go's "
-            "message; check the DSN, the schema and the database's permissions)"
-        ) from exc
-    return {nz.jid_to_string(device.JID) for device in devices}
-
-
-#: The advisory lock held while whatsmeow upgrades its schema (an arbitrary constant).
-STORE_UPGRADE_LOCK = 0x5E5510D_0057
-
-
-def prepare_store(database_url: str, store_dsn: str | None = None) -> set[str]:
-    """Create the store's schema in the service's database and upgrade it; call once at boot,
-    before any client starts. Returns the JIDs of the stored devices. Go reaches the store
-    through `store_dsn` (the pooler's) when given: the pool it opens is never closed.
-
-    whatsmeow's upgrade races with itself (``table ... already exists``): an advisory lock
-    keeps workers booting together from running it at the same time.
-    """
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (STORE_UPGRADE_LOCK,))
-        try:
-            schema = sql.Identifier(STORE_SCHEMA)
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-            return upgrade_store(store_dsn or store_dsn_from_url(database_url))
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (STORE_UPGRADE_LOCK,))
-
-
-#: Signs, in the text of the error a client start returns, that the device store failed and
-#: not the link: neonize opens the store (whatsmeow's upgrade check), loads the device, and
-#: only then dials. lib/pq's and database/sql's errors, whatsmeow's store errors, SQLite's,
-#: and a Unix socket (the store's pooler: WhatsApp is dialled over TCP) that cannot be reached.
-STORE_ERROR_SIGNS = (
-    "failed to upgrade database",
-    "pq: ",
-    "sql: ",
-    "driver: bad connection",
-    "dial unix ",
-    "failed to get device",
-    "failed to scan",
-    "database is locked",
-    "unable to open database",
-    "no such table",
-)
-
-
-#: Go's words for a dial that failed at the proxy itself: ``proxyconnect tcp: ...`` (an HTTP
-#: proxy that cannot be reached) and ``socks connect tcp <proxy>-><target>: ...`` (a SOCKS5
-#: proxy that cannot be reached, breaks off, or refuses the credentials) ...
-PROXY_ERROR_SIGNS = ("proxyconnect ", "socks connect ")
-#: ... unless the SOCKS5 proxy answered that it could not reach the target itself
-#: (x/net's ``unknown error <reply>``: general failure, host unreachable, refused...), which
-#: is WhatsApp being unreachable from there; a proxy whose rules refuse it is its own failure.
-SOCKS_REPLY_ERROR = "unknown error "
-SOCKS_RULES_REFUSAL = "not allowed by ruleset"
-
-
-def start_failure_reason(message: str, own_proxy: bool = False) -> Reason:
-    """Why a client start that returned the error `message` failed: the device store, the
-    session's own proxy (with `own_proxy`), or (any other error: the dial, the handshake, the
-    environment's proxy) WhatsApp being unreachable."""
-    if any(sign in message for sign in STORE_ERROR_SIGNS):
-        return Reason.STORE_UNAVAILABLE
-    if own_proxy and any(sign in message for sign in PROXY_ERROR_SIGNS):
-        beyond = SOCKS_REPLY_ERROR in message and SOCKS_RULES_REFUSAL not in message
-        return Reason.WHATSAPP_UNREACHABLE if beyond else Reason.PROXY_UNREACHABLE
-    return Reason.WHATSAPP_UNREACHABLE
-
-
-#: The longest a client start keeps the others out of Go (its map writes take milliseconds,
-#: then it may wait on the network).
-GO_ENTRY_HOLD = 0.25
-
-
-class GoEntry:
-    """One neonize client at a time in the phase where Go writes its unsynchronised maps.
-
-    `enter` waits until the previous entrant has passed that phase (it sets its event when Go
-    answers: the call returned, or a first callback came, or at most `hold` seconds), then
-    returns the caller's own event, to set in turn.
-    """
-
-    def __init__(self, hold: float = GO_ENTRY_HOLD) -> None:
-        self.hold = hold
-        self._lock = threading.Lock()
-        self._current: threading.Event | None = None
-
-    def enter(self) -> threading.Event:
-        with self._lock:
-            previous = self._current
-            if previous is not None:
-                previous.wait(self.hold)
-            self._current = threading.Event()
-            return self._current
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Run a short Go call that writes the maps (``Stop``) alone."""
-        passed = self.enter()
-        try:
-            yield
-        finally:
-            passed.set()
-
-
-#: Go's maps are the process's: every gateway of the process shares the entry.
-GO_ENTRY = GoEntry()
 
 
 # -- messages ----------------------------------------------------------------------------------
-
-#: whatsmeow's `SendMessage` errors that refuse the recipient itself, so that sending again
-#: cannot help. neonize passes on only their text (``SendMessageError(err.Error())``, with
-#: whatsmeow's context around it), hence substrings; each is in 0.5.2's Go library.
-RECIPIENT_REFUSALS = (
-    # WhatsApp knows no account (no LID) for that phone number: not on WhatsApp, or the
-    # number is written in a form it does not know; asking again gets the same answer
-    "no LID found for",
-    "can't send message to unknown server",  # ErrUnknownServer: not a user, group or channel
-    "message recipient must be a user JID with no device part",  # ErrRecipientADJID
-    "sending to non-status broadcast lists is not yet supported",  # ErrBroadcastListUnsupported
-)
-#: ... and those saying the client has no link: the socket dropped since `Connected` (whatsmeow
-#: reconnects, and `connected` follows), or Go holds no client under its key any more.
-NOT_CONNECTED_ERRORS = (
-    "websocket not connected",  # ErrNotConnected
-    "client is nil",  # ErrClientIsNil
-)
-
-#: Chats whose messages are not written to the account: status updates (``status@broadcast``)
-#: and the posts of channels it follows (``…@newsletter``).
-_NOT_CHATS = frozenset({"broadcast", "newsletter"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# neonize 0.5.2 encodes a message's time with Go's UnixMilli and a receipt's (and a send
-# response's) with Unix: checked in its Go library, where EncodeMessageInfo multiplies by 1000
-# and EncodeReceipts does not (objdump), as in neonize's source (goneonize/utils/encoder.go).
-_MESSAGE_TIME_UNIT = timedelta(milliseconds=1)
-_RECEIPT_TIME_UNIT = timedelta(seconds=1)
-
-
-def _send_error(message: str) -> GatewayError:
-    """The port's error for whatsmeow's send error `message`: what is not known to refuse
-    the recipient or to lack a link may pass (time-outs, ``server returned error <code>``,
-    failed user look-ups), so it is a plain `GatewayError`."""
-    if any(refusal in message for refusal in RECIPIENT_REFUSALS):
-        return RecipientRejected(f"WhatsApp refused the recipient: {message}")
-    if any(sign in message for sign in NOT_CONNECTED_ERRORS):
-        return NotConnected(f"the session is not connected: {message}")
-    return GatewayError(f"WhatsApp did not take the message: {message}")
-
-
-def _instant(timestamp: int, unit: timedelta, clock: Clock) -> datetime:
-    """A neonize timestamp (a count of `unit` since the epoch) in UTC; unset: now."""
-    return _EPOCH + timestamp * unit if timestamp > 0 else clock()
-
-
-def _user_jid(nz: Neonize, jid: Any, alt: Any) -> str:
-    """`jid` without its device part; a hidden user (``…@lid``) as the phone-number JID that
-    WhatsApp gave beside it (`alt`), when it did, since that is what `send_text` takes."""
-    if jid.Server == "lid" and alt.User and alt.Server == "s.whatsapp.net":
-        jid = alt
-    return nz.jid_to_string(nz.jid_to_non_ad(jid))
-
-
-def _inbound(nz: Neonize, event: Any, clock: Clock) -> InboundMessage | None:
-    """The text message a `MessageEv` carries; None (logged) for anything else."""
-    info = event.Info
-    source = info.MessageSource
-    text = ""
-    if source.IsFromMe:
-        why = "sent by this account (our own send echoed back, or sent from the phone)"
-    elif source.Chat.Server in _NOT_CHATS:
-        why = f"not a chat ({nz.jid_to_string(source.Chat)})"
-    elif event.IsEdit:
-        why = "an edit of an earlier message"
-    elif not (text := nz.extract_text(event.Message)):
-        why = "no text (media without caption, reaction, protocol message...)"
-    if not text:
-        log.debug("message %s skipped: %s", info.ID, why)
-        return None
-    sender = _user_jid(nz, source.Sender, source.SenderAlt)
-    chat = nz.jid_to_string(source.Chat)
-    if not source.IsGroup and source.Chat.User == source.Sender.User:
-        chat = sender  # a one-to-one chat is the sender's: named the same way
-    sent_at = _instant(info.Timestamp, _MESSAGE_TIME_UNIT, clock)
-    return InboundMessage(info.ID, sender, chat, text, sent_at, info.Pushname)
-
-
-def _receipt_status(pb: Any, event: Any) -> str | None:
-    """The status a `ReceiptEv` gives messages this session sent, or None."""
-    # A receipt's MessageSource is its sender's (whatsmeow's parseReceipt reads it from the
-    # receipt's "from"): IsFromMe means one of this account's own devices sent it, because the
-    # phone read a message it received ("read", "read-self") or got one we sent ("sender"),
-    # never a recipient acknowledging ours.
-    if event.MessageSource.IsFromMe or not event.MessageIDs:
-        return None
-    if event.Type == pb.Receipt.DELIVERED:
-        return MessageStatus.DELIVERED.value
-    if event.Type == pb.Receipt.READ:
-        return MessageStatus.READ.value
-    # PLAYED is for view-once media and voice notes, never our texts; RETRY, SENDER, the
-    # *_SELF types, SERVER_ERROR, INACTIVE, PEER_MSG and HISTORY_SYNC acknowledge nothing.
-    return None
 
 
 # -- the gateway -------------------------------------------------------------------------------
@@ -631,8 +194,8 @@ class NeonizeGateway(WhatsAppGateway):
         self.first_timeout = first_timeout
         self.next_timeout = next_timeout
         self.max_codes = max_codes
-        self._factory: ClientFactory = client_factory or _default_factory
-        self._spawn: Spawn = spawn or _spawn_daemon
+        self._factory: ClientFactory = client_factory or default_factory
+        self._spawn: Spawn = spawn or spawn_daemon
         self._clock: Clock = clock or (lambda: datetime.now(UTC))
         self._events: GatewayEvents | None = None
         self._links: dict[UUID, _Link] = {}
@@ -753,7 +316,7 @@ class NeonizeGateway(WhatsAppGateway):
             # "@...@g.us" token make a network call.
             response = link.client.send_message(recipient, nz.message(conversation=text))
         except nz.neonize_error as exc:
-            raise _send_error(str(exc)) from exc
+            raise send_error(str(exc)) from exc
         except Exception as exc:
             raise GatewayError(f"WhatsApp did not take the message: {exc}") from exc
         timestamp = (
@@ -958,7 +521,7 @@ class NeonizeGateway(WhatsAppGateway):
             # unknown failure reasons only (the known ones come as LoggedOut or TemporaryBan)
             ev.ConnectFailureEv: lost(
                 Reason.CONNECT_FAILURE,
-                lambda e: f"{_enum_name(pb.ConnectFailureReason, e.Reason)}: {e.Message}",
+                lambda e: f"{enum_name(pb.ConnectFailureReason, e.Reason)}: {e.Message}",
             ),
             ev.KeepAliveTimeoutEv: keepalive(False),
             ev.KeepAliveRestoredEv: keepalive(True),
@@ -973,7 +536,7 @@ class NeonizeGateway(WhatsAppGateway):
 
         def on_message(_client: Any, event: Any) -> None:
             def deliver(events: GatewayEvents) -> None:
-                message = _inbound(nz, event, self._clock)
+                message = inbound_message(nz, event, self._clock)
                 if message is not None:
                     events.message_received(sid, message)
 
@@ -981,9 +544,9 @@ class NeonizeGateway(WhatsAppGateway):
 
         def on_receipt(_client: Any, event: Any) -> None:
             def deliver(events: GatewayEvents) -> None:
-                status = _receipt_status(pb, event)
+                status = receipt_status(pb, event)
                 if status is not None:
-                    at = _instant(event.Timestamp, _RECEIPT_TIME_UNIT, self._clock)
+                    at = instant(event.Timestamp, RECEIPT_TIME_UNIT, self._clock)
                     events.message_status(sid, list(event.MessageIDs), status, at)
 
             self._report(link, deliver, fact=True)
@@ -999,14 +562,14 @@ class NeonizeGateway(WhatsAppGateway):
             until = self._clock() + timedelta(seconds=max(event.Expire, 0))
             return (
                 Reason.TEMPORARILY_BANNED,
-                _enum_name(pb.TemporaryBan.TempBanReason, event.Code),
+                enum_name(pb.TemporaryBan.TempBanReason, event.Code),
                 until,
             )
 
         endings: dict[Any, Callable[[Any], _Ending]] = {
             ev.LoggedOutEv: lambda e: (
                 Reason.LOGGED_OUT,
-                _enum_name(pb.ConnectFailureReason, e.Reason),
+                enum_name(pb.ConnectFailureReason, e.Reason),
                 None,
             ),
             ev.StreamReplacedEv: lambda _: (Reason.STREAM_REPLACED, "connected elsewhere", None),
@@ -1166,10 +729,3 @@ def _answered(link: _Link, handler: Callable[[Any, Any], None]) -> Callable[[Any
         handler(client, event)
 
     return wrapped
-
-
-def _enum_name(enum: Any, value: int) -> str:
-    try:
-        return str(enum.Name(value))
-    except ValueError:
-        return str(value)

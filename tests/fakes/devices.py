@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from infra.whatsapp.neonize import STORE_SCHEMA
+from infra.whatsapp.devicestore import STORE_SCHEMA
 
 FAKE_JID = "15551234567:12@s.whatsapp.net"
 

@@ -22,11 +22,8 @@ from typing import Any
 from uuid import UUID
 
 from application.ports import GatewayEvents, InboundMessage
-from infra.whatsapp.neonize import (
-    delete_device,
-    import_neonize,
-    session_client_class,
-)
+from infra.whatsapp.devicestore import delete_device
+from infra.whatsapp.loading import import_neonize, session_client_class
 
 NZ = import_neonize()
 PB = NZ.pb

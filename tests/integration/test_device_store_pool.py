@@ -33,7 +33,9 @@ from uuid import uuid4
 import psycopg
 from application.ports import GatewayEvents
 from infra.whatsapp.devicestore import APPLICATION_NAME, DeviceStorePool
-from infra.whatsapp.neonize import NeonizeGateway, import_neonize, prepare_store, store_dsn_from_url
+from infra.whatsapp.neonize import NeonizeGateway
+from infra.whatsapp.devicestore import prepare_store, store_dsn_from_url
+from infra.whatsapp.loading import import_neonize
 from tests.fakes.devices import FAKE_JID, insert_fake_device
 
 url, clients, pool_size, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -23,14 +23,14 @@ from uuid import uuid4
 import psycopg
 import pytest
 
-from infra.whatsapp.neonize import (
+from infra.whatsapp.devicestore import (
     STORE_SCHEMA,
-    NeonizeGateway,
     device_stored,
     prepare_store,
     store_dsn_from_url,
     upgrade_store,
 )
+from infra.whatsapp.neonize import NeonizeGateway
 from tests.fakes.devices import FAKE_JID, insert_fake_device
 from tests.fakes.neonize import Recorder, ScriptedClient
 
@@ -146,7 +146,8 @@ OFFLINE_SCRIPT = """
 import sqlite3, sys, threading
 from uuid import uuid4
 from application.ports import GatewayEvents
-from infra.whatsapp.neonize import NeonizeGateway, upgrade_store
+from infra.whatsapp.neonize import NeonizeGateway
+from infra.whatsapp.devicestore import upgrade_store
 from tests.fakes.devices import DEVICE_KEYS, FAKE_JID, INSERT_DEVICE
 
 store = sys.argv[1]

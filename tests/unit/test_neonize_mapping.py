@@ -35,12 +35,8 @@ from application.errors import (
     RecipientRejected,
 )
 from application.ports import InboundMessage
-from infra.whatsapp.neonize import (
-    NeonizeGateway,
-    delete_device,
-    device_stored,
-    store_dsn_from_url,
-)
+from infra.whatsapp.devicestore import delete_device, device_stored, store_dsn_from_url
+from infra.whatsapp.neonize import NeonizeGateway
 from tests.fakes.neonize import (
     ALICE,
     EVENT_TO_INT,
@@ -848,7 +844,7 @@ import logging
 import sys
 root = logging.getLogger()
 before = (root.level, list(root.handlers))
-from infra.whatsapp.neonize import import_neonize
+from infra.whatsapp.loading import import_neonize
 import_neonize()
 neonize_log = sys.modules["neonize.utils.log"]  # the package shadows it with a Logger
 assert neonize_log.stream_handler not in root.handlers, "neonize's handler stayed"

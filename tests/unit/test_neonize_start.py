@@ -18,7 +18,9 @@ import pytest
 from domain.policy import ReconnectPolicy
 from domain.values import Reason
 from infra.whatsapp.link import LinkCheck
-from infra.whatsapp.neonize import GoEntry, NeonizeGateway, start_failure_reason
+from infra.whatsapp.loading import GoEntry
+from infra.whatsapp.mapping import start_failure_reason
+from infra.whatsapp.neonize import NeonizeGateway
 from tests.fakes.neonize import NOW, NZ, Recorder, ScriptedClient, make_store
 
 DIAL_ERROR = (

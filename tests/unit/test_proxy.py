@@ -16,7 +16,8 @@ from domain.policy import ReconnectPolicy
 from domain.proxy import ProxyAddress, hide_password, parse_proxy_url
 from domain.values import Reason, session_uuid
 from infra.whatsapp.link import LinkCheck
-from infra.whatsapp.neonize import NeonizeGateway, start_failure_reason
+from infra.whatsapp.mapping import start_failure_reason
+from infra.whatsapp.neonize import NeonizeGateway
 from tests.fakes.neonize import NZ, Recorder, ScriptedClient, make_store
 
 
