@@ -162,3 +162,64 @@ def deadline_rule(kind: str) -> DeadlineRule | None:
 def gives_up(rule: DeadlineRule, claims: int) -> bool:
     """Whether a deadline that failed unexpectedly on its claim number `claims` is dropped."""
     return claims >= rule.max_claims
+
+
+# -- webhook deliveries -----------------------------------------------------------------------
+
+#: Pauses before the 2nd, 3rd… tries of a delivery (seconds): 11 tries over about 24 hours.
+RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
+#: The longest ``Retry-After`` a receiver may ask for (a day).
+MAX_RETRY_AFTER = 86_400.0
+
+
+class DeliveryOutcome(StrEnum):
+    DELIVERED = "delivered"  # a 2xx answer
+    RETRY = "retry"  # tried again later
+    DEAD = "dead"  # no try left (or 410 Gone): dead-lettered
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """What one attempt of a webhook delivery leads to.
+
+    - 2xx: delivered.
+    - 410 Gone: dead, and the endpoint is disabled.
+    - anything else (another status, a redirect, which is not followed, a time-out, a refused
+      connection): tried again after `RETRY_DELAYS` with ±20 % jitter (times `retry_scale`),
+      at least what ``Retry-After`` asks (at most a day); dead after the last one.
+    - an endpoint failing without a single success for `disable_after` is disabled.
+    """
+
+    retry_scale: float = 1.0
+    disable_after: timedelta = timedelta(days=3)
+
+    def outcome(
+        self,
+        status: int | None,
+        attempts: int,
+        retry_after: float | None = None,
+        rng: random.Random | None = None,
+    ) -> tuple[DeliveryOutcome, float | None]:
+        """The outcome of try number `attempts` (1 for the first) that got `status` (None: no
+        answer), and the seconds before the next try when there is one."""
+        if status is not None and 200 <= status < 300:
+            return DeliveryOutcome.DELIVERED, None
+        if status == 410 or attempts > len(RETRY_DELAYS):
+            return DeliveryOutcome.DEAD, None
+        jitter = (rng or random).uniform(0.8, 1.2)
+        delay = RETRY_DELAYS[attempts - 1] * self.retry_scale * jitter
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+        return DeliveryOutcome.RETRY, delay
+
+    def disabling(
+        self, status: int | None, failing_since: datetime | None, at: datetime
+    ) -> str | None:
+        """Why the endpoint is disabled after a failed attempt at `at`, or None: it answered
+        410 Gone, or it has been failing since `failing_since` for `disable_after`."""
+        if status == 410:
+            return "the endpoint answered 410 Gone"
+        if failing_since is not None and at - failing_since >= self.disable_after:
+            days = (at - failing_since).total_seconds() / 86_400
+            return f"failing without a success for {days:.1f} days"
+        return None

@@ -2,11 +2,10 @@
 `standardwebhooks` library) and POSTs them, many at once, on an asyncio loop of its own.
 
 - The same event keeps the same ``webhook-id`` (``evt_<position>``) on every try and replay.
-- 2xx is delivered. Anything else (3xx included: redirects are not followed, a time-out, a
-  refused connection, an address refused as private) is tried again with exponential backoff
-  and jitter over about a day (`RETRY_DELAYS`), waiting at least what ``Retry-After`` asks;
-  after the last try the delivery is dead-lettered. ``410 Gone`` disables the endpoint. An
-  endpoint failing without a single success for `disable_after` is disabled and reported.
+- What an attempt's answer leads to (delivered, tried again when, dead, the endpoint
+  disabled) is `domain.policy.DeliveryPolicy`'s decision; 3xx counts as a failure (redirects
+  are not followed), and so do a time-out, a refused connection, an address refused as
+  private.
 - After a secret rotation, both signatures are sent until the old secret's grace period ends.
 - Every attempt is logged: status, duration, error, the start of the answer.
 
@@ -23,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +38,7 @@ from standardwebhooks.webhooks import Webhook
 from application.fairness import Load, cap, fair_share
 from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
+from domain.policy import DeliveryOutcome, DeliveryPolicy
 from domain.webhook import WebhookEndpoint
 from infra.postgres.connect import connect, unreachable
 from infra.postgres.webhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
@@ -47,10 +46,7 @@ from infra.webhooks.client import webhook_client
 from projections.webhooks import webhook_body
 
 log = logging.getLogger(__name__)
-#: Pauses before the 2nd, 3rd… tries (seconds): 11 tries over about 24 hours.
-RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
 RESPONSE_EXCERPT = 1024
-MAX_RETRY_AFTER = 86_400.0
 #: How often the listener looks whether it should stop (the longest `close` waits for it).
 STOP_CHECK = 0.2
 #: The tenant of the admin's endpoints (every session's events), for the fair shares.
@@ -63,21 +59,11 @@ class DispatcherSettings:
     concurrency: int = 64
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
-    retry_scale: float = 1.0  # multiplies RETRY_DELAYS (tests shrink them)
+    retry_scale: float = 1.0  # multiplies the policy's RETRY_DELAYS (tests shrink them)
     hold: float = 60.0  # a claimed delivery comes back after this if its worker died
     poll: float = 0.5
     disable_after: timedelta = timedelta(days=3)
     max_share: float = 0.25  # of the slots, the most one endpoint or tenant holds
-
-
-def next_delay(attempts: int, scale: float, retry_after: float | None) -> float | None:
-    """Seconds before the next try after `attempts` failed ones; None when none is left."""
-    if attempts > len(RETRY_DELAYS):
-        return None
-    base = RETRY_DELAYS[attempts - 1] * scale * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
-    if retry_after is not None:
-        base = max(base, min(retry_after, MAX_RETRY_AFTER))
-    return base
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -156,6 +142,7 @@ class WebhookDispatcher:
         self.store = store
         self.database_url = database_url
         self.settings = settings
+        self.policy = DeliveryPolicy(settings.retry_scale, settings.disable_after)
         self.webhooks = Webhooks(app)
         self.signer = _Signer(self.webhooks)
         self._client_factory = client_factory or _default_client
@@ -403,13 +390,7 @@ class WebhookDispatcher:
             log.warning("delivering %s: unexpected %r", item.delivery_id, exc, exc_info=True)
             error = f"unexpected {type(exc).__name__}: {exc}"[:500]
         duration_ms = (time.monotonic() - started) * 1000
-        delivered = status is not None and 200 <= status < 300
-        delay = (
-            None
-            if delivered or status == 410
-            else next_delay(item.attempts + 1, self.settings.retry_scale, retry_after)
-        )
-        outcome = "delivered" if delivered else ("retry" if delay is not None else "dead")
+        outcome, delay = self.policy.outcome(status, item.attempts + 1, retry_after)
         attempt = Attempt(
             item,
             at=at,
@@ -468,19 +449,15 @@ class WebhookDispatcher:
         return errors
 
     def _after(self, attempt: Attempt) -> None:
-        """What a recorded outcome leads to: 410 disables the endpoint, and so does failing
-        without a success for `disable_after`."""
+        """What a recorded outcome leads to: the policy may disable the endpoint."""
         item = attempt.claimed
-        if attempt.outcome == "delivered":
+        if attempt.outcome == DeliveryOutcome.DELIVERED:
             self.delivered += 1
             return
-        if attempt.status_code == 410:
-            self._disable(item.webhook_id, "the endpoint answered 410 Gone")
-            return
-        since = self.store.failing_since(item.webhook_id)
-        if since is not None and attempt.at - since >= self.settings.disable_after:
-            days = (attempt.at - since).total_seconds() / 86_400
-            self._disable(item.webhook_id, f"failing without a success for {days:.1f} days")
+        since = None if attempt.status_code == 410 else self.store.failing_since(item.webhook_id)
+        reason = self.policy.disabling(attempt.status_code, since, attempt.at)
+        if reason is not None:
+            self._disable(item.webhook_id, reason)
 
     def _disable(self, webhook_id: str, reason: str) -> None:
         log.warning("disabling webhook %s: %s", webhook_id, reason)
@@ -518,4 +495,4 @@ def _default_client(settings: DispatcherSettings) -> httpx.AsyncClient:
     )
 
 
-__all__ = ["DispatcherSettings", "WebhookDispatcher", "next_delay", "retry_after_seconds"]
+__all__ = ["DispatcherSettings", "WebhookDispatcher", "retry_after_seconds"]
