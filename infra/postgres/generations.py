@@ -12,7 +12,7 @@ the view are built with (`generation_name`), and views derive their own table na
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar
@@ -112,6 +112,10 @@ class ActiveViews:
         else:
             curs.execute(SELECT_GENERATIONS)
             rows = curs.fetchall()
+        return self.follow(rows)
+
+    def follow(self, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+        """`resolve` with the registry's rows already read (``SELECT_GENERATIONS``)."""
         wanted = dict.fromkeys(self.classes, 0)
         wanted.update({r["name"]: int(r["generation"]) for r in rows if r["name"] in wanted})
         changed = set()

@@ -46,11 +46,15 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
         )
         # Rows a projection batch has locked (a revocation in progress) are skipped rather
         # than waited for: waiting could deadlock with the batch; they are tried again later.
+        # All the uses of a flush in one statement (one round trip however many keys).
         self.touch = SQL(
-            "UPDATE {0} SET last_used_at = GREATEST(last_used_at, %(at)s) WHERE key_id = ("
-            "SELECT key_id FROM {0} WHERE key_id = %(key_id)s FOR UPDATE SKIP LOCKED) "
-            "RETURNING key_id"
+            "UPDATE {0} AS k SET last_used_at = GREATEST(k.last_used_at, u.at) "
+            "FROM unnest(%(key_ids)s::text[], %(ats)s::timestamptz[]) AS u(key_id, at) "
+            "WHERE k.key_id = u.key_id AND k.key_id IN ("
+            "SELECT key_id FROM {0} WHERE key_id = ANY(%(key_ids)s) FOR UPDATE SKIP LOCKED) "
+            "RETURNING k.key_id"
         ).format(table)
+        self.select_existing = SQL("SELECT key_id FROM {0} WHERE key_id = ANY(%s)").format(table)
 
     def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
         rows = []
@@ -115,17 +119,24 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
 
     def changed_since(self, curs: Cursor[DictRow], position: int) -> list[KeyRow]:
         curs.execute(self.select_since, (position,))
+        return self.changed_rows(curs)
+
+    def changed_rows(self, curs: Cursor[DictRow]) -> list[KeyRow]:
+        """The rows of `select_since`, already executed on `curs` (in a pipeline)."""
         return self._fetch(curs, KeyRow)
 
     def record_last_use(self, uses: dict[str, Any]) -> dict[str, Any]:
         """Record when keys were last used; return the uses it could not record now."""
         if not uses:
             return {}
-        done: set[str] = set()
+        key_ids = sorted(uses)
         with self.datastore.transaction(commit=True) as curs:
-            for key_id, at in sorted(uses.items()):
-                curs.execute(self.touch, {"key_id": key_id, "at": at})
-                if curs.fetchone() is not None:
-                    done.add(key_id)
+            curs.execute(self.touch, {"key_ids": key_ids, "ats": [uses[k] for k in key_ids]})
+            done = {str(row["key_id"]) for row in curs.fetchall()}
+            left = [k for k in key_ids if k not in done]
+            if not left:
+                return {}
+            curs.execute(self.select_existing, (left,))
+            existing = {str(row["key_id"]) for row in curs.fetchall()}
         # A locked key is tried again later; a key the view does not have is not.
-        return {k: at for k, at in uses.items() if k not in done and self.get_key(k) is not None}
+        return {k: uses[k] for k in left if k in existing}

@@ -13,7 +13,7 @@ head, whatever any projector is doing. A view rebuild never touches this table.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,16 +104,20 @@ class RevocationTable:
         if head <= after:
             return max(head, after), []
         curs.execute(self.since, (after, head))
-        rows = [
+        return head, self.rows(curs.fetchall())
+
+    @staticmethod
+    def rows(records: Sequence[Mapping[str, Any]]) -> list[RevocationRow]:
+        """The revocations of rows read with `since`."""
+        return [
             RevocationRow(
                 position=int(r["position"]),
                 session_id=str(r["session_id"]),
                 key_ids=tuple(r["key_ids"]),
                 session_deleted=bool(r["session_deleted"]),
             )
-            for r in curs.fetchall()
+            for r in records
         ]
-        return head, rows
 
     def position_of(self, curs: Cursor[DictRow], session_id: str, key_id: str | None) -> int | None:
         """The position of the event that revoked `key_id` (None: that deleted the session)."""

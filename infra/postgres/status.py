@@ -37,6 +37,10 @@ class PostgresSessionStatusView(DocumentView, SessionStatusView):
         self.select_one = SQL("SELECT doc FROM {0} WHERE session_id = %s").format(table)
         self.select_all = SQL("SELECT doc FROM {0} ORDER BY session_id").format(table)
         self.select_since = SQL("SELECT doc FROM {0} WHERE position > %s").format(table)
+        # The same rows undecoded, with the columns that place them (see `changed_documents`).
+        self.select_documents_since = SQL(
+            "SELECT session_id, position, doc FROM {0} WHERE position > %s"
+        ).format(table)
 
     def get_session(self, session_id: str) -> SessionRow | None:
         written: SessionRow | None = self._written.get(session_id)
@@ -74,4 +78,18 @@ class PostgresSessionStatusView(DocumentView, SessionStatusView):
 
     def changed_since(self, curs: Cursor[DictRow], position: int) -> list[SessionRow]:
         curs.execute(self.select_since, (position,))
+        return self.changed_rows(curs)
+
+    def changed_rows(self, curs: Cursor[DictRow]) -> list[SessionRow]:
+        """The rows of `select_since`, already executed on `curs` (in a pipeline)."""
         return self._fetch(curs, SessionRow)
+
+    @staticmethod
+    def changed_documents(curs: Cursor[Any]) -> list[tuple[str, int, str]]:
+        """The rows of `select_documents_since`, already executed on `curs`, undecoded:
+        (session id, position, document); `decode` makes a document a row."""
+        return [(str(r[0]), int(r[1]), str(r[2])) for r in curs.fetchall()]
+
+    @staticmethod
+    def decode(document: str) -> SessionRow:
+        return msgspec.json.decode(document, type=SessionRow)

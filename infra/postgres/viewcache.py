@@ -35,13 +35,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from eventsourcing.postgres import PostgresDatastore
+from psycopg import Connection, Cursor
+from psycopg.rows import DictRow, tuple_row
 
 from infra.postgres.connect import transaction, unreachable
-from infra.postgres.generations import ActiveViews
+from infra.postgres.generations import SELECT_GENERATIONS, ActiveViews
 from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.listener import ProcessListener
 from infra.postgres.revocations import RevocationRow, RevocationTable
@@ -78,6 +81,80 @@ _REFRESHED = (
 )
 #: The longest a stopping process waits for a connection to remove its row.
 STOP_WAIT = 1.0
+T = TypeVar("T")
+_NO_LIMIT = 2**63 - 1  # the revocations read: up to the head, which the same round trip reads
+
+
+R = TypeVar("R")
+
+
+@dataclass
+class _ViewRead(Generic[R]):
+    """The reads of one view sent in a refresh's pipeline, fetched once it has synced."""
+
+    name: str
+    generation: int
+    reload: bool  # every row (the copy holds another generation), else the changed ones
+    tracking: Cursor[DictRow]
+    rows: Cursor[Any]
+    fetch: Callable[[Cursor[Any]], list[R]]
+
+    def is_current(self, views: ActiveViews) -> bool:
+        return views.generation(self.name) == self.generation
+
+    def read(self) -> _ViewRows[R]:
+        row = self.tracking.fetchone()
+        return _ViewRows(
+            generation=self.generation,
+            reload=self.reload,
+            position=int(row["max"] or 0) if row else 0,
+            rows=self.fetch(self.rows),
+        )
+
+
+@dataclass
+class _ViewRows(Generic[R]):
+    generation: int
+    reload: bool
+    position: int
+    rows: list[R]
+
+
+class _Row:
+    """A session's row in the copy: its document as read, decoded when first asked for.
+
+    A refresh only places documents (a storm changes thousands of rows a second, and
+    decoding them all took most of the refresh's hold on the GIL); a read decodes the one
+    it needs, once. The row is set before the document is dropped, and a reader takes the
+    document before the row, so whichever thread gets there first, each finds one of them.
+    """
+
+    __slots__ = ("document", "position", "row")
+
+    def __init__(self, position: int, document: str) -> None:
+        self.position = position
+        self.document: str | None = document
+        self.row: SessionRow | None = None
+
+    def get(self) -> SessionRow:
+        document = self.document
+        row = self.row
+        if row is None:
+            assert document is not None
+            row = PostgresSessionStatusView.decode(document)
+            self.row = row
+            self.document = None
+        return row
+
+
+@dataclass
+class _Snapshot:
+    """What one refresh read, in one snapshot."""
+
+    head: int
+    revocations: list[RevocationRow]
+    status: _ViewRows[tuple[str, int, str]]
+    keys: _ViewRows[KeyRow]
 
 
 class CachedReadModels(ReadModels):
@@ -108,7 +185,7 @@ class CachedReadModels(ReadModels):
         self.flush_interval = flush_interval
         self.instance_id = uuid.uuid4().hex
         self.position = 0
-        self._sessions: dict[str, SessionRow] = {}
+        self._sessions: dict[str, _Row] = {}
         self._keys: dict[str, KeyRow] = {}
         self._key_ids_by_hash: dict[str, str] = {}
         self._status_pos = 0
@@ -132,6 +209,7 @@ class CachedReadModels(ReadModels):
         self._uses_lock = threading.Lock()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._waiters_lock = threading.Lock()
+        self._lowest = SharedRead(self._read_lowest)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="readmodels", daemon=True)
 
@@ -243,42 +321,8 @@ class CachedReadModels(ReadModels):
     def _refresh(self) -> None:
         trusted_from = self._claim()
         with self.datastore.get_connection() as conn:
-            with conn.transaction(), conn.cursor() as curs:
-                curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                head, revocations = self.revocations.read_since(curs, self.revoked_through)
-                self.views.resolve(curs)
-                status_view, key_view = self.status_view, self.key_view
-                status_generation = self.views.generation(SessionStatusProjection.name)
-                keys_generation = self.views.generation(ApiKeyProjection.name)
-                reload_status = status_generation != self._status_generation
-                reload_keys = keys_generation != self._keys_generation
-                status_pos = self._tracking(curs, status_view)
-                keys_pos = self._tracking(curs, key_view)
-                sessions = status_view.changed_since(curs, 0 if reload_status else self._status_pos)
-                keys = key_view.changed_since(curs, 0 if reload_keys else self._keys_pos)
-            # Revocations first: a key they name is refused whatever the view says of it.
-            self._revoke(revocations)
-            self.revoked_through = max(self.revoked_through, head)
-            if reload_status:  # a new generation: its rows replace the old copy's at once
-                self._sessions = {row.session_id: row for row in sessions}
-                self._status_generation = status_generation
-            if reload_keys:
-                # The keys first: a lookup through the old hash index finds every key there.
-                self._keys = {key.key_id: key for key in keys}
-                self._key_ids_by_hash = {key.key_hash: key.key_id for key in keys}
-                self._keys_generation = keys_generation
-            for row in [] if reload_status else sessions:
-                current = self._sessions.get(row.session_id)
-                if current is None or current.position <= row.position:
-                    self._sessions[row.session_id] = row
-            for key in [] if reload_keys else keys:
-                current_key = self._keys.get(key.key_id)
-                if current_key is None or current_key.position <= key.position:
-                    self._keys[key.key_id] = key
-                    self._key_ids_by_hash[key.key_hash] = key.key_id
-            self._status_pos = max(self._status_pos, status_pos)
-            self._keys_pos = max(self._keys_pos, keys_pos)
-            self.position = min(self._status_pos, self._keys_pos)
+            snapshot = self._read(conn)
+            self._apply(snapshot)
             with self._trust_lock:
                 if self._stopped:
                     return
@@ -296,17 +340,112 @@ class CachedReadModels(ReadModels):
             self._claimed_at = sent
         self._wake_waiters()
 
+    def _read(self, conn: Connection[DictRow]) -> _Snapshot:
+        """Read one snapshot (REPEATABLE READ): the head of the log, the revocations since the
+        last one read, the active generations, and of both views their position and the rows
+        changed since the copy's. The statements are pipelined: one round trip, and a second
+        only when a view's generation changed (its rows are then read whole from the new
+        tables, in the same snapshot). Fewer round trips, fewer wake-ups of this thread that
+        each take the GIL from the requests."""
+        if not self._views_resolved():
+            self.views.resolve()  # a first guess: the snapshot's registry is what counts
+        with conn.pipeline(), conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            head_read = conn.execute(self.revocations.head)
+            since_read = conn.execute(self.revocations.since, (self.revoked_through, _NO_LIMIT))
+            generations_read = conn.execute(SELECT_GENERATIONS)
+            status = self._send_status(conn)
+            keys = self._send_keys(conn)
+            row = head_read.fetchone()  # the round trip
+            head = int(row["head"] or 0) if row else 0
+            revocations = [
+                r for r in RevocationTable.rows(since_read.fetchall()) if r.position <= head
+            ]
+            self.views.follow(generations_read.fetchall())
+            # A view switched since the guess: read its new tables (same snapshot).
+            status = status if status.is_current(self.views) else self._send_status(conn)
+            keys = keys if keys.is_current(self.views) else self._send_keys(conn)
+            return _Snapshot(
+                head=max(head, self.revoked_through),
+                revocations=revocations,
+                status=status.read(),
+                keys=keys.read(),
+            )
+
+    def _views_resolved(self) -> bool:
+        try:
+            self.views.generation(SessionStatusProjection.name)
+            self.views.generation(ApiKeyProjection.name)
+        except KeyError:
+            return False
+        return True
+
+    def _send_status(self, conn: Connection[DictRow]) -> _ViewRead[tuple[str, int, str]]:
+        """Send the reads of the status view (its active generation as this process knows
+        it): every row when the copy holds another generation, else those changed since.
+        Its documents are left undecoded (`_Row`)."""
+        view = self.status_view
+        generation = self.views.generation(SessionStatusProjection.name)
+        reload = generation != self._status_generation
+        return _ViewRead(
+            name=SessionStatusProjection.name,
+            generation=generation,
+            reload=reload,
+            tracking=conn.execute(view.max_tracking_id_statement, (APP_NAME,)),
+            rows=conn.cursor(row_factory=tuple_row).execute(
+                view.select_documents_since, (0 if reload else self._status_pos,)
+            ),
+            fetch=view.changed_documents,
+        )
+
+    def _send_keys(self, conn: Connection[DictRow]) -> _ViewRead[KeyRow]:
+        """The same for the key view (its rows decoded: they are few and each is read)."""
+        view = self.key_view
+        generation = self.views.generation(ApiKeyProjection.name)
+        reload = generation != self._keys_generation
+        return _ViewRead(
+            name=ApiKeyProjection.name,
+            generation=generation,
+            reload=reload,
+            tracking=conn.execute(view.max_tracking_id_statement, (APP_NAME,)),
+            rows=conn.execute(view.select_since, (0 if reload else self._keys_pos,)),
+            fetch=view.changed_rows,
+        )
+
+    def _apply(self, snapshot: _Snapshot) -> None:
+        status, keys = snapshot.status, snapshot.keys
+        # Revocations first: a key they name is refused whatever the view says of it.
+        self._revoke(snapshot.revocations)
+        self.revoked_through = max(self.revoked_through, snapshot.head)
+        key_rows = keys.rows
+        if status.reload:  # a new generation: its rows replace the old copy's at once
+            self._sessions = {sid: _Row(at, doc) for sid, at, doc in status.rows}
+            self._status_generation = status.generation
+        else:
+            for session_id, position, document in status.rows:
+                current = self._sessions.get(session_id)
+                if current is None or current.position <= position:
+                    self._sessions[session_id] = _Row(position, document)
+        if keys.reload:
+            # The keys first: a lookup through the old hash index finds every key there.
+            self._keys = {key.key_id: key for key in key_rows}
+            self._key_ids_by_hash = {key.key_hash: key.key_id for key in key_rows}
+            self._keys_generation = keys.generation
+        else:
+            for key in key_rows:
+                current_key = self._keys.get(key.key_id)
+                if current_key is None or current_key.position <= key.position:
+                    self._keys[key.key_id] = key
+                    self._key_ids_by_hash[key.key_hash] = key.key_id
+        self._status_pos = max(self._status_pos, status.position)
+        self._keys_pos = max(self._keys_pos, keys.position)
+        self.position = min(self._status_pos, self._keys_pos)
+
     def _revoke(self, revocations: list[RevocationRow]) -> None:
         for revocation in revocations:
             self._revoked_keys.update(revocation.key_ids)
             if revocation.session_deleted:
                 self._deleted_sessions.add(revocation.session_id)
-
-    @staticmethod
-    def _tracking(curs: Any, view: PostgresSessionStatusView | PostgresApiKeyView) -> int:
-        curs.execute(view.max_tracking_id_statement, (APP_NAME,))
-        row = curs.fetchone()
-        return int(row["max"] or 0) if row else 0
 
     def _wake_waiters(self) -> None:
         with self._waiters_lock:
@@ -320,10 +459,11 @@ class CachedReadModels(ReadModels):
     # -- reads ----------------------------------------------------------------------------
 
     def session(self, session_id: str) -> SessionRow | None:
-        return self._sessions.get(session_id)
+        found = self._sessions.get(session_id)
+        return None if found is None else found.get()
 
     def sessions(self) -> list[SessionRow]:
-        return list(self._sessions.values())
+        return [found.get() for found in list(self._sessions.values())]
 
     def key_by_hash(self, key_hash: str) -> KeyRow | None:
         key_id = self._key_ids_by_hash.get(key_hash)
@@ -387,32 +527,39 @@ class CachedReadModels(ReadModels):
             return False
         # A process that stopped refreshing for longer than it trusts its own copy refuses
         # keys anyway (see `is_fresh`), so it need not be waited for once that time is over.
-        return await _poll_until_none(self._count_lagging, position, deadline)
+        return await self._until_everywhere("position", position, deadline)
 
     async def wait_revoked_everywhere(self, position: int, timeout: float) -> bool:
         # The same, on the revocations: each process's `revoked_through` moves with every
         # refresh it makes, whatever the projector is doing.
-        return await _poll_until_none(self._count_not_revoked, position, time.monotonic() + timeout)
+        return await self._until_everywhere("revoked", position, time.monotonic() + timeout)
 
-    def _count_lagging(self, position: int) -> int:
-        return self._count(
-            "SELECT count(*) AS n FROM sessiond_api_instances "
-            "WHERE position < %s AND trusted_until > now()",
-            position,
-        )
+    async def _until_everywhere(self, field: str, position: int, deadline: float) -> bool:
+        """Whether every live API process's `field` reached `position` before `deadline`
+        (asked at least once). The writes waiting at once share each read of the API
+        processes' rows (`_lowest`): one query and one pooled connection for all of them."""
+        pause = 0.001
+        while True:
+            lowest = (await self._lowest.get())[field]
+            if lowest is None or lowest >= position:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.02)
 
-    def _count_not_revoked(self, position: int) -> int:
-        return self._count(
-            "SELECT count(*) AS n FROM sessiond_api_instances "
-            "WHERE revoked_through < %s AND trusted_until > now()",
-            position,
-        )
-
-    def _count(self, query: str, position: int) -> int:
+    def _read_lowest(self) -> dict[str, int | None]:
+        """The lowest `position` and `revoked_through` of the API processes that may still
+        accept keys (None: none may)."""
         with self.datastore.cursor() as curs:
-            curs.execute(query, (position,))
+            curs.execute(
+                "SELECT min(position) AS position, min(revoked_through) AS revoked "
+                "FROM sessiond_api_instances WHERE trusted_until > now()"
+            )
             row = curs.fetchone()
-        return int(row["n"]) if row else 0
+        if row is None:
+            return {"position": None, "revoked": None}
+        return {"position": row["position"], "revoked": row["revoked"]}
 
     def live_instances(self) -> int:
         """How many API processes (this one included) share this database right now."""
@@ -424,16 +571,36 @@ class CachedReadModels(ReadModels):
         return int(row["n"]) if row else 0
 
 
-async def _poll_until_none(count: Callable[[int], int], position: int, deadline: float) -> bool:
-    """Whether `count(position)` reached 0 before `deadline` (it is asked at least once)."""
-    pause = 0.001
-    while True:
-        if await asyncio.to_thread(count, position) == 0:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 2, 0.02)
+class SharedRead(Generic[T]):
+    """A blocking read (run in a thread) shared by every caller that asks for it while no
+    read has begun yet: each caller gets the result, or the error, of a read that began
+    after it asked, and however many ask at once, one read runs at a time per event loop."""
+
+    def __init__(self, read: Callable[[], T]) -> None:
+        self._read = read
+        self._next: asyncio.Future[T] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        pending = self._next
+        if pending is None or pending.get_loop() is not loop:
+            pending = loop.create_future()
+            self._next = pending
+            task = loop.create_task(self._run(pending))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return await asyncio.shield(pending)
+
+    async def _run(self, pending: asyncio.Future[T]) -> None:
+        if self._next is pending:  # from now on, callers wait for the next read
+            self._next = None
+        try:
+            result = await asyncio.to_thread(self._read)
+        except Exception as error:
+            pending.set_exception(error)
+        else:
+            pending.set_result(result)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
