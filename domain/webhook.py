@@ -173,21 +173,25 @@ class WebhookEndpoint(Aggregate):
 
 
 def check_url(url: str) -> str:
-    """An http(s) URL with a host and no credentials; `InvalidValue` otherwise. (Whether its
-    address may be reached is checked when connecting: see `infra.webhooks.client`.)"""
+    """An http(s) URL with a host and no credentials; `InvalidValue` (saying what is wrong)
+    otherwise. Whether its address may be reached is for the webhook client to say, at
+    registration for an address written in the URL and on every connection for the rest
+    (`infra.webhooks.client`)."""
     from urllib.parse import urlsplit  # noqa: PLC0415 - the domain's only URL need
 
     if len(url) > MAX_URL_LENGTH:
-        raise InvalidValue(f"url must be at most {MAX_URL_LENGTH} characters")
+        raise InvalidValue(f"the URL must be at most {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as error:
-        raise InvalidValue(f"url is not a valid URL: {error}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidValue("url must be an http:// or https:// URL with a host")
+        raise InvalidValue(f"the URL is not valid: {error}") from None
+    if parts.scheme not in ("http", "https"):
+        raise InvalidValue("the URL must use http or https")
+    if not parts.hostname:
+        raise InvalidValue("the URL has no host")
     if parts.username is not None or parts.password is not None:
-        raise InvalidValue("url must not carry credentials (user:password@)")
+        raise InvalidValue("the URL must not contain a user name or password")
     if any(c.isspace() for c in url):
-        raise InvalidValue("url must not contain spaces")
+        raise InvalidValue("the URL must not contain spaces")
     return url

@@ -50,7 +50,7 @@ from infra.postgres.webhooks import PostgresWebhookView, WebhookStore
 from infra.runtime.supervisor import ProjectionSupervisor
 from infra.runtime.worker import GatewayWorker, WorkerTimings
 from infra.settings import Settings, eventsourcing_env
-from infra.webhooks.client import check_url, webhook_client
+from infra.webhooks.client import registration_refusal, webhook_client
 from infra.webhooks.dispatcher import DispatcherSettings, WebhookDispatcher
 from infra.whatsapp.simulator import SimulatorGateway
 from projections.gateway import GatewayProjection
@@ -419,7 +419,7 @@ class Container:
             messages=ActiveMessagesView(self.views, MessagesProjection.name),
             message_texts=self.message_texts,
             webhook_queries=WebhookStore(datastore),
-            check_webhook_url=lambda url: check_url(
+            check_webhook_url=lambda url: registration_refusal(
                 url, allow_private=self.settings.webhooks_allow_private
             ),
             projection_lags=self.projection_lags,

@@ -34,6 +34,9 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from httpx_aiohttp import AiohttpTransport
 
+from domain.errors import InvalidValue
+from domain.webhook import check_url
+
 log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -138,22 +141,20 @@ def _literal_ip(host: str) -> IPAddress | None:
     return None
 
 
-def check_url(url: str, *, allow_private: bool = False) -> str | None:
-    """Why this URL can never be a webhook target, or None if it may be one.
+def registration_refusal(url: str, *, allow_private: bool = False) -> str | None:
+    """Why this URL can never be a webhook target, or None if it may be one: its shape
+    (`domain.webhook.check_url`), then an address written in it that is not public.
 
     For a 422 at registration. It cannot see where a name resolves, and DNS can change, so the
     check at connection time stays the real defence.
     """
     try:
-        parsed = httpx.URL(url)
+        check_url(url)
+        parsed = httpx.URL(url)  # what the client will connect to
+    except InvalidValue as error:
+        return str(error)
     except httpx.InvalidURL as exc:
         return f"the URL is not valid: {exc}"
-    if parsed.scheme not in ("http", "https"):
-        return "the URL must use http or https"
-    if not parsed.host:
-        return "the URL has no host"
-    if parsed.userinfo:
-        return "the URL must not contain a user name or password"
     ip = _literal_ip(parsed.host)
     if ip is not None and not allow_private and not is_public(ip):
         return f"the URL's host {parsed.host} is the address {ip}, which is not public"

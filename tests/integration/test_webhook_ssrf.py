@@ -22,8 +22,8 @@ from infra.webhooks.client import (
     BlockedAddress,
     _Policy,
     _VettingResolver,
-    check_url,
     is_public,
+    registration_refusal,
     webhook_client,
 )
 
@@ -395,8 +395,10 @@ def test_is_public_allows_only_global_unicast(address: str, public: bool) -> Non
         ("not a url at all", "http or https"),
     ],
 )
-def test_check_url_explains_targets_that_can_never_be_valid(url: str, reason: str | None) -> None:
-    result = check_url(url)
+def test_registration_refusal_explains_targets_that_can_never_be_valid(
+    url: str, reason: str | None
+) -> None:
+    result = registration_refusal(url)
     if reason is None:
         assert result is None
     else:
@@ -404,10 +406,10 @@ def test_check_url_explains_targets_that_can_never_be_valid(url: str, reason: st
         assert reason in result
 
 
-def test_check_url_lets_loopback_through_when_private_targets_are_allowed() -> None:
-    assert check_url("http://127.0.0.1:8080/hook", allow_private=True) is None
+def test_registration_refusal_lets_loopback_through_when_private_targets_are_allowed() -> None:
+    assert registration_refusal("http://127.0.0.1:8080/hook", allow_private=True) is None
     # Check a name is never judged at registration: it is vetted when connecting.
-    assert check_url("http://localhost:8080/hook") is None
+    assert registration_refusal("http://localhost:8080/hook") is None
 
 
 async def test_transport_errors_keep_their_httpx_class() -> None:
