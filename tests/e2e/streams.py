@@ -132,9 +132,7 @@ def inbound(client: httpx.Client, session_id: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def reading(
-    server: Sessiond, path: str, headers: dict[str, str], **params: Any
-) -> Any:
+def reading(server: Sessiond, path: str, headers: dict[str, str], **params: Any) -> Any:
     reader = Reader(server.url + path, headers, params)
     try:
         yield reader
