@@ -3,6 +3,7 @@ Events with the webhooks' types and bodies (see `api.streaming`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -55,6 +56,7 @@ LastEventId = Annotated[
 After = Annotated[
     str | None,
     QueryParameter(
+        pattern=r"^[0-9]{1,18}$",
         description=(
             "Resume after this position (the id of an event of the stream; 0: from the "
             "first event recorded). Without it, or Last-Event-ID, the stream starts now"
@@ -76,7 +78,8 @@ _STREAM_DOC = (
     "Server-Sent Events: each event has `id:` its position in the log, `event:` its type "
     "and `data:` the webhook body (`{type, timestamp, data}`); a comment every heartbeat; "
     "a last `end` event (`{reason, resumeAfter}`) when the server ends the stream "
-    "(`too-slow`, `key-revoked`, `session-deleted`, `keys-unverifiable`, `server-stopping`)"
+    "(`too-slow`, `key-revoked`, `session-deleted`, `keys-unverifiable`, `server-stopping`, "
+    "`signed-out`)"
 )
 
 
@@ -153,12 +156,10 @@ def _key_guard(ctx: ApiContext, key_hash: str, session_id: str) -> Callable[[], 
     return guard
 
 
-def _admin_guard(ctx: ApiContext, session_id: str | None) -> Callable[[], str | None]:
-    """Why an admin's stream must end now: its session deleted (none for the global one)."""
+def _admin_guard(ctx: ApiContext, session_id: str) -> Callable[[], str | None]:
+    """Why an admin's stream of a session must end now: its session deleted."""
 
     def guard() -> str | None:
-        if session_id is None:
-            return None
         row = ctx.read_models.session(session_id)
         return "session-deleted" if row is None or row.is_deleted else None
 
@@ -234,17 +235,33 @@ class StreamsController(Controller):
     ) -> EventStreamResponse:
         """Every session's events, live, as Server-Sent Events (admin). Resumes after
         `Last-Event-ID` (or `after`) with nothing missed or repeated."""
-        ctx = context(request)
-        selection = _selection(None, types)
-        position = await _position(ctx, last_event_id, after)
-        return EventStreamResponse(
-            EventStream(
-                feed=_feed(ctx),
-                selection=selection,
-                position=position,
-                guard=_admin_guard(ctx, None),
-                heartbeat=ctx.stream_heartbeat,
-                counts=_counts(request),
-                owner=GLOBAL,
-            )
+        return await every_session_stream(request, last_event_id, after, types)
+
+
+async def every_session_stream(
+    request: Request[Any, Any, State],
+    last_event_id: str | None,
+    after: str | None,
+    types: list[str] | None,
+    until: float | None = None,
+) -> EventStreamResponse:
+    """The admin's stream of every session's events (`until`: a monotonic time at which it
+    ends, ``signed-out``: a dashboard operator's sign-in expiry)."""
+    ctx = context(request)
+    selection = _selection(None, types)
+    position = await _position(ctx, last_event_id, after)
+
+    def guard() -> str | None:
+        return "signed-out" if until is not None and time.monotonic() >= until else None
+
+    return EventStreamResponse(
+        EventStream(
+            feed=_feed(ctx),
+            selection=selection,
+            position=position,
+            guard=guard,
+            heartbeat=ctx.stream_heartbeat,
+            counts=_counts(request),
+            owner=GLOBAL,
         )
+    )
