@@ -24,7 +24,6 @@ from api.auth import (
 )
 from api.context import ApiContext
 from api.controllers.common import context, problems
-from api.dashboard.live import on_stop_signal
 from api.problems import ProblemError
 from api.streaming import EVENT_STREAM, EventStream, EventStreamResponse, StreamCounts
 from application.keys import hash_key
@@ -91,6 +90,9 @@ def _ok() -> ResponseSpec:
 async def streams_lifespan(app: Litestar) -> AsyncIterator[None]:
     """The streams' counts, and their end when the server is asked to stop (the HTTP server
     drains open connections before it shuts the app down: a stream must not hold it up)."""
+    # Here, not at the top: the dashboard's routes import this module.
+    from api.dashboard.live import on_stop_signal  # noqa: PLC0415
+
     counts = StreamCounts()
     app.state[COUNTS_STATE] = counts
     on_stop_signal(counts.closing.set)
