@@ -47,7 +47,11 @@ def test_fifty_open_streams_add_no_connection_to_an_api_process(
             inbound(client, session["sessionId"], f"to every stream {n}")
         for reader, session_id in readers:
             wanted = 1 if session_id is not None else SESSIONS
-            reader.wait_for(lambda got, wanted=wanted: len(got) >= wanted, "its messages")
+
+            def enough(got: list[Any], wanted: int = wanted) -> bool:
+                return len(got) >= wanted
+
+            reader.wait_for(enough, "its messages")
             if session_id is not None:
                 assert reader.events[0].event == "message.received"
         with_streams = by_process(census.now())["sessiond-api"]
