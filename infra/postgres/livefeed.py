@@ -93,7 +93,7 @@ class PostgresLiveFeed(LiveFeed):
             return
         subscription, self._subscription = self._subscription, None
         # Not on the event loop: the last subscription out of the log hub waits for its thread.
-        self._pages.submit(subscription.stop)
+        threading.Thread(target=subscription.stop, name="live-feed-stop", daemon=True).start()
 
     def shutdown(self) -> None:
         """Stop the feed whatever streams remain (the process stops)."""

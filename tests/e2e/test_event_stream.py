@@ -5,6 +5,8 @@ bad requests get problems."""
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -110,8 +112,9 @@ def test_bad_requests_get_problems(server: Sessiond) -> None:
         client.get("/events/stream", params={"types": "nope"}, headers=ADMIN), 422
     )
     for bad in ("-1", "x", "1.5", "9" * 30):
-        assert "invalid-position" in problem(
-            client.get(path, params={"after": bad}, headers=key), 400
+        # `after` is checked against its documented pattern first, like every parameter.
+        assert problem(client.get(path, params={"after": bad}, headers=key), 400).endswith(
+            ("invalid-parameter", "invalid-position")
         )
         assert "invalid-position" in problem(
             client.get(path, headers={**key, "Last-Event-ID": bad}), 400
@@ -123,3 +126,21 @@ def test_bad_requests_get_problems(server: Sessiond) -> None:
     assert client.delete(f"/sessions/{sid}", headers=ADMIN).status_code == 204
     problem(client.get(path, headers=key), 401)
     problem(client.get(path, headers=ADMIN), 404)
+
+
+def test_a_stopping_server_ends_its_streams_with_their_position(server: Sessiond) -> None:
+    client = server.client()
+    created = linked_session(client, "Stopping")
+    sid = created["sessionId"]
+    with reading(server, f"/sessions/{sid}/events/stream", key_of(created)) as stream:
+        inbound(client, sid, "last words")
+        last = stream.wait_for(lambda got: len(got) == 1, "the message")[0]
+        began = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        stream.wait_end(15)
+        end = stream.events[-1]
+        assert end.event == "end"
+        assert data(end) == {"reason": "server-stopping", "resumeAfter": int(end.id or 0)}
+        assert int(end.id or 0) >= int(last.id or 0)
+        server.process.wait(15)
+        assert time.monotonic() - began < 10
