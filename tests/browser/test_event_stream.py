@@ -14,8 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import sign_in
 from tests.e2e.conftest import Sessiond, free_port
-from tests.e2e.streams import inbound, linked_session
-from tests.e2e.test_event_stream_resume import message_positions
+from tests.e2e.streams import inbound, linked_session, message_positions
 
 pytestmark = pytest.mark.browser
 

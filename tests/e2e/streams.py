@@ -131,6 +131,23 @@ def inbound(client: httpx.Client, session_id: str, text: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
+def message_positions(client: httpx.Client, session_id: str, after: int) -> list[int]:
+    """The positions of the session's `MessageReceived` events after `after`, from the log."""
+    positions: list[int] = []
+    while True:
+        page = client.get("/events", params={"after": after, "limit": 1000}, headers=ADMIN)
+        assert page.status_code == 200, page.text
+        items = page.json()["items"]
+        positions += [
+            item["position"]
+            for item in items
+            if item["sessionId"] == session_id and item["type"] == "MessageReceived"
+        ]
+        if page.json()["next"] is None:
+            return positions
+        after = page.json()["next"]
+
+
 @contextlib.contextmanager
 def reading(server: Sessiond, path: str, headers: dict[str, str], **params: Any) -> Any:
     reader = Reader(server.url + path, headers, params)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from tests.e2e.census import BUDGETS, Census, by_process, settled, wait_for
 from tests.e2e.conftest import ADMIN, key_of
 from tests.e2e.streams import Reader, inbound, linked_session
-from tests.e2e.test_connection_budget import BUDGETS, Census, by_process, settled, wait_for
 
 STREAMS = 50
 SESSIONS = 5

@@ -11,25 +11,8 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import ADMIN, Sessiond, key_of
-from tests.e2e.streams import data, inbound, linked_session, reading
-
-
-def message_positions(client: httpx.Client, session_id: str, after: int) -> list[int]:
-    """The positions of the session's `MessageReceived` events after `after`, from the log."""
-    positions: list[int] = []
-    while True:
-        page = client.get("/events", params={"after": after, "limit": 1000}, headers=ADMIN)
-        assert page.status_code == 200, page.text
-        items = page.json()["items"]
-        positions += [
-            item["position"]
-            for item in items
-            if item["sessionId"] == session_id and item["type"] == "MessageReceived"
-        ]
-        if page.json()["next"] is None:
-            return positions
-        after = page.json()["next"]
+from tests.e2e.conftest import Sessiond, key_of
+from tests.e2e.streams import data, inbound, linked_session, message_positions, reading
 
 
 def test_a_stream_resumes_after_a_killed_server_with_nothing_missed_or_repeated(

@@ -7,14 +7,37 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import httpx
+
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.streams import data, inbound, linked_session, reading
-from tests.e2e.test_revocation_under_faults import Cluster, new_key
+from tests.e2e.streams import data, inbound, linked_session, reading, wait_until
 
 #: The longest a stream may outlive the answer that revoked its key.
 LIMIT = 1.0
+
+
+def works(client: httpx.Client, path: str, key: dict[str, str]) -> bool:
+    return client.get(path, headers=key).status_code == 200
+
+
+def logged(process: Sessiond, line: str) -> bool:
+    return line in process.log_path.read_text()
+
+
+def new_key(
+    client: httpx.Client, apis: list[Sessiond], session_id: str
+) -> tuple[str, dict[str, str]]:
+    """A key of the session that works on every API process."""
+    issued = client.post(f"/sessions/{session_id}/keys", json={}, headers=ADMIN)
+    assert issued.status_code == 201, issued.text
+    key = {"x-api-key": issued.json()["key"]}
+    for api in apis:
+        with api.client() as on_it:
+            wait_until(partial(works, on_it, f"/sessions/{session_id}/status", key), "the key")
+    return issued.json()["keyId"], key
 
 
 def ended_within(stream: Any, answered_at: float, reason: str) -> None:
@@ -70,37 +93,42 @@ def test_with_the_projector_stopped_a_revoked_keys_stream_ends_on_every_api_proc
         "SESSIOND_WRITE_WAIT_TIMEOUT": "3",
         "SESSIOND_STREAM_HEARTBEAT": "5",
     }
-    cluster = Cluster(start, env)
-    try:
-        created = create_session(cluster.a, "Apart")
-        sid = created["sessionId"]
-        key_id, key = new_key(cluster, sid)
-        doomed = create_session(cluster.a, "Doomed")
-        path = f"/sessions/{sid}/events/stream"
-        doomed_path = f"/sessions/{doomed['sessionId']}/events/stream"
-        with (
-            reading(cluster.apis[0], path, key) as on_a,
-            reading(cluster.apis[1], path, key) as on_b,
-            reading(cluster.apis[1], doomed_path, key_of(doomed)) as doomed_stream,
-        ):
-            assert on_a.response.status_code == on_b.response.status_code == 200
-            # The projector stopped: the views cannot learn of the revocation.
-            cluster.projector.stop(signal.SIGTERM)
-            answer = cluster.a.delete(f"/sessions/{sid}/keys/{key_id}", headers=ADMIN)
-            answered_at = time.monotonic()
-            assert answer.status_code == 503, answer.text
-            assert "in force on every server" in answer.json()["detail"]
-            ended_within(on_a, answered_at, "key-revoked")
-            ended_within(on_b, answered_at, "key-revoked")
-            # Check deleting a session ends its key's stream too, with the projector stopped.
-            answer = cluster.b.delete(f"/sessions/{doomed['sessionId']}", headers=ADMIN)
-            answered_at = time.monotonic()
-            assert answer.status_code == 503, answer.text
-            ended = doomed_stream.wait_end(10)
-            assert ended - answered_at < LIMIT
-            assert doomed_stream.events[-1].event == "end"
-            # The key view still has the key (no projector), the revocations refuse it.
-            assert data(doomed_stream.events[-1])["reason"] in {"session-deleted", "key-revoked"}
-            assert cluster.b.get(path, headers=key).status_code == 401
-    finally:
-        cluster.close()
+    apis = [start("api", env), start("api", env)]
+    start("worker", env)
+    projector = start("projector", env)
+    for view in ("session_status", "api_keys"):
+        line = f"now runs projection {view}"
+        wait_until(partial(logged, projector, line), f"the projector runs {view}")
+    a, b = apis[0].client(), apis[1].client()
+    created = create_session(a, "Apart")
+    sid = created["sessionId"]
+    key_id, key = new_key(a, apis, sid)
+    doomed = create_session(a, "Doomed")
+    path = f"/sessions/{sid}/events/stream"
+    doomed_path = f"/sessions/{doomed['sessionId']}/events/stream"
+    with (
+        reading(apis[0], path, key) as on_a,
+        reading(apis[1], path, key) as on_b,
+        reading(apis[1], doomed_path, key_of(doomed)) as doomed_stream,
+    ):
+        assert on_a.response.status_code == on_b.response.status_code == 200
+        # The projector stopped: the views cannot learn of the revocation.
+        projector.stop(signal.SIGTERM)
+        answer = a.delete(f"/sessions/{sid}/keys/{key_id}", headers=ADMIN)
+        answered_at = time.monotonic()
+        assert answer.status_code == 503, answer.text
+        assert "in force on every server" in answer.json()["detail"]
+        ended_within(on_a, answered_at, "key-revoked")
+        ended_within(on_b, answered_at, "key-revoked")
+        # Check deleting a session ends its key's stream too, with the projector stopped.
+        answer = b.delete(f"/sessions/{doomed['sessionId']}", headers=ADMIN)
+        answered_at = time.monotonic()
+        assert answer.status_code == 503, answer.text
+        ended = doomed_stream.wait_end(10)
+        assert ended - answered_at < LIMIT
+        assert doomed_stream.events[-1].event == "end"
+        # The key view still has the key (no projector), the revocations refuse it.
+        assert data(doomed_stream.events[-1])["reason"] in {"session-deleted", "key-revoked"}
+        assert b.get(path, headers=key).status_code == 401
+    a.close()
+    b.close()

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import ADMIN, Sessiond, key_of
-from tests.e2e.streams import inbound, linked_session, reading
-from tests.e2e.test_event_stream_resume import message_positions
+from tests.e2e.streams import inbound, linked_session, message_positions, reading
 
 #: A text of 4,096 characters of 3 bytes each: about 12 KB per event on the stream.
 BIG_TEXT = "€" * 4096
