@@ -1,9 +1,9 @@
 """The live event stream's feed in a process: one reader of the log for every open stream.
 
 While any stream is open, one thread takes the log's new events from the process's log hub
-(`infra.postgres.loghub`: it listens on the process's one listener and reads on its pool, so no stream
-costs a connection), turns each into its stream item once (the webhook body) and keeps the
-last of them in a bounded window (`projections.livefeed.FeedWindow`), waking the streams.
+(`infra.postgres.loghub`: it listens on the process's one listener and reads on its pool, so
+no stream costs a connection), turns each into its stream item once (the webhook body) and
+keeps the last of them in a bounded window (`projections.livefeed.FeedWindow`), waking the streams.
 A stream behind the window reads the log itself, a page at a time, on two threads shared by
 every stream (at most two of the pool's connections at once); one that falls behind the
 window after taking from it is too slow and is ended by the API with its position.

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import sign_in
 from tests.e2e.conftest import Sessiond, free_port
-from tests.e2e.streams import inbound, linked_session, message_positions
+from tests.e2e.streams import inbound, inbound_once_resumed, linked_session, message_positions
 
 pytestmark = pytest.mark.browser
 
@@ -75,7 +75,7 @@ def test_the_browsers_event_source_resumes_after_a_killed_server_with_nothing_lo
     server = start("serve", sessiond_env, port=port)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         for n in range(5):
-            inbound(client, sid, f"after-{n}")
+            inbound_once_resumed(client, sid, f"after-{n}")
         page.wait_for_function("() => window.__events.length >= 10 && window.__opens === 2")
         positions = message_positions(client, sid, after=0)
     events = received(page)

@@ -122,6 +122,23 @@ def linked_session(client: httpx.Client, name: str = "Streamed") -> dict[str, An
     return created
 
 
+def inbound_once_resumed(client: httpx.Client, session_id: str, text: str) -> None:
+    """A message to a session that a new server's worker is resuming: its status may still
+    say connected (the view kept it) while the simulator refuses until the link is back."""
+    deadline = time.monotonic() + 60
+    while True:
+        answer = client.post(
+            f"/simulator/sessions/{session_id}/inbound",
+            json={"sender": "+14155550123", "text": text},
+            headers=ADMIN,
+        )
+        if answer.status_code == 200:
+            return
+        assert answer.status_code in (409, 502, 503), answer.text
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.1)
+
+
 def inbound(client: httpx.Client, session_id: str, text: str) -> None:
     answer = client.post(
         f"/simulator/sessions/{session_id}/inbound",

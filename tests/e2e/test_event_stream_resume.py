@@ -12,7 +12,14 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import Sessiond, key_of
-from tests.e2e.streams import data, inbound, linked_session, message_positions, reading
+from tests.e2e.streams import (
+    data,
+    inbound,
+    inbound_once_resumed,
+    linked_session,
+    message_positions,
+    reading,
+)
 
 
 def test_a_stream_resumes_after_a_killed_server_with_nothing_missed_or_repeated(
@@ -55,7 +62,7 @@ def test_a_stream_resumes_after_a_killed_server_with_nothing_missed_or_repeated(
     server = start("serve", env)
     client = server.client()
     for n in range(10):
-        inbound(client, sid, f"after-{n}")
+        inbound_once_resumed(client, sid, f"after-{n}")
     # The session had no message before the stream opened: the stream owes every one.
     expected = message_positions(client, sid, after=0)
 

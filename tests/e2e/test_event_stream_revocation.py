@@ -42,6 +42,7 @@ def new_key(
 
 def ended_within(stream: Any, answered_at: float, reason: str) -> None:
     ended = stream.wait_end(10)
+    print(f"stream ended {ended - answered_at:.3f} s after the answer ({reason})")
     assert ended - answered_at < LIMIT, (
         f"the stream outlived the revocation by {ended - answered_at:.2f} s"
     )

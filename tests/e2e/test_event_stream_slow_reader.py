@@ -141,6 +141,10 @@ def test_readers_that_do_not_read_are_ended_with_a_resumable_position_in_bounded
         assert (grown - baseline) * 1024 < owed / 4, (
             f"with slow readers the server grew by {grown} KiB, without by {baseline} KiB"
         )
+        print(
+            f"HTTP process grew {baseline} KiB without slow readers, {grown} KiB with 3 "
+            f"slow readers owed {owed // 1024} KiB"
+        )
         keeping_up.wait_for(lambda got: len(got) >= 2 * per_phase, "every message", 120)
         assert [e.event for e in keeping_up.events] == ["message.received"] * 2 * per_phase
 
