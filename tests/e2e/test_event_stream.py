@@ -144,3 +144,18 @@ def test_a_stopping_server_ends_its_streams_with_their_position(server: Sessiond
         assert int(end.id or 0) >= int(last.id or 0)
         server.process.wait(15)
         assert time.monotonic() - began < 10
+
+
+def test_an_idle_stream_sends_heartbeats(server: Sessiond) -> None:
+    client = server.client()
+    created = linked_session(client, "Idle")  # linked: no QR code events to come
+    path = f"/sessions/{created['sessionId']}/events/stream"
+    with client.stream("GET", path, headers=key_of(created), timeout=10) as answer:
+        lines = answer.iter_lines()
+        assert next(lines) == ": connected"
+        # Check: with SESSIOND_STREAM_HEARTBEAT=0.3, three heartbeats come within 3 s, each a
+        # comment line that ends no event (no blank line follows it).
+        began = time.monotonic()
+        seen = [next(lines) for _ in range(3)]
+        assert seen == [": heartbeat"] * 3
+        assert time.monotonic() - began < 3
