@@ -32,6 +32,7 @@ from api.controllers.metrics import metrics
 from api.controllers.proxy import ProxyController
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
+from api.controllers.streams import StreamsController, streams_lifespan
 from api.controllers.webhooks import WebhooksController
 from api.dashboard import Dashboard, template_config
 from api.docs import swagger_assets, swagger_plugin
@@ -125,6 +126,7 @@ def create_app(
         MessagesController,
         WebhooksController,
         HistoryController,
+        StreamsController,
         UptimeController,
         metrics,
         HealthController,
@@ -165,7 +167,7 @@ def create_app(
             dashboard.middleware,
         ],
         state=State({"ctx": ctx, **dashboard.state}),
-        lifespan=[*lifespan, dashboard.lifespan],
+        lifespan=[*lifespan, dashboard.lifespan, streams_lifespan],
         on_shutdown=[ctx.expensive_reads.close],
         template_config=template_config(),
         request_class=JsonRequest,

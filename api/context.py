@@ -12,6 +12,7 @@ from api.expensive import ExpensiveReads
 from api.ratelimit import FailureThrottle, Network, SessionRateLimiter
 from application.sessions import SessionsApplication
 from projections.history import StatusSnapshots
+from projections.livefeed import LiveFeed
 from projections.messages import MessagesView
 from projections.readmodels import ReadModels
 from projections.uptime import UptimeView
@@ -70,3 +71,9 @@ class ApiContext:
     expensive_reads: ExpensiveReads = field(default_factory=ExpensiveReads)
     #: The most events one webhook replay reads (SESSIOND_REPLAY_MAX_EVENTS).
     replay_max_events: int = 1000
+    #: The feed of new events for the live event streams (None: no streams).
+    live_feed: LiveFeed | None = None
+    #: Seconds between an idle stream's heartbeats (SESSIOND_STREAM_HEARTBEAT).
+    stream_heartbeat: float = 15.0
+    #: Streams one session may hold open in a process (SESSIOND_MAX_STREAMS_PER_SESSION).
+    max_streams_per_session: int = 10

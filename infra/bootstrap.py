@@ -36,6 +36,7 @@ from infra.postgres.gatewaycalls import PostgresGatewayCalls
 from infra.postgres.generations import ActiveMessagesView, ActiveUptimeView, ActiveViews
 from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.listener import ProcessListener
+from infra.postgres.livefeed import PostgresLiveFeed
 from infra.postgres.messages import PostgresMessagesView
 from infra.postgres.recorder import PollingApplicationRecorder, event_texts
 from infra.postgres.revocations import TABLE as REVOCATIONS_TABLE
@@ -429,6 +430,9 @@ class Container:
             trusted_proxies=self.settings.trusted_proxies,
             status_snapshots=PostgresStatusSnapshots(datastore),
             replay_max_events=self.settings.replay_max_events,
+            live_feed=PostgresLiveFeed(self.app, capacity=self.settings.stream_buffer),
+            stream_heartbeat=self.settings.stream_heartbeat,
+            max_streams_per_session=self.settings.max_streams_per_session,
             expensive_reads=ExpensiveReads(
                 self.settings.expensive_read_threads, self.settings.expensive_reads_per_session
             ),

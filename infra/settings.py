@@ -70,6 +70,12 @@ class Settings:
     expensive_reads_per_session: int = 2
     replay_max_events: int = 1000
     webhook_max_share: float = 0.25
+    #: Seconds between the heartbeats of an idle event stream.
+    stream_heartbeat: float = 15.0
+    #: Events of the log each API process keeps for its event streams (the window).
+    stream_buffer: int = 5000
+    #: Event streams one session may hold open at once in one API process.
+    max_streams_per_session: int = 10
     #: Where the session-bound connections go (LISTEN, advisory locks, a worker's identity)
     #: when SESSIOND_DATABASE_URL is a pooler in transaction mode (PgBouncer).
     direct_database_url: str | None = None
@@ -129,6 +135,9 @@ class Settings:
             expensive_reads_per_session=reader.integer("EXPENSIVE_READS_PER_SESSION", 2, 1, 64),
             replay_max_events=reader.integer("REPLAY_MAX_EVENTS", 1000, 1, 100_000),
             webhook_max_share=reader.number("WEBHOOK_MAX_SHARE", 0.25, 0.01, 1.0),
+            stream_heartbeat=reader.number("STREAM_HEARTBEAT", 15.0, 0.05, 3600.0),
+            stream_buffer=reader.integer("STREAM_BUFFER", 5000, 10, 1_000_000),
+            max_streams_per_session=reader.integer("MAX_STREAMS_PER_SESSION", 10, 1, 10_000),
             direct_database_url=reader.optional("DIRECT_DATABASE_URL"),
             pool_max=(
                 None

@@ -83,6 +83,11 @@ class ViewChanges:
                 await event.wait()
 
 
+def on_stop_signal(callback: Callable[[], None]) -> None:
+    """Call `callback` when the process is asked to stop (see `_on_stop_signal`)."""
+    _on_stop_signal(asyncio.get_running_loop(), callback)
+
+
 def _on_stop_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     """Call `callback` too when the process is asked to stop (SIGTERM, SIGINT).
 

@@ -14,6 +14,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from api.context import ApiContext
+from api.dashboard.events import EventsController
 from api.dashboard.listing import LISTS_STATE, ListController, RenderedLists
 from api.dashboard.live import ViewChanges
 from api.dashboard.security import (
@@ -104,7 +105,12 @@ class Dashboard:
         self.handlers: list[ControllerRouterHandler] = [
             Router(
                 path="/",
-                route_handlers=[SignInController, ListController, SessionController],
+                route_handlers=[
+                    SignInController,
+                    ListController,
+                    SessionController,
+                    EventsController,
+                ],
                 guards=[require_sign_in],
                 before_request=check_csrf,
                 exception_handlers={Exception: dashboard_error},

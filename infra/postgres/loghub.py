@@ -261,6 +261,11 @@ class HubSubscription(Subscription[ApplicationRecorder]):
             self._pages.append(fresh)
             self._queued += len(fresh)
 
+    @property
+    def stopped(self) -> bool:
+        """Whether `stop` was called (iterating then ends)."""
+        return self._has_been_stopped
+
     def buffered(self) -> bool:
         """Whether the next notification is already here (no wait, no query)."""
         return self._index < len(self._page) or bool(self._pages)

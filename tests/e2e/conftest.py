@@ -32,9 +32,11 @@ def free_port() -> int:
 class Sessiond:
     """One `sessiond <command>` process; `url` is set for the commands that serve HTTP."""
 
-    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, command: str, env: dict[str, str], log_path: Path, port: int | None = None
+    ) -> None:
         self.command = command
-        self.port = free_port() if command in ("serve", "api") else None
+        self.port = (port or free_port()) if command in ("serve", "api") else None
         self.url = f"http://127.0.0.1:{self.port}" if self.port else ""
         args = [sys.executable, "-m", "infra.cli", command]
         if self.port:
@@ -111,8 +113,10 @@ def start(tmp_path: Path, database_url: str) -> Iterator[Any]:
     database is dropped."""
     started: list[Sessiond] = []
 
-    def _start(command: str, env: dict[str, str], *, wait: bool = True) -> Sessiond:
-        process = Sessiond(command, env, tmp_path / f"{command}-{len(started)}.log")
+    def _start(
+        command: str, env: dict[str, str], *, wait: bool = True, port: int | None = None
+    ) -> Sessiond:
+        process = Sessiond(command, env, tmp_path / f"{command}-{len(started)}.log", port)
         started.append(process)
         if wait and process.url:
             process.wait_ready()

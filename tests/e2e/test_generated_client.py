@@ -39,7 +39,13 @@ EXPECTED_FUNCTIONS = {
     },
     "keys": {"create_session_key", "list_session_keys", "revoke_session_key"},
     "messages": {"send_message", "get_message", "list_messages"},
-    "history": {"list_events", "list_session_events", "get_session_uptime"},
+    "history": {
+        "list_events",
+        "list_session_events",
+        "get_session_uptime",
+        "stream_events",
+        "stream_session_events",
+    },
     "webhooks": {
         "create_webhook",
         "list_webhooks",

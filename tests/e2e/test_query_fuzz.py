@@ -138,9 +138,15 @@ def queries(parameters: list[dict[str, Any]], now: datetime) -> SearchStrategy[d
 
 
 def fuzz(
-    client: httpx.Client, path: str, headers: dict[str, str], strategy: SearchStrategy[Any]
+    client: httpx.Client,
+    path: str,
+    headers: dict[str, str],
+    strategy: SearchStrategy[Any],
+    *,
+    stream: bool = False,
 ) -> Counter[int]:
-    """Send every example; return how many answers of each status; fail on a 500."""
+    """Send every example; return how many answers of each status; fail on a 500. A `stream`
+    (Server-Sent Events, never ending) is closed once its answer began."""
     seen: Counter[int] = Counter()
 
     @settings(
@@ -152,9 +158,19 @@ def fuzz(
     )
     @given(params=strategy)
     def one(params: dict[str, Any]) -> None:
-        answer = client.get(path, params=params, headers=headers)
+        text = ""
+        if stream:
+            with client.stream("GET", path, params=params, headers=headers) as answer:
+                if answer.status_code == 200:
+                    assert answer.headers["content-type"].startswith("text/event-stream")
+                    assert next(answer.iter_bytes()).startswith(b":")
+                else:
+                    text = answer.read().decode(errors="replace")
+        else:
+            answer = client.get(path, params=params, headers=headers)
+            text = answer.text
         seen[answer.status_code] += 1
-        where = f"GET {path} {params!r}: {answer.status_code} {answer.text[:300]}"
+        where = f"GET {path} {params!r}: {answer.status_code} {text[:300]}"
         assert answer.status_code < 500, where
         if answer.status_code >= 400 and not path.startswith("/dashboard"):
             assert answer.headers["content-type"].startswith("application/problem+json"), where
@@ -200,7 +216,8 @@ def test_no_query_parameter_of_any_route_gets_a_500(
                 # An admin-only route says so with its 403; the others take the session's key.
                 headers = ADMIN if "403" in operation["responses"] else key
                 url = re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], path)
-                fuzzed[path] = fuzz(client, url, headers, queries(parameters, now))
+                stream = "text/event-stream" in operation["responses"]["200"]["content"]
+                fuzzed[path] = fuzz(client, url, headers, queries(parameters, now), stream=stream)
 
     dashboard = signed_in(server)
     page = {"name": "page", "schema": {"type": "integer", "minimum": 1, "maximum": 100_000}}
@@ -221,6 +238,8 @@ def test_no_query_parameter_of_any_route_gets_a_500(
         "/sessions/{session_id}/events",
         "/sessions/{session_id}/uptime",
         "/events",
+        "/events/stream",
+        "/sessions/{session_id}/events/stream",
         "/webhooks/{webhook_id}/deliveries",
         "/dashboard/",
     } <= fuzzed.keys()

@@ -1,0 +1,31 @@
+"""The live event stream for a signed-in operator's browser: the API's `GET /events/stream`
+behind the dashboard's sign-in, since a browser's `EventSource` cannot send ``x-api-key``."""
+
+from __future__ import annotations
+
+import time
+
+from litestar import Controller, get
+
+from api.controllers.streams import After, LastEventId, Types, every_session_stream
+from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
+from api.dashboard.web import DashRequest
+from api.streaming import EventStreamResponse
+
+
+class EventsController(Controller):
+    path = DASHBOARD
+    include_in_schema = False
+
+    @get("/events/stream", opt={SKIP_SESSION: True})
+    async def events(
+        self,
+        request: DashRequest,
+        last_event_id: LastEventId = None,
+        after: After = None,
+        types: Types = None,
+    ) -> EventStreamResponse:
+        """Every session's events, live, as `GET /events/stream` sends them; the stream ends
+        (``signed-out``) when the operator's sign-in does."""
+        until = time.monotonic() + await sign_in_left(request)
+        return await every_session_stream(request, last_event_id, after, types, until)
