@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
 from litestar import Request
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
@@ -164,6 +165,20 @@ def utc_instant(value: datetime, name: str, status: int = 400) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         return EARLIEST if value.year == 1 else LATEST
+
+
+def query_instant(value: str, name: str) -> datetime:
+    """An instant a query parameter names (ISO 8601 with a UTC offset, or a Unix timestamp),
+    in UTC; 400 otherwise. Such parameters are declared as text (OpenAPI format date-time)
+    and read here because msgspec 0.22 raises a bare ValueError, not a validation error, for
+    a timestamp that falls in year 10000, which Litestar would answer with a 500."""
+    try:
+        parsed = msgspec.convert(value, datetime, strict=False)
+    except (msgspec.ValidationError, ValueError) as error:
+        raise ProblemError(
+            400, "invalid-parameter", f"`{name}` is not an instant with a UTC offset: {error}"
+        ) from None
+    return utc_instant(parsed, name)
 
 
 async def request_pair_code(ctx: ApiContext, row: SessionRow, raw_phone: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
-from api.controllers.common import context, problems, utc_instant
+from api.controllers.common import context, problems, query_instant
 from api.presenters import event_out
 from api.problems import ProblemError
 from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
@@ -101,18 +101,20 @@ class UptimeController(Controller):
         request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         start: Annotated[
-            datetime | None,
+            str | None,
             QueryParameter(
                 name="from",
+                format="date-time",
                 description="Start of the window, with a UTC offset (default: midnight UTC 29 "
                 "days before the day of `to`, as in the status, or the session's creation if "
                 "later)",
             ),
         ] = None,
         end: Annotated[
-            datetime | None,
+            str | None,
             QueryParameter(
                 name="to",
+                format="date-time",
                 description="End of the window, with a UTC offset (default and at most: now)",
             ),
         ] = None,
@@ -127,9 +129,9 @@ class UptimeController(Controller):
         The default window's uptime is the status's `metrics.uptime` at the same instant."""
         row = access.session
         now = datetime.now(UTC)
-        stop = now if end is None else min(now, utc_instant(end, "to"))
+        stop = now if end is None else min(now, query_instant(end, "to"))
         if start is not None:
-            begin = utc_instant(start, "from")
+            begin = query_instant(start, "from")
         elif stop > row.created_at:  # then its window's start is a date that exists
             begin = max(row.created_at, window_start(stop))
         else:

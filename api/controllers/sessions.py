@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from functools import partial
 from typing import Annotated, Any
 
@@ -29,9 +28,9 @@ from api.controllers.common import (
     current_row,
     delete_session,
     problems,
+    query_instant,
     request_pair_code,
     settle,
-    utc_instant,
 )
 from api.fastpath import FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
@@ -164,9 +163,10 @@ class SessionsController(Controller):
         request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         as_of: Annotated[
-            datetime | None,
+            str | None,
             QueryParameter(
                 name="asOf",
+                format="date-time",
                 description="The session as it was at this instant (with a UTC offset), "
                 "rebuilt from its events",
             ),
@@ -176,7 +176,7 @@ class SessionsController(Controller):
         ctx = context(request)
         if as_of is None:
             return session_out(access.session, ctx.default_requests_per_minute)
-        instant = utc_instant(as_of, "asOf")
+        instant = query_instant(as_of, "asOf")
         session_id = access.session.session_id
         row = await ctx.expensive_reads.run(
             session_id,

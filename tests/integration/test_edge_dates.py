@@ -22,6 +22,9 @@ NOT_RFC3339 = [
     "10000-01-01T00:00:00Z",
     "-0001-01-01T00:00:00Z",
 ]
+#: Unix timestamps outside the calendar: 253402300800 is 10000-01-01 (msgspec 0.22 raised a
+#: bare ValueError for it, which was a 500).
+TIMESTAMPS_OUTSIDE = ["253402300800", "253402300800.5", "-62135596801", "99999999999999"]
 BEFORE_ANYTHING = ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00+23:59", "0001-01-01T23:59:59-23:59"]
 AFTER_EVERYTHING = [
     "9999-12-31T23:59:59.999999Z",
@@ -51,8 +54,11 @@ async def test_as_of(api: Api, session: dict[str, Any]) -> None:
 
     for value in NO_OFFSET:
         problem(await as_of(value), 400, "asOf", "UTC offset")
-    for value in NOT_RFC3339:
-        problem(await as_of(value), 400)
+    for value in [*NOT_RFC3339, *TIMESTAMPS_OUTSIDE]:
+        problem(await as_of(value), 400, "asOf")
+    repeated = await api.client.get(f"{url}?asOf=&asOf=253402300800", headers=ADMIN)
+    problem(repeated, 400)
+    assert (await as_of("0")).status_code == 404  # 1970, a timestamp in the calendar
     for value in BEFORE_ANYTHING:  # before the session existed
         problem(await as_of(value), 404, "did not exist yet")
     for value in AFTER_EVERYTHING:  # the session as it is
@@ -70,9 +76,9 @@ async def test_uptime_windows(api: Api, session: dict[str, Any]) -> None:
     for value in NO_OFFSET:
         problem(await uptime(**{"from": value}), 400, "from", "UTC offset")
         problem(await uptime(to=value), 400, "to", "UTC offset")
-    for value in NOT_RFC3339:
-        problem(await uptime(**{"from": value}), 400)
-        problem(await uptime(to=value), 400)
+    for value in [*NOT_RFC3339, *TIMESTAMPS_OUTSIDE]:
+        problem(await uptime(**{"from": value}), 400, "from")
+        problem(await uptime(to=value), 400, "to")
     for value in BEFORE_ANYTHING:
         problem(await uptime(to=value), 400, "before")  # ends before it can start
         problem(await uptime(**{"from": value}), 400, "buckets")  # 739,000 days
