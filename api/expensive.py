@@ -1,31 +1,42 @@
 """Expensive reads (a session as it was, uptime series, history pages, webhook replays) run
-on a small pool of threads of their own, at most a few at once per session.
+on a small pool of their own, at most a few at once per session.
 
-Their blocking work never runs on the threads that serve commands and the status path, and
-one session's clients cannot fill the pool: beyond `per_session` reads in flight they are
-answered 429 ``expensive-reads-spent`` with ``Retry-After``. A read counts as in flight until
-its thread has finished the work, even if its client went away meanwhile. The pool uses the
-process's existing database pool (no connections of its own); at most `threads` of its
-connections are busy with expensive reads at once.
+In a server process the pool is made of processes (`ReaderProcesses`): the reads' decoding
+and encoding never hold the API process's GIL, so the event loop that answers status reads
+and the threads that keep its views current never wait behind them. Each reader process
+reads with its own objects (built once by the composition root's recipe, one database
+connection each) and answers the response body already encoded: all the API process does
+with a read is pass bytes on. In-process apps (tests) run the same reads on threads with
+the API's own objects.
+
+One session's clients cannot fill the pool: beyond `per_session` reads in flight they are
+answered 429 ``expensive-reads-spent`` with ``Retry-After``, and `refuse_early` lets the ASGI
+layer answer that before routing once the key is checked. A read counts as in flight until
+its work has finished, even if its client went away meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NoReturn, TypeVar
 
 from api.problems import ProblemError
 
 T = TypeVar("T")
 RETRY_AFTER = "1"
-#: How long a thread holds the GIL before another may take it (Python's default: 5 ms). An
-#: expensive read decoding events holds it for that long at a time, and the event loop that
-#: answers status reads waits for it; at 1 ms the loop gets it back five times sooner.
+#: How long a thread holds the GIL before another may take it (Python's default: 5 ms). The
+#: event loop that answers status reads waits for it behind busy threads (the views' refresh,
+#: commands); at 1 ms it gets it back five times sooner.
 SWITCH_INTERVAL = 0.001
+
+#: What the reads of a reader process read with: built once when the process starts.
+_readers: Any = None
 
 
 def keep_the_loop_responsive() -> None:
@@ -33,13 +44,78 @@ def keep_the_loop_responsive() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-class ExpensiveReads:
-    """A bounded pool for expensive reads, with a cap of reads in flight per session."""
+def _start_reader(build: Callable[[], Any]) -> None:
+    global _readers  # noqa: PLW0603 - one per reader process, set once at its start
+    _readers = build()
 
-    def __init__(self, threads: int = 2, per_session: int = 2) -> None:
-        self.threads = threads
+
+def _read_in_process(task: Callable[..., T], *args: Any) -> T:
+    return task(_readers, *args)
+
+
+class ReaderProcesses:
+    """A pool of `processes` reader processes, each reading with what `build()` returns.
+
+    `build` must be picklable (a module-level function, or a `functools.partial` of one): it
+    runs in each new process. Processes are started when first needed, with the ``spawn``
+    method (the API process has threads), and replaced if one dies (its read answers 503).
+    """
+
+    def __init__(self, processes: int, build: Callable[[], Any]) -> None:
+        self.processes = processes
+        self.build = build
+        self._lock = threading.Lock()
+        self._executor = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_reader,
+            initargs=(self.build,),
+        )
+
+    def replace(self, broken: ProcessPoolExecutor) -> None:
+        """Start a new pool in place of `broken` (once, whoever notices first)."""
+        with self._lock:
+            if self._executor is not broken:
+                return
+            self._executor = self._new()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            return self._executor
+
+    def close(self) -> None:
+        with self._lock:
+            executor = self._executor
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ExpensiveReads:
+    """A bounded pool for expensive reads, with a cap of reads in flight per session.
+
+    `run(session_id, task, local, *args)` runs ``task(readers, *args)``: on the threads
+    with `local` (the caller's own objects) as `readers`, or in a reader process with that
+    process's own (then `task` and `args` must be picklable, and so must its result).
+    """
+
+    def __init__(
+        self,
+        threads: int = 2,
+        per_session: int = 2,
+        processes: ReaderProcesses | None = None,
+    ) -> None:
+        self.threads = processes.processes if processes is not None else threads
         self.per_session = per_session
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="expensive-read")
+        self.processes = processes
+        self._executor: Executor | None = (
+            None
+            if processes is not None
+            else ThreadPoolExecutor(threads, thread_name_prefix="expensive-read")
+        )
         self._running: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -47,8 +123,12 @@ class ExpensiveReads:
         with self._lock:
             return self._running.get(session_id, 0)
 
-    async def run(self, session_id: str, function: Callable[..., T], *args: Any) -> T:
-        """Run `function(*args)` on the pool for `session_id`; 429 if it has too many."""
+    def spent(self, session_id: str) -> bool:
+        """Whether the session has as many reads in flight as it may (a new one is 429)."""
+        return self.in_flight(session_id) >= self.per_session
+
+    async def run(self, session_id: str, task: Callable[..., T], local: Any, *args: Any) -> T:
+        """Run `task` on the pool for `session_id`; 429 if it has too many in flight."""
         with self._lock:
             running = self._running.get(session_id, 0)
             if running < self.per_session:
@@ -56,12 +136,43 @@ class ExpensiveReads:
         if running >= self.per_session:
             self.refuse(session_id)
         try:
-            future: Future[T] = self._executor.submit(function, *args)
+            future = self._submit(task, local, *args)
         except BaseException:
             self._release(session_id)
             raise
         future.add_done_callback(lambda _: self._release(session_id))
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            raise self._unavailable() from None
+
+    def _submit(self, task: Callable[..., T], local: Any, *args: Any) -> Future[T]:
+        if self.processes is None:
+            assert self._executor is not None
+            return self._executor.submit(task, local, *args)
+        executor = self.processes.executor
+        try:
+            future = executor.submit(_read_in_process, task, *args)
+        except BrokenProcessPool:
+            self.processes.replace(executor)
+            raise self._unavailable() from None
+
+        def replace_if_broken(done: Future[T]) -> None:
+            if not done.cancelled() and isinstance(done.exception(), BrokenProcessPool):
+                assert self.processes is not None
+                self.processes.replace(executor)
+
+        future.add_done_callback(replace_if_broken)
+        return future
+
+    @staticmethod
+    def _unavailable() -> ProblemError:
+        return ProblemError(
+            503,
+            "reader-unavailable",
+            "the process that ran this read ended; it has been replaced: try again",
+            {"Retry-After": RETRY_AFTER},
+        )
 
     def refuse(self, session_id: str) -> NoReturn:
         """Answer 429: the session has as many expensive reads in flight as it may."""
@@ -85,4 +196,7 @@ class ExpensiveReads:
 
     def close(self) -> None:
         """Start no more reads; those queued are dropped, those running end by themselves."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

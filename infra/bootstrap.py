@@ -48,6 +48,7 @@ from infra.postgres.uptime import PostgresUptimeView
 from infra.postgres.viewcache import CachedReadModels
 from infra.postgres.views import BatchingView
 from infra.postgres.webhooks import PostgresWebhookView, WebhookStore
+from infra.runtime.readers import reader_processes
 from infra.runtime.supervisor import ProjectionSupervisor
 from infra.runtime.worker import GatewayWorker, WorkerTimings
 from infra.settings import Settings, eventsourcing_env
@@ -359,7 +360,9 @@ class Container:
             phone_delay=self.settings.simulator_phone_delay,
         )
 
-    def api_context(self) -> ApiContext:
+    def api_context(self, *, reader_processes_wanted: bool = False) -> ApiContext:
+        """What the API needs; with `reader_processes_wanted` (a server process), its expensive
+        reads run in reader processes (`infra.readers`), else on threads of this process."""
         self.read_models = CachedReadModels(
             self.direct_url,
             self.views,
@@ -434,7 +437,11 @@ class Container:
             stream_heartbeat=self.settings.stream_heartbeat,
             max_streams_per_session=self.settings.max_streams_per_session,
             expensive_reads=ExpensiveReads(
-                self.settings.expensive_read_threads, self.settings.expensive_reads_per_session
+                self.settings.expensive_readers,
+                self.settings.expensive_reads_per_session,
+                reader_processes(self.settings, self.database_url, process_label(self.roles))
+                if reader_processes_wanted
+                else None,
             ),
             view_position=lambda: read_models.position,
             dashboard_secret=self.settings.dashboard_secret,
@@ -496,12 +503,13 @@ class Container:
         """The API app; its lifespan starts the other roles of this process and the views.
 
         `freeze_gc` (for a server process, which has one app for its whole life) moves what
-        start-up built out of the garbage collector's sight, so requests do not pay for it.
+        start-up built out of the garbage collector's sight, so requests do not pay for it;
+        such a process also runs its expensive reads in reader processes of their own.
         """
         self.start()
         if freeze_gc:  # a server process: its status reads must not queue behind busy threads
             keep_the_loop_responsive()
-        ctx = self.api_context()
+        ctx = self.api_context(reader_processes_wanted=freeze_gc)
         read_models = self.read_models
         assert read_models is not None
 

@@ -66,7 +66,7 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_keys_per_session: int = 50
     max_webhooks_per_session: int = 10
-    expensive_read_threads: int = 2
+    expensive_readers: int = 2
     expensive_reads_per_session: int = 2
     replay_max_events: int = 1000
     webhook_max_share: float = 0.25
@@ -131,7 +131,7 @@ class Settings:
             trusted_proxies=networks("TRUSTED_PROXIES", reader.optional("TRUSTED_PROXIES")),
             max_keys_per_session=reader.integer("MAX_KEYS_PER_SESSION", 50, 1, 100_000),
             max_webhooks_per_session=reader.integer("MAX_WEBHOOKS_PER_SESSION", 10, 1, 10_000),
-            expensive_read_threads=reader.integer("EXPENSIVE_READ_THREADS", 2, 1, 64),
+            expensive_readers=reader.integer("EXPENSIVE_READERS", 2, 1, 64),
             expensive_reads_per_session=reader.integer("EXPENSIVE_READS_PER_SESSION", 2, 1, 64),
             replay_max_events=reader.integer("REPLAY_MAX_EVENTS", 1000, 1, 100_000),
             webhook_max_share=reader.number("WEBHOOK_MAX_SHARE", 0.25, 0.01, 1.0),

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request
+from litestar import Request, Response
 from litestar.datastructures import State
+from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 
 from api.context import ApiContext
@@ -25,6 +26,13 @@ from projections.status import SessionRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def encoded(body: bytes) -> Response[Any]:
+    """An answer whose JSON body was encoded already (by an expensive read): sent as it is.
+    The handler's declared type (``Response[SomeOut]``) still documents it."""
+    return Response(content=body, media_type=MediaType.JSON)
+
 
 _DESCRIPTIONS = {
     400: "Malformed request: the body is not JSON, or a parameter is not valid",

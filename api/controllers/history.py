@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from uuid import UUID
 
-from litestar import Controller, Request, get
+from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
+from api import reads
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
-from api.controllers.common import context, problems, query_instant
-from api.presenters import event_out
+from api.controllers.common import context, encoded, problems, query_instant
 from api.problems import ProblemError
-from api.schemas import EventPageOut, UptimeBucketOut, UptimeSeriesOut
-from domain.values import session_uuid
-from projections.history import HistoryEntry, log_page, session_history
+from api.schemas import EventPageOut, UptimeSeriesOut
 from projections.status import window_start
-from projections.uptime import BUCKETS, Bucket, UptimeView, overall, series
+from projections.uptime import BUCKETS
 
 MAX_PAGE = 1000
 #: Whose expensive reads the admin's pages of the global log count as.
@@ -29,19 +26,6 @@ Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Events per
 After = Annotated[
     int, QueryParameter(ge=0, description="Only events after this one (the `next` of a page)")
 ]
-
-
-def _page(entries: list[HistoryEntry], limit: int, cursor: str) -> EventPageOut:
-    items = [event_out(e) for e in entries]
-    last = getattr(entries[-1], cursor) if entries and len(entries) == limit else None
-    return EventPageOut(items=items, next=last)
-
-
-def _uptime_points(
-    view: UptimeView, session_id: UUID, begin: datetime, stop: datetime, step: timedelta
-) -> list[Bucket]:
-    """The series' points, read and computed on the expensive reads' pool."""
-    return series(view.transitions(session_id, begin, stop), begin, stop, step)
 
 
 class HistoryController(Controller):
@@ -63,14 +47,14 @@ class HistoryController(Controller):
         access: NamedDependency[SessionAccess],
         after: After = 0,
         limit: Limit = 100,
-    ) -> EventPageOut:
+    ) -> Response[EventPageOut]:
         """Every event of the session in order, paged by version (`after`, `next`)."""
         ctx = context(request)
         session_id = access.session.session_id
-        entries = await ctx.expensive_reads.run(
-            session_id, session_history, ctx.app, session_uuid(session_id), after, limit
+        body = await ctx.expensive_reads.run(
+            session_id, reads.session_events, ctx, session_id, after, limit
         )
-        return _page(entries, limit, "version")
+        return encoded(body)
 
     @get("/events", responses=problems(400, 401, 403, 429), operation_id="listEvents")
     async def log(
@@ -79,11 +63,11 @@ class HistoryController(Controller):
         admin: NamedDependency[Principal],
         after: After = 0,
         limit: Limit = 100,
-    ) -> EventPageOut:
+    ) -> Response[EventPageOut]:
         """The global log of every session (admin), paged by position (`after`, `next`)."""
         ctx = context(request)
-        entries = await ctx.expensive_reads.run(ADMIN_LOG, log_page, ctx.app, after, limit)
-        return _page(entries, limit, "position")
+        body = await ctx.expensive_reads.run(ADMIN_LOG, reads.log_events, ctx, after, limit)
+        return encoded(body)
 
 
 class UptimeController(Controller):
@@ -121,7 +105,7 @@ class UptimeController(Controller):
         bucket: Annotated[
             Literal["hour", "day"], QueryParameter(description="Length of each point")
         ] = "day",
-    ) -> UptimeSeriesOut:
+    ) -> Response[UptimeSeriesOut]:
         """The uptime series analysts chart: per hour or day, the seconds the session was in
         service (meant to run, from its first link on) and those it was connected, and the
         uptime as a percentage (0-100, two decimals). The time before the first link and the
@@ -145,25 +129,8 @@ class UptimeController(Controller):
                 "window-too-long",
                 f"at most {MAX_BUCKETS} buckets per request: use bucket=day or a shorter window",
             )
-        uuid = session_uuid(row.session_id)
         ctx = context(request)
-        points = await ctx.expensive_reads.run(
-            row.session_id, _uptime_points, ctx.uptime, uuid, begin, stop, step
+        body = await ctx.expensive_reads.run(
+            row.session_id, reads.uptime_series, ctx, row.session_id, (begin, stop), bucket
         )
-        return UptimeSeriesOut(
-            session_id=row.session_id,
-            start=begin,
-            end=stop,
-            bucket=bucket,
-            uptime=overall(points),
-            items=[
-                UptimeBucketOut(
-                    start=p.start,
-                    end=p.end,
-                    running_seconds=round(p.running_seconds, 3),
-                    connected_seconds=round(p.connected_seconds, 3),
-                    uptime=p.uptime,
-                )
-                for p in points
-            ],
-        )
+        return encoded(body)

@@ -13,6 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from api import reads
 from api.auth import (
     API_KEY_SECURITY,
     Principal,
@@ -27,6 +28,7 @@ from api.controllers.common import (
     context,
     current_row,
     delete_session,
+    encoded,
     problems,
     query_instant,
     request_pair_code,
@@ -52,8 +54,6 @@ from api.schemas import (
     StatusValue,
 )
 from application.phones import InvalidPhone
-from domain.values import session_uuid
-from projections.history import state_as_of
 
 SESSION = "/{session_id:str}"
 JSON = "application/json"
@@ -171,26 +171,21 @@ class SessionsController(Controller):
                 "rebuilt from its events",
             ),
         ] = None,
-    ) -> SessionOut:
+    ) -> Response[SessionOut]:
         """One session, as it is now or as it was at `asOf`."""
         ctx = context(request)
         if as_of is None:
-            return session_out(access.session, ctx.default_requests_per_minute)
+            return Response(session_out(access.session, ctx.default_requests_per_minute))
         instant = query_instant(as_of, "asOf")
         session_id = access.session.session_id
-        row = await ctx.expensive_reads.run(
-            session_id,
-            state_as_of,
-            ctx.app,
-            session_uuid(session_id),
-            instant,
-            ctx.status_snapshots,
+        body = await ctx.expensive_reads.run(
+            session_id, reads.state_as_of, ctx, session_id, instant
         )
-        if row is None:
+        if body is None:
             raise ProblemError(
                 404, "not-yet-created", f"the session did not exist yet at {instant.isoformat()}"
             )
-        return session_out(row, ctx.default_requests_per_minute)
+        return encoded(body)
 
     @get(
         SESSION + "/status",

@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from api import reads
 from api.auth import API_KEY_SECURITY, Principal, provide_caller
 from api.context import ApiContext
 from api.controllers.common import call, context, problems, reached, utc_instant
@@ -32,11 +33,9 @@ from api.schemas import (
     WebhookOut,
 )
 from application.webhooks import Webhooks
-from projections.replay import InvalidCursor, ReplayPage, replay_page
+from projections.replay import InvalidCursor
 
 WEBHOOK = "/webhooks/{webhook_id:str}"
-#: How long a replay holds its endpoint at most (a process that dies mid-replay lets go then).
-REPLAY_HOLD = 60.0
 #: Whose expensive reads the admin's endpoints (every session's events) count as.
 GLOBAL_ENDPOINTS = "*global-endpoints*"
 
@@ -301,50 +300,16 @@ class WebhooksController(Controller):
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
         tenant = row["session_id"] or GLOBAL_ENDPOINTS
         try:
-            page = await ctx.expensive_reads.run(
-                tenant, _replay, ctx, row, (start, end), data.after
+            enqueued, after = await ctx.expensive_reads.run(
+                tenant, reads.replay, ctx, row, (start, end), data.after
             )
         except InvalidCursor as error:
             raise ProblemError(422, "invalid-cursor", str(error)) from None
-        except ReplayInProgress:
+        except reads.ReplayInProgress:
             raise ProblemError(
                 409,
                 "replay-in-progress",
                 f"a replay of {webhook_id} is running; send this one when it has answered",
                 {"Retry-After": "1"},
             ) from None
-        return ReplayOut(webhook_id=webhook_id, enqueued=len(page.deliveries), next=page.next)
-
-
-def _replay(
-    ctx: ApiContext, row: dict[str, Any], window: tuple[datetime, datetime], after: str | None
-) -> ReplayPage:
-    """Find a bounded page of the endpoint's events in `window` and enqueue them, holding
-    the endpoint's replay (in every process) until done."""
-    queries, webhook_id = ctx.webhook_queries, row["webhook_id"]
-    if not queries.begin_replay(webhook_id, REPLAY_HOLD):
-        raise ReplayInProgress(webhook_id)
-    try:
-        return _replay_held(ctx, row, window, after)
-    finally:
-        queries.end_replay(webhook_id)
-
-
-class ReplayInProgress(Exception):
-    """Another replay of the endpoint holds it."""
-
-
-def _replay_held(
-    ctx: ApiContext, row: dict[str, Any], window: tuple[datetime, datetime], after: str | None
-) -> ReplayPage:
-    page = replay_page(
-        ctx.app,
-        ctx.webhook_queries,
-        endpoint=row,
-        window=window,
-        cursor=after,
-        limit=ctx.replay_max_events,
-    )
-    if page.deliveries:
-        ctx.webhook_queries.replay(page.deliveries)
-    return page
+        return ReplayOut(webhook_id=webhook_id, enqueued=enqueued, next=after)

@@ -92,7 +92,7 @@ def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers
     env = {
         **sessiond_env,
         "SESSIOND_EXPENSIVE_READS_PER_SESSION": "1",
-        "SESSIOND_EXPENSIVE_READ_THREADS": "1",
+        "SESSIOND_EXPENSIVE_READERS": "1",
     }
     server = start("serve", env)
     with server.client() as client:

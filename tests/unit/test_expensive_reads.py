@@ -15,19 +15,19 @@ from api.problems import ProblemError
 async def test_a_session_beyond_its_cap_is_refused_429_and_others_are_not() -> None:
     reads = ExpensiveReads(threads=2, per_session=1)
     release = threading.Event()
-    hanging = asyncio.create_task(reads.run("noisy", release.wait))
+    hanging = asyncio.create_task(reads.run("noisy", lambda _: release.wait(), None))
     while reads.in_flight("noisy") == 0:
         await asyncio.sleep(0)
     with pytest.raises(ProblemError) as refused:
-        await reads.run("noisy", lambda: "never")
+        await reads.run("noisy", lambda _: "never", None)
     assert refused.value.status == 429
     assert refused.value.code == "expensive-reads-spent"
     assert refused.value.headers == {"Retry-After": "1"}
     # Check: another session is served meanwhile, on the pool's other thread.
-    assert await reads.run("quiet", lambda: "served") == "served"
+    assert await reads.run("quiet", lambda _: "served", None) == "served"
     release.set()
     assert await hanging is True
-    assert await reads.run("noisy", lambda: "again") == "again"
+    assert await reads.run("noisy", lambda _: "again", None) == "again"
     reads.close()
 
 
@@ -39,7 +39,7 @@ async def test_a_read_whose_client_went_away_counts_until_its_work_ends() -> Non
         release.wait()
         ended.set()
 
-    abandoned = asyncio.create_task(reads.run("noisy", work))
+    abandoned = asyncio.create_task(reads.run("noisy", lambda _: work(), None))
     while reads.in_flight("noisy") == 0:
         await asyncio.sleep(0)
     abandoned.cancel()
@@ -50,5 +50,5 @@ async def test_a_read_whose_client_went_away_counts_until_its_work_ends() -> Non
     await asyncio.to_thread(ended.wait)
     while reads.in_flight("noisy"):
         await asyncio.sleep(0)
-    assert await reads.run("noisy", lambda: 1) == 1
+    assert await reads.run("noisy", lambda _: 1, None) == 1
     reads.close()
