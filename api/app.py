@@ -36,7 +36,7 @@ from api.controllers.streams import StreamsController, streams_lifespan
 from api.controllers.webhooks import WebhooksController
 from api.dashboard import Dashboard, template_config
 from api.docs import swagger_assets, swagger_plugin
-from api.fastpath import status_fast_path
+from api.fastpath import expensive_refusal, status_fast_path
 from api.openapi import complete_openapi
 from api.problems import ProblemError, handle_exception
 from api.requests import JsonRequest
@@ -162,6 +162,7 @@ def create_app(
         middleware=[
             failure_throttle,
             status_fast_path,
+            expensive_refusal,
             rate_limit_headers,
             allow_header,
             dashboard.middleware,

@@ -18,9 +18,13 @@ its work has finished, even if its client went away meanwhile.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import multiprocessing
+import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +34,8 @@ from api.problems import ProblemError
 
 T = TypeVar("T")
 RETRY_AFTER = "1"
+#: How often a reader process checks that its API process is still there (seconds).
+PARENT_CHECK = 0.5
 #: How long a thread holds the GIL before another may take it (Python's default: 5 ms). The
 #: event loop that answers status reads waits for it behind busy threads (the views' refresh,
 #: commands); at 1 ms it gets it back five times sooner.
@@ -44,9 +50,21 @@ def keep_the_loop_responsive() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-def _start_reader(build: Callable[[], Any]) -> None:
+def _start_reader(build: Callable[[], Any], parent_pid: int) -> None:
     global _readers  # noqa: PLW0603 - one per reader process, set once at its start
+    threading.Thread(target=_exit_with, args=(parent_pid,), name="parent", daemon=True).start()
     _readers = build()
+
+
+def _exit_with(parent_pid: int) -> None:
+    """End this reader process as soon as its API process is gone, however it went."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK)
+    os._exit(0)
+
+
+def _ready(_: Any) -> None:
+    """A read that reads nothing: it starts a reader process."""
 
 
 def _read_in_process(task: Callable[..., T], *args: Any) -> T:
@@ -56,9 +74,12 @@ def _read_in_process(task: Callable[..., T], *args: Any) -> T:
 class ReaderProcesses:
     """A pool of `processes` reader processes, each reading with what `build()` returns.
 
-    `build` must be picklable (a module-level function, or a `functools.partial` of one): it
-    runs in each new process. Processes are started when first needed, with the ``spawn``
-    method (the API process has threads), and replaced if one dies (its read answers 503).
+    `build` must be picklable (a module-level function, or a picklable callable object): it
+    runs in each new process. Processes are started with the ``spawn`` method (the API
+    process has threads) by `start` or when first needed, and replaced if one dies (its read
+    answers 503). They end with the API process: when it closes the pool or exits (they are
+    stopped, whatever they were doing), or when it is killed (they notice within
+    `PARENT_CHECK`).
     """
 
     def __init__(self, processes: int, build: Callable[[], Any]) -> None:
@@ -66,14 +87,22 @@ class ReaderProcesses:
         self.build = build
         self._lock = threading.Lock()
         self._executor = self._new()
+        # Before multiprocessing's own exit handler, which would wait for them for ever.
+        atexit.register(self.close)
 
     def _new(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_reader,
-            initargs=(self.build,),
+            initargs=(self.build, os.getpid()),
         )
+
+    def start(self) -> None:
+        """Start every reader process now (in the background), not at the first reads."""
+        executor = self.executor
+        for _ in range(self.processes):
+            executor.submit(_read_in_process, _ready)
 
     def replace(self, broken: ProcessPoolExecutor) -> None:
         """Start a new pool in place of `broken` (once, whoever notices first)."""
@@ -89,9 +118,19 @@ class ReaderProcesses:
             return self._executor
 
     def close(self) -> None:
+        """Stop the reader processes now, reads in flight included (their answers are lost)."""
         with self._lock:
             executor = self._executor
+        # The executor's processes (it forgets them on shutdown), which it would only stop
+        # once each had read its request to.
+        try:
+            processes = list((getattr(executor, "_processes", None) or {}).values())
+        except RuntimeError:  # changed meanwhile (a process started): they end with us
+            processes = []
         executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
 
 
 class ExpensiveReads:
@@ -122,6 +161,11 @@ class ExpensiveReads:
     def in_flight(self, session_id: str) -> int:
         with self._lock:
             return self._running.get(session_id, 0)
+
+    def start(self) -> None:
+        """Start the reader processes, if any (in the background)."""
+        if self.processes is not None:
+            self.processes.start()
 
     def spent(self, session_id: str) -> bool:
         """Whether the session has as many reads in flight as it may (a new one is 429)."""

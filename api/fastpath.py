@@ -1,4 +1,5 @@
-"""The status read, answered without Litestar's per-request machinery.
+"""The status read, and the refusal of an expensive read beyond its session's cap, answered
+without Litestar's per-request machinery.
 
 `GET /sessions/{id}/status` is what clients poll. Routing stays Litestar's, and so do the
 access check (`provide_access`: key, session scope, rate limit) and every error answer
@@ -7,9 +8,18 @@ are skipped, and the body is encoded straight to ASGI. The route's handler stays
 for the OpenAPI document and answers any request this path does not take. The throttle of
 failed authentications (`api.auth.failure_throttle`) runs before this path, as before every
 route: a locked-out address is refused here too, and a refused key here is counted.
+
+`expensive_refusal` does the same for the expensive reads of a session (its past state, its
+uptime series, its history pages: routes marked `EXPENSIVE`) while that session has as many
+in flight as it may: the key, its scope and the rate limit are checked as on the route, then
+the 429 ``expensive-reads-spent`` is answered at once, before the query is parsed and the
+handler's dependencies resolved. A client that floods a session's expensive reads costs the
+event loop little more than a status read per refused request.
 """
 
 from __future__ import annotations
+
+from urllib.parse import parse_qs
 
 import msgspec
 from litestar.enums import ScopeType
@@ -21,6 +31,9 @@ from api.problems import handle_exception
 from api.requests import JsonRequest
 
 FAST_STATUS = "fast_status"  # set in the `opt` of the route handler this path answers
+#: Set in the `opt` of a route of one session's expensive reads: True, or the name of the
+#: query parameter that makes the route expensive (``asOf`` of ``GET /sessions/{id}``).
+EXPENSIVE = "expensive"
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -39,10 +52,8 @@ def status_fast_path(app: ASGIApp) -> ASGIApp:
         try:
             access = await provide_access(request, scope["path_params"]["session_id"])
             body = _ENCODER.encode(status_out(access.session))
-        except Exception as error:  # answered exactly as the app's exception handler would
-            response = handle_exception(request, error)
-            response.headers.update(scope["state"].get(RATE_LIMIT_STATE) or {})
-            await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+        except Exception as error:
+            await _answer_error(request, error, scope, receive, send)
             return
         headers = [
             (b"content-type", b"application/json"),
@@ -52,5 +63,46 @@ def status_fast_path(app: ASGIApp) -> ASGIApp:
         headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return middleware
+
+
+async def _answer_error(
+    request: JsonRequest, error: Exception, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer `error` exactly as the app's exception handler would."""
+    response = handle_exception(request, error)
+    response.headers.update(scope["state"].get(RATE_LIMIT_STATE) or {})
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+
+
+def _is_expensive(scope: Scope) -> bool:
+    handler = scope.get("route_handler")
+    if handler is None or scope["type"] != ScopeType.HTTP or scope["method"] != "GET":
+        return False
+    marked = handler.opt.get(EXPENSIVE)
+    if not marked:
+        return False
+    if marked is True:
+        return True
+    return str(marked) in parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+
+
+def expensive_refusal(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_expensive(scope):
+            await app(scope, receive, send)
+            return
+        reads = scope["litestar_app"].state.ctx.expensive_reads
+        named = scope["path_params"]["session_id"]
+        if not reads.spent(named):
+            await app(scope, receive, send)
+            return
+        request = JsonRequest(scope, receive)
+        try:
+            access = await provide_access(request, named)
+            reads.refuse(access.session.session_id)
+        except Exception as error:
+            await _answer_error(request, error, scope, receive, send)
 
     return middleware

@@ -516,6 +516,7 @@ class Container:
         @asynccontextmanager
         async def lifespan(_: Litestar) -> AsyncIterator[None]:
             await asyncio.to_thread(read_models.start)
+            ctx.expensive_reads.start()  # reader processes get ready meanwhile
             await ctx.readiness_warnings()  # logs it at start-up when it applies
             if freeze_gc:
                 gc.collect()

@@ -13,6 +13,7 @@ from litestar.params import QueryParameter
 from api import reads
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
 from api.controllers.common import context, encoded, problems, query_instant
+from api.fastpath import EXPENSIVE
 from api.problems import ProblemError
 from api.schemas import EventPageOut, UptimeSeriesOut
 from projections.status import window_start
@@ -38,6 +39,7 @@ class HistoryController(Controller):
 
     @get(
         "/sessions/{session_id:str}/events",
+        opt={EXPENSIVE: True},  # refused early beyond the session's cap (`api.fastpath`)
         responses=problems(400, 401, 404, 429, 503),
         operation_id="listSessionEvents",
     )
@@ -77,6 +79,7 @@ class UptimeController(Controller):
 
     @get(
         "/sessions/{session_id:str}/uptime",
+        opt={EXPENSIVE: True},
         responses=problems(400, 401, 404, 429, 503),
         operation_id="getSessionUptime",
     )

@@ -34,7 +34,7 @@ from api.controllers.common import (
     request_pair_code,
     settle,
 )
-from api.fastpath import FAST_STATUS
+from api.fastpath import EXPENSIVE, FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
 from api.qr import PNG, SVG, render
@@ -157,7 +157,12 @@ class SessionsController(Controller):
         items = [session_out(row, ctx.default_requests_per_minute) for row in rows]
         return SessionListOut(items=items, count=len(items))
 
-    @get(SESSION, responses=problems(400, 401, 404, 429, 503), operation_id="getSession")
+    @get(
+        SESSION,
+        opt={EXPENSIVE: "asOf"},  # refused early beyond the session's cap (`api.fastpath`)
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="getSession",
+    )
     async def get_session(
         self,
         request: Request[Any, Any, State],

@@ -5,15 +5,18 @@ time, and webhook slots that a slow endpoint cannot take from the others."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.steps import eventually
+from tests.e2e.steps import children, eventually
 from tests.receiver import Answer, Receiver, receiver
 
 
@@ -128,6 +131,21 @@ def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers
                 refused = client.get(path, params=params, headers=key_of(noisy))
                 _problem(refused, 429, "expensive-reads-spent")
                 assert refused.headers["retry-after"] == "1"
+            # Check: the refusal comes after the key's check, as on the route itself: no key
+            # or a wrong one is 401, another session's key 404 (nothing about this session
+            # is told), the admin key is refused 429 too, and the rate limit was counted.
+            assert client.get(past + "/events").status_code == 401
+            bad = {"x-api-key": key_of(noisy)["x-api-key"][:-2] + "xx"}
+            _problem(client.get(past + "/events", headers=bad), 401, "unauthorized")
+            foreign = client.get(past, params={"asOf": as_of}, headers=key_of(quiet))
+            _problem(foreign, 404, "session-not-found")
+            admin = client.get(past + "/uptime", headers=ADMIN)
+            _problem(admin, 429, "expensive-reads-spent")
+            counted = client.get(past + "/events", params={"limit": "5"}, headers=key_of(noisy))
+            _problem(counted, 429, "expensive-reads-spent")
+            assert "ratelimit-remaining" in counted.headers, counted.headers
+            # Check: without `asOf` the session itself is no expensive read.
+            assert client.get(past, headers=key_of(noisy)).status_code == 200
             # Check: the status path of both sessions answers meanwhile.
             for created in (noisy, quiet):
                 status = client.get(
@@ -141,6 +159,78 @@ def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers
         again = client.get(past, params={"asOf": as_of}, headers=key_of(noisy))
         assert again.status_code == 200, again.text
         assert again.json() == answers[0].json()
+
+
+def _readers(server: Any) -> list[int]:
+    """The reader processes of the server's HTTP process (`api.expensive`)."""
+    return [
+        pid
+        for http, _ in children(server.process.pid)
+        for pid, cmd in children(http)
+        if "multiprocessing.spawn" in cmd
+    ]
+
+
+def test_a_reader_process_that_dies_mid_read_is_replaced_and_none_outlives_the_server(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    server = start("serve", {**sessiond_env, "SESSIOND_EXPENSIVE_READERS": "1"})
+    with server.client() as client:
+        created = create_session(client, "Read")
+        past = f"/sessions/{created['sessionId']}"
+        as_of = datetime.now(UTC).isoformat()
+        first = client.get(past, params={"asOf": as_of}, headers=key_of(created))
+        assert first.status_code == 200, first.text
+        (reader,) = _readers(server)
+        answers: list[httpx.Response] = []
+        # The fault: the reader process is killed while its read waits on a lock.
+        with psycopg.connect(database_url) as lock:
+            lock.execute("LOCK TABLE sessiond_status_snapshots IN ACCESS EXCLUSIVE MODE")
+            hanging = threading.Thread(
+                target=lambda: answers.append(
+                    client.get(past, params={"asOf": as_of}, headers=key_of(created))
+                )
+            )
+            hanging.start()
+            eventually(
+                lambda: _waiting_on(database_url, "sessiond_status_snapshots"),
+                timeout=4,
+                what="the past read waits on the lock",
+            )
+            os.kill(reader, signal.SIGKILL)
+            hanging.join(10)
+            lock.rollback()
+        # Check: the read answers 503 with Retry-After, not a 500 and not never.
+        (answer,) = answers
+        _problem(answer, 503, "reader-unavailable")
+        assert answer.headers["retry-after"] == "1"
+        # Check: the next read is served by a new reader process, with the same answer.
+        again = client.get(past, params={"asOf": as_of}, headers=key_of(created))
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        (replaced,) = _readers(server)
+        assert replaced != reader
+    # Check: a server killed outright leaves no reader process behind.
+    server.process.kill()
+    server.process.wait(10)
+    eventually(lambda: not _alive(replaced), timeout=20, what="the reader process ends")
+
+
+def _waiting_on(database_url: str, table: str) -> bool:
+    with psycopg.connect(database_url) as probe:
+        found = probe.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+            (table,),
+        ).fetchone()
+    return bool(found and found[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_a_replay_reads_a_bounded_page_of_the_sessions_own_events_and_goes_on_by_cursor(
