@@ -34,6 +34,8 @@ from api.problems import ProblemError
 
 T = TypeVar("T")
 RETRY_AFTER = "1"
+#: How much lower a reader process's CPU priority is than its API process's (`nice`).
+READER_NICENESS = 10
 #: How often a reader process checks that its API process is still there (seconds).
 PARENT_CHECK = 0.5
 #: How long a thread holds the GIL before another may take it (Python's default: 5 ms). The
@@ -52,6 +54,8 @@ def keep_the_loop_responsive() -> None:
 
 def _start_reader(build: Callable[[], Any], parent_pid: int) -> None:
     global _readers  # noqa: PLW0603 - one per reader process, set once at its start
+    # Behind the API process for the CPU: a core both want goes to the status reads first.
+    os.nice(READER_NICENESS)
     threading.Thread(target=_exit_with, args=(parent_pid,), name="parent", daemon=True).start()
     _readers = build()
 

@@ -13,7 +13,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from infra.postgres.gateway import WORKER_APP_PREFIX
 
-BUDGETS = {"serve": 12, "api": 4, "projector": 8, "worker": 6}
+#: With the API process's 2 reader processes (`sessiond-<role>:reader`, one connection each).
+BUDGETS = {"serve": 14, "api": 6, "projector": 8, "worker": 6}
 
 
 SERVE_NAMES = ("sessiond-serve", "sessiond-worker")

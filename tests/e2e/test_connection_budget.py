@@ -1,9 +1,10 @@
 """Each process holds a fixed few PostgreSQL connections, idle and under load, counted in
 ``pg_stat_activity`` by the names the processes give them (``sessiond-<role>:pool``,
-``sessiond-<role>:listener``, a worker's ``sessiond-worker:<id>``).
+``sessiond-<role>:listener``, a worker's ``sessiond-worker:<id>``, an API process's reader
+processes ``sessiond-<role>:reader``).
 
-Budgets: ``serve`` 12 in all (its HTTP process and its child worker), an ``api`` 4, a
-``projector`` 8, a ``worker`` 6; the device store's pool of a neonize worker is counted apart
+Budgets: ``serve`` 14 in all (its HTTP process, its 2 reader processes and its child worker),
+an ``api`` 6, a ``projector`` 8, a ``worker`` 6; the device store's pool of a neonize worker is counted apart
 (``sessiond-device-store``, tests/e2e/test_neonize_many_offline.py)."""
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def exercise(api: Sessiond, sessions: int = 12) -> None:
         assert client.get("/sessions", headers=ADMIN).status_code == 200
 
 
-def test_serve_holds_at_most_12_connections_idle_and_under_load(
+def test_serve_holds_at_most_14_connections_idle_and_under_load(
     start: Any, sessiond_env: dict[str, str], database_url: str
 ) -> None:
     serve = start("serve", sessiond_env)
