@@ -4,8 +4,8 @@
 processes ``sessiond-<role>:reader``).
 
 Budgets: ``serve`` 14 in all (its HTTP process, its 2 reader processes and its child worker),
-an ``api`` 6, a ``projector`` 8, a ``worker`` 6; the device store's pool of a neonize worker is counted apart
-(``sessiond-device-store``, tests/e2e/test_neonize_many_offline.py)."""
+an ``api`` 6, a ``projector`` 8, a ``worker`` 6; the device store's pool of a neonize worker
+is counted apart (``sessiond-device-store``, tests/e2e/test_neonize_many_offline.py)."""
 
 from __future__ import annotations
 
