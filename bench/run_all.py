@@ -33,6 +33,7 @@ BENCHMARKS = (
     "neonize_clients.py",
     "scale_10k.py",
     "noisy_neighbour.py",
+    "expensive_reads_lag.py",
 )
 #: Extra options of one benchmark: the 10,000-session run takes several minutes on 2 cores,
 #: so `make bench` runs it with 1,000 (run `bench/scale_10k.py` alone for the full figure).
@@ -179,6 +180,7 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
         + _client_rows(results)
         + _scale_rows(results)
         + _noisy_rows(results)
+        + _lag_rows(results)
     )
 
 
@@ -250,6 +252,33 @@ def _noisy_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
             "≤ 2x quiet",
             verdict(noisy["webhook_met"]) + invalid,
         ],
+    ]
+
+
+def _lag_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
+    lag = results.get("expensive_reads_lag.py")
+    if lag is None:
+        return [
+            [
+                "event-loop lag, expensive reads on threads vs processes",
+                "-",
+                "-",
+                "-",
+                "-",
+                "FAILED",
+            ]
+        ]
+    threads, processes = lag["figures"]["threads"], lag["figures"]["processes"]
+    return [
+        [
+            "event-loop lag p99 under 8 clients' expensive reads: threads vs processes (ms)",
+            f"{threads['p99_ms']:.1f}",
+            f"{processes['p99_ms']:.1f}",
+            f"{processes['p99_ms'] / threads['p99_ms']:.2f}" if threads["p99_ms"] else "-",
+            "-",
+            f"idle loop p99 {lag['figures']['idle']['p99_ms']:.1f} ms"
+            + ("" if lag["valid"] else " INVALID"),
+        ]
     ]
 
 
