@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from eventsourcing.cryptography import AESCipher
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
 from tests.e2e.steps import children, eventually
@@ -214,6 +215,32 @@ def test_a_reader_process_that_dies_mid_read_is_replaced_and_none_outlives_the_s
     server.process.kill()
     server.process.wait(10)
     eventually(lambda: not _alive(replaced), timeout=20, what="the reader process ends")
+
+
+def test_reader_processes_decrypt_the_log_with_the_servers_cipher_key(
+    start: Any, sessiond_env: dict[str, str]
+) -> None:
+    env = {**sessiond_env, "SESSIOND_CIPHER_KEY": AESCipher.create_key(32)}
+    server = start("serve", env)
+    with server.client() as client:
+        created = create_session(client, "Encrypted")
+        sid = created["sessionId"]
+        assert client.post(f"/sessions/{sid}/stop", headers=ADMIN).status_code == 200
+        # Check: a history page, a past state and an uptime series, read by a reader
+        # process from the encrypted log, answer what the session recorded.
+        page = client.get(f"/sessions/{sid}/events", headers=key_of(created))
+        assert page.status_code == 200, page.text
+        versions = [item["version"] for item in page.json()["items"]]
+        assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 2
+        past = client.get(
+            f"/sessions/{sid}",
+            params={"asOf": datetime.now(UTC).isoformat()},
+            headers=key_of(created),
+        )
+        assert past.status_code == 200, past.text
+        assert past.json()["name"] == "Encrypted"
+        uptime = client.get(f"/sessions/{sid}/uptime", headers=key_of(created))
+        assert uptime.status_code == 200, uptime.text
 
 
 def _waiting_on(database_url: str, table: str) -> bool:
