@@ -13,7 +13,7 @@ from api.reads import OwnReaders
 from application.sessions import SessionsApplication
 from infra.postgres.generations import ActiveUptimeView, ActiveViews
 from infra.postgres.snapshots import PostgresStatusSnapshots
-from infra.postgres.views import PostgresUptimeView
+from infra.postgres.uptime import PostgresUptimeView
 from infra.postgres.webhooks import WebhookStore
 from infra.runtime.processes import die_with_parent
 from infra.settings import Settings, eventsourcing_env
