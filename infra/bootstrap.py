@@ -107,10 +107,10 @@ def per_process_warning(processes: int) -> str:
     )
 
 
-#: The most connections each process's pool opens, by the roles it runs: with its listener
-#: and an API process's reader processes (one each, 2 by default: `infra.runtime.readers`),
-#: `api` 6, `projector` 8, `worker` 6 (plus the device store's own pool), and `serve` 14 in
-#: all (api and projector in its HTTP process: 6, its readers 2; its child worker: 6).
+#: The most connections each process's pool opens, by the roles it runs: with its listener,
+#: `api` 4, `projector` 8, `worker` 6 (plus the device store's own pool), and `serve` 12 in
+#: all (api and projector in its HTTP process: 6; its child worker: 6); an API process's
+#: reader processes add one each while they read (2 by default: `infra.runtime.readers`).
 #: Tested by tests/e2e/test_connection_budget.py.
 POOL_MAX = {
     frozenset({"api"}): 3,

@@ -93,3 +93,6 @@ class PostgresFactory(postgres.PostgresFactory):
         if self.env.get("POSTGRES_PREPARED_STATEMENTS", "y").lower() == "n":
             pool.kwargs["prepare_threshold"] = None  # even eventsourcing's prepare=True
         pool.reconnect_timeout = RECONNECT_WINDOW
+        max_idle = self.env.get("POSTGRES_MAX_IDLE")
+        if max_idle:  # a connection above the pool's minimum closes once unused this long
+            pool.max_idle = float(max_idle)

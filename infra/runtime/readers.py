@@ -1,5 +1,7 @@
 """What each reader process of an API process builds once, to run expensive reads
-(`api.expensive`, `api.reads`) with objects of its own: one database connection each."""
+(`api.expensive`, `api.reads`) with objects of its own: one database connection each, opened
+at its first read and closed again when it has been unused for a while, so that an idle
+server holds no reader connection (its connection budget, idle, is unchanged)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ class FollowingUptimeView(ActiveUptimeView):
         return super().transitions(session_id, start, end)
 
 
+#: Seconds a reader keeps its connection unused before closing it: an idle server holds none.
+READER_IDLE = 30
+
+
 @dataclass(frozen=True)
 class ReaderRecipe:
     """How a reader process builds its objects (picklable: it travels to the process)."""
@@ -44,12 +50,14 @@ class ReaderRecipe:
             env={
                 **eventsourcing_env(
                     self.database_url,
-                    pool_size=1,
-                    max_overflow=0,
+                    pool_size=0,  # connected at its first read, not while the server is idle
+                    max_overflow=1,
                     cipher_key=self.settings.cipher_key,
                     application_name=f"sessiond-{self.label}:reader",
                 ),
                 "CREATE_TABLE": "n",
+                # ... and closed again once unused for READER_IDLE (within twice that).
+                "POSTGRES_MAX_IDLE": str(READER_IDLE),
             }
         )
         datastore = app.factory.datastore  # type: ignore[attr-defined]

@@ -13,8 +13,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from infra.postgres.gateway import WORKER_APP_PREFIX
 
-#: With the API process's 2 reader processes (`sessiond-<role>:reader`, one connection each).
-BUDGETS = {"serve": 14, "api": 6, "projector": 8, "worker": 6}
+#: Idle (an idle API process's readers hold no connection).
+BUDGETS = {"serve": 12, "api": 4, "projector": 8, "worker": 6}
+#: Busy: the API process's 2 reader processes (`sessiond-<role>:reader`) connect for the
+#: expensive reads, one connection each, and close it once unused for a while.
+READERS = 2
+BUSY_BUDGETS = {**BUDGETS, "serve": 12 + READERS, "api": 4 + READERS}
 
 
 SERVE_NAMES = ("sessiond-serve", "sessiond-worker")
