@@ -43,8 +43,10 @@ PARENT_CHECK = 0.5
 #: commands); at 1 ms it gets it back five times sooner.
 SWITCH_INTERVAL = 0.001
 
-#: What the reads of a reader process read with: built once when the process starts.
+#: What the reads of a reader process read with: built at its first read (not when the
+#: process starts, so that an idle server's readers hold no database connection).
 _readers: Any = None
+_build: Callable[[], Any] | None = None
 
 
 def keep_the_loop_responsive() -> None:
@@ -53,11 +55,19 @@ def keep_the_loop_responsive() -> None:
 
 
 def _start_reader(build: Callable[[], Any], parent_pid: int) -> None:
-    global _readers  # noqa: PLW0603 - one per reader process, set once at its start
+    global _build  # noqa: PLW0603 - one per reader process, set once at its start
     # Behind the API process for the CPU: a core both want goes to the status reads first.
     os.nice(READER_NICENESS)
     threading.Thread(target=_exit_with, args=(parent_pid,), name="parent", daemon=True).start()
-    _readers = build()
+    _build = build  # its modules are imported by now (unpickling it imported them)
+
+
+def _own_readers() -> Any:
+    global _readers  # noqa: PLW0603 - one per reader process, built once
+    if _readers is None:
+        assert _build is not None, "not a reader process"
+        _readers = _build()
+    return _readers
 
 
 def _exit_with(parent_pid: int) -> None:
@@ -67,12 +77,12 @@ def _exit_with(parent_pid: int) -> None:
     os._exit(0)
 
 
-def _ready(_: Any) -> None:
-    """A read that reads nothing: it starts a reader process."""
+def _ready() -> None:
+    """Nothing: submitted, it starts a reader process."""
 
 
 def _read_in_process(task: Callable[..., T], *args: Any) -> T:
-    return task(_readers, *args)
+    return task(_own_readers(), *args)
 
 
 class ReaderProcesses:
@@ -106,7 +116,7 @@ class ReaderProcesses:
         """Start every reader process now (in the background), not at the first reads."""
         executor = self.executor
         for _ in range(self.processes):
-            executor.submit(_read_in_process, _ready)
+            executor.submit(_ready)
 
     def replace(self, broken: ProcessPoolExecutor) -> None:
         """Start a new pool in place of `broken` (once, whoever notices first)."""
