@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -20,7 +21,10 @@ from tests.conftest import ADMIN_KEY
 from tests.receiver import Receiver, receiver
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN = {"x-api-key": ADMIN_KEY}
+#: Read-only: every test of the run shares it, so a helper that wrote into it (httpx-sse's
+#: `connect_sse` writes ``Accept: text/event-stream`` into the headers it is given) would
+#: change the requests of every later test (GET /qr then answers 406).
+ADMIN: Mapping[str, str] = MappingProxyType({"x-api-key": ADMIN_KEY})
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ class Reader:
     """Reads one SSE stream on a thread, keeping every event (httpx-sse's parser)."""
 
     def __init__(
-        self, url: str, headers: dict[str, str], params: dict[str, Any] | None = None
+        self, url: str, headers: Mapping[str, str], params: dict[str, Any] | None = None
     ) -> None:
         self.client = httpx.Client(timeout=httpx.Timeout(10, read=60))
         self.received = Received()
@@ -42,9 +42,12 @@ class Reader:
         self._thread.start()
         self.response = self.status.get(timeout=30)
 
-    def _run(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
+    def _run(self, url: str, headers: Mapping[str, str], params: dict[str, Any]) -> None:
+        # A copy: httpx-sse writes Accept and Cache-Control into the dict it is given, and the
+        # callers' dicts (ADMIN) are shared by every later test of the run.
+        sent = dict(headers)
         try:
-            with connect_sse(self.client, "GET", url, headers=headers, params=params) as source:
+            with connect_sse(self.client, "GET", url, headers=sent, params=params) as source:
                 self._answered = True
                 self.status.put(source.response)
                 if source.response.status_code != 200:
@@ -166,7 +169,7 @@ def message_positions(client: httpx.Client, session_id: str, after: int) -> list
 
 
 @contextlib.contextmanager
-def reading(server: Sessiond, path: str, headers: dict[str, str], **params: Any) -> Any:
+def reading(server: Sessiond, path: str, headers: Mapping[str, str], **params: Any) -> Any:
     reader = Reader(server.url + path, headers, params)
     try:
         yield reader

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
+from tests.e2e.steps import eventually
 from tests.e2e.streams import data, inbound, linked_session, reading
 
 
@@ -159,3 +161,26 @@ def test_an_idle_stream_sends_heartbeats(server: Sessiond) -> None:
         seen = [next(lines) for _ in range(3)]
         assert seen == [": heartbeat"] * 3
         assert time.monotonic() - began < 3
+
+
+def test_reading_a_stream_leaves_the_callers_headers_as_they_were(server: Sessiond) -> None:
+    """The stream helper must not change the headers it is given: httpx-sse writes
+    ``Accept: text/event-stream`` into that dict, and the shared ADMIN headers then asked
+    every later test's ``GET /qr`` for an event stream (406) — a failure seen only in a full
+    run, after these tests."""
+    client = server.client()
+    created = create_session(client, "Headers")
+    headers = {"x-api-key": ADMIN_KEY}  # a plain dict, as ADMIN was
+    with reading(server, "/events/stream", headers) as stream:
+        assert stream.response.status_code == 200
+    assert headers == {"x-api-key": ADMIN_KEY}
+    # Check what it protects: the QR code is answered (JSON) to the same headers afterwards.
+    qr = f"/sessions/{created['sessionId']}/qr"
+    eventually(lambda: client.get(qr, headers=headers).status_code == 200, what="the QR code")
+    assert client.get(qr, headers=headers).headers["content-type"] == "application/json"
+
+
+def test_the_shared_admin_headers_are_read_only() -> None:
+    """A helper that writes into ADMIN fails where it writes, not in some later test."""
+    with pytest.raises(TypeError):
+        ADMIN["accept"] = "text/event-stream"  # type: ignore[index]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -140,7 +140,7 @@ def queries(parameters: list[dict[str, Any]], now: datetime) -> SearchStrategy[d
 def fuzz(
     client: httpx.Client,
     path: str,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     strategy: SearchStrategy[Any],
     *,
     stream: bool = False,

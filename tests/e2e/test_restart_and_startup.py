@@ -33,11 +33,13 @@ def _eventually(client: httpx.Client, created: dict[str, Any], status: str) -> d
 
 def _wait_for_qr(client: httpx.Client, created: dict[str, Any]) -> None:
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if client.get(f"/sessions/{created['sessionId']}/qr", headers=ADMIN).status_code == 200:
+    while True:
+        response = client.get(f"/sessions/{created['sessionId']}/qr", headers=ADMIN)
+        if response.status_code == 200:
             return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no QR code: {response.status_code} {response.text}")
         time.sleep(0.05)
-    raise AssertionError("no QR code")
 
 
 def test_a_restart_keeps_stopped_sessions_stopped_and_resumes_connected_ones(

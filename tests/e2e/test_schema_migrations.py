@@ -188,12 +188,18 @@ def test_processes_starting_together_on_an_empty_database_migrate_it_once(
             ),
             what="the session seen by the other API process",
         )
-        eventually(
-            lambda: (
-                one.get(f"/sessions/{created['sessionId']}/qr", headers=ADMIN).status_code == 200
-            ),
-            what="the worker's QR code",
-        )
+        qr = f"/sessions/{created['sessionId']}/qr"
+        answers: list[str] = []
+
+        def shown() -> bool:
+            answer = one.get(qr, headers=ADMIN)
+            answers[:] = [f"{answer.status_code} {answer.text}"]
+            return bool(answer.status_code == 200)
+
+        try:
+            eventually(shown, what="the worker's QR code")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; the last answer: {answers}") from None
 
 
 def test_a_database_newer_than_the_code_is_refused_with_one_clear_line(
