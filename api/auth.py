@@ -26,7 +26,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import FromPath
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.context import ApiContext
 from api.problems import ProblemError
@@ -218,10 +218,25 @@ def failure_throttle(app: ASGIApp) -> ASGIApp:
                 {"Retry-After": str(wait)},
             )
 
+        counted = False
+
+        async def send_once_counted(message: Message) -> None:
+            # A failure is counted before its answer leaves: a client that waits for each
+            # answer cannot get its next guess in ahead of the count.
+            nonlocal counted
+            if (
+                not counted
+                and message["type"] == "http.response.start"
+                and scope.get("state", {}).get(AUTH_FAILED_STATE)
+            ):
+                counted = True
+                await ctx.failure_throttle.failed(address)
+            await send(message)
+
         try:
-            await app(scope, receive, send)
+            await app(scope, receive, send_once_counted)
         finally:
-            if scope.get("state", {}).get(AUTH_FAILED_STATE):
+            if not counted and scope.get("state", {}).get(AUTH_FAILED_STATE):
                 await ctx.failure_throttle.failed(address)
 
     return middleware
