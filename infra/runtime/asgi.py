@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from litestar import Litestar
+from litestar.types import ASGIApp
 
+from api.requests import read_unread_bodies
 from infra.bootstrap import ROLES, Container
 from infra.runtime.logs import configure_logging
 from infra.runtime.processes import die_with_parent
@@ -17,7 +18,7 @@ ROLES_VARIABLE = "SESSIOND_ROLES"
 SERVER_PID_VARIABLE = "SESSIOND_SERVER_PID"
 
 
-def create() -> Litestar:
+def create() -> ASGIApp:
     """Build the app for the roles the CLI chose (``SESSIOND_ROLES``, comma-separated)."""
     server_pid = os.environ.get(SERVER_PID_VARIABLE)
     if server_pid:
@@ -33,4 +34,4 @@ def create() -> Litestar:
         raise ValueError(f"unknown roles: {', '.join(sorted(unknown))}")
     assert settings.database_url is not None, "the CLI resolves the database before serving"
     container = Container(settings, settings.database_url, roles)
-    return container.create_api(freeze_gc=True)
+    return read_unread_bodies(container.create_api(freeze_gc=True))
