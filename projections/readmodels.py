@@ -30,6 +30,12 @@ class ReadModels(ABC):
         neither it nor its session revoked by a revocation this copy holds; else None."""
 
     @abstractmethod
+    def session_deleted(self, session_id: str) -> bool:
+        """Whether the session is deleted (or never was), as the status view or a revocation
+        this copy holds says: a key refused because its session was deleted is known as
+        such even before the status view has the deletion."""
+
+    @abstractmethod
     def keys_of(self, session_id: str) -> list[KeyRow]:
         """Every key of a session, revoked ones included, with their last use."""
 

@@ -152,8 +152,7 @@ def _key_guard(ctx: ApiContext, key_hash: str, session_id: str) -> Callable[[], 
             return "keys-unverifiable"
         if read_models.accepted_key(key_hash) is not None:
             return None
-        row = read_models.session(session_id)
-        return "session-deleted" if row is None or row.is_deleted else "key-revoked"
+        return "session-deleted" if read_models.session_deleted(session_id) else "key-revoked"
 
     return guard
 
@@ -162,8 +161,7 @@ def _admin_guard(ctx: ApiContext, session_id: str) -> Callable[[], str | None]:
     """Why an admin's stream of a session must end now: its session deleted."""
 
     def guard() -> str | None:
-        row = ctx.read_models.session(session_id)
-        return "session-deleted" if row is None or row.is_deleted else None
+        return "session-deleted" if ctx.read_models.session_deleted(session_id) else None
 
     return guard
 

@@ -442,10 +442,10 @@ class CachedReadModels(ReadModels):
         self.position = min(self._status_pos, self._keys_pos)
 
     def _revoke(self, revocations: list[RevocationRow]) -> None:
+        # The deletions first: a reader that sees a key refused sees why (`session_deleted`).
+        self._deleted_sessions.update(r.session_id for r in revocations if r.session_deleted)
         for revocation in revocations:
             self._revoked_keys.update(revocation.key_ids)
-            if revocation.session_deleted:
-                self._deleted_sessions.add(revocation.session_id)
 
     def _wake_waiters(self) -> None:
         with self._waiters_lock:
@@ -479,6 +479,12 @@ class CachedReadModels(ReadModels):
         ):
             return None
         return row
+
+    def session_deleted(self, session_id: str) -> bool:
+        if session_id in self._deleted_sessions:
+            return True
+        row = self.session(session_id)
+        return row is None or row.is_deleted
 
     def keys_of(self, session_id: str) -> list[KeyRow]:
         self._flush_uses()

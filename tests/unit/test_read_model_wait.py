@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from infra.postgres.revocations import RevocationRow
 from infra.postgres.viewcache import CachedReadModels
 
 
@@ -32,3 +33,21 @@ async def test_a_wait_ends_when_the_copy_gets_there_or_after_its_time() -> None:
     models._wake_waiters()
     assert await waiting is True
     assert await models.wait(2, 0.01) is False
+
+
+def test_a_key_refused_for_its_deleted_session_is_known_as_such_before_the_status_view() -> None:
+    """A session deleted with its keys: the revocations say so before the status view has the
+    deletion (its projector may be stopped), so a stream of one of its keys ends with
+    ``session-deleted``, not ``key-revoked``."""
+    models = CachedReadModels("", SimpleNamespace(datastore=None), None)  # type: ignore[arg-type]
+    assert models.session_deleted("sess_a")  # unknown: never was
+    models._revoke(
+        [
+            RevocationRow(7, "sess_a", (), session_deleted=True),
+            RevocationRow(8, "sess_a", ("key_1", "key_2"), session_deleted=False),
+            RevocationRow(9, "sess_b", ("key_3",), session_deleted=False),
+        ]
+    )
+    assert models.session_deleted("sess_a")
+    assert models._revoked_keys == {"key_1", "key_2", "key_3"}
+    assert models._deleted_sessions == {"sess_a"}
