@@ -67,7 +67,7 @@ class Settings:
     max_keys_per_session: int = 50
     max_webhooks_per_session: int = 10
     expensive_readers: int = 2
-    expensive_reads_per_session: int = 2
+    expensive_reads_per_session: int = 1
     replay_max_events: int = 1000
     webhook_max_share: float = 0.25
     #: Seconds between the heartbeats of an idle event stream.
@@ -89,6 +89,7 @@ class Settings:
         private_targets = reader.choice(
             "WEBHOOKS_ALLOW_PRIVATE", "false", ("true", "false", "only")
         )
+        readers = reader.integer("EXPENSIVE_READERS", 2, 1, 64)
         settings = cls(
             data_dir=Path(reader.text("DATA_DIR", "./var")),
             database_url=reader.optional("DATABASE_URL"),
@@ -131,8 +132,12 @@ class Settings:
             trusted_proxies=networks("TRUSTED_PROXIES", reader.optional("TRUSTED_PROXIES")),
             max_keys_per_session=reader.integer("MAX_KEYS_PER_SESSION", 50, 1, 100_000),
             max_webhooks_per_session=reader.integer("MAX_WEBHOOKS_PER_SESSION", 10, 1, 10_000),
-            expensive_readers=reader.integer("EXPENSIVE_READERS", 2, 1, 64),
-            expensive_reads_per_session=reader.integer("EXPENSIVE_READS_PER_SESSION", 2, 1, 64),
+            expensive_readers=readers,
+            # By default one session holds at most half the reader processes (and so half
+            # the CPU they may take): the other half stays for everyone else's reads.
+            expensive_reads_per_session=reader.integer(
+                "EXPENSIVE_READS_PER_SESSION", max(1, readers // 2), 1, 64
+            ),
             replay_max_events=reader.integer("REPLAY_MAX_EVENTS", 1000, 1, 100_000),
             webhook_max_share=reader.number("WEBHOOK_MAX_SHARE", 0.25, 0.01, 1.0),
             stream_heartbeat=reader.number("STREAM_HEARTBEAT", 15.0, 0.05, 3600.0),

@@ -1,4 +1,5 @@
-"""Settings that would break revocation or the failure throttle stop start-up with one line."""
+"""Settings that would break revocation, the failure throttle or fair sharing: refused at
+start-up with one line, or defaults that keep them."""
 
 from __future__ import annotations
 
@@ -46,3 +47,22 @@ def test_trusted_proxies_are_addresses_or_ranges() -> None:
         Settings.from_env({"SESSIOND_TRUSTED_PROXIES": "10.0.0.1, proxy.local"})
     with pytest.raises(SettingsError, match="AUTH_FAILURE_LIMIT"):
         Settings.from_env({"SESSIOND_AUTH_FAILURE_LIMIT": "0"})
+
+
+@pytest.mark.parametrize(
+    ("env", "readers", "per_session"),
+    [
+        ({}, 2, 1),
+        ({"SESSIOND_EXPENSIVE_READERS": "1"}, 1, 1),
+        ({"SESSIOND_EXPENSIVE_READERS": "8"}, 8, 4),
+        ({"SESSIOND_EXPENSIVE_READERS": "8", "SESSIOND_EXPENSIVE_READS_PER_SESSION": "8"}, 8, 8),
+    ],
+)
+def test_one_session_holds_at_most_half_the_reader_processes_by_default(
+    env: dict[str, str], readers: int, per_session: int
+) -> None:
+    settings = Settings.from_env(env)
+    assert (settings.expensive_readers, settings.expensive_reads_per_session) == (
+        readers,
+        per_session,
+    )
