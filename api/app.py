@@ -173,6 +173,7 @@ def create_app(
         template_config=template_config(),
         request_class=JsonRequest,
         request_max_body_size=ctx.max_body_bytes,
+        logging_config=None,  # the process's logging is set up by infra.runtime.logs
         debug=False,
     )
     complete_openapi(app)

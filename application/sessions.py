@@ -60,6 +60,33 @@ _REPORT_PATIENCE = 10.0
 _MAX_CONFLICT_PAUSE = 0.1
 
 
+#: Events too many to log one line each (and whose data holds message texts).
+_UNLOGGED = (
+    Session.MessageQueued,
+    Session.MessageSent,
+    Session.MessageDelivered,
+    Session.MessageRead,
+    Session.MessageReceived,
+)
+
+
+def log_recorded(events: list[Any]) -> None:
+    """One log line per recorded event of a session's life (not its messages): the session,
+    the event's name and its reason (a pipeline reads them as fields of the JSON format)."""
+    for event in events:
+        if isinstance(event, _UNLOGGED) or not log.isEnabledFor(logging.INFO):
+            continue
+        name = type(event).__name__
+        reason = getattr(event, "reason", None)
+        session_id = public_session_id(event.originator_id)
+        fields = {"sessionId": session_id, "event": name}
+        if reason:
+            fields["reason"] = reason
+        log.info(
+            "session %s: %s%s", session_id, name, f" ({reason})" if reason else "", extra=fields
+        )
+
+
 def _conflict_pause(attempt: int) -> float:
     """A random pause before try `attempt` after conflicts: up to 2 ms, doubling, capped."""
     return random.uniform(0, min(_MAX_CONFLICT_PAUSE, 0.002 * 2 ** min(attempt, 16)))  # noqa: S311
@@ -272,8 +299,10 @@ class SessionsApplication(Application[UUID]):
             session.set_proxy(address, actor)
         new = generate_key(SESSION_KEY_KIND)
         session.issue_key(new.key_id, new.prefix, new.key_hash, key_label, actor)
+        recorded = list(session.pending_events)
         position = self._save(session)
         self._cache.put(session.id, session)
+        log_recorded(recorded)
         key = IssuedKey(new.key_id, new.key, new.prefix, key_label, position)
         shown = address.masked if address is not None else None
         return CreatedSession(public_session_id(session.id), key, position, shown)
@@ -551,12 +580,14 @@ class SessionsApplication(Application[UUID]):
                     if cached is not None:
                         continue
                     return None
+                recorded = list(session.pending_events)
                 try:
                     position = self._save(session)
                 except IntegrityError:
                     self._cache.evict(uuid)
                     continue
                 self._cache.put(uuid, session)
+                log_recorded(recorded)
                 return position
         raise ConcurrentChange(f"session {session_id} changed concurrently; try again")
 

@@ -68,6 +68,7 @@ class Settings:
     max_webhooks_per_session: int = 10
     expensive_readers: int = 2
     expensive_reads_per_session: int = 1
+    log_format: str = "text"
     replay_max_events: int = 1000
     webhook_max_share: float = 0.25
     #: Seconds between the heartbeats of an idle event stream.
@@ -113,6 +114,7 @@ class Settings:
             stale_after=reader.number("STALE_AFTER", 3.0, 0.5, 60.0),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 65_536, 1_024, 16_777_216),
             log_level=reader.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=reader.choice("LOG_FORMAT", "text", ("text", "json")),
             send_interval=reader.number("SEND_INTERVAL", 1.0, 0.0, 60.0),
             cipher_key=reader.optional("CIPHER_KEY"),
             webhooks_allow_private=private_targets in ("true", "only"),

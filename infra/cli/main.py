@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.runtime.asgi import ROLES_VARIABLE, SERVER_PID_VARIABLE
-from infra.runtime.logs import configure_logging
+from infra.runtime.logs import configure_logging, server_log_config
 from infra.runtime.processes import STOP_LIMIT, die_with_parent, exit_if_not_stopped
 from infra.settings import Settings, SettingsError
 
@@ -28,7 +28,13 @@ def _database_url(settings: Settings) -> tuple[str, Any]:
 
 
 def _serve_http(
-    roles: str, host: str, port: int, workers: int, on_stop: Callable[[], None] | None = None
+    roles: str,
+    host: str,
+    port: int,
+    workers: int,
+    *,
+    on_stop: Callable[[], None] | None = None,
+    log_format: str = "text",
 ) -> None:
     """Serve HTTP from granian worker processes; `on_stop` is called as soon as the server
     is asked to stop (before it waits for its workers)."""
@@ -54,6 +60,7 @@ def _serve_http(
         factory=True,
         log_access=False,
         respawn_failed_workers=True,
+        log_dictconfig=server_log_config(log_format),
         # A worker that has not closed its roles by then is killed (they take STOP_TIMEOUT).
         workers_kill_timeout=int(STOP_LIMIT) - 1,
     )
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"sessiond: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, args.command)
     try:
         url, server = _database_url(settings)
     except Exception as error:
@@ -250,11 +257,18 @@ def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
         child = ChildWorker(dict(os.environ))
         child.start()
         try:  # the child stops while the HTTP process does, not after it
-            _serve_http("api,projector", args.host, args.port, 1, child.request_stop)
+            _serve_http(
+                "api,projector",
+                args.host,
+                args.port,
+                1,
+                on_stop=child.request_stop,
+                log_format=settings.log_format,
+            )
         finally:
             child.stop()
     elif args.command == "api":
-        _serve_http("api", args.host, args.port, args.workers)
+        _serve_http("api", args.host, args.port, args.workers, log_format=settings.log_format)
     else:
         _run_background_roles(settings, url, frozenset({args.command}))
     return 0

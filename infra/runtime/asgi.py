@@ -27,8 +27,8 @@ def create() -> ASGIApp:
     # default 5 ms: a read never waits long behind a refresh (p99 of GET /status in a storm).
     sys.setswitchinterval(0.001)
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
     roles = frozenset(os.environ.get(ROLES_VARIABLE, "api").split(","))
+    configure_logging(settings.log_level, settings.log_format, ",".join(sorted(roles)))
     unknown = roles - ROLES
     if unknown:
         raise ValueError(f"unknown roles: {', '.join(sorted(unknown))}")
