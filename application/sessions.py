@@ -279,7 +279,7 @@ class SessionsApplication(Application[UUID]):
         return CreatedSession(public_session_id(session.id), key, position, shown)
 
     def reconnect(self, session_id: str, actor: str) -> int:
-        return self._change(session_id, lambda s: s.request_reconnect(actor))
+        return self._change(session_id, lambda s: s.request_reconnect(actor, datetime.now(UTC)))
 
     def stop(self, session_id: str, actor: str) -> int | None:
         """Stop the session; stopping a stopped session records nothing and returns None."""

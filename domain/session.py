@@ -373,12 +373,15 @@ class Session(Aggregate):
         over by `now` is lifted first."""
         self.check_running("cannot retry")
         self.check_status("cannot retry", Status.DISCONNECTED)
+        self._lift_ended_ban(now)
+        self._attempt_reconnect(self.retry_attempt)
+
+    def _lift_ended_ban(self, now: datetime | None) -> None:
         restriction = self.restriction
         if now is not None and restriction is not None:
             cause = self.RESTRICTIONS.lifted(restriction, connected=False, now=now)
             if cause is not None:
                 self._lift_restriction(restriction.kind, cause.value)
-        self._attempt_reconnect(self.retry_attempt)
 
     # -- restrictions -----------------------------------------------------------------------
 
@@ -450,10 +453,12 @@ class Session(Aggregate):
 
     # -- commands from operators and clients ----------------------------------------------
 
-    def request_reconnect(self, actor: str) -> None:
+    def request_reconnect(self, actor: str, now: datetime | None = None) -> None:
+        """An operator asks for a new start; a ban over by `now` is lifted first."""
         self.check_not_deleted()
         if not self.is_stopped:
             self.check_status("cannot reconnect", *self.RECONNECTABLE)
+        self._lift_ended_ban(now)
         self._request_reconnect(actor)
 
     @event(ReconnectRequested)

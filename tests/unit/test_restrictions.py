@@ -141,6 +141,21 @@ def test_the_retry_after_the_ban_lifts_it_and_one_before_does_not() -> None:
     assert session.restriction is None
 
 
+def test_a_reconnect_asked_after_the_ban_of_a_stopped_session_lifts_it() -> None:
+    session = connected_session()
+    ends = NOW + timedelta(minutes=5)
+    session.disconnect("temporarily_banned", "", 1, ends, until=ends)
+    session.stop(ADMIN_ACTOR)
+    session.collect_events()
+    session.request_reconnect(ADMIN_ACTOR, ends - timedelta(seconds=1))
+    assert names(session) == ["ReconnectRequested"]
+    session.stop(ADMIN_ACTOR)
+    session.collect_events()
+    session.request_reconnect(ADMIN_ACTOR, ends)
+    assert names(session) == ["RestrictionLifted", "ReconnectRequested"]
+    assert session.restriction is None
+
+
 def test_a_logout_holds_through_a_stop_a_reconnect_and_new_qr_codes_until_connected() -> None:
     session = connected_session()
     session.disconnect("logged_out", "unlinked", 1, None)
