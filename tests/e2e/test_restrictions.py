@@ -7,6 +7,7 @@ dashboard and signed webhooks say so."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 from tests.e2e.steps import eventually, scan, signed_in
+from tests.e2e.test_proxy_takeover import holder, worker_id
 from tests.receiver import Receiver
 
 PHONE = "+14155550123"
@@ -316,3 +318,43 @@ def test_the_simulator_produces_each_restriction_counted_by_kind_and_shown_with_
                     break
         assert kinds == set(actions)
     dashboard.close()
+
+
+def test_a_worker_that_takes_a_banned_session_over_keeps_its_queue_paused_until_the_end(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    env = {**sessiond_env, "SESSIOND_SEND_INTERVAL": "0.05"}
+    api = start("api", env)
+    start("projector", env)
+    workers = [start("worker", env) for _ in range(2)]
+    eventually(lambda: all("is up" in w.log() for w in workers), what="both workers up")
+    ban_seconds = 20.0
+    with api.client() as client:
+        created = create_session(client, "Taken over")
+        scan(client, created)
+        owner = eventually(lambda: holder(database_url, created["sessionId"]), what="a holder")
+        [dying] = [w for w in workers if worker_id(w) == owner]
+        [survivor] = [w for w in workers if w is not dying]
+        banned_at = time.monotonic()
+        simulate(client, created, "ban", seconds=ban_seconds)
+        until = status(client, created)["restriction"]["until"]
+        ids = [send(client, created, f"held {n}")["messageId"] for n in range(3)]
+
+        # Check the survivor takes the session over and still holds the queue.
+        dying.stop(signal.SIGKILL)
+        eventually(
+            lambda: holder(database_url, created["sessionId"]) == worker_id(survivor),
+            what="the survivor holds the session",
+        )
+        assert_held(messages(client, created, ids), "temporarily_banned", until)
+        assert time.monotonic() - banned_at < ban_seconds, "the test ran too slowly to prove it"
+
+        # Check the survivor resumes the queue by itself at the ban's end, in order.
+        found = eventually(
+            lambda: all_sent(client, created, ids),
+            timeout=ban_seconds + 30,
+            what="the survivor drained the queue after the ban",
+        )
+        assert time.monotonic() - banned_at >= ban_seconds - 1
+        sent_in_order(found)
+        assert status(client, created)["restriction"] is None
