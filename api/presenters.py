@@ -14,11 +14,12 @@ from api.schemas import (
     QrOut,
     QrSummaryOut,
     RateLimitOut,
+    RestrictionOut,
     SessionOut,
     StatusOut,
     StatusValue,
 )
-from domain.values import DesiredState, Status
+from domain.values import DesiredState, MessageStatus, Status
 from projections.history import HistoryEntry
 from projections.keys import KeyRow
 from projections.messages import MessageRow
@@ -44,6 +45,18 @@ def rate_limit(row: SessionRow, default: int) -> RateLimitOut:
     if row.requests_per_minute is None:
         return RateLimitOut(requests_per_minute=default, is_default=True)
     return RateLimitOut(requests_per_minute=row.requests_per_minute, is_default=False)
+
+
+def restriction_out(row: SessionRow) -> RestrictionOut | None:
+    """The session's restriction, or None (the common case: no object is built)."""
+    if row.restriction_kind is None:
+        return None
+    return RestrictionOut(
+        kind=row.restriction_kind,  # type: ignore[arg-type]
+        until=row.restriction_until,
+        detail=row.restriction_detail,
+        since=row.restricted_at,
+    )
 
 
 def _status(row: SessionRow) -> StatusValue:
@@ -74,6 +87,7 @@ def session_out(row: SessionRow, default_rpm: int) -> SessionOut:
         push_name=row.push_name,
         qr=qr,
         rate_limit=rate_limit(row, default_rpm),
+        restriction=restriction_out(row),
     )
 
 
@@ -99,6 +113,7 @@ def status_out(row: SessionRow, now: datetime | None = None) -> StatusOut:
         qr_expires_at=row.qr_expires_at,
         last_activity_at=row.last_activity_at,
         updated_at=row.updated_at,
+        restriction=restriction_out(row),
     )
 
 
@@ -149,7 +164,14 @@ def event_out(entry: HistoryEntry) -> EventOut:
     )
 
 
-def message_out(row: MessageRow, text: str | None) -> MessageOut:
+def message_out(row: MessageRow, text: str | None, session: SessionRow | None = None) -> MessageOut:
+    """The message; a queued one of a restricted `session` carries the restriction, and
+    its kind as the reason it waits."""
+    held = (
+        restriction_out(session)
+        if session is not None and row.status == MessageStatus.QUEUED
+        else None
+    )
     return MessageOut(
         message_id=row.message_id,
         session_id=row.session_id,
@@ -162,7 +184,7 @@ def message_out(row: MessageRow, text: str | None) -> MessageOut:
         push_name=row.push_name,
         whatsapp_id=row.whatsapp_id,
         idempotency_key=row.idempotency_key,
-        reason=row.reason,
+        reason=held.kind if held is not None else row.reason,
         detail=row.detail,
         created_at=row.created_at,
         sent_at=row.sent_at,
@@ -170,4 +192,5 @@ def message_out(row: MessageRow, text: str | None) -> MessageOut:
         read_at=row.read_at,
         failed_at=row.failed_at,
         updated_at=row.updated_at,
+        restriction=held,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -128,6 +128,7 @@ class SessionOut(Out):
     push_name: str | None
     qr: QrSummaryOut | None
     rate_limit: RateLimitOut
+    restriction: RestrictionOut | None = None
 
 
 Phone = Annotated[
@@ -188,6 +189,34 @@ class SessionListOut(Out):
     count: int
 
 
+RestrictionKind = Literal[
+    "temporarily_banned", "logged_out", "device_unlinked", "stream_replaced", "client_outdated"
+]
+
+
+class RestrictionOut(Out):
+    """WhatsApp restricts the session: its outbound queue is paused (nothing sent, nothing
+    lost) until the restriction is lifted."""
+
+    kind: Annotated[
+        RestrictionKind,
+        Meta(
+            description=(
+                "the reason that restricted it: temporarily_banned (resumes by itself at "
+                "`until`), logged_out or device_unlinked (link it again: reconnect and scan), "
+                "stream_replaced (close the other client, then reconnect), client_outdated "
+                "(upgrade sessiond, then reconnect)"
+            )
+        ),
+    ]
+    until: Annotated[
+        datetime | None,
+        Meta(description="when a temporary ban ends; null: until someone acts"),
+    ]
+    detail: str | None
+    since: datetime | None = None
+
+
 class MetricsOut(Out):
     messages_sent: int
     messages_received: int
@@ -214,6 +243,7 @@ class StatusOut(Out):
     qr_expires_at: datetime | None
     last_activity_at: datetime | None
     updated_at: datetime
+    restriction: RestrictionOut | None = None
 
 
 class KeyOut(Out):
@@ -317,7 +347,9 @@ class MessageOut(Out):
     push_name: str | None  # inbound
     whatsapp_id: str | None
     idempotency_key: str | None
-    reason: str | None  # failed: rejected | send_failed | session_deleted
+    # failed: rejected | send_failed | session_deleted; queued while the session is
+    # restricted: the restriction's kind (see `restriction`)
+    reason: str | None
     detail: str | None
     created_at: datetime  # queued, or received
     sent_at: datetime | None  # outbound: sent; inbound: when the sender sent it
@@ -325,6 +357,8 @@ class MessageOut(Out):
     read_at: datetime | None
     failed_at: datetime | None
     updated_at: datetime
+    #: A queued message of a restricted session: why it waits (the session's restriction).
+    restriction: RestrictionOut | None = None
 
 
 class MessagePageOut(Out):
@@ -350,12 +384,15 @@ WebhookEventType = Literal[
     "session.expired",
     "session.stopped",
     "session.deleted",
+    "session.restricted",
+    "session.restriction-lifted",
     "message.received",
     "message.sent",
     "message.delivered",
     "message.read",
     "message.failed",
 ]
+_EVENT_TYPE_COUNT = len(get_args(WebhookEventType))
 WebhookUrl = Annotated[
     str, Meta(min_length=1, max_length=2048, examples=["https://example.com/hooks/whatsapp"])
 ]
@@ -363,13 +400,15 @@ WebhookUrl = Annotated[
 
 class WebhookIn(Body):
     url: WebhookUrl
-    events: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=12)]
+    events: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=_EVENT_TYPE_COUNT)]
     session_id: SessionId | None = None
 
 
 class WebhookChangeIn(Body):
     url: WebhookUrl | None = None
-    events: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=12)] | None = None
+    events: (
+        Annotated[list[WebhookEventType], Meta(min_length=1, max_length=_EVENT_TYPE_COUNT)] | None
+    ) = None
     enabled: bool | None = None
 
 

@@ -212,7 +212,12 @@ class PhoneSimulator(ABC):
 
     @abstractmethod
     def ban(self, session_id: UUID, seconds: float) -> int | None:
-        """WhatsApp bans the account temporarily for `seconds`."""
+        """WhatsApp bans the account temporarily for `seconds`: every start before the
+        ban's end is refused with the same ban."""
+
+    @abstractmethod
+    def outdated(self, session_id: UUID) -> int | None:
+        """WhatsApp refuses this client's version (until a person upgrades and reconnects)."""
 
     @abstractmethod
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:

@@ -308,7 +308,7 @@ class SessionsApplication(Application[UUID]):
         return CreatedSession(public_session_id(session.id), key, position, shown)
 
     def reconnect(self, session_id: str, actor: str) -> int:
-        return self._change(session_id, lambda s: s.request_reconnect(actor))
+        return self._change(session_id, lambda s: s.request_reconnect(actor, datetime.now(UTC)))
 
     def stop(self, session_id: str, actor: str) -> int | None:
         """Stop the session; stopping a stopped session records nothing and returns None."""
@@ -480,12 +480,13 @@ class SessionsApplication(Application[UUID]):
         worker: str = "",
     ) -> int | None:
         """Record that the link went down (as `worker` reports it); the reconnect policy
-        schedules the next try."""
+        schedules the next try. A restricting reason records the restriction too (a ban
+        until `not_before`), which pauses the session's outbound queue."""
 
         def disconnect(session: Session) -> None:
             attempt = session.retry_attempt + 1
             retry_at = self.policy.next_retry(reason, attempt, datetime.now(UTC), not_before)
-            session.disconnect(reason, detail[:500], attempt, retry_at, worker)
+            session.disconnect(reason, detail[:500], attempt, retry_at, worker, until=not_before)
 
         return self._gateway_change(session_id, disconnect)
 
@@ -503,11 +504,12 @@ class SessionsApplication(Application[UUID]):
 
     def retry(self, session_id: UUID) -> Resume | None:
         """Record that the service tries again and say what to start; None when a retry no
-        longer applies (connected, stopped or deleted meanwhile)."""
+        longer applies (connected, stopped or deleted meanwhile). A ban that is over is
+        lifted in the same save."""
         tried: list[Session] = []
 
         def attempt(session: Session) -> None:
-            session.attempt_reconnect()
+            session.attempt_reconnect(datetime.now(UTC))
             tried.append(session)
 
         if self._gateway_change(session_id, attempt) is None or not tried:

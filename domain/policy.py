@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from domain.values import DeadlineKind, FailureReason, Reason
+from domain.values import DeadlineKind, FailureReason, Reason, Status
 
 BACKOFF_REASONS = frozenset(
     {
@@ -125,6 +125,87 @@ class SendPolicy:
         if tries < self.attempts:
             return SendVerdict(retry_in=self.pause(tries))
         return SendVerdict(fail=FailureReason.SEND_FAILED)
+
+
+# -- restrictions -----------------------------------------------------------------------------
+
+#: Why WhatsApp may stop a session in a way that holds its outbound queue: a temporary ban
+#: (until a known end), or something only a person can undo (scan a new QR code after a
+#: logout or a lost device, close the other client, upgrade sessiond).
+RESTRICTING_REASONS = frozenset(
+    {
+        Reason.TEMPORARILY_BANNED,
+        Reason.LOGGED_OUT,
+        Reason.DEVICE_UNLINKED,
+        Reason.STREAM_REPLACED,
+        Reason.CLIENT_OUTDATED,
+    }
+)
+
+
+class LiftCause(StrEnum):
+    """Why a restriction ended."""
+
+    CONNECTED = "connected"  # the session connected again: WhatsApp takes it back
+    BAN_ENDED = "ban_ended"  # the ban's end passed; the service tries again
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """WhatsApp restricts the session: `kind` is the reason that restricted it, `until` the
+    end of a temporary ban (None: until a person acts), `detail` what WhatsApp said."""
+
+    kind: str
+    until: datetime | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RestrictionPolicy:
+    """Whether a disconnection restricts a session, whether its outbound queue is paused,
+    and when the restriction ends.
+
+    - a temporary ban restricts until its end (``until``); the other restricting reasons
+      until the session connects again (after a person acted: a new scan, a reconnect);
+    - while restricted the queue is paused: nothing is sent, nothing is failed or dropped;
+      messages stay queued and wait;
+    - the restriction is lifted when the session connects, or, for a ban, when the service
+      tries again after the ban's end (``ban_ended``);
+    - a message goes out only when the session is connected and not paused.
+    """
+
+    def restriction(
+        self, reason: str, detail: str = "", until: datetime | None = None
+    ) -> Restriction | None:
+        """The restriction a disconnection for `reason` brings, or None if it brings none;
+        `until` is the ban's end (ignored for the other reasons)."""
+        if reason not in RESTRICTING_REASONS:
+            return None
+        ends = until if reason == Reason.TEMPORARILY_BANNED else None
+        return Restriction(reason, ends, detail)
+
+    def paused(self, restriction: Restriction | None, now: datetime) -> bool:
+        """Whether the outbound queue is paused at `now` by `restriction`."""
+        if restriction is None:
+            return False
+        return restriction.until is None or now < restriction.until
+
+    def lifted(
+        self, restriction: Restriction | None, *, connected: bool, now: datetime
+    ) -> LiftCause | None:
+        """Why `restriction` ends at `now` (None: it holds): the session `connected`, or
+        the ban is over."""
+        if restriction is None:
+            return None
+        if connected:
+            return LiftCause.CONNECTED
+        if restriction.until is not None and now >= restriction.until:
+            return LiftCause.BAN_ENDED
+        return None
+
+    def may_send(self, status: str, restriction: Restriction | None, now: datetime) -> bool:
+        """Whether the worker may send the session's next message at `now`."""
+        return status == Status.CONNECTED and not self.paused(restriction, now)
 
 
 # -- deadlines --------------------------------------------------------------------------------

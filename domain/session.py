@@ -22,7 +22,7 @@ from domain.errors import (
     UnknownApiKey,
 )
 from domain.outbox import Outbox, QueuedMessage, message_fingerprint
-from domain.policy import ReconnectPolicy
+from domain.policy import ReconnectPolicy, Restriction, RestrictionPolicy
 from domain.proxy import ProxyAddress
 from domain.values import (
     MAX_REQUESTS_PER_MINUTE,
@@ -95,6 +95,20 @@ class Session(Aggregate):
         attempt: int = 0
         next_retry_at: datetime | None = None
         worker: str = ""  # the gateway worker that recorded it (empty: before, or the API)
+
+    class Restricted(Event):
+        """WhatsApp restricts the session (see `domain.policy.RestrictionPolicy`): its
+        outbound queue is paused until the restriction is lifted."""
+
+        TOPIC = "sessiond:Session.Restricted"
+        kind: str
+        until: datetime | None
+        detail: str
+
+    class RestrictionLifted(Event):
+        TOPIC = "sessiond:Session.RestrictionLifted"
+        kind: str
+        cause: str
 
     class ReconnectAttempted(Event):
         """The service tries again on its own (backoff, ban over, or after a restart)."""
@@ -206,6 +220,10 @@ class Session(Aggregate):
     retry_attempt: int = 0
     next_retry_at: datetime | None = None
     degraded: bool = False
+    restriction_kind: str | None = None
+    restriction_until: datetime | None = None
+    restriction_detail: str = ""
+    RESTRICTIONS: ClassVar[RestrictionPolicy] = RestrictionPolicy()
     #: Statuses from which an operator may ask for a new QR code.
     RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset({Status.DISCONNECTED, Status.EXPIRED})
 
@@ -293,6 +311,9 @@ class Session(Aggregate):
         self.check_running("cannot connect")
         self.check_status("cannot connect", Status.CONNECTING, Status.DISCONNECTED)
         self._connect(jid, push_name, worker)
+        restriction = self.restriction
+        if restriction is not None:
+            self._lift_restriction(restriction.kind, "connected")
 
     @event(Connected)
     def _connect(self, jid: str, push_name: str, worker: str) -> None:
@@ -310,9 +331,13 @@ class Session(Aggregate):
         attempt: int = 0,
         next_retry_at: datetime | None = None,
         worker: str = "",
+        *,
+        until: datetime | None = None,
     ) -> None:
         """The link went down or could not be made; `attempt` counts failures in a row;
-        `worker` is the gateway worker that reports it."""
+        `worker` is the gateway worker that reports it; `until` is the end of a temporary
+        ban (else the ban lasts until the next retry). A restricting reason records the
+        restriction in the same save (none if the same one is already recorded)."""
         self.check_running("cannot disconnect")
         self.check_status("cannot disconnect", Status.CONNECTING, Status.CONNECTED)
         if not reason:
@@ -320,6 +345,9 @@ class Session(Aggregate):
         if attempt < 0:
             raise InvalidValue("the attempt count cannot be negative")
         self._disconnect(reason, detail, attempt, next_retry_at, worker)
+        found = self.RESTRICTIONS.restriction(reason, detail, until or next_retry_at)
+        if found is not None and found != self.restriction:
+            self._restrict(found.kind, found.until, found.detail)
 
     @event(Disconnected)
     def _disconnect(
@@ -340,11 +368,45 @@ class Session(Aggregate):
             self.jid = None  # the device is gone: the next start pairs a new one
         self._clear_qr()
 
-    def attempt_reconnect(self) -> None:
-        """The service tries again after a failure (never after a stop or a delete)."""
+    def attempt_reconnect(self, now: datetime | None = None) -> None:
+        """The service tries again after a failure (never after a stop or a delete); a ban
+        over by `now` is lifted first."""
         self.check_running("cannot retry")
         self.check_status("cannot retry", Status.DISCONNECTED)
+        self._lift_ended_ban(now)
         self._attempt_reconnect(self.retry_attempt)
+
+    def _lift_ended_ban(self, now: datetime | None) -> None:
+        restriction = self.restriction
+        if now is not None and restriction is not None:
+            cause = self.RESTRICTIONS.lifted(restriction, connected=False, now=now)
+            if cause is not None:
+                self._lift_restriction(restriction.kind, cause.value)
+
+    # -- restrictions -----------------------------------------------------------------------
+
+    @property
+    def restriction(self) -> Restriction | None:
+        """How WhatsApp restricts the session now, if it does."""
+        if self.restriction_kind is None:
+            return None
+        return Restriction(self.restriction_kind, self.restriction_until, self.restriction_detail)
+
+    def queue_paused(self, now: datetime) -> bool:
+        """Whether the outbound queue is paused at `now` by a restriction."""
+        return self.RESTRICTIONS.paused(self.restriction, now)
+
+    @event(Restricted)
+    def _restrict(self, kind: str, until: datetime | None, detail: str) -> None:
+        self.restriction_kind = kind
+        self.restriction_until = until
+        self.restriction_detail = detail
+
+    @event(RestrictionLifted)
+    def _lift_restriction(self, kind: str, cause: str) -> None:
+        self.restriction_kind = None
+        self.restriction_until = None
+        self.restriction_detail = ""
 
     @event(ReconnectAttempted)
     def _attempt_reconnect(self, attempt: int) -> None:
@@ -391,10 +453,12 @@ class Session(Aggregate):
 
     # -- commands from operators and clients ----------------------------------------------
 
-    def request_reconnect(self, actor: str) -> None:
+    def request_reconnect(self, actor: str, now: datetime | None = None) -> None:
+        """An operator asks for a new start; a ban over by `now` is lifted first."""
         self.check_not_deleted()
         if not self.is_stopped:
             self.check_status("cannot reconnect", *self.RECONNECTABLE)
+        self._lift_ended_ban(now)
         self._request_reconnect(actor)
 
     @event(ReconnectRequested)

@@ -24,6 +24,8 @@ EVENT_TYPES = (
     "session.expired",
     "session.stopped",
     "session.deleted",
+    "session.restricted",
+    "session.restriction-lifted",
     "message.received",
     "message.sent",
     "message.delivered",

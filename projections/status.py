@@ -58,6 +58,12 @@ class SessionRow(msgspec.Struct, kw_only=True):
     messages_failed: int = 0  # outbound messages that were not sent
     queue_depth: int = 0  # outbound messages waiting to be sent
     reconnects: int = 0  # tries to connect again: by the service (retries) or an operator
+    # How WhatsApp restricts the session (`Session.Restricted`), until it is lifted: its
+    # outbound queue is paused meanwhile.
+    restriction_kind: str | None = None
+    restriction_until: datetime | None = None  # a ban's end; None: until a person acts
+    restriction_detail: str | None = None
+    restricted_at: datetime | None = None
     # Uptime (see `projections.uptime`): from the first link on, seconds in service (meant
     # to be running), and of those, seconds connected, both counted up to `marked_at`; the
     # open interval since then is added when read.
@@ -268,6 +274,28 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             next_retry_at=None,
             count_reconnect=True,
             **_NO_QR,
+        )
+
+    @process_event.register
+    def _restricted(self, event: Session.Restricted, tracking: Tracking) -> None:
+        self._update(
+            event,
+            tracking,
+            restriction_kind=event.kind,
+            restriction_until=event.until,
+            restriction_detail=event.detail or None,
+            restricted_at=event.timestamp,
+        )
+
+    @process_event.register
+    def _restriction_lifted(self, event: Session.RestrictionLifted, tracking: Tracking) -> None:
+        self._update(
+            event,
+            tracking,
+            restriction_kind=None,
+            restriction_until=None,
+            restriction_detail=None,
+            restricted_at=None,
         )
 
     @process_event.register

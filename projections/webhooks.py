@@ -64,6 +64,15 @@ def webhook_event(event: Any) -> tuple[str, dict[str, Any]] | None:  # noqa: PLR
             return "session.stopped", data
         case Session.Deleted():
             return "session.deleted", data
+        case Session.Restricted():
+            data |= {
+                "kind": event.kind,
+                "until": _iso(event.until),
+                "detail": event.detail or None,
+            }
+            return "session.restricted", data
+        case Session.RestrictionLifted():
+            return "session.restriction-lifted", data | {"kind": event.kind, "cause": event.cause}
         case Session.MessageReceived():
             data |= {
                 "messageId": event.message_id,

@@ -29,6 +29,7 @@ from application.phones import InvalidPhone, normalize_recipient
 from application.sessions import QueuedMessageResult
 from domain.values import session_uuid
 from projections.messages import OUTBOUND, MessageRow
+from projections.status import SessionRow
 
 log = logging.getLogger(__name__)
 SESSION = "/sessions/{session_id:str}"
@@ -81,8 +82,9 @@ class MessagesController(Controller):
             ctx.app.send_message, session_id, to, data.text, idempotency_key, access.actor
         )
         row = await self._row_once_visible(ctx, result)
+        session = ctx.read_models.session(session_id) or access.session
         if row is not None:
-            return self._answer(row, data.text, replayed=result.replayed)
+            return self._answer(row, data.text, session, replayed=result.replayed)
         # Recorded, but the messages view has not caught up in time: the answer is built from
         # what was recorded, so that the client has the message id and does not send again.
         now = datetime.now(UTC)
@@ -98,7 +100,7 @@ class MessagesController(Controller):
             version=0,
             position=result.position or 0,
         )
-        return self._answer(queued, data.text, replayed=result.replayed)
+        return self._answer(queued, data.text, session, replayed=result.replayed)
 
     @staticmethod
     async def _row_once_visible(ctx: ApiContext, result: QueuedMessageResult) -> MessageRow | None:
@@ -118,11 +120,13 @@ class MessagesController(Controller):
         return await call(ctx.messages.get_message, result.message_id)
 
     @staticmethod
-    def _answer(row: MessageRow, text: str, *, replayed: bool) -> Response[MessageOut]:
+    def _answer(
+        row: MessageRow, text: str, session: SessionRow, *, replayed: bool
+    ) -> Response[MessageOut]:
         headers = {"Location": f"/sessions/{row.session_id}/messages/{row.message_id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
-        return Response(message_out(row, text), status_code=202, headers=headers)
+        return Response(message_out(row, text, session), status_code=202, headers=headers)
 
     @get(
         SESSION + "/messages/{message_id:str}",
@@ -141,7 +145,7 @@ class MessagesController(Controller):
         if row is None or row.session_id != access.session.session_id:
             raise ProblemError(404, "message-not-found", f"the session has no message {message_id}")
         texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
-        return message_out(row, texts.get(row.version))
+        return message_out(row, texts.get(row.version), access.session)
 
     @get(
         SESSION + "/messages",
@@ -176,5 +180,5 @@ class MessagesController(Controller):
         texts = await call(
             ctx.message_texts, session_uuid(session_id), [row.version for row in rows]
         )
-        items = [message_out(row, texts.get(row.version)) for row in rows]
+        items = [message_out(row, texts.get(row.version), access.session) for row in rows]
         return MessagePageOut(items=items, next=rows[-1].position if len(rows) == limit else None)

@@ -15,10 +15,12 @@ from prometheus_client.registry import Collector
 
 from api.controllers.common import call, context
 from api.presenters import health
+from domain.policy import RESTRICTING_REASONS
 from domain.values import Status
 from projections.status import SessionRow
 
 STATUSES = tuple(Status)
+RESTRICTION_KINDS = tuple(sorted(RESTRICTING_REASONS))
 HEALTHS = ("healthy", "degraded", "starting", "unhealthy", "stopped")
 MESSAGE_COUNTERS = (
     ("outbound", "sent", "messages_sent"),
@@ -49,6 +51,15 @@ class SessionsCollector(Collector):
         for name in HEALTHS:
             healths.add_metric([name], by_health.get(name, 0))
         yield healths
+        by_kind = Counter(r.restriction_kind for r in self.rows if r.restriction_kind is not None)
+        restricted = GaugeMetricFamily(
+            "sessiond_sessions_restricted",
+            "Sessions (not deleted) that WhatsApp restricts (their queues paused), by kind",
+            labels=["kind"],
+        )
+        for kind in RESTRICTION_KINDS:
+            restricted.add_metric([kind], by_kind.get(kind, 0))
+        yield restricted
         messages = CounterMetricFamily(
             "sessiond_messages",
             "Messages of live sessions that reached a status (a read message counts as sent "
@@ -85,7 +96,7 @@ class SessionsCollector(Collector):
 
 @get("/metrics", tags=["health"], media_type=MediaType.TEXT, operation_id="getMetrics")
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
-    """Prometheus exposition: sessions by status and health, messages by direction and
+    """Prometheus exposition: sessions by status, health and restriction, messages by direction and
     status, queue depths, reconnects and how many events each view lags behind the log."""
     ctx = context(request)
     lags = await call(ctx.projection_lags)

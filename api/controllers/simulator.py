@@ -73,6 +73,13 @@ class SimulatorController(Controller):
         """The device connects from somewhere else (not fought: reported)."""
         return await self._act(request, admin_access, "replace")
 
+    @post("/outdated", status_code=200, responses=_RESPONSES, operation_id="simulateOutdated")
+    async def outdated(
+        self, request: Request[Any, Any, State], admin_access: NamedDependency[SessionAccess]
+    ) -> StatusOut:
+        """WhatsApp refuses the client's version (a person upgrades, then reconnects)."""
+        return await self._act(request, admin_access, "outdated")
+
     @post(
         "/ban",
         status_code=200,

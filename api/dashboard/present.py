@@ -56,6 +56,54 @@ def filter_of(state: str) -> str:
     return "connected" if state == "degraded" else state
 
 
+#: What a restriction is called, and what the operator does about it.
+RESTRICTION_TITLES = {
+    "temporarily_banned": "Temporarily banned by WhatsApp",
+    "logged_out": "Logged out from the phone",
+    "device_unlinked": "The linked device is gone",
+    "stream_replaced": "Replaced by another client",
+    "client_outdated": "WhatsApp refuses this version of sessiond",
+}
+RESTRICTION_ADVICE = {
+    "temporarily_banned": (
+        "Nothing to do now: sending resumes by itself when the ban ends. To avoid another "
+        "ban, send less, more slowly, and only to people who expect your messages."
+    ),
+    "logged_out": "Reconnect the session, then scan the new QR code with the phone.",
+    "device_unlinked": "Reconnect the session, then scan the new QR code with the phone.",
+    "stream_replaced": (
+        "Another client uses this WhatsApp device. Close it, then reconnect the session here."
+    ),
+    "client_outdated": "Upgrade sessiond to a newer release, then reconnect the session.",
+}
+
+
+@dataclass(frozen=True)
+class Banner:
+    """A restricted session's banner: what happened, until when, and what to do."""
+
+    kind: str
+    title: str
+    advice: str
+    until: datetime | None
+    detail: str | None
+    waiting: int  # messages held in the paused queue
+
+
+def banner(row: SessionRow) -> Banner | None:
+    kind = row.restriction_kind
+    if kind is None or row.is_deleted:
+        return None
+    return Banner(
+        kind=kind,
+        title=RESTRICTION_TITLES.get(kind, kind.replace("_", " ")),
+        advice=RESTRICTION_ADVICE.get(kind, "Reconnect the session once the cause is fixed."),
+        until=row.restriction_until,
+        detail=row.restriction_detail,
+        waiting=row.queue_depth,
+    )
+
+
 @dataclass(frozen=True)
 class Line:
     """One session as a line of the list (or the head of its page)."""
@@ -66,11 +114,20 @@ class Line:
     label: str
     health: str
     uptime: float | None
+    banner: Banner | None = None
 
 
 def line(row: SessionRow, now: datetime) -> Line:
     state = state_of(row)
-    return Line(row, state, TONES[state], LABELS[state], health(row), status_uptime(row, now))
+    return Line(
+        row,
+        state,
+        TONES[state],
+        LABELS[state],
+        health(row),
+        status_uptime(row, now),
+        banner(row),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Drains each session's queue of outbound messages, in order, paced, while it is connected.
+"""Drains each session's queue of outbound messages, in order, paced, while it is connected
+and not restricted (`domain.policy.RestrictionPolicy`: a restricted session's queue is paused,
+nothing sent and nothing failed, until the restriction is lifted and the session connects).
 
 A ``send`` deadline (set by the gateway projection when a message is queued, and when a
 session with messages waiting connects) asks the worker that holds the session to drain it.
@@ -20,14 +22,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from uuid import UUID
 
 from application.errors import NotConnected, RecipientRejected, SessionNotFound
 from application.ports import WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.outbox import QueuedMessage
-from domain.policy import SendFailure, SendPolicy
-from domain.values import FailureReason, Status
+from domain.policy import RestrictionPolicy, SendFailure, SendPolicy
+from domain.values import FailureReason
 from infra.runtime.timers import TimerThread
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class MessageSender:
         self.holds = holds
         self.interval = interval
         self.policy = policy or SendPolicy()
+        self.restrictions = RestrictionPolicy()
         self._timers = TimerThread("sender", workers)
         self._lock = threading.Lock()
         self._active: set[UUID] = set()  # a drain is scheduled or running
@@ -112,8 +116,10 @@ class MessageSender:
         except SessionNotFound:
             return None
         message = session.next_message()
-        if message is None or session.status != Status.CONNECTED or session.is_deleted:
+        if message is None or session.is_deleted:
             return None
+        if not self.restrictions.may_send(session.status, session.restriction, _now()):
+            return None  # paused or not connected: the next connection starts it again
         whatsapp_id = self._unrecorded.get(message.message_id)
         if whatsapp_id is None:
             return self._send(session_id, message)
@@ -157,3 +163,7 @@ class MessageSender:
     def _fail(self, session_id: UUID, message_id: str, reason: FailureReason, detail: str) -> None:
         self._failures.pop(message_id, None)
         self.app.record_send_failed(session_id, message_id, reason.value, detail)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

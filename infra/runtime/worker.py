@@ -838,6 +838,7 @@ class GatewayWorker:
             "logout": lambda: simulator.remote_logout(session_id),
             "replace": lambda: simulator.replace(session_id),
             "ban": lambda: simulator.ban(session_id, float(args.get("seconds", 60))),
+            "outdated": lambda: simulator.outdated(session_id),
             "keepalive": lambda: simulator.keepalive(session_id, bool(args.get("healthy"))),
             "inbound": lambda: simulator.inbound(
                 session_id, str(args["sender"]), str(args["text"])

@@ -3,9 +3,11 @@
 QR codes rotate on WhatsApp's timings (the first lasts 60 s, the next ones 20 s, 6 in all;
 configurable), then the session expires. Hooks let a demo or a test do what a real phone and
 network do: scan the code, drop the connection, log out from the phone, connect the device
-elsewhere (stream replaced), ban the account for a while, fail keepalives, make WhatsApp
-unreachable, receive a text, acknowledge a sent one. Recipients whose number starts with 0
-(``0…@s.whatsapp.net``) are "not on WhatsApp": sending to them is refused for good.
+elsewhere (stream replaced), ban the account for a while (a start before the ban's end is
+refused with the same ban, as WhatsApp does), refuse the client as outdated, fail keepalives,
+make WhatsApp unreachable, receive a text, acknowledge a sent one. Recipients whose number
+starts with 0 (``0…@s.whatsapp.net``) are "not on WhatsApp": sending to them is refused for
+good.
 A session's proxy is honoured as far as a simulation can without a network: each start through
 a proxy on this machine (a loopback address or ``localhost``) first opens a TCP connection to it
 (nothing is sent), and one that does not answer ends the start as ``proxy_unreachable``, as the
@@ -39,6 +41,7 @@ from domain.values import MessageStatus, Reason
 from infra.runtime.timers import TimerThread
 
 PUSH_NAME = "Simulated phone"
+BAN_DETAIL = "simulated ban"
 #: Seconds the simulator waits for a session's proxy to accept a connection.
 PROXY_TIMEOUT = 3.0
 
@@ -76,6 +79,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         self._lock = threading.RLock()
         self._timers = TimerThread("simulator")
         self._proxies: dict[UUID, str | None] = {}
+        self._banned: dict[UUID, datetime] = {}  # session -> the end of its ban
 
     @property
     def events(self) -> GatewayEvents:
@@ -187,7 +191,15 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
 
     def ban(self, session_id: UUID, seconds: float) -> int | None:
         until = datetime.now(UTC) + timedelta(seconds=seconds)
-        return self._end(session_id, Reason.TEMPORARILY_BANNED, "simulated ban", until)
+        with self._lock:
+            self._client_in(session_id, "connected", "the session is not connected")
+            self._banned[session_id] = until
+        return self._end(session_id, Reason.TEMPORARILY_BANNED, BAN_DETAIL, until)
+
+    def outdated(self, session_id: UUID) -> int | None:
+        return self._end(
+            session_id, Reason.CLIENT_OUTDATED, "WhatsApp refuses this client version (simulated)"
+        )
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         with self._lock:
@@ -270,11 +282,20 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         # the proxy dialled.
         stored = device_jid is None or device_jid in self._devices
         proxy_failure = _proxy_failure(proxy) if proxy is not None else None
+        banned_until: datetime | None = None
         with self._lock:
             client = self._current(session_id, generation)
             if client is None:
                 return
-            if proxy_failure is not None:
+            ban = self._banned.get(session_id)
+            if ban is not None and ban <= datetime.now(UTC):
+                del self._banned[session_id]
+                ban = None
+            if ban is not None and device_jid is not None:
+                client.phase = "disconnected"
+                outcome = (Reason.TEMPORARILY_BANNED, BAN_DETAIL)
+                banned_until = ban
+            elif proxy_failure is not None:
                 client.phase = "disconnected"
                 outcome = (Reason.PROXY_UNREACHABLE, proxy_failure)
             elif not self.reachable:
@@ -290,7 +311,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             else:
                 outcome = None
         if outcome is not None:
-            self.events.disconnected(session_id, outcome[0].value, outcome[1])
+            self.events.disconnected(session_id, outcome[0].value, outcome[1], banned_until)
         elif device_jid is not None:
             self.events.connected(session_id, device_jid, PUSH_NAME)
         else:
