@@ -103,3 +103,18 @@ def signed_in(server: Sessiond) -> httpx.Client:
     )
     assert answer.status_code == 303, answer.text
     return client
+
+
+def holder(database_url: str, session_id: str) -> str | None:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT owner FROM sessiond_leases WHERE session_id = %s",
+            (session_id.removeprefix("sess_"),),
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+def worker_id(worker: Sessiond) -> str:
+    found = re.findall(r"gateway worker ([0-9a-f]{32}) is up", worker.log())
+    assert found, worker.log()
+    return str(found[-1])

@@ -4,18 +4,16 @@ the connections it gets: the simulator opens one to a session's proxy at each st
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
-from tests.e2e.conftest import Sessiond, create_session
-from tests.e2e.steps import eventually, status
+from tests.e2e.conftest import create_session
+from tests.e2e.steps import eventually, holder, status, worker_id
 
 
 class Listener:
@@ -40,21 +38,6 @@ def listener() -> Iterator[Listener]:
     running = Listener()
     yield running
     running.server.close()
-
-
-def holder(database_url: str, session_id: str) -> str | None:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT owner FROM sessiond_leases WHERE session_id = %s",
-            (session_id.removeprefix("sess_"),),
-        ).fetchone()
-    return str(row[0]) if row else None
-
-
-def worker_id(worker: Sessiond) -> str:
-    found = re.findall(r"gateway worker ([0-9a-f]{32}) is up", worker.log())
-    assert found, worker.log()
-    return str(found[-1])
 
 
 def test_the_worker_that_takes_a_session_over_dials_through_its_proxy(

@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import eventually, scan, signed_in
-from tests.e2e.test_proxy_takeover import holder, worker_id
+from tests.e2e.steps import eventually, holder, scan, signed_in, worker_id
 from tests.receiver import Receiver
 
 PHONE = "+14155550123"
