@@ -70,11 +70,19 @@ _UNLOGGED = (
 )
 
 
+#: Events of a session's life frequent enough to be logged at DEBUG only (a QR code is
+#: replaced every 20 s while a session waits for its scan).
+_FREQUENT = (Session.QRIssued,)
+
+
 def log_recorded(events: list[Any]) -> None:
     """One log line per recorded event of a session's life (not its messages): the session,
     the event's name and its reason (a pipeline reads them as fields of the JSON format)."""
     for event in events:
-        if isinstance(event, _UNLOGGED) or not log.isEnabledFor(logging.INFO):
+        if isinstance(event, _UNLOGGED):
+            continue
+        level = logging.DEBUG if isinstance(event, _FREQUENT) else logging.INFO
+        if not log.isEnabledFor(level):
             continue
         name = type(event).__name__
         reason = getattr(event, "reason", None)
@@ -82,8 +90,13 @@ def log_recorded(events: list[Any]) -> None:
         fields = {"sessionId": session_id, "event": name}
         if reason:
             fields["reason"] = reason
-        log.info(
-            "session %s: %s%s", session_id, name, f" ({reason})" if reason else "", extra=fields
+        log.log(
+            level,
+            "session %s: %s%s",
+            session_id,
+            name,
+            f" ({reason})" if reason else "",
+            extra=fields,
         )
 
 

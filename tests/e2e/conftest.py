@@ -70,7 +70,11 @@ class Sessiond:
         raise AssertionError(f"sessiond was not ready in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        """The end of its log, for an assertion's message."""
+        return self.full_log()[-5000:]
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10, **kwargs)

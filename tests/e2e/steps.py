@@ -115,6 +115,31 @@ def holder(database_url: str, session_id: str) -> str | None:
 
 
 def worker_id(worker: Sessiond) -> str:
-    found = re.findall(r"gateway worker ([0-9a-f]{32}) is up", worker.log())
+    found = re.findall(r"gateway worker ([0-9a-f]{32}) is up", worker.full_log())
     assert found, worker.log()
     return str(found[-1])
+
+
+def roles_apart(start: Callable[..., Sessiond], env: dict[str, str], workers: int) -> Any:
+    """`sessiond api`, `projector` and `workers` workers on one database, the workers up:
+    (the API process, the workers)."""
+    api = start("api", env)
+    start("projector", env)
+    started = [start("worker", env) for _ in range(workers)]
+    eventually(lambda: all("is up" in w.full_log() for w in started), what=f"{workers} workers up")
+    return api, started
+
+
+PHONE = "+14155550123"
+
+
+def send_text(client: httpx.Client, created: dict[str, Any], text: str) -> dict[str, Any]:
+    """Queue a text with the session's key: the 202's body."""
+    response = client.post(
+        f"/sessions/{created['sessionId']}/messages",
+        json={"to": PHONE, "text": text},
+        headers=key_of(created),
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body

@@ -47,7 +47,7 @@ def test_a_killed_gateway_child_is_restarted_and_its_sessions_come_back(
             ),
             what="the session back, connected",
         )
-        assert "exited with -9" in server.log()
+        assert "exited with -9" in server.full_log()
 
 
 def _owners(database_url: str) -> dict[str, int]:
@@ -63,7 +63,9 @@ def test_two_workers_share_the_sessions_and_one_takes_over_when_the_other_dies(
     start("projector", sessiond_env)
     first = start("worker", sessiond_env)
     second = start("worker", sessiond_env)
-    eventually(lambda: "is up" in first.log() and "is up" in second.log(), what="both workers up")
+    eventually(
+        lambda: "is up" in first.full_log() and "is up" in second.full_log(), what="both workers up"
+    )
     with api.client() as client:
         sessions = [create_session(client, f"Phone {n}") for n in range(6)]
         for created in sessions:

@@ -72,7 +72,7 @@ def test_json_logs_are_one_object_per_line_with_session_fields_and_no_secrets(
     assert any("api" in role.split(",") for role in roles), roles
     life = [entry for entry in objects if entry.get("sessionId") == sid and "event" in entry]
     events = [entry["event"] for entry in life]
-    for name in ("Created", "QRIssued", "Connected", "ProxySet", "Disconnected"):
+    for name in ("Created", "ApiKeyIssued", "Connected", "ProxySet", "Disconnected"):
         assert name in events, events
     disconnected = next(entry for entry in life if entry["event"] == "Disconnected")
     assert disconnected["reason"], disconnected

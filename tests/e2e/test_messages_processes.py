@@ -11,20 +11,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.steps import eventually, gateway_child, scan, status
-
-PHONE = "+14155550123"
-
-
-def send(client: httpx.Client, created: dict[str, Any], text: str) -> dict[str, Any]:
-    response = client.post(
-        f"/sessions/{created['sessionId']}/messages",
-        json={"to": PHONE, "text": text},
-        headers=key_of(created),
-    )
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
+from tests.e2e.steps import eventually, gateway_child, scan, send_text, status
 
 
 def message(client: httpx.Client, created: dict[str, Any], message_id: str) -> dict[str, Any]:
@@ -42,7 +29,7 @@ def test_texts_drain_in_order_on_connect_and_survive_a_gateway_crash(
     server = start("serve", {**sessiond_env, "SESSIOND_SEND_INTERVAL": "0.1"})
     with server.client() as client:
         created = create_session(client, "Courier")
-        ids = [send(client, created, f"parcel {n}")["messageId"] for n in range(3)]
+        ids = [send_text(client, created, f"parcel {n}")["messageId"] for n in range(3)]
         assert status(client, created)["metrics"]["queueDepth"] == 3
         scan(client, created)
 
@@ -54,7 +41,7 @@ def test_texts_drain_in_order_on_connect_and_survive_a_gateway_crash(
         assert [m["sentAt"] for m in sent] == sorted(m["sentAt"] for m in sent)
 
         os.kill(gateway_child(server), signal.SIGKILL)
-        late = send(client, created, "sent while the gateway was down")["messageId"]
+        late = send_text(client, created, "sent while the gateway was down")["messageId"]
         assert message(client, created, late)["status"] in ("queued", "sent")
         eventually(
             lambda: message(client, created, late)["status"] == "sent",

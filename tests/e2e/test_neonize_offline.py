@@ -80,7 +80,7 @@ def test_a_new_session_that_cannot_reach_whatsapp_says_so_and_retries(
         after = status()
         assert after["health"] == "stopped" and after["nextRetryAt"] is None
         assert after["updatedAt"] == stopped.json()["updatedAt"]  # nothing recorded since
-    log = server.log()
+    log = server.full_log()
     assert "panic" not in log and "Traceback" not in log, log
 
 

@@ -164,7 +164,7 @@ def test_each_session_dials_whatsapp_through_its_own_proxy_and_only_that(
         for created in (one, two):
             body = client.get(f"/sessions/{created['sessionId']}", headers=ADMIN).json()
             assert body["reason"] in ("whatsapp_unreachable", None), body
-    log = server.log()
+    log = server.full_log()
     assert SECRET_A not in log and SECRET_B not in log
     assert "panic" not in log and "Traceback" not in log, log
 
@@ -206,7 +206,7 @@ def test_a_proxy_survives_a_restart_and_once_cleared_is_no_longer_used(
         until(lambda: default.dials() >= after + 5, "the session keeps retrying")
         assert socks.dials() == left
         assert socks.refused() == []
-    log = server.log()
+    log = server.full_log()
     assert SECRET_A not in log and "panic" not in log and "Traceback" not in log, log
 
 
@@ -258,5 +258,5 @@ def test_a_proxy_that_does_not_answer_is_proxy_unreachable_retried_and_never_sho
         ]
         assert all(secret not in text for text in texts)
         assert any("proxy_unreachable" in r.body.decode() for r in hook.received)
-    log = server.log()
+    log = server.full_log()
     assert secret not in log and "panic" not in log and "Traceback" not in log, log

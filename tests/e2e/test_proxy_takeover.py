@@ -46,7 +46,7 @@ def test_the_worker_that_takes_a_session_over_dials_through_its_proxy(
     api = start("api", sessiond_env)
     start("projector", sessiond_env)
     workers = [start("worker", sessiond_env) for _ in range(2)]
-    eventually(lambda: all("is up" in w.log() for w in workers), what="both workers up")
+    eventually(lambda: all("is up" in w.full_log() for w in workers), what="both workers up")
     with api.client() as client:
         proxy = f"socks5://hal:takeover-Secret@127.0.0.1:{listener.port}"
         created = create_session(client, "Moving", proxy={"url": proxy})
@@ -66,4 +66,4 @@ def test_the_worker_that_takes_a_session_over_dials_through_its_proxy(
         eventually(
             lambda: status(client, created)["qrExpiresAt"] is not None, what="QR codes again"
         )
-    assert "takeover-Secret" not in survivor.log() + api.log()
+    assert "takeover-Secret" not in survivor.full_log() + api.full_log()

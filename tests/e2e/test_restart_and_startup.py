@@ -87,7 +87,7 @@ def test_serve_with_no_configuration_uses_embedded_postgres(tmp_path: Path) -> N
     server = Sessiond("serve", env, tmp_path / "serve.log")
     try:
         server.wait_ready(timeout=90)
-        log = server.log()
+        log = server.full_log()
         assert "SESSIOND_ADMIN_KEY=sda_" in log, log
         admin_key = log.split("SESSIOND_ADMIN_KEY=", 1)[1].split()[0]
         with server.client() as client:
@@ -102,7 +102,7 @@ def test_serve_with_no_configuration_uses_embedded_postgres(tmp_path: Path) -> N
     again = Sessiond("serve", env, tmp_path / "serve-again.log")
     try:
         again.wait_ready(timeout=90)
-        assert "SESSIOND_ADMIN_KEY=" not in again.log()
+        assert "SESSIOND_ADMIN_KEY=" not in again.full_log()
         with again.client() as client:
             assert client.get("/sessions", headers={"x-api-key": admin_key}).status_code == 200
     finally:

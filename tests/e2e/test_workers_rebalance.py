@@ -5,7 +5,6 @@ move is fenced — the old holder disconnects (and says so) before the new one c
 from __future__ import annotations
 
 import json
-import re
 import signal
 import threading
 from collections import Counter
@@ -15,8 +14,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.e2e.conftest import ADMIN, Sessiond, create_session
-from tests.e2e.steps import eventually, scan, status
+from tests.e2e.conftest import ADMIN, create_session
+from tests.e2e.steps import eventually, roles_apart, scan, status, worker_id
 
 
 def leases(database_url: str) -> dict[str, str]:
@@ -28,12 +27,6 @@ def leases(database_url: str) -> dict[str, str]:
 
 def spread(database_url: str) -> list[int]:
     return sorted(Counter(leases(database_url).values()).values())
-
-
-def worker_id(worker: Sessiond) -> str:
-    found = re.findall(r"gateway worker ([0-9a-f]{32}) is up", worker.log())
-    assert found, worker.log()
-    return str(found[-1])
 
 
 def link_events(database_url: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -84,10 +77,7 @@ def test_a_joining_worker_takes_an_even_share_and_a_stopping_one_hands_its_own_o
     start: Any, sessiond_env: dict[str, str], database_url: str
 ) -> None:
     env = {**sessiond_env, "SESSIOND_MOVE_BATCH": "2"}
-    api = start("api", env)
-    start("projector", env)
-    workers = [start("worker", env) for _ in range(3)]
-    eventually(lambda: all("is up" in w.log() for w in workers), what="three workers up")
+    api, workers = roles_apart(start, env, 3)
     with api.client() as client:
         sessions = [create_session(client, f"Phone {n}") for n in range(60)]
         for created in sessions:
@@ -147,7 +137,9 @@ def test_a_call_whose_worker_dies_mid_way_is_answered_by_the_next_holder(
     # The first worker's phone is slow: a scan it runs is still under way when it dies.
     slow = start("worker", {**env, "SESSIOND_SIMULATOR_PHONE_DELAY": "120"})
     quick = start("worker", env)
-    eventually(lambda: "is up" in slow.log() and "is up" in quick.log(), what="workers up")
+    eventually(
+        lambda: "is up" in slow.full_log() and "is up" in quick.full_log(), what="workers up"
+    )
     with httpx.Client(base_url=api.url, timeout=60) as client:
         sessions = [create_session(client, f"Phone {n}") for n in range(2)]
         eventually(lambda: spread(database_url) == [1, 1], what="one session each")
