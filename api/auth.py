@@ -143,9 +143,19 @@ def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
 def key_required(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """The app's guard: a route that needs a key (its OpenAPI security names one) checks it
     before anything else, so a missing or invalid key answers 401 before the parameters or
-    the body are read, and a caller without a key learns nothing from validation errors."""
+    the body are read, and a caller without a key learns nothing from validation errors.
+
+    A session key is also checked for the route's scope here (403 ``scope-missing``), before
+    the body, unless the route names another session: that one answers 404 whatever the
+    key's scopes (`_access`), so existence is never revealed."""
     if isinstance(handler, HTTPRouteHandler) and handler.resolve_security():
-        authenticate(connection)
+        principal = authenticate(connection)
+        if principal.is_admin:
+            return
+        named = connection.path_params.get("session_id")
+        scope = required_scope(handler)
+        if scope != ADMIN_ONLY and (named is None or named == principal.session_id):
+            principal.check_scope(scope)
 
 
 async def provide_admin(request: Request[Any, Any, State]) -> Principal:

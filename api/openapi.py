@@ -157,7 +157,7 @@ def complete_openapi(app: Litestar) -> None:
         if path_item is None:
             continue
         for handler in route.route_handlers:
-            if handler.resolve_security():
+            if handler.include_in_schema and handler.resolve_security():
                 for method in handler.http_methods:
                     _name_scope(path_item, method, required_scope(handler))
             data = handler.parsed_fn_signature.parameters.get("data")
@@ -191,7 +191,7 @@ def _name_scope(path_item: PathItem, method: str, scope: str) -> None:
     values = {f.name: getattr(operation, f.name) for f in fields(Operation)}
     scoped = ScopedOperation(**values, required_scope=scope)
     if scope == ADMIN_ONLY:
-        said = "Needs the admin key (`x-required-scope: admin`)."
+        said = "Needs the admin key: no session key may call it (scope `admin`)."
     else:
         said = (
             f"Needs the scope `{scope}` from a session key (the admin key, and a session key "

@@ -78,8 +78,8 @@ _STREAM_DOC = (
     "Server-Sent Events: each event has `id:` its position in the log, `event:` its type "
     "and `data:` the webhook body (`{type, timestamp, data}`); a comment every heartbeat; "
     "a last `end` event (`{reason, resumeAfter}`) when the server ends the stream "
-    "(`too-slow`, `key-revoked`, `key-expired`, `session-deleted`, `keys-unverifiable`, `server-stopping`, "
-    "`signed-out`)"
+    "(`too-slow`, `key-revoked`, `key-expired`, `session-deleted`, `keys-unverifiable`, "
+    "`server-stopping`, `signed-out`)"
 )
 
 
@@ -157,8 +157,12 @@ def _key_guard(ctx: ApiContext, key_hash: str, session_id: str) -> Callable[[], 
         if row is None or row.is_deleted:
             return "session-deleted"
         key = read_models.key_by_hash(key_hash)
-        expires_at = key.expires_at if key is not None else None
-        if expires_at is not None and expires_at <= datetime.now(UTC) and key.revoked_at is None:
+        if (
+            key is not None
+            and key.revoked_at is None
+            and key.expires_at is not None
+            and key.expires_at <= datetime.now(UTC)
+        ):
             return "key-expired"
         return "key-revoked"
 

@@ -18,6 +18,7 @@ from projections.status import SessionRow
 from projections.uptime import BUCKETS, series
 
 TIMELINE = 50
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 DELIVERIES = 5
 
 
@@ -34,7 +35,7 @@ class SessionDetails:
     chart: Chart
     webhooks: list[Webhook]
     proxy: str | None = None  # the session's proxy, its password masked
-    now: datetime = datetime.min.replace(tzinfo=UTC)  # when it was read (keys' expiry)
+    now: datetime = EARLIEST  # when it was read (whether keys are past their expiry)
 
     @property
     def active_keys(self) -> int:
