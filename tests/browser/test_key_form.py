@@ -32,7 +32,7 @@ def test_a_key_made_with_scopes_and_an_expiry_is_listed_with_them_and_limited_by
     page.get_by_label("status:read", exact=False).focus()
     page.keyboard.press("Space")
     expect(page.get_by_label("status:read", exact=False)).to_be_checked()
-    page.get_by_label("Expires").select_option(label="In 1 hour")
+    page.get_by_label("The new key expires").select_option(label="In 1 hour")
     page.get_by_role("button", name="Create key").click()
     new_key = page.locator("[data-new-key]").input_value()
     assert new_key.startswith("sdk_")
@@ -60,7 +60,7 @@ def test_a_key_made_with_scopes_and_an_expiry_is_listed_with_them_and_limited_by
     # Check an expiry the list does not offer is refused with the error tied to the field.
     page.get_by_label("Label of a new key").fill("forged")
     page.locator("#key-expires option").first.evaluate("o => { o.value = 'forever' }")
-    page.get_by_label("Expires").select_option(index=0)
+    page.get_by_label("The new key expires").select_option(index=0)
     page.get_by_role("button", name="Create key").click()
     expect(page.get_by_role("alert")).to_contain_text("Choose when the key expires")
     assert all(
