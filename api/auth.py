@@ -150,7 +150,7 @@ def key_required(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     key's scopes (`_access`), so existence is never revealed."""
     if isinstance(handler, HTTPRouteHandler) and handler.resolve_security():
         principal = authenticate(connection)
-        if principal.is_admin:
+        if principal.is_admin or not handler.include_in_schema:  # OPTIONS: no operation
             return
         named = connection.path_params.get("session_id")
         scope = required_scope(handler)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
+from tests.e2e.streams import data, reading
 
 MESSAGE = {"to": "+14155550123", "text": "hello"}
 
@@ -96,6 +97,21 @@ def test_a_key_does_only_what_its_scopes_allow_and_never_gives_more(
         assert operations["getSessionStatus"]["x-required-scope"] == "status:read"
         assert operations["createSessionKey"]["x-required-scope"] == "keys:manage"
         assert all("x-required-scope" in op for op in operations.values() if op.get("security"))
+
+        # Check an event stream needs status:read, and ends with key-expired at the expiry.
+        stream_path = f"/sessions/{sid}/events/stream"
+        with reading(server, stream_path, sender) as refused_stream:
+            assert refused_stream.response.status_code == 403
+        issued = issue(client, sid, ADMIN, scopes=["status:read"], ttlSeconds=3)
+        expiring = header(issued)
+        expires_at = datetime.fromisoformat(issued.json()["expiresAt"])
+        with reading(server, stream_path, expiring) as stream:
+            assert stream.response.status_code == 200
+            due = time.monotonic() + (expires_at - datetime.now(UTC)).total_seconds()
+            ended = stream.wait_end(15)
+            assert due - 0.1 <= ended < due + 1.0, ended - due
+            last = stream.events[-1]
+            assert last.event == "end" and data(last)["reason"] == "key-expired"
 
 
 def test_an_expired_key_is_refused_by_every_api_process_before_any_worker_records_it(

@@ -80,6 +80,9 @@ async def test_a_key_reaches_only_the_routes_of_its_scopes(api: Api) -> None:
         "webhooks:manage",
     )
     assert await recorded(api, sid) == before
+    # An OPTIONS request names no operation: it answers as for any key.
+    options = await c.options(base + "/messages", headers=reader)
+    assert options.status_code in (200, 204), options.text
 
     # Check another session's routes still answer 404 (existence is never revealed), and
     # admin-only routes 403 admin-only, as for a full key.
