@@ -58,8 +58,6 @@ class Principal:
     session_id: str | None = None
     #: What a session key may do (`domain.access.Scope` values); None: everything.
     scopes: tuple[str, ...] | None = None
-    #: When a session key stops working; None: never.
-    expires_at: datetime | None = None
 
     @property
     def actor(self) -> str:
@@ -136,7 +134,6 @@ def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         key_id=row.key_id,
         session_id=row.session_id,
         scopes=None if row.scopes is None else tuple(row.scopes),
-        expires_at=row.expires_at,
     )
 
 

@@ -54,6 +54,15 @@ PERCENTAGE_FIELDS = {
 }
 
 
+#: What else a 403 of the operations needing a scope may mean.
+FORBIDDEN_ALSO = {
+    "keys:manage": (
+        "; or the new key would have a scope or an expiry beyond the calling key's own "
+        "(`key-exceeds-issuer`)"
+    ),
+}
+
+
 @dataclass
 class ScopedOperation(Operation):
     """An operation that names the scope a session key needs for it."""
@@ -205,8 +214,8 @@ def _name_scope(path_item: PathItem, method: str, scope: str) -> None:
         # The same problem+json body as the 401's.
         forbidden = copy.deepcopy(unauthorized)
         forbidden.description = (
-            "The operation needs the admin key, or a scope the key lacks "
-            "(`scope-missing`: its `requiredScope` names it)"
+            "The operation needs the admin key (`admin-only`), or a scope the key lacks "
+            "(`scope-missing`: its `requiredScope` names it)" + FORBIDDEN_ALSO.get(scope, "")
         )
         responses["403"] = forbidden
     setattr(path_item, method.lower(), scoped)
