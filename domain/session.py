@@ -13,7 +13,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.access import check_grant
+from domain.access import check_grant, check_scopes
 from domain.errors import (
     AlreadyStopped,
     CapReached,
@@ -490,8 +490,10 @@ class Session(Aggregate):
     ) -> None:
         """Issue a key with `scopes` (None: full access) until `expires_at` (None: never).
 
-        When `actor` is one of this session's keys, the new key gets no more than it holds
-        (`ExceedsIssuer`); an expiry at or before `now` is `InvalidValue`."""
+        The scopes are kept known, once each, in `domain.access.SCOPES`' order (an unknown
+        one, or none, is `InvalidValue`). When `actor` is one of this session's keys, the new
+        key gets no more than it holds (`ExceedsIssuer`); an expiry at or before `now` is
+        `InvalidValue`."""
         self.check_not_deleted()
         if key_id in self.keys:
             raise InvalidValue(f"key id {key_id} is already used")
@@ -499,6 +501,8 @@ class Session(Aggregate):
             raise InvalidValue(
                 f"the expiry {expires_at.isoformat()} is not in the future; give a later one"
             )
+        if scopes is not None:
+            scopes = check_scopes(scopes)
         issuer = self.keys.get(key_id_of(actor) or "")
         if issuer is not None:
             check_grant(issuer.scopes, issuer.expires_at, scopes, expires_at)

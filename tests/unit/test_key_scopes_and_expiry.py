@@ -52,6 +52,16 @@ def test_scopes_are_checked_deduplicated_and_kept_in_a_stable_order() -> None:
     assert not allows(["status:read"], "messages:send")
 
 
+def test_a_session_keeps_a_keys_scopes_checked_and_in_order() -> None:
+    session = new_session()
+    issue(session, "key_a", scopes=["messages:send", "status:read", "messages:send"])
+    assert session.keys["key_a"].scopes == ["status:read", "messages:send"]
+    for wrong in (["status:write"], []):
+        with pytest.raises(InvalidValue):
+            issue(session, "key_b", scopes=wrong)
+    assert "key_b" not in session.keys
+
+
 def test_the_actor_of_a_key_names_it_and_the_admin_names_none() -> None:
     assert key_id_of(key_actor("key_0123456789abcdef")) == "key_0123456789abcdef"
     assert key_id_of(ADMIN_ACTOR) is None
