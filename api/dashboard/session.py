@@ -261,7 +261,17 @@ class SessionController(Controller):
             ADMIN_ACTOR,
         )
         # Kept for the next page before waiting for the views (see `create_session`).
-        flash(request, key={"key_id": issued.key_id, "key": issued.key, "label": issued.label})
+        expires = issued.expires_at
+        flash(
+            request,
+            key={
+                "key_id": issued.key_id,
+                "key": issued.key,
+                "label": issued.label,
+                "scopes": issued.scopes,
+                "expires": None if expires is None else expires.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            },
+        )
         await settle(ctx, issued.position)
         return see_other(_path(row, "#keys"))
 

@@ -36,6 +36,7 @@ def test_a_key_made_with_scopes_and_an_expiry_is_listed_with_them_and_limited_by
     page.get_by_role("button", name="Create key").click()
     new_key = page.locator("[data-new-key]").input_value()
     assert new_key.startswith("sdk_")
+    expect(page.locator(".key-terms")).to_contain_text("Scopes: status:read; expires 20")
     screenshot(page, "key-form-scoped-key")
 
     # Check the list shows its scope and an expiry about an hour ahead, and it is active.
