@@ -301,9 +301,8 @@ class Container:
             return self.key_view.due_expiries(now, limit)  # the generation active now
 
         expiry = KeyExpiry(self.app, due)
-        self.worker = GatewayWorker(
-            self.app, gateway, self.direct_url, timings, ticks=((expiry.tick, timings.tick),)
-        )
+        ticks = ((expiry.key_expiry_tick, timings.tick),)
+        self.worker = GatewayWorker(self.app, gateway, self.direct_url, timings, ticks=ticks)
         self._build_dispatcher(self.worker)
         self.worker.start()
         assert self.dispatcher is not None

@@ -23,14 +23,21 @@ BATCH = 500
 DueExpiries = Callable[[datetime, int], list[tuple[str, str]]]
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class KeyExpiry:
-    def __init__(self, app: SessionsApplication, due: DueExpiries) -> None:
+    def __init__(
+        self, app: SessionsApplication, due: DueExpiries, clock: Callable[[], datetime] = _utc_now
+    ) -> None:
         self.app = app
         self.due = due
+        self.clock = clock
 
-    def tick(self) -> int:
+    def key_expiry_tick(self) -> int:
         """Record the expiries that have come; how many sessions recorded one."""
-        now = datetime.now(UTC)
+        now = self.clock()
         sessions = sorted({session_id for session_id, _ in self.due(now, BATCH)})
         recorded = 0
         for session_id in sessions:

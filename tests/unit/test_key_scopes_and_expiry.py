@@ -12,6 +12,7 @@ from domain.access import SCOPES, ExceedsIssuer, allows, check_grant, check_scop
 from domain.errors import CapReached, InvalidValue
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, key_actor, key_id_of
+from infra.runtime.keyexpiry import BATCH, KeyExpiry
 from projections.keys import ApiKeyProjection, MemoryApiKeyView
 from tests.unit.helpers import catch_up, popo_app
 
@@ -195,3 +196,35 @@ def test_the_application_issues_scoped_keys_and_records_expiries_the_key_view_sh
     # Check a deleted session's expiries are nothing to record.
     app.delete(sid, ADMIN_ACTOR)
     assert app.expire_keys(sid, soon + HOUR) is None
+
+
+def test_the_workers_expiry_tick_records_each_due_session_once_and_skips_deleted_ones() -> None:
+    app = popo_app()
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    sessions = [app.create_session(name, {}, None, ADMIN_ACTOR).session_id for name in "ABC"]
+    due: list[tuple[str, str]] = []
+    for sid in sessions:
+        for label in ("one", "two"):
+            issued = app.issue_key(sid, label, ADMIN_ACTOR, expires_at=soon)
+            due.append((sid, issued.key_id))
+    app.delete(sessions[2], ADMIN_ACTOR)
+    asked: list[tuple[datetime, int]] = []
+
+    def due_at(now: datetime, limit: int) -> list[tuple[str, str]]:
+        asked.append((now, limit))
+        return due if now >= soon else []
+
+    clock = [soon - timedelta(seconds=1)]
+    expiry = KeyExpiry(app, due_at, clock=lambda: clock[0])
+    # Check nothing is recorded before the keys' time (the view says none is due).
+    assert expiry.key_expiry_tick() == 0
+    # Check at their time both live sessions record their two expiries; the deleted one none.
+    clock[0] = soon
+    position = app.recorder.max_notification_id()
+    assert expiry.key_expiry_tick() == 2
+    recorded = app.recorder.select_notifications(start=(position or 0) + 1, limit=100)
+    assert [n.topic for n in recorded] == ["sessiond:Session.ApiKeyExpired"] * 4
+    # Check a second tick (the view not caught up yet) records nothing again.
+    assert expiry.key_expiry_tick() == 0
+    assert [now for now, _ in asked] == [soon - timedelta(seconds=1), soon, soon]
+    assert all(limit == BATCH for _, limit in asked)
