@@ -33,6 +33,8 @@ async def test_the_key_form_records_scopes_and_expiry_and_refuses_what_it_does_n
     assert made.status_code == 303, made.text
     page = await dash.get(base)
     assert "status:read" in page.text and "session:control" in page.text
+    # The timeline shows the recorded scopes as words, not as a Python list.
+    assert "scopes: status:read, session:control" in page.text
     (ops,) = [i for i in await key_items(api, session_id) if i["label"] == "ops"]
     assert ops["scopes"] == ["status:read", "session:control"]
     expires_at = datetime.fromisoformat(str(ops["expiresAt"]))
