@@ -127,6 +127,13 @@ async def test_bad_key_terms_are_refused_with_422_and_nothing_recorded(api: Api)
         assert words in answer.json()["detail"], (body, answer.text)
     assert await recorded(api, sid) == before
 
+    # Check an expiry an offset puts beyond the calendar is its last instant (no overflow).
+    far = await new_key(api, sid, ADMIN, expiresAt="9999-12-31T23:59:59-23:59")
+    assert far.status_code == 201, far.text
+    assert far.json()["expiresAt"].startswith("9999-12-31T23:59:59.999999")
+    works = await api.client.get(f"/sessions/{sid}/status", headers=key_header(far))
+    assert works.status_code == 200
+
     # Check the key comes first: a bad body without a valid key is 401.
     unkeyed = await api.client.post(f"/sessions/{sid}/keys", json={"ttlSeconds": -5})
     assert unkeyed.status_code == 401
