@@ -31,7 +31,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.context import ApiContext
 from api.problems import ProblemError
 from api.ratelimit import client_address
+from api.scopes import ADMIN_ONLY, required_scope
 from application.keys import SESSION_KEY_KIND, hash_key, key_kind
+from domain.access import allows
 from domain.values import ADMIN_ACTOR, is_session_id, key_actor
 from projections.status import SessionRow
 
@@ -54,10 +56,24 @@ class Principal:
     is_admin: bool
     key_id: str | None = None
     session_id: str | None = None
+    #: What a session key may do (`domain.access.Scope` values); None: everything.
+    scopes: tuple[str, ...] | None = None
 
     @property
     def actor(self) -> str:
         return ADMIN_ACTOR if self.is_admin or self.key_id is None else key_actor(self.key_id)
+
+    def check_scope(self, scope: str) -> None:
+        """Raise 403 ``scope-missing`` (naming `scope`) unless this caller holds `scope`."""
+        if self.is_admin or allows(self.scopes, scope):
+            return
+        held = ", ".join(self.scopes or ())
+        raise ProblemError(
+            403,
+            "scope-missing",
+            f"this key lacks the scope {scope} that this operation needs (it has {held})",
+            extra={"requiredScope": scope},
+        )
 
 
 @dataclass(frozen=True)
@@ -111,17 +127,32 @@ def authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         )
     row = ctx.read_models.accepted_key(key_hash)
     if row is None:
-        raise _refused(request, "the API key is not valid, or it has been revoked")
+        raise _refused(request, "the API key is not valid, or it has been revoked or expired")
     ctx.read_models.note_key_use(row.key_id, datetime.now(UTC))
-    return Principal(is_admin=False, key_id=row.key_id, session_id=row.session_id)
+    return Principal(
+        is_admin=False,
+        key_id=row.key_id,
+        session_id=row.session_id,
+        scopes=None if row.scopes is None else tuple(row.scopes),
+    )
 
 
 def key_required(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """The app's guard: a route that needs a key (its OpenAPI security names one) checks it
     before anything else, so a missing or invalid key answers 401 before the parameters or
-    the body are read, and a caller without a key learns nothing from validation errors."""
+    the body are read, and a caller without a key learns nothing from validation errors.
+
+    A session key is also checked for the route's scope here (403 ``scope-missing``), before
+    the body, unless the route names another session: that one answers 404 whatever the
+    key's scopes (`_access`), so existence is never revealed."""
     if isinstance(handler, HTTPRouteHandler) and handler.resolve_security():
-        authenticate(connection)
+        principal = authenticate(connection)
+        if principal.is_admin or not handler.include_in_schema:  # OPTIONS: no operation
+            return
+        named = connection.path_params.get("session_id")
+        scope = required_scope(handler)
+        if scope != ADMIN_ONLY and (named is None or named == principal.session_id):
+            principal.check_scope(scope)
 
 
 async def provide_admin(request: Request[Any, Any, State]) -> Principal:
@@ -145,6 +176,10 @@ async def _access(
     if admin_only and not principal.is_admin:
         raise ProblemError(403, "admin-only", "this needs the operator's admin key")
     if not principal.is_admin:
+        scope = required_scope(request.scope.get("route_handler"))
+        if scope == ADMIN_ONLY:
+            raise ProblemError(403, "admin-only", "this needs the operator's admin key")
+        principal.check_scope(scope)
         per_minute = row.requests_per_minute or ctx.default_requests_per_minute
         decision = await ctx.limiter.hit(session_id, per_minute)
         if decision.allowed:

@@ -10,6 +10,10 @@
   of a union).
 - Every operation that takes a key may answer 429: the throttle of failed authentications
   covers every route (`api.auth.failure_throttle`), not only those with a rate limit.
+- Every operation that takes a key names the scope a session key needs for it
+  (`api.scopes`): as ``x-required-scope``, in its security requirement's list (OpenAPI 3.1
+  allows role names there for any scheme) and in its description; ``admin`` for the routes
+  of the admin key alone. Each may answer 403 (a scope the key lacks, or the admin's route).
 
 The document is built when the app is, so a route that cannot be described fails at start-up,
 not on the first ``GET /schema/openapi.json``.
@@ -19,16 +23,24 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any
 
 import msgspec
 from litestar import Litestar
-from litestar.openapi.spec import OpenAPIType, Operation, PathItem, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    PathItem,
+    RequestBody,
+    Schema,
+)
 from litestar.routes import HTTPRoute
 
 from api.schemas import Body
+from api.scopes import ADMIN_ONLY, required_scope
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 
@@ -40,6 +52,22 @@ PERCENTAGE_FIELDS = {
     ("UptimeBucketOut", "uptime"),
     ("UptimeSeriesOut", "uptime"),
 }
+
+
+#: What else a 403 of the operations needing a scope may mean.
+FORBIDDEN_ALSO = {
+    "keys:manage": (
+        "; or the new key would have a scope or an expiry beyond the calling key's own "
+        "(`key-exceeds-issuer`)"
+    ),
+}
+
+
+@dataclass
+class ScopedOperation(Operation):
+    """An operation that names the scope a session key needs for it."""
+
+    required_scope: str | None = field(default=None, metadata={"alias": "x-required-scope"})
 
 
 @dataclass
@@ -138,6 +166,9 @@ def complete_openapi(app: Litestar) -> None:
         if path_item is None:
             continue
         for handler in route.route_handlers:
+            if handler.include_in_schema and handler.resolve_security():
+                for method in handler.http_methods:
+                    _name_scope(path_item, method, required_scope(handler))
             data = handler.parsed_fn_signature.parameters.get("data")
             if data is None or not data.has_default:
                 continue
@@ -160,3 +191,31 @@ def _throttled_everywhere(paths: dict[str, PathItem]) -> None:
     for operation in operations:
         if operation.security and operation.responses is not None:
             operation.responses.setdefault("429", copy.deepcopy(template))
+
+
+def _name_scope(path_item: PathItem, method: str, scope: str) -> None:
+    operation = getattr(path_item, method.lower(), None)
+    if not isinstance(operation, Operation):
+        return
+    values = {f.name: getattr(operation, f.name) for f in fields(Operation)}
+    scoped = ScopedOperation(**values, required_scope=scope)
+    if scope == ADMIN_ONLY:
+        said = "Needs the admin key: no session key may call it (scope `admin`)."
+    else:
+        said = (
+            f"Needs the scope `{scope}` from a session key (the admin key, and a session key "
+            "created without scopes, hold every scope)."
+        )
+    scoped.description = f"{operation.description}\n\n{said}" if operation.description else said
+    scoped.security = [{name: [scope] for name in r} for r in operation.security or []]
+    responses = scoped.responses
+    unauthorized = responses.get("401") if responses is not None else None
+    if responses is not None and isinstance(unauthorized, OpenAPIResponse):
+        # The same problem+json body as the 401's.
+        forbidden = copy.deepcopy(unauthorized)
+        forbidden.description = (
+            "The operation needs the admin key (`admin-only`), or a scope the key lacks "
+            "(`scope-missing`: its `requiredScope` names it)" + FORBIDDEN_ALSO.get(scope, "")
+        )
+        responses["403"] = forbidden
+    setattr(path_item, method.lower(), scoped)

@@ -15,6 +15,7 @@ from api.schemas import (
     QrSummaryOut,
     RateLimitOut,
     RestrictionOut,
+    ScopeValue,
     SessionOut,
     StatusOut,
     StatusValue,
@@ -129,7 +130,8 @@ def qr_out(row: SessionRow) -> QrOut | None:
     )
 
 
-def key_out(row: KeyRow) -> KeyOut:
+def key_out(row: KeyRow, now: datetime) -> KeyOut:
+    """A key as listed at `now` (active: neither revoked nor past its expiry then)."""
     return KeyOut(
         key_id=row.key_id,
         prefix=row.prefix,
@@ -137,7 +139,10 @@ def key_out(row: KeyRow) -> KeyOut:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
-        active=row.is_active,
+        active=row.is_usable_at(now),
+        scopes=cast("list[ScopeValue] | None", row.scopes),
+        expires_at=row.expires_at,
+        expired=row.expires_at is not None and row.expires_at <= now,
     )
 
 

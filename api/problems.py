@@ -18,6 +18,7 @@ from application.errors import (
     SessionNotFound,
     SimulatorError,
 )
+from domain.access import ExceedsIssuer
 from domain.errors import (
     DomainError,
     IdempotencyKeyReused,
@@ -79,6 +80,8 @@ def _domain_problem(error: DomainError) -> ProblemError:
         return ProblemError(404, "session-not-found", "no such session (it has been deleted)")
     if isinstance(error, UnknownApiKey):
         return ProblemError(404, error.code, str(error))
+    if isinstance(error, ExceedsIssuer):
+        return ProblemError(403, error.code, str(error))
     if isinstance(error, InvalidTransition):
         return ProblemError(409, error.code, str(error))
     if isinstance(error, (InvalidValue, IdempotencyKeyReused)):

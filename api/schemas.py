@@ -87,8 +87,51 @@ class CreateSessionIn(Body):
     proxy: ProxyIn | None = None
 
 
+ScopeValue = Literal[
+    "status:read",
+    "messages:send",
+    "messages:read",
+    "session:control",
+    "keys:manage",
+    "webhooks:manage",
+]
+#: The longest time to live a key may be given (100 years); leave it out for no expiry.
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
+SCOPES_DESCRIPTION = (
+    "What the key may do; left out (or null): everything its session allows. A key with "
+    "scopes can only create keys with scopes among its own."
+)
+
+
 class CreateKeyIn(Body):
     label: Label = "default"
+    scopes: (
+        Annotated[list[ScopeValue], Meta(min_length=1, description=SCOPES_DESCRIPTION)] | None
+    ) = None
+    expires_at: (
+        Annotated[
+            datetime,
+            Meta(
+                tz=True,
+                description=(
+                    "When the key stops working, with a UTC offset (in the future); left out "
+                    "with `ttlSeconds` too: never. At most the creating key's own expiry"
+                ),
+            ),
+        ]
+        | None
+    ) = None
+    ttl_seconds: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_TTL_SECONDS,
+                description="The key stops working this many seconds from now (or `expiresAt`)",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class RateLimitOut(Out):
@@ -169,6 +212,8 @@ class KeyCreatedOut(Out):
     key: str
     prefix: str
     label: str
+    scopes: Annotated[list[ScopeValue] | None, Meta(description=SCOPES_DESCRIPTION)] = None
+    expires_at: Annotated[datetime | None, Meta(description="null: never expires")] = None
 
 
 class CreatedSessionOut(Out):
@@ -253,7 +298,10 @@ class KeyOut(Out):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
-    active: bool
+    active: Annotated[bool, Meta(description="neither revoked nor past its expiry")]
+    scopes: Annotated[list[ScopeValue] | None, Meta(description=SCOPES_DESCRIPTION)] = None
+    expires_at: Annotated[datetime | None, Meta(description="null: never expires")] = None
+    expired: Annotated[bool, Meta(description="past its expiry (401 everywhere)")] = False
 
 
 class KeyListOut(Out):
@@ -276,6 +324,8 @@ class ProblemOut(msgspec.Struct):
     status: int
     detail: str
     instance: str
+    #: With ``scope-missing``: the scope the key lacks.
+    required_scope: str | None = msgspec.field(default=None, name="requiredScope")
 
 
 class EventOut(Out):

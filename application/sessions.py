@@ -150,6 +150,8 @@ class IssuedKey:
     prefix: str
     label: str
     position: int
+    scopes: list[str] | None = None  # None: full access
+    expires_at: datetime | None = None  # None: never
 
 
 @dataclass(frozen=True)
@@ -335,15 +337,43 @@ class SessionsApplication(Application[UUID]):
     def delete(self, session_id: str, actor: str) -> int:
         return self._change(session_id, lambda s: s.delete(actor))
 
-    def issue_key(self, session_id: str, label: str, actor: str) -> IssuedKey:
+    def issue_key(
+        self,
+        session_id: str,
+        label: str,
+        actor: str,
+        *,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+    ) -> IssuedKey:
+        """Issue a key with `scopes` (None: full access) until `expires_at` (None: never);
+        a key issuing one gives no more than it holds (`domain.access.ExceedsIssuer`)."""
         new = generate_key(SESSION_KEY_KIND)
 
         def issue(session: Session) -> None:
-            session.check_key_cap(self.caps.keys)
-            session.issue_key(new.key_id, new.prefix, new.key_hash, label, actor)
+            now = datetime.now(UTC)
+            session.check_key_cap(self.caps.keys, now)
+            session.issue_key(
+                new.key_id,
+                new.prefix,
+                new.key_hash,
+                label,
+                actor,
+                scopes=scopes,
+                expires_at=expires_at,
+                now=now,
+            )
 
         position = self._change(session_id, issue)
-        return IssuedKey(new.key_id, new.key, new.prefix, label, position)
+        return IssuedKey(new.key_id, new.key, new.prefix, label, position, scopes, expires_at)
+
+    def expire_keys(self, session_id: str, now: datetime) -> int | None:
+        """Record the expiry of the session's keys whose time has come at `now`; None when
+        there is none (already recorded, revoked, or the session deleted)."""
+        try:
+            return self._change_or_none(session_id, lambda s: s.expire_keys(now) or None)
+        except (SessionIsDeleted, SessionNotFound):
+            return None
 
     def revoke_key(self, session_id: str, key_id: str, actor: str) -> int | None:
         """Revoke a key; revoking a revoked key records nothing and returns None."""

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.access import check_grant, check_scopes
 from domain.errors import (
     AlreadyStopped,
     CapReached,
@@ -33,6 +34,7 @@ from domain.values import (
     Status,
     check_recipient,
     check_text,
+    key_id_of,
 )
 
 
@@ -49,10 +51,22 @@ class ApiKey:
     key_hash: str
     label: str
     revoked: bool = False
+    #: What the key may do (`domain.access.Scope` values); None: everything (full access).
+    scopes: list[str] | None = None
+    #: When the key stops working; None: never.
+    expires_at: datetime | None = None
+    #: Whether its expiry is recorded (`ApiKeyExpired`); it stops working at `expires_at`
+    #: whether it is recorded or not.
+    expired: bool = False
 
     @property
     def is_active(self) -> bool:
-        return not self.revoked
+        """Neither revoked nor recorded as expired."""
+        return not self.revoked and not self.expired
+
+    def is_usable_at(self, now: datetime) -> bool:
+        """Active, and not past its expiry at `now`."""
+        return self.is_active and (self.expires_at is None or now < self.expires_at)
 
 
 class Session(Aggregate):
@@ -149,6 +163,17 @@ class Session(Aggregate):
         key_hash: str
         label: str
         actor: str
+        # Defaults keep keys issued before scopes and expiry readable: full access, forever.
+        scopes: list[str] | None = None
+        expires_at: datetime | None = None
+
+    class ApiKeyExpired(Event):
+        """A key's expiry came: it has been refused since `expires_at` (a key check compares
+        the time itself); this records it, for the history and the key lists."""
+
+        TOPIC = "sessiond:Session.ApiKeyExpired"
+        key_id: str
+        expires_at: datetime
 
     class ApiKeyRevoked(Event):
         TOPIC = "sessiond:Session.ApiKeyRevoked"
@@ -505,9 +530,9 @@ class Session(Aggregate):
         for key_id in key_ids:
             self.keys[key_id].revoked = True
 
-    def check_key_cap(self, cap: int) -> None:
-        """Raise `CapReached` if the session already holds `cap` active API keys."""
-        active = sum(1 for key in self.keys.values() if key.is_active)
+    def check_key_cap(self, cap: int, now: datetime) -> None:
+        """Raise `CapReached` if the session already holds `cap` usable API keys at `now`."""
+        active = sum(1 for key in self.keys.values() if key.is_usable_at(now))
         if active >= cap:
             raise CapReached(
                 "key-cap-reached",
@@ -515,15 +540,78 @@ class Session(Aggregate):
                 "revoke one first",
             )
 
-    def issue_key(self, key_id: str, prefix: str, key_hash: str, label: str, actor: str) -> None:
+    def issue_key(
+        self,
+        key_id: str,
+        prefix: str,
+        key_hash: str,
+        label: str,
+        actor: str,
+        *,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Issue a key with `scopes` (None: full access) until `expires_at` (None: never).
+
+        The scopes are kept known, once each, in `domain.access.SCOPES`' order (an unknown
+        one, or none, is `InvalidValue`). When `actor` is one of this session's keys, the new
+        key gets no more than it holds (`ExceedsIssuer`); an expiry at or before `now` is
+        `InvalidValue`."""
         self.check_not_deleted()
         if key_id in self.keys:
             raise InvalidValue(f"key id {key_id} is already used")
-        self._issue_key(key_id, prefix, key_hash, label, actor)
+        if expires_at is not None and now is not None and expires_at <= now:
+            raise InvalidValue(
+                f"the expiry {expires_at.isoformat()} is not in the future; give a later one"
+            )
+        if scopes is not None:
+            scopes = check_scopes(scopes)
+        issuer = self.keys.get(key_id_of(actor) or "")
+        if issuer is not None:
+            check_grant(issuer.scopes, issuer.expires_at, scopes, expires_at)
+        self._issue_key(
+            key_id, prefix, key_hash, label, actor, scopes=scopes, expires_at=expires_at
+        )
 
     @event(ApiKeyIssued)
-    def _issue_key(self, key_id: str, prefix: str, key_hash: str, label: str, actor: str) -> None:
-        self.keys[key_id] = ApiKey(key_id, prefix, key_hash, label)
+    def _issue_key(
+        self,
+        key_id: str,
+        prefix: str,
+        key_hash: str,
+        label: str,
+        actor: str,
+        *,
+        # Defaults: events recorded before scopes and expiry are replayed without them.
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        self.keys[key_id] = ApiKey(
+            key_id,
+            prefix,
+            key_hash,
+            label,
+            scopes=None if scopes is None else list(scopes),
+            expires_at=expires_at,
+        )
+
+    def expire_keys(self, now: datetime) -> list[str]:
+        """Record the expiry of every active key whose time has come at `now`; the ids."""
+        due = sorted(
+            key.key_id
+            for key in self.keys.values()
+            if key.is_active and key.expires_at is not None and key.expires_at <= now
+        )
+        for key_id in due:
+            expires_at = self.keys[key_id].expires_at
+            assert expires_at is not None
+            self._expire_key(key_id, expires_at)
+        return due
+
+    @event(ApiKeyExpired)
+    def _expire_key(self, key_id: str, expires_at: datetime) -> None:
+        self.keys[key_id].expired = True
 
     def revoke_key(self, key_id: str, actor: str) -> bool:
         """Revoke one key; revoking a key that is already revoked changes nothing."""

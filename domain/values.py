@@ -75,6 +75,12 @@ def key_actor(key_id: str) -> str:
     return f"key:{key_id}"
 
 
+def key_id_of(actor: str) -> str | None:
+    """The key id of an actor that is a session key (`key_actor`), else None."""
+    kind, sep, key_id = actor.partition(":")
+    return key_id if sep and kind == "key" else None
+
+
 def public_session_id(session_uuid: UUID) -> str:
     return SESSION_ID_PREFIX + session_uuid.hex
 

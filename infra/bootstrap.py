@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -48,6 +49,7 @@ from infra.postgres.uptime import PostgresUptimeView
 from infra.postgres.viewcache import CachedReadModels
 from infra.postgres.views import BatchingView
 from infra.postgres.webhooks import PostgresWebhookView, WebhookStore
+from infra.runtime.keyexpiry import KeyExpiry
 from infra.runtime.readers import reader_processes
 from infra.runtime.supervisor import ProjectionSupervisor
 from infra.runtime.worker import GatewayWorker, WorkerTimings
@@ -292,7 +294,15 @@ class Container:
             claim_batch=self.settings.restore_batch,
             move_batch=self.settings.move_batch,
         )
-        self.worker = GatewayWorker(self.app, gateway, self.direct_url, timings)
+
+        # Key expiries are recorded by workers: the keys are refused from their expiry on
+        # by every API process anyway (it compares the time), this records the fact.
+        def due(now: datetime, limit: int) -> list[tuple[str, str]]:
+            return self.key_view.due_expiries(now, limit)  # the generation active now
+
+        expiry = KeyExpiry(self.app, due)
+        ticks = ((expiry.key_expiry_tick, timings.tick),)
+        self.worker = GatewayWorker(self.app, gateway, self.direct_url, timings, ticks=ticks)
         self._build_dispatcher(self.worker)
         self.worker.start()
         assert self.dispatcher is not None

@@ -30,10 +30,21 @@ class KeyRow(msgspec.Struct, kw_only=True):
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
     position: int = 0
+    #: What the key may do (`domain.access.Scope` values); None: full access.
+    scopes: list[str] | None = None
+    #: When it stops working (None: never), and when that was recorded (`ApiKeyExpired`).
+    expires_at: datetime | None = None
+    expired_at: datetime | None = None
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        """Neither revoked nor recorded as expired (see `is_usable_at` for the time)."""
+        return self.revoked_at is None and self.expired_at is None
+
+    def is_usable_at(self, now: datetime) -> bool:
+        """Active, and not past its expiry at `now`: a key check compares the time itself,
+        so an expired key is refused from its expiry on, recorded or not."""
+        return self.is_active and (self.expires_at is None or now < self.expires_at)
 
 
 class ApiKeyView(TrackingRecorder, ABC):
@@ -90,8 +101,22 @@ class ApiKeyProjection(Projection[ApiKeyView]):
             label=event.label,
             created_at=event.timestamp,
             position=tracking.notification_id,
+            scopes=event.scopes,
+            expires_at=event.expires_at,
         )
         self.view.save_keys([row], tracking)
+
+    @process_event.register
+    def _expired(self, event: Session.ApiKeyExpired, tracking: Tracking) -> None:
+        row = self.view.get_key(event.key_id)
+        rows = []
+        if row is not None:
+            rows.append(
+                msgspec.structs.replace(
+                    row, expired_at=event.timestamp, position=tracking.notification_id
+                )
+            )
+        self.view.save_keys(rows, tracking)
 
     @process_event.register
     def _revoked(self, event: Session.ApiKeyRevoked, tracking: Tracking) -> None:

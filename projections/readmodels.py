@@ -26,8 +26,10 @@ class ReadModels(ABC):
 
     @abstractmethod
     def accepted_key(self, key_hash: str) -> KeyRow | None:
-        """The key whose hash this is if it may be accepted: active in the key view, and
-        neither it nor its session revoked by a revocation this copy holds; else None."""
+        """The key whose hash this is if it may be accepted: active in the key view, not
+        past its expiry now (the time is compared here, whether the expiry is recorded or
+        not), and neither it nor its session revoked by a revocation this copy holds; else
+        None."""
 
     @abstractmethod
     def session_deleted(self, session_id: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Litestar, Request, get
@@ -77,8 +78,8 @@ _STREAM_DOC = (
     "Server-Sent Events: each event has `id:` its position in the log, `event:` its type "
     "and `data:` the webhook body (`{type, timestamp, data}`); a comment every heartbeat; "
     "a last `end` event (`{reason, resumeAfter}`) when the server ends the stream "
-    "(`too-slow`, `key-revoked`, `session-deleted`, `keys-unverifiable`, `server-stopping`, "
-    "`signed-out`)"
+    "(`too-slow`, `key-revoked`, `key-expired`, `session-deleted`, `keys-unverifiable`, "
+    "`server-stopping`, `signed-out`)"
 )
 
 
@@ -143,8 +144,8 @@ def _feed(ctx: ApiContext) -> LiveFeed:
 
 def _key_guard(ctx: ApiContext, key_hash: str, session_id: str) -> Callable[[], str | None]:
     """Why a session key's stream must end now: its key revoked or its session deleted (as
-    this process's revocations say, whatever the projector does), or this process's copy
-    too old to tell (it refuses keys then)."""
+    this process's revocations say, whatever the projector does), its key past its expiry,
+    or this process's copy too old to tell (it refuses keys then)."""
     read_models = ctx.read_models
 
     def guard() -> str | None:
@@ -152,7 +153,17 @@ def _key_guard(ctx: ApiContext, key_hash: str, session_id: str) -> Callable[[], 
             return "keys-unverifiable"
         if read_models.accepted_key(key_hash) is not None:
             return None
-        return "session-deleted" if read_models.session_deleted(session_id) else "key-revoked"
+        if read_models.session_deleted(session_id):
+            return "session-deleted"
+        key = read_models.key_by_hash(key_hash)
+        if (
+            key is not None
+            and key.revoked_at is None
+            and key.expires_at is not None
+            and key.expires_at <= datetime.now(UTC)
+        ):
+            return "key-expired"
+        return "key-revoked"
 
     return guard
 

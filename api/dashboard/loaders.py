@@ -18,6 +18,7 @@ from projections.status import SessionRow
 from projections.uptime import BUCKETS, series
 
 TIMELINE = 50
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 DELIVERIES = 5
 
 
@@ -34,10 +35,11 @@ class SessionDetails:
     chart: Chart
     webhooks: list[Webhook]
     proxy: str | None = None  # the session's proxy, its password masked
+    now: datetime = EARLIEST  # when it was read (whether keys are past their expiry)
 
     @property
     def active_keys(self) -> int:
-        return sum(1 for key in self.keys if key.is_active)
+        return sum(1 for key in self.keys if key.is_usable_at(self.now))
 
 
 def timeline(ctx: ApiContext, row: SessionRow) -> list[HistoryEntry]:
@@ -48,8 +50,10 @@ def timeline(ctx: ApiContext, row: SessionRow) -> list[HistoryEntry]:
 
 
 def keys(ctx: ApiContext, session_id: str) -> list[KeyRow]:
+    """The session's keys: those that work now first, then revoked or expired ones."""
+    now = datetime.now(UTC)
     rows = ctx.read_models.keys_of(session_id)
-    rows.sort(key=lambda key: (key.revoked_at is not None, key.created_at, key.key_id))
+    rows.sort(key=lambda key: (not key.is_usable_at(now), key.created_at, key.key_id))
     return rows
 
 
@@ -60,6 +64,7 @@ def details(ctx: ApiContext, row: SessionRow) -> SessionDetails:
     endpoints = ctx.webhook_queries.endpoints_of(row.session_id)
     return SessionDetails(
         keys=keys(ctx, row.session_id),
+        now=now,
         timeline=timeline(ctx, row),
         chart=chart(series(transitions, begin, end, BUCKETS["day"])),
         webhooks=[

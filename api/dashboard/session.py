@@ -5,7 +5,8 @@ JSON API runs, recorded with the actor ``admin``, and waits for the views like t
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from litestar import Controller, get, post
@@ -22,6 +23,7 @@ from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, live_row, page, see_other
 from application.errors import NotPairing
 from application.phones import InvalidPhone
+from domain.access import SCOPES, check_scopes
 from domain.errors import InvalidProxy
 from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE
 from projections.history import HistoryEntry
@@ -30,6 +32,26 @@ from projections.status import SessionRow
 SESSION = "/sessions/{session_id:str}"
 View = Annotated[str, QueryParameter(name="view", pattern="^(link|page)$")]
 MAX_KEY_LABEL = 64
+#: The expiries the key form offers: the value posted -> (its words, seconds to live or None
+#: for never).
+KEY_LIFETIMES: dict[str, tuple[str, int | None]] = {
+    "never": ("Never", None),
+    "1h": ("In 1 hour", 3600),
+    "1d": ("In 1 day", 86400),
+    "7d": ("In 7 days", 7 * 86400),
+    "30d": ("In 30 days", 30 * 86400),
+    "90d": ("In 90 days", 90 * 86400),
+    "365d": ("In 1 year", 365 * 86400),
+}
+#: What each scope allows, in the key form's words.
+SCOPE_WORDS = {
+    "status:read": "read the status, QR code, history and uptime",
+    "messages:send": "send messages",
+    "messages:read": "read messages",
+    "session:control": "reconnect, stop, pair and set the proxy",
+    "keys:manage": "create, list and revoke keys",
+    "webhooks:manage": "manage webhooks",
+}
 
 
 def status_regions(ctx: ApiContext, row: SessionRow, view: str) -> dict[str, str]:
@@ -93,6 +115,8 @@ class SessionController(Controller):
             default_rpm=ctx.default_requests_per_minute,
             max_rpm=MAX_REQUESTS_PER_MINUTE,
             errors=errors,
+            scopes=[(scope, SCOPE_WORDS[scope]) for scope in SCOPES],
+            lifetimes=[(value, words) for value, (words, _) in KEY_LIFETIMES.items()],
         )
 
     @get(SESSION)
@@ -190,7 +214,8 @@ class SessionController(Controller):
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
         keys = await call(loaders.keys, ctx, row.session_id)
-        active = sum(1 for key in keys if key.is_active)
+        now = datetime.now(UTC)
+        active = sum(1 for key in keys if key.is_usable_at(now))
         return page(request, "delete.html", s=line(row, datetime.now(UTC)), active_keys=active)
 
     @post(SESSION + "/delete")
@@ -208,15 +233,45 @@ class SessionController(Controller):
     async def create_key(
         self, request: DashRequest, session_id: FromPath[str]
     ) -> Template | Redirect:
-        """A new key for the session, shown on the next page only."""
+        """A new key for the session, shown on the next page only: with the scopes ticked
+        (none: full access) and the expiry chosen (never, or a time to live)."""
         ctx, row, label = await _posted(request, session_id, "label")
+        form = await request.form()
         label = label or "default"
         if len(label) > MAX_KEY_LABEL or not label.isprintable():
             error = f"A key's label is 1 to {MAX_KEY_LABEL} printable characters."
             return await self._session_page(request, row, status=422, key_label=error)
-        issued = await call(ctx.app.issue_key, row.session_id, label, ADMIN_ACTOR)
+        scopes = [str(scope) for scope in form.getall("scopes", [])]
+        if any(scope not in SCOPES for scope in scopes):
+            error = f"A key's scopes are among {', '.join(SCOPES)}."
+            return await self._session_page(request, row, status=422, key_scopes=error)
+        lifetime = KEY_LIFETIMES.get(str(form.get("expires") or "never"))
+        if lifetime is None:
+            error = "Choose when the key expires from the list."
+            return await self._session_page(request, row, status=422, key_expires=error)
+        ttl = lifetime[1]
+        issued = await call(
+            partial(
+                ctx.app.issue_key,
+                scopes=check_scopes(scopes) if scopes else None,
+                expires_at=None if ttl is None else datetime.now(UTC) + timedelta(seconds=ttl),
+            ),
+            row.session_id,
+            label,
+            ADMIN_ACTOR,
+        )
         # Kept for the next page before waiting for the views (see `create_session`).
-        flash(request, key={"key_id": issued.key_id, "key": issued.key, "label": issued.label})
+        expires = issued.expires_at
+        flash(
+            request,
+            key={
+                "key_id": issued.key_id,
+                "key": issued.key,
+                "label": issued.label,
+                "scopes": issued.scopes,
+                "expires": None if expires is None else expires.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            },
+        )
         await settle(ctx, issued.position)
         return see_other(_path(row, "#keys"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -10,7 +11,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL
+from psycopg.sql import SQL, Identifier
 
 from infra.postgres.views import DocumentView, R
 from projections.keys import ApiKeyView, KeyRow
@@ -24,17 +25,27 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} ("
                 "key_id text PRIMARY KEY, session_id text NOT NULL, key_hash text NOT NULL, "
-                "position bigint NOT NULL, doc text NOT NULL, last_used_at timestamptz)"
+                "position bigint NOT NULL, doc text NOT NULL, last_used_at timestamptz, "
+                "expiry_due timestamptz)"
             ).format(table),
             self._index("position"),
             self._index("session_id"),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {0} ON {1} (expiry_due) WHERE expiry_due IS NOT NULL"
+            ).format(Identifier(f"{self.table}_expiry_due_idx"), table),
         ]
         # The last use of a key is kept in its own column, written by the API processes,
         # so that recording it never needs an event and the projection never overwrites it.
         self.upsert = SQL(
-            "INSERT INTO {0} (key_id, session_id, key_hash, position, doc) "
-            "VALUES (%(key_id)s, %(session_id)s, %(key_hash)s, %(position)s, %(doc)s) "
-            "ON CONFLICT (key_id) DO UPDATE SET position = EXCLUDED.position, doc = EXCLUDED.doc"
+            "INSERT INTO {0} (key_id, session_id, key_hash, position, doc, expiry_due) "
+            "VALUES (%(key_id)s, %(session_id)s, %(key_hash)s, %(position)s, %(doc)s, "
+            "%(expiry_due)s) "
+            "ON CONFLICT (key_id) DO UPDATE SET position = EXCLUDED.position, doc = EXCLUDED.doc, "
+            "expiry_due = EXCLUDED.expiry_due"
+        ).format(table)
+        # Active keys whose expiry has come and is not recorded yet (an index range scan).
+        self.select_due = SQL(
+            "SELECT session_id, key_id FROM {0} WHERE expiry_due <= %s ORDER BY expiry_due LIMIT %s"
         ).format(table)
         self.select_one = SQL("SELECT doc, last_used_at FROM {0} WHERE key_id = %s").format(table)
         self.select_all = SQL("SELECT doc, last_used_at FROM {0} ORDER BY key_id").format(table)
@@ -74,7 +85,7 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
             rows = self._fetch(curs, KeyRow)
         return rows[0] if rows else None
 
-    columns = ("key_id", "session_id", "key_hash", "position", "doc")
+    columns = ("key_id", "session_id", "key_hash", "position", "doc", "expiry_due")
 
     def _params(self, row: KeyRow) -> dict[str, Any]:
         return {
@@ -83,7 +94,15 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
             "key_hash": row.key_hash,
             "position": row.position,
             "doc": msgspec.json.encode(row).decode(),
+            "expiry_due": row.expires_at if row.is_active else None,
         }
+
+    def due_expiries(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """(session id, key id) of at most `limit` active keys whose expiry has come at
+        `now` and is not recorded yet, the earliest first."""
+        with self._reading() as curs:
+            curs.execute(self.select_due, (now, limit))
+            return [(str(r["session_id"]), str(r["key_id"])) for r in curs.fetchall()]
 
     def save_keys(self, rows: Iterable[KeyRow], tracking: Tracking) -> None:
         # As for sessions: the runner's own writes (last use is kept in its own column).

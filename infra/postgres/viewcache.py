@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from eventsourcing.postgres import PostgresDatastore
@@ -473,7 +473,7 @@ class CachedReadModels(ReadModels):
         row = self.key_by_hash(key_hash)
         if (
             row is None
-            or not row.is_active
+            or not row.is_usable_at(datetime.now(UTC))
             or row.key_id in self._revoked_keys
             or row.session_id in self._deleted_sessions
         ):

@@ -158,8 +158,13 @@ class GatewayWorker:
         gateway: WhatsAppGateway,
         database_url: str,
         timings: WorkerTimings | None = None,
+        *,
+        ticks: tuple[tuple[Callable[[], object], float], ...] = (),
     ) -> None:
+        """`ticks`: more periodic work of the worker role, (what to call, every how many
+        seconds), run like the worker's own ticks (stopped with it, failures logged)."""
         self.app = app
+        self._extra_ticks = ticks
         self.gateway = gateway
         # Reports about sessions this worker does not hold (any more) are not recorded: the
         # worker that holds them now speaks for them.
@@ -238,6 +243,8 @@ class GatewayWorker:
             self._guarded(self.requests_tick), "interval", seconds=t.tick, id="requests"
         )
         self._scheduler.add_job(self._guarded(self.store.purge_requests), "interval", minutes=10)
+        for tick, seconds in self._extra_ticks:
+            self._scheduler.add_job(self._guarded(tick), "interval", seconds=seconds)
         self._scheduler.start()
         self._listener = threading.Thread(target=self._listen, name="worker-listen", daemon=True)
         self._listener.start()

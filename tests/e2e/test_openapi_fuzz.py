@@ -91,6 +91,12 @@ def _config(session_ids: list[str], key_ids: list[str]) -> str:
                     '"422", "429", "503"]',
                 )
             ),
+            # A new key's expiry must be in the future, and given one way (`expiresAt` or
+            # `ttlSeconds`, not both): no schema says that either.
+            "[[operations]]",
+            'include-path = "/sessions/{session_id}/keys"',
+            "[operations.checks.positive_data_acceptance]",
+            'expected-statuses = ["200", "201", "401", "403", "404", "409", "422", "429", "503"]',
             # A window must start before it ends and fit 10,000 buckets: no schema says that.
             "[[operations]]",
             'include-path = "/sessions/{session_id}/uptime"',

@@ -107,6 +107,23 @@ def test_a_database_of_the_previous_release_keeps_every_event_view_and_key(
         )
         refused = client.get(f"/sessions/{sid}/status", headers={"x-api-key": alpha["revokedKey"]})
         assert refused.status_code == 401, refused.text
+        # Check the keys of that release have full access and no expiry (they have no scopes).
+        extra = {"x-api-key": alpha["extraKey"]}
+        listed = client.get(f"/sessions/{sid}/keys", headers=extra)
+        assert listed.status_code == 200, listed.text
+        assert all(
+            (k["scopes"], k["expiresAt"], k["expired"]) == (None, None, False)
+            for k in listed.json()["items"]
+        )
+        for path in (f"/sessions/{sid}/messages", "/webhooks", f"/sessions/{sid}/events"):
+            assert client.get(path, headers=extra).status_code == 200, path
+        scoped = client.post(
+            f"/sessions/{sid}/keys",
+            json={"scopes": ["status:read"], "ttlSeconds": 60},
+            headers=extra,
+        )
+        assert scoped.status_code == 201, scoped.text
+        assert scoped.json()["scopes"] == ["status:read"]
         gone = client.get(
             f"/sessions/{gamma['sessionId']}/status", headers={"x-api-key": gamma["key"]}
         )

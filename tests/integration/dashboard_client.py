@@ -30,7 +30,7 @@ class Dashboard:
         return response
 
     async def post(
-        self, path: str, form: dict[str, str] | None = None, *, token: bool = True
+        self, path: str, form: dict[str, str | list[str]] | None = None, *, token: bool = True
     ) -> httpx.Response:
         data = dict(form or {})
         if token:

@@ -370,7 +370,16 @@ def test_revoking_a_revoked_key_changes_nothing_and_an_unknown_key_is_an_error()
 
 def test_a_key_keeps_only_its_hash() -> None:
     field_names = {f.name for f in dataclasses.fields(ApiKey)}
-    assert field_names == {"key_id", "prefix", "key_hash", "label", "revoked"}
+    assert field_names == {
+        "key_id",
+        "prefix",
+        "key_hash",
+        "label",
+        "revoked",
+        "scopes",
+        "expires_at",
+        "expired",
+    }
     issued_fields = {f.name for f in dataclasses.fields(Session.ApiKeyIssued)}
     assert "key" not in issued_fields
     assert "key_hash" in issued_fields
@@ -397,6 +406,7 @@ def test_every_nested_event_class_declares_its_own_explicit_topic() -> None:
         "KeysRevoked",
         "ApiKeyIssued",
         "ApiKeyRevoked",
+        "ApiKeyExpired",
         "RateLimitSet",
         "ReconnectAttempted",
         "KeepAliveLost",

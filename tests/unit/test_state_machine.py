@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -23,6 +23,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from application.ports import InboundMessage
 from application.sessions import SessionsApplication, domain_transcodings
+from domain.access import SCOPES
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, MAX_REQUESTS_PER_MINUTE, key_actor
@@ -33,6 +34,7 @@ from tests.unit.helpers import catch_up, head, popo_app, replay
 
 STATUSES = {"connecting", "connected", "disconnected", "expired"}
 LATER = datetime(2030, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
 JID = "4915112345678:1@s.whatsapp.net"
 TO = "4915112345678@s.whatsapp.net"
 
@@ -48,6 +50,8 @@ class Model:
     reason: str | None = None
     desired: str = "running"
     keys: dict[str, bool] = field(default_factory=dict)  # key id -> active
+    scopes: dict[str, list[str] | None] = field(default_factory=dict)  # key id -> its scopes
+    expiries: dict[str, datetime] = field(default_factory=dict)  # key id -> its expiry
     requests_per_minute: int | None = None
     attempt: int = 0  # failures in a row
     degraded: bool = False
@@ -149,15 +153,40 @@ class SessionsMachine(RuleBasedStateMachine):
             m.counts["messages_failed"] = m.counts.get("messages_failed", 0) + len(m.queue)
             m.queue = []
 
-    @rule(session_id=sessions)
-    def issue_key(self, session_id: str) -> None:
+    @rule(
+        session_id=sessions,
+        scopes=st.one_of(st.none(), st.lists(st.sampled_from(SCOPES), min_size=1, unique=True)),
+        days=st.one_of(st.none(), st.integers(1, 3)),
+    )
+    def issue_key(self, session_id: str, scopes: list[str] | None, days: int | None) -> None:
         m = self.models[session_id]
+        expires_at = None if days is None else LATER + timedelta(days=days)
+
+        def issue() -> Any:
+            return self.app.issue_key(
+                session_id, "ci", ADMIN_ACTOR, scopes=scopes, expires_at=expires_at
+            )
+
         if m.deleted:
-            self.run(SessionIsDeleted, lambda: self.app.issue_key(session_id, "ci", ADMIN_ACTOR))
+            self.run(SessionIsDeleted, issue)
             return
-        issued = self.app.issue_key(session_id, "ci", ADMIN_ACTOR)
+        issued = issue()
         assert issued.position == head(self.app)
         m.keys[issued.key_id] = True
+        m.scopes[issued.key_id] = None if scopes is None else [s for s in SCOPES if s in scopes]
+        if expires_at is not None:
+            m.expiries[issued.key_id] = expires_at
+
+    @rule(session_id=sessions, days=st.integers(0, 4))
+    def expire_keys(self, session_id: str, days: int) -> None:
+        """The worker's tick as if `days` days after `LATER` (keys expire 1 to 3 days after)."""
+        m = self.models[session_id]
+        at = LATER + timedelta(days=days)
+        due = [k for k, active in m.keys.items() if active and m.expiries.get(k, at + DAY) <= at]
+        expected: Expected = False if m.deleted else bool(due)
+        if self.run(expected, lambda: self.app.expire_keys(session_id, at)):
+            for key_id in due:
+                m.keys[key_id] = False
 
     @rule(session_id=sessions, data=st.data())
     def revoke_key(self, session_id: str, data: st.DataObject) -> None:
@@ -341,6 +370,9 @@ class SessionsMachine(RuleBasedStateMachine):
             if session.is_deleted:
                 assert not any(k.is_active for k in session.keys.values())
             assert {k.key_id: k.is_active for k in session.keys.values()} == m.keys
+            for key in session.keys.values():
+                assert key.scopes == m.scopes.get(key.key_id), key
+                assert key.expires_at == m.expiries.get(key.key_id), key
             assert session.requests_per_minute == m.requests_per_minute
 
             # Check replaying the recorded events rebuilds the same state, twice over.
@@ -400,6 +432,13 @@ class SessionsMachine(RuleBasedStateMachine):
                 if r.session_id == session_id
             }
             assert key_rows == m.keys
+            for r in self.keys.view.all_keys():
+                if r.session_id == session_id:
+                    assert (r.scopes, r.expires_at) == (
+                        m.scopes.get(r.key_id),
+                        m.expiries.get(r.key_id),
+                    )
+                    assert (r.expired_at is not None) == session.keys[r.key_id].expired
 
         last = head(self.app)
         assert self.status.view.max_tracking_id(self.app.name) == (last or None)
