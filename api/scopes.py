@@ -63,6 +63,7 @@ ROUTE_SCOPES: dict[str, str] = {
     "simulateLogout": ADMIN_ONLY,
     "simulateReplace": ADMIN_ONLY,
     "simulateBan": ADMIN_ONLY,
+    "simulateOutdated": ADMIN_ONLY,
     "simulateKeepalive": ADMIN_ONLY,
     "simulateInbound": ADMIN_ONLY,
     "simulateAck": ADMIN_ONLY,
