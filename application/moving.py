@@ -30,7 +30,13 @@ from domain.errors import DomainError, InvalidValue
 from domain.proxy import parse_proxy_url
 from domain.session import Session
 from domain.values import check_labels, clean_name, public_session_id, session_uuid
-from domain.webhook import WebhookEndpoint, check_endpoint_cap, check_events, check_url
+from domain.webhook import (
+    WebhookEndpoint,
+    check_endpoint_cap,
+    check_events,
+    check_url,
+    public_webhook_id,
+)
 
 #: What the file's content says it is, and the version of its layout this sessiond writes and
 #: reads (a later layout gets a new number; an older sessiond refuses it).
@@ -164,7 +170,7 @@ class ImportedSession:
     session_id: str
     first_key: IssuedKey
     jid: str
-    webhooks: int
+    webhook_ids: list[str]
     position: int
 
 
@@ -287,8 +293,9 @@ class SessionMoves:
             raise
         position = recordings[-1].notification.id if recordings else 0
         key = IssuedKey(new_key.key_id, new_key.key, new_key.prefix, IMPORTED_KEY_LABEL, position)
+        hooks = [public_webhook_id(endpoint.id) for endpoint in endpoints]
         return ImportedSession(
-            public_session_id(session.id), key, document.device.jid, len(endpoints), position
+            public_session_id(session.id), key, document.device.jid, hooks, position
         )
 
     def _build(

@@ -288,7 +288,7 @@ def run(args: argparse.Namespace, prepared: Prepared, settings: Settings, url: s
                     "jid": imported.jid,
                     "exportId": document.export_id,
                     "sourceSessionId": document.source_session_id,
-                    "webhooks": imported.webhooks,
+                    "webhooks": imported.webhook_ids,
                     "apiKey": {"keyId": imported.first_key.key_id, "key": imported.first_key.key},
                 }
             )
