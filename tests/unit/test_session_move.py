@@ -101,7 +101,7 @@ def test_an_export_stops_the_session_for_good_and_fails_what_is_queued() -> None
         "exported",
     )
     assert session.exported_as == recorded.export_id and not recorded.again
-    events = list(app.events.get(uuid))
+    events: list[Any] = list(app.events.get(uuid))
     assert [type(e).__name__ for e in events[-2:]] == ["SessionExported", "MessageFailed"]
     assert events[-1].message_id == queued.message_id
     assert events[-1].reason == "session_exported"
