@@ -302,6 +302,20 @@ def test_a_session_moves_with_its_device_and_settings_and_runs_in_one_place_only
             [e["type"] for e in history].index("SessionExported") + 1 :
         ]
         assert not {"Connected", "QRIssued", "ReconnectAttempted"} & set(after_export)
+
+    # Exporting it again writes the same export (same id) to a new file, never over one; the
+    # destination refuses that copy too: it has imported this export.
+    flags = ["--passphrase-file", str(passphrase_file)]
+    assert "exists" in one_line(
+        cli(source_env, "session", "export", sid, "-o", str(export_file), *flags)
+    )
+    copy = tmp_path / "copy.sessiond"
+    again = cli(source_env, "session", "export", sid, "-o", str(copy), *flags)
+    assert again.returncode == 0 and "writing that export again" in again.stderr, again.stderr
+    before = footprint(second_database_url)
+    line = one_line(cli(target_env, "session", "import", str(copy), *flags))
+    assert "already imported" in line and new_id in line
+    assert footprint(second_database_url) == before
     for server in (source, target):
         assert "Traceback" not in server.log(), server.log()
 
