@@ -21,7 +21,6 @@ import getpass
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,9 +165,10 @@ def _passphrase(path: str | None, *, confirm: bool) -> str:
         if confirm and getpass.getpass("passphrase again: ") != value:
             raise Refused("the two passphrases differ")
     else:
+        otherwise = ", or encrypt to --recipient" if confirm else ""
         raise Refused(
-            f"no passphrase: give --passphrase-file, set {PASSPHRASE_VARIABLE}, run it in a "
-            "terminal, or encrypt to --recipient"
+            f"no passphrase: give --passphrase-file, set {PASSPHRASE_VARIABLE} or run it in a "
+            f"terminal{otherwise}"
         )
     if confirm and len(value) < MIN_PASSPHRASE:
         raise Refused(f"the passphrase must be at least {MIN_PASSPHRASE} characters")
@@ -231,18 +231,18 @@ def _read_export(args: argparse.Namespace) -> SessionExport:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """Write `data` to the new file `path` (mode 0600), whole or not at all."""
-    directory = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+    """Write `data` to the new file `path` (mode 0600; never over an existing file); a file
+    that could not be written whole is removed."""
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.link(temporary, path)  # fails if `path` appeared meanwhile: never overwritten
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
 
 
 # -- with the database ------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def keygen(args: argparse.Namespace) -> int:
         return 1
     identity = x25519.Identity.generate()
     recipient = identity.to_public()
-    text = f"# recipient: {recipient}\n{identity}\n"
+    text = f"# public key: {recipient}\n{identity}\n"  # as age-keygen writes it
     try:
         _write_new(path, text.encode())
     except OSError as error:
