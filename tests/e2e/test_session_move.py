@@ -203,23 +203,23 @@ def test_a_session_moves_with_its_device_and_settings_and_runs_in_one_place_only
     )
     assert "wrong passphrase" in line
     assert footprint(second_database_url) == before
-    # A file altered anywhere (here one byte of its encrypted body): refused, nothing changed.
-    tampered = tmp_path / "tampered.sessiond"
-    data = bytearray(export_file.read_bytes())
-    data[-40] ^= 0x01
-    tampered.write_bytes(bytes(data))
-    line = one_line(
-        cli(
-            target_env,
-            "session",
-            "import",
-            str(tampered),
-            "--passphrase-file",
-            str(passphrase_file),
-        )
-    )
-    assert "altered" in line
-    assert footprint(second_database_url) == before
+    # A file altered anywhere: in age's header (the scrypt stanza), in the encrypted body
+    # (first chunk, last byte), or cut short: refused, nothing changed.
+    original = export_file.read_bytes()
+    body = original.index(b"\n---") + 60
+    altered = []
+    for position in (original.index(b"-> scrypt") + 12, body, len(original) - 1):
+        data = bytearray(original)
+        data[position] ^= 0x01
+        altered.append(bytes(data))
+    altered.append(original[:-20])
+    for number, data in enumerate(altered):
+        tampered = tmp_path / f"tampered-{number}.sessiond"
+        tampered.write_bytes(data)
+        args = ["session", "import", str(tampered), "--passphrase-file", str(passphrase_file)]
+        line = one_line(cli(target_env, *args))
+        assert "wrong passphrase, or the file was altered" in line, line
+        assert footprint(second_database_url) == before
     # Not an export at all.
     stranger = tmp_path / "notes.txt"
     stranger.write_text("hello\n")
@@ -316,6 +316,15 @@ def test_a_session_moves_with_its_device_and_settings_and_runs_in_one_place_only
     line = one_line(cli(target_env, "session", "import", str(copy), *flags))
     assert "already imported" in line and new_id in line
     assert footprint(second_database_url) == before
+    # Deleting it at the source removes the source's copy of the device; the destination's
+    # session keeps running with its own.
+    with source.client() as a:
+        assert a.delete(f"/sessions/{sid}", headers=ADMIN).status_code == 204
+    until(lambda: footprint(deployments.source_url)[2] == 0, "the source forgets the device")
+    with target.client() as b:
+        status = b.get(f"/sessions/{new_id}/status", headers=ADMIN).json()
+        assert status["status"] == "connected"
+    assert footprint(second_database_url)[2] == 1
     for server in (source, target):
         assert "Traceback" not in server.log(), server.log()
 
