@@ -26,7 +26,7 @@ from application.errors import ApplicationError, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
 from application.sessions import IssuedKey, SessionsApplication
 from application.webhooks import SECRET_PREFIX
-from domain.errors import DomainError, InvalidValue
+from domain.errors import DomainError, InvalidValue, SessionWasExported
 from domain.proxy import parse_proxy_url
 from domain.session import Session
 from domain.values import check_labels, clean_name, public_session_id, session_uuid
@@ -215,7 +215,13 @@ class SessionMoves:
             return RecordedExport(session.exported_as, session.exported_at, True, None)
         export_id = EXPORT_ID_PREFIX + uuid4().hex
         exported_at = datetime.now(UTC)
-        position = self.app.export(session_id, export_id, exported_at, actor)
+        try:
+            position = self.app.export(session_id, export_id, exported_at, actor)
+        except SessionWasExported:  # another export of it was recorded meanwhile: that one
+            session = self.app.get_session(session_id)
+            assert session.exported_as is not None
+            assert session.exported_at is not None
+            return RecordedExport(session.exported_as, session.exported_at, True, None)
         return RecordedExport(export_id, exported_at, False, position)
 
     def document(

@@ -39,7 +39,7 @@ from application.moving import (
     decode_export,
     encode_export,
 )
-from domain.errors import InvalidValue
+from domain.errors import DomainError, InvalidValue
 from domain.values import ADMIN_ACTOR, session_uuid
 from infra.settings import Settings
 
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace, prepared: Prepared, settings: Settings, url: s
             return _export(args, prepared, container, moves, devices)
         assert prepared.document is not None
         imported = moves.import_session(prepared.document, devices, ADMIN_ACTOR)
-    except (Refused, MoveRefused) as error:
+    except (Refused, MoveRefused, DomainError) as error:
         print(f"sessiond: {error}", file=sys.stderr)
         return 1
     except SessionNotFound:

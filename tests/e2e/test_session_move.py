@@ -207,15 +207,15 @@ def test_a_session_moves_with_its_device_and_settings_and_runs_in_one_place_only
     # (first chunk, last byte), or cut short: refused, nothing changed.
     original = export_file.read_bytes()
     body = original.index(b"\n---") + 60
-    altered = []
+    altered: list[bytes] = []
     for position in (original.index(b"-> scrypt") + 12, body, len(original) - 1):
-        data = bytearray(original)
-        data[position] ^= 0x01
-        altered.append(bytes(data))
+        flipped = bytearray(original)
+        flipped[position] ^= 0x01
+        altered.append(bytes(flipped))
     altered.append(original[:-20])
-    for number, data in enumerate(altered):
+    for number, content in enumerate(altered):
         tampered = tmp_path / f"tampered-{number}.sessiond"
-        tampered.write_bytes(data)
+        tampered.write_bytes(content)
         args = ["session", "import", str(tampered), "--passphrase-file", str(passphrase_file)]
         line = one_line(cli(target_env, *args))
         assert "wrong passphrase, or the file was altered" in line, line

@@ -93,6 +93,7 @@ def test_an_export_stops_the_session_for_good_and_fails_what_is_queued() -> None
     app.stop(sid, ADMIN_ACTOR)
     queued = app.send_message(sid, "4915112345678@s.whatsapp.net", "hello", None, ADMIN_ACTOR)
 
+    stale = app.load(sid)  # as another export looked at it, before this one was recorded
     recorded = moves.record_export(sid, ADMIN_ACTOR)
     session = app.load(sid)
     assert (session.desired, session.status, session.reason) == (
@@ -118,6 +119,11 @@ def test_an_export_stops_the_session_for_good_and_fails_what_is_queued() -> None
     # Exporting again records nothing: the same export is written again.
     again = moves.record_export(sid, ADMIN_ACTOR)
     assert (again.export_id, again.again, again.position) == (recorded.export_id, True, None)
+    # An export that looked before this one was recorded answers this one, recording nothing.
+    racing = moves_of(app)
+    racing.exportable = lambda _sid: stale  # type: ignore[method-assign, assignment]
+    raced = racing.record_export(sid, ADMIN_ACTOR)
+    assert (raced.export_id, raced.again) == (recorded.export_id, True)
     assert head(app) == before
 
 
