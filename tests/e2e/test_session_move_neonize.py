@@ -6,9 +6,10 @@ forwarded to a closed port): whichever deployment dials WhatsApp shows in its ow
 The source's session is linked to a device written into its whatsmeow store (keys of the
 right sizes, none real: no phone can scan offline) and recorded as connected to it, so the
 source resumes that device in Go and dials. After the export it never dials again; after the
-import, the destination's store holds the same device (identity keys, Signal sessions,
-pre-keys, app-state keys: read from both databases by this test) and the destination resumes
-it: it dials WhatsApp, through its own proxy, and shows no QR code.
+import, the destination's store (which the import creates: that deployment never ran) holds the
+same device (identity keys, Signal sessions, pre-keys, app-state keys: read from both
+databases by this test) and the destination, started then, resumes it: it dials WhatsApp,
+through its own proxy, and shows no QR code.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ def test_a_neonize_device_moves_with_its_keys_and_the_destination_dials_without_
     source_env = neonize_env(deployments.source, proxy_a)
     target_env = neonize_env(deployments.target, proxy_b)
     source = start("serve", source_env)
-    target = start("serve", target_env)
     passphrase = tmp_path / "passphrase"
     passphrase.write_text(PASSPHRASE)
     export_file = tmp_path / "neonize.sessiond"
@@ -96,7 +96,8 @@ def test_a_neonize_device_moves_with_its_keys_and_the_destination_dials_without_
     with source.client() as a:
         created = create_session(a, "Offline phone")
         sid = created["sessionId"]
-        until(lambda: store_ready(deployments.source_url), "the source's whatsmeow store")
+        # Its worker dials only once its store is prepared (whatsmeow's tables, by Go).
+        until(lambda: proxy_a.dials() >= 1, "the source's worker up, its session dialing")
         insert_fake_device(deployments.source_url)
         with psycopg.connect(deployments.source_url, autocommit=True) as conn:
             for statement in MORE_ROWS:
@@ -134,7 +135,8 @@ def test_a_neonize_device_moves_with_its_keys_and_the_destination_dials_without_
         source_rows = device_rows(deployments.source_url)
         assert all(source_rows.values()), source_rows
 
-    assert proxy_b.dials() == 0
+    # The destination has never run: the import creates its device store (through Go).
+    assert not store_ready(deployments.target_url)
     imported = cli(
         target_env,
         "session",
@@ -151,6 +153,7 @@ def test_a_neonize_device_moves_with_its_keys_and_the_destination_dials_without_
     # ADV keys, its peers' identities, Signal sessions, pre-keys, app-state keys, contacts.
     target_rows = device_rows(deployments.target_url)
     assert target_rows == source_rows
+    target = start("serve", target_env)
     key = target_rows["whatsmeow_device"][0]
     assert key["identity_key"] == source_rows["whatsmeow_device"][0]["identity_key"]
     assert len(key["identity_key"]) == 32
