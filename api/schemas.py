@@ -317,7 +317,7 @@ class MessageOut(Out):
     push_name: str | None  # inbound
     whatsapp_id: str | None
     idempotency_key: str | None
-    reason: str | None  # failed: rejected | send_failed | session_deleted
+    reason: str | None  # failed: rejected | send_failed | session_deleted | session_exported
     detail: str | None
     created_at: datetime  # queued, or received
     sent_at: datetime | None  # outbound: sent; inbound: when the sender sent it
