@@ -25,7 +25,7 @@ from eventsourcing.persistence import IntegrityError
 from application.errors import ApplicationError, SessionNotFound
 from application.keys import SESSION_KEY_KIND, generate_key
 from application.sessions import IssuedKey, SessionsApplication
-from application.webhooks import SECRET_PREFIX
+from application.webhooks import SECRET_PREFIX, webhook_uuid
 from domain.errors import DomainError, InvalidValue, SessionWasExported
 from domain.proxy import parse_proxy_url
 from domain.session import Session
@@ -232,7 +232,7 @@ class SessionMoves:
         proxy = session.proxy
         webhooks = []
         for webhook_id in self.endpoints_of(session_id):
-            endpoint: Any = self.app.repository.get(UUID(hex=webhook_id.removeprefix("wh_")))
+            endpoint: Any = self.app.repository.get(webhook_uuid(webhook_id))
             if isinstance(endpoint, WebhookEndpoint) and not endpoint.deleted:
                 hook = WebhookSetting(
                     endpoint.url, list(endpoint.events), endpoint.enabled, endpoint.secret
