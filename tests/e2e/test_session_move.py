@@ -121,6 +121,8 @@ def linked(client: httpx.Client, created: dict[str, Any]) -> str:
     return jid
 
 
+# Each passphrase (de)cryption is age's scrypt, about 3 s on a loaded 2-core machine: a dozen.
+@pytest.mark.timeout(400)
 def test_a_session_moves_with_its_device_and_settings_and_runs_in_one_place_only(
     start: Any, deployments: Deployments, tmp_path: Path, hook: Receiver
 ) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 from application.sessions import SessionsApplication
@@ -82,6 +83,7 @@ def store_ready(url: str) -> bool:
     return found is not None and found[0] is not None
 
 
+@pytest.mark.timeout(300)  # two deployments with the Go library, under load
 def test_a_neonize_device_moves_with_its_keys_and_the_destination_dials_without_a_qr_code(
     start: Any, deployments: Deployments, proxies: Any, tmp_path: Any
 ) -> None:
