@@ -20,14 +20,20 @@ from typing import Any
 
 import httpx
 import psycopg
+import pyrage
 import pytest
+from pyrage import x25519
 
+from application.sessions import SessionsApplication
+from domain.values import ADMIN_ACTOR
 from infra.postgres.schema import migrate
+from infra.settings import eventsourcing_env
 from tests.conftest import drop_database, empty_database
 from tests.e2e.conftest import ADMIN, ROOT, create_session, key_of
 from tests.receiver import Receiver
 
 PASSPHRASE = "correct horse battery staple"
+JID = "4915112345678:7@s.whatsapp.net"
 
 
 @pytest.fixture
@@ -398,3 +404,55 @@ def test_an_export_to_an_age_recipient_imports_with_its_identity_only(
             "the imported session connects",
         )
         assert status["phoneJid"] == jid
+
+
+def test_an_export_waits_for_the_worker_holding_the_session_and_a_rerun_writes_that_export(
+    start: Any, deployments: Deployments, tmp_path: Path
+) -> None:
+    env, url = deployments.source, deployments.source_url
+    start("projector", env)
+    app = SessionsApplication(env=eventsourcing_env(url))
+    try:
+        created = app.create_session("Held", {}, None, ADMIN_ACTOR)
+        sid = created.session_id
+        uuid = app.load(sid).id
+        app.record_connected(uuid, JID, "Phone")
+    finally:
+        app.close()
+    identity = x25519.Identity.generate()
+    recipient = ["--recipient", str(identity.to_public())]
+    output = tmp_path / "held.sessiond"
+    # A live worker holds the session (its identity connection is open, its lease current)
+    # and never lets it go: the export is recorded, but no file is written.
+    with psycopg.connect(url, autocommit=True, application_name="sessiond-worker:w1") as worker:
+        worker.execute("INSERT INTO sessiond_simulator_devices VALUES (%s)", (JID,))
+        worker.execute("INSERT INTO sessiond_workers VALUES ('w1', 300, now())")
+        worker.execute(
+            "INSERT INTO sessiond_leases (session_id, owner, expires_at) "
+            "VALUES (%s, 'w1', now() + interval '300 seconds')",
+            (uuid,),
+        )
+        args = ["session", "export", sid, "-o", str(output), "--wait", "1", *recipient]
+        line = one_line(cli(env, *args))
+        assert "worker w1 still runs it" in line and "run this command again" in line, line
+        assert not output.exists()
+    with psycopg.connect(url) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM sessiond_events WHERE topic = 'sessiond:Session.SessionExported'"
+        ).fetchone()
+    assert found is not None and found[0] == 1
+
+    # Once that worker is gone (its connection closed), running it again writes the export
+    # recorded the first time.
+    again = cli(env, *args)
+    assert again.returncode == 0, again.stderr
+    assert "writing that export again" in again.stderr
+    sealed = output.read_bytes().split(b"\n", 1)[1]
+    document = json.loads(pyrage.decrypt(sealed, [identity]))
+    with psycopg.connect(url) as conn:
+        exported = conn.execute(
+            "SELECT count(*) FROM sessiond_events WHERE topic = 'sessiond:Session.SessionExported'"
+        ).fetchone()
+    assert exported is not None and exported[0] == 1
+    assert document["sourceSessionId"] == sid and document["device"]["jid"] == JID
+    assert document["exportId"].startswith("exp_")
