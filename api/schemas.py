@@ -397,8 +397,8 @@ class MessageOut(Out):
     push_name: str | None  # inbound
     whatsapp_id: str | None
     idempotency_key: str | None
-    # failed: rejected | send_failed | session_deleted; queued while the session is
-    # restricted: the restriction's kind (see `restriction`)
+    # failed: rejected | send_failed | session_deleted | session_exported; queued while the
+    # session is restricted: the restriction's kind (see `restriction`)
     reason: str | None
     detail: str | None
     created_at: datetime  # queued, or received

@@ -337,6 +337,11 @@ class SessionsApplication(Application[UUID]):
     def delete(self, session_id: str, actor: str) -> int:
         return self._change(session_id, lambda s: s.delete(actor))
 
+    def export(self, session_id: str, export_id: str, exported_at: datetime, actor: str) -> int:
+        """Record that the session moves to another deployment (`application.moving`): it
+        stops here for good."""
+        return self._change(session_id, lambda s: s.export(export_id, exported_at, actor))
+
     def issue_key(
         self,
         session_id: str,

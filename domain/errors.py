@@ -25,6 +25,13 @@ class AlreadyStopped(InvalidTransition):
     code = "already-stopped"
 
 
+class SessionWasExported(InvalidTransition):
+    """The session was exported (`sessiond session export`): its device runs where the file is
+    imported, so it is never started here again."""
+
+    code = "session-exported"
+
+
 class UnknownApiKey(DomainError):
     """The session holds no API key with that id."""
 

@@ -20,6 +20,7 @@ from domain.errors import (
     InvalidTransition,
     InvalidValue,
     SessionIsDeleted,
+    SessionWasExported,
     UnknownApiKey,
 )
 from domain.outbox import Outbox, QueuedMessage, message_fingerprint
@@ -87,6 +88,24 @@ class Session(Aggregate):
         requests_per_minute: int | None
         actor: str
 
+    class SessionImported(Created):
+        """Created from an export file of another deployment (`sessiond session import`): it
+        resumes the exported device `jid`, no scan needed. `export_id` names the file's export
+        (a second import of it is refused); `source_session_id` is the session it came from.
+        A subclass of `Created`: every view takes it as a creation."""
+
+        TOPIC = "sessiond:Session.SessionImported"
+        jid: str
+        push_name: str
+        export_id: str
+        source_session_id: str
+        exported_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.jid = self.jid
+            aggregate.push_name = self.push_name or None
+            aggregate.imported_from = self.export_id
+
     class QRIssued(Event):
         TOPIC = "sessiond:Session.QRIssued"
         code: str
@@ -145,6 +164,16 @@ class Session(Aggregate):
 
     class Stopped(Event):
         TOPIC = "sessiond:Session.Stopped"
+        actor: str
+
+    class SessionExported(Event):
+        """The session's device and settings were written to an export file to be imported on
+        another deployment: it is stopped here for good, so the device never runs in two
+        places (the views take it as a stop)."""
+
+        TOPIC = "sessiond:Session.SessionExported"
+        export_id: str
+        exported_at: datetime
         actor: str
 
     class Deleted(Event):
@@ -249,6 +278,9 @@ class Session(Aggregate):
     restriction_until: datetime | None = None
     restriction_detail: str = ""
     RESTRICTIONS: ClassVar[RestrictionPolicy] = RestrictionPolicy()
+    exported_as: str | None = None  # the export id, once exported
+    exported_at: datetime | None = None
+    imported_from: str | None = None  # the export id it was imported from
     #: Statuses from which an operator may ask for a new QR code.
     RECONNECTABLE: ClassVar[frozenset[Status]] = frozenset({Status.DISCONNECTED, Status.EXPIRED})
 
@@ -310,6 +342,14 @@ class Session(Aggregate):
         self.check_not_deleted()
         if self.desired != DesiredState.RUNNING:
             raise InvalidTransition(f"{what}: the session is stopped")
+
+    def check_not_exported(self, what: str) -> None:
+        """Raise `SessionWasExported` if the session was exported (it runs elsewhere now)."""
+        if self.exported_as is not None:
+            raise SessionWasExported(
+                f"{what}: the session was exported (export {self.exported_as}); its device "
+                "runs where the export file is imported, never here again"
+            )
 
     def check_status(self, what: str, *allowed: Status) -> None:
         """Raise `InvalidTransition` unless the session's status is one of `allowed`."""
@@ -481,6 +521,7 @@ class Session(Aggregate):
     def request_reconnect(self, actor: str, now: datetime | None = None) -> None:
         """An operator asks for a new start; a ban over by `now` is lifted first."""
         self.check_not_deleted()
+        self.check_not_exported("cannot reconnect")
         if not self.is_stopped:
             self.check_status("cannot reconnect", *self.RECONNECTABLE)
         self._lift_ended_ban(now)
@@ -505,6 +546,63 @@ class Session(Aggregate):
         self.desired = DesiredState.STOPPED.value
         self.status = Status.DISCONNECTED.value
         self.reason = Reason.STOPPED.value
+        self._clear_qr()
+        self._clear_retry()
+
+    # -- moving to another deployment -------------------------------------------------------
+
+    @classmethod
+    def imported(
+        cls,
+        *,
+        id: UUID,
+        name: str,
+        labels: dict[str, str],
+        actor: str,
+        jid: str,
+        push_name: str,
+        export_id: str,
+        source_session_id: str,
+        exported_at: datetime,
+    ) -> Session:
+        """A session created from an export file: it resumes device `jid` when it starts."""
+        if not jid:
+            raise InvalidValue("an imported session needs its device's JID")
+        return cls._create(
+            cls.SessionImported,
+            id=id,
+            name=name,
+            labels=labels,
+            requests_per_minute=None,
+            actor=actor,
+            jid=jid,
+            push_name=push_name,
+            export_id=export_id,
+            source_session_id=source_session_id,
+            exported_at=exported_at,
+        )
+
+    def export(self, export_id: str, exported_at: datetime, actor: str) -> None:
+        """Stop the session for good: its device moves to another deployment with the export
+        `export_id`. Messages still queued fail (``session_exported``) in the same save."""
+        self.check_not_deleted()
+        self.check_not_exported("cannot export")
+        if not self.jid:
+            raise InvalidTransition(
+                f"cannot export: the session has no linked device (it is {self.status}"
+                f"{', ' + self.reason if self.reason else ''}); link it first"
+            )
+        self._export(export_id, exported_at, actor)
+        for message in list(self.outbox.queue):
+            self._fail_message(message.message_id, FailureReason.SESSION_EXPORTED.value, "")
+
+    @event(SessionExported)
+    def _export(self, export_id: str, exported_at: datetime, actor: str) -> None:
+        self.desired = DesiredState.STOPPED.value
+        self.status = Status.DISCONNECTED.value
+        self.reason = Reason.EXPORTED.value
+        self.exported_as = export_id
+        self.exported_at = exported_at
         self._clear_qr()
         self._clear_retry()
 
@@ -687,6 +785,7 @@ class Session(Aggregate):
     ) -> None:
         """Queue a text for `to`; it is sent when the session is connected, in order."""
         self.check_not_deleted()
+        self.check_not_exported("cannot queue a message")
         check_recipient(to)
         check_text(text)
         self.outbox.check_can_queue(message_id)

@@ -64,6 +64,7 @@ class Reason(StrEnum):
     SERVICE_RESTARTED = "service_restarted"  # the gateway restarted; resumed at once
     GATEWAY_LOST = "gateway_lost"  # the worker that held the session died; taken over
     HANDED_OVER = "handed_over"  # its worker handed it to another (rebalance, stop): resumed
+    EXPORTED = "exported"  # moved to another deployment (`sessiond session export`): never resumed
 
 
 ADMIN_ACTOR = "admin"
@@ -146,6 +147,7 @@ class FailureReason(StrEnum):
     REJECTED = "rejected"  # WhatsApp refused the recipient (not on WhatsApp, blocked)
     SEND_FAILED = "send_failed"  # every try failed (timeouts, server errors)
     SESSION_DELETED = "session_deleted"  # the session was deleted with it still queued
+    SESSION_EXPORTED = "session_exported"  # the session was exported with it still queued
 
 
 MESSAGE_ID_PREFIX = "msg_"

@@ -102,6 +102,16 @@ class GatewayProjection(Projection[GatewayView]):
         self._apply(event, change, tracking)
 
     @process_event.register
+    def _imported(self, event: Session.SessionImported, tracking: Tracking) -> None:
+        change = GatewayChange(
+            desired=DesiredState.RUNNING.value,
+            bump=True,
+            jid=event.jid,  # resumed from its first start: no QR code
+            set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
+        )
+        self._apply(event, change, tracking)
+
+    @process_event.register
     def _qr_issued(self, event: Session.QRIssued, tracking: Tracking) -> None:
         change = GatewayChange(
             set_deadlines={DeadlineKind.QR_EXPIRY: event.expires_at + QR_GRACE},
@@ -164,6 +174,13 @@ class GatewayProjection(Projection[GatewayView]):
 
     @process_event.register
     def _stopped(self, event: Session.Stopped, tracking: Tracking) -> None:
+        change = GatewayChange(
+            desired=DesiredState.STOPPED.value, clear_deadlines=(DeadlineKind.RETRY, *_STARTED)
+        )
+        self._apply(event, change, tracking)
+
+    @process_event.register
+    def _exported(self, event: Session.SessionExported, tracking: Tracking) -> None:
         change = GatewayChange(
             desired=DesiredState.STOPPED.value, clear_deadlines=(DeadlineKind.RETRY, *_STARTED)
         )

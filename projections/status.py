@@ -222,6 +222,8 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             version=event.originator_version,
             position=tracking.notification_id,
         )
+        if isinstance(event, Session.SessionImported):  # its device, before it connects
+            row = msgspec.structs.replace(row, jid=event.jid, push_name=event.push_name or None)
         self.view.save_session(row, tracking)
 
     @process_event.register
@@ -337,6 +339,19 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             tracking,
             status=Status.DISCONNECTED.value,
             reason=Reason.STOPPED.value,
+            desired=DesiredState.STOPPED.value,
+            connected_at=None,
+            **_NO_QR,
+            **_NO_RETRY,
+        )
+
+    @process_event.register
+    def _exported(self, event: Session.SessionExported, tracking: Tracking) -> None:
+        self._update(
+            event,
+            tracking,
+            status=Status.DISCONNECTED.value,
+            reason=Reason.EXPORTED.value,
             desired=DesiredState.STOPPED.value,
             connected_at=None,
             **_NO_QR,

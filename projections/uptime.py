@@ -198,6 +198,10 @@ class UptimeProjection(Projection[UptimeView]):
         self._add(event, False, False, tracking)
 
     @process_event.register
+    def _exported(self, event: Session.SessionExported, tracking: Tracking) -> None:
+        self._add(event, False, False, tracking)
+
+    @process_event.register
     def _deleted(self, event: Session.Deleted, tracking: Tracking) -> None:
         self._add(event, False, False, tracking)
 

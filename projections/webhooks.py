@@ -60,6 +60,8 @@ def webhook_event(event: Any) -> tuple[str, dict[str, Any]] | None:  # noqa: PLR
             return "session.socket-disconnected", data
         case Session.QRExpired():
             return "session.expired", data | {"reason": "qr_expired"}
+        case Session.SessionExported():  # stopped here for good: it runs elsewhere now
+            return "session.stopped", data | {"reason": "exported"}
         case Session.Stopped():
             return "session.stopped", data
         case Session.Deleted():

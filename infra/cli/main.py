@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from infra.cli import session as session_command
 from infra.runtime.asgi import ROLES_VARIABLE, SERVER_PID_VARIABLE
 from infra.runtime.logs import configure_logging, server_log_config
 from infra.runtime.processes import STOP_LIMIT, die_with_parent, exit_if_not_stopped
@@ -199,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write the event log as NDJSON")
     export.add_argument("--after", type=int, default=0, help="only events after this position")
     export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
+    session_command.add_commands(commands)
     commands.add_parser("worker", help="run only the gateway (any number: sessions are leased)")
     commands.add_parser(
         "cipher-key", help="print a new key for SESSIOND_CIPHER_KEY (AES-256, base64)"
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cipher-key":
         return _print_cipher_key()
+    if args.command == "session":
+        refused = _prepare_session_command(args)
+        if refused is not None:
+            return refused
 
     try:
         settings = Settings.from_env()
@@ -236,6 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _prepare_session_command(args: argparse.Namespace) -> int | None:
+    """`sessiond session keygen` (its exit code), or what `session export | import` can check
+    before the database is reached (kept in `args.prepared`; an exit code if refused)."""
+    if args.action == "keygen":
+        return session_command.keygen(args)
+    try:
+        args.prepared = session_command.prepare(args)
+    except session_command.Refused as error:
+        print(f"sessiond: {error}", file=sys.stderr)
+        return 1
+    return None
+
+
 def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """Run `args.command` on the database at `url`, its schema brought up to date first."""
     from infra.postgres.schema import SchemaError, migrate  # noqa: PLC0415
@@ -249,6 +268,8 @@ def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
         from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415
 
         return rebuild_command(args, settings, url)
+    if args.command == "session":
+        return session_command.run(args, args.prepared, settings, url)
     if args.command in ("history", "export", "projections"):
         from infra.cli.audit import run_command  # noqa: PLC0415
 
