@@ -28,6 +28,9 @@ def _database_url(settings: Settings) -> tuple[str, Any]:
     return start_embedded_postgres(settings.data_dir)
 
 
+#: The commands that run a service (the others do one thing and exit).
+SERVICES = frozenset({"serve", "api", "worker", "projector"})
+
 def _serve_http(
     roles: str,
     host: str,
@@ -223,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"sessiond: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format, args.command)
+    level = settings.log_level
+    if args.command not in SERVICES and level == "info":
+        level = "warning"  # a one-shot command says what it did itself, in one line
+    configure_logging(level, settings.log_format, args.command)
     try:
         url, server = _database_url(settings)
     except Exception as error:
