@@ -35,7 +35,7 @@ from domain.errors import (
     SessionIsDeleted,
 )
 from domain.outbox import Outbox, QueuedMessage, RecentMessage
-from domain.policy import ReconnectPolicy
+from domain.policy import PacePolicy, QuotaState, ReconnectPolicy, SendingSettings, SendLog
 from domain.proxy import parse_proxy_url
 from domain.session import ApiKey, Session
 from domain.values import (
@@ -112,6 +112,7 @@ SNAPSHOT_TYPES: tuple[tuple[type[Any], str], ...] = (
     (QueuedMessage, "sessiond_queued_message"),
     (RecentMessage, "sessiond_recent_message"),
     (Outbox, "sessiond_outbox"),
+    (SendLog, "sessiond_send_log"),
 )
 
 
@@ -164,6 +165,22 @@ class QueuedMessageResult:
     replayed: bool
     status: str = "queued"
     queued_at: datetime | None = None  # when it was queued (None for a replay it remembers)
+    #: The session's sending settings and quotas once the message is queued.
+    sending: SendingState | None = None
+
+
+@dataclass(frozen=True)
+class SendingState:
+    """How a session sends (`settings`: the deployment's defaults with the session's own,
+    `own`: the fields it set itself), its quotas at an instant, and when each queued message
+    may go as far as the quotas are concerned (`holds`: message id -> instant, only for those
+    the quotas hold back)."""
+
+    settings: SendingSettings
+    own: tuple[str, ...]
+    quota: QuotaState
+    holds: dict[str, datetime]
+    queued: int
 
 
 @dataclass(frozen=True)
@@ -186,10 +203,14 @@ class SessionsApplication(Application[UUID]):
         env: Any = None,
         policy: ReconnectPolicy | None = None,
         caps: SessionCaps | None = None,
+        sending: SendingSettings | None = None,
     ) -> None:
         super().__init__(env)
         self.policy = policy or ReconnectPolicy()
         self.caps = caps or SessionCaps()
+        #: How sessions send unless they set their own (`SendingSet`): the deployment's.
+        self.sending_defaults = sending or SendingSettings()
+        self.pace = PacePolicy()
         self.committer = GroupCommitter(self._record_batch)
         self._cache: SessionCache[Session] = SessionCache()
         self._turns = Turns()
@@ -282,9 +303,11 @@ class SessionsApplication(Application[UUID]):
         key_label: str = "default",
         *,
         proxy: str | None = None,
+        sending: dict[str, Any] | None = None,
     ) -> CreatedSession:
         """Create a session; with `proxy` (a URL, `InvalidValue` if it is not one) its
-        connections dial through it from the start, recorded in the same save."""
+        connections dial through it from the start, and with `sending` it sends with these
+        settings of its own (see `Session.set_sending`), each recorded in the same save."""
         address = parse_proxy_url(proxy) if proxy is not None else None
         session = Session(
             id=uuid4(),
@@ -297,6 +320,8 @@ class SessionsApplication(Application[UUID]):
             session.set_rate_limit(requests_per_minute, actor)
         if address is not None:
             session.set_proxy(address, actor)
+        if sending:
+            session.set_sending(sending, actor)
         new = generate_key(SESSION_KEY_KIND)
         session.issue_key(new.key_id, new.prefix, new.key_hash, key_label, actor)
         recorded = list(session.pending_events)
@@ -349,6 +374,26 @@ class SessionsApplication(Application[UUID]):
         """Dial directly from the session's next connect; None if it had no proxy."""
         return self._change_or_none(session_id, lambda s: s.clear_proxy(actor) or None)
 
+    def set_sending(self, session_id: str, settings: dict[str, Any], actor: str) -> int | None:
+        """Send with `settings` of the session's own from now on (a field left out follows
+        the deployment's default); the same settings again record nothing and return None."""
+        return self._change_or_none(session_id, lambda s: s.set_sending(settings, actor) or None)
+
+    def sending_state(self, session: Session, now: datetime) -> SendingState:
+        """How `session` sends, its quotas at `now`, and the queued messages they hold back."""
+        settings = session.sending_settings(self.sending_defaults)
+        log = session.outbox.sends
+        queue = session.outbox.queue
+        times = self.pace.schedule(settings, log, now, len(queue))
+        holds = {m.message_id: at for m, at in zip(queue, times, strict=True) if at > now}
+        return SendingState(
+            settings=settings,
+            own=tuple(sorted(session.sending or {})),
+            quota=self.pace.quota(settings, log, now),
+            holds=holds,
+            queued=len(queue),
+        )
+
     def send_message(
         self,
         session_id: str,
@@ -368,12 +413,16 @@ class SessionsApplication(Application[UUID]):
             if idempotency_key is not None:
                 earlier = self._earlier_message(session, idempotency_key, to, text)
                 if earlier is not None:
-                    outcome.append(earlier)
+                    state = self.sending_state(session, datetime.now(UTC))
+                    outcome.append(dataclasses.replace(earlier, sending=state))
                     return
             message_id = new_message_id()
             session.queue_message(message_id, to, text, idempotency_key, actor)
             queued_at = session.pending_events[-1].timestamp
-            outcome.append(QueuedMessageResult(message_id, None, False, queued_at=queued_at))
+            state = self.sending_state(session, queued_at)
+            outcome.append(
+                QueuedMessageResult(message_id, None, False, queued_at=queued_at, sending=state)
+            )
 
         position = self._change_or_none(session_id, queue)
         (result,) = outcome
