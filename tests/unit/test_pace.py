@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
+from eventsourcing.domain import Snapshot
 
 from application.sessions import SessionsApplication
 from domain.errors import InvalidValue
@@ -20,6 +22,7 @@ from domain.policy import (
     SendingSettings,
     SendLog,
 )
+from domain.session import Session
 from domain.values import ADMIN_ACTOR
 from tests.unit.helpers import POPO_ENV, create, popo_app
 
@@ -132,7 +135,7 @@ def test_settings_out_of_bounds_are_refused() -> None:
         SendingSettings(per_hour=0),
         SendingSettings(per_day=-3),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="must be between"):
             bad.check()
 
 
@@ -154,11 +157,11 @@ def test_the_send_log_is_built_from_recorded_events_across_snapshots() -> None:
     uuid = app.load(session_id).id
     # Check the session read again from the store (its snapshot, then the events after it)
     # counts every send, and the snapshot alone the sends before it.
-    again = app.repository.get(uuid)
+    again: Session = app.repository.get(uuid)
     assert sum(count for _, count in again.outbox.sends.minutes) == 60
     assert app.snapshots is not None
     *_, snapshot = app.snapshots.get(uuid)
-    restored = snapshot.mutate(None)
+    restored = cast("Session", cast("Snapshot", snapshot).mutate(None))
     assert isinstance(restored.outbox.sends, SendLog)
     before = sum(count for _, count in restored.outbox.sends.minutes)
     assert 0 < before < 60 and restored.outbox.sends.last is not None

@@ -5,6 +5,7 @@ takeover) counts the sends already recorded, and "typing…" comes before each t
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -87,7 +88,7 @@ def test_gaps_stay_inside_the_interval_and_its_jitter_and_order_is_kept() -> Non
     sender.close()
     assert gateway.texts() == texts
     times = sent_times(app, uuid)
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.1, gaps
     assert max(gaps) <= 0.3 + 0.15, gaps  # the jitter's bound, plus the timers' slack
     assert max(gaps) - min(gaps) > 0.02, f"the jitter varies the gaps: {gaps}"
@@ -95,7 +96,7 @@ def test_gaps_stay_inside_the_interval_and_its_jitter_and_order_is_kept() -> Non
 
 def test_a_message_over_quota_waits_and_goes_when_the_window_opens() -> None:
     app = app_with(SendingSettings(interval=0.0, per_hour=2))
-    session_id, uuid = connected_with(app, ["a", "b", "c"])
+    _, uuid = connected_with(app, ["a", "b", "c"])
     gateway, clock = Gateway(), Clock()
     sender = MessageSender(app, gateway, lambda _: True, clock=clock)  # type: ignore[arg-type]
     sender.kick(uuid)
