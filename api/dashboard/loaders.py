@@ -11,6 +11,7 @@ from typing import Any
 
 from api.context import ApiContext
 from api.dashboard.chart import Chart, chart, window
+from application.sessions import SendingState
 from domain.values import session_uuid
 from projections.history import HistoryEntry, session_history
 from projections.keys import KeyRow
@@ -34,6 +35,7 @@ class SessionDetails:
     chart: Chart
     webhooks: list[Webhook]
     proxy: str | None = None  # the session's proxy, its password masked
+    sending: SendingState | None = None  # its pace and quotas, and where they stand
 
     @property
     def active_keys(self) -> int:
@@ -58,6 +60,7 @@ def details(ctx: ApiContext, row: SessionRow) -> SessionDetails:
     begin, end = window(now)
     transitions = ctx.uptime.transitions(session_uuid(row.session_id), begin, end)
     endpoints = ctx.webhook_queries.endpoints_of(row.session_id)
+    session = ctx.app.load(session_uuid(row.session_id))
     return SessionDetails(
         keys=keys(ctx, row.session_id),
         timeline=timeline(ctx, row),
@@ -71,5 +74,6 @@ def details(ctx: ApiContext, row: SessionRow) -> SessionDetails:
             )
             for e in endpoints
         ],
-        proxy=ctx.app.load(session_uuid(row.session_id)).proxy_url,
+        proxy=session.proxy_url,
+        sending=ctx.app.sending_state(session, now),
     )
