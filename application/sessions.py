@@ -35,7 +35,15 @@ from domain.errors import (
     SessionIsDeleted,
 )
 from domain.outbox import Outbox, QueuedMessage, RecentMessage
-from domain.policy import PacePolicy, QuotaState, ReconnectPolicy, SendingSettings, SendLog
+from domain.policy import (
+    DAY,
+    SEND_BUCKET,
+    PacePolicy,
+    QuotaState,
+    ReconnectPolicy,
+    SendingSettings,
+    SendLog,
+)
 from domain.proxy import parse_proxy_url
 from domain.session import ApiKey, Session
 from domain.values import (
@@ -56,6 +64,8 @@ _CONFLICT_RETRIES = 5
 #: A report of the gateway is a fact about the link: it keeps trying for this long (seconds),
 #: however many tries that takes, before giving up.
 _REPORT_PATIENCE = 10.0
+#: Events read at once when a session's send log is rebuilt from its events.
+_SEND_LOG_PAGE = 500
 #: The longest pause between two tries (a random pause, doubling from 2 ms, spreads them).
 _MAX_CONFLICT_PAUSE = 0.1
 
@@ -382,7 +392,7 @@ class SessionsApplication(Application[UUID]):
     def sending_state(self, session: Session, now: datetime) -> SendingState:
         """How `session` sends, its quotas at `now`, and the queued messages they hold back."""
         settings = session.sending_settings(self.sending_defaults)
-        log = session.outbox.sends
+        log = session.outbox.send_log
         queue = session.outbox.queue
         times = self.pace.schedule(settings, log, now, len(queue))
         holds = {m.message_id: at for m, at in zip(queue, times, strict=True) if at > now}
@@ -584,7 +594,32 @@ class SessionsApplication(Application[UUID]):
             session: Session = self.repository.get(uuid)
         except AggregateNotFoundError:
             raise SessionNotFound(f"no session {session_id}") from None
+        if session.outbox.sends is None:
+            self.rebuild_send_log(session)
         return session
+
+    def rebuild_send_log(self, session: Session, now: datetime | None = None) -> None:
+        """Count the session's sends of the last day from its ``MessageSent`` events, read
+        newest first a page at a time back to a day before `now` (for a session loaded from
+        a snapshot taken before sends were counted; its next snapshot carries them)."""
+        horizon = (now or datetime.now(UTC)).timestamp() - DAY - SEND_BUCKET
+        found: list[float] = []
+        below = session.version
+        while below > 0:
+            page: list[Any] = list(
+                self.events.get(session.id, lte=below, desc=True, limit=_SEND_LOG_PAGE)
+            )
+            older = [e for e in page if e.timestamp.timestamp() >= horizon]
+            found.extend(
+                e.timestamp.timestamp() for e in older if isinstance(e, Session.MessageSent)
+            )
+            if len(older) < _SEND_LOG_PAGE:
+                break  # the page ended, or went back past the horizon
+            below = page[-1].originator_version - 1
+        log = SendLog()
+        for at in reversed(found):
+            log.add(at)
+        session.outbox.sends = log
 
     def _save(self, session: Session) -> int:
         return self.committer.save(session)

@@ -58,7 +58,9 @@ class Outbox:
     queue: list[QueuedMessage] = field(default_factory=list)
     recent: dict[str, RecentMessage] = field(default_factory=dict)
     received: list[str] = field(default_factory=list)
-    sends: SendLog = field(default_factory=SendLog)
+    #: None: not known (a snapshot taken before sends were counted): the application
+    #: rebuilds it from the session's recorded ``MessageSent`` events when it loads it.
+    sends: SendLog | None = None
 
     # -- queries and checks ----------------------------------------------------------------
 
@@ -128,7 +130,15 @@ class Outbox:
 
     def count_sent(self, at: float) -> None:
         """A message went out at `at` (epoch seconds: its ``MessageSent`` event's time)."""
-        self.sends.add(at)
+        if self.sends is not None:  # else rebuilt from the events, this one included
+            self.sends.add(at)
+
+    @property
+    def send_log(self) -> SendLog:
+        """The sends of the last day (`sends`, which the application makes known on load)."""
+        if self.sends is None:
+            raise LookupError("the send log is rebuilt from the events when the session loads")
+        return self.sends
 
     def failed(self, message_id: str) -> None:
         self.queue = [m for m in self.queue if m.message_id != message_id]

@@ -28,6 +28,7 @@ from domain.policy import (
     Restriction,
     RestrictionPolicy,
     SendingSettings,
+    SendLog,
 )
 from domain.proxy import ProxyAddress
 from domain.values import (
@@ -275,7 +276,7 @@ class Session(Aggregate):
         self.retry_attempt = 0
         self.next_retry_at: datetime | None = None
         self.degraded = False
-        self.outbox = Outbox()
+        self.outbox = Outbox(sends=SendLog())
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:

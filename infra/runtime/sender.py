@@ -167,7 +167,7 @@ class MessageSender:
             self._unrecorded.pop(message.message_id, None)
             return 0.0
         settings = session.sending_settings(self.defaults)
-        sends = session.outbox.sends
+        sends = session.outbox.send_log
         gap = self._gap(session_id, sends.last, settings)
         wait = (self.pace.next_send_at(settings, sends, now, gap) - now).total_seconds()
         if wait > 0:
