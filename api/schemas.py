@@ -424,7 +424,8 @@ class MessageOut(Out):
     whatsapp_id: str | None
     idempotency_key: str | None
     # failed: rejected | send_failed | session_deleted; queued while the session is
-    # restricted: the restriction's kind (see `restriction`)
+    # restricted: the restriction's kind (see `restriction`); queued while its quotas hold
+    # it back: quota (see `next_attempt_at`)
     reason: str | None
     detail: str | None
     created_at: datetime  # queued, or received

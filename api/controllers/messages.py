@@ -101,8 +101,11 @@ class MessagesController(Controller):
     ) -> Response[MessageOut]:
         """Queue a text for sending. It goes out in order once the session is connected
         (at once if it is), paced; follow its status with GET. While the session is
-        disconnected, stopped or pairing, it waits in the queue. Once recorded, the answer is
-        202 even if the views lag (then a GET may briefly not find it)."""
+        disconnected, stopped or pairing, it waits in the queue; over the session's hour or
+        day quota it waits too, and says when it goes (`nextAttemptAt`). For each quota the
+        session has, `X-Messages-Limit-Hour`/`-Day` give it and `X-Messages-Remaining-Hour`/
+        `-Day` how many more queued now would go within its window. Once recorded, the
+        answer is 202 even if the views lag (then a GET may briefly not find it)."""
         ctx = context(request)
         try:
             to = normalize_recipient(data.to)
