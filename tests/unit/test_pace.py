@@ -24,6 +24,7 @@ from domain.policy import (
 )
 from domain.session import Session
 from domain.values import ADMIN_ACTOR
+from infra.settings import Settings, SettingsError
 from tests.unit.helpers import POPO_ENV, create, popo_app
 
 T0 = datetime(2026, 11, 25, 12, 0, 30, tzinfo=UTC)
@@ -224,3 +225,25 @@ def test_a_send_log_a_snapshot_lacks_is_rebuilt_from_the_events_page_by_page(
     # Check sends older than a day are not read.
     app.rebuild_send_log(session, now=datetime.now(UTC) + timedelta(days=2))
     assert session.outbox.send_log.minutes == []
+
+
+def test_the_deployments_defaults_come_from_the_environment() -> None:
+    assert Settings.from_env({}).sending_defaults() == SendingSettings(interval=1.0)
+    settings = Settings.from_env(
+        {
+            "SESSIOND_SEND_INTERVAL": "2",
+            "SESSIOND_SEND_JITTER": "1.5",
+            "SESSIOND_MESSAGES_PER_HOUR": "100",
+            "SESSIOND_MESSAGES_PER_DAY": "1000",
+            "SESSIOND_SEND_TYPING": "true",
+        }
+    )
+    assert settings.sending_defaults() == SendingSettings(2.0, 1.5, 100, 1000, typing=True)
+    for name, value in (
+        ("SESSIOND_MESSAGES_PER_HOUR", "0"),
+        ("SESSIOND_MESSAGES_PER_DAY", "many"),
+        ("SESSIOND_SEND_JITTER", "-1"),
+        ("SESSIOND_SEND_TYPING", "sometimes"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})
