@@ -80,7 +80,8 @@ class MessageSender:
         self._again: set[UUID] = set()  # kicked while running: look once more before idling
         # The gap drawn after the last recorded send (its time, the gap): drawn once per send,
         # so that looking again does not draw again.
-        self._gaps: dict[UUID, tuple[float, float]] = {}
+        # None for the time: the send this worker just recorded.
+        self._gaps: dict[UUID, tuple[float | None, float]] = {}
         # "Typing…" shown for the next message (its id, when the text may go: monotonic).
         self._typing: dict[UUID, tuple[str, float]] = {}
         self._failures: dict[str, int] = {}  # message id -> failed tries in a row
@@ -176,13 +177,16 @@ class MessageSender:
             typing = self._type(session_id, message)
             if typing > 0:
                 return typing
-        return self._send(session_id, message)
+        return self._send(session_id, message, settings)
 
     def _gap(self, session_id: UUID, last: float | None, settings: SendingSettings) -> float:
         """The gap after the last recorded send, drawn once per send."""
         if last is None:
             return 0.0
         drawn = self._gaps.get(session_id)
+        if drawn is not None and drawn[0] is None:  # drawn when this worker sent it
+            drawn = (last, drawn[1])
+            self._gaps[session_id] = drawn
         if drawn is None or drawn[0] != last:
             drawn = (last, self.pace.gap(settings, self._rng))
             self._gaps[session_id] = drawn
@@ -211,9 +215,12 @@ class MessageSender:
         except Exception as error:
             log.warning("could not show typing to a recipient of %s: %s", session_id, error)
 
-    def _send(self, session_id: UUID, message: QueuedMessage) -> float | None:
-        """Send `message` and record the outcome; the pause before the next step, or None
-        when the session cannot send now."""
+    def _send(
+        self, session_id: UUID, message: QueuedMessage, settings: SendingSettings
+    ) -> float | None:
+        """Send `message` and record the outcome; the pause before the next step (after a
+        send, the gap drawn for it: the next step then finds the pace kept without waiting
+        again), or None when the session cannot send now."""
         text = self.app.queued_text(session_id, message.version)
         try:
             sent = self.gateway.send_text(session_id, message.to, text)
@@ -241,7 +248,10 @@ class MessageSender:
             self._unrecorded[message.message_id] = sent.message_id
             self.app.record_sent(session_id, message.message_id, sent.message_id)
             self._unrecorded.pop(message.message_id, None)
-        return 0.0  # the next step waits for the pace itself, from the recorded send
+            gap = self.pace.gap(settings, self._rng)
+            self._gaps[session_id] = (None, gap)
+            return gap  # counted from now, after the send was recorded
+        return 0.0
 
     def _fail(self, session_id: UUID, message_id: str, reason: FailureReason, detail: str) -> None:
         self._failures.pop(message_id, None)
