@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -392,12 +393,12 @@ class _Window:
 
     quota: int
     length: float
-    counted: list[list[float]]  # [expiry, count], oldest first
+    counted: deque[list[float]]  # [expiry, count], oldest first
     total: int = 0
 
     def forget_until(self, at: float) -> None:
         while self.counted and self.counted[0][0] <= at:
-            self.total -= int(self.counted.pop(0)[1])
+            self.total -= int(self.counted.popleft()[1])
 
     def opens_at(self) -> float | None:
         """When this window has room for one more (None: it has now)."""
@@ -453,16 +454,20 @@ class PacePolicy:
         waits while either window holds its quota."""
         at = now.timestamp()
         windows = [
-            _Window(quota, length, [])
+            _Window(quota, length, deque())
             for quota, length in ((settings.per_hour, HOUR), (settings.per_day, DAY))
             if quota is not None
         ]
+        if not windows:
+            return [now] * count
         for window in windows:
             for minute, sent in log.minutes:
                 expiry = _expiry(minute, window.length)
                 if expiry > at:
                     window.counted.append([expiry, sent])
                     window.total += sent
+        if all(window.total + count <= window.quota for window in windows):
+            return [now] * count  # room for all of them now
         times: list[datetime] = []
         for _ in range(count):
             while True:
