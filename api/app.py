@@ -30,6 +30,7 @@ from api.controllers.keys import KeysController
 from api.controllers.messages import MessagesController
 from api.controllers.metrics import metrics
 from api.controllers.proxy import ProxyController
+from api.controllers.sending import SendingController
 from api.controllers.sessions import SessionsController
 from api.controllers.simulator import SimulatorController
 from api.controllers.streams import StreamsController, streams_lifespan
@@ -122,6 +123,7 @@ def create_app(
     handlers: list[ControllerRouterHandler] = [
         SessionsController,
         ProxyController,
+        SendingController,
         KeysController,
         MessagesController,
         WebhooksController,

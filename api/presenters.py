@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,6 +26,9 @@ from projections.history import HistoryEntry
 from projections.keys import KeyRow
 from projections.messages import MessageRow
 from projections.status import SessionRow, status_uptime
+
+#: The reason of a queued message its session's quotas hold back.
+QUOTA_REASON = "quota"
 
 
 def health(row: SessionRow) -> Health:
@@ -169,14 +173,19 @@ def event_out(entry: HistoryEntry) -> EventOut:
     )
 
 
-def message_out(row: MessageRow, text: str | None, session: SessionRow | None = None) -> MessageOut:
+def message_out(
+    row: MessageRow,
+    text: str | None,
+    session: SessionRow | None = None,
+    holds: Mapping[str, datetime] | None = None,
+) -> MessageOut:
     """The message; a queued one of a restricted `session` carries the restriction, and
-    its kind as the reason it waits."""
-    held = (
-        restriction_out(session)
-        if session is not None and row.status == MessageStatus.QUEUED
-        else None
-    )
+    its kind as the reason it waits; one its session's quotas hold back (`holds`: message
+    id -> when they let it go) says when, with the reason ``quota``."""
+    queued = row.status == MessageStatus.QUEUED
+    held = restriction_out(session) if session is not None and queued else None
+    next_attempt_at = (holds or {}).get(row.message_id) if queued else None
+    reason = held.kind if held is not None else QUOTA_REASON if next_attempt_at else row.reason
     return MessageOut(
         message_id=row.message_id,
         session_id=row.session_id,
@@ -189,7 +198,7 @@ def message_out(row: MessageRow, text: str | None, session: SessionRow | None = 
         push_name=row.push_name,
         whatsapp_id=row.whatsapp_id,
         idempotency_key=row.idempotency_key,
-        reason=held.kind if held is not None else row.reason,
+        reason=reason,
         detail=row.detail,
         created_at=row.created_at,
         sent_at=row.sent_at,
@@ -198,4 +207,5 @@ def message_out(row: MessageRow, text: str | None, session: SessionRow | None = 
         failed_at=row.failed_at,
         updated_at=row.updated_at,
         restriction=held,
+        next_attempt_at=next_attempt_at,
     )

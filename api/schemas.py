@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
+from domain.policy import MAX_PER_DAY, MAX_PER_HOUR, MAX_SEND_PAUSE
 from domain.proxy import MAX_PROXY_URL_LENGTH
 from domain.values import MAX_NAME_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TEXT_LENGTH
 
@@ -73,6 +74,80 @@ class ProxyOut(Out):
     ]
 
 
+SendPause = Annotated[float, Meta(ge=0, le=MAX_SEND_PAUSE)]
+PerHour = Annotated[int, Meta(ge=1, le=MAX_PER_HOUR)]
+PerDay = Annotated[int, Meta(ge=1, le=MAX_PER_DAY)]
+
+
+class SendingIn(Body):
+    """A session's own sending settings; a field left out follows the deployment's default
+    (`SESSIOND_SEND_INTERVAL`, `…_SEND_JITTER`, `…_MESSAGES_PER_HOUR`, `…_MESSAGES_PER_DAY`,
+    `…_SEND_TYPING`). `{}` goes back to the defaults for all of them."""
+
+    interval_seconds: Annotated[
+        SendPause | UnsetType,
+        Meta(description="At least this many seconds between two messages"),
+    ] = UNSET
+    jitter_seconds: Annotated[
+        SendPause | UnsetType,
+        Meta(description="0 to this many seconds more, drawn at random for each gap"),
+    ] = UNSET
+    messages_per_hour: Annotated[
+        PerHour | UnsetType | None,
+        Meta(description="At most this many messages in any 60 minutes; null: no quota"),
+    ] = UNSET
+    messages_per_day: Annotated[
+        PerDay | UnsetType | None,
+        Meta(description="At most this many messages in any 24 hours; null: no quota"),
+    ] = UNSET
+    typing: Annotated[
+        bool | UnsetType,
+        Meta(description='Show "typing…" to the recipient before each message'),
+    ] = UNSET
+
+    def settings(self) -> dict[str, Any]:
+        """The fields given, by their names in `domain.policy.SendingSettings`."""
+        return {
+            domain: value
+            for wire, domain in SENDING_NAMES.items()
+            if (value := getattr(self, wire)) is not UNSET
+        }
+
+
+#: `SendingIn`'s fields -> `domain.policy.SendingSettings`'s.
+SENDING_NAMES = {
+    "interval_seconds": "interval",
+    "jitter_seconds": "jitter",
+    "messages_per_hour": "per_hour",
+    "messages_per_day": "per_day",
+    "typing": "typing",
+}
+
+
+class SendingOut(Out):
+    """How the session sends and where its quotas stand."""
+
+    session_id: str
+    interval_seconds: float
+    jitter_seconds: float
+    messages_per_hour: int | None
+    messages_per_day: int | None
+    typing: bool
+    #: The fields the session set itself; the others follow the deployment's defaults.
+    own: list[str]
+    sent_last_hour: Annotated[
+        int, Meta(description="Messages counted in the hour's window (by the minute)")
+    ]
+    sent_last_day: int
+    remaining_hour: Annotated[int | None, Meta(description="null: no hour quota")]
+    remaining_day: int | None
+    queued: int
+    next_send_at: Annotated[
+        datetime | None,
+        Meta(description="When the quotas let the queue's next message go; null: now"),
+    ]
+
+
 class CreateSessionIn(Body):
     name: Annotated[
         str,
@@ -85,6 +160,7 @@ class CreateSessionIn(Body):
     labels: Annotated[dict[LabelPart, LabelPart], Meta(max_length=16)] = {}
     rate_limit: RateLimitIn | None = None
     proxy: ProxyIn | None = None
+    sending: SendingIn | None = None
 
 
 ScopeValue = Literal[
@@ -398,7 +474,8 @@ class MessageOut(Out):
     whatsapp_id: str | None
     idempotency_key: str | None
     # failed: rejected | send_failed | session_deleted | session_exported; queued while the
-    # session is restricted: the restriction's kind (see `restriction`)
+    # session is restricted: the restriction's kind (see `restriction`); queued while its
+    # quotas hold it back: quota (see `next_attempt_at`)
     reason: str | None
     detail: str | None
     created_at: datetime  # queued, or received
@@ -409,6 +486,8 @@ class MessageOut(Out):
     updated_at: datetime
     #: A queued message of a restricted session: why it waits (the session's restriction).
     restriction: RestrictionOut | None = None
+    #: A queued message its session's quotas hold back: when they let it go.
+    next_attempt_at: datetime | None = None
 
 
 class MessagePageOut(Out):

@@ -33,6 +33,8 @@ ROUTE_SCOPES: dict[str, str] = {
     "getSessionProxy": Scope.STATUS_READ,
     "setSessionProxy": Scope.SESSION_CONTROL,
     "clearSessionProxy": Scope.SESSION_CONTROL,
+    "getSessionSending": Scope.STATUS_READ,
+    "setSessionSending": ADMIN_ONLY,
     # history
     "listSessionEvents": Scope.STATUS_READ,
     "getSessionUptime": Scope.STATUS_READ,

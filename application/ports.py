@@ -175,6 +175,12 @@ class WhatsAppGateway(ABC):
         `GatewayError` for a failure that may pass (timeouts, server errors)."""
 
     @abstractmethod
+    def send_chat_presence(self, session_id: UUID, to: str, *, composing: bool) -> None:
+        """Show the chat `to` that the session is typing (`composing`) or stopped typing;
+        raises `NotConnected` unless the session's client is connected, `GatewayError` if
+        WhatsApp did not take it."""
+
+    @abstractmethod
     def running(self) -> set[UUID]:
         """The sessions that have a client (pairing, connecting or connected) right now."""
 

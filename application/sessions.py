@@ -35,7 +35,15 @@ from domain.errors import (
     SessionIsDeleted,
 )
 from domain.outbox import Outbox, QueuedMessage, RecentMessage
-from domain.policy import ReconnectPolicy
+from domain.policy import (
+    DAY,
+    SEND_BUCKET,
+    PacePolicy,
+    QuotaState,
+    ReconnectPolicy,
+    SendingSettings,
+    SendLog,
+)
 from domain.proxy import parse_proxy_url
 from domain.session import ApiKey, Session
 from domain.values import (
@@ -56,6 +64,8 @@ _CONFLICT_RETRIES = 5
 #: A report of the gateway is a fact about the link: it keeps trying for this long (seconds),
 #: however many tries that takes, before giving up.
 _REPORT_PATIENCE = 10.0
+#: Events read at once when a session's send log is rebuilt from its events.
+_SEND_LOG_PAGE = 500
 #: The longest pause between two tries (a random pause, doubling from 2 ms, spreads them).
 _MAX_CONFLICT_PAUSE = 0.1
 
@@ -125,6 +135,7 @@ SNAPSHOT_TYPES: tuple[tuple[type[Any], str], ...] = (
     (QueuedMessage, "sessiond_queued_message"),
     (RecentMessage, "sessiond_recent_message"),
     (Outbox, "sessiond_outbox"),
+    (SendLog, "sessiond_send_log"),
 )
 
 
@@ -179,6 +190,22 @@ class QueuedMessageResult:
     replayed: bool
     status: str = "queued"
     queued_at: datetime | None = None  # when it was queued (None for a replay it remembers)
+    #: The session's sending settings and quotas once the message is queued.
+    sending: SendingState | None = None
+
+
+@dataclass(frozen=True)
+class SendingState:
+    """How a session sends (`settings`: the deployment's defaults with the session's own,
+    `own`: the fields it set itself), its quotas at an instant, and when each queued message
+    may go as far as the quotas are concerned (`holds`: message id -> instant, only for those
+    the quotas hold back)."""
+
+    settings: SendingSettings
+    own: tuple[str, ...]
+    quota: QuotaState
+    holds: dict[str, datetime]
+    queued: int
 
 
 @dataclass(frozen=True)
@@ -201,10 +228,14 @@ class SessionsApplication(Application[UUID]):
         env: Any = None,
         policy: ReconnectPolicy | None = None,
         caps: SessionCaps | None = None,
+        sending: SendingSettings | None = None,
     ) -> None:
         super().__init__(env)
         self.policy = policy or ReconnectPolicy()
         self.caps = caps or SessionCaps()
+        #: How sessions send unless they set their own (`SendingSet`): the deployment's.
+        self.sending_defaults = sending or SendingSettings()
+        self.pace = PacePolicy()
         self.committer = GroupCommitter(self._record_batch)
         self._cache: SessionCache[Session] = SessionCache()
         self._turns = Turns()
@@ -297,9 +328,11 @@ class SessionsApplication(Application[UUID]):
         key_label: str = "default",
         *,
         proxy: str | None = None,
+        sending: dict[str, Any] | None = None,
     ) -> CreatedSession:
         """Create a session; with `proxy` (a URL, `InvalidValue` if it is not one) its
-        connections dial through it from the start, recorded in the same save."""
+        connections dial through it from the start, and with `sending` it sends with these
+        settings of its own (see `Session.set_sending`), each recorded in the same save."""
         address = parse_proxy_url(proxy) if proxy is not None else None
         session = Session(
             id=uuid4(),
@@ -312,6 +345,8 @@ class SessionsApplication(Application[UUID]):
             session.set_rate_limit(requests_per_minute, actor)
         if address is not None:
             session.set_proxy(address, actor)
+        if sending:
+            session.set_sending(sending, actor)
         new = generate_key(SESSION_KEY_KIND)
         session.issue_key(new.key_id, new.prefix, new.key_hash, key_label, actor)
         recorded = list(session.pending_events)
@@ -397,6 +432,26 @@ class SessionsApplication(Application[UUID]):
         """Dial directly from the session's next connect; None if it had no proxy."""
         return self._change_or_none(session_id, lambda s: s.clear_proxy(actor) or None)
 
+    def set_sending(self, session_id: str, settings: dict[str, Any], actor: str) -> int | None:
+        """Send with `settings` of the session's own from now on (a field left out follows
+        the deployment's default); the same settings again record nothing and return None."""
+        return self._change_or_none(session_id, lambda s: s.set_sending(settings, actor) or None)
+
+    def sending_state(self, session: Session, now: datetime) -> SendingState:
+        """How `session` sends, its quotas at `now`, and the queued messages they hold back."""
+        settings = session.sending_settings(self.sending_defaults)
+        log = session.outbox.send_log
+        queue = session.outbox.queue
+        times = self.pace.schedule(settings, log, now, len(queue))
+        holds = {m.message_id: at for m, at in zip(queue, times, strict=True) if at > now}
+        return SendingState(
+            settings=settings,
+            own=tuple(sorted(session.sending or {})),
+            quota=self.pace.quota(settings, log, now),
+            holds=holds,
+            queued=len(queue),
+        )
+
     def send_message(
         self,
         session_id: str,
@@ -416,12 +471,16 @@ class SessionsApplication(Application[UUID]):
             if idempotency_key is not None:
                 earlier = self._earlier_message(session, idempotency_key, to, text)
                 if earlier is not None:
-                    outcome.append(earlier)
+                    state = self.sending_state(session, datetime.now(UTC))
+                    outcome.append(dataclasses.replace(earlier, sending=state))
                     return
             message_id = new_message_id()
             session.queue_message(message_id, to, text, idempotency_key, actor)
             queued_at = session.pending_events[-1].timestamp
-            outcome.append(QueuedMessageResult(message_id, None, False, queued_at=queued_at))
+            state = self.sending_state(session, queued_at)
+            outcome.append(
+                QueuedMessageResult(message_id, None, False, queued_at=queued_at, sending=state)
+            )
 
         position = self._change_or_none(session_id, queue)
         (result,) = outcome
@@ -583,7 +642,32 @@ class SessionsApplication(Application[UUID]):
             session: Session = self.repository.get(uuid)
         except AggregateNotFoundError:
             raise SessionNotFound(f"no session {session_id}") from None
+        if session.outbox.sends is None:
+            self.rebuild_send_log(session)
         return session
+
+    def rebuild_send_log(self, session: Session, now: datetime | None = None) -> None:
+        """Count the session's sends of the last day from its ``MessageSent`` events, read
+        newest first a page at a time back to a day before `now` (for a session loaded from
+        a snapshot taken before sends were counted; its next snapshot carries them)."""
+        horizon = (now or datetime.now(UTC)).timestamp() - DAY - SEND_BUCKET
+        found: list[float] = []
+        below = session.version
+        while below > 0:
+            page: list[Any] = list(
+                self.events.get(session.id, lte=below, desc=True, limit=_SEND_LOG_PAGE)
+            )
+            older = [e for e in page if e.timestamp.timestamp() >= horizon]
+            found.extend(
+                e.timestamp.timestamp() for e in older if isinstance(e, Session.MessageSent)
+            )
+            if len(older) < _SEND_LOG_PAGE:
+                break  # the page ended, or went back past the horizon
+            below = page[-1].originator_version - 1
+        log = SendLog()
+        for at in reversed(found):
+            log.add(at)
+        session.outbox.sends = log
 
     def _save(self, session: Session) -> int:
         return self.committer.save(session)

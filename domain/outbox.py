@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from domain.errors import IdempotencyKeyReused, InvalidTransition, InvalidValue, QueueFull
+from domain.policy import SendLog
 from domain.values import MAX_QUEUED_MESSAGES, MessageStatus
 
 #: Outbound messages the session remembers after they left the queue (for acknowledgements
@@ -50,12 +51,16 @@ def message_fingerprint(to: str, text: str) -> str:
 
 @dataclass
 class Outbox:
-    """The queue (oldest first), the recent outbound messages by id (oldest first) and the
-    WhatsApp ids of the recent inbound ones (oldest first)."""
+    """The queue (oldest first), the recent outbound messages by id (oldest first), the
+    WhatsApp ids of the recent inbound ones (oldest first) and the sends of the last day,
+    by the minute (for the quotas; see `domain.policy.PacePolicy`)."""
 
     queue: list[QueuedMessage] = field(default_factory=list)
     recent: dict[str, RecentMessage] = field(default_factory=dict)
     received: list[str] = field(default_factory=list)
+    #: None: not known (a snapshot taken before sends were counted): the application
+    #: rebuilds it from the session's recorded ``MessageSent`` events when it loads it.
+    sends: SendLog | None = None
 
     # -- queries and checks ----------------------------------------------------------------
 
@@ -122,6 +127,18 @@ class Outbox:
         if message is not None:
             message.status = MessageStatus.SENT.value
             message.whatsapp_id = whatsapp_id
+
+    def count_sent(self, at: float) -> None:
+        """A message went out at `at` (epoch seconds: its ``MessageSent`` event's time)."""
+        if self.sends is not None:  # else rebuilt from the events, this one included
+            self.sends.add(at)
+
+    @property
+    def send_log(self) -> SendLog:
+        """The sends of the last day (`sends`, which the application makes known on load)."""
+        if self.sends is None:
+            raise LookupError("the send log is rebuilt from the events when the session loads")
+        return self.sends
 
     def failed(self, message_id: str) -> None:
         self.queue = [m for m in self.queue if m.message_id != message_id]

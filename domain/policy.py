@@ -16,9 +16,11 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from domain.values import DeadlineKind, FailureReason, Reason, Status
 
@@ -304,3 +306,212 @@ class DeliveryPolicy:
             days = (at - failing_since).total_seconds() / 86_400
             return f"failing without a success for {days:.1f} days"
         return None
+
+
+# -- sending pace and quotas --------------------------------------------------------------------
+
+#: The quotas' windows: any 60 minutes, any 24 hours (rolling, not the clock's hours).
+HOUR = 3600.0
+DAY = 86_400.0
+#: Sends are counted by the minute (`SendLog`): a message sent at 12:00:30 counts in the hour
+#: quota until 13:01:00, never less than an hour (a quota is never exceeded, whichever 60
+#: minutes are looked at).
+SEND_BUCKET = 60
+#: Bounds of the settings (checked by `SendingSettings.check`).
+MAX_SEND_PAUSE = 3600.0
+MAX_PER_HOUR = 1_000_000
+MAX_PER_DAY = 24_000_000
+#: The "typing…" shown before a message: a second, plus a second per `TYPING_CHARS`
+#: characters of its text, at most `TYPING_MAX` seconds.
+TYPING_CHARS = 25
+TYPING_MAX = 8.0
+#: The fields a session may set for itself; the others follow the deployment's defaults.
+SENDING_FIELDS = ("interval", "jitter", "per_hour", "per_day", "typing")
+
+
+@dataclass(frozen=True)
+class SendingSettings:
+    """How one session sends: at least `interval` seconds between two messages plus a random
+    `jitter` (0 to `jitter` seconds more, drawn for each gap), at most `per_hour` messages in
+    any 60 minutes and `per_day` in any 24 hours (None: no quota), and "typing…" shown to the
+    recipient before each message when `typing`."""
+
+    interval: float = 1.0
+    jitter: float = 0.0
+    per_hour: int | None = None
+    per_day: int | None = None
+    typing: bool = False
+
+    def check(self) -> SendingSettings:
+        """These settings, or `ValueError` naming what is out of bounds."""
+        for name, value in (("interval", self.interval), ("jitter", self.jitter)):
+            if not 0.0 <= value <= MAX_SEND_PAUSE:
+                raise ValueError(f"{name} must be between 0 and {MAX_SEND_PAUSE:g} seconds")
+        for name, quota, most in (
+            ("per_hour", self.per_hour, MAX_PER_HOUR),
+            ("per_day", self.per_day, MAX_PER_DAY),
+        ):
+            if quota is not None and not 1 <= quota <= most:
+                raise ValueError(f"{name} must be between 1 and {most} (or none)")
+        return self
+
+    def overridden(self, overrides: dict[str, Any]) -> SendingSettings:
+        """These settings (the deployment's defaults) with a session's own `overrides`."""
+        known = {k: v for k, v in overrides.items() if k in SENDING_FIELDS}
+        return replace(self, **known)
+
+
+@dataclass
+class SendLog:
+    """How many messages a session sent in each minute of the last day (``[minute, count]``,
+    oldest first; a minute is ``epoch seconds // 60``) and when it sent the last one (epoch
+    seconds). Built from the recorded ``MessageSent`` events only."""
+
+    minutes: list[list[int]] = field(default_factory=list)
+    last: float | None = None
+
+    def add(self, at: float) -> None:
+        """One message sent at `at`; minutes that no window counts any more are dropped."""
+        minute = int(at // SEND_BUCKET)
+        if self.minutes and self.minutes[-1][0] == minute:
+            self.minutes[-1][1] += 1
+        else:
+            self.minutes.append([minute, 1])
+        self.last = at if self.last is None else max(self.last, at)
+        while self.minutes and _expiry(self.minutes[0][0], DAY) <= at:
+            self.minutes.pop(0)
+
+
+def _expiry(minute: int, window: float) -> float:
+    """When a send counted in `minute` stops counting in a window of `window` seconds."""
+    return (minute + 1) * SEND_BUCKET + window
+
+
+@dataclass
+class _Window:
+    """One quota's window while a schedule is worked out: sends still counted, by expiry."""
+
+    quota: int
+    length: float
+    counted: deque[list[float]]  # [expiry, count], oldest first
+    total: int = 0
+
+    def forget_until(self, at: float) -> None:
+        while self.counted and self.counted[0][0] <= at:
+            self.total -= int(self.counted.popleft()[1])
+
+    def opens_at(self) -> float | None:
+        """When this window has room for one more (None: it has now)."""
+        over = self.total - self.quota + 1
+        if over <= 0:
+            return None
+        for expiry, count in self.counted:
+            over -= int(count)
+            if over <= 0:
+                return expiry
+        raise AssertionError("a full window counts its sends")  # pragma: no cover
+
+    def add(self, at: float) -> None:
+        expiry = _expiry(int(at // SEND_BUCKET), self.length)
+        if self.counted and self.counted[-1][0] == expiry:
+            self.counted[-1][1] += 1
+        else:
+            self.counted.append([expiry, 1])
+        self.total += 1
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """A session's quotas at an instant: messages counted in the hour's and the day's
+    windows, what is left (None: no quota), and when the next message may go as far as the
+    quotas are concerned (None: now)."""
+
+    sent_hour: int
+    sent_day: int
+    remaining_hour: int | None
+    remaining_day: int | None
+    opens_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PacePolicy:
+    """When a session's next message may go: the pace (at least `interval`, plus a jitter
+    drawn for each gap, after the last message sent) and the quotas (rolling windows of an
+    hour and a day, counted from the recorded sends: the count survives restarts and
+    takeovers). Pure: the clock and the random draws are passed in."""
+
+    def gap(self, settings: SendingSettings, rng: random.Random | None = None) -> float:
+        """Seconds between two messages: `interval` plus 0 to `jitter`."""
+        if settings.jitter <= 0:
+            return settings.interval
+        return settings.interval + (rng or random).uniform(0.0, settings.jitter)
+
+    def schedule(
+        self, settings: SendingSettings, log: SendLog, now: datetime, count: int
+    ) -> list[datetime]:
+        """The earliest instants at which the quotas let the next `count` messages of the
+        queue go, in order, each sent as soon as it may (the pace not counted): a message
+        waits while either window holds its quota."""
+        at = now.timestamp()
+        windows = [
+            _Window(quota, length, deque())
+            for quota, length in ((settings.per_hour, HOUR), (settings.per_day, DAY))
+            if quota is not None
+        ]
+        if not windows:
+            return [now] * count
+        for window in windows:
+            for minute, sent in log.minutes:
+                expiry = _expiry(minute, window.length)
+                if expiry > at:
+                    window.counted.append([expiry, sent])
+                    window.total += sent
+        if all(window.total + count <= window.quota for window in windows):
+            return [now] * count  # room for all of them now
+        times: list[datetime] = []
+        for _ in range(count):
+            while True:
+                for window in windows:
+                    window.forget_until(at)
+                opens = [o for o in (w.opens_at() for w in windows) if o is not None]
+                if not opens:
+                    break
+                at = max(opens)
+            times.append(now if at == now.timestamp() else _instant(at, now))
+            for window in windows:
+                window.add(at)
+        return times
+
+    def quota(self, settings: SendingSettings, log: SendLog, now: datetime) -> QuotaState:
+        """The session's quotas at `now`."""
+        at = now.timestamp()
+        hour = sum(c for m, c in log.minutes if _expiry(m, HOUR) > at)
+        day = sum(c for m, c in log.minutes if _expiry(m, DAY) > at)
+        (opens,) = self.schedule(settings, log, now, 1)
+        return QuotaState(
+            sent_hour=hour,
+            sent_day=day,
+            remaining_hour=None if settings.per_hour is None else max(0, settings.per_hour - hour),
+            remaining_day=None if settings.per_day is None else max(0, settings.per_day - day),
+            opens_at=None if opens <= now else opens,
+        )
+
+    def next_send_at(
+        self, settings: SendingSettings, log: SendLog, now: datetime, gap: float
+    ) -> datetime:
+        """When the next message may go: `gap` seconds (see `gap`) after the last message
+        sent, and not before the quotas allow; `now` when both allow it already."""
+        (allowed,) = self.schedule(settings, log, now, 1)
+        if log.last is not None:
+            paced = _instant(log.last + gap, now)
+            allowed = max(allowed, paced)
+        return max(allowed, now)
+
+    def typing_seconds(self, text: str) -> float:
+        """How long "typing…" is shown before a text: grows with its length, capped."""
+        return min(TYPING_MAX, 1.0 + len(text) / TYPING_CHARS)
+
+
+def _instant(seconds: float, like: datetime) -> datetime:
+    """Epoch `seconds` as a datetime in the time zone of `like`."""
+    return datetime.fromtimestamp(seconds, like.tzinfo)

@@ -24,7 +24,14 @@ from domain.errors import (
     UnknownApiKey,
 )
 from domain.outbox import Outbox, QueuedMessage, message_fingerprint
-from domain.policy import ReconnectPolicy, Restriction, RestrictionPolicy
+from domain.policy import (
+    SENDING_FIELDS,
+    ReconnectPolicy,
+    Restriction,
+    RestrictionPolicy,
+    SendingSettings,
+    SendLog,
+)
 from domain.proxy import ProxyAddress
 from domain.values import (
     MAX_REQUESTS_PER_MINUTE,
@@ -227,6 +234,10 @@ class Session(Aggregate):
         message_id: str
         whatsapp_id: str
 
+        def apply(self, aggregate: Any) -> None:
+            # The quotas count sends by the time they were recorded: this event's own.
+            aggregate.outbox.count_sent(self.timestamp.timestamp())
+
     class MessageDelivered(Event):
         TOPIC = "sessiond:Session.MessageDelivered"
         message_id: str
@@ -267,8 +278,19 @@ class Session(Aggregate):
         TOPIC = "sessiond:Session.ProxyCleared"
         actor: str
 
+    class SendingSet(Event):
+        """The session's own sending settings (`domain.policy.SendingSettings` field names;
+        a field left out follows the deployment's default; a quota of None: no quota)."""
+
+        TOPIC = "sessiond:Session.SendingSet"
+        settings: dict[str, Any]
+        actor: str
+
     # Class-level defaults keep snapshots taken before these attributes existed loadable.
     proxy_url: str | None = None  # masked
+    #: The session's own sending settings (`SendingSet`); what is not here follows the
+    #: deployment's defaults. None (shared, never mutated): all of them do.
+    sending: dict[str, Any] | None = None
     proxy_password: str = ""
     detail: str | None = None
     retry_attempt: int = 0
@@ -311,7 +333,7 @@ class Session(Aggregate):
         self.retry_attempt = 0
         self.next_retry_at: datetime | None = None
         self.degraded = False
-        self.outbox = Outbox()
+        self.outbox = Outbox(sends=SendLog())
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -772,6 +794,33 @@ class Session(Aggregate):
     def _clear_proxy(self, actor: str) -> None:
         self.proxy_url = None
         self.proxy_password = ""
+
+    # -- sending pace and quotas -------------------------------------------------------------
+
+    def set_sending(self, settings: dict[str, Any], actor: str) -> bool:
+        """Send with these settings of its own from now on (a field left out follows the
+        deployment's default); `InvalidValue` for an unknown field or a value out of bounds.
+        False (nothing recorded) if they are the session's settings already."""
+        self.check_not_deleted()
+        unknown = sorted(set(settings) - set(SENDING_FIELDS))
+        if unknown:
+            raise InvalidValue(f"unknown sending settings: {', '.join(unknown)}")
+        try:
+            SendingSettings().overridden(settings).check()
+        except ValueError as error:
+            raise InvalidValue(str(error)) from None
+        if settings == (self.sending or {}):
+            return False
+        self._set_sending(dict(settings), actor)
+        return True
+
+    @event(SendingSet)
+    def _set_sending(self, settings: dict[str, Any], actor: str) -> None:
+        self.sending = dict(settings)
+
+    def sending_settings(self, defaults: SendingSettings) -> SendingSettings:
+        """How the session sends: `defaults` (the deployment's) with its own settings."""
+        return defaults.overridden(self.sending or {})
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -184,6 +184,7 @@ class Container:
                     keys=self.settings.max_keys_per_session,
                     webhooks=self.settings.max_webhooks_per_session,
                 ),
+                sending=self.settings.sending_defaults(),
             )
             # The views read here share the application's connection pool: PostgreSQL's
             # connections are counted across every process. Each is the active generation's

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
+from domain.policy import MAX_PER_DAY, MAX_PER_HOUR, SendingSettings
+
 
 class SettingsError(Exception):
     """A setting is missing or malformed."""
@@ -51,6 +53,13 @@ class Settings:
     max_body_bytes: int
     log_level: str
     send_interval: float = 1.0
+    #: Seconds (0 to this) added at random to each gap between two messages of a session.
+    send_jitter: float = 0.0
+    #: Messages a session sends in any 60 minutes / 24 hours at most (None: no quota).
+    messages_per_hour: int | None = None
+    messages_per_day: int | None = None
+    #: Show "typing…" to the recipient before each message.
+    send_typing: bool = False
     cipher_key: str | None = None
     webhooks_allow_private: bool = False
     webhooks_private_only: bool = False
@@ -82,6 +91,16 @@ class Settings:
     direct_database_url: str | None = None
     #: The most connections of a process's pool (None: its roles' budget, `infra.bootstrap`).
     pool_max: int | None = None
+
+    def sending_defaults(self) -> SendingSettings:
+        """How sessions send unless they set their own (``PUT /sessions/{id}/sending``)."""
+        return SendingSettings(
+            interval=self.send_interval,
+            jitter=self.send_jitter,
+            per_hour=self.messages_per_hour,
+            per_day=self.messages_per_day,
+            typing=self.send_typing,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +135,10 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=reader.choice("LOG_FORMAT", "text", ("text", "json")),
             send_interval=reader.number("SEND_INTERVAL", 1.0, 0.0, 60.0),
+            send_jitter=reader.number("SEND_JITTER", 0.0, 0.0, 3600.0),
+            messages_per_hour=reader.optional_integer("MESSAGES_PER_HOUR", 1, MAX_PER_HOUR),
+            messages_per_day=reader.optional_integer("MESSAGES_PER_DAY", 1, MAX_PER_DAY),
+            send_typing=reader.choice("SEND_TYPING", "false", ("true", "false")) == "true",
             cipher_key=reader.optional("CIPHER_KEY"),
             webhooks_allow_private=private_targets in ("true", "only"),
             webhooks_private_only=private_targets == "only",
@@ -254,6 +277,12 @@ class _Reader:
         if not low <= value <= high:
             raise SettingsError(f"SESSIOND_{name}={raw!r}: expected between {low} and {high}")
         return value
+
+    def optional_integer(self, name: str, low: int, high: int) -> int | None:
+        """An integer within bounds, or None when the variable is unset."""
+        if self.optional(name) is None:
+            return None
+        return self.integer(name, low, low, high)
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.optional(name)

@@ -131,6 +131,11 @@ class GatewayProjection(Projection[GatewayView]):
         self._apply(event, GatewayChange(queued=1, send_at=event.timestamp), tracking)
 
     @process_event.register
+    def _sending_set(self, event: Session.SendingSet, tracking: Tracking) -> None:
+        # New pace or quotas: the holder looks at a waiting queue again at once.
+        self._apply(event, GatewayChange(send_at=event.timestamp), tracking)
+
+    @process_event.register
     def _message_sent(self, event: Session.MessageSent, tracking: Tracking) -> None:
         self._apply(event, GatewayChange(queued=-1), tracking)
 

@@ -15,6 +15,7 @@ from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
 from api.context import ApiContext
 from api.controllers.common import call, context, problems, reached, settle
+from api.controllers.sending import sending_state
 from api.presenters import message_out
 from api.problems import ProblemError
 from api.schemas import (
@@ -25,9 +26,10 @@ from api.schemas import (
     MessageStatusValue,
     SendMessageIn,
 )
+from application.errors import SessionNotFound
 from application.phones import InvalidPhone, normalize_recipient
-from application.sessions import QueuedMessageResult
-from domain.values import session_uuid
+from application.sessions import QueuedMessageResult, SendingState
+from domain.values import MessageStatus, session_uuid
 from projections.messages import OUTBOUND, MessageRow
 from projections.status import SessionRow
 
@@ -50,6 +52,35 @@ IdempotencyKey = Annotated[
 ]
 
 
+def quota_headers(state: SendingState) -> dict[str, str]:
+    """``X-Messages-Limit-Hour``/``-Day`` (the session's quotas) and
+    ``X-Messages-Remaining-Hour``/``-Day``: how many more messages queued now would still go
+    within the window (the quota, less the messages sent in it, less those waiting in the
+    queue), never below 0; none for a quota the session does not have."""
+    headers: dict[str, str] = {}
+    settings, quota = state.settings, state.quota
+    for name, limit, remaining in (
+        ("Hour", settings.per_hour, quota.remaining_hour),
+        ("Day", settings.per_day, quota.remaining_day),
+    ):
+        if limit is not None and remaining is not None:
+            headers[f"X-Messages-Limit-{name}"] = str(limit)
+            headers[f"X-Messages-Remaining-{name}"] = str(max(0, remaining - state.queued))
+    return headers
+
+
+async def _holds(ctx: ApiContext, session_id: str, rows: list[MessageRow]) -> dict[str, datetime]:
+    """When the session's quotas let each of its queued `rows` go (only those held back),
+    from its recorded sends and queue; nothing read when none of `rows` is queued."""
+    if not any(row.status == MessageStatus.QUEUED for row in rows):
+        return {}
+    try:
+        state = await call(sending_state, ctx.app, session_id)
+    except SessionNotFound:
+        return {}
+    return state.holds
+
+
 class MessagesController(Controller):
     tags = ["messages"]  # noqa: RUF012 - Litestar reads it as a class attribute
     security = API_KEY_SECURITY
@@ -70,8 +101,11 @@ class MessagesController(Controller):
     ) -> Response[MessageOut]:
         """Queue a text for sending. It goes out in order once the session is connected
         (at once if it is), paced; follow its status with GET. While the session is
-        disconnected, stopped or pairing, it waits in the queue. Once recorded, the answer is
-        202 even if the views lag (then a GET may briefly not find it)."""
+        disconnected, stopped or pairing, it waits in the queue; over the session's hour or
+        day quota it waits too, and says when it goes (`nextAttemptAt`). For each quota the
+        session has, `X-Messages-Limit-Hour`/`-Day` give it and `X-Messages-Remaining-Hour`/
+        `-Day` how many more queued now would go within its window. Once recorded, the
+        answer is 202 even if the views lag (then a GET may briefly not find it)."""
         ctx = context(request)
         try:
             to = normalize_recipient(data.to)
@@ -84,7 +118,7 @@ class MessagesController(Controller):
         row = await self._row_once_visible(ctx, result)
         session = ctx.read_models.session(session_id) or access.session
         if row is not None:
-            return self._answer(row, data.text, session, replayed=result.replayed)
+            return self._answer(row, data.text, session, result)
         # Recorded, but the messages view has not caught up in time: the answer is built from
         # what was recorded, so that the client has the message id and does not send again.
         now = datetime.now(UTC)
@@ -100,7 +134,7 @@ class MessagesController(Controller):
             version=0,
             position=result.position or 0,
         )
-        return self._answer(queued, data.text, session, replayed=result.replayed)
+        return self._answer(queued, data.text, session, result)
 
     @staticmethod
     async def _row_once_visible(ctx: ApiContext, result: QueuedMessageResult) -> MessageRow | None:
@@ -121,12 +155,17 @@ class MessagesController(Controller):
 
     @staticmethod
     def _answer(
-        row: MessageRow, text: str, session: SessionRow, *, replayed: bool
+        row: MessageRow, text: str, session: SessionRow, result: QueuedMessageResult
     ) -> Response[MessageOut]:
         headers = {"Location": f"/sessions/{row.session_id}/messages/{row.message_id}"}
-        if replayed:
+        if result.replayed:
             headers["Idempotent-Replayed"] = "true"
-        return Response(message_out(row, text, session), status_code=202, headers=headers)
+        sending = result.sending
+        holds = sending.holds if sending is not None else None
+        if sending is not None:
+            headers.update(quota_headers(sending))
+        out = message_out(row, text, session, holds)
+        return Response(out, status_code=202, headers=headers)
 
     @get(
         SESSION + "/messages/{message_id:str}",
@@ -145,7 +184,8 @@ class MessagesController(Controller):
         if row is None or row.session_id != access.session.session_id:
             raise ProblemError(404, "message-not-found", f"the session has no message {message_id}")
         texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
-        return message_out(row, texts.get(row.version), access.session)
+        holds = await _holds(ctx, row.session_id, [row])
+        return message_out(row, texts.get(row.version), access.session, holds)
 
     @get(
         SESSION + "/messages",
@@ -180,5 +220,6 @@ class MessagesController(Controller):
         texts = await call(
             ctx.message_texts, session_uuid(session_id), [row.version for row in rows]
         )
-        items = [message_out(row, texts.get(row.version), access.session) for row in rows]
+        holds = await _holds(ctx, session_id, rows)
+        items = [message_out(row, texts.get(row.version), access.session, holds) for row in rows]
         return MessagePageOut(items=items, next=rows[-1].position if len(rows) == limit else None)

@@ -102,8 +102,9 @@ class SessionsController(Controller):
         ctx = context(request)
         requests_per_minute = data.rate_limit.requests_per_minute if data.rate_limit else None
         proxy = data.proxy.url if data.proxy else None
+        sending = data.sending.settings() if data.sending else None
         created = await call(
-            partial(ctx.app.create_session, proxy=proxy),
+            partial(ctx.app.create_session, proxy=proxy, sending=sending),
             data.name,
             data.labels,
             requests_per_minute,

@@ -11,6 +11,7 @@ from typing import Any
 
 from api.context import ApiContext
 from api.dashboard.chart import Chart, chart, window
+from application.sessions import SendingState
 from domain.values import session_uuid
 from projections.history import HistoryEntry, session_history
 from projections.keys import KeyRow
@@ -36,6 +37,7 @@ class SessionDetails:
     webhooks: list[Webhook]
     proxy: str | None = None  # the session's proxy, its password masked
     now: datetime = EARLIEST  # when it was read (whether keys are past their expiry)
+    sending: SendingState | None = None  # its pace and quotas, and where they stand
 
     @property
     def active_keys(self) -> int:
@@ -62,6 +64,7 @@ def details(ctx: ApiContext, row: SessionRow) -> SessionDetails:
     begin, end = window(now)
     transitions = ctx.uptime.transitions(session_uuid(row.session_id), begin, end)
     endpoints = ctx.webhook_queries.endpoints_of(row.session_id)
+    session = ctx.app.load(session_uuid(row.session_id))
     return SessionDetails(
         keys=keys(ctx, row.session_id),
         now=now,
@@ -76,5 +79,6 @@ def details(ctx: ApiContext, row: SessionRow) -> SessionDetails:
             )
             for e in endpoints
         ],
-        proxy=ctx.app.load(session_uuid(row.session_id)).proxy_url,
+        proxy=session.proxy_url,
+        sending=ctx.app.sending_state(session, now),
     )

@@ -31,6 +31,7 @@ def _database_url(settings: Settings) -> tuple[str, Any]:
 #: The commands that run a service (the others do one thing and exit).
 SERVICES = frozenset({"serve", "api", "worker", "projector"})
 
+
 def _serve_http(
     roles: str,
     host: str,

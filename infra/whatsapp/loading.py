@@ -31,6 +31,8 @@ class Neonize:
     send_message_error: type[Exception]  # what `send_message` raises (a `neonize_error`)
     session_client: Any  # `SessionClient`, defined once neonize is imported
     proxy_settings: Any  # `ProxySettings(proxy_address=...)`, what `connect()` takes
+    chat_presence: Any  # `ChatPresence`: composing or paused, for `send_chat_presence`
+    chat_presence_media: Any  # `ChatPresenceMedia`: text
 
 
 _neonize: Neonize | None = None
@@ -78,7 +80,11 @@ def import_neonize() -> Neonize:
                 from neonize.exc import NeonizeError, SendMessageError  # noqa: PLC0415
                 from neonize.proto import Neonize_pb2  # noqa: PLC0415
                 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message  # noqa: PLC0415
-                from neonize.utils.enum import ClientName  # noqa: PLC0415
+                from neonize.utils.enum import (  # noqa: PLC0415
+                    ChatPresence,
+                    ChatPresenceMedia,
+                    ClientName,
+                )
                 from neonize.utils.jid import Jid2String, JIDToNonAD, build_jid  # noqa: PLC0415
                 from neonize.utils.message import extract_text  # noqa: PLC0415
         finally:
@@ -102,6 +108,8 @@ def import_neonize() -> Neonize:
             send_message_error=SendMessageError,
             session_client=_define_session_client(NewClient),
             proxy_settings=ProxySettings,
+            chat_presence=ChatPresence,
+            chat_presence_media=ChatPresenceMedia,
         )
         return _neonize
 

@@ -99,6 +99,7 @@ from infra.whatsapp.devicestore import (
 from infra.whatsapp.link import LinkCheck
 from infra.whatsapp.loading import (
     GO_ENTRY,
+    Neonize,
     default_factory,
     import_neonize,
     spawn_daemon,
@@ -302,15 +303,19 @@ class NeonizeGateway(WhatsAppGateway):
             raise GatewayError("WhatsApp refused the pairing code; try again") from exc
         return str(code)
 
-    def send_text(self, session_id: UUID, to: str, text: str) -> SentMessage:
+    def _connected_link(self, session_id: UUID) -> _Link:
+        """The session's link if its client is connected (never call into Go otherwise)."""
         with self._lock:
             link = self._links.get(session_id)
             connected = link is not None and not link.ended and link.connected
         if link is None or not connected:
             raise NotConnected("the session is not connected")
+        return link
+
+    def send_text(self, session_id: UUID, to: str, text: str) -> SentMessage:
+        link = self._connected_link(session_id)
         nz = import_neonize()
-        user, at, server = to.rpartition("@")
-        recipient = nz.build_jid(user, server) if at else nz.build_jid(to.lstrip("+"))
+        recipient = _recipient(nz, to)
         try:
             # A Message, not a str: neonize would scan a str for @mentions, and for each
             # "@...@g.us" token make a network call.
@@ -323,6 +328,21 @@ class NeonizeGateway(WhatsAppGateway):
             datetime.fromtimestamp(response.Timestamp, UTC) if response.Timestamp else self._clock()
         )
         return SentMessage(message_id=str(response.ID), timestamp=timestamp)
+
+    def send_chat_presence(self, session_id: UUID, to: str, *, composing: bool) -> None:
+        link = self._connected_link(session_id)
+        nz = import_neonize()
+        state = (
+            nz.chat_presence.CHAT_PRESENCE_COMPOSING
+            if composing
+            else (nz.chat_presence.CHAT_PRESENCE_PAUSED)
+        )
+        try:
+            link.client.send_chat_presence(
+                _recipient(nz, to), state, nz.chat_presence_media.CHAT_PRESENCE_MEDIA_TEXT
+            )
+        except Exception as exc:
+            raise GatewayError(f"WhatsApp did not take the chat presence: {exc}") from exc
 
     def running(self) -> set[UUID]:
         with self._lock:
@@ -717,6 +737,12 @@ class NeonizeGateway(WhatsAppGateway):
         finalizer = getattr(link.client, "_stop_finalizer", None)
         if finalizer is not None:
             finalizer.detach()  # its Stop(uuid) at GC time could hit a newer client
+
+
+def _recipient(nz: Neonize, to: str) -> Any:
+    """The JID `to` (``user@server``, or a bare number) as neonize takes it."""
+    user, at, server = to.rpartition("@")
+    return nz.build_jid(user, server) if at else nz.build_jid(to.lstrip("+"))
 
 
 def _answered(link: _Link, handler: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:

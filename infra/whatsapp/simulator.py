@@ -80,6 +80,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         self._timers = TimerThread("simulator")
         self._proxies: dict[UUID, str | None] = {}
         self._banned: dict[UUID, datetime] = {}  # session -> the end of its ban
+        self._presences: dict[UUID, list[tuple[datetime, str, str]]] = {}
 
     @property
     def events(self) -> GatewayEvents:
@@ -146,6 +147,19 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         if to.startswith("0"):
             raise RecipientRejected(f"{to} is not on WhatsApp (simulated)")
         return SentMessage(_whatsapp_id(), datetime.now(UTC))
+
+    def send_chat_presence(self, session_id: UUID, to: str, *, composing: bool) -> None:
+        with self._lock:
+            client = self._clients.get(session_id)
+            if client is None or client.phase != "connected":
+                raise NotConnected("the session is not connected")
+            state = "composing" if composing else "paused"
+            self._presences.setdefault(session_id, []).append((datetime.now(UTC), to, state))
+
+    def presences(self, session_id: UUID) -> list[tuple[datetime, str, str]]:
+        """The chat presences the session sent, oldest first: (when, to, composing|paused)."""
+        with self._lock:
+            return list(self._presences.get(session_id, ()))
 
     def running(self) -> set[UUID]:
         with self._lock:

@@ -320,6 +320,20 @@ def test_send_text_needs_a_connected_session(rig: Rig) -> None:
         rig.gateway.send_text(sid, "15557654321", "hello")
 
 
+def test_a_chat_presence_needs_a_connected_session_and_then_is_taken(rig: Rig) -> None:
+    sid = uuid4()
+    with pytest.raises(NotConnected):
+        rig.gateway.send_chat_presence(sid, "15557654321@s.whatsapp.net", composing=True)
+    rig.gateway.start(sid, None)
+    rig.wait_name(sid, "qr_issued")
+    with pytest.raises(NotConnected):
+        rig.gateway.send_chat_presence(sid, "15557654321@s.whatsapp.net", composing=True)
+    rig.phone.scan(sid)
+    rig.wait_name(sid, "connected")
+    rig.gateway.send_chat_presence(sid, "15557654321@s.whatsapp.net", composing=True)
+    rig.gateway.send_chat_presence(sid, "15557654321@s.whatsapp.net", composing=False)
+
+
 # -- a connected session ------------------------------------------------------------------------
 
 

@@ -179,6 +179,7 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
         self.sent: list[tuple[Any, Any]] = []
         self.recipients: dict[str, str] = {}  # WhatsApp's id of each message sent → its JID
         self.send_error: Exception | None = None
+        self.presences: list[tuple[Any, Any, Any]] = []  # (jid, ChatPresence, ChatPresenceMedia)
         self.logouts = 0
         self.pair_calls: list[tuple[Any, ...]] = []
         self.proxy_settings: Any = None  # what `connect()` was given (neonize's ProxySettings)
@@ -256,6 +257,11 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
         message_id = f"3EB0{len(self.sent):06d}"
         self.recipients[message_id] = jid
         return PB.SendResponse(ID=message_id, Timestamp=SENT_AT, ServerID=0)
+
+    def send_chat_presence(self, jid: Any, state: Any, media: Any) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        self.presences.append((jid, state, media))
 
     def logout(self) -> None:
         """whatsmeow unlinks the device and deletes it from its store."""

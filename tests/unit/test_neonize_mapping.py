@@ -671,6 +671,24 @@ def test_send_text_when_connected_sends_a_plain_conversation(rig: Rig) -> None:
         rig.gateway.send_text(sid, "15557654321", "hello")
 
 
+def test_typing_is_neonizes_chat_presence_composing_then_paused_for_text(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    rig.gateway.send_chat_presence(sid, "15557654321@s.whatsapp.net", composing=True)
+    rig.gateway.send_chat_presence(sid, "+15557654321", composing=False)
+    (to, composing, media), (again, paused, _) = client.presences
+    assert (to.User, to.Server) == ("15557654321", "s.whatsapp.net")
+    assert (again.User, again.Server) == ("15557654321", "s.whatsapp.net")
+    assert composing == NZ.chat_presence.CHAT_PRESENCE_COMPOSING
+    assert paused == NZ.chat_presence.CHAT_PRESENCE_PAUSED
+    assert media == NZ.chat_presence_media.CHAT_PRESENCE_MEDIA_TEXT
+    client.send_error = NZ.neonize_error("presence refused")
+    with pytest.raises(GatewayError, match="presence refused"):
+        rig.gateway.send_chat_presence(sid, "15557654321", composing=True)
+    feed(client, PB.Disconnected(status=True))
+    with pytest.raises(NotConnected):
+        rig.gateway.send_chat_presence(sid, "15557654321", composing=True)
+
+
 @pytest.mark.parametrize(
     ("error", "raised"),
     [

@@ -120,6 +120,10 @@ def test_a_snapshot_of_the_previous_release_loads_as_its_events_replayed() -> No
         ]
         replayed = replay(own)
         assert restored.version == replayed.version == stored.originator_version
+        # The old snapshot counted no sends: its send log is unknown (rebuilt from the
+        # events when the application loads the session), the rest is the same.
+        assert restored.outbox.sends is None and replayed.outbox.sends is not None
+        restored.outbox.sends = replayed.outbox.sends
         assert restored.outbox == replayed.outbox
         assert vars(restored).keys() == vars(replayed).keys()
         assert {k: v for k, v in vars(restored).items() if k != "_pending_events"} == {
