@@ -64,6 +64,7 @@ class Reason(StrEnum):
     SERVICE_RESTARTED = "service_restarted"  # the gateway restarted; resumed at once
     GATEWAY_LOST = "gateway_lost"  # the worker that held the session died; taken over
     HANDED_OVER = "handed_over"  # its worker handed it to another (rebalance, stop): resumed
+    SILENT = "silent"  # connected, but nothing came and the active check failed: recycled
 
 
 ADMIN_ACTOR = "admin"

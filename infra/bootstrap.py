@@ -289,6 +289,8 @@ class Container:
             tick=self.settings.worker_tick,
             deadline_tick=min(0.5, self.settings.worker_tick),
             send_interval=self.settings.send_interval,
+            silence_after=self.settings.silence_after,
+            silence_check_timeout=self.settings.silence_check_timeout,
             claim_batch=self.settings.restore_batch,
             move_batch=self.settings.move_batch,
         )

@@ -51,6 +51,10 @@ class Settings:
     max_body_bytes: int
     log_level: str
     send_interval: float = 1.0
+    #: Seconds without a word from WhatsApp after which a connected session is silent
+    #: (0: the watchdog is off), and the longest wait for the answer to its active check.
+    silence_after: float = 1800.0
+    silence_check_timeout: float = 20.0
     cipher_key: str | None = None
     webhooks_allow_private: bool = False
     webhooks_private_only: bool = False
@@ -116,6 +120,8 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=reader.choice("LOG_FORMAT", "text", ("text", "json")),
             send_interval=reader.number("SEND_INTERVAL", 1.0, 0.0, 60.0),
+            silence_after=reader.number("SILENCE_AFTER", 1800.0, 0.0, 2_592_000.0),
+            silence_check_timeout=reader.number("SILENCE_CHECK_TIMEOUT", 20.0, 0.5, 120.0),
             cipher_key=reader.optional("CIPHER_KEY"),
             webhooks_allow_private=private_targets in ("true", "only"),
             webhooks_private_only=private_targets == "only",
