@@ -164,8 +164,11 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             if client is None or client.phase != "connected":
                 raise NotConnected("the session is not connected")
             answered = not client.silent or client.answers_checks
-        if not answered:
-            raise GatewayError("WhatsApp did not answer the check (simulated silence)")
+        if not answered:  # as with WhatsApp: no answer comes, the wait runs out
+            time.sleep(timeout)
+            raise GatewayError(
+                f"WhatsApp did not answer the check within {timeout:g} s (simulated)"
+            )
 
     def running(self) -> set[UUID]:
         with self._lock:
