@@ -193,8 +193,11 @@ class GatewayWorker:
         self.silence = SilencePolicy(
             timedelta(seconds=after) if after > 0 else None, self.timings.silence_check_timeout
         )
-        # The silence watchdog: when to look at each session next (under `_lock`), and the
-        # sessions being looked at (checks may wait for WhatsApp: threads of their own).
+        # The silence watchdog: when to look at each session next, and the sessions being
+        # looked at (checks may wait for WhatsApp: threads of their own). A lock of their own:
+        # the gateway's reports note connections under it, and must never wait for `_lock`
+        # (held while a client is stopped, which waits for the report being delivered).
+        self._looks_lock = threading.Lock()
         self._looks: dict[UUID, datetime] = {}
         self._looking: set[UUID] = set()
         self._checkers = ThreadPoolExecutor(8, thread_name_prefix="worker-silence")
@@ -841,12 +844,12 @@ class GatewayWorker:
     def _look_now(self, session_id: UUID) -> None:
         """The session connected: the watchdog looks at it at its next tick."""
         if self.silence.enabled:
-            with self._lock:
+            with self._looks_lock:
                 self._looks[session_id] = datetime.now(UTC)
 
     def _look_at(self, session_id: UUID, when: datetime | None) -> None:
         if when is not None:
-            with self._lock:
+            with self._looks_lock:
                 self._looks[session_id] = min(when, self._looks.get(session_id, when))
 
     def silence_tick(self) -> None:
@@ -855,8 +858,9 @@ class GatewayWorker:
         if not self._renewed_recently():
             return
         now = datetime.now(UTC)
-        with self._lock:
-            for session_id in [s for s in self._looks if s not in self._held]:
+        held = self._held  # read without `_lock`, as `holds` does: one membership test each
+        with self._looks_lock:
+            for session_id in [s for s in self._looks if s not in held]:
                 del self._looks[session_id]  # not ours any more: its next holder looks
             due = [s for s, at in self._looks.items() if at <= now and s not in self._looking]
             for session_id in due:
@@ -866,7 +870,7 @@ class GatewayWorker:
             try:
                 self._checkers.submit(self._watch_silence, session_id)
             except RuntimeError:  # stopping: the pool is shut down
-                with self._lock:
+                with self._looks_lock:
                     self._looking.discard(session_id)
 
     def _watch_silence(self, session_id: UUID) -> None:
@@ -876,7 +880,7 @@ class GatewayWorker:
             log.exception("the silence watchdog failed for %s; looking again soon", session_id)
             self._look_at(session_id, datetime.now(UTC) + timedelta(seconds=5 * self.timings.tick))
         finally:
-            with self._lock:
+            with self._looks_lock:
                 self._looking.discard(session_id)
 
     def _judge_silence(self, session_id: UUID) -> None:
