@@ -7,6 +7,7 @@ answered keeps the session connected; a worker that takes the session over keeps
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from datetime import datetime, timedelta
@@ -198,6 +199,24 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         )
         assert shown["status"] == "connected"
         dashboard.close()
+
+        # Check the event stream carries the health changes, and its filter knows the type.
+        url = f"/sessions/{session_id}/events/stream?types=session.health-changed&after=0"
+        streamed = []
+        with client.stream("GET", url, headers=dict(ADMIN)) as stream:
+            assert stream.status_code == 200
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    streamed.append(json.loads(line.removeprefix("data: "))["data"])
+                if len(streamed) == 4:
+                    break
+        assert [(d["health"], d["reason"]) for d in streamed] == [
+            ("degraded", "silent"),
+            ("healthy", None),
+            ("degraded", "silent"),
+            ("healthy", None),
+        ]
+        assert [d.get("cause") for d in streamed[1::2]] == ["reconnected", "checked"]
 
 
 def test_a_worker_that_takes_a_session_over_keeps_its_silence_clock(
