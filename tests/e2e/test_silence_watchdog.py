@@ -3,7 +3,8 @@ a session that never received anything is not judged; traffic keeps a watched on
 a silent link is recorded degraded (``silent``: status, dashboard, /metrics, a signed
 ``session.health-changed`` webhook), checked, recycled when the check is not answered (the
 disconnection recorded with its reason) and healthy again once reconnected; a check that is
-answered keeps the session connected; a worker that takes the session over keeps its clock."""
+answered keeps the session connected; a worker that takes the session over, and a restarted
+server, keep its clock."""
 
 from __future__ import annotations
 
@@ -273,3 +274,41 @@ def test_a_worker_that_takes_a_session_over_keeps_its_silence_clock(
         shown = status(client, created)
         assert shown["status"] == "connected" and shown["health"] == "healthy"
         assert len(of_type(history(client, created), "Disconnected")) == 1
+
+
+def test_a_restarted_server_keeps_the_silence_clock(
+    start: Any, sessiond_env: dict[str, str]
+) -> None:
+    after = 30.0  # a restart of `serve` here takes about 15 s
+    env = {**sessiond_env, "SESSIOND_SILENCE_AFTER": str(after)}
+    server: Sessiond = start("serve", env)
+    with server.client() as client:
+        created = create_session(client, "Restarted")
+        scan(client, created)
+        simulate(client, created, "inbound", sender=FRIEND, text="the last word")
+        heard_at = at(of_type(history(client, created), "MessageReceived")[0])
+    server.stop()
+
+    server = start("serve", env)
+    with server.client() as client:
+        events = eventually(
+            lambda: len(of_type(got := history(client, created), "Connected")) == 2 and got,
+            what="resumed after the restart",
+        )
+        resumed = of_type(events, "Connected")[-1]
+        assert [e["data"]["reason"] for e in of_type(events, "Disconnected")] == [
+            "service_restarted"
+        ]
+        assert at(resumed) - heard_at < timedelta(seconds=after - 3), "the restart was too slow"
+
+        # Check the silence is judged from the last word, not from the resumed connection.
+        silenced = eventually(
+            lambda: of_type(history(client, created), "Silenced"),
+            timeout=after + 5,
+            what="the session found silent",
+        )
+        silenced_at = at(silenced[0])
+        assert timedelta(seconds=after) <= silenced_at - heard_at < timedelta(seconds=after + 2.5)
+        assert silenced_at < at(resumed) + timedelta(seconds=after - 2)
+        ended = eventually(lambda: of_type(history(client, created), "SilenceEnded"))
+        assert ended[0]["data"]["cause"] == "checked"
