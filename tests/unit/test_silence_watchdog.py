@@ -31,6 +31,7 @@ from domain.policy import (
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, Reason, public_session_id
 from domain.webhook import EVENT_TYPES
+from infra.settings import Settings, SettingsError
 from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
 from projections.webhooks import webhook_event
 from tests.unit.helpers import catch_up, create, popo_app
@@ -373,3 +374,26 @@ def test_metrics_count_degraded_sessions_by_reason() -> None:
     assert 'sessiond_sessions_degraded{reason="keepalive_failing"} 1.0' in text
     assert 'sessiond_sessions_health{health="degraded"} 3.0' in text
     assert 'sessiond_sessions_health{health="unhealthy"} 1.0' in text
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_the_period_and_the_check_timeout_are_settings_and_zero_turns_the_watchdog_off() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.silence_after, defaults.silence_check_timeout) == (1800.0, 20.0)
+    off = Settings.from_env({"SESSIOND_SILENCE_AFTER": "0"})
+    assert off.silence_after == 0.0
+    short = Settings.from_env(
+        {"SESSIOND_SILENCE_AFTER": "2.5", "SESSIOND_SILENCE_CHECK_TIMEOUT": "1"}
+    )
+    assert (short.silence_after, short.silence_check_timeout) == (2.5, 1.0)
+    for name, bad in (
+        ("SILENCE_AFTER", "-1"),
+        ("SILENCE_AFTER", "soon"),
+        ("SILENCE_AFTER", "9999999"),
+        ("SILENCE_CHECK_TIMEOUT", "0"),
+        ("SILENCE_CHECK_TIMEOUT", "600"),
+    ):
+        with pytest.raises(SettingsError, match=f"SESSIOND_{name}="):
+            Settings.from_env({f"SESSIOND_{name}": bad})
