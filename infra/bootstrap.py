@@ -438,6 +438,7 @@ class Container:
             replay_max_events=self.settings.replay_max_events,
             live_feed=PostgresLiveFeed(self.app, capacity=self.settings.stream_buffer),
             stream_heartbeat=self.settings.stream_heartbeat,
+            silence_after=self.settings.silence_after,
             max_streams_per_session=self.settings.max_streams_per_session,
             expensive_reads=ExpensiveReads(
                 self.settings.expensive_readers,

@@ -15,7 +15,7 @@ from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
-from domain.policy import SilencePolicy
+from domain.policy import ReconnectPolicy, SilencePolicy
 from domain.session import Session
 from domain.values import DesiredState, Reason, Status, public_session_id
 from projections.uptime import split_by_day, uptime_percent
@@ -70,6 +70,7 @@ class SessionRow(msgspec.Struct, kw_only=True):
     # since when the session is silent (health degraded, reason "silent"), if it is.
     heard_at: datetime | None = None
     silent_since: datetime | None = None
+    receives: bool = False  # received a message or a receipt since its device was linked
     # Uptime (see `projections.uptime`): from the first link on, seconds in service (meant
     # to be running), and of those, seconds connected, both counted up to `marked_at`; the
     # open interval since then is added when read.
@@ -275,6 +276,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             degraded=False,
             connected_at=None,
             **_NO_QR,
+            **(_NEW_DEVICE if ReconnectPolicy.needs_new_qr(event.reason) else {}),
         )
 
     @process_event.register
@@ -399,11 +401,19 @@ class SessionStatusProjection(Projection[SessionStatusView]):
 
     @process_event.register
     def _message_delivered(self, event: Session.MessageDelivered, tracking: Tracking) -> None:
-        self._update(event, tracking, heard_at=event.timestamp, count={"messages_delivered": 1})
+        self._update(
+            event,
+            tracking,
+            heard_at=event.timestamp,
+            receives=True,
+            count={"messages_delivered": 1},
+        )
 
     @process_event.register
     def _message_read(self, event: Session.MessageRead, tracking: Tracking) -> None:
-        self._update(event, tracking, heard_at=event.timestamp, count={"messages_read": 1})
+        self._update(
+            event, tracking, heard_at=event.timestamp, receives=True, count={"messages_read": 1}
+        )
 
     @process_event.register
     def _message_received(self, event: Session.MessageReceived, tracking: Tracking) -> None:
@@ -412,6 +422,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             tracking,
             last_activity_at=event.timestamp,
             heard_at=event.timestamp,
+            receives=True,
             count={"messages_received": 1},
         )
 
@@ -455,6 +466,8 @@ _NO_RETRY: dict[str, Any] = {
     "next_retry_at": None,
     "degraded": False,
 }
+#: The device is gone: the next one is watched once it receives something.
+_NEW_DEVICE: dict[str, Any] = {"receives": False}
 _NO_QR: dict[str, Any] = {
     "qr_code": None,
     "qr_expires_at": None,

@@ -133,6 +133,24 @@ def line(row: SessionRow, now: datetime) -> Line:
     )
 
 
+def watchdog(row: SessionRow, silence_after: float) -> tuple[str, str]:
+    """The silence watchdog's state for the session (a key, and its words)."""
+    if silence_after <= 0:
+        return "off", "off (SESSIOND_SILENCE_AFTER=0)"
+    period = _period(silence_after)
+    if not row.receives:
+        return "waiting", f"not yet: from its first message or receipt on (then {period})"
+    return "watching", f"watching: silent after {period} without a word from WhatsApp"
+
+
+def _period(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 @dataclass(frozen=True)
 class ListPage:
     lines: list[Line]

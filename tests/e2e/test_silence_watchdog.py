@@ -88,6 +88,9 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         scan(client, created)
 
         # Check a session that never received anything is not judged silent.
+        dashboard = signed_in(server)
+        page = dashboard.get(f"/dashboard/sessions/{session_id}")
+        assert 'data-watchdog="waiting"' in page.text
         time.sleep(after + 1.5)
         shown = status(client, created)
         assert shown["health"] == "healthy" and shown["healthReason"] is None
@@ -102,6 +105,9 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         assert not of_type(history(client, created), "Silenced")
         heard = status(client, created)["lastHeardAt"]
         assert heard is not None
+        page = dashboard.get(f"/dashboard/sessions/{session_id}")
+        assert 'data-watchdog="watching"' in page.text
+        assert "silent after 3 s without a word" in page.text
 
         # Check a silent link (texts lost, the check unanswered) is degraded, reason silent,
         # on the status, the dashboard and /metrics, while its check waits for an answer.
@@ -120,7 +126,6 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         ) >= timedelta(seconds=after)
         assert metric(client, 'sessiond_sessions_degraded{reason="silent"}') == 1.0
         assert metric(client, 'sessiond_sessions_health{health="degraded"}') == 1.0
-        dashboard = signed_in(server)
         page = dashboard.get(f"/dashboard/sessions/{session_id}")
         assert 'data-health-reason="silent"' in page.text
         assert "degraded (silent)" in page.text

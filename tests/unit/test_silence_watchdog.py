@@ -15,7 +15,7 @@ from eventsourcing.domain import Snapshot
 from prometheus_client import CollectorRegistry, generate_latest
 
 from api.controllers.metrics import SessionsCollector
-from api.dashboard.present import line, state_of
+from api.dashboard.present import line, state_of, watchdog
 from api.presenters import health, health_reason, session_out, status_out
 from application.ports import InboundMessage
 from application.sessions import SessionsApplication
@@ -397,3 +397,35 @@ def test_the_period_and_the_check_timeout_are_settings_and_zero_turns_the_watchd
     ):
         with pytest.raises(SettingsError, match=f"SESSIOND_{name}="):
             Settings.from_env({f"SESSIOND_{name}": bad})
+
+
+def test_the_dashboard_says_whether_the_watchdog_watches_the_session() -> None:
+    app = popo_app()
+    projection = SessionStatusProjection(MemorySessionStatusView())
+    session_id, uuid = create(app)
+    app.record_connected(uuid, JID, "Ann")
+    catch_up(app, projection)
+
+    def row() -> SessionRow:
+        found = projection.view.get_session(session_id)
+        assert found is not None
+        return found
+
+    assert watchdog(row(), 1800) == (
+        "waiting",
+        "not yet: from its first message or receipt on (then 30 min)",
+    )
+    app.record_received(uuid, InboundMessage("3A01", FRIEND, FRIEND, "hi", NOW))
+    catch_up(app, projection)
+    assert watchdog(row(), 1800) == (
+        "watching",
+        "watching: silent after 30 min without a word from WhatsApp",
+    )
+    assert watchdog(row(), 7200)[1].endswith("after 2 h without a word from WhatsApp")
+    assert watchdog(row(), 2.5)[1].endswith("after 2.5 s without a word from WhatsApp")
+    assert watchdog(row(), 0) == ("off", "off (SESSIOND_SILENCE_AFTER=0)")
+    # a new device waits for its first message again, as the session does
+    app.record_disconnected(uuid, Reason.LOGGED_OUT, "unlinked")
+    catch_up(app, projection)
+    assert not row().receives and not app.load(uuid).receives
+    assert watchdog(row(), 1800)[0] == "waiting"
