@@ -77,3 +77,5 @@ class ApiContext:
     stream_heartbeat: float = 15.0
     #: Streams one session may hold open in a process (SESSIOND_MAX_STREAMS_PER_SESSION).
     max_streams_per_session: int = 10
+    #: The silence watchdog's period in seconds (SESSIOND_SILENCE_AFTER; 0: off), shown.
+    silence_after: float = 1800.0

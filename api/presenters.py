@@ -9,6 +9,7 @@ from typing import Any, cast
 from api.schemas import (
     EventOut,
     Health,
+    HealthReason,
     KeyOut,
     MessageOut,
     MetricsOut,
@@ -33,17 +34,27 @@ QUOTA_REASON = "quota"
 
 def health(row: SessionRow) -> Health:
     """``stopped`` (the operator stopped it), ``healthy`` (connected, keepalives answered),
-    ``degraded`` (connected, but WhatsApp stopped answering keepalives), ``starting``
-    (connecting: waiting for a scan, a resume or a retry), ``unhealthy`` (disconnected or
-    expired while it is meant to be running; `reason` says why, `nextRetryAt` when the
-    service tries again, if it does)."""
+    ``degraded`` (connected, but WhatsApp stopped answering keepalives, or nothing was heard
+    for the silence watchdog's period: see `health_reason`), ``starting`` (connecting:
+    waiting for a scan, a resume or a retry), ``unhealthy`` (disconnected or expired while it
+    is meant to be running; `reason` says why, `nextRetryAt` when the service tries again, if
+    it does)."""
     if row.desired == DesiredState.STOPPED:
         return "stopped"
     if row.status == Status.CONNECTED:
-        return "degraded" if row.degraded else "healthy"
+        return "degraded" if row.degraded or row.silent_since is not None else "healthy"
     if row.status == Status.CONNECTING:
         return "starting"
     return "unhealthy"
+
+
+def health_reason(row: SessionRow) -> HealthReason | None:
+    """Why a connected session is degraded (None: it is not)."""
+    if row.desired == DesiredState.STOPPED or row.status != Status.CONNECTED:
+        return None
+    if row.degraded:
+        return "keepalive_failing"
+    return "silent" if row.silent_since is not None else None
 
 
 def rate_limit(row: SessionRow, default: int) -> RateLimitOut:
@@ -93,6 +104,7 @@ def session_out(row: SessionRow, default_rpm: int) -> SessionOut:
         qr=qr,
         rate_limit=rate_limit(row, default_rpm),
         restriction=restriction_out(row),
+        health_reason=health_reason(row),
     )
 
 
@@ -119,6 +131,9 @@ def status_out(row: SessionRow, now: datetime | None = None) -> StatusOut:
         last_activity_at=row.last_activity_at,
         updated_at=row.updated_at,
         restriction=restriction_out(row),
+        health_reason=health_reason(row),
+        last_heard_at=row.heard_at,
+        silent_since=row.silent_since if health_reason(row) == "silent" else None,
     )
 
 

@@ -24,6 +24,18 @@ LABEL_FILTER_PATTERN = f"^{LABEL_PART}:{LABEL_PART}$"
 LabelFilter = Annotated[str, Meta(pattern=LABEL_FILTER_PATTERN)]
 StatusValue = Literal["connecting", "connected", "disconnected", "expired"]
 Health = Literal["healthy", "degraded", "starting", "unhealthy", "stopped"]
+#: Why a connected session is degraded: its keepalives fail, or nothing was heard for the
+#: silence watchdog's period.
+HealthReason = Annotated[
+    Literal["keepalive_failing", "silent"],
+    Meta(
+        description=(
+            "why the session is degraded: keepalive_failing (WhatsApp stopped answering its "
+            "keepalives) or silent (connected, but nothing heard for SESSIOND_SILENCE_AFTER: "
+            "the worker checks the link and recycles it if it does not answer)"
+        )
+    ),
+]
 #: An uptime figure (see `projections.uptime`): a percentage, null with no time in service.
 Percentage = Annotated[float, Meta(ge=0, le=100)]
 UPTIME = (
@@ -248,6 +260,7 @@ class SessionOut(Out):
     qr: QrSummaryOut | None
     rate_limit: RateLimitOut
     restriction: RestrictionOut | None = None
+    health_reason: HealthReason | None = None
 
 
 Phone = Annotated[
@@ -281,6 +294,11 @@ class BanIn(Body):
 
 class KeepAliveIn(Body):
     healthy: bool
+
+
+class SilentIn(Body):
+    #: Whether WhatsApp answers the silence watchdog's active check while the link is silent.
+    answers_checks: bool = False
 
 
 class KeyCreatedOut(Out):
@@ -365,6 +383,12 @@ class StatusOut(Out):
     last_activity_at: datetime | None
     updated_at: datetime
     restriction: RestrictionOut | None = None
+    health_reason: HealthReason | None = None
+    #: When WhatsApp was last heard on the link (a message or receipt came in, keepalives
+    #: recovered, the watchdog's check was answered, or a new connection was made).
+    last_heard_at: datetime | None = None
+    #: Since when the session is silent (health degraded, reason silent), if it is.
+    silent_since: datetime | None = None
 
 
 class KeyOut(Out):
@@ -515,6 +539,7 @@ WebhookEventType = Literal[
     "session.deleted",
     "session.restricted",
     "session.restriction-lifted",
+    "session.health-changed",
     "message.received",
     "message.sent",
     "message.delivered",

@@ -66,6 +66,7 @@ ROUTE_SCOPES: dict[str, str] = {
     "simulateReplace": ADMIN_ONLY,
     "simulateBan": ADMIN_ONLY,
     "simulateOutdated": ADMIN_ONLY,
+    "simulateSilence": ADMIN_ONLY,
     "simulateKeepalive": ADMIN_ONLY,
     "simulateInbound": ADMIN_ONLY,
     "simulateAck": ADMIN_ONLY,

@@ -181,6 +181,12 @@ class WhatsAppGateway(ABC):
         WhatsApp did not take it."""
 
     @abstractmethod
+    def ping(self, session_id: UUID, timeout: float) -> None:
+        """One round trip to WhatsApp on the session's connection (the silence watchdog's
+        active check), waiting `timeout` seconds at most. Raises `NotConnected` unless the
+        session's client is connected, and `GatewayError` when WhatsApp does not answer."""
+
+    @abstractmethod
     def running(self) -> set[UUID]:
         """The sessions that have a client (pairing, connecting or connected) right now."""
 
@@ -228,6 +234,12 @@ class PhoneSimulator(ABC):
     @abstractmethod
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         """Keepalive pings start failing (False) or work again (True)."""
+
+    @abstractmethod
+    def silence(self, session_id: UUID, answers_checks: bool) -> None:
+        """The connected session goes silent: its link stays up, but nothing reaches it any
+        more (texts sent to it and receipts are lost) until its next connection; the active
+        check is answered or not as `answers_checks` says."""
 
     @abstractmethod
     def inbound(self, session_id: UUID, sender: str, text: str) -> int | None:

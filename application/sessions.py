@@ -38,11 +38,15 @@ from domain.outbox import Outbox, QueuedMessage, RecentMessage
 from domain.policy import (
     DAY,
     SEND_BUCKET,
+    Hearing,
     PacePolicy,
     QuotaState,
     ReconnectPolicy,
     SendingSettings,
     SendLog,
+    SilenceEnd,
+    SilencePolicy,
+    SilenceStep,
 )
 from domain.proxy import parse_proxy_url
 from domain.session import ApiKey, Session
@@ -608,6 +612,34 @@ class SessionsApplication(Application[UUID]):
                 session.lose_keepalive()
 
         return self._gateway_change(session_id, change)
+
+    # -- the silence watchdog ---------------------------------------------------------------
+
+    def hearing(self, session_id: UUID) -> Hearing:
+        """What the recorded events say of the session's link, for the silence watchdog."""
+        return self.load(session_id).hearing
+
+    def record_silent(self, session_id: UUID, policy: SilencePolicy, now: datetime) -> bool:
+        """Record the session silent if `policy` finds it so at `now`, judged on its events as
+        they are when saved. Whether it is silent now (recorded by this call or before), so
+        that its worker checks it."""
+        steps: list[SilenceStep] = []
+
+        def silence(session: Session) -> None:
+            steps[:] = [policy.judge(session.hearing, now).step]
+            if steps[0] == SilenceStep.SILENCE:
+                session.fall_silent()
+
+        self._gateway_change(session_id, silence)
+        return bool(steps) and steps[0] in (SilenceStep.SILENCE, SilenceStep.CHECK)
+
+    def record_check_passed(self, session_id: UUID) -> int | None:
+        """WhatsApp answered the watchdog's active check: the silence ends (``checked``)."""
+
+        def end(session: Session) -> None:
+            session.end_silence(SilenceEnd.CHECKED)
+
+        return self._gateway_change(session_id, end)
 
     def retry(self, session_id: UUID) -> Resume | None:
         """Record that the service tries again and say what to start; None when a retry no

@@ -11,6 +11,10 @@
 - Client outdated: never — only a new sessiond release helps.
 - The service or the worker holding the session went away, or handed it over: at once
   (attempt 1 has no delay).
+- The silence watchdog recycled a connection that stayed silent (``silent``): at once.
+
+The silence watchdog (`SilencePolicy`), the send, restriction, deadline and delivery policies
+follow.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ BACKOFF_REASONS = frozenset(
         Reason.STORE_UNAVAILABLE,
     }
 )
-IMMEDIATE_REASONS = frozenset({Reason.SERVICE_RESTARTED, Reason.GATEWAY_LOST, Reason.HANDED_OVER})
+#: A session disconnected for one of these was fine: only its worker changed (it restarted,
+#: died, or handed the session over). Its silence clock runs on through the new connection.
+TAKEOVER_REASONS = frozenset({Reason.SERVICE_RESTARTED, Reason.GATEWAY_LOST, Reason.HANDED_OVER})
+IMMEDIATE_REASONS = TAKEOVER_REASONS | {Reason.SILENT}
 NEEDS_QR_REASONS = frozenset(
     {Reason.LOGGED_OUT, Reason.DEVICE_UNLINKED, Reason.QR_EXPIRED, Reason.PAIRING_FAILED}
 )
@@ -127,6 +134,103 @@ class SendPolicy:
         if tries < self.attempts:
             return SendVerdict(retry_in=self.pause(tries))
         return SendVerdict(fail=FailureReason.SEND_FAILED)
+
+
+# -- the silence watchdog -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """What the recorded events say of a session's link, for the silence watchdog.
+
+    `heard_at` is the last time WhatsApp was heard on it: a message received, a delivery or
+    read receipt, keepalives working again, an active check answered, or a new connection
+    (not one that only resumed the session after its worker changed: that keeps the clock).
+    `receives` says whether anything (a message or a receipt) came in since its device was
+    linked; `silent_since` when it was found silent (None: it is not).
+    """
+
+    connected: bool
+    keepalive_failing: bool
+    receives: bool
+    heard_at: datetime | None
+    silent_since: datetime | None = None
+
+
+class SilenceStep(StrEnum):
+    """What the watchdog does for a session now."""
+
+    IGNORE = "ignore"  # not watched now (off, not connected, keepalives failing, never receives)
+    WAIT = "wait"  # heard recently enough: look again at `look_again_at`
+    SILENCE = "silence"  # silent for too long: record it (degraded), then check
+    CHECK = "check"  # recorded silent, not checked yet (e.g. its worker changed): check
+
+
+@dataclass(frozen=True)
+class SilenceVerdict:
+    step: SilenceStep
+    #: When to look at the session again (None: when something changes, e.g. it connects).
+    look_again_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SilencePolicy:
+    """When a connected session is silent, and what follows.
+
+    - A session is watched while it is connected, its keepalives work (failing keepalives
+      already make it degraded, and whatsmeow recycles that link itself), and it has received
+      something (a message or a receipt) since its device was linked: one that never
+      receives is never silent. `after` None (or zero) turns the watchdog off.
+    - Silent: nothing heard for `after`. It is recorded (health ``degraded``, reason
+      ``silent``), and the worker makes one active check, a round trip to WhatsApp of at most
+      `check_timeout` seconds: answered, the silence ends (``checked``) and the clock starts
+      again; not answered, the connection is recycled (disconnected ``silent``, reconnected at
+      once), and the new connection ends the silence (``reconnected``).
+    - A session recorded silent but not checked (its worker changed meanwhile) is checked by
+      its next worker.
+    """
+
+    after: timedelta | None = timedelta(minutes=30)
+    check_timeout: float = 20.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.after is not None and self.after > timedelta(0)
+
+    def judge(self, hearing: Hearing, now: datetime) -> SilenceVerdict:
+        """What to do at `now` for a session whose link is as `hearing` says."""
+        after = self.after
+        if after is None or after <= timedelta(0):
+            return SilenceVerdict(SilenceStep.IGNORE)
+        if not hearing.connected:
+            return SilenceVerdict(SilenceStep.IGNORE)  # its next connection is looked at
+        if hearing.keepalive_failing or not hearing.receives or hearing.heard_at is None:
+            return SilenceVerdict(SilenceStep.IGNORE, now + after)
+        if hearing.silent_since is not None:
+            return SilenceVerdict(SilenceStep.CHECK)
+        due = hearing.heard_at + after
+        if now < due:
+            return SilenceVerdict(SilenceStep.WAIT, due)
+        return SilenceVerdict(SilenceStep.SILENCE)
+
+    @staticmethod
+    def keeps_the_clock(previous_reason: str | None) -> bool:
+        """Whether a connection made after a disconnection for `previous_reason` keeps the
+        silence clock running (the session only changed workers) rather than restarting it."""
+        return previous_reason in TAKEOVER_REASONS
+
+    @staticmethod
+    def recycles(check_passed: bool) -> Reason | None:
+        """Why the connection is recycled after the active check, or None: it answered."""
+        return None if check_passed else Reason.SILENT
+
+
+class SilenceEnd(StrEnum):
+    """Why a silence ended."""
+
+    HEARD = "heard"  # a message or a receipt came in
+    CHECKED = "checked"  # the active check was answered
+    RECONNECTED = "reconnected"  # a new connection (the recycled one, or an operator's)
 
 
 # -- restrictions -----------------------------------------------------------------------------

@@ -26,11 +26,14 @@ from domain.errors import (
 from domain.outbox import Outbox, QueuedMessage, message_fingerprint
 from domain.policy import (
     SENDING_FIELDS,
+    Hearing,
     ReconnectPolicy,
     Restriction,
     RestrictionPolicy,
     SendingSettings,
     SendLog,
+    SilenceEnd,
+    SilencePolicy,
 )
 from domain.proxy import ProxyAddress
 from domain.values import (
@@ -161,6 +164,18 @@ class Session(Aggregate):
 
     class KeepAliveRestored(Event):
         TOPIC = "sessiond:Session.KeepAliveRestored"
+
+    class Silenced(Event):
+        """The session is connected but nothing was heard from WhatsApp since `heard_at`
+        for longer than the watchdog allows (see `domain.policy.SilencePolicy`): its health
+        is degraded until the silence ends."""
+
+        TOPIC = "sessiond:Session.Silenced"
+        heard_at: datetime | None
+
+    class SilenceEnded(Event):
+        TOPIC = "sessiond:Session.SilenceEnded"
+        cause: str  # a `domain.policy.SilenceEnd`
 
     class QRExpired(Event):
         TOPIC = "sessiond:Session.QRExpired"
@@ -299,6 +314,10 @@ class Session(Aggregate):
     restriction_kind: str | None = None
     restriction_until: datetime | None = None
     restriction_detail: str = ""
+    # The silence watchdog's clock (see `hearing`).
+    heard_at: datetime | None = None
+    receives: bool = False
+    silent_since: datetime | None = None
     RESTRICTIONS: ClassVar[RestrictionPolicy] = RestrictionPolicy()
     exported_as: str | None = None  # the export id, once exported
     exported_at: datetime | None = None
@@ -397,13 +416,22 @@ class Session(Aggregate):
     def connect(self, jid: str, push_name: str, worker: str = "") -> None:
         self.check_running("cannot connect")
         self.check_status("cannot connect", Status.CONNECTING, Status.DISCONNECTED)
+        keeps_the_clock = SilencePolicy.keeps_the_clock(self.reason)
         self._connect(jid, push_name, worker)
         restriction = self.restriction
         if restriction is not None:
             self._lift_restriction(restriction.kind, "connected")
+        if not keeps_the_clock:
+            self._end_silence_for(SilenceEnd.RECONNECTED)
 
     @event(Connected)
-    def _connect(self, jid: str, push_name: str, worker: str) -> None:
+    def _connect(
+        self, jid: str, push_name: str, worker: str, timestamp: datetime | None = None
+    ) -> None:
+        # A new connection restarts the silence clock, unless it only resumed the session
+        # after its worker changed (the reason of the disconnection is still the status's).
+        if not SilencePolicy.keeps_the_clock(self.reason):
+            self.heard_at = timestamp
         self.status = Status.CONNECTED.value
         self.reason = None
         self.jid = jid
@@ -453,6 +481,7 @@ class Session(Aggregate):
         self.degraded = False
         if ReconnectPolicy.needs_new_qr(reason):
             self.jid = None  # the device is gone: the next start pairs a new one
+            self.receives = False  # a new device is watched once it receives something
         self._clear_qr()
 
     def attempt_reconnect(self, now: datetime | None = None) -> None:
@@ -512,6 +541,7 @@ class Session(Aggregate):
     @event(KeepAliveLost)
     def _lose_keepalive(self) -> None:
         self.degraded = True
+        self.silent_since = None  # degraded for a known reason; whatsmeow recycles the link
 
     def restore_keepalive(self) -> bool:
         """Keepalive pings work again. False if the session was not degraded."""
@@ -523,8 +553,52 @@ class Session(Aggregate):
         return True
 
     @event(KeepAliveRestored)
-    def _restore_keepalive(self) -> None:
+    def _restore_keepalive(self, timestamp: datetime | None = None) -> None:
         self.degraded = False
+        self.heard_at = timestamp
+
+    # -- the silence watchdog ---------------------------------------------------------------
+
+    @property
+    def hearing(self) -> Hearing:
+        """What the silence watchdog judges the session by."""
+        return Hearing(
+            connected=self.status == Status.CONNECTED,
+            keepalive_failing=self.degraded,
+            receives=self.receives,
+            heard_at=self.heard_at,
+            silent_since=self.silent_since,
+        )
+
+    def fall_silent(self) -> bool:
+        """Nothing was heard for too long (the policy decided it): the session is degraded.
+        False (nothing recorded) if it is silent already, or degraded by its keepalives."""
+        self.check_running("cannot be silent")
+        self.check_status("cannot be silent", Status.CONNECTED)
+        if self.silent_since is not None or self.degraded:
+            return False
+        self._fall_silent(self.heard_at)
+        return True
+
+    @event(Silenced)
+    def _fall_silent(self, heard_at: datetime | None, timestamp: datetime | None = None) -> None:
+        self.silent_since = timestamp
+
+    def end_silence(self, cause: SilenceEnd) -> bool:
+        """The silence ends for `cause`; False (nothing recorded) if the session is not silent."""
+        self.check_not_deleted()
+        return self._end_silence_for(cause)
+
+    def _end_silence_for(self, cause: SilenceEnd) -> bool:
+        if self.silent_since is None:
+            return False
+        self._end_silence(cause.value)
+        return True
+
+    @event(SilenceEnded)
+    def _end_silence(self, cause: str, timestamp: datetime | None = None) -> None:
+        self.silent_since = None
+        self.heard_at = timestamp
 
     def expire_qr(self) -> None:
         self.check_running("cannot expire the QR code")
@@ -899,22 +973,34 @@ class Session(Aggregate):
         )
         if status == MessageStatus.DELIVERED and current == MessageStatus.SENT:
             self._deliver(message_id, at)
-            return True
-        if status == MessageStatus.READ and current in (
+        elif status == MessageStatus.READ and current in (
             MessageStatus.SENT,
             MessageStatus.DELIVERED,
         ):
             self._read(message_id, at)
-            return True
-        return False
+        else:
+            return False
+        self._end_silence_for(SilenceEnd.HEARD)
+        return True
 
     @event(MessageDelivered)
-    def _deliver(self, message_id: str, acknowledged_at: datetime) -> None:
+    def _deliver(
+        self, message_id: str, acknowledged_at: datetime, timestamp: datetime | None = None
+    ) -> None:
         self.outbox.set_status(message_id, MessageStatus.DELIVERED)
+        self._heard(timestamp)
 
     @event(MessageRead)
-    def _read(self, message_id: str, acknowledged_at: datetime) -> None:
+    def _read(
+        self, message_id: str, acknowledged_at: datetime, timestamp: datetime | None = None
+    ) -> None:
         self.outbox.set_status(message_id, MessageStatus.READ)
+        self._heard(timestamp)
+
+    def _heard(self, at: datetime | None) -> None:
+        """Something came in from WhatsApp at `at` (a message, a receipt)."""
+        self.heard_at = at
+        self.receives = True
 
     def receive_message(
         self,
@@ -941,7 +1027,9 @@ class Session(Aggregate):
             text=text,
             push_name=push_name[:100],
             sent_at=sent_at,
+            timestamp=None,  # the event's own (eventsourcing requires keyword-only arguments)
         )
+        self._end_silence_for(SilenceEnd.HEARD)
         return True
 
     @event(MessageReceived)
@@ -955,8 +1043,10 @@ class Session(Aggregate):
         text: str,
         push_name: str,
         sent_at: datetime,
+        timestamp: datetime | None = None,
     ) -> None:
         self.outbox.receive(whatsapp_id)
+        self._heard(timestamp)
 
     def _clear_retry(self) -> None:
         self.detail = None

@@ -65,6 +65,7 @@ class Reason(StrEnum):
     GATEWAY_LOST = "gateway_lost"  # the worker that held the session died; taken over
     HANDED_OVER = "handed_over"  # its worker handed it to another (rebalance, stop): resumed
     EXPORTED = "exported"  # moved to another deployment (`sessiond session export`): never resumed
+    SILENT = "silent"  # connected, but nothing came and the active check failed: recycled
 
 
 ADMIN_ACTOR = "admin"

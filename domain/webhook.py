@@ -26,6 +26,7 @@ EVENT_TYPES = (
     "session.deleted",
     "session.restricted",
     "session.restriction-lifted",
+    "session.health-changed",
     "message.received",
     "message.sent",
     "message.delivered",

@@ -292,6 +292,8 @@ class Container:
             tick=self.settings.worker_tick,
             deadline_tick=min(0.5, self.settings.worker_tick),
             send_interval=self.settings.send_interval,
+            silence_after=self.settings.silence_after,
+            silence_check_timeout=self.settings.silence_check_timeout,
             claim_batch=self.settings.restore_batch,
             move_batch=self.settings.move_batch,
         )
@@ -447,6 +449,7 @@ class Container:
             replay_max_events=self.settings.replay_max_events,
             live_feed=PostgresLiveFeed(self.app, capacity=self.settings.stream_buffer),
             stream_heartbeat=self.settings.stream_heartbeat,
+            silence_after=self.settings.silence_after,
             max_streams_per_session=self.settings.max_streams_per_session,
             expensive_reads=ExpensiveReads(
                 self.settings.expensive_readers,

@@ -60,6 +60,10 @@ class Settings:
     messages_per_day: int | None = None
     #: Show "typing…" to the recipient before each message.
     send_typing: bool = False
+    #: Seconds without a word from WhatsApp after which a connected session is silent
+    #: (0: the watchdog is off), and the longest wait for the answer to its active check.
+    silence_after: float = 1800.0
+    silence_check_timeout: float = 20.0
     cipher_key: str | None = None
     webhooks_allow_private: bool = False
     webhooks_private_only: bool = False
@@ -139,6 +143,8 @@ class Settings:
             messages_per_hour=reader.optional_integer("MESSAGES_PER_HOUR", 1, MAX_PER_HOUR),
             messages_per_day=reader.optional_integer("MESSAGES_PER_DAY", 1, MAX_PER_DAY),
             send_typing=reader.choice("SEND_TYPING", "false", ("true", "false")) == "true",
+            silence_after=reader.number("SILENCE_AFTER", 1800.0, 0.0, 2_592_000.0),
+            silence_check_timeout=reader.number("SILENCE_CHECK_TIMEOUT", 20.0, 0.5, 120.0),
             cipher_key=reader.optional("CIPHER_KEY"),
             webhooks_allow_private=private_targets in ("true", "only"),
             webhooks_private_only=private_targets == "only",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -14,6 +15,7 @@ from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 
+from domain.policy import ReconnectPolicy, SilencePolicy
 from domain.session import Session
 from domain.values import DesiredState, Reason, Status, public_session_id
 from projections.uptime import split_by_day, uptime_percent
@@ -64,6 +66,11 @@ class SessionRow(msgspec.Struct, kw_only=True):
     restriction_until: datetime | None = None  # a ban's end; None: until a person acts
     restriction_detail: str | None = None
     restricted_at: datetime | None = None
+    # The silence watchdog (`Session.hearing`): when WhatsApp was last heard on the link, and
+    # since when the session is silent (health degraded, reason "silent"), if it is.
+    heard_at: datetime | None = None
+    silent_since: datetime | None = None
+    receives: bool = False  # received a message or a receipt since its device was linked
     # Uptime (see `projections.uptime`): from the first link on, seconds in service (meant
     # to be running), and of those, seconds connected, both counted up to `marked_at`; the
     # open interval since then is added when read.
@@ -239,9 +246,15 @@ class SessionStatusProjection(Projection[SessionStatusView]):
 
     @process_event.register
     def _connected(self, event: Session.Connected, tracking: Tracking) -> None:
+        def heard(row: SessionRow) -> dict[str, Any]:
+            # A connection after the session only changed workers keeps the silence clock.
+            keeps = SilencePolicy.keeps_the_clock(row.reason)
+            return {} if keeps else {"heard_at": event.timestamp}
+
         self._update(
             event,
             tracking,
+            derive=heard,
             link=True,
             status=Status.CONNECTED.value,
             reason=None,
@@ -265,6 +278,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             degraded=False,
             connected_at=None,
             **_NO_QR,
+            **(_NEW_DEVICE if ReconnectPolicy.needs_new_qr(event.reason) else {}),
         )
 
     @process_event.register
@@ -302,11 +316,19 @@ class SessionStatusProjection(Projection[SessionStatusView]):
 
     @process_event.register
     def _keepalive_lost(self, event: Session.KeepAliveLost, tracking: Tracking) -> None:
-        self._update(event, tracking, degraded=True)
+        self._update(event, tracking, degraded=True, silent_since=None)
 
     @process_event.register
     def _keepalive_restored(self, event: Session.KeepAliveRestored, tracking: Tracking) -> None:
-        self._update(event, tracking, degraded=False)
+        self._update(event, tracking, degraded=False, heard_at=event.timestamp)
+
+    @process_event.register
+    def _silenced(self, event: Session.Silenced, tracking: Tracking) -> None:
+        self._update(event, tracking, silent_since=event.timestamp)
+
+    @process_event.register
+    def _silence_ended(self, event: Session.SilenceEnded, tracking: Tracking) -> None:
+        self._update(event, tracking, silent_since=None, heard_at=event.timestamp)
 
     @process_event.register
     def _qr_expired(self, event: Session.QRExpired, tracking: Tracking) -> None:
@@ -394,16 +416,29 @@ class SessionStatusProjection(Projection[SessionStatusView]):
 
     @process_event.register
     def _message_delivered(self, event: Session.MessageDelivered, tracking: Tracking) -> None:
-        self._update(event, tracking, count={"messages_delivered": 1})
+        self._update(
+            event,
+            tracking,
+            heard_at=event.timestamp,
+            receives=True,
+            count={"messages_delivered": 1},
+        )
 
     @process_event.register
     def _message_read(self, event: Session.MessageRead, tracking: Tracking) -> None:
-        self._update(event, tracking, count={"messages_read": 1})
+        self._update(
+            event, tracking, heard_at=event.timestamp, receives=True, count={"messages_read": 1}
+        )
 
     @process_event.register
     def _message_received(self, event: Session.MessageReceived, tracking: Tracking) -> None:
         self._update(
-            event, tracking, last_activity_at=event.timestamp, count={"messages_received": 1}
+            event,
+            tracking,
+            last_activity_at=event.timestamp,
+            heard_at=event.timestamp,
+            receives=True,
+            count={"messages_received": 1},
         )
 
     def _update(
@@ -414,12 +449,15 @@ class SessionStatusProjection(Projection[SessionStatusView]):
         link: bool = False,
         count_reconnect: bool = False,
         count: dict[str, int] | None = None,
+        derive: Callable[[SessionRow], dict[str, Any]] | None = None,
         **changes: Any,
     ) -> None:
         row = self.view.get_session(public_session_id(event.originator_id))
         if row is None:  # pragma: no cover - a Created event always comes first
             self.view.insert_tracking(tracking)
             return
+        if derive is not None:  # from the row as it was before this event
+            changes.update(derive(row))
         row = advance(row, event.timestamp)
         if link:
             changes.update(first_linked(row, event.timestamp))
@@ -443,6 +481,8 @@ _NO_RETRY: dict[str, Any] = {
     "next_retry_at": None,
     "degraded": False,
 }
+#: The device is gone: the next one is watched once it receives something.
+_NEW_DEVICE: dict[str, Any] = {"receives": False}
 _NO_QR: dict[str, Any] = {
     "qr_code": None,
     "qr_expires_at": None,

@@ -75,6 +75,20 @@ def webhook_event(event: Any) -> tuple[str, dict[str, Any]] | None:  # noqa: PLR
             return "session.restricted", data
         case Session.RestrictionLifted():
             return "session.restriction-lifted", data | {"kind": event.kind, "cause": event.cause}
+        case Session.Silenced():
+            data |= {"health": "degraded", "reason": "silent", "lastHeardAt": _iso(event.heard_at)}
+            return "session.health-changed", data
+        case Session.SilenceEnded():
+            data |= {"health": "healthy", "reason": None, "cause": event.cause}
+            return "session.health-changed", data
+        case Session.KeepAliveLost():
+            return "session.health-changed", data | {
+                "health": "degraded",
+                "reason": "keepalive_failing",
+            }
+        case Session.KeepAliveRestored():
+            data |= {"health": "healthy", "reason": None, "cause": "keepalive_restored"}
+            return "session.health-changed", data
         case Session.MessageReceived():
             data |= {
                 "messageId": event.message_id,

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.controllers.common import call, context
-from api.presenters import health
+from api.presenters import health, health_reason
 from domain.policy import RESTRICTING_REASONS
 from domain.values import Status
 from projections.status import SessionRow
@@ -22,6 +22,7 @@ from projections.status import SessionRow
 STATUSES = tuple(Status)
 RESTRICTION_KINDS = tuple(sorted(RESTRICTING_REASONS))
 HEALTHS = ("healthy", "degraded", "starting", "unhealthy", "stopped")
+HEALTH_REASONS = ("keepalive_failing", "silent")
 MESSAGE_COUNTERS = (
     ("outbound", "sent", "messages_sent"),
     ("outbound", "delivered", "messages_delivered"),
@@ -51,6 +52,16 @@ class SessionsCollector(Collector):
         for name in HEALTHS:
             healths.add_metric([name], by_health.get(name, 0))
         yield healths
+        by_reason: Counter[str | None] = Counter(health_reason(row) for row in self.rows)
+        degraded = GaugeMetricFamily(
+            "sessiond_sessions_degraded",
+            "Connected sessions (not deleted) that are degraded, by reason: keepalives failing, "
+            "or silent (nothing heard for the silence watchdog's period)",
+            labels=["reason"],
+        )
+        for reason in HEALTH_REASONS:
+            degraded.add_metric([reason], by_reason.get(reason, 0))
+        yield degraded
         by_kind = Counter(r.restriction_kind for r in self.rows if r.restriction_kind is not None)
         restricted = GaugeMetricFamily(
             "sessiond_sessions_restricted",

@@ -14,7 +14,7 @@ from api.auth import API_KEY_SECURITY, SessionAccess, provide_admin_access
 from api.controllers.common import call, context, current_row, problems, settle
 from api.presenters import status_out
 from api.problems import ProblemError
-from api.schemas import AckIn, BanIn, InboundIn, KeepAliveIn, StatusOut
+from api.schemas import AckIn, BanIn, InboundIn, KeepAliveIn, SilentIn, StatusOut
 from application.errors import SimulatorError
 from application.phones import InvalidPhone, normalize_recipient
 from domain.values import session_uuid
@@ -109,6 +109,24 @@ class SimulatorController(Controller):
     ) -> StatusOut:
         """Keepalive pings fail (`healthy: false`: the session is degraded) or work again."""
         return await self._act(request, admin_access, "keepalive", {"healthy": data.healthy})
+
+    @post(
+        "/silent",
+        status_code=200,
+        responses=problems(400, 401, 403, 404, 409, 413, 422, 502, 503),
+        operation_id="simulateSilence",
+    )
+    async def silent(
+        self,
+        request: Request[Any, Any, State],
+        admin_access: NamedDependency[SessionAccess],
+        data: JSONBody[SilentIn],
+    ) -> StatusOut:
+        """The link goes silent: it stays connected, but nothing reaches it (texts and receipts
+        are lost) until its next connection; the watchdog's active check is answered only
+        with `answersChecks: true`."""
+        args = {"answers_checks": data.answers_checks}
+        return await self._act(request, admin_access, "silent", args)
 
     @post(
         "/inbound",

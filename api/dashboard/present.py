@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup
 
-from api.presenters import health
+from api.presenters import health, health_reason
 from api.qr import SVG, render
 from domain.values import DesiredState, Status
 from projections.status import SessionRow, status_uptime
@@ -32,7 +32,8 @@ LABELS = {
     "expired": "Expired",
     "stopped": "Stopped",
 }
-#: The list's filters: "connected" includes degraded sessions (connected, keepalives failing).
+#: The list's filters: "connected" includes degraded sessions (connected, keepalives failing
+#: or silent).
 FILTERS = {
     "all": "All",
     "connected": "Connected",
@@ -47,7 +48,7 @@ PER_PAGE = 50
 def state_of(row: SessionRow) -> str:
     if row.desired == DesiredState.STOPPED:
         return "stopped"
-    if row.status == Status.CONNECTED and row.degraded:
+    if row.status == Status.CONNECTED and (row.degraded or row.silent_since is not None):
         return "degraded"
     return row.status if row.status in TONES else "disconnected"
 
@@ -115,6 +116,7 @@ class Line:
     health: str
     uptime: float | None
     banner: Banner | None = None
+    health_reason: str | None = None  # why it is degraded: keepalive_failing, silent
 
 
 def line(row: SessionRow, now: datetime) -> Line:
@@ -127,7 +129,26 @@ def line(row: SessionRow, now: datetime) -> Line:
         health(row),
         status_uptime(row, now),
         banner(row),
+        health_reason(row),
     )
+
+
+def watchdog(row: SessionRow, silence_after: float) -> tuple[str, str]:
+    """The silence watchdog's state for the session (a key, and its words)."""
+    if silence_after <= 0:
+        return "off", "off (SESSIOND_SILENCE_AFTER=0)"
+    period = _period(silence_after)
+    if not row.receives:
+        return "waiting", f"not yet: from its first message or receipt on (then {period})"
+    return "watching", f"watching: silent after {period} without a word from WhatsApp"
+
+
+def _period(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 @dataclass(frozen=True)

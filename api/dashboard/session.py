@@ -17,7 +17,7 @@ from api.context import ApiContext
 from api.controllers.common import call, delete_session, request_pair_code, revoke_key, settle
 from api.dashboard import loaders
 from api.dashboard.live import ViewChanges, stream
-from api.dashboard.present import line, qr_panel
+from api.dashboard.present import line, qr_panel, watchdog
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
 from api.dashboard.web import DashRequest, ctx_of, flash, live_row, page, see_other
@@ -64,6 +64,7 @@ def status_regions(ctx: ApiContext, row: SessionRow, view: str) -> dict[str, str
         now=now,
         view=view,
         default_rpm=ctx.default_requests_per_minute,
+        watch=watchdog(row, ctx.silence_after),
     )
     return {"session-status": html}
 

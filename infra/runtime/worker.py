@@ -19,7 +19,13 @@ is open the worker is alive. Periodic ticks (APScheduler) do the rest:
   sessions out — claimed with ``FOR UPDATE SKIP LOCKED``, so any number of workers is safe;
 - **requests**: calls that must run where the client lives (pairing codes, the simulator),
   once the client is started here; those of a worker that died mid-call are run again by
-  the session's next holder.
+  the session's next holder;
+- **silence**: the watchdog (`domain.policy.SilencePolicy`) looks at each connected session
+  it holds when its clock says it may be silent — when it connects, then when the recorded
+  events say nothing was heard for long enough — records it silent, makes the active check
+  (`WhatsAppGateway.ping`) and recycles a connection that does not answer. The clock is the
+  session's events (`Session.hearing`), so a restart or a takeover keeps it; a look costs one
+  load of the session, about once per silence period.
 
 Locks and the database: the worker's lock (`_lock`) guards what it runs (clients, generations,
 holdings) and is never held while waiting for the database, so that losing the connection
@@ -38,7 +44,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -49,7 +55,9 @@ from psycopg.sql import SQL, Identifier
 from application.errors import (
     ApplicationError,
     ConcurrentChange,
+    GatewayError,
     GatewayFailed,
+    NotConnected,
     SessionNotFound,
 )
 from application.gateway import RecordingGatewayEvents, plan_start
@@ -57,7 +65,7 @@ from application.placement import share, to_hand_over
 from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
-from domain.policy import deadline_rule, gives_up
+from domain.policy import SilencePolicy, SilenceStep, deadline_rule, gives_up
 from domain.values import DeadlineKind, DesiredState, Reason, Status
 from infra.postgres.connect import connect, unreachable
 from infra.postgres.gateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
@@ -93,14 +101,22 @@ class WorkerTimings:
     move_batch: int = 10  # sessions handed to other workers per tick, at most
     deadline_hold: float = 30.0
     send_interval: float = 1.0  # at least this long between two messages of a session
+    silence_after: float = 1800.0  # the silence watchdog's period (0: off)
+    silence_check_timeout: float = 20.0  # the longest wait for the active check's answer
 
 
 class FencedGatewayEvents(GatewayEvents):
     """`GatewayEvents` that drop the reports of sessions `holds` says are not ours."""
 
-    def __init__(self, events: GatewayEvents, holds: Callable[[UUID], bool]) -> None:
+    def __init__(
+        self,
+        events: GatewayEvents,
+        holds: Callable[[UUID], bool],
+        on_connected: Callable[[UUID], None] | None = None,
+    ) -> None:
         self.events = events
         self.holds = holds
+        self.on_connected = on_connected
 
     def _ours(self, session_id: UUID, what: str) -> bool:
         if self.holds(session_id):
@@ -121,7 +137,10 @@ class FencedGatewayEvents(GatewayEvents):
     def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
         if not self._ours(session_id, "connected"):
             return None
-        return self.events.connected(session_id, jid, push_name)
+        position = self.events.connected(session_id, jid, push_name)
+        if self.on_connected is not None:
+            self.on_connected(session_id)
+        return position
 
     def disconnected(
         self,
@@ -169,10 +188,24 @@ class GatewayWorker:
         # Reports about sessions this worker does not hold (any more) are not recorded: the
         # worker that holds them now speaks for them.
         gateway.bind(
-            FencedGatewayEvents(RecordingGatewayEvents(app, lambda: self.worker_id), self.holds)
+            FencedGatewayEvents(
+                RecordingGatewayEvents(app, lambda: self.worker_id), self.holds, self._look_now
+            )
         )
         self.database_url = database_url
         self.timings = timings or WorkerTimings()
+        after = self.timings.silence_after
+        self.silence = SilencePolicy(
+            timedelta(seconds=after) if after > 0 else None, self.timings.silence_check_timeout
+        )
+        # The silence watchdog: when to look at each session next, and the sessions being
+        # looked at (checks may wait for WhatsApp: threads of their own). A lock of their own:
+        # the gateway's reports note connections under it, and must never wait for `_lock`
+        # (held while a client is stopped, which waits for the report being delivered).
+        self._looks_lock = threading.Lock()
+        self._looks: dict[UUID, datetime] = {}
+        self._looking: set[UUID] = set()
+        self._checkers = ThreadPoolExecutor(8, thread_name_prefix="worker-silence")
         datastore = app.factory.datastore  # type: ignore[attr-defined]
         self.store = WorkStore(datastore)
         self._generations: dict[UUID, int] = {}
@@ -245,6 +278,10 @@ class GatewayWorker:
         self._scheduler.add_job(self._guarded(self.store.purge_requests), "interval", minutes=10)
         for tick, seconds in self._extra_ticks:
             self._scheduler.add_job(self._guarded(tick), "interval", seconds=seconds)
+        if self.silence.enabled:
+            self._scheduler.add_job(
+                self._guarded(self.silence_tick), "interval", seconds=t.tick, id="silence"
+            )
         self._scheduler.start()
         self._listener = threading.Thread(target=self._listen, name="worker-listen", daemon=True)
         self._listener.start()
@@ -270,6 +307,7 @@ class GatewayWorker:
         self.request_stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._planners.shutdown(wait=False, cancel_futures=True)
+        self._checkers.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
         with self._lock:  # never held across a database wait: taken at once
             self._epoch += 1
@@ -808,6 +846,92 @@ class GatewayWorker:
                 del self._started_at[session_id]
         return True
 
+    # -- the silence watchdog ---------------------------------------------------------------
+
+    def _look_now(self, session_id: UUID) -> None:
+        """The session connected: the watchdog looks at it at its next tick."""
+        if self.silence.enabled:
+            with self._looks_lock:
+                self._looks[session_id] = datetime.now(UTC)
+
+    def _look_at(self, session_id: UUID, when: datetime | None) -> None:
+        if when is not None:
+            with self._looks_lock:
+                self._looks[session_id] = min(when, self._looks.get(session_id, when))
+
+    def silence_tick(self) -> None:
+        """Look at the sessions whose silence clock is due (each on a thread of the
+        watchdog's: an active check may wait for WhatsApp)."""
+        if not self._renewed_recently():
+            return
+        now = datetime.now(UTC)
+        held = self._held  # read without `_lock`, as `holds` does: one membership test each
+        with self._looks_lock:
+            for session_id in [s for s in self._looks if s not in held]:
+                del self._looks[session_id]  # not ours any more: its next holder looks
+            due = [s for s, at in self._looks.items() if at <= now and s not in self._looking]
+            for session_id in due:
+                del self._looks[session_id]
+                self._looking.add(session_id)
+        for session_id in due:
+            try:
+                self._checkers.submit(self._watch_silence, session_id)
+            except RuntimeError:  # stopping: the pool is shut down
+                with self._looks_lock:
+                    self._looking.discard(session_id)
+
+    def _watch_silence(self, session_id: UUID) -> None:
+        try:
+            self._judge_silence(session_id)
+        except Exception:
+            log.exception("the silence watchdog failed for %s; looking again soon", session_id)
+            self._look_at(session_id, datetime.now(UTC) + timedelta(seconds=5 * self.timings.tick))
+        finally:
+            with self._looks_lock:
+                self._looking.discard(session_id)
+
+    def _judge_silence(self, session_id: UUID) -> None:
+        """Judge the session on its recorded events; if it is silent, record it so and make
+        the active check: answered, the silence ends; not, the connection is recycled."""
+        if not self.holds(session_id) or self._stopping.is_set():
+            return
+        now = datetime.now(UTC)
+        verdict = self.silence.judge(self.app.hearing(session_id), now)
+        if verdict.step not in (SilenceStep.SILENCE, SilenceStep.CHECK):
+            self._look_at(session_id, verdict.look_again_at)
+            return
+        if not self.app.record_silent(session_id, self.silence, now):
+            self._look_at(session_id, now)  # heard meanwhile: judged again
+            return
+        try:
+            self.gateway.ping(session_id, self.silence.check_timeout)
+        except NotConnected:
+            if session_id not in self.gateway.running():  # stopped here, yet recorded up
+                self._recycle(session_id, "the connection was already stopped")
+            return  # else it is reconnecting: its next connection is looked at
+        except GatewayError as error:
+            self._recycle(session_id, str(error))
+            return
+        if self.holds(session_id):
+            self.app.record_check_passed(session_id)
+            self._look_at(session_id, now)
+
+    def _recycle(self, session_id: UUID, why: str) -> None:
+        """Stop the silent connection and record it disconnected (``silent``): the reconnect
+        policy connects it again at once, and the new connection ends the silence."""
+        with self._lock:
+            if not self.holds(session_id) or self._stopping.is_set():
+                return
+            self.gateway.stop(session_id)
+        after = self.silence.after.total_seconds() if self.silence.after is not None else 0
+        log.warning("session %s is silent and did not answer the check: recycling", session_id)
+        self.app.record_disconnected(
+            session_id,
+            Reason.SILENT.value,
+            f"nothing heard for {after:g} s and no answer to the check: {why}",
+            worker=self.worker_id,
+        )
+
     def requests_tick(self) -> None:
         """Answer the requests for sessions whose client is started here (one just taken
         over waits for its start); a slow one does not hold up the others."""
@@ -846,6 +970,7 @@ class GatewayWorker:
             "replace": lambda: simulator.replace(session_id),
             "ban": lambda: simulator.ban(session_id, float(args.get("seconds", 60))),
             "outdated": lambda: simulator.outdated(session_id),
+            "silent": lambda: simulator.silence(session_id, bool(args.get("answers_checks"))),
             "keepalive": lambda: simulator.keepalive(session_id, bool(args.get("healthy"))),
             "inbound": lambda: simulator.inbound(
                 session_id, str(args["sender"]), str(args["text"])

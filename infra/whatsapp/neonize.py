@@ -45,6 +45,12 @@ PgBouncer), `infra.whatsapp.mapping` (what neonize reports, in sessiond's words)
   started again in Go only once `LinkCheck` finds WhatsApp's first hop answering; until then each
   retry reports the check's answer. A start that failed in the store (lib/pq's or whatsmeow's
   store errors) is reported as `store_unavailable`, not as WhatsApp being unreachable.
+- **The silence watchdog's active check** (`ping`) asks WhatsApp's server for the account's
+  block list (neonize's ``get_blocklist``: whatsmeow sends an IQ ``get`` in the ``blocklist``
+  namespace and waits for the server's answer, every time, nothing cached). It changes
+  nothing; a presence would (``available`` stops the phone's notifications) and is sent with
+  no answer to wait for, and whatsmeow's own keepalive ping is not exposed. Go waits up to
+  75 s for the answer: the call runs on a thread of its own and `ping` waits its `timeout`.
 - **Proxies.** whatsmeow dials through the proxy given to `connect()` (neonize's
   ``ProxySettings``; ``set_proxy_address`` needs a client Go already holds, which it does only
   once `connect()` runs). Without one, Go's HTTP transport takes ``HTTPS_PROXY`` from the
@@ -343,6 +349,34 @@ class NeonizeGateway(WhatsAppGateway):
             )
         except Exception as exc:
             raise GatewayError(f"WhatsApp did not take the chat presence: {exc}") from exc
+
+    def ping(self, session_id: UUID, timeout: float) -> None:
+        with self._lock:
+            link = self._links.get(session_id)
+            connected = link is not None and not link.ended and link.connected
+        if link is None or not connected:
+            raise NotConnected("the session is not connected")  # Go is never asked then
+        outcome: list[BaseException | None] = []
+        answered = threading.Event()
+        client = link.client
+
+        def ask() -> None:
+            try:
+                client.get_blocklist()  # an IQ round trip to WhatsApp's server
+            except BaseException as exc:  # handed to the waiting caller, whatever it is
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+            finally:
+                answered.set()
+
+        self._spawn(ask, f"neonize-ping-{session_id.hex[:12]}")
+        if not answered.wait(timeout):
+            raise GatewayError(f"WhatsApp did not answer the check within {timeout:g} s")
+        error = outcome[0]
+        if error is not None:
+            detail = hide_password(str(error) or type(error).__name__, link.proxy_password)
+            raise GatewayError(f"WhatsApp did not answer the check: {detail}") from error
 
     def running(self) -> set[UUID]:
         with self._lock:

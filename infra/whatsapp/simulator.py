@@ -5,7 +5,9 @@ configurable), then the session expires. Hooks let a demo or a test do what a re
 network do: scan the code, drop the connection, log out from the phone, connect the device
 elsewhere (stream replaced), ban the account for a while (a start before the ban's end is
 refused with the same ban, as WhatsApp does), refuse the client as outdated, fail keepalives,
-make WhatsApp unreachable, receive a text, acknowledge a sent one. Recipients whose number
+make WhatsApp unreachable, receive a text, acknowledge a sent one, go silent (the link stays
+up but nothing reaches it until the next connection; the active check of the silence watchdog
+is answered or not, as asked). Recipients whose number
 starts with 0 (``0…@s.whatsapp.net``) are "not on WhatsApp": sending to them is refused for
 good.
 A session's proxy is honoured as far as a simulation can without a network: each start through
@@ -28,7 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from application.errors import NotConnected, NotPairing, RecipientRejected, SimulatorError
+from application.errors import (
+    GatewayError,
+    NotConnected,
+    NotPairing,
+    RecipientRejected,
+    SimulatorError,
+)
 from application.ports import (
     GatewayEvents,
     InboundMessage,
@@ -51,6 +59,8 @@ class _Client:
     generation: int = 0
     phase: str = "stopped"  # stopped | pairing | resuming | connected | disconnected | expired
     attempt: int = 0
+    silent: bool = False  # nothing reaches the link (until its next connection)
+    answers_checks: bool = True  # while silent: whether the active check is answered
 
 
 class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
@@ -100,6 +110,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             generation = client.generation
             client.attempt = 0
             client.phase = "resuming" if device_jid else "pairing"
+            client.silent = False  # a new connection: heard again
             self._proxies[session_id] = proxy
 
         def begin() -> None:
@@ -161,6 +172,18 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         with self._lock:
             return list(self._presences.get(session_id, ()))
 
+    def ping(self, session_id: UUID, timeout: float) -> None:
+        with self._lock:
+            client = self._clients.get(session_id)
+            if client is None or client.phase != "connected":
+                raise NotConnected("the session is not connected")
+            answered = not client.silent or client.answers_checks
+        if not answered:  # as with WhatsApp: no answer comes, the wait runs out
+            time.sleep(timeout)
+            raise GatewayError(
+                f"WhatsApp did not answer the check within {timeout:g} s (simulated)"
+            )
+
     def running(self) -> set[UUID]:
         with self._lock:
             return {
@@ -220,9 +243,17 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             self._client_in(session_id, "connected", "the session is not connected")
         return self.events.keepalive(session_id, healthy)
 
+    def silence(self, session_id: UUID, answers_checks: bool) -> None:
+        with self._lock:
+            client = self._client_in(session_id, "connected", "the session is not connected")
+            client.silent = True
+            client.answers_checks = answers_checks
+
     def inbound(self, session_id: UUID, sender: str, text: str) -> int | None:
         with self._lock:
-            self._client_in(session_id, "connected", "the session is not connected")
+            client = self._client_in(session_id, "connected", "the session is not connected")
+            if client.silent:
+                return None  # lost on the way: a silent link receives nothing
         message = InboundMessage(
             whatsapp_id=_whatsapp_id(),
             sender=sender,
@@ -236,7 +267,9 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         if status not in (MessageStatus.DELIVERED, MessageStatus.READ):
             raise SimulatorError(f"a phone acknowledges delivered or read, not {status!r}")
         with self._lock:
-            self._client_in(session_id, "connected", "the session is not connected")
+            client = self._client_in(session_id, "connected", "the session is not connected")
+            if client.silent:
+                return None  # lost on the way: a silent link receives nothing
         return self.events.message_status(session_id, [whatsapp_id], status, datetime.now(UTC))
 
     def set_reachable(self, reachable: bool) -> None:

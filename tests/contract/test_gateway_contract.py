@@ -27,7 +27,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from application.errors import NotConnected, NotPairing, RecipientRejected
+from application.errors import GatewayError, NotConnected, NotPairing, RecipientRejected
 from application.ports import InboundMessage, PhoneSimulator, WhatsAppGateway
 from infra.whatsapp.link import LinkCheck
 from infra.whatsapp.neonize import NeonizeGateway
@@ -85,6 +85,10 @@ class Phone(ABC):
     def ack(self, session_id: UUID, whatsapp_id: str, status: str) -> None:
         """The recipient's phone acknowledges a message the session sent."""
 
+    @abstractmethod
+    def stop_answering(self, session_id: UUID) -> None:
+        """WhatsApp stops answering the session's queries (its link stays up)."""
+
 
 class SimulatedPhone(Phone):
     def __init__(self, simulator: PhoneSimulator) -> None:
@@ -116,6 +120,9 @@ class SimulatedPhone(Phone):
 
     def ack(self, session_id: UUID, whatsapp_id: str, status: str) -> None:
         self.simulator.ack(session_id, whatsapp_id, status)
+
+    def stop_answering(self, session_id: UUID) -> None:
+        self.simulator.silence(session_id, answers_checks=False)
 
 
 class ScriptedPhone(Phone):
@@ -172,6 +179,9 @@ class ScriptedPhone(Phone):
         kind = {"delivered": PB.Receipt.DELIVERED, "read": PB.Receipt.READ}[status]
         event = receipt(whatsapp_id, kind=kind, sender=recipient, timestamp=int(time.time()))
         self.send(session_id, event)
+
+    def stop_answering(self, session_id: UUID) -> None:
+        self.client(session_id).check_delay = 60.0  # whatsmeow waits 75 s for an answer
 
     def dial(self, address: tuple[str, int], timeout: float) -> socket.socket:
         """WhatsApp's first hop, for the gateway's link check: refused while unreachable."""
@@ -334,7 +344,41 @@ def test_a_chat_presence_needs_a_connected_session_and_then_is_taken(rig: Rig) -
     rig.gateway.send_chat_presence(sid, "15557654321@s.whatsapp.net", composing=False)
 
 
+def test_the_active_check_needs_a_connected_session(rig: Rig) -> None:
+    sid = uuid4()
+    with pytest.raises(NotConnected):
+        rig.gateway.ping(sid, 1.0)
+    rig.gateway.start(sid, None)
+    rig.wait_name(sid, "qr_issued")
+    with pytest.raises(NotConnected):
+        rig.gateway.ping(sid, 1.0)
+    rig.phone.scan(sid)
+    rig.wait_name(sid, "connected")
+    rig.gateway.stop(sid)
+    with pytest.raises(NotConnected):
+        rig.gateway.ping(sid, 1.0)
+
+
 # -- a connected session ------------------------------------------------------------------------
+
+
+def test_the_active_check_of_a_connected_link_is_answered_and_reports_nothing(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    before = len(rig.events.of(sid))
+    rig.gateway.ping(sid, 5.0)
+    rig.gateway.ping(sid, 5.0)
+    assert len(rig.quiet(sid, 0.1)) == before
+
+
+def test_an_unanswered_check_fails_once_its_time_is_up_and_the_link_stays(rig: Rig) -> None:
+    sid, _ = rig.connected()
+    rig.phone.stop_answering(sid)
+    started = time.monotonic()
+    with pytest.raises(GatewayError, match=r"did not answer the check within 0\.4 s"):
+        rig.gateway.ping(sid, 0.4)
+    assert 0.4 <= time.monotonic() - started < 5
+    assert sid in rig.gateway.running()  # the caller decides what follows (a recycle)
+    assert names(rig.quiet(sid, 0.1))[-1] == "connected"
 
 
 def test_a_dropped_link_is_connection_lost(rig: Rig) -> None:

@@ -145,6 +145,35 @@ def receipt(
 SessionClient: Any = session_client_class()
 
 
+class GoAnswers:
+    """neonize's handle on the Go library (`gocode`) with whatsmeow's answer to one call
+    scripted, the block-list query the gateway's active check makes; every other call goes to
+    the real library. neonize's own Python (parsing the answer, raising its errors) runs."""
+
+    def __init__(self, gocode: Any, client: ScriptedClient) -> None:
+        self._gocode = gocode
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gocode, name)
+
+    def GetBlocklist(self, uuid: bytes) -> bytes:  # noqa: N802 - Go's name
+        """What Go returns: a serialized ``GetBlocklistReturnFunction`` (whatsmeow's error
+        text in `Error`), after the client's scripted delay (a server that does not answer)."""
+        client = self._client
+        client.checks.append(uuid)
+        client.check_release.wait(client.check_delay)
+        answer = PB.GetBlocklistReturnFunction()
+        if client.stopped.is_set():
+            answer.Error = "websocket disconnected before info query returned response"
+        elif client.check_error is not None:
+            answer.Error = client.check_error
+        else:
+            answer.Blocklist.CopyFrom(PB.Blocklist(DHash="1:abc", JIDs=[]))
+        data: bytes = answer.SerializeToString()
+        return data
+
+
 class ScriptedClient(SessionClient):  # type: ignore[misc]
     """A real neonize client whose `connect()` plays whatsmeow's part from a script.
 
@@ -183,6 +212,16 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
         self.logouts = 0
         self.pair_calls: list[tuple[Any, ...]] = []
         self.proxy_settings: Any = None  # what `connect()` was given (neonize's ProxySettings)
+        # The active check (Go's GetBlocklist): the Go keys it was asked with, whatsmeow's
+        # error to answer (None: the block list), and how long the answer takes (released
+        # early by `check_release`).
+        self.checks: list[bytes] = []
+        self.check_error: str | None = None
+        self.check_delay = 0.0
+        self.check_release = threading.Event()
+        # neonize's private handle on Go (name-mangled ``__client``), wrapped
+        gocode: Any = self.__dict__["_NewClient__client"]
+        self.__dict__["_NewClient__client"] = GoAnswers(gocode, self)
 
     # whatsmeow's side
     def connect(self, proxy_settings: Any = None) -> None:
@@ -243,6 +282,7 @@ class ScriptedClient(SessionClient):  # type: ignore[misc]
     def stop(self) -> None:
         self.stop_calls += 1
         self.stopped.set()
+        self.check_release.set()  # Go's Stop disconnects: a query waiting for an answer ends
         self.commands.put(None)
         super().stop()  # Go's Stop: safe on a client Go never saw
 

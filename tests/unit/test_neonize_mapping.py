@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -732,6 +733,68 @@ def test_send_text_to_a_number_not_on_whatsapp_is_rejected(rig: Rig) -> None:
     with pytest.raises(RecipientRejected, match=r"no LID found for 0123456789@s\.whatsapp\.net"):
         rig.gateway.send_text(sid, "0123456789@s.whatsapp.net", "hello")
     assert client.sent == []
+
+
+# -- the silence watchdog's active check --------------------------------------------------------
+
+
+def test_the_check_is_a_block_list_query_answered_through_neonize(rig: Rig) -> None:
+    sid, client = connected_rig(rig)
+    rig.gateway.ping(sid, 5.0)
+    # neonize's own get_blocklist asked Go under the client's key, and parsed the answer
+    assert client.checks == [client.uuid]
+    assert rig.settle() == []  # a check reports nothing
+
+
+def test_the_check_never_reaches_go_unless_connected(rig: Rig) -> None:
+    sid = uuid4()
+    with pytest.raises(NotConnected):
+        rig.gateway.ping(sid, 1.0)
+    client = rig.start(sid)
+    show_qr(client, "2@code1")
+    with pytest.raises(NotConnected):
+        rig.gateway.ping(sid, 1.0)
+    client.scan(PHONE_JID)
+    rig.settle()
+    feed(client, PB.Disconnected(status=True))  # whatsmeow reconnects by itself meanwhile
+    with pytest.raises(NotConnected):
+        rig.gateway.ping(sid, 1.0)
+    rig.gateway.stop(sid)
+    with pytest.raises(NotConnected):
+        rig.gateway.ping(sid, 1.0)
+    assert client.checks == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # whatsmeow's texts (request.go, errors.go) as neonize's GetBlocklistError carries them
+        "info query timed out",
+        "websocket not connected",
+        "websocket disconnected before info query returned response",
+    ],
+)
+def test_a_check_whatsmeow_could_not_make_is_a_gateway_error(rig: Rig, error: str) -> None:
+    sid, client = connected_rig(rig)
+    client.check_error = error
+    with pytest.raises(GatewayError, match=re.escape(error)) as caught:
+        rig.gateway.ping(sid, 5.0)
+    assert type(caught.value.__cause__).__name__ == "GetBlocklistError"
+    assert isinstance(caught.value.__cause__, NZ.neonize_error)
+
+
+def test_a_check_without_an_answer_fails_after_its_timeout_and_ends_with_the_client(
+    rig: Rig,
+) -> None:
+    sid, client = connected_rig(rig)
+    client.check_delay = WAIT  # the server never answers (Go waits 75 s)
+    started = time.monotonic()
+    with pytest.raises(GatewayError, match=r"did not answer the check within 0\.3 s"):
+        rig.gateway.ping(sid, 0.3)
+    assert 0.3 <= time.monotonic() - started < 5
+    assert client.checks == [client.uuid]
+    rig.gateway.stop(sid)  # Go's Stop ends the query still waiting
+    assert client.check_release.is_set()
 
 
 def test_logout_of_a_connected_client_logs_out_then_stops_and_reports_nothing(rig: Rig) -> None:

@@ -424,6 +424,8 @@ def test_every_nested_event_class_declares_its_own_explicit_topic() -> None:
         "SessionImported",
         "SessionExported",
         "SendingSet",
+        "Silenced",
+        "SilenceEnded",
     }
     for name, cls in classes.items():
         declaring = next(k for k in cls.__mro__ if "TOPIC" in k.__dict__)
