@@ -1,0 +1,173 @@
+"""The audit chain's tables: each event's hash (written by the database as it is recorded:
+migrations/0002.audit-chain.sql), the chain's head, the signed checkpoints and the audit key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.postgres import PostgresDatastore
+
+from application.audit import ChainedEvent, Checkpoint, Head
+
+HEAD = "sessiond_audit_head"
+CHECKPOINTS = "sessiond_audit_checkpoints"
+KEY = "sessiond_audit_key"
+EVENTS = "sessiond_events"
+
+_EVENTS_PAGE = (
+    "SELECT notification_id, originator_id, originator_version, topic, recorded_at, state, "
+    "chain_hash FROM sessiond_events WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+)
+
+
+def chained_event(row: dict[str, Any]) -> ChainedEvent:
+    return ChainedEvent(
+        position=row["notification_id"],
+        originator_id=row["originator_id"],
+        version=row["originator_version"],
+        topic=row["topic"] or "",
+        recorded_at=row["recorded_at"],
+        state=bytes(row["state"] or b""),
+        hash=None if row["chain_hash"] is None else bytes(row["chain_hash"]),
+    )
+
+
+def _checkpoint(row: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        position=row["position"],
+        events=row["events"],
+        hash=bytes(row["hash"]),
+        signed_at=row["signed_at"],
+        public_key=bytes(row["public_key"]),
+        signature=bytes(row["signature"]),
+    )
+
+
+class AuditStore:
+    """Reads the chain and writes checkpoints, on the application's pool."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        self.datastore = datastore
+
+    def head(self) -> Head | None:
+        """The head recorded by the last commit (None before the schema has one)."""
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT position, events, hash FROM sessiond_audit_head WHERE id = 1")
+            row = curs.fetchone()
+        if row is None:
+            return None
+        return Head(row["position"], row["events"], bytes(row["hash"]))
+
+    def events(self, after: int, page: int = 1000) -> Iterator[list[ChainedEvent]]:
+        """The chained events after position `after`, a page at a time, in log order."""
+        while True:
+            with self.datastore.cursor() as curs:
+                curs.execute(_EVENTS_PAGE, (after, page))
+                rows = curs.fetchall()
+            if not rows:
+                return
+            events = [chained_event(row) for row in rows]
+            yield events
+            after = events[-1].position
+
+    def recorded_after(self, position: int) -> datetime | None:
+        """When the first event after `position` was recorded (None: there is none)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT recorded_at FROM sessiond_events WHERE notification_id > %s "
+                "ORDER BY notification_id LIMIT 1",
+                (position,),
+            )
+            row = curs.fetchone()
+        return None if row is None else row["recorded_at"]
+
+    def hash_at(self, position: int) -> bytes | None:
+        """The hash stored with the event at `position` (the genesis before position 1)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT chain_hash FROM sessiond_events WHERE notification_id = %s", (position,)
+            )
+            row = curs.fetchone()
+        return None if row is None or row["chain_hash"] is None else bytes(row["chain_hash"])
+
+    def checkpoints(self, after: int = -1) -> list[Checkpoint]:
+        """The checkpoints after position `after`, in position order."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT position, events, hash, signed_at, public_key, signature "
+                "FROM sessiond_audit_checkpoints WHERE position > %s ORDER BY position",
+                (after,),
+            )
+            return [_checkpoint(row) for row in curs.fetchall()]
+
+    def last_checkpoint(self) -> Checkpoint | None:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT position, events, hash, signed_at, public_key, signature "
+                "FROM sessiond_audit_checkpoints ORDER BY position DESC LIMIT 1"
+            )
+            row = curs.fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def now(self) -> datetime:
+        """The database's clock (the one the chain's times come from)."""
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT clock_timestamp() AS now")
+            row = curs.fetchone()
+        assert row is not None
+        now: datetime = row["now"]
+        return now
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Record a checkpoint; False if one of that position is already there."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_audit_checkpoints "
+                "(position, events, hash, signed_at, public_key, signature) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (position) DO NOTHING "
+                "RETURNING position",
+                (
+                    checkpoint.position,
+                    checkpoint.events,
+                    checkpoint.hash,
+                    checkpoint.signed_at,
+                    checkpoint.public_key,
+                    checkpoint.signature,
+                ),
+            )
+            return curs.fetchone() is not None
+
+    # -- the audit key ------------------------------------------------------------------
+
+    def stored_key(self) -> tuple[bytes, bytes | None] | None:
+        """The stored public key and, while sessiond keeps it, the private key."""
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT public_key, private_key FROM sessiond_audit_key WHERE id = 1")
+            row = curs.fetchone()
+        if row is None:
+            return None
+        private = row["private_key"]
+        return bytes(row["public_key"]), None if private is None else bytes(private)
+
+    def store_generated_key(self, public: bytes, private: bytes) -> bool:
+        """Keep a generated key unless one is stored already; True if it was kept."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_audit_key (id, public_key, private_key) VALUES (1, %s, %s) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                (public, private),
+            )
+            return curs.fetchone() is not None
+
+    def store_configured_key(self, public: bytes) -> None:
+        """The configured key's public half replaces whatever is stored, private half gone."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_audit_key (id, public_key, private_key) VALUES (1, %s, NULL) "
+                "ON CONFLICT (id) DO UPDATE SET public_key = EXCLUDED.public_key, "
+                "private_key = NULL",
+                (public,),
+            )
