@@ -103,11 +103,13 @@ class Break:
 
 @dataclass(frozen=True)
 class Verified:
-    """The chain holds: `events` events up to `position`; the last good checkpoint."""
+    """The chain holds: `events` events up to `position`, checked from position `start`
+    (0: the first event; else a checkpoint's); the last good checkpoint."""
 
     events: int
     position: int
     last_checkpoint: Checkpoint | None
+    start: int = 0
 
 
 #: Whether `signature` is `public_key`'s over `message` (Ed25519).
@@ -135,6 +137,7 @@ class ChainWalk:
         self.check_signature = check_signature
         self.previous = previous
         self.position = position
+        self.start = position
         self.events = events
         self.last_checkpoint: Checkpoint | None = None
         self.broken: Break | None = None
@@ -155,23 +158,22 @@ class ChainWalk:
         if event.hash is None:
             return self.fail(event.position, "the event has no hash (inserted)")
         if event.hash != expected:
-            return self.fail(event.position, self._mismatch(event))
+            if self._before_last is not None and event.hash == event_hash(self._before_last, event):
+                return self.fail(
+                    self.position,
+                    f"an event was inserted here: the next event (at position {event.position}) "
+                    "chains to the event before this one",
+                )
+            return self.fail(
+                event.position,
+                "the event does not match its hash: it was edited or moved here, or an event "
+                f"between it and position {self.position} was deleted",
+            )
         self._before_last = self.previous
         self.previous = expected
         self.position = event.position
         self.events += 1
         return None
-
-    def _mismatch(self, event: ChainedEvent) -> str:
-        if self._before_last is not None and event.hash == event_hash(self._before_last, event):
-            return (
-                f"the event before it (at position {self.position}) was inserted: this event "
-                "chains to the one before that"
-            )
-        return (
-            "the event does not match its hash: it was edited or moved here, or an event "
-            f"between it and position {self.position} was deleted"
-        )
 
     def checkpoint(self, checkpoint: Checkpoint) -> Break | None:  # noqa: PLR0911
         """Check a checkpoint right after the event at its position was added."""
@@ -202,29 +204,40 @@ class ChainWalk:
         self.last_checkpoint = checkpoint
         return None
 
-    def finish(self, head: Head | None) -> Break | Verified:
-        """The verdict, once every event has been added: the walk must end at the head
-        recorded with the last commit."""
+    def finish(self, head: Head | None, beyond: int | None = None) -> Break | Verified:  # noqa: PLR0911
+        """The verdict once every event up to the recorded head has been added: the walk
+        must end at that head (recorded with the last commit), and `beyond`, the first event
+        found after the head in the same snapshot as the head, must not exist."""
         if self.broken is not None:
             return self.broken
-        if head is not None and (head.position, head.hash) != (self.position, self.previous):
-            if head.position > self.position:
-                return self.fail(
-                    self.position + 1,
-                    f"the log ends at position {self.position}, but the chain's head was "
-                    f"recorded at position {head.position}: events were deleted from the end",
-                )
+        if head is None:
+            if self.events:
+                return self.fail(self.start, "the log has events but no chain head")
+            return Verified(self.events, self.position, self.last_checkpoint, self.start)
+        if head.position > self.position:
             return self.fail(
-                head.position if head.position else self.position,
-                f"the chain's head was recorded at position {head.position}, but the log "
-                f"goes on to {self.position}: events were added without extending the chain",
+                head.position,
+                f"the log ends at position {self.position}, but the chain's head recorded at "
+                f"the last commit is an event at position {head.position}: events after "
+                f"{self.position} were deleted",
             )
-        if head is not None and head.events != self.events:
+        if head.hash != self.previous:
             return self.fail(
-                self.position,
-                f"{self.events} events are chained, the head recorded {head.events}",
+                head.position, "the chain's head recorded at the last commit differs from here"
             )
-        return Verified(self.events, self.position, self.last_checkpoint)
+        if head.events != self.events:
+            return self.fail(
+                head.position,
+                f"{self.events} events are chained, the head recorded at the last commit "
+                f"counts {head.events}",
+            )
+        if beyond is not None:
+            return self.fail(
+                beyond,
+                f"this event is after the chain's head recorded at the last commit (position "
+                f"{head.position}): it was added without extending the chain",
+            )
+        return Verified(self.events, self.position, self.last_checkpoint, self.start)
 
     def fail(self, position: int, problem: str) -> Break:
         """Stop the walk with a break at `position`."""
@@ -237,8 +250,11 @@ def walk(
     checkpoints: Iterable[Checkpoint],
     head: Head | None,
     chain: ChainWalk,
+    beyond: Callable[[], int | None] = lambda: None,
 ) -> Break | Verified:
-    """Verify a chain with `chain` (events and checkpoints each in position order)."""
+    """Verify a chain with `chain`: `events` up to the head's position and the checkpoints
+    up to it, each in position order; `beyond` is asked at the end for the first event after
+    the head (see `ChainWalk.finish`)."""
     pending = iter(checkpoints)
     waiting = next(pending, None)
     for event in events:
@@ -255,7 +271,9 @@ def walk(
     while chain.broken is None and waiting is not None:
         chain.checkpoint(waiting)  # beyond the last event
         waiting = next(pending, None)
-    return chain.finish(head)
+    if chain.broken is not None:
+        return chain.broken
+    return chain.finish(head, beyond())
 
 
 def checkpoint_due(

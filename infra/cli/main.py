@@ -192,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write the event log as NDJSON")
     export.add_argument("--after", type=int, default=0, help="only events after this position")
     export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
+    audit = commands.add_parser("audit", help="the tamper-evident history")
+    audit.add_argument(
+        "action",
+        choices=["verify"],
+        help="verify: walk the whole log against its hashes, signed checkpoints and head",
+    )
     commands.add_parser("worker", help="run only the gateway (any number: sessions are leased)")
     commands.add_parser(
         "cipher-key", help="print a new key for SESSIOND_CIPHER_KEY (AES-256, base64)"
@@ -242,7 +248,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
         from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415
 
         return rebuild_command(args, settings, url)
-    if args.command in ("history", "export", "projections"):
+    if args.command in ("history", "export", "audit", "projections"):
         from infra.cli.audit import run_command  # noqa: PLC0415
 
         return run_command(args, settings, url)

@@ -10,7 +10,7 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 
-from application.audit import ChainedEvent, Checkpoint, Head
+from application.audit import GENESIS, ChainedEvent, Checkpoint, Head
 
 HEAD = "sessiond_audit_head"
 CHECKPOINTS = "sessiond_audit_checkpoints"
@@ -19,7 +19,8 @@ EVENTS = "sessiond_events"
 
 _EVENTS_PAGE = (
     "SELECT notification_id, originator_id, originator_version, topic, recorded_at, state, "
-    "chain_hash FROM sessiond_events WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+    "chain_hash FROM sessiond_events WHERE notification_id > %s AND notification_id <= %s "
+    "ORDER BY notification_id LIMIT %s"
 )
 
 
@@ -61,11 +62,28 @@ class AuditStore:
             return None
         return Head(row["position"], row["events"], bytes(row["hash"]))
 
-    def events(self, after: int, page: int = 1000) -> Iterator[list[ChainedEvent]]:
-        """The chained events after position `after`, a page at a time, in log order."""
+    def beyond(self, position: int) -> int | None:
+        """The first event after `position` and after the chain's head, looked for in the
+        same snapshot as the head (None: there is none)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT min(e.notification_id) AS beyond FROM sessiond_events e, "
+                "sessiond_audit_head h WHERE h.id = 1 AND e.notification_id > %s "
+                "AND e.notification_id > h.position",
+                (position,),
+            )
+            row = curs.fetchone()
+        return None if row is None else row["beyond"]
+
+    def events(
+        self, after: int, page: int = 1000, *, until: int | None = None
+    ) -> Iterator[list[ChainedEvent]]:
+        """The chained events after position `after` (up to `until`), a page at a time, in
+        log order."""
+        last = until if until is not None else 2**63 - 1
         while True:
             with self.datastore.cursor() as curs:
-                curs.execute(_EVENTS_PAGE, (after, page))
+                curs.execute(_EVENTS_PAGE, (after, last, page))
                 rows = curs.fetchall()
             if not rows:
                 return
@@ -92,6 +110,21 @@ class AuditStore:
             )
             row = curs.fetchone()
         return None if row is None or row["chain_hash"] is None else bytes(row["chain_hash"])
+
+    def chain_before(self, position: int) -> tuple[bytes, int]:
+        """The chain's hash after the last event at or before `position`, and how many
+        events it has there (the genesis and 0 before the first)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT chain_hash, (SELECT count(*) FROM sessiond_events "
+                "WHERE notification_id <= %s) AS events FROM sessiond_events "
+                "WHERE notification_id <= %s ORDER BY notification_id DESC LIMIT 1",
+                (position, position),
+            )
+            row = curs.fetchone()
+        if row is None:
+            return GENESIS, 0
+        return bytes(row["chain_hash"]), row["events"]
 
     def checkpoints(self, after: int = -1) -> list[Checkpoint]:
         """The checkpoints after position `after`, in position order."""

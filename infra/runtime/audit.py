@@ -202,23 +202,28 @@ def verify_chain(
     *,
     progress: Callable[[int], None] = lambda _: None,
 ) -> Break | Verified:
-    """Walk the whole log from its first event; `progress` is told how many events each page
+    """Walk the whole log from its first event up to the head read first (events recorded
+    meanwhile are left for the next check); `progress` is told how many events each page
     held."""
     head = store.head()
+    end = head.position if head is not None else 0
     chain = ChainWalk(public_key, check_signature)
 
     def events() -> Iterator[ChainedEvent]:
-        for page in store.events(0):
+        for page in store.events(0, until=end):
             yield from page
             progress(len(page))
 
-    return walk(events(), store.checkpoints(), head, chain)
+    checkpoints = [c for c in store.checkpoints() if c.position <= end]
+    return walk(events(), checkpoints, head, chain, lambda: store.beyond(end))
 
 
 def verify_tail(store: AuditStore, public_key: bytes) -> Break | Verified:
-    """Walk the log from its last checkpoint (whose signature and hash are checked first)."""
+    """Walk the log from its last checkpoint (whose signature and hash are checked first)
+    up to the head read first."""
     head = store.head()
-    last = store.last_checkpoint()
+    end = head.position if head is not None else 0
+    last = next(iter(reversed([c for c in store.checkpoints() if c.position <= end])), None)
     if last is None:
         return verify_chain(store, public_key)
     chain = ChainWalk(
@@ -232,7 +237,7 @@ def verify_tail(store: AuditStore, public_key: bytes) -> Break | Verified:
         )
 
     def events() -> Iterator[ChainedEvent]:
-        for page in store.events(last.position):
+        for page in store.events(last.position, until=end):
             yield from page
 
-    return walk(events(), (), head, chain)
+    return walk(events(), (), head, chain, lambda: store.beyond(end))
