@@ -500,7 +500,7 @@ class AuditCheckpointOut(Out):
     signed_at: datetime
 
 
-class AuditVerifyOut(Out):
+class AuditVerifyOut(Out, omit_defaults=True):
     verified: bool
     #: verified: the events checked, the position they reach, and where the check started
     events: int | None = None
