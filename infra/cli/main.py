@@ -238,11 +238,18 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """Run `args.command` on the database at `url`, its schema brought up to date first."""
     from infra.postgres.schema import SchemaError, migrate  # noqa: PLC0415
+    from infra.runtime.audit import check_configured_key  # noqa: PLC0415
 
     try:  # once here, before any process of this command builds its roles
         migrate(settings.direct_database_url or url)
+        refusal = check_configured_key(
+            settings.direct_database_url or url, settings.audit_signing_key
+        )
     except SchemaError as error:
         print(f"sessiond: {error}", file=sys.stderr)
+        return 2
+    if refusal is not None:
+        print(f"sessiond: {refusal}", file=sys.stderr)
         return 2
     if args.command == "projections" and args.action == "rebuild":
         from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415

@@ -31,6 +31,7 @@ from application.audit import (
     walk,
 )
 from infra.postgres.audit import KEY, AuditStore
+from infra.postgres.connect import connect
 from infra.settings import signing_key_bytes
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,32 @@ class AuditKey:
         return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
 
 
+def audit_key_refusal(stored_public: bytes | None, configured: str | None) -> str | None:
+    """Why the configured key cannot sign for a database whose checkpoints are signed by
+    `stored_public` (None: it can, or none is configured)."""
+    if configured is None or stored_public is None:
+        return None
+    private = Ed25519PrivateKey.from_private_bytes(signing_key_bytes(configured))
+    if _raw_public(private) == stored_public:
+        return None
+    return (
+        "SESSIOND_AUDIT_SIGNING_KEY is not the key this database's audit checkpoints are "
+        f"signed with (its public key is {base64.b64encode(stored_public).decode()}); set "
+        f"that key, or delete the row of the table {KEY} to sign with a new one from now on "
+        "(the checkpoints signed before are then reported as signed by another key)"
+    )
+
+
+def check_configured_key(database_url: str, configured: str | None) -> str | None:
+    """`audit_key_refusal` for the database at `database_url` (checked once at start-up,
+    before any process of the command builds its roles)."""
+    if configured is None:
+        return None
+    with connect(database_url, application_name="sessiond-migrate") as conn:
+        row = conn.execute("SELECT public_key FROM sessiond_audit_key WHERE id = 1").fetchone()
+    return audit_key_refusal(None if row is None else bytes(row[0]), configured)
+
+
 def load_audit_key(store: AuditStore, configured: str | None) -> AuditKey:
     """The configured key (SESSIOND_AUDIT_SIGNING_KEY), or the one sessiond keeps in the
     database, generated and printed once on the first start without one.
@@ -88,14 +115,9 @@ def load_audit_key(store: AuditStore, configured: str | None) -> AuditKey:
     if configured is not None:
         private = Ed25519PrivateKey.from_private_bytes(signing_key_bytes(configured))
         public = _raw_public(private)
-        if stored is not None and stored[0] != public:
-            raise AuditKeyError(
-                "SESSIOND_AUDIT_SIGNING_KEY is not the key this database's audit checkpoints "
-                f"are signed with (its public key is {base64.b64encode(stored[0]).decode()}); "
-                f"set that key, or delete the row of the table {KEY} to sign with a new one "
-                "from now on (the checkpoints signed before are then reported as signed by "
-                "another key)"
-            )
+        refusal = audit_key_refusal(None if stored is None else stored[0], configured)
+        if refusal is not None:
+            raise AuditKeyError(refusal)
         if stored != (public, None):
             store.store_configured_key(public)
         return AuditKey(public, private)

@@ -192,3 +192,14 @@ def test_audit_verify_reports_the_chain_and_the_first_broken_position(
     with httpx.Client(base_url=again.url, timeout=10) as client:
         body = client.get("/audit/verify", headers=ADMIN).json()
     assert body == {"verified": False, "brokenAt": last[0], "problem": body["problem"]}
+
+
+def test_a_configured_key_other_than_the_databases_is_refused_at_start(
+    start: Any, sessiond_env: dict[str, str]
+) -> None:
+    first = start("serve", sessiond_env)  # generates the database's key
+    first.stop()
+    other = base64.b64encode(bytes(range(32))).decode()
+    refused = start("serve", {**sessiond_env, "SESSIOND_AUDIT_SIGNING_KEY": other}, wait=False)
+    assert refused.process.wait(60) == 2
+    assert "is not the key this database's audit checkpoints are signed with" in refused.log()

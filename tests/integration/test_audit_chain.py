@@ -9,6 +9,7 @@ import base64
 import itertools
 import multiprocessing
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -447,3 +448,45 @@ def test_a_log_recorded_before_the_chain_is_chained_on_upgrade(
         assert isinstance(sign_head(upgraded.audit_store, upgraded.audit_key()), Checkpoint)
     finally:
         upgraded.close()
+
+
+def test_a_transaction_that_rolls_back_part_of_its_events_keeps_the_chain(
+    container: Container, database_url: str
+) -> None:
+    """The running head lives in the transaction: a savepoint rolled back takes its events'
+    links with it, and constraints checked early still leave the final head at commit."""
+    record_events(container.app, 1)
+    insert = (
+        "INSERT INTO sessiond_events (originator_id, originator_version, topic, state) "
+        "VALUES (%s, %s, 't', '\\x00')"
+    )
+    originator = uuid.uuid4()
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        conn.execute("LOCK TABLE sessiond_events IN EXCLUSIVE MODE")
+        conn.execute(insert, (originator, 1))
+        conn.execute("SAVEPOINT before_two")
+        conn.execute(insert, (originator, 2))
+        conn.execute("ROLLBACK TO SAVEPOINT before_two")
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        conn.execute(insert, (originator, 3))
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        conn.execute(insert, (originator, 4))
+    ids = positions(database_url)
+    assert verified(container) == Verified(len(ids), ids[-1], None, 0)
+
+
+def test_encrypted_events_are_chained_over_their_ciphertext(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = test_settings(
+        tmp_path, database_url, SESSIOND_CIPHER_KEY=base64.b64encode(bytes(32)).decode()
+    )
+    encrypted = Container(settings, database_url, frozenset())
+    try:
+        record_events(encrypted.app, 2)
+        ids = positions(database_url)
+        assert verified(encrypted) == Verified(len(ids), ids[-1], None, 0)
+        first = next(encrypted.audit_store.events(0))[0]
+        assert b"S0" not in first.state  # the session's name is in it, encrypted
+    finally:
+        encrypted.close()
