@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
     "status_read.py",
     "command_throughput.py",
+    "audit_chain.py",
     "gateway_storm.py",
     "uptime_series.py",
     "inbound_ingestion.py",
@@ -96,6 +97,22 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                     "≥ 0.5" if target else "-",
                     (verdict(figures["ratio"] >= 0.5) if target else "")
                     + ("" if commands["verified"] else " ORDERING BROKEN"),
+                ]
+            )
+    chain = results.get("audit_chain.py")
+    if chain is None:
+        rows.append(["commands with the audit chain vs without", "-", "-", "-", "-", "FAILED"])
+    else:
+        for writers, figures in chain["writers"].items():
+            rows.append(
+                [
+                    f"commands with the audit chain vs without, {writers} writer(s)",
+                    f"{figures['chain_off_commands_per_s']:,.0f}",
+                    f"{figures['chain_on_commands_per_s']:,.0f}",
+                    f"{figures['ratio']:.3f}",
+                    f"≥ {chain['target_ratio']}",
+                    verdict(figures["ratio"] >= chain["target_ratio"])
+                    + ("" if chain["valid"] else " INVALID"),
                 ]
             )
     storm = results.get("gateway_storm.py")
