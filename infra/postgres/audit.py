@@ -1,16 +1,20 @@
-"""The audit chain's tables: each event's hash (written by the database as it is recorded:
+"""The audit chain's tables: each event's hash (written by the recorder as it records the
+event, `ChainWriter`; by the database's trigger for any other writer:
 migrations/0002.audit-chain.sql), the chain's head, the signed checkpoints and the audit key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
 
-from application.audit import GENESIS, ChainedEvent, Checkpoint, Head
+from application.audit import GENESIS, ChainedEvent, Checkpoint, Head, event_hash
 
 HEAD = "sessiond_audit_head"
 CHECKPOINTS = "sessiond_audit_checkpoints"
@@ -22,6 +26,72 @@ _EVENTS_PAGE = (
     "chain_hash FROM sessiond_events WHERE notification_id > %s AND notification_id <= %s "
     "ORDER BY notification_id LIMIT %s"
 )
+
+
+class ChainWriter:
+    """Chains the events of one insert, in its transaction (under the event table's lock).
+
+    One round trip takes the head's row lock (held to the commit), reserves the events'
+    positions and reads the database's clock; the events are then inserted with their
+    positions, time and hashes, and the head is written once. So the chain is extended by one
+    transaction at a time, whichever process writes, in the order of the positions.
+    """
+
+    reserve = (
+        "SELECT h.position, h.events, h.hash, clock_timestamp() AS now, "
+        "ARRAY(SELECT nextval('sessiond_events_notification_id_seq'::regclass) "
+        "FROM generate_series(1, %s)) AS ids "
+        "FROM sessiond_audit_head AS h WHERE h.id = 1 FOR UPDATE"
+    )
+    insert = (
+        "INSERT INTO sessiond_events (notification_id, originator_id, originator_version, "
+        "topic, state, recorded_at, chain_hash) "
+        "SELECT i, o, v, t, s, %s, h FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[], "
+        "%s::text[], %s::bytea[], %s::bytea[]) AS u(i, o, v, t, s, h) "
+        "RETURNING notification_id"
+    )
+    write_head = "UPDATE sessiond_audit_head SET position = %s, events = %s, hash = %s WHERE id = 1"
+
+    def insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
+        """Insert `stored_events` chained, on `curs` (whose last result is then the insert's
+        ``RETURNING notification_id``), and write the new head."""
+        curs.execute(self.reserve, (len(stored_events),))
+        head = curs.fetchone()
+        if head is None:
+            raise RuntimeError("the audit chain has no head row (migration 0002 not applied)")
+        previous, recorded_at = bytes(head["hash"]), head["now"]
+        ids: list[int] = head["ids"]
+        hashes = []
+        for position, stored in zip(ids, stored_events, strict=True):
+            previous = event_hash(
+                previous,
+                ChainedEvent(
+                    position,
+                    stored.originator_id,  # type: ignore[arg-type]
+                    stored.originator_version,
+                    stored.topic,
+                    recorded_at,
+                    stored.state,
+                    None,
+                ),
+            )
+            hashes.append(previous)
+        curs.execute(
+            self.insert,
+            (
+                recorded_at,
+                ids,
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+                hashes,
+            ),
+        )
+        with curs.connection.cursor() as head_cursor:
+            head_cursor.execute(
+                self.write_head, (ids[-1], head["events"] + len(stored_events), previous)
+            )
 
 
 def chained_event(row: dict[str, Any]) -> ChainedEvent:
@@ -136,11 +206,14 @@ class AuditStore:
             )
             return [_checkpoint(row) for row in curs.fetchall()]
 
-    def last_checkpoint(self) -> Checkpoint | None:
+    def last_checkpoint(self, upto: int | None = None) -> Checkpoint | None:
+        """The checkpoint of the highest position (at most `upto`)."""
         with self.datastore.cursor() as curs:
             curs.execute(
                 "SELECT position, events, hash, signed_at, public_key, signature "
-                "FROM sessiond_audit_checkpoints ORDER BY position DESC LIMIT 1"
+                "FROM sessiond_audit_checkpoints WHERE position <= %s "
+                "ORDER BY position DESC LIMIT 1",
+                (2**63 - 1 if upto is None else upto,),
             )
             row = curs.fetchone()
         return None if row is None else _checkpoint(row)

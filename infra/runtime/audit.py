@@ -245,7 +245,7 @@ def verify_tail(store: AuditStore, public_key: bytes) -> Break | Verified:
     up to the head read first."""
     head = store.head()
     end = head.position if head is not None else 0
-    last = next(iter(reversed([c for c in store.checkpoints() if c.position <= end])), None)
+    last = store.last_checkpoint(end)
     if last is None:
         return verify_chain(store, public_key)
     chain = ChainWalk(

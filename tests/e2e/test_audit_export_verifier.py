@@ -10,6 +10,7 @@ import json
 import struct
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +204,38 @@ def test_a_configured_key_other_than_the_databases_is_refused_at_start(
     refused = start("serve", {**sessiond_env, "SESSIOND_AUDIT_SIGNING_KEY": other}, wait=False)
     assert refused.process.wait(60) == 2
     assert "is not the key this database's audit checkpoints are signed with" in refused.log()
+
+
+def test_two_api_processes_writing_at_once_keep_one_valid_chain(
+    start: Any, sessiond_env: dict[str, str], database_url: str
+) -> None:
+    servers = [start("serve", sessiond_env), start("api", sessiond_env)]
+
+    def write(url: str, name: str) -> int:
+        commands = 0
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for n in range(6):
+                created = create_session(client, f"{name}{n}")
+                for _ in range(3):
+                    for action in ("stop", "reconnect"):
+                        answer = client.post(
+                            f"/sessions/{created['sessionId']}/{action}", headers=ADMIN
+                        )
+                        assert answer.status_code in (200, 202), answer.text
+                        commands += 1
+        return commands
+
+    with ThreadPoolExecutor(4) as pool:
+        done = list(
+            pool.map(write, [s.url for s in servers for _ in range(2)], ["A", "B", "C", "D"])
+        )
+    assert sum(done) == 4 * 6 * 6
+    verified = sessiond(sessiond_env, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    words = verified.stdout.split()  # verified N events up to position P, …
+    events, position = int(words[1]), int(words[6].rstrip(","))
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM sessiond_events WHERE notification_id <= %s", (position,)
+        ).fetchone()
+    assert row is not None and row[0] == events >= 4 * 6 * 8

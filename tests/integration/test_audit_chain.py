@@ -450,11 +450,12 @@ def test_a_log_recorded_before_the_chain_is_chained_on_upgrade(
         upgraded.close()
 
 
-def test_a_transaction_that_rolls_back_part_of_its_events_keeps_the_chain(
+def test_events_of_a_writer_that_does_not_chain_are_chained_by_the_database(
     container: Container, database_url: str
 ) -> None:
-    """The running head lives in the transaction: a savepoint rolled back takes its events'
-    links with it, and constraints checked early still leave the final head at commit."""
+    """A writer that does not chain its events (an older release during an upgrade) is
+    chained by the database, between the recorder's events; a savepoint rolled back takes
+    its events' links with it."""
     record_events(container.app, 1)
     insert = (
         "INSERT INTO sessiond_events (originator_id, originator_version, topic, state) "
@@ -471,6 +472,7 @@ def test_a_transaction_that_rolls_back_part_of_its_events_keeps_the_chain(
         conn.execute(insert, (originator, 3))
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
         conn.execute(insert, (originator, 4))
+    record_events(container.app, 1)  # the recorder goes on from the head they moved
     ids = positions(database_url)
     assert verified(container) == Verified(len(ids), ids[-1], None, 0)
 

@@ -9,8 +9,8 @@ ALTER TABLE sessiond_events ADD COLUMN IF NOT EXISTS recorded_at timestamptz;
 ALTER TABLE sessiond_events ADD COLUMN IF NOT EXISTS chain_hash bytea;
 
 -- The head of the chain: the last event chained, how many there are, and its hash; written
--- by every commit that records events. Its row lock, taken by the first event's insert of a
--- transaction, serialises chain extension across every writer.
+-- by every commit that records events. Its row lock, taken before the events' positions are
+-- reserved and held to the commit, serialises chain extension across every writer.
 CREATE TABLE IF NOT EXISTS sessiond_audit_head (
     id integer PRIMARY KEY CHECK (id = 1),
     position bigint NOT NULL,
@@ -84,60 +84,28 @@ BEGIN
     INSERT INTO sessiond_audit_head (id, position, events, hash) VALUES (1, last, count, head);
 END $do$;
 
--- Every insert extends the chain. The first insert of a transaction takes the head's row lock
--- (held to the commit: it serialises the chain across every writer) and reads the head; the
--- running head is then kept in a transaction-local setting, and written to the head's row once,
--- at commit (a deferred trigger), rather than once per event. An event that would be chained
--- at or before the head's position (a writer that skipped the table lock) is refused. The
--- event's time and hash are set here: a writer cannot supply its own.
+-- sessiond's recorder chains the events it records itself (infra/postgres/audit.py): it takes
+-- the head's row lock (held to the commit), reserves the events' positions, hashes them and
+-- writes the new head once per commit. An event inserted without a hash (a writer of an older
+-- release during an upgrade, or anyone else) is chained here instead, one head update per
+-- event, under the same lock; one that would be chained at or before the head's position (a
+-- writer that skipped the table lock) is refused. Its time and hash are set here.
 CREATE OR REPLACE FUNCTION sessiond_chain_event() RETURNS trigger LANGUAGE plpgsql AS $body$
-DECLARE
-    running text := current_setting('sessiond.chain_head', true);
-    last bigint;
-    count bigint;
-    previous bytea;
 BEGIN
-    IF running IS NULL OR running = '' THEN
-        SELECT h.position, h.events, h.hash INTO last, count, previous
-        FROM sessiond_audit_head AS h WHERE h.id = 1 FOR UPDATE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'the audit chain has no head row';
-        END IF;
-    ELSE
-        last := split_part(running, ':', 1)::bigint;
-        count := split_part(running, ':', 2)::bigint;
-        previous := decode(split_part(running, ':', 3), 'hex');
-    END IF;
-    IF NEW.notification_id <= last THEN
-        RAISE EXCEPTION 'event at position % cannot extend the audit chain: position % is already chained (events must be recorded under the table lock)', NEW.notification_id, last;
-    END IF;
     NEW.recorded_at := clock_timestamp();
-    NEW.chain_hash := sessiond_event_hash(
-        previous, NEW.notification_id, NEW.originator_id, NEW.originator_version, NEW.topic,
-        NEW.recorded_at, NEW.state
-    );
-    PERFORM set_config(
-        'sessiond.chain_head',
-        NEW.notification_id || ':' || (count + 1) || ':' || encode(NEW.chain_hash, 'hex'),
-        true
-    );
-    RETURN NEW;
-END $body$;
-CREATE OR REPLACE FUNCTION sessiond_write_chain_head() RETURNS trigger LANGUAGE plpgsql AS $body$
-DECLARE
-    running text := current_setting('sessiond.chain_head', true);
-BEGIN
-    IF running IS NULL OR running = ''
-        OR running = coalesce(current_setting('sessiond.chain_written', true), '') THEN
-        RETURN NULL;
+    UPDATE sessiond_audit_head AS h SET
+        position = NEW.notification_id,
+        events = h.events + 1,
+        hash = sessiond_event_hash(
+            h.hash, NEW.notification_id, NEW.originator_id, NEW.originator_version,
+            NEW.topic, NEW.recorded_at, NEW.state
+        )
+    WHERE h.id = 1 AND h.position < NEW.notification_id
+    RETURNING h.hash INTO NEW.chain_hash;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event at position % cannot extend the audit chain: a later position is already chained (events must be recorded under the table lock)', NEW.notification_id;
     END IF;
-    UPDATE sessiond_audit_head SET
-        position = split_part(running, ':', 1)::bigint,
-        events = split_part(running, ':', 2)::bigint,
-        hash = decode(split_part(running, ':', 3), 'hex')
-    WHERE id = 1;
-    PERFORM set_config('sessiond.chain_written', running, true);
-    RETURN NULL;
+    RETURN NEW;
 END $body$;
 DO $do$ BEGIN
     IF NOT EXISTS (
@@ -145,14 +113,6 @@ DO $do$ BEGIN
         WHERE tgname = 'sessiond_chain' AND tgrelid = 'sessiond_events'::regclass
     ) THEN
         CREATE TRIGGER sessiond_chain BEFORE INSERT ON sessiond_events
-        FOR EACH ROW EXECUTE FUNCTION sessiond_chain_event();
-    END IF;
-    IF NOT EXISTS (
-        SELECT 1 FROM pg_trigger
-        WHERE tgname = 'sessiond_chain_head' AND tgrelid = 'sessiond_events'::regclass
-    ) THEN
-        CREATE CONSTRAINT TRIGGER sessiond_chain_head AFTER INSERT ON sessiond_events
-        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-        EXECUTE FUNCTION sessiond_write_chain_head();
+        FOR EACH ROW WHEN (NEW.chain_hash IS NULL) EXECUTE FUNCTION sessiond_chain_event();
     END IF;
 END $do$;
