@@ -43,18 +43,19 @@ class ChainWriter:
         "FROM generate_series(1, %s)) AS ids "
         "FROM sessiond_audit_head AS h WHERE h.id = 1 FOR UPDATE"
     )
+    #: The events and the new head in one statement.
     insert = (
-        "INSERT INTO sessiond_events (notification_id, originator_id, originator_version, "
-        "topic, state, recorded_at, chain_hash) "
+        "WITH head AS (UPDATE sessiond_audit_head SET position = %s, events = %s, hash = %s "
+        "WHERE id = 1), inserted AS (INSERT INTO sessiond_events (notification_id, "
+        "originator_id, originator_version, topic, state, recorded_at, chain_hash) "
         "SELECT i, o, v, t, s, %s, h FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[], "
         "%s::text[], %s::bytea[], %s::bytea[]) AS u(i, o, v, t, s, h) "
-        "RETURNING notification_id"
+        "RETURNING notification_id) SELECT notification_id FROM inserted"
     )
-    write_head = "UPDATE sessiond_audit_head SET position = %s, events = %s, hash = %s WHERE id = 1"
 
     def insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
-        """Insert `stored_events` chained, on `curs` (whose last result is then the insert's
-        ``RETURNING notification_id``), and write the new head."""
+        """Insert `stored_events` chained, and write the new head, on `curs` (whose last
+        result is then the events' notification ids, in order)."""
         curs.execute(self.reserve, (len(stored_events),))
         head = curs.fetchone()
         if head is None:
@@ -79,6 +80,9 @@ class ChainWriter:
         curs.execute(
             self.insert,
             (
+                ids[-1],
+                head["events"] + len(stored_events),
+                previous,
                 recorded_at,
                 ids,
                 [e.originator_id for e in stored_events],
@@ -88,10 +92,6 @@ class ChainWriter:
                 hashes,
             ),
         )
-        with curs.connection.cursor() as head_cursor:
-            head_cursor.execute(
-                self.write_head, (ids[-1], head["events"] + len(stored_events), previous)
-            )
 
 
 def chained_event(row: dict[str, Any]) -> ChainedEvent:

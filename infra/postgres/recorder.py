@@ -61,6 +61,15 @@ class PollingApplicationRecorder(PostgresApplicationRecorder, RevocationLog):
                 revocations.execute(self.revocations.insert, parameters)
                 revocations.execute(self._notify_views)
 
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The notification ids of what `_insert_stored_events` inserted, in order."""
+        ids = [row["notification_id"] for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            raise ProgrammingError(f"{len(ids)} notification ids for {len(stored_events)} events")
+        return ids
+
     def revocation_position(self, session_id: str, key_id: str | None) -> int | None:
         with self.datastore.cursor() as curs:
             return self.revocations.position_of(curs, session_id, key_id)
