@@ -14,7 +14,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
-from application.audit import GENESIS, ChainedEvent, Checkpoint, Head, event_hash
+from application.audit import GENESIS, ChainedEvent, Checkpoint, Head
 
 HEAD = "sessiond_audit_head"
 CHECKPOINTS = "sessiond_audit_checkpoints"
@@ -31,65 +31,27 @@ _EVENTS_PAGE = (
 class ChainWriter:
     """Chains the events of one insert, in its transaction (under the event table's lock).
 
-    One round trip takes the head's row lock (held to the commit), reserves the events'
-    positions and reads the database's clock; the events are then inserted with their
-    positions, time and hashes, and the head is written once. So the chain is extended by one
-    transaction at a time, whichever process writes, in the order of the positions.
+    One statement (the database function ``sessiond_insert_chained``) takes the head's row
+    lock (held to the commit), reserves the events' positions, hashes them in order, inserts
+    them and writes the new head: the chain is extended by one transaction at a time,
+    whichever process writes, in the order of the positions, at no extra round trip.
     """
 
-    reserve = (
-        "SELECT h.position, h.events, h.hash, clock_timestamp() AS now, "
-        "ARRAY(SELECT nextval('sessiond_events_notification_id_seq'::regclass) "
-        "FROM generate_series(1, %s)) AS ids "
-        "FROM sessiond_audit_head AS h WHERE h.id = 1 FOR UPDATE"
-    )
-    #: The events and the new head in one statement.
     insert = (
-        "WITH head AS (UPDATE sessiond_audit_head SET position = %s, events = %s, hash = %s "
-        "WHERE id = 1), inserted AS (INSERT INTO sessiond_events (notification_id, "
-        "originator_id, originator_version, topic, state, recorded_at, chain_hash) "
-        "SELECT i, o, v, t, s, %s, h FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[], "
-        "%s::text[], %s::bytea[], %s::bytea[]) AS u(i, o, v, t, s, h) "
-        "RETURNING notification_id) SELECT notification_id FROM inserted"
+        "SELECT n AS notification_id FROM sessiond_insert_chained("
+        "%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) AS n"
     )
 
     def insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
         """Insert `stored_events` chained, and write the new head, on `curs` (whose last
         result is then the events' notification ids, in order)."""
-        curs.execute(self.reserve, (len(stored_events),))
-        head = curs.fetchone()
-        if head is None:
-            raise RuntimeError("the audit chain has no head row (migration 0002 not applied)")
-        previous, recorded_at = bytes(head["hash"]), head["now"]
-        ids: list[int] = head["ids"]
-        hashes = []
-        for position, stored in zip(ids, stored_events, strict=True):
-            previous = event_hash(
-                previous,
-                ChainedEvent(
-                    position,
-                    stored.originator_id,  # type: ignore[arg-type]
-                    stored.originator_version,
-                    stored.topic,
-                    recorded_at,
-                    stored.state,
-                    None,
-                ),
-            )
-            hashes.append(previous)
         curs.execute(
             self.insert,
             (
-                ids[-1],
-                head["events"] + len(stored_events),
-                previous,
-                recorded_at,
-                ids,
                 [e.originator_id for e in stored_events],
                 [e.originator_version for e in stored_events],
                 [e.topic for e in stored_events],
                 [e.state for e in stored_events],
-                hashes,
             ),
         )
 

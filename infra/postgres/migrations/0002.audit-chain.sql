@@ -84,12 +84,58 @@ BEGIN
     INSERT INTO sessiond_audit_head (id, position, events, hash) VALUES (1, last, count, head);
 END $do$;
 
--- sessiond's recorder chains the events it records itself (infra/postgres/audit.py): it takes
--- the head's row lock (held to the commit), reserves the events' positions, hashes them and
--- writes the new head once per commit. An event inserted without a hash (a writer of an older
--- release during an upgrade, or anyone else) is chained here instead, one head update per
--- event, under the same lock; one that would be chained at or before the head's position (a
--- writer that skipped the table lock) is refused. Its time and hash are set here.
+-- sessiond's recorder inserts events with this function (infra/postgres/audit.py), under the
+-- event table's lock: it takes the head's row lock (held to the commit), reserves the events'
+-- positions, hashes them in order and writes the new head once, in one statement per commit.
+CREATE OR REPLACE FUNCTION sessiond_insert_chained(
+    originators uuid[], versions bigint[], topics text[], states bytea[]
+) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
+DECLARE
+    count integer := cardinality(originators);
+    recorded timestamptz := clock_timestamp();
+    micros bytea := int8send((extract(epoch FROM recorded) * 1000000)::bigint);
+    previous bytea;
+    chained bigint;
+    ids bigint[];
+    hashes bytea[] := '{}';
+    topic bytea;
+    state bytea;
+BEGIN
+    SELECT h.events, h.hash INTO chained, previous
+    FROM sessiond_audit_head AS h WHERE h.id = 1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the audit chain has no head row';
+    END IF;
+    ids := ARRAY(
+        SELECT nextval('sessiond_events_notification_id_seq'::regclass)
+        FROM generate_series(1, count)
+    );
+    FOR i IN 1..count LOOP
+        topic := convert_to(coalesce(topics[i], ''), 'UTF8');
+        state := coalesce(states[i], ''::bytea);
+        previous := sha256(
+            previous || int8send(ids[i]) || uuid_send(originators[i]) || int8send(versions[i])
+            || micros || int4send(octet_length(topic)) || topic
+            || int8send(octet_length(state)) || state
+        );
+        hashes := hashes || previous;
+    END LOOP;
+    UPDATE sessiond_audit_head SET position = ids[count], events = chained + count, hash = previous
+    WHERE id = 1;
+    RETURN QUERY
+        INSERT INTO sessiond_events (
+            notification_id, originator_id, originator_version, topic, state, recorded_at,
+            chain_hash
+        )
+        SELECT u.i, u.o, u.v, u.t, u.s, recorded, u.h
+        FROM unnest(ids, originators, versions, topics, states, hashes) AS u(i, o, v, t, s, h)
+        RETURNING notification_id;
+END $body$;
+
+-- An event inserted without a hash (a writer of an older release during an upgrade, or anyone
+-- else) is chained by this trigger instead, one head update per event, under the same lock;
+-- one that would be chained at or before the head's position (a writer that skipped the table
+-- lock) is refused. Its time and hash are set here.
 CREATE OR REPLACE FUNCTION sessiond_chain_event() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
     NEW.recorded_at := clock_timestamp();
