@@ -31,10 +31,11 @@ _EVENTS_PAGE = (
 class ChainWriter:
     """Chains the events of one insert, in its transaction (under the event table's lock).
 
-    One statement (the database function ``sessiond_insert_chained``) takes the head's row
-    lock (held to the commit), reserves the events' positions, hashes them in order, inserts
-    them and writes the new head: the chain is extended by one transaction at a time,
-    whichever process writes, in the order of the positions, at no extra round trip.
+    One statement (the database function ``sessiond_insert_chained``) reads the head,
+    reserves the events' positions, hashes them in order, writes the new head (its row lock,
+    held to the commit, and conditional on the head read) and inserts them: with the table's
+    lock, the chain is extended by one transaction at a time, whichever process writes, in
+    the order of the positions, at no extra round trip.
     """
 
     insert = (

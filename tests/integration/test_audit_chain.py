@@ -492,3 +492,38 @@ def test_encrypted_events_are_chained_over_their_ciphertext(
         assert b"S0" not in first.state  # the session's name is in it, encrypted
     finally:
         encrypted.close()
+
+
+def test_a_chained_insert_that_races_another_without_the_table_lock_fails_whole(
+    container: Container, database_url: str
+) -> None:
+    """Two inserts that skip the table lock read the same head: the second to write it fails,
+    with nothing recorded, instead of forking the chain."""
+    record_events(container.app, 1)
+    before = positions(database_url)
+    call = "SELECT * FROM sessiond_insert_chained(%s, %s, %s, %s)"
+    with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
+        first.execute(call, ([uuid.uuid4()], [1], ["t"], [b"1"]))
+        second_done: list[BaseException | None] = []
+
+        def insert_second() -> None:
+            try:
+                second.execute(call, ([uuid.uuid4()], [1], ["t"], [b"2"]))
+                second.commit()
+                second_done.append(None)
+            except psycopg.Error as error:
+                second.rollback()
+                second_done.append(error)
+
+        import threading
+
+        thread = threading.Thread(target=insert_second)
+        thread.start()
+        time.sleep(0.5)  # the second waits for the head's row lock
+        first.commit()
+        thread.join(10)
+    assert len(second_done) == 1 and isinstance(second_done[0], psycopg.errors.RaiseException)
+    assert "head moved" in str(second_done[0])
+    ids = positions(database_url)
+    assert len(ids) == len(before) + 1
+    assert verified(container) == Verified(len(ids), ids[-1], None, 0)

@@ -85,8 +85,11 @@ BEGIN
 END $do$;
 
 -- sessiond's recorder inserts events with this function (infra/postgres/audit.py), under the
--- event table's lock: it takes the head's row lock (held to the commit), reserves the events'
--- positions, hashes them in order and writes the new head once, in one statement per commit.
+-- event table's lock (which already keeps every other insert out): it reads the head, reserves
+-- the events' positions, hashes them in order and writes the new head once, in one statement
+-- per commit. The head's update takes its row lock (held to the commit) and is conditional on
+-- the head read: a caller that skipped the table lock and raced another fails, and leaves
+-- nothing, rather than forking the chain.
 CREATE OR REPLACE FUNCTION sessiond_insert_chained(
     originators uuid[], versions bigint[], topics text[], states bytea[]
 ) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
@@ -95,14 +98,15 @@ DECLARE
     recorded timestamptz := clock_timestamp();
     micros bytea := int8send((extract(epoch FROM recorded) * 1000000)::bigint);
     previous bytea;
+    last bigint;
     chained bigint;
     ids bigint[];
     hashes bytea[] := '{}';
     topic bytea;
     state bytea;
 BEGIN
-    SELECT h.events, h.hash INTO chained, previous
-    FROM sessiond_audit_head AS h WHERE h.id = 1 FOR UPDATE;
+    SELECT h.position, h.events, h.hash INTO last, chained, previous
+    FROM sessiond_audit_head AS h WHERE h.id = 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'the audit chain has no head row';
     END IF;
@@ -121,7 +125,10 @@ BEGIN
         hashes := hashes || previous;
     END LOOP;
     UPDATE sessiond_audit_head SET position = ids[count], events = chained + count, hash = previous
-    WHERE id = 1;
+    WHERE id = 1 AND position = last;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the audit chain''s head moved while these events were chained (events must be recorded under the table lock)';
+    END IF;
     RETURN QUERY
         INSERT INTO sessiond_events (
             notification_id, originator_id, originator_version, topic, state, recorded_at,
