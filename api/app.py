@@ -24,6 +24,7 @@ from api.auth import (
     key_required,
 )
 from api.context import ApiContext
+from api.controllers.audit import AuditController
 from api.controllers.health import HealthController
 from api.controllers.history import HistoryController, UptimeController
 from api.controllers.keys import KeysController
@@ -128,6 +129,7 @@ def create_app(
         MessagesController,
         WebhooksController,
         HistoryController,
+        AuditController,
         StreamsController,
         UptimeController,
         metrics,

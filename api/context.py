@@ -10,6 +10,7 @@ from uuid import UUID
 
 from api.expensive import ExpensiveReads
 from api.ratelimit import FailureThrottle, Network, SessionRateLimiter
+from application.audit import Break, Verified
 from application.sessions import SessionsApplication
 from projections.history import StatusSnapshots
 from projections.livefeed import LiveFeed
@@ -79,3 +80,7 @@ class ApiContext:
     max_streams_per_session: int = 10
     #: The silence watchdog's period in seconds (SESSIOND_SILENCE_AFTER; 0: off), shown.
     silence_after: float = 1800.0
+    #: The audit key's public half (Ed25519, raw 32 bytes), and the verification of the audit
+    #: chain's tail since its last checkpoint (None: not served).
+    audit_public_key: bytes | None = None
+    audit_verify: Callable[[], Break | Verified] | None = None

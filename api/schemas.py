@@ -678,3 +678,28 @@ class ReplayOut(Out):
     enqueued: int
     #: Where the window goes on (send it as `after`), or null when it is done.
     next: str | None = None
+
+
+class AuditPublicKeyOut(Out):
+    algorithm: Literal["Ed25519"]
+    public_key: str  # base64 of the raw 32 bytes
+    public_key_pem: str  # SubjectPublicKeyInfo, PEM
+
+
+class AuditCheckpointOut(Out):
+    position: int
+    events: int
+    hash: str  # hex
+    signed_at: datetime
+
+
+class AuditVerifyOut(Out, omit_defaults=True):
+    verified: bool
+    #: verified: the events checked, the position they reach, and where the check started
+    events: int | None = None
+    position: int | None = None
+    verified_from: int | None = None
+    last_checkpoint: AuditCheckpointOut | None = None
+    #: not verified: the first broken position and what is wrong there
+    broken_at: int | None = None
+    problem: str | None = None

@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
     "status_read.py",
     "command_throughput.py",
+    "audit_chain.py",
     "gateway_storm.py",
     "uptime_series.py",
     "inbound_ingestion.py",
@@ -62,6 +63,23 @@ def run(script: str, options: list[str], workdir: Path) -> tuple[int, dict[str, 
     return code, result
 
 
+def audit_chain_rows(chain: dict[str, Any] | None) -> list[list[str]]:
+    if chain is None:
+        return [["commands with the audit chain vs without", "-", "-", "-", "-", "FAILED"]]
+    return [
+        [
+            f"commands with the audit chain vs without, {writers} writer(s)",
+            f"{figures['chain_off_commands_per_s']:,.0f}",
+            f"{figures['chain_on_commands_per_s']:,.0f}",
+            f"{figures['ratio']:.3f}",
+            f"≥ {chain['target_ratio']}",
+            verdict(figures["ratio"] >= chain["target_ratio"])
+            + ("" if chain["valid"] else " INVALID"),
+        ]
+        for writers, figures in chain["writers"].items()
+    ]
+
+
 def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     rows: list[list[str]] = []
     status = results.get("status_read.py")
@@ -98,6 +116,7 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                     + ("" if commands["verified"] else " ORDERING BROKEN"),
                 ]
             )
+    rows += audit_chain_rows(results.get("audit_chain.py"))
     storm = results.get("gateway_storm.py")
     if storm is None:
         rows.append(["gateway storm", "-", "-", "-", "-", "FAILED"])

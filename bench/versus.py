@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -62,8 +63,14 @@ def run_once(tree: Path, bench: str, extra: list[str]) -> dict[str, Any]:
             "--json-out",
             out.name,
         ]
-        print(f"$ (cd {tree} && {' '.join(command[1:])})", flush=True)
-        done = subprocess.run(command, cwd=tree, check=False, capture_output=True, text=True)
+        print(f"$ (cd {tree} && PYTHONPATH={tree} {' '.join(command[1:])})", flush=True)
+        # The tree's own code first: a venv shared by several trees (worktrees) has the
+        # project installed in editable mode from one of them, which a script run from
+        # bench/ would otherwise import, whatever tree it belongs to.
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        done = subprocess.run(
+            command, cwd=tree, env=env, check=False, capture_output=True, text=True
+        )
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{bench} failed in {tree} ({done.returncode})")

@@ -32,6 +32,7 @@ from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
 from application.sessions import SessionCaps, SessionsApplication
 from domain.policy import ReconnectPolicy
+from infra.postgres.audit import AuditStore
 from infra.postgres.gateway import PostgresDeviceSet, PostgresGatewayView
 from infra.postgres.gatewaycalls import PostgresGatewayCalls
 from infra.postgres.generations import ActiveMessagesView, ActiveUptimeView, ActiveViews
@@ -49,6 +50,7 @@ from infra.postgres.uptime import PostgresUptimeView
 from infra.postgres.viewcache import CachedReadModels
 from infra.postgres.views import BatchingView
 from infra.postgres.webhooks import PostgresWebhookView, WebhookStore
+from infra.runtime.audit import AuditKey, Checkpointer, load_audit_key, verify_tail
 from infra.runtime.keyexpiry import KeyExpiry
 from infra.runtime.readers import reader_processes
 from infra.runtime.supervisor import ProjectionSupervisor
@@ -147,7 +149,9 @@ class Container:
     read_models: CachedReadModels | None = None
     worker: GatewayWorker | None = None
     dispatcher: WebhookDispatcher | None = None
+    checkpointer: Checkpointer | None = None
     runner_env: dict[str, str] = field(init=False)
+    _audit_key: AuditKey | None = field(default=None, init=False)
 
     @property
     def direct_url(self) -> str:
@@ -268,6 +272,29 @@ class Container:
             )
         return str(row["key_hash"])
 
+    # -- the audit chain ----------------------------------------------------------------
+
+    @property
+    def audit_store(self) -> AuditStore:
+        return AuditStore(self.app.factory.datastore)  # type: ignore[attr-defined]
+
+    def audit_key(self) -> AuditKey:
+        """The configured audit key, or the stored one (generated and shown once)."""
+        if self._audit_key is None:
+            self._audit_key = load_audit_key(self.audit_store, self.settings.audit_signing_key)
+        return self._audit_key
+
+    def start_checkpoints(self) -> None:
+        """Sign the chain's head periodically (in the projector role)."""
+        self.checkpointer = Checkpointer(
+            self.audit_store,
+            self.audit_key(),
+            every_events=self.settings.audit_checkpoint_events,
+            interval=self.settings.audit_checkpoint_interval,
+            tick=min(1.0, self.settings.audit_checkpoint_interval),
+        )
+        self.checkpointer.start()
+
     # -- roles --------------------------------------------------------------------------
 
     def start_projector(self) -> None:
@@ -385,6 +412,7 @@ class Container:
             stale_after=self.settings.stale_after,
             listener=self.listener,
         )
+        audit_key = self.audit_key()
         storage = self.settings.redis_url or "memory://"
         limiter = SessionRateLimiter(storage)
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]
@@ -461,6 +489,8 @@ class Container:
             view_position=lambda: read_models.position,
             dashboard_secret=self.settings.dashboard_secret,
             dashboard_secure_cookie=self.settings.dashboard_secure_cookie,
+            audit_public_key=audit_key.public,
+            audit_verify=lambda: verify_tail(self.audit_store, audit_key.public),
         )
 
     def projection_lags(self) -> dict[str, int]:
@@ -480,6 +510,7 @@ class Container:
     def start(self) -> None:
         if "projector" in self.roles:
             self.start_projector()
+            self.start_checkpoints()
         if "worker" in self.roles:
             self.start_worker()
 
@@ -500,6 +531,8 @@ class Container:
             supervisor.request_stop()
         if self.read_models is not None:
             self.read_models.request_stop()
+        if self.checkpointer is not None:
+            self.checkpointer.request_stop()
         if self.worker is not None:  # first: its clients stop, and its leases go to others
             self.worker.close(left())  # also closes the gateway
         if self.dispatcher is not None:
@@ -508,6 +541,8 @@ class Container:
             supervisor.stop(left())
         if self.read_models is not None:
             self.read_models.stop(left())
+        if self.checkpointer is not None:
+            self.checkpointer.stop(left())
         if self.listener is not None:  # after the supervisors: their locks go with it
             self.listener.stop(min(2.0, left()))
         datastore = self.app.factory.datastore  # type: ignore[attr-defined]

@@ -95,6 +95,12 @@ class Settings:
     direct_database_url: str | None = None
     #: The most connections of a process's pool (None: its roles' budget, `infra.bootstrap`).
     pool_max: int | None = None
+    #: The Ed25519 private key (base64 of its 32 bytes) that signs the audit checkpoints
+    #: (None: generated once, kept in the database, shown once).
+    audit_signing_key: str | None = None
+    #: A checkpoint once this many events are unsigned, and at least every so many seconds.
+    audit_checkpoint_events: int = 1000
+    audit_checkpoint_interval: float = 3600.0
 
     def sending_defaults(self) -> SendingSettings:
         """How sessions send unless they set their own (``PUT /sessions/{id}/sending``)."""
@@ -180,10 +186,17 @@ class Settings:
                 if reader.optional("POOL_MAX") is None
                 else reader.integer("POOL_MAX", 0, 1, 1000)
             ),
+            audit_signing_key=reader.optional("AUDIT_SIGNING_KEY"),
+            audit_checkpoint_events=reader.integer("AUDIT_CHECKPOINT_EVENTS", 1000, 1, 10_000_000),
+            audit_checkpoint_interval=reader.number(
+                "AUDIT_CHECKPOINT_INTERVAL", 3600.0, 0.05, 3600.0
+            ),
         )
         check_revocation_timing(settings)
         if settings.cipher_key is not None:
             check_cipher_key(settings.cipher_key)
+        if settings.audit_signing_key is not None:
+            signing_key_bytes(settings.audit_signing_key)
         for name, url in (
             ("DATABASE_URL", settings.database_url),
             ("DIRECT_DATABASE_URL", settings.direct_database_url),
@@ -209,6 +222,20 @@ class Settings:
         ):
             raise SettingsError("SESSIOND_REDIS_URL must start with redis://, rediss:// or unix://")
         return settings
+
+
+def signing_key_bytes(value: str) -> bytes:
+    """The 32 bytes of an Ed25519 private key given as base64; `SettingsError` otherwise."""
+    try:
+        raw = b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise SettingsError(
+            "SESSIOND_AUDIT_SIGNING_KEY must be the base64 of an Ed25519 private key's 32 "
+            "bytes (sessiond prints one when it generates it)"
+        )
+    return raw
 
 
 def check_revocation_timing(settings: Settings) -> None:

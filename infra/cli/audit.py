@@ -1,23 +1,28 @@
-"""The auditor's commands: `sessiond history <sessionId>`, `sessiond export` and `sessiond
-projections status` (`sessiond projections rebuild` is in `infra/runtime/rebuild.py`)."""
+"""The auditor's commands: `sessiond history <sessionId>`, `sessiond export`, `sessiond audit
+verify` and `sessiond projections status` (`sessiond projections rebuild` is in
+`infra/runtime/rebuild.py`)."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 from contextlib import ExitStack
 from typing import IO, Any
 
 import msgspec
+from eventsourcing.persistence import Notification
 from tqdm import tqdm
 
 from api.presenters import event_out
+from application.audit import Break, ChainedEvent, Checkpoint, microseconds
 from application.errors import SessionNotFound
 from domain.errors import InvalidValue
 from domain.values import session_uuid
 from infra.bootstrap import Container
+from infra.runtime.audit import AuditKeyError, verify_chain
 from infra.settings import Settings
-from projections.history import log_page, session_history
+from projections.history import entry, session_history
 
 PAGE = 1000
 
@@ -53,28 +58,142 @@ def print_history(settings: Settings, url: str, session_id: str) -> int:
         container.close()
 
 
+def _instant(when: Any) -> str:
+    return str(when.isoformat(timespec="microseconds").replace("+00:00", "Z"))
+
+
+def _chain_out(event: ChainedEvent) -> dict[str, Any]:
+    """The event as stored, what its hash covers (README "Tamper-evident history")."""
+    return {
+        "originatorId": str(event.originator_id),
+        "version": event.version,
+        "topic": event.topic,
+        "recordedAt": _instant(event.recorded_at),
+        "recordedAtMicros": microseconds(event.recorded_at),
+        "state": base64.b64encode(event.state).decode(),
+        "hash": None if event.hash is None else event.hash.hex(),
+    }
+
+
+def _checkpoint_out(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "checkpoint": {
+            "position": checkpoint.position,
+            "events": checkpoint.events,
+            "hash": checkpoint.hash.hex(),
+            "signedAt": _instant(checkpoint.signed_at),
+            "signedAtMicros": microseconds(checkpoint.signed_at),
+            "publicKey": base64.b64encode(checkpoint.public_key).decode(),
+            "signature": base64.b64encode(checkpoint.signature).decode(),
+        }
+    }
+
+
 def export_log(settings: Settings, url: str, after: int, output: str) -> int:
-    """Write the log after position `after` as NDJSON, with a progress bar on stderr."""
+    """Write the log after position `after` as NDJSON, with a progress bar on stderr: each
+    event decoded and as stored with its hash, each checkpoint after the event it signs, and
+    the chain's head last (after a start line giving the chain's hash at `after` when it is
+    not the log's start)."""
     container = Container(settings, url, frozenset())
     encoder = msgspec.json.Encoder()
+    store = container.audit_store
     try:
-        head = container.app.recorder.max_notification_id() or 0
+        head = store.head()
+        end = head.position if head is not None else 0
         with ExitStack() as stack:
             out: IO[bytes] = (
                 sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
             )
             progress = stack.enter_context(
-                tqdm(total=max(0, head - after), unit="event", file=sys.stderr, delay=0.5)
+                tqdm(total=max(0, end - after), unit="event", file=sys.stderr, delay=0.5)
             )
-            while after < head:
-                entries = log_page(container.app, after, PAGE)
-                if not entries:
+            if after > 0:
+                start = store.chain_before(after)
+                out.write(
+                    encoder.encode(
+                        {
+                            "chainFrom": {
+                                "position": after,
+                                "events": start[1],
+                                "hash": start[0].hex(),
+                            }
+                        }
+                    )
+                    + b"\n"
+                )
+            checkpoints = iter(c for c in store.checkpoints(after) if c.position <= end)
+            waiting = next(checkpoints, None)
+            done = after
+            for page in store.events(after, PAGE):
+                for event in page:
+                    if event.position > end:
+                        break
+                    decoded = entry(
+                        container.app.mapper.to_domain_event(
+                            Notification(
+                                id=event.position,
+                                originator_id=event.originator_id,
+                                originator_version=event.version,
+                                topic=event.topic,
+                                state=event.state,
+                            )
+                        ),
+                        event.position,
+                    )
+                    record = msgspec.to_builtins(event_out(decoded))
+                    record["chain"] = _chain_out(event)
+                    out.write(encoder.encode(record) + b"\n")
+                    while waiting is not None and waiting.position <= event.position:
+                        out.write(encoder.encode(_checkpoint_out(waiting)) + b"\n")
+                        waiting = next(checkpoints, None)
+                    progress.update(event.position - done)
+                    done = event.position
+                if done >= end:
                     break
-                for e in entries:
-                    out.write(encoder.encode(event_out(e)) + b"\n")
-                assert entries[-1].position is not None
-                progress.update(entries[-1].position - after)
-                after = entries[-1].position
+            if head is not None:
+                out.write(
+                    encoder.encode(
+                        {
+                            "head": {
+                                "position": head.position,
+                                "events": head.events,
+                                "hash": head.hash.hex(),
+                            }
+                        }
+                    )
+                    + b"\n"
+                )
+        return 0
+    finally:
+        container.close()
+
+
+def verify_audit_chain(settings: Settings, url: str) -> int:
+    """Walk the whole log against its hashes, checkpoints and head, with a progress bar on
+    stderr; 0 and one line when it holds, 1 and the first broken position otherwise."""
+    container = Container(settings, url, frozenset())
+    try:
+        try:
+            key = container.audit_key()
+        except AuditKeyError as error:
+            print(f"sessiond: {error}", file=sys.stderr)
+            return 2
+        store = container.audit_store
+        head = store.head()
+        with tqdm(
+            total=head.events if head else 0, unit="event", file=sys.stderr, delay=0.5
+        ) as progress:
+            result = verify_chain(store, key.public, progress=progress.update)
+        if isinstance(result, Break):
+            print(f"broken at position {result.position}: {result.problem}")
+            return 1
+        last = result.last_checkpoint
+        when = "none yet" if last is None else _instant(last.signed_at)
+        where = "" if last is None else f" (position {last.position})"
+        print(
+            f"verified {result.events} events up to position {result.position}, "
+            f"last checkpoint at {when}{where}"
+        )
         return 0
     finally:
         container.close()
@@ -98,7 +217,9 @@ def projections_status(settings: Settings, url: str) -> int:
 
 
 def run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    """`sessiond history | export | projections` with their parsed arguments."""
+    """`sessiond history | export | audit | projections` with their parsed arguments."""
+    if args.command == "audit":
+        return verify_audit_chain(settings, url)
     if args.command == "history":
         return print_history(settings, url, args.session_id)
     if args.command == "projections":

@@ -205,6 +205,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--after", type=int, default=0, help="only events after this position")
     export.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
     session_command.add_commands(commands)
+    audit = commands.add_parser("audit", help="the tamper-evident history")
+    audit.add_argument(
+        "action",
+        choices=["verify"],
+        help="verify: walk the whole log against its hashes, signed checkpoints and head",
+    )
     commands.add_parser("worker", help="run only the gateway (any number: sessions are leased)")
     commands.add_parser(
         "cipher-key", help="print a new key for SESSIOND_CIPHER_KEY (AES-256, base64)"
@@ -265,11 +271,18 @@ def _prepare_session_command(args: argparse.Namespace) -> int | None:
 def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """Run `args.command` on the database at `url`, its schema brought up to date first."""
     from infra.postgres.schema import SchemaError, migrate  # noqa: PLC0415
+    from infra.runtime.audit import check_configured_key  # noqa: PLC0415
 
     try:  # once here, before any process of this command builds its roles
         migrate(settings.direct_database_url or url)
+        refusal = check_configured_key(
+            settings.direct_database_url or url, settings.audit_signing_key
+        )
     except SchemaError as error:
         print(f"sessiond: {error}", file=sys.stderr)
+        return 2
+    if refusal is not None:
+        print(f"sessiond: {refusal}", file=sys.stderr)
         return 2
     if args.command == "projections" and args.action == "rebuild":
         from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415
@@ -277,7 +290,7 @@ def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
         return rebuild_command(args, settings, url)
     if args.command == "session":
         return session_command.run(args, args.prepared, settings, url)
-    if args.command in ("history", "export", "projections"):
+    if args.command in ("history", "export", "audit", "projections"):
         from infra.cli.audit import run_command  # noqa: PLC0415
 
         return run_command(args, settings, url)

@@ -1,6 +1,7 @@
 """The application recorder: its subscriptions share one reader of the log per process
-(`infra.postgres.loghub`), which also polls, so a lost NOTIFY never stalls a view; and it writes the
-revocations of what it records in the same transaction (`infra.postgres.revocations`)."""
+(`infra.postgres.loghub`), which also polls, so a lost NOTIFY never stalls a view; it chains what
+it records into the audit chain (`infra.postgres.audit`) and writes the revocations of what it
+records (`infra.postgres.revocations`), both in the same transaction."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from psycopg.sql import SQL, Identifier
 
 from application.ports import RevocationLog
 from application.revocations import REVOCATIONS
+from infra.postgres.audit import ChainWriter
 from infra.postgres.listener import ProcessListener
 from infra.postgres.loghub import HubSubscription
 from infra.postgres.revocations import RevocationTable
@@ -40,20 +42,33 @@ class PollingApplicationRecorder(PostgresApplicationRecorder, RevocationLog):
         if datastore.enable_db_functions:  # its insert function would skip the revocations
             raise ProgrammingError("POSTGRES_ENABLE_DB_FUNCTIONS is not supported by sessiond")
         self.revocations = RevocationTable(datastore.schema, events_table_name)
+        self.chain = ChainWriter()
         self._notify_views = SQL("NOTIFY {0}").format(Identifier(VIEWS_CHANNEL))
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
-        """Record the events and, in the same transaction and under the same table lock, the
-        revocations among them; then wake every API process's copy of the views."""
+        """Record the events chained into the audit chain and, in the same transaction and
+        under the same table lock, the revocations among them; then wake every API process's
+        copy of the views."""
         # Checked before anything is written (an error here leaves nothing recorded).
         parameters = RevocationTable.parameters(stored_events, kwargs.get(REVOCATIONS, ()))
-        super()._insert_stored_events(curs, stored_events, **kwargs)
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        self.chain.insert_events(curs, stored_events)
         if parameters is not None:
             with curs.connection.cursor() as revocations:
                 revocations.execute(self.revocations.insert, parameters)
                 revocations.execute(self._notify_views)
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The notification ids of what `_insert_stored_events` inserted, in order."""
+        ids = [row["notification_id"] for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            raise ProgrammingError(f"{len(ids)} notification ids for {len(stored_events)} events")
+        return ids
 
     def revocation_position(self, session_id: str, key_id: str | None) -> int | None:
         with self.datastore.cursor() as curs:

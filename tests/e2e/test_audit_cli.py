@@ -41,7 +41,9 @@ def test_history_prints_a_timeline_and_export_writes_the_log(
     exported = tmp_path / "log.ndjson"
     done = sessiond(sessiond_env, "export", "--output", str(exported))
     assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in exported.read_text().splitlines()]
+    written: list[dict[str, Any]] = [json.loads(text) for text in exported.read_text().splitlines()]
+    records = [r for r in written if "chain" in r]  # the events (then checkpoints, the head)
+    assert written[-1]["head"]["position"] == records[-1]["position"]
     positions = [r["position"] for r in records]
     assert positions == sorted(set(positions))  # in log order (ids may skip numbers)
     versions = [r["version"] for r in records]
@@ -49,7 +51,9 @@ def test_history_prints_a_timeline_and_export_writes_the_log(
     assert {r["sessionId"] for r in records} == {sid}
     assert [r["type"] for r in records][-1] == "Stopped"
     tail = sessiond(sessiond_env, "export", "--after", str(positions[-2]))
-    assert [json.loads(line)["position"] for line in tail.stdout.splitlines()] == positions[-1:]
+    continued: list[dict[str, Any]] = [json.loads(text) for text in tail.stdout.splitlines()]
+    assert continued[0]["chainFrom"]["position"] == positions[-2]
+    assert [r["position"] for r in continued if "chain" in r] == positions[-1:]
 
 
 def test_projections_status_shows_each_views_position_and_lag(

@@ -11,7 +11,12 @@ import pytest
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.steps import simulate
 
-PUBLIC = {("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")}
+PUBLIC = {
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/audit/public-key"),  # a public key: auditors fetch it without a key
+}
 GARBAGE_BODIES: list[tuple[bytes | None, dict[str, str]]] = [
     (b"{not json", {"content-type": "application/json"}),
     (b'{"surprise": [1, 2, 3], "name": 5, "phone": {}, "url": null}', {}),
@@ -80,7 +85,8 @@ async def test_every_route_that_needs_a_key_answers_401_before_reading_the_reque
     ids = await real_ids(api)
     walked = operations(document)
     public = {(method, path) for method, path, op in walked if not op.get("security")}
-    # Check only the health probes and the metrics are public, and nothing else slipped in.
+    # Check only the health probes, the metrics and the audit key's public half are public,
+    # and nothing else slipped in.
     assert public == PUBLIC
     assert len(walked) >= 39
     assert any(path.startswith("/simulator/") for _, path, _ in walked)

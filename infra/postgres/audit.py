@@ -1,0 +1,242 @@
+"""The audit chain's tables: each event's hash (written by the recorder as it records the
+event, `ChainWriter`; by the database's trigger for any other writer:
+migrations/0003.audit-chain.sql), the chain's head, the signed checkpoints and the audit key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
+from application.audit import GENESIS, ChainedEvent, Checkpoint, Head
+
+HEAD = "sessiond_audit_head"
+CHECKPOINTS = "sessiond_audit_checkpoints"
+KEY = "sessiond_audit_key"
+EVENTS = "sessiond_events"
+
+_EVENTS_PAGE = (
+    "SELECT notification_id, originator_id, originator_version, topic, recorded_at, state, "
+    "chain_hash FROM sessiond_events WHERE notification_id > %s AND notification_id <= %s "
+    "ORDER BY notification_id LIMIT %s"
+)
+
+
+class ChainWriter:
+    """Chains the events of one insert, in its transaction (under the event table's lock).
+
+    One statement (the database function ``sessiond_insert_chained``) reads the head,
+    reserves the events' positions, hashes them in order, writes the new head (its row lock,
+    held to the commit, and conditional on the head read) and inserts them: with the table's
+    lock, the chain is extended by one transaction at a time, whichever process writes, in
+    the order of the positions, at no extra round trip.
+    """
+
+    insert = (
+        "SELECT n AS notification_id FROM sessiond_insert_chained("
+        "%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) AS n"
+    )
+
+    def insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
+        """Insert `stored_events` chained, and write the new head, on `curs` (whose last
+        result is then the events' notification ids, in order)."""
+        curs.execute(
+            self.insert,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+        )
+
+
+def chained_event(row: dict[str, Any]) -> ChainedEvent:
+    return ChainedEvent(
+        position=row["notification_id"],
+        originator_id=row["originator_id"],
+        version=row["originator_version"],
+        topic=row["topic"] or "",
+        recorded_at=row["recorded_at"],
+        state=bytes(row["state"] or b""),
+        hash=None if row["chain_hash"] is None else bytes(row["chain_hash"]),
+    )
+
+
+def _checkpoint(row: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        position=row["position"],
+        events=row["events"],
+        hash=bytes(row["hash"]),
+        signed_at=row["signed_at"],
+        public_key=bytes(row["public_key"]),
+        signature=bytes(row["signature"]),
+    )
+
+
+class AuditStore:
+    """Reads the chain and writes checkpoints, on the application's pool."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        self.datastore = datastore
+
+    def head(self) -> Head | None:
+        """The head recorded by the last commit (None before the schema has one)."""
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT position, events, hash FROM sessiond_audit_head WHERE id = 1")
+            row = curs.fetchone()
+        if row is None:
+            return None
+        return Head(row["position"], row["events"], bytes(row["hash"]))
+
+    def beyond(self, position: int) -> int | None:
+        """The first event after `position` and after the chain's head, looked for in the
+        same snapshot as the head (None: there is none)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT min(e.notification_id) AS beyond FROM sessiond_events e, "
+                "sessiond_audit_head h WHERE h.id = 1 AND e.notification_id > %s "
+                "AND e.notification_id > h.position",
+                (position,),
+            )
+            row = curs.fetchone()
+        return None if row is None else row["beyond"]
+
+    def events(
+        self, after: int, page: int = 1000, *, until: int | None = None
+    ) -> Iterator[list[ChainedEvent]]:
+        """The chained events after position `after` (up to `until`), a page at a time, in
+        log order."""
+        last = until if until is not None else 2**63 - 1
+        while True:
+            with self.datastore.cursor() as curs:
+                curs.execute(_EVENTS_PAGE, (after, last, page))
+                rows = curs.fetchall()
+            if not rows:
+                return
+            events = [chained_event(row) for row in rows]
+            yield events
+            after = events[-1].position
+
+    def recorded_after(self, position: int) -> datetime | None:
+        """When the first event after `position` was recorded (None: there is none)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT recorded_at FROM sessiond_events WHERE notification_id > %s "
+                "ORDER BY notification_id LIMIT 1",
+                (position,),
+            )
+            row = curs.fetchone()
+        return None if row is None else row["recorded_at"]
+
+    def hash_at(self, position: int) -> bytes | None:
+        """The hash stored with the event at `position` (the genesis before position 1)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT chain_hash FROM sessiond_events WHERE notification_id = %s", (position,)
+            )
+            row = curs.fetchone()
+        return None if row is None or row["chain_hash"] is None else bytes(row["chain_hash"])
+
+    def chain_before(self, position: int) -> tuple[bytes, int]:
+        """The chain's hash after the last event at or before `position`, and how many
+        events it has there (the genesis and 0 before the first)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT chain_hash, (SELECT count(*) FROM sessiond_events "
+                "WHERE notification_id <= %s) AS events FROM sessiond_events "
+                "WHERE notification_id <= %s ORDER BY notification_id DESC LIMIT 1",
+                (position, position),
+            )
+            row = curs.fetchone()
+        if row is None:
+            return GENESIS, 0
+        return bytes(row["chain_hash"]), row["events"]
+
+    def checkpoints(self, after: int = -1) -> list[Checkpoint]:
+        """The checkpoints after position `after`, in position order."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT position, events, hash, signed_at, public_key, signature "
+                "FROM sessiond_audit_checkpoints WHERE position > %s ORDER BY position",
+                (after,),
+            )
+            return [_checkpoint(row) for row in curs.fetchall()]
+
+    def last_checkpoint(self, upto: int | None = None) -> Checkpoint | None:
+        """The checkpoint of the highest position (at most `upto`)."""
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT position, events, hash, signed_at, public_key, signature "
+                "FROM sessiond_audit_checkpoints WHERE position <= %s "
+                "ORDER BY position DESC LIMIT 1",
+                (2**63 - 1 if upto is None else upto,),
+            )
+            row = curs.fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def now(self) -> datetime:
+        """The database's clock (the one the chain's times come from)."""
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT clock_timestamp() AS now")
+            row = curs.fetchone()
+        assert row is not None
+        now: datetime = row["now"]
+        return now
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Record a checkpoint; False if one of that position is already there."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_audit_checkpoints "
+                "(position, events, hash, signed_at, public_key, signature) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (position) DO NOTHING "
+                "RETURNING position",
+                (
+                    checkpoint.position,
+                    checkpoint.events,
+                    checkpoint.hash,
+                    checkpoint.signed_at,
+                    checkpoint.public_key,
+                    checkpoint.signature,
+                ),
+            )
+            return curs.fetchone() is not None
+
+    # -- the audit key ------------------------------------------------------------------
+
+    def stored_key(self) -> tuple[bytes, bytes | None] | None:
+        """The stored public key and, while sessiond keeps it, the private key."""
+        with self.datastore.cursor() as curs:
+            curs.execute("SELECT public_key, private_key FROM sessiond_audit_key WHERE id = 1")
+            row = curs.fetchone()
+        if row is None:
+            return None
+        private = row["private_key"]
+        return bytes(row["public_key"]), None if private is None else bytes(private)
+
+    def store_generated_key(self, public: bytes, private: bytes) -> bool:
+        """Keep a generated key unless one is stored already; True if it was kept."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_audit_key (id, public_key, private_key) VALUES (1, %s, %s) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                (public, private),
+            )
+            return curs.fetchone() is not None
+
+    def store_configured_key(self, public: bytes) -> None:
+        """The configured key's public half replaces whatever is stored, private half gone."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "INSERT INTO sessiond_audit_key (id, public_key, private_key) VALUES (1, %s, NULL) "
+                "ON CONFLICT (id) DO UPDATE SET public_key = EXCLUDED.public_key, "
+                "private_key = NULL",
+                (public,),
+            )
