@@ -67,6 +67,8 @@ ROUTE_SCOPES: dict[str, str] = {
     "simulateBan": ADMIN_ONLY,
     "simulateOutdated": ADMIN_ONLY,
     "simulateSilence": ADMIN_ONLY,
+    # the audit chain
+    "verifyAuditChain": ADMIN_ONLY,
     "simulateKeepalive": ADMIN_ONLY,
     "simulateInbound": ADMIN_ONLY,
     "simulateAck": ADMIN_ONLY,
