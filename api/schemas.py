@@ -10,6 +10,7 @@ from msgspec import Meta
 
 from domain.proxy import MAX_PROXY_URL_LENGTH
 from domain.values import MAX_NAME_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TEXT_LENGTH
+from domain.webhook import WebhookEventType
 
 SessionId = Annotated[
     str, Meta(pattern=r"^sess_[0-9a-f]{32}$", examples=["sess_6f1c0d6c2b3a4e5f8a9b0c1d2e3f4a5b"])
@@ -342,20 +343,6 @@ class AckIn(Body):
     status: Literal["delivered", "read"]
 
 
-WebhookEventType = Literal[
-    "session.created",
-    "session.qr",
-    "session.socket-connected",
-    "session.socket-disconnected",
-    "session.expired",
-    "session.stopped",
-    "session.deleted",
-    "message.received",
-    "message.sent",
-    "message.delivered",
-    "message.read",
-    "message.failed",
-]
 WebhookUrl = Annotated[
     str, Meta(min_length=1, max_length=2048, examples=["https://example.com/hooks/whatsapp"])
 ]

@@ -45,6 +45,7 @@ from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, public_session_id
 from infra.bootstrap import Container
+from infra.postgres.status import PostgresSessionStatusView
 from infra.runtime.rebuild import DEFAULT_PAGE_SIZE, ViewRebuild
 from infra.settings import Settings
 
@@ -175,7 +176,7 @@ def check(container: Container, sessions: dict[str, Session]) -> list[str]:
     """The rebuilt view has every session, at the head, as its aggregate says."""
     problems = []
     container.views.resolve()
-    view = container.status_view
+    view = container.views.of(PostgresSessionStatusView)
     head = container.app.recorder.max_notification_id() or 0
     if view.max_tracking_id(container.app.name) != head:
         problems.append(f"the view is at {view.max_tracking_id(container.app.name)}, not {head}")

@@ -27,6 +27,7 @@ from projections.messages import MessageRow, MessagesView
 from projections.uptime import Transition, UptimeView
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 #: A switch is announced here (payload: the projection's name) and on the views' channel.
 GENERATIONS_CHANNEL = "sessiond_generations"
@@ -86,12 +87,19 @@ class ActiveViews:
         self.classes = dict(classes)
         self._views: dict[str, Any] = {}
         self._generations: dict[str, int] = {}
+        self._names = {kind: name for name, kind in self.classes.items()}
 
     def names(self) -> list[str]:
         return list(self.classes)
 
     def get(self, name: str) -> Any:
         return self._views[name]
+
+    def of(self, kind: type[V]) -> V:
+        """The view object of the active generation of the projection whose views are of
+        class `kind`."""
+        view: V = self._views[self._names[kind]]
+        return view
 
     def generation(self, name: str) -> int:
         return self._generations[name]

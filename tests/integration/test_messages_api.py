@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from application.ports import InboundMessage
+from infra.postgres.messages import PostgresMessagesView
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.steps import (
     connected_session,
@@ -222,7 +223,7 @@ async def test_a_deleted_session_takes_no_messages_and_fails_its_queue(api: Api)
         headers=ADMIN,
     )
     assert refused.status_code == 404
-    row = api.container.messages_view.get_message(queued["messageId"])
+    row = api.container.views.of(PostgresMessagesView).get_message(queued["messageId"])
     assert row is not None and (row.status, row.reason) == ("failed", "session_deleted")
     types = event_types(api, created["sessionId"])
     assert types[-3:] == ["Deleted", "KeysRevoked", "MessageFailed"]

@@ -324,9 +324,15 @@ def test_an_inbound_message_delivered_again_long_after_is_recorded_once(
 
 
 def test_the_api_offers_exactly_the_webhook_event_catalogue() -> None:
-    from typing import get_args
+    import msgspec
 
-    from api.schemas import WebhookEventType
+    from api.schemas import WebhookChangeIn, WebhookIn
     from domain.webhook import EVENT_TYPES
 
-    assert get_args(WebhookEventType) == EVENT_TYPES
+    # Check each body takes every type of the catalogue, all at once, and nothing else.
+    for body in (WebhookIn, WebhookChangeIn):
+        every = {"url": "https://example.com/hook", "events": list(EVENT_TYPES)}
+        assert msgspec.convert(every, body).events == list(EVENT_TYPES)
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({**every, "events": ["session.renamed"]}, body)
+    assert len(EVENT_TYPES) == 12
