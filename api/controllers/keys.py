@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
-from api.controllers.common import call, context, problems, revoke_key, settle
+from api.context import Service
+from api.controllers.common import problems
 from api.presenters import key_out
 from api.schemas import CreateKeyIn, KeyCreatedOut, KeyListOut
+from api.writes import Writes, call
+from application.sessions import SessionsApplication
+from projections.readmodels import ReadModels
 
 
 class KeysController(Controller):
@@ -29,26 +30,29 @@ class KeysController(Controller):
     )
     async def create_key(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
         data: JSONBody[CreateKeyIn | None] = None,
     ) -> KeyCreatedOut:
         """Create a key for this session; the key itself is shown only in this answer."""
-        ctx = context(request)
         label = data.label if data is not None else "default"
-        issued = await call(ctx.app.issue_key, access.session.session_id, label, access.actor)
-        await settle(ctx, issued.position)
+        issued = await call(sessions.issue_key, access.session.session_id, label, access.actor)
+        await writes.settle(issued.position)
         return KeyCreatedOut(
             key_id=issued.key_id, key=issued.key, prefix=issued.prefix, label=issued.label
         )
 
     @get("/", responses=problems(400, 401, 404, 429, 503), operation_id="listSessionKeys")
     async def list_keys(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        access: NamedDependency[SessionAccess],
+        *,
+        read_models: Service[ReadModels],
     ) -> KeyListOut:
         """The session's keys: id, prefix, label, creation, last use; never the key."""
-        ctx = context(request)
-        rows = await call(ctx.read_models.keys_of, access.session.session_id)
+        rows = await call(read_models.keys_of, access.session.session_id)
         rows.sort(key=lambda row: (row.created_at, row.key_id))
         return KeyListOut(items=[key_out(row) for row in rows], count=len(rows))
 
@@ -60,10 +64,11 @@ class KeysController(Controller):
     )
     async def revoke_key(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         key_id: FromPath[str],
+        *,
+        writes: Service[Writes],
     ) -> None:
         """Revoke a key; once this answers, no server accepts it. Revoking twice is harmless:
         a repeat answers like the first revocation (204 once it is in force everywhere)."""
-        await revoke_key(context(request), access.session.session_id, key_id, access.actor)
+        await writes.revoke_key(access.session.session_id, key_id, access.actor)

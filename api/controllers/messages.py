@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
-from api.context import ApiContext
-from api.controllers.common import call, context, problems, reached, settle
+from api.context import MessageTexts, Service
+from api.controllers.common import problems
 from api.presenters import message_out
 from api.problems import ProblemError
 from api.schemas import (
@@ -25,10 +24,11 @@ from api.schemas import (
     MessageStatusValue,
     SendMessageIn,
 )
+from api.writes import Writes, call
 from application.phones import InvalidPhone, normalize_recipient
-from application.sessions import QueuedMessageResult
+from application.sessions import QueuedMessageResult, SessionsApplication
 from domain.values import session_uuid
-from projections.messages import OUTBOUND, MessageRow
+from projections.messages import OUTBOUND, MessageRow, MessagesView
 
 log = logging.getLogger(__name__)
 SESSION = "/sessions/{session_id:str}"
@@ -62,25 +62,27 @@ class MessagesController(Controller):
     )
     async def send_message(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         data: JSONBody[SendMessageIn],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        messages: Service[MessagesView],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[MessageOut]:
         """Queue a text for sending. It goes out in order once the session is connected
         (at once if it is), paced; follow its status with GET. While the session is
         disconnected, stopped or pairing, it waits in the queue. Once recorded, the answer is
         202 even if the views lag (then a GET may briefly not find it)."""
-        ctx = context(request)
         try:
             to = normalize_recipient(data.to)
         except InvalidPhone as error:
             raise ProblemError(422, "invalid-recipient", str(error)) from None
         session_id = access.session.session_id
         result = await call(
-            ctx.app.send_message, session_id, to, data.text, idempotency_key, access.actor
+            sessions.send_message, session_id, to, data.text, idempotency_key, access.actor
         )
-        row = await self._row_once_visible(ctx, result)
+        row = await self._row_once_visible(writes, messages, result)
         if row is not None:
             return self._answer(row, data.text, replayed=result.replayed)
         # Recorded, but the messages view has not caught up in time: the answer is built from
@@ -101,21 +103,23 @@ class MessagesController(Controller):
         return self._answer(queued, data.text, replayed=result.replayed)
 
     @staticmethod
-    async def _row_once_visible(ctx: ApiContext, result: QueuedMessageResult) -> MessageRow | None:
+    async def _row_once_visible(
+        writes: Writes, messages: MessagesView, result: QueuedMessageResult
+    ) -> MessageRow | None:
         """The message's row once the views have it (read-your-writes), or None if they do
         not catch up within the write wait."""
         position = result.position
         if position is None:  # replayed from the session: its row may still be on its way
-            position = await call(ctx.app.recorder.max_notification_id) or 0
+            position = await call(writes.app.recorder.max_notification_id) or 0
         try:
-            await settle(ctx, position)
+            await writes.settle(position)
         except ProblemError:
             return None
-        if not await reached(
-            ctx, lambda: ctx.messages.max_tracking_id(ctx.app.name) or 0, position
+        if not await writes.reached(
+            lambda: messages.max_tracking_id(writes.app.name) or 0, position
         ):
             return None
-        return await call(ctx.messages.get_message, result.message_id)
+        return await call(messages.get_message, result.message_id)
 
     @staticmethod
     def _answer(row: MessageRow, text: str, *, replayed: bool) -> Response[MessageOut]:
@@ -131,16 +135,17 @@ class MessagesController(Controller):
     )
     async def get_message(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         message_id: MessageId,
+        *,
+        messages: Service[MessagesView],
+        message_texts: Service[MessageTexts],
     ) -> MessageOut:
         """One message of the session, with its text and where it is."""
-        ctx = context(request)
-        row = await call(ctx.messages.get_message, message_id)
+        row = await call(messages.get_message, message_id)
         if row is None or row.session_id != access.session.session_id:
             raise ProblemError(404, "message-not-found", f"the session has no message {message_id}")
-        texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
+        texts = await call(message_texts, session_uuid(row.session_id), [row.version])
         return message_out(row, texts.get(row.version))
 
     @get(
@@ -150,9 +155,10 @@ class MessagesController(Controller):
     )
     async def list_messages(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         *,
+        messages: Service[MessagesView],
+        message_texts: Service[MessageTexts],
         direction: Annotated[
             Direction | None, QueryParameter(description="Only outbound or only inbound")
         ] = None,
@@ -166,15 +172,12 @@ class MessagesController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
     ) -> MessagePageOut:
         """The session's messages, newest first, a page at a time."""
-        ctx = context(request)
         session_id = access.session.session_id
         rows = await call(
-            lambda: ctx.messages.list_messages(
+            lambda: messages.list_messages(
                 session_id, direction=direction, status=status, before=before, limit=limit
             )
         )
-        texts = await call(
-            ctx.message_texts, session_uuid(session_id), [row.version for row in rows]
-        )
+        texts = await call(message_texts, session_uuid(session_id), [row.version for row in rows])
         items = [message_out(row, texts.get(row.version)) for row in rows]
         return MessagePageOut(items=items, next=rows[-1].position if len(rows) == limit else None)

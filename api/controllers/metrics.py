@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
-from litestar import MediaType, Request, Response, get
-from litestar.datastructures import State
+from litestar import MediaType, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.controllers.common import call, context
+from api.context import Probes, Service
 from api.presenters import health
+from api.writes import call
 from domain.values import Status
+from projections.readmodels import ReadModels
 from projections.status import SessionRow
 
 STATUSES = tuple(Status)
@@ -84,11 +84,10 @@ class SessionsCollector(Collector):
 
 
 @get("/metrics", tags=["health"], media_type=MediaType.TEXT, operation_id="getMetrics")
-async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
+async def metrics(read_models: Service[ReadModels], probes: Service[Probes]) -> Response[bytes]:
     """Prometheus exposition: sessions by status and health, messages by direction and
     status, queue depths, reconnects and how many events each view lags behind the log."""
-    ctx = context(request)
-    lags = await call(ctx.projection_lags)
+    lags = await call(probes.projection_lags)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SessionsCollector(ctx.read_models.sessions(), lags))
+    registry.register(SessionsCollector(read_models.sessions(), lags))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

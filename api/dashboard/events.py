@@ -7,7 +7,14 @@ import time
 
 from litestar import Controller, get
 
-from api.controllers.streams import After, LastEventId, Types, every_session_stream
+from api.context import Service
+from api.controllers.streams import (
+    After,
+    EventStreams,
+    LastEventId,
+    Types,
+    every_session_stream,
+)
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.web import DashRequest
 from api.streaming import EventStreamResponse
@@ -21,6 +28,7 @@ class EventsController(Controller):
     async def events(
         self,
         request: DashRequest,
+        streams: Service[EventStreams],
         last_event_id: LastEventId = None,
         after: After = None,
         types: Types = None,
@@ -28,4 +36,4 @@ class EventsController(Controller):
         """Every session's events, live, as `GET /events/stream` sends them; the stream ends
         (``signed-out``) when the operator's sign-in does."""
         until = time.monotonic() + await sign_in_left(request)
-        return await every_session_stream(request, last_event_id, after, types, until)
+        return await every_session_stream(streams, request, (last_event_id, after, types), until)

@@ -9,7 +9,6 @@ from litestar.datastructures import State
 from litestar.response import Redirect, Template
 
 from api.context import ApiContext
-from api.controllers.common import context
 from api.dashboard.security import PAGE_HEADERS, csrf_token
 from api.problems import ProblemError
 from domain.values import is_session_id
@@ -54,4 +53,5 @@ def live_row(ctx: ApiContext, session_id: str) -> SessionRow:
 
 
 def ctx_of(request: DashRequest) -> ApiContext:
-    return context(request)
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -272,14 +272,14 @@ async def test_a_message_waits_while_the_link_is_down_and_goes_after_the_retry(a
 async def test_a_message_recorded_while_the_views_lag_is_still_answered_202(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.controllers import messages as controller
     from api.problems import ProblemError
+    from api.writes import Writes
 
-    async def lagging(ctx: Any, position: int | None) -> None:
+    async def lagging(writes: Writes, position: int | None, *, revocation: bool = False) -> None:
         raise ProblemError(503, "views-lagging", "the views lag")
 
     created = await api.create_session("Lagging views")
-    monkeypatch.setattr(controller, "settle", lagging)
+    monkeypatch.setattr(Writes, "settle", lagging)
     response = await send(api, created, "do not send me twice")
     assert response.status_code == 202, response.text
     body = response.json()
