@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 from msgspec import Meta
@@ -39,6 +40,13 @@ class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 
 class Out(msgspec.Struct, rename="camel"):
     """Base of every response body."""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], **values: Any) -> Self:
+        """The answer made of a stored row whose keys are named as its fields, but for the
+        fields given in `values`."""
+        fields = {name: row[name] for name in cls.__struct_fields__ if name not in values}
+        return cls(**fields, **values)
 
 
 class RateLimitIn(Body):
@@ -417,32 +425,13 @@ class DeliveryOut(Out):
     attempt_log: list[AttemptOut]
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> DeliveryOut:
-        return cls(
-            delivery_id=row["delivery_id"],
-            webhook_id=row["webhook_id"],
-            event_id=row["event_id"],
-            event_type=row["event_type"],
-            session_id=row["session_id"],
-            status=row["status"],
-            attempts=row["attempts"],
+    def from_row(cls, row: Mapping[str, Any], **values: Any) -> Self:
+        """The delivery, its next try shown while it is pending only."""
+        return super().from_row(
+            row,
             next_attempt_at=row["next_attempt_at"] if row["status"] == "pending" else None,
-            created_at=row["created_at"],
-            delivered_at=row["delivered_at"],
-            last_status=row["last_status"],
-            last_error=row["last_error"],
-            replay=row["replay"],
-            attempt_log=[
-                AttemptOut(
-                    attempt=a["attempt"],
-                    at=a["at"],
-                    status_code=a["status_code"],
-                    duration_ms=a["duration_ms"],
-                    error=a["error"],
-                    response=a["response"],
-                )
-                for a in row["attempt_log"]
-            ],
+            attempt_log=[AttemptOut.from_row(attempt) for attempt in row["attempt_log"]],
+            **values,
         )
 
 

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import Role, fresh_database, print_table, run_bench, verdict
+from benchutil import Role, fresh_database, print_table, run_bench, stopping, verdict, wait_for
 from dashboard_list import sign_in
 from gateway_storm import (
     ADMIN_KEY,
@@ -68,7 +68,6 @@ from gateway_storm import (
     connected_versions,
     read_memory,
     scan_all,
-    wait_for,
 )
 from gateway_storm import Worker as _Worker
 from status_read import free_port
@@ -349,7 +348,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         container = Container(Settings.from_env(env), url, frozenset())  # tables only
         db = Database(url)
         roles: list[Role] = []
-        try:
+        with stopping(roles, container.close, db.close):
             port = free_port()
             api = Role("api", ["-m", "infra.cli", "api", "--port", str(port)], role_env, workdir)
             projector = Role("projector", ["-m", "infra.cli", "projector"], role_env, workdir)
@@ -434,15 +433,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             for role in roles:
                 for message, count in role.problems().most_common(3):
                     print(f"  {role.name} log: {count} times: {message}")
-        except BaseException:
-            for role in roles:
-                print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
-            raise
-        finally:
-            for role in reversed(roles):
-                role.stop()
-            container.close()
-            db.close()
     result = report(n, memory, dashboard_figures, quiet_figures, stormed, started, problems)
     return {**result, "idle_cpu": idle_cpu}
 

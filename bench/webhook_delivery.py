@@ -76,6 +76,7 @@ from benchutil import (
     print_table,
     ratio,
     run_bench,
+    stopping,
     verdict,
 )
 from httpx_aiohttp import AiohttpTransport
@@ -670,7 +671,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         roles: list[Role] = []
         phases: list[Phase] = []
         log_problems: dict[str, Counter[str]] = {}
-        try:
+        with stopping(roles, app.close, db.close):
             sessions = []
             for n in range(SESSIONS):
                 created = app.create_session(f"Webhook bench {n}", {}, None, ADMIN_ACTOR)
@@ -742,15 +743,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                         print(f"  problem: {problem}", flush=True)
                 phases += done
             log_problems = {role.name: role.problems() for role in roles}
-        except BaseException:
-            for role in roles:
-                print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
-            raise
-        finally:
-            for role in reversed(roles):
-                role.stop()
-            app.close()
-            db.close()
         if args.profile:
             show_profile(workdir / "profile-projector.json", "the projector")
             for n in range(WORKERS):

@@ -28,7 +28,7 @@ from api.writes import Writes, call
 from application.phones import InvalidPhone, normalize_recipient
 from application.sessions import QueuedMessageResult, SessionsApplication
 from domain.values import session_uuid
-from projections.messages import OUTBOUND, MessageRow, MessagesView
+from projections.messages import OUTBOUND, MessagePage, MessageRow, MessagesView
 
 log = logging.getLogger(__name__)
 SESSION = "/sessions/{session_id:str}"
@@ -174,9 +174,8 @@ class MessagesController(Controller):
         """The session's messages, newest first, a page at a time."""
         session_id = access.session.session_id
         rows = await call(
-            lambda: messages.list_messages(
-                session_id, direction=direction, status=status, before=before, limit=limit
-            )
+            messages.list_messages,
+            MessagePage(session_id, direction=direction, status=status, before=before, limit=limit),
         )
         texts = await call(message_texts, session_uuid(session_id), [row.version for row in rows])
         items = [message_out(row, texts.get(row.version)) for row in rows]

@@ -46,17 +46,7 @@ GLOBAL_ENDPOINTS = "*global-endpoints*"
 
 
 def _out(row: dict[str, Any]) -> WebhookOut:
-    return WebhookOut(
-        webhook_id=row["webhook_id"],
-        url=row["url"],
-        events=list(row["events"]),
-        session_id=row["session_id"],
-        enabled=row["enabled"],
-        disabled_reason=row["disabled_reason"],
-        failing_since=row["failing_since"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return WebhookOut.from_row(row, events=list(row["events"]))
 
 
 async def _visible(writes: Writes, webhook_queries: WebhookQueries, position: int) -> None:
@@ -133,8 +123,7 @@ class WebhooksController(Controller):
         )
         await _visible(writes, webhook_queries, registered.position)
         row = await self._row(webhook_queries, caller, registered.webhook_id)
-        fields = {f: getattr(_out(row), f) for f in WebhookOut.__struct_fields__}
-        return WebhookCreatedOut(**fields, secret=registered.secret)
+        return WebhookCreatedOut.from_row(row, events=list(row["events"]), secret=registered.secret)
 
     @get("/webhooks", responses=problems(400, 401, 429, 503), operation_id="listWebhooks")
     async def list_webhooks(

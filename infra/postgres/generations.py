@@ -23,7 +23,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.projection import Projection
 
-from projections.messages import MessageRow, MessagesView
+from projections.messages import MessagePage, MessageRow, MessagesView
 from projections.uptime import Transition, UptimeView
 
 T = TypeVar("T")
@@ -193,20 +193,8 @@ class ActiveMessagesView(MessagesView):
     def get_message(self, message_id: str) -> MessageRow | None:
         return self._read(lambda view: view.get_message(message_id))
 
-    def list_messages(
-        self,
-        session_id: str,
-        *,
-        direction: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        limit: int = 50,
-    ) -> list[MessageRow]:
-        return self._read(
-            lambda view: view.list_messages(
-                session_id, direction=direction, status=status, before=before, limit=limit
-            )
-        )
+    def list_messages(self, page: MessagePage) -> list[MessageRow]:
+        return self._read(lambda view: view.list_messages(page))
 
     def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
         return self._read(lambda view: view.find_by_idempotency_key(session_id, key))

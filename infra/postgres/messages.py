@@ -14,7 +14,7 @@ from psycopg.sql import SQL, Identifier
 
 from domain.values import public_session_id
 from infra.postgres.views import DocumentView
-from projections.messages import MessageRow, MessagesView, apply_changes
+from projections.messages import MessagePage, MessageRow, MessagesView, apply_changes
 
 
 class PostgresMessagesView(DocumentView[MessageRow], MessagesView):
@@ -136,21 +136,13 @@ class PostgresMessagesView(DocumentView[MessageRow], MessagesView):
     def get_message(self, message_id: str) -> MessageRow | None:
         return self._first(self.select_one, (message_id,))
 
-    def list_messages(
-        self,
-        session_id: str,
-        *,
-        direction: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        limit: int = 50,
-    ) -> list[MessageRow]:
+    def list_messages(self, page: MessagePage) -> list[MessageRow]:
         params = {
-            "session_id": session_id,
-            "before": before if before is not None else 2**62,
-            "direction": direction,
-            "status": status,
-            "limit": limit,
+            "session_id": page.session_id,
+            "before": page.before if page.before is not None else 2**62,
+            "direction": page.direction,
+            "status": page.status,
+            "limit": page.limit,
         }
         return self._rows(self.select_page, params)
 

@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.receiver import Receiver, receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Read-only: every test of the run shares it, so a helper that wrote into it (httpx-sse's
@@ -102,13 +101,6 @@ def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
         "SESSIOND_LEASE_TTL": "5",
         "SESSIOND_LOG_LEVEL": "info",
     }
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    """A webhook receiver on 127.0.0.1 whose answers a test scripts."""
-    with receiver() as running:
-        yield running
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from psycopg.conninfo import make_conninfo
 from infra.runtime.processes import NOT_STOPPED
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import Sessiond, create_session
-from tests.e2e.steps import children, disconnect_reasons, eventually, scan, status
+from tests.e2e.steps import children, disconnect_reasons, scan, status
+from tests.waiting import eventually
 
 #: What the issue promises: a role asked to stop is gone this many seconds later.
 STOP_PROMISE = 10.0

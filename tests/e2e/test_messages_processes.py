@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.steps import eventually, gateway_child, scan, status
+from tests.e2e.steps import gateway_child, scan, status
+from tests.waiting import eventually
 
 PHONE = "+14155550123"
 

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import Sessiond, create_session
-from tests.e2e.steps import eventually, status
+from tests.e2e.steps import status
+from tests.waiting import eventually
 
 
 class Listener:

@@ -14,8 +14,8 @@ import psycopg
 
 from infra.postgres.schema import MIGRATION_TABLE, migration_ids
 from tests.e2e.conftest import ADMIN, ROOT, create_session, key_of
-from tests.e2e.steps import eventually
 from tests.fixtures import PREVIOUS, load_previous_release
+from tests.waiting import eventually
 
 
 def events_digest(url: str, through: int) -> tuple[int, str]:

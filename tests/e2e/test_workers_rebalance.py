@@ -16,7 +16,8 @@ import httpx
 import psycopg
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
-from tests.e2e.steps import eventually, scan, status
+from tests.e2e.steps import scan, status
+from tests.waiting import eventually
 
 
 def leases(database_url: str) -> dict[str, str]:

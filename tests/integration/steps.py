@@ -116,3 +116,14 @@ def stored_states(api: Api) -> dict[str, list[bytes]]:
             curs.execute(SQL("SELECT state FROM {0}").format(Identifier(table)))
             states[table] = [bytes(row["state"]) for row in curs.fetchall()]
     return states
+
+
+async def disabled_webhook(api: Api, webhook_id: str) -> dict[str, Any]:
+    """The endpoint once the service has disabled it (as the admin reads it)."""
+
+    async def disabled() -> Any:
+        body = (await api.client.get(f"/webhooks/{webhook_id}", headers=ADMIN)).json()
+        return body if not body["enabled"] else None
+
+    found: dict[str, Any] = await eventually(disabled)
+    return found

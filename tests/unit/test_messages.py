@@ -31,7 +31,7 @@ from domain.values import (
 )
 from infra.settings import Settings, SettingsError
 from projections.gateway import GatewayProjection, MemoryGatewayView
-from projections.messages import MemoryMessagesView, MessagesProjection
+from projections.messages import MemoryMessagesView, MessagePage, MessagesProjection
 from projections.status import MemorySessionStatusView, SessionStatusProjection
 from tests.unit.helpers import catch_up, create, popo_app
 
@@ -250,7 +250,7 @@ def test_the_messages_view_follows_each_message(app: SessionsApplication) -> Non
         "send_failed",
         "timeout",
     )
-    rows = view.list_messages(public_session_id(uuid))
+    rows = view.list_messages(MessagePage(public_session_id(uuid)))
     assert [r.direction for r in rows] == ["inbound", "outbound", "outbound"]
     assert rows[0].push_name == "Ann" and rows[0].status == "received"
     assert view.find_by_idempotency_key(session_id, "k") == one
