@@ -44,27 +44,6 @@ class GatewayCalls(ABC):
         """Run `action` for the session on its worker and return what it answered."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The figures answers are made with (from SESSIOND_* settings)."""
-
-    #: A session's requests per minute when it sets none.
-    default_requests_per_minute: int
-    #: Seconds between an idle stream's heartbeats.
-    stream_heartbeat: float
-    #: Streams one session may hold open in a process.
-    max_streams_per_session: int
-
-
-@dataclass(frozen=True)
-class Probes:
-    """What the health and metrics routes report."""
-
-    readiness: Callable[[], Awaitable[dict[str, str]]]
-    readiness_warnings: Callable[[], Awaitable[list[str]]]
-    projection_lags: Callable[[], dict[str, int]]
-
-
 @dataclass
 class ApiContext:
     app: SessionsApplication

@@ -14,9 +14,10 @@ from typing import Any
 
 from litestar.di import Provide
 
-from api.context import ApiContext, Limits, Probes
+from api.context import ApiContext
 from api.controllers.simulator import SimulatedPhone
 from api.controllers.streams import EventStreams
+from api.expensive import LocalReads
 from api.reads import OwnReaders
 
 
@@ -31,22 +32,22 @@ def services(ctx: ApiContext) -> dict[str, Any]:
         "message_texts": ctx.message_texts,
         "webhook_queries": ctx.webhook_queries,
         "check_webhook_url": ctx.check_webhook_url,
-        "expensive_reads": ctx.expensive_reads,
-        "readers": OwnReaders(
-            app=ctx.app,
-            uptime=ctx.uptime,
-            webhook_queries=ctx.webhook_queries,
-            status_snapshots=ctx.status_snapshots,
-            replay_max_events=ctx.replay_max_events,
-            default_requests_per_minute=ctx.default_requests_per_minute,
+        "expensive": LocalReads(
+            ctx.expensive_reads,
+            OwnReaders(
+                app=ctx.app,
+                uptime=ctx.uptime,
+                webhook_queries=ctx.webhook_queries,
+                status_snapshots=ctx.status_snapshots,
+                replay_max_events=ctx.replay_max_events,
+                default_requests_per_minute=ctx.default_requests_per_minute,
+            ),
         ),
         "live_feed": ctx.live_feed,
-        "limits": Limits(
-            default_requests_per_minute=ctx.default_requests_per_minute,
-            stream_heartbeat=ctx.stream_heartbeat,
-            max_streams_per_session=ctx.max_streams_per_session,
-        ),
-        "probes": Probes(ctx.readiness, ctx.readiness_warnings, ctx.projection_lags),
+        "default_requests_per_minute": ctx.default_requests_per_minute,
+        "readiness": ctx.readiness,
+        "readiness_warnings": ctx.readiness_warnings,
+        "projection_lags": ctx.projection_lags,
         "streams": EventStreams.of(ctx),
         "phone": SimulatedPhone(ctx.gateway_calls, ctx.writes),
     }

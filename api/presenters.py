@@ -115,15 +115,7 @@ def qr_out(row: SessionRow) -> QrOut | None:
 
 
 def key_out(row: KeyRow) -> KeyOut:
-    return KeyOut(
-        key_id=row.key_id,
-        prefix=row.prefix,
-        label=row.label,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        revoked_at=row.revoked_at,
-        active=row.is_active,
-    )
+    return KeyOut.of(row, active=row.is_active)
 
 
 def label_filter(labels: list[str] | None) -> dict[str, str]:
@@ -138,36 +130,8 @@ def label_filter(labels: list[str] | None) -> dict[str, str]:
 
 
 def event_out(entry: HistoryEntry) -> EventOut:
-    return EventOut(
-        session_id=entry.session_id,
-        version=entry.version,
-        type=entry.type,
-        timestamp=entry.timestamp,
-        data=entry.data,
-        position=entry.position,
-        webhook_id=entry.webhook_id,
-    )
+    return EventOut.of(entry)
 
 
 def message_out(row: MessageRow, text: str | None) -> MessageOut:
-    return MessageOut(
-        message_id=row.message_id,
-        session_id=row.session_id,
-        direction=row.direction,  # type: ignore[arg-type]
-        status=row.status,  # type: ignore[arg-type]
-        text=text,
-        to=row.to,
-        sender=row.sender,
-        chat=row.chat,
-        push_name=row.push_name,
-        whatsapp_id=row.whatsapp_id,
-        idempotency_key=row.idempotency_key,
-        reason=row.reason,
-        detail=row.detail,
-        created_at=row.created_at,
-        sent_at=row.sent_at,
-        delivered_at=row.delivered_at,
-        read_at=row.read_at,
-        failed_at=row.failed_at,
-        updated_at=row.updated_at,
-    )
+    return MessageOut.of(row, text=text)

@@ -48,6 +48,15 @@ class Out(msgspec.Struct, rename="camel"):
         fields = {name: row[name] for name in cls.__struct_fields__ if name not in values}
         return cls(**fields, **values)
 
+    @classmethod
+    def of(cls, source: object, **values: Any) -> Self:
+        """The answer made of a view's row whose attributes are named as its fields, but for
+        the fields given in `values`."""
+        fields = {
+            name: getattr(source, name) for name in cls.__struct_fields__ if name not in values
+        }
+        return cls(**fields, **values)
+
 
 class RateLimitIn(Body):
     requests_per_minute: RequestsPerMinute | None

@@ -36,10 +36,10 @@ from status_read import (
     Load,
     LoadGenerator,
     PythonClient,
-    Server,
     Wrk,
     describe,
     ensure_wrk,
+    serving,
     summarise,
 )
 
@@ -100,10 +100,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     loads: dict[str, list[Load]] = {"ping": [], "json": [], "page": []}
     with fresh_database() as url, tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
         workdir = Path(tmp)
-        server = Server(url, workdir)
-        try:
-            server.wait_ready()
-            print(f"server: sessiond serve on {server.url} (pid {server.process.pid})", flush=True)
+        with serving(url, workdir) as server:
             with httpx.Client(base_url=server.url, timeout=60) as client:
                 began = time.monotonic()
                 states = seed(client, args.sessions)
@@ -143,8 +140,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"round {number + 1}  {describe(kind, load)}", flush=True)
                 if server.process.poll() is not None:
                     raise RuntimeError(f"sessiond died during the run:\n{server.log()}")
-        finally:
-            server.stop()
     return report(args, generator.name, loads)
 
 

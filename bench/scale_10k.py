@@ -57,10 +57,6 @@ import httpx
 from benchutil import Role, fresh_database, print_table, run_bench, stopping, verdict, wait_for
 from dashboard_list import sign_in
 from gateway_storm import (
-    ADMIN_KEY,
-    QR_TIMEOUT,
-    RETRY_BASE,
-    RETRY_CAP,
     WORKER_BOOT,
     Database,
     Memory,
@@ -70,6 +66,9 @@ from gateway_storm import (
     scan_all,
 )
 from gateway_storm import Worker as _Worker
+from gateway_storm import (
+    settings_env as storm_env,
+)
 from status_read import free_port
 
 from application.sessions import SessionsApplication
@@ -236,18 +235,11 @@ def bare_server(port: int) -> list[str]:
 
 
 def settings_env(url: str, workdir: Path) -> dict[str, str]:
+    """The storm's settings, but for a batch that does not claim 10,000 sessions at once and
+    a longer write wait (the views of 10,000 sessions lag more under a storm)."""
     return {
-        "SESSIOND_DATABASE_URL": url,
-        "SESSIOND_GATEWAY": "simulator",
-        "SESSIOND_ADMIN_KEY": ADMIN_KEY,
-        "SESSIOND_QR_FIRST_TIMEOUT": f"{QR_TIMEOUT:g}",
-        "SESSIOND_QR_NEXT_TIMEOUT": f"{QR_TIMEOUT:g}",
-        "SESSIOND_RETRY_BASE": f"{RETRY_BASE:g}",
-        "SESSIOND_RETRY_CAP": f"{RETRY_CAP:g}",
-        "SESSIOND_RESTORE_BATCH": str(RESTORE_BATCH),
+        **storm_env(url, workdir, RESTORE_BATCH),
         "SESSIOND_WRITE_WAIT_TIMEOUT": "30",
-        "SESSIOND_LOG_LEVEL": "warning",
-        "SESSIOND_DATA_DIR": str(workdir / "var"),
     }
 
 

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(url: str, workdir: Path) -> Iterator[Server]:
+    """A ready ``sessiond serve`` on the database at `url` (announced), stopped at the end."""
+    server = Server(url, workdir)
+    try:
+        server.wait_ready()
+        print(f"server: sessiond serve on {server.url} (pid {server.process.pid})", flush=True)
+        yield server
+    finally:
+        server.stop()
 
 
 class Server(Role):
@@ -336,10 +350,7 @@ def summarise(loads: list[Load]) -> dict[str, float]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     with fresh_database() as url, tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
         workdir = Path(tmp)
-        server = Server(url, workdir)
-        try:
-            server.wait_ready()
-            print(f"server: sessiond serve on {server.url} (pid {server.process.pid})", flush=True)
+        with serving(url, workdir) as server:
             with httpx.Client(base_url=server.url, timeout=10) as client:
                 sessions = [create_session(client, f"bench-{i}") for i in range(args.rounds + 1)]
             wrk = None if args.python_client else ensure_wrk(install=not args.no_install)
@@ -376,8 +387,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"round {number}  {describe(kind, load)}", flush=True)
                 if server.process.poll() is not None:
                     raise RuntimeError(f"sessiond died during the run:\n{server.log()}")
-        finally:
-            server.stop()
     return report(args, generator.name, pings, statuses)
 
 

@@ -13,10 +13,9 @@ from api import reads
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
 from api.context import Service
 from api.controllers.common import encoded, problems, query_instant
-from api.expensive import ExpensiveReads
+from api.expensive import LocalReads
 from api.fastpath import EXPENSIVE
 from api.problems import ProblemError
-from api.reads import Readers
 from api.schemas import EventPageOut, UptimeSeriesOut
 from projections.status import window_start
 from projections.uptime import BUCKETS
@@ -31,7 +30,10 @@ After = Annotated[
 ]
 
 
-class HistoryController(Controller):
+class EventRoutes(Controller):
+    """What the routes of recorded and live events share: a session's events are read with
+    its key or the admin key (`access`), every session's with the admin key (`admin`)."""
+
     tags = ["history"]  # noqa: RUF012 - Litestar reads it as a class attribute
     security = API_KEY_SECURITY
     dependencies = {  # noqa: RUF012
@@ -39,6 +41,8 @@ class HistoryController(Controller):
         "admin": Provide(provide_admin),
     }
 
+
+class HistoryController(EventRoutes):
     @get(
         "/sessions/{session_id:str}/events",
         opt={EXPENSIVE: True},  # refused early beyond the session's cap (`api.fastpath`)
@@ -49,16 +53,13 @@ class HistoryController(Controller):
         self,
         access: NamedDependency[SessionAccess],
         *,
-        expensive_reads: Service[ExpensiveReads],
-        readers: Service[Readers],
+        expensive: Service[LocalReads],
         after: After = 0,
         limit: Limit = 100,
     ) -> Response[EventPageOut]:
         """Every event of the session in order, paged by version (`after`, `next`)."""
         session_id = access.session.session_id
-        body = await expensive_reads.run(
-            session_id, reads.session_events, readers, session_id, after, limit
-        )
+        body = await expensive.run(session_id, reads.session_events, session_id, after, limit)
         return encoded(body)
 
     @get("/events", responses=problems(400, 401, 403, 429), operation_id="listEvents")
@@ -66,13 +67,12 @@ class HistoryController(Controller):
         self,
         admin: NamedDependency[Principal],
         *,
-        expensive_reads: Service[ExpensiveReads],
-        readers: Service[Readers],
+        expensive: Service[LocalReads],
         after: After = 0,
         limit: Limit = 100,
     ) -> Response[EventPageOut]:
         """The global log of every session (admin), paged by position (`after`, `next`)."""
-        body = await expensive_reads.run(ADMIN_LOG, reads.log_events, readers, after, limit)
+        body = await expensive.run(ADMIN_LOG, reads.log_events, after, limit)
         return encoded(body)
 
 
@@ -91,8 +91,7 @@ class UptimeController(Controller):
         self,
         access: NamedDependency[SessionAccess],
         *,
-        expensive_reads: Service[ExpensiveReads],
-        readers: Service[Readers],
+        expensive: Service[LocalReads],
         start: Annotated[
             str | None,
             QueryParameter(
@@ -138,7 +137,7 @@ class UptimeController(Controller):
                 "window-too-long",
                 f"at most {MAX_BUCKETS} buckets per request: use bucket=day or a shorter window",
             )
-        body = await expensive_reads.run(
-            row.session_id, reads.uptime_series, readers, row.session_id, (begin, stop), bucket
+        body = await expensive.run(
+            row.session_id, reads.uptime_series, row.session_id, (begin, stop), bucket
         )
         return encoded(body)

@@ -4,14 +4,14 @@ time, plus how far each view lags behind the log. Aggregates only: no session id
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from litestar import MediaType, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.context import Probes, Service
+from api.context import Service
 from api.presenters import health
 from api.writes import call
 from domain.values import Status
@@ -84,10 +84,12 @@ class SessionsCollector(Collector):
 
 
 @get("/metrics", tags=["health"], media_type=MediaType.TEXT, operation_id="getMetrics")
-async def metrics(read_models: Service[ReadModels], probes: Service[Probes]) -> Response[bytes]:
+async def metrics(
+    read_models: Service[ReadModels], projection_lags: Service[Callable[[], dict[str, int]]]
+) -> Response[bytes]:
     """Prometheus exposition: sessions by status and health, messages by direction and
     status, queue depths, reconnects and how many events each view lags behind the log."""
-    lags = await call(probes.projection_lags)
+    lags = await call(projection_lags)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SessionsCollector(read_models.sessions(), lags))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -23,14 +23,13 @@ from api.auth import (
     provide_admin_access,
     provide_admin_of_session,
 )
-from api.context import GatewayCalls, Limits, Service
+from api.context import GatewayCalls, Service
 from api.controllers.common import current_row, encoded, problems, query_instant, request_pair_code
-from api.expensive import ExpensiveReads
+from api.expensive import LocalReads
 from api.fastpath import EXPENSIVE, FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
 from api.qr import PNG, SVG, render
-from api.reads import Readers
 from api.schemas import (
     LABEL_FILTER_PATTERN,
     CreatedSessionOut,
@@ -57,7 +56,7 @@ JSON = "application/json"
 
 async def _run(
     writes: Writes,
-    limits: Limits,
+    default_requests_per_minute: int,
     access: SessionAccess,
     command: Callable[[str, str], int | None],
 ) -> SessionOut:
@@ -65,7 +64,7 @@ async def _run(
     position = await call(command, access.session.session_id, access.actor)
     await writes.settle(position)
     row = current_row(writes.read_models, access.session.session_id)
-    return session_out(row, limits.default_requests_per_minute)
+    return session_out(row, default_requests_per_minute)
 
 
 LABEL_FILTER = Schema(type=OpenAPIType.STRING, pattern=LABEL_FILTER_PATTERN)
@@ -95,7 +94,7 @@ class SessionsController(Controller):
         *,
         sessions: Service[SessionsApplication],
         writes: Service[Writes],
-        limits: Service[Limits],
+        default_requests_per_minute: Service[int],
     ) -> CreatedSessionOut:
         """Create a session; the answer holds its first API key, shown this once."""
         requests_per_minute = data.rate_limit.requests_per_minute if data.rate_limit else None
@@ -114,8 +113,8 @@ class SessionsController(Controller):
             session_id=row.session_id,
             name=row.name,
             labels=row.labels,
-            status=session_out(row, limits.default_requests_per_minute).status,
-            rate_limit=rate_limit(row, limits.default_requests_per_minute),
+            status=session_out(row, default_requests_per_minute).status,
+            rate_limit=rate_limit(row, default_requests_per_minute),
             api_key=KeyCreatedOut(
                 key_id=key.key_id, key=key.key, prefix=key.prefix, label=key.label
             ),
@@ -129,7 +128,7 @@ class SessionsController(Controller):
         *,
         sessions: Service[SessionsApplication],
         read_models: Service[ReadModels],
-        limits: Service[Limits],
+        default_requests_per_minute: Service[int],
         status: Annotated[
             StatusValue | None, QueryParameter(description="Only sessions with this status")
         ] = None,
@@ -154,7 +153,7 @@ class SessionsController(Controller):
             and all(row.labels.get(k) == v for k, v in wanted.items())
         ]
         rows.sort(key=lambda row: (row.created_at, row.session_id))
-        items = [session_out(row, limits.default_requests_per_minute) for row in rows]
+        items = [session_out(row, default_requests_per_minute) for row in rows]
         return SessionListOut(items=items, count=len(items))
 
     @get(
@@ -167,9 +166,8 @@ class SessionsController(Controller):
         self,
         access: NamedDependency[SessionAccess],
         *,
-        expensive_reads: Service[ExpensiveReads],
-        readers: Service[Readers],
-        limits: Service[Limits],
+        expensive: Service[LocalReads],
+        default_requests_per_minute: Service[int],
         as_of: Annotated[
             str | None,
             QueryParameter(
@@ -182,12 +180,10 @@ class SessionsController(Controller):
     ) -> Response[SessionOut]:
         """One session, as it is now or as it was at `asOf`."""
         if as_of is None:
-            return Response(session_out(access.session, limits.default_requests_per_minute))
+            return Response(session_out(access.session, default_requests_per_minute))
         instant = query_instant(as_of, "asOf")
         session_id = access.session.session_id
-        body = await expensive_reads.run(
-            session_id, reads.state_as_of, readers, session_id, instant
-        )
+        body = await expensive.run(session_id, reads.state_as_of, session_id, instant)
         if body is None:
             raise ProblemError(
                 404, "not-yet-created", f"the session did not exist yet at {instant.isoformat()}"
@@ -285,12 +281,12 @@ class SessionsController(Controller):
         *,
         sessions: Service[SessionsApplication],
         writes: Service[Writes],
-        limits: Service[Limits],
+        default_requests_per_minute: Service[int],
     ) -> SessionOut:
         """Start the session again (from disconnected, expired or stopped): its linked device
         is resumed with no new scan; a session without one (never linked, logged out, QR codes
         expired) shows new QR codes."""
-        return await _run(writes, limits, access, sessions.reconnect)
+        return await _run(writes, default_requests_per_minute, access, sessions.reconnect)
 
     @post(
         SESSION + "/stop",
@@ -304,10 +300,10 @@ class SessionsController(Controller):
         *,
         sessions: Service[SessionsApplication],
         writes: Service[Writes],
-        limits: Service[Limits],
+        default_requests_per_minute: Service[int],
     ) -> SessionOut:
         """Stop the session; it stays stopped until reconnected. Stopping twice is harmless."""
-        return await _run(writes, limits, access, sessions.stop)
+        return await _run(writes, default_requests_per_minute, access, sessions.stop)
 
     @delete(
         SESSION,
@@ -339,7 +335,7 @@ class SessionsController(Controller):
         *,
         sessions: Service[SessionsApplication],
         writes: Service[Writes],
-        limits: Service[Limits],
+        default_requests_per_minute: Service[int],
     ) -> SessionOut:
         """Set the session's requests per minute (admin); null goes back to the default."""
         session_id = admin_access.session.session_id
@@ -347,6 +343,4 @@ class SessionsController(Controller):
             sessions.set_rate_limit, session_id, data.requests_per_minute, admin_access.actor
         )
         await writes.settle(position)
-        return session_out(
-            current_row(writes.read_models, session_id), limits.default_requests_per_minute
-        )
+        return session_out(current_row(writes.read_models, session_id), default_requests_per_minute)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from litestar import Controller, Litestar, Request, get
+from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
@@ -16,14 +17,12 @@ from litestar.params import HeaderParameter, QueryParameter
 
 from api.auth import (
     API_KEY_HEADER,
-    API_KEY_SECURITY,
     Principal,
     SessionAccess,
-    provide_access,
-    provide_admin,
 )
-from api.context import ApiContext, Limits, Service
+from api.context import ApiContext, Service
 from api.controllers.common import problems
+from api.controllers.history import EventRoutes
 from api.problems import ProblemError
 from api.streaming import EVENT_STREAM, EventStream, EventStreamResponse, StreamCounts
 from application.keys import hash_key
@@ -73,6 +72,26 @@ Types = Annotated[
         ),
     ),
 ]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a stream resumes (`Last-Event-ID`, else `after`; neither: now), and which
+    event types it carries (None: every type)."""
+
+    last_event_id: str | None
+    after: str | None
+    types: list[str] | None
+
+
+def provide_resume(
+    last_event_id: LastEventId = None, after: After = None, types: Types = None
+) -> Resume:
+    """The stream parameters of a request (a dependency of every stream route)."""
+    return Resume(last_event_id, after, types)
+
+
+RESUME = {"resume": Provide(provide_resume, sync_to_thread=False)}
 
 _STREAM_DOC = (
     "Server-Sent Events: each event has `id:` its position in the log, `event:` its type "
@@ -172,29 +191,32 @@ class EventStreams:
     """Opens this server's live event streams, each from where its client resumes."""
 
     def __init__(
-        self, live_feed: LiveFeed | None, read_models: ReadModels, heartbeat: float
+        self, live_feed: LiveFeed | None, read_models: ReadModels, heartbeat: float, cap: int
     ) -> None:
         self.live_feed = live_feed
         self.read_models = read_models
         self.heartbeat = heartbeat
+        #: Streams one session may hold open in this process (the admin's are not counted).
+        self.cap = cap
 
     @classmethod
     def of(cls, ctx: ApiContext) -> EventStreams:
-        return cls(ctx.live_feed, ctx.read_models, ctx.stream_heartbeat)
+        return cls(
+            ctx.live_feed, ctx.read_models, ctx.stream_heartbeat, ctx.max_streams_per_session
+        )
 
     async def open(
         self,
         request: Request[Any, Any, State],
         session_id: str | None,
-        resume: tuple[str | None, str | None, list[str] | None],
+        resume: Resume,
         guard: Callable[[], str | None],
     ) -> EventStreamResponse:
-        """The stream of `session_id`'s events (None: every session's), resuming after
-        `resume` (Last-Event-ID, `after`, `types`), that ends when `guard` says why."""
-        last_event_id, after, types = resume
-        selection = _selection(session_id, types)
+        """The stream of `session_id`'s events (None: every session's), from where `resume`
+        says, that ends when `guard` says why."""
+        selection = _selection(session_id, resume.types)
         feed = _feed(self.live_feed)
-        position = await _position(feed, last_event_id, after)
+        position = await _position(feed, resume.last_event_id, resume.after)
         return EventStreamResponse(
             EventStream(
                 feed=feed,
@@ -208,13 +230,8 @@ class EventStreams:
         )
 
 
-class StreamsController(Controller):
-    tags = ["history"]  # noqa: RUF012 - Litestar reads it as a class attribute
-    security = API_KEY_SECURITY
-    dependencies = {  # noqa: RUF012
-        "access": Provide(provide_access),
-        "admin": Provide(provide_admin),
-    }
+class StreamsController(EventRoutes):
+    dependencies = {**EventRoutes.dependencies, **RESUME}  # noqa: RUF012
 
     @get(
         "/sessions/{session_id:str}/events/stream",
@@ -226,25 +243,19 @@ class StreamsController(Controller):
         self,
         request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
-        streams: Service[EventStreams],
+        resume: NamedDependency[Resume],
         *,
-        limits: Service[Limits],
-        last_event_id: LastEventId = None,
-        after: After = None,
-        types: Types = None,
+        streams: Service[EventStreams],
     ) -> EventStreamResponse:
         """The session's events, live, as Server-Sent Events (the session's key or admin).
         Resumes after `Last-Event-ID` (or `after`) with nothing missed or repeated."""
         session_id = access.session.session_id
-        _selection(session_id, types)  # a type is checked before the cap
-        if (
-            not access.principal.is_admin
-            and _counts(request).of(session_id) >= limits.max_streams_per_session
-        ):
+        _selection(session_id, resume.types)  # a type is checked before the cap
+        if not access.principal.is_admin and _counts(request).of(session_id) >= streams.cap:
             raise ProblemError(
                 429,
                 "stream-cap-reached",
-                f"this session already holds {limits.max_streams_per_session} event streams on "
+                f"this session already holds {streams.cap} event streams on "
                 "this server (SESSIOND_MAX_STREAMS_PER_SESSION); close one first",
                 {"Retry-After": "1"},
             )
@@ -253,7 +264,7 @@ class StreamsController(Controller):
         else:
             key_hash = hash_key(request.headers[API_KEY_HEADER])
             guard = _key_guard(streams.read_models, key_hash, session_id)
-        return await streams.open(request, session_id, (last_event_id, after, types), guard)
+        return await streams.open(request, session_id, resume, guard)
 
     @get(
         "/events/stream",
@@ -265,21 +276,19 @@ class StreamsController(Controller):
         self,
         request: Request[Any, Any, State],
         admin: NamedDependency[Principal],
+        resume: NamedDependency[Resume],
         *,
         streams: Service[EventStreams],
-        last_event_id: LastEventId = None,
-        after: After = None,
-        types: Types = None,
     ) -> EventStreamResponse:
         """Every session's events, live, as Server-Sent Events (admin). Resumes after
         `Last-Event-ID` (or `after`) with nothing missed or repeated."""
-        return await every_session_stream(streams, request, (last_event_id, after, types))
+        return await every_session_stream(streams, request, resume)
 
 
 async def every_session_stream(
     streams: EventStreams,
     request: Request[Any, Any, State],
-    resume: tuple[str | None, str | None, list[str] | None],
+    resume: Resume,
     until: float | None = None,
 ) -> EventStreamResponse:
     """The admin's stream of every session's events (`until`: a monotonic time at which it

@@ -17,9 +17,8 @@ from api import reads
 from api.auth import API_KEY_SECURITY, Principal, provide_caller
 from api.context import Service, UrlCheck
 from api.controllers.common import problems, utc_instant
-from api.expensive import ExpensiveReads
+from api.expensive import LocalReads
 from api.problems import ProblemError
-from api.reads import Readers
 from api.schemas import (
     DeliveryOut,
     DeliveryPageOut,
@@ -294,8 +293,7 @@ class WebhooksController(Controller):
         webhook_id: FromPath[str],
         data: JSONBody[ReplayIn],
         *,
-        expensive_reads: Service[ExpensiveReads],
-        readers: Service[Readers],
+        expensive: Service[LocalReads],
         webhook_queries: Service[WebhookQueries],
     ) -> ReplayOut:
         """Send again the events of `[from, to)` this endpoint subscribes to (each with its
@@ -309,8 +307,8 @@ class WebhooksController(Controller):
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
         tenant = row["session_id"] or GLOBAL_ENDPOINTS
         try:
-            enqueued, after = await expensive_reads.run(
-                tenant, reads.replay, readers, row, (start, end), data.after
+            enqueued, after = await expensive.run(
+                tenant, reads.replay, row, (start, end), data.after
             )
         except InvalidCursor as error:
             raise ProblemError(422, "invalid-cursor", str(error)) from None
