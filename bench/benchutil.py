@@ -119,6 +119,14 @@ def exit_on_termination() -> None:
         signal.signal(number, _raise_exit)
 
 
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line of a benchmark: described by its module's first paragraph, with the
+    ``--json-out`` file `run_bench` writes the result to (`run_all.py` passes it)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
+    return parser
+
+
 def run_bench(
     bench: Callable[[argparse.Namespace], dict[str, Any]], args: argparse.Namespace
 ) -> int:

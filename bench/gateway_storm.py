@@ -56,6 +56,7 @@ from uuid import UUID
 import psycopg
 from benchutil import (
     Role,
+    bench_parser,
     fresh_database,
     machine_busy_seconds,
     median,
@@ -801,14 +802,13 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1, help="storms (and baseline rounds)")
     parser.add_argument(
         "--duration", type=float, default=5.0, help="seconds the sessions idle before the reading"
     )
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the 0 reading")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.sessions <= 20_000 or not 1 <= args.rounds <= 20:
         parser.error("sessions must be 1..20000 and rounds 1..20")

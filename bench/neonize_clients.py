@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from benchutil import Role, print_table, run_bench, verdict, wait_for
+from benchutil import Role, bench_parser, print_table, run_bench, verdict, wait_for
 from psycopg.conninfo import make_conninfo
 
 from domain.values import ADMIN_ACTOR
@@ -476,13 +476,12 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sizes", default="1,10,100,1000")
     parser.add_argument("--duration", type=float, default=20.0, help="idle-retry seconds per step")
     parser.add_argument("--retry-cap", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1, help="accepted for run_all; unused")
-    parser.add_argument("--json-out")
     return run_bench(bench, parser.parse_args(argv))
 
 

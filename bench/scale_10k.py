@@ -54,7 +54,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import Role, fresh_database, print_table, run_bench, stopping, verdict, wait_for
+from benchutil import (
+    Role,
+    bench_parser,
+    fresh_database,
+    print_table,
+    run_bench,
+    stopping,
+    verdict,
+    wait_for,
+)
 from dashboard_list import sign_in
 from gateway_storm import (
     WORKER_BOOT,
@@ -603,7 +612,7 @@ def parts(text: str) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per latency read")
     parser.add_argument("--rounds", type=int, default=1, help="accepted for run_all; one round")
@@ -616,7 +625,6 @@ def main(argv: list[str] | None = None) -> int:
         default=set(),
         help="parts left out, comma-separated: dashboard, startup",
     )
-    parser.add_argument("--json-out")
     return run_bench(bench, parser.parse_args(argv))
 
 

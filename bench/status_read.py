@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import Role, fresh_database, median, print_table, ratio, run_bench, verdict
+from benchutil import (
+    Role,
+    bench_parser,
+    fresh_database,
+    median,
+    print_table,
+    ratio,
+    run_bench,
+    verdict,
+)
 
 HOST = "127.0.0.1"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -450,7 +459,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
@@ -458,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.duration <= 120:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")

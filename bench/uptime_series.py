@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from benchutil import fresh_database, median, print_table, ratio, run_bench
+from benchutil import bench_parser, fresh_database, median, print_table, ratio, run_bench
 from status_read import BenchSession, create_session, serving
 
 from domain.values import session_uuid
@@ -304,14 +304,13 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=40, help="of each kind, per round")
     parser.add_argument("--warmup", type=int, default=20, help="requests of each kind")
     parser.add_argument(
         "--duration", type=float, help="ignored (this benchmark counts requests; run_all.py)"
     )
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 1 <= args.requests <= 10_000 or args.warmup < 0:
         parser.error("rounds must be 1..20, requests 1..10000 and warmup ≥ 0")

@@ -70,6 +70,7 @@ import psycopg
 from benchutil import (
     ROOT,
     Role,
+    bench_parser,
     fresh_database,
     machine_busy_seconds,
     median,
@@ -902,7 +903,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--events", type=int, default=5000, help="per burst and raw baseline")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of steady load")
@@ -912,7 +913,6 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-light", type=float, default=100.0, help="offered events/s, 4 workers, light load"
     )
     parser.add_argument("--profile", action="store_true", help="sample the workers' stacks")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     parser.add_argument("--serve-receiver", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_receiver:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from litestar import Controller, get
+from litestar import get
 from litestar.di import NamedDependency
 
 from api.context import Service
@@ -15,14 +15,12 @@ from api.controllers.streams import (
     Resume,
     every_session_stream,
 )
-from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
-from api.dashboard.web import DashRequest
+from api.dashboard.security import SKIP_SESSION, sign_in_left
+from api.dashboard.web import DashboardController, DashRequest
 from api.streaming import EventStreamResponse
 
 
-class EventsController(Controller):
-    path = DASHBOARD
-    include_in_schema = False
+class EventsController(DashboardController):
     dependencies = RESUME
 
     @get("/events/stream", opt={SKIP_SESSION: True})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import get, post
 from litestar.params import QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
@@ -14,7 +14,7 @@ from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import FILTERS, ListPage, list_page
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
-from api.dashboard.web import DashRequest, ctx_of, flash, page, see_other
+from api.dashboard.web import DashboardController, DashRequest, ctx_of, flash, page, see_other
 from api.writes import call
 from domain.errors import InvalidValue
 from domain.values import ADMIN_ACTOR, MAX_NAME_LENGTH
@@ -60,10 +60,7 @@ def _table(request: DashRequest, wanted: str, number: int) -> tuple[ListPage, st
     return lists.table(ctx_of(request).read_models.sessions(), wanted, number)
 
 
-class ListController(Controller):
-    path = DASHBOARD
-    include_in_schema = False
-
+class ListController(DashboardController):
     @get("/")
     async def sessions(
         self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import get, post
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
@@ -19,7 +19,15 @@ from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import line, qr_panel
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
-from api.dashboard.web import DashRequest, ctx_of, flash, live_row, page, see_other
+from api.dashboard.web import (
+    DashboardController,
+    DashRequest,
+    ctx_of,
+    flash,
+    live_row,
+    page,
+    see_other,
+)
 from api.writes import call
 from application.errors import NotPairing
 from application.phones import InvalidPhone
@@ -61,10 +69,7 @@ def _path(row: SessionRow, tail: str = "") -> str:
     return f"{DASHBOARD}/sessions/{row.session_id}{tail}"
 
 
-class SessionController(Controller):
-    path = DASHBOARD
-    include_in_schema = False
-
+class SessionController(DashboardController):
     # -- pages ----------------------------------------------------------------------------
 
     def _status_page(

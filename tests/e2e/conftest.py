@@ -87,19 +87,27 @@ class Sessiond:
         self._log.close()
 
 
-@pytest.fixture
-def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+def process_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """The settings of test `sessiond` processes on `database_url`: the simulator, quick
+    polls and ticks, short leases."""
     return {
         "SESSIOND_DATA_DIR": str(tmp_path / "var"),
         "SESSIOND_DATABASE_URL": database_url,
         "SESSIOND_ADMIN_KEY": ADMIN_KEY,
         "SESSIOND_POLL_INTERVAL": "0.2",
         "SESSIOND_GATEWAY": "simulator",
-        # Tests never reach beyond this host: webhooks go to private addresses only.
-        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WORKER_TICK": "0.2",
         "SESSIOND_LEASE_TTL": "5",
         "SESSIOND_LOG_LEVEL": "info",
+    }
+
+
+@pytest.fixture
+def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **process_env(database_url, tmp_path),
+        # Tests never reach beyond this host: webhooks go to private addresses only.
+        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
     }
 
 

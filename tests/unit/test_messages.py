@@ -282,13 +282,20 @@ def test_a_malformed_cipher_key_is_a_clear_settings_error(key: str) -> None:
         Settings.from_env({"SESSIOND_CIPHER_KEY": key})
 
 
-def test_a_late_ack_of_a_message_the_session_forgot_is_recorded_from_the_view(
-    app: SessionsApplication,
-) -> None:
+def connected_with_index(app: SessionsApplication) -> tuple[str, UUID, MemoryMessagesView]:
+    """A connected session of `app`, whose messages it no longer remembers are found in a
+    messages view (returned)."""
     session_id, uuid = create(app)
     view = MemoryMessagesView()
     app.message_index = view
     connect(app, uuid)
+    return session_id, uuid, view
+
+
+def test_a_late_ack_of_a_message_the_session_forgot_is_recorded_from_the_view(
+    app: SessionsApplication,
+) -> None:
+    session_id, uuid, view = connected_with_index(app)
     first = queue(app, session_id, "old one")
     app.record_sent(uuid, first, "WA-OLD")
     for n in range(RECENT_MESSAGES + 5):
@@ -310,10 +317,7 @@ def test_a_late_ack_of_a_message_the_session_forgot_is_recorded_from_the_view(
 def test_an_inbound_message_delivered_again_long_after_is_recorded_once(
     app: SessionsApplication,
 ) -> None:
-    _, uuid = create(app)
-    view = MemoryMessagesView()
-    app.message_index = view
-    connect(app, uuid)
+    _, uuid, view = connected_with_index(app)
     app.record_received(uuid, InboundMessage("3EB0-FIRST", TO, TO, "hello", NOW))
     for n in range(RECENT_INBOUND + 5):
         app.record_received(uuid, InboundMessage(f"3EB0-{n}", TO, TO, "more", NOW))
