@@ -1,10 +1,10 @@
 """What controllers receive, by parameter name: the app-level Litestar dependency providers,
 each built once from what the composition root handed over (`ApiContext`).
 
-A handler declares the services it uses as ``NamedDependency[...]`` parameters named as
-below. Each provider answers one value, built when the app is made, so resolving one costs
-no work per request beyond Litestar's lookup; routes that declare none (and the status fast
-path, answered before any handler) pay nothing.
+A handler declares the services it uses as ``Service[...]`` parameters (`api.context`)
+named as below. Each provider answers one value, built when the app is made and not
+validated per request, so resolving one costs no work beyond Litestar's lookup; routes
+that declare none, and the status fast path (answered before any handler), pay nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ def services(ctx: ApiContext) -> dict[str, Any]:
                 default_requests_per_minute=ctx.default_requests_per_minute,
             ),
         ),
-        "live_feed": ctx.live_feed,
         "default_requests_per_minute": ctx.default_requests_per_minute,
         "readiness": ctx.readiness,
         "readiness_warnings": ctx.readiness_warnings,
