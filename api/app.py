@@ -37,6 +37,7 @@ from api.controllers.simulator import SimulatorController
 from api.controllers.streams import StreamsController, streams_lifespan
 from api.controllers.webhooks import WebhooksController
 from api.dashboard import Dashboard, template_config
+from api.dependencies import providers
 from api.docs import swagger_assets, swagger_plugin
 from api.fastpath import expensive_refusal, status_fast_path
 from api.openapi import complete_openapi
@@ -162,6 +163,7 @@ def create_app(
         openapi_config=openapi,
         exception_handlers={Exception: handle_exception},
         guards=[key_required, no_nul_characters],  # before the parameters and the body
+        dependencies=providers(ctx),  # what controllers receive (`api.dependencies`)
         # The failure throttle first: it covers every route, the status fast path included.
         middleware=[
             failure_throttle,

@@ -5,11 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeAlias, TypeVar
 from uuid import UUID
+
+from litestar.di import Dependency
+from litestar.params import SkipValidationMarker
 
 from api.expensive import ExpensiveReads
 from api.ratelimit import FailureThrottle, Network, SessionRateLimiter
+from api.writes import Writes
 from application.audit import Break, Verified
 from application.sessions import SessionsApplication
 from projections.history import StatusSnapshots
@@ -18,6 +22,15 @@ from projections.messages import MessagesView
 from projections.readmodels import ReadModels
 from projections.uptime import UptimeView
 from projections.webhooks import WebhookQueries
+
+T = TypeVar("T")
+#: A service a handler receives, by its parameter's name, from the app's providers
+#: (`api.dependencies`); built once by the composition root, so not validated per request.
+Service: TypeAlias = Annotated[T, Dependency(kind="named"), SkipValidationMarker()]
+#: The texts of a session's messages, by the version of the event that carries each.
+MessageTexts = Callable[[UUID, Collection[int]], dict[int, str]]
+#: Why a webhook URL can never be a target (a literal private address), or None.
+UrlCheck = Callable[[str], str | None]
 
 
 class GatewayCalls(ABC):
@@ -46,12 +59,10 @@ class ApiContext:
     readiness: Callable[[], Awaitable[dict[str, str]]]
     uptime: UptimeView
     messages: MessagesView
-    #: The texts of a session's messages, by the version of the event that carries each.
-    message_texts: Callable[[UUID, Collection[int]], dict[int, str]]
+    message_texts: MessageTexts
     projection_lags: Callable[[], dict[str, int]]
     webhook_queries: WebhookQueries
-    #: Why a webhook URL can never be a target (a literal private address), or None.
-    check_webhook_url: Callable[[str], str | None]
+    check_webhook_url: UrlCheck
     #: How far this process's copy of the views has got (a notification id): the dashboard's
     #: live pages wait on it to learn that something changed.
     view_position: Callable[[], int]
@@ -84,3 +95,8 @@ class ApiContext:
     #: chain's tail since its last checkpoint (None: not served).
     audit_public_key: bytes | None = None
     audit_verify: Callable[[], Break | Verified] | None = None
+    #: The read-your-writes waits of this app (`write_wait_timeout` each).
+    writes: Writes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = Writes(self.app, self.read_models, self.write_wait_timeout)

@@ -258,3 +258,16 @@ class ExpensiveReads:
             self.processes.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalReads:
+    """The expensive reads of this process: each runs on `pool` for its session, with
+    `readers` (this process's objects) when it runs on the pool's threads."""
+
+    def __init__(self, pool: ExpensiveReads, readers: Any) -> None:
+        self.pool = pool
+        self.readers = readers
+
+    async def run(self, session_id: str, task: Callable[..., T], *args: Any) -> T:
+        """Run ``task(readers, *args)`` for `session_id`; 429 if it has too many in flight."""
+        return await self.pool.run(session_id, task, self.readers, *args)

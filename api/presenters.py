@@ -151,16 +151,10 @@ def qr_out(row: SessionRow) -> QrOut | None:
 
 def key_out(row: KeyRow, now: datetime) -> KeyOut:
     """A key as listed at `now` (active: neither revoked nor past its expiry then)."""
-    return KeyOut(
-        key_id=row.key_id,
-        prefix=row.prefix,
-        label=row.label,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        revoked_at=row.revoked_at,
+    return KeyOut.of(
+        row,
         active=row.is_usable_at(now),
         scopes=cast("list[ScopeValue] | None", row.scopes),
-        expires_at=row.expires_at,
         expired=row.expires_at is not None and row.expires_at <= now,
     )
 
@@ -177,15 +171,7 @@ def label_filter(labels: list[str] | None) -> dict[str, str]:
 
 
 def event_out(entry: HistoryEntry) -> EventOut:
-    return EventOut(
-        session_id=entry.session_id,
-        version=entry.version,
-        type=entry.type,
-        timestamp=entry.timestamp,
-        data=entry.data,
-        position=entry.position,
-        webhook_id=entry.webhook_id,
-    )
+    return EventOut.of(entry)
 
 
 def message_out(
@@ -201,26 +187,6 @@ def message_out(
     held = restriction_out(session) if session is not None and queued else None
     next_attempt_at = (holds or {}).get(row.message_id) if queued else None
     reason = held.kind if held is not None else QUOTA_REASON if next_attempt_at else row.reason
-    return MessageOut(
-        message_id=row.message_id,
-        session_id=row.session_id,
-        direction=row.direction,  # type: ignore[arg-type]
-        status=row.status,  # type: ignore[arg-type]
-        text=text,
-        to=row.to,
-        sender=row.sender,
-        chat=row.chat,
-        push_name=row.push_name,
-        whatsapp_id=row.whatsapp_id,
-        idempotency_key=row.idempotency_key,
-        reason=reason,
-        detail=row.detail,
-        created_at=row.created_at,
-        sent_at=row.sent_at,
-        delivered_at=row.delivered_at,
-        read_at=row.read_at,
-        failed_at=row.failed_at,
-        updated_at=row.updated_at,
-        restriction=held,
-        next_attempt_at=next_attempt_at,
+    return MessageOut.of(
+        row, text=text, reason=reason, restriction=held, next_attempt_at=next_attempt_at
     )

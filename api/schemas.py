@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -11,6 +12,7 @@ from msgspec import UNSET, Meta, UnsetType
 from domain.policy import MAX_PER_DAY, MAX_PER_HOUR, MAX_SEND_PAUSE
 from domain.proxy import MAX_PROXY_URL_LENGTH
 from domain.values import MAX_NAME_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TEXT_LENGTH
+from domain.webhook import EVENT_TYPES, WebhookEventType
 
 SessionId = Annotated[
     str, Meta(pattern=r"^sess_[0-9a-f]{32}$", examples=["sess_6f1c0d6c2b3a4e5f8a9b0c1d2e3f4a5b"])
@@ -51,6 +53,22 @@ class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 
 class Out(msgspec.Struct, rename="camel"):
     """Base of every response body."""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], **values: Any) -> Self:
+        """The answer made of a stored row whose keys are named as its fields, but for the
+        fields given in `values`."""
+        fields = {name: row[name] for name in cls.__struct_fields__ if name not in values}
+        return cls(**fields, **values)
+
+    @classmethod
+    def of(cls, source: object, **values: Any) -> Self:
+        """The answer made of a view's row whose attributes are named as its fields, but for
+        the fields given in `values`."""
+        fields = {
+            name: getattr(source, name) for name in cls.__struct_fields__ if name not in values
+        }
+        return cls(**fields, **values)
 
 
 class RateLimitIn(Body):
@@ -529,24 +547,6 @@ class AckIn(Body):
     status: Literal["delivered", "read"]
 
 
-WebhookEventType = Literal[
-    "session.created",
-    "session.qr",
-    "session.socket-connected",
-    "session.socket-disconnected",
-    "session.expired",
-    "session.stopped",
-    "session.deleted",
-    "session.restricted",
-    "session.restriction-lifted",
-    "session.health-changed",
-    "message.received",
-    "message.sent",
-    "message.delivered",
-    "message.read",
-    "message.failed",
-]
-_EVENT_TYPE_COUNT = len(get_args(WebhookEventType))
 WebhookUrl = Annotated[
     str, Meta(min_length=1, max_length=2048, examples=["https://example.com/hooks/whatsapp"])
 ]
@@ -554,14 +554,14 @@ WebhookUrl = Annotated[
 
 class WebhookIn(Body):
     url: WebhookUrl
-    events: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=_EVENT_TYPE_COUNT)]
+    events: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=len(EVENT_TYPES))]
     session_id: SessionId | None = None
 
 
 class WebhookChangeIn(Body):
     url: WebhookUrl | None = None
     events: (
-        Annotated[list[WebhookEventType], Meta(min_length=1, max_length=_EVENT_TYPE_COUNT)] | None
+        Annotated[list[WebhookEventType], Meta(min_length=1, max_length=len(EVENT_TYPES))] | None
     ) = None
     enabled: bool | None = None
 
@@ -623,32 +623,13 @@ class DeliveryOut(Out):
     attempt_log: list[AttemptOut]
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> DeliveryOut:
-        return cls(
-            delivery_id=row["delivery_id"],
-            webhook_id=row["webhook_id"],
-            event_id=row["event_id"],
-            event_type=row["event_type"],
-            session_id=row["session_id"],
-            status=row["status"],
-            attempts=row["attempts"],
+    def from_row(cls, row: Mapping[str, Any], **values: Any) -> Self:
+        """The delivery, its next try shown while it is pending only."""
+        return super().from_row(
+            row,
             next_attempt_at=row["next_attempt_at"] if row["status"] == "pending" else None,
-            created_at=row["created_at"],
-            delivered_at=row["delivered_at"],
-            last_status=row["last_status"],
-            last_error=row["last_error"],
-            replay=row["replay"],
-            attempt_log=[
-                AttemptOut(
-                    attempt=a["attempt"],
-                    at=a["at"],
-                    status_code=a["status_code"],
-                    duration_ms=a["duration_ms"],
-                    error=a["error"],
-                    response=a["response"],
-                )
-                for a in row["attempt_log"]
-            ],
+            attempt_log=[AttemptOut.from_row(attempt) for attempt in row["attempt_log"]],
+            **values,
         )
 
 

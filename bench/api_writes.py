@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import fresh_database, median, print_table, ratio, run_bench
+from benchutil import bench_parser, fresh_database, median, print_table, ratio, run_bench
 from status_read import Server, create_session
 
 CONFIGS: list[tuple[str, dict[str, str]]] = [
@@ -138,12 +138,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per round")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json-out")
     return run_bench(bench, parser.parse_args(argv))
 
 

@@ -16,9 +16,10 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -118,6 +119,14 @@ def exit_on_termination() -> None:
         signal.signal(number, _raise_exit)
 
 
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line of a benchmark: described by its module's first paragraph, with the
+    ``--json-out`` file `run_bench` writes the result to (`run_all.py` passes it)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
+    return parser
+
+
 def run_bench(
     bench: Callable[[argparse.Namespace], dict[str, Any]], args: argparse.Namespace
 ) -> int:
@@ -214,3 +223,46 @@ class Role:
                 self.process.wait(5)
         if not self._log.closed:
             self._log.close()
+
+
+@contextmanager
+def stopping(roles: list[Role], *closing: Callable[[], object]) -> Iterator[None]:
+    """Run a benchmark's body with its `roles`: if it fails, show the end of each one's log;
+    at the end, stop every role (the last started first), then call each of `closing`."""
+    try:
+        yield
+    except BaseException:
+        for role in roles:
+            print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
+        raise
+    finally:
+        for role in reversed(roles):
+            role.stop()
+        for close in closing:
+            close()
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], tuple[bool, str]],
+    roles: Iterable[Role],
+    timeout: float,
+    interval: float = 0.1,
+) -> float:
+    """Wait until `check` says done; print its progress every 5 s; return the seconds taken.
+    Fails as soon as a role's process has exited, or after `timeout` seconds."""
+    started = time.monotonic()
+    shown = started
+    while True:
+        done, progress = check()
+        now = time.monotonic()
+        if done:
+            return now - started
+        for role in roles:
+            role.check()
+        if now - started > timeout:
+            raise RuntimeError(f"not within {timeout:g} s: {what} ({progress})")
+        if now - shown >= 5:
+            print(f"  … {what}: {progress} after {now - started:.0f} s", flush=True)
+            shown = now
+        time.sleep(interval)

@@ -26,7 +26,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from benchutil import fresh_database, median, print_table, ratio, run_bench, verdict
+from benchutil import bench_parser, fresh_database, median, print_table, ratio, run_bench, verdict
 
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR, session_uuid
@@ -329,7 +329,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds, each side")
@@ -339,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 8],
         help="comma-separated writer counts (default 1,8)",
     )
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.duration <= 120:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")

@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import fresh_database, median, print_table, ratio, run_bench
+from benchutil import bench_parser, fresh_database, median, print_table, ratio, run_bench
 from status_read import (
     ADMIN_KEY,
     Load,
     LoadGenerator,
     PythonClient,
-    Server,
     Wrk,
     describe,
     ensure_wrk,
+    serving,
     summarise,
 )
 
@@ -100,10 +100,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     loads: dict[str, list[Load]] = {"ping": [], "json": [], "page": []}
     with fresh_database() as url, tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
         workdir = Path(tmp)
-        server = Server(url, workdir)
-        try:
-            server.wait_ready()
-            print(f"server: sessiond serve on {server.url} (pid {server.process.pid})", flush=True)
+        with serving(url, workdir) as server:
             with httpx.Client(base_url=server.url, timeout=60) as client:
                 began = time.monotonic()
                 states = seed(client, args.sessions)
@@ -143,8 +140,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"round {number + 1}  {describe(kind, load)}", flush=True)
                 if server.process.poll() is not None:
                     raise RuntimeError(f"sessiond died during the run:\n{server.log()}")
-        finally:
-            server.stop()
     return report(args, generator.name, loads)
 
 
@@ -204,7 +199,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -212,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.duration <= 120:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from benchutil import fresh_database, median, print_table, ratio, run_bench
+from benchutil import bench_parser, fresh_database, median, print_table, ratio, run_bench
 
 from api import reads
 from api.expensive import ExpensiveReads, ReaderProcesses, keep_the_loop_responsive
@@ -149,11 +149,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each mode")
     parser.add_argument("--events", type=int, default=3000, help="events of the session")
-    parser.add_argument("--json-out", help="where run_all.py wants the result")
     return run_bench(bench, parser.parse_args(argv))
 
 

@@ -45,7 +45,7 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,13 +56,16 @@ from uuid import UUID
 import psycopg
 from benchutil import (
     Role,
+    bench_parser,
     fresh_database,
     machine_busy_seconds,
     median,
     print_table,
     ratio,
     run_bench,
+    stopping,
     verdict,
+    wait_for,
 )
 
 from application.sessions import SessionsApplication
@@ -249,31 +252,6 @@ class Database:
             (list(ids),),
         ).fetchall()
         return [f"{r[0]}: {r[1]}" for r in rows]
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], tuple[bool, str]],
-    roles: Iterable[Role],
-    timeout: float,
-    interval: float = 0.1,
-) -> float:
-    """Wait until `check` says done; print its progress every 5 s; return the seconds taken."""
-    started = time.monotonic()
-    shown = started
-    while True:
-        done, progress = check()
-        now = time.monotonic()
-        if done:
-            return now - started
-        for role in roles:
-            role.check()
-        if now - started > timeout:
-            raise RuntimeError(f"not within {timeout:g} s: {what} ({progress})")
-        if now - shown >= 5:
-            print(f"  … {what}: {progress} after {now - started:.0f} s", flush=True)
-            shown = now
-        time.sleep(interval)
 
 
 # -- set-up -------------------------------------------------------------------------------------
@@ -584,7 +562,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         roles: list[Role] = []
         db = Database(url)
         baseline_app: SessionsApplication | None = None
-        try:
+
+        def close_baseline() -> None:
+            if baseline_app is not None:
+                baseline_app.close()
+
+        with stopping(roles, close_baseline, container.close, db.close):
             role_env = {**os.environ, **env}
             projector = Role("projector", ["-m", "infra.cli", "projector"], role_env, workdir)
             roles.append(projector)
@@ -672,17 +655,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for problem in done.problems[:10]:
                     print(f"  baseline {number}: {problem}")
             log_problems = {role.name: role.problems() for role in roles}
-        except BaseException:
-            for role in roles:
-                print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
-            raise
-        finally:
-            for role in reversed(roles):
-                role.stop()
-            if baseline_app is not None:
-                baseline_app.close()
-            container.close()
-            db.close()
     return report(
         args,
         readings=readings,
@@ -830,14 +802,13 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1, help="storms (and baseline rounds)")
     parser.add_argument(
         "--duration", type=float, default=5.0, help="seconds the sessions idle before the reading"
     )
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the 0 reading")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.sessions <= 20_000 or not 1 <= args.rounds <= 20:
         parser.error("sessions must be 1..20000 and rounds 1..20")

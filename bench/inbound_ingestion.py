@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
-from benchutil import ROOT, fresh_database, median, print_table, ratio, write_result
+from benchutil import ROOT, bench_parser, fresh_database, median, print_table, ratio, write_result
 
 from application.gateway import RecordingGatewayEvents
 from application.ports import InboundMessage
@@ -137,12 +136,11 @@ def raw_saves(app: SessionsApplication, messages: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, help="ignored (run_all passes it)")
-    parser.add_argument("--json-out")
     args = parser.parse_args(argv)
     workdir = Path(ROOT / "var" / "bench-ingestion")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from benchutil import Role, print_table, run_bench, verdict
+from benchutil import Role, bench_parser, print_table, run_bench, verdict, wait_for
 from psycopg.conninfo import make_conninfo
 
 from domain.values import ADMIN_ACTOR
@@ -228,24 +228,6 @@ def reasons(db: psycopg.Connection[Any]) -> dict[str, int]:
     return {str(k): int(n) for k, n in rows}
 
 
-def wait_for(what: str, check: Callable[[], tuple[bool, str]], roles: Sequence[Role]) -> float:
-    started = time.monotonic()
-    shown = started
-    while True:
-        done, progress = check()
-        now = time.monotonic()
-        if done:
-            return now - started
-        for role in roles:
-            role.check()
-        if now - started > 600:
-            raise RuntimeError(f"not within 600 s: {what} ({progress})")
-        if now - shown >= 5:
-            print(f"  … {what}: {progress} after {now - started:.0f} s", flush=True)
-            shown = now
-        time.sleep(0.25)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -309,7 +291,7 @@ def add_sessions(
         )
         return retried >= upto, f"{retried} failed and retrying: {reasons(db)}"
 
-    seconds = wait_for("every client's first start failed", failed_once, roles)
+    seconds = wait_for("every client's first start failed", failed_once, roles, 600, 0.25)
     print(f"  every one of the {upto} failed its first start in Go: {seconds:.1f} s later")
 
 
@@ -347,6 +329,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     "starting",
                 ),
                 roles,
+                600,
+                0.25,
             )
             time.sleep(args.settle)
             base = procs.read()
@@ -492,13 +476,12 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sizes", default="1,10,100,1000")
     parser.add_argument("--duration", type=float, default=20.0, help="idle-retry seconds per step")
     parser.add_argument("--retry-cap", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1, help="accepted for run_all; unused")
-    parser.add_argument("--json-out")
     return run_bench(bench, parser.parse_args(argv))
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import Role, fresh_database, print_table, ratio, run_bench, verdict
+from benchutil import Role, bench_parser, fresh_database, print_table, ratio, run_bench, verdict
 from status_read import ADMIN_KEY, HOST, RATE_LIMIT, BenchSession, Server, create_session
 
 from application.sessions import SessionsApplication
@@ -424,11 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve_receiver(argv[1], argv[2])
     if argv[:1] == ["--hammer"]:
         return asyncio.run(hammer(argv[1], float(argv[2]), argv[3]))
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3, help="noisy phases (and quiet ones)")
     parser.add_argument("--events", type=int, default=3000, help="events of tenant A")
-    parser.add_argument("--json-out", help="where run_all.py wants the result")
     return run_bench(bench, parser.parse_args(argv))
 
 

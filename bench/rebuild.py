@@ -37,7 +37,7 @@ from typing import Any
 from uuid import uuid4
 
 import psycopg
-from benchutil import fresh_database, median, print_table, ratio, run_bench, verdict
+from benchutil import bench_parser, fresh_database, median, print_table, ratio, run_bench, verdict
 from psycopg.sql import SQL, Identifier
 
 from application.keys import SESSION_KEY_KIND, generate_key
@@ -45,6 +45,7 @@ from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR, public_session_id
 from infra.bootstrap import Container
+from infra.postgres.status import PostgresSessionStatusView
 from infra.runtime.rebuild import DEFAULT_PAGE_SIZE, ViewRebuild
 from infra.settings import Settings
 
@@ -175,7 +176,7 @@ def check(container: Container, sessions: dict[str, Session]) -> list[str]:
     """The rebuilt view has every session, at the head, as its aggregate says."""
     problems = []
     container.views.resolve()
-    view = container.status_view
+    view = container.views.of(PostgresSessionStatusView)
     head = container.app.recorder.max_notification_id() or 0
     if view.max_tracking_id(container.app.name) != head:
         problems.append(f"the view is at {view.max_tracking_id(container.app.name)}, not {head}")
@@ -304,13 +305,12 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the log")
     parser.add_argument("--sessions", type=int, help="sessions (default: events / 100)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of each")
     parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
     parser.add_argument("--duration", type=float, help="ignored (run_all.py passes it)")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     args.sessions = args.sessions or max(1, args.events // 100)
     if not 1_000 <= args.events <= 20_000_000 or not 1 <= args.rounds <= 10:

@@ -54,13 +54,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import Role, fresh_database, print_table, run_bench, verdict
+from benchutil import (
+    Role,
+    bench_parser,
+    fresh_database,
+    print_table,
+    run_bench,
+    stopping,
+    verdict,
+    wait_for,
+)
 from dashboard_list import sign_in
 from gateway_storm import (
-    ADMIN_KEY,
-    QR_TIMEOUT,
-    RETRY_BASE,
-    RETRY_CAP,
     WORKER_BOOT,
     Database,
     Memory,
@@ -68,9 +73,11 @@ from gateway_storm import (
     connected_versions,
     read_memory,
     scan_all,
-    wait_for,
 )
 from gateway_storm import Worker as _Worker
+from gateway_storm import (
+    settings_env as storm_env,
+)
 from status_read import free_port
 
 from application.sessions import SessionsApplication
@@ -237,18 +244,11 @@ def bare_server(port: int) -> list[str]:
 
 
 def settings_env(url: str, workdir: Path) -> dict[str, str]:
+    """The storm's settings, but for a batch that does not claim 10,000 sessions at once and
+    a longer write wait (the views of 10,000 sessions lag more under a storm)."""
     return {
-        "SESSIOND_DATABASE_URL": url,
-        "SESSIOND_GATEWAY": "simulator",
-        "SESSIOND_ADMIN_KEY": ADMIN_KEY,
-        "SESSIOND_QR_FIRST_TIMEOUT": f"{QR_TIMEOUT:g}",
-        "SESSIOND_QR_NEXT_TIMEOUT": f"{QR_TIMEOUT:g}",
-        "SESSIOND_RETRY_BASE": f"{RETRY_BASE:g}",
-        "SESSIOND_RETRY_CAP": f"{RETRY_CAP:g}",
-        "SESSIOND_RESTORE_BATCH": str(RESTORE_BATCH),
+        **storm_env(url, workdir, RESTORE_BATCH),
         "SESSIOND_WRITE_WAIT_TIMEOUT": "30",
-        "SESSIOND_LOG_LEVEL": "warning",
-        "SESSIOND_DATA_DIR": str(workdir / "var"),
     }
 
 
@@ -349,7 +349,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         container = Container(Settings.from_env(env), url, frozenset())  # tables only
         db = Database(url)
         roles: list[Role] = []
-        try:
+        with stopping(roles, container.close, db.close):
             port = free_port()
             api = Role("api", ["-m", "infra.cli", "api", "--port", str(port)], role_env, workdir)
             projector = Role("projector", ["-m", "infra.cli", "projector"], role_env, workdir)
@@ -434,15 +434,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             for role in roles:
                 for message, count in role.problems().most_common(3):
                     print(f"  {role.name} log: {count} times: {message}")
-        except BaseException:
-            for role in roles:
-                print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
-            raise
-        finally:
-            for role in reversed(roles):
-                role.stop()
-            container.close()
-            db.close()
     result = report(n, memory, dashboard_figures, quiet_figures, stormed, started, problems)
     return {**result, "idle_cpu": idle_cpu}
 
@@ -621,7 +612,7 @@ def parts(text: str) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per latency read")
     parser.add_argument("--rounds", type=int, default=1, help="accepted for run_all; one round")
@@ -634,7 +625,6 @@ def main(argv: list[str] | None = None) -> int:
         default=set(),
         help="parts left out, comma-separated: dashboard, startup",
     )
-    parser.add_argument("--json-out")
     return run_bench(bench, parser.parse_args(argv))
 
 

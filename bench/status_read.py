@@ -30,12 +30,23 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import Role, fresh_database, median, print_table, ratio, run_bench, verdict
+from benchutil import (
+    Role,
+    bench_parser,
+    fresh_database,
+    median,
+    print_table,
+    ratio,
+    run_bench,
+    verdict,
+)
 
 HOST = "127.0.0.1"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -65,6 +76,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(url: str, workdir: Path) -> Iterator[Server]:
+    """A ready ``sessiond serve`` on the database at `url` (announced), stopped at the end."""
+    server = Server(url, workdir)
+    try:
+        server.wait_ready()
+        print(f"server: sessiond serve on {server.url} (pid {server.process.pid})", flush=True)
+        yield server
+    finally:
+        server.stop()
 
 
 class Server(Role):
@@ -336,10 +359,7 @@ def summarise(loads: list[Load]) -> dict[str, float]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     with fresh_database() as url, tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
         workdir = Path(tmp)
-        server = Server(url, workdir)
-        try:
-            server.wait_ready()
-            print(f"server: sessiond serve on {server.url} (pid {server.process.pid})", flush=True)
+        with serving(url, workdir) as server:
             with httpx.Client(base_url=server.url, timeout=10) as client:
                 sessions = [create_session(client, f"bench-{i}") for i in range(args.rounds + 1)]
             wrk = None if args.python_client else ensure_wrk(install=not args.no_install)
@@ -376,8 +396,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"round {number}  {describe(kind, load)}", flush=True)
                 if server.process.poll() is not None:
                     raise RuntimeError(f"sessiond died during the run:\n{server.log()}")
-        finally:
-            server.stop()
     return report(args, generator.name, pings, statuses)
 
 
@@ -441,7 +459,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
@@ -449,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.duration <= 120:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")

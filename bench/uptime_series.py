@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from benchutil import fresh_database, median, print_table, ratio, run_bench
-from status_read import BenchSession, Server, create_session
+from benchutil import bench_parser, fresh_database, median, print_table, ratio, run_bench
+from status_read import BenchSession, create_session, serving
 
 from domain.values import session_uuid
 from projections.uptime import Transition, series
@@ -156,69 +156,67 @@ def measure(
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     with fresh_database() as url, tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
-        server = Server(url, Path(tmp))
-        try:
-            server.wait_ready()
-            print(f"server: sessiond serve on {server.url} (pid {server.process.pid})", flush=True)
-            with httpx.Client(base_url=server.url, timeout=30) as client:
-                session = create_session(client, "Bench")
-                created = created_at(url, session)
-                end = created.replace(minute=0, second=0, microsecond=0)
-                start = end - timedelta(days=365)
-                rows = fixture(start)
-                started = time.monotonic()
-                insert(url, session, rows)
-                print(
-                    f"fixture: {len(rows):,} transitions for {session.session_id} from "
-                    f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC, inserted in "
-                    f"{time.monotonic() - started:.2f} s",
-                    flush=True,
-                )
-                expected = series(rows, start, end, end - start)[0].uptime
-                assert expected is not None
-                todo = kinds(session, start, end, expected)
-                headers = {"x-api-key": session.key}
-                for n in range(args.warmup):
-                    for kind in todo[n % 3 :] + todo[: n % 3]:
-                        _, _, error = measure(client, kind, headers)
+        workdir = Path(tmp)
+        with (
+            serving(url, workdir) as server,
+            httpx.Client(base_url=server.url, timeout=30) as client,
+        ):
+            session = create_session(client, "Bench")
+            created = created_at(url, session)
+            end = created.replace(minute=0, second=0, microsecond=0)
+            start = end - timedelta(days=365)
+            rows = fixture(start)
+            started = time.monotonic()
+            insert(url, session, rows)
+            print(
+                f"fixture: {len(rows):,} transitions for {session.session_id} from "
+                f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC, inserted in "
+                f"{time.monotonic() - started:.2f} s",
+                flush=True,
+            )
+            expected = series(rows, start, end, end - start)[0].uptime
+            assert expected is not None
+            todo = kinds(session, start, end, expected)
+            headers = {"x-api-key": session.key}
+            for n in range(args.warmup):
+                for kind in todo[n % 3 :] + todo[: n % 3]:
+                    _, _, error = measure(client, kind, headers)
+                    if error:
+                        raise RuntimeError(f"warm-up {kind.name}: {error}")
+            latencies: dict[str, list[float]] = {k.name: [] for k in todo}
+            per_round: dict[str, list[float]] = {k.name: [] for k in todo}
+            sizes: dict[str, int] = {}
+            errors: dict[str, int] = {k.name: 0 for k in todo}
+            print(
+                f"{args.rounds} rounds of {args.requests} requests of each kind, "
+                f"interleaved one by one (after {args.warmup} warm-up requests each)",
+                flush=True,
+            )
+            for number in range(1, args.rounds + 1):
+                samples: dict[str, list[float]] = {k.name: [] for k in todo}
+                for n in range(args.requests):
+                    shift = (n + number) % 3
+                    for kind in todo[shift:] + todo[:shift]:
+                        seconds, size, error = measure(client, kind, headers)
+                        samples[kind.name].append(seconds * 1000)
+                        sizes[kind.name] = size
                         if error:
-                            raise RuntimeError(f"warm-up {kind.name}: {error}")
-                latencies: dict[str, list[float]] = {k.name: [] for k in todo}
-                per_round: dict[str, list[float]] = {k.name: [] for k in todo}
-                sizes: dict[str, int] = {}
-                errors: dict[str, int] = {k.name: 0 for k in todo}
+                            errors[kind.name] += 1
+                            print(f"round {number} {kind.name}: {error}", flush=True)
+                for name, values in samples.items():
+                    latencies[name] += values
+                    per_round[name].append(percentile(values, 0.99))
                 print(
-                    f"{args.rounds} rounds of {args.requests} requests of each kind, "
-                    f"interleaved one by one (after {args.warmup} warm-up requests each)",
+                    f"round {number}  "
+                    + "  ".join(
+                        f"{name}: p50 {percentile(v, 0.5):7.2f} ms p99 "
+                        f"{percentile(v, 0.99):7.2f} ms"
+                        for name, v in samples.items()
+                    ),
                     flush=True,
                 )
-                for number in range(1, args.rounds + 1):
-                    samples: dict[str, list[float]] = {k.name: [] for k in todo}
-                    for n in range(args.requests):
-                        shift = (n + number) % 3
-                        for kind in todo[shift:] + todo[:shift]:
-                            seconds, size, error = measure(client, kind, headers)
-                            samples[kind.name].append(seconds * 1000)
-                            sizes[kind.name] = size
-                            if error:
-                                errors[kind.name] += 1
-                                print(f"round {number} {kind.name}: {error}", flush=True)
-                    for name, values in samples.items():
-                        latencies[name] += values
-                        per_round[name].append(percentile(values, 0.99))
-                    print(
-                        f"round {number}  "
-                        + "  ".join(
-                            f"{name}: p50 {percentile(v, 0.5):7.2f} ms p99 "
-                            f"{percentile(v, 0.99):7.2f} ms"
-                            for name, v in samples.items()
-                        ),
-                        flush=True,
-                    )
-                    if server.process.poll() is not None:
-                        raise RuntimeError(f"sessiond died during the run:\n{server.log()}")
-        finally:
-            server.stop()
+                if server.process.poll() is not None:
+                    raise RuntimeError(f"sessiond died during the run:\n{server.log()}")
     return report(
         args,
         latencies=latencies,
@@ -306,14 +304,13 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=40, help="of each kind, per round")
     parser.add_argument("--warmup", type=int, default=20, help="requests of each kind")
     parser.add_argument(
         "--duration", type=float, help="ignored (this benchmark counts requests; run_all.py)"
     )
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 1 <= args.requests <= 10_000 or args.warmup < 0:
         parser.error("rounds must be 1..20, requests 1..10000 and warmup ≥ 0")

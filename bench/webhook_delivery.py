@@ -70,12 +70,14 @@ import psycopg
 from benchutil import (
     ROOT,
     Role,
+    bench_parser,
     fresh_database,
     machine_busy_seconds,
     median,
     print_table,
     ratio,
     run_bench,
+    stopping,
     verdict,
 )
 from httpx_aiohttp import AiohttpTransport
@@ -670,7 +672,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         roles: list[Role] = []
         phases: list[Phase] = []
         log_problems: dict[str, Counter[str]] = {}
-        try:
+        with stopping(roles, app.close, db.close):
             sessions = []
             for n in range(SESSIONS):
                 created = app.create_session(f"Webhook bench {n}", {}, None, ADMIN_ACTOR)
@@ -742,15 +744,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                         print(f"  problem: {problem}", flush=True)
                 phases += done
             log_problems = {role.name: role.problems() for role in roles}
-        except BaseException:
-            for role in roles:
-                print(f"--- the end of the {role.name}'s log ---\n{role.log()}", file=sys.stderr)
-            raise
-        finally:
-            for role in reversed(roles):
-                role.stop()
-            app.close()
-            db.close()
         if args.profile:
             show_profile(workdir / "profile-projector.json", "the projector")
             for n in range(WORKERS):
@@ -910,7 +903,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--events", type=int, default=5000, help="per burst and raw baseline")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of steady load")
@@ -920,7 +913,6 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-light", type=float, default=100.0, help="offered events/s, 4 workers, light load"
     )
     parser.add_argument("--profile", action="store_true", help="sample the workers' stacks")
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
     parser.add_argument("--serve-receiver", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_receiver:

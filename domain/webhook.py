@@ -9,6 +9,7 @@ redacted from every history), since signing needs them, not only their hashes.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal, get_args
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -16,7 +17,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import CapReached, InvalidValue, SessionIsDeleted
 
 #: Every event type a webhook can subscribe to.
-EVENT_TYPES = (
+WebhookEventType = Literal[
     "session.created",
     "session.qr",
     "session.socket-connected",
@@ -32,7 +33,8 @@ EVENT_TYPES = (
     "message.delivered",
     "message.read",
     "message.failed",
-)
+]
+EVENT_TYPES: tuple[str, ...] = get_args(WebhookEventType)
 WEBHOOK_ID_PREFIX = "wh_"
 MAX_URL_LENGTH = 2048
 

@@ -219,33 +219,6 @@ class Container:
         assert isinstance(recorder, PollingApplicationRecorder)
         return recorder
 
-    # -- the active generation of each view ---------------------------------------------
-
-    @property
-    def status_view(self) -> PostgresSessionStatusView:
-        view: PostgresSessionStatusView = self.views.get(SessionStatusProjection.name)
-        return view
-
-    @property
-    def key_view(self) -> PostgresApiKeyView:
-        view: PostgresApiKeyView = self.views.get(ApiKeyProjection.name)
-        return view
-
-    @property
-    def gateway_view(self) -> PostgresGatewayView:
-        view: PostgresGatewayView = self.views.get(GatewayProjection.name)
-        return view
-
-    @property
-    def uptime_view(self) -> PostgresUptimeView:
-        view: PostgresUptimeView = self.views.get(UptimeProjection.name)
-        return view
-
-    @property
-    def messages_view(self) -> PostgresMessagesView:
-        view: PostgresMessagesView = self.views.get(MessagesProjection.name)
-        return view
-
     # -- admin key ----------------------------------------------------------------------
 
     def admin_key_hash(self) -> str:
@@ -328,7 +301,7 @@ class Container:
         # Key expiries are recorded by workers: the keys are refused from their expiry on
         # by every API process anyway (it compares the time), this records the fact.
         def due(now: datetime, limit: int) -> list[tuple[str, str]]:
-            return self.key_view.due_expiries(now, limit)  # the generation active now
+            return self.views.of(PostgresApiKeyView).due_expiries(now, limit)  # active now
 
         expiry = KeyExpiry(self.app, due)
         ticks = ((expiry.key_expiry_tick, timings.tick),)

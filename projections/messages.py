@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -50,6 +51,18 @@ class MessageRow(msgspec.Struct, kw_only=True):
     position: int  # that event's position in the log (the order of the list)
 
 
+@dataclass(frozen=True)
+class MessagePage:
+    """A page of a session's messages: newest first, those with a position below `before`
+    (None: from the newest), at most `limit`, and only of `direction` or `status` if given."""
+
+    session_id: str
+    direction: str | None = None
+    status: str | None = None
+    before: int | None = None
+    limit: int = 50
+
+
 class MessagesView(TrackingRecorder, MessageIndex, ABC):
     @abstractmethod
     def add_message(self, row: MessageRow, tracking: Tracking) -> None:
@@ -64,16 +77,8 @@ class MessagesView(TrackingRecorder, MessageIndex, ABC):
         """The row of that message."""
 
     @abstractmethod
-    def list_messages(
-        self,
-        session_id: str,
-        *,
-        direction: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        limit: int = 50,
-    ) -> list[MessageRow]:
-        """The session's messages, newest first, with a position below `before`."""
+    def list_messages(self, page: MessagePage) -> list[MessageRow]:
+        """The messages `page` asks for."""
 
     @abstractmethod
     def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
@@ -93,40 +98,47 @@ class MessagesProjection(Projection[MessagesView]):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         self.view.insert_tracking(tracking)
 
-    @process_event.register
-    def _queued(self, event: Session.MessageQueued, tracking: Tracking) -> None:
+    def _add(
+        self, event: Any, tracking: Tracking, direction: str, status: MessageStatus, **fields: Any
+    ) -> None:
+        """Add the row of the message `event` records (its text stays in the event)."""
         row = MessageRow(
             message_id=event.message_id,
             session_id=public_session_id(event.originator_id),
-            direction=OUTBOUND,
-            status=MessageStatus.QUEUED.value,
-            to=event.to,
-            idempotency_key=event.idempotency_key,
+            direction=direction,
+            status=status.value,
             created_at=event.timestamp,
             updated_at=event.timestamp,
             version=event.originator_version,
             position=tracking.notification_id,
+            **fields,
         )
         self.view.add_message(row, tracking)
 
     @process_event.register
+    def _queued(self, event: Session.MessageQueued, tracking: Tracking) -> None:
+        self._add(
+            event,
+            tracking,
+            OUTBOUND,
+            MessageStatus.QUEUED,
+            to=event.to,
+            idempotency_key=event.idempotency_key,
+        )
+
+    @process_event.register
     def _received(self, event: Session.MessageReceived, tracking: Tracking) -> None:
-        row = MessageRow(
-            message_id=event.message_id,
-            session_id=public_session_id(event.originator_id),
-            direction=INBOUND,
-            status=MessageStatus.RECEIVED.value,
+        self._add(
+            event,
+            tracking,
+            INBOUND,
+            MessageStatus.RECEIVED,
             sender=event.sender,
             chat=event.chat,
             push_name=event.push_name or None,
             whatsapp_id=event.whatsapp_id,
-            created_at=event.timestamp,
             sent_at=event.sent_at,
-            updated_at=event.timestamp,
-            version=event.originator_version,
-            position=tracking.notification_id,
         )
-        self.view.add_message(row, tracking)
 
     @process_event.register
     def _sent(self, event: Session.MessageSent, tracking: Tracking) -> None:
@@ -192,24 +204,16 @@ class MemoryMessagesView(POPOTrackingRecorder, MessagesView):
     def get_message(self, message_id: str) -> MessageRow | None:
         return self._rows.get(message_id)
 
-    def list_messages(
-        self,
-        session_id: str,
-        *,
-        direction: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        limit: int = 50,
-    ) -> list[MessageRow]:
+    def list_messages(self, page: MessagePage) -> list[MessageRow]:
         rows = [
             r
             for r in self._rows.values()
-            if r.session_id == session_id
-            and (direction is None or r.direction == direction)
-            and (status is None or r.status == status)
-            and (before is None or r.position < before)
+            if r.session_id == page.session_id
+            and (page.direction is None or r.direction == page.direction)
+            and (page.status is None or r.status == page.status)
+            and (page.before is None or r.position < page.before)
         ]
-        return sorted(rows, key=lambda r: r.position, reverse=True)[:limit]
+        return sorted(rows, key=lambda r: r.position, reverse=True)[: page.limit]
 
     def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
         rows = [

@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from infra.postgres.schema import migrate
 from infra.settings import Settings
+from tests.receiver import Receiver, receiver
 
 ADMIN_KEY = "test-admin-key-0123456789"
 
@@ -36,6 +37,13 @@ def pg_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url, server = start_embedded_postgres(tmp_path_factory.mktemp("embedded"))
     yield url
     del server
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 whose answers a test scripts."""
+    with receiver() as running:
+        yield running
 
 
 @pytest.fixture

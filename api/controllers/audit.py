@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from litestar import Controller, Request, get
-from litestar.datastructures import State
+from litestar import Controller, get
 from litestar.di import NamedDependency, Provide
 
 from api.auth import API_KEY_SECURITY, Principal, provide_admin
-from api.controllers.common import context, problems
+from api.context import Service
+from api.controllers.common import problems
 from api.problems import ProblemError
 from api.schemas import AuditCheckpointOut, AuditPublicKeyOut, AuditVerifyOut
 from application.audit import Break, Verified
@@ -45,10 +45,10 @@ class AuditController(Controller):
     tags = ["audit"]  # noqa: RUF012 - Litestar reads it as a class attribute
 
     @get("/public-key", security=[], operation_id="getAuditPublicKey")
-    async def public_key(self, request: Request[Any, Any, State]) -> AuditPublicKeyOut:
+    async def public_key(self, audit_public_key: Service[bytes | None]) -> AuditPublicKeyOut:
         """The public half of the Ed25519 key that signs the audit checkpoints (no key
         needed): an auditor checks an export's checkpoints with it."""
-        raw = context(request).audit_public_key
+        raw = audit_public_key
         if raw is None:
             raise ProblemError(404, "not-found", "this server keeps no audit key")
         pem = Ed25519PublicKey.from_public_bytes(raw).public_bytes(
@@ -68,13 +68,15 @@ class AuditController(Controller):
         operation_id="verifyAuditChain",
     )
     async def verify(
-        self, request: Request[Any, Any, State], admin: NamedDependency[Principal]
+        self,
+        admin: NamedDependency[Principal],
+        audit_verify: Service[Callable[[], Break | Verified] | None],
     ) -> AuditVerifyOut:
         """Check the log since its last signed checkpoint (admin): the checkpoint's signature
         and hash, then every event after it against its hash and the head recorded at the
         last commit. `verified` false gives the first broken position and what is wrong
         there (`sessiond audit verify` checks the whole log)."""
-        verify = context(request).audit_verify
+        verify = audit_verify
         if verify is None:
             raise ProblemError(404, "not-found", "this server keeps no audit chain")
         return verify_out(await asyncio.to_thread(verify))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-from litestar import Controller, Request, Response, get
-from litestar.datastructures import State
+from litestar import Controller, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 
-from api.controllers.common import context
+from api.context import Service
 from api.schemas import HealthOut
 
 
@@ -32,17 +31,20 @@ class HealthController(Controller):
         },
         operation_id="getReadiness",
     )
-    async def ready(self, request: Request[Any, Any, State]) -> Response[HealthOut]:
+    async def ready(
+        self,
+        readiness: Service[Callable[[], Awaitable[dict[str, str]]]],
+        readiness_warnings: Service[Callable[[], Awaitable[list[str]]]],
+    ) -> Response[HealthOut]:
         """The database, the views and the rate-limit storage answer; `warnings` says what
         an operator should know that does not make the server unready."""
-        ctx = context(request)
-        checks = await ctx.readiness()
+        checks = await readiness()
         ok = all(value == "ok" for value in checks.values())
         return Response(
             HealthOut(
                 status="ok" if ok else "unavailable",
                 checks=checks,
-                warnings=await ctx.readiness_warnings(),
+                warnings=await readiness_warnings(),
             ),
             status_code=200 if ok else 503,
         )

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from litestar import Controller, Request, Response, get
-from litestar.datastructures import State
+from litestar import Controller, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from api import reads
 from api.auth import API_KEY_SECURITY, Principal, SessionAccess, provide_access, provide_admin
-from api.controllers.common import context, encoded, problems, query_instant
+from api.context import Service
+from api.controllers.common import encoded, problems, query_instant
+from api.expensive import LocalReads
 from api.fastpath import EXPENSIVE
 from api.problems import ProblemError
 from api.schemas import EventPageOut, UptimeSeriesOut
@@ -29,7 +30,10 @@ After = Annotated[
 ]
 
 
-class HistoryController(Controller):
+class EventRoutes(Controller):
+    """What the routes of recorded and live events share: a session's events are read with
+    its key or the admin key (`access`), every session's with the admin key (`admin`)."""
+
     tags = ["history"]  # noqa: RUF012 - Litestar reads it as a class attribute
     security = API_KEY_SECURITY
     dependencies = {  # noqa: RUF012
@@ -37,6 +41,8 @@ class HistoryController(Controller):
         "admin": Provide(provide_admin),
     }
 
+
+class HistoryController(EventRoutes):
     @get(
         "/sessions/{session_id:str}/events",
         opt={EXPENSIVE: True},  # refused early beyond the session's cap (`api.fastpath`)
@@ -45,30 +51,28 @@ class HistoryController(Controller):
     )
     async def session_events(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
+        *,
+        expensive: Service[LocalReads],
         after: After = 0,
         limit: Limit = 100,
     ) -> Response[EventPageOut]:
         """Every event of the session in order, paged by version (`after`, `next`)."""
-        ctx = context(request)
         session_id = access.session.session_id
-        body = await ctx.expensive_reads.run(
-            session_id, reads.session_events, ctx, session_id, after, limit
-        )
+        body = await expensive.run(session_id, reads.session_events, session_id, after, limit)
         return encoded(body)
 
     @get("/events", responses=problems(400, 401, 403, 429), operation_id="listEvents")
     async def log(
         self,
-        request: Request[Any, Any, State],
         admin: NamedDependency[Principal],
+        *,
+        expensive: Service[LocalReads],
         after: After = 0,
         limit: Limit = 100,
     ) -> Response[EventPageOut]:
         """The global log of every session (admin), paged by position (`after`, `next`)."""
-        ctx = context(request)
-        body = await ctx.expensive_reads.run(ADMIN_LOG, reads.log_events, ctx, after, limit)
+        body = await expensive.run(ADMIN_LOG, reads.log_events, after, limit)
         return encoded(body)
 
 
@@ -85,8 +89,9 @@ class UptimeController(Controller):
     )
     async def uptime(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
+        *,
+        expensive: Service[LocalReads],
         start: Annotated[
             str | None,
             QueryParameter(
@@ -132,8 +137,7 @@ class UptimeController(Controller):
                 "window-too-long",
                 f"at most {MAX_BUCKETS} buckets per request: use bucket=day or a shorter window",
             )
-        ctx = context(request)
-        body = await ctx.expensive_reads.run(
-            row.session_id, reads.uptime_series, ctx, row.session_id, (begin, stop), bucket
+        body = await expensive.run(
+            row.session_id, reads.uptime_series, row.session_id, (begin, stop), bucket
         )
         return encoded(body)

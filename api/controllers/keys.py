@@ -5,20 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, cast
+from typing import cast
 
-from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
-from api.controllers.common import call, context, problems, revoke_key, settle, utc_instant
+from api.context import Service
+from api.controllers.common import problems, utc_instant
 from api.presenters import key_out
 from api.problems import ProblemError
 from api.schemas import CreateKeyIn, KeyCreatedOut, KeyListOut, ScopeValue
+from api.writes import Writes, call
+from application.sessions import SessionsApplication
 from domain.access import check_scopes
 from domain.errors import InvalidValue
+from projections.readmodels import ReadModels
 
 
 def key_terms(
@@ -54,8 +57,10 @@ class KeysController(Controller):
     )
     async def create_key(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
         data: JSONBody[CreateKeyIn | None] = None,
     ) -> KeyCreatedOut:
         """Create a key for this session; the key itself is shown only in this answer.
@@ -63,16 +68,15 @@ class KeysController(Controller):
         With `scopes` it may do only that (left out: everything); with `expiresAt` or
         `ttlSeconds` it stops working then (401 everywhere). A session key creates keys with
         no scope it lacks and no later expiry than its own (403 `key-exceeds-issuer`)."""
-        ctx = context(request)
         data = data if data is not None else CreateKeyIn()
         scopes, expires_at = key_terms(data.scopes, data.expires_at, data.ttl_seconds)
         issued = await call(
-            partial(ctx.app.issue_key, scopes=scopes, expires_at=expires_at),
+            partial(sessions.issue_key, scopes=scopes, expires_at=expires_at),
             access.session.session_id,
             data.label,
             access.actor,
         )
-        await settle(ctx, issued.position)
+        await writes.settle(issued.position)
         return KeyCreatedOut(
             key_id=issued.key_id,
             key=issued.key,
@@ -84,11 +88,13 @@ class KeysController(Controller):
 
     @get("/", responses=problems(400, 401, 404, 429, 503), operation_id="listSessionKeys")
     async def list_keys(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        access: NamedDependency[SessionAccess],
+        *,
+        read_models: Service[ReadModels],
     ) -> KeyListOut:
         """The session's keys: id, prefix, label, creation, last use; never the key."""
-        ctx = context(request)
-        rows = await call(ctx.read_models.keys_of, access.session.session_id)
+        rows = await call(read_models.keys_of, access.session.session_id)
         rows.sort(key=lambda row: (row.created_at, row.key_id))
         now = datetime.now(UTC)
         return KeyListOut(items=[key_out(row, now) for row in rows], count=len(rows))
@@ -101,10 +107,11 @@ class KeysController(Controller):
     )
     async def revoke_key(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         key_id: FromPath[str],
+        *,
+        writes: Service[Writes],
     ) -> None:
         """Revoke a key; once this answers, no server accepts it. Revoking twice is harmless:
         a repeat answers like the first revocation (204 once it is in force everywhere)."""
-        await revoke_key(context(request), access.session.session_id, key_id, access.actor)
+        await writes.revoke_key(access.session.session_id, key_id, access.actor)

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
-from api.context import ApiContext
-from api.controllers.common import call, context, problems, reached, settle
+from api.context import MessageTexts, Service
+from api.controllers.common import problems
 from api.controllers.sending import sending_state
 from api.presenters import message_out
 from api.problems import ProblemError
@@ -26,11 +25,13 @@ from api.schemas import (
     MessageStatusValue,
     SendMessageIn,
 )
+from api.writes import Writes, call
 from application.errors import SessionNotFound
 from application.phones import InvalidPhone, normalize_recipient
-from application.sessions import QueuedMessageResult, SendingState
+from application.sessions import QueuedMessageResult, SendingState, SessionsApplication
 from domain.values import MessageStatus, session_uuid
-from projections.messages import OUTBOUND, MessageRow
+from projections.messages import OUTBOUND, MessagePage, MessageRow, MessagesView
+from projections.readmodels import ReadModels
 from projections.status import SessionRow
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,15 @@ def quota_headers(state: SendingState) -> dict[str, str]:
     return headers
 
 
-async def _holds(ctx: ApiContext, session_id: str, rows: list[MessageRow]) -> dict[str, datetime]:
+async def _holds(
+    sessions: SessionsApplication, session_id: str, rows: list[MessageRow]
+) -> dict[str, datetime]:
     """When the session's quotas let each of its queued `rows` go (only those held back),
     from its recorded sends and queue; nothing read when none of `rows` is queued."""
     if not any(row.status == MessageStatus.QUEUED for row in rows):
         return {}
     try:
-        state = await call(sending_state, ctx.app, session_id)
+        state = await call(sending_state, sessions, session_id)
     except SessionNotFound:
         return {}
     return state.holds
@@ -94,9 +97,13 @@ class MessagesController(Controller):
     )
     async def send_message(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         data: JSONBody[SendMessageIn],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        messages: Service[MessagesView],
+        read_models: Service[ReadModels],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[MessageOut]:
         """Queue a text for sending. It goes out in order once the session is connected
@@ -106,17 +113,16 @@ class MessagesController(Controller):
         session has, `X-Messages-Limit-Hour`/`-Day` give it and `X-Messages-Remaining-Hour`/
         `-Day` how many more queued now would go within its window. Once recorded, the
         answer is 202 even if the views lag (then a GET may briefly not find it)."""
-        ctx = context(request)
         try:
             to = normalize_recipient(data.to)
         except InvalidPhone as error:
             raise ProblemError(422, "invalid-recipient", str(error)) from None
         session_id = access.session.session_id
         result = await call(
-            ctx.app.send_message, session_id, to, data.text, idempotency_key, access.actor
+            sessions.send_message, session_id, to, data.text, idempotency_key, access.actor
         )
-        row = await self._row_once_visible(ctx, result)
-        session = ctx.read_models.session(session_id) or access.session
+        row = await self._row_once_visible(writes, messages, result)
+        session = read_models.session(session_id) or access.session
         if row is not None:
             return self._answer(row, data.text, session, result)
         # Recorded, but the messages view has not caught up in time: the answer is built from
@@ -137,21 +143,23 @@ class MessagesController(Controller):
         return self._answer(queued, data.text, session, result)
 
     @staticmethod
-    async def _row_once_visible(ctx: ApiContext, result: QueuedMessageResult) -> MessageRow | None:
+    async def _row_once_visible(
+        writes: Writes, messages: MessagesView, result: QueuedMessageResult
+    ) -> MessageRow | None:
         """The message's row once the views have it (read-your-writes), or None if they do
         not catch up within the write wait."""
         position = result.position
         if position is None:  # replayed from the session: its row may still be on its way
-            position = await call(ctx.app.recorder.max_notification_id) or 0
+            position = await call(writes.app.recorder.max_notification_id) or 0
         try:
-            await settle(ctx, position)
+            await writes.settle(position)
         except ProblemError:
             return None
-        if not await reached(
-            ctx, lambda: ctx.messages.max_tracking_id(ctx.app.name) or 0, position
+        if not await writes.reached(
+            lambda: messages.max_tracking_id(writes.app.name) or 0, position
         ):
             return None
-        return await call(ctx.messages.get_message, result.message_id)
+        return await call(messages.get_message, result.message_id)
 
     @staticmethod
     def _answer(
@@ -174,17 +182,19 @@ class MessagesController(Controller):
     )
     async def get_message(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         message_id: MessageId,
+        *,
+        messages: Service[MessagesView],
+        message_texts: Service[MessageTexts],
+        sessions: Service[SessionsApplication],
     ) -> MessageOut:
         """One message of the session, with its text and where it is."""
-        ctx = context(request)
-        row = await call(ctx.messages.get_message, message_id)
+        row = await call(messages.get_message, message_id)
         if row is None or row.session_id != access.session.session_id:
             raise ProblemError(404, "message-not-found", f"the session has no message {message_id}")
-        texts = await call(ctx.message_texts, session_uuid(row.session_id), [row.version])
-        holds = await _holds(ctx, row.session_id, [row])
+        texts = await call(message_texts, session_uuid(row.session_id), [row.version])
+        holds = await _holds(sessions, row.session_id, [row])
         return message_out(row, texts.get(row.version), access.session, holds)
 
     @get(
@@ -194,9 +204,11 @@ class MessagesController(Controller):
     )
     async def list_messages(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         *,
+        messages: Service[MessagesView],
+        message_texts: Service[MessageTexts],
+        sessions: Service[SessionsApplication],
         direction: Annotated[
             Direction | None, QueryParameter(description="Only outbound or only inbound")
         ] = None,
@@ -210,16 +222,12 @@ class MessagesController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
     ) -> MessagePageOut:
         """The session's messages, newest first, a page at a time."""
-        ctx = context(request)
         session_id = access.session.session_id
         rows = await call(
-            lambda: ctx.messages.list_messages(
-                session_id, direction=direction, status=status, before=before, limit=limit
-            )
+            messages.list_messages,
+            MessagePage(session_id, direction=direction, status=status, before=before, limit=limit),
         )
-        texts = await call(
-            ctx.message_texts, session_uuid(session_id), [row.version for row in rows]
-        )
-        holds = await _holds(ctx, session_id, rows)
+        texts = await call(message_texts, session_uuid(session_id), [row.version for row in rows])
+        holds = await _holds(sessions, session_id, rows)
         items = [message_out(row, texts.get(row.version), access.session, holds) for row in rows]
         return MessagePageOut(items=items, next=rows[-1].position if len(rows) == limit else None)

@@ -4,19 +4,19 @@ time, plus how far each view lags behind the log. Aggregates only: no session id
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
-from litestar import MediaType, Request, Response, get
-from litestar.datastructures import State
+from litestar import MediaType, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.controllers.common import call, context
+from api.context import Service
 from api.presenters import health, health_reason
+from api.writes import call
 from domain.policy import RESTRICTING_REASONS
 from domain.values import Status
+from projections.readmodels import ReadModels
 from projections.status import SessionRow
 
 STATUSES = tuple(Status)
@@ -106,11 +106,12 @@ class SessionsCollector(Collector):
 
 
 @get("/metrics", tags=["health"], media_type=MediaType.TEXT, operation_id="getMetrics")
-async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
+async def metrics(
+    read_models: Service[ReadModels], projection_lags: Service[Callable[[], dict[str, int]]]
+) -> Response[bytes]:
     """Prometheus exposition: sessions by status, health and restriction, messages by direction and
     status, queue depths, reconnects and how many events each view lags behind the log."""
-    ctx = context(request)
-    lags = await call(ctx.projection_lags)
+    lags = await call(projection_lags)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SessionsCollector(ctx.read_models.sessions(), lags))
+    registry.register(SessionsCollector(read_models.sessions(), lags))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

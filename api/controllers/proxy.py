@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, delete, get, put
-from litestar.datastructures import State
+from litestar import Controller, delete, get, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_access
-from api.controllers.common import call, context, problems, settle
+from api.context import Service
+from api.controllers.common import problems
 from api.schemas import ProxyIn, ProxyOut
+from api.writes import Writes, call
 from application.sessions import SessionsApplication
 
 
@@ -28,12 +27,15 @@ class ProxyController(Controller):
 
     @get("/", responses=problems(400, 401, 404, 429, 503), operation_id="getSessionProxy")
     async def get_proxy(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        access: NamedDependency[SessionAccess],
+        *,
+        sessions: Service[SessionsApplication],
     ) -> ProxyOut:
         """The proxy the session's WhatsApp connection dials through (its password masked),
         or null: directly."""
         session_id = access.session.session_id
-        url = await call(_shown, context(request).app, session_id)
+        url = await call(_shown, sessions, session_id)
         return ProxyOut(session_id=session_id, url=url)
 
     @put(
@@ -43,18 +45,19 @@ class ProxyController(Controller):
     )
     async def set_proxy(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         data: JSONBody[ProxyIn],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
     ) -> ProxyOut:
         """Dial WhatsApp through this proxy (``socks5://user:password@host:port`` or
         ``http(s)://…``) from the session's next connect on (a reconnect, a retry, a restart;
         stop and reconnect to use it now). Setting the same proxy again records nothing."""
-        ctx = context(request)
         session_id = access.session.session_id
-        position = await call(ctx.app.set_proxy, session_id, data.url, access.actor)
-        await settle(ctx, position)
-        url = await call(_shown, ctx.app, session_id)
+        position = await call(sessions.set_proxy, session_id, data.url, access.actor)
+        await writes.settle(position)
+        url = await call(_shown, sessions, session_id)
         return ProxyOut(session_id=session_id, url=url)
 
     @delete(
@@ -64,10 +67,13 @@ class ProxyController(Controller):
         operation_id="clearSessionProxy",
     )
     async def clear_proxy(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        access: NamedDependency[SessionAccess],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
     ) -> None:
         """Dial WhatsApp directly from the session's next connect on. Clearing a session
         that has no proxy is harmless."""
-        ctx = context(request)
-        position = await call(ctx.app.clear_proxy, access.session.session_id, access.actor)
-        await settle(ctx, position)
+        position = await call(sessions.clear_proxy, access.session.session_id, access.actor)
+        await writes.settle(position)

@@ -4,16 +4,16 @@ set them (admin)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from litestar import Controller, Request, get, put
-from litestar.datastructures import State
+from litestar import Controller, get, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 
 from api.auth import API_KEY_SECURITY, SessionAccess, provide_access, provide_admin_access
-from api.controllers.common import call, context, problems, settle
+from api.context import Service
+from api.controllers.common import problems
 from api.schemas import SENDING_NAMES, SendingIn, SendingOut
+from api.writes import Writes, call
 from application.sessions import SendingState, SessionsApplication
 
 _WIRE = {domain: wire for wire, domain in SENDING_NAMES.items()}
@@ -60,12 +60,12 @@ class SendingController(Controller):
         dependencies={"access": Provide(provide_access)},
     )
     async def get_sending(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self, access: NamedDependency[SessionAccess], sessions: Service[SessionsApplication]
     ) -> SendingOut:
         """How the session sends (its pace and quotas, its own or the deployment's) and
         where its quotas stand now."""
         session_id = access.session.session_id
-        state = await call(sending_state, context(request).app, session_id)
+        state = await call(sending_state, sessions, session_id)
         return sending_out(session_id, state)
 
     @put(
@@ -76,16 +76,17 @@ class SendingController(Controller):
     )
     async def set_sending(
         self,
-        request: Request[Any, Any, State],
         admin_access: NamedDependency[SessionAccess],
         data: JSONBody[SendingIn],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
     ) -> SendingOut:
         """Set the session's own pace and quotas (admin), from its next message on; a field
         left out follows the deployment's default, `{}` all of them. Recorded as an event;
         the same settings again record nothing."""
-        ctx = context(request)
         session_id = admin_access.session.session_id
-        position = await call(ctx.app.set_sending, session_id, data.settings(), admin_access.actor)
-        await settle(ctx, position)
-        state = await call(sending_state, ctx.app, session_id)
+        position = await call(sessions.set_sending, session_id, data.settings(), admin_access.actor)
+        await writes.settle(position)
+        state = await call(sending_state, sessions, session_id)
         return sending_out(session_id, state)

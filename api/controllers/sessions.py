@@ -23,17 +23,9 @@ from api.auth import (
     provide_admin_access,
     provide_admin_of_session,
 )
-from api.controllers.common import (
-    call,
-    context,
-    current_row,
-    delete_session,
-    encoded,
-    problems,
-    query_instant,
-    request_pair_code,
-    settle,
-)
+from api.context import GatewayCalls, Service
+from api.controllers.common import current_row, encoded, problems, query_instant, request_pair_code
+from api.expensive import LocalReads
 from api.fastpath import EXPENSIVE, FAST_STATUS
 from api.presenters import label_filter, qr_out, rate_limit, session_out, status_out
 from api.problems import ProblemError
@@ -53,23 +45,26 @@ from api.schemas import (
     StatusOut,
     StatusValue,
 )
+from api.writes import Writes, call
 from application.phones import InvalidPhone
+from application.sessions import SessionsApplication
+from projections.readmodels import ReadModels
 
 SESSION = "/{session_id:str}"
 JSON = "application/json"
 
 
 async def _run(
-    request: Request[Any, Any, State],
+    writes: Writes,
+    default_requests_per_minute: int,
     access: SessionAccess,
     command: Callable[[str, str], int | None],
 ) -> SessionOut:
     """Run a session command, wait for the views, answer with the session as it is now."""
-    ctx = context(request)
     position = await call(command, access.session.session_id, access.actor)
-    await settle(ctx, position)
-    row = current_row(ctx, access.session.session_id)
-    return session_out(row, ctx.default_requests_per_minute)
+    await writes.settle(position)
+    row = current_row(writes.read_models, access.session.session_id)
+    return session_out(row, default_requests_per_minute)
 
 
 LABEL_FILTER = Schema(type=OpenAPIType.STRING, pattern=LABEL_FILTER_PATTERN)
@@ -94,31 +89,33 @@ class SessionsController(Controller):
     )
     async def create_session(
         self,
-        request: Request[Any, Any, State],
         admin: NamedDependency[Principal],
         data: JSONBody[CreateSessionIn],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        default_requests_per_minute: Service[int],
     ) -> CreatedSessionOut:
         """Create a session; the answer holds its first API key, shown this once."""
-        ctx = context(request)
         requests_per_minute = data.rate_limit.requests_per_minute if data.rate_limit else None
         proxy = data.proxy.url if data.proxy else None
         sending = data.sending.settings() if data.sending else None
         created = await call(
-            partial(ctx.app.create_session, proxy=proxy, sending=sending),
+            partial(sessions.create_session, proxy=proxy, sending=sending),
             data.name,
             data.labels,
             requests_per_minute,
             admin.actor,
         )
-        await settle(ctx, created.position)
-        row = current_row(ctx, created.session_id)
+        await writes.settle(created.position)
+        row = current_row(writes.read_models, created.session_id)
         key = created.first_key
         return CreatedSessionOut(
             session_id=row.session_id,
             name=row.name,
             labels=row.labels,
-            status=session_out(row, ctx.default_requests_per_minute).status,
-            rate_limit=rate_limit(row, ctx.default_requests_per_minute),
+            status=session_out(row, default_requests_per_minute).status,
+            rate_limit=rate_limit(row, default_requests_per_minute),
             api_key=KeyCreatedOut(
                 key_id=key.key_id, key=key.key, prefix=key.prefix, label=key.label
             ),
@@ -128,8 +125,11 @@ class SessionsController(Controller):
     @get("/", responses=problems(400, 401, 403), operation_id="listSessions")
     async def list_sessions(
         self,
-        request: Request[Any, Any, State],
         admin: NamedDependency[Principal],
+        *,
+        sessions: Service[SessionsApplication],
+        read_models: Service[ReadModels],
+        default_requests_per_minute: Service[int],
         status: Annotated[
             StatusValue | None, QueryParameter(description="Only sessions with this status")
         ] = None,
@@ -142,20 +142,19 @@ class SessionsController(Controller):
         ] = None,
     ) -> SessionListOut:
         """List sessions (admin), optionally only those with a status or labels."""
-        ctx = context(request)
         try:
             wanted = label_filter(label)
         except ValueError as error:
             raise ProblemError(400, "invalid-filter", str(error)) from None
         rows = [
             row
-            for row in ctx.read_models.sessions()
+            for row in read_models.sessions()
             if not row.is_deleted
             and (status is None or row.status == status)
             and all(row.labels.get(k) == v for k, v in wanted.items())
         ]
         rows.sort(key=lambda row: (row.created_at, row.session_id))
-        items = [session_out(row, ctx.default_requests_per_minute) for row in rows]
+        items = [session_out(row, default_requests_per_minute) for row in rows]
         return SessionListOut(items=items, count=len(items))
 
     @get(
@@ -166,8 +165,10 @@ class SessionsController(Controller):
     )
     async def get_session(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
+        *,
+        expensive: Service[LocalReads],
+        default_requests_per_minute: Service[int],
         as_of: Annotated[
             str | None,
             QueryParameter(
@@ -179,14 +180,11 @@ class SessionsController(Controller):
         ] = None,
     ) -> Response[SessionOut]:
         """One session, as it is now or as it was at `asOf`."""
-        ctx = context(request)
         if as_of is None:
-            return Response(session_out(access.session, ctx.default_requests_per_minute))
+            return Response(session_out(access.session, default_requests_per_minute))
         instant = query_instant(as_of, "asOf")
         session_id = access.session.session_id
-        body = await ctx.expensive_reads.run(
-            session_id, reads.state_as_of, ctx, session_id, instant
-        )
+        body = await expensive.run(session_id, reads.state_as_of, session_id, instant)
         if body is None:
             raise ProblemError(
                 404, "not-yet-created", f"the session did not exist yet at {instant.isoformat()}"
@@ -200,7 +198,9 @@ class SessionsController(Controller):
         operation_id="getSessionStatus",
     )
     async def get_status(
-        self, request: Request[Any, Any, State], session_id: FromPath[str]
+        self,
+        request: Request[Any, Any, State],
+        session_id: FromPath[str],
     ) -> StatusOut:
         """The health check: status, connectedAt, health and metrics."""
         # GET is answered by `api.fastpath` with the same check; this serves the rest.
@@ -222,7 +222,9 @@ class SessionsController(Controller):
         operation_id="getSessionQr",
     )
     async def get_qr(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        request: Request[Any, Any, State],
+        access: NamedDependency[SessionAccess],
     ) -> Response[Any]:
         """The QR code to scan now, while the session is connecting (JSON, PNG or SVG)."""
         qr = qr_out(access.session)
@@ -255,14 +257,15 @@ class SessionsController(Controller):
     )
     async def pair_code(
         self,
-        request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
         data: JSONBody[PairCodeIn],
+        *,
+        gateway_calls: Service[GatewayCalls],
     ) -> PairCodeOut:
         """Link by phone number instead of a scan: the 8-character code to type on the phone
         (WhatsApp → Linked devices → Link with phone number), while QR codes are shown."""
         try:
-            phone, code = await request_pair_code(context(request), access.session, data.phone)
+            phone, code = await request_pair_code(gateway_calls, access.session, data.phone)
         except InvalidPhone as error:
             raise ProblemError(422, "invalid-phone", str(error)) from None
         return PairCodeOut(session_id=access.session.session_id, phone=phone, code=code)
@@ -274,12 +277,17 @@ class SessionsController(Controller):
         operation_id="reconnectSession",
     )
     async def reconnect(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        access: NamedDependency[SessionAccess],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        default_requests_per_minute: Service[int],
     ) -> SessionOut:
         """Start the session again (from disconnected, expired or stopped): its linked device
         is resumed with no new scan; a session without one (never linked, logged out, QR codes
         expired) shows new QR codes."""
-        return await _run(request, access, context(request).app.reconnect)
+        return await _run(writes, default_requests_per_minute, access, sessions.reconnect)
 
     @post(
         SESSION + "/stop",
@@ -288,10 +296,15 @@ class SessionsController(Controller):
         operation_id="stopSession",
     )
     async def stop(
-        self, request: Request[Any, Any, State], access: NamedDependency[SessionAccess]
+        self,
+        access: NamedDependency[SessionAccess],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        default_requests_per_minute: Service[int],
     ) -> SessionOut:
         """Stop the session; it stays stopped until reconnected. Stopping twice is harmless."""
-        return await _run(request, access, context(request).app.stop)
+        return await _run(writes, default_requests_per_minute, access, sessions.stop)
 
     @delete(
         SESSION,
@@ -301,14 +314,15 @@ class SessionsController(Controller):
     )
     async def delete_session(
         self,
-        request: Request[Any, Any, State],
         admin_of_session: NamedDependency[Principal],
         session_id: FromPath[str],
+        *,
+        writes: Service[Writes],
     ) -> None:
         """Delete the session (admin); every one of its API keys is revoked at once. Once
         this answers, no server accepts them. Deleting a deleted session answers like the
         first delete (204 once its revocations are in force everywhere)."""
-        await delete_session(context(request), session_id, admin_of_session.actor)
+        await writes.delete_session(session_id, admin_of_session.actor)
 
     @put(
         SESSION + "/rate-limit",
@@ -317,15 +331,17 @@ class SessionsController(Controller):
     )
     async def set_rate_limit(
         self,
-        request: Request[Any, Any, State],
         admin_access: NamedDependency[SessionAccess],
         data: JSONBody[RateLimitIn],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        default_requests_per_minute: Service[int],
     ) -> SessionOut:
         """Set the session's requests per minute (admin); null goes back to the default."""
-        ctx = context(request)
         session_id = admin_access.session.session_id
         position = await call(
-            ctx.app.set_rate_limit, session_id, data.requests_per_minute, admin_access.actor
+            sessions.set_rate_limit, session_id, data.requests_per_minute, admin_access.actor
         )
-        await settle(ctx, position)
-        return session_out(current_row(ctx, session_id), ctx.default_requests_per_minute)
+        await writes.settle(position)
+        return session_out(current_row(writes.read_models, session_id), default_requests_per_minute)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from litestar import Controller, Litestar, Request, get
+from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
@@ -17,14 +18,12 @@ from litestar.params import HeaderParameter, QueryParameter
 
 from api.auth import (
     API_KEY_HEADER,
-    API_KEY_SECURITY,
     Principal,
     SessionAccess,
-    provide_access,
-    provide_admin,
 )
-from api.context import ApiContext
-from api.controllers.common import context, problems
+from api.context import ApiContext, Service
+from api.controllers.common import problems
+from api.controllers.history import EventRoutes
 from api.problems import ProblemError
 from api.streaming import EVENT_STREAM, EventStream, EventStreamResponse, StreamCounts
 from application.keys import hash_key
@@ -37,6 +36,7 @@ from projections.livefeed import (
     parse_types,
     resume_position,
 )
+from projections.readmodels import ReadModels
 
 #: Whose streams the admin's global streams count as (they have no cap).
 GLOBAL = "*global*"
@@ -73,6 +73,26 @@ Types = Annotated[
         ),
     ),
 ]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a stream resumes (`Last-Event-ID`, else `after`; neither: now), and which
+    event types it carries (None: every type)."""
+
+    last_event_id: str | None
+    after: str | None
+    types: list[str] | None
+
+
+def provide_resume(
+    last_event_id: LastEventId = None, after: After = None, types: Types = None
+) -> Resume:
+    """The stream parameters of a request (a dependency of every stream route)."""
+    return Resume(last_event_id, after, types)
+
+
+RESUME = {"resume": Provide(provide_resume, sync_to_thread=False)}
 
 _STREAM_DOC = (
     "Server-Sent Events: each event has `id:` its position in the log, `event:` its type "
@@ -118,12 +138,12 @@ def _selection(session_id: str | None, types: list[str] | None) -> Selection:
         raise ProblemError(422, "invalid-event-type", str(error)) from None
 
 
-async def _position(ctx: ApiContext, last_event_id: str | None, after: str | None) -> int:
+async def _position(feed: LiveFeed, last_event_id: str | None, after: str | None) -> int:
     try:
         position = resume_position(last_event_id, after)
     except InvalidPosition as error:
         raise ProblemError(400, "invalid-position", str(error)) from None
-    head = await _feed(ctx).head()
+    head = await feed.head()
     if position is None:
         return head
     if position > head:
@@ -136,17 +156,16 @@ async def _position(ctx: ApiContext, last_event_id: str | None, after: str | Non
     return position
 
 
-def _feed(ctx: ApiContext) -> LiveFeed:
-    if ctx.live_feed is None:  # pragma: no cover - the composition root always gives one
+def _feed(live_feed: LiveFeed | None) -> LiveFeed:
+    if live_feed is None:  # pragma: no cover - the composition root always gives one
         raise ProblemError(503, "streams-unavailable", "this server does not stream events")
-    return ctx.live_feed
+    return live_feed
 
 
-def _key_guard(ctx: ApiContext, key_hash: str, session_id: str) -> Callable[[], str | None]:
+def _key_guard(read_models: ReadModels, key_hash: str, session_id: str) -> Callable[[], str | None]:
     """Why a session key's stream must end now: its key revoked or its session deleted (as
     this process's revocations say, whatever the projector does), its key past its expiry,
     or this process's copy too old to tell (it refuses keys then)."""
-    read_models = ctx.read_models
 
     def guard() -> str | None:
         if not read_models.is_fresh():
@@ -168,22 +187,60 @@ def _key_guard(ctx: ApiContext, key_hash: str, session_id: str) -> Callable[[], 
     return guard
 
 
-def _admin_guard(ctx: ApiContext, session_id: str) -> Callable[[], str | None]:
+def _admin_guard(read_models: ReadModels, session_id: str) -> Callable[[], str | None]:
     """Why an admin's stream of a session must end now: its session deleted."""
 
     def guard() -> str | None:
-        return "session-deleted" if ctx.read_models.session_deleted(session_id) else None
+        return "session-deleted" if read_models.session_deleted(session_id) else None
 
     return guard
 
 
-class StreamsController(Controller):
-    tags = ["history"]  # noqa: RUF012 - Litestar reads it as a class attribute
-    security = API_KEY_SECURITY
-    dependencies = {  # noqa: RUF012
-        "access": Provide(provide_access),
-        "admin": Provide(provide_admin),
-    }
+class EventStreams:
+    """Opens this server's live event streams, each from where its client resumes."""
+
+    def __init__(
+        self, live_feed: LiveFeed | None, read_models: ReadModels, heartbeat: float, cap: int
+    ) -> None:
+        self.live_feed = live_feed
+        self.read_models = read_models
+        self.heartbeat = heartbeat
+        #: Streams one session may hold open in this process (the admin's are not counted).
+        self.cap = cap
+
+    @classmethod
+    def of(cls, ctx: ApiContext) -> EventStreams:
+        return cls(
+            ctx.live_feed, ctx.read_models, ctx.stream_heartbeat, ctx.max_streams_per_session
+        )
+
+    async def open(
+        self,
+        request: Request[Any, Any, State],
+        session_id: str | None,
+        resume: Resume,
+        guard: Callable[[], str | None],
+    ) -> EventStreamResponse:
+        """The stream of `session_id`'s events (None: every session's), from where `resume`
+        says, that ends when `guard` says why."""
+        selection = _selection(session_id, resume.types)
+        feed = _feed(self.live_feed)
+        position = await _position(feed, resume.last_event_id, resume.after)
+        return EventStreamResponse(
+            EventStream(
+                feed=feed,
+                selection=selection,
+                position=position,
+                guard=guard,
+                heartbeat=self.heartbeat,
+                counts=_counts(request),
+                owner=session_id or GLOBAL,
+            )
+        )
+
+
+class StreamsController(EventRoutes):
+    dependencies = {**EventRoutes.dependencies, **RESUME}  # noqa: RUF012
 
     @get(
         "/sessions/{session_id:str}/events/stream",
@@ -195,40 +252,28 @@ class StreamsController(Controller):
         self,
         request: Request[Any, Any, State],
         access: NamedDependency[SessionAccess],
-        last_event_id: LastEventId = None,
-        after: After = None,
-        types: Types = None,
+        resume: NamedDependency[Resume],
+        *,
+        streams: Service[EventStreams],
     ) -> EventStreamResponse:
         """The session's events, live, as Server-Sent Events (the session's key or admin).
         Resumes after `Last-Event-ID` (or `after`) with nothing missed or repeated."""
-        ctx = context(request)
         session_id = access.session.session_id
-        selection = _selection(session_id, types)
-        counts = _counts(request)
-        if not access.principal.is_admin and counts.of(session_id) >= ctx.max_streams_per_session:
+        _selection(session_id, resume.types)  # a type is checked before the cap
+        if not access.principal.is_admin and _counts(request).of(session_id) >= streams.cap:
             raise ProblemError(
                 429,
                 "stream-cap-reached",
-                f"this session already holds {ctx.max_streams_per_session} event streams on "
+                f"this session already holds {streams.cap} event streams on "
                 "this server (SESSIOND_MAX_STREAMS_PER_SESSION); close one first",
                 {"Retry-After": "1"},
             )
-        position = await _position(ctx, last_event_id, after)
         if access.principal.is_admin:
-            guard = _admin_guard(ctx, session_id)
+            guard = _admin_guard(streams.read_models, session_id)
         else:
-            guard = _key_guard(ctx, hash_key(request.headers[API_KEY_HEADER]), session_id)
-        return EventStreamResponse(
-            EventStream(
-                feed=_feed(ctx),
-                selection=selection,
-                position=position,
-                guard=guard,
-                heartbeat=ctx.stream_heartbeat,
-                counts=counts,
-                owner=session_id,
-            )
-        )
+            key_hash = hash_key(request.headers[API_KEY_HEADER])
+            guard = _key_guard(streams.read_models, key_hash, session_id)
+        return await streams.open(request, session_id, resume, guard)
 
     @get(
         "/events/stream",
@@ -240,39 +285,25 @@ class StreamsController(Controller):
         self,
         request: Request[Any, Any, State],
         admin: NamedDependency[Principal],
-        last_event_id: LastEventId = None,
-        after: After = None,
-        types: Types = None,
+        resume: NamedDependency[Resume],
+        *,
+        streams: Service[EventStreams],
     ) -> EventStreamResponse:
         """Every session's events, live, as Server-Sent Events (admin). Resumes after
         `Last-Event-ID` (or `after`) with nothing missed or repeated."""
-        return await every_session_stream(request, last_event_id, after, types)
+        return await every_session_stream(streams, request, resume)
 
 
 async def every_session_stream(
+    streams: EventStreams,
     request: Request[Any, Any, State],
-    last_event_id: str | None,
-    after: str | None,
-    types: list[str] | None,
+    resume: Resume,
     until: float | None = None,
 ) -> EventStreamResponse:
     """The admin's stream of every session's events (`until`: a monotonic time at which it
     ends, ``signed-out``: a dashboard operator's sign-in expiry)."""
-    ctx = context(request)
-    selection = _selection(None, types)
-    position = await _position(ctx, last_event_id, after)
 
     def guard() -> str | None:
         return "signed-out" if until is not None and time.monotonic() >= until else None
 
-    return EventStreamResponse(
-        EventStream(
-            feed=_feed(ctx),
-            selection=selection,
-            position=position,
-            guard=guard,
-            heartbeat=ctx.stream_heartbeat,
-            counts=_counts(request),
-            owner=GLOBAL,
-        )
-    )
+    return await streams.open(request, None, resume, guard)

@@ -9,15 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, patch, post
-from litestar.datastructures import State
+from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api import reads
 from api.auth import API_KEY_SECURITY, Principal, provide_caller
-from api.context import ApiContext
-from api.controllers.common import call, context, problems, reached, utc_instant
+from api.context import Service, UrlCheck
+from api.controllers.common import problems, utc_instant
+from api.expensive import LocalReads
 from api.problems import ProblemError
 from api.schemas import (
     DeliveryOut,
@@ -32,8 +32,12 @@ from api.schemas import (
     WebhookListOut,
     WebhookOut,
 )
+from api.writes import Writes, call
+from application.sessions import SessionsApplication
 from application.webhooks import Webhooks
+from projections.readmodels import ReadModels
 from projections.replay import InvalidCursor
+from projections.webhooks import WebhookQueries
 
 WEBHOOK = "/webhooks/{webhook_id:str}"
 #: Whose expensive reads the admin's endpoints (every session's events) count as.
@@ -41,22 +45,12 @@ GLOBAL_ENDPOINTS = "*global-endpoints*"
 
 
 def _out(row: dict[str, Any]) -> WebhookOut:
-    return WebhookOut(
-        webhook_id=row["webhook_id"],
-        url=row["url"],
-        events=list(row["events"]),
-        session_id=row["session_id"],
-        enabled=row["enabled"],
-        disabled_reason=row["disabled_reason"],
-        failing_since=row["failing_since"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return WebhookOut.from_row(row, events=list(row["events"]))
 
 
-async def _visible(ctx: ApiContext, position: int) -> None:
+async def _visible(writes: Writes, webhook_queries: WebhookQueries, position: int) -> None:
     """Wait (bounded) until the webhook projection has `position` (read-your-writes)."""
-    if not await reached(ctx, ctx.webhook_queries.position, position):
+    if not await writes.reached(webhook_queries.position, position):
         raise ProblemError(
             503,
             "views-lagging",
@@ -77,8 +71,11 @@ class WebhooksController(Controller):
     security = API_KEY_SECURITY
     dependencies = {"caller": Provide(provide_caller)}  # noqa: RUF012
 
-    async def _row(self, ctx: ApiContext, caller: Principal, webhook_id: str) -> dict[str, Any]:
-        return _reachable(caller, await call(ctx.webhook_queries.endpoint, webhook_id), webhook_id)
+    @staticmethod
+    async def _row(
+        webhook_queries: WebhookQueries, caller: Principal, webhook_id: str
+    ) -> dict[str, Any]:
+        return _reachable(caller, await call(webhook_queries.endpoint, webhook_id), webhook_id)
 
     @post(
         "/webhooks",
@@ -88,52 +85,55 @@ class WebhooksController(Controller):
     )
     async def create_webhook(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         data: JSONBody[WebhookIn],
+        *,
+        sessions: Service[SessionsApplication],
+        read_models: Service[ReadModels],
+        writes: Service[Writes],
+        webhook_queries: Service[WebhookQueries],
+        check_webhook_url: Service[UrlCheck],
     ) -> WebhookCreatedOut:
         """Register an endpoint; the answer holds its signing secret, shown this once. Without
         `sessionId` the admin's endpoint receives every session's events; a session key's
         endpoint is always its own session's."""
-        ctx = context(request)
         session_id = data.session_id
         if not caller.is_admin:
             if session_id not in (None, caller.session_id):
                 raise ProblemError(404, "session-not-found", "no such session")
             session_id = caller.session_id
         if session_id is not None:
-            session = ctx.read_models.session(session_id)
+            session = read_models.session(session_id)
             if session is None or session.is_deleted:
                 raise ProblemError(404, "session-not-found", "no such session")
-        reason = ctx.check_webhook_url(data.url)
+        reason = check_webhook_url(data.url)
         if reason is not None:
             raise ProblemError(422, "invalid-url", reason)
         existing = (
-            0
-            if session_id is None
-            else len(await call(ctx.webhook_queries.endpoints_of, session_id))
+            0 if session_id is None else len(await call(webhook_queries.endpoints_of, session_id))
         )
         registered = await call(
-            Webhooks(ctx.app).register,
+            Webhooks(sessions).register,
             data.url,
             list(data.events),
             session_id,
             caller.actor,
             existing,
         )
-        await _visible(ctx, registered.position)
-        row = await self._row(ctx, caller, registered.webhook_id)
-        fields = {f: getattr(_out(row), f) for f in WebhookOut.__struct_fields__}
-        return WebhookCreatedOut(**fields, secret=registered.secret)
+        await _visible(writes, webhook_queries, registered.position)
+        row = await self._row(webhook_queries, caller, registered.webhook_id)
+        return WebhookCreatedOut.from_row(row, events=list(row["events"]), secret=registered.secret)
 
     @get("/webhooks", responses=problems(400, 401, 429, 503), operation_id="listWebhooks")
     async def list_webhooks(
-        self, request: Request[Any, Any, State], caller: NamedDependency[Principal]
+        self,
+        caller: NamedDependency[Principal],
+        *,
+        webhook_queries: Service[WebhookQueries],
     ) -> WebhookListOut:
         """The endpoints the caller manages (the admin: all of them)."""
-        ctx = context(request)
         rows = await call(
-            ctx.webhook_queries.endpoints_of, None if caller.is_admin else caller.session_id
+            webhook_queries.endpoints_of, None if caller.is_admin else caller.session_id
         )
         items = [_out(row) for row in rows]
         return WebhookListOut(items=items, count=len(items))
@@ -141,39 +141,43 @@ class WebhooksController(Controller):
     @get(WEBHOOK, responses=problems(400, 401, 404, 429, 503), operation_id="getWebhook")
     async def get_webhook(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         webhook_id: FromPath[str],
+        *,
+        webhook_queries: Service[WebhookQueries],
     ) -> WebhookOut:
         """One endpoint (never its secret)."""
-        return _out(await self._row(context(request), caller, webhook_id))
+        return _out(await self._row(webhook_queries, caller, webhook_id))
 
     @patch(
         WEBHOOK, responses=problems(400, 401, 404, 413, 422, 429, 503), operation_id="updateWebhook"
     )
     async def change_webhook(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         webhook_id: FromPath[str],
         data: JSONBody[WebhookChangeIn],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        webhook_queries: Service[WebhookQueries],
+        check_webhook_url: Service[UrlCheck],
     ) -> WebhookOut:
         """Change its URL or events, or enable it again (or disable it)."""
-        ctx = context(request)
-        await self._row(ctx, caller, webhook_id)
+        await self._row(webhook_queries, caller, webhook_id)
         if data.url is not None:
-            reason = ctx.check_webhook_url(data.url)
+            reason = check_webhook_url(data.url)
             if reason is not None:
                 raise ProblemError(422, "invalid-url", reason)
         events = [str(e) for e in data.events] if data.events is not None else None
         position = await call(
-            lambda: Webhooks(ctx.app).change(
+            lambda: Webhooks(sessions).change(
                 webhook_id, caller.actor, url=data.url, events=events, enabled=data.enabled
             )
         )
         if position is not None:
-            await _visible(ctx, position)
-        return _out(await self._row(ctx, caller, webhook_id))
+            await _visible(writes, webhook_queries, position)
+        return _out(await self._row(webhook_queries, caller, webhook_id))
 
     @delete(
         WEBHOOK,
@@ -183,15 +187,17 @@ class WebhooksController(Controller):
     )
     async def delete_webhook(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         webhook_id: FromPath[str],
+        *,
+        sessions: Service[SessionsApplication],
+        writes: Service[Writes],
+        webhook_queries: Service[WebhookQueries],
     ) -> None:
         """Delete it: nothing more is delivered, pending deliveries are cancelled."""
-        ctx = context(request)
-        await self._row(ctx, caller, webhook_id)
-        position = await call(Webhooks(ctx.app).delete, webhook_id, caller.actor)
-        await _visible(ctx, position)
+        await self._row(webhook_queries, caller, webhook_id)
+        position = await call(Webhooks(sessions).delete, webhook_id, caller.actor)
+        await _visible(writes, webhook_queries, position)
 
     @post(
         WEBHOOK + "/rotate-secret",
@@ -201,17 +207,18 @@ class WebhooksController(Controller):
     )
     async def rotate_secret(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         webhook_id: FromPath[str],
+        *,
+        sessions: Service[SessionsApplication],
+        webhook_queries: Service[WebhookQueries],
         data: JSONBody[RotateSecretIn | None] = None,
     ) -> RotatedSecretOut:
         """A new secret, shown this once; deliveries carry both signatures until the old
         secret's grace period ends (default 24 hours)."""
-        ctx = context(request)
-        await self._row(ctx, caller, webhook_id)
+        await self._row(webhook_queries, caller, webhook_id)
         grace = timedelta(seconds=data.grace_seconds if data is not None else 86_400)
-        secret, _ = await call(Webhooks(ctx.app).rotate_secret, webhook_id, caller.actor, grace)
+        secret, _ = await call(Webhooks(sessions).rotate_secret, webhook_id, caller.actor, grace)
         return RotatedSecretOut(
             webhook_id=webhook_id,
             secret=secret,
@@ -225,10 +232,10 @@ class WebhooksController(Controller):
     )
     async def list_deliveries(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         webhook_id: FromPath[str],
         *,
+        webhook_queries: Service[WebhookQueries],
         status: Annotated[
             str | None,
             QueryParameter(
@@ -243,10 +250,9 @@ class WebhooksController(Controller):
     ) -> DeliveryPageOut:
         """Its deliveries, newest first, each with every attempt (status, duration, error,
         the start of the answer)."""
-        ctx = context(request)
-        await self._row(ctx, caller, webhook_id)
+        await self._row(webhook_queries, caller, webhook_id)
         rows = await call(
-            lambda: ctx.webhook_queries.deliveries(
+            lambda: webhook_queries.deliveries(
                 webhook_id, status=status, before=before, limit=limit
             )
         )
@@ -263,15 +269,15 @@ class WebhooksController(Controller):
     )
     async def retry_delivery(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         webhook_id: FromPath[str],
         delivery_id: FromPath[str],
+        *,
+        webhook_queries: Service[WebhookQueries],
     ) -> dict[str, str]:
         """Send this delivery again now (its event keeps its `webhook-id`)."""
-        ctx = context(request)
-        await self._row(ctx, caller, webhook_id)
-        if not await call(ctx.webhook_queries.retry, webhook_id, delivery_id):
+        await self._row(webhook_queries, caller, webhook_id)
+        if not await call(webhook_queries.retry, webhook_id, delivery_id):
             raise ProblemError(404, "delivery-not-found", f"no delivery {delivery_id}")
         return {"deliveryId": delivery_id, "status": "pending"}
 
@@ -283,25 +289,26 @@ class WebhooksController(Controller):
     )
     async def replay(
         self,
-        request: Request[Any, Any, State],
         caller: NamedDependency[Principal],
         webhook_id: FromPath[str],
         data: JSONBody[ReplayIn],
+        *,
+        expensive: Service[LocalReads],
+        webhook_queries: Service[WebhookQueries],
     ) -> ReplayOut:
         """Send again the events of `[from, to)` this endpoint subscribes to (each with its
         own `webhook-id`, so receivers can tell a replay from a new event). One call reads at
         most SESSIOND_REPLAY_MAX_EVENTS events (a session's endpoint: that session's only);
         when the window goes on, `next` is where to continue (send it as `after` with the same
         window). One replay of an endpoint runs at a time (409 `replay-in-progress`)."""
-        ctx = context(request)
-        row = await self._row(ctx, caller, webhook_id)
+        row = await self._row(webhook_queries, caller, webhook_id)
         start, end = utc_instant(data.from_, "from", 422), utc_instant(data.to, "to", 422)
         if end <= start:
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
         tenant = row["session_id"] or GLOBAL_ENDPOINTS
         try:
-            enqueued, after = await ctx.expensive_reads.run(
-                tenant, reads.replay, ctx, row, (start, end), data.after
+            enqueued, after = await expensive.run(
+                tenant, reads.replay, row, (start, end), data.after
             )
         except InvalidCursor as error:
             raise ProblemError(422, "invalid-cursor", str(error)) from None

@@ -5,27 +5,33 @@ from __future__ import annotations
 
 import time
 
-from litestar import Controller, get
+from litestar import get
+from litestar.di import NamedDependency
 
-from api.controllers.streams import After, LastEventId, Types, every_session_stream
-from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
-from api.dashboard.web import DashRequest
+from api.context import Service
+from api.controllers.streams import (
+    RESUME,
+    EventStreams,
+    Resume,
+    every_session_stream,
+)
+from api.dashboard.security import SKIP_SESSION, sign_in_left
+from api.dashboard.web import DashboardController, DashRequest
 from api.streaming import EventStreamResponse
 
 
-class EventsController(Controller):
-    path = DASHBOARD
-    include_in_schema = False
+class EventsController(DashboardController):
+    dependencies = RESUME
 
     @get("/events/stream", opt={SKIP_SESSION: True})
     async def events(
         self,
         request: DashRequest,
-        last_event_id: LastEventId = None,
-        after: After = None,
-        types: Types = None,
+        resume: NamedDependency[Resume],
+        *,
+        streams: Service[EventStreams],
     ) -> EventStreamResponse:
         """Every session's events, live, as `GET /events/stream` sends them; the stream ends
         (``signed-out``) when the operator's sign-in does."""
         until = time.monotonic() + await sign_in_left(request)
-        return await every_session_stream(request, last_event_id, after, types, until)
+        return await every_session_stream(streams, request, resume, until)

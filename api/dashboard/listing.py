@@ -5,16 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import get, post
 from litestar.params import QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
-from api.controllers.common import call, current_row, settle
+from api.controllers.common import current_row
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import FILTERS, ListPage, list_page
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
-from api.dashboard.web import DashRequest, ctx_of, flash, page, see_other
+from api.dashboard.web import DashboardController, DashRequest, ctx_of, flash, page, see_other
+from api.writes import call
 from domain.errors import InvalidValue
 from domain.values import ADMIN_ACTOR, MAX_NAME_LENGTH
 from projections.status import SessionRow
@@ -59,10 +60,7 @@ def _table(request: DashRequest, wanted: str, number: int) -> tuple[ListPage, st
     return lists.table(ctx_of(request).read_models.sessions(), wanted, number)
 
 
-class ListController(Controller):
-    path = DASHBOARD
-    include_in_schema = False
-
+class ListController(DashboardController):
     @get("/")
     async def sessions(
         self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
@@ -110,6 +108,6 @@ class ListController(Controller):
         # Kept for the next page first: if the views lag (503 below), the key is still shown
         # on the session's page, not lost.
         flash(request, key={"key_id": key.key_id, "key": key.key, "label": key.label})
-        await settle(ctx, created.position)
-        row = current_row(ctx, created.session_id)
+        await ctx.writes.settle(created.position)
+        row = current_row(ctx.read_models, created.session_id)
         return see_other(f"{DASHBOARD}/sessions/{row.session_id}/link")

@@ -9,18 +9,27 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import get, post
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
 from api.context import ApiContext
-from api.controllers.common import call, delete_session, request_pair_code, revoke_key, settle
+from api.controllers.common import request_pair_code
 from api.dashboard import loaders
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import line, qr_panel, watchdog
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
-from api.dashboard.web import DashRequest, ctx_of, flash, live_row, page, see_other
+from api.dashboard.web import (
+    DashboardController,
+    DashRequest,
+    ctx_of,
+    flash,
+    live_row,
+    page,
+    see_other,
+)
+from api.writes import call
 from application.errors import NotPairing
 from application.phones import InvalidPhone
 from domain.access import SCOPES, check_scopes
@@ -83,10 +92,7 @@ def _path(row: SessionRow, tail: str = "") -> str:
     return f"{DASHBOARD}/sessions/{row.session_id}{tail}"
 
 
-class SessionController(Controller):
-    path = DASHBOARD
-    include_in_schema = False
-
+class SessionController(DashboardController):
     # -- pages ----------------------------------------------------------------------------
 
     def _status_page(
@@ -171,7 +177,7 @@ class SessionController(Controller):
         """Ask the session's worker for a code to type on the phone (instead of scanning)."""
         ctx, row, raw = await _posted(request, session_id, "phone")
         try:
-            phone, code = await request_pair_code(ctx, row, raw)
+            phone, code = await request_pair_code(ctx.gateway_calls, row, raw)
         except InvalidPhone as error:
             return await self._link_page(request, row, status=422, error=str(error))
         except NotPairing as error:
@@ -191,7 +197,7 @@ class SessionController(Controller):
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
         position = await call(command(ctx), row.session_id, ADMIN_ACTOR)
-        await settle(ctx, position)
+        await ctx.writes.settle(position)
         flash(request, notice=notice)
         return see_other(_path(row))
 
@@ -224,7 +230,7 @@ class SessionController(Controller):
         """Delete the session; once this answers, no server accepts any of its keys."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
-        await delete_session(ctx, row.session_id, ADMIN_ACTOR)
+        await ctx.writes.delete_session(row.session_id, ADMIN_ACTOR)
         flash(request, notice=f"Session “{row.name}” deleted; all its API keys are revoked.")
         return see_other(DASHBOARD + "/")
 
@@ -273,7 +279,7 @@ class SessionController(Controller):
                 "expires": None if expires is None else expires.strftime("%Y-%m-%d %H:%M:%S UTC"),
             },
         )
-        await settle(ctx, issued.position)
+        await ctx.writes.settle(issued.position)
         return see_other(_path(row, "#keys"))
 
     @post(SESSION + "/keys/{key_id:str}/revoke")
@@ -283,7 +289,7 @@ class SessionController(Controller):
         """Revoke one key; once this answers, no server accepts it."""
         ctx = ctx_of(request)
         row = live_row(ctx, session_id)
-        await revoke_key(ctx, row.session_id, key_id, ADMIN_ACTOR)
+        await ctx.writes.revoke_key(row.session_id, key_id, ADMIN_ACTOR)
         flash(request, notice=f"Key {key_id} revoked.")
         return see_other(_path(row, "#keys"))
 
@@ -298,7 +304,7 @@ class SessionController(Controller):
                 position = await call(ctx.app.clear_proxy, row.session_id, ADMIN_ACTOR)
         except InvalidProxy as error:
             return await self._session_page(request, row, status=422, proxy=str(error))
-        await settle(ctx, position)
+        await ctx.writes.settle(position)
         flash(request, notice="Proxy saved." if raw else "Proxy removed.")
         return see_other(_path(row, "#proxy"))
 
@@ -318,6 +324,6 @@ class SessionController(Controller):
                 )
                 return await self._session_page(request, row, status=422, rate_limit=error)
         position = await call(ctx.app.set_rate_limit, row.session_id, value, ADMIN_ACTOR)
-        await settle(ctx, position)
+        await ctx.writes.settle(position)
         flash(request, notice="Rate limit saved.")
         return see_other(_path(row, "#rate-limit"))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import get, post
 from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
 
 from api.auth import note_failed_authentication
 from api.dashboard.security import (
-    DASHBOARD,
     PUBLIC,
     SIGN_IN,
     admin_key_matches,
@@ -18,13 +17,10 @@ from api.dashboard.security import (
     safe_next,
     sign_in,
 )
-from api.dashboard.web import DashRequest, ctx_of, page, see_other
+from api.dashboard.web import DashboardController, DashRequest, ctx_of, page, see_other
 
 
-class SignInController(Controller):
-    path = DASHBOARD
-    include_in_schema = False
-
+class SignInController(DashboardController):
     @get("/sign-in", opt={PUBLIC: True})
     async def sign_in_page(
         self,

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar import Controller, Request
 from litestar.datastructures import State
 from litestar.response import Redirect, Template
 
 from api.context import ApiContext
-from api.controllers.common import context
-from api.dashboard.security import PAGE_HEADERS, csrf_token
+from api.dashboard.security import DASHBOARD, PAGE_HEADERS, csrf_token
 from api.problems import ProblemError
 from domain.values import is_session_id
 from projections.status import SessionRow
 
 DashRequest = Request[Any, Any, State]
+
+
+class DashboardController(Controller):
+    """Base of the operator's pages: under the dashboard's path, and not in the API's
+    OpenAPI document."""
+
+    path = DASHBOARD
+    include_in_schema = False
 
 
 def page(request: DashRequest, template: str, *, status: int = 200, **values: Any) -> Template:
@@ -54,4 +61,5 @@ def live_row(ctx: ApiContext, session_id: str) -> SessionRow:
 
 
 def ctx_of(request: DashRequest) -> ApiContext:
-    return context(request)
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -23,10 +23,11 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.projection import Projection
 
-from projections.messages import MessageRow, MessagesView
+from projections.messages import MessagePage, MessageRow, MessagesView
 from projections.uptime import Transition, UptimeView
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 #: A switch is announced here (payload: the projection's name) and on the views' channel.
 GENERATIONS_CHANNEL = "sessiond_generations"
@@ -86,12 +87,19 @@ class ActiveViews:
         self.classes = dict(classes)
         self._views: dict[str, Any] = {}
         self._generations: dict[str, int] = {}
+        self._names = {kind: name for name, kind in self.classes.items()}
 
     def names(self) -> list[str]:
         return list(self.classes)
 
     def get(self, name: str) -> Any:
         return self._views[name]
+
+    def of(self, kind: type[V]) -> V:
+        """The view object of the active generation of the projection whose views are of
+        class `kind`."""
+        view: V = self._views[self._names[kind]]
+        return view
 
     def generation(self, name: str) -> int:
         return self._generations[name]
@@ -185,20 +193,8 @@ class ActiveMessagesView(MessagesView):
     def get_message(self, message_id: str) -> MessageRow | None:
         return self._read(lambda view: view.get_message(message_id))
 
-    def list_messages(
-        self,
-        session_id: str,
-        *,
-        direction: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        limit: int = 50,
-    ) -> list[MessageRow]:
-        return self._read(
-            lambda view: view.list_messages(
-                session_id, direction=direction, status=status, before=before, limit=limit
-            )
-        )
+    def list_messages(self, page: MessagePage) -> list[MessageRow]:
+        return self._read(lambda view: view.list_messages(page))
 
     def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
         return self._read(lambda view: view.find_by_idempotency_key(session_id, key))

@@ -13,21 +13,24 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from infra.postgres.views import DocumentView, R
+from infra.postgres.views import DocumentView
 from projections.keys import ApiKeyView, KeyRow
 
 
-class PostgresApiKeyView(DocumentView, ApiKeyView):
+class PostgresApiKeyView(DocumentView[KeyRow], ApiKeyView):
+    row_type = KeyRow
+    table_columns = (
+        "key_id text PRIMARY KEY, session_id text NOT NULL, key_hash text NOT NULL, "
+        "position bigint NOT NULL, doc text NOT NULL, last_used_at timestamptz, "
+        "expiry_due timestamptz"
+    )
+    key_column = "key_id"
+    document_columns = "doc, last_used_at"
+
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         table = self._ident()
         self.sql_create_statements += [
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0} ("
-                "key_id text PRIMARY KEY, session_id text NOT NULL, key_hash text NOT NULL, "
-                "position bigint NOT NULL, doc text NOT NULL, last_used_at timestamptz, "
-                "expiry_due timestamptz)"
-            ).format(table),
             self._index("position"),
             self._index("session_id"),
             SQL(
@@ -47,14 +50,9 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
         self.select_due = SQL(
             "SELECT session_id, key_id FROM {0} WHERE expiry_due <= %s ORDER BY expiry_due LIMIT %s"
         ).format(table)
-        self.select_one = SQL("SELECT doc, last_used_at FROM {0} WHERE key_id = %s").format(table)
-        self.select_all = SQL("SELECT doc, last_used_at FROM {0} ORDER BY key_id").format(table)
         self.select_of_session = SQL(
             "SELECT doc, last_used_at FROM {0} WHERE session_id = %s ORDER BY key_id"
         ).format(table)
-        self.select_since = SQL("SELECT doc, last_used_at FROM {0} WHERE position > %s").format(
-            table
-        )
         # Rows a projection batch has locked (a revocation in progress) are skipped rather
         # than waited for: waiting could deadlock with the batch; they are tried again later.
         # All the uses of a flush in one statement (one round trip however many keys).
@@ -67,35 +65,26 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
         ).format(table)
         self.select_existing = SQL("SELECT key_id FROM {0} WHERE key_id = ANY(%s)").format(table)
 
-    def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
+    def _fetch(self, curs: Cursor[DictRow]) -> list[KeyRow]:
         rows = []
         for record in curs.fetchall():
-            row = msgspec.json.decode(record["doc"], type=kind)
-            if isinstance(row, KeyRow) and record["last_used_at"] is not None:
+            row = msgspec.json.decode(record["doc"], type=KeyRow)
+            if record["last_used_at"] is not None:
                 row.last_used_at = record["last_used_at"]
             rows.append(row)
         return rows
 
     def get_key(self, key_id: str) -> KeyRow | None:
-        written: KeyRow | None = self._written.get(key_id)
-        if written is not None:
-            return written
-        with self._reading() as curs:
-            curs.execute(self.select_one, (key_id,))
-            rows = self._fetch(curs, KeyRow)
-        return rows[0] if rows else None
+        return self._get(key_id)
 
     columns = ("key_id", "session_id", "key_hash", "position", "doc", "expiry_due")
 
     def _params(self, row: KeyRow) -> dict[str, Any]:
-        return {
-            "key_id": row.key_id,
-            "session_id": row.session_id,
-            "key_hash": row.key_hash,
-            "position": row.position,
-            "doc": msgspec.json.encode(row).decode(),
-            "expiry_due": row.expires_at if row.is_active else None,
-        }
+        params = {c: getattr(row, c) for c in ("key_id", "session_id", "key_hash", "position")}
+        params["doc"] = msgspec.json.encode(row).decode()
+        # Due to expire: an active key's expiry (revoked or recorded expired: nothing due).
+        params["expiry_due"] = row.expires_at if row.is_active else None
+        return params
 
     def due_expiries(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """(session id, key id) of at most `limit` active keys whose expiry has come at
@@ -127,22 +116,10 @@ class PostgresApiKeyView(DocumentView, ApiKeyView):
         )
 
     def all_keys(self) -> list[KeyRow]:
-        with self._reading() as curs:
-            curs.execute(self.select_all)
-            return self._fetch(curs, KeyRow)
+        return self._all()
 
     def keys_of_session(self, session_id: str) -> list[KeyRow]:
-        with self._reading() as curs:
-            curs.execute(self.select_of_session, (session_id,))
-            return self._fetch(curs, KeyRow)
-
-    def changed_since(self, curs: Cursor[DictRow], position: int) -> list[KeyRow]:
-        curs.execute(self.select_since, (position,))
-        return self.changed_rows(curs)
-
-    def changed_rows(self, curs: Cursor[DictRow]) -> list[KeyRow]:
-        """The rows of `select_since`, already executed on `curs` (in a pipeline)."""
-        return self._fetch(curs, KeyRow)
+        return self._rows(self.select_of_session, (session_id,))
 
     def record_last_use(self, uses: dict[str, Any]) -> dict[str, Any]:
         """Record when keys were last used; return the uses it could not record now."""

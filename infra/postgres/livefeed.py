@@ -23,7 +23,7 @@ from psycopg.sql import SQL, Identifier
 
 from application.sessions import SessionsApplication
 from domain.values import session_uuid
-from infra.postgres.loghub import HubSubscription
+from infra.postgres.loghub import NOTIFICATION_COLUMNS, HubSubscription, notification
 from projections.livefeed import FeedItem, FeedWindow, LiveFeed, Page, Selection, Taken, feed_item
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,9 @@ class PostgresLiveFeed(LiveFeed):
             Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
         )
         self._session_page = SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM {0} WHERE originator_id = %s AND notification_id > %s "
+            "SELECT {1} FROM {0} WHERE originator_id = %s AND notification_id > %s "
             "AND notification_id <= %s ORDER BY notification_id LIMIT %s"
-        ).format(table)
+        ).format(table, NOTIFICATION_COLUMNS)
         self._head = SQL("SELECT max(notification_id) AS head FROM {0}").format(table)
 
     # -- life: running while a stream is open -------------------------------------------
@@ -160,23 +159,14 @@ class PostgresLiveFeed(LiveFeed):
                 (session_uuid(selection.session_id), position, head, limit),
             )
             rows = curs.fetchall()
-        found = [
-            Notification(
-                id=row["notification_id"],
-                originator_id=row["originator_id"],
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
-            for row in rows
-        ]
+        found = [notification(row) for row in rows]
         items = self._items(found, selection)
         return Page(items, found[-1].id if len(found) == limit else max(head, position))
 
     def _items(self, found: list[Notification], selection: Selection) -> list[FeedItem]:
         items = []
-        for notification in found:
-            item = feed_item(notification.id, self.app.mapper.to_domain_event(notification))
+        for found_one in found:
+            item = feed_item(found_one.id, self.app.mapper.to_domain_event(found_one))
             if item is not None and selection.of_session(item):
                 items.append(item)
         return items

@@ -46,6 +46,19 @@ BACKLOG_LIMIT = 20_000
 STOP_CHECK = 0.2
 #: Notifications per query, the hub's and a catching-up subscription's.
 PAGE = 500
+#: The columns of the events table that make a `Notification` (`notification`).
+NOTIFICATION_COLUMNS = SQL("notification_id, originator_id, originator_version, topic, state")
+
+
+def notification(row: Any) -> Notification:
+    """The `Notification` of a row of the events table read with `NOTIFICATION_COLUMNS`."""
+    return Notification(
+        id=row["notification_id"],
+        originator_id=row["originator_id"],
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
 
 
 def _connect_kwargs(recorder: PostgresApplicationRecorder) -> dict[str, Any]:
@@ -80,9 +93,8 @@ class LogHub:
             Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
         )
         self._select = SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM {0} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-        ).format(table)
+            "SELECT {1} FROM {0} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(table, NOTIFICATION_COLUMNS)
         self._select_head = SQL("SELECT max(notification_id) AS head FROM {0}").format(table)
         self.poll_interval = poll_interval
         self._refs = 0
@@ -175,16 +187,7 @@ class LogHub:
         rows = conn.execute(self._select, (self._last, PAGE)).fetchall()
         if not rows:
             return 0
-        page = [
-            Notification(
-                id=row["notification_id"],
-                originator_id=row["originator_id"],
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
-            for row in rows
-        ]
+        page = [notification(row) for row in rows]
         self.reads += 1
         with self._lock:
             self._window.extend(page)

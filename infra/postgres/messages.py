@@ -14,23 +14,25 @@ from psycopg.sql import SQL, Identifier
 
 from domain.values import public_session_id
 from infra.postgres.views import DocumentView
-from projections.messages import MessageRow, MessagesView, apply_changes
+from projections.messages import MessagePage, MessageRow, MessagesView, apply_changes
 
 
-class PostgresMessagesView(DocumentView, MessagesView):
+class PostgresMessagesView(DocumentView[MessageRow], MessagesView):
     """One row per message (no text: see `projections.messages`), found by id, by session in
     log order, and by idempotency key."""
+
+    row_type = MessageRow
+    table_columns = (
+        "message_id text PRIMARY KEY, session_id text NOT NULL, direction text NOT NULL, "
+        "status text NOT NULL, idempotency_key text, position bigint NOT NULL, "
+        "doc text NOT NULL, whatsapp_id text"
+    )
+    key_column = "message_id"
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         table = self._ident()
         self.sql_create_statements += [
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0} ("
-                "message_id text PRIMARY KEY, session_id text NOT NULL, direction text NOT NULL, "
-                "status text NOT NULL, idempotency_key text, position bigint NOT NULL, "
-                "doc text NOT NULL, whatsapp_id text)"
-            ).format(table),
             SQL(
                 "CREATE INDEX IF NOT EXISTS {0} ON {1} (session_id, whatsapp_id) "
                 "WHERE whatsapp_id IS NOT NULL"
@@ -53,7 +55,6 @@ class PostgresMessagesView(DocumentView, MessagesView):
             "UPDATE {0} SET status = %(status)s, doc = %(doc)s, whatsapp_id = %(whatsapp_id)s "
             "WHERE message_id = %(message_id)s"
         ).format(table)
-        self.select_one = SQL("SELECT doc FROM {0} WHERE message_id = %s").format(table)
         self.select_page = SQL(
             "SELECT doc FROM {0} WHERE session_id = %(session_id)s AND position < %(before)s "
             "AND (%(direction)s::text IS NULL OR direction = %(direction)s) "
@@ -118,18 +119,6 @@ class PostgresMessagesView(DocumentView, MessagesView):
             row = msgspec.json.decode(found["doc"], type=MessageRow)
             curs.execute(self.update, self._params(apply_changes(row, changes)))
 
-    def _params(self, row: MessageRow) -> dict[str, Any]:
-        return {
-            "message_id": row.message_id,
-            "session_id": row.session_id,
-            "direction": row.direction,
-            "status": row.status,
-            "idempotency_key": row.idempotency_key,
-            "position": row.position,
-            "doc": msgspec.json.encode(row).decode(),
-            "whatsapp_id": row.whatsapp_id,
-        }
-
     def sent_message(self, session_id: UUID, whatsapp_id: str) -> tuple[str, str] | None:
         row = self._by_whatsapp_id(session_id, whatsapp_id, "outbound")
         return None if row is None else (row.message_id, row.status)
@@ -140,45 +129,22 @@ class PostgresMessagesView(DocumentView, MessagesView):
     def _by_whatsapp_id(
         self, session_id: UUID, whatsapp_id: str, direction: str
     ) -> MessageRow | None:
-        with self._reading() as curs:
-            curs.execute(
-                self.select_whatsapp, (public_session_id(session_id), whatsapp_id, direction)
-            )
-            rows = self._fetch_messages(curs)
-        return rows[0] if rows else None
+        return self._first(
+            self.select_whatsapp, (public_session_id(session_id), whatsapp_id, direction)
+        )
 
     def get_message(self, message_id: str) -> MessageRow | None:
-        with self._reading() as curs:
-            curs.execute(self.select_one, (message_id,))
-            rows = self._fetch_messages(curs)
-        return rows[0] if rows else None
+        return self._first(self.select_one, (message_id,))
 
-    def list_messages(
-        self,
-        session_id: str,
-        *,
-        direction: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        limit: int = 50,
-    ) -> list[MessageRow]:
+    def list_messages(self, page: MessagePage) -> list[MessageRow]:
         params = {
-            "session_id": session_id,
-            "before": before if before is not None else 2**62,
-            "direction": direction,
-            "status": status,
-            "limit": limit,
+            "session_id": page.session_id,
+            "before": page.before if page.before is not None else 2**62,
+            "direction": page.direction,
+            "status": page.status,
+            "limit": page.limit,
         }
-        with self._reading() as curs:
-            curs.execute(self.select_page, params)
-            return self._fetch_messages(curs)
+        return self._rows(self.select_page, params)
 
     def find_by_idempotency_key(self, session_id: str, key: str) -> MessageRow | None:
-        with self._reading() as curs:
-            curs.execute(self.select_key, (session_id, key))
-            rows = self._fetch_messages(curs)
-        return rows[0] if rows else None
-
-    @staticmethod
-    def _fetch_messages(curs: Cursor[DictRow]) -> list[MessageRow]:
-        return [msgspec.json.decode(row["doc"], type=MessageRow) for row in curs.fetchall()]
+        return self._first(self.select_key, (session_id, key))

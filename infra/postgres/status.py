@@ -8,25 +8,24 @@ import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
-from psycopg.rows import DictRow
 from psycopg.sql import SQL
 
 from infra.postgres.views import DocumentView
 from projections.status import SessionRow, SessionStatusView
 
 
-class PostgresSessionStatusView(DocumentView, SessionStatusView):
+class PostgresSessionStatusView(DocumentView[SessionRow], SessionStatusView):
+    row_type = SessionRow
+    table_columns = (
+        "session_id text PRIMARY KEY, status text NOT NULL, desired text NOT NULL, "
+        "labels jsonb NOT NULL, position bigint NOT NULL, doc text NOT NULL"
+    )
+    key_column = "session_id"
+
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         table = self._ident()
-        self.sql_create_statements += [
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0} ("
-                "session_id text PRIMARY KEY, status text NOT NULL, desired text NOT NULL, "
-                "labels jsonb NOT NULL, position bigint NOT NULL, doc text NOT NULL)"
-            ).format(table),
-            self._index("position"),
-        ]
+        self.sql_create_statements.append(self._index("position"))
         self.upsert = SQL(
             "INSERT INTO {0} (session_id, status, desired, labels, position, doc) "
             "VALUES (%(session_id)s, %(status)s, %(desired)s, %(labels)s, %(position)s, %(doc)s) "
@@ -34,34 +33,20 @@ class PostgresSessionStatusView(DocumentView, SessionStatusView):
             "desired = EXCLUDED.desired, labels = EXCLUDED.labels, "
             "position = EXCLUDED.position, doc = EXCLUDED.doc"
         ).format(table)
-        self.select_one = SQL("SELECT doc FROM {0} WHERE session_id = %s").format(table)
-        self.select_all = SQL("SELECT doc FROM {0} ORDER BY session_id").format(table)
-        self.select_since = SQL("SELECT doc FROM {0} WHERE position > %s").format(table)
-        # The same rows undecoded, with the columns that place them (see `changed_documents`).
+        # The changed rows undecoded, with the columns that place them (see `changed_documents`).
         self.select_documents_since = SQL(
             "SELECT session_id, position, doc FROM {0} WHERE position > %s"
         ).format(table)
 
     def get_session(self, session_id: str) -> SessionRow | None:
-        written: SessionRow | None = self._written.get(session_id)
-        if written is not None:
-            return written
-        with self._reading() as curs:
-            curs.execute(self.select_one, (session_id,))
-            rows = self._fetch(curs, SessionRow)
-        return rows[0] if rows else None
+        return self._get(session_id)
 
     columns = ("session_id", "status", "desired", "labels", "position", "doc")
 
     def _params(self, row: SessionRow) -> dict[str, Any]:
-        return {
-            "session_id": row.session_id,
-            "status": row.status,
-            "desired": row.desired,
-            "labels": msgspec.json.encode(row.labels).decode(),
-            "position": row.position,
-            "doc": msgspec.json.encode(row).decode(),
-        }
+        params = super()._params(row)
+        params["labels"] = msgspec.json.encode(row.labels).decode()
+        return params
 
     def save_session(self, row: SessionRow, tracking: Tracking) -> None:
         if not self._stage(row.session_id, row, tracking):
@@ -72,17 +57,7 @@ class PostgresSessionStatusView(DocumentView, SessionStatusView):
         self._written[row.session_id] = row
 
     def all_sessions(self) -> list[SessionRow]:
-        with self._reading() as curs:
-            curs.execute(self.select_all)
-            return self._fetch(curs, SessionRow)
-
-    def changed_since(self, curs: Cursor[DictRow], position: int) -> list[SessionRow]:
-        curs.execute(self.select_since, (position,))
-        return self.changed_rows(curs)
-
-    def changed_rows(self, curs: Cursor[DictRow]) -> list[SessionRow]:
-        """The rows of `select_since`, already executed on `curs` (in a pipeline)."""
-        return self._fetch(curs, SessionRow)
+        return self._all()
 
     @staticmethod
     def changed_documents(curs: Cursor[Any]) -> list[tuple[str, int, str]]:

@@ -280,16 +280,6 @@ class CachedReadModels(ReadModels):
 
     # -- refresh --------------------------------------------------------------------------
 
-    @property
-    def status_view(self) -> PostgresSessionStatusView:
-        view: PostgresSessionStatusView = self.views.get(SessionStatusProjection.name)
-        return view
-
-    @property
-    def key_view(self) -> PostgresApiKeyView:
-        view: PostgresApiKeyView = self.views.get(ApiKeyProjection.name)
-        return view
-
     def refresh(self) -> None:
         """Read the views and revocations afresh (on one thread at a time: `start`, then the
         listener)."""
@@ -381,35 +371,53 @@ class CachedReadModels(ReadModels):
         return True
 
     def _send_status(self, conn: Connection[DictRow]) -> _ViewRead[tuple[str, int, str]]:
-        """Send the reads of the status view (its active generation as this process knows
-        it): every row when the copy holds another generation, else those changed since.
-        Its documents are left undecoded (`_Row`)."""
-        view = self.status_view
-        generation = self.views.generation(SessionStatusProjection.name)
-        reload = generation != self._status_generation
-        return _ViewRead(
-            name=SessionStatusProjection.name,
-            generation=generation,
-            reload=reload,
-            tracking=conn.execute(view.max_tracking_id_statement, (APP_NAME,)),
-            rows=conn.cursor(row_factory=tuple_row).execute(
-                view.select_documents_since, (0 if reload else self._status_pos,)
+        """Its documents are left undecoded (`_Row`)."""
+        view = self.views.of(PostgresSessionStatusView)
+        return self._send(
+            conn,
+            SessionStatusProjection.name,
+            view.max_tracking_id_statement,
+            held=(self._status_generation, self._status_pos),
+            send_rows=lambda since: conn.cursor(row_factory=tuple_row).execute(
+                view.select_documents_since, (since,)
             ),
             fetch=view.changed_documents,
         )
 
     def _send_keys(self, conn: Connection[DictRow]) -> _ViewRead[KeyRow]:
-        """The same for the key view (its rows decoded: they are few and each is read)."""
-        view = self.key_view
-        generation = self.views.generation(ApiKeyProjection.name)
-        reload = generation != self._keys_generation
+        """Its rows decoded: they are few and each is read."""
+        view = self.views.of(PostgresApiKeyView)
+        return self._send(
+            conn,
+            ApiKeyProjection.name,
+            view.max_tracking_id_statement,
+            held=(self._keys_generation, self._keys_pos),
+            send_rows=lambda since: conn.execute(view.select_since, (since,)),
+            fetch=view.changed_rows,
+        )
+
+    def _send(
+        self,
+        conn: Connection[DictRow],
+        name: str,
+        max_tracking_id: Any,
+        *,
+        held: tuple[int, int],
+        send_rows: Callable[[int], Cursor[Any]],
+        fetch: Callable[[Cursor[Any]], list[R]],
+    ) -> _ViewRead[R]:
+        """Send the reads of view `name` (its active generation as this process knows it):
+        every row when the copy holds another generation than `held` (generation, position),
+        else those changed since its position."""
+        generation = self.views.generation(name)
+        reload = generation != held[0]
         return _ViewRead(
-            name=ApiKeyProjection.name,
+            name=name,
             generation=generation,
             reload=reload,
-            tracking=conn.execute(view.max_tracking_id_statement, (APP_NAME,)),
-            rows=conn.execute(view.select_since, (0 if reload else self._keys_pos,)),
-            fetch=view.changed_rows,
+            tracking=conn.execute(max_tracking_id, (APP_NAME,)),
+            rows=send_rows(0 if reload else held[1]),
+            fetch=fetch,
         )
 
     def _apply(self, snapshot: _Snapshot) -> None:
@@ -488,7 +496,7 @@ class CachedReadModels(ReadModels):
 
     def keys_of(self, session_id: str) -> list[KeyRow]:
         self._flush_uses()
-        return self.key_view.keys_of_session(session_id)
+        return self.views.of(PostgresApiKeyView).keys_of_session(session_id)
 
     def note_key_use(self, key_id: str, at: datetime) -> None:
         with self._uses_lock:
@@ -498,7 +506,7 @@ class CachedReadModels(ReadModels):
         with self._uses_lock:
             uses, self._uses = self._uses, {}
         try:
-            left = self.key_view.record_last_use(uses)
+            left = self.views.of(PostgresApiKeyView).record_last_use(uses)
         except Exception:
             log.exception("could not record when keys were last used")
             left = uses

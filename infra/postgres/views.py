@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, LiteralString, TypeVar
 
 import msgspec
 from eventsourcing.persistence import Tracking
@@ -25,14 +25,11 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from projections.keys import KeyRow
-from projections.status import SessionRow
-
 VIEWS_CHANNEL = "sessiond_views"
 #: A view's rows commit with their tracking record, so a commit that a crash of PostgreSQL
 #: loses is replayed from the event log: views need not wait for the disk (events do).
 SYNC_COMMIT_OFF = "SET LOCAL synchronous_commit = off"
-R = TypeVar("R", SessionRow, KeyRow)
+D = TypeVar("D", bound=msgspec.Struct)
 Statement = Composed | SQL | str
 Params = Any  # a statement's parameters: a mapping or a sequence
 
@@ -232,27 +229,53 @@ class BatchingView(PostgresTrackingRecorder):
             self._insert_tracking(curs, tracking)
 
 
-class DocumentView(BatchingView):
+class DocumentView(BatchingView, Generic[D]):
+    """A view whose rows (`row_type`) are stored as JSON documents (column ``doc``) beside
+    the columns that find them: one table, made from `table_columns`, keyed by `key_column`.
+    Rows this instance wrote are read back from `_written`; every other read decodes what
+    `document_columns` selects (`_fetch`)."""
+
+    #: The type of the view's rows.
+    row_type: type[D]
+    #: The view table's column definitions (its CREATE TABLE statement's body).
+    table_columns: LiteralString = ""
+    #: The column that finds one row.
+    key_column: LiteralString = ""
+    #: What a read of rows selects (the document, and what `_fetch` adds to it).
+    document_columns: LiteralString = "doc"
+    #: The columns the projection writes (a bulk load copies them in).
+    columns: tuple[str, ...] = ()
+
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         self.table = view_table_name(self.tracking_table_name)
         self.notify_statement = SQL("SELECT pg_notify({0}, {1})").format(VIEWS_CHANNEL, self.table)
+        table = self._ident()
+        self.sql_create_statements.append(
+            SQL("CREATE TABLE IF NOT EXISTS {0} ({1})").format(table, SQL(self.table_columns))
+        )
+        selected = SQL(self.document_columns)
+        key = Identifier(self.key_column)
+        self.select_one = SQL("SELECT {0} FROM {1} WHERE {2} = %s").format(selected, table, key)
+        self.select_all = SQL("SELECT {0} FROM {1} ORDER BY {2}").format(selected, table, key)
+        self.select_since = SQL("SELECT {0} FROM {1} WHERE position > %s").format(selected, table)
 
     def tables(self) -> list[str]:
         return [self.table, self.tracking_table_name]
 
-    #: The columns the projection writes (a bulk load copies them in).
-    columns: tuple[str, ...] = ()
-
-    def _params(self, row: Any) -> dict[str, Any]:
-        raise NotImplementedError
+    def _params(self, row: D) -> dict[str, Any]:
+        """What a write of `row` sets: each of `columns`, the row's field of that name, and
+        the row as a document."""
+        params = {c: getattr(row, c) for c in self.columns if c != "doc"}
+        params["doc"] = msgspec.json.encode(row).decode()
+        return params
 
     def _copy_statement(self) -> Composed:
         return SQL("COPY {0} ({1}) FROM STDIN").format(
             self._ident(), SQL(", ").join(Identifier(c) for c in self.columns)
         )
 
-    def _copy_row(self, row: Any) -> Sequence[Any]:
+    def _copy_row(self, row: D) -> Sequence[Any]:
         params = self._params(row)
         return tuple(params[c] for c in self.columns)
 
@@ -268,5 +291,27 @@ class DocumentView(BatchingView):
     def _write(self, statement: Composed, params: list[dict[str, Any]], tracking: Tracking) -> None:
         self._defer(statement, params, tracking, self.notify_statement)
 
-    def _fetch(self, curs: Cursor[DictRow], kind: type[R]) -> list[R]:
-        return [msgspec.json.decode(row["doc"], type=kind) for row in curs.fetchall()]
+    def _fetch(self, curs: Cursor[DictRow]) -> list[D]:
+        """The rows of the statement just executed on `curs`."""
+        return [msgspec.json.decode(row["doc"], type=self.row_type) for row in curs.fetchall()]
+
+    def _rows(self, statement: Composed, params: Params = ()) -> list[D]:
+        with self._reading() as curs:
+            curs.execute(statement, params)
+            return self._fetch(curs)
+
+    def _first(self, statement: Composed, params: Params) -> D | None:
+        rows = self._rows(statement, params)
+        return rows[0] if rows else None
+
+    def _get(self, key: str) -> D | None:
+        """The row found by `key`: as this instance wrote it, else as stored."""
+        written: D | None = self._written.get(key)
+        return written if written is not None else self._first(self.select_one, (key,))
+
+    def _all(self) -> list[D]:
+        return self._rows(self.select_all)
+
+    def changed_rows(self, curs: Cursor[DictRow]) -> list[D]:
+        """The rows of `select_since`, already executed on `curs` (in a pipeline)."""
+        return self._fetch(curs)

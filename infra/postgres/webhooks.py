@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.postgres import PostgresDatastore
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 from psycopg.types.json import Jsonb
 
+from infra.postgres.loghub import NOTIFICATION_COLUMNS, notification
 from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
 from projections.webhooks import EndpointRow, NewDelivery, WebhookQueries, WebhookView
 
@@ -229,26 +230,20 @@ class WebhookStore(WebhookQueries):
             )
             return [Claimed(**row) for row in curs.fetchall()]
 
+    def _select_events(self, condition: LiteralString) -> Composed:
+        """The recorded events that meet `condition`, as `notification` reads them."""
+        return SQL("SELECT {0} FROM {1}.{2} WHERE {3}").format(
+            NOTIFICATION_COLUMNS,
+            Identifier(self.datastore.schema or "public"),
+            Identifier(EVENTS_TABLE),
+            SQL(condition),
+        )
+
     def stored_events(self, positions: Sequence[int]) -> dict[int, Notification]:
         """The recorded events at these positions (one query for a claimed batch)."""
         with self.datastore.cursor() as curs:
-            curs.execute(
-                SQL(
-                    "SELECT notification_id, originator_id, originator_version, topic, state "
-                    "FROM {0}.{1} WHERE notification_id = ANY(%s)"
-                ).format(Identifier(self.datastore.schema or "public"), Identifier(EVENTS_TABLE)),
-                (list(positions),),
-            )
-            return {
-                row["notification_id"]: Notification(
-                    id=row["notification_id"],
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in curs.fetchall()
-            }
+            curs.execute(self._select_events("notification_id = ANY(%s)"), (list(positions),))
+            return {row["notification_id"]: notification(row) for row in curs.fetchall()}
 
     def record_attempt(
         self,
@@ -426,23 +421,13 @@ class WebhookStore(WebhookQueries):
     ) -> list[Notification]:
         with self.datastore.cursor() as curs:
             curs.execute(
-                SQL(
-                    "SELECT notification_id, originator_id, originator_version, topic, state "
-                    "FROM {0}.{1} WHERE originator_id = %s AND originator_version > %s "
+                self._select_events(
+                    "originator_id = %s AND originator_version > %s "
                     "ORDER BY originator_version LIMIT %s"
-                ).format(Identifier(self.datastore.schema or "public"), Identifier(EVENTS_TABLE)),
+                ),
                 (session_id, after_version, limit),
             )
-            return [
-                Notification(
-                    id=row["notification_id"],
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in curs.fetchall()
-            ]
+            return [notification(row) for row in curs.fetchall()]
 
     def begin_replay(self, webhook_id: str, hold: float) -> bool:
         with self.datastore.transaction(commit=True) as curs:

@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import admin_json, mark, same_document, scan, screenshot, sign_in
 from tests.e2e.conftest import ADMIN
-from tests.e2e.steps import eventually
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.browser
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from infra.postgres.gateway import WORKER_APP_PREFIX
+from tests.waiting import eventually
 
 #: Idle (an idle API process's readers hold no connection).
 BUDGETS = {"serve": 12, "api": 4, "projector": 8, "worker": 6}
@@ -110,11 +111,8 @@ def by_process(counts: Counter[str]) -> Counter[str]:
     return found
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+#: Processes start and settle slowly on a busy machine.
+wait_for = partial(eventually, timeout=60.0)
 
 
 def settled(database_url: str, workers: int = 1) -> Callable[[], bool]:

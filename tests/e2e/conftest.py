@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.receiver import Receiver, receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Read-only: every test of the run shares it, so a helper that wrote into it (httpx-sse's
@@ -92,16 +91,15 @@ class Sessiond:
         self._log.close()
 
 
-@pytest.fixture
-def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+def process_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """The settings of test `sessiond` processes on `database_url`: the simulator, quick
+    polls and ticks, short leases."""
     return {
         "SESSIOND_DATA_DIR": str(tmp_path / "var"),
         "SESSIOND_DATABASE_URL": database_url,
         "SESSIOND_ADMIN_KEY": ADMIN_KEY,
         "SESSIOND_POLL_INTERVAL": "0.2",
         "SESSIOND_GATEWAY": "simulator",
-        # Tests never reach beyond this host: webhooks go to private addresses only.
-        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WORKER_TICK": "0.2",
         "SESSIOND_LEASE_TTL": "5",
         "SESSIOND_LOG_LEVEL": "info",
@@ -109,10 +107,12 @@ def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def hook() -> Iterator[Receiver]:
-    """A webhook receiver on 127.0.0.1 whose answers a test scripts."""
-    with receiver() as running:
-        yield running
+def sessiond_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **process_env(database_url, tmp_path),
+        # Tests never reach beyond this host: webhooks go to private addresses only.
+        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
+    }
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,7 @@ import psycopg
 
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, ROOT, Sessiond, key_of
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {result!r})")
-        time.sleep(0.05)
+from tests.waiting import eventually
 
 
 def status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
@@ -34,6 +23,21 @@ def status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def scan_shown_qr(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
+    """Wait until the session shows a QR code, then have the simulator's phone scan it; the
+    scan's answer (the session's status)."""
+    sid, key = created["sessionId"], key_of(created)
+    eventually(
+        lambda: client.get(f"/sessions/{sid}/qr", headers=key).status_code == 200,
+        f"the QR code of {sid}",
+        timeout=60.0,
+    )
+    scanned = client.post(f"/simulator/sessions/{sid}/scan", headers=ADMIN)
+    assert scanned.status_code == 200, scanned.text
+    answer: dict[str, Any] = scanned.json()
+    return answer
 
 
 def scan(client: httpx.Client, created: dict[str, Any]) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, connect_sse
 
-from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
+from tests.e2e.conftest import ADMIN, Sessiond, create_session
+from tests.e2e.steps import scan_shown_qr
 
 
 @dataclass
@@ -104,24 +105,10 @@ def data(event: ServerSentEvent) -> dict[str, Any]:
     return loaded
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.05)
-
-
 def linked_session(client: httpx.Client, name: str = "Streamed") -> dict[str, Any]:
     """A session linked to the simulator's phone (it can receive messages)."""
     created = create_session(client, name)
-    sid, key = created["sessionId"], key_of(created)
-    wait_until(
-        lambda: client.get(f"/sessions/{sid}/qr", headers=key).status_code == 200,
-        f"the QR code of {sid}",
-    )
-    scanned = client.post(f"/simulator/sessions/{sid}/scan", headers=ADMIN)
-    assert scanned.status_code == 200, scanned.text
+    scan_shown_qr(client, created)
     return created
 
 

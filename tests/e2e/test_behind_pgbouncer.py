@@ -12,6 +12,7 @@ import pytest
 from infra.whatsapp.devicestore import DeviceStorePool
 from tests.e2e.census import Census, session_bound, settled, wait_for
 from tests.e2e.conftest import ADMIN, create_session, key_of
+from tests.e2e.steps import scan_shown_qr
 
 #: PgBouncer's server connections: fewer than the pools of serve's two processes hold.
 BOUNCER_SIZE = 3
@@ -46,10 +47,7 @@ def test_a_session_is_created_linked_read_and_revoked_through_pgbouncer(
         sid, key = created["sessionId"], key_of(created)
 
         # Check the worker's QR code reaches the API, and the simulated phone links it.
-        wait_for(lambda: client.get(f"/sessions/{sid}/qr", headers=key).status_code == 200, "a QR")
-        scanned = client.post(f"/simulator/sessions/{sid}/scan", headers=ADMIN)
-        assert scanned.status_code == 200, scanned.text
-        assert scanned.json()["status"] == "connected"
+        assert scan_shown_qr(client, created)["status"] == "connected"
         status = client.get(f"/sessions/{sid}/status", headers=key)
         assert status.status_code == 200 and status.json()["status"] == "connected"
         sent = client.post(

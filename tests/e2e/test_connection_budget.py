@@ -29,6 +29,7 @@ from tests.e2e.census import (
     wait_for,
 )
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
+from tests.e2e.steps import scan_shown_qr
 
 
 def assert_clean(*processes: Sessiond) -> None:
@@ -60,13 +61,8 @@ def exercise(api: Sessiond, sessions: int = 12) -> None:
         created = list(pool.map(lambda n: create_session(client, f"Budget {n}"), range(sessions)))
 
         def link(session: dict[str, Any]) -> None:
+            scan_shown_qr(client, session)
             sid, key = session["sessionId"], key_of(session)
-            wait_for(
-                lambda: client.get(f"/sessions/{sid}/qr", headers=key).status_code == 200,
-                f"the QR code of {sid}",
-            )
-            scanned = client.post(f"/simulator/sessions/{sid}/scan", headers=ADMIN)
-            assert scanned.status_code == 200, scanned.text
             for _ in range(10):
                 assert client.get(f"/sessions/{sid}/status", headers=key).status_code == 200
             assert client.get(f"/sessions/{sid}/events", headers=key).status_code == 200

@@ -25,8 +25,9 @@ from psycopg.conninfo import make_conninfo
 
 from infra.runtime.processes import NOT_STOPPED
 from tests.conftest import ADMIN_KEY
-from tests.e2e.conftest import Sessiond, create_session
-from tests.e2e.steps import children, disconnect_reasons, eventually, scan, status
+from tests.e2e.conftest import Sessiond, create_session, process_env
+from tests.e2e.steps import children, disconnect_reasons, scan, status
+from tests.waiting import eventually
 
 #: What the issue promises: a role asked to stop is gone this many seconds later.
 STOP_PROMISE = 10.0
@@ -88,16 +89,7 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., Sessiond]]:
     started: list[Sessiond] = []
 
     def start(command: str, url: str) -> Sessiond:
-        env = {
-            "SESSIOND_DATA_DIR": str(tmp_path / "var"),
-            "SESSIOND_DATABASE_URL": url,
-            "SESSIOND_ADMIN_KEY": ADMIN_KEY,
-            "SESSIOND_POLL_INTERVAL": "0.2",
-            "SESSIOND_GATEWAY": "simulator",
-            "SESSIOND_WORKER_TICK": "0.2",
-            "SESSIOND_LEASE_TTL": "5",
-            "SESSIOND_LOG_LEVEL": "info",
-        }
+        env = process_env(url, tmp_path)
         process = Sessiond(command, env, tmp_path / f"{command}-{len(started)}.log")
         started.append(process)
         return process
@@ -173,6 +165,25 @@ WORKER_LOST = "the worker lost its database connection"
 PROJECTOR_LOST = "lost its lock"
 
 
+def outage_and_back(
+    postgres: OwnPostgres,
+    api: Sessiond,
+    worker: Sessiond,
+    session: tuple[httpx.Client, dict[str, Any]],
+    losses: int,
+) -> None:
+    """Stop the database server and start it again: `api` answers not ready meanwhile, the
+    worker logs its `losses`-th lost connection, and then the session and the API come back."""
+    client, created = session
+    postgres.stop()
+    eventually(lambda: not ready(api), timeout=RECOVERY, what="the API sees the outage")
+    eventually(lambda: count_in_log(worker, WORKER_LOST) >= losses, timeout=RECOVERY)
+    postgres.start()
+    eventually(lambda: ready(api), timeout=RECOVERY, what="the API ready again")
+    comes_back(postgres.url, client, created, losses)
+    a_new_session_works(client, "After the restart")
+
+
 def test_serve_recovers_from_a_stopped_server_and_killed_connections_and_stops_in_time(
     postgres: OwnPostgres, processes: Callable[..., Sessiond]
 ) -> None:
@@ -183,13 +194,7 @@ def test_serve_recovers_from_a_stopped_server_and_killed_connections_and_stops_i
         scan(client, created)
 
         # Check the server stopped and started again: everything comes back by itself.
-        postgres.stop()
-        eventually(lambda: not ready(server), timeout=RECOVERY, what="serve sees the outage")
-        eventually(lambda: count_in_log(server, WORKER_LOST) >= 1, timeout=RECOVERY)
-        postgres.start()
-        eventually(lambda: ready(server), timeout=RECOVERY, what="serve ready again")
-        comes_back(postgres.url, client, created, 1)
-        a_new_session_works(client, "After the restart")
+        outage_and_back(postgres, server, server, (client, created), 1)
 
         # Check every connection killed at once: the same.
         assert postgres.kill_connections() > 0
@@ -223,13 +228,7 @@ def test_each_role_apart_recovers_and_stops_in_time(
         a_new_session_works(client, "After the kill")
 
         # Check the server stopped and started again: the same.
-        postgres.stop()
-        eventually(lambda: not ready(api), timeout=RECOVERY, what="the API sees the outage")
-        eventually(lambda: count_in_log(worker, WORKER_LOST) >= 2, timeout=RECOVERY)
-        postgres.start()
-        eventually(lambda: ready(api), timeout=RECOVERY, what="the API ready again")
-        comes_back(postgres.url, client, created, 2)
-        a_new_session_works(client, "After the restart")
+        outage_and_back(postgres, api, worker, (client, created), 2)
 
     # Check each role stops in time, asked while the server is gone and missed.
     projector_lost = count_in_log(projector, PROJECTOR_LOST)

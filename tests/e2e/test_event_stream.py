@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import eventually
 from tests.e2e.streams import data, inbound, linked_session, reading
+from tests.waiting import eventually
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.streams import data, inbound, linked_session, reading, wait_until
+from tests.e2e.streams import data, inbound, linked_session, reading
+from tests.waiting import eventually
 
 #: The longest a stream may outlive the answer that revoked its key.
 LIMIT = 1.0
@@ -36,7 +37,7 @@ def new_key(
     key = {"x-api-key": issued.json()["key"]}
     for api in apis:
         with api.client() as on_it:
-            wait_until(partial(works, on_it, f"/sessions/{session_id}/status", key), "the key")
+            eventually(partial(works, on_it, f"/sessions/{session_id}/status", key), "the key")
     return issued.json()["keyId"], key
 
 
@@ -99,7 +100,7 @@ def test_with_the_projector_stopped_a_revoked_keys_stream_ends_on_every_api_proc
     projector = start("projector", env)
     for view in ("session_status", "api_keys"):
         line = f"now runs projection {view}"
-        wait_until(partial(logged, projector, line), f"the projector runs {view}")
+        eventually(partial(logged, projector, line), f"the projector runs {view}")
     a, b = apis[0].client(), apis[1].client()
     created = create_session(a, "Apart")
     sid = created["sessionId"]

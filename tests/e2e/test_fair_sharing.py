@@ -17,8 +17,9 @@ import psycopg
 from eventsourcing.cryptography import AESCipher
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.steps import children, eventually
+from tests.e2e.steps import children
 from tests.receiver import Answer, Receiver, receiver
+from tests.waiting import eventually
 
 
 def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

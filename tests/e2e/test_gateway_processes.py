@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 
 from tests.e2e.conftest import create_session
-from tests.e2e.steps import children, disconnect_reasons, eventually, gateway_child, scan, status
+from tests.e2e.steps import children, disconnect_reasons, gateway_child, scan, status
+from tests.waiting import eventually
 
 
 def test_a_killed_gateway_child_is_restarted_and_its_sessions_come_back(

@@ -11,7 +11,8 @@ from typing import Any
 
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, key_of
-from tests.e2e.streams import inbound, linked_session, wait_until
+from tests.e2e.streams import inbound, linked_session
+from tests.waiting import eventually
 
 SECRET_TEXT = "the-vault-code-is-31337"
 SECRET_INBOUND = "my-pin-is-8642"
@@ -53,7 +54,7 @@ def test_json_logs_are_one_object_per_line_with_session_fields_and_no_secrets(
         def disconnect_logged() -> bool:
             return any('"event": "Disconnected"' in line for line in lines(server.log_path))
 
-        wait_until(disconnect_logged, "the disconnection's log line")
+        eventually(disconnect_logged, "the disconnection's log line")
     server.stop(signal.SIGTERM)
     server.process.wait(timeout=30)
 

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-from tests.e2e.steps import eventually, gateway_child, scan, send_text, status
+from tests.e2e.steps import gateway_child, scan, send_text, status
+from tests.waiting import eventually
 
 
 def message(client: httpx.Client, created: dict[str, Any], message_id: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from tests.e2e.conftest import ADMIN, create_session, free_port, key_of
 from tests.receiver import Receiver
+from tests.waiting import eventually
 
 WHATSAPP = "-> web.whatsapp.com:443"
 SECRET_A = "s0cks-Secret"
@@ -116,14 +118,8 @@ def neonize_env(sessiond_env: dict[str, str], default: Proxy) -> dict[str, str]:
     }
 
 
-def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.1)
+#: Proxies are dialled on each retry: seconds apart.
+until = partial(eventually, timeout=60.0)
 
 
 def test_each_session_dials_whatsapp_through_its_own_proxy_and_only_that(

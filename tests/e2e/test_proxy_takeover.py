@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import create_session
-from tests.e2e.steps import eventually, holder, status, worker_id
+from tests.e2e.steps import holder, status, worker_id
+from tests.waiting import eventually
 
 
 class Listener:

@@ -15,17 +15,9 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import (
-    PHONE,
-    eventually,
-    holder,
-    roles_apart,
-    scan,
-    send_text,
-    signed_in,
-    worker_id,
-)
+from tests.e2e.steps import PHONE, holder, roles_apart, scan, send_text, signed_in, worker_id
 from tests.receiver import Receiver
+from tests.waiting import eventually
 
 HOOK_TYPES = ["session.restricted", "session.restriction-lifted", "message.sent"]
 

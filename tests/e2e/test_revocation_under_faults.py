@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from domain.values import ADMIN_ACTOR, session_uuid
 from infra.settings import eventsourcing_env
 from projections.keys import KeyRow
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
+from tests.waiting import eventually
 
 REQUESTS = 50
 
@@ -71,14 +71,6 @@ def cluster(start: Any, env: dict[str, str]) -> Iterator[Cluster]:
     with contextlib.suppress(ProcessLookupError):  # a frozen projector must be able to stop
         os.kill(running.projector.process.pid, signal.SIGCONT)
     running.close()
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.05)
 
 
 def _logged(process: Sessiond, line: str) -> bool:

@@ -14,8 +14,8 @@ import psycopg
 
 from infra.postgres.schema import MIGRATION_TABLE, migration_ids
 from tests.e2e.conftest import ADMIN, ROOT, create_session, key_of
-from tests.e2e.steps import eventually
 from tests.fixtures import PREVIOUS, load_previous_release
+from tests.waiting import eventually
 
 #: What a message's answer has gained since the previous release, as it reads for the
 #: messages that release recorded (no quota held them, no restriction paused them).

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import eventually, holder, scan, worker_id
+from tests.e2e.steps import holder, scan, worker_id
+from tests.waiting import eventually
 
 PHONE = "+14155550123"
 

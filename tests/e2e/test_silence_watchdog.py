@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
-from tests.e2e.steps import eventually, holder, scan, signed_in, worker_id
+from tests.e2e.steps import holder, scan, signed_in, worker_id
 from tests.receiver import Receiver
+from tests.waiting import eventually
 
 FRIEND = "+14155550123"
 HOOK_TYPES = ["session.health-changed", "session.socket-disconnected"]

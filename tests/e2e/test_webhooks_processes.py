@@ -9,8 +9,9 @@ import signal
 from typing import Any
 
 from tests.e2e.conftest import ADMIN, create_session
-from tests.e2e.steps import eventually, gateway_child
+from tests.e2e.steps import gateway_child
 from tests.receiver import Answer, Receiver
+from tests.waiting import eventually
 
 
 def test_a_worker_killed_mid_delivery_loses_nothing(

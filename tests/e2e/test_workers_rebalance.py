@@ -15,7 +15,8 @@ import httpx
 import psycopg
 
 from tests.e2e.conftest import ADMIN, create_session
-from tests.e2e.steps import eventually, roles_apart, scan, status, worker_id
+from tests.e2e.steps import roles_apart, scan, status, worker_id
+from tests.waiting import eventually
 
 
 def leases(database_url: str) -> dict[str, str]:

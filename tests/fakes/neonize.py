@@ -23,7 +23,9 @@ from uuid import UUID
 
 from application.ports import GatewayEvents, InboundMessage
 from infra.whatsapp.devicestore import delete_device
+from infra.whatsapp.link import LinkCheck
 from infra.whatsapp.loading import import_neonize, session_client_class
+from infra.whatsapp.neonize import NeonizeGateway
 
 NZ = import_neonize()
 PB = NZ.pb
@@ -396,3 +398,21 @@ def make_store(path: Path, *jids: str) -> Path:
         conn.executemany("INSERT OR IGNORE INTO whatsmeow_device VALUES (?)", [(j,) for j in jids])
     conn.close()
     return path
+
+
+def scripted_gateway(
+    store: Path, messages: list[str], link_check: LinkCheck
+) -> tuple[NeonizeGateway, Recorder, list[ScriptedClient]]:
+    """A gateway on `store` whose clients fail their connect with the next of `messages`
+    (then connect as `ScriptedClient` does), reporting to a `Recorder`; and the clients made."""
+    made: list[ScriptedClient] = []
+
+    def factory(dsn: str, **kwargs: Any) -> ScriptedClient:
+        error = NZ.neonize_error(messages.pop(0)) if messages else None
+        made.append(ScriptedClient(dsn, fail=error, **kwargs))
+        return made[-1]
+
+    gateway = NeonizeGateway(str(store), client_factory=factory, link_check=link_check)
+    events = Recorder()
+    gateway.bind(events)
+    return gateway, events, made

@@ -10,6 +10,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from infra.bootstrap import Container
+from infra.postgres.recorder import PollingApplicationRecorder
+from infra.settings import eventsourcing_env
 from tests.conftest import ADMIN_KEY, test_settings
 
 ADMIN = {"x-api-key": ADMIN_KEY}
@@ -31,6 +33,14 @@ class Api:
     @staticmethod
     def key(created: dict[str, Any]) -> dict[str, str]:
         return {"x-api-key": created["apiKey"]["key"]}
+
+
+@pytest.fixture
+def env(database_url: str) -> dict[str, str]:
+    """The eventsourcing environment of an application on the test database (its recorder
+    polling every 0.2 s), for tests that drive projections without the API."""
+    PollingApplicationRecorder.poll_interval = 0.2
+    return eventsourcing_env(database_url)
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from psycopg.sql import SQL, Identifier
+
 from domain.values import session_uuid
 from infra.whatsapp.simulator import SimulatorGateway
 from tests.integration.conftest import ADMIN, Api
@@ -102,3 +104,26 @@ async def until_status(
 
     result: dict[str, Any] = await eventually(check)
     return result
+
+
+def stored_states(api: Api) -> dict[str, list[bytes]]:
+    """Every stored event's and snapshot's state, as bytes, by table."""
+    recorder: Any = api.container.app.recorder
+    snapshots: Any = api.container.app.snapshots
+    states = {}
+    with recorder.datastore.cursor() as curs:
+        for table in (recorder.events_table_name, snapshots.recorder.events_table_name):
+            curs.execute(SQL("SELECT state FROM {0}").format(Identifier(table)))
+            states[table] = [bytes(row["state"]) for row in curs.fetchall()]
+    return states
+
+
+async def disabled_webhook(api: Api, webhook_id: str) -> dict[str, Any]:
+    """The endpoint once the service has disabled it (as the admin reads it)."""
+
+    async def disabled() -> Any:
+        body = (await api.client.get(f"/webhooks/{webhook_id}", headers=ADMIN)).json()
+        return body if not body["enabled"] else None
+
+    found: dict[str, Any] = await eventually(disabled)
+    return found

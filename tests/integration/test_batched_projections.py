@@ -18,13 +18,11 @@ from domain.values import ADMIN_ACTOR
 from infra.postgres.gateway import PostgresGatewayView
 from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.messages import PostgresMessagesView
-from infra.postgres.recorder import PollingApplicationRecorder
 from infra.postgres.status import PostgresSessionStatusView
 from infra.runtime.supervisor import BATCH_LIMIT, ProjectionSupervisor
-from infra.settings import eventsourcing_env
 from projections.gateway import GatewayProjection
 from projections.keys import ApiKeyProjection
-from projections.messages import MessagesProjection
+from projections.messages import MessagePage, MessagesProjection
 from projections.status import SessionStatusProjection
 from tests.conftest import view_on
 
@@ -34,12 +32,6 @@ VIEWS: list[tuple[Any, Any]] = [
     (GatewayProjection, PostgresGatewayView),
     (MessagesProjection, PostgresMessagesView),
 ]
-
-
-@pytest.fixture
-def env(database_url: str) -> dict[str, str]:
-    PollingApplicationRecorder.poll_interval = 0.2
-    return eventsourcing_env(database_url)
 
 
 @pytest.fixture
@@ -116,7 +108,7 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
             assert sum(key_rows.values()) == (0 if session.is_deleted else 1)
             wanted = gateway.row(session.id)
             assert wanted is not None and wanted.desired == session.desired
-            texts = messages.list_messages(sid, limit=10)
+            texts = messages.list_messages(MessagePage(sid, limit=10))
             expected = {0: [], 1: ["sent"], 2: ["delivered", "sent"]}[sessions.index(sid) % 3]
             assert sorted(m.status for m in texts) == expected
         for reader in readers.values():

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from domain.values import DeadlineKind, session_uuid
+from infra.postgres.gateway import PostgresGatewayView
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.steps import (
     connected_session,
@@ -115,7 +116,7 @@ async def test_logged_out_and_replaced_sessions_wait_for_the_operator(api: Api) 
     # Check nothing is retried: once the gateway view has taken the disconnections in, it
     # holds no retry deadline for either session (a retry is nothing but such a deadline).
     recorded = api.container.app.recorder.max_notification_id() or 0
-    gateway_view = api.container.gateway_view
+    gateway_view = api.container.views.of(PostgresGatewayView)
 
     async def taken_in() -> bool:
         return (gateway_view.max_tracking_id(api.container.app.name) or 0) >= recorded

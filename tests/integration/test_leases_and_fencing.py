@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -110,21 +111,31 @@ async def test_a_worker_that_cannot_renew_in_time_stops_every_client(api: Api) -
     assert not worker.holds(session_uuid(created["sessionId"]))
 
 
-async def test_a_start_that_fails_is_recorded_and_retried(api: Api) -> None:
-    created = await connected_session(api, "Fails once")
+def intercept_first_start(api: Api, first: Callable[[Any], None]) -> list[Any]:
+    """Make the simulator's next start of a client call `first` with the session instead
+    (later starts are real); the sessions whose start was intercepted."""
     simulator = simulator_of(api)
     real_start = simulator.start
-    failures: list[Any] = []
+    seen: list[Any] = []
 
-    def start_failing_once(
-        session_id: Any, device_jid: str | None, proxy: str | None = None
-    ) -> None:
-        if not failures:
-            failures.append(session_id)
-            raise RuntimeError("the client could not be created")
+    def start(session_id: Any, device_jid: str | None, proxy: str | None = None) -> None:
+        if not seen:
+            seen.append(session_id)
+            first(session_id)
+            return
         real_start(session_id, device_jid, proxy)
 
-    simulator.start = start_failing_once  # type: ignore[method-assign]
+    simulator.start = start  # type: ignore[method-assign]
+    return seen
+
+
+async def test_a_start_that_fails_is_recorded_and_retried(api: Api) -> None:
+    created = await connected_session(api, "Fails once")
+
+    def fail(session_id: Any) -> None:
+        raise RuntimeError("the client could not be created")
+
+    failures = intercept_first_start(api, fail)
     await simulate(api, created, "drop")
 
     async def back() -> bool:
@@ -140,19 +151,7 @@ async def test_a_start_that_fails_is_recorded_and_retried(api: Api) -> None:
 async def test_a_start_that_never_answers_is_given_up_and_retried(api: Api) -> None:
     created = await connected_session(api, "Hangs")
     session_id = session_uuid(created["sessionId"])
-    simulator = simulator_of(api)
-    real_start = simulator.start
-    hung: list[Any] = []
-
-    def start_hanging_once(
-        session_id: Any, device_jid: str | None, proxy: str | None = None
-    ) -> None:
-        if not hung:
-            hung.append(session_id)  # accepted, and then nothing is ever reported
-            return
-        real_start(session_id, device_jid, proxy)
-
-    simulator.start = start_hanging_once  # type: ignore[method-assign]
+    hung = intercept_first_start(api, lambda _: None)  # accepted, then nothing reported
     await simulate(api, created, "drop")
 
     async def hanging() -> bool:

@@ -3,14 +3,11 @@ encrypted, while the API still shows them to whoever may read them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from eventsourcing.cryptography import AESCipher
-from psycopg.sql import SQL, Identifier
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.steps import connected_session, send, simulate, until_status
+from tests.integration.steps import connected_session, send, simulate, stored_states, until_status
 
 SECRET = "the vault code is 7321-alpha"
 INBOUND_SECRET = "meet me at the usual place"
@@ -19,17 +16,6 @@ INBOUND_SECRET = "meet me at the usual place"
 @pytest.fixture
 def settings_overrides() -> dict[str, str]:
     return {"SESSIOND_CIPHER_KEY": AESCipher.create_key(32), "SESSIOND_SEND_INTERVAL": "0.05"}
-
-
-def stored_states(api: Api) -> dict[str, list[bytes]]:
-    recorder: Any = api.container.app.recorder
-    snapshots: Any = api.container.app.snapshots
-    states = {}
-    with recorder.datastore.cursor() as curs:
-        for table in (recorder.events_table_name, snapshots.recorder.events_table_name):
-            curs.execute(SQL("SELECT state FROM {0}").format(Identifier(table)))
-            states[table] = [bytes(row["state"]) for row in curs.fetchall()]
-    return states
 
 
 async def test_message_texts_are_encrypted_at_rest_and_readable_through_the_api(

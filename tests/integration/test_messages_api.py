@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from application.ports import InboundMessage
+from infra.postgres.messages import PostgresMessagesView
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.steps import (
     connected_session,
@@ -222,7 +223,7 @@ async def test_a_deleted_session_takes_no_messages_and_fails_its_queue(api: Api)
         headers=ADMIN,
     )
     assert refused.status_code == 404
-    row = api.container.messages_view.get_message(queued["messageId"])
+    row = api.container.views.of(PostgresMessagesView).get_message(queued["messageId"])
     assert row is not None and (row.status, row.reason) == ("failed", "session_deleted")
     types = event_types(api, created["sessionId"])
     assert types[-3:] == ["Deleted", "KeysRevoked", "MessageFailed"]
@@ -271,14 +272,14 @@ async def test_a_message_waits_while_the_link_is_down_and_goes_after_the_retry(a
 async def test_a_message_recorded_while_the_views_lag_is_still_answered_202(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.controllers import messages as controller
     from api.problems import ProblemError
+    from api.writes import Writes
 
-    async def lagging(ctx: Any, position: int | None) -> None:
+    async def lagging(writes: Writes, position: int | None, *, revocation: bool = False) -> None:
         raise ProblemError(503, "views-lagging", "the views lag")
 
     created = await api.create_session("Lagging views")
-    monkeypatch.setattr(controller, "settle", lagging)
+    monkeypatch.setattr(Writes, "settle", lagging)
     response = await send(api, created, "do not send me twice")
     assert response.status_code == 202, response.text
     body = response.json()

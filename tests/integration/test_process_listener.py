@@ -4,23 +4,16 @@ lost connection noticed, its locks given up and its channels listened to again."
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 
 from infra.postgres.listener import ListenerDown, ProcessListener
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 NAME = "sessiond-test:listener"
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.fixture

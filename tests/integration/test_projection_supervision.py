@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,24 +12,9 @@ from application.sessions import SessionsApplication
 from infra.postgres.recorder import PollingApplicationRecorder
 from infra.postgres.status import PostgresSessionStatusView
 from infra.runtime.supervisor import ProjectionSupervisor
-from infra.settings import eventsourcing_env
 from projections.status import SessionStatusProjection
 from tests.conftest import view_on
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("the condition never held")
-
-
-@pytest.fixture
-def env(database_url: str) -> dict[str, str]:
-    PollingApplicationRecorder.poll_interval = 0.2
-    return eventsourcing_env(database_url)
+from tests.waiting import eventually
 
 
 @pytest.fixture

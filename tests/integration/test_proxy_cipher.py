@@ -3,28 +3,13 @@ event and snapshot, while the next connect still dials with it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from eventsourcing.cryptography import AESCipher
-from psycopg.sql import SQL, Identifier
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.steps import uuid_of
+from tests.integration.steps import stored_states, uuid_of
 
 SECRET = "correct-horse-battery"
-
-
-def stored_states(api: Api) -> dict[str, list[bytes]]:
-    """Every stored event's and snapshot's state, as bytes, by table."""
-    recorder: Any = api.container.app.recorder
-    snapshots: Any = api.container.app.snapshots
-    states = {}
-    with recorder.datastore.cursor() as curs:
-        for table in (recorder.events_table_name, snapshots.recorder.events_table_name):
-            curs.execute(SQL("SELECT state FROM {0}").format(Identifier(table)))
-            states[table] = [bytes(row["state"]) for row in curs.fetchall()]
-    return states
 
 
 @pytest.fixture

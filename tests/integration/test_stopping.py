@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,7 @@ from infra.bootstrap import STOP_TIMEOUT, Container
 from infra.runtime.worker import GatewayWorker, WorkerTimings
 from infra.whatsapp.simulator import SimulatorGateway
 from tests.conftest import test_settings
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not in time"
-        time.sleep(0.01)
+from tests.waiting import eventually
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from infra.bootstrap import Container
+from infra.postgres.uptime import PostgresUptimeView
 from infra.runtime.rebuild import ViewRebuild
 from projections.uptime import split_by_day, uptime_percent
 from tests.conftest import test_settings
@@ -47,7 +48,7 @@ async def views_have_everything(api: Api) -> None:
     """Wait until the uptime view has every recorded event (the status copy has them once a
     command has answered)."""
     head = api.container.app.recorder.max_notification_id() or 0
-    view = api.container.uptime_view
+    view = api.container.views.of(PostgresUptimeView)
 
     async def caught_up() -> bool:
         return (view.max_tracking_id(api.container.app.name) or 0) >= head

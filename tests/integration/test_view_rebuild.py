@@ -23,15 +23,9 @@ from infra.runtime.rebuild import RebuildError, ViewRebuild
 from infra.runtime.supervisor import lock_key
 from tests.conftest import test_settings
 from tests.integration.conftest import ADMIN, Api
+from tests.waiting import eventually
 
 KEY_USED_AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -7,14 +7,13 @@ and who may manage which endpoint."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.steps import connected_session, eventually, simulate
+from tests.integration.steps import connected_session, disabled_webhook, eventually, simulate
 from tests.receiver import Answer, Received, Receiver, receiver
 
 
@@ -26,12 +25,6 @@ def settings_overrides() -> dict[str, str]:
         "SESSIOND_RETRY_BASE": "5",
         "SESSIOND_WEBHOOK_TIMEOUT": "0.5",
     }
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    with receiver() as running:
-        yield running
 
 
 async def register(
@@ -232,11 +225,7 @@ async def test_410_disables_the_endpoint_and_3xx_is_a_failure(api: Api, hook: Re
     hook.default = Answer(410)
     await api.create_session("Gone")
 
-    async def disabled() -> Any:
-        body = (await api.client.get(f"/webhooks/{webhook['webhookId']}", headers=ADMIN)).json()
-        return body if not body["enabled"] else None
-
-    body = await eventually(disabled)
+    body = await disabled_webhook(api, webhook["webhookId"])
     assert "410" in body["disabledReason"]
     count = len(hook.received)
     with receiver() as witness:

@@ -11,7 +11,7 @@ import pytest
 
 from infra.webhooks.client import BlockedAddress, webhook_client
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.steps import eventually
+from tests.integration.steps import disabled_webhook, eventually
 from tests.receiver import Receiver, receiver
 
 
@@ -92,11 +92,7 @@ async def test_an_endpoint_failing_for_days_is_disabled(api: Api) -> None:
         )
     await api.create_session("The last straw")
 
-    async def disabled() -> Any:
-        body = (await api.client.get(f"/webhooks/{webhook['webhookId']}", headers=ADMIN)).json()
-        return body if not body["enabled"] else None
-
-    body = await eventually(disabled)
+    body = await disabled_webhook(api, webhook["webhookId"])
     assert "failing without a success for 4.0 days" in body["disabledReason"]
 
     async def recorded() -> Any:

@@ -31,7 +31,7 @@ from domain.values import (
 )
 from infra.settings import Settings, SettingsError
 from projections.gateway import GatewayProjection, MemoryGatewayView
-from projections.messages import MemoryMessagesView, MessagesProjection
+from projections.messages import MemoryMessagesView, MessagePage, MessagesProjection
 from projections.status import MemorySessionStatusView, SessionStatusProjection
 from tests.unit.helpers import catch_up, create, popo_app
 
@@ -250,7 +250,7 @@ def test_the_messages_view_follows_each_message(app: SessionsApplication) -> Non
         "send_failed",
         "timeout",
     )
-    rows = view.list_messages(public_session_id(uuid))
+    rows = view.list_messages(MessagePage(public_session_id(uuid)))
     assert [r.direction for r in rows] == ["inbound", "outbound", "outbound"]
     assert rows[0].push_name == "Ann" and rows[0].status == "received"
     assert view.find_by_idempotency_key(session_id, "k") == one
@@ -282,13 +282,20 @@ def test_a_malformed_cipher_key_is_a_clear_settings_error(key: str) -> None:
         Settings.from_env({"SESSIOND_CIPHER_KEY": key})
 
 
-def test_a_late_ack_of_a_message_the_session_forgot_is_recorded_from_the_view(
-    app: SessionsApplication,
-) -> None:
+def connected_with_index(app: SessionsApplication) -> tuple[str, UUID, MemoryMessagesView]:
+    """A connected session of `app`, whose messages it no longer remembers are found in a
+    messages view (returned)."""
     session_id, uuid = create(app)
     view = MemoryMessagesView()
     app.message_index = view
     connect(app, uuid)
+    return session_id, uuid, view
+
+
+def test_a_late_ack_of_a_message_the_session_forgot_is_recorded_from_the_view(
+    app: SessionsApplication,
+) -> None:
+    session_id, uuid, view = connected_with_index(app)
     first = queue(app, session_id, "old one")
     app.record_sent(uuid, first, "WA-OLD")
     for n in range(RECENT_MESSAGES + 5):
@@ -310,10 +317,7 @@ def test_a_late_ack_of_a_message_the_session_forgot_is_recorded_from_the_view(
 def test_an_inbound_message_delivered_again_long_after_is_recorded_once(
     app: SessionsApplication,
 ) -> None:
-    _, uuid = create(app)
-    view = MemoryMessagesView()
-    app.message_index = view
-    connect(app, uuid)
+    _, uuid, view = connected_with_index(app)
     app.record_received(uuid, InboundMessage("3EB0-FIRST", TO, TO, "hello", NOW))
     for n in range(RECENT_INBOUND + 5):
         app.record_received(uuid, InboundMessage(f"3EB0-{n}", TO, TO, "more", NOW))
@@ -324,9 +328,16 @@ def test_an_inbound_message_delivered_again_long_after_is_recorded_once(
 
 
 def test_the_api_offers_exactly_the_webhook_event_catalogue() -> None:
-    from typing import get_args
+    import msgspec
 
-    from api.schemas import WebhookEventType
+    from api.schemas import WebhookChangeIn, WebhookIn
     from domain.webhook import EVENT_TYPES
 
-    assert get_args(WebhookEventType) == EVENT_TYPES
+    # Check each body takes every type of the catalogue, all at once, and nothing else.
+    every = {"url": "https://example.com/hook", "events": list(EVENT_TYPES)}
+    assert msgspec.convert(every, WebhookIn).events == list(EVENT_TYPES)
+    assert msgspec.convert(every, WebhookChangeIn).events == list(EVENT_TYPES)
+    for body in (WebhookIn, WebhookChangeIn):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({**every, "events": ["session.renamed"]}, body)
+    assert len(EVENT_TYPES) == 12

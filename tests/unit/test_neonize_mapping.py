@@ -648,9 +648,8 @@ def test_pair_phone_needs_a_qr_code_shown(rig: Rig) -> None:
 
 
 def test_send_text_before_connected_never_reaches_go(rig: Rig) -> None:
+    # (A session the gateway does not run is refused too: the contract suite checks it.)
     sid = uuid4()
-    with pytest.raises(NotConnected):
-        rig.gateway.send_text(sid, "15557654321", "hello")
     client = rig.start(sid)
     show_qr(client, "2@code1")
     with pytest.raises(NotConnected):

@@ -21,7 +21,13 @@ from infra.whatsapp.link import LinkCheck
 from infra.whatsapp.loading import GoEntry
 from infra.whatsapp.mapping import start_failure_reason
 from infra.whatsapp.neonize import NeonizeGateway
-from tests.fakes.neonize import NOW, NZ, Recorder, ScriptedClient, make_store
+from tests.fakes.neonize import (
+    NOW,
+    Recorder,
+    ScriptedClient,
+    make_store,
+    scripted_gateway,
+)
 
 DIAL_ERROR = (
     "failed to dial whatsapp web websocket: failed to WebSocket dial: failed to send handshake "
@@ -90,18 +96,7 @@ def failing_gateway(
     store: Path, messages: list[str], link: Link
 ) -> tuple[NeonizeGateway, Recorder, list[ScriptedClient]]:
     """A gateway whose clients fail their connect with the next of `messages` (or block)."""
-    made: list[ScriptedClient] = []
-
-    def factory(dsn: str, **kwargs: Any) -> ScriptedClient:
-        error = NZ.neonize_error(messages.pop(0)) if messages else None
-        made.append(ScriptedClient(dsn, fail=error, **kwargs))
-        return made[-1]
-
-    check = LinkCheck(ttl=0.0, environ={}, connect=link.connect)
-    gateway = NeonizeGateway(str(store), client_factory=factory, link_check=check)
-    events = Recorder()
-    gateway.bind(events)
-    return gateway, events, made
+    return scripted_gateway(store, messages, LinkCheck(ttl=0.0, environ={}, connect=link.connect))
 
 
 def test_a_store_error_from_go_is_reported_as_store_unavailable_with_its_message(

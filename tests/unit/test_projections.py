@@ -52,6 +52,11 @@ class Projected:
         assert row is not None
         return row
 
+    def lifecycle(self, session_id: str) -> tuple[Any, ...]:
+        """The session's status, reason, desired state and connection time."""
+        row = self.row(session_id)
+        return (row.status, row.reason, row.desired, row.connected_at)
+
     def key(self, key_id: str) -> KeyRow:
         row = self.keys.view.get_key(key_id)
         assert row is not None
@@ -118,13 +123,7 @@ def test_the_status_row_follows_every_kind_of_event(p: Projected) -> None:
     # Check a lost connection: disconnected with the gateway's reason, no connected_at.
     app.record_disconnected(uuid, "connection_lost")
     p.step()
-    row = p.row(sid)
-    assert (row.status, row.reason, row.desired, row.connected_at) == (
-        "disconnected",
-        "connection_lost",
-        "running",
-        None,
-    )
+    assert p.lifecycle(sid) == ("disconnected", "connection_lost", "running", None)
 
     # Check reconnect, then QR codes running out: expired with reason qr_expired.
     app.reconnect(sid, ADMIN_ACTOR)
@@ -149,13 +148,7 @@ def test_the_status_row_follows_every_kind_of_event(p: Projected) -> None:
     # Check stop: disconnected, reason stopped, desired stopped.
     app.stop(sid, ADMIN_ACTOR)
     p.step()
-    row = p.row(sid)
-    assert (row.status, row.reason, row.desired, row.connected_at) == (
-        "disconnected",
-        "stopped",
-        "stopped",
-        None,
-    )
+    assert p.lifecycle(sid) == ("disconnected", "stopped", "stopped", None)
 
     # Check reconnect from stopped: connecting and running again.
     app.reconnect(sid, ADMIN_ACTOR)

@@ -18,7 +18,7 @@ from domain.values import Reason, session_uuid
 from infra.whatsapp.link import LinkCheck
 from infra.whatsapp.mapping import start_failure_reason
 from infra.whatsapp.neonize import NeonizeGateway
-from tests.fakes.neonize import NZ, Recorder, ScriptedClient, make_store
+from tests.fakes.neonize import Recorder, ScriptedClient, make_store, scripted_gateway
 
 
 @pytest.mark.parametrize(
@@ -158,30 +158,21 @@ def test_go_words_for_a_proxy_that_fails_are_proxy_unreachable_for_the_sessions_
     assert start_failure_reason(message, own_proxy=True) == Reason.PROXY_UNREACHABLE
 
 
-def scripted_gateway(
+def refusing_gateway(
     store: Path, environ: dict[str, str], messages: list[str]
 ) -> tuple[NeonizeGateway, Recorder, list[ScriptedClient]]:
-    made: list[ScriptedClient] = []
-
-    def factory(dsn: str, **kwargs: Any) -> ScriptedClient:
-        error = NZ.neonize_error(messages.pop(0)) if messages else None
-        made.append(ScriptedClient(dsn, fail=error, **kwargs))
-        return made[-1]
+    """`scripted_gateway` with `environ`, where no address answers the link check."""
 
     def refuse(address: tuple[str, int], timeout: float) -> Any:
         raise ConnectionRefusedError(111, "Connection refused")
 
-    check = LinkCheck(ttl=0.0, environ=environ, connect=refuse)
-    gateway = NeonizeGateway(str(store), client_factory=factory, link_check=check)
-    events = Recorder()
-    gateway.bind(events)
-    return gateway, events, made
+    return scripted_gateway(store, messages, LinkCheck(ttl=0.0, environ=environ, connect=refuse))
 
 
 def test_each_client_is_given_its_own_proxy_else_the_environments(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store.db")
     environ = {"HTTPS_PROXY": "http://corp:3128"}
-    gateway, _, made = scripted_gateway(store, environ, [])
+    gateway, _, made = refusing_gateway(store, environ, [])
     own, plain = uuid4(), uuid4()
     gateway.start(own, None, "socks5://u:pw@10.0.0.7:1080")
     gateway.start(plain, None)
@@ -191,7 +182,7 @@ def test_each_client_is_given_its_own_proxy_else_the_environments(tmp_path: Path
     gateway.close()
 
     # Check a client with no proxy anywhere is given none (a direct dial).
-    gateway, _, made = scripted_gateway(store, {}, [])
+    gateway, _, made = refusing_gateway(store, {}, [])
     gateway.start(uuid4(), None)
     assert made[0].connecting.wait(5)
     assert made[0].proxy_settings is None
@@ -201,7 +192,7 @@ def test_each_client_is_given_its_own_proxy_else_the_environments(tmp_path: Path
 def test_a_start_whose_proxy_fails_says_so_without_the_password(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store.db")
     refused = GO_SOCKS_REFUSED.replace("127.0.0.1:41077", "u:s3cret@127.0.0.1:41077", 1)
-    gateway, events, _ = scripted_gateway(store, {}, [refused])
+    gateway, events, _ = refusing_gateway(store, {}, [refused])
     sid = uuid4()
     proxy = "socks5://u:s3cret@127.0.0.1:41077"
 

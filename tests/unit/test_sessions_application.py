@@ -283,18 +283,11 @@ def test_labels_of_short_tokens_are_kept(app: SessionsApplication) -> None:
     assert app.get_session(created.session_id).labels == labels
 
 
-@pytest.mark.parametrize("labels", [{"key": "value\n"}, {"key\n": "value"}])
-def test_a_label_ending_in_a_newline_raises_invalid_value(
-    app: SessionsApplication, labels: dict[str, str]
-) -> None:
-    with pytest.raises(InvalidValue):
-        app.create_session("Support", labels, None, ADMIN_ACTOR)
-    assert head(app) == 0
-
-
 @pytest.mark.parametrize(
     "labels",
     [
+        {"key": "value\n"},  # a newline at the end, which `$` alone would let through
+        {"key\n": "value"},
         {"": "x"},
         {"key": ""},
         {"key": "two words"},

@@ -6,7 +6,7 @@ only what changes; it must give exactly (bit for bit) what the first version gav
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta, timezone
 
 import msgspec
 from hypothesis import given, settings
@@ -19,14 +19,14 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def referencesplit_by_day(start: datetime, end: datetime) -> list[tuple[str, float]]:
+    """Day by day: each UTC day's share of [start, end), from its midnights."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     parts = []
-    cursor = start.astimezone(UTC)
-    end = end.astimezone(UTC)
-    while cursor < end:
-        midnight = cursor.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-        stop = min(midnight, end)
-        parts.append((cursor.date().isoformat(), (stop - cursor).total_seconds()))
-        cursor = stop
+    day = start.date()
+    while (begin := max(start, datetime.combine(day, time(), UTC))) < end:
+        day_end = min(end, datetime.combine(day + timedelta(days=1), time(), UTC))
+        parts.append((day.isoformat(), (day_end - begin).total_seconds()))
+        day += timedelta(days=1)
     return parts
 
 
