@@ -340,4 +340,7 @@ def test_the_api_offers_exactly_the_webhook_event_catalogue() -> None:
     for body in (WebhookIn, WebhookChangeIn):
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert({**every, "events": ["session.renamed"]}, body)
-    assert len(EVENT_TYPES) == 12
+    assert {"session.restricted", "session.restriction-lifted", "session.health-changed"} <= set(
+        EVENT_TYPES
+    )
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 15
