@@ -5,7 +5,9 @@ key, a proxy's password or a message's text."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import signal
 from typing import Any
 
@@ -26,7 +28,11 @@ def lines(path: Any) -> list[str]:
 def test_json_logs_are_one_object_per_line_with_session_fields_and_no_secrets(
     start: Any, sessiond_env: dict[str, str]
 ) -> None:
-    server = start("serve", {**sessiond_env, "SESSIOND_LOG_FORMAT": "json"})
+    # Both keys set, as in production: a key generated at the first start is shown once on
+    # a plain line of its own (the README says so), not as a log line.
+    audit_key = base64.b64encode(os.urandom(32)).decode()
+    env = {**sessiond_env, "SESSIOND_LOG_FORMAT": "json", "SESSIOND_AUDIT_SIGNING_KEY": audit_key}
+    server = start("serve", env)
     with server.client() as client:
         created = linked_session(client, "Logged")
         sid, key = created["sessionId"], key_of(created)
