@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 from infra.postgres.embedded import start_embedded_postgres
 from infra.whatsapp.devicestore import APPLICATION_NAME
 from tests.conftest import ADMIN_KEY
-from tests.e2e.census import BUDGETS, label
+from tests.e2e.census import BUSY_BUDGETS, label
 from tests.e2e.conftest import ADMIN, Sessiond, free_port
 
 SESSIONS = 50
@@ -180,12 +180,14 @@ def test_fifty_offline_sessions_retry_within_a_fixed_connection_budget(
     # connections, named sessiond-device-store) counted apart.
     peaks = sampler.peak_by_process
     print(f"{roles}: peak {sampler.peak_total} in all, by process {peaks}")
+    # The test reads the whole log (GET /events pages, an expensive read): the API process's
+    # reader processes connect for it, so the busy budgets apply (`tests/e2e/census.py`).
     if roles == "serve":
         serve_peak = peaks.get("sessiond-serve", 0) + peaks.get("sessiond-worker", 0)
-        assert serve_peak <= BUDGETS["serve"], peaks
+        assert serve_peak <= BUSY_BUDGETS["serve"], peaks
     else:
         for role in ("api", "projector", "worker"):
-            assert 0 < peaks.get(f"sessiond-{role}", 0) <= BUDGETS[role], peaks
+            assert 0 < peaks.get(f"sessiond-{role}", 0) <= BUSY_BUDGETS[role], peaks
     for process in processes:
         log = process.log_path.read_text(errors="replace")
         for bad in ("too many clients", "store_unavailable", "panic", "Traceback"):
