@@ -147,3 +147,18 @@ def send_text(client: httpx.Client, created: dict[str, Any], text: str) -> dict[
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def admin_status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
+    """The status, read with the admin key (not rate limited: for tests that poll it)."""
+    response = client.get(f"/sessions/{created['sessionId']}/status", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def simulate(client: httpx.Client, created: dict[str, Any], action: str, **body: Any) -> None:
+    """A simulator action on the session (`body`: its JSON body, if any), answered 200."""
+    url = f"/simulator/sessions/{created['sessionId']}/{action}"
+    response = client.post(url, headers=ADMIN, json=body or None)
+    assert response.status_code == 200, response.text

@@ -15,7 +15,17 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import PHONE, holder, roles_apart, scan, send_text, signed_in, worker_id
+from tests.e2e.steps import (
+    PHONE,
+    holder,
+    roles_apart,
+    scan,
+    send_text,
+    signed_in,
+    simulate,
+    worker_id,
+)
+from tests.e2e.steps import admin_status as status
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
@@ -31,20 +41,6 @@ def messages(client: httpx.Client, created: dict[str, Any], ids: list[str]) -> l
         assert response.status_code == 200, response.text
         found.append(response.json())
     return found
-
-
-def status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
-    """The status, read with the admin key (not rate limited: the tests poll it)."""
-    response = client.get(f"/sessions/{created['sessionId']}/status", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def simulate(client: httpx.Client, created: dict[str, Any], action: str, **body: Any) -> None:
-    url = f"/simulator/sessions/{created['sessionId']}/{action}"
-    response = client.post(url, headers=ADMIN, json=body or None)
-    assert response.status_code == 200, response.text
 
 
 def restricted_metric(client: httpx.Client, kind: str) -> float:

@@ -17,25 +17,13 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
-from tests.e2e.steps import holder, scan, signed_in, worker_id
+from tests.e2e.steps import admin_status as status
+from tests.e2e.steps import holder, scan, signed_in, simulate, worker_id
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
 FRIEND = "+14155550123"
 HOOK_TYPES = ["session.health-changed", "session.socket-disconnected"]
-
-
-def status(client: httpx.Client, created: dict[str, Any]) -> dict[str, Any]:
-    response = client.get(f"/sessions/{created['sessionId']}/status", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def simulate(client: httpx.Client, created: dict[str, Any], action: str, **body: Any) -> None:
-    url = f"/simulator/sessions/{created['sessionId']}/{action}"
-    response = client.post(url, headers=ADMIN, json=body if action == "silent" else body or None)
-    assert response.status_code == 200, response.text
 
 
 def history(client: httpx.Client, created: dict[str, Any]) -> list[dict[str, Any]]:
