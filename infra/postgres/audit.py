@@ -31,7 +31,8 @@ _EVENTS_PAGE = (
 class ChainWriter:
     """Chains the events of one insert, in its transaction (under the event table's lock).
 
-    One statement (the database function ``sessiond_insert_chained``) reads the head,
+    One statement (the database function ``sessiond_insert_chained``, or
+    ``sessiond_insert_chained_one`` for a single event) reads the head,
     reserves the events' positions, hashes them in order, writes the new head (its row lock,
     held to the commit, and conditional on the head read) and inserts them: with the table's
     lock, the chain is extended by one transaction at a time, whichever process writes, in
@@ -42,10 +43,22 @@ class ChainWriter:
         "SELECT n AS notification_id FROM sessiond_insert_chained("
         "%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) AS n"
     )
+    #: The usual commit, one event, as plain values (the same chain; no arrays to build).
+    insert_one = (
+        "SELECT sessiond_insert_chained_one(%s::uuid, %s::bigint, %s::text, %s::bytea) "
+        "AS notification_id"
+    )
 
     def insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
         """Insert `stored_events` chained, and write the new head, on `curs` (whose last
         result is then the events' notification ids, in order)."""
+        if len(stored_events) == 1:
+            (event,) = stored_events
+            curs.execute(
+                self.insert_one,
+                (event.originator_id, event.originator_version, event.topic, event.state),
+            )
+            return
         curs.execute(
             self.insert,
             (

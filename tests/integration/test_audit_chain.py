@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
+from eventsourcing.persistence import StoredEvent
 from psycopg.rows import dict_row
 
 from application.audit import Break, Checkpoint, Verified, checkpoint_message, event_hash
 from application.sessions import SessionsApplication
 from domain.values import ADMIN_ACTOR
 from infra.bootstrap import Container
-from infra.postgres.audit import AuditStore, chained_event
+from infra.postgres.audit import AuditStore, ChainWriter, chained_event
 from infra.postgres.schema import migrate
 from infra.runtime.audit import (
     AuditKeyError,
@@ -99,6 +100,29 @@ def test_every_recorded_event_is_chained_and_the_chain_verifies(
         len(ids),
         previous,
     )
+
+
+def test_commits_of_one_event_and_of_many_are_chained_alike(
+    container: Container, database_url: str
+) -> None:
+    """The recorder inserts a commit of one event with its own function and a commit of several
+    with the array one: both extend one chain that verifies, in the documented encoding."""
+    record_events(container.app, 1)
+    with psycopg.connect(database_url) as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        events = [StoredEvent(uuid.uuid4(), 1, "t", f"state {n}".encode()) for n in range(3)]
+        ChainWriter().insert_events(cursor, events)
+        assert len(cursor.fetchall()) == 3
+        ChainWriter().insert_events(cursor, [StoredEvent(uuid.uuid4(), 1, "t", b"")])
+        assert len(cursor.fetchall()) == 1
+        conn.commit()
+    ids = positions(database_url)
+    assert verified(container) == Verified(len(ids), ids[-1], None, 0)
+    previous = bytes(32)
+    for page in container.audit_store.events(0):
+        for event in page:
+            assert event.hash == event_hash(previous, event)
+            previous = event_hash(previous, event)
 
 
 def test_an_edited_event_is_found_at_its_position(container: Container, database_url: str) -> None:
@@ -494,21 +518,29 @@ def test_encrypted_events_are_chained_over_their_ciphertext(
         encrypted.close()
 
 
+@pytest.mark.parametrize("function", ["sessiond_insert_chained", "sessiond_insert_chained_one"])
 def test_a_chained_insert_that_races_another_without_the_table_lock_fails_whole(
-    container: Container, database_url: str
+    container: Container, database_url: str, function: str
 ) -> None:
     """Two inserts that skip the table lock read the same head: the second to write it fails,
-    with nothing recorded, instead of forking the chain."""
+    with nothing recorded, instead of forking the chain (either insert function: of many
+    events, or of one)."""
     record_events(container.app, 1)
     before = positions(database_url)
-    call = "SELECT * FROM sessiond_insert_chained(%s, %s, %s, %s)"
+    call = f"SELECT * FROM {function}(%s, %s, %s, %s)"
+
+    def event(state: bytes) -> tuple[object, ...]:
+        if function == "sessiond_insert_chained":
+            return ([uuid.uuid4()], [1], ["t"], [state])
+        return (uuid.uuid4(), 1, "t", state)
+
     with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
-        first.execute(call, ([uuid.uuid4()], [1], ["t"], [b"1"]))
+        first.execute(call, event(b"1"))
         second_done: list[BaseException | None] = []
 
         def insert_second() -> None:
             try:
-                second.execute(call, ([uuid.uuid4()], [1], ["t"], [b"2"]))
+                second.execute(call, event(b"2"))
                 second.commit()
                 second_done.append(None)
             except psycopg.Error as error:
