@@ -47,9 +47,7 @@ def down_for(minutes: float, **changes: object) -> SessionRow:
 # -- the status view's down_since -----------------------------------------------------------
 
 
-def test_down_since_is_the_first_disconnection_and_holds_through_retries_until_connected() -> (
-    None
-):
+def test_down_since_is_the_first_disconnection_and_holds_through_retries_until_connected() -> None:
     app = popo_app()
     projection = SessionStatusProjection(MemorySessionStatusView())
     session_id, uuid = create(app)
@@ -148,7 +146,8 @@ def test_message_and_reconnect_counters_keep_what_deleted_sessions_counted() -> 
         ("sessiond_reconnects_total", ()),
     ]:
         assert after[(name, labels)] == before[(name, labels)]
-    assert after[("sessiond_messages_total", (("direction", "outbound"), ("status", "failed")))] == 5
+    failed = (("direction", "outbound"), ("status", "failed"))
+    assert after[("sessiond_messages_total", failed)] == 5
     # Gauges are of the live sessions only.
     assert after[("sessiond_sessions", (("status", "connected"),))] == 1
 

@@ -1,0 +1,320 @@
+"""sessiond's real `/metrics` against the shipped Prometheus rules and Grafana dashboard: every
+metric and label value they query exists in a scrape; webhook endpoints disabled or failing
+are counted from PostgreSQL; and a scrape taken with sessions restricted, banned, out of QR
+codes, rate-limited and an endpoint disabled, fed to `promtool test rules` as input series,
+fires exactly the alerts those states call for."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import ADMIN, Api
+from tests.integration.steps import connected_session, disabled_webhook, eventually, simulate
+from tests.receiver import Answer, Receiver
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+RULES = DEPLOY / "prometheus" / "alerts.yml"
+DASHBOARD = DEPLOY / "grafana" / "sessiond.json"
+#: Series Prometheus makes itself, not sessiond.
+PROMETHEUS_OWN = {"up", "ALERTS"}
+Sample = tuple[str, dict[str, str], float]
+#: A selector in PromQL: a metric name and its label matchers in braces.
+SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
+MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+#: PromQL words that precede a brace or a parenthesis and are not metrics.
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or"}
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, str]:
+    return {
+        "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
+        "SESSIOND_WEBHOOK_RETRY_SCALE": "0.0001",
+        "SESSIOND_WEBHOOK_TIMEOUT": "0.5",
+        "SESSIOND_QR_FIRST_TIMEOUT": "0.6",
+        "SESSIOND_QR_NEXT_TIMEOUT": "0.3",
+        "SESSIOND_QR_MAX_CODES": "2",
+    }
+
+
+async def scrape(api: Api) -> list[Sample]:
+    response = await api.client.get("/metrics")
+    assert response.status_code == 200
+    return [
+        (sample.name, dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    ]
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    (found,) = [v for n, got, v in samples if n == name and got == labels]
+    return found
+
+
+def rule_exprs() -> list[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def selectors(expr: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """Each metric an expression reads, with its label matchers."""
+    found = [(name, MATCHER.findall(body)) for name, body in SELECTOR.findall(expr)]
+    # Bare names (no braces) too: words followed by neither "(" nor "{" nor a range.
+    bare = re.sub(r'\{[^}]*\}|\[[^]]*\]|"[^"]*"|\([^()]*?\)\s*(?=[/*+-]|$)', " ", expr)
+    for word in re.findall(r"\b(sessiond_[A-Za-z0-9_]+)\b(?!\s*[({])", bare):
+        found.append((word, []))
+    return [(name, matchers) for name, matchers in found if name not in PROMQL_WORDS]
+
+
+def assert_exists(samples: list[Sample], exprs: list[str]) -> set[str]:
+    names = {name for name, _, _ in samples}
+    used: set[str] = set()
+    for expr in exprs:
+        for name, matchers in selectors(expr):
+            if name in PROMETHEUS_OWN:
+                continue
+            used.add(name)
+            assert name in names, f"{name} (in {expr!r}) is not in sessiond's /metrics"
+            for label, op, wanted in matchers:
+                if op == "=" and label != "job":
+                    values = {got.get(label) for n, got, _ in samples if n == name}
+                    assert wanted in values, f'{name}{{{label}="{wanted}"}}: only {values}'
+    return used
+
+
+async def test_every_metric_and_label_the_rules_and_the_dashboard_query_exists(api: Api) -> None:
+    await connected_session(api, "Steady")
+    samples = await scrape(api)
+    used_by_rules = assert_exists(samples, rule_exprs())
+    used_by_dashboard = assert_exists(samples, dashboard_exprs())
+    # Check: the rules use the new figures, and the dashboard shows every sessiond metric.
+    assert {
+        "sessiond_sessions_down_longer_than",
+        "sessiond_webhook_endpoint_failing_seconds_max",
+        "sessiond_webhook_endpoints",
+        "sessiond_session_requests_limited_total",
+        "sessiond_session_requests_near_limit_total",
+        "sessiond_messages_total",
+    } <= used_by_rules
+    assert used_by_dashboard == {name for name, _, _ in samples if name.startswith("sessiond_")}
+    # A name that is not there is caught (the check is not vacuous).
+    with pytest.raises(AssertionError):
+        assert_exists(samples, ['max(sessiond_sessions_gone{status="connected"})'])
+    with pytest.raises(AssertionError):
+        assert_exists(samples, ['max(sessiond_sessions{status="asleep"})'])
+
+
+def test_the_dashboard_is_grafana_json_with_a_datasource_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+    assert any("ALERTS{" in expr for expr in dashboard_exprs())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+async def test_webhook_endpoints_disabled_and_failing_are_counted(api: Api, hook: Receiver) -> None:
+    hook.default = Answer(503)
+    failing = await register(api, hook.url + "/failing")
+    await api.create_session("Tried")
+
+    async def failing_counted() -> Any:
+        samples = await scrape(api)
+        return samples if value(samples, "sessiond_webhook_endpoints_failing") == 1 else None
+
+    samples = await eventually(failing_counted)
+    assert value(samples, "sessiond_webhook_endpoints", state="enabled") == 1
+    assert value(samples, "sessiond_webhook_endpoints", state="disabled") == 0
+
+    async def aged() -> Any:
+        samples = await scrape(api)
+        return samples if value(samples, "sessiond_webhook_endpoint_failing_seconds_max") else None
+
+    await eventually(aged)
+    # Check: an operator disables it: it is disabled, and no longer counted as failing.
+    response = await api.client.patch(
+        f"/webhooks/{failing['webhookId']}", json={"enabled": False}, headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+
+    async def disabled() -> Any:
+        samples = await scrape(api)
+        gone = value(samples, "sessiond_webhook_endpoints", state="disabled") == 1
+        return samples if gone else None
+
+    samples = await eventually(disabled)
+    assert value(samples, "sessiond_webhook_endpoints_failing") == 0
+    assert value(samples, "sessiond_webhook_endpoint_failing_seconds_max") == 0
+
+
+async def register(api: Api, url: str) -> dict[str, Any]:
+    response = await api.client.post(
+        "/webhooks", json={"url": url, "events": ["session.created"]}, headers=ADMIN
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+# -- a real scrape through promtool -----------------------------------------------------------
+
+
+def go_value(number: float) -> str:
+    """A float as Go's templates print it (enough for the values used here)."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
+def render(template: str, number: float, labels: dict[str, str]) -> str:
+    def one(match: re.Match[str]) -> str:
+        expr = match.group(1).strip()
+        if expr == "$value":
+            return go_value(number)
+        if expr.startswith("$labels."):
+            return labels[expr.removeprefix("$labels.")]
+        raise AssertionError(f"no renderer for {expr}")
+
+    return re.sub(r"\{\{(.*?)\}\}", one, template)
+
+
+def expected(alert: str, number: float, **labels: str) -> dict[str, Any]:
+    rules = yaml.safe_load(RULES.read_text())["groups"]
+    (rule,) = [r for group in rules for r in group["rules"] if r["alert"] == alert]
+    return {
+        "exp_labels": {"job": "sessiond", **rule["labels"], **labels},
+        "exp_annotations": {
+            key: render(text, number, labels) for key, text in rule["annotations"].items()
+        },
+    }
+
+
+def input_series(before: list[Sample], after: list[Sample]) -> list[dict[str, str]]:
+    """Each sample of `after` as a series scraped every minute: the value of `before` for 5
+    minutes, then that of `after`; a counter goes on growing by what it grew between them."""
+    earlier = {(name, tuple(sorted(labels.items()))): v for name, labels, v in before}
+    series = [{"series": 'up{job="sessiond",instance="test"}', "values": "1x40"}]
+    for name, labels, now in after:
+        if name.endswith(("_created",)):
+            continue
+        was = earlier.get((name, tuple(sorted(labels.items()))), 0.0)
+        step = now - was if name.endswith("_total") else 0.0
+        values = [was] * 5 + [now + step * n for n in range(36)]
+        matchers = ",".join(
+            f'{k}="{v}"' for k, v in {"job": "sessiond", "instance": "test", **labels}.items()
+        )
+        series.append({"series": f"{name}{{{matchers}}}", "values": " ".join(map(str, values))})
+    return series
+
+
+async def test_a_real_scrape_fires_the_alerts_its_states_call_for(
+    api: Api, hook: Receiver, tmp_path: Path
+) -> None:
+    limited = await connected_session(api, "Limited")
+    put = await api.client.put(
+        f"/sessions/{limited['sessionId']}/rate-limit",
+        json={"requestsPerMinute": 2},
+        headers=ADMIN,
+    )
+    assert put.status_code == 200, put.text
+    logged_out = await connected_session(api, "Logged out")
+    banned = await connected_session(api, "Banned")
+    hook.default = Answer(410)
+    gone = await register(api, hook.url + "/gone")  # after those sessions' session.created
+    before = await scrape(api)
+    assert value(before, "sessiond_webhook_endpoints", state="disabled") == 0
+
+    # Check: the states that must fire, each made by the simulator or a client.
+    await simulate(api, logged_out, "logout")
+    await simulate(api, banned, "ban", seconds=3600)
+    await api.create_session("Never scanned")  # its QR codes run out
+    await disabled_webhook(api, gone["webhookId"])  # the 410 to that session.created
+    answers = [
+        (await api.client.get(f"/sessions/{limited['sessionId']}", headers=api.key(limited)))
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+
+    async def settled() -> Any:
+        samples = await scrape(api)
+        states = [
+            value(samples, "sessiond_sessions_restricted", kind="logged_out"),
+            value(samples, "sessiond_sessions_restricted", kind="temporarily_banned"),
+            value(samples, "sessiond_sessions", status="expired") >= 1,
+            value(samples, "sessiond_webhook_endpoints", state="disabled"),
+        ]
+        return samples if states == [1, 1, True, 1] else None
+
+    after = await eventually(settled)
+    assert value(after, "sessiond_session_requests_limited_total") >= 1
+    assert value(after, "sessiond_session_requests_near_limit_total") >= 1
+
+    expired = value(after, "sessiond_sessions", status="expired")
+    firing = {
+        "SessiondSessionRestricted": [expected("SessiondSessionRestricted", 1, kind="logged_out")],
+        "SessiondSessionTemporarilyBanned": [
+            expected("SessiondSessionTemporarilyBanned", 1, kind="temporarily_banned")
+        ],
+        "SessiondQRCodesExpired": [expected("SessiondQRCodesExpired", expired)],
+        "SessiondWebhookEndpointDisabled": [expected("SessiondWebhookEndpointDisabled", 0)],
+        "SessiondSessionRequestsRateLimited": [expected("SessiondSessionRequestsRateLimited", 0)],
+        "SessiondSessionRequestsNearLimit": [expected("SessiondSessionRequestsNearLimit", 0)],
+    }
+    quiet = [
+        "SessiondSessionDisconnected",  # down for seconds, not 15 minutes
+        "SessiondSessionDisconnectedLong",
+        "SessiondSessionSilent",
+        "SessiondSessionKeepalivesFailing",
+        "SessiondQueueDepthHigh",
+        "SessiondMessagesFailing",
+        "SessiondWebhookEndpointFailing",  # the disabled endpoint no longer counts
+        "SessiondDown",
+        "SessiondProjectionLagHigh",
+    ]
+    checks = [
+        {"eval_time": "30m", "alertname": name, "exp_alerts": alerts}
+        for name, alerts in firing.items()
+    ] + [{"eval_time": "30m", "alertname": name, "exp_alerts": []} for name in quiet]
+    test_file = tmp_path / "real_scrape_test.yml"
+    test_file.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "rule_files": [str(RULES)],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": input_series(before, after),
+                        "alert_rule_test": checks,
+                    }
+                ],
+            }
+        )
+    )
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is missing: run `make prometheus`"
+    done = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
