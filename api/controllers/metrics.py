@@ -150,7 +150,9 @@ class SessionsCollector(Collector):
 
     def _down(self) -> Iterator[Metric]:
         now = self.scrape.now
-        downs = [s for s in (down_seconds(row, now) for row in self.rows) if s is not None]
+        # Most rows are not down: only those with a `down_since` are looked at further.
+        maybe = (row for row in self.rows if row.down_since is not None)
+        downs = [s for s in (down_seconds(row, now) for row in maybe) if s is not None]
         longer = GaugeMetricFamily(
             "sessiond_sessions_down_longer_than",
             "Sessions meant to run that have not been connected for longer than this many "
