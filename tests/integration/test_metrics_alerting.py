@@ -30,8 +30,6 @@ Sample = tuple[str, dict[str, str], float]
 #: A selector in PromQL: a metric name and its label matchers in braces.
 SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
-#: PromQL words that precede a brace or a parenthesis and are not metrics.
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or"}
 
 
 @pytest.fixture
@@ -67,18 +65,22 @@ def rule_exprs() -> list[str]:
 
 
 def dashboard_exprs() -> list[str]:
+    """The queries of every panel, and of the variables (`label_values(metric, label)`)."""
     dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs.append(variable["definition"])
+    return exprs
 
 
 def selectors(expr: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """Each metric an expression reads, with its label matchers."""
     found = [(name, MATCHER.findall(body)) for name, body in SELECTOR.findall(expr)]
-    # Bare names (no braces) too: words followed by neither "(" nor "{" nor a range.
-    bare = re.sub(r'\{[^}]*\}|\[[^]]*\]|"[^"]*"|\([^()]*?\)\s*(?=[/*+-]|$)', " ", expr)
-    for word in re.findall(r"\b(sessiond_[A-Za-z0-9_]+)\b(?!\s*[({])", bare):
-        found.append((word, []))
-    return [(name, matchers) for name, matchers in found if name not in PROMQL_WORDS]
+    # Names without braces too (matchers, strings and ranges taken out first).
+    bare = re.sub(r'\{[^}]*\}|\[[^]]*\]|"[^"]*"', " ", expr)
+    found += [(word, []) for word in re.findall(r"\bsessiond_[A-Za-z0-9_]+\b", bare)]
+    return found
 
 
 def assert_exists(samples: list[Sample], exprs: list[str]) -> set[str]:
