@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.steps import connected_session, disabled_webhook, eventually, simulate
+from tests.promtool import RULES, Sample, check_alerts, expected, samples_of, value
 from tests.receiver import Answer, Receiver
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-RULES = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "sessiond.json"
 #: Series Prometheus makes itself, not sessiond.
 PROMETHEUS_OWN = {"up", "ALERTS"}
-Sample = tuple[str, dict[str, str], float]
 #: A selector in PromQL: a metric name and its label matchers in braces.
 SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
@@ -47,16 +43,7 @@ def settings_overrides() -> dict[str, str]:
 async def scrape(api: Api) -> list[Sample]:
     response = await api.client.get("/metrics")
     assert response.status_code == 200
-    return [
-        (sample.name, dict(sample.labels), sample.value)
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    ]
-
-
-def value(samples: list[Sample], name: str, **labels: str) -> float:
-    (found,) = [v for n, got, v in samples if n == name and got == labels]
-    return found
+    return samples_of(response.text)
 
 
 def rule_exprs() -> list[str]:
@@ -180,52 +167,6 @@ async def register(api: Api, url: str) -> dict[str, Any]:
 # -- a real scrape through promtool -----------------------------------------------------------
 
 
-def go_value(number: float) -> str:
-    """A float as Go's templates print it (enough for the values used here)."""
-    return str(int(number)) if float(number).is_integer() else repr(float(number))
-
-
-def render(template: str, number: float, labels: dict[str, str]) -> str:
-    def one(match: re.Match[str]) -> str:
-        expr = match.group(1).strip()
-        if expr == "$value":
-            return go_value(number)
-        if expr.startswith("$labels."):
-            return labels[expr.removeprefix("$labels.")]
-        raise AssertionError(f"no renderer for {expr}")
-
-    return re.sub(r"\{\{(.*?)\}\}", one, template)
-
-
-def expected(alert: str, number: float, **labels: str) -> dict[str, Any]:
-    rules = yaml.safe_load(RULES.read_text())["groups"]
-    (rule,) = [r for group in rules for r in group["rules"] if r["alert"] == alert]
-    return {
-        "exp_labels": {"job": "sessiond", **rule["labels"], **labels},
-        "exp_annotations": {
-            key: render(text, number, labels) for key, text in rule["annotations"].items()
-        },
-    }
-
-
-def input_series(before: list[Sample], after: list[Sample]) -> list[dict[str, str]]:
-    """Each sample of `after` as a series scraped every minute: the value of `before` for 5
-    minutes, then that of `after`; a counter goes on growing by what it grew between them."""
-    earlier = {(name, tuple(sorted(labels.items()))): v for name, labels, v in before}
-    series = [{"series": 'up{job="sessiond",instance="test"}', "values": "1x40"}]
-    for name, labels, now in after:
-        if name.endswith(("_created",)):
-            continue
-        was = earlier.get((name, tuple(sorted(labels.items()))), 0.0)
-        step = now - was if name.endswith("_total") else 0.0
-        values = [was] * 5 + [now + step * n for n in range(36)]
-        matchers = ",".join(
-            f'{k}="{v}"' for k, v in {"job": "sessiond", "instance": "test", **labels}.items()
-        )
-        series.append({"series": f"{name}{{{matchers}}}", "values": " ".join(map(str, values))})
-    return series
-
-
 async def test_a_real_scrape_fires_the_alerts_its_states_call_for(
     api: Api, hook: Receiver, tmp_path: Path
 ) -> None:
@@ -290,33 +231,4 @@ async def test_a_real_scrape_fires_the_alerts_its_states_call_for(
         "SessiondDown",
         "SessiondProjectionLagHigh",
     ]
-    checks = [
-        {"eval_time": "30m", "alertname": name, "exp_alerts": alerts}
-        for name, alerts in firing.items()
-    ] + [{"eval_time": "30m", "alertname": name, "exp_alerts": []} for name in quiet]
-    test_file = tmp_path / "real_scrape_test.yml"
-    test_file.write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "rule_files": [str(RULES)],
-                "evaluation_interval": "1m",
-                "tests": [
-                    {
-                        "interval": "1m",
-                        "input_series": input_series(before, after),
-                        "alert_rule_test": checks,
-                    }
-                ],
-            }
-        )
-    )
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is missing: run `make prometheus`"
-    done = subprocess.run(
-        [promtool, "test", "rules", str(test_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    check_alerts(tmp_path, before, after, firing, quiet)

@@ -5,24 +5,16 @@ without it fails here (CI must run these)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.promtool import promtool
+
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "alerts.yml"
 RULES_TEST = RULES_DIR / "alerts_test.yml"
-
-
-def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    found = shutil.which("promtool")
-    assert found is not None, "promtool is missing: run `make prometheus` (Debian's prometheus)"
-    return subprocess.run(
-        [found, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def alert_names() -> set[str]:
