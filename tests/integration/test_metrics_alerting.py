@@ -34,8 +34,8 @@ def settings_overrides() -> dict[str, str]:
         "SESSIOND_WEBHOOKS_ALLOW_PRIVATE": "only",
         "SESSIOND_WEBHOOK_RETRY_SCALE": "0.0001",
         "SESSIOND_WEBHOOK_TIMEOUT": "0.5",
-        "SESSIOND_QR_FIRST_TIMEOUT": "0.6",
-        "SESSIOND_QR_NEXT_TIMEOUT": "0.3",
+        "SESSIOND_QR_FIRST_TIMEOUT": "3",
+        "SESSIOND_QR_NEXT_TIMEOUT": "1",
         "SESSIOND_QR_MAX_CODES": "2",
     }
 
