@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint bench clean chromium pgbouncer
+.PHONY: install run test lint bench clean chromium pgbouncer prometheus
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,16 @@ pgbouncer:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer; \
 	fi
 
+## Debian's Prometheus for `promtool`: the tests check and unit-test deploy/prometheus/alerts.yml.
+prometheus:
+	@if ! command -v promtool >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
 ## Run every test (PostgreSQL tests use SESSIOND_TEST_DATABASE_URL, or an embedded server).
-test: install chromium pgbouncer
+test: install chromium pgbouncer prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -47,6 +47,7 @@ def services(ctx: ApiContext) -> dict[str, Any]:
         "readiness": ctx.readiness,
         "readiness_warnings": ctx.readiness_warnings,
         "projection_lags": ctx.projection_lags,
+        "limiter": ctx.limiter,
         "streams": EventStreams.of(ctx),
         "phone": SimulatedPhone(ctx.gateway_calls, ctx.writes),
         "audit_public_key": ctx.audit_public_key,

@@ -102,6 +102,11 @@ class PacedMemoryStorage(MemoryStorage):
             self.locks.pop(key, None)
 
 
+def near_limit(remaining: int, per_minute: int) -> bool:
+    """Whether a request let through left the session at most a tenth of its minute."""
+    return remaining * 10 <= per_minute
+
+
 class SessionRateLimiter:
     """A sliding-window budget of requests per minute for each session.
 
@@ -120,6 +125,10 @@ class SessionRateLimiter:
             self.storage = storage_from_string("async+" + storage_uri, implementation="redispy")
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self._items: dict[int, RateLimitItemPerMinute] = {}
+        # Counted in this process, for `/metrics`: requests refused (429) and requests let
+        # through with at most a tenth of the session's minute left (`near_limit`).
+        self.limited = 0
+        self.near_limit = 0
 
     def _item(self, per_minute: int) -> RateLimitItemPerMinute:
         item = self._items.get(per_minute)
@@ -132,7 +141,12 @@ class SessionRateLimiter:
         allowed = await self.limiter.hit(item, "session", session_id)
         stats = await self.limiter.get_window_stats(item, "session", session_id)
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
-        return Decision(allowed, per_minute, max(0, stats.remaining), reset_after)
+        remaining = max(0, stats.remaining)
+        if not allowed:
+            self.limited += 1
+        elif near_limit(remaining, per_minute):
+            self.near_limit += 1
+        return Decision(allowed, per_minute, remaining, reset_after)
 
     async def check(self) -> None:
         """Raise if the counting storage cannot be reached."""

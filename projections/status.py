@@ -70,6 +70,10 @@ class SessionRow(msgspec.Struct, kw_only=True):
     # since when the session is silent (health degraded, reason "silent"), if it is.
     heard_at: datetime | None = None
     silent_since: datetime | None = None
+    # Since when a session meant to run has not been connected: its first Disconnected after
+    # it was connected (retries and an operator's reconnect keep it); None while connected,
+    # before its first disconnection, and once stopped or deleted. `/metrics` ages it.
+    down_since: datetime | None = None
     receives: bool = False  # received a message or a receipt since its device was linked
     # Uptime (see `projections.uptime`): from the first link on, seconds in service (meant
     # to be running), and of those, seconds connected, both counted up to `marked_at`; the
@@ -259,6 +263,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             status=Status.CONNECTED.value,
             reason=None,
             connected_at=event.timestamp,
+            down_since=None,
             jid=event.jid,
             push_name=event.push_name,
             **_NO_QR,
@@ -267,9 +272,13 @@ class SessionStatusProjection(Projection[SessionStatusView]):
 
     @process_event.register
     def _disconnected(self, event: Session.Disconnected, tracking: Tracking) -> None:
+        def down(row: SessionRow) -> dict[str, Any]:
+            return {"down_since": row.down_since or event.timestamp}
+
         self._update(
             event,
             tracking,
+            derive=down,
             status=Status.DISCONNECTED.value,
             reason=event.reason,
             detail=event.detail or None,
@@ -363,6 +372,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             reason=Reason.STOPPED.value,
             desired=DesiredState.STOPPED.value,
             connected_at=None,
+            down_since=None,
             **_NO_QR,
             **_NO_RETRY,
         )
@@ -376,6 +386,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             reason=Reason.EXPORTED.value,
             desired=DesiredState.STOPPED.value,
             connected_at=None,
+            down_since=None,
             **_NO_QR,
             **_NO_RETRY,
         )
@@ -389,6 +400,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             reason=Reason.DELETED.value,
             desired=DesiredState.DELETED.value,
             connected_at=None,
+            down_since=None,
             **_NO_QR,
             **_NO_RETRY,
         )

@@ -267,8 +267,23 @@ class WebhookProjection(Projection[WebhookView]):
         self.view.save_endpoint(row, tracking)
 
 
+@dataclass(frozen=True)
+class EndpointHealth:
+    """The endpoints counted for `/metrics`: enabled and disabled ones, the enabled ones whose
+    last delivery failed, and since when the longest-failing of those has failed."""
+
+    enabled: int = 0
+    disabled: int = 0
+    failing: int = 0
+    oldest_failing_since: datetime | None = None
+
+
 class WebhookQueries(ABC):
     """What the API reads and asks of the webhook tables (rows as plain dicts)."""
+
+    @abstractmethod
+    def endpoint_health(self) -> EndpointHealth:
+        """Every endpoint counted in one aggregate query (for `/metrics`)."""
 
     @abstractmethod
     def endpoints_of(self, session_id: str | None) -> list[dict[str, Any]]:

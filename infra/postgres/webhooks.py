@@ -25,7 +25,13 @@ from psycopg.types.json import Jsonb
 
 from infra.postgres.loghub import NOTIFICATION_COLUMNS, notification
 from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
-from projections.webhooks import EndpointRow, NewDelivery, WebhookQueries, WebhookView
+from projections.webhooks import (
+    EndpointHealth,
+    EndpointRow,
+    NewDelivery,
+    WebhookQueries,
+    WebhookView,
+)
 
 WEBHOOKS_CHANNEL = "sessiond_webhooks"
 INSERT_DELIVERY = SQL(
@@ -342,6 +348,20 @@ class WebhookStore(WebhookQueries):
             )
 
     # -- the API ------------------------------------------------------------------------------
+
+    def endpoint_health(self) -> EndpointHealth:
+        with self.datastore.cursor() as curs:
+            curs.execute(
+                "SELECT count(*) FILTER (WHERE enabled) AS enabled, "
+                "count(*) FILTER (WHERE NOT enabled) AS disabled, "
+                "count(*) FILTER (WHERE enabled AND failing_since IS NOT NULL) AS failing, "
+                "min(failing_since) FILTER (WHERE enabled) AS oldest "
+                "FROM sessiond_webhook_endpoints"
+            )
+            row = curs.fetchone()
+        if row is None:  # pragma: no cover - an aggregate always answers one row
+            return EndpointHealth()
+        return EndpointHealth(row["enabled"], row["disabled"], row["failing"], row["oldest"])
 
     def endpoints_of(self, session_id: str | None) -> list[dict[str, Any]]:
         """Endpoints of a session (None: every endpoint)."""
