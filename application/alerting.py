@@ -158,3 +158,16 @@ def _session(rule: RuleSpec, s: SessionFacts, facts: Facts, now: datetime) -> Ob
             hit = left < (rule.threshold or 0)
             return seen(round(left, 2), hit, f"{left:.1f} % of the message quota left")
     return seen(0, False)
+
+
+def quota_percent(
+    per_hour: int | None, left_hour: int | None, per_day: int | None, left_day: int | None
+) -> float | None:
+    """The lower of the hour's and the day's quota left, in % (None: the session has no
+    quota)."""
+    shares = [
+        100.0 * left / limit
+        for limit, left in ((per_hour, left_hour), (per_day, left_day))
+        if limit and left is not None
+    ]
+    return min(shares) if shares else None

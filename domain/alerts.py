@@ -16,7 +16,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import CapReached, InvalidValue, SessionIsDeleted
+from domain.errors import CapReached, DomainError, InvalidValue
 from domain.policy import RESTRICTING_REASONS
 
 #: What a rule watches.
@@ -95,7 +95,7 @@ def check_name(name: str) -> str:
     return name
 
 
-class RuleIsDeleted(SessionIsDeleted):
+class RuleIsDeleted(DomainError):
     """The rule has been deleted."""
 
     code = "alert-rule-deleted"

@@ -45,6 +45,8 @@ class SessionRow(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     connected_at: datetime | None = None
+    # When it last stopped being connected (the first Disconnected since), for alerts.
+    down_since: datetime | None = None
     jid: str | None = None
     push_name: str | None = None
     qr_code: str | None = None
@@ -259,6 +261,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
             status=Status.CONNECTED.value,
             reason=None,
             connected_at=event.timestamp,
+            down_since=None,
             jid=event.jid,
             push_name=event.push_name,
             **_NO_QR,
@@ -270,6 +273,7 @@ class SessionStatusProjection(Projection[SessionStatusView]):
         self._update(
             event,
             tracking,
+            derive=lambda row: {} if row.down_since else {"down_since": event.timestamp},
             status=Status.DISCONNECTED.value,
             reason=event.reason,
             detail=event.detail or None,
