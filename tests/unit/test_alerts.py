@@ -230,7 +230,8 @@ def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
     rule = Alerts(app).create("silent", "silent", None, None, None, None, "admin")
     facts = Facts([session(silent=True)])
     # Check the mechanism: two copies of the rule at the same version cannot both be saved.
-    first, second = app.repository.get(rule.id), app.repository.get(rule.id)
+    first: AlertRule = app.repository.get(rule.id)
+    second: AlertRule = app.repository.get(rule.id)
     assert first.fire(S1, S1, 1, "", NOW) and second.fire(S1, S1, 1, "", NOW)
     app.save(first)
     with pytest.raises(IntegrityError):
@@ -242,7 +243,7 @@ def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
     recorded: list[int] = []
 
     def race() -> None:
-        loaded = app.repository.get(other.id)
+        loaded: AlertRule = app.repository.get(other.id)
         barrier.wait()
         recorded.append(
             AlertEvaluator(app, FixedSources(facts), lambda: NOW).evaluate(loaded, facts, NOW)
