@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import admin_status, scan, scan_shown_qr, simulate
+from tests.e2e.steps import admin_status, scan, scan_shown_qr, signed_in, simulate
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
@@ -86,6 +86,16 @@ def test_a_disconnection_alert_fires_and_resolves_through_webhooks_and_the_log(
         assert client.get("/alerts", headers=key_of(other)).json()["count"] == 0
         assert client.get(url, headers=key_of(created)).json()["open"][0]["subject"] == sid
 
+        # Check the dashboard's bell counts it and links to the session.
+        dashboard = signed_in(server)
+        link = f'<a href="/dashboard/sessions/{sid}">{sid}</a>'  # the bell's, not the list's
+        eventually(
+            lambda: (
+                'data-alerts="1"' in (page := dashboard.get("/dashboard/").text) and link in page
+            ),
+            what="the bell showing the alert",
+        )
+
         # Check it stays one alert while the session stays down, through an operator's
         # reconnect that shows QR codes again (no re-firing).
         reconnect = client.post(f"/sessions/{sid}/reconnect", headers=key_of(created))
@@ -105,6 +115,10 @@ def test_a_disconnection_alert_fires_and_resolves_through_webhooks_and_the_log(
         assert clearing["data"]["firedAt"] == firing["data"]["firedAt"]
         assert client.get("/alerts", headers=ADMIN).json()["count"] == 0
         assert len(hooks(hook, "alert.firing", secret)) == 1
+        eventually(
+            lambda: 'data-alerts="0"' in dashboard.get("/dashboard/").text,
+            what="the bell with no alert",
+        )
 
         # Check the log shows when it fired and when it cleared, about the session.
         events = log_events(client)
