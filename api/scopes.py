@@ -65,6 +65,7 @@ ROUTE_SCOPES: dict[str, str] = {
     "getAlertRule": Scope.STATUS_READ,
     "updateAlertRule": Scope.WEBHOOKS_MANAGE,
     "deleteAlertRule": Scope.WEBHOOKS_MANAGE,
+    "listAlertRuleEvents": Scope.STATUS_READ,
     "listAlerts": Scope.STATUS_READ,
     # the simulator
     "simulateScan": ADMIN_ONLY,

@@ -25,12 +25,16 @@ from api.alertschemas import (
 from api.auth import API_KEY_SECURITY, Principal, provide_caller
 from api.context import Service
 from api.controllers.common import problems
+from api.controllers.history import After, Limit
+from api.presenters import event_out
 from api.problems import ProblemError
+from api.schemas import EventPageOut
 from api.writes import call
 from application.alerts import AlertRuleNotFound, Alerts, open_alerts
 from application.sessions import SessionsApplication
 from domain.alerts import AlertRule, RuleIsDeleted
 from domain.errors import InvalidValue
+from projections.history import session_history
 from projections.readmodels import ReadModels
 
 RULE = "/alerts/rules/{rule_id:str}"
@@ -185,6 +189,28 @@ class AlertsController(Controller):
             await call(Alerts(sessions).delete, rule_id, caller.actor)
         except (AlertRuleNotFound, RuleIsDeleted):
             raise _not_found(rule_id) from None
+
+    @get(
+        RULE + "/events",
+        responses=problems(400, 401, 404, 429, 503),
+        operation_id="listAlertRuleEvents",
+    )
+    async def rule_events(
+        self,
+        caller: NamedDependency[Principal],
+        rule_id: FromPath[str],
+        *,
+        sessions: Service[SessionsApplication],
+        after: After = 0,
+        limit: Limit = 100,
+    ) -> EventPageOut:
+        """The rule's history, oldest first, paged by version (`after`, `next`): its creation,
+        its changes, and every firing (`AlertFired`) and resolving (`AlertResolved`) with the
+        session, the value observed and the threshold."""
+        rule = await call(_load, sessions, caller, rule_id)
+        entries = await call(session_history, sessions, rule.id, after, limit)
+        last = entries[-1].version if entries and len(entries) == limit else None
+        return EventPageOut(items=[event_out(e) for e in entries], next=last)
 
     @get("/alerts", responses=problems(400, 401, 429, 503), operation_id="listAlerts")
     async def list_alerts(

@@ -126,3 +126,12 @@ def test_a_disconnection_alert_fires_and_resolves_through_webhooks_and_the_log(
         assert [e["type"] for e in alerts] == ["AlertFired", "AlertResolved"]
         assert {e["sessionId"] for e in alerts} == {sid}
         assert alerts[0]["timestamp"] < alerts[1]["timestamp"]
+        # And the rule's own history, which its session's key reads (another's cannot).
+        own = client.get(f"{url}/events", headers=key_of(created))
+        assert own.status_code == 200, own.text
+        assert [e["type"] for e in own.json()["items"]] == [
+            "AlertRuleCreated",
+            "AlertFired",
+            "AlertResolved",
+        ]
+        assert client.get(f"{url}/events", headers=key_of(other)).status_code == 404

@@ -87,6 +87,7 @@ async def test_a_session_key_manages_its_own_session_s_rules_only(api: Api) -> N
     # Check another session's key and the deployment's rules stay out of reach (404).
     url = f"{RULES}/{rule['ruleId']}"
     problem(await api.client.get(url, headers=their_key), 404, "alert-rule-not-found")
+    problem(await api.client.get(url + "/events", headers=their_key), 404)
     problem(
         await api.client.patch(url, json={"threshold": 1}, headers=their_key),
         404,
@@ -99,6 +100,7 @@ async def test_a_session_key_manages_its_own_session_s_rules_only(api: Api) -> N
     problem(await api.client.get(hidden, headers=my_key), 404, "alert-rule-not-found")
     for unknown in ("alr_" + "0" * 32, "alr_nope", "wh_" + "0" * 32):
         problem(await api.client.get(f"{RULES}/{unknown}", headers=ADMIN), 404)
+        problem(await api.client.get(f"{RULES}/{unknown}/events", headers=ADMIN), 404)
 
     # Check each key lists its own, the admin every rule.
     listed = (await api.client.get(RULES, headers=my_key)).json()
