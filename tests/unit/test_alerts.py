@@ -270,3 +270,22 @@ def test_changing_what_a_rule_watches_resolves_its_open_alerts() -> None:
     Alerts(app).change(public, "admin", threshold=20)
     assert Alerts(app).open() == []
     assert AlertEvaluator(app, sources, lambda: NOW).tick() == 0  # 9 is not above 20
+
+
+def test_a_replay_to_a_deployment_endpoint_resends_an_alert_that_names_no_session() -> None:
+    from typing import Any, cast
+
+    from projections.replay import replay_page
+
+    app = popo_app()
+    Alerts(app).create("hooks", "webhook_failing", 1, None, None, None, "admin")
+    facts = Facts([], [EndpointFacts("wh_" + "a" * 32, None, False, "410 Gone", 0)])
+    assert AlertEvaluator(app, FixedSources(facts), lambda: NOW).tick() == 1
+    endpoint = {"webhook_id": "wh_" + "b" * 32, "session_id": None, "events": ["alert.firing"]}
+    window = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    page = replay_page(
+        app, cast("Any", None), endpoint=endpoint, window=window, cursor=None, limit=100
+    )
+    (delivery,) = page.deliveries
+    # Check the delivery's session is a string (the outbox's column is NOT NULL), empty here.
+    assert (delivery.event_type, delivery.session_id) == ("alert.firing", "")
