@@ -24,6 +24,7 @@ from api.auth import (
     key_required,
 )
 from api.context import ApiContext
+from api.controllers.alerts import AlertsController
 from api.controllers.audit import AuditController
 from api.controllers.health import HealthController
 from api.controllers.history import HistoryController, UptimeController
@@ -129,6 +130,7 @@ def create_app(
         KeysController,
         MessagesController,
         WebhooksController,
+        AlertsController,
         HistoryController,
         AuditController,
         StreamsController,

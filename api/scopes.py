@@ -59,6 +59,14 @@ ROUTE_SCOPES: dict[str, str] = {
     "listWebhookDeliveries": Scope.WEBHOOKS_MANAGE,
     "retryWebhookDelivery": Scope.WEBHOOKS_MANAGE,
     "replayWebhook": Scope.WEBHOOKS_MANAGE,
+    # alerts (a session key: its own session's rules and alerts)
+    "createAlertRule": Scope.WEBHOOKS_MANAGE,
+    "listAlertRules": Scope.STATUS_READ,
+    "getAlertRule": Scope.STATUS_READ,
+    "updateAlertRule": Scope.WEBHOOKS_MANAGE,
+    "deleteAlertRule": Scope.WEBHOOKS_MANAGE,
+    "listAlertRuleEvents": Scope.STATUS_READ,
+    "listAlerts": Scope.STATUS_READ,
     # the simulator
     "simulateScan": ADMIN_ONLY,
     "simulateDrop": ADMIN_ONLY,

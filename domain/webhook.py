@@ -33,6 +33,8 @@ WebhookEventType = Literal[
     "message.delivered",
     "message.read",
     "message.failed",
+    "alert.firing",
+    "alert.resolved",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(WebhookEventType)
 WEBHOOK_ID_PREFIX = "wh_"

@@ -28,10 +28,12 @@ from api.app import create_app
 from api.context import ApiContext
 from api.expensive import ExpensiveReads, keep_the_loop_responsive
 from api.ratelimit import FailureThrottle, SessionRateLimiter
+from application.alerts import AlertEvaluator
 from application.keys import ADMIN_KEY_KIND, generate_key, hash_key
 from application.ports import WhatsAppGateway
 from application.sessions import SessionCaps, SessionsApplication
 from domain.policy import ReconnectPolicy
+from infra.postgres.alerts import PostgresAlertSources
 from infra.postgres.audit import AuditStore
 from infra.postgres.gateway import PostgresDeviceSet, PostgresGatewayView
 from infra.postgres.gatewaycalls import PostgresGatewayCalls
@@ -304,7 +306,14 @@ class Container:
             return self.views.of(PostgresApiKeyView).due_expiries(now, limit)  # active now
 
         expiry = KeyExpiry(self.app, due)
-        ticks = ((expiry.key_expiry_tick, timings.tick),)
+        # Alert rules are evaluated by workers (any number at once: each firing is saved at
+        # its rule's next version, so a decision made twice is recorded once).
+        datastore = self.app.factory.datastore  # type: ignore[attr-defined]
+        alerts = AlertEvaluator(self.app, PostgresAlertSources(self.app, self.views, datastore))
+        ticks = (
+            (expiry.key_expiry_tick, timings.tick),
+            (alerts.tick, self.settings.alerts_interval),
+        )
         self.worker = GatewayWorker(self.app, gateway, self.direct_url, timings, ticks=ticks)
         self._build_dispatcher(self.worker)
         self.worker.start()

@@ -64,6 +64,8 @@ class Settings:
     #: (0: the watchdog is off), and the longest wait for the answer to its active check.
     silence_after: float = 1800.0
     silence_check_timeout: float = 20.0
+    #: Seconds between two evaluations of the alert rules (in the worker role).
+    alerts_interval: float = 30.0
     cipher_key: str | None = None
     webhooks_allow_private: bool = False
     webhooks_private_only: bool = False
@@ -151,6 +153,7 @@ class Settings:
             send_typing=reader.choice("SEND_TYPING", "false", ("true", "false")) == "true",
             silence_after=reader.number("SILENCE_AFTER", 1800.0, 0.0, 2_592_000.0),
             silence_check_timeout=reader.number("SILENCE_CHECK_TIMEOUT", 20.0, 0.5, 120.0),
+            alerts_interval=reader.number("ALERTS_INTERVAL", 30.0, 0.1, 3600.0),
             cipher_key=reader.optional("CIPHER_KEY"),
             webhooks_allow_private=private_targets in ("true", "only"),
             webhooks_private_only=private_targets == "only",

@@ -16,6 +16,7 @@ from uuid import UUID
 from eventsourcing.persistence import Tracking
 
 from application.sessions import SessionsApplication
+from domain.alerts import AlertBook, AlertRule, public_rule_id
 from domain.values import public_session_id
 from domain.webhook import WebhookEndpoint, public_webhook_id
 from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
@@ -47,6 +48,8 @@ def entry(event: Any, position: int | None = None) -> HistoryEntry:
         for name, value in vars(event).items()
         if name not in _ENVELOPE
     }
+    if isinstance(event, AlertRule.Event | AlertBook.Event):
+        return _alert_entry(event, data, position)
     if isinstance(event, WebhookEndpoint.Event):
         return HistoryEntry(
             session_id=None,
@@ -61,6 +64,31 @@ def entry(event: Any, position: int | None = None) -> HistoryEntry:
         session_id=public_session_id(event.originator_id),
         version=event.originator_version,
         type=type(event).__name__,
+        timestamp=event.timestamp,
+        data=data,
+        position=position,
+    )
+
+
+#: The history's names of the alert rules' events (the rest are "AlertRule" + their name).
+_ALERT_TYPES = {
+    "Fired": "AlertFired",
+    "Resolved": "AlertResolved",
+    "Opened": "AlertBookOpened",
+    "RuleAdded": "AlertBookRuleAdded",
+    "RuleRemoved": "AlertBookRuleRemoved",
+}
+
+
+def _alert_entry(event: Any, data: dict[str, Any], position: int | None) -> HistoryEntry:
+    """An alert rule's event: about the session it names (a firing, a resolving), if any."""
+    name = type(event).__name__
+    if isinstance(event, AlertRule.Event):
+        data = {"rule_id": public_rule_id(event.originator_id), **data}
+    return HistoryEntry(
+        session_id=data.get("session_id"),
+        version=event.originator_version,
+        type=_ALERT_TYPES.get(name, f"AlertRule{name}"),
         timestamp=event.timestamp,
         data=data,
         position=position,

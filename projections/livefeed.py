@@ -41,7 +41,8 @@ def feed_item(position: int, event: Any) -> FeedItem | None:
     body = webhook_body(event)
     if body is None:
         return None
-    return FeedItem(position, body["data"]["sessionId"], body["type"], _encoder.encode(body))
+    session_id = body["data"]["sessionId"] or ""  # "": a deployment's alert
+    return FeedItem(position, session_id, body["type"], _encoder.encode(body))
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def _page(  # noqa: PLR0917 - private, called twice
                     webhook_id=endpoint["webhook_id"],
                     event_id=event_id(notification.id),
                     event_type=type_,
-                    session_id=data["sessionId"],
+                    session_id=data["sessionId"] or "",  # "": a deployment's alert
                     position=notification.id,
                     occurred_at=event.timestamp,
                 )

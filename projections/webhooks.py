@@ -21,6 +21,7 @@ from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 
+from domain.alerts import AlertRule, public_rule_id
 from domain.session import Session
 from domain.values import public_session_id
 from domain.webhook import WebhookEndpoint, public_webhook_id
@@ -33,6 +34,8 @@ def _iso(at: datetime | None) -> str | None:
 def webhook_event(event: Any) -> tuple[str, dict[str, Any]] | None:  # noqa: PLR0911, PLR0912
     """The webhook type and data of a recorded event, or None if it is not one. Never a key,
     a key hash, a secret or a QR code."""
+    if isinstance(event, AlertRule.Fired | AlertRule.Resolved):
+        return alert_event(event)
     if not isinstance(event, Session.Event):
         return None
     data: dict[str, Any] = {"sessionId": public_session_id(event.originator_id)}
@@ -117,6 +120,23 @@ def webhook_event(event: Any) -> tuple[str, dict[str, Any]] | None:  # noqa: PLR
     return None
 
 
+def alert_event(event: AlertRule.Fired | AlertRule.Resolved) -> tuple[str, dict[str, Any]]:
+    """``alert.firing`` / ``alert.resolved``: the rule, the session (None for an alert about a
+    deployment's webhook endpoint), the condition, what was observed and the threshold."""
+    data: dict[str, Any] = {
+        "sessionId": event.session_id,
+        "ruleId": public_rule_id(event.originator_id),
+        "subject": event.subject,
+        "condition": event.condition,
+        "value": event.value,
+        "threshold": event.threshold,
+    }
+    if isinstance(event, AlertRule.Fired):
+        return "alert.firing", data | {"detail": event.detail or None, "firedAt": _iso(event.at)}
+    data |= {"firedAt": _iso(event.fired_at), "resolvedAt": _iso(event.timestamp)}
+    return "alert.resolved", data | {"cause": event.cause}
+
+
 def webhook_body(event: Any) -> dict[str, Any] | None:
     """The body sent for `event`: ``{"type", "timestamp", "data"}``."""
     found = webhook_event(event)
@@ -194,13 +214,13 @@ class WebhookProjection(Projection[WebhookView]):
             self.view.insert_tracking(tracking)
             return
         kind, data = found
-        session_id = data["sessionId"]
+        session_id = data["sessionId"]  # None: a deployment's alert (global endpoints only)
         deliveries = [
             NewDelivery(
                 webhook_id=row.webhook_id,
                 event_id=event_id(tracking.notification_id),
                 event_type=kind,
-                session_id=session_id,
+                session_id=session_id or "",
                 position=tracking.notification_id,
                 occurred_at=domain_event.timestamp,
             )

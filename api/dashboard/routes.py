@@ -14,6 +14,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from api.context import ApiContext
+from api.dashboard.bell import BELL_STATE, Bell
 from api.dashboard.events import EventsController
 from api.dashboard.listing import LISTS_STATE, ListController, RenderedLists
 from api.dashboard.live import ViewChanges
@@ -101,7 +102,11 @@ class Dashboard:
         self.ctx = ctx
         self.sessions = Sessions(cookie_config(ctx))
         self.middleware = self.sessions.config.middleware
-        self.state = {SESSIONS_STATE: self.sessions, LISTS_STATE: RenderedLists()}
+        self.state = {
+            SESSIONS_STATE: self.sessions,
+            LISTS_STATE: RenderedLists(),
+            BELL_STATE: Bell(ctx.app),
+        }
         self.handlers: list[ControllerRouterHandler] = [
             Router(
                 path="/",

@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from litestar.response import Redirect, Template
 
 from api.context import ApiContext
+from api.dashboard.bell import BELL_STATE
 from api.dashboard.security import DASHBOARD, PAGE_HEADERS, csrf_token
 from api.problems import ProblemError
 from domain.values import is_session_id
@@ -35,6 +36,7 @@ def page(request: DashRequest, template: str, *, status: int = 200, **values: An
             "csrf_token": csrf_token(request),
             "flash": flash or {},
             "path": request.url.path,
+            "bell": request.app.state.get(BELL_STATE),
             **values,
         },
         status_code=status,

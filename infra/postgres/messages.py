@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -65,10 +66,23 @@ class PostgresMessagesView(DocumentView[MessageRow], MessagesView):
             "SELECT doc FROM {0} WHERE session_id = %s AND whatsapp_id = %s AND direction = %s "
             "ORDER BY position LIMIT 1"
         ).format(table)
+        # Messages of a session that failed since an instant (the alert rules'
+        # messages_failing), from the documents' `failed_at`.
+        self.count_failed = SQL(
+            "SELECT count(*) AS n FROM {0} WHERE session_id = %s AND status = 'failed' "
+            "AND (doc::jsonb ->> 'failed_at')::timestamptz >= %s"
+        ).format(table)
         self.select_key = SQL(
             "SELECT doc FROM {0} WHERE session_id = %s AND idempotency_key = %s "
             "ORDER BY position LIMIT 1"
         ).format(table)
+
+    def failed_since(self, session_id: str, since: datetime) -> int:
+        """How many of the session's messages failed at or after `since`."""
+        with self._reading() as curs:
+            curs.execute(self.count_failed, (session_id, since))
+            row = curs.fetchone()
+        return 0 if row is None else int(row["n"])
 
     columns = (
         "message_id",

@@ -98,6 +98,19 @@ def _config(session_ids: list[str], key_ids: list[str]) -> str:
                     '"422", "429", "503"]',
                 )
             ),
+            # An alert rule's threshold, window and kind must fit its condition (a threshold
+            # for disconnected, none for silent…): the service says which field in a 422.
+            *(
+                line
+                for path in ("/alerts/rules", "/alerts/rules/{rule_id}")
+                for line in (
+                    "[[operations]]",
+                    f'include-path = "{path}"',
+                    "[operations.checks.positive_data_acceptance]",
+                    'expected-statuses = ["200", "201", "204", "401", "403", "404", "409", '
+                    '"422", "429", "503"]',
+                )
+            ),
             # A new key's expiry must be in the future, and given one way (`expiresAt` or
             # `ttlSeconds`, not both): no schema says that either.
             "[[operations]]",

@@ -60,12 +60,15 @@ async def real_ids(api: Api) -> dict[str, str]:
         headers=ADMIN,
     )
     assert webhook.status_code == 201, webhook.text
+    rule = await api.client.post("/alerts/rules", json={"condition": "silent"}, headers=ADMIN)
+    assert rule.status_code == 201, rule.text
     return {
         "session_id": sid,
         "key_id": created["apiKey"]["keyId"],
         "message_id": message.json()["messageId"],
         "webhook_id": webhook.json()["webhookId"],
         "delivery_id": "dlv_" + "0" * 32,
+        "rule_id": rule.json()["ruleId"],
     }
 
 

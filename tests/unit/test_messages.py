@@ -343,4 +343,4 @@ def test_the_api_offers_exactly_the_webhook_event_catalogue() -> None:
     assert {"session.restricted", "session.restriction-lifted", "session.health-changed"} <= set(
         EVENT_TYPES
     )
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 15
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 17
