@@ -72,7 +72,8 @@ class SessionRow(msgspec.Struct, kw_only=True):
     silent_since: datetime | None = None
     # Since when a session meant to run has not been connected: its first Disconnected after
     # it was connected (retries and an operator's reconnect keep it); None while connected,
-    # before its first disconnection, and once stopped or deleted. `/metrics` and the alert rules age it.
+    # before its first disconnection, and once stopped or deleted. `/metrics` and the alert
+    # rules age it.
     down_since: datetime | None = None
     receives: bool = False  # received a message or a receipt since its device was linked
     # Uptime (see `projections.uptime`): from the first link on, seconds in service (meant
