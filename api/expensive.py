@@ -34,7 +34,11 @@ from api.problems import ProblemError
 
 T = TypeVar("T")
 RETRY_AFTER = "1"
-#: How much lower a reader process's CPU priority is than its API process's (`nice`).
+#: Webhook endpoints whose tenant (whose reads a replay counts as) a process keeps in mind,
+#: the most recently replayed ones, so that it can refuse their replays beyond the cap early.
+TENANTS_KEPT = 10_000
+#: How much lower a reader process's CPU priority is than its API process's (`nice`; the
+#: default of SESSIOND_READER_NICENESS).
 READER_NICENESS = 10
 #: How often a reader process checks that its API process is still there (seconds).
 PARENT_CHECK = 0.5
@@ -54,10 +58,10 @@ def keep_the_loop_responsive() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-def _start_reader(build: Callable[[], Any], parent_pid: int) -> None:
+def _start_reader(build: Callable[[], Any], parent_pid: int, niceness: int) -> None:
     global _build  # noqa: PLW0603 - one per reader process, set once at its start
     # Behind the API process for the CPU: a core both want goes to the status reads first.
-    os.nice(READER_NICENESS)
+    os.nice(niceness)
     threading.Thread(target=_exit_with, args=(parent_pid,), name="parent", daemon=True).start()
     _build = build  # its modules are imported by now (unpickling it imported them)
 
@@ -91,14 +95,18 @@ class ReaderProcesses:
     `build` must be picklable (a module-level function, or a picklable callable object): it
     runs in each new process. Processes are started with the ``spawn`` method (the API
     process has threads) by `start` or when first needed, and replaced if one dies (its read
-    answers 503). They end with the API process: when it closes the pool or exits (they are
-    stopped, whatever they were doing), or when it is killed (they notice within
-    `PARENT_CHECK`).
+    answers 503). Each runs `niceness` below its API process's CPU priority (nice), so that a
+    core both want goes to the status reads first. They end with the API process: when it
+    closes the pool or exits (they are stopped, whatever they were doing), or when it is
+    killed (they notice within `PARENT_CHECK`).
     """
 
-    def __init__(self, processes: int, build: Callable[[], Any]) -> None:
+    def __init__(
+        self, processes: int, build: Callable[[], Any], niceness: int = READER_NICENESS
+    ) -> None:
         self.processes = processes
         self.build = build
+        self.niceness = niceness
         self._lock = threading.Lock()
         self._executor = self._new()
         # Before multiprocessing's own exit handler, which would wait for them for ever.
@@ -109,7 +117,7 @@ class ReaderProcesses:
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_reader,
-            initargs=(self.build, os.getpid()),
+            initargs=(self.build, os.getpid(), self.niceness),
         )
 
     def start(self) -> None:
@@ -170,6 +178,7 @@ class ExpensiveReads:
             else ThreadPoolExecutor(threads, thread_name_prefix="expensive-read")
         )
         self._running: dict[str, int] = {}
+        self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def in_flight(self, session_id: str) -> int:
@@ -243,6 +252,24 @@ class ExpensiveReads:
             "shortly",
             {"Retry-After": RETRY_AFTER},
         )
+
+    def remember_tenant(self, webhook_id: str, tenant: str) -> None:
+        """Note whose reads the replays of `webhook_id` count as (`tenant_of`)."""
+        with self._lock:
+            self._tenants.pop(webhook_id, None)
+            self._tenants[webhook_id] = tenant
+            if len(self._tenants) > TENANTS_KEPT:
+                del self._tenants[next(iter(self._tenants))]
+
+    def forget_tenant(self, webhook_id: str) -> None:
+        with self._lock:
+            self._tenants.pop(webhook_id, None)
+
+    def tenant_of(self, webhook_id: str) -> str | None:
+        """Whose reads a replay of `webhook_id` counted as when this process last ran one
+        (None: none ran here lately). An endpoint never changes tenant."""
+        with self._lock:
+            return self._tenants.get(webhook_id)
 
     def _release(self, session_id: str) -> None:
         with self._lock:
