@@ -10,9 +10,16 @@ with a read is pass bytes on. In-process apps (tests) run the same reads on thre
 the API's own objects.
 
 One session's clients cannot fill the pool: beyond `per_session` reads in flight they are
-answered 429 ``expensive-reads-spent`` with ``Retry-After``, and `refuse_early` lets the ASGI
-layer answer that before routing once the key is checked. A read counts as in flight until
-its work has finished, even if its client went away meanwhile.
+answered 429 ``expensive-reads-spent`` with ``Retry-After``, which `api.fastpath` answers
+before the route's parameters and body once the key is checked. A read counts as in flight
+until its work has finished, even if its client went away meanwhile.
+
+Each such 429 is answered after `refusal_pause` seconds (SESSIOND_EXPENSIVE_REFUSAL_PAUSE),
+during which the request holds nothing but its connection (a timer of the event loop): a
+tenant that sends its expensive reads again without waiting, on as many connections as it
+likes, gets at most (its connections / the pause) refusals a second out of the API process,
+instead of as many as the event loop can answer, and the status reads of the others do not
+queue behind them.
 """
 
 from __future__ import annotations
@@ -168,9 +175,11 @@ class ExpensiveReads:
         threads: int = 2,
         per_session: int = 2,
         processes: ReaderProcesses | None = None,
+        refusal_pause: float = 0.0,
     ) -> None:
         self.threads = processes.processes if processes is not None else threads
         self.per_session = per_session
+        self.refusal_pause = refusal_pause
         self.processes = processes
         self._executor: Executor | None = (
             None
@@ -201,7 +210,7 @@ class ExpensiveReads:
             if running < self.per_session:
                 self._running[session_id] = running + 1
         if running >= self.per_session:
-            self.refuse(session_id)
+            await self.refuse(session_id)
         try:
             future = self._submit(task, local, *args)
         except BaseException:
@@ -241,8 +250,11 @@ class ExpensiveReads:
             {"Retry-After": RETRY_AFTER},
         )
 
-    def refuse(self, session_id: str) -> NoReturn:
-        """Answer 429: the session has as many expensive reads in flight as it may."""
+    async def refuse(self, session_id: str) -> NoReturn:
+        """Answer 429, after the refusal pause: the session has as many expensive reads in
+        flight as it may."""
+        if self.refusal_pause > 0:
+            await asyncio.sleep(self.refusal_pause)
         raise ProblemError(
             429,
             "expensive-reads-spent",

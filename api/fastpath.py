@@ -12,15 +12,17 @@ route: a locked-out address is refused here too, and a refused key here is count
 `expensive_refusal` does the same for the expensive reads of a session (its past state, its
 uptime series, its history pages: routes marked `EXPENSIVE`) while that session has as many
 in flight as it may: the key, its scope and the rate limit are checked as on the route, then
-the 429 ``expensive-reads-spent`` is answered at once, before the query is parsed and the
-handler's dependencies resolved. A client that floods a session's expensive reads costs the
-event loop little more than a status read per refused request. A webhook replay (``POST
-/webhooks/{id}/replay``, marked `EXPENSIVE_REPLAY`) is refused the same way, before its body is
-read and its endpoint looked up in the database, once this process has replayed that endpoint
-before (so it knows whose reads it counts as: an endpoint never changes session): the admin
-key is refused 429 as on the route; a session key is checked as on the route (scope, rate
-limit) and refused if the endpoint is its session's, and otherwise goes on to the route (which
-answers 404 without telling whose endpoint it is).
+the 429 ``expensive-reads-spent`` is answered (after the pool's refusal pause, which costs
+nothing but a timer), before the query is parsed and the handler's dependencies resolved. A
+client that floods a session's expensive reads costs the event loop little more than a status
+read per refused request, and gets at most one refusal per connection and pause.
+
+A webhook replay (``POST /webhooks/{id}/replay``, marked `EXPENSIVE_REPLAY`) is refused the
+same way, before its body is read and its endpoint looked up in the database, once this process
+has replayed that endpoint before (so it knows whose reads it counts as: an endpoint never
+changes session): the admin key is refused 429 as on the route; a session key is checked as on
+the route (scope, rate limit) and refused if the endpoint is its session's, and otherwise goes
+on to the route (which answers 404 without telling whose endpoint it is).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ async def _refuse_replay(app: ASGIApp, scope: Scope, receive: Receive, send: Sen
                 await app(scope, receive, send)  # not its endpoint: the route's own 404
                 return
             await provide_access(request, tenant)  # its scope and rate limit, as the route
-        reads.refuse(tenant)
+        await reads.refuse(tenant)
     except Exception as error:
         await _answer_error(request, error, scope, receive, send)
 
@@ -143,7 +145,7 @@ def expensive_refusal(app: ASGIApp) -> ASGIApp:
         request = JsonRequest(scope, receive)
         try:
             access = await provide_access(request, named)
-            reads.refuse(access.session.session_id)
+            await reads.refuse(access.session.session_id)
         except Exception as error:
             await _answer_error(request, error, scope, receive, send)
 
