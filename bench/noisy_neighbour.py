@@ -382,7 +382,13 @@ def report(  # noqa: PLR0917 - the figures of one run
     webhook_met = webhook_ratio <= WEBHOOK_RATIO_GOAL
     print(f"\ntenant A's answers (noisy phases): {dict(sorted(a_answers.items()))}")
     served = sum(v for k, v in a_answers.items() if k.endswith((" 200", " 202")))
-    print(f"tenant A: {served:,} expensive requests served in {args.rounds} noisy phases")
+    refused = sum(v for k, v in a_answers.items() if k.endswith((" 429", " 409")))
+    noisy_seconds = args.rounds * args.duration
+    print(
+        f"tenant A: {served:,} expensive requests served and {refused:,} refused (429/409) in "
+        f"{args.rounds} noisy phases: {served / noisy_seconds:.0f} and "
+        f"{refused / noisy_seconds:.0f} a second"
+    )
     print(
         f"(tenant A's load generator ran at nice {A_NICENESS}, as remote clients would not "
         "take the server's cores; tenant B at the normal priority)"
@@ -426,6 +432,8 @@ def report(  # noqa: PLR0917 - the figures of one run
         "status_met": status_met,
         "webhook_met": webhook_met,
         "a_answers": dict(a_answers),
+        "a_served_per_s": served / noisy_seconds,
+        "a_refused_per_s": refused / noisy_seconds,
         "connections": CONNECTIONS,
         "a_niceness": A_NICENESS,
         "events": args.events,
