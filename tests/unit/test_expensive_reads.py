@@ -63,9 +63,7 @@ async def test_a_refusal_is_answered_after_the_pause_and_holds_no_slot_meanwhile
         await asyncio.sleep(0)
     loop = asyncio.get_running_loop()
     began = loop.time()
-    refused = [
-        asyncio.create_task(reads.run("noisy", lambda _: "never", None)) for _ in range(20)
-    ]
+    refused = [asyncio.create_task(reads.run("noisy", lambda _: "never", None)) for _ in range(20)]
     # Check: while the refusals wait, another session is served (they hold no slot).
     assert await reads.run("quiet", lambda _: "served", None) == "served"
     assert reads.in_flight("noisy") == 1
