@@ -10,9 +10,16 @@ with a read is pass bytes on. In-process apps (tests) run the same reads on thre
 the API's own objects.
 
 One session's clients cannot fill the pool: beyond `per_session` reads in flight they are
-answered 429 ``expensive-reads-spent`` with ``Retry-After``, and `refuse_early` lets the ASGI
-layer answer that before routing once the key is checked. A read counts as in flight until
-its work has finished, even if its client went away meanwhile.
+answered 429 ``expensive-reads-spent`` with ``Retry-After``, which `api.fastpath` answers
+before the route's parameters and body once the key is checked. A read counts as in flight
+until its work has finished, even if its client went away meanwhile.
+
+Each such 429 is answered after `refusal_pause` seconds (SESSIOND_EXPENSIVE_REFUSAL_PAUSE),
+during which the request holds nothing but its connection (a timer of the event loop): a
+tenant that sends its expensive reads again without waiting, on as many connections as it
+likes, gets at most (its connections / the pause) refusals a second out of the API process,
+instead of as many as the event loop can answer, and the status reads of the others do not
+queue behind them.
 """
 
 from __future__ import annotations
@@ -34,7 +41,11 @@ from api.problems import ProblemError
 
 T = TypeVar("T")
 RETRY_AFTER = "1"
-#: How much lower a reader process's CPU priority is than its API process's (`nice`).
+#: Webhook endpoints whose tenant (whose reads a replay counts as) a process keeps in mind,
+#: the most recently replayed ones, so that it can refuse their replays beyond the cap early.
+TENANTS_KEPT = 10_000
+#: How much lower a reader process's CPU priority is than its API process's (`nice`; the
+#: default of SESSIOND_READER_NICENESS).
 READER_NICENESS = 10
 #: How often a reader process checks that its API process is still there (seconds).
 PARENT_CHECK = 0.5
@@ -54,10 +65,10 @@ def keep_the_loop_responsive() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-def _start_reader(build: Callable[[], Any], parent_pid: int) -> None:
+def _start_reader(build: Callable[[], Any], parent_pid: int, niceness: int) -> None:
     global _build  # noqa: PLW0603 - one per reader process, set once at its start
     # Behind the API process for the CPU: a core both want goes to the status reads first.
-    os.nice(READER_NICENESS)
+    os.nice(niceness)
     threading.Thread(target=_exit_with, args=(parent_pid,), name="parent", daemon=True).start()
     _build = build  # its modules are imported by now (unpickling it imported them)
 
@@ -91,14 +102,18 @@ class ReaderProcesses:
     `build` must be picklable (a module-level function, or a picklable callable object): it
     runs in each new process. Processes are started with the ``spawn`` method (the API
     process has threads) by `start` or when first needed, and replaced if one dies (its read
-    answers 503). They end with the API process: when it closes the pool or exits (they are
-    stopped, whatever they were doing), or when it is killed (they notice within
-    `PARENT_CHECK`).
+    answers 503). Each runs `niceness` below its API process's CPU priority (nice), so that a
+    core both want goes to the status reads first. They end with the API process: when it
+    closes the pool or exits (they are stopped, whatever they were doing), or when it is
+    killed (they notice within `PARENT_CHECK`).
     """
 
-    def __init__(self, processes: int, build: Callable[[], Any]) -> None:
+    def __init__(
+        self, processes: int, build: Callable[[], Any], niceness: int = READER_NICENESS
+    ) -> None:
         self.processes = processes
         self.build = build
+        self.niceness = niceness
         self._lock = threading.Lock()
         self._executor = self._new()
         # Before multiprocessing's own exit handler, which would wait for them for ever.
@@ -109,7 +124,7 @@ class ReaderProcesses:
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_reader,
-            initargs=(self.build, os.getpid()),
+            initargs=(self.build, os.getpid(), self.niceness),
         )
 
     def start(self) -> None:
@@ -160,9 +175,11 @@ class ExpensiveReads:
         threads: int = 2,
         per_session: int = 2,
         processes: ReaderProcesses | None = None,
+        refusal_pause: float = 0.0,
     ) -> None:
         self.threads = processes.processes if processes is not None else threads
         self.per_session = per_session
+        self.refusal_pause = refusal_pause
         self.processes = processes
         self._executor: Executor | None = (
             None
@@ -170,6 +187,7 @@ class ExpensiveReads:
             else ThreadPoolExecutor(threads, thread_name_prefix="expensive-read")
         )
         self._running: dict[str, int] = {}
+        self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def in_flight(self, session_id: str) -> int:
@@ -192,7 +210,7 @@ class ExpensiveReads:
             if running < self.per_session:
                 self._running[session_id] = running + 1
         if running >= self.per_session:
-            self.refuse(session_id)
+            await self.refuse(session_id)
         try:
             future = self._submit(task, local, *args)
         except BaseException:
@@ -232,8 +250,11 @@ class ExpensiveReads:
             {"Retry-After": RETRY_AFTER},
         )
 
-    def refuse(self, session_id: str) -> NoReturn:
-        """Answer 429: the session has as many expensive reads in flight as it may."""
+    async def refuse(self, session_id: str) -> NoReturn:
+        """Answer 429, after the refusal pause: the session has as many expensive reads in
+        flight as it may."""
+        if self.refusal_pause > 0:
+            await asyncio.sleep(self.refusal_pause)
         raise ProblemError(
             429,
             "expensive-reads-spent",
@@ -243,6 +264,24 @@ class ExpensiveReads:
             "shortly",
             {"Retry-After": RETRY_AFTER},
         )
+
+    def remember_tenant(self, webhook_id: str, tenant: str) -> None:
+        """Note whose reads the replays of `webhook_id` count as (`tenant_of`)."""
+        with self._lock:
+            self._tenants.pop(webhook_id, None)
+            self._tenants[webhook_id] = tenant
+            if len(self._tenants) > TENANTS_KEPT:
+                del self._tenants[next(iter(self._tenants))]
+
+    def forget_tenant(self, webhook_id: str) -> None:
+        with self._lock:
+            self._tenants.pop(webhook_id, None)
+
+    def tenant_of(self, webhook_id: str) -> str | None:
+        """Whose reads a replay of `webhook_id` counted as when this process last ran one
+        (None: none ran here lately). An endpoint never changes tenant."""
+        with self._lock:
+            return self._tenants.get(webhook_id)
 
     def _release(self, session_id: str) -> None:
         with self._lock:

@@ -37,6 +37,14 @@ FIGURES: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
         ("status p99 ms", ("status", "p99_ms"), False),
         ("ratio status / ping", ("ratio",), True),
     ],
+    "noisy_neighbour": [
+        ("B status p99 ms, A noisy", ("status", "noisy", "p99_ms"), False),
+        ("B status p50 ms, A noisy", ("status", "noisy", "p50_ms"), False),
+        ("B status p99 ms, A quiet", ("status", "quiet", "p99_ms"), False),
+        ("B webhook p99 ratio noisy/quiet", ("webhook_ratio",), False),
+        ("A's refusals (429/409) a second", ("a_refused_per_s",), False),
+        ("A's expensive reads served a second", ("a_served_per_s",), True),
+    ],
     "gateway_storm": [
         ("storm: all connected visible, s", ("storm_s",), False),
         ("storm: drops visible, s", ("drops_visible_s",), False),

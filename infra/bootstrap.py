@@ -467,6 +467,7 @@ class Container:
                 reader_processes(self.settings, self.database_url, process_label(self.roles))
                 if reader_processes_wanted
                 else None,
+                refusal_pause=self.settings.expensive_refusal_pause,
             ),
             view_position=lambda: read_models.position,
             dashboard_secret=self.settings.dashboard_secret,

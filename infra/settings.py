@@ -83,6 +83,10 @@ class Settings:
     max_webhooks_per_session: int = 10
     expensive_readers: int = 2
     expensive_reads_per_session: int = 1
+    #: How much lower the reader processes' CPU priority is than their API process's (nice).
+    reader_niceness: int = 10
+    #: Seconds an expensive read beyond its session's cap is held before its 429 is answered.
+    expensive_refusal_pause: float = 0.25
     log_format: str = "text"
     replay_max_events: int = 1000
     webhook_max_share: float = 0.25
@@ -178,6 +182,8 @@ class Settings:
             expensive_reads_per_session=reader.integer(
                 "EXPENSIVE_READS_PER_SESSION", max(1, readers // 2), 1, 64
             ),
+            reader_niceness=reader.integer("READER_NICENESS", 10, 0, 19),
+            expensive_refusal_pause=reader.number("EXPENSIVE_REFUSAL_PAUSE", 0.25, 0.0, 1.0),
             replay_max_events=reader.integer("REPLAY_MAX_EVENTS", 1000, 1, 100_000),
             webhook_max_share=reader.number("WEBHOOK_MAX_SHARE", 0.25, 0.01, 1.0),
             stream_heartbeat=reader.number("STREAM_HEARTBEAT", 15.0, 0.05, 3600.0),

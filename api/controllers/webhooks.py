@@ -18,6 +18,7 @@ from api.auth import API_KEY_SECURITY, Principal, provide_caller
 from api.context import Service, UrlCheck
 from api.controllers.common import problems, utc_instant
 from api.expensive import LocalReads
+from api.fastpath import EXPENSIVE_REPLAY
 from api.problems import ProblemError
 from api.schemas import (
     DeliveryOut,
@@ -193,10 +194,12 @@ class WebhooksController(Controller):
         sessions: Service[SessionsApplication],
         writes: Service[Writes],
         webhook_queries: Service[WebhookQueries],
+        expensive: Service[LocalReads],
     ) -> None:
         """Delete it: nothing more is delivered, pending deliveries are cancelled."""
         await self._row(webhook_queries, caller, webhook_id)
         position = await call(Webhooks(sessions).delete, webhook_id, caller.actor)
+        expensive.pool.forget_tenant(webhook_id)
         await _visible(writes, webhook_queries, position)
 
     @post(
@@ -286,6 +289,7 @@ class WebhooksController(Controller):
         status_code=202,
         responses=problems(400, 401, 404, 409, 413, 422, 429, 503),
         operation_id="replayWebhook",
+        opt={EXPENSIVE_REPLAY: True},  # refused early beyond its tenant's cap (`api.fastpath`)
     )
     async def replay(
         self,
@@ -306,6 +310,9 @@ class WebhooksController(Controller):
         if end <= start:
             raise ProblemError(422, "invalid-window", "`to` must come after `from`")
         tenant = row["session_id"] or GLOBAL_ENDPOINTS
+        # The next replays of this endpoint beyond the tenant's cap are refused before their
+        # body is read and their endpoint looked up (`api.fastpath.expensive_refusal`).
+        expensive.pool.remember_tenant(webhook_id, tenant)
         try:
             enqueued, after = await expensive.run(
                 tenant, reads.replay, row, (start, end), data.after

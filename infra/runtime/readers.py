@@ -75,4 +75,4 @@ class ReaderRecipe:
 def reader_processes(settings: Settings, database_url: str, label: str) -> ReaderProcesses:
     """The API process's reader processes (SESSIOND_EXPENSIVE_READERS of them)."""
     recipe = ReaderRecipe(settings, database_url, os.getpid(), label)
-    return ReaderProcesses(settings.expensive_readers, recipe)
+    return ReaderProcesses(settings.expensive_readers, recipe, settings.reader_niceness)

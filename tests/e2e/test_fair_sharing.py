@@ -92,7 +92,7 @@ def test_keys_and_endpoints_beyond_a_sessions_caps_are_refused_with_409(
 
 
 def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers(
-    start: Any, sessiond_env: dict[str, str], database_url: str
+    start: Any, sessiond_env: dict[str, str], database_url: str, hook: Receiver
 ) -> None:
     env = {
         **sessiond_env,
@@ -105,6 +105,17 @@ def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers
         as_of = datetime.now(UTC).isoformat()
         past = f"/sessions/{noisy['sessionId']}"
         answers: list[httpx.Response] = []
+        registered = client.post(
+            "/webhooks",
+            json={"url": hook.url, "events": ["session.stopped"]},
+            headers=key_of(noisy),
+        )
+        assert registered.status_code == 201, registered.text
+        replay = f"/webhooks/{registered.json()['webhookId']}/replay"
+        window = {"from": as_of, "to": datetime.now(UTC).isoformat()}
+        # A replay of the endpoint, once: the server now knows whose reads its replays are.
+        replayed = client.post(replay, json=window, headers=key_of(noisy))
+        assert replayed.status_code == 202, replayed.text
         # The fault: the snapshots table is locked, so a past state's read hangs in flight.
         with psycopg.connect(database_url) as lock:
             lock.execute("LOCK TABLE sessiond_status_snapshots IN ACCESS EXCLUSIVE MODE")
@@ -146,6 +157,18 @@ def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers
             counted = client.get(past + "/events", params={"limit": "5"}, headers=key_of(noisy))
             _problem(counted, 429, "expensive-reads-spent")
             assert "ratelimit-remaining" in counted.headers, counted.headers
+            # Check: a replay of the session's endpoint is refused 429 too, before its body is
+            # read (a body that is not JSON: 429, not 400), after the key's check as on the
+            # route (rate limit counted); another session's key is told 404 as on the route.
+            not_json = {**key_of(noisy), "content-type": "application/json"}
+            spent = client.post(replay, content=b"{not json", headers=not_json)
+            _problem(spent, 429, "expensive-reads-spent")
+            assert spent.headers["retry-after"] == "1"
+            assert "ratelimit-remaining" in spent.headers, spent.headers
+            _problem(client.post(replay, json=window, headers=ADMIN), 429, "expensive-reads-spent")
+            assert client.post(replay, content=b"{not json").status_code == 401
+            foreign_replay = client.post(replay, json=window, headers=key_of(quiet))
+            _problem(foreign_replay, 404, "webhook-not-found")
             # Check: without `asOf` the session itself is no expensive read.
             assert client.get(past, headers=key_of(noisy)).status_code == 200
             # Check: the status path of both sessions answers meanwhile.
@@ -221,7 +244,11 @@ def test_a_reader_process_that_dies_mid_read_is_replaced_and_none_outlives_the_s
 def test_reader_processes_decrypt_the_log_with_the_servers_cipher_key(
     start: Any, sessiond_env: dict[str, str]
 ) -> None:
-    env = {**sessiond_env, "SESSIOND_CIPHER_KEY": AESCipher.create_key(32)}
+    env = {
+        **sessiond_env,
+        "SESSIOND_CIPHER_KEY": AESCipher.create_key(32),
+        "SESSIOND_READER_NICENESS": "15",
+    }
     server = start("serve", env)
     with server.client() as client:
         created = create_session(client, "Encrypted")
@@ -242,6 +269,12 @@ def test_reader_processes_decrypt_the_log_with_the_servers_cipher_key(
         assert past.json()["name"] == "Encrypted"
         uptime = client.get(f"/sessions/{sid}/uptime", headers=key_of(created))
         assert uptime.status_code == 200, uptime.text
+        # Check: the reader processes run SESSIOND_READER_NICENESS below their API process
+        # for the CPU (nice), so that a core both want goes to the status reads first.
+        readers = _readers(server)
+        assert readers
+        (http,) = set(map(_parent, readers))
+        assert {_niceness(pid) for pid in readers} == {_niceness(http) + 15}
 
 
 def _waiting_on(database_url: str, table: str) -> bool:
@@ -251,6 +284,19 @@ def _waiting_on(database_url: str, table: str) -> bool:
             (table,),
         ).fetchone()
     return bool(found and found[0])
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command's name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _parent(pid: int) -> int:
+    return int(_stat(pid)[1])
+
+
+def _niceness(pid: int) -> int:
+    return int(_stat(pid)[16])
 
 
 def _alive(pid: int) -> bool:

@@ -52,3 +52,28 @@ async def test_a_read_whose_client_went_away_counts_until_its_work_ends() -> Non
         await asyncio.sleep(0)
     assert await reads.run("noisy", lambda _: 1, None) == 1
     reads.close()
+
+
+async def test_a_refusal_is_answered_after_the_pause_and_holds_no_slot_meanwhile() -> None:
+    pause = 0.2
+    reads = ExpensiveReads(threads=2, per_session=1, refusal_pause=pause)
+    release = threading.Event()
+    hanging = asyncio.create_task(reads.run("noisy", lambda _: release.wait(), None))
+    while reads.in_flight("noisy") == 0:
+        await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    refused = [asyncio.create_task(reads.run("noisy", lambda _: "never", None)) for _ in range(20)]
+    # Check: while the refusals wait, another session is served (they hold no slot).
+    assert await reads.run("quiet", lambda _: "served", None) == "served"
+    assert reads.in_flight("noisy") == 1
+    for task in refused:
+        with pytest.raises(ProblemError) as error:
+            await task
+        assert error.value.status == 429
+    # Check: none was answered before the pause (a timer never fires early by more than the
+    # clock's resolution).
+    assert loop.time() - began >= pause - 0.01
+    release.set()
+    assert await hanging is True
+    reads.close()
