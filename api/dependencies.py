@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from litestar.datastructures import State
 from litestar.di import Provide
 
 from api.context import ApiContext
 from api.controllers.simulator import SimulatedPhone
 from api.controllers.streams import EventStreams
+from api.dashboard.bell import BELL_STATE, Bell
 from api.expensive import LocalReads
 from api.reads import OwnReaders
 
@@ -62,9 +64,19 @@ def _constant(value: Any) -> Callable[[], Any]:
     return provide
 
 
+def _open_alerts(state: State) -> Bell | None:
+    """The open alerts as the dashboard's bell last read them (never read on the way)."""
+    bell = state.get(BELL_STATE)
+    return bell if isinstance(bell, Bell) else None
+
+
 def providers(ctx: ApiContext) -> dict[str, Provide]:
-    """The app-level providers of `services` (each value built once, cached)."""
+    """The app-level providers of `services` (each value built once, cached), and the open
+    alerts of the app's state."""
     return {
-        name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
-        for name, value in services(ctx).items()
+        **{
+            name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
+            for name, value in services(ctx).items()
+        },
+        "open_alerts": Provide(_open_alerts, sync_to_thread=False),
     }

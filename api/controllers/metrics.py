@@ -17,9 +17,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.context import Service
+from api.dashboard.bell import Bell
 from api.presenters import health, health_reason
 from api.ratelimit import SessionRateLimiter
 from api.writes import call
+from domain.alerts import CONDITIONS
 from domain.policy import RESTRICTING_REASONS
 from domain.values import DesiredState, Status
 from projections.readmodels import ReadModels
@@ -63,6 +65,8 @@ class Scrape:
     webhooks: EndpointHealth = field(default_factory=EndpointHealth)
     requests_limited: int = 0
     requests_near_limit: int = 0
+    # The alert rules' open alerts by condition (as last read for the dashboard's bell).
+    alerts_open: dict[str, int] = field(default_factory=dict)
 
 
 class SessionsCollector(Collector):
@@ -147,6 +151,15 @@ class SessionsCollector(Collector):
         yield lag
         yield from self._webhooks()
         yield from self._requests()
+        alerts = GaugeMetricFamily(
+            "sessiond_alerts_open",
+            "Open alerts of sessiond's own alert rules (`/alerts/rules`), by condition, as last "
+            "read (at most a few seconds old)",
+            labels=["condition"],
+        )
+        for condition in CONDITIONS:
+            alerts.add_metric([condition], self.scrape.alerts_open.get(condition, 0))
+        yield alerts
 
     def _down(self) -> Iterator[Metric]:
         now = self.scrape.now
@@ -214,6 +227,7 @@ async def metrics(
     projection_lags: Service[Callable[[], dict[str, int]]],
     webhook_queries: Service[WebhookQueries],
     limiter: Service[SessionRateLimiter],
+    open_alerts: Service[Bell | None],
 ) -> Response[bytes]:
     """Prometheus exposition: sessions by status, health and restriction, how long sessions
     are down, messages by direction and status, queue depths, reconnects, how many events each
@@ -225,6 +239,9 @@ async def metrics(
         webhooks=await call(webhook_queries.endpoint_health),
         requests_limited=limiter.limited,
         requests_near_limit=limiter.near_limit,
+        alerts_open=dict(
+            Counter(alert.condition for alert in open_alerts.open()) if open_alerts else {}
+        ),
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SessionsCollector(read_models.sessions(), lags, scrape))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 from tests.e2e.steps import admin_status, scan, scan_shown_qr, signed_in, simulate
@@ -37,6 +38,15 @@ def hooks(hook: Receiver, kind: str, secret: str) -> list[dict[str, Any]]:
         for body in (request.verify(secret) for request in list(hook.received))
         if body["type"] == kind
     ]
+
+
+def open_on_metrics(client: httpx.Client, condition: str) -> float | None:
+    """`sessiond_alerts_open{condition=…}` in a scrape of /metrics."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "sessiond_alerts_open" and sample.labels == {"condition": condition}:
+                return float(sample.value)
+    return None
 
 
 def test_a_disconnection_alert_fires_and_resolves_through_webhooks_and_the_log(
@@ -95,6 +105,11 @@ def test_a_disconnection_alert_fires_and_resolves_through_webhooks_and_the_log(
             ),
             what="the bell showing the alert",
         )
+        # ... and /metrics counts it by condition (for Prometheus's rules).
+        eventually(
+            lambda: open_on_metrics(client, "disconnected") == 1.0,
+            what="/metrics counting the open alert",
+        )
 
         # Check it stays one alert while the session stays down, through an operator's
         # reconnect that shows QR codes again (no re-firing).
@@ -118,6 +133,10 @@ def test_a_disconnection_alert_fires_and_resolves_through_webhooks_and_the_log(
         eventually(
             lambda: 'data-alerts="0"' in dashboard.get("/dashboard/").text,
             what="the bell with no alert",
+        )
+        eventually(
+            lambda: open_on_metrics(client, "disconnected") == 0.0,
+            what="/metrics with no open alert",
         )
 
         # Check the log shows when it fired and when it cleared, about the session.

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.controllers.metrics import DOWN_MINUTES, Scrape, SessionsCollector, down_seconds
 from api.ratelimit import SessionRateLimiter, near_limit
+from domain.alerts import CONDITIONS
 from domain.values import ADMIN_ACTOR
 from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
 from projections.webhooks import EndpointHealth
@@ -193,3 +194,14 @@ async def test_the_rate_limiter_counts_requests_refused_and_near_the_limit() -> 
     )
     assert samples[("sessiond_session_requests_limited_total", ())] == 2
     assert samples[("sessiond_session_requests_near_limit_total", ())] == 2
+
+
+def test_open_alerts_are_counted_by_condition_with_every_condition_listed() -> None:
+    samples = scrape([], Scrape(now=NOW, lags={}, alerts_open={"quota_low": 2, "silent": 1}))
+    assert samples[("sessiond_alerts_open", (("condition", "quota_low"),))] == 2
+    assert samples[("sessiond_alerts_open", (("condition", "silent"),))] == 1
+    assert samples[("sessiond_alerts_open", (("condition", "disconnected"),))] == 0
+    quiet = scrape([], Scrape(now=NOW, lags={}))
+    assert {labels for name, labels in quiet if name == "sessiond_alerts_open"} == {
+        (("condition", condition),) for condition in CONDITIONS
+    }
