@@ -61,9 +61,14 @@ def _constant(value: Any) -> Callable[[], Any]:
     return provide
 
 
-def providers(ctx: ApiContext) -> dict[str, Provide]:
-    """The app-level providers of `services` (each value built once, cached)."""
+def constants(values: dict[str, Any]) -> dict[str, Provide]:
+    """Providers that each answer one value built beforehand (cached)."""
     return {
         name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
-        for name, value in services(ctx).items()
+        for name, value in values.items()
     }
+
+
+def providers(ctx: ApiContext) -> dict[str, Provide]:
+    """The app-level providers of `services` (each value built once, cached)."""
+    return constants(services(ctx))

@@ -9,22 +9,22 @@ from litestar import get, post
 from litestar.params import QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
+from api.context import Service
 from api.controllers.common import current_row
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import FILTERS, ListPage, list_page
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
-from api.dashboard.web import DashboardController, DashRequest, ctx_of, flash, page, see_other
-from api.writes import call
+from api.dashboard.web import DashboardController, DashRequest, flash, page, see_other
+from api.writes import Writes, call
+from application.sessions import SessionsApplication
 from domain.errors import InvalidValue
 from domain.values import ADMIN_ACTOR, MAX_NAME_LENGTH
+from projections.readmodels import ReadModels
 from projections.status import SessionRow
 
 Filter = Annotated[str, QueryParameter(name="status", pattern="^(" + "|".join(FILTERS) + ")$")]
 PageNumber = Annotated[int, QueryParameter(name="page", ge=1, le=100_000)]
-
-
-LISTS_STATE = "dashboard_lists"
 
 
 class RenderedLists:
@@ -55,31 +55,38 @@ class RenderedLists:
         return found
 
 
-def _table(request: DashRequest, wanted: str, number: int) -> tuple[ListPage, str]:
-    lists: RenderedLists = request.app.state[LISTS_STATE]
-    return lists.table(ctx_of(request).read_models.sessions(), wanted, number)
-
-
 class ListController(DashboardController):
     @get("/")
     async def sessions(
-        self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
+        self,
+        request: DashRequest,
+        wanted: Filter = "all",
+        number: PageNumber = 1,
+        *,
+        read_models: Service[ReadModels],
+        lists: Service[RenderedLists],
     ) -> Template:
         """Every session with its state, last activity, queue and uptime; filtered by state."""
-        listing, table = _table(request, wanted, number)
+        listing, table = lists.table(read_models.sessions(), wanted, number)
         return page(request, "list.html", listing=listing, table=table)
 
     @get("/live/sessions", opt={SKIP_SESSION: True})
     async def live_sessions(
-        self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
+        self,
+        request: DashRequest,
+        wanted: Filter = "all",
+        number: PageNumber = 1,
+        *,
+        read_models: Service[ReadModels],
+        lists: Service[RenderedLists],
+        view_changes: Service[ViewChanges],
     ) -> ServerSentEvent:
         """The list's table, sent again whenever it changes."""
-        changes: ViewChanges = request.app.state.dashboard_changes
 
         async def render() -> dict[str, str]:
-            return {"sessions-table": _table(request, wanted, number)[1]}
+            return {"sessions-table": lists.table(read_models.sessions(), wanted, number)[1]}
 
-        return stream(changes, render, await sign_in_left(request))
+        return stream(view_changes, render, await sign_in_left(request))
 
     @get("/sessions/new")
     async def new_session(self, request: DashRequest) -> Template:
@@ -87,13 +94,19 @@ class ListController(DashboardController):
         return page(request, "new.html", name="", error=None, max_name=MAX_NAME_LENGTH)
 
     @post("/sessions")
-    async def create_session(self, request: DashRequest) -> Template | Redirect:
+    async def create_session(
+        self,
+        request: DashRequest,
+        *,
+        sessions: Service[SessionsApplication],
+        read_models: Service[ReadModels],
+        writes: Service[Writes],
+    ) -> Template | Redirect:
         """Create the session (as the API does), then show its QR code to scan."""
-        ctx = ctx_of(request)
         form = await request.form()
         name = str(form.get("name") or "")
         try:
-            created = await call(ctx.app.create_session, name, {}, None, ADMIN_ACTOR)
+            created = await call(sessions.create_session, name, {}, None, ADMIN_ACTOR)
         except InvalidValue as error:
             message = str(error)
             return page(
@@ -108,6 +121,6 @@ class ListController(DashboardController):
         # Kept for the next page first: if the views lag (503 below), the key is still shown
         # on the session's page, not lost.
         flash(request, key={"key_id": key.key_id, "key": key.key, "label": key.label})
-        await ctx.writes.settle(created.position)
-        row = current_row(ctx.read_models, created.session_id)
+        await writes.settle(created.position)
+        row = current_row(read_models, created.session_id)
         return see_other(f"{DASHBOARD}/sessions/{row.session_id}/link")

@@ -162,3 +162,26 @@ def simulate(client: httpx.Client, created: dict[str, Any], action: str, **body:
     url = f"/simulator/sessions/{created['sessionId']}/{action}"
     response = client.post(url, headers=ADMIN, json=body or None)
     assert response.status_code == 200, response.text
+
+
+def history(client: httpx.Client, created: dict[str, Any]) -> list[dict[str, Any]]:
+    """The session's events (up to 1,000), read with the admin key."""
+    answer = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    """The value of one sample of `/metrics`: `name` with its labels, as the text shows it."""
+    text = client.get("/metrics").text
+    (value,) = [row.removeprefix(name + " ") for row in text.splitlines() if row.startswith(name)]
+    return float(value)
+
+
+def message(client: httpx.Client, created: dict[str, Any], message_id: str) -> dict[str, Any]:
+    """One of the session's messages, read with the admin key."""
+    response = client.get(f"/sessions/{created['sessionId']}/messages/{message_id}", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body

@@ -14,23 +14,14 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
-
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
 from tests.e2e.steps import admin_status as status
-from tests.e2e.steps import holder, scan, signed_in, simulate, worker_id
+from tests.e2e.steps import history, holder, metric, scan, signed_in, simulate, worker_id
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
 FRIEND = "+14155550123"
 HOOK_TYPES = ["session.health-changed", "session.socket-disconnected"]
-
-
-def history(client: httpx.Client, created: dict[str, Any]) -> list[dict[str, Any]]:
-    answer = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)
-    assert answer.status_code == 200, answer.text
-    items: list[dict[str, Any]] = answer.json()["items"]
-    return items
 
 
 def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -39,21 +30,6 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def at(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["timestamp"])
-
-
-def metric(client: httpx.Client, line: str) -> float:
-    text = client.get("/metrics").text
-    (value,) = [row.removeprefix(line + " ") for row in text.splitlines() if row.startswith(line)]
-    return float(value)
-
-
-def hooks_of(hook: Receiver, kind: str, session_id: str, secret: str) -> list[dict[str, Any]]:
-    found = []
-    for request in list(hook.received):
-        body = request.verify(secret)  # every delivery is signed
-        if body["type"] == kind and body["data"]["sessionId"] == session_id:
-            found.append(body)
-    return found
 
 
 def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
@@ -120,7 +96,7 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         assert "degraded (silent)" in page.text
         assert 'data-health-reason="silent"' in dashboard.get("/dashboard/").text
         degraded = hook.wait_for(
-            lambda _: hooks_of(hook, "session.health-changed", session_id, secret), timeout=20
+            lambda _: hook.signed(secret, "session.health-changed", session_id), timeout=20
         )
         assert degraded[0]["data"]["health"] == "degraded"
         assert degraded[0]["data"]["reason"] == "silent"
@@ -153,7 +129,7 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         healthy = hook.wait_for(
             lambda _: (
                 got
-                if len(got := hooks_of(hook, "session.health-changed", session_id, secret)) >= 2
+                if len(got := hook.signed(secret, "session.health-changed", session_id)) >= 2
                 else None
             ),
             timeout=20,
@@ -165,7 +141,7 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
             "cause": "reconnected",
         }
         dropped = hook.wait_for(
-            lambda _: hooks_of(hook, "session.socket-disconnected", session_id, secret)
+            lambda _: hook.signed(secret, "session.socket-disconnected", session_id)
         )
         assert dropped[0]["data"]["reason"] == "silent"
         eventually(lambda: metric(client, 'sessiond_sessions_degraded{reason="silent"}') == 0.0)
