@@ -118,7 +118,7 @@ class SessionPages:
         return self._status_page(request, row, "link", status, phone_error=error)
 
 
-def provide_row(session_id: str, read_models: Service[ReadModels]) -> SessionRow:
+def provide_row(session_id: FromPath[str], read_models: Service[ReadModels]) -> SessionRow:
     """The session of the path, as this process's views have it (404 if gone)."""
     return live_row(read_models, session_id)
 
