@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
 from litestar import get, post
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
@@ -55,36 +57,44 @@ class RenderedLists:
         return found
 
 
+#: The list's table as the query asks for it (filter and page), rendered when called.
+Table = Callable[[], tuple[ListPage, str]]
+
+
+def provide_table(
+    read_models: Service[ReadModels],
+    lists: Service[RenderedLists],
+    wanted: Filter = "all",
+    number: PageNumber = 1,
+) -> Table:
+    """The table of the sessions this process's views have, as the query asks for it."""
+
+    def table() -> tuple[ListPage, str]:
+        return lists.table(read_models.sessions(), wanted, number)
+
+    return table
+
+
 class ListController(DashboardController):
+    dependencies = {"table": Provide(provide_table, sync_to_thread=False)}  # noqa: RUF012
+
     @get("/")
-    async def sessions(
-        self,
-        request: DashRequest,
-        wanted: Filter = "all",
-        number: PageNumber = 1,
-        *,
-        read_models: Service[ReadModels],
-        lists: Service[RenderedLists],
-    ) -> Template:
+    async def sessions(self, request: DashRequest, table: NamedDependency[Table]) -> Template:
         """Every session with its state, last activity, queue and uptime; filtered by state."""
-        listing, table = lists.table(read_models.sessions(), wanted, number)
-        return page(request, "list.html", listing=listing, table=table)
+        listing, html = table()
+        return page(request, "list.html", listing=listing, table=html)
 
     @get("/live/sessions", opt={SKIP_SESSION: True})
     async def live_sessions(
         self,
         request: DashRequest,
-        wanted: Filter = "all",
-        number: PageNumber = 1,
-        *,
-        read_models: Service[ReadModels],
-        lists: Service[RenderedLists],
+        table: NamedDependency[Table],
         view_changes: Service[ViewChanges],
     ) -> ServerSentEvent:
         """The list's table, sent again whenever it changes."""
 
         async def render() -> dict[str, str]:
-            return {"sessions-table": lists.table(read_models.sessions(), wanted, number)[1]}
+            return {"sessions-table": table()[1]}
 
         return stream(view_changes, render, await sign_in_left(request))
 

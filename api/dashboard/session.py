@@ -4,6 +4,7 @@ JSON API runs, recorded with the actor ``admin``, and waits for the views like t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -46,6 +47,14 @@ KEY_LIFETIMES: dict[str, tuple[str, int | None]] = {
     "30d": ("In 30 days", 30 * 86400),
     "90d": ("In 90 days", 90 * 86400),
     "365d": ("In 1 year", 365 * 86400),
+}
+#: The commands of the session's page that take no input, by their path's last part: the
+#: application's command, and the notice shown once it is done.
+COMMANDS: dict[
+    str, tuple[Callable[[SessionsApplication], Callable[[str, str], int | None]], str]
+] = {
+    "reconnect": (lambda app: app.reconnect, "Reconnecting the session."),
+    "stop": (lambda app: app.stop, "The session is stopped."),
 }
 #: What each scope allows, in the key form's words.
 SCOPE_WORDS = {
@@ -219,29 +228,19 @@ class SessionController(DashboardController):
 
     # -- actions --------------------------------------------------------------------------
 
-    @post(SESSION + "/reconnect")
-    async def reconnect(
+    @post([SESSION + "/reconnect", SESSION + "/stop"])
+    async def command(
         self,
         request: DashRequest,
         row: Row,
         sessions: Service[SessionsApplication],
         writes: Service[Writes],
     ) -> Redirect:
-        """Start the session again: its linked device is resumed, or new QR codes are shown."""
-        position = await call(sessions.reconnect, row.session_id, ADMIN_ACTOR)
-        return await _saved(request, writes, position, "Reconnecting the session.", _path(row))
-
-    @post(SESSION + "/stop")
-    async def stop(
-        self,
-        request: DashRequest,
-        row: Row,
-        sessions: Service[SessionsApplication],
-        writes: Service[Writes],
-    ) -> Redirect:
-        """Stop the session; it stays stopped until reconnected."""
-        position = await call(sessions.stop, row.session_id, ADMIN_ACTOR)
-        return await _saved(request, writes, position, "The session is stopped.", _path(row))
+        """Reconnect the session (its linked device is resumed, or new QR codes are shown), or
+        stop it (it stays stopped until reconnected): the path's last part says which."""
+        command, notice = COMMANDS[request.url.path.rsplit("/", 1)[-1]]
+        position = await call(command(sessions), row.session_id, ADMIN_ACTOR)
+        return await _saved(request, writes, position, notice, _path(row))
 
     @get(SESSION + "/delete")
     async def confirm_delete(

@@ -14,6 +14,8 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
+
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
 from tests.e2e.steps import admin_status as status
 from tests.e2e.steps import history, holder, metric, scan, signed_in, simulate, worker_id
@@ -26,6 +28,21 @@ HOOK_TYPES = ["session.health-changed", "session.socket-disconnected"]
 
 def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == kind]
+
+
+def silenced_from(
+    client: httpx.Client, created: dict[str, Any], heard_at: datetime, after: float
+) -> dict[str, Any]:
+    """The session's first Silenced event, once recorded: `after` seconds (and a little)
+    after `heard_at`, the last word from WhatsApp."""
+    silenced: list[dict[str, Any]] = eventually(
+        lambda: of_type(history(client, created), "Silenced"),
+        timeout=after + 5,
+        what="the session found silent",
+    )
+    delay = at(silenced[0]) - heard_at
+    assert timedelta(seconds=after) <= delay < timedelta(seconds=after + 2.5)
+    return silenced[0]
 
 
 def at(event: dict[str, Any]) -> datetime:
@@ -225,15 +242,9 @@ def test_a_worker_that_takes_a_session_over_keeps_its_silence_clock(
         assert at(resumed) - heard_at < timedelta(seconds=after - 2), "the takeover was too slow"
 
         # Check the silence is judged from the last word, not from the new connection.
-        silenced = eventually(
-            lambda: of_type(history(client, created), "Silenced"),
-            timeout=after + 5,
-            what="the session found silent",
-        )
-        silenced_at = at(silenced[0])
-        assert timedelta(seconds=after) <= silenced_at - heard_at < timedelta(seconds=after + 2.5)
-        assert silenced_at < at(resumed) + timedelta(seconds=after - 1)
-        assert datetime.fromisoformat(silenced[0]["data"]["heard_at"]) == heard_at
+        silenced = silenced_from(client, created, heard_at, after)
+        assert at(silenced) < at(resumed) + timedelta(seconds=after - 1)
+        assert datetime.fromisoformat(silenced["data"]["heard_at"]) == heard_at
 
         # The survivor's link answers the check: the silence ends, the session stays up.
         ended = eventually(
@@ -272,13 +283,7 @@ def test_a_restarted_server_keeps_the_silence_clock(
         assert at(resumed) - heard_at < timedelta(seconds=after - 3), "the restart was too slow"
 
         # Check the silence is judged from the last word, not from the resumed connection.
-        silenced = eventually(
-            lambda: of_type(history(client, created), "Silenced"),
-            timeout=after + 5,
-            what="the session found silent",
-        )
-        silenced_at = at(silenced[0])
-        assert timedelta(seconds=after) <= silenced_at - heard_at < timedelta(seconds=after + 2.5)
-        assert silenced_at < at(resumed) + timedelta(seconds=after - 2)
+        silenced = silenced_from(client, created, heard_at, after)
+        assert at(silenced) < at(resumed) + timedelta(seconds=after - 2)
         ended = eventually(lambda: of_type(history(client, created), "SilenceEnded"))
         assert ended[0]["data"]["cause"] == "checked"
