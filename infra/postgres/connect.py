@@ -75,6 +75,20 @@ def transaction(
         yield curs
 
 
+def fetch_one(datastore: PostgresDatastore, query: Any, params: Any = None) -> DictRow | None:
+    """The first row a read answers (None: no row), on a pooled connection of its own."""
+    with datastore.cursor() as curs:
+        curs.execute(query, params)
+        return curs.fetchone()
+
+
+def fetch_all(datastore: PostgresDatastore, query: Any, params: Any = None) -> list[DictRow]:
+    """Every row a read answers, on a pooled connection of its own."""
+    with datastore.cursor() as curs:
+        curs.execute(query, params)
+        return curs.fetchall()
+
+
 class PostgresFactory(postgres.PostgresFactory):
     """eventsourcing's PostgreSQL persistence, with pools that connect as `connect` does and
     retry a lost connection at most `RECONNECT_WINDOW` apart; their connections are named
