@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,6 +50,19 @@ def unreachable(error: BaseException) -> bool:
         | persistence.OperationalError
         | persistence.InterfaceError,
     )
+
+
+def log_failure(
+    logger: logging.Logger, error: BaseException, what: str, *args: object, then: str = ""
+) -> None:
+    """Log a failure that the loop around it survives (`what`, then what it does next): one
+    line with the error while the database is away (it comes back by itself), the traceback
+    otherwise (a bug to look at)."""
+    tail = f"; {then}" if then else ""
+    if unreachable(error):
+        logger.warning(what + " (%s)" + tail, *args, error)
+    else:
+        logger.exception(what + tail, *args)
 
 
 def with_liveness(params: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow, tuple_row
 
-from infra.postgres.connect import fetch_one, transaction, unreachable
+from infra.postgres.connect import fetch_one, log_failure, transaction
 from infra.postgres.generations import SELECT_GENERATIONS, ActiveViews
 from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.listener import ProcessListener
@@ -272,10 +272,7 @@ class CachedReadModels(ReadModels):
                     self._flush_uses()
                     last_flush = time.monotonic()
             except Exception as error:
-                if unreachable(error):
-                    log.warning("the read models could not refresh (%s); again", error)
-                else:
-                    log.exception("the read models could not refresh; again")
+                log_failure(log, error, "the read models could not refresh", then="again")
                 self._stopping.wait(0.5)
 
     # -- refresh --------------------------------------------------------------------------
