@@ -31,7 +31,7 @@ from api.dashboard.security import (
     require_sign_in,
     sign_in_url,
 )
-from api.dashboard.session import SessionController, SessionPages
+from api.dashboard.session import AdminCommands, SessionController, SessionPages
 from api.dashboard.signin import SignInController
 from api.dashboard.templating import STATIC, template_config
 from api.dependencies import constants
@@ -110,6 +110,7 @@ class Dashboard:
                 "admin_key_hash": ctx.admin_key_hash,
                 "lists": RenderedLists(),
                 "view_changes": self.changes,
+                "commands": AdminCommands(app=ctx.app, writes=ctx.writes),
                 "pages": SessionPages(
                     reads=SessionReads(
                         app=ctx.app,

@@ -134,6 +134,7 @@ def provide_row(session_id: FromPath[str], read_models: Service[ReadModels]) -> 
 
 #: The session named by the path (`provide_row`).
 Row = NamedDependency[SessionRow]
+Pages = Service[SessionPages]
 
 
 async def _field(request: DashRequest, name: str) -> str:
@@ -146,13 +147,23 @@ def _path(row: SessionRow, tail: str = "") -> str:
     return f"{DASHBOARD}/sessions/{row.session_id}{tail}"
 
 
-async def _saved(
-    request: DashRequest, writes: Writes, position: int | None, notice: str, to: str
-) -> Redirect:
-    """After a command: wait until the views have it, then go to `to` with `notice`."""
-    await writes.settle(position)
+def _done(request: DashRequest, notice: str, to: str) -> Redirect:
+    """After a command: go to `to`, which shows `notice`."""
     flash(request, notice=notice)
     return see_other(to)
+
+
+@dataclass(frozen=True)
+class AdminCommands:
+    """The application's commands as the operator runs them (actor ``admin``), each done
+    once this process's views have what it recorded. Received as ``commands``."""
+
+    app: SessionsApplication
+    writes: Writes
+
+    async def run(self, command: Callable[..., int | None], *args: Any) -> None:
+        """Run `command` with `args` as the admin; return once the views have it."""
+        await self.writes.settle(await call(command, *args, ADMIN_ACTOR))
 
 
 class SessionController(DashboardController):
@@ -161,15 +172,13 @@ class SessionController(DashboardController):
     # -- pages ----------------------------------------------------------------------------
 
     @get(SESSION)
-    async def session(
-        self, request: DashRequest, row: Row, pages: Service[SessionPages]
-    ) -> Template:
+    async def session(self, request: DashRequest, row: Row, pages: Pages) -> Template:
         """Status and reason, health, metrics, uptime chart, timeline, keys, rate limit,
         webhooks, and the actions."""
         return await pages.session_page(request, row)
 
     @get(SESSION + "/link")
-    async def link(self, request: DashRequest, row: Row, pages: Service[SessionPages]) -> Template:
+    async def link(self, request: DashRequest, row: Row, pages: Pages) -> Template:
         """The QR code to scan, large, replaced live; or a pairing code by phone number."""
         return pages.link_page(request, row)
 
@@ -180,7 +189,7 @@ class SessionController(DashboardController):
         row: Row,
         view: View = "page",
         *,
-        pages: Service[SessionPages],
+        pages: Pages,
         view_changes: Service[ViewChanges],
     ) -> ServerSentEvent:
         """The session's live regions (and, on its page, the timeline), sent when they change."""
@@ -211,7 +220,7 @@ class SessionController(DashboardController):
         request: DashRequest,
         row: Row,
         *,
-        pages: Service[SessionPages],
+        pages: Pages,
         gateway_calls: Service[GatewayCalls],
     ) -> Template | Redirect:
         """Ask the session's worker for a code to type on the phone (instead of scanning)."""
@@ -230,22 +239,16 @@ class SessionController(DashboardController):
 
     @post([SESSION + "/reconnect", SESSION + "/stop"])
     async def command(
-        self,
-        request: DashRequest,
-        row: Row,
-        sessions: Service[SessionsApplication],
-        writes: Service[Writes],
+        self, request: DashRequest, row: Row, commands: Service[AdminCommands]
     ) -> Redirect:
         """Reconnect the session (its linked device is resumed, or new QR codes are shown), or
         stop it (it stays stopped until reconnected): the path's last part says which."""
         command, notice = COMMANDS[request.url.path.rsplit("/", 1)[-1]]
-        position = await call(command(sessions), row.session_id, ADMIN_ACTOR)
-        return await _saved(request, writes, position, notice, _path(row))
+        await commands.run(command(commands.app), row.session_id)
+        return _done(request, notice, _path(row))
 
     @get(SESSION + "/delete")
-    async def confirm_delete(
-        self, request: DashRequest, row: Row, pages: Service[SessionPages]
-    ) -> Template:
+    async def confirm_delete(self, request: DashRequest, row: Row, pages: Pages) -> Template:
         """Ask first: deleting revokes every API key of the session."""
         keys = await call(pages.reads.keys, row.session_id)
         now = datetime.now(UTC)
@@ -263,13 +266,7 @@ class SessionController(DashboardController):
 
     @post(SESSION + "/keys")
     async def create_key(
-        self,
-        request: DashRequest,
-        row: Row,
-        *,
-        sessions: Service[SessionsApplication],
-        writes: Service[Writes],
-        pages: Service[SessionPages],
+        self, request: DashRequest, row: Row, commands: Service[AdminCommands], pages: Pages
     ) -> Template | Redirect:
         """A new key for the session, shown on the next page only: with the scopes ticked
         (none: full access) and the expiry chosen (never, or a time to live)."""
@@ -289,7 +286,7 @@ class SessionController(DashboardController):
         ttl = lifetime[1]
         issued = await call(
             partial(
-                sessions.issue_key,
+                commands.app.issue_key,
                 scopes=check_scopes(scopes) if scopes else None,
                 expires_at=None if ttl is None else datetime.now(UTC) + timedelta(seconds=ttl),
             ),
@@ -309,7 +306,7 @@ class SessionController(DashboardController):
                 "expires": None if expires is None else expires.strftime("%Y-%m-%d %H:%M:%S UTC"),
             },
         )
-        await writes.settle(issued.position)
+        await commands.writes.settle(issued.position)
         return see_other(_path(row, "#keys"))
 
     @post(SESSION + "/keys/{key_id:str}/revoke")
@@ -323,35 +320,23 @@ class SessionController(DashboardController):
 
     @post(SESSION + "/proxy")
     async def proxy(
-        self,
-        request: DashRequest,
-        row: Row,
-        *,
-        sessions: Service[SessionsApplication],
-        writes: Service[Writes],
-        pages: Service[SessionPages],
+        self, request: DashRequest, row: Row, commands: Service[AdminCommands], pages: Pages
     ) -> Template | Redirect:
         """Set the session's proxy (from its next connect on); empty removes it."""
         raw = await _field(request, "url")
         try:
             if raw:
-                position = await call(sessions.set_proxy, row.session_id, raw, ADMIN_ACTOR)
+                await commands.run(commands.app.set_proxy, row.session_id, raw)
             else:
-                position = await call(sessions.clear_proxy, row.session_id, ADMIN_ACTOR)
+                await commands.run(commands.app.clear_proxy, row.session_id)
         except InvalidProxy as error:
             return await pages.session_page(request, row, status=422, proxy=str(error))
         notice = "Proxy saved." if raw else "Proxy removed."
-        return await _saved(request, writes, position, notice, _path(row, "#proxy"))
+        return _done(request, notice, _path(row, "#proxy"))
 
     @post(SESSION + "/rate-limit")
     async def rate_limit(
-        self,
-        request: DashRequest,
-        row: Row,
-        *,
-        sessions: Service[SessionsApplication],
-        writes: Service[Writes],
-        pages: Service[SessionPages],
+        self, request: DashRequest, row: Row, commands: Service[AdminCommands], pages: Pages
     ) -> Template | Redirect:
         """Set the session's requests per minute; empty goes back to the default."""
         raw = await _field(request, "requests_per_minute")
@@ -364,7 +349,5 @@ class SessionController(DashboardController):
                     "or leave it empty for the default."
                 )
                 return await pages.session_page(request, row, status=422, rate_limit=error)
-        position = await call(sessions.set_rate_limit, row.session_id, value, ADMIN_ACTOR)
-        return await _saved(
-            request, writes, position, "Rate limit saved.", _path(row, "#rate-limit")
-        )
+        await commands.run(commands.app.set_rate_limit, row.session_id, value)
+        return _done(request, "Rate limit saved.", _path(row, "#rate-limit"))
