@@ -64,6 +64,14 @@ def _constant(value: Any) -> Callable[[], Any]:
     return provide
 
 
+def constants(values: dict[str, Any]) -> dict[str, Provide]:
+    """Providers that each answer one value built beforehand (cached)."""
+    return {
+        name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
+        for name, value in values.items()
+    }
+
+
 def _open_alerts(state: State) -> Bell | None:
     """The open alerts as the dashboard's bell last read them (never read on the way)."""
     bell = state.get(BELL_STATE)
@@ -74,9 +82,6 @@ def providers(ctx: ApiContext) -> dict[str, Provide]:
     """The app-level providers of `services` (each value built once, cached), and the open
     alerts of the app's state."""
     return {
-        **{
-            name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
-            for name, value in services(ctx).items()
-        },
+        **constants(services(ctx)),
         "open_alerts": Provide(_open_alerts, sync_to_thread=False),
     }

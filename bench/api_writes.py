@@ -138,11 +138,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
+    parser = bench_parser(__doc__, rounds=2, duration=8.0)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per round")
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2)
     return run_bench(bench, parser.parse_args(argv))
 
 

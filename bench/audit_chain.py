@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 from benchutil import fresh_database, median, print_table, ratio, run_bench, verdict
-from command_throughput import BenchSession, Run, subject
+from command_throughput import BenchSession, Run, subject, writers_args
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
@@ -203,23 +203,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds, each side")
-    parser.add_argument(
-        "--writers",
-        type=lambda text: [int(n) for n in text.split(",")],
-        default=[1, 8],
-        help="comma-separated writer counts (default 1,8)",
-    )
-    parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.rounds <= 20 or not 0.5 <= args.duration <= 120:
-        parser.error("rounds must be 1..20 and duration 0.5..120 s")
-    if not args.writers or not all(1 <= n <= 64 for n in args.writers):
-        parser.error("writer counts must be 1..64")
-    return run_bench(bench, args)
+    return run_bench(bench, writers_args(__doc__, 4, argv))
 
 
 if __name__ == "__main__":

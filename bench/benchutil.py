@@ -119,11 +119,18 @@ def exit_on_termination() -> None:
         signal.signal(number, _raise_exit)
 
 
-def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+def bench_parser(
+    doc: str | None, *, rounds: int | None = None, duration: float | None = None
+) -> argparse.ArgumentParser:
     """The command line of a benchmark: described by its module's first paragraph, with the
-    ``--json-out`` file `run_bench` writes the result to (`run_all.py` passes it)."""
+    ``--json-out`` file `run_bench` writes the result to (`run_all.py` passes it); and, when
+    their defaults are given, ``--rounds`` and ``--duration`` (seconds per round)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     parser.add_argument("--json-out", help="write the result here (used by run_all.py)")
+    if duration is not None:
+        parser.add_argument("--duration", type=float, default=duration, help="seconds per round")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds)
     return parser
 
 

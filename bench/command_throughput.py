@@ -328,10 +328,10 @@ def report(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
-    parser.add_argument("--rounds", type=int, default=3)
+def writers_args(doc: str | None, rounds: int, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a benchmark of writers (this one, `audit_chain.py`): rounds of
+    ``--duration`` seconds after ``--warmup``, for each count of ``--writers``."""
+    parser = bench_parser(doc, rounds=rounds, duration=5.0)
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds, each side")
     parser.add_argument(
         "--writers",
@@ -344,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("rounds must be 1..20 and duration 0.5..120 s")
     if not args.writers or not all(1 <= n <= 64 for n in args.writers):
         parser.error("writer counts must be 1..64")
-    return run_bench(bench, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(bench, writers_args(__doc__, 3, argv))
 
 
 if __name__ == "__main__":

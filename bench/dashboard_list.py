@@ -199,10 +199,8 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
+    parser = bench_parser(__doc__, rounds=3, duration=5.0)
     parser.add_argument("--sessions", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")

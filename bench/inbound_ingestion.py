@@ -136,10 +136,9 @@ def raw_saves(app: SessionsApplication, messages: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
+    parser = bench_parser(__doc__, rounds=3)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--sessions", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, help="ignored (run_all passes it)")
     args = parser.parse_args(argv)
     workdir = Path(ROOT / "var" / "bench-ingestion")

@@ -63,9 +63,19 @@ def run(script: str, options: list[str], workdir: Path) -> tuple[int, dict[str, 
     return code, result
 
 
+def failed(what: str) -> list[str]:
+    """The row of a benchmark that gave no result."""
+    return [what, "-", "-", "-", "-", "FAILED"]
+
+
+def invalid_mark(result: dict[str, Any]) -> str:
+    """What a row's verdict says of a run whose figures cannot be trusted."""
+    return "" if result["valid"] else " INVALID"
+
+
 def audit_chain_rows(chain: dict[str, Any] | None) -> list[list[str]]:
     if chain is None:
-        return [["commands with the audit chain vs without", "-", "-", "-", "-", "FAILED"]]
+        return [failed("commands with the audit chain vs without")]
     return [
         [
             f"commands with the audit chain vs without, {writers} writer(s)",
@@ -73,8 +83,7 @@ def audit_chain_rows(chain: dict[str, Any] | None) -> list[list[str]]:
             f"{figures['chain_on_commands_per_s']:,.0f}",
             f"{figures['ratio']:.3f}",
             f"≥ {chain['target_ratio']}",
-            verdict(figures["ratio"] >= chain["target_ratio"])
-            + ("" if chain["valid"] else " INVALID"),
+            verdict(figures["ratio"] >= chain["target_ratio"]) + invalid_mark(chain),
         ]
         for writers, figures in chain["writers"].items()
     ]
@@ -84,7 +93,7 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     rows: list[list[str]] = []
     status = results.get("status_read.py")
     if status is None:
-        rows.append(["status read vs /ping", "-", "-", "-", "-", "FAILED"])
+        rows.append(failed("status read vs /ping"))
     else:
         ping, subject = status["ping"], status["status"]
         ok = status["ratio_met"] and status["p99_met"]
@@ -95,13 +104,12 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 f"{subject['rps']:,.0f}",
                 f"{status['ratio']:.2f}",
                 "≥ 0.5, p99 < 10 ms",
-                f"{verdict(ok)} (p99 {subject['p99_ms']:.1f} ms)"
-                + ("" if status["valid"] else " INVALID"),
+                f"{verdict(ok)} (p99 {subject['p99_ms']:.1f} ms)" + invalid_mark(status),
             ]
         )
     commands = results.get("command_throughput.py")
     if commands is None:
-        rows.append(["commands vs insert commits", "-", "-", "-", "-", "FAILED"])
+        rows.append(failed("commands vs insert commits"))
     else:
         for writers, figures in commands["writers"].items():
             target = writers == "8"
@@ -119,9 +127,9 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     rows += audit_chain_rows(results.get("audit_chain.py"))
     storm = results.get("gateway_storm.py")
     if storm is None:
-        rows.append(["gateway storm", "-", "-", "-", "-", "FAILED"])
+        rows.append(failed("gateway storm"))
     else:
-        invalid = "" if storm["valid"] else " INVALID"
+        invalid = invalid_mark(storm)
         rows.append(
             [
                 f"worker memory per idle session ({storm['sessions']:,} sessions)",
@@ -144,7 +152,7 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
         )
     uptime = results.get("uptime_series.py")
     if uptime is None:
-        rows.append(["uptime series vs status read", "-", "-", "-", "-", "FAILED"])
+        rows.append(failed("uptime series vs status read"))
     else:
         for key, label in (("hour", "by hour (8,760 buckets)"), ("day", "by day")):
             rows.append(
@@ -154,7 +162,7 @@ def summary_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                     f"{uptime[key]['p99_ms']:.1f}",
                     f"{uptime['ratio_p99_' + key]:.1f}",
                     "-",
-                    f"p50 {uptime[key]['p50_ms']:.1f} ms" + ("" if uptime["valid"] else " INVALID"),
+                    f"p50 {uptime[key]['p50_ms']:.1f} ms" + invalid_mark(uptime),
                 ]
             )
     return rows + _issue_4_rows(results)
@@ -164,7 +172,7 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     rows: list[list[str]] = []
     ingestion = results.get("inbound_ingestion.py")
     if ingestion is None:
-        rows.append(["inbound ingestion vs raw saves", "-", "-", "-", "-", "FAILED"])
+        rows.append(failed("inbound ingestion vs raw saves"))
     else:
         rows.append(
             [
@@ -178,7 +186,7 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
         )
     rebuild = results.get("rebuild.py")
     if rebuild is None:
-        rows.append(["status view rebuild vs raw decoded read", "-", "-", "-", "-", "FAILED"])
+        rows.append(failed("status view rebuild vs raw decoded read"))
     else:
         rows.append(
             [
@@ -188,8 +196,7 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
                 f"{rebuild['ratio']:.2f}",
                 "≥ 0.35, 1M well < 60 s",
                 f"{verdict(rebuild['ratio_met'] and rebuild['time_met'])} "
-                f"({rebuild['seconds_per_million']:.1f} s per million)"
-                + ("" if rebuild["valid"] else " INVALID"),
+                f"({rebuild['seconds_per_million']:.1f} s per million)" + invalid_mark(rebuild),
             ]
         )
     return (
@@ -206,9 +213,9 @@ def _issue_4_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
 def _scale_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     scale = results.get("scale_10k.py")
     if scale is None:
-        return [["sessions on one node (2 workers, projector, API)", "-", "-", "-", "-", "FAILED"]]
+        return [failed("sessions on one node (2 workers, projector, API)")]
     n = f"{scale['sessions']:,}"
-    invalid = "" if scale["valid"] else " INVALID"
+    invalid = invalid_mark(scale)
     memory = ", ".join(f"{m['kb_per_session']:.1f}" for m in scale["memory"])
     storm, startup = scale["storm"], scale["startup"]
     return [
@@ -251,8 +258,8 @@ def _scale_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
 def _noisy_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     noisy = results.get("noisy_neighbour.py")
     if noisy is None:
-        return [["noisy neighbour: tenant B with A quiet vs noisy", "-", "-", "-", "-", "FAILED"]]
-    invalid = "" if noisy["valid"] else " INVALID"
+        return [failed("noisy neighbour: tenant B with A quiet vs noisy")]
+    invalid = invalid_mark(noisy)
     status, webhook = noisy["status"], noisy["webhook"]
     return [
         [
@@ -277,16 +284,7 @@ def _noisy_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
 def _lag_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     lag = results.get("expensive_reads_lag.py")
     if lag is None:
-        return [
-            [
-                "event-loop lag, expensive reads on threads vs processes",
-                "-",
-                "-",
-                "-",
-                "-",
-                "FAILED",
-            ]
-        ]
+        return [failed("event-loop lag, expensive reads on threads vs processes")]
     threads, processes = lag["figures"]["threads"], lag["figures"]["processes"]
     return [
         [
@@ -295,8 +293,7 @@ def _lag_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
             f"{processes['p99_ms']:.1f}",
             f"{processes['p99_ms'] / threads['p99_ms']:.2f}" if threads["p99_ms"] else "-",
             "-",
-            f"idle loop p99 {lag['figures']['idle']['p99_ms']:.1f} ms"
-            + ("" if lag["valid"] else " INVALID"),
+            f"idle loop p99 {lag['figures']['idle']['p99_ms']:.1f} ms" + invalid_mark(lag),
         ]
     ]
 
@@ -304,7 +301,7 @@ def _lag_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
 def _client_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     clients = results.get("neonize_clients.py")
     if clients is None:
-        return [["real neonize clients, offline", "-", "-", "-", "-", "FAILED"]]
+        return [failed("real neonize clients, offline")]
     largest = clients["rows"][-1]
     return [
         [
@@ -314,8 +311,7 @@ def _client_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
             "-",
             "< 5 MB",
             f"{verdict(clients['target_met'])} ({largest['connections_total']:.0f} connections, "
-            f"{largest['cpu_core_share']:.0%} of a core idle-retrying)"
-            + ("" if clients["valid"] else " INVALID"),
+            f"{largest['cpu_core_share']:.0%} of a core idle-retrying)" + invalid_mark(clients),
         ]
     ]
 
@@ -323,7 +319,7 @@ def _client_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
 def _dashboard_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     dashboard = results.get("dashboard_list.py")
     if dashboard is None:
-        return [["dashboard list vs JSON list", "-", "-", "-", "-", "FAILED"]]
+        return [failed("dashboard list vs JSON list")]
     page, listed = dashboard["page"], dashboard["json_list"]
     return [
         [
@@ -334,7 +330,7 @@ def _dashboard_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]
             "p99 < 100 ms",
             f"{verdict(dashboard['p99_met'])} (p50 {page['p50_ms']:.1f} ms, "
             f"p99 {page['p99_ms']:.1f} ms at {dashboard['connections']} connections)"
-            + ("" if dashboard["valid"] else " INVALID"),
+            + invalid_mark(dashboard),
         ]
     ]
 
@@ -342,8 +338,8 @@ def _dashboard_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]
 def _webhook_rows(results: dict[str, dict[str, Any] | None]) -> list[list[str]]:
     webhooks = results.get("webhook_delivery.py")
     if webhooks is None:
-        return [["webhook deliveries vs raw POSTs", "-", "-", "-", "-", "FAILED"]]
-    invalid = "" if webhooks["valid"] else " INVALID"
+        return [failed("webhook deliveries vs raw POSTs")]
+    invalid = invalid_mark(webhooks)
     rows = []
     for workers, figures in webhooks["workers"].items():
         target = workers == "4"

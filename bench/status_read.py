@@ -459,9 +459,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = bench_parser(__doc__, rounds=3, duration=5.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds, each endpoint")
     parser.add_argument("--wrk-threads", type=int, default=1)

@@ -304,8 +304,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = bench_parser(__doc__, rounds=5)
     parser.add_argument("--requests", type=int, default=40, help="of each kind, per round")
     parser.add_argument("--warmup", type=int, default=20, help="requests of each kind")
     parser.add_argument(

@@ -903,9 +903,8 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
+    parser = bench_parser(__doc__, rounds=1)
     parser.add_argument("--events", type=int, default=5000, help="per burst and raw baseline")
-    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of steady load")
     parser.add_argument("--rate-1", type=float, default=300.0, help="offered events/s, 1 worker")
     parser.add_argument("--rate-4", type=float, default=500.0, help="offered events/s, 4 workers")

@@ -67,6 +67,17 @@ class GatewayChange:
     send_at: datetime | None = None  # set the send deadline then, if messages wait
 
 
+def _started(event: Session.Event, **more: Any) -> GatewayChange:
+    """The session is to run (again): a new generation of its client, which must report its
+    start within `START_TIMEOUT` of the event."""
+    return GatewayChange(
+        desired=DesiredState.RUNNING.value,
+        bump=True,
+        set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
+        **more,
+    )
+
+
 class GatewayView(TrackingRecorder, ABC):
     @abstractmethod
     def apply(self, session_id: UUID, change: GatewayChange, tracking: Tracking) -> None:
@@ -93,23 +104,12 @@ class GatewayProjection(Projection[GatewayView]):
 
     @process_event.register
     def _created(self, event: Session.Created, tracking: Tracking) -> None:
-        change = GatewayChange(
-            desired=DesiredState.RUNNING.value,
-            bump=True,
-            jid=None,
-            set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
-        )
-        self._apply(event, change, tracking)
+        self._apply(event, _started(event, jid=None), tracking)
 
     @process_event.register
     def _imported(self, event: Session.SessionImported, tracking: Tracking) -> None:
-        change = GatewayChange(
-            desired=DesiredState.RUNNING.value,
-            bump=True,
-            jid=event.jid,  # resumed from its first start: no QR code
-            set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
-        )
-        self._apply(event, change, tracking)
+        # Resumed from its first start: no QR code.
+        self._apply(event, _started(event, jid=event.jid), tracking)
 
     @process_event.register
     def _qr_issued(self, event: Session.QRIssued, tracking: Tracking) -> None:
@@ -169,13 +169,8 @@ class GatewayProjection(Projection[GatewayView]):
 
     @process_event.register
     def _reconnect(self, event: Session.ReconnectRequested, tracking: Tracking) -> None:
-        change = GatewayChange(
-            desired=DesiredState.RUNNING.value,
-            bump=True,
-            clear_deadlines=(DeadlineKind.RETRY, DeadlineKind.QR_EXPIRY),
-            set_deadlines={DeadlineKind.START_CHECK: event.timestamp + START_TIMEOUT},
-        )
-        self._apply(event, change, tracking)
+        started = _started(event, clear_deadlines=(DeadlineKind.RETRY, DeadlineKind.QR_EXPIRY))
+        self._apply(event, started, tracking)
 
     @process_event.register
     def _stopped(self, event: Session.Stopped, tracking: Tracking) -> None:

@@ -101,6 +101,16 @@ class Receiver:
                     raise AssertionError(f"not received in {timeout} s: {self.types()}")
                 self.arrived.wait(left)
 
+    def signed(self, secret: str, kind: str, session_id: str) -> list[dict[str, Any]]:
+        """The bodies of the deliveries of type `kind` about the session, every one checked
+        to be signed with `secret` (else it raises)."""
+        found = []
+        for request in list(self.received):
+            body = request.verify(secret)
+            if body["type"] == kind and body["data"]["sessionId"] == session_id:
+                found.append(body)
+        return found
+
     def types(self) -> list[str]:
         return [json.loads(r.body).get("type", "?") for r in self.received]
 

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
 from litestar import get, post
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
+from api.context import Service
 from api.controllers.common import current_row
 from api.dashboard.live import ViewChanges, stream
 from api.dashboard.present import FILTERS, ListPage, list_page
 from api.dashboard.security import DASHBOARD, SKIP_SESSION, sign_in_left
 from api.dashboard.templating import fragment
-from api.dashboard.web import DashboardController, DashRequest, ctx_of, flash, page, see_other
-from api.writes import call
+from api.dashboard.web import DashboardController, DashRequest, flash, page, see_other
+from api.writes import Writes, call
+from application.sessions import SessionsApplication
 from domain.errors import InvalidValue
 from domain.values import ADMIN_ACTOR, MAX_NAME_LENGTH
+from projections.readmodels import ReadModels
 from projections.status import SessionRow
 
 Filter = Annotated[str, QueryParameter(name="status", pattern="^(" + "|".join(FILTERS) + ")$")]
 PageNumber = Annotated[int, QueryParameter(name="page", ge=1, le=100_000)]
-
-
-LISTS_STATE = "dashboard_lists"
 
 
 class RenderedLists:
@@ -55,31 +57,46 @@ class RenderedLists:
         return found
 
 
-def _table(request: DashRequest, wanted: str, number: int) -> tuple[ListPage, str]:
-    lists: RenderedLists = request.app.state[LISTS_STATE]
-    return lists.table(ctx_of(request).read_models.sessions(), wanted, number)
+#: The list's table as the query asks for it (filter and page), rendered when called.
+Table = Callable[[], tuple[ListPage, str]]
+
+
+def provide_table(
+    read_models: Service[ReadModels],
+    lists: Service[RenderedLists],
+    wanted: Filter = "all",
+    number: PageNumber = 1,
+) -> Table:
+    """The table of the sessions this process's views have, as the query asks for it."""
+
+    def table() -> tuple[ListPage, str]:
+        return lists.table(read_models.sessions(), wanted, number)
+
+    return table
 
 
 class ListController(DashboardController):
+    dependencies = {"table": Provide(provide_table, sync_to_thread=False)}  # noqa: RUF012
+
     @get("/")
-    async def sessions(
-        self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
-    ) -> Template:
+    async def sessions(self, request: DashRequest, table: NamedDependency[Table]) -> Template:
         """Every session with its state, last activity, queue and uptime; filtered by state."""
-        listing, table = _table(request, wanted, number)
-        return page(request, "list.html", listing=listing, table=table)
+        listing, html = table()
+        return page(request, "list.html", listing=listing, table=html)
 
     @get("/live/sessions", opt={SKIP_SESSION: True})
     async def live_sessions(
-        self, request: DashRequest, wanted: Filter = "all", number: PageNumber = 1
+        self,
+        request: DashRequest,
+        table: NamedDependency[Table],
+        view_changes: Service[ViewChanges],
     ) -> ServerSentEvent:
         """The list's table, sent again whenever it changes."""
-        changes: ViewChanges = request.app.state.dashboard_changes
 
         async def render() -> dict[str, str]:
-            return {"sessions-table": _table(request, wanted, number)[1]}
+            return {"sessions-table": table()[1]}
 
-        return stream(changes, render, await sign_in_left(request))
+        return stream(view_changes, render, await sign_in_left(request))
 
     @get("/sessions/new")
     async def new_session(self, request: DashRequest) -> Template:
@@ -87,13 +104,19 @@ class ListController(DashboardController):
         return page(request, "new.html", name="", error=None, max_name=MAX_NAME_LENGTH)
 
     @post("/sessions")
-    async def create_session(self, request: DashRequest) -> Template | Redirect:
+    async def create_session(
+        self,
+        request: DashRequest,
+        *,
+        sessions: Service[SessionsApplication],
+        read_models: Service[ReadModels],
+        writes: Service[Writes],
+    ) -> Template | Redirect:
         """Create the session (as the API does), then show its QR code to scan."""
-        ctx = ctx_of(request)
         form = await request.form()
         name = str(form.get("name") or "")
         try:
-            created = await call(ctx.app.create_session, name, {}, None, ADMIN_ACTOR)
+            created = await call(sessions.create_session, name, {}, None, ADMIN_ACTOR)
         except InvalidValue as error:
             message = str(error)
             return page(
@@ -108,6 +131,6 @@ class ListController(DashboardController):
         # Kept for the next page first: if the views lag (503 below), the key is still shown
         # on the session's page, not lost.
         flash(request, key={"key_id": key.key_id, "key": key.key, "label": key.label})
-        await ctx.writes.settle(created.position)
-        row = current_row(ctx.read_models, created.session_id)
+        await writes.settle(created.position)
+        row = current_row(read_models, created.session_id)
         return see_other(f"{DASHBOARD}/sessions/{row.session_id}/link")

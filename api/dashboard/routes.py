@@ -16,8 +16,9 @@ from litestar.types import ControllerRouterHandler
 from api.context import ApiContext
 from api.dashboard.bell import BELL_STATE, Bell
 from api.dashboard.events import EventsController
-from api.dashboard.listing import LISTS_STATE, ListController, RenderedLists
+from api.dashboard.listing import ListController, RenderedLists
 from api.dashboard.live import ViewChanges
+from api.dashboard.loaders import SessionReads
 from api.dashboard.security import (
     DASHBOARD,
     PAGE_HEADERS,
@@ -31,9 +32,10 @@ from api.dashboard.security import (
     require_sign_in,
     sign_in_url,
 )
-from api.dashboard.session import SessionController
+from api.dashboard.session import AdminCommands, SessionController, SessionPages
 from api.dashboard.signin import SignInController
 from api.dashboard.templating import STATIC, template_config
+from api.dependencies import constants
 from api.problems import as_problem
 
 __all__ = ["Dashboard", "template_config"]
@@ -99,14 +101,29 @@ class Dashboard:
     (on the app, for dashboard paths only), what it keeps in the app's state, its lifespan."""
 
     def __init__(self, ctx: ApiContext) -> None:
-        self.ctx = ctx
         self.sessions = Sessions(cookie_config(ctx))
         self.middleware = self.sessions.config.middleware
-        self.state = {
-            SESSIONS_STATE: self.sessions,
-            LISTS_STATE: RenderedLists(),
-            BELL_STATE: Bell(ctx.app),
-        }
+        self.state = {SESSIONS_STATE: self.sessions, BELL_STATE: Bell(ctx.app)}
+        self.changes = ViewChanges(ctx)
+        #: What the dashboard's handlers receive beside the app's services (`api.dependencies`).
+        self.dependencies = constants(
+            {
+                "admin_key_hash": ctx.admin_key_hash,
+                "lists": RenderedLists(),
+                "view_changes": self.changes,
+                "commands": AdminCommands(app=ctx.app, writes=ctx.writes),
+                "pages": SessionPages(
+                    reads=SessionReads(
+                        app=ctx.app,
+                        read_models=ctx.read_models,
+                        uptime=ctx.uptime,
+                        webhook_queries=ctx.webhook_queries,
+                    ),
+                    default_requests_per_minute=ctx.default_requests_per_minute,
+                    silence_after=ctx.silence_after,
+                ),
+            }
+        )
         self.handlers: list[ControllerRouterHandler] = [
             Router(
                 path="/",
@@ -117,6 +134,7 @@ class Dashboard:
                     EventsController,
                 ],
                 guards=[require_sign_in],
+                dependencies=self.dependencies,
                 before_request=check_csrf,
                 exception_handlers={Exception: dashboard_error},
                 include_in_schema=False,
@@ -135,10 +153,8 @@ class Dashboard:
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
         """The watcher that wakes the live streams; stopping it ends the open streams."""
-        changes = ViewChanges(self.ctx)
-        app.state.dashboard_changes = changes
-        changes.start()
+        self.changes.start()
         try:
             yield
         finally:
-            await changes.close()
+            await self.changes.close()

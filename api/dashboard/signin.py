@@ -9,6 +9,7 @@ from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
 
 from api.auth import note_failed_authentication
+from api.context import Service
 from api.dashboard.security import (
     PUBLIC,
     SIGN_IN,
@@ -17,7 +18,7 @@ from api.dashboard.security import (
     safe_next,
     sign_in,
 )
-from api.dashboard.web import DashboardController, DashRequest, ctx_of, page, see_other
+from api.dashboard.web import DashboardController, DashRequest, page, see_other
 
 
 class SignInController(DashboardController):
@@ -35,7 +36,9 @@ class SignInController(DashboardController):
         return page(request, "sign_in.html", next=safe_next(next_path), error=None, notice=notice)
 
     @post("/sign-in", opt={PUBLIC: True})
-    async def sign_in(self, request: DashRequest) -> Template | Redirect:
+    async def sign_in(
+        self, request: DashRequest, *, admin_key_hash: Service[str]
+    ) -> Template | Redirect:
         """Check the admin key (in constant time); never echo it back."""
         form = await request.form()
         key = str(form.get("admin_key") or "").strip()
@@ -49,7 +52,7 @@ class SignInController(DashboardController):
                 error="Enter the admin key.",
                 notice=None,
             )
-        if not admin_key_matches(ctx_of(request), key):
+        if not admin_key_matches(admin_key_hash, key):
             note_failed_authentication(request)  # guessing the admin key here is throttled too
             return page(
                 request,

@@ -8,11 +8,11 @@ from litestar import Controller, Request
 from litestar.datastructures import State
 from litestar.response import Redirect, Template
 
-from api.context import ApiContext
 from api.dashboard.bell import BELL_STATE
 from api.dashboard.security import DASHBOARD, PAGE_HEADERS, csrf_token
 from api.problems import ProblemError
 from domain.values import is_session_id
+from projections.readmodels import ReadModels
 from projections.status import SessionRow
 
 DashRequest = Request[Any, Any, State]
@@ -54,14 +54,9 @@ def see_other(path: str) -> Redirect:
     return Redirect(path=path, status_code=303)
 
 
-def live_row(ctx: ApiContext, session_id: str) -> SessionRow:
+def live_row(read_models: ReadModels, session_id: str) -> SessionRow:
     """The session as this process's views have it; 404 if unknown or deleted."""
-    row = ctx.read_models.session(session_id) if is_session_id(session_id) else None
+    row = read_models.session(session_id) if is_session_id(session_id) else None
     if row is None or row.is_deleted:
         raise ProblemError(404, "session-not-found", f"there is no session {session_id}")
     return row
-
-
-def ctx_of(request: DashRequest) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx

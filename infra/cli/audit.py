@@ -20,6 +20,7 @@ from application.errors import SessionNotFound
 from domain.errors import InvalidValue
 from domain.values import session_uuid
 from infra.bootstrap import Container
+from infra.cli.refusal import refused
 from infra.runtime.audit import AuditKeyError, verify_chain
 from infra.settings import Settings
 from projections.history import entry, session_history
@@ -36,15 +37,13 @@ def print_history(settings: Settings, url: str, session_id: str) -> int:
     try:
         uuid = session_uuid(session_id)
     except InvalidValue as error:
-        print(f"sessiond: {error}", file=sys.stderr)
-        return 2
+        return refused(error, 2)
     container = Container(settings, url, frozenset())
     try:
         try:
             container.app.load(uuid)
         except SessionNotFound:
-            print(f"sessiond: no session {session_id}", file=sys.stderr)
-            return 1
+            return refused(f"no session {session_id}", 1)
         after = 0
         while True:
             entries = session_history(container.app, uuid, after, PAGE)
@@ -176,8 +175,7 @@ def verify_audit_chain(settings: Settings, url: str) -> int:
         try:
             key = container.audit_key()
         except AuditKeyError as error:
-            print(f"sessiond: {error}", file=sys.stderr)
-            return 2
+            return refused(error, 2)
         store = container.audit_store
         head = store.head()
         with tqdm(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.cli import session as session_command
+from infra.cli.refusal import refused
 from infra.runtime.asgi import ROLES_VARIABLE, SERVER_PID_VARIABLE
 from infra.runtime.logs import configure_logging, server_log_config
 from infra.runtime.processes import STOP_LIMIT, die_with_parent, exit_if_not_stopped
@@ -224,15 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cipher-key":
         return _print_cipher_key()
     if args.command == "session":
-        refused = _prepare_session_command(args)
-        if refused is not None:
-            return refused
+        code = _prepare_session_command(args)
+        if code is not None:
+            return code
 
     try:
         settings = Settings.from_env()
     except SettingsError as error:
-        print(f"sessiond: {error}", file=sys.stderr)
-        return 2
+        return refused(error, 2)
     level = settings.log_level
     if args.command not in SERVICES and level == "info":
         level = "warning"  # a one-shot command says what it did itself, in one line
@@ -240,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url, server = _database_url(settings)
     except Exception as error:
-        print(f"sessiond: cannot start the database: {error}", file=sys.stderr)
-        return 2
+        return refused(f"cannot start the database: {error}", 2)
     os.environ["SESSIOND_DATABASE_URL"] = url
     try:
         code = _run_command(args, settings, url)
@@ -263,8 +262,7 @@ def _prepare_session_command(args: argparse.Namespace) -> int | None:
     try:
         args.prepared = session_command.prepare(args)
     except session_command.Refused as error:
-        print(f"sessiond: {error}", file=sys.stderr)
-        return 1
+        return refused(error, 1)
     return None
 
 
@@ -279,11 +277,9 @@ def _run_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
             settings.direct_database_url or url, settings.audit_signing_key
         )
     except SchemaError as error:
-        print(f"sessiond: {error}", file=sys.stderr)
-        return 2
+        return refused(error, 2)
     if refusal is not None:
-        print(f"sessiond: {refusal}", file=sys.stderr)
-        return 2
+        return refused(refusal, 2)
     if args.command == "projections" and args.action == "rebuild":
         from infra.runtime.rebuild import rebuild_command  # noqa: PLC0415
 

@@ -41,6 +41,7 @@ from application.moving import (
 )
 from domain.errors import DomainError, InvalidValue
 from domain.values import ADMIN_ACTOR, session_uuid
+from infra.cli.refusal import refused
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -272,11 +273,9 @@ def run(args: argparse.Namespace, prepared: Prepared, settings: Settings, url: s
         assert prepared.document is not None
         imported = moves.import_session(prepared.document, devices, ADMIN_ACTOR)
     except (Refused, MoveRefused, DomainError) as error:
-        print(f"sessiond: {error}", file=sys.stderr)
-        return 1
+        return refused(error, 1)
     except SessionNotFound:
-        print(f"sessiond: no session {args.session_id}", file=sys.stderr)
-        return 1
+        return refused(f"no session {args.session_id}", 1)
     finally:
         container.close()
     document = prepared.document
@@ -401,15 +400,13 @@ def keygen(args: argparse.Namespace) -> int:
     """Write a new age identity to a new file (0600) and print its recipient."""
     path = Path(args.output)
     if path.exists():
-        print(f"sessiond: {args.output} exists: choose another file", file=sys.stderr)
-        return 1
+        return refused(f"{args.output} exists: choose another file", 1)
     identity = x25519.Identity.generate()
     recipient = identity.to_public()
     text = f"# public key: {recipient}\n{identity}\n"  # as age-keygen writes it
     try:
         _write_new(path, text.encode())
     except OSError as error:
-        print(f"sessiond: cannot write {args.output}: {error}", file=sys.stderr)
-        return 1
+        return refused(f"cannot write {args.output}: {error}", 1)
     print(recipient)
     return 0

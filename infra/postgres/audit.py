@@ -15,6 +15,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 
 from application.audit import GENESIS, ChainedEvent, Checkpoint, Head
+from infra.postgres.connect import fetch_all, fetch_one
 
 HEAD = "sessiond_audit_head"
 CHECKPOINTS = "sessiond_audit_checkpoints"
@@ -101,9 +102,9 @@ class AuditStore:
 
     def head(self) -> Head | None:
         """The head recorded by the last commit (None before the schema has one)."""
-        with self.datastore.cursor() as curs:
-            curs.execute("SELECT position, events, hash FROM sessiond_audit_head WHERE id = 1")
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore, "SELECT position, events, hash FROM sessiond_audit_head WHERE id = 1"
+        )
         if row is None:
             return None
         return Head(row["position"], row["events"], bytes(row["hash"]))
@@ -111,14 +112,13 @@ class AuditStore:
     def beyond(self, position: int) -> int | None:
         """The first event after `position` and after the chain's head, looked for in the
         same snapshot as the head (None: there is none)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT min(e.notification_id) AS beyond FROM sessiond_events e, "
-                "sessiond_audit_head h WHERE h.id = 1 AND e.notification_id > %s "
-                "AND e.notification_id > h.position",
-                (position,),
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT min(e.notification_id) AS beyond FROM sessiond_events e, "
+            "sessiond_audit_head h WHERE h.id = 1 AND e.notification_id > %s "
+            "AND e.notification_id > h.position",
+            (position,),
+        )
         return None if row is None else row["beyond"]
 
     def events(
@@ -128,9 +128,7 @@ class AuditStore:
         log order."""
         last = until if until is not None else 2**63 - 1
         while True:
-            with self.datastore.cursor() as curs:
-                curs.execute(_EVENTS_PAGE, (after, last, page))
-                rows = curs.fetchall()
+            rows = fetch_all(self.datastore, _EVENTS_PAGE, (after, last, page))
             if not rows:
                 return
             events = [chained_event(row) for row in rows]
@@ -139,66 +137,61 @@ class AuditStore:
 
     def recorded_after(self, position: int) -> datetime | None:
         """When the first event after `position` was recorded (None: there is none)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT recorded_at FROM sessiond_events WHERE notification_id > %s "
-                "ORDER BY notification_id LIMIT 1",
-                (position,),
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT recorded_at FROM sessiond_events WHERE notification_id > %s "
+            "ORDER BY notification_id LIMIT 1",
+            (position,),
+        )
         return None if row is None else row["recorded_at"]
 
     def hash_at(self, position: int) -> bytes | None:
         """The hash stored with the event at `position` (the genesis before position 1)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT chain_hash FROM sessiond_events WHERE notification_id = %s", (position,)
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT chain_hash FROM sessiond_events WHERE notification_id = %s",
+            (position,),
+        )
         return None if row is None or row["chain_hash"] is None else bytes(row["chain_hash"])
 
     def chain_before(self, position: int) -> tuple[bytes, int]:
         """The chain's hash after the last event at or before `position`, and how many
         events it has there (the genesis and 0 before the first)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT chain_hash, (SELECT count(*) FROM sessiond_events "
-                "WHERE notification_id <= %s) AS events FROM sessiond_events "
-                "WHERE notification_id <= %s ORDER BY notification_id DESC LIMIT 1",
-                (position, position),
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT chain_hash, (SELECT count(*) FROM sessiond_events "
+            "WHERE notification_id <= %s) AS events FROM sessiond_events "
+            "WHERE notification_id <= %s ORDER BY notification_id DESC LIMIT 1",
+            (position, position),
+        )
         if row is None:
             return GENESIS, 0
         return bytes(row["chain_hash"]), row["events"]
 
     def checkpoints(self, after: int = -1) -> list[Checkpoint]:
         """The checkpoints after position `after`, in position order."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT position, events, hash, signed_at, public_key, signature "
-                "FROM sessiond_audit_checkpoints WHERE position > %s ORDER BY position",
-                (after,),
-            )
-            return [_checkpoint(row) for row in curs.fetchall()]
+        rows = fetch_all(
+            self.datastore,
+            "SELECT position, events, hash, signed_at, public_key, signature "
+            "FROM sessiond_audit_checkpoints WHERE position > %s ORDER BY position",
+            (after,),
+        )
+        return [_checkpoint(row) for row in rows]
 
     def last_checkpoint(self, upto: int | None = None) -> Checkpoint | None:
         """The checkpoint of the highest position (at most `upto`)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT position, events, hash, signed_at, public_key, signature "
-                "FROM sessiond_audit_checkpoints WHERE position <= %s "
-                "ORDER BY position DESC LIMIT 1",
-                (2**63 - 1 if upto is None else upto,),
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT position, events, hash, signed_at, public_key, signature "
+            "FROM sessiond_audit_checkpoints WHERE position <= %s "
+            "ORDER BY position DESC LIMIT 1",
+            (2**63 - 1 if upto is None else upto,),
+        )
         return None if row is None else _checkpoint(row)
 
     def now(self) -> datetime:
         """The database's clock (the one the chain's times come from)."""
-        with self.datastore.cursor() as curs:
-            curs.execute("SELECT clock_timestamp() AS now")
-            row = curs.fetchone()
+        row = fetch_one(self.datastore, "SELECT clock_timestamp() AS now")
         assert row is not None
         now: datetime = row["now"]
         return now
@@ -226,9 +219,9 @@ class AuditStore:
 
     def stored_key(self) -> tuple[bytes, bytes | None] | None:
         """The stored public key and, while sessiond keeps it, the private key."""
-        with self.datastore.cursor() as curs:
-            curs.execute("SELECT public_key, private_key FROM sessiond_audit_key WHERE id = 1")
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore, "SELECT public_key, private_key FROM sessiond_audit_key WHERE id = 1"
+        )
         if row is None:
             return None
         private = row["private_key"]

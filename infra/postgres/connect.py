@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,19 @@ def unreachable(error: BaseException) -> bool:
     )
 
 
+def log_failure(
+    logger: logging.Logger, error: BaseException, what: str, *args: object, then: str = ""
+) -> None:
+    """Log a failure that the loop around it survives (`what`, then what it does next): one
+    line with the error while the database is away (it comes back by itself), the traceback
+    otherwise (a bug to look at)."""
+    tail = f"; {then}" if then else ""
+    if unreachable(error):
+        logger.warning(what + " (%s)" + tail, *args, error)
+    else:
+        logger.exception(what + tail, *args)
+
+
 def with_liveness(params: dict[str, Any]) -> dict[str, Any]:
     """`params` with the `LIVENESS` options it does not set itself."""
     return {**LIVENESS, **params}
@@ -73,6 +87,20 @@ def transaction(
         conn.cursor(row_factory=dict_row) as curs,
     ):
         yield curs
+
+
+def fetch_one(datastore: PostgresDatastore, query: Any, params: Any = None) -> DictRow | None:
+    """The first row a read answers (None: no row), on a pooled connection of its own."""
+    with datastore.cursor() as curs:
+        curs.execute(query, params)
+        return curs.fetchone()
+
+
+def fetch_all(datastore: PostgresDatastore, query: Any, params: Any = None) -> list[DictRow]:
+    """Every row a read answers, on a pooled connection of its own."""
+    with datastore.cursor() as curs:
+        curs.execute(query, params)
+        return curs.fetchall()
 
 
 class PostgresFactory(postgres.PostgresFactory):

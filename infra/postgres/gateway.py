@@ -23,7 +23,7 @@ from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
 from domain.values import DeadlineKind
-from infra.postgres.connect import transaction
+from infra.postgres.connect import fetch_all, fetch_one, transaction
 from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
 from projections.gateway import _UNSET, Deadline, GatewayChange, GatewayRow, GatewayView
 
@@ -123,20 +123,19 @@ class WorkStore:
     # -- leases --------------------------------------------------------------------------
 
     def live_workers(self) -> set[str]:
-        with self.datastore.cursor() as curs:
-            curs.execute(LIVE_WORKERS)
-            return {r["owner"] for r in curs.fetchall()}
+        rows = fetch_all(self.datastore, LIVE_WORKERS)
+        return {r["owner"] for r in rows}
 
     def held_counts(self) -> dict[str, int]:
         """How many sessions each live worker holds (live workers holding none included)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
-                "SELECT live.owner, count(l.session_id) AS n FROM live "
-                "LEFT JOIN sessiond_leases l ON l.owner = live.owner AND l.expires_at > now() "
-                "GROUP BY live.owner"
-            )
-            return {r["owner"]: int(r["n"]) for r in curs.fetchall()}
+        rows = fetch_all(
+            self.datastore,
+            f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
+            "SELECT live.owner, count(l.session_id) AS n FROM live "
+            "LEFT JOIN sessiond_leases l ON l.owner = live.owner AND l.expires_at > now() "
+            "GROUP BY live.owner",
+        )
+        return {r["owner"]: int(r["n"]) for r in rows}
 
     def claim(self, limit: int, ttl: float, *, orphans_only: bool) -> list[tuple[UUID, bool]]:
         """Take up to `limit` sessions meant to run that no live worker holds, with whether
@@ -206,11 +205,10 @@ class WorkStore:
 
     def wanted(self) -> int:
         """How many sessions are meant to be running."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT count(*) AS n FROM sessiond_gateway_sessions WHERE desired = 'running'"
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT count(*) AS n FROM sessiond_gateway_sessions WHERE desired = 'running'",
+        )
         return int(row["n"]) if row else 0
 
     def owned_rows(
@@ -221,15 +219,15 @@ class WorkStore:
         changed = (
             "" if since is None else "AND (g.position > %(since)s OR g.session_id = ANY(%(also)s)) "
         )
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
-                "SELECT g.session_id, g.desired, g.generation, g.jid, g.position "
-                "FROM sessiond_gateway_sessions g JOIN sessiond_leases l USING (session_id) "
-                "WHERE l.owner = %(me)s AND l.owner IN (SELECT owner FROM live) " + changed,
-                {"me": self.worker_id, "since": since, "also": also or []},
-            )
-            return [GatewayRow(**r) for r in curs.fetchall()]
+        rows = fetch_all(
+            self.datastore,
+            f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
+            "SELECT g.session_id, g.desired, g.generation, g.jid, g.position "
+            "FROM sessiond_gateway_sessions g JOIN sessiond_leases l USING (session_id) "
+            "WHERE l.owner = %(me)s AND l.owner IN (SELECT owner FROM live) " + changed,
+            {"me": self.worker_id, "since": since, "also": also or []},
+        )
+        return [GatewayRow(**r) for r in rows]
 
     # -- deadlines ---------------------------------------------------------------------------
 
@@ -285,16 +283,16 @@ class WorkStore:
     def open_requests(self) -> list[tuple[int, UUID]]:
         """Unanswered requests for this worker's sessions that nobody live is running: new
         ones, and those of a worker that died mid-call (its holder now answers them)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
-                "SELECT r.id, r.session_id FROM sessiond_gateway_requests r "
-                "JOIN sessiond_leases l USING (session_id) WHERE l.owner = %s "
-                "AND r.done_at IS NULL AND (r.claimed_by IS NULL OR "
-                "r.claimed_by NOT IN (SELECT owner FROM live)) ORDER BY r.id LIMIT 500",
-                (self.worker_id,),
-            )
-            return [(r["id"], r["session_id"]) for r in curs.fetchall()]
+        rows = fetch_all(
+            self.datastore,
+            f"WITH live AS ({LIVE_WORKERS}) "  # noqa: S608 - constant text, no input
+            "SELECT r.id, r.session_id FROM sessiond_gateway_requests r "
+            "JOIN sessiond_leases l USING (session_id) WHERE l.owner = %s "
+            "AND r.done_at IS NULL AND (r.claimed_by IS NULL OR "
+            "r.claimed_by NOT IN (SELECT owner FROM live)) ORDER BY r.id LIMIT 500",
+            (self.worker_id,),
+        )
+        return [(r["id"], r["session_id"]) for r in rows]
 
     def claim_requests(self, ids: list[int]) -> list[dict[str, Any]]:
         """Take the requests `ids` (from `open_requests`) unless someone live took them."""
@@ -352,14 +350,14 @@ class PostgresDeviceSet(MutableSet[str]):
         self.datastore = datastore
 
     def __contains__(self, jid: object) -> bool:
-        with self.datastore.cursor() as curs:
-            curs.execute("SELECT 1 FROM sessiond_simulator_devices WHERE jid = %s", (jid,))
-            return curs.fetchone() is not None
+        row = fetch_one(
+            self.datastore, "SELECT 1 FROM sessiond_simulator_devices WHERE jid = %s", (jid,)
+        )
+        return row is not None
 
     def __iter__(self) -> Iterator[str]:
-        with self.datastore.cursor() as curs:
-            curs.execute("SELECT jid FROM sessiond_simulator_devices ORDER BY jid")
-            return iter([r["jid"] for r in curs.fetchall()])
+        rows = fetch_all(self.datastore, "SELECT jid FROM sessiond_simulator_devices ORDER BY jid")
+        return iter([r["jid"] for r in rows])
 
     def __len__(self) -> int:
         return len(list(iter(self)))

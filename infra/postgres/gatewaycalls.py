@@ -21,6 +21,7 @@ from application.errors import (
     NotPairing,
     SimulatorError,
 )
+from infra.postgres.connect import fetch_one
 from infra.postgres.gateway import REQUESTS_CHANNEL
 
 _ERRORS: dict[str, type[ApplicationError]] = {
@@ -94,13 +95,12 @@ class PostgresGatewayCalls(GatewayCalls):
         return int(row["id"])
 
     def _answer(self, request_id: int) -> dict[str, Any] | None:
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT result, error_code, error_detail FROM sessiond_gateway_requests "
-                "WHERE id = %s AND done_at IS NOT NULL",
-                (request_id,),
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT result, error_code, error_detail FROM sessiond_gateway_requests "
+            "WHERE id = %s AND done_at IS NOT NULL",
+            (request_id,),
+        )
         return None if row is None else dict(row)
 
     def _cancel(self, request_id: int) -> bool:

@@ -9,6 +9,7 @@ from uuid import UUID
 import msgspec
 from eventsourcing.postgres import PostgresDatastore
 
+from infra.postgres.connect import fetch_one
 from projections.history import SNAPSHOT_FORMAT, StatusSnapshots
 from projections.status import SessionRow
 
@@ -21,13 +22,13 @@ class PostgresStatusSnapshots(StatusSnapshots):
         self.datastore = datastore
 
     def nearest(self, session_id: UUID, instant: datetime) -> tuple[int, SessionRow] | None:
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT version, row FROM sessiond_status_snapshots WHERE session_id = %s "
-                "AND format = %s AND at <= %s ORDER BY version DESC LIMIT 1",
-                (session_id, SNAPSHOT_FORMAT, instant),
-            )
-            found = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT version, row FROM sessiond_status_snapshots WHERE session_id = %s "
+            "AND format = %s AND at <= %s ORDER BY version DESC LIMIT 1",
+            (session_id, SNAPSHOT_FORMAT, instant),
+        )
+        found = row
         if found is None:
             return None
         return int(found["version"]), _DECODER.decode(bytes(found["row"]))

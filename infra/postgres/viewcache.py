@@ -43,7 +43,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow, tuple_row
 
-from infra.postgres.connect import transaction, unreachable
+from infra.postgres.connect import fetch_one, log_failure, transaction
 from infra.postgres.generations import SELECT_GENERATIONS, ActiveViews
 from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.listener import ProcessListener
@@ -272,10 +272,7 @@ class CachedReadModels(ReadModels):
                     self._flush_uses()
                     last_flush = time.monotonic()
             except Exception as error:
-                if unreachable(error):
-                    log.warning("the read models could not refresh (%s); again", error)
-                else:
-                    log.exception("the read models could not refresh; again")
+                log_failure(log, error, "the read models could not refresh", then="again")
                 self._stopping.wait(0.5)
 
     # -- refresh --------------------------------------------------------------------------
@@ -565,23 +562,21 @@ class CachedReadModels(ReadModels):
     def _read_lowest(self) -> dict[str, int | None]:
         """The lowest `position` and `revoked_through` of the API processes that may still
         accept keys (None: none may)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT min(position) AS position, min(revoked_through) AS revoked "
-                "FROM sessiond_api_instances WHERE trusted_until > now()"
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT min(position) AS position, min(revoked_through) AS revoked "
+            "FROM sessiond_api_instances WHERE trusted_until > now()",
+        )
         if row is None:
             return {"position": None, "revoked": None}
         return {"position": row["position"], "revoked": row["revoked"]}
 
     def live_instances(self) -> int:
         """How many API processes (this one included) share this database right now."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT count(*) AS n FROM sessiond_api_instances WHERE trusted_until > now()"
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT count(*) AS n FROM sessiond_api_instances WHERE trusted_until > now()",
+        )
         return int(row["n"]) if row else 0
 
 

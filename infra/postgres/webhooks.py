@@ -23,6 +23,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg.types.json import Jsonb
 
+from infra.postgres.connect import fetch_all, fetch_one
 from infra.postgres.loghub import NOTIFICATION_COLUMNS, notification
 from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
 from projections.webhooks import (
@@ -159,13 +160,11 @@ class WebhookStore(WebhookQueries):
         self.datastore = datastore
 
     def position(self) -> int:
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT max(notification_id) AS n FROM webhooks_tracking "
-                "WHERE application_name = %s",
-                (APPLICATION_NAME,),
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT max(notification_id) AS n FROM webhooks_tracking WHERE application_name = %s",
+            (APPLICATION_NAME,),
+        )
         return int(row["n"] or 0) if row else 0
 
     # -- the dispatcher ----------------------------------------------------------------------
@@ -195,23 +194,23 @@ class WebhookStore(WebhookQueries):
         admin's) and how many are due, counted up to `most`. The endpoints with pending
         deliveries are found by skipping through an index (one probe per endpoint), so a
         long backlog of one endpoint costs no more than a short one."""
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "WITH RECURSIVE pending (webhook_id) AS ("
-                "(SELECT webhook_id FROM sessiond_webhook_deliveries WHERE status = 'pending' "
-                "ORDER BY webhook_id LIMIT 1) UNION ALL "
-                "SELECT (SELECT d.webhook_id FROM sessiond_webhook_deliveries d "
-                "WHERE d.status = 'pending' AND d.webhook_id > pending.webhook_id "
-                "ORDER BY d.webhook_id LIMIT 1) FROM pending WHERE pending.webhook_id IS NOT NULL) "
-                "SELECT e.webhook_id, e.session_id, due.n FROM pending "
-                "JOIN sessiond_webhook_endpoints e USING (webhook_id) "
-                "CROSS JOIN LATERAL (SELECT count(*) AS n FROM (SELECT 1 FROM "
-                "sessiond_webhook_deliveries d WHERE d.webhook_id = e.webhook_id "
-                "AND d.status = 'pending' AND d.next_attempt_at <= now() LIMIT %s) x) due "
-                "WHERE e.enabled AND due.n > 0",
-                (most,),
-            )
-            return [(r["webhook_id"], r["session_id"], int(r["n"])) for r in curs.fetchall()]
+        rows = fetch_all(
+            self.datastore,
+            "WITH RECURSIVE pending (webhook_id) AS ("
+            "(SELECT webhook_id FROM sessiond_webhook_deliveries WHERE status = 'pending' "
+            "ORDER BY webhook_id LIMIT 1) UNION ALL "
+            "SELECT (SELECT d.webhook_id FROM sessiond_webhook_deliveries d "
+            "WHERE d.status = 'pending' AND d.webhook_id > pending.webhook_id "
+            "ORDER BY d.webhook_id LIMIT 1) FROM pending WHERE pending.webhook_id IS NOT NULL) "
+            "SELECT e.webhook_id, e.session_id, due.n FROM pending "
+            "JOIN sessiond_webhook_endpoints e USING (webhook_id) "
+            "CROSS JOIN LATERAL (SELECT count(*) AS n FROM (SELECT 1 FROM "
+            "sessiond_webhook_deliveries d WHERE d.webhook_id = e.webhook_id "
+            "AND d.status = 'pending' AND d.next_attempt_at <= now() LIMIT %s) x) due "
+            "WHERE e.enabled AND due.n > 0",
+            (most,),
+        )
+        return [(r["webhook_id"], r["session_id"], int(r["n"])) for r in rows]
 
     def claim_shares(self, quotas: Mapping[str, int], hold: float) -> list[Claimed]:
         """Take, for `hold` seconds, up to each endpoint's quota of its due deliveries
@@ -247,9 +246,10 @@ class WebhookStore(WebhookQueries):
 
     def stored_events(self, positions: Sequence[int]) -> dict[int, Notification]:
         """The recorded events at these positions (one query for a claimed batch)."""
-        with self.datastore.cursor() as curs:
-            curs.execute(self._select_events("notification_id = ANY(%s)"), (list(positions),))
-            return {row["notification_id"]: notification(row) for row in curs.fetchall()}
+        rows = fetch_all(
+            self.datastore, self._select_events("notification_id = ANY(%s)"), (list(positions),)
+        )
+        return {row["notification_id"]: notification(row) for row in rows}
 
     def record_attempt(
         self,
@@ -331,12 +331,11 @@ class WebhookStore(WebhookQueries):
             )
 
     def failing_since(self, webhook_id: str) -> datetime | None:
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT failing_since FROM sessiond_webhook_endpoints WHERE webhook_id = %s",
-                (webhook_id,),
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT failing_since FROM sessiond_webhook_endpoints WHERE webhook_id = %s",
+            (webhook_id,),
+        )
         return None if row is None else row["failing_since"]
 
     def kill_pending(self, webhook_id: str, reason: str) -> None:
@@ -439,15 +438,15 @@ class WebhookStore(WebhookQueries):
     def session_notifications(
         self, session_id: uuid.UUID, after_version: int, limit: int
     ) -> list[Notification]:
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                self._select_events(
-                    "originator_id = %s AND originator_version > %s "
-                    "ORDER BY originator_version LIMIT %s"
-                ),
-                (session_id, after_version, limit),
-            )
-            return [notification(row) for row in curs.fetchall()]
+        rows = fetch_all(
+            self.datastore,
+            self._select_events(
+                "originator_id = %s AND originator_version > %s "
+                "ORDER BY originator_version LIMIT %s"
+            ),
+            (session_id, after_version, limit),
+        )
+        return [notification(row) for row in rows]
 
     def begin_replay(self, webhook_id: str, hold: float) -> bool:
         with self.datastore.transaction(commit=True) as curs:

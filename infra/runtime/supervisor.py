@@ -21,7 +21,7 @@ from eventsourcing.projection import ApplicationSubscription, Projection, Projec
 from eventsourcing.utils import EnvType
 
 from application.sessions import SessionsApplication
-from infra.postgres.connect import unreachable
+from infra.postgres.connect import log_failure
 from infra.postgres.generations import (
     GENERATIONS_CHANNEL,
     active_generation,
@@ -208,12 +208,9 @@ class ProjectionSupervisor:
                 self._lead_while_elected()
             except Exception as error:
                 self.restarts += 1
-                if unreachable(error):
-                    log.warning(
-                        "projection %s lost its lock (%s); electing again", self.name, error
-                    )
-                else:
-                    log.exception("projection %s lost its lock; electing again", self.name)
+                log_failure(
+                    log, error, "projection %s lost its lock", self.name, then="electing again"
+                )
             self._stopping.wait(self.restart_delay)
 
     def _lead_while_elected(self) -> None:
@@ -259,10 +256,7 @@ class ProjectionSupervisor:
                     raise  # the lock's connection is gone: so is the lock
                 except Exception as error:
                     self.restarts += 1
-                    if unreachable(error):
-                        log.warning("projection %s failed (%s); restarting it", self.name, error)
-                    else:
-                        log.exception("projection %s failed; restarting it", self.name)
+                    log_failure(log, error, "projection %s failed", self.name, then="restarting it")
                     self._on_lock(_STILL_CONNECTED)  # still holding the lock?
                     self._stopping.wait(self.restart_delay)
                 else:

@@ -40,7 +40,7 @@ from application.sessions import SessionsApplication
 from application.webhooks import Webhooks, webhook_uuid
 from domain.policy import DeliveryOutcome, DeliveryPolicy
 from domain.webhook import WebhookEndpoint
-from infra.postgres.connect import connect, unreachable
+from infra.postgres.connect import connect, log_failure
 from infra.postgres.webhooks import WEBHOOKS_CHANNEL, Attempt, Claimed, WebhookStore
 from infra.webhooks.client import webhook_client
 from projections.webhooks import webhook_body
@@ -205,10 +205,7 @@ class WebhookDispatcher:
                         for _ in conn.notifies(timeout=STOP_CHECK, stop_after=1):
                             self._poke()
             except Exception as error:
-                if unreachable(error):
-                    log.warning("the webhook listener lost the database (%s); again", error)
-                else:
-                    log.exception("the webhook listener failed; reconnecting")
+                log_failure(log, error, "the webhook listener failed", then="reconnecting")
                 self._stopping.wait(1.0)
 
     def _run(self) -> None:
@@ -254,10 +251,7 @@ class WebhookDispatcher:
                     try:
                         claimed, withheld = await asyncio.to_thread(self._claim, dict(in_flight))
                     except Exception as error:
-                        if unreachable(error):
-                            log.warning("could not claim webhook deliveries: %s", error)
-                        else:
-                            log.exception("could not claim webhook deliveries")
+                        log_failure(log, error, "could not claim webhook deliveries")
                 for item, endpoint, body in claimed:
                     task = asyncio.create_task(self._deliver(client, item, endpoint, body))
                     tasks.add(task)

@@ -206,6 +206,12 @@ class Rig:
         """The session's calls once there are `count` of them."""
         return self.events.wait_for(session_id, lambda calls: len(calls) >= count)
 
+    def disconnected(self, session_id: UUID, reason: str) -> Call:
+        """The session's third call, once it has come: a disconnection for `reason`."""
+        call = self.wait(session_id, 3)[2]
+        assert (call.name, call.args[0]) == ("disconnected", reason)
+        return call
+
     def wait_name(self, session_id: UUID, name: str) -> list[Call]:
         return self.events.wait_for(session_id, lambda calls: name in names(calls))
 
@@ -384,8 +390,7 @@ def test_an_unanswered_check_fails_once_its_time_is_up_and_the_link_stays(rig: R
 def test_a_dropped_link_is_connection_lost(rig: Rig) -> None:
     sid, _ = rig.connected()
     rig.phone.drop(sid)
-    calls = rig.wait(sid, 3)
-    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "connection_lost")
+    rig.disconnected(sid, "connection_lost")
     with pytest.raises(NotConnected):
         rig.gateway.send_text(sid, "15557654321", "hello")
 
@@ -393,8 +398,7 @@ def test_a_dropped_link_is_connection_lost(rig: Rig) -> None:
 def test_a_remote_logout_is_logged_out_and_the_client_stops(rig: Rig) -> None:
     sid, _ = rig.connected()
     rig.phone.remote_logout(sid)
-    calls = rig.wait(sid, 3)
-    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "logged_out")
+    rig.disconnected(sid, "logged_out")
     assert sid not in rig.gateway.running()
     assert len(rig.quiet(sid, 0.05)) == 3
 
@@ -402,8 +406,7 @@ def test_a_remote_logout_is_logged_out_and_the_client_stops(rig: Rig) -> None:
 def test_a_replaced_stream_is_reported_and_the_client_stops(rig: Rig) -> None:
     sid, _ = rig.connected()
     rig.phone.replace(sid)
-    calls = rig.wait(sid, 3)
-    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "stream_replaced")
+    rig.disconnected(sid, "stream_replaced")
     assert sid not in rig.gateway.running()
 
 
@@ -497,8 +500,7 @@ def test_stop_all_stops_every_client(rig: Rig) -> None:
 def test_starting_while_whatsapp_is_unreachable_is_reported(rig: Rig) -> None:
     sid, _ = rig.connected()
     rig.phone.set_reachable(False)
-    calls = rig.wait(sid, 3)
-    assert (calls[2].name, calls[2].args[0]) == ("disconnected", "connection_lost")
+    rig.disconnected(sid, "connection_lost")
     other = uuid4()
     rig.gateway.start(other, None)
     calls = rig.wait(other, 1)

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg.sql import SQL, Identifier
 
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, ROOT, Sessiond, key_of
@@ -70,16 +71,35 @@ def gateway_child(server: Sessiond) -> int:
     return pid
 
 
+def rows(database_url: str, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
+    """What a query answers, read on a connection of its own."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def one_row(database_url: str, query: Any, params: Any = None) -> tuple[Any, ...] | None:
+    """The first row a query answers (None: no row), read on a connection of its own."""
+    found = rows(database_url, query, params)
+    return found[0] if found else None
+
+
+def highest_position(database_url: str, table: str) -> int:
+    """The highest notification id in `table`: the event store's head, or how far the
+    projection of a tracking table has got (0 when empty)."""
+    query = SQL("SELECT max(notification_id) FROM {}").format(Identifier(table))
+    row = one_row(database_url, query)
+    return int(row[0] or 0) if row else 0
+
+
 def disconnect_reasons(database_url: str, session_id: str) -> list[str]:
     """The reasons of the session's Disconnected events, read from the event store."""
-    uuid = session_id.removeprefix("sess_")
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT convert_from(state, 'UTF8') FROM sessiond_events WHERE originator_id = %s "
-            "AND topic = 'sessiond:Session.Disconnected' ORDER BY originator_version",
-            (uuid,),
-        ).fetchall()
-    return [row[0].split('"reason":"', 1)[1].split('"', 1)[0] for row in rows]
+    found = rows(
+        database_url,
+        "SELECT convert_from(state, 'UTF8') FROM sessiond_events WHERE originator_id = %s "
+        "AND topic = 'sessiond:Session.Disconnected' ORDER BY originator_version",
+        (session_id.removeprefix("sess_"),),
+    )
+    return [row[0].split('"reason":"', 1)[1].split('"', 1)[0] for row in found]
 
 
 def sessiond(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -110,11 +130,11 @@ def signed_in(server: Sessiond) -> httpx.Client:
 
 
 def holder(database_url: str, session_id: str) -> str | None:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT owner FROM sessiond_leases WHERE session_id = %s",
-            (session_id.removeprefix("sess_"),),
-        ).fetchone()
+    row = one_row(
+        database_url,
+        "SELECT owner FROM sessiond_leases WHERE session_id = %s",
+        (session_id.removeprefix("sess_"),),
+    )
     return str(row[0]) if row else None
 
 
@@ -162,3 +182,26 @@ def simulate(client: httpx.Client, created: dict[str, Any], action: str, **body:
     url = f"/simulator/sessions/{created['sessionId']}/{action}"
     response = client.post(url, headers=ADMIN, json=body or None)
     assert response.status_code == 200, response.text
+
+
+def history(client: httpx.Client, created: dict[str, Any]) -> list[dict[str, Any]]:
+    """The session's events (up to 1,000), read with the admin key."""
+    answer = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    """The value of one sample of `/metrics`: `name` with its labels, as the text shows it."""
+    text = client.get("/metrics").text
+    (value,) = [row.removeprefix(name + " ") for row in text.splitlines() if row.startswith(name)]
+    return float(value)
+
+
+def message(client: httpx.Client, created: dict[str, Any], message_id: str) -> dict[str, Any]:
+    """One of the session's messages, read with the admin key."""
+    response = client.get(f"/sessions/{created['sessionId']}/messages/{message_id}", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body

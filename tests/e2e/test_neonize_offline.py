@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from tests.e2e.conftest import ADMIN, create_session, free_port, key_of
+from tests.e2e.steps import highest_position
 
 
 def test_a_new_session_that_cannot_reach_whatsapp_says_so_and_retries(
@@ -73,7 +74,9 @@ def test_a_new_session_that_cannot_reach_whatsapp_says_so_and_retries(
         # Once the gateway view has taken the stop in, no retry is due: none can come.
         database_url = sessiond_env["SESSIOND_DATABASE_URL"]
         deadline = time.monotonic() + 30
-        while _gateway_position(database_url) < _head(database_url):
+        while highest_position(database_url, "gateway_tracking") < highest_position(
+            database_url, "sessiond_events"
+        ):
             assert time.monotonic() < deadline, "the gateway view never took the stop in"
             time.sleep(0.05)
         assert "retry" not in _deadlines(database_url, created["sessionId"])
@@ -82,18 +85,6 @@ def test_a_new_session_that_cannot_reach_whatsapp_says_so_and_retries(
         assert after["updatedAt"] == stopped.json()["updatedAt"]  # nothing recorded since
     log = server.full_log()
     assert "panic" not in log and "Traceback" not in log, log
-
-
-def _head(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT max(notification_id) FROM sessiond_events").fetchone()
-    return int(row[0] or 0) if row else 0
-
-
-def _gateway_position(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT max(notification_id) FROM gateway_tracking").fetchone()
-    return int(row[0] or 0) if row else 0
 
 
 def _deadlines(database_url: str, session_id: str) -> list[str]:

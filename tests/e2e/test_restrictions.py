@@ -17,7 +17,10 @@ import httpx
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 from tests.e2e.steps import (
     PHONE,
+    history,
     holder,
+    message,
+    metric,
     roles_apart,
     scan,
     send_text,
@@ -33,36 +36,15 @@ HOOK_TYPES = ["session.restricted", "session.restriction-lifted", "message.sent"
 
 
 def messages(client: httpx.Client, created: dict[str, Any], ids: list[str]) -> list[Any]:
-    found = []
-    for message_id in ids:
-        response = client.get(
-            f"/sessions/{created['sessionId']}/messages/{message_id}", headers=ADMIN
-        )
-        assert response.status_code == 200, response.text
-        found.append(response.json())
-    return found
+    return [message(client, created, message_id) for message_id in ids]
 
 
 def restricted_metric(client: httpx.Client, kind: str) -> float:
-    text = client.get("/metrics").text
-    line = f'sessiond_sessions_restricted{{kind="{kind}"}} '
-    (value,) = [row.removeprefix(line) for row in text.splitlines() if row.startswith(line)]
-    return float(value)
+    return metric(client, f'sessiond_sessions_restricted{{kind="{kind}"}}')
 
 
 def sent_types(client: httpx.Client, created: dict[str, Any]) -> list[str]:
-    history = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)
-    assert history.status_code == 200, history.text
-    return [e["type"] for e in history.json()["items"]]
-
-
-def hooks_of(hook: Receiver, kind: str, session_id: str, secret: str) -> list[dict[str, Any]]:
-    found = []
-    for request in list(hook.received):
-        body = request.verify(secret)  # every delivery is signed
-        if body["type"] == kind and body["data"]["sessionId"] == session_id:
-            found.append(body)
-    return found
+    return [e["type"] for e in history(client, created)]
 
 
 def register(client: httpx.Client, hook: Receiver) -> str:
@@ -74,12 +56,12 @@ def register(client: httpx.Client, hook: Receiver) -> str:
 
 def assert_held(found: list[Any], kind: str, until: str | None) -> None:
     """Each message is queued, says the restriction that holds it, and was never sent."""
-    for message in found:
-        assert message["status"] == "queued", message
-        assert message["reason"] == kind, message
-        assert message["restriction"]["kind"] == kind
-        assert message["restriction"]["until"] == until
-        assert message["sentAt"] is None and message["whatsappId"] is None
+    for held in found:
+        assert held["status"] == "queued", held
+        assert held["reason"] == kind, held
+        assert held["restriction"]["kind"] == kind
+        assert held["restriction"]["until"] == until
+        assert held["sentAt"] is None and held["whatsappId"] is None
 
 
 def all_sent(client: httpx.Client, created: dict[str, Any], ids: list[str]) -> list[Any] | None:
@@ -143,7 +125,7 @@ def test_a_ban_pauses_the_queue_across_a_restart_and_it_resumes_in_order_when_it
         assert_held(messages(client, created, ids), "temporarily_banned", until)
         eventually(lambda: restricted_metric(client, "temporarily_banned") == 1.0)
         restricted = hook.wait_for(
-            lambda _: hooks_of(hook, "session.restricted", session_id, secret), timeout=20
+            lambda _: hook.signed(secret, "session.restricted", session_id), timeout=20
         )
         assert restricted[0]["data"]["kind"] == "temporarily_banned"
         assert datetime.fromisoformat(restricted[0]["data"]["until"]) == datetime.fromisoformat(
@@ -182,7 +164,7 @@ def test_a_ban_pauses_the_queue_across_a_restart_and_it_resumes_in_order_when_it
         assert types.count("MessageSent") == 6
         assert types.count("MessageFailed") == 0
         lifted = hook.wait_for(
-            lambda _: hooks_of(hook, "session.restriction-lifted", session_id, secret),
+            lambda _: hook.signed(secret, "session.restriction-lifted", session_id),
             timeout=30,
         )
         assert lifted[0]["data"] == {
@@ -192,7 +174,7 @@ def test_a_ban_pauses_the_queue_across_a_restart_and_it_resumes_in_order_when_it
         }
         delivered = hook.wait_for(
             lambda _: (
-                got if len(got := hooks_of(hook, "message.sent", session_id, secret)) == 6 else None
+                got if len(got := hook.signed(secret, "message.sent", session_id)) == 6 else None
             ),
             timeout=30,
         )
@@ -215,7 +197,7 @@ def test_a_logout_pauses_the_queue_until_the_session_is_linked_again(
         assert restriction["until"] is None
         ids = [send_text(client, created, f"held {n}")["messageId"] for n in range(3)]
         assert_held(messages(client, created, ids), "logged_out", None)
-        hook.wait_for(lambda _: hooks_of(hook, "session.restricted", session_id, secret))
+        hook.wait_for(lambda _: hook.signed(secret, "session.restricted", session_id))
     server.stop()
 
     server = start("serve", env)
@@ -246,7 +228,7 @@ def test_a_logout_pauses_the_queue_until_the_session_is_linked_again(
         sent_in_order(found)
         assert status(client, created)["restriction"] is None
         lifted = hook.wait_for(
-            lambda _: hooks_of(hook, "session.restriction-lifted", session_id, secret)
+            lambda _: hook.signed(secret, "session.restriction-lifted", session_id)
         )
         assert lifted[0]["data"]["cause"] == "connected"
         page = dashboard.get(f"/dashboard/sessions/{session_id}")

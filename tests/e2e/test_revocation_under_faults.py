@@ -25,6 +25,7 @@ from domain.values import ADMIN_ACTOR, session_uuid
 from infra.settings import eventsourcing_env
 from projections.keys import KeyRow
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
+from tests.e2e.steps import highest_position, one_row
 from tests.waiting import eventually
 
 REQUESTS = 50
@@ -201,24 +202,20 @@ def test_with_the_projector_stopped_a_deleted_sessions_keys_are_refused_on_every
 
 
 def projected(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT max(notification_id) FROM api_keys_tracking").fetchone()
-    return int(row[0] or 0) if row else 0
+    return highest_position(database_url, "api_keys_tracking")
 
 
 def head(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT max(notification_id) FROM sessiond_events").fetchone()
-    return int(row[0] or 0) if row else 0
+    return highest_position(database_url, "sessiond_events")
 
 
 def every_api_holds(database_url: str, position: int) -> bool:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM sessiond_api_instances "
-            "WHERE revoked_through < %s AND trusted_until > now()",
-            (position,),
-        ).fetchone()
+    row = one_row(
+        database_url,
+        "SELECT count(*) FROM sessiond_api_instances "
+        "WHERE revoked_through < %s AND trusted_until > now()",
+        (position,),
+    )
     return row is not None and row[0] == 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import holder, scan, worker_id
+from tests.e2e.steps import admin_status, history, holder, message, scan, worker_id
 from tests.waiting import eventually
 
 PHONE = "+14155550123"
@@ -31,22 +31,13 @@ def send(client: httpx.Client, created: dict[str, Any], text: str) -> httpx.Resp
     return response
 
 
-def message(client: httpx.Client, created: dict[str, Any], message_id: str) -> dict[str, Any]:
-    response = client.get(f"/sessions/{created['sessionId']}/messages/{message_id}", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def sent(client: httpx.Client, created: dict[str, Any], ids: list[str]) -> list[Any] | None:
     found = [message(client, created, i) for i in ids]
     return found if all(m["status"] == "sent" for m in found) else None
 
 
 def sends_recorded(client: httpx.Client, created: dict[str, Any]) -> int:
-    history = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)
-    assert history.status_code == 200, history.text
-    return sum(e["type"] == "MessageSent" for e in history.json()["items"])
+    return sum(e["type"] == "MessageSent" for e in history(client, created))
 
 
 def assert_held(client: httpx.Client, created: dict[str, Any], message_id: str) -> datetime:
@@ -57,6 +48,17 @@ def assert_held(client: httpx.Client, created: dict[str, Any], message_id: str) 
     opens = datetime.fromisoformat(held["nextAttemptAt"])
     assert datetime.now(UTC) < opens <= datetime.now(UTC) + timedelta(minutes=61)
     return opens
+
+
+def held_once_connected(
+    client: httpx.Client, created: dict[str, Any], message_id: str, opens: datetime, what: str
+) -> None:
+    """Once the session is connected again, the message stays held until `opens`: nothing
+    is sent meanwhile, and the two sends are still the only ones recorded."""
+    eventually(lambda: admin_status(client, created)["status"] == "connected", what=what)
+    time.sleep(2)
+    assert assert_held(client, created, message_id) == opens
+    assert sends_recorded(client, created) == 2
 
 
 def test_an_hour_quota_holds_across_a_takeover_and_a_restart(
@@ -90,36 +92,14 @@ def test_an_hour_quota_holds_across_a_takeover_and_a_restart(
             lambda: holder(database_url, created["sessionId"]) == worker_id(survivor),
             what="the survivor holds the session",
         )
-        eventually(
-            lambda: (
-                client.get(f"/sessions/{created['sessionId']}/status", headers=ADMIN).json()[
-                    "status"
-                ]
-                == "connected"
-            ),
-            what="connected again on the survivor",
-        )
-        time.sleep(2)
-        assert assert_held(client, created, ids[2]) == opens
-        assert sends_recorded(client, created) == 2
+        held_once_connected(client, created, ids[2], opens, what="connected again on the survivor")
     for process in (api, projector, survivor):
         process.stop()
 
     # Check a restart of everything holds it too.
     server: Sessiond = start("serve", env)
     with server.client() as client:
-        eventually(
-            lambda: (
-                client.get(f"/sessions/{created['sessionId']}/status", headers=ADMIN).json()[
-                    "status"
-                ]
-                == "connected"
-            ),
-            what="connected after the restart",
-        )
-        time.sleep(2)
-        assert assert_held(client, created, ids[2]) == opens
-        assert sends_recorded(client, created) == 2
+        held_once_connected(client, created, ids[2], opens, what="connected after the restart")
         state = client.get(f"/sessions/{created['sessionId']}/sending", headers=key_of(created))
         assert state.json()["sentLastHour"] == 2 and state.json()["nextSendAt"] is not None
 

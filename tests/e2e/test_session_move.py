@@ -78,6 +78,14 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def export(
+    env: dict[str, str], session_id: str, output: Path, *how: str
+) -> subprocess.CompletedProcess[str]:
+    """`sessiond session export` of the session to `output`, with the options `how` (its
+    protection: ``--passphrase-file``, ``--recipient``; none)."""
+    return cli(env, "session", "export", session_id, "-o", str(output), *how)
+
+
 def until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -164,13 +172,10 @@ def test_a_session_moves_with_its_device_and_settings_and_runs_in_one_place_only
         jid = linked(a, created)
 
         # Export: the file is written, the session is stopped here for good, and says why.
-        exported = cli(
+        exported = export(
             source_env,
-            "session",
-            "export",
             sid,
-            "-o",
-            str(export_file),
+            export_file,
             "--passphrase-file",
             str(passphrase_file),
         )
@@ -314,11 +319,9 @@ def test_a_session_moves_with_its_device_and_settings_and_runs_in_one_place_only
     # Exporting it again writes the same export (same id) to a new file, never over one; the
     # destination refuses that copy too: it has imported this export.
     flags = ["--passphrase-file", str(passphrase_file)]
-    assert "exists" in one_line(
-        cli(source_env, "session", "export", sid, "-o", str(export_file), *flags)
-    )
+    assert "exists" in one_line(export(source_env, sid, export_file, *flags))
     copy = tmp_path / "copy.sessiond"
-    again = cli(source_env, "session", "export", sid, "-o", str(copy), *flags)
+    again = export(source_env, sid, copy, *flags)
     assert again.returncode == 0 and "writing that export again" in again.stderr, again.stderr
     before = footprint(second_database_url)
     line = one_line(cli(target_env, "session", "import", str(copy), *flags))
@@ -353,35 +356,15 @@ def test_an_export_to_an_age_recipient_imports_with_its_identity_only(
 
     with source.client() as a:
         created = create_session(a, "Sales")
-        unlinked = cli(
-            source_env,
-            "session",
-            "export",
-            created["sessionId"],
-            "-o",
-            str(export_file),
-            "--recipient",
-            recipient,
-        )
+        unlinked = export(source_env, created["sessionId"], export_file, "--recipient", recipient)
         assert "no linked device" in one_line(unlinked) and not export_file.exists()
         jid = linked(a, created)
         # No passphrase and no terminal: refused before anything is recorded.
-        assert "no passphrase" in one_line(
-            cli(source_env, "session", "export", created["sessionId"], "-o", str(export_file))
-        )
+        assert "no passphrase" in one_line(export(source_env, created["sessionId"], export_file))
         assert a.get(f"/sessions/{created['sessionId']}", headers=ADMIN).json()["status"] == (
             "connected"
         )
-        exported = cli(
-            source_env,
-            "session",
-            "export",
-            created["sessionId"],
-            "-o",
-            str(export_file),
-            "--recipient",
-            recipient,
-        )
+        exported = export(source_env, created["sessionId"], export_file, "--recipient", recipient)
         assert exported.returncode == 0, exported.stderr
 
     before = footprint(second_database_url)
@@ -432,8 +415,7 @@ def test_an_export_waits_for_the_worker_holding_the_session_and_a_rerun_writes_t
             "VALUES (%s, 'w1', now() + interval '300 seconds')",
             (uuid,),
         )
-        args = ["session", "export", sid, "-o", str(output), "--wait", "1", *recipient]
-        line = one_line(cli(env, *args))
+        line = one_line(export(env, sid, output, "--wait", "1", *recipient))
         assert "worker w1 still runs it" in line and "run this command again" in line, line
         assert not output.exists()
     with psycopg.connect(url) as conn:
@@ -444,7 +426,7 @@ def test_an_export_waits_for_the_worker_holding_the_session_and_a_rerun_writes_t
 
     # Once that worker is gone (its connection closed), running it again writes the export
     # recorded the first time.
-    again = cli(env, *args)
+    again = export(env, sid, output, "--wait", "1", *recipient)
     assert again.returncode == 0, again.stderr
     assert "writing that export again" in again.stderr
     sealed = output.read_bytes().split(b"\n", 1)[1]

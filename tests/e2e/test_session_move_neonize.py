@@ -32,6 +32,7 @@ from tests.e2e.test_session_move import (
     Deployments,
     cli,
     deployments,
+    export,
     second_database_url,
 )
 from tests.fakes.devices import FAKE_JID, insert_fake_device
@@ -118,13 +119,10 @@ def test_a_neonize_device_moves_with_its_keys_and_the_destination_dials_without_
         session = a.get(f"/sessions/{sid}", headers=ADMIN).json()
         assert session["phoneJid"] == FAKE_JID and session["reason"] != "device_unlinked"
 
-        exported = cli(
+        exported = export(
             source_env,
-            "session",
-            "export",
             sid,
-            "-o",
-            str(export_file),
+            export_file,
             "--passphrase-file",
             str(passphrase),
         )

@@ -18,7 +18,7 @@ import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
 from tests.e2e.steps import admin_status as status
-from tests.e2e.steps import holder, scan, signed_in, simulate, worker_id
+from tests.e2e.steps import history, holder, metric, scan, signed_in, simulate, worker_id
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
@@ -26,34 +26,36 @@ FRIEND = "+14155550123"
 HOOK_TYPES = ["session.health-changed", "session.socket-disconnected"]
 
 
-def history(client: httpx.Client, created: dict[str, Any]) -> list[dict[str, Any]]:
-    answer = client.get(f"/sessions/{created['sessionId']}/events?limit=1000", headers=ADMIN)
-    assert answer.status_code == 200, answer.text
-    items: list[dict[str, Any]] = answer.json()["items"]
-    return items
-
-
 def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == kind]
 
 
+def silenced_from(
+    client: httpx.Client,
+    created: dict[str, Any],
+    heard_at: datetime,
+    after: float,
+    resumed: datetime | None = None,
+) -> dict[str, Any]:
+    """The session's first Silenced event, once recorded: `after` seconds (and a little)
+    after `heard_at`, the last word from WhatsApp, never before; or, when the session was
+    `resumed` by a restart or a takeover that took longer than that (a loaded machine), soon
+    after it resumed."""
+    silenced: list[dict[str, Any]] = eventually(
+        lambda: of_type(history(client, created), "Silenced"),
+        timeout=after + 5,
+        what="the session found silent",
+    )
+    due = heard_at + timedelta(seconds=after)
+    slack = timedelta(seconds=2.5)
+    if resumed is not None:
+        due, slack = max(due, resumed), timedelta(seconds=4)
+    assert heard_at + timedelta(seconds=after) <= at(silenced[0]) < due + slack
+    return silenced[0]
+
+
 def at(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["timestamp"])
-
-
-def metric(client: httpx.Client, line: str) -> float:
-    text = client.get("/metrics").text
-    (value,) = [row.removeprefix(line + " ") for row in text.splitlines() if row.startswith(line)]
-    return float(value)
-
-
-def hooks_of(hook: Receiver, kind: str, session_id: str, secret: str) -> list[dict[str, Any]]:
-    found = []
-    for request in list(hook.received):
-        body = request.verify(secret)  # every delivery is signed
-        if body["type"] == kind and body["data"]["sessionId"] == session_id:
-            found.append(body)
-    return found
 
 
 def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
@@ -120,7 +122,7 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         assert "degraded (silent)" in page.text
         assert 'data-health-reason="silent"' in dashboard.get("/dashboard/").text
         degraded = hook.wait_for(
-            lambda _: hooks_of(hook, "session.health-changed", session_id, secret), timeout=20
+            lambda _: hook.signed(secret, "session.health-changed", session_id), timeout=20
         )
         assert degraded[0]["data"]["health"] == "degraded"
         assert degraded[0]["data"]["reason"] == "silent"
@@ -153,7 +155,7 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
         healthy = hook.wait_for(
             lambda _: (
                 got
-                if len(got := hooks_of(hook, "session.health-changed", session_id, secret)) >= 2
+                if len(got := hook.signed(secret, "session.health-changed", session_id)) >= 2
                 else None
             ),
             timeout=20,
@@ -165,7 +167,7 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
             "cause": "reconnected",
         }
         dropped = hook.wait_for(
-            lambda _: hooks_of(hook, "session.socket-disconnected", session_id, secret)
+            lambda _: hook.signed(secret, "session.socket-disconnected", session_id)
         )
         assert dropped[0]["data"]["reason"] == "silent"
         eventually(lambda: metric(client, 'sessiond_sessions_degraded{reason="silent"}') == 0.0)
@@ -248,18 +250,9 @@ def test_a_worker_that_takes_a_session_over_keeps_its_silence_clock(
         assert [e["data"]["reason"] for e in of_type(events, "Disconnected")] == ["gateway_lost"]
 
         # Check the silence is judged from the last word, not from the new connection.
-        silenced = eventually(
-            lambda: of_type(history(client, created), "Silenced"),
-            timeout=after + 5,
-            what="the session found silent",
-        )
-        silenced_at = at(silenced[0])
-        # Due `after` from the last word, or at once when the hand-over took longer than that
-        # (on a loaded machine): never early, and never `after` from the new connection.
-        due = max(heard_at + timedelta(seconds=after), at(resumed))
-        assert heard_at + timedelta(seconds=after) <= silenced_at < due + timedelta(seconds=4)
-        assert silenced_at < at(resumed) + timedelta(seconds=after - 1)
-        assert datetime.fromisoformat(silenced[0]["data"]["heard_at"]) == heard_at
+        silenced = silenced_from(client, created, heard_at, after, resumed=at(resumed))
+        assert at(silenced) < at(resumed) + timedelta(seconds=after - 1)
+        assert datetime.fromisoformat(silenced["data"]["heard_at"]) == heard_at
 
         # The survivor's link answers the check: the silence ends, the session stays up.
         ended = eventually(
@@ -297,16 +290,7 @@ def test_a_restarted_server_keeps_the_silence_clock(
         ]
 
         # Check the silence is judged from the last word, not from the resumed connection.
-        silenced = eventually(
-            lambda: of_type(history(client, created), "Silenced"),
-            timeout=after + 5,
-            what="the session found silent",
-        )
-        silenced_at = at(silenced[0])
-        # Due `after` from the last word, or at once when the hand-over took longer than that
-        # (on a loaded machine): never early, and never `after` from the new connection.
-        due = max(heard_at + timedelta(seconds=after), at(resumed))
-        assert heard_at + timedelta(seconds=after) <= silenced_at < due + timedelta(seconds=4)
-        assert silenced_at < at(resumed) + timedelta(seconds=after - 2)
+        silenced = silenced_from(client, created, heard_at, after, resumed=at(resumed))
+        assert at(silenced) < at(resumed) + timedelta(seconds=after - 2)
         ended = eventually(lambda: of_type(history(client, created), "SilenceEnded"))
         assert ended[0]["data"]["cause"] == "checked"

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import ADMIN_KEY
+from tests.integration.conftest import ADMIN, Api
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -54,3 +55,24 @@ class Dashboard:
         location = response.headers["location"]
         assert location.endswith("/link")
         return location.split("/")[3]
+
+
+async def signed_in(api: Api) -> Dashboard:
+    """The dashboard, signed in with the admin key."""
+    dash = Dashboard(api.client)
+    await dash.sign_in()
+    return dash
+
+
+async def with_session(api: Api, name: str = "Support") -> tuple[Dashboard, str]:
+    """The dashboard, signed in, and the id of a session created on it."""
+    dash = await signed_in(api)
+    return dash, await dash.create_session(name)
+
+
+async def listed(api: Api, path: str) -> list[dict[str, object]]:
+    """The items of a JSON list of the API, read with the admin key."""
+    response = await api.client.get(path, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, object]] = response.json()["items"]
+    return items

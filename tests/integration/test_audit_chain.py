@@ -68,6 +68,12 @@ def positions(url: str) -> list[int]:
     return [row[0] for row in rows]
 
 
+def recorded(container: Container, url: str) -> list[int]:
+    """Record the scenario's events: their positions, in order."""
+    record_events(container.app)
+    return positions(url)
+
+
 def verified(container: Container) -> Break | Verified:
     return verify_chain(container.audit_store, container.audit_key().public)
 
@@ -83,8 +89,7 @@ def tamper(url: str, *statements: tuple[str, tuple[Any, ...]]) -> None:
 def test_every_recorded_event_is_chained_and_the_chain_verifies(
     container: Container, database_url: str
 ) -> None:
-    record_events(container.app)
-    ids = positions(database_url)
+    ids = recorded(container, database_url)
     result = verified(container)
     assert result == Verified(len(ids), ids[-1], None, 0)
     # Check each stored hash is the documented encoding over the previous one.
@@ -126,8 +131,7 @@ def test_commits_of_one_event_and_of_many_are_chained_alike(
 
 
 def test_an_edited_event_is_found_at_its_position(container: Container, database_url: str) -> None:
-    record_events(container.app)
-    target = positions(database_url)[5]
+    target = recorded(container, database_url)[5]
     tamper(
         database_url,
         (
@@ -143,8 +147,7 @@ def test_an_edited_event_is_found_at_its_position(container: Container, database
 def test_an_edited_time_or_topic_is_found_at_its_position(
     container: Container, database_url: str
 ) -> None:
-    record_events(container.app)
-    ids = positions(database_url)
+    ids = recorded(container, database_url)
     tamper(
         database_url,
         (
@@ -158,8 +161,7 @@ def test_an_edited_time_or_topic_is_found_at_its_position(
 
 
 def test_a_deleted_event_is_found_where_it_was(container: Container, database_url: str) -> None:
-    record_events(container.app)
-    ids = positions(database_url)
+    ids = recorded(container, database_url)
     tamper(database_url, ("DELETE FROM sessiond_events WHERE notification_id = %s", (ids[4],)))
     result = verified(container)
     # The event after it no longer chains to what comes before it.
@@ -170,8 +172,7 @@ def test_a_deleted_event_is_found_where_it_was(container: Container, database_ur
 def test_deleting_the_last_events_is_found_by_the_head(
     container: Container, database_url: str
 ) -> None:
-    record_events(container.app)
-    ids = positions(database_url)
+    ids = recorded(container, database_url)
     tamper(database_url, ("DELETE FROM sessiond_events WHERE notification_id = %s", (ids[-1],)))
     result = verified(container)
     assert isinstance(result, Break) and result.position == ids[-1]
@@ -255,8 +256,7 @@ def test_an_insert_that_skips_ahead_of_the_chain_is_refused(
 def test_a_swapped_pair_of_events_is_found_at_the_first(
     container: Container, database_url: str
 ) -> None:
-    record_events(container.app)
-    ids = positions(database_url)
+    ids = recorded(container, database_url)
     a, b = ids[6], ids[7]
     tamper(
         database_url,

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.integration.conftest import ADMIN, Api
-from tests.integration.dashboard_client import Dashboard
+from tests.integration.conftest import Api
+from tests.integration.dashboard_client import listed, with_session
 
 
 async def key_items(api: Api, session_id: str) -> list[dict[str, object]]:
-    listed = await api.client.get(f"/sessions/{session_id}/keys", headers=ADMIN)
-    items: list[dict[str, object]] = listed.json()["items"]
-    return items
+    return await listed(api, f"/sessions/{session_id}/keys")
 
 
 async def test_the_key_form_records_scopes_and_expiry_and_refuses_what_it_does_not_offer(
     api: Api,
 ) -> None:
-    dash = Dashboard(api.client)
-    await dash.sign_in()
-    session_id = await dash.create_session("Form")
+    dash, session_id = await with_session(api, "Form")
     base = f"/dashboard/sessions/{session_id}"
     await dash.get(base)
 

@@ -7,22 +7,14 @@ import re
 from typing import Any
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.dashboard_client import Dashboard
+from tests.integration.dashboard_client import listed, signed_in, with_session
 from tests.integration.steps import eventually, qr_shown
 
 EXTERNAL = re.compile(r'(?:src|href|action)="(?!/|#)([^"]*)"')
 
 
-async def signed_in(api: Api) -> Dashboard:
-    dash = Dashboard(api.client)
-    await dash.sign_in()
-    return dash
-
-
 async def events_of(api: Api, session_id: str) -> list[dict[str, object]]:
-    response = await api.client.get(f"/sessions/{session_id}/events", headers=ADMIN)
-    items: list[dict[str, object]] = response.json()["items"]
-    return items
+    return await listed(api, f"/sessions/{session_id}/events")
 
 
 async def test_a_name_that_is_only_spaces_is_refused_with_422_and_nothing_is_recorded(
@@ -43,8 +35,7 @@ async def test_a_name_that_is_only_spaces_is_refused_with_422_and_nothing_is_rec
 async def test_creating_a_session_records_it_as_admin_and_shows_its_first_key_once(
     api: Api,
 ) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Support")
+    dash, session_id = await with_session(api)
     link = await dash.get(f"/dashboard/sessions/{session_id}/link")
     key = re.search(r'value="(sdk_[^"]+)"', link.text)
     assert key, "the first key is shown on the page after creating the session"
@@ -71,8 +62,7 @@ async def test_creating_a_session_records_it_as_admin_and_shows_its_first_key_on
 async def test_the_list_shows_each_session_with_its_state_in_words_and_filters_by_it(
     api: Api,
 ) -> None:
-    dash = await signed_in(api)
-    first = await dash.create_session("Alpha")
+    dash, first = await with_session(api, "Alpha")
     await dash.create_session("Beta")
     await dash.get(f"/dashboard/sessions/{first}")
     await dash.post(f"/dashboard/sessions/{first}/stop")
@@ -94,8 +84,7 @@ async def test_the_list_shows_each_session_with_its_state_in_words_and_filters_b
 async def test_the_session_page_shows_status_chart_keys_rate_limit_webhooks_and_timeline(
     api: Api,
 ) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Support")
+    dash, session_id = await with_session(api)
     page = await dash.get(f"/dashboard/sessions/{session_id}")
     assert page.status_code == 200
     text = page.text
@@ -115,8 +104,7 @@ async def test_the_session_page_shows_status_chart_keys_rate_limit_webhooks_and_
 async def test_stop_reconnect_key_rate_limit_and_delete_go_through_the_application(
     api: Api,
 ) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Support")
+    dash, session_id = await with_session(api)
     base = f"/dashboard/sessions/{session_id}"
     await dash.get(base)
     # Check stopping, then reconnecting (new QR codes: it was never linked).
@@ -177,8 +165,7 @@ async def events_of_deleted(api: Api, session_id: str) -> list[dict[str, object]
 
 
 async def test_a_conflicting_action_is_an_error_page_that_records_nothing(api: Api) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Support")
+    dash, session_id = await with_session(api)
     await qr_shown(api, session_id)
     await dash.get(f"/dashboard/sessions/{session_id}")
     before = len(await events_of(api, session_id))
@@ -189,8 +176,7 @@ async def test_a_conflicting_action_is_an_error_page_that_records_nothing(api: A
 
 
 async def test_pairing_by_phone_gives_a_code_and_a_bad_number_is_refused(api: Api) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Support")
+    dash, session_id = await with_session(api)
     base = f"/dashboard/sessions/{session_id}"
     await qr_shown(api, session_id)
     await dash.get(base + "/link")
@@ -206,8 +192,7 @@ async def test_pairing_by_phone_gives_a_code_and_a_bad_number_is_refused(api: Ap
 
 
 async def test_no_page_loads_anything_from_another_origin(api: Api) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Support")
+    dash, session_id = await with_session(api)
     pages = [
         "/dashboard/",
         "/dashboard/sessions/new",
@@ -232,8 +217,7 @@ async def test_no_page_loads_anything_from_another_origin(api: Api) -> None:
 async def test_the_session_page_lists_the_sessions_webhooks_with_their_deliveries(
     api: Api,
 ) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Support")
+    dash, session_id = await with_session(api)
     hook = {
         "url": "http://127.0.0.1:9/hooks",
         "events": ["session.stopped"],

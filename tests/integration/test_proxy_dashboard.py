@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from tests.integration.conftest import ADMIN, Api
-from tests.integration.dashboard_client import Dashboard
+from tests.integration.dashboard_client import with_session
 
 SECRET = "dash-Secret-77"
 
 
-async def signed_in(api: Api) -> Dashboard:
-    dash = Dashboard(api.client)
-    await dash.sign_in()
-    return dash
-
-
 async def test_the_session_page_shows_sets_and_removes_the_proxy(api: Api) -> None:
-    dash = await signed_in(api)
-    session_id = await dash.create_session("Proxied")
+    dash, session_id = await with_session(api, "Proxied")
     base = f"/dashboard/sessions/{session_id}"
     page = await dash.get(base)
     assert "WhatsApp is dialled directly" in page.text

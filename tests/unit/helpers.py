@@ -9,10 +9,13 @@ from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
+from prometheus_client import CollectorRegistry, generate_latest
 
+from api.controllers.metrics import SessionsCollector
 from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR
+from projections.status import SessionRow
 
 #: Plain-old-Python-object persistence, whatever the shell running the tests has exported
 #: (the application-prefixed variable wins over the plain one, so both are set).
@@ -55,3 +58,10 @@ def catch_up(app: SessionsApplication, *projections: Projection[Any]) -> int:
             projection.process_event(event, Tracking(app.name, notification.id))
             fed += 1
     return fed
+
+
+def sessions_metrics(rows: list[SessionRow]) -> str:
+    """What `/metrics` says of these sessions (their gauges), as text."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SessionsCollector(rows, {}))
+    return generate_latest(registry).decode()

@@ -221,10 +221,16 @@ def test_logged_out_is_reported_with_its_reason_then_the_client_stops(rig: Rig) 
     assert len(rig.settle()) == 1
 
 
-def test_stream_replaced_is_reported_then_the_client_stops(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [("StreamReplaced", "stream_replaced"), ("ClientOutdated", "client_outdated")],
+)
+def test_a_replaced_stream_or_an_outdated_client_is_reported_then_the_client_stops(
+    rig: Rig, event: str, reason: str
+) -> None:
     sid, client = connected_rig(rig)
-    feed(client, PB.StreamReplaced())
-    assert [c.args[0] for c in rig.settle()] == ["stream_replaced"]
+    feed(client, getattr(PB, event)())
+    assert [c.args[0] for c in rig.settle()] == [reason]
     assert client.stopped.wait(WAIT)
     assert sid not in rig.gateway.running()
 
@@ -245,14 +251,6 @@ def test_a_connect_failure_is_reported_with_reason_and_message(rig: Rig) -> None
     feed(client, PB.ConnectFailure(Reason=PB.EXPERIMENTAL, Message="try later"))
     assert [c.args for c in rig.settle()] == [("connect_failure", "EXPERIMENTAL: try later", None)]
     assert sid in rig.gateway.running()  # whatsmeow may still reconnect; not stopped
-
-
-def test_client_outdated_is_reported_then_the_client_stops(rig: Rig) -> None:
-    sid, client = connected_rig(rig)
-    feed(client, PB.ClientOutdated())
-    assert [c.args[0] for c in rig.settle()] == ["client_outdated"]
-    assert client.stopped.wait(WAIT)
-    assert sid not in rig.gateway.running()
 
 
 def test_keepalive_timeouts_and_restores_are_reported(rig: Rig) -> None:

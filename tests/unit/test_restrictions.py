@@ -13,9 +13,7 @@ from uuid import UUID
 import msgspec
 import pytest
 from eventsourcing.domain import Snapshot
-from prometheus_client import CollectorRegistry, generate_latest
 
-from api.controllers.metrics import SessionsCollector
 from api.dashboard.present import banner
 from api.presenters import message_out, status_out
 from application.ports import SentMessage
@@ -28,7 +26,7 @@ from infra.runtime.sender import MessageSender
 from projections.messages import OUTBOUND, MessageRow
 from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
 from projections.webhooks import webhook_event
-from tests.unit.helpers import catch_up, create, popo_app
+from tests.unit.helpers import catch_up, create, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 JID = "4915112345678:1@s.whatsapp.net"
@@ -290,9 +288,7 @@ def test_metrics_count_restricted_sessions_by_kind_leaving_out_deleted_ones() ->
         row(None),
         row("client_outdated", "deleted"),
     ]
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SessionsCollector(rows, {}))
-    text = generate_latest(registry).decode()
+    text = sessions_metrics(rows)
     assert 'sessiond_sessions_restricted{kind="logged_out"} 2.0' in text
     assert 'sessiond_sessions_restricted{kind="temporarily_banned"} 1.0' in text
     assert 'sessiond_sessions_restricted{kind="client_outdated"} 0.0' in text

@@ -50,9 +50,11 @@ class FlakyApp(SessionsApplication):
         return super().record_sent(session_id, message_id, whatsapp_id)
 
 
+QUICK = SendPolicy(first_pause=0.01, longest_pause=0.01)
+
+
 def build(app: SessionsApplication, gateway: FakeGateway, interval: float = 0.0) -> MessageSender:
-    quick = SendPolicy(first_pause=0.01, longest_pause=0.01)
-    return MessageSender(app, gateway, lambda _: True, interval=interval, policy=quick)  # type: ignore[arg-type]
+    return MessageSender(app, gateway, lambda _: True, interval=interval, policy=QUICK)  # type: ignore[arg-type]
 
 
 def until(check: Any, timeout: float = 30.0) -> None:
@@ -70,6 +72,23 @@ def connected_with(app: SessionsApplication, texts: list[str]) -> UUID:
     return uuid
 
 
+def drained(
+    texts: list[str],
+    failures: list[Exception] | None = None,
+    app: SessionsApplication | None = None,
+) -> tuple[SessionsApplication, FakeGateway, UUID]:
+    """`texts` queued on a connected session and drained by a sender whose gateway raises
+    `failures` first: once the queue is empty."""
+    app, gateway = app or popo_app(), FakeGateway()
+    uuid = connected_with(app, texts)
+    gateway.failures = list(failures or [])
+    sender = build(app, gateway)
+    sender.kick(uuid)
+    until(lambda: app.load(uuid).next_message() is None)
+    sender.close()
+    return app, gateway, uuid
+
+
 def test_the_queue_goes_out_in_order_at_the_pace() -> None:
     app, gateway = popo_app(), FakeGateway()
     uuid = connected_with(app, ["a", "b", "c"])
@@ -83,51 +102,30 @@ def test_the_queue_goes_out_in_order_at_the_pace() -> None:
 
 
 def test_a_recording_that_fails_does_not_send_again_and_the_drain_goes_on() -> None:
-    app, gateway = popo_app(FlakyApp), FakeGateway()
-    uuid = connected_with(app, ["a", "b"])
-    app.fail_next_record = True  # type: ignore[attr-defined]
-    sender = build(app, gateway)
-    sender.kick(uuid)
-    until(lambda: app.load(uuid).next_message() is None)
+    flaky = popo_app(FlakyApp)
+    flaky.fail_next_record = True  # type: ignore[attr-defined]
+    app, gateway, uuid = drained(["a", "b"], app=flaky)
     assert gateway.sent == ["a", "b"]
     sent = [e for e in app.events.get(uuid) if isinstance(e, Session.MessageSent)]
     assert [e.whatsapp_id for e in sent] == ["WA1", "WA2"]
-    sender.close()
 
 
 def test_transient_failures_are_retried_then_the_message_fails_and_the_next_goes() -> None:
-    app, gateway = popo_app(), FakeGateway()
-    uuid = connected_with(app, ["first", "second"])
-    sender = build(app, gateway)
-    gateway.failures = [GatewayError("timed out")] * sender.policy.attempts
-    sender.kick(uuid)
-    until(lambda: app.load(uuid).next_message() is None)
+    failures: list[Exception] = [GatewayError("timed out")] * QUICK.attempts
+    app, gateway, uuid = drained(["first", "second"], failures)
     assert gateway.sent == ["second"]
     failed = [e for e in app.events.get(uuid) if isinstance(e, Session.MessageFailed)]
     assert [(e.reason, e.detail) for e in failed] == [("send_failed", "timed out")]
-    sender.close()
 
 
 def test_a_blip_is_retried_and_the_message_still_goes() -> None:
-    app, gateway = popo_app(), FakeGateway()
-    uuid = connected_with(app, ["once"])
-    gateway.failures = [GatewayError("timed out")]
-    sender = build(app, gateway)
-    sender.kick(uuid)
-    until(lambda: app.load(uuid).next_message() is None)
+    _, gateway, _ = drained(["once"], [GatewayError("timed out")])
     assert gateway.sent == ["once"]
-    sender.close()
 
 
 def test_a_refused_recipient_fails_at_once() -> None:
-    app, gateway = popo_app(), FakeGateway()
-    uuid = connected_with(app, ["nobody", "somebody"])
-    gateway.failures = [RecipientRejected("not on WhatsApp")]
-    sender = build(app, gateway)
-    sender.kick(uuid)
-    until(lambda: app.load(uuid).next_message() is None)
+    _, gateway, _ = drained(["nobody", "somebody"], [RecipientRejected("not on WhatsApp")])
     assert gateway.sent == ["somebody"]
-    sender.close()
 
 
 def test_not_connected_stops_the_drain_and_keeps_the_queue() -> None:

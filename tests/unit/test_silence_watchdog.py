@@ -12,9 +12,7 @@ from uuid import UUID
 import msgspec
 import pytest
 from eventsourcing.domain import Snapshot
-from prometheus_client import CollectorRegistry, generate_latest
 
-from api.controllers.metrics import SessionsCollector
 from api.dashboard.present import line, state_of, watchdog
 from api.presenters import health, health_reason, session_out, status_out
 from application.ports import InboundMessage
@@ -34,7 +32,7 @@ from domain.webhook import EVENT_TYPES
 from infra.settings import Settings, SettingsError
 from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
 from projections.webhooks import webhook_event
-from tests.unit.helpers import catch_up, create, popo_app
+from tests.unit.helpers import catch_up, create, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 AFTER = timedelta(minutes=30)
@@ -367,9 +365,7 @@ def test_metrics_count_degraded_sessions_by_reason() -> None:
         msgspec.structs.replace(base, status="disconnected", silent_since=NOW),  # unhealthy
         msgspec.structs.replace(base, silent_since=NOW, desired="deleted"),
     ]
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SessionsCollector(rows, {}))
-    text = generate_latest(registry).decode()
+    text = sessions_metrics(rows)
     assert 'sessiond_sessions_degraded{reason="silent"} 2.0' in text
     assert 'sessiond_sessions_degraded{reason="keepalive_failing"} 1.0' in text
     assert 'sessiond_sessions_health{health="degraded"} 3.0' in text

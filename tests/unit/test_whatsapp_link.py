@@ -70,23 +70,26 @@ def test_a_closed_proxy_port_is_reported_with_its_address() -> None:
     assert "refused" in why
 
 
-def test_a_proxy_that_connects_lets_the_start_through(
-    proxy: tuple[int, list[bytes], list[bytes]],
-) -> None:
-    port, answers, requests = proxy
-    answers.append(b"HTTP/1.1 200 Connection established\r\n\r\n")
-    check = LinkCheck(environ={"HTTPS_PROXY": f"127.0.0.1:{port}"})
-    assert check.failure() is None
-    assert requests[0].startswith(b"CONNECT web.whatsapp.com:443 HTTP/1.1\r\n")
+Proxy = tuple[int, list[bytes], list[bytes]]
 
 
-def test_a_proxy_that_refuses_the_tunnel_is_a_failure(
-    proxy: tuple[int, list[bytes], list[bytes]],
-) -> None:
+def failure_through(proxy: Proxy, answer: bytes, scheme: str = "http://") -> str | None:
+    """What the check says when the proxy (named with `scheme`, or without one) answers the
+    tunnel's request with `answer`."""
     port, answers, _ = proxy
-    answers.append(b"HTTP/1.1 403 Forbidden\r\n\r\n")
-    check = LinkCheck(environ={"HTTPS_PROXY": f"http://127.0.0.1:{port}"})
-    assert check.failure() == (
+    answers.append(answer)
+    return LinkCheck(environ={"HTTPS_PROXY": f"{scheme}127.0.0.1:{port}"}).failure()
+
+
+def test_a_proxy_that_connects_lets_the_start_through(proxy: Proxy) -> None:
+    answer = b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert failure_through(proxy, answer, scheme="") is None
+    assert proxy[2][0].startswith(b"CONNECT web.whatsapp.com:443 HTTP/1.1\r\n")
+
+
+def test_a_proxy_that_refuses_the_tunnel_is_a_failure(proxy: Proxy) -> None:
+    port = proxy[0]
+    assert failure_through(proxy, b"HTTP/1.1 403 Forbidden\r\n\r\n") == (
         f"the proxy 127.0.0.1:{port} refused to reach web.whatsapp.com:443: HTTP/1.1 403 Forbidden"
     )
 
