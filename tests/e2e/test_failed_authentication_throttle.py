@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
@@ -174,6 +175,8 @@ def test_the_dashboard_sign_in_is_throttled_too(start: Any, sessiond_env: dict[s
         assert sign_in(operator, ADMIN_KEY).status_code == 303
 
 
+# The machine's one Redis: its tests run on one xdist worker, one at a time (README, Testing).
+@pytest.mark.xdist_group("redis")
 def test_with_redis_api_processes_share_the_count_and_without_it_they_say_so(
     start: Any, sessiond_env: dict[str, str]
 ) -> None:

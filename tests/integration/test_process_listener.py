@@ -32,7 +32,10 @@ def notify(database_url: str, channel: str) -> None:
 def backends(database_url: str) -> list[int]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (NAME,)
+            # This database's only: tests on other workers may share the server.
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            (NAME,),
         ).fetchall()
     return [int(r[0]) for r in rows]
 
