@@ -47,7 +47,8 @@ prometheus:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
 
-## Run every test (PostgreSQL tests use SESSIOND_TEST_DATABASE_URL, or an embedded server).
+## Run every test on two xdist workers (PostgreSQL tests use SESSIOND_TEST_DATABASE_URL, or an
+## embedded server per worker). PYTEST_ARGS="-n 0" runs them in one process.
 test: install chromium pgbouncer prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -104,6 +105,35 @@ def process_env(database_url: str, tmp_path: Path) -> dict[str, str]:
         "SESSIOND_LEASE_TTL": "5",
         "SESSIOND_LOG_LEVEL": "info",
     }
+
+
+#: The machine's Redis (CI starts it), shared by every test that uses it.
+REDIS_URL = os.environ.get("SESSIOND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@contextlib.contextmanager
+def one_at_a_time(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[None]:
+    """Hold the run's lock `name` (a file in the run's temporary directory, which every xdist
+    worker of the run shares): the tests that take it run one after another, whichever
+    worker runs them."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # <basetemp>/popen-gwN: the run's directory is its parent
+    with (root / f"{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's Redis, for one test of the run at a time (counts left by one test never
+    meet another's). Ask for it before `start`, so that the test's processes are stopped
+    before the next test gets it."""
+    with one_at_a_time(tmp_path_factory, "redis"):
+        yield REDIS_URL
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ through Redis; X-Forwarded-For believed only from trusted proxies."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ import httpx
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 
-REDIS_URL = os.environ.get("SESSIOND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 UNTHROTTLED = ("/health/", "/metrics", "/schema")
 # Malformed, mistyped, unknown and wrong admin keys: every kind counts.
@@ -175,9 +173,9 @@ def test_the_dashboard_sign_in_is_throttled_too(start: Any, sessiond_env: dict[s
 
 
 def test_with_redis_api_processes_share_the_count_and_without_it_they_say_so(
-    start: Any, sessiond_env: dict[str, str]
+    redis_url: str, start: Any, sessiond_env: dict[str, str]
 ) -> None:
-    shared = {**sessiond_env, "SESSIOND_REDIS_URL": REDIS_URL}
+    shared = {**sessiond_env, "SESSIOND_REDIS_URL": redis_url}
     one, two = start("api", shared), start("api", shared)
     address = a_loopback_address()
     with client_from(one, address) as to_one, client_from(two, address) as to_two:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
-
-REDIS_URL = os.environ.get("SESSIOND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def test_each_session_has_its_own_budget_and_429_says_when_to_retry(
@@ -65,12 +62,12 @@ def test_refused_requests_do_not_spend_a_session_budget(
 
 
 def test_api_processes_share_one_budget_through_redis(
-    start: Any, sessiond_env: dict[str, str]
+    redis_url: str, start: Any, sessiond_env: dict[str, str]
 ) -> None:
     env = {
         **sessiond_env,
         "SESSIOND_DEFAULT_RATE_LIMIT": "6",
-        "SESSIOND_REDIS_URL": REDIS_URL,
+        "SESSIOND_REDIS_URL": redis_url,
     }
     one = start("serve", env)
     two = start("api", env)
