@@ -169,13 +169,9 @@ class AlertRule(Aggregate):
         session_id: str | None,
         actor: str,
     ) -> None:
-        self.name = name
         self.condition = condition
-        self.threshold = threshold
-        self.window = window
-        self.kind = kind
         self.session_id = session_id
-        self.enabled = True
+        self._settle(name, threshold, window, kind, enabled=True)
         self.deleted = False
         #: subject -> (session id, fired at, observed value)
         self.open: dict[str, tuple[str | None, datetime, float]] = {}
@@ -216,6 +212,17 @@ class AlertRule(Aggregate):
         enabled: bool,
         actor: str,
     ) -> None:
+        self._settle(name, threshold, window, kind, enabled)
+
+    def _settle(
+        self,
+        name: str,
+        threshold: float | None,
+        window: int | None,
+        kind: str | None,
+        enabled: bool,
+    ) -> None:
+        """Take the settings a creation or a change records."""
         self.name = name
         self.threshold = threshold
         self.window = window

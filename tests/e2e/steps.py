@@ -16,6 +16,7 @@ from psycopg.sql import SQL, Identifier
 
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import ADMIN, ROOT, Sessiond, key_of
+from tests.receiver import Receiver
 from tests.waiting import eventually
 
 
@@ -48,6 +49,14 @@ def scan(client: httpx.Client, created: dict[str, Any]) -> None:
 
     eventually(scanned, what="the scan")
     assert status(client, created)["status"] == "connected"
+
+
+def register_hook(client: httpx.Client, hook: Receiver, events: list[str]) -> str:
+    """Register the admin's webhook endpoint `hook` for `events`; its signing secret."""
+    response = client.post("/webhooks", json={"url": hook.url, "events": events}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    secret: str = response.json()["secret"]
+    return secret
 
 
 def children(pid: int) -> list[tuple[int, str]]:

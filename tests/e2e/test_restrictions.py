@@ -21,6 +21,7 @@ from tests.e2e.steps import (
     holder,
     message,
     metric,
+    register_hook,
     roles_apart,
     scan,
     send_text,
@@ -45,13 +46,6 @@ def restricted_metric(client: httpx.Client, kind: str) -> float:
 
 def sent_types(client: httpx.Client, created: dict[str, Any]) -> list[str]:
     return [e["type"] for e in history(client, created)]
-
-
-def register(client: httpx.Client, hook: Receiver) -> str:
-    response = client.post("/webhooks", json={"url": hook.url, "events": HOOK_TYPES}, headers=ADMIN)
-    assert response.status_code == 201, response.text
-    secret: str = response.json()["secret"]
-    return secret
 
 
 def assert_held(found: list[Any], kind: str, until: str | None) -> None:
@@ -96,7 +90,7 @@ def test_a_ban_pauses_the_queue_across_a_restart_and_it_resumes_in_order_when_it
     server: Sessiond = start("serve", env)
     ban_seconds = 40.0  # covers a restart of `serve` on a loaded machine
     with server.client() as client:
-        secret = register(client, hook)
+        secret = register_hook(client, hook, HOOK_TYPES)
         created = create_session(client, "Banned")
         session_id = created["sessionId"]
         scan(client, created)
@@ -187,7 +181,7 @@ def test_a_logout_pauses_the_queue_until_the_session_is_linked_again(
     env = {**sessiond_env, "SESSIOND_SEND_INTERVAL": "0.05"}
     server: Sessiond = start("serve", env)
     with server.client() as client:
-        secret = register(client, hook)
+        secret = register_hook(client, hook, HOOK_TYPES)
         created = create_session(client, "Logged out")
         session_id = created["sessionId"]
         scan(client, created)

@@ -18,7 +18,16 @@ import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
 from tests.e2e.steps import admin_status as status
-from tests.e2e.steps import history, holder, metric, scan, signed_in, simulate, worker_id
+from tests.e2e.steps import (
+    history,
+    holder,
+    metric,
+    register_hook,
+    scan,
+    signed_in,
+    simulate,
+    worker_id,
+)
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
@@ -69,11 +78,7 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
     }
     server: Sessiond = start("serve", env)
     with server.client() as client:
-        answer = client.post(
-            "/webhooks", json={"url": hook.url, "events": HOOK_TYPES}, headers=ADMIN
-        )
-        assert answer.status_code == 201, answer.text
-        secret = answer.json()["secret"]
+        secret = register_hook(client, hook, HOOK_TYPES)
         created = create_session(client, "Quiet")
         session_id = created["sessionId"]
         scan(client, created)
