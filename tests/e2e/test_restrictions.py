@@ -17,6 +17,7 @@ import httpx
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 from tests.e2e.steps import (
     PHONE,
+    connected_session,
     history,
     holder,
     message,
@@ -91,9 +92,8 @@ def test_a_ban_pauses_the_queue_across_a_restart_and_it_resumes_in_order_when_it
     ban_seconds = 40.0  # covers a restart of `serve` on a loaded machine
     with server.client() as client:
         secret = register_hook(client, hook, HOOK_TYPES)
-        created = create_session(client, "Banned")
+        created = connected_session(client, "Banned")
         session_id = created["sessionId"]
-        scan(client, created)
         before = send_text(client, created, "before the ban")["messageId"]
         eventually(lambda: messages(client, created, [before])[0]["status"] == "sent")
 
@@ -182,9 +182,8 @@ def test_a_logout_pauses_the_queue_until_the_session_is_linked_again(
     server: Sessiond = start("serve", env)
     with server.client() as client:
         secret = register_hook(client, hook, HOOK_TYPES)
-        created = create_session(client, "Logged out")
+        created = connected_session(client, "Logged out")
         session_id = created["sessionId"]
-        scan(client, created)
         simulate(client, created, "logout")
         restriction = status(client, created)["restriction"]
         assert restriction["kind"] == "logged_out"

@@ -19,6 +19,7 @@ import httpx
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
 from tests.e2e.steps import admin_status as status
 from tests.e2e.steps import (
+    connected_session,
     history,
     holder,
     metric,
@@ -79,9 +80,8 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
     server: Sessiond = start("serve", env)
     with server.client() as client:
         secret = register_hook(client, hook, HOOK_TYPES)
-        created = create_session(client, "Quiet")
+        created = connected_session(client, "Quiet")
         session_id = created["sessionId"]
-        scan(client, created)
 
         # Check a session that never received anything is not judged silent.
         dashboard = signed_in(server)
