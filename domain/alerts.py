@@ -47,6 +47,8 @@ MAX_NAME = 200
 MAX_RULES = 1000
 #: The one book of a deployment's rules.
 BOOK_ID = uuid5(UUID("6f1c2a56-3f0e-4c55-9a55-0f6f2d3b7a10"), "sessiond:alert-book")
+#: An alert rule's settings: name, threshold, window, kind, enabled.
+RuleSettings = tuple[str, float | None, int | None, str | None, bool]
 
 
 def public_rule_id(uuid: UUID) -> str:
@@ -169,13 +171,9 @@ class AlertRule(Aggregate):
         session_id: str | None,
         actor: str,
     ) -> None:
-        self.name = name
         self.condition = condition
-        self.threshold = threshold
-        self.window = window
-        self.kind = kind
         self.session_id = session_id
-        self.enabled = True
+        self.settings = (name, threshold, window, kind, True)
         self.deleted = False
         #: subject -> (session id, fired at, observed value)
         self.open: dict[str, tuple[str | None, datetime, float]] = {}
@@ -198,7 +196,7 @@ class AlertRule(Aggregate):
         self.check_not_deleted()
         threshold, window, kind = check_rule(self.condition, threshold, window, kind)
         check_name(name)
-        same = (self.name, self.threshold, self.window, self.kind, self.enabled)
+        same = self.settings
         if (name, threshold, window, kind, enabled) == same:
             return False
         if (threshold, window, kind, enabled) != same[1:]:
@@ -216,11 +214,16 @@ class AlertRule(Aggregate):
         enabled: bool,
         actor: str,
     ) -> None:
-        self.name = name
-        self.threshold = threshold
-        self.window = window
-        self.kind = kind
-        self.enabled = enabled
+        self.settings = (name, threshold, window, kind, enabled)
+
+    @property
+    def settings(self) -> RuleSettings:
+        """What a creation or a change records: name, threshold, window, kind, enabled."""
+        return (self.name, self.threshold, self.window, self.kind, self.enabled)
+
+    @settings.setter
+    def settings(self, value: RuleSettings) -> None:
+        self.name, self.threshold, self.window, self.kind, self.enabled = value
 
     def delete(self, actor: str) -> None:
         self.check_not_deleted()

@@ -24,7 +24,7 @@ from api.alertschemas import (
 )
 from api.auth import API_KEY_SECURITY, Principal, provide_caller
 from api.context import Service
-from api.controllers.common import problems
+from api.controllers.common import problems, target_session
 from api.controllers.history import After, Limit
 from api.presenters import event_out
 from api.problems import ProblemError
@@ -89,15 +89,7 @@ class AlertsController(Controller):
         """Watch a condition: over every session (the admin, without `sessionId`) or over one
         session (a session key's rule is always its own session's). Each firing and resolving
         is recorded and sent as `alert.firing` / `alert.resolved` webhooks."""
-        session_id = data.session_id
-        if not caller.is_admin:
-            if session_id not in (None, caller.session_id):
-                raise ProblemError(404, "session-not-found", "no such session")
-            session_id = caller.session_id
-        if session_id is not None:
-            session = read_models.session(session_id)
-            if session is None or session.is_deleted:
-                raise ProblemError(404, "session-not-found", "no such session")
+        session_id = target_session(caller, data.session_id, read_models)
         try:
             rule = await call(
                 Alerts(sessions).create,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from litestar import Response
@@ -19,6 +19,9 @@ from application.phones import normalize_phone
 from domain.values import Status, session_uuid
 from projections.readmodels import ReadModels
 from projections.status import SessionRow
+
+if TYPE_CHECKING:
+    from api.auth import Principal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +71,21 @@ def current_row(read_models: ReadModels, session_id: str) -> SessionRow:
     if row is None or row.is_deleted:
         raise ProblemError(404, "session-not-found", "no such session")
     return row
+
+
+def target_session(
+    caller: Principal, session_id: str | None, read_models: ReadModels
+) -> str | None:
+    """The session a new resource created by `caller` belongs to: the one asked for (None:
+    every session, the admin's only), always the caller's own for a session key. 404 for
+    another session's, an unknown or a deleted one."""
+    if not caller.is_admin:
+        if session_id not in (None, caller.session_id):
+            raise ProblemError(404, "session-not-found", "no such session")
+        session_id = caller.session_id
+    if session_id is not None:
+        current_row(read_models, session_id)
+    return session_id
 
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)

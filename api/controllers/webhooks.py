@@ -16,7 +16,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from api import reads
 from api.auth import API_KEY_SECURITY, Principal, provide_caller
 from api.context import Service, UrlCheck
-from api.controllers.common import problems, utc_instant
+from api.controllers.common import problems, target_session, utc_instant
 from api.expensive import LocalReads
 from api.fastpath import EXPENSIVE_REPLAY
 from api.problems import ProblemError
@@ -98,15 +98,7 @@ class WebhooksController(Controller):
         """Register an endpoint; the answer holds its signing secret, shown this once. Without
         `sessionId` the admin's endpoint receives every session's events; a session key's
         endpoint is always its own session's."""
-        session_id = data.session_id
-        if not caller.is_admin:
-            if session_id not in (None, caller.session_id):
-                raise ProblemError(404, "session-not-found", "no such session")
-            session_id = caller.session_id
-        if session_id is not None:
-            session = read_models.session(session_id)
-            if session is None or session.is_deleted:
-                raise ProblemError(404, "session-not-found", "no such session")
+        session_id = target_session(caller, data.session_id, read_models)
         reason = check_webhook_url(data.url)
         if reason is not None:
             raise ProblemError(422, "invalid-url", reason)

@@ -15,7 +15,8 @@ import psycopg
 from psycopg.sql import SQL, Identifier
 
 from tests.conftest import ADMIN_KEY
-from tests.e2e.conftest import ADMIN, ROOT, Sessiond, key_of
+from tests.e2e.conftest import ADMIN, ROOT, Sessiond, create_session, key_of
+from tests.receiver import Receiver
 from tests.waiting import eventually
 
 
@@ -48,6 +49,21 @@ def scan(client: httpx.Client, created: dict[str, Any]) -> None:
 
     eventually(scanned, what="the scan")
     assert status(client, created)["status"] == "connected"
+
+
+def connected_session(client: httpx.Client, name: str) -> dict[str, Any]:
+    """A new session (`create_session`'s answer) linked by the simulator's phone."""
+    created = create_session(client, name)
+    scan(client, created)
+    return created
+
+
+def register_hook(client: httpx.Client, hook: Receiver, events: list[str]) -> str:
+    """Register the admin's webhook endpoint `hook` for `events`; its signing secret."""
+    response = client.post("/webhooks", json={"url": hook.url, "events": events}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    secret: str = response.json()["secret"]
+    return secret
 
 
 def children(pid: int) -> list[tuple[int, str]]:

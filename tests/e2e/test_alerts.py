@@ -12,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
-from tests.e2e.steps import admin_status, scan, scan_shown_qr, signed_in, simulate
+from tests.e2e.steps import admin_status, register_hook, scan, scan_shown_qr, signed_in, simulate
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
@@ -54,11 +54,7 @@ def test_a_disconnection_alert_fires_and_resolves_through_webhooks_and_the_log(
 ) -> None:
     server: Sessiond = start("serve", {**sessiond_env, "SESSIOND_ALERTS_INTERVAL": "0.2"})
     with server.client() as client:
-        answer = client.post(
-            "/webhooks", json={"url": hook.url, "events": HOOK_TYPES}, headers=ADMIN
-        )
-        assert answer.status_code == 201, answer.text
-        secret = answer.json()["secret"]
+        secret = register_hook(client, hook, HOOK_TYPES)
         created = create_session(client, "Watched")
         other = create_session(client, "Other")
         sid = created["sessionId"]

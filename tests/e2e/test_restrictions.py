@@ -17,10 +17,12 @@ import httpx
 from tests.e2e.conftest import ADMIN, Sessiond, create_session, key_of
 from tests.e2e.steps import (
     PHONE,
+    connected_session,
     history,
     holder,
     message,
     metric,
+    register_hook,
     roles_apart,
     scan,
     send_text,
@@ -45,13 +47,6 @@ def restricted_metric(client: httpx.Client, kind: str) -> float:
 
 def sent_types(client: httpx.Client, created: dict[str, Any]) -> list[str]:
     return [e["type"] for e in history(client, created)]
-
-
-def register(client: httpx.Client, hook: Receiver) -> str:
-    response = client.post("/webhooks", json={"url": hook.url, "events": HOOK_TYPES}, headers=ADMIN)
-    assert response.status_code == 201, response.text
-    secret: str = response.json()["secret"]
-    return secret
 
 
 def assert_held(found: list[Any], kind: str, until: str | None) -> None:
@@ -96,10 +91,9 @@ def test_a_ban_pauses_the_queue_across_a_restart_and_it_resumes_in_order_when_it
     server: Sessiond = start("serve", env)
     ban_seconds = 40.0  # covers a restart of `serve` on a loaded machine
     with server.client() as client:
-        secret = register(client, hook)
-        created = create_session(client, "Banned")
+        secret = register_hook(client, hook, HOOK_TYPES)
+        created = connected_session(client, "Banned")
         session_id = created["sessionId"]
-        scan(client, created)
         before = send_text(client, created, "before the ban")["messageId"]
         eventually(lambda: messages(client, created, [before])[0]["status"] == "sent")
 
@@ -187,10 +181,9 @@ def test_a_logout_pauses_the_queue_until_the_session_is_linked_again(
     env = {**sessiond_env, "SESSIOND_SEND_INTERVAL": "0.05"}
     server: Sessiond = start("serve", env)
     with server.client() as client:
-        secret = register(client, hook)
-        created = create_session(client, "Logged out")
+        secret = register_hook(client, hook, HOOK_TYPES)
+        created = connected_session(client, "Logged out")
         session_id = created["sessionId"]
-        scan(client, created)
         simulate(client, created, "logout")
         restriction = status(client, created)["restriction"]
         assert restriction["kind"] == "logged_out"

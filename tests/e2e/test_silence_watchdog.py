@@ -18,7 +18,17 @@ import httpx
 
 from tests.e2e.conftest import ADMIN, Sessiond, create_session
 from tests.e2e.steps import admin_status as status
-from tests.e2e.steps import history, holder, metric, scan, signed_in, simulate, worker_id
+from tests.e2e.steps import (
+    connected_session,
+    history,
+    holder,
+    metric,
+    register_hook,
+    scan,
+    signed_in,
+    simulate,
+    worker_id,
+)
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
@@ -69,14 +79,9 @@ def test_a_silent_session_is_degraded_checked_recycled_and_healthy_again(
     }
     server: Sessiond = start("serve", env)
     with server.client() as client:
-        answer = client.post(
-            "/webhooks", json={"url": hook.url, "events": HOOK_TYPES}, headers=ADMIN
-        )
-        assert answer.status_code == 201, answer.text
-        secret = answer.json()["secret"]
-        created = create_session(client, "Quiet")
+        secret = register_hook(client, hook, HOOK_TYPES)
+        created = connected_session(client, "Quiet")
         session_id = created["sessionId"]
-        scan(client, created)
 
         # Check a session that never received anything is not judged silent.
         dashboard = signed_in(server)

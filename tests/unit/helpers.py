@@ -15,7 +15,7 @@ from api.controllers.metrics import SessionsCollector
 from application.sessions import SessionsApplication
 from domain.session import Session
 from domain.values import ADMIN_ACTOR
-from projections.status import SessionRow
+from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
 
 #: Plain-old-Python-object persistence, whatever the shell running the tests has exported
 #: (the application-prefixed variable wins over the plain one, so both are set).
@@ -34,6 +34,17 @@ def create(app: SessionsApplication, name: str = "Support") -> tuple[str, UUID]:
     """Create a session; return its public id and its UUID."""
     created = app.create_session(name, {}, None, ADMIN_ACTOR)
     return created.session_id, app.load(created.session_id).id
+
+
+def connected(
+    app: SessionsApplication, jid: str = "4915112345678:1@s.whatsapp.net"
+) -> tuple[SessionStatusProjection, str, UUID]:
+    """An empty in-memory status view, and a session created and connected as `jid` (the
+    view is not fed yet); the session's public id and UUID."""
+    projection = SessionStatusProjection(MemorySessionStatusView())
+    session_id, uuid = create(app)
+    app.record_connected(uuid, jid, "Ann")
+    return projection, session_id, uuid
 
 
 def head(app: SessionsApplication) -> int:

@@ -14,9 +14,9 @@ from api.controllers.metrics import DOWN_MINUTES, Scrape, SessionsCollector, dow
 from api.ratelimit import SessionRateLimiter, near_limit
 from domain.alerts import CONDITIONS
 from domain.values import ADMIN_ACTOR
-from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
+from projections.status import SessionRow
 from projections.webhooks import EndpointHealth
-from tests.unit.helpers import catch_up, create, popo_app
+from tests.unit.helpers import catch_up, connected, popo_app
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 JID = "4915112345678:1@s.whatsapp.net"
@@ -50,9 +50,7 @@ def down_for(minutes: float, **changes: object) -> SessionRow:
 
 def test_down_since_is_the_first_disconnection_and_holds_through_retries_until_connected() -> None:
     app = popo_app()
-    projection = SessionStatusProjection(MemorySessionStatusView())
-    session_id, uuid = create(app)
-    app.record_connected(uuid, JID, "Ann")
+    projection, session_id, uuid = connected(app, JID)
     catch_up(app, projection)
     assert (got := projection.view.get_session(session_id)) and got.down_since is None
 
@@ -77,9 +75,7 @@ def test_down_since_is_the_first_disconnection_and_holds_through_retries_until_c
 
 def test_stopping_a_down_session_clears_down_since() -> None:
     app = popo_app()
-    projection = SessionStatusProjection(MemorySessionStatusView())
-    session_id, uuid = create(app)
-    app.record_connected(uuid, JID, "Ann")
+    projection, session_id, uuid = connected(app, JID)
     app.record_disconnected(uuid, "connection_lost", "dropped")
     app.stop(session_id, ADMIN_ACTOR)
     catch_up(app, projection)

@@ -24,9 +24,9 @@ from domain.values import ADMIN_ACTOR, Reason, Status, public_session_id
 from domain.webhook import EVENT_TYPES
 from infra.runtime.sender import MessageSender
 from projections.messages import OUTBOUND, MessageRow
-from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
+from projections.status import SessionRow
 from projections.webhooks import webhook_event
-from tests.unit.helpers import catch_up, create, popo_app, sessions_metrics
+from tests.unit.helpers import catch_up, connected, create, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 JID = "4915112345678:1@s.whatsapp.net"
@@ -196,9 +196,7 @@ def test_the_restriction_survives_a_reload_from_the_log_and_a_snapshot() -> None
 
 
 def restricted_row(app: SessionsApplication) -> tuple[SessionRow, Any]:
-    projection = SessionStatusProjection(MemorySessionStatusView())
-    session_id, uuid = create(app)
-    app.record_connected(uuid, JID, "Ann")
+    projection, session_id, uuid = connected(app, JID)
     app.send_message(session_id, TO, "held", None, ADMIN_ACTOR)
     ends = datetime.now(UTC) + timedelta(minutes=5)
     app.record_disconnected(uuid, "temporarily_banned", "banned", ends)

@@ -30,9 +30,9 @@ from domain.session import Session
 from domain.values import ADMIN_ACTOR, Reason, public_session_id
 from domain.webhook import EVENT_TYPES
 from infra.settings import Settings, SettingsError
-from projections.status import MemorySessionStatusView, SessionRow, SessionStatusProjection
+from projections.status import SessionRow, SessionStatusProjection
 from projections.webhooks import webhook_event
-from tests.unit.helpers import catch_up, create, popo_app, sessions_metrics
+from tests.unit.helpers import catch_up, connected, create, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 AFTER = timedelta(minutes=30)
@@ -278,9 +278,7 @@ def test_recording_silence_judges_the_session_as_recorded() -> None:
 
 
 def silent_row(app: SessionsApplication) -> tuple[SessionRow, SessionStatusProjection, UUID]:
-    projection = SessionStatusProjection(MemorySessionStatusView())
-    session_id, uuid = create(app)
-    app.record_connected(uuid, JID, "Ann")
+    projection, session_id, uuid = connected(app, JID)
     app.record_received(uuid, InboundMessage("3A01", FRIEND, FRIEND, "hi", NOW))
     app.record_silent(uuid, POLICY, datetime.now(UTC) + AFTER)
     catch_up(app, projection)
@@ -397,9 +395,7 @@ def test_the_period_and_the_check_timeout_are_settings_and_zero_turns_the_watchd
 
 def test_the_dashboard_says_whether_the_watchdog_watches_the_session() -> None:
     app = popo_app()
-    projection = SessionStatusProjection(MemorySessionStatusView())
-    session_id, uuid = create(app)
-    app.record_connected(uuid, JID, "Ann")
+    projection, session_id, uuid = connected(app, JID)
     catch_up(app, projection)
 
     def row() -> SessionRow:
