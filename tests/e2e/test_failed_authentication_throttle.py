@@ -84,6 +84,7 @@ def test_a_flood_of_bad_keys_locks_that_address_out_of_every_route_and_no_other(
             "webhook_id": "wh_0",
             "delivery_id": "dlv_0",
             "message_id": "msg_0",
+            "rule_id": "alr_0",
         }
         routes = list(every_route(good, ids))
         assert len(routes) > 30

@@ -204,7 +204,13 @@ def test_no_query_parameter_of_any_route_gets_a_500(
             headers=key,
         )
         assert webhook.status_code == 201, webhook.text
-        ids = {"session_id": sid, "webhook_id": webhook.json()["webhookId"]}
+        rule = client.post("/alerts/rules", json={"condition": "silent"}, headers=key)
+        assert rule.status_code == 201, rule.text
+        ids = {
+            "session_id": sid,
+            "webhook_id": webhook.json()["webhookId"],
+            "rule_id": rule.json()["ruleId"],
+        }
         now = datetime.now(UTC)
 
         fuzzed: dict[str, Counter[int]] = {}
