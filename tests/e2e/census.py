@@ -32,6 +32,16 @@ OURS = "budget-test"
 PROJECTIONS = 6
 
 
+#: The clients' connections to one database by application name, but for the census's own.
+#: Client backends only: an autovacuum worker on that database (no application name) is not
+#: one of sessiond's connections.
+COUNT_BY_NAME = (
+    "SELECT application_name, count(*) FROM pg_stat_activity "
+    "WHERE datname = %s AND application_name <> %s AND backend_type = 'client backend' "
+    "GROUP BY 1"
+)
+
+
 def label(application_name: str) -> str:
     """The process a connection belongs to (``sessiond-api``) and what it is for."""
     return application_name.split(":", 1)[0]
@@ -69,8 +79,7 @@ class Census:
         """The connections held right now, by purpose (each one's application name)."""
         with psycopg.connect(self.database_url, autocommit=True, application_name=OURS) as conn:
             rows = conn.execute(
-                "SELECT application_name, count(*) FROM pg_stat_activity "
-                "WHERE datname = %s AND application_name <> %s GROUP BY 1",
+                COUNT_BY_NAME,
                 (self.dbname, OURS),
             ).fetchall()
         return Counter({purpose(name): int(n) for name, n in rows})
@@ -79,8 +88,7 @@ class Census:
         with psycopg.connect(self.database_url, autocommit=True, application_name=OURS) as conn:
             while not self._stop.is_set():
                 rows = conn.execute(
-                    "SELECT application_name, count(*) FROM pg_stat_activity "
-                    "WHERE datname = %s AND application_name <> %s GROUP BY 1",
+                    COUNT_BY_NAME,
                     (self.dbname, OURS),
                 ).fetchall()
                 by_process: Counter[str] = Counter()

@@ -98,11 +98,14 @@ def _config(session_ids: list[str], key_ids: list[str]) -> str:
             ),
             # Whether a string is a proxy URL (a scheme, a host, a port in range) is decided by
             # the service, which says in a 422 what is wrong; at creation too.
+            *_accepting([200, 201, 204, 401, 403, 404, 409, 422, 429, 503], "/sessions"),
             *_accepting(
-                [200, 201, 204, 401, 403, 404, 409, 422, 429, 503],
-                "/sessions",
-                "/sessions/{session_id}/proxy",
+                [200, 201, 204, 401, 403, 404, 409, 422, 429, 503], "/sessions/{session_id}/proxy"
             ),
+            # A session's proxy is a setting of the session, not a resource of its own: once
+            # cleared (DELETE), GET answers 200 with `"url": null`, as documented.
+            "[operations.checks.use_after_free]",
+            "enabled = false",
             # An alert rule's threshold, window and kind must fit its condition (a threshold
             # for disconnected, none for silent…): the service says which field in a 422.
             *_accepting(
