@@ -44,6 +44,9 @@ CHECK = 0.2
 GRACE = 0.5
 #: Events taken from the window at a time, and notifications read per page of the log.
 BATCH = 100
+#: How long a stream of a deleted session waits for its `session.deleted` event before it ends
+#: without it (the promise: a deleted session's streams end within 1 s).
+DELETED_GRACE = 0.25
 PAGE = 500
 #: How long a browser waits before it reconnects (milliseconds).
 RECONNECT_MS = 2000
@@ -98,6 +101,18 @@ class EventStream:
             return "server-stopping"
         return self.guard()
 
+    def _reason_now(self, deleted_since: float | None) -> tuple[str | None, float | None]:
+        """Why the stream ends now (None: it goes on), and since when its session is known to
+        be deleted. A stream of one session waits up to DELETED_GRACE seconds for the
+        session's `session.deleted` event, on its way through the feed (the revocations say
+        so first), which it sends and then ends at."""
+        reason = self.reason_to_end()
+        if reason != "session-deleted" or self.selection.session_id is None:
+            return reason, deleted_since
+        now = time.monotonic()
+        since = now if deleted_since is None else deleted_since
+        return (reason if now - since >= DELETED_GRACE else None), since
+
     async def frames(self) -> AsyncIterator[bytes]:
         await self.feed.open()
         self.counts.add(self.owner, 1)
@@ -114,8 +129,9 @@ class EventStream:
         yield b": connected\n"
         selection, position, attached = self.selection, self.position, False
         beat = time.monotonic() + self.heartbeat
+        deleted_since: float | None = None
         while True:
-            reason = self.reason_to_end()
+            reason, deleted_since = self._reason_now(deleted_since)
             if reason is not None:
                 yield end_frame(reason, position)
                 return

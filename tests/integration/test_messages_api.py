@@ -78,10 +78,11 @@ async def test_acks_move_a_sent_text_to_delivered_then_read(api: Api) -> None:
     queued = (await send(api, created, "did you get it?")).json()
     await until_status(api, created, queued["messageId"], "sent")
     await simulate(api, created, "ack", messageId=queued["messageId"], status="delivered")
-    delivered = await message(api, created, queued["messageId"])
+    # The messages view follows the log (under load, a moment after the ack is recorded).
+    delivered = await until_status(api, created, queued["messageId"], "delivered")
     assert delivered["status"] == "delivered" and delivered["deliveredAt"]
     await simulate(api, created, "ack", messageId=queued["messageId"], status="read")
-    read = await message(api, created, queued["messageId"])
+    read = await until_status(api, created, queued["messageId"], "read")
     assert read["status"] == "read" and read["readAt"] and read["deliveredAt"]
     # A repeated or late ack changes nothing and records nothing.
     await simulate(api, created, "ack", messageId=queued["messageId"], status="delivered")
