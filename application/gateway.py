@@ -12,7 +12,7 @@ from uuid import UUID
 from application.errors import SessionNotFound
 from application.ports import GatewayEvents, InboundMessage
 from application.sessions import Resume, SessionsApplication
-from domain.policy import IMMEDIATE_REASONS
+from domain.policy import IMMEDIATE_REASONS, Hearing
 from domain.values import DesiredState, Status
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,17 @@ class RecordingGatewayEvents(GatewayEvents):
     """Records what the gateway reports as events of the session, naming the worker that
     reports it (`worker` gives its current id)."""
 
-    def __init__(self, app: SessionsApplication, worker: Callable[[], str] = str) -> None:
+    def __init__(
+        self,
+        app: SessionsApplication,
+        worker: Callable[[], str] = str,
+        on_connected: Callable[[UUID, Hearing], None] | None = None,
+    ) -> None:
+        """`on_connected`: told of each recorded connection with the session's `Hearing` as
+        saved (the silence watchdog's first look, without another load)."""
         self.app = app
         self.worker = worker
+        self.on_connected = on_connected
 
     def qr_issued(
         self, session_id: UUID, code: str, expires_at: datetime, attempt: int, max_attempts: int
@@ -35,7 +43,9 @@ class RecordingGatewayEvents(GatewayEvents):
         return self.app.record_qr_expired(session_id)
 
     def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
-        return self.app.record_connected(session_id, jid, push_name, self.worker())
+        told = self.on_connected
+        heard = None if told is None else (lambda hearing: told(session_id, hearing))
+        return self.app.record_connected(session_id, jid, push_name, self.worker(), heard)
 
     def disconnected(
         self,

@@ -577,10 +577,26 @@ class SessionsApplication(Application[UUID]):
         )
 
     def record_connected(
-        self, session_id: UUID, jid: str, push_name: str, worker: str = ""
+        self,
+        session_id: UUID,
+        jid: str,
+        push_name: str,
+        worker: str = "",
+        heard: Callable[[Hearing], None] | None = None,
     ) -> int | None:
-        """Record that `worker`'s client of the session connected."""
-        return self._gateway_change(session_id, lambda s: s.connect(jid, push_name, worker))
+        """Record that `worker`'s client of the session connected; once recorded, `heard` is
+        given the session's `Hearing` as saved (what the silence watchdog judges it by, without
+        loading the session again)."""
+        saved: list[Hearing] = []
+
+        def connect(session: Session) -> None:
+            session.connect(jid, push_name, worker)
+            saved[:] = [session.hearing]  # the last try is the one saved
+
+        position = self._gateway_change(session_id, connect)
+        if position is not None and saved and heard is not None:
+            heard(saved[-1])
+        return position
 
     def record_disconnected(
         self,

@@ -21,11 +21,12 @@ is open the worker is alive. Periodic ticks (APScheduler) do the rest:
   once the client is started here; those of a worker that died mid-call are run again by
   the session's next holder;
 - **silence**: the watchdog (`domain.policy.SilencePolicy`) looks at each connected session
-  it holds when its clock says it may be silent — when it connects, then when the recorded
-  events say nothing was heard for long enough — records it silent, makes the active check
-  (`WhatsAppGateway.ping`) and recycles a connection that does not answer. The clock is the
-  session's events (`Session.hearing`), so a restart or a takeover keeps it; a look costs one
-  load of the session, about once per silence period.
+  it holds when its clock says it may be silent — judged first on the clock saved with the
+  session's connection, then whenever the recorded events say nothing was heard for long
+  enough — records it silent, makes the active check (`WhatsAppGateway.ping`) and recycles a
+  connection that does not answer. The clock is the session's events (`Session.hearing`), so a
+  restart or a takeover keeps it; a look costs one load of the session, about once per silence
+  period (none when it connects).
 
 Locks and the database: the worker's lock (`_lock`) guards what it runs (clients, generations,
 holdings) and is never held while waiting for the database, so that losing the connection
@@ -65,7 +66,7 @@ from application.placement import share, to_hand_over
 from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, WhatsAppGateway
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
-from domain.policy import SilencePolicy, SilenceStep, deadline_rule, gives_up
+from domain.policy import Hearing, SilencePolicy, SilenceStep, deadline_rule, gives_up
 from domain.values import DeadlineKind, DesiredState, Reason, Status
 from infra.postgres.connect import connect, unreachable
 from infra.postgres.gateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
@@ -108,15 +109,9 @@ class WorkerTimings:
 class FencedGatewayEvents(GatewayEvents):
     """`GatewayEvents` that drop the reports of sessions `holds` says are not ours."""
 
-    def __init__(
-        self,
-        events: GatewayEvents,
-        holds: Callable[[UUID], bool],
-        on_connected: Callable[[UUID], None] | None = None,
-    ) -> None:
+    def __init__(self, events: GatewayEvents, holds: Callable[[UUID], bool]) -> None:
         self.events = events
         self.holds = holds
-        self.on_connected = on_connected
 
     def _ours(self, session_id: UUID, what: str) -> bool:
         if self.holds(session_id):
@@ -137,10 +132,7 @@ class FencedGatewayEvents(GatewayEvents):
     def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
         if not self._ours(session_id, "connected"):
             return None
-        position = self.events.connected(session_id, jid, push_name)
-        if self.on_connected is not None:
-            self.on_connected(session_id)
-        return position
+        return self.events.connected(session_id, jid, push_name)
 
     def disconnected(
         self,
@@ -189,7 +181,8 @@ class GatewayWorker:
         # worker that holds them now speaks for them.
         gateway.bind(
             FencedGatewayEvents(
-                RecordingGatewayEvents(app, lambda: self.worker_id), self.holds, self._look_now
+                RecordingGatewayEvents(app, lambda: self.worker_id, self._connected),
+                self.holds,
             )
         )
         self.database_url = database_url
@@ -848,11 +841,16 @@ class GatewayWorker:
 
     # -- the silence watchdog ---------------------------------------------------------------
 
-    def _look_now(self, session_id: UUID) -> None:
-        """The session connected: the watchdog looks at it at its next tick."""
+    def _connected(self, session_id: UUID, hearing: Hearing) -> None:
+        """The session's connection is recorded: the watchdog looks at it when its clock, as
+        saved with the connection, says it may be silent (at its next tick if it may be now)."""
         if self.silence.enabled:
-            with self._looks_lock:
-                self._looks[session_id] = datetime.now(UTC)
+            now = datetime.now(UTC)
+            verdict = self.silence.judge(hearing, now)
+            if verdict.step in (SilenceStep.SILENCE, SilenceStep.CHECK):
+                self._look_at(session_id, now)
+            else:
+                self._look_at(session_id, verdict.look_again_at)
 
     def _look_at(self, session_id: UUID, when: datetime | None) -> None:
         if when is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.domain import Snapshot
@@ -15,7 +15,7 @@ from application.gateway import RecordingGatewayEvents, plan_start
 from application.keys import SESSION_KEY_KIND, key_kind
 from application.sessions import Resume, SessionsApplication
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
-from domain.policy import ReconnectPolicy
+from domain.policy import Hearing, ReconnectPolicy
 from domain.session import ApiKey, Session
 from domain.values import ADMIN_ACTOR, DeadlineKind, Reason, is_session_id, key_actor
 from projections.gateway import QR_GRACE, START_TIMEOUT, GatewayProjection, MemoryGatewayView
@@ -393,6 +393,22 @@ def test_recording_gateway_events_forward_to_the_application(app: SessionsApplic
     assert events.disconnected(uuid, "logged_out") == head(app)
     assert app.get_session(sid).reason == "logged_out"
     assert events.connected(uuid4(), JID, "nobody") is None
+
+
+def test_a_recorded_connection_tells_its_hearing_as_saved_and_a_stale_one_tells_nothing(
+    app: SessionsApplication,
+) -> None:
+    told: list[tuple[UUID, Hearing]] = []
+    events = RecordingGatewayEvents(app, on_connected=lambda s, h: told.append((s, h)))
+    sid, uuid = create(app)
+    assert events.connected(uuid, JID, "Support Phone") == head(app)
+    assert told == [(uuid, app.load(uuid).hearing)]
+    assert told[0][1].connected and told[0][1].heard_at is not None
+    assert events.connected(uuid, JID, "Support Phone") is None  # connected already: stale
+    assert events.connected(uuid4(), JID, "nobody") is None
+    app.delete(sid, ADMIN_ACTOR)
+    assert events.connected(uuid, JID, "Support Phone") is None
+    assert len(told) == 1
 
 
 # -- snapshots ------------------------------------------------------------------------------
