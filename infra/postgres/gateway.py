@@ -32,24 +32,42 @@ NOTIFY_GATEWAY = SQL("NOTIFY {0}").format(Identifier(GATEWAY_CHANNEL))
 REQUESTS_CHANNEL = "sessiond_gateway_requests"
 WORKER_APP_PREFIX = "sessiond-worker:"
 
+_UPSERT_ROW = (
+    "INSERT INTO sessiond_gateway_sessions AS g "
+    "(session_id, desired, generation, jid, position, queued) "
+    "VALUES (%(id)s, coalesce(%(desired)s, 'running'), %(bump)s, %(jid)s, %(pos)s, "
+    "%(queued)s) "
+    "ON CONFLICT (session_id) DO UPDATE SET "
+    "desired = coalesce(%(desired)s, g.desired), "
+    "generation = g.generation + %(bump)s, "
+    "jid = CASE WHEN %(set_jid)s THEN %(jid)s ELSE g.jid END, "
+    "position = %(pos)s, queued = g.queued + %(queued)s"
+)
+_CLEAR_DEADLINES = "DELETE FROM sessiond_deadlines WHERE session_id = %s AND kind = ANY(%s)"
+_SET_DEADLINE = (
+    "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (session_id, kind) DO UPDATE SET "
+    "due_at = EXCLUDED.due_at, token = EXCLUDED.token, claims = 0"
+)
+_SET_DEADLINE_IF_QUEUED = (
+    "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "
+    "SELECT %s, %s, %s, %s WHERE EXISTS ("
+    "SELECT FROM sessiond_gateway_sessions WHERE session_id = %s AND queued > 0) "
+    "ON CONFLICT (session_id, kind) DO UPDATE SET "
+    "due_at = EXCLUDED.due_at, token = EXCLUDED.token, claims = 0"
+)
+
 
 class PostgresGatewayView(BatchingView, GatewayView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
 
     def apply(self, session_id: UUID, change: GatewayChange, tracking: Tracking) -> None:
-        with self._transaction() as curs:
-            curs.execute(
-                "INSERT INTO sessiond_gateway_sessions AS g "
-                "(session_id, desired, generation, jid, position, queued) "
-                "VALUES (%(id)s, coalesce(%(desired)s, 'running'), %(bump)s, %(jid)s, %(pos)s, "
-                "%(queued)s) "
-                "ON CONFLICT (session_id) DO UPDATE SET "
-                "desired = coalesce(%(desired)s, g.desired), "
-                "generation = g.generation + %(bump)s, "
-                "jid = CASE WHEN %(set_jid)s THEN %(jid)s ELSE g.jid END, "
-                "position = %(pos)s, queued = g.queued + %(queued)s "
-                "RETURNING queued",
+        """The row, then the deadlines cleared and set, in that order; in a batch they are
+        kept for the page's end (written in one round trip with the page's other writes)."""
+        writes: list[tuple[str, Any]] = [
+            (
+                _UPSERT_ROW,
                 {
                     "id": session_id,
                     "desired": change.desired,
@@ -60,27 +78,20 @@ class PostgresGatewayView(BatchingView, GatewayView):
                     "queued": change.queued,
                 },
             )
-            found = curs.fetchone()
-            queued = int(found["queued"]) if found else 0
-            if change.clear_deadlines:
-                curs.execute(
-                    "DELETE FROM sessiond_deadlines WHERE session_id = %s AND kind = ANY(%s)",
-                    (session_id, list(change.clear_deadlines)),
-                )
-            deadlines = dict(change.set_deadlines)
-            if change.send_at is not None and queued > 0:
-                deadlines[DeadlineKind.SEND] = change.send_at
-            for kind, due in deadlines.items():
-                curs.execute(
-                    "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (session_id, kind) DO UPDATE SET "
-                    "due_at = EXCLUDED.due_at, token = EXCLUDED.token, claims = 0",
-                    (session_id, kind, due, tracking.notification_id),
-                )
-            self._insert_tracking(curs, tracking)
-            if change.desired is not None or change.bump:
-                # Only what workers must act on at once; deadlines are polled.
-                self._notify(curs, NOTIFY_GATEWAY)
+        ]
+        if change.clear_deadlines:
+            writes.append((_CLEAR_DEADLINES, (session_id, list(change.clear_deadlines))))
+        token = tracking.notification_id
+        writes += [
+            (_SET_DEADLINE, (session_id, kind, due, token))
+            for kind, due in change.set_deadlines.items()
+        ]
+        if change.send_at is not None:  # only if messages wait, once the row is written
+            send = (session_id, DeadlineKind.SEND, change.send_at, token, session_id)
+            writes.append((_SET_DEADLINE_IF_QUEUED, send))
+        # Only what workers must act on at once; deadlines are polled.
+        notify = NOTIFY_GATEWAY if change.desired is not None or change.bump else None
+        self._defer_writes(writes, tracking, notify)
 
     def row(self, session_id: UUID) -> GatewayRow | None:
         with self._reading() as curs:

@@ -155,10 +155,14 @@ class BatchingView(PostgresTrackingRecorder):
                 self._notifies = {}
 
     def _flush_pending(self, curs: Cursor[DictRow]) -> None:
+        """The kept writes, in order, in one pipeline: one round trip for the lot."""
         pending, self._pending = self._pending, []
-        for _, run in itertools.groupby(pending, key=lambda write: id(write[0])):
-            writes = list(run)
-            curs.executemany(writes[0][0], [params for _, params in writes])
+        if not pending:
+            return
+        with curs.connection.pipeline():
+            for _, run in itertools.groupby(pending, key=lambda write: id(write[0])):
+                writes = list(run)
+                curs.executemany(writes[0][0], [params for _, params in writes])
 
     def _defer(
         self,
@@ -169,15 +173,24 @@ class BatchingView(PostgresTrackingRecorder):
     ) -> None:
         """Write rows (each with `statement`), the tracking record and a NOTIFY: at the end
         of the open batch, else now, in a transaction of their own."""
+        self._defer_writes([(statement, p) for p in params], tracking, notify)
+
+    def _defer_writes(
+        self,
+        writes: Sequence[tuple[Statement, Params]],
+        tracking: Tracking,
+        notify: Statement | None = None,
+    ) -> None:
+        """`_defer` for writes of several statements, kept in their order."""
         if self._batch is None:
             with self._transaction() as curs:
-                if params:
-                    curs.executemany(statement, params)
+                for statement, params in writes:
+                    curs.execute(statement, params)
                 self._insert_tracking(curs, tracking)
                 if notify is not None:
                     curs.execute(notify)
             return
-        self._pending.extend((statement, p) for p in params)
+        self._pending.extend(writes)
         self._insert_tracking(self._batch, tracking)
         if notify is not None:
             self._notifies[(id(notify), ())] = notify

@@ -20,11 +20,12 @@ from infra.postgres.keys import PostgresApiKeyView
 from infra.postgres.messages import PostgresMessagesView
 from infra.postgres.status import PostgresSessionStatusView
 from infra.runtime.supervisor import BATCH_LIMIT, ProjectionSupervisor
-from projections.gateway import GatewayProjection
+from projections.gateway import GatewayProjection, MemoryGatewayView
 from projections.keys import ApiKeyProjection
 from projections.messages import MessagePage, MessagesProjection
 from projections.status import SessionStatusProjection
 from tests.conftest import view_on
+from tests.unit.helpers import catch_up
 
 VIEWS: list[tuple[Any, Any]] = [
     (SessionStatusProjection, PostgresSessionStatusView),
@@ -62,6 +63,8 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
             app.record_sent(uuid, queued.message_id, f"WA{n}-{m}")
             if m == 1:
                 app.record_acks(uuid, [f"WA{n}-{m}"], "delivered", datetime.now(UTC))
+        if n % 4 == 1 and n % 5 != 0:  # one left waiting (the gateway row counts it)
+            app.send_message(sid, "14155550123@s.whatsapp.net", "waiting", None, ADMIN_ACTOR)
         app.record_disconnected(uuid, "connection_lost", "dropped")
         if n % 3 == 0:
             app.stop(sid, ADMIN_ACTOR)
@@ -90,6 +93,9 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
             time.sleep(0.1)
 
         # Check every row agrees with the session it was built from.
+        alone = GatewayProjection(view=MemoryGatewayView())
+        catch_up(app, alone)
+        waiting = sends = 0
         status, keys, gateway = readers["session_status"], readers["api_keys"], readers["gateway"]
         messages = readers["messages"]
         for sid in sessions:
@@ -109,8 +115,18 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
             wanted = gateway.row(session.id)
             assert wanted is not None and wanted.desired == session.desired
             texts = messages.list_messages(MessagePage(sid, limit=10))
-            expected = {0: [], 1: ["sent"], 2: ["delivered", "sent"]}[sessions.index(sid) % 3]
+            n = sessions.index(sid)
+            expected = {0: [], 1: ["sent"], 2: ["delivered", "sent"]}[n % 3]
+            expected = sorted(expected + (["queued"] if n % 4 == 1 and n % 5 != 0 else []))
             assert sorted(m.status for m in texts) == expected
+            # The gateway's row and deadlines, as one event at a time leaves them.
+            assert gateway.row(session.id) == alone.view.row(session.id)
+            by_kind = {d.kind: d for d in alone.view.deadlines(session.id)}
+            assert {d.kind: d for d in gateway.deadlines(session.id)} == by_kind
+            waiting += int(alone.view.row(session.id).queued > 0)  # type: ignore[union-attr]
+            sends += int("send" in by_kind)
+        # Both sides of the send deadline's condition (connected with messages waiting or not).
+        assert waiting > 0 and 0 < sends < len(sessions)
         for reader in readers.values():
             reader.datastore.close()
     finally:
