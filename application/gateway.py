@@ -10,7 +10,7 @@ from datetime import datetime
 from uuid import UUID
 
 from application.errors import SessionNotFound
-from application.ports import GatewayEvents, InboundMessage
+from application.ports import Disconnection, GatewayEvents, InboundMessage
 from application.sessions import Resume, SessionsApplication
 from domain.policy import IMMEDIATE_REASONS
 from domain.values import DesiredState, Status
@@ -37,14 +37,11 @@ class RecordingGatewayEvents(GatewayEvents):
     def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
         return self.app.record_connected(session_id, jid, push_name, self.worker())
 
-    def disconnected(
-        self,
-        session_id: UUID,
-        reason: str,
-        detail: str = "",
-        not_before: datetime | None = None,
-    ) -> int | None:
-        return self.app.record_disconnected(session_id, reason, detail, not_before, self.worker())
+    def disconnected(self, session_id: UUID, disconnection: Disconnection) -> int | None:
+        d = disconnection
+        return self.app.record_disconnected(
+            session_id, d.reason, d.detail, d.not_before, self.worker()
+        )
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         return self.app.record_keepalive(session_id, healthy)

@@ -48,8 +48,8 @@ class Events(GatewayEvents):
     def keepalive(self, *a): pass
     def message_received(self, *a): pass
     def message_status(self, *a): pass
-    def disconnected(self, sid, reason, detail="", not_before=None):
-        reports.append((str(sid), reason, detail)); done.release()
+    def disconnected(self, sid, ending):
+        reports.append((str(sid), ending.reason, ending.detail)); done.release()
 
 def connections():
     with psycopg.connect(url, autocommit=True) as conn:
