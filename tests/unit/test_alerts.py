@@ -190,7 +190,7 @@ class FixedSources(AlertSources):
 
 def test_firing_and_resolving_are_events_of_the_rule_and_become_alert_webhooks() -> None:
     app = popo_app()
-    rule = Alerts(app).create("down", "disconnected", 1, None, None, None, "admin")
+    rule = Alerts(app).create("down", RuleSpec("disconnected", 1), "admin")
     sources = FixedSources(
         Facts([session(status="disconnected", down_since=NOW - timedelta(minutes=3))])
     )
@@ -217,7 +217,7 @@ def test_firing_and_resolving_are_events_of_the_rule_and_become_alert_webhooks()
 
 def test_deleting_a_rule_resolves_its_open_alerts() -> None:
     app = popo_app()
-    rule = Alerts(app).create("silent", "silent", None, None, None, None, "admin")
+    rule = Alerts(app).create("silent", RuleSpec("silent", None), "admin")
     AlertEvaluator(app, FixedSources(Facts([session(silent=True)])), lambda: NOW).tick()
     Alerts(app).delete("alr_" + rule.id.hex, "admin")
     last = list(app.events.get(rule.id))[-2]
@@ -227,7 +227,7 @@ def test_deleting_a_rule_resolves_its_open_alerts() -> None:
 
 def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
     app = popo_app()
-    rule = Alerts(app).create("silent", "silent", None, None, None, None, "admin")
+    rule = Alerts(app).create("silent", RuleSpec("silent", None), "admin")
     facts = Facts([session(silent=True)])
     # Check the mechanism: two copies of the rule at the same version cannot both be saved.
     first: AlertRule = app.repository.get(rule.id)
@@ -237,7 +237,7 @@ def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
     with pytest.raises(IntegrityError):
         app.save(second)
     # Check evaluators racing in threads, each from its own load, record one firing in all.
-    other = Alerts(app).create("silent too", "silent", None, None, None, S2, "admin")
+    other = Alerts(app).create("silent too", RuleSpec("silent", None, session_id=S2), "admin")
     facts = Facts([session(S2, silent=True)])
     barrier = threading.Barrier(8)
     recorded: list[int] = []
@@ -261,7 +261,7 @@ def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
 
 def test_changing_what_a_rule_watches_resolves_its_open_alerts() -> None:
     app = popo_app()
-    rule = Alerts(app).create("deep", "queue_depth", 5, None, None, None, "admin")
+    rule = Alerts(app).create("deep", RuleSpec("queue_depth", 5), "admin")
     sources = FixedSources(Facts([session(queue_depth=9)]))
     AlertEvaluator(app, sources, lambda: NOW).tick()
     public = "alr_" + rule.id.hex
@@ -278,7 +278,7 @@ def test_a_replay_to_a_deployment_endpoint_resends_an_alert_that_names_no_sessio
     from projections.replay import replay_page
 
     app = popo_app()
-    Alerts(app).create("hooks", "webhook_failing", 1, None, None, None, "admin")
+    Alerts(app).create("hooks", RuleSpec("webhook_failing", 1), "admin")
     facts = Facts([], [EndpointFacts("wh_" + "a" * 32, None, False, "410 Gone", 0)])
     assert AlertEvaluator(app, FixedSources(facts), lambda: NOW).tick() == 1
     endpoint = {"webhook_id": "wh_" + "b" * 32, "session_id": None, "events": ["alert.firing"]}
