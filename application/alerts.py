@@ -34,6 +34,7 @@ from domain.alerts import (
     check_rule,
     public_rule_id,
 )
+from domain.values import prefixed_uuid
 
 log = logging.getLogger(__name__)
 _TRIES = 5
@@ -56,13 +57,10 @@ class OpenAlert:
 
 
 def rule_uuid(public_id: str) -> UUID:
-    hexpart = public_id.removeprefix(ALERT_RULE_PREFIX)
-    if not public_id.startswith(ALERT_RULE_PREFIX) or len(hexpart) != 32:
+    uuid = prefixed_uuid(public_id, ALERT_RULE_PREFIX)
+    if uuid is None:
         raise AlertRuleNotFound(f"no alert rule {public_id}")
-    try:
-        return UUID(hex=hexpart)
-    except ValueError:
-        raise AlertRuleNotFound(f"no alert rule {public_id}") from None
+    return uuid
 
 
 def spec(rule: AlertRule) -> RuleSpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from uuid import uuid4
 
 import pytest
 from eventsourcing.persistence import IntegrityError
@@ -19,9 +20,11 @@ from application.alerting import (
     observe,
     quota_percent,
 )
-from application.alerts import AlertEvaluator, Alerts, AlertSources
-from domain.alerts import AlertRule, check_rule
+from application.alerts import AlertEvaluator, AlertRuleNotFound, Alerts, AlertSources, rule_uuid
+from application.webhooks import WebhookNotFound, webhook_uuid
+from domain.alerts import AlertRule, check_rule, public_rule_id
 from domain.errors import InvalidValue
+from domain.webhook import public_webhook_id
 from projections.webhooks import webhook_body
 from tests.unit.helpers import popo_app
 
@@ -289,3 +292,22 @@ def test_a_replay_to_a_deployment_endpoint_resends_an_alert_that_names_no_sessio
     (delivery,) = page.deliveries
     # Check the delivery's session is a string (the outbox's column is NOT NULL), empty here.
     assert (delivery.event_type, delivery.session_id) == ("alert.firing", "")
+
+
+def test_public_ids_of_rules_and_webhooks_give_their_uuid_back() -> None:
+    uuid = uuid4()
+    assert rule_uuid(public_rule_id(uuid)) == uuid
+    assert webhook_uuid(public_webhook_id(uuid)) == uuid
+
+
+@pytest.mark.parametrize(
+    "hexpart",
+    ["nope", "0" * 31, "0" * 33, "g" * 32, "{" + "0" * 30 + "}", "0" * 8 + "-" + "0" * 23],
+)
+def test_a_malformed_rule_or_webhook_id_is_not_found(hexpart: str) -> None:
+    with pytest.raises(AlertRuleNotFound):
+        rule_uuid("alr_" + hexpart)
+    with pytest.raises(WebhookNotFound):
+        webhook_uuid("wh_" + hexpart)
+    with pytest.raises(AlertRuleNotFound):
+        rule_uuid("wh_" + "0" * 32)  # another kind's id
