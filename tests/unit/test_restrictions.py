@@ -26,14 +26,7 @@ from infra.runtime.sender import MessageSender
 from projections.messages import OUTBOUND, MessageRow
 from projections.status import SessionRow
 from projections.webhooks import webhook_event
-from tests.unit.helpers import (
-    catch_up,
-    connected,
-    create,
-    event_names,
-    popo_app,
-    sessions_metrics,
-)
+from tests.unit.helpers import catch_up, connected, create, event_names, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 JID = "4915112345678:1@s.whatsapp.net"

@@ -32,14 +32,7 @@ from domain.webhook import EVENT_TYPES
 from infra.settings import Settings, SettingsError
 from projections.status import SessionRow, SessionStatusProjection
 from projections.webhooks import webhook_event
-from tests.unit.helpers import (
-    catch_up,
-    connected,
-    create,
-    event_names,
-    popo_app,
-    sessions_metrics,
-)
+from tests.unit.helpers import catch_up, connected, create, event_names, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 AFTER = timedelta(minutes=30)
