@@ -29,10 +29,12 @@ from domain.alerts import (
     BOOK_ID,
     AlertBook,
     AlertRule,
+    RuleSettings,
     check_name,
     check_rule,
     public_rule_id,
 )
+from domain.values import prefixed_uuid
 
 log = logging.getLogger(__name__)
 _TRIES = 5
@@ -55,13 +57,10 @@ class OpenAlert:
 
 
 def rule_uuid(public_id: str) -> UUID:
-    hexpart = public_id.removeprefix(ALERT_RULE_PREFIX)
-    if not public_id.startswith(ALERT_RULE_PREFIX) or len(hexpart) != 32:
+    uuid = prefixed_uuid(public_id, ALERT_RULE_PREFIX)
+    if uuid is None:
         raise AlertRuleNotFound(f"no alert rule {public_id}")
-    try:
-        return UUID(hex=hexpart)
-    except ValueError:
-        raise AlertRuleNotFound(f"no alert rule {public_id}") from None
+    return uuid
 
 
 def spec(rule: AlertRule) -> RuleSpec:
@@ -126,32 +125,26 @@ class Alerts:
             alerts = [a for a in alerts if a.session_id == session_id]
         return sorted(alerts, key=lambda a: a.fired_at)
 
-    def create(  # noqa: PLR0917
-        self,
-        name: str,
-        condition: str,
-        threshold: float | None,
-        window: int | None,
-        kind: str | None,
-        session_id: str | None,
-        actor: str,
-    ) -> AlertRule:
-        """Record a new rule (`InvalidValue` naming the field that is wrong)."""
+    def create(self, name: str, watched: RuleSpec, actor: str) -> AlertRule:
+        """Record a new rule named `name` that watches `watched` (`InvalidValue` naming the
+        field that is wrong)."""
         check_name(name)
-        threshold, window, kind = check_rule(condition, threshold, window, kind)
+        threshold, window, kind = check_rule(
+            watched.condition, watched.threshold, watched.window, watched.kind
+        )
         rule = AlertRule(
             id=uuid4(),
             name=name,
-            condition=condition,
+            condition=watched.condition,
             threshold=threshold,
             window=window,
             kind=kind,
-            session_id=session_id,
+            session_id=watched.session_id,
             actor=actor,
         )
         for _ in range(_TRIES):
             book = self._book()
-            book.add(rule.id, session_id)
+            book.add(rule.id, watched.session_id)
             try:
                 self.app.save(rule, book)
             except IntegrityError:  # another rule was added meanwhile: add to the new book
@@ -175,7 +168,7 @@ class Alerts:
         with an evaluation."""
         for _ in range(_TRIES):
             rule = self.load(rule_id)
-            rule.change(
+            settings = RuleSettings(
                 name if name is not None else rule.name,
                 None
                 if "threshold" in clear
@@ -185,8 +178,8 @@ class Alerts:
                 None if "window" in clear else window if window is not None else rule.window,
                 None if "kind" in clear else kind if kind is not None else rule.kind,
                 enabled if enabled is not None else rule.enabled,
-                actor,
             )
+            rule.change(settings, actor)
             if not rule.pending_events:
                 return rule
             try:

@@ -10,7 +10,7 @@ from datetime import datetime
 from uuid import UUID
 
 from application.errors import SessionNotFound
-from application.ports import GatewayEvents, InboundMessage
+from application.ports import Disconnection, GatewayEvents, InboundMessage
 from application.sessions import Resume, SessionsApplication
 from domain.policy import IMMEDIATE_REASONS, Hearing
 from domain.values import DesiredState, Status
@@ -47,14 +47,11 @@ class RecordingGatewayEvents(GatewayEvents):
         heard = None if told is None else (lambda hearing: told(session_id, hearing))
         return self.app.record_connected(session_id, jid, push_name, self.worker(), heard)
 
-    def disconnected(
-        self,
-        session_id: UUID,
-        reason: str,
-        detail: str = "",
-        not_before: datetime | None = None,
-    ) -> int | None:
-        return self.app.record_disconnected(session_id, reason, detail, not_before, self.worker())
+    def disconnected(self, session_id: UUID, disconnection: Disconnection) -> int | None:
+        d = disconnection
+        return self.app.record_disconnected(
+            session_id, d.reason, d.detail, d.not_before, self.worker()
+        )
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         return self.app.record_keepalive(session_id, healthy)

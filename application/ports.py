@@ -37,18 +37,8 @@ class GatewayEvents(ABC):
         """
 
     @abstractmethod
-    def disconnected(
-        self,
-        session_id: UUID,
-        reason: str,
-        detail: str = "",
-        not_before: datetime | None = None,
-    ) -> int | None:
-        """The link went down, or could not be made, for `reason` (a `domain.values.Reason`).
-
-        `detail` is a short human-readable explanation (the library's message); `not_before`
-        is the earliest time a new attempt can succeed (the end of a temporary ban).
-        """
+    def disconnected(self, session_id: UUID, disconnection: Disconnection) -> int | None:
+        """The link went down, or could not be made (`Disconnection` says why)."""
 
     @abstractmethod
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
@@ -64,6 +54,15 @@ class GatewayEvents(ABC):
     ) -> int | None:
         """WhatsApp acknowledged messages this session sent: `status` is ``delivered`` or
         ``read`` (a `domain.values.MessageStatus`). Unknown ids and repeats are ignored."""
+
+
+@dataclass(frozen=True)
+class Disconnection:
+    """Why a link went down, or could not be made, as a gateway reports it."""
+
+    reason: str  # a `domain.values.Reason`
+    detail: str = ""  # a short human-readable explanation (the library's message)
+    not_before: datetime | None = None  # the earliest a new attempt can succeed (a ban's end)
 
 
 class MessageIndex(ABC):

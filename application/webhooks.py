@@ -14,6 +14,7 @@ from eventsourcing.application import AggregateNotFoundError
 from application.errors import ApplicationError
 from application.sessions import SessionsApplication
 from domain.errors import InvalidValue
+from domain.values import prefixed_uuid
 from domain.webhook import (
     WEBHOOK_ID_PREFIX,
     WebhookEndpoint,
@@ -46,13 +47,10 @@ def new_secret() -> str:
 
 
 def webhook_uuid(public_id: str) -> UUID:
-    hexpart = public_id.removeprefix(WEBHOOK_ID_PREFIX)
-    if not public_id.startswith(WEBHOOK_ID_PREFIX) or len(hexpart) != 32:
+    uuid = prefixed_uuid(public_id, WEBHOOK_ID_PREFIX)
+    if uuid is None:
         raise WebhookNotFound(f"no webhook {public_id}")
-    try:
-        return UUID(hex=hexpart)
-    except ValueError:
-        raise WebhookNotFound(f"no webhook {public_id}") from None
+    return uuid
 
 
 class Webhooks:

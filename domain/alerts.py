@@ -10,6 +10,7 @@ rules exist, so that they can be listed without reading the whole log.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, get_args
 from uuid import UUID, uuid5
@@ -47,8 +48,18 @@ MAX_NAME = 200
 MAX_RULES = 1000
 #: The one book of a deployment's rules.
 BOOK_ID = uuid5(UUID("6f1c2a56-3f0e-4c55-9a55-0f6f2d3b7a10"), "sessiond:alert-book")
-#: An alert rule's settings: name, threshold, window, kind, enabled.
-RuleSettings = tuple[str, float | None, int | None, str | None, bool]
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """An alert rule's settings, which a change may set (its condition and session are
+    fixed when it is created)."""
+
+    name: str
+    threshold: float | None
+    window: int | None  # minutes, for messages_failing
+    kind: str | None  # for restricted
+    enabled: bool = True
 
 
 def public_rule_id(uuid: UUID) -> str:
@@ -173,7 +184,7 @@ class AlertRule(Aggregate):
     ) -> None:
         self.condition = condition
         self.session_id = session_id
-        self.settings = (name, threshold, window, kind, True)
+        self.settings = RuleSettings(name, threshold, window, kind)
         self.deleted = False
         #: subject -> (session id, fired at, observed value)
         self.open: dict[str, tuple[str | None, datetime, float]] = {}
@@ -182,26 +193,22 @@ class AlertRule(Aggregate):
         if self.deleted:
             raise RuleIsDeleted("the alert rule has been deleted")
 
-    def change(  # noqa: PLR0917
-        self,
-        name: str,
-        threshold: float | None,
-        window: int | None,
-        kind: str | None,
-        enabled: bool,
-        actor: str,
-    ) -> bool:
-        """Change it; its open alerts resolve (`rule_changed`: the next evaluation fires
-        again what still holds). False when nothing changes."""
+    def change(self, settings: RuleSettings, actor: str) -> bool:
+        """Change it to `settings`; unless only its name changes, its open alerts resolve
+        (`rule_changed`: the next evaluation fires again what still holds). False when
+        nothing changes."""
         self.check_not_deleted()
-        threshold, window, kind = check_rule(self.condition, threshold, window, kind)
-        check_name(name)
+        threshold, window, kind = check_rule(
+            self.condition, settings.threshold, settings.window, settings.kind
+        )
+        check_name(settings.name)
+        new = replace(settings, threshold=threshold, window=window, kind=kind)
         same = self.settings
-        if (name, threshold, window, kind, enabled) == same:
+        if new == same:
             return False
-        if (threshold, window, kind, enabled) != same[1:]:
+        if replace(new, name=same.name) != same:
             self.resolve_all("rule_changed")
-        self._change(name, threshold, window, kind, enabled, actor)
+        self._change(new.name, new.threshold, new.window, new.kind, new.enabled, actor)
         return True
 
     @event(Changed)
@@ -214,16 +221,16 @@ class AlertRule(Aggregate):
         enabled: bool,
         actor: str,
     ) -> None:
-        self.settings = (name, threshold, window, kind, enabled)
+        self.settings = RuleSettings(name, threshold, window, kind, enabled)
 
     @property
     def settings(self) -> RuleSettings:
-        """What a creation or a change records: name, threshold, window, kind, enabled."""
-        return (self.name, self.threshold, self.window, self.kind, self.enabled)
+        return RuleSettings(self.name, self.threshold, self.window, self.kind, self.enabled)
 
     @settings.setter
     def settings(self, value: RuleSettings) -> None:
-        self.name, self.threshold, self.window, self.kind, self.enabled = value
+        self.name, self.threshold, self.window = value.name, value.threshold, value.window
+        self.kind, self.enabled = value.kind, value.enabled
 
     def delete(self, actor: str) -> None:
         self.check_not_deleted()

@@ -98,6 +98,17 @@ def is_session_id(public_id: str) -> bool:
     return bool(_SESSION_ID.fullmatch(public_id))
 
 
+def prefixed_uuid(public_id: str, prefix: str) -> UUID | None:
+    """The UUID of a public id made of `prefix` and 32 hex digits, or None if it is not one."""
+    hexpart = public_id.removeprefix(prefix)
+    if not public_id.startswith(prefix) or len(hexpart) != 32:
+        return None
+    try:
+        return UUID(hex=hexpart)
+    except ValueError:
+        return None
+
+
 MAX_NAME_LENGTH = 100
 MAX_LABELS = 16
 _LABEL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

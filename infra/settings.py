@@ -9,9 +9,10 @@ import binascii
 import ipaddress
 import os
 from base64 import b64decode
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -291,6 +292,9 @@ def networks(
     return tuple(found)
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -309,16 +313,7 @@ class _Reader:
         return value
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
-        raw = self.optional(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected a number") from None
-        if not low <= value <= high:
-            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected between {low} and {high}")
-        return value
+        return self._bounded(name, default, (low, high), float, "a number")
 
     def optional_integer(self, name: str, low: int, high: int) -> int | None:
         """An integer within bounds, or None when the variable is unset."""
@@ -327,13 +322,26 @@ class _Reader:
         return self.integer(name, low, low, high)
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
+        return self._bounded(name, default, (low, high), int, "a whole number")
+
+    def _bounded(
+        self,
+        name: str,
+        default: _Number,
+        bounds: tuple[_Number, _Number],
+        parse: Callable[[str], _Number],
+        expected: str,
+    ) -> _Number:
+        """The variable parsed by `parse` (`expected` says what it wants), within `bounds`
+        (inclusive), or `default` when it is unset."""
         raw = self.optional(name)
         if raw is None:
             return default
         try:
-            value = int(raw)
+            value = parse(raw)
         except ValueError:
-            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected a whole number") from None
+            raise SettingsError(f"SESSIOND_{name}={raw!r}: expected {expected}") from None
+        low, high = bounds
         if not low <= value <= high:
             raise SettingsError(f"SESSIOND_{name}={raw!r}: expected between {low} and {high}")
         return value

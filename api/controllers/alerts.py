@@ -30,6 +30,7 @@ from api.presenters import event_out
 from api.problems import ProblemError
 from api.schemas import EventPageOut
 from api.writes import call
+from application.alerting import RuleSpec
 from application.alerts import AlertRuleNotFound, Alerts, open_alerts
 from application.sessions import SessionsApplication
 from domain.alerts import AlertRule, RuleIsDeleted
@@ -91,15 +92,11 @@ class AlertsController(Controller):
         is recorded and sent as `alert.firing` / `alert.resolved` webhooks."""
         session_id = target_session(caller, data.session_id, read_models)
         try:
+            watched = RuleSpec(
+                data.condition, data.threshold, data.window_minutes, data.kind, session_id
+            )
             rule = await call(
-                Alerts(sessions).create,
-                data.name or data.condition,
-                data.condition,
-                data.threshold,
-                data.window_minutes,
-                data.kind,
-                session_id,
-                caller.actor,
+                Alerts(sessions).create, data.name or data.condition, watched, caller.actor
             )
         except InvalidValue as error:
             raise _invalid(error) from None

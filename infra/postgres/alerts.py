@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 
@@ -14,6 +13,7 @@ from application.alerts import AlertSources
 from application.errors import ApplicationError
 from application.sessions import SessionsApplication
 from domain.values import Status
+from infra.postgres.connect import fetch_all
 from infra.postgres.generations import ActiveViews
 from infra.postgres.messages import PostgresMessagesView
 from infra.postgres.status import PostgresSessionStatusView
@@ -67,9 +67,7 @@ class PostgresAlertSources(AlertSources):
         )
 
     def _endpoints(self) -> list[EndpointFacts]:
-        with self.datastore.cursor() as curs:
-            curs.execute(ENDPOINTS)
-            rows: list[Any] = curs.fetchall()
+        rows = fetch_all(self.datastore, ENDPOINTS)
         return [
             EndpointFacts(
                 webhook_id=r["webhook_id"],

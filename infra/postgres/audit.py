@@ -15,7 +15,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 
 from application.audit import GENESIS, ChainedEvent, Checkpoint, Head
-from infra.postgres.connect import fetch_all, fetch_one
+from infra.postgres.connect import fetch_all, fetch_one, returns_row
 
 HEAD = "sessiond_audit_head"
 CHECKPOINTS = "sessiond_audit_checkpoints"
@@ -198,22 +198,21 @@ class AuditStore:
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
         """Record a checkpoint; False if one of that position is already there."""
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                "INSERT INTO sessiond_audit_checkpoints "
-                "(position, events, hash, signed_at, public_key, signature) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (position) DO NOTHING "
-                "RETURNING position",
-                (
-                    checkpoint.position,
-                    checkpoint.events,
-                    checkpoint.hash,
-                    checkpoint.signed_at,
-                    checkpoint.public_key,
-                    checkpoint.signature,
-                ),
-            )
-            return curs.fetchone() is not None
+        return returns_row(
+            self.datastore,
+            "INSERT INTO sessiond_audit_checkpoints "
+            "(position, events, hash, signed_at, public_key, signature) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (position) DO NOTHING "
+            "RETURNING position",
+            (
+                checkpoint.position,
+                checkpoint.events,
+                checkpoint.hash,
+                checkpoint.signed_at,
+                checkpoint.public_key,
+                checkpoint.signature,
+            ),
+        )
 
     # -- the audit key ------------------------------------------------------------------
 
@@ -229,13 +228,12 @@ class AuditStore:
 
     def store_generated_key(self, public: bytes, private: bytes) -> bool:
         """Keep a generated key unless one is stored already; True if it was kept."""
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                "INSERT INTO sessiond_audit_key (id, public_key, private_key) VALUES (1, %s, %s) "
-                "ON CONFLICT (id) DO NOTHING RETURNING id",
-                (public, private),
-            )
-            return curs.fetchone() is not None
+        return returns_row(
+            self.datastore,
+            "INSERT INTO sessiond_audit_key (id, public_key, private_key) VALUES (1, %s, %s) "
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
+            (public, private),
+        )
 
     def store_configured_key(self, public: bytes) -> None:
         """The configured key's public half replaces whatever is stored, private half gone."""

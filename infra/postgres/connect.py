@@ -103,6 +103,14 @@ def fetch_all(datastore: PostgresDatastore, query: Any, params: Any = None) -> l
         return curs.fetchall()
 
 
+def returns_row(datastore: PostgresDatastore, statement: Any, params: Any = None) -> bool:
+    """Whether a write (committed in a transaction of its own) answered a row: whether its
+    ``RETURNING`` found something written."""
+    with datastore.transaction(commit=True) as curs:
+        curs.execute(statement, params)
+        return curs.fetchone() is not None
+
+
 class PostgresFactory(postgres.PostgresFactory):
     """eventsourcing's PostgreSQL persistence, with pools that connect as `connect` does and
     retry a lost connection at most `RECONNECT_WINDOW` apart; their connections are named

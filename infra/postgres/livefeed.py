@@ -23,6 +23,7 @@ from psycopg.sql import SQL, Identifier
 
 from application.sessions import SessionsApplication
 from domain.values import session_uuid
+from infra.postgres.connect import fetch_one
 from infra.postgres.loghub import NOTIFICATION_COLUMNS, HubSubscription, notification
 from projections.livefeed import FeedItem, FeedWindow, LiveFeed, Page, Selection, Taken, feed_item
 
@@ -127,9 +128,7 @@ class PostgresLiveFeed(LiveFeed):
         return await asyncio.get_running_loop().run_in_executor(self._pages, self._read_head)
 
     def _read_head(self) -> int:
-        with self.recorder.datastore.cursor() as curs:
-            curs.execute(self._head)
-            row = curs.fetchone()
+        row = fetch_one(self.recorder.datastore, self._head)
         return int(row["head"] or 0) if row else 0
 
     def take(self, position: int, selection: Selection, limit: int) -> Taken:

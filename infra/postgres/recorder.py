@@ -23,6 +23,7 @@ from psycopg.sql import SQL, Identifier
 from application.ports import RevocationLog
 from application.revocations import REVOCATIONS
 from infra.postgres.audit import ChainWriter
+from infra.postgres.connect import fetch_all
 from infra.postgres.listener import ProcessListener
 from infra.postgres.loghub import HubSubscription
 from infra.postgres.revocations import RevocationTable
@@ -94,11 +95,8 @@ def event_texts(
         "SELECT originator_id, originator_version, topic, state FROM {0}.{1} "
         "WHERE originator_id = %s AND originator_version = ANY(%s)"
     ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-    with recorder.datastore.cursor() as curs:
-        curs.execute(statement, (originator_id, list(versions)))
-        rows = curs.fetchall()
     texts = {}
-    for row in rows:
+    for row in fetch_all(recorder.datastore, statement, (originator_id, list(versions))):
         stored = StoredEvent(
             originator_id=row["originator_id"],
             originator_version=row["originator_version"],

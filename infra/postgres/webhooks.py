@@ -23,7 +23,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg.types.json import Jsonb
 
-from infra.postgres.connect import fetch_all, fetch_one
+from infra.postgres.connect import fetch_all, fetch_one, returns_row
 from infra.postgres.loghub import NOTIFICATION_COLUMNS, notification
 from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
 from projections.webhooks import (
@@ -349,39 +349,36 @@ class WebhookStore(WebhookQueries):
     # -- the API ------------------------------------------------------------------------------
 
     def endpoint_health(self) -> EndpointHealth:
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT count(*) FILTER (WHERE enabled) AS enabled, "
-                "count(*) FILTER (WHERE NOT enabled) AS disabled, "
-                "count(*) FILTER (WHERE enabled AND failing_since IS NOT NULL) AS failing, "
-                "min(failing_since) FILTER (WHERE enabled) AS oldest "
-                "FROM sessiond_webhook_endpoints"
-            )
-            row = curs.fetchone()
+        row = fetch_one(
+            self.datastore,
+            "SELECT count(*) FILTER (WHERE enabled) AS enabled, "
+            "count(*) FILTER (WHERE NOT enabled) AS disabled, "
+            "count(*) FILTER (WHERE enabled AND failing_since IS NOT NULL) AS failing, "
+            "min(failing_since) FILTER (WHERE enabled) AS oldest "
+            "FROM sessiond_webhook_endpoints",
+        )
         if row is None:  # pragma: no cover - an aggregate always answers one row
             return EndpointHealth()
         return EndpointHealth(row["enabled"], row["disabled"], row["failing"], row["oldest"])
 
     def endpoints_of(self, session_id: str | None) -> list[dict[str, Any]]:
         """Endpoints of a session (None: every endpoint)."""
-        with self.datastore.cursor() as curs:
-            if session_id is None:
-                curs.execute("SELECT * FROM sessiond_webhook_endpoints ORDER BY created_at")
-            else:
-                curs.execute(
-                    "SELECT * FROM sessiond_webhook_endpoints WHERE session_id = %s "
-                    "ORDER BY created_at",
-                    (session_id,),
-                )
-            return list(curs.fetchall())
+        if session_id is None:
+            return fetch_all(
+                self.datastore, "SELECT * FROM sessiond_webhook_endpoints ORDER BY created_at"
+            )
+        return fetch_all(
+            self.datastore,
+            "SELECT * FROM sessiond_webhook_endpoints WHERE session_id = %s ORDER BY created_at",
+            (session_id,),
+        )
 
     def endpoint(self, webhook_id: str) -> dict[str, Any] | None:
-        with self.datastore.cursor() as curs:
-            curs.execute(
-                "SELECT * FROM sessiond_webhook_endpoints WHERE webhook_id = %s", (webhook_id,)
-            )
-            row: dict[str, Any] | None = curs.fetchone()
-            return row
+        return fetch_one(
+            self.datastore,
+            "SELECT * FROM sessiond_webhook_endpoints WHERE webhook_id = %s",
+            (webhook_id,),
+        )
 
     def deliveries(
         self, webhook_id: str, *, status: str | None, before: str | None, limit: int
@@ -449,15 +446,14 @@ class WebhookStore(WebhookQueries):
         return [notification(row) for row in rows]
 
     def begin_replay(self, webhook_id: str, hold: float) -> bool:
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                "INSERT INTO sessiond_webhook_replays (webhook_id, until) VALUES "
-                "(%s, now() + make_interval(secs => %s)) ON CONFLICT (webhook_id) DO UPDATE "
-                "SET until = EXCLUDED.until WHERE sessiond_webhook_replays.until < now() "
-                "RETURNING webhook_id",
-                (webhook_id, hold),
-            )
-            return curs.fetchone() is not None
+        return returns_row(
+            self.datastore,
+            "INSERT INTO sessiond_webhook_replays (webhook_id, until) VALUES "
+            "(%s, now() + make_interval(secs => %s)) ON CONFLICT (webhook_id) DO UPDATE "
+            "SET until = EXCLUDED.until WHERE sessiond_webhook_replays.until < now() "
+            "RETURNING webhook_id",
+            (webhook_id, hold),
+        )
 
     def end_replay(self, webhook_id: str) -> None:
         with self.datastore.transaction(commit=True) as curs:

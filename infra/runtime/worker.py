@@ -63,7 +63,13 @@ from application.errors import (
 )
 from application.gateway import RecordingGatewayEvents, plan_start
 from application.placement import share, to_hand_over
-from application.ports import GatewayEvents, InboundMessage, PhoneSimulator, WhatsAppGateway
+from application.ports import (
+    Disconnection,
+    GatewayEvents,
+    InboundMessage,
+    PhoneSimulator,
+    WhatsAppGateway,
+)
 from application.sessions import SessionsApplication
 from domain.errors import DomainError
 from domain.policy import Hearing, SilencePolicy, SilenceStep, deadline_rule, gives_up
@@ -134,16 +140,10 @@ class FencedGatewayEvents(GatewayEvents):
             return None
         return self.events.connected(session_id, jid, push_name)
 
-    def disconnected(
-        self,
-        session_id: UUID,
-        reason: str,
-        detail: str = "",
-        not_before: datetime | None = None,
-    ) -> int | None:
+    def disconnected(self, session_id: UUID, disconnection: Disconnection) -> int | None:
         if not self._ours(session_id, "disconnected"):
             return None
-        return self.events.disconnected(session_id, reason, detail, not_before)
+        return self.events.disconnected(session_id, disconnection)
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         if not self._ours(session_id, "keepalive"):

@@ -94,7 +94,7 @@ from application.errors import (
     NotConnected,
     NotPairing,
 )
-from application.ports import GatewayEvents, SentMessage, WhatsAppGateway
+from application.ports import Disconnection, GatewayEvents, SentMessage, WhatsAppGateway
 from domain.proxy import hide_password, parse_proxy_url
 from domain.values import Reason
 from infra.whatsapp.devicestore import (
@@ -129,7 +129,6 @@ DELIVERY_BARRIER_SECONDS = 2.0
 Spawn = Callable[[Callable[[], None], str], None]
 ClientFactory = Callable[..., Any]
 Deliver = Callable[[GatewayEvents], object]
-_Ending = tuple[Reason, str, datetime | None]  # reason, detail, not_before
 
 
 # -- neonize, imported lazily ------------------------------------------------------------------
@@ -431,7 +430,8 @@ class NeonizeGateway(WhatsAppGateway):
                 if why is not None:
                     own = link.proxy is not None and why.at_proxy
                     reason = Reason.PROXY_UNREACHABLE if own else Reason.WHATSAPP_UNREACHABLE
-                    self._final(link, reason, hide_password(why.detail, link.proxy_password))
+                    detail = hide_password(why.detail, link.proxy_password)
+                    self._final(link, Disconnection(reason.value, detail))
                     return
             passed = self._entry.enter()
             with self._lock:
@@ -453,9 +453,10 @@ class NeonizeGateway(WhatsAppGateway):
                 self._unreachable.add(sid)
             else:
                 self._unreachable.discard(sid)
-            self._final(link, reason, detail)
+            self._final(link, Disconnection(reason.value, detail))
         else:
-            self._final(link, Reason.CONNECTION_LOST, "the client stopped by itself")
+            stopped = "the client stopped by itself"
+            self._final(link, Disconnection(Reason.CONNECTION_LOST.value, stopped))
         finally:
             link.connected = False
             self._stop_client(link)
@@ -516,9 +517,9 @@ class NeonizeGateway(WhatsAppGateway):
                     self._report(link, lambda e: e.qr_exhausted(sid))
                     self._stop_later(link)  # else connect() blocks for ever
             elif status == "err-client-outdated":
-                self._final(link, Reason.CLIENT_OUTDATED, status, stop=True)
+                self._final(link, Disconnection(Reason.CLIENT_OUTDATED.value, status), stop=True)
             elif status:  # "err-scanned-without-multidevice", "err-unexpected-state", "error"
-                self._final(link, Reason.PAIRING_FAILED, status, stop=True)
+                self._final(link, Disconnection(Reason.PAIRING_FAILED.value, status), stop=True)
 
         return on_login_status
 
@@ -529,7 +530,8 @@ class NeonizeGateway(WhatsAppGateway):
 
         def on_pair_status(_client: Any, event: Any) -> None:
             if event.Status == pb.PairStatus.ERROR:
-                self._final(link, Reason.PAIRING_FAILED, event.Error or "pairing failed", stop=True)
+                failed = Disconnection(Reason.PAIRING_FAILED.value, event.Error or "pairing failed")
+                self._final(link, failed, stop=True)
             elif event.HasField("ID") and event.ID.User:
                 link.pairing = False
                 link.device_jid = nz.jid_to_string(event.ID)
@@ -556,7 +558,8 @@ class NeonizeGateway(WhatsAppGateway):
                 link.connected = False
                 if not link.ended:
                     detail = describe(event)
-                    self._report(link, lambda e: e.disconnected(sid, reason.value, detail))
+                    lost = Disconnection(reason.value, detail)
+                    self._report(link, lambda e: e.disconnected(sid, lost))
 
             return handler
 
@@ -612,29 +615,27 @@ class NeonizeGateway(WhatsAppGateway):
         nz = import_neonize()
         ev, pb = nz.events, nz.pb
 
-        def banned(event: Any) -> _Ending:
+        def banned(event: Any) -> Disconnection:
             until = self._clock() + timedelta(seconds=max(event.Expire, 0))
-            return (
-                Reason.TEMPORARILY_BANNED,
-                enum_name(pb.TemporaryBan.TempBanReason, event.Code),
-                until,
-            )
+            code = enum_name(pb.TemporaryBan.TempBanReason, event.Code)
+            return Disconnection(Reason.TEMPORARILY_BANNED.value, code, until)
 
-        endings: dict[Any, Callable[[Any], _Ending]] = {
-            ev.LoggedOutEv: lambda e: (
-                Reason.LOGGED_OUT,
-                enum_name(pb.ConnectFailureReason, e.Reason),
-                None,
+        endings: dict[Any, Callable[[Any], Disconnection]] = {
+            ev.LoggedOutEv: lambda e: Disconnection(
+                Reason.LOGGED_OUT.value, enum_name(pb.ConnectFailureReason, e.Reason)
             ),
-            ev.StreamReplacedEv: lambda _: (Reason.STREAM_REPLACED, "connected elsewhere", None),
+            ev.StreamReplacedEv: lambda _: Disconnection(
+                Reason.STREAM_REPLACED.value, "connected elsewhere"
+            ),
             ev.TemporaryBanEv: banned,
-            ev.ClientOutdatedEv: lambda _: (Reason.CLIENT_OUTDATED, "client too old", None),
+            ev.ClientOutdatedEv: lambda _: Disconnection(
+                Reason.CLIENT_OUTDATED.value, "client too old"
+            ),
         }
 
-        def ending(describe: Callable[[Any], _Ending]) -> Callable[[Any, Any], None]:
+        def ending(describe: Callable[[Any], Disconnection]) -> Callable[[Any, Any], None]:
             def handler(_client: Any, event: Any) -> None:
-                reason, detail, not_before = describe(event)
-                self._final(link, reason, detail, not_before, stop=True)
+                self._final(link, describe(event), stop=True)
 
             return handler
 
@@ -653,21 +654,13 @@ class NeonizeGateway(WhatsAppGateway):
             link.ended = True
             return True
 
-    def _final(
-        self,
-        link: _Link,
-        reason: Reason,
-        detail: str,
-        not_before: datetime | None = None,
-        *,
-        stop: bool = False,
-    ) -> None:
+    def _final(self, link: _Link, disconnection: Disconnection, *, stop: bool = False) -> None:
         """Report the link's last word (once), and stop its client if `stop`."""
         if not self._end(link):
             return
         link.connected = False
         sid = link.session_id
-        self._report(link, lambda e: e.disconnected(sid, reason.value, detail, not_before))
+        self._report(link, lambda e: e.disconnected(sid, disconnection))
         if stop:
             self._stop_later(link)
 
@@ -677,7 +670,8 @@ class NeonizeGateway(WhatsAppGateway):
         link.stopped = True
         with self._lock:
             self._links[session_id] = link  # so that the report is current
-        self._report(link, lambda e: e.disconnected(session_id, reason.value, detail))
+        ended = Disconnection(reason.value, detail)
+        self._report(link, lambda e: e.disconnected(session_id, ended))
 
     def _dispatch(self) -> None:
         while True:

@@ -38,6 +38,7 @@ from application.errors import (
     SimulatorError,
 )
 from application.ports import (
+    Disconnection,
     GatewayEvents,
     InboundMessage,
     PhoneSimulator,
@@ -216,27 +217,30 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         return self.events.connected(session_id, jid, PUSH_NAME)
 
     def drop(self, session_id: UUID) -> int | None:
-        return self._end(session_id, Reason.CONNECTION_LOST, "the network dropped the link")
+        dropped = Disconnection(Reason.CONNECTION_LOST.value, "the network dropped the link")
+        return self._end(session_id, dropped)
 
     def remote_logout(self, session_id: UUID) -> int | None:
         with self._lock:
             self._client_in(session_id, "connected", "the session is not connected")
-        return self._end(session_id, Reason.LOGGED_OUT, "unlinked from the phone", forget=True)
+        unlinked = Disconnection(Reason.LOGGED_OUT.value, "unlinked from the phone")
+        return self._end(session_id, unlinked, forget=True)
 
     def replace(self, session_id: UUID) -> int | None:
-        return self._end(session_id, Reason.STREAM_REPLACED, "the device connected elsewhere")
+        replaced = Disconnection(Reason.STREAM_REPLACED.value, "the device connected elsewhere")
+        return self._end(session_id, replaced)
 
     def ban(self, session_id: UUID, seconds: float) -> int | None:
         until = datetime.now(UTC) + timedelta(seconds=seconds)
         with self._lock:
             self._client_in(session_id, "connected", "the session is not connected")
             self._banned[session_id] = until
-        return self._end(session_id, Reason.TEMPORARILY_BANNED, BAN_DETAIL, until)
+        banned = Disconnection(Reason.TEMPORARILY_BANNED.value, BAN_DETAIL, until)
+        return self._end(session_id, banned)
 
     def outdated(self, session_id: UUID) -> int | None:
-        return self._end(
-            session_id, Reason.CLIENT_OUTDATED, "WhatsApp refuses this client version (simulated)"
-        )
+        refused = "WhatsApp refuses this client version (simulated)"
+        return self._end(session_id, Disconnection(Reason.CLIENT_OUTDATED.value, refused))
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         with self._lock:
@@ -282,8 +286,9 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
                     session_id for session_id, c in self._clients.items() if c.phase == "connected"
                 ]
             )
+        lost = Disconnection(Reason.CONNECTION_LOST.value, "WhatsApp is unreachable")
         for session_id in dropped:
-            self._end(session_id, Reason.CONNECTION_LOST, "WhatsApp is unreachable")
+            self._end(session_id, lost)
 
     def phase(self, session_id: UUID) -> str:
         with self._lock:
@@ -305,22 +310,17 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         return client
 
     def _end(
-        self,
-        session_id: UUID,
-        reason: Reason,
-        detail: str,
-        not_before: datetime | None = None,
-        *,
-        forget: bool = False,
+        self, session_id: UUID, disconnection: Disconnection, *, forget: bool = False
     ) -> int | None:
-        """The connected client goes down for `reason` and stops (WhatsApp closed it)."""
+        """The connected client goes down (as `disconnection` says) and stops (WhatsApp
+        closed it)."""
         with self._lock:
             client = self._client_in(session_id, "connected", "the session is not connected")
             client.generation += 1
             client.phase = "disconnected"
             if forget:
                 self._clients.pop(session_id, None)
-        return self.events.disconnected(session_id, reason.value, detail, not_before)
+        return self.events.disconnected(session_id, disconnection)
 
     def _begin(
         self, session_id: UUID, generation: int, device_jid: str | None, proxy: str | None
@@ -329,7 +329,7 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
         # the proxy dialled.
         stored = device_jid is None or device_jid in self._devices
         proxy_failure = _proxy_failure(proxy) if proxy is not None else None
-        banned_until: datetime | None = None
+        outcome: Disconnection | None = None
         with self._lock:
             client = self._current(session_id, generation)
             if client is None:
@@ -339,26 +339,22 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
                 del self._banned[session_id]
                 ban = None
             if ban is not None and device_jid is not None:
-                client.phase = "disconnected"
-                outcome = (Reason.TEMPORARILY_BANNED, BAN_DETAIL)
-                banned_until = ban
+                outcome = Disconnection(Reason.TEMPORARILY_BANNED.value, BAN_DETAIL, ban)
             elif proxy_failure is not None:
-                client.phase = "disconnected"
-                outcome = (Reason.PROXY_UNREACHABLE, proxy_failure)
+                outcome = Disconnection(Reason.PROXY_UNREACHABLE.value, proxy_failure)
             elif not self.reachable:
-                client.phase = "disconnected"
-                outcome = (Reason.WHATSAPP_UNREACHABLE, "failed to dial WhatsApp (simulated)")
+                unreachable = "failed to dial WhatsApp (simulated)"
+                outcome = Disconnection(Reason.WHATSAPP_UNREACHABLE.value, unreachable)
             elif not stored:
                 # Like the neonize adapter: a device missing from the store is never resumed.
-                client.phase = "disconnected"
-                outcome = (Reason.DEVICE_UNLINKED, "the device is not in the store")
+                missing = "the device is not in the store"
+                outcome = Disconnection(Reason.DEVICE_UNLINKED.value, missing)
             elif device_jid is not None:
                 client.phase = "connected"
-                outcome = None
-            else:
-                outcome = None
+            if outcome is not None:
+                client.phase = "disconnected"
         if outcome is not None:
-            self.events.disconnected(session_id, outcome[0].value, outcome[1], banned_until)
+            self.events.disconnected(session_id, outcome)
         elif device_jid is not None:
             self.events.connected(session_id, device_jid, PUSH_NAME)
         else:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from application.ports import GatewayEvents, InboundMessage
+from application.ports import Disconnection, GatewayEvents, InboundMessage
 from infra.whatsapp.devicestore import delete_device
 from infra.whatsapp.link import LinkCheck
 from infra.whatsapp.loading import import_neonize, session_client_class
@@ -353,14 +353,9 @@ class Recorder(GatewayEvents):
     def connected(self, session_id: UUID, jid: str, push_name: str) -> int | None:
         return self._add("connected", session_id, jid, push_name)
 
-    def disconnected(
-        self,
-        session_id: UUID,
-        reason: str,
-        detail: str = "",
-        not_before: datetime | None = None,
-    ) -> int | None:
-        return self._add("disconnected", session_id, reason, detail, not_before)
+    def disconnected(self, session_id: UUID, disconnection: Disconnection) -> int | None:
+        d = disconnection  # recorded as its three values, as tests read them
+        return self._add("disconnected", session_id, d.reason, d.detail, d.not_before)
 
     def keepalive(self, session_id: UUID, healthy: bool) -> int | None:
         return self._add("keepalive", session_id, healthy)

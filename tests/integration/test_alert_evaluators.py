@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from application.alerting import Facts, SessionFacts
+from application.alerting import Facts, RuleSpec, SessionFacts
 from application.alerts import AlertEvaluator, Alerts, AlertSources
 from application.sessions import SessionsApplication
 from domain.alerts import AlertRule
@@ -42,7 +42,7 @@ def test_two_processes_evaluating_at_once_record_each_firing_and_resolving_once(
     )
     try:
         rules = [
-            Alerts(one).create(f"deep {n}", "queue_depth", 10, None, None, None, ADMIN_ACTOR)
+            Alerts(one).create(f"deep {n}", RuleSpec("queue_depth", 10), ADMIN_ACTOR)
             for n in range(3)
         ]
         source = Switch()

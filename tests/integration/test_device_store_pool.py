@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -24,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from infra.postgres.embedded import start_embedded_postgres
 from infra.whatsapp.devicestore import APPLICATION_NAME, DeviceStorePool
 from tests.e2e.conftest import free_port
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,8 +47,8 @@ class Events(GatewayEvents):
     def keepalive(self, *a): pass
     def message_received(self, *a): pass
     def message_status(self, *a): pass
-    def disconnected(self, sid, reason, detail="", not_before=None):
-        reports.append((str(sid), reason, detail)); done.release()
+    def disconnected(self, sid, ending):
+        reports.append((str(sid), ending.reason, ending.detail)); done.release()
 
 def connections():
     with psycopg.connect(url, autocommit=True) as conn:
@@ -125,6 +124,17 @@ def run_child(database_url: str, clients: int, pool_size: int, mode: str) -> dic
     return parsed
 
 
+def dial_failures(out: dict[str, object], count: int) -> list[list[str]]:
+    """The child's `count` reports (session id, reason, detail), checked to be starts that
+    got as far as dialling WhatsApp: not unlinked, not a store error."""
+    reports = out["reports"]
+    assert isinstance(reports, list) and len(reports) == count
+    for _sid, reason, detail in reports:
+        assert reason == "whatsapp_unreachable", detail
+        assert "failed to dial whatsapp web websocket" in detail, detail
+    return reports
+
+
 @pytest.mark.postgres
 def test_go_pools_share_the_pools_fixed_server_connections_and_whatsmeow_works_through_it(
     database_url: str,
@@ -141,11 +151,7 @@ def test_go_pools_share_the_pools_fixed_server_connections_and_whatsmeow_works_t
 
     # Check each start failed at the dial (a resumed device too: Go found it through the
     # pool), never in the store.
-    reports = out["reports"]
-    assert isinstance(reports, list) and len(reports) == 40
-    for _sid, reason, detail in reports:
-        assert reason == "whatsapp_unreachable", detail
-        assert "failed to dial whatsapp web websocket" in detail, detail
+    dial_failures(out, 40)
 
     # Check whatsmeow's writes go through transaction pooling (lib/pq's binary parameters).
     assert "failed to dial whatsapp web websocket" in str(out["resume_error"])
@@ -165,15 +171,10 @@ def test_a_device_stays_resumable_by_the_worker_that_takes_the_session_over(
     database_url: str,
 ) -> None:
     out = run_child(database_url, clients=1, pool_size=2, mode="handover")
-    reports = out["reports"]
-    assert isinstance(reports, list) and len(reports) == 2
-    (first_sid, *first), (second_sid, *second) = reports
-    assert first_sid == second_sid
     # Both workers found the device in the store through their own pools and handed it to Go,
-    # which got as far as dialling WhatsApp: not unlinked, not a store error.
-    for reason, detail in (first, second):
-        assert reason == "whatsapp_unreachable", detail
-        assert "failed to dial whatsapp web websocket" in detail, detail
+    # which got as far as dialling WhatsApp.
+    (first_sid, *_), (second_sid, *_) = dial_failures(out, 2)
+    assert first_sid == second_sid
 
 
 def pgbouncers_of(pool_dir: str) -> list[int]:
@@ -188,15 +189,6 @@ def pgbouncers_of(pool_dir: str) -> list[int]:
             if command[0].endswith(b"pgbouncer") and pool_dir.encode() in b" ".join(command):
                 found.append(int(entry.name))
     return found
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.postgres
@@ -222,7 +214,7 @@ def test_pgbouncer_ends_with_its_worker_even_a_killed_one(database_url: str) -> 
     assert pool_dir and len(pgbouncers_of(pool_dir)) == 1
     child.send_signal(signal.SIGKILL)
     child.wait(10)
-    assert wait_until(lambda: pgbouncers_of(pool_dir) == [])
+    eventually(lambda: pgbouncers_of(pool_dir) == [], "the PgBouncer's end", timeout=15)
 
 
 @pytest.mark.postgres
@@ -241,7 +233,7 @@ def test_a_pgbouncer_that_dies_is_started_again_on_the_same_socket(database_url:
                 return False
             return row == ("whatsmeow",)
 
-        assert wait_until(serving_again)
+        eventually(serving_again, "a PgBouncer serving again", timeout=15)
         [second] = pgbouncers_of(pool.socket_dir)
         assert second != first
     finally:

@@ -166,8 +166,8 @@ class Events(GatewayEvents):
     def keepalive(self, *args): reports.append(("keepalive",)); done.release()
     def message_received(self, *args): reports.append(("message",)); done.release()
     def message_status(self, *args): reports.append(("receipt",)); done.release()
-    def disconnected(self, session_id, reason, detail="", not_before=None):
-        reports.append((reason, detail)); done.release()
+    def disconnected(self, session_id, ending):
+        reports.append((ending.reason, ending.detail)); done.release()
 
 gateway = NeonizeGateway(store)
 gateway.bind(Events())

@@ -25,6 +25,11 @@ POPO_ENV = {
 }
 
 
+def event_names(session: Session) -> list[str]:
+    """The names of the events `session` has pending, collected (so no longer pending)."""
+    return [type(e).__name__ for e in session.collect_events()]
+
+
 def popo_app(cls: type[SessionsApplication] = SessionsApplication) -> SessionsApplication:
     """A `SessionsApplication` (or subclass) that keeps its events in memory."""
     return cls(env=POPO_ENV)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from uuid import uuid4
 
 import pytest
 from eventsourcing.persistence import IntegrityError
@@ -19,9 +20,11 @@ from application.alerting import (
     observe,
     quota_percent,
 )
-from application.alerts import AlertEvaluator, Alerts, AlertSources
-from domain.alerts import AlertRule, check_rule
+from application.alerts import AlertEvaluator, AlertRuleNotFound, Alerts, AlertSources, rule_uuid
+from application.webhooks import WebhookNotFound, webhook_uuid
+from domain.alerts import AlertRule, check_rule, public_rule_id
 from domain.errors import InvalidValue
+from domain.webhook import public_webhook_id
 from projections.webhooks import webhook_body
 from tests.unit.helpers import popo_app
 
@@ -190,7 +193,7 @@ class FixedSources(AlertSources):
 
 def test_firing_and_resolving_are_events_of_the_rule_and_become_alert_webhooks() -> None:
     app = popo_app()
-    rule = Alerts(app).create("down", "disconnected", 1, None, None, None, "admin")
+    rule = Alerts(app).create("down", RuleSpec("disconnected", 1), "admin")
     sources = FixedSources(
         Facts([session(status="disconnected", down_since=NOW - timedelta(minutes=3))])
     )
@@ -217,7 +220,7 @@ def test_firing_and_resolving_are_events_of_the_rule_and_become_alert_webhooks()
 
 def test_deleting_a_rule_resolves_its_open_alerts() -> None:
     app = popo_app()
-    rule = Alerts(app).create("silent", "silent", None, None, None, None, "admin")
+    rule = Alerts(app).create("silent", RuleSpec("silent", None), "admin")
     AlertEvaluator(app, FixedSources(Facts([session(silent=True)])), lambda: NOW).tick()
     Alerts(app).delete("alr_" + rule.id.hex, "admin")
     last = list(app.events.get(rule.id))[-2]
@@ -227,7 +230,7 @@ def test_deleting_a_rule_resolves_its_open_alerts() -> None:
 
 def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
     app = popo_app()
-    rule = Alerts(app).create("silent", "silent", None, None, None, None, "admin")
+    rule = Alerts(app).create("silent", RuleSpec("silent", None), "admin")
     facts = Facts([session(silent=True)])
     # Check the mechanism: two copies of the rule at the same version cannot both be saved.
     first: AlertRule = app.repository.get(rule.id)
@@ -237,7 +240,7 @@ def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
     with pytest.raises(IntegrityError):
         app.save(second)
     # Check evaluators racing in threads, each from its own load, record one firing in all.
-    other = Alerts(app).create("silent too", "silent", None, None, None, S2, "admin")
+    other = Alerts(app).create("silent too", RuleSpec("silent", None, session_id=S2), "admin")
     facts = Facts([session(S2, silent=True)])
     barrier = threading.Barrier(8)
     recorded: list[int] = []
@@ -261,7 +264,7 @@ def test_two_evaluators_that_decide_the_same_firing_record_it_once() -> None:
 
 def test_changing_what_a_rule_watches_resolves_its_open_alerts() -> None:
     app = popo_app()
-    rule = Alerts(app).create("deep", "queue_depth", 5, None, None, None, "admin")
+    rule = Alerts(app).create("deep", RuleSpec("queue_depth", 5), "admin")
     sources = FixedSources(Facts([session(queue_depth=9)]))
     AlertEvaluator(app, sources, lambda: NOW).tick()
     public = "alr_" + rule.id.hex
@@ -278,7 +281,7 @@ def test_a_replay_to_a_deployment_endpoint_resends_an_alert_that_names_no_sessio
     from projections.replay import replay_page
 
     app = popo_app()
-    Alerts(app).create("hooks", "webhook_failing", 1, None, None, None, "admin")
+    Alerts(app).create("hooks", RuleSpec("webhook_failing", 1), "admin")
     facts = Facts([], [EndpointFacts("wh_" + "a" * 32, None, False, "410 Gone", 0)])
     assert AlertEvaluator(app, FixedSources(facts), lambda: NOW).tick() == 1
     endpoint = {"webhook_id": "wh_" + "b" * 32, "session_id": None, "events": ["alert.firing"]}
@@ -289,3 +292,22 @@ def test_a_replay_to_a_deployment_endpoint_resends_an_alert_that_names_no_sessio
     (delivery,) = page.deliveries
     # Check the delivery's session is a string (the outbox's column is NOT NULL), empty here.
     assert (delivery.event_type, delivery.session_id) == ("alert.firing", "")
+
+
+def test_public_ids_of_rules_and_webhooks_give_their_uuid_back() -> None:
+    uuid = uuid4()
+    assert rule_uuid(public_rule_id(uuid)) == uuid
+    assert webhook_uuid(public_webhook_id(uuid)) == uuid
+
+
+@pytest.mark.parametrize(
+    "hexpart",
+    ["nope", "0" * 31, "0" * 33, "g" * 32, "{" + "0" * 30 + "}", "0" * 8 + "-" + "0" * 23],
+)
+def test_a_malformed_rule_or_webhook_id_is_not_found(hexpart: str) -> None:
+    with pytest.raises(AlertRuleNotFound):
+        rule_uuid("alr_" + hexpart)
+    with pytest.raises(WebhookNotFound):
+        webhook_uuid("wh_" + hexpart)
+    with pytest.raises(AlertRuleNotFound):
+        rule_uuid("wh_" + "0" * 32)  # another kind's id

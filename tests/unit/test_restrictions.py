@@ -26,7 +26,7 @@ from infra.runtime.sender import MessageSender
 from projections.messages import OUTBOUND, MessageRow
 from projections.status import SessionRow
 from projections.webhooks import webhook_event
-from tests.unit.helpers import catch_up, connected, create, popo_app, sessions_metrics
+from tests.unit.helpers import catch_up, connected, create, event_names, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 JID = "4915112345678:1@s.whatsapp.net"
@@ -90,26 +90,22 @@ def connected_session() -> Session:
     return session
 
 
-def names(session: Session) -> list[str]:
-    return [type(e).__name__ for e in session.collect_events()]
-
-
 def test_a_ban_is_recorded_with_its_disconnection_and_not_twice() -> None:
     session = connected_session()
     ends = NOW + timedelta(minutes=5)
     session.disconnect("temporarily_banned", "banned", 1, ends, until=ends)
-    assert names(session) == ["Disconnected", "Restricted"]
+    assert event_names(session) == ["Disconnected", "Restricted"]
     assert session.restriction == Restriction("temporarily_banned", ends, "banned")
     assert session.queue_paused(NOW)
     # Tried again during the ban (an operator's reconnect): the same ban records no second
     # restriction; a later end does.
     session.request_reconnect(ADMIN_ACTOR)
     session.disconnect("temporarily_banned", "banned", 1, ends, until=ends)
-    assert names(session) == ["ReconnectRequested", "Disconnected"]
+    assert event_names(session) == ["ReconnectRequested", "Disconnected"]
     session.request_reconnect(ADMIN_ACTOR)
     longer = ends + timedelta(minutes=5)
     session.disconnect("temporarily_banned", "banned", 1, longer, until=longer)
-    assert names(session) == ["ReconnectRequested", "Disconnected", "Restricted"]
+    assert event_names(session) == ["ReconnectRequested", "Disconnected", "Restricted"]
     assert session.restriction is not None
     assert session.restriction.until == longer
 
@@ -127,7 +123,7 @@ def test_the_retry_after_the_ban_lifts_it_and_one_before_does_not() -> None:
     session.disconnect("temporarily_banned", "", 1, ends, until=ends)
     session.collect_events()
     session.attempt_reconnect(NOW)
-    assert names(session) == ["ReconnectAttempted"]
+    assert event_names(session) == ["ReconnectAttempted"]
     assert session.restriction is not None
     session.disconnect("connection_lost", "", 1, NOW)
     session.collect_events()
@@ -146,18 +142,18 @@ def test_a_reconnect_asked_after_the_ban_of_a_stopped_session_lifts_it() -> None
     session.stop(ADMIN_ACTOR)
     session.collect_events()
     session.request_reconnect(ADMIN_ACTOR, ends - timedelta(seconds=1))
-    assert names(session) == ["ReconnectRequested"]
+    assert event_names(session) == ["ReconnectRequested"]
     session.stop(ADMIN_ACTOR)
     session.collect_events()
     session.request_reconnect(ADMIN_ACTOR, ends)
-    assert names(session) == ["RestrictionLifted", "ReconnectRequested"]
+    assert event_names(session) == ["RestrictionLifted", "ReconnectRequested"]
     assert session.restriction is None
 
 
 def test_a_logout_holds_through_a_stop_a_reconnect_and_new_qr_codes_until_connected() -> None:
     session = connected_session()
     session.disconnect("logged_out", "unlinked", 1, None)
-    assert names(session) == ["Disconnected", "Restricted"]
+    assert event_names(session) == ["Disconnected", "Restricted"]
     session.stop(ADMIN_ACTOR)
     session.request_reconnect(ADMIN_ACTOR)
     session.issue_qr("code", NOW, 1, 6)
@@ -174,7 +170,7 @@ def test_a_logout_holds_through_a_stop_a_reconnect_and_new_qr_codes_until_connec
 def test_a_lost_connection_restricts_nothing() -> None:
     session = connected_session()
     session.disconnect("connection_lost", "", 1, NOW)
-    assert names(session) == ["Disconnected"]
+    assert event_names(session) == ["Disconnected"]
     assert session.restriction is None
 
 

@@ -66,3 +66,34 @@ def test_one_session_holds_at_most_half_the_reader_processes_by_default(
         readers,
         per_session,
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [
+        ({"SESSIOND_RETRY_BASE": "soon"}, "SESSIOND_RETRY_BASE='soon': expected a number"),
+        ({"SESSIOND_RETRY_BASE": "0"}, "SESSIOND_RETRY_BASE='0': expected between 0.01 and 3600.0"),
+        (
+            {"SESSIOND_DEFAULT_RATE_LIMIT": "1.5"},
+            "SESSIOND_DEFAULT_RATE_LIMIT='1.5': expected a whole number",
+        ),
+        (
+            {"SESSIOND_DEFAULT_RATE_LIMIT": "0"},
+            "SESSIOND_DEFAULT_RATE_LIMIT='0': expected between 1 and 100000",
+        ),
+    ],
+)
+def test_a_number_that_does_not_parse_or_is_out_of_bounds_is_refused_with_one_line(
+    env: dict[str, str], refusal: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    assert str(refused.value) == refusal
+
+
+def test_numbers_within_their_bounds_are_read_and_unset_ones_keep_their_default() -> None:
+    given = {"SESSIOND_RETRY_BASE": "0.5", "SESSIOND_DEFAULT_RATE_LIMIT": "100000"}
+    settings = Settings.from_env(given)
+    assert (settings.retry_base, settings.default_requests_per_minute) == (0.5, 100_000)
+    defaults = Settings.from_env({})
+    assert (defaults.retry_base, defaults.default_requests_per_minute) == (2.0, 600)

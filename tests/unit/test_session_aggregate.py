@@ -28,6 +28,7 @@ from domain.values import (
     Status,
     key_actor,
 )
+from tests.unit.helpers import event_names
 
 LATER = datetime(2030, 1, 1, tzinfo=UTC)
 JID = "4915112345678:1@s.whatsapp.net"
@@ -78,8 +79,13 @@ def deleted_session() -> Session:
     return session
 
 
-def event_names(session: Session) -> list[str]:
-    return [type(e).__name__ for e in session.collect_events()]
+def assert_refused(
+    session: Session, error: type[Exception], command: Callable[[Session], object]
+) -> None:
+    """`command` on `session` raises `error` and records nothing."""
+    with pytest.raises(error):
+        command(session)
+    assert session.pending_events == []
 
 
 def nested_event_classes() -> dict[str, type[CanMutateAggregate[Any]]]:
@@ -153,10 +159,7 @@ def test_a_linked_device_may_connect_again_after_a_disconnection() -> None:
 def test_only_a_connecting_or_disconnected_session_can_connect(
     make: Callable[[], Session],
 ) -> None:
-    session = make()
-    with pytest.raises(InvalidTransition):
-        session.connect(JID, "Support Phone")
-    assert session.pending_events == []
+    assert_refused(make(), InvalidTransition, lambda s: s.connect(JID, "Support Phone"))
 
 
 # -- stop -----------------------------------------------------------------------------------
@@ -181,10 +184,7 @@ def test_stopping_a_session_disconnects_it_with_reason_stopped(
 
 
 def test_stopping_a_stopped_session_raises_already_stopped_and_records_nothing() -> None:
-    session = stopped_session()
-    with pytest.raises(AlreadyStopped):
-        session.stop(ADMIN_ACTOR)
-    assert session.pending_events == []
+    assert_refused(stopped_session(), AlreadyStopped, lambda s: s.stop(ADMIN_ACTOR))
     assert issubclass(AlreadyStopped, InvalidTransition)
 
 
@@ -201,10 +201,7 @@ def test_stopping_a_stopped_session_raises_already_stopped_and_records_nothing()
 def test_a_stopped_session_refuses_what_the_gateway_reports(
     report: Callable[[Session], None],
 ) -> None:
-    session = stopped_session()
-    with pytest.raises(InvalidTransition):
-        report(session)
-    assert session.pending_events == []
+    assert_refused(stopped_session(), InvalidTransition, report)
 
 
 # -- reconnect ------------------------------------------------------------------------------
@@ -222,10 +219,7 @@ def test_reconnect_is_allowed_from_disconnected_expired_and_stopped(
 
 @pytest.mark.parametrize("make", [new_session, connected_session])
 def test_reconnect_is_refused_from_connecting_and_connected(make: Callable[[], Session]) -> None:
-    session = make()
-    with pytest.raises(InvalidTransition):
-        session.request_reconnect(ADMIN_ACTOR)
-    assert session.pending_events == []
+    assert_refused(make(), InvalidTransition, lambda s: s.request_reconnect(ADMIN_ACTOR))
 
 
 # -- delete ---------------------------------------------------------------------------------
@@ -250,10 +244,7 @@ COMMANDS: dict[str, Callable[[Session], object]] = {
 def test_every_command_on_a_deleted_session_raises_session_is_deleted(
     command: Callable[[Session], object],
 ) -> None:
-    session = deleted_session()
-    with pytest.raises(SessionIsDeleted):
-        command(session)
-    assert session.pending_events == []
+    assert_refused(deleted_session(), SessionIsDeleted, command)
 
 
 def test_deleting_records_deleted_and_keys_revoked_together_and_revokes_only_active_keys() -> None:
@@ -301,10 +292,9 @@ def test_deleting_a_session_without_active_keys_still_records_an_empty_revocatio
 def test_a_qr_attempt_outside_one_to_max_raises_invalid_value(
     attempt: int, max_attempts: int
 ) -> None:
-    session = new_session()
-    with pytest.raises(InvalidValue):
-        session.issue_qr("2@abc", LATER, attempt, max_attempts)
-    assert session.pending_events == []
+    assert_refused(
+        new_session(), InvalidValue, lambda s: s.issue_qr("2@abc", LATER, attempt, max_attempts)
+    )
 
 
 @pytest.mark.parametrize(("attempt", "max_attempts"), [(1, 1), (1, 6), (6, 6)])
@@ -341,10 +331,7 @@ def test_a_rate_limit_from_one_to_the_maximum_or_none_is_accepted(limit: int | N
 
 @pytest.mark.parametrize("limit", [0, -1, MAX_REQUESTS_PER_MINUTE + 1])
 def test_a_rate_limit_out_of_bounds_raises_invalid_value(limit: int) -> None:
-    session = new_session()
-    with pytest.raises(InvalidValue):
-        session.set_rate_limit(limit, ADMIN_ACTOR)
-    assert session.pending_events == []
+    assert_refused(new_session(), InvalidValue, lambda s: s.set_rate_limit(limit, ADMIN_ACTOR))
 
 
 # -- keys -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from eventsourcing.domain import Snapshot
 from application.errors import SessionNotFound
 from application.gateway import RecordingGatewayEvents, plan_start
 from application.keys import SESSION_KEY_KIND, key_kind
+from application.ports import Disconnection
 from application.sessions import Resume, SessionsApplication
 from domain.errors import InvalidTransition, InvalidValue, SessionIsDeleted, UnknownApiKey
 from domain.policy import Hearing, ReconnectPolicy
@@ -390,8 +391,8 @@ def test_recording_gateway_events_forward_to_the_application(app: SessionsApplic
     assert events.connected(uuid, JID, "Support Phone") == head(app)
     assert events.keepalive(uuid, healthy=False) == head(app)
     assert app.get_session(sid).degraded
-    assert events.disconnected(uuid, "logged_out") == head(app)
-    assert app.get_session(sid).reason == "logged_out"
+    assert events.disconnected(uuid, Disconnection("logged_out", "unlinked")) == head(app)
+    assert (app.get_session(sid).reason, app.get_session(sid).detail) == ("logged_out", "unlinked")
     assert events.connected(uuid4(), JID, "nobody") is None
 
 

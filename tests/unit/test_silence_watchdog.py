@@ -32,7 +32,7 @@ from domain.webhook import EVENT_TYPES
 from infra.settings import Settings, SettingsError
 from projections.status import SessionRow, SessionStatusProjection
 from projections.webhooks import webhook_event
-from tests.unit.helpers import catch_up, connected, create, popo_app, sessions_metrics
+from tests.unit.helpers import catch_up, connected, create, event_names, popo_app, sessions_metrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 AFTER = timedelta(minutes=30)
@@ -119,10 +119,6 @@ def receive(session: Session, whatsapp_id: str = "3A01") -> None:
     )
 
 
-def names(session: Session) -> list[str]:
-    return [type(e).__name__ for e in session.collect_events()]
-
-
 def test_a_new_link_is_heard_but_not_watched_until_something_comes_in() -> None:
     session = new_connected()
     connected_at = session.pending_events[-1].timestamp
@@ -185,7 +181,7 @@ def test_a_message_received_while_silent_ends_the_silence() -> None:
     session.fall_silent()
     session.collect_events()
     receive(session, "3A02")
-    assert names(session) == ["MessageReceived", "SilenceEnded"]
+    assert event_names(session) == ["MessageReceived", "SilenceEnded"]
     assert session.silent_since is None
     # the same message again records nothing, so hears nothing
     receive(session, "3A02")
@@ -204,7 +200,7 @@ def test_a_takeover_keeps_the_clock_and_the_silence_and_a_new_connection_restart
         session.connect(JID, "Ann")
         assert session.heard_at == heard
         assert session.silent_since is not None
-    assert "SilenceEnded" not in names(session)
+    assert "SilenceEnded" not in event_names(session)
     # the watchdog recycles it: the new connection starts the clock again
     session.disconnect(Reason.SILENT, "no answer")
     session.attempt_reconnect()
