@@ -47,17 +47,6 @@ def view_table_name(tracking_table_name: str) -> str:
     return tracking_table_name.removesuffix("_tracking")
 
 
-def _write_in_order(curs: Cursor[DictRow], writes: Sequence[tuple[Statement, Params]]) -> None:
-    """`writes` in their order, in one pipeline (one round trip for the lot): a run of one
-    statement is one ``executemany``."""
-    if not writes:
-        return
-    with curs.connection.pipeline():
-        for _, run in itertools.groupby(writes, key=lambda write: id(write[0])):
-            same = list(run)
-            curs.executemany(same[0][0], [params for _, params in same])
-
-
 class BatchingView(PostgresTrackingRecorder):
     """A view whose runner may apply a page of events in one transaction (`batch`): each
     event's rows and tracking record are written on the batch's cursor, and commit together.
@@ -166,8 +155,14 @@ class BatchingView(PostgresTrackingRecorder):
                 self._notifies = {}
 
     def _flush_pending(self, curs: Cursor[DictRow]) -> None:
+        """The kept writes, in order, in one pipeline: one round trip for the lot."""
         pending, self._pending = self._pending, []
-        _write_in_order(curs, pending)
+        if not pending:
+            return
+        with curs.connection.pipeline():
+            for _, run in itertools.groupby(pending, key=lambda write: id(write[0])):
+                writes = list(run)
+                curs.executemany(writes[0][0], [params for _, params in writes])
 
     def _defer(
         self,
@@ -189,7 +184,8 @@ class BatchingView(PostgresTrackingRecorder):
         """`_defer` for writes of several statements, kept in their order."""
         if self._batch is None:
             with self._transaction() as curs:
-                _write_in_order(curs, writes)
+                for statement, params in writes:
+                    curs.execute(statement, params)
                 self._insert_tracking(curs, tracking)
                 if notify is not None:
                     curs.execute(notify)
