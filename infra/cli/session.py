@@ -52,6 +52,10 @@ VERSION = 1
 HEADER = MAGIC + str(VERSION).encode() + b"\n"
 PASSPHRASE_VARIABLE = "SESSIOND_EXPORT_PASSPHRASE"  # noqa: S105 - a variable's name
 MIN_PASSPHRASE = 12
+#: How many times a passphrase file refused for its scrypt work factor is tried (see
+#: `_open_with_passphrase`), and how rage says that refusal.
+WORK_TRIES = 10
+EXCESSIVE_WORK = "Excessive work parameter"
 #: How long an export waits for the session's worker to stop its client, by default.
 STOP_WAIT = 30.0
 #: How long an export waits for the webhook view to hold what is recorded.
@@ -211,7 +215,8 @@ def _read_export(args: argparse.Namespace) -> SessionExport:
     with_passphrase = b"\n-> scrypt " in sealed.split(b"\n---", 1)[0]
     try:
         if with_passphrase:
-            plain = age_passphrase.decrypt(sealed, _passphrase(args.passphrase_file, confirm=False))
+            passphrase = _passphrase(args.passphrase_file, confirm=False)
+            plain = _open_with_passphrase(sealed, passphrase, args.file)
         else:
             if not args.identity:
                 raise Refused(
@@ -229,6 +234,31 @@ def _read_export(args: argparse.Namespace) -> SessionExport:
         return decode_export(plain)
     except MoveRefused as error:
         raise Refused(f"{args.file}: {error}") from None
+
+
+def _open_with_passphrase(sealed: bytes, passphrase: str, name: str) -> bytes:
+    """Decrypt the age file `sealed` with `passphrase`.
+
+    Before it runs scrypt, rage times one short scrypt to learn this machine's speed and
+    refuses a file whose work factor would take more than about 16 times a second at that
+    speed. One timing taken while the process waited for a CPU makes the machine look many
+    times slower than it is, and a file written on it a moment before is refused although
+    the passphrase is right: such a refusal (it costs one short scrypt) is tried again,
+    `WORK_TRIES` times in all, and then said as what it is, never as a wrong passphrase.
+    """
+    refusal = ""
+    for _ in range(WORK_TRIES):
+        try:
+            return age_passphrase.decrypt(sealed, passphrase)
+        except pyrage.DecryptError as error:
+            refusal = str(error)
+            if not refusal.startswith(EXCESSIVE_WORK):
+                raise
+    detail = " ".join(refusal.replace("\u2068", "").replace("\u2069", "").split())
+    raise Refused(
+        f"cannot decrypt {name}: its passphrase's work factor is more than this machine "
+        f"accepts now ({detail}); nothing was changed; try again when the machine is less busy"
+    )
 
 
 def _write_new(path: Path, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from infra.bootstrap import PROJECTIONS
 from tests.conftest import ADMIN_KEY
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Read-only: every test of the run shares it, so a helper that wrote into it (httpx-sse's
@@ -68,6 +71,12 @@ class Sessiond:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"sessiond was not ready in {timeout}s:\n{self.log()}")
+
+    def exited_or(self, condition: bool) -> bool:
+        """`condition`, or an AssertionError if the process has exited (it never will be)."""
+        if self.process.poll() is not None:
+            raise AssertionError(f"sessiond {self.command} exited early:\n{self.log()}")
+        return condition
 
     def log(self) -> str:
         """The end of its log, for an assertion's message."""
@@ -158,11 +167,33 @@ def start(tmp_path: Path, database_url: str) -> Iterator[Any]:
         started.append(process)
         if wait and process.url:
             process.wait_ready()
+        elif wait and command == "worker":
+            eventually(
+                lambda: process.exited_or(" is up" in process.full_log()),
+                f"the worker up:\n{process.log()}",
+                timeout=60,
+            )
+        elif wait and command == "projector":
+            eventually(
+                lambda: process.exited_or(running_every_projection(started)),
+                f"every projection run by a live process:\n{process.log()}",
+                timeout=60,
+            )
         return process
 
     yield _start
     for process in started:
         process.stop()
+
+
+def running_every_projection(processes: list[Sessiond]) -> bool:
+    """Every projection is run by one of `processes` still alive (a projector that stands by
+    runs none; one that was killed runs none any more)."""
+    running: set[str] = set()
+    for process in processes:
+        if process.process.poll() is None:
+            running |= set(re.findall(r"now runs projection (\w+)", process.full_log()))
+    return running == set(PROJECTIONS)
 
 
 def create_session(client: httpx.Client, name: str = "Support", **body: Any) -> dict[str, Any]:
