@@ -47,6 +47,17 @@ def view_table_name(tracking_table_name: str) -> str:
     return tracking_table_name.removesuffix("_tracking")
 
 
+def _write_in_order(curs: Cursor[DictRow], writes: Sequence[tuple[Statement, Params]]) -> None:
+    """`writes` in their order, in one pipeline (one round trip for the lot): a run of one
+    statement is one ``executemany``."""
+    if not writes:
+        return
+    with curs.connection.pipeline():
+        for _, run in itertools.groupby(writes, key=lambda write: id(write[0])):
+            same = list(run)
+            curs.executemany(same[0][0], [params for _, params in same])
+
+
 class BatchingView(PostgresTrackingRecorder):
     """A view whose runner may apply a page of events in one transaction (`batch`): each
     event's rows and tracking record are written on the batch's cursor, and commit together.
@@ -155,14 +166,8 @@ class BatchingView(PostgresTrackingRecorder):
                 self._notifies = {}
 
     def _flush_pending(self, curs: Cursor[DictRow]) -> None:
-        """The kept writes, in order, in one pipeline: one round trip for the lot."""
         pending, self._pending = self._pending, []
-        if not pending:
-            return
-        with curs.connection.pipeline():
-            for _, run in itertools.groupby(pending, key=lambda write: id(write[0])):
-                writes = list(run)
-                curs.executemany(writes[0][0], [params for _, params in writes])
+        _write_in_order(curs, pending)
 
     def _defer(
         self,
@@ -184,8 +189,7 @@ class BatchingView(PostgresTrackingRecorder):
         """`_defer` for writes of several statements, kept in their order."""
         if self._batch is None:
             with self._transaction() as curs:
-                for statement, params in writes:
-                    curs.execute(statement, params)
+                _write_in_order(curs, writes)
                 self._insert_tracking(curs, tracking)
                 if notify is not None:
                     curs.execute(notify)

@@ -847,10 +847,8 @@ class GatewayWorker:
         if self.silence.enabled:
             now = datetime.now(UTC)
             verdict = self.silence.judge(hearing, now)
-            if verdict.step in (SilenceStep.SILENCE, SilenceStep.CHECK):
-                self._look_at(session_id, now)
-            else:
-                self._look_at(session_id, verdict.look_again_at)
+            due = verdict.step in (SilenceStep.SILENCE, SilenceStep.CHECK)
+            self._look_at(session_id, now if due else verdict.look_again_at)
 
     def _look_at(self, session_id: UUID, when: datetime | None) -> None:
         if when is not None:

@@ -120,10 +120,11 @@ def test_a_backlog_applied_in_pages_gives_the_views_each_event_would(
             expected = sorted(expected + (["queued"] if n % 4 == 1 and n % 5 != 0 else []))
             assert sorted(m.status for m in texts) == expected
             # The gateway's row and deadlines, as one event at a time leaves them.
-            assert gateway.row(session.id) == alone.view.row(session.id)
+            alone_row = alone.view.row(session.id)
+            assert alone_row is not None and gateway.row(session.id) == alone_row
             by_kind = {d.kind: d for d in alone.view.deadlines(session.id)}
             assert {d.kind: d for d in gateway.deadlines(session.id)} == by_kind
-            waiting += int(alone.view.row(session.id).queued > 0)  # type: ignore[union-attr]
+            waiting += int(alone_row.queued > 0)
             sends += int("send" in by_kind)
         # Both sides of the send deadline's condition (connected with messages waiting or not).
         assert waiting > 0 and 0 < sends < len(sessions)
