@@ -101,10 +101,11 @@ def test_gaps_stay_inside_the_interval_and_its_jitter_and_order_is_kept() -> Non
     until(lambda: app.load(uuid).next_message() is None)
     sender.close()
     assert gateway.texts() == texts
-    # Check one jitter was drawn per send (for the gap after it), inside the jitter, and varied; and that no message
-    # went before its gap (interval + its jitter) after the one before it. The gaps measured
-    # may only be longer than drawn by the timers' slack, which a loaded machine stretches:
-    # the bound above is generous, the bound below exact (within a millisecond of rounding).
+    # Check one jitter was drawn per send (for the gap after it), inside the jitter, and
+    # varied; and that no message went before its gap (interval + its jitter) after the one
+    # before it. A gap measured may only be longer than drawn by the timers' slack, which a
+    # loaded machine stretches: the bound above is generous, the bound below exact (within a
+    # millisecond of rounding).
     assert len(draws.drawn) == len(texts), draws.drawn
     assert all(0.0 <= jitter <= 0.2 for jitter in draws.drawn), draws.drawn
     assert max(draws.drawn) - min(draws.drawn) > 0.02, draws.drawn
