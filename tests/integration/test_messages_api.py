@@ -224,8 +224,15 @@ async def test_a_deleted_session_takes_no_messages_and_fails_its_queue(api: Api)
         headers=ADMIN,
     )
     assert refused.status_code == 404
-    row = api.container.views.of(PostgresMessagesView).get_message(queued["messageId"])
-    assert row is not None and (row.status, row.reason) == ("failed", "session_deleted")
+    # The delete's 204 waits for the views its next reads use (status, keys), not for the
+    # messages view, which is another projection: it shows the failure once it has caught up.
+    view = api.container.views.of(PostgresMessagesView)
+
+    async def failed() -> bool:
+        row = view.get_message(queued["messageId"])
+        return row is not None and (row.status, row.reason) == ("failed", "session_deleted")
+
+    assert await eventually(failed)
     types = event_types(api, created["sessionId"])
     assert types[-3:] == ["Deleted", "KeysRevoked", "MessageFailed"]
 
