@@ -27,7 +27,7 @@ from tests.waiting import eventually
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
-import json, sys, threading
+import json, sys, threading, time
 from uuid import uuid4
 import psycopg
 from application.ports import GatewayEvents
@@ -51,12 +51,21 @@ class Events(GatewayEvents):
         reports.append((str(sid), ending.reason, ending.detail)); done.release()
 
 def connections():
-    with psycopg.connect(url, autocommit=True) as conn:
+    # Named, and not counted: the backend of an earlier census may still be leaving.
+    with psycopg.connect(url, autocommit=True, application_name="census") as conn:
         rows = conn.execute(
             "SELECT application_name, count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+            " WHERE datname = current_database() AND application_name <> 'census' GROUP BY 1"
         ).fetchall()
     return {name: n for name, n in rows}
+
+def settled():
+    # The set-up's own direct connections (unnamed) gone, before anything is counted.
+    for _ in range(200):
+        if set(connections()) <= {APPLICATION_NAME}:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the set-up's connections stay: {connections()}")
 
 def gateway_on_a_new_pool():
     pool = DeviceStorePool(url, size=pool_size)
@@ -71,6 +80,7 @@ out = {}
 gateway, dsn = gateway_on_a_new_pool()
 insert_fake_device(url)
 if mode == "many":
+    settled()
     seen = []
     for i in range(clients):
         gateway.start(uuid4(), FAKE_JID if i % 2 else None)  # new pairings, and a resume
