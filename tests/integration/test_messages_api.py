@@ -114,10 +114,18 @@ async def test_inbound_texts_are_recorded_counted_and_listed(api: Api) -> None:
     body = await status(api, created)
     assert body["metrics"]["messagesReceived"] == 2
     assert body["lastActivityAt"] is not None
-    page = await api.client.get(
-        f"/sessions/{created['sessionId']}/messages?direction=inbound", headers=api.key(created)
-    )
-    items = page.json()["items"]
+
+    # The list is the messages view, another projection than the status read above: it
+    # shows both once it has caught up.
+    async def listed() -> list[dict[str, Any]] | None:
+        page = await api.client.get(
+            f"/sessions/{created['sessionId']}/messages?direction=inbound",
+            headers=api.key(created),
+        )
+        found: list[dict[str, Any]] = page.json()["items"]
+        return found if len(found) == 2 else None
+
+    items = await eventually(listed)
     assert [m["text"] for m in items] == ["again", "hi there"]  # newest first
     assert {m["sender"] for m in items} == {"4915112345678@s.whatsapp.net"}
     assert all(m["status"] == "received" and m["direction"] == "inbound" for m in items)
