@@ -131,10 +131,12 @@ def test_the_seed_flow_runs_through_the_generated_client(generated: Any) -> None
     session_id = created.parsed.session_id
     session = client(created.parsed.api_key.key)
 
-    qr = _until(
-        lambda: _operation("sessions", "get_session_qr").sync(session_id, client=session),
-        "a QR code",
-    )
+    def shown() -> Any:
+        """The QR code once the worker shows it (before, a 409 problem: not an outcome)."""
+        answer = _operation("sessions", "get_session_qr").sync(session_id, client=session)
+        return answer if isinstance(answer, models.QrOut) else None
+
+    qr = _until(shown, "a QR code")
     assert isinstance(qr, models.QrOut), qr
     assert qr.attempt == 1
 
