@@ -37,7 +37,7 @@ class ChainedEvent:
     originator_id: UUID
     version: int
     topic: str
-    recorded_at: datetime
+    recorded_at: datetime | None  # None only for a row written around the chain
     state: bytes
     hash: bytes | None
 
@@ -52,7 +52,7 @@ def event_hash(previous: bytes, event: ChainedEvent) -> bytes:
             event.position,
             event.originator_id.bytes,
             event.version,
-            microseconds(event.recorded_at),
+            0 if event.recorded_at is None else microseconds(event.recorded_at),
             len(topic),
         )
     )
@@ -86,7 +86,9 @@ def checkpoint_message(position: int, events: int, head: bytes, signed_at: datet
 
 @dataclass(frozen=True)
 class Head:
-    """The head of the chain recorded with the last commit."""
+    """The chain's end as last witnessed: its last event's position and hash, and how many
+    events the chain has up to it (advanced to the log's end by each checkpointer tick,
+    check and export; never moved past events that are no longer there as witnessed)."""
 
     position: int
     events: int
@@ -121,7 +123,7 @@ class ChainWalk:
     already verified) and stops at the first break.
 
     Feed it events with `add` (in order), each checkpoint with `checkpoint` right after the
-    event at its position, and `finish` compares the end with the head recorded at commit.
+    event at its position, and `finish` compares the end with the chain's witnessed end.
     """
 
     def __init__(
@@ -154,9 +156,10 @@ class ChainWalk:
                 event.position,
                 f"out of order: comes after position {self.position} in the log",
             )
+        if event.hash is None or event.recorded_at is None:
+            missing = "hash" if event.hash is None else "recording time"
+            return self.fail(event.position, f"the event has no {missing} (inserted)")
         expected = event_hash(self.previous, event)
-        if event.hash is None:
-            return self.fail(event.position, "the event has no hash (inserted)")
         if event.hash != expected:
             if self._before_last is not None and event.hash == event_hash(self._before_last, event):
                 return self.fail(
@@ -204,10 +207,9 @@ class ChainWalk:
         self.last_checkpoint = checkpoint
         return None
 
-    def finish(self, head: Head | None, beyond: int | None = None) -> Break | Verified:  # noqa: PLR0911
-        """The verdict once every event up to the recorded head has been added: the walk
-        must end at that head (recorded with the last commit), and `beyond`, the first event
-        found after the head in the same snapshot as the head, must not exist."""
+    def finish(self, head: Head | None) -> Break | Verified:  # noqa: PLR0911
+        """The verdict once every event up to the witnessed end `head` has been added: the
+        walk must end there, with the witnessed hash and number of events."""
         if self.broken is not None:
             return self.broken
         if head is None:
@@ -217,25 +219,19 @@ class ChainWalk:
         if head.position > self.position:
             return self.fail(
                 head.position,
-                f"the log ends at position {self.position}, but the chain's head recorded at "
-                f"the last commit is an event at position {head.position}: events after "
-                f"{self.position} were deleted",
+                f"the log ends at position {self.position}, but the chain was witnessed up to "
+                f"an event at position {head.position}: events after {self.position} were "
+                "deleted",
             )
         if head.hash != self.previous:
             return self.fail(
-                head.position, "the chain's head recorded at the last commit differs from here"
+                head.position, "the event here differs from the chain's end witnessed here"
             )
         if head.events != self.events:
             return self.fail(
                 head.position,
-                f"{self.events} events are chained, the head recorded at the last commit "
-                f"counts {head.events}",
-            )
-        if beyond is not None:
-            return self.fail(
-                beyond,
-                f"this event is after the chain's head recorded at the last commit (position "
-                f"{head.position}): it was added without extending the chain",
+                f"{self.events} events are chained, the chain's end witnessed here counts "
+                f"{head.events}",
             )
         return Verified(self.events, self.position, self.last_checkpoint, self.start)
 
@@ -250,11 +246,9 @@ def walk(
     checkpoints: Iterable[Checkpoint],
     head: Head | None,
     chain: ChainWalk,
-    beyond: Callable[[], int | None] = lambda: None,
 ) -> Break | Verified:
-    """Verify a chain with `chain`: `events` up to the head's position and the checkpoints
-    up to it, each in position order; `beyond` is asked at the end for the first event after
-    the head (see `ChainWalk.finish`)."""
+    """Verify a chain with `chain`: `events` up to the witnessed end `head` and the
+    checkpoints up to it, each in position order (see `ChainWalk.finish`)."""
     pending = iter(checkpoints)
     waiting = next(pending, None)
     for event in events:
@@ -273,7 +267,7 @@ def walk(
         waiting = next(pending, None)
     if chain.broken is not None:
         return chain.broken
-    return chain.finish(head, beyond())
+    return chain.finish(head)
 
 
 def checkpoint_due(

@@ -67,8 +67,8 @@ def _chain_out(event: ChainedEvent) -> dict[str, Any]:
         "originatorId": str(event.originator_id),
         "version": event.version,
         "topic": event.topic,
-        "recordedAt": _instant(event.recorded_at),
-        "recordedAtMicros": microseconds(event.recorded_at),
+        "recordedAt": None if event.recorded_at is None else _instant(event.recorded_at),
+        "recordedAtMicros": None if event.recorded_at is None else microseconds(event.recorded_at),
         "state": base64.b64encode(event.state).decode(),
         "hash": None if event.hash is None else event.hash.hex(),
     }
@@ -97,8 +97,8 @@ def export_log(settings: Settings, url: str, after: int, output: str) -> int:
     encoder = msgspec.json.Encoder()
     store = container.audit_store
     try:
-        head = store.head()
-        end = head.position if head is not None else 0
+        head = store.witness()
+        end = head.position
         with ExitStack() as stack:
             out: IO[bytes] = (
                 sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
@@ -149,19 +149,18 @@ def export_log(settings: Settings, url: str, after: int, output: str) -> int:
                     done = event.position
                 if done >= end:
                     break
-            if head is not None:
-                out.write(
-                    encoder.encode(
-                        {
-                            "head": {
-                                "position": head.position,
-                                "events": head.events,
-                                "hash": head.hash.hex(),
-                            }
+            out.write(
+                encoder.encode(
+                    {
+                        "head": {
+                            "position": head.position,
+                            "events": head.events,
+                            "hash": head.hash.hex(),
                         }
-                    )
-                    + b"\n"
+                    }
                 )
+                + b"\n"
+            )
         return 0
     finally:
         container.close()
@@ -177,10 +176,8 @@ def verify_audit_chain(settings: Settings, url: str) -> int:
         except AuditKeyError as error:
             return refused(error, 2)
         store = container.audit_store
-        head = store.head()
-        with tqdm(
-            total=head.events if head else 0, unit="event", file=sys.stderr, delay=0.5
-        ) as progress:
+        head = store.witness()
+        with tqdm(total=head.events, unit="event", file=sys.stderr, delay=0.5) as progress:
             result = verify_chain(store, key.public, progress=progress.update)
         if isinstance(result, Break):
             print(f"broken at position {result.position}: {result.problem}")

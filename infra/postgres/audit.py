@@ -1,6 +1,7 @@
 """The audit chain's tables: each event's hash (written by the recorder as it records the
 event, `ChainWriter`; by the database's trigger for any other writer:
-migrations/0003.audit-chain.sql), the chain's head, the signed checkpoints and the audit key.
+migrations/0005.audit-chain-witness.sql), the chain's witnessed end, the signed checkpoints and
+the audit key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from psycopg.rows import DictRow
 from application.audit import GENESIS, ChainedEvent, Checkpoint, Head
 from infra.postgres.connect import fetch_all, fetch_one, returns_row
 
-HEAD = "sessiond_audit_head"
 CHECKPOINTS = "sessiond_audit_checkpoints"
 KEY = "sessiond_audit_key"
 EVENTS = "sessiond_events"
@@ -33,11 +33,11 @@ class ChainWriter:
     """Chains the events of one insert, in its transaction (under the event table's lock).
 
     One statement (the database function ``sessiond_insert_chained``, or
-    ``sessiond_insert_chained_one`` for a single event) reads the head,
-    reserves the events' positions, hashes them in order, writes the new head (its row lock,
-    held to the commit, and conditional on the head read) and inserts them: with the table's
-    lock, the chain is extended by one transaction at a time, whichever process writes, in
-    the order of the positions, at no extra round trip.
+    ``sessiond_insert_chained_one`` for a single event) takes the table's lock (already held
+    by the recorder), reads the hash of the log's last event, reserves the events'
+    positions, hashes them in order and inserts them: the chain is extended by one
+    transaction at a time, whichever process writes, in the order of the positions, at no
+    extra round trip and with no other row written.
     """
 
     insert = (
@@ -51,8 +51,8 @@ class ChainWriter:
     )
 
     def insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
-        """Insert `stored_events` chained, and write the new head, on `curs` (whose last
-        result is then the events' notification ids, in order)."""
+        """Insert `stored_events` chained on `curs` (whose last result is then the events'
+        notification ids, in order)."""
         if len(stored_events) == 1:
             (event,) = stored_events
             curs.execute(
@@ -100,26 +100,17 @@ class AuditStore:
     def __init__(self, datastore: PostgresDatastore) -> None:
         self.datastore = datastore
 
-    def head(self) -> Head | None:
-        """The head recorded by the last commit (None before the schema has one)."""
-        row = fetch_one(
-            self.datastore, "SELECT position, events, hash FROM sessiond_audit_head WHERE id = 1"
-        )
-        if row is None:
-            return None
-        return Head(row["position"], row["events"], bytes(row["hash"]))
-
-    def beyond(self, position: int) -> int | None:
-        """The first event after `position` and after the chain's head, looked for in the
-        same snapshot as the head (None: there is none)."""
-        row = fetch_one(
-            self.datastore,
-            "SELECT min(e.notification_id) AS beyond FROM sessiond_events e, "
-            "sessiond_audit_head h WHERE h.id = 1 AND e.notification_id > %s "
-            "AND e.notification_id > h.position",
-            (position,),
-        )
-        return None if row is None else row["beyond"]
+    def witness(self) -> Head:
+        """Advance the chain's witnessed end to the log's last event and return it; it stays
+        where it was when the events it witnessed are no longer there as witnessed
+        (``sessiond_witness_chain``, migrations/0005.audit-chain-witness.sql)."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "SELECT witnessed, witnessed_events, witnessed_hash FROM sessiond_witness_chain()"
+            )
+            row = curs.fetchone()
+        assert row is not None
+        return Head(row["witnessed"], row["witnessed_events"], bytes(row["witnessed_hash"]))
 
     def events(
         self, after: int, page: int = 1000, *, until: int | None = None

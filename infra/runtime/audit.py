@@ -142,9 +142,9 @@ def load_audit_key(store: AuditStore, configured: str | None) -> AuditKey:
 
 
 def sign_head(store: AuditStore, key: AuditKey) -> Checkpoint | None:
-    """Sign the chain's current head and record it; None if it is signed already."""
-    head = store.head()
-    if head is None or head.events == 0:
+    """Sign the chain's end (witnessed now) and record it; None if it is signed already."""
+    head = store.witness()
+    if head.events == 0:
         return None
     signed_at = store.now()
     checkpoint = Checkpoint(
@@ -186,10 +186,9 @@ class Checkpointer:
             self._thread.join(timeout)
 
     def check_once(self) -> Checkpoint | None:
-        """Sign the head if a checkpoint is due; the checkpoint recorded, if any."""
-        head = self.store.head()
-        if head is None:
-            return None
+        """Witness the chain's end and sign it if a checkpoint is due; the checkpoint
+        recorded, if any."""
+        head = self.store.witness()
         last = self.store.last_checkpoint()
         oldest = self.store.recorded_after(last.position if last else 0)
         if not checkpoint_due(
@@ -224,11 +223,11 @@ def verify_chain(
     *,
     progress: Callable[[int], None] = lambda _: None,
 ) -> Break | Verified:
-    """Walk the whole log from its first event up to the head read first (events recorded
-    meanwhile are left for the next check); `progress` is told how many events each page
-    held."""
-    head = store.head()
-    end = head.position if head is not None else 0
+    """Walk the whole log from its first event up to its end witnessed first (events
+    recorded meanwhile are left for the next check); `progress` is told how many events each
+    page held."""
+    head = store.witness()
+    end = head.position
     chain = ChainWalk(public_key, check_signature)
 
     def events() -> Iterator[ChainedEvent]:
@@ -237,14 +236,14 @@ def verify_chain(
             progress(len(page))
 
     checkpoints = [c for c in store.checkpoints() if c.position <= end]
-    return walk(events(), checkpoints, head, chain, lambda: store.beyond(end))
+    return walk(events(), checkpoints, head, chain)
 
 
 def verify_tail(store: AuditStore, public_key: bytes) -> Break | Verified:
     """Walk the log from its last checkpoint (whose signature and hash are checked first)
-    up to the head read first."""
-    head = store.head()
-    end = head.position if head is not None else 0
+    up to its end witnessed first."""
+    head = store.witness()
+    end = head.position
     last = store.last_checkpoint(end)
     if last is None:
         return verify_chain(store, public_key)
@@ -262,4 +261,4 @@ def verify_tail(store: AuditStore, public_key: bytes) -> Break | Verified:
         for page in store.events(last.position, until=end):
             yield from page
 
-    return walk(events(), (), head, chain, lambda: store.beyond(end))
+    return walk(events(), (), head, chain)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import itertools
 import multiprocessing
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,8 +100,8 @@ def test_every_recorded_event_is_chained_and_the_chain_verifies(
         for event in page:
             assert event.hash == event_hash(previous, event)
             previous = event_hash(previous, event)
-    head = store.head()
-    assert head is not None and (head.position, head.events, head.hash) == (
+    head = store.witness()
+    assert (head.position, head.events, head.hash) == (
         ids[-1],
         len(ids),
         previous,
@@ -169,14 +170,32 @@ def test_a_deleted_event_is_found_where_it_was(container: Container, database_ur
     assert "deleted" in result.problem
 
 
-def test_deleting_the_last_events_is_found_by_the_head(
+def test_deleting_the_last_events_once_witnessed_is_found_even_after_more_are_recorded(
     container: Container, database_url: str
 ) -> None:
     ids = recorded(container, database_url)
-    tamper(database_url, ("DELETE FROM sessiond_events WHERE notification_id = %s", (ids[-1],)))
+    # The projector role's checkpointer witnesses the chain's end on each tick, due or not.
+    checkpointer = Checkpointer(
+        container.audit_store, container.audit_key(), every_events=10_000, interval=3600, tick=1
+    )
+    assert checkpointer.check_once() is None
+    tamper(
+        database_url,
+        ("DELETE FROM sessiond_events WHERE notification_id >= %s", (ids[-2],)),
+    )
     result = verified(container)
     assert isinstance(result, Break) and result.position == ids[-1]
     assert "deleted" in result.problem
+    # New events extend the chain from the shortened log; the witness stays where it was.
+    record_events(container.app, 1)
+    assert checkpointer.check_once() is None
+    assert container.audit_store.witness().position == ids[-1]
+    for result in (
+        verified(container),
+        verify_tail(container.audit_store, container.audit_key().public),
+    ):
+        assert isinstance(result, Break) and result.position == ids[-1]
+        assert "deleted" in result.problem
 
 
 def _inserted_row(container: Container, url: str, at: int, before: int) -> tuple[Any, ...]:
@@ -228,13 +247,19 @@ def test_an_inserted_event_is_found_at_its_position(
     assert "inserted" in result.problem
 
 
-def test_an_event_inserted_after_the_head_is_found(container: Container, database_url: str) -> None:
+def test_an_event_appended_without_extending_the_chain_is_found(
+    container: Container, database_url: str
+) -> None:
     record_events(container.app, 1)
-    last = positions(database_url)[-1]
-    tamper(database_url, (INSERT, _inserted_row(container, database_url, last + 1, last)))
+    ids = positions(database_url)
+    last = ids[-1]
+    # Chained to the event before the last, as a copy of an old event replayed at the end.
+    tamper(database_url, (INSERT, _inserted_row(container, database_url, last + 1, ids[-2])))
     result = verified(container)
-    assert isinstance(result, Break) and result.position == last + 1
-    assert "without extending the chain" in result.problem
+    # The chain forks at the last event: it and the appended one both chain to the one
+    # before it, and the walk reports the fork there, naming the appended event.
+    assert isinstance(result, Break) and result.position == last
+    assert f"(at position {last + 1}) chains to the event before this one" in result.problem
 
 
 def test_an_insert_that_skips_ahead_of_the_chain_is_refused(
@@ -324,8 +349,7 @@ def test_a_chain_signed_again_without_the_key_fails_the_checkpoint_check(
     # checkpoint then names that key or still names the real one.
     forger = Ed25519PrivateKey.generate()
     forger_public = forger.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    head = container.audit_store.head()
-    assert head is not None
+    head = container.audit_store.witness()
     with psycopg.connect(database_url) as conn:
         signed_at = conn.execute(
             "SELECT signed_at FROM sessiond_audit_checkpoints WHERE position = %s", (head.position,)
@@ -519,12 +543,12 @@ def test_encrypted_events_are_chained_over_their_ciphertext(
 
 
 @pytest.mark.parametrize("function", ["sessiond_insert_chained", "sessiond_insert_chained_one"])
-def test_a_chained_insert_that_races_another_without_the_table_lock_fails_whole(
+def test_chained_inserts_that_skip_the_table_lock_still_extend_one_chain(
     container: Container, database_url: str, function: str
 ) -> None:
-    """Two inserts that skip the table lock read the same head: the second to write it fails,
-    with nothing recorded, instead of forking the chain (either insert function: of many
-    events, or of one)."""
+    """Two inserts that skip the table lock cannot fork the chain: each insert function
+    takes the lock itself, so the second waits for the first's commit and extends the chain
+    from its event (either function: of many events, or of one)."""
     record_events(container.app, 1)
     before = positions(database_url)
     call = f"SELECT * FROM {function}(%s, %s, %s, %s)"
@@ -536,26 +560,51 @@ def test_a_chained_insert_that_races_another_without_the_table_lock_fails_whole(
 
     with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
         first.execute(call, event(b"1"))
-        second_done: list[BaseException | None] = []
+        second_done = threading.Event()
 
         def insert_second() -> None:
-            try:
-                second.execute(call, event(b"2"))
-                second.commit()
-                second_done.append(None)
-            except psycopg.Error as error:
-                second.rollback()
-                second_done.append(error)
-
-        import threading
+            second.execute(call, event(b"2"))
+            second.commit()
+            second_done.set()
 
         thread = threading.Thread(target=insert_second)
         thread.start()
-        time.sleep(0.5)  # the second waits for the head's row lock
+        # The second is queued behind the first's lock (seen by the database, not guessed).
+        with psycopg.connect(database_url, autocommit=True) as observer:
+            deadline = time.monotonic() + 30
+            while not observer.execute(
+                "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relname = 'sessiond_events' AND NOT l.granted AND l.pid = %s",
+                (second.info.backend_pid,),
+            ).fetchone():
+                assert time.monotonic() < deadline, "the second insert never waited"
+                time.sleep(0.02)
+        assert not second_done.is_set()
         first.commit()
-        thread.join(10)
-    assert len(second_done) == 1 and isinstance(second_done[0], psycopg.errors.RaiseException)
-    assert "head moved" in str(second_done[0])
+        thread.join(30)
+    assert second_done.is_set()
     ids = positions(database_url)
-    assert len(ids) == len(before) + 1
+    assert len(ids) == len(before) + 2
     assert verified(container) == Verified(len(ids), ids[-1], None, 0)
+
+
+def test_an_unchained_event_at_the_end_is_reported_and_recording_goes_on(
+    container: Container, database_url: str
+) -> None:
+    """An event inserted at the end with the chain's trigger disabled has no hash: sessiond
+    goes on recording (chained from the last event that has one), and a check reports the
+    unchained event at its position."""
+    record_events(container.app, 1)
+    tamper(
+        database_url,
+        (
+            "INSERT INTO sessiond_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, 't', '\\x00')",
+            (uuid.uuid4(),),
+        ),
+    )
+    unchained = positions(database_url)[-1]
+    record_events(container.app, 1)
+    assert positions(database_url)[-1] > unchained
+    result = verified(container)
+    assert result == Break(unchained, "the event has no hash (inserted)")

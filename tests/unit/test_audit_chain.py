@@ -108,9 +108,8 @@ def verdict(
     events: list[ChainedEvent],
     checkpoints: list[Checkpoint] = (),  # type: ignore[assignment]
     head: Head | None = None,
-    beyond: int | None = None,
 ) -> Break | Verified:
-    return walk(events, checkpoints, head, ChainWalk(KEY, fake_check), lambda: beyond)
+    return walk(events, checkpoints, head, ChainWalk(KEY, fake_check))
 
 
 def test_an_intact_chain_with_gaps_in_positions_verifies() -> None:
@@ -152,14 +151,13 @@ def test_an_event_inserted_with_a_good_hash_is_found_at_its_own_position() -> No
     assert isinstance(found, Break) and found.position == 3 and "inserted" in found.problem
 
 
-def test_the_head_recorded_at_commit_finds_changes_at_the_end() -> None:
+def test_the_witnessed_end_finds_changes_at_the_end() -> None:
     events = chain(5)
     head = head_of(events)
     found = verdict(events[:4], [], head)
     assert isinstance(found, Break) and found.position == 5 and "deleted" in found.problem
-    found = verdict(events, [], head, beyond=6)
-    assert isinstance(found, Break) and found.position == 6
-    assert "without extending the chain" in found.problem
+    found = verdict(events, [], replace(head, hash=bytes(32)))
+    assert isinstance(found, Break) and found.position == 5 and "differs" in found.problem
     found = verdict(events, [], replace(head, events=7))
     assert isinstance(found, Break) and found.position == 5
 
