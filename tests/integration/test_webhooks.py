@@ -94,10 +94,13 @@ async def test_every_event_type_is_delivered_with_no_secret_in_it(api: Api, hook
     await simulate(api, created, "inbound", sender="+4915112345678", text="hi back")
     await api.client.post(f"/sessions/{created['sessionId']}/stop", headers=ADMIN)
     await api.client.delete(f"/sessions/{created['sessionId']}", headers=ADMIN)
-    await wait_received(hook, of_type("session.deleted"))
-    types = hook.types()
-    for kind in webhook["events"]:
-        assert kind in types, (kind, types)
+
+    # Deliveries go out concurrently (and the receiver is threaded): session.deleted can
+    # arrive before the others, so wait until every subscribed type has come.
+    def every_type(received: list[Received]) -> bool:
+        return set(webhook["events"]) <= {r.json["type"] for r in received}
+
+    await wait_received(hook, every_type)
     for request in hook.received:
         request.verify(webhook["secret"])
         assert b"whsec_" not in request.body and b"sdk_" not in request.body
@@ -154,7 +157,9 @@ async def test_a_receiver_that_is_down_gets_every_event_once_it_recovers(
 async def test_a_receiver_that_times_out_gets_the_event_again_with_the_same_id(
     api: Api, hook: Receiver
 ) -> None:
-    hook.script = [Answer(200, delay=1.5)]  # longer than the 0.5 s the receiver is given
+    # Far longer than the 0.5 s the receiver is given, so the bound on the attempt's duration
+    # below can leave room for a loaded machine and still tell the time-out from the answer.
+    hook.script = [Answer(200, delay=5.0)]
     webhook = await register(api, hook.url, ["session.created"])
     await api.create_session("Slow")
     first, second = await wait_received(hook, lambda r: r[:2] if len(r) >= 2 else None)
@@ -163,7 +168,8 @@ async def test_a_receiver_that_times_out_gets_the_event_again_with_the_same_id(
         await api.client.get(f"/webhooks/{webhook['webhookId']}/deliveries", headers=ADMIN)
     ).json()
     log = page["items"][0]["attemptLog"]
-    assert "Timeout" in log[0]["error"] and log[0]["durationMs"] < 1400
+    assert "Timeout" in log[0]["error"] and log[0]["statusCode"] is None
+    assert 500 <= log[0]["durationMs"] < 4500  # cut by the time-out, not ended by the answer
 
 
 async def test_a_receiver_that_refuses_connections_gets_the_events_later(api: Api) -> None:
