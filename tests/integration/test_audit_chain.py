@@ -44,6 +44,7 @@ from infra.runtime.audit import (
 from infra.settings import eventsourcing_env
 from tests.conftest import test_settings
 from tests.fixtures import load_previous_release
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -407,10 +408,13 @@ def test_checkpoints_come_every_n_events_and_when_an_event_waited_too_long(
     assert by_count.check_once() is None  # nothing new
     by_age = Checkpointer(store, key, every_events=1000, interval=2.0, tick=1)
     record_events(container.app, 1)
-    assert by_age.check_once() is None  # the oldest unsigned event is too young
-    time.sleep(2.1)
-    second = by_age.check_once()
-    assert second is not None and second.events == 3 * per_session
+    oldest = store.recorded_after(first.position)
+    assert oldest is not None
+    # Asked until it signs: it must not sign before the oldest unsigned event has waited the
+    # interval (both times are the database's clock), however slow the machine is.
+    second = eventually(by_age.check_once, "a checkpoint once the oldest event waited 2 s")
+    assert (second.signed_at - oldest).total_seconds() >= 2.0, (second.signed_at, oldest)
+    assert second.events == 3 * per_session
     assert [c.position for c in store.checkpoints()] == [first.position, second.position]
     assert verified(container) == Verified(3 * per_session, second.position, second, 0)
 
@@ -437,9 +441,10 @@ def test_the_generated_key_is_kept_once_and_a_configured_key_replaces_its_stored
         app.close()
 
 
-def _write_in_a_process(url: str, name: str, sessions: int) -> None:
+def _write_in_a_process(url: str, name: str, sessions: int, start: Any) -> None:
     app = SessionsApplication(env={**eventsourcing_env(url, pool_size=2)})
     try:
+        start.wait(120)  # both write together, whichever process took longer to start
         for n in range(sessions):
             session_id = app.create_session(f"{name}{n}", {}, None, ADMIN_ACTOR).session_id
             for _ in range(3):
@@ -453,8 +458,9 @@ def test_writers_in_two_processes_keep_one_valid_chain(
     container: Container, database_url: str
 ) -> None:
     context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
     writers = [
-        context.Process(target=_write_in_a_process, args=(database_url, name, 25))
+        context.Process(target=_write_in_a_process, args=(database_url, name, 25, start))
         for name in ("A", "B")
     ]
     for writer in writers:
