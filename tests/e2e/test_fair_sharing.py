@@ -134,7 +134,7 @@ def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers
                     ).fetchone()
                 return bool(found and found[0])
 
-            eventually(waiting_on_the_lock, timeout=4, what="the past read waits on the lock")
+            eventually(waiting_on_the_lock, what="the past read waits on the lock")
             # Check: the session's next expensive reads are refused at once, whichever kind.
             for path, params in (
                 (past, {"asOf": as_of}),
@@ -178,7 +178,7 @@ def test_expensive_reads_beyond_the_cap_answer_429_while_the_status_path_answers
                 )
                 assert status.status_code == 200, status.text
             lock.rollback()
-        hanging.join(10)
+        hanging.join(30)
         assert [a.status_code for a in answers] == [200], answers[0].text if answers else None
         # Check: once the read ended, the session may read again.
         again = client.get(past, params={"asOf": as_of}, headers=key_of(noisy))
@@ -219,11 +219,10 @@ def test_a_reader_process_that_dies_mid_read_is_replaced_and_none_outlives_the_s
             hanging.start()
             eventually(
                 lambda: _waiting_on(database_url, "sessiond_status_snapshots"),
-                timeout=4,
                 what="the past read waits on the lock",
             )
             os.kill(reader, signal.SIGKILL)
-            hanging.join(10)
+            hanging.join(30)
             lock.rollback()
         # Check: the read answers 503 with Retry-After, not a 500 and not never.
         (answer,) = answers
