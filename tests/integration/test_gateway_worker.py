@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from domain.session import Session
 from domain.values import DeadlineKind, session_uuid
 from infra.postgres.gateway import PostgresGatewayView
 from tests.integration.conftest import ADMIN, Api
@@ -86,12 +87,12 @@ async def test_a_lost_connection_is_retried_with_backoff_and_resumes_the_device(
 ) -> None:
     created = await connected_session(api)
     dropped = (await simulate(api, created, "drop")).json()
-    assert (dropped["status"], dropped["reason"], dropped["retryAttempt"]) == (
-        "disconnected",
-        "connection_lost",
-        1,
-    )
-    assert dropped["nextRetryAt"] is not None and dropped["health"] == "unhealthy"
+    # The answer is the status view once it has the drop; the retry comes 0.3 s later, and a
+    # view that lagged may have taken it in too: the drop itself is checked on its events.
+    assert dropped["status"] in ("disconnected", "connecting", "connected"), dropped
+    if dropped["status"] == "disconnected":
+        assert (dropped["reason"], dropped["retryAttempt"]) == ("connection_lost", 1), dropped
+        assert dropped["nextRetryAt"] is not None and dropped["health"] == "unhealthy"
 
     async def back() -> Any:
         body = await status(api, created)
@@ -104,6 +105,13 @@ async def test_a_lost_connection_is_retried_with_backoff_and_resumes_the_device(
         "ReconnectAttempted",
         "Connected",
     ]
+    *_, lost, attempted, _connected = api.container.app.events.get(uuid_of(created))
+    assert isinstance(lost, Session.Disconnected)
+    assert isinstance(attempted, Session.ReconnectAttempted)
+    assert (lost.reason, lost.attempt, attempted.attempt) == ("connection_lost", 1, 1)
+    # Check the retry waited for its backoff: planned after the drop, and made no sooner.
+    assert lost.next_retry_at is not None
+    assert lost.timestamp < lost.next_retry_at <= attempted.timestamp, (lost, attempted)
 
 
 async def test_logged_out_and_replaced_sessions_wait_for_the_operator(api: Api) -> None:
