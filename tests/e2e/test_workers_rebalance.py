@@ -70,8 +70,22 @@ def check_never_held_twice(database_url: str) -> tuple[int, Counter[str]]:
     return moves, reasons
 
 
-def all_connected(client: httpx.Client, sessions: list[dict[str, Any]]) -> bool:
-    return all(status(client, created)["status"] == "connected" for created in sessions)
+def settled(
+    client: httpx.Client, sessions: list[dict[str, Any]], since: datetime, moved: int
+) -> list[dict[str, Any]] | None:
+    """The statuses of the sessions connected since `since`, once every session reads
+    connected and at least `moved` of them connected since then (None before): a moved
+    session reads "connected" from before its move until the status view has its handover,
+    so "all connected" alone may be read before the new holders connected them."""
+    states = [status(client, created) for created in sessions]
+    if not all(state["status"] == "connected" for state in states):
+        return None
+    again = [
+        state
+        for state in states
+        if datetime.fromisoformat(state["connectedAt"].replace("Z", "+00:00")) > since
+    ]
+    return again if len(again) >= moved else None
 
 
 def test_a_joining_worker_takes_an_even_share_and_a_stopping_one_hands_its_own_over(
@@ -87,40 +101,39 @@ def test_a_joining_worker_takes_an_even_share_and_a_stopping_one_hands_its_own_o
         # Check the three workers hold 20 sessions each.
         eventually(lambda: spread(database_url) == [20, 20, 20], what="20/20/20")
 
+        joined = datetime.now(UTC)  # before: it may take sessions as soon as it is up
         fourth = start("worker", env)
-        joined = datetime.now(UTC)
 
-        # Check the fourth takes 15, five from each, and every session is connected again.
-        eventually(
-            lambda: spread(database_url) == [15, 15, 15, 15] and all_connected(client, sessions),
+        # Check the fourth takes 15, five from each, and every session is connected again:
+        # the 15 moved ones from their new holder (the status view has their new connection,
+        # so the log has every handover and connection before it).
+        again = eventually(
+            lambda: (
+                spread(database_url) == [15, 15, 15, 15] and settled(client, sessions, joined, 15)
+            ),
             timeout=60,
-            what="15 each, all connected",
+            what="15 each, all connected, 15 of them anew",
         )
+        assert len(again) == 15
         held = leases(database_url)
         assert Counter(held.values())[worker_id(fourth)] == 15
         moves, reasons = check_never_held_twice(database_url)
         assert moves == 15, (moves, reasons)
         assert reasons["handed_over"] == 15
         assert reasons["gateway_lost"] == 0
-        # Each moved session is connected again, from its new holder.
-        states = [status(client, s) for s in sessions]
-        again = [
-            s
-            for s in states
-            if datetime.fromisoformat(s["connectedAt"].replace("Z", "+00:00")) > joined
-        ]
-        assert len(again) == 15
 
         # Check a worker asked to stop (SIGTERM) hands its 15 sessions over before it exits.
         leaving = workers[0]
         leaving_id = worker_id(leaving)
+        left = datetime.now(UTC)
         leaving.stop(signal.SIGTERM)
         assert leaving.process.returncode == 0, leaving.log()
-        eventually(
-            lambda: spread(database_url) == [20, 20, 20] and all_connected(client, sessions),
+        handed = eventually(
+            lambda: spread(database_url) == [20, 20, 20] and settled(client, sessions, left, 15),
             timeout=60,
-            what="20 each on the three left, all connected",
+            what="20 each on the three left, all connected, its 15 anew",
         )
+        assert len(handed) == 15
         assert leaving_id not in leases(database_url).values()
         moves, reasons = check_never_held_twice(database_url)
         assert moves == 30, (moves, reasons)
