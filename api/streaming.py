@@ -20,6 +20,7 @@ cut `GRACE` seconds later without the ``end`` event. Both together stay under a 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send, TypeEncodersMap
 
 from projections.livefeed import FeedItem, LiveFeed, Selection
+
+log = logging.getLogger(__name__)
 
 #: Seconds between two checks of a stream's key (and of the server stopping).
 CHECK = 0.2
@@ -162,10 +165,16 @@ class EventStream:
             await self.feed.wait_beyond(position, min(CHECK, max(0.0, beat - time.monotonic())))
 
     async def must_end(self) -> None:
-        """Return `GRACE` seconds after the stream has to end (its ``end`` event was due)."""
-        while self.reason_to_end() is None:
+        """Return `GRACE` seconds after the stream has to end (its ``end`` event was due):
+        the stream is cut then, unless it ended meanwhile (this is cancelled then)."""
+        while (reason := self.reason_to_end()) is None:
             await asyncio.sleep(CHECK)
         await asyncio.sleep(GRACE)
+        log.info(
+            "an event stream of %s is cut without its end event (%s): its client does not read",
+            self.selection.session_id or "every session",
+            reason,
+        )
 
 
 class _CutStreamingResponse(ASGIStreamingResponse):

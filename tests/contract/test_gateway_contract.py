@@ -7,9 +7,13 @@ objects, events fed through neonize's own dispatch on the client's thread, as Go
 network). Where the adapters legitimately differ (the JID a scan links, the push name, the
 detail texts) the tests assert shapes, not strings.
 
-QR timings are short (0.3 s, then 0.05 s, 3 codes). Waits return as soon as the awaited
-callback arrives; only "nothing more happens" needs a fixed pause: until the next QR code
-would have been due.
+Each test's QR timings fit what it proves (`Timings`): the rotation and the end of the codes
+on a short clock (0.3 s, then 0.05 s, 3 codes); "nothing more after a stop or a scan" on codes
+that keep rotating every 0.3 s, so that a next code is due soon after the step however late
+the step comes; every other test on codes that last a minute, so that its steps (a scan, a
+pairing code, a stop) never race a code's end. Waits return as soon as the awaited callback
+arrives; only "nothing more happens" needs a fixed pause: until the next QR code would have
+been due.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,7 +50,23 @@ from tests.fakes.neonize import (
     text_message,
 )
 
-FIRST, NEXT, CODES = 0.3, 0.05, 3
+
+@dataclass(frozen=True)
+class Timings:
+    """How long the first QR code is shown, each next one, and how many codes in all."""
+
+    first: float
+    next: float
+    codes: int
+
+
+# The rotation and the end of the codes, on the clock.
+SHORT = Timings(first=0.3, next=0.05, codes=3)
+# Codes that keep rotating for minutes: a stop or a scan lands while they rotate however late
+# it comes, and the next code is due within 0.3 s of the last one shown.
+ROTATING = Timings(first=0.3, next=0.3, codes=1000)
+# A code lasts a minute: a test's steps are done long before a second code would come.
+STILL = Timings(first=60.0, next=60.0, codes=3)
 KNOWN_JID = "15551234567:12@s.whatsapp.net"
 UNKNOWN_JID = "15559999999:3@s.whatsapp.net"
 DIAL_ERROR = "failed to dial whatsapp web websocket: connect: network is unreachable"
@@ -129,8 +150,9 @@ class ScriptedPhone(Phone):
     """Plays whatsmeow's part for the neonize adapter: events go to the session's scripted
     client, which feeds them through neonize on its own thread."""
 
-    def __init__(self, gateway: NeonizeGateway) -> None:
+    def __init__(self, gateway: NeonizeGateway, timings: Timings) -> None:
         self.gateway = gateway
+        self.timings = timings
         self.reachable = True
 
     def client(self, session_id: UUID) -> ScriptedClient:
@@ -193,7 +215,10 @@ class ScriptedPhone(Phone):
 
     def make_client(self, store_dsn: str, **kwargs: Any) -> ScriptedClient:
         fail = None if self.reachable else NZ.neonize_error(DIAL_ERROR)
-        return ScriptedClient(store_dsn, codes=CODES, first=FIRST, next_=NEXT, fail=fail, **kwargs)
+        t = self.timings
+        return ScriptedClient(
+            store_dsn, codes=t.codes, first=t.first, next_=t.next, fail=fail, **kwargs
+        )
 
 
 @dataclass
@@ -201,6 +226,7 @@ class Rig:
     gateway: WhatsAppGateway
     phone: Phone
     events: Recorder
+    timings: Timings
 
     def wait(self, session_id: UUID, count: int) -> list[Call]:
         """The session's calls once there are `count` of them."""
@@ -223,7 +249,7 @@ class Rig:
         return self.events.of(session_id)
 
     def connected(self) -> tuple[UUID, str]:
-        """A session paired by a scan; its device JID."""
+        """A session paired by a scan; its device JID (calls: the code shown, connected)."""
         sid = uuid4()
         self.gateway.start(sid, None)
         self.wait_name(sid, "qr_issued")
@@ -232,14 +258,18 @@ class Rig:
         return sid, call.args[0]
 
 
-@pytest.fixture(params=["simulator", "neonize"])
-def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+@contextmanager
+def built(kind: str, tmp_path: Path, timings: Timings) -> Iterator[Rig]:
+    """A rig of the `kind` gateway whose QR codes follow `timings`."""
     events = Recorder()
     gateway: WhatsAppGateway
     phone: Phone
-    if request.param == "simulator":
+    if kind == "simulator":
         simulator = SimulatorGateway(
-            first_timeout=FIRST, next_timeout=NEXT, max_codes=CODES, devices={KNOWN_JID}
+            first_timeout=timings.first,
+            next_timeout=timings.next,
+            max_codes=timings.codes,
+            devices={KNOWN_JID},
         )
         gateway, phone = simulator, SimulatedPhone(simulator)
     else:
@@ -254,16 +284,45 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         neonize = NeonizeGateway(
             str(store),
             client_factory=factory,
-            first_timeout=FIRST,
-            next_timeout=NEXT,
-            max_codes=CODES,
+            first_timeout=timings.first,
+            next_timeout=timings.next,
+            max_codes=timings.codes,
             link_check=LinkCheck(ttl=0.0, environ={}, connect=dial),
         )
-        scripted = ScriptedPhone(neonize)
+        scripted = ScriptedPhone(neonize, timings)
         gateway, phone = neonize, scripted
     gateway.bind(events)
-    yield Rig(gateway, phone, events)
-    gateway.close()
+    try:
+        yield Rig(gateway, phone, events, timings)
+    finally:
+        gateway.close()
+
+
+@pytest.fixture(params=["simulator", "neonize"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """The gateway the contract runs against."""
+    return str(request.param)
+
+
+@pytest.fixture
+def rig(kind: str, tmp_path: Path) -> Iterator[Rig]:
+    """Codes that last a minute: no step races a code's end."""
+    with built(kind, tmp_path, STILL) as made:
+        yield made
+
+
+@pytest.fixture
+def rotating(kind: str, tmp_path: Path) -> Iterator[Rig]:
+    """Codes that keep rotating every 0.3 s: for "nothing more after a stop or a scan"."""
+    with built(kind, tmp_path, ROTATING) as made:
+        yield made
+
+
+@pytest.fixture
+def short(kind: str, tmp_path: Path) -> Iterator[Rig]:
+    """3 codes in 0.4 s: for the rotation and the end of the codes."""
+    with built(kind, tmp_path, SHORT) as made:
+        yield made
 
 
 def jid_shaped(jid: str) -> bool:
@@ -274,37 +333,40 @@ def jid_shaped(jid: str) -> bool:
 # -- pairing ------------------------------------------------------------------------------------
 
 
-def test_qr_codes_rotate_then_run_out(rig: Rig) -> None:
+def test_qr_codes_rotate_then_run_out(short: Rig) -> None:
+    rig, top = short, SHORT.codes
     sid = uuid4()
     before = datetime.now(UTC)
     rig.gateway.start(sid, None)
     assert sid in rig.gateway.running()
     calls = rig.wait_name(sid, "qr_exhausted")
-    assert names(calls) == ["qr_issued"] * CODES + ["qr_exhausted"]
-    codes = [call.args for call in calls[:CODES]]
-    assert [(attempt, top) for _, _, attempt, top in codes] == [(n, CODES) for n in (1, 2, 3)]
-    assert len({code for code, *_ in codes}) == CODES
+    assert names(calls) == ["qr_issued"] * top + ["qr_exhausted"]
+    codes = [call.args for call in calls[:top]]
+    assert [(attempt, of) for _, _, attempt, of in codes] == [(n, top) for n in (1, 2, 3)]
+    assert len({code for code, *_ in codes}) == top
     assert all(code for code, *_ in codes)
     expiries = [expires_at for _, expires_at, *_ in codes]
-    assert expiries == sorted(expiries) and len(set(expiries)) == CODES
-    assert before + timedelta(seconds=FIRST) <= expiries[0] < before + timedelta(seconds=5)
+    assert expiries == sorted(expiries) and len(set(expiries)) == top
+    assert before + timedelta(seconds=SHORT.first) <= expiries[0] < before + timedelta(seconds=5)
     assert sid not in rig.gateway.running()
-    assert rig.quiet(sid, 2 * NEXT) == calls  # no code after the last one
+    assert rig.quiet(sid, 2 * SHORT.next) == calls  # no code after the last one
 
 
-def test_a_scan_connects_the_new_device(rig: Rig) -> None:
+def test_a_scan_connects_the_new_device(rotating: Rig) -> None:
+    rig = rotating
     sid = uuid4()
     rig.gateway.start(sid, None)
     rig.wait_name(sid, "qr_issued")
     rig.phone.scan(sid)
     calls = rig.wait_name(sid, "connected")
-    assert names(calls) == ["qr_issued", "connected"]
+    shown = names(calls)[:-1]  # the codes shown until the scan: one unless it came late
+    assert shown and set(shown) == {"qr_issued"} and names(calls)[-1] == "connected", calls
     jid, push_name = calls[-1].args
     assert jid_shaped(jid)
     assert push_name
     assert sid in rig.gateway.running()
-    # no more codes once scanned (the second one was due FIRST after the first)
-    assert names(rig.quiet(sid, FIRST + NEXT)) == ["qr_issued", "connected"]
+    # no more codes once scanned (the next one was due within ROTATING.next)
+    assert rig.quiet(sid, 2 * ROTATING.next) == calls
     sent = rig.gateway.send_text(sid, "15557654321", "hello")
     assert sent.message_id
     # WhatsApp's own time of the message (the scripted client's was fixed at import).
@@ -461,13 +523,16 @@ def test_a_device_paired_by_scan_resumes_after_a_stop(rig: Rig) -> None:
     assert (calls[2].name, calls[2].args[0]) == ("connected", jid)
 
 
-def test_after_stop_nothing_more_is_reported(rig: Rig) -> None:
+def test_after_stop_nothing_more_is_reported(rotating: Rig) -> None:
+    rig = rotating
     sid = uuid4()
     rig.gateway.start(sid, None)
     rig.wait_name(sid, "qr_issued")
     rig.gateway.stop(sid)
     assert sid not in rig.gateway.running()
-    assert names(rig.quiet(sid, FIRST + NEXT)) == ["qr_issued"]  # the second code was due
+    shown = rig.quiet(sid, 0.0)  # the codes shown until the stop: one unless it came late
+    assert set(names(shown)) == {"qr_issued"}, shown
+    assert rig.quiet(sid, 2 * ROTATING.next) == shown  # the next code was due meanwhile
     rig.gateway.stop(sid)  # a no-op
 
 
@@ -482,7 +547,8 @@ def test_logout_unlinks_the_device_for_good_and_reports_nothing(rig: Rig) -> Non
     assert (calls[0].name, calls[0].args[0]) == ("disconnected", "device_unlinked")
 
 
-def test_stop_all_stops_every_client(rig: Rig) -> None:
+def test_stop_all_stops_every_client(rotating: Rig) -> None:
+    rig = rotating
     pairing = uuid4()
     rig.gateway.start(pairing, None)
     resumed = uuid4()
@@ -491,7 +557,9 @@ def test_stop_all_stops_every_client(rig: Rig) -> None:
     rig.wait_name(pairing, "qr_issued")
     rig.gateway.stop_all()
     assert rig.gateway.running() == set()
-    assert names(rig.quiet(pairing, FIRST)) == ["qr_issued"]
+    shown = rig.quiet(pairing, 0.0)  # the codes shown until the stop: one unless it came late
+    assert set(names(shown)) == {"qr_issued"}, shown
+    assert rig.quiet(pairing, 2 * ROTATING.next) == shown  # the next code was due meanwhile
 
 
 # -- WhatsApp unreachable -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import ADMIN, create_session, free_port, key_of
+from tests.e2e.steps import holder
 from tests.receiver import Receiver
 from tests.waiting import eventually
 
@@ -122,8 +123,22 @@ def neonize_env(sessiond_env: dict[str, str], default: Proxy) -> dict[str, str]:
 until = partial(eventually, timeout=60.0)
 
 
+def steady(count: Callable[[], int], what: str, quiet_for: float = 2.0) -> int:
+    """`count()` once it has not changed for `quiet_for` seconds (waited for up to a minute)."""
+    seen = [count(), time.monotonic()]
+
+    def unchanged() -> bool:
+        now = count()
+        if now != seen[0]:
+            seen[:] = [now, time.monotonic()]
+        return time.monotonic() - seen[1] >= quiet_for
+
+    until(unchanged, what)
+    return int(seen[0])
+
+
 def test_each_session_dials_whatsapp_through_its_own_proxy_and_only_that(
-    start: Any, sessiond_env: dict[str, str], proxies: Callable[..., Proxy]
+    start: Any, sessiond_env: dict[str, str], proxies: Callable[..., Proxy], database_url: str
 ) -> None:
     default = proxies("http")
     socks = proxies("socks5", "ann", SECRET_A)
@@ -146,10 +161,17 @@ def test_each_session_dials_whatsapp_through_its_own_proxy_and_only_that(
 
         # Check the sessions with a proxy never touch the environment's: once the one
         # without is stopped, that proxy hears nothing more while the others go on retrying.
+        # The stop's answer does not wait for the worker: counted from once the worker has
+        # stopped its client (it gives the session's lease up then) and a dial under way
+        # meanwhile has arrived (nothing came for 2 s).
+        assert holder(database_url, three["sessionId"]) is not None
         stopped = client.post(f"/sessions/{three['sessionId']}/stop", headers=key_of(three))
         assert stopped.status_code == 200
-        time.sleep(1.5)  # a start of the third session under way when it was stopped
-        quiet = default.dials()
+        until(
+            lambda: holder(database_url, three["sessionId"]) is None,
+            "the worker stopped the session without a proxy",
+        )
+        quiet = steady(default.dials, "the environment's proxy hears nothing more")
         socks_before, http_before = socks.dials(), http.dials()
         until(lambda: socks.dials() >= socks_before + 2, "the SOCKS5 session keeps retrying")
         until(lambda: http.dials() >= http_before + 2, "the HTTP session keeps retrying")

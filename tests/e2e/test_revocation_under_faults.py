@@ -104,6 +104,21 @@ def assert_refused(cluster: Cluster, session_id: str, key: dict[str, str]) -> No
     assert set(statuses) <= {401, 503}, statuses
 
 
+def refused_then_all_401(cluster: Cluster, session_id: str, key: dict[str, str]) -> None:
+    """Every try of `key` is refused (none succeeds), until a round of `REQUESTS` tries is
+    answered 401 every time. A process whose copy of the keys went stale meanwhile (its
+    refresh held up past its 1 s window on a loaded machine) answers 503 instead, failing
+    closed, as designed: refused too, and waited out rather than counted as a failure."""
+
+    def all_401() -> Counter[int] | None:
+        statuses = answers(cluster, session_id, key)
+        assert sum(n for status, n in statuses.items() if status < 300) == 0, statuses
+        assert set(statuses) <= {401, 503}, statuses
+        return statuses if statuses == Counter({401: REQUESTS}) else None
+
+    eventually(all_401, f"{REQUESTS} tries in a row answered 401")
+
+
 def view_says_active(database_url: str, key_id: str) -> bool:
     """Whether the key view (the projection's table) still has the key active."""
     with psycopg.connect(database_url) as conn:
@@ -154,8 +169,7 @@ def test_with_the_projector_stopped_or_frozen_a_revoked_key_is_refused_on_every_
     )
     assert cluster.b.delete(revoke + stopped_key_id, headers=ADMIN).status_code == 204
     for key in (stopped_key, frozen_key):
-        statuses = answers(cluster, session_id, key)
-        assert statuses == Counter({401: REQUESTS}), statuses
+        refused_then_all_401(cluster, session_id, key)
     projector.stop()
 
 
@@ -188,8 +202,7 @@ def test_with_the_projector_stopped_a_deleted_sessions_keys_are_refused_on_every
     )
     assert cluster.a.get(f"/sessions/{session_id}", headers=ADMIN).status_code == 404
     for key in keys:
-        statuses = answers(cluster, session_id, key)
-        assert statuses == Counter({401: REQUESTS}), statuses
+        refused_then_all_401(cluster, session_id, key)
     cluster.projector.stop()
 
 
@@ -323,8 +336,7 @@ def test_a_process_whose_refresh_is_held_past_its_window_refuses_keys_then_recov
     # Check both processes recover by themselves, and the key revoked meanwhile stays refused.
     for client in cluster.clients:
         eventually(answered(client, status, good, 200), "the process recovers")
-    statuses = answers(cluster, session_id, doomed)
-    assert statuses == Counter({401: REQUESTS}), statuses
+    refused_then_all_401(cluster, session_id, doomed)
     eventually(
         lambda: (
             cluster.b.delete(f"/sessions/{session_id}/keys/{doomed_id}", headers=ADMIN).status_code

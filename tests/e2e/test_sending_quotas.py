@@ -131,6 +131,10 @@ def test_the_pace_keeps_its_jitter_inside_its_bounds_and_the_order(
         times = [datetime.fromisoformat(m["sentAt"]) for m in found]
         assert times == sorted(times), "sent in the order queued"
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+        # No gap is shorter than the interval; the jitter adds at most `jitter`, and a gap
+        # measured may be longer only by the timers' and the recording's slack, which a loaded
+        # machine stretches: the bound below is exact, the one above generous (the jitters
+        # drawn are checked exactly in tests/unit/test_sender_pace.py).
         assert min(gaps) >= interval, gaps
-        assert max(gaps) <= interval + jitter + 0.3, gaps  # the bound, plus a loaded machine
+        assert max(gaps) <= interval + jitter + 2.0, gaps
         assert max(gaps) - min(gaps) > 0.02, f"the jitter varies the gaps: {gaps}"

@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from application.sessions import SessionsApplication
 from infra.settings import eventsourcing_env
 from tests.e2e.conftest import ADMIN, create_session
-from tests.e2e.test_proxy_offline import neonize_env, proxies, until
+from tests.e2e.test_proxy_offline import neonize_env, proxies, steady, until
 from tests.e2e.test_session_move import (
     PASSPHRASE,
     Deployments,
@@ -127,9 +127,15 @@ def test_a_neonize_device_moves_with_its_keys_and_the_destination_dials_without_
             str(passphrase),
         )
         assert exported.returncode == 0, exported.stderr
-        assert a.get(f"/sessions/{sid}", headers=ADMIN).json()["reason"] == "exported"
-        # Check the source's client is stopped: it dials no more.
-        stopped_at = proxy_a.dials()
+        # The CLI recorded the export itself: the source's status view shows it later.
+        until(
+            lambda: a.get(f"/sessions/{sid}", headers=ADMIN).json()["reason"] == "exported",
+            "the source shows the session exported",
+        )
+        # Check the source's client is stopped: it dials no more. The export returned once the
+        # worker had stopped it; counted from once a dial under way then has reached the proxy
+        # (nothing for 2 s), then for 3 s more (a running client retries within 1 s).
+        stopped_at = steady(proxy_a.dials, "the source's proxy hears nothing more")
         time.sleep(3)
         assert proxy_a.dials() == stopped_at
         source_rows = device_rows(deployments.source_url)
