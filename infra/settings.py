@@ -86,6 +86,10 @@ class Settings:
     expensive_reads_per_session: int = 1
     #: How much lower the reader processes' CPU priority is than their API process's (nice).
     reader_niceness: int = 10
+    #: How much lower the CPU priority (nice) of `sessiond worker` and `sessiond projector`
+    #: processes is than the API's: on a node whose cores are all busy (a reconnect storm),
+    #: the API's reads are served first and the background work takes the rest.
+    background_niceness: int = 0
     #: Seconds an expensive read beyond its session's cap is held before its 429 is answered.
     expensive_refusal_pause: float = 0.25
     log_format: str = "text"
@@ -184,6 +188,7 @@ class Settings:
                 "EXPENSIVE_READS_PER_SESSION", max(1, readers // 2), 1, 64
             ),
             reader_niceness=reader.integer("READER_NICENESS", 10, 0, 19),
+            background_niceness=reader.integer("BACKGROUND_NICENESS", 0, 0, 19),
             expensive_refusal_pause=reader.number("EXPENSIVE_REFUSAL_PAUSE", 0.25, 0.0, 1.0),
             replay_max_events=reader.integer("REPLAY_MAX_EVENTS", 1000, 1, 100_000),
             webhook_max_share=reader.number("WEBHOOK_MAX_SHARE", 0.25, 0.01, 1.0),

@@ -144,6 +144,8 @@ class ChildWorker:
 def _run_background_roles(settings: Settings, url: str, roles: frozenset[str]) -> None:
     from infra.bootstrap import Container  # noqa: PLC0415
 
+    if settings.background_niceness:
+        os.nice(settings.background_niceness)
     container = Container(settings, url, roles)
     container.start()
     stop = threading.Event()

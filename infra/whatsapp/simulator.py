@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, MutableSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -62,6 +62,9 @@ class _Client:
     attempt: int = 0
     silent: bool = False  # nothing reaches the link (until its next connection)
     answers_checks: bool = True  # while silent: whether the active check is answered
+    #: Held while a QR code is reported, and by what ends the codes (stop, a scan): once
+    #: those return, no code of theirs is reported any more. Taken before the gateway's lock.
+    reporting: threading.RLock = field(default_factory=threading.RLock)
 
 
 class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
@@ -132,9 +135,11 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
     def stop(self, session_id: UUID) -> None:
         with self._lock:
             client = self._clients.get(session_id)
-            if client is not None:
-                client.generation += 1
-                client.phase = "stopped"
+        if client is None:
+            return
+        with client.reporting, self._lock:  # a code being reported is reported first
+            client.generation += 1
+            client.phase = "stopped"
 
     def logout(self, session_id: UUID, device_jid: str | None) -> None:
         with self._lock:
@@ -195,7 +200,9 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
 
     def stop_all(self) -> None:
         with self._lock:
-            for client in self._clients.values():
+            clients = list(self._clients.values())
+        for client in clients:
+            with client.reporting, self._lock:
                 client.generation += 1
                 client.phase = "stopped"
 
@@ -210,6 +217,9 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
             time.sleep(self.phone_delay)  # not under the lock: other sessions go on
         with self._lock:
             client = self._client_in(session_id, "pairing", "no QR code is being shown")
+        with client.reporting, self._lock:
+            if self._clients.get(session_id) is not client or client.phase != "pairing":
+                raise SimulatorError("no QR code is being shown")
             client.generation += 1
             client.phase = "connected"
             jid = f"{secrets.randbelow(10**11):011d}:{secrets.randbelow(90) + 10}@s.whatsapp.net"
@@ -363,22 +373,27 @@ class SimulatorGateway(WhatsAppGateway, PhoneSimulator):
     def _next_qr(self, session_id: UUID, generation: int) -> None:
         with self._lock:
             client = self._current(session_id, generation)
-            if client is None or client.phase != "pairing":
-                return
-            if client.attempt >= self.max_codes:
-                client.phase = "expired"
-                exhausted = True
-            else:
-                exhausted = False
-                client.attempt += 1
-                attempt = client.attempt
-        if exhausted:
-            self.events.qr_exhausted(session_id)
+        if client is None:
             return
-        lifetime = self.first_timeout if attempt == 1 else self.next_timeout
-        code = f"2@{secrets.token_urlsafe(48)},{secrets.token_urlsafe(32)},{attempt}"
-        expires_at = datetime.now(UTC) + timedelta(seconds=lifetime)
-        self.events.qr_issued(session_id, code, expires_at, attempt, self.max_codes)
+        with client.reporting:  # what stops the codes waits for this report
+            with self._lock:
+                if self._current(session_id, generation) is not client:
+                    return
+                if client.phase != "pairing":
+                    return
+                exhausted = client.attempt >= self.max_codes
+                if exhausted:
+                    client.phase = "expired"
+                else:
+                    client.attempt += 1
+                attempt = client.attempt
+            if exhausted:
+                self.events.qr_exhausted(session_id)
+                return
+            lifetime = self.first_timeout if attempt == 1 else self.next_timeout
+            code = f"2@{secrets.token_urlsafe(48)},{secrets.token_urlsafe(32)},{attempt}"
+            expires_at = datetime.now(UTC) + timedelta(seconds=lifetime)
+            self.events.qr_issued(session_id, code, expires_at, attempt, self.max_codes)
         self._timers.call_later(lifetime, lambda: self._next_qr(session_id, generation))
 
 

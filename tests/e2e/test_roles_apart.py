@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import ADMIN, create_session, key_of
+from tests.waiting import eventually
 
 
 def test_api_projector_and_worker_processes_work_together(
@@ -37,3 +40,57 @@ def test_api_projector_and_worker_processes_work_together(
         stopped = client.post(path + "/stop", headers=key_of(created))
         assert stopped.json()["reason"] == "stopped"
         assert client.get(path + "/status", headers=key_of(created)).json()["health"] == "stopped"
+
+
+def _niceness(pid: int) -> int:
+    """The CPU priority (nice) of process `pid`, from /proc (field 19 of its stat line)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the API's HTTP server runs its workers as children)."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            pending += [int(child) for child in children.read_text().split()]
+    return tree
+
+
+def test_background_roles_run_at_a_lower_cpu_priority_than_the_api(
+    start: Any, sessiond_env: dict[str, str]
+) -> None:
+    """SESSIOND_BACKGROUND_NICENESS lowers the CPU priority of the worker and projector
+    processes (those of `serve` included: its child worker), never the API's: on a node
+    whose cores are all busy, the API's reads are served first."""
+    env = {**sessiond_env, "SESSIOND_BACKGROUND_NICENESS": "7"}
+    own = os.nice(0)
+    api = start("api", env)
+    projector = start("projector", env)
+    worker = start("worker", env)
+    # The API's processes keep their priority (its expensive-read processes have their own,
+    # SESSIOND_READER_NICENESS, 10 by default).
+    assert _niceness(api.process.pid) == own
+    assert {_niceness(pid) for pid in _process_tree(api.process.pid)} <= {own, own + 10}
+    assert _niceness(projector.process.pid) == own + 7
+    assert _niceness(worker.process.pid) == own + 7
+    # The roles still work together at that priority.
+    with api.client() as client:
+        created = create_session(client, "Niced")
+        path = f"/sessions/{created['sessionId']}/qr"
+        eventually(
+            lambda: client.get(path, headers=key_of(created)).status_code == 200,
+            "a QR code from the niced worker, through the niced projector",
+            timeout=60,
+        )
+    served = start("serve", {**env, "SESSIOND_DATA_DIR": env["SESSIOND_DATA_DIR"] + "-serve"})
+    children = [pid for pid in _process_tree(served.process.pid) if pid != served.process.pid]
+    workers = [
+        pid for pid in children if "infra.cli\x00worker" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    assert len(workers) == 1
+    assert _niceness(served.process.pid) == own
+    assert _niceness(workers[0]) == own + 7
