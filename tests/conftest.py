@@ -51,17 +51,21 @@ def database_url(pg_base_url: str) -> Iterator[str]:
     """A new database for one test, its schema migrated as sessiond's start-up does; dropped
     afterwards."""
     url = empty_database(pg_base_url)
-    migrate(url)
-    yield url
-    drop_database(pg_base_url, url)
+    try:
+        migrate(url)
+        yield url
+    finally:  # also when the migration fails: no database is left behind
+        drop_database(pg_base_url, url)
 
 
 @pytest.fixture
 def empty_database_url(pg_base_url: str) -> Iterator[str]:
     """A new database with no table at all, dropped afterwards."""
     url = empty_database(pg_base_url)
-    yield url
-    drop_database(pg_base_url, url)
+    try:
+        yield url
+    finally:
+        drop_database(pg_base_url, url)
 
 
 def empty_database(pg_base_url: str) -> str:
