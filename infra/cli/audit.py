@@ -178,7 +178,7 @@ def verify_audit_chain(settings: Settings, url: str) -> int:
         store = container.audit_store
         head = store.witness()
         with tqdm(total=head.events, unit="event", file=sys.stderr, delay=0.5) as progress:
-            result = verify_chain(store, key.public, progress=progress.update)
+            result = verify_chain(store, key.public, progress=progress.update, head=head)
         if isinstance(result, Break):
             print(f"broken at position {result.position}: {result.problem}")
             return 1

@@ -25,6 +25,7 @@ from application.audit import (
     ChainedEvent,
     ChainWalk,
     Checkpoint,
+    Head,
     Verified,
     checkpoint_due,
     checkpoint_message,
@@ -141,9 +142,11 @@ def load_audit_key(store: AuditStore, configured: str | None) -> AuditKey:
     )
 
 
-def sign_head(store: AuditStore, key: AuditKey) -> Checkpoint | None:
-    """Sign the chain's end (witnessed now) and record it; None if it is signed already."""
-    head = store.witness()
+def sign_head(store: AuditStore, key: AuditKey, head: Head | None = None) -> Checkpoint | None:
+    """Sign the chain's end `head` (witnessed now if not given) and record it; None if it is
+    signed already."""
+    if head is None:
+        head = store.witness()
     if head.events == 0:
         return None
     signed_at = store.now()
@@ -200,7 +203,7 @@ class Checkpointer:
             interval=self.interval,
         ):
             return None
-        checkpoint = sign_head(self.store, self.key)
+        checkpoint = sign_head(self.store, self.key, head)
         if checkpoint is not None:
             log.info(
                 "audit checkpoint: %d events up to position %d signed",
@@ -222,11 +225,13 @@ def verify_chain(
     public_key: bytes,
     *,
     progress: Callable[[int], None] = lambda _: None,
+    head: Head | None = None,
 ) -> Break | Verified:
-    """Walk the whole log from its first event up to its end witnessed first (events
-    recorded meanwhile are left for the next check); `progress` is told how many events each
-    page held."""
-    head = store.witness()
+    """Walk the whole log from its first event up to its end `head` (witnessed first if not
+    given; events recorded meanwhile are left for the next check); `progress` is told how
+    many events each page held."""
+    if head is None:
+        head = store.witness()
     end = head.position
     chain = ChainWalk(public_key, check_signature)
 
@@ -246,7 +251,7 @@ def verify_tail(store: AuditStore, public_key: bytes) -> Break | Verified:
     end = head.position
     last = store.last_checkpoint(end)
     if last is None:
-        return verify_chain(store, public_key)
+        return verify_chain(store, public_key, head=head)
     chain = ChainWalk(
         public_key, check_signature, previous=last.hash, position=last.position, events=last.events
     )

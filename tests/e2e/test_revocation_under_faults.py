@@ -98,10 +98,11 @@ def answers(cluster: Cluster, session_id: str, key: dict[str, str]) -> Counter[i
     return statuses
 
 
-def assert_refused(cluster: Cluster, session_id: str, key: dict[str, str]) -> None:
+def assert_refused(cluster: Cluster, session_id: str, key: dict[str, str]) -> Counter[int]:
     statuses = answers(cluster, session_id, key)
     assert sum(n for status, n in statuses.items() if status < 300) == 0, statuses
     assert set(statuses) <= {401, 503}, statuses
+    return statuses
 
 
 def refused_then_all_401(cluster: Cluster, session_id: str, key: dict[str, str]) -> None:
@@ -111,9 +112,7 @@ def refused_then_all_401(cluster: Cluster, session_id: str, key: dict[str, str])
     closed, as designed: refused too, and waited out rather than counted as a failure."""
 
     def all_401() -> Counter[int] | None:
-        statuses = answers(cluster, session_id, key)
-        assert sum(n for status, n in statuses.items() if status < 300) == 0, statuses
-        assert set(statuses) <= {401, 503}, statuses
+        statuses = assert_refused(cluster, session_id, key)
         return statuses if statuses == Counter({401: REQUESTS}) else None
 
     eventually(all_401, f"{REQUESTS} tries in a row answered 401")
