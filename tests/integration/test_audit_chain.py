@@ -548,28 +548,37 @@ def test_encrypted_events_are_chained_over_their_ciphertext(
         encrypted.close()
 
 
-@pytest.mark.parametrize("function", ["sessiond_insert_chained", "sessiond_insert_chained_one"])
+@pytest.mark.parametrize(
+    "function", ["sessiond_insert_chained", "sessiond_insert_chained_one", "ChainWriter"]
+)
 def test_chained_inserts_that_skip_the_table_lock_still_extend_one_chain(
     container: Container, database_url: str, function: str
 ) -> None:
     """Two inserts that skip the table lock cannot fork the chain: each insert function
-    takes the lock itself, so the second waits for the first's commit and extends the chain
-    from its event (either function: of many events, or of one)."""
+    takes the lock itself, and so does the recorder's writer unless told that its
+    transaction holds it, so the second waits for the first's commit and extends the chain
+    from its event (either function: of many events, or of one; the writer's one-statement
+    insert of one event)."""
     record_events(container.app, 1)
     before = positions(database_url)
-    call = f"SELECT * FROM {function}(%s, %s, %s, %s)"
 
-    def event(state: bytes) -> tuple[object, ...]:
-        if function == "sessiond_insert_chained":
-            return ([uuid.uuid4()], [1], ["t"], [state])
-        return (uuid.uuid4(), 1, "t", state)
+    def insert(conn: psycopg.Connection[Any], state: bytes) -> None:
+        if function == "ChainWriter":
+            event = StoredEvent(uuid.uuid4(), 1, "t", state)
+            ChainWriter().insert_events(conn.cursor(row_factory=dict_row), [event])
+        elif function == "sessiond_insert_chained":
+            conn.execute(
+                f"SELECT * FROM {function}(%s, %s, %s, %s)", ([uuid.uuid4()], [1], ["t"], [state])
+            )
+        else:
+            conn.execute(f"SELECT * FROM {function}(%s, %s, %s, %s)", (uuid.uuid4(), 1, "t", state))
 
     with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
-        first.execute(call, event(b"1"))
+        insert(first, b"1")
         second_done = threading.Event()
 
         def insert_second() -> None:
-            second.execute(call, event(b"2"))
+            insert(second, b"2")
             second.commit()
             second_done.set()
 
