@@ -30,40 +30,35 @@ _EVENTS_PAGE = (
 
 
 class ChainWriter:
-    """Chains the events of one insert, in its transaction, under the event table's lock.
+    """Chains the events of one insert, in its transaction (under the event table's lock).
 
-    A commit of one event (the usual one) is one plain statement, `INSERT_ONE`: it reads the
-    hash of the log's last event, reserves the event's position, hashes it and inserts it, in
-    one executor run. A commit of several goes through the database function
-    ``sessiond_insert_chained``. Either way the chain is extended by one transaction at a
-    time, whichever process writes, in the order of the positions, with no other row written.
-    The lock is the caller's: `insert_events` takes it first unless told that it is held
-    (sessiond's recorder takes it, with its time-out, before anything else).
+    One statement (the database function ``sessiond_insert_chained``, or
+    ``sessiond_insert_chained_one`` for a single event) takes the table's lock (already held
+    by the recorder), reads the hash of the log's last event, reserves the events'
+    positions, hashes them in order and inserts them: the chain is extended by one
+    transaction at a time, whichever process writes, in the order of the positions, at no
+    extra round trip and with no other row written. Each function inserts with one
+    statement (migrations/0006.audit-chain-one-statement.sql).
     """
 
-    lock = "LOCK TABLE sessiond_events IN EXCLUSIVE MODE"
     insert = (
         "SELECT n AS notification_id FROM sessiond_insert_chained("
         "%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) AS n"
     )
+    #: The usual commit, one event, as plain values (the same chain; no arrays to build).
+    insert_one = (
+        "SELECT sessiond_insert_chained_one(%s::uuid, %s::bigint, %s::text, %s::bytea) "
+        "AS notification_id"
+    )
 
-    def insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], *, locked: bool = False
-    ) -> None:
+    def insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
         """Insert `stored_events` chained on `curs` (whose last result is then the events'
-        notification ids, in order); `locked`: the transaction holds the table's lock."""
-        if not locked:
-            curs.execute(self.lock)
+        notification ids, in order)."""
         if len(stored_events) == 1:
             (event,) = stored_events
             curs.execute(
-                INSERT_ONE,
-                {
-                    "originator": event.originator_id,
-                    "version": event.originator_version,
-                    "topic": event.topic,
-                    "state": event.state,
-                },
+                self.insert_one,
+                (event.originator_id, event.originator_version, event.topic, event.state),
             )
             return
         curs.execute(
@@ -75,43 +70,6 @@ class ChainWriter:
                 [e.state for e in stored_events],
             ),
         )
-
-
-#: One event chained and inserted in one statement: the same chain and encoding as the
-#: database's functions (migrations/0003.audit-chain.sql gives the encoding, 0005 the
-#: functions), without PL/pgSQL's statement-by-statement work inside the table's lock. When
-#: the last event has no hash (recorded with the chain's trigger disabled) the chain goes on
-#: from the last one that has (``sessiond_last_chained_hash``); an empty log starts from the
-#: genesis, 32 zero bytes.
-INSERT_ONE = """
-WITH event AS (
-    SELECT %(originator)s::uuid AS originator, %(version)s::bigint AS version,
-        %(topic)s::text AS topic, %(state)s::bytea AS state,
-        convert_to(coalesce(%(topic)s::text, ''), 'UTF8') AS topic_utf8,
-        coalesce(%(state)s::bytea, ''::bytea) AS state_bytes,
-        nextval('sessiond_events_notification_id_seq'::regclass) AS position,
-        clock_timestamp() AS recorded
-), last AS (
-    SELECT e.notification_id, e.chain_hash FROM sessiond_events AS e
-    ORDER BY e.notification_id DESC LIMIT 1
-)
-INSERT INTO sessiond_events (
-    notification_id, originator_id, originator_version, topic, state, recorded_at, chain_hash
-)
-SELECT v.position, v.originator, v.version, v.topic, v.state, v.recorded, sha256(
-    coalesce(
-        (SELECT coalesce(l.chain_hash, sessiond_last_chained_hash(l.notification_id))
-         FROM last AS l),
-        decode(repeat('00', 32), 'hex')
-    )
-    || int8send(v.position) || uuid_send(v.originator) || int8send(v.version)
-    || int8send((extract(epoch FROM v.recorded) * 1000000)::bigint)
-    || int4send(octet_length(v.topic_utf8)) || v.topic_utf8
-    || int8send(octet_length(v.state_bytes)) || v.state_bytes
-)
-FROM event AS v
-RETURNING notification_id
-"""
 
 
 def chained_event(row: dict[str, Any]) -> ChainedEvent:

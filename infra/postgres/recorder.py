@@ -56,7 +56,7 @@ class PollingApplicationRecorder(PostgresApplicationRecorder, RevocationLog):
         parameters = RevocationTable.parameters(stored_events, kwargs.get(REVOCATIONS, ()))
         self._lock_table(curs)
         self._notify_channel(curs)
-        self.chain.insert_events(curs, stored_events, locked=True)
+        self.chain.insert_events(curs, stored_events)
         if parameters is not None:
             with curs.connection.cursor() as revocations:
                 revocations.execute(self.revocations.insert, parameters)

@@ -555,10 +555,9 @@ def test_chained_inserts_that_skip_the_table_lock_still_extend_one_chain(
     container: Container, database_url: str, function: str
 ) -> None:
     """Two inserts that skip the table lock cannot fork the chain: each insert function
-    takes the lock itself, and so does the recorder's writer unless told that its
-    transaction holds it, so the second waits for the first's commit and extends the chain
-    from its event (either function: of many events, or of one; the writer's one-statement
-    insert of one event)."""
+    takes the lock itself, so the second waits for the first's commit and extends the chain
+    from its event (either function: of many events, or of one; and the recorder's writer,
+    which calls them)."""
     record_events(container.app, 1)
     before = positions(database_url)
 
