@@ -145,9 +145,7 @@ def _run_background_roles(settings: Settings, url: str, roles: frozenset[str]) -
     from infra.bootstrap import Container  # noqa: PLC0415
 
     if settings.background_niceness:
-        from infra.postgres.priority import follow_niceness  # noqa: PLC0415
-
-        follow_niceness(os.nice(settings.background_niceness))
+        os.nice(settings.background_niceness)
     container = Container(settings, url, roles)
     container.start()
     stop = threading.Event()

@@ -25,8 +25,6 @@ from eventsourcing.utils import Environment, EnvType
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
-from infra.postgres.priority import BACKENDS
-
 CONNECT_TIMEOUT = 5
 #: Seconds a pool keeps retrying one lost connection before it lets the slot go (a later
 #: request grows the pool again, with a fresh attempt): the longest pause between retries.
@@ -73,11 +71,8 @@ def with_liveness(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def connect(database_url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A direct connection (a listener, a lock, an identity) with the `LIVENESS` options, its
-    backend at the process's priority (`infra.postgres.priority`)."""
-    conn = psycopg.connect(**{**with_liveness(conninfo_to_dict(database_url)), **kwargs})
-    BACKENDS.follow(conn)
-    return conn
+    """A direct connection (a listener, a lock, an identity) with the `LIVENESS` options."""
+    return psycopg.connect(**{**with_liveness(conninfo_to_dict(database_url)), **kwargs})
 
 
 @contextmanager
@@ -120,8 +115,7 @@ class PostgresFactory(postgres.PostgresFactory):
     """eventsourcing's PostgreSQL persistence, with pools that connect as `connect` does and
     retry a lost connection at most `RECONNECT_WINDOW` apart; their connections are named
     ``POSTGRES_APPLICATION_NAME`` and prepare no statement when ``POSTGRES_PREPARED_STATEMENTS``
-    is ``n`` (`infra.settings.eventsourcing_env` says why); their backends follow the process's
-    priority (`infra.postgres.priority`)."""
+    is ``n`` (`infra.settings.eventsourcing_env` says why)."""
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
@@ -135,14 +129,6 @@ class PostgresFactory(postgres.PostgresFactory):
         if self.env.get("POSTGRES_PREPARED_STATEMENTS", "y").lower() == "n":
             pool.kwargs["prepare_threshold"] = None  # even eventsourcing's prepare=True
         pool.reconnect_timeout = RECONNECT_WINDOW
-        configure = pool._configure
-
-        def configured(conn: psycopg.Connection[Any]) -> None:
-            if configure is not None:
-                configure(conn)
-            BACKENDS.follow(conn)
-
-        pool._configure = configured
         max_idle = self.env.get("POSTGRES_MAX_IDLE")
         if max_idle:  # a connection above the pool's minimum closes once unused this long
             pool.max_idle = float(max_idle)
