@@ -7,6 +7,9 @@
 --   every commit cost more than the statements it replaces).
 -- - A commit of several (sessiond_insert_chained, a group commit's batch): the hashes are
 --   computed in order as before, then one INSERT from the arrays instead of one per event.
+-- Both write the encoding out, as 0004 and 0005 did, rather than call sessiond_event_hash
+-- (0003): the planner does not inline that function (its body is not immutable throughout),
+-- so each event would pay an SQL function call inside the table's lock.
 -- depends: 0005.audit-chain-witness
 
 CREATE OR REPLACE FUNCTION sessiond_insert_chained_one(
