@@ -172,6 +172,34 @@ class Row:
     jid: str | None
 
 
+class ViewWatch:
+    """The status view's rows changed after a position, and how many of them show the session
+    connected, read incrementally: each poll reads only the rows changed since the last one
+    (through the position index, the status column only). Polling whole-view counts instead
+    cost the database about 80 ms of CPU per poll at 10,000 sessions, a quarter of this
+    2-core machine during a storm: taken from what is measured."""
+
+    def __init__(self, conn: psycopg.Connection[Any], position: int) -> None:
+        self._conn = conn
+        self._position = position
+        self._status: dict[str, str] = {}
+        self._connected = 0
+
+    def poll(self) -> tuple[int, int]:
+        """(rows changed after the first position, of those the connected ones). The view's
+        pages commit in order, so no row can appear later below a position already read."""
+        rows = self._conn.execute(
+            f"SELECT session_id, status, position FROM {STATUS_TABLE} WHERE position > %s",
+            (self._position,),
+        ).fetchall()
+        for session_id, status, position in rows:
+            before = self._status.get(session_id)
+            self._connected += (status == "connected") - (before == "connected")
+            self._status[session_id] = status
+            self._position = max(self._position, position)
+        return len(self._status), self._connected
+
+
 class Database:
     """This benchmark's own connection: the status view table, leases, requests."""
 
@@ -201,6 +229,10 @@ class Database:
         ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+    def watch(self, position: int) -> ViewWatch:
+        """What a storm polls: the rows changed after `position` (see `ViewWatch`)."""
+        return ViewWatch(self.conn, position)
 
     def scalar(self, query: str, params: Sequence[Any] = ()) -> int:
         row = self.conn.execute(query, params).fetchone()
@@ -325,6 +357,7 @@ def storm(
     before = connected_versions(db, session_ids)
     uuids = [session_uuid(s) for s in session_ids]
     start_position = app.recorder.max_notification_id() or 0
+    watch = db.watch(start_position)
     cpu = (
         worker.cpu_seconds(),
         projector.cpu_seconds(),
@@ -343,7 +376,7 @@ def storm(
         # A row whose position passed `start_position` shows the session's Disconnected (its
         # first event since); connected again after it, its Connected (after the other two).
         now = time.monotonic() - started
-        _, _, changed, back = db.counts(start_position)
+        changed, back = watch.poll()
         if answered is None and db.answered(ids) == len(ids):
             answered = now
         if drops_visible is None and changed == n:
@@ -437,6 +470,7 @@ def baseline(
     rows = db.status()
     jids = {s: rows[s].jid or "0@s.whatsapp.net" for s in session_ids}
     start_position = app.recorder.max_notification_id() or 0
+    watch = db.watch(start_position)
     lock = threading.Lock()
     errors = [0]
 
@@ -461,7 +495,7 @@ def baseline(
     recorded = time.monotonic() - started
 
     def visible() -> tuple[bool, str]:
-        _, _, _, back = db.counts(start_position)
+        _, back = watch.poll()
         return back == len(session_ids), f"{back} of {len(session_ids)} back"
 
     wait_for("baseline visible", visible, (projector,), 120, POLL)

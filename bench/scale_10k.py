@@ -293,6 +293,7 @@ def storm(
 ) -> dict[str, Any]:
     before = connected_versions(db, session_ids)
     start_position = app.recorder.max_notification_id() or 0
+    watch = db.watch(start_position)
     n = len(session_ids)
     cpu = {role.name: tree_cpu(role) for role in roles}
     sampler.start()
@@ -300,7 +301,7 @@ def storm(
     ids = db.request([session_uuid(s) for s in session_ids], "drop")
 
     def back() -> tuple[bool, str]:
-        _, _, changed, connected = db.counts(start_position)
+        changed, connected = watch.poll()
         done = connected == n and db.answered(ids) == n
         return done, f"{changed} changed, {connected} connected again"
 
@@ -328,10 +329,11 @@ def restart_workers(
     for worker in workers:
         worker.stop()
     start_position = db.scalar("SELECT max(position) FROM session_status")
+    watch = db.watch(start_position)
     fresh = [Worker(f"worker-{i}-restarted", env, workdir) for i in (1, 2)]
 
     def restored() -> tuple[bool, str]:
-        _, _, changed, connected = db.counts(start_position)
+        changed, connected = watch.poll()
         return connected == n, f"{changed} changed, {connected} connected again, {held_by(db)}"
 
     seconds = wait_for("start-up", restored, fresh, 900, 0.25)

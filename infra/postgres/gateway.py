@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from domain.values import DeadlineKind
 from infra.postgres.connect import fetch_all, fetch_one, transaction
-from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView
+from infra.postgres.views import SYNC_COMMIT_OFF, BatchingView, SetWrite
 from projections.gateway import _UNSET, Deadline, GatewayChange, GatewayRow, GatewayView
 
 GATEWAY_CHANNEL = "sessiond_gateway"
@@ -32,29 +32,71 @@ NOTIFY_GATEWAY = SQL("NOTIFY {0}").format(Identifier(GATEWAY_CHANNEL))
 REQUESTS_CHANNEL = "sessiond_gateway_requests"
 WORKER_APP_PREFIX = "sessiond-worker:"
 
-_UPSERT_ROW = (
-    "INSERT INTO sessiond_gateway_sessions AS g "
-    "(session_id, desired, generation, jid, position, queued) "
-    "VALUES (%(id)s, coalesce(%(desired)s, 'running'), %(bump)s, %(jid)s, %(pos)s, "
-    "%(queued)s) "
-    "ON CONFLICT (session_id) DO UPDATE SET "
-    "desired = coalesce(%(desired)s, g.desired), "
-    "generation = g.generation + %(bump)s, "
-    "jid = CASE WHEN %(set_jid)s THEN %(jid)s ELSE g.jid END, "
-    "position = %(pos)s, queued = g.queued + %(queued)s"
+# The view's writes, each for a page's events at once (`SetWrite`); a session's in order.
+_ROWS = SQL(
+    "unnest(%b::uuid[], %b::text[], %b::int[], %b::bool[], %b::text[], %b::bigint[], "
+    "%b::int[]) AS u(session_id, desired, bump, set_jid, jid, position, queued)"
 )
-_CLEAR_DEADLINES = "DELETE FROM sessiond_deadlines WHERE session_id = %s AND kind = ANY(%s)"
-_SET_DEADLINE = (
-    "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) VALUES (%s, %s, %s, %s) "
+#: A session's row is made by its first event: one already there is updated, else inserted
+#: (only the gateway projection writes this table, under its lock: nothing comes between).
+UPSERT_ROWS = SetWrite(
+    (
+        SQL(
+            "UPDATE sessiond_gateway_sessions AS g SET "
+            "desired = coalesce(u.desired, g.desired), generation = g.generation + u.bump, "
+            "jid = CASE WHEN u.set_jid THEN u.jid ELSE g.jid END, "
+            "position = u.position, queued = g.queued + u.queued "
+            "FROM {rows} WHERE g.session_id = u.session_id"
+        ).format(rows=_ROWS),
+        SQL(
+            "INSERT INTO sessiond_gateway_sessions "
+            "(session_id, desired, generation, jid, position, queued) "
+            "SELECT u.session_id, coalesce(u.desired, 'running'), u.bump, u.jid, u.position, "
+            "u.queued FROM {rows} WHERE NOT EXISTS (SELECT FROM sessiond_gateway_sessions g "
+            "WHERE g.session_id = u.session_id)"
+        ).format(rows=_ROWS),
+    ),
+    rows=lambda row: (row,),
+    key=lambda row: row[0],
+)
+CLEAR_DEADLINES = SetWrite(
+    (
+        "DELETE FROM sessiond_deadlines d "
+        "USING unnest(%b::uuid[], %b::text[]) AS u(session_id, kind) "
+        "WHERE d.session_id = u.session_id AND d.kind = u.kind",
+    ),
+    rows=lambda clear: [(clear[0], kind) for kind in clear[1]],
+    key=lambda clear: clear[0],
+)
+_DEADLINES = SQL(
+    "unnest(%b::uuid[], %b::text[], %b::timestamptz[], %b::bigint[]) "
+    "AS u(session_id, kind, due_at, token)"
+)
+_SET = SQL(
     "ON CONFLICT (session_id, kind) DO UPDATE SET "
     "due_at = EXCLUDED.due_at, token = EXCLUDED.token, claims = 0"
 )
-_SET_DEADLINE_IF_QUEUED = (
-    "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "
-    "SELECT %s, %s, %s, %s WHERE EXISTS ("
-    "SELECT FROM sessiond_gateway_sessions WHERE session_id = %s AND queued > 0) "
-    "ON CONFLICT (session_id, kind) DO UPDATE SET "
-    "due_at = EXCLUDED.due_at, token = EXCLUDED.token, claims = 0"
+SET_DEADLINES = SetWrite(
+    (
+        SQL(
+            "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "
+            "SELECT * FROM {deadlines} {set}"
+        ).format(deadlines=_DEADLINES, set=_SET),
+    ),
+    rows=lambda deadline: (deadline,),
+    key=lambda deadline: deadline[0],
+)
+#: Only if messages wait, once the session's row is written.
+SET_DEADLINES_IF_QUEUED = SetWrite(
+    (
+        SQL(
+            "INSERT INTO sessiond_deadlines (session_id, kind, due_at, token) "
+            "SELECT * FROM {deadlines} WHERE EXISTS (SELECT FROM sessiond_gateway_sessions g "
+            "WHERE g.session_id = u.session_id AND g.queued > 0) {set}"
+        ).format(deadlines=_DEADLINES, set=_SET),
+    ),
+    rows=lambda deadline: (deadline,),
+    key=lambda deadline: deadline[0],
 )
 
 
@@ -65,30 +107,31 @@ class PostgresGatewayView(BatchingView, GatewayView):
     def apply(self, session_id: UUID, change: GatewayChange, tracking: Tracking) -> None:
         """The row, then the deadlines cleared and set, in that order; in a batch they are
         kept for the page's end (written in one round trip with the page's other writes)."""
-        writes: list[tuple[str, Any]] = [
+        jid_set = change.jid is not _UNSET
+        writes: list[tuple[SetWrite, Any]] = [
             (
-                _UPSERT_ROW,
-                {
-                    "id": session_id,
-                    "desired": change.desired,
-                    "bump": int(change.bump),
-                    "set_jid": change.jid is not _UNSET,
-                    "jid": None if change.jid is _UNSET else change.jid,
-                    "pos": tracking.notification_id,
-                    "queued": change.queued,
-                },
+                UPSERT_ROWS,
+                (
+                    session_id,
+                    change.desired,
+                    int(change.bump),
+                    jid_set,
+                    change.jid if jid_set else None,
+                    tracking.notification_id,
+                    change.queued,
+                ),
             )
         ]
         if change.clear_deadlines:
-            writes.append((_CLEAR_DEADLINES, (session_id, list(change.clear_deadlines))))
+            writes.append((CLEAR_DEADLINES, (session_id, list(change.clear_deadlines))))
         token = tracking.notification_id
         writes += [
-            (_SET_DEADLINE, (session_id, kind, due, token))
+            (SET_DEADLINES, (session_id, kind, due, token))
             for kind, due in change.set_deadlines.items()
         ]
-        if change.send_at is not None:  # only if messages wait, once the row is written
-            send = (session_id, DeadlineKind.SEND, change.send_at, token, session_id)
-            writes.append((_SET_DEADLINE_IF_QUEUED, send))
+        if change.send_at is not None:
+            send = (session_id, DeadlineKind.SEND, change.send_at, token)
+            writes.append((SET_DEADLINES_IF_QUEUED, send))
         # Only what workers must act on at once; deadlines are polled.
         notify = NOTIFY_GATEWAY if change.desired is not None or change.bump else None
         self._defer_writes(writes, tracking, notify)
@@ -277,7 +320,7 @@ class WorkStore:
             curs.execute(SYNC_COMMIT_OFF)  # lost in a crash: run again, and found done
             curs.execute(
                 "WITH done AS (SELECT d.session_id, d.kind FROM sessiond_deadlines d "
-                "JOIN unnest(%s::uuid[], %s::text[], %s::bigint[]) AS f(session_id, kind, "
+                "JOIN unnest(%b::uuid[], %b::text[], %b::bigint[]) AS f(session_id, kind, "
                 "token) ON d.session_id = f.session_id AND d.kind = f.kind "
                 "AND d.token = f.token FOR UPDATE OF d SKIP LOCKED) "
                 "DELETE FROM sessiond_deadlines d USING done "

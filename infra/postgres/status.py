@@ -10,7 +10,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
 from psycopg.sql import SQL
 
-from infra.postgres.views import DocumentView
+from infra.postgres.views import DocumentView, SetWrite
 from projections.status import SessionRow, SessionStatusView
 
 
@@ -26,13 +26,24 @@ class PostgresSessionStatusView(DocumentView[SessionRow], SessionStatusView):
         super().__init__(datastore, **kwargs)
         table = self._ident()
         self.sql_create_statements.append(self._index("position"))
-        self.upsert = SQL(
-            "INSERT INTO {0} (session_id, status, desired, labels, position, doc) "
-            "VALUES (%(session_id)s, %(status)s, %(desired)s, %(labels)s, %(position)s, %(doc)s) "
-            "ON CONFLICT (session_id) DO UPDATE SET status = EXCLUDED.status, "
-            "desired = EXCLUDED.desired, labels = EXCLUDED.labels, "
-            "position = EXCLUDED.position, doc = EXCLUDED.doc"
-        ).format(table)
+        # A page's rows at once (the last of each session's): see `SetWrite`.
+        self.upsert = SetWrite(
+            (
+                SQL(
+                    "INSERT INTO {0} (session_id, status, desired, labels, position, doc) "
+                    "SELECT u.session_id, u.status, u.desired, u.labels::jsonb, u.position, "
+                    "u.doc FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], "
+                    "%b::bigint[], %b::text[]) AS u(session_id, status, desired, labels, "
+                    "position, doc) "
+                    "ON CONFLICT (session_id) DO UPDATE SET status = EXCLUDED.status, "
+                    "desired = EXCLUDED.desired, labels = EXCLUDED.labels, "
+                    "position = EXCLUDED.position, doc = EXCLUDED.doc"
+                ).format(table),
+            ),
+            rows=lambda params: (tuple(params[c] for c in self.columns),),
+            key=lambda params: params["session_id"],
+            replaces=True,
+        )
         # The changed rows undecoded, with the columns that place them (see `changed_documents`).
         self.select_documents_since = SQL(
             "SELECT session_id, position, doc FROM {0} WHERE position > %s"

@@ -12,7 +12,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Composed, Identifier
 
 from infra.postgres.generations import table_suffix
-from infra.postgres.views import BatchingView
+from infra.postgres.views import BatchingView, SetWrite
 from projections.uptime import Transition, UptimeView
 
 
@@ -34,10 +34,18 @@ class PostgresUptimeView(BatchingView, UptimeView):
                 Identifier(self.table + "_at"), table
             ),
         ]
-        self.insert = SQL(
-            "INSERT INTO {0} (session_id, position, at, running, connected) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-        ).format(table)
+        # A page's transitions at once: see `SetWrite`.
+        self.insert = SetWrite(
+            (
+                SQL(
+                    "INSERT INTO {0} (session_id, position, at, running, connected) "
+                    "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[], "
+                    "%b::bool[], %b::bool[]) ON CONFLICT DO NOTHING"
+                ).format(table),
+            ),
+            rows=lambda row: (row,),
+            key=lambda row: (row[0], row[1]),
+        )
         self.copy = SQL(
             "COPY {0} (session_id, position, at, running, connected) FROM STDIN"
         ).format(table)

@@ -13,7 +13,7 @@ and tests/integration/test_migrations.py keeps the two equal.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, LiteralString, TypeVar
@@ -47,15 +47,98 @@ def view_table_name(tracking_table_name: str) -> str:
     return tracking_table_name.removesuffix("_tracking")
 
 
-def _write_in_order(curs: Cursor[DictRow], writes: Sequence[tuple[Statement, Params]]) -> None:
-    """`writes` in their order, in one pipeline (one round trip for the lot): a run of one
-    statement is one ``executemany``."""
+class SetWrite:
+    """A write that a page makes for many rows, in one statement per run instead of one per
+    row: `statements` take one array per column (``unnest(%s::uuid[], …)``) and are executed
+    in turn with the same arrays; `rows` turns one write's parameters into its rows' columns.
+
+    Statements are planned once per page rather than once per event (sessiond prepares none,
+    for PgBouncer), and psycopg sends columns instead of rows. `key` names what a write
+    touches or reads (a session): the writes of one key keep their order, and one statement
+    never meets a key twice (so ``ON CONFLICT DO UPDATE`` never meets a row twice). When
+    `replaces`, a write replaces its key's row whole: of several in a row for one key, only
+    the last is written.
+    """
+
+    def __init__(
+        self,
+        statements: Sequence[Statement],
+        rows: Callable[[Params], Iterable[Sequence[Any]]],
+        key: Callable[[Params], Hashable],
+        *,
+        replaces: bool = False,
+    ) -> None:
+        self.statements = tuple(statements)
+        self.rows = rows
+        self.key = key
+        self.replaces = replaces
+
+    def execute(self, curs: Cursor[DictRow], params: Sequence[Params]) -> None:
+        columns = [
+            list(column)
+            for column in zip(
+                *itertools.chain.from_iterable(self.rows(p) for p in params), strict=True
+            )
+        ]
+        if not columns:
+            return
+        for statement in self.statements:
+            curs.execute(statement, columns)
+
+
+class _Layers:
+    """Set writes waiting to be executed: a key's n-th write is in layer n, so that running the
+    layers in order keeps each key's writes in order while each layer is one statement per
+    kind of write (the keys of one layer are all different)."""
+
+    def __init__(self) -> None:
+        self.layers: list[dict[int, tuple[SetWrite, list[Params]]]] = []
+        self.depth: dict[Hashable, int] = {}
+        # Each key's latest write: (its layer, the set write, its index there).
+        self.latest: dict[Hashable, tuple[int, SetWrite, int]] = {}
+
+    def add(self, write: SetWrite, params: Params) -> None:
+        key = write.key(params)
+        latest = self.latest.get(key)
+        if write.replaces and latest is not None and latest[1] is write:
+            layer, _, index = latest
+            self.layers[layer][id(write)][1][index] = params
+            return
+        layer = self.depth.get(key, 0)
+        if layer == len(self.layers):
+            self.layers.append({})
+        _, waiting = self.layers[layer].setdefault(id(write), (write, []))
+        waiting.append(params)
+        self.depth[key] = layer + 1
+        self.latest[key] = (layer, write, len(waiting) - 1)
+
+    def flush(self, curs: Cursor[DictRow]) -> None:
+        for layer in self.layers:
+            for write, params in layer.values():
+                write.execute(curs, params)
+        self.layers, self.depth, self.latest = [], {}, {}
+
+
+def _write_in_order(
+    curs: Cursor[DictRow], writes: Sequence[tuple[Statement | SetWrite, Params]]
+) -> None:
+    """`writes` in their order, in one pipeline (one round trip for the lot): set writes in
+    layers (`_Layers`) up to the next other write, and a run of one other statement as one
+    ``executemany``."""
     if not writes:
         return
+    layers = _Layers()
     with curs.connection.pipeline():
         for _, run in itertools.groupby(writes, key=lambda write: id(write[0])):
             same = list(run)
-            curs.executemany(same[0][0], [params for _, params in same])
+            statement = same[0][0]
+            if isinstance(statement, SetWrite):
+                for _, params in same:
+                    layers.add(statement, params)
+                continue
+            layers.flush(curs)
+            curs.executemany(statement, [params for _, params in same])
+        layers.flush(curs)
 
 
 class BatchingView(PostgresTrackingRecorder):
@@ -68,7 +151,7 @@ class BatchingView(PostgresTrackingRecorder):
         super().__init__(datastore, **kwargs)
         self._batch: Cursor[DictRow] | None = None
         self._deferred: Tracking | None = None  # the batch's last tracking record
-        self._pending: list[tuple[Statement, Params]] = []  # the batch's writes, in order
+        self._pending: list[tuple[Statement | SetWrite, Params]] = []  # the batch's writes
         self._notifies: dict[tuple[int, Params], Statement] = {}  # and its NOTIFYs, once each
         self._written: dict[str, Any] = {}
         self._bulk: _Bulk | None = None
@@ -140,10 +223,11 @@ class BatchingView(PostgresTrackingRecorder):
         """Events of a page in one transaction, in as few round trips as the page allows.
 
         Rows that writes replace or insert whole are kept (`_defer`) and written at the end,
-        one ``executemany`` per run of the same statement (psycopg pipelines it), before any
-        write made at once (`_transaction`), so the order of writes is kept. The tracking
-        table holds one row per view, the furthest position, so the page's last tracking
-        record is all that need be written; it commits with the page's rows. Each NOTIFY is
+        set writes in a few statements over columns (`SetWrite`), others one ``executemany``
+        per run of the same statement (psycopg pipelines them), before any write made at once
+        (`_transaction`), so the order of writes is kept. The tracking table holds one row per
+        view, the furthest position, so the page's last tracking record is all that need be
+        written; it commits with the page's rows. Each NOTIFY is
         sent once, at the end (PostgreSQL delivers them at the commit anyway)."""
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SYNC_COMMIT_OFF)
@@ -171,7 +255,7 @@ class BatchingView(PostgresTrackingRecorder):
 
     def _defer(
         self,
-        statement: Statement,
+        statement: Statement | SetWrite,
         params: Sequence[Params],
         tracking: Tracking,
         notify: Statement | None = None,
@@ -182,7 +266,7 @@ class BatchingView(PostgresTrackingRecorder):
 
     def _defer_writes(
         self,
-        writes: Sequence[tuple[Statement, Params]],
+        writes: Sequence[tuple[Statement | SetWrite, Params]],
         tracking: Tracking,
         notify: Statement | None = None,
     ) -> None:
@@ -305,7 +389,9 @@ class DocumentView(BatchingView, Generic[D]):
             Identifier(f"{self.table}_{column}_idx"), self._ident(), Identifier(column)
         )
 
-    def _write(self, statement: Composed, params: list[dict[str, Any]], tracking: Tracking) -> None:
+    def _write(
+        self, statement: Composed | SetWrite, params: list[dict[str, Any]], tracking: Tracking
+    ) -> None:
         self._defer(statement, params, tracking, self.notify_statement)
 
     def _fetch(self, curs: Cursor[DictRow]) -> list[D]:
