@@ -13,14 +13,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableSet
+import json
+from collections.abc import Iterator, MutableSet, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Identifier
-from psycopg.types.json import Jsonb
 
 from domain.values import DeadlineKind
 from infra.postgres.connect import fetch_all, fetch_one, transaction
@@ -31,6 +32,16 @@ GATEWAY_CHANNEL = "sessiond_gateway"
 NOTIFY_GATEWAY = SQL("NOTIFY {0}").format(Identifier(GATEWAY_CHANNEL))
 REQUESTS_CHANNEL = "sessiond_gateway_requests"
 WORKER_APP_PREFIX = "sessiond-worker:"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A worker's answer to a request: its result, or an error (code, detail)."""
+
+    request_id: int
+    result: dict[str, Any] | None
+    error: tuple[str, str] | None = None
+
 
 # The view's writes, each for a page's events at once (`SetWrite`); a session's in order.
 _ROWS = SQL(
@@ -370,23 +381,31 @@ class WorkStore:
             )
             return list(curs.fetchall())
 
-    def answer_request(
-        self,
-        request_id: int,
-        result: dict[str, Any] | None,
-        error: tuple[str, str] | None = None,
-    ) -> None:
-        code, detail = error or (None, None)
+    def answer_requests(self, answers: Sequence[Answer]) -> None:
+        """Answer requests, all in one statement (a storm's drops are answered together)."""
+        if not answers:
+            return
+        ids = [answer.request_id for answer in answers]
         with self.datastore.transaction(commit=True) as curs:
             # Never waits for the disk: an answer lost in a crash leaves its caller to retry,
             # as the crash itself would (a storm's answers do not each wait for a flush).
             curs.execute(SYNC_COMMIT_OFF)
             curs.execute(
-                "UPDATE sessiond_gateway_requests SET result = %s, error_code = %s, "
-                "error_detail = %s, done_at = now() WHERE id = %s",
-                (None if result is None else Jsonb(result), code, detail, request_id),
+                "UPDATE sessiond_gateway_requests r SET result = a.result::jsonb, "
+                "error_code = a.code, error_detail = a.detail, done_at = now() "
+                "FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[]) "
+                "AS a(id, result, code, detail) WHERE r.id = a.id",
+                (
+                    ids,
+                    [None if a.result is None else json.dumps(a.result) for a in answers],
+                    [None if a.error is None else a.error[0] for a in answers],
+                    [None if a.error is None else a.error[1] for a in answers],
+                ),
             )
-            curs.execute("SELECT pg_notify(%s, %s)", (REQUESTS_CHANNEL + "_done", str(request_id)))
+            curs.execute(
+                "SELECT pg_notify(%s, id::text) FROM unnest(%b::bigint[]) AS id",
+                (REQUESTS_CHANNEL + "_done", ids),
+            )
 
     def purge_requests(self, older_than_seconds: float = 3600.0) -> None:
         with self.datastore.transaction(commit=True) as curs:

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,7 +75,13 @@ from domain.errors import DomainError
 from domain.policy import Hearing, SilencePolicy, SilenceStep, deadline_rule, gives_up
 from domain.values import DeadlineKind, DesiredState, Reason, Status
 from infra.postgres.connect import connect, unreachable
-from infra.postgres.gateway import GATEWAY_CHANNEL, REQUESTS_CHANNEL, WORKER_APP_PREFIX, WorkStore
+from infra.postgres.gateway import (
+    GATEWAY_CHANNEL,
+    REQUESTS_CHANNEL,
+    WORKER_APP_PREFIX,
+    Answer,
+    WorkStore,
+)
 from infra.runtime.sender import MessageSender
 from projections.gateway import START_TIMEOUT, Deadline
 
@@ -938,20 +944,31 @@ class GatewayWorker:
             with self._lock:
                 ready = [rid for rid, sid in found if sid in self._generations]
             requests = self.store.claim_requests(ready)
-            list(self._pool.map(self._answer, requests))
+            self._answer_all(requests)
             if len(found) < 500 or len(ready) < len(found):
                 return
 
-    def _answer(self, request: dict[str, Any]) -> None:
+    def _answer_all(self, requests: list[dict[str, Any]]) -> None:
+        """Run the requests on the pool and answer those done meanwhile together, in one
+        statement, as soon as any is done: a slow one holds up no other's answer, and a
+        storm's thousands of answers take a few statements, not a transaction each."""
+        pending = {self._pool.submit(self._run_request, request) for request in requests}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # One cancelled (the worker is closing) stays claimed: after this worker is
+            # gone, the session's next holder runs it again.
+            self.store.answer_requests([f.result() for f in done if not f.cancelled()])
+
+    def _run_request(self, request: dict[str, Any]) -> Answer:
+        request_id = request["id"]
         try:
             result = self._execute(request["session_id"], request["action"], request["args"])
         except ApplicationError as error:
-            self.store.answer_request(request["id"], None, (error.code, str(error)))
+            return Answer(request_id, None, (error.code, str(error)))
         except Exception as error:
             log.exception("gateway request %s failed", request["action"])
-            self.store.answer_request(request["id"], None, (GatewayFailed.code, str(error)))
-        else:
-            self.store.answer_request(request["id"], result)
+            return Answer(request_id, None, (GatewayFailed.code, str(error)))
+        return Answer(request_id, result)
 
     def _execute(self, session_id: UUID, action: str, args: dict[str, Any]) -> dict[str, Any]:
         if action == "pair_code":

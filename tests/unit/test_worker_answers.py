@@ -1,0 +1,61 @@
+"""A worker answers the requests it ran together (one statement for those done meanwhile), but
+never holds a finished request's answer back for a slow one, and answers a failure as one."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
+
+from application.errors import GatewayFailed
+from infra.postgres.gateway import Answer
+from infra.runtime.worker import GatewayWorker
+
+
+class Store:
+    def __init__(self) -> None:
+        self.batches: list[list[Answer]] = []
+        self.answered = threading.Event()
+
+    def answer_requests(self, answers: list[Answer]) -> None:
+        self.batches.append(list(answers))
+        self.answered.set()
+
+
+def test_a_slow_request_holds_up_no_other_answer_and_many_share_a_statement() -> None:
+    release = threading.Event()
+    store = Store()
+
+    def run(request: dict[str, Any]) -> Answer:
+        if request["id"] == 1:
+            assert release.wait(10)
+        return Answer(request["id"], {"position": request["id"]})
+
+    with ThreadPoolExecutor(4) as pool:
+        worker = SimpleNamespace(_pool=pool, _run_request=run, store=store)
+        requests = [{"id": i} for i in range(1, 31)]
+        answering = threading.Thread(target=GatewayWorker._answer_all, args=(worker, requests))
+        answering.start()
+        assert store.answered.wait(10)
+        # Everything but the slow request is answered while it still runs...
+        deadline = threading.Event()
+        while sum(len(b) for b in store.batches) < 29 and not deadline.wait(0.01):
+            pass
+        assert sorted(a.request_id for b in store.batches for a in b) == list(range(2, 31))
+        assert len(store.batches) < 29  # ...in fewer statements than answers
+        release.set()
+        answering.join(10)
+    assert store.batches[-1] == [Answer(1, {"position": 1})]
+
+
+def test_a_request_that_fails_is_answered_with_its_error() -> None:
+    def execute(session_id: Any, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("the client went away")
+
+    worker = SimpleNamespace(_execute=execute)
+    answer = GatewayWorker._run_request(
+        worker,  # type: ignore[arg-type]
+        {"id": 7, "session_id": None, "action": "drop", "args": {}},
+    )
+    assert answer == Answer(7, None, (GatewayFailed.code, "the client went away"))
