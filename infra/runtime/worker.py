@@ -104,6 +104,11 @@ HAND_OVER_THREADS = 32
 #: Reconciles read only the rows that changed (and the sessions just taken over); every
 #: this many seconds, and whenever what it holds may have changed hands, all of them.
 FULL_RECONCILE_EVERY = 30.0
+#: How long a worker waits for a request to finish before it looks again (one cancelled by
+#: `close` never finishes); how often, and how far apart, it tries to write a batch of answers.
+ANSWER_WAIT = 0.5
+ANSWER_TRIES = 3
+ANSWER_RETRY_PAUSE = 0.5
 #: How often the worker collects all its garbage and freezes what survives (`refreeze_gc`).
 REFREEZE_GC_EVERY = 60.0
 
@@ -972,10 +977,32 @@ class GatewayWorker:
         storm's thousands of answers take a few statements, not a transaction each."""
         pending = {self._pool.submit(self._run_request, request) for request in requests}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            # One cancelled (the worker is closing) stays claimed: after this worker is
-            # gone, the session's next holder runs it again.
-            self.store.answer_requests([f.result() for f in done if not f.cancelled()])
+            done, pending = wait(pending, timeout=ANSWER_WAIT, return_when=FIRST_COMPLETED)
+            # One cancelled by `close` never counts as done: left claimed, it is run again
+            # by the session's next holder once this worker is gone.
+            pending = {f for f in pending if not f.cancelled()}
+            answers = [f.result() for f in done if not f.cancelled()]
+            if answers:
+                self._write_answers(answers)
+
+    def _write_answers(self, answers: list[Answer]) -> None:
+        """Write answers, tried again a few times if the database fails: a batch lost
+        leaves its callers to time out, as one lost answer did; later batches are still
+        written."""
+        for attempt in range(1, ANSWER_TRIES + 1):
+            try:
+                self.store.answer_requests(answers)
+            except Exception as error:
+                if attempt == ANSWER_TRIES or self._stopping.is_set():
+                    log.warning(
+                        "could not answer %d gateway requests (%s); their callers time out",
+                        len(answers),
+                        error,
+                    )
+                    return
+                self._stopping.wait(ANSWER_RETRY_PAUSE)
+            else:
+                return
 
     def _run_request(self, request: dict[str, Any]) -> Answer:
         request_id = request["id"]

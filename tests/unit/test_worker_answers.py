@@ -14,13 +14,25 @@ from infra.runtime.worker import GatewayWorker
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.batches: list[list[Answer]] = []
         self.answered = threading.Event()
+        self.failures = failures  # how many writes fail first, as a database gone would
 
     def answer_requests(self, answers: list[Answer]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("the database is away")
         self.batches.append(list(answers))
         self.answered.set()
+
+
+def stub_worker(pool: ThreadPoolExecutor, run: Any, store: Store) -> SimpleNamespace:
+    """What `_answer_all` uses of a worker."""
+    worker = SimpleNamespace(_pool=pool, _run_request=run, store=store)
+    worker._stopping = threading.Event()
+    worker._write_answers = lambda answers: GatewayWorker._write_answers(worker, answers)  # type: ignore[arg-type]
+    return worker
 
 
 def test_a_slow_request_holds_up_no_other_answer_and_many_share_a_statement() -> None:
@@ -33,9 +45,11 @@ def test_a_slow_request_holds_up_no_other_answer_and_many_share_a_statement() ->
         return Answer(request["id"], {"position": request["id"]})
 
     with ThreadPoolExecutor(4) as pool:
-        worker = SimpleNamespace(_pool=pool, _run_request=run, store=store)
+        worker = stub_worker(pool, run, store)
         requests = [{"id": i} for i in range(1, 31)]
-        answering = threading.Thread(target=GatewayWorker._answer_all, args=(worker, requests))
+        answering = threading.Thread(
+            target=GatewayWorker._answer_all, args=(worker, requests), daemon=True
+        )
         answering.start()
         assert store.answered.wait(10)
         # Everything but the slow request is answered while it still runs...
@@ -59,3 +73,44 @@ def test_a_request_that_fails_is_answered_with_its_error() -> None:
         {"id": 7, "session_id": None, "action": "drop", "args": {}},
     )
     assert answer == Answer(7, None, (GatewayFailed.code, "the client went away"))
+
+
+def test_requests_cancelled_by_a_closing_worker_do_not_hold_up_the_answering() -> None:
+    release = threading.Event()
+    store = Store()
+
+    def run(request: dict[str, Any]) -> Answer:
+        if request["id"] == 1:
+            assert release.wait(10)
+        return Answer(request["id"], {})
+
+    pool = ThreadPoolExecutor(1)
+    worker = stub_worker(pool, run, store)
+    answering = threading.Thread(
+        target=GatewayWorker._answer_all,
+        args=(worker, [{"id": i} for i in (1, 2, 3)]),
+        daemon=True,  # a regression must fail the test, not hang the run at exit
+    )
+    answering.start()
+    pool.shutdown(wait=False, cancel_futures=True)  # as `close` does: 2 and 3 never run
+    release.set()
+    answering.join(10)
+    assert not answering.is_alive()
+    assert store.batches == [[Answer(1, {})]]  # 2 and 3 stay claimed, for the next holder
+
+
+def test_a_failed_write_of_answers_is_tried_again() -> None:
+    store = Store(failures=1)
+    with ThreadPoolExecutor(2) as pool:
+        worker = stub_worker(pool, lambda r: Answer(r["id"], {}), store)
+        GatewayWorker._answer_all(worker, [{"id": 1}])  # type: ignore[arg-type]
+    assert store.batches == [[Answer(1, {})]]
+
+
+def test_answers_the_database_keeps_refusing_are_given_up_and_later_ones_written() -> None:
+    store = Store(failures=3)
+    with ThreadPoolExecutor(1) as pool:
+        worker = stub_worker(pool, lambda r: Answer(r["id"], {}), store)
+        GatewayWorker._answer_all(worker, [{"id": 1}])  # type: ignore[arg-type]
+        GatewayWorker._answer_all(worker, [{"id": 2}])  # type: ignore[arg-type]
+    assert store.batches == [[Answer(2, {})]]
