@@ -35,22 +35,32 @@ def stub_worker(pool: ThreadPoolExecutor, run: Any, store: Store) -> SimpleNames
     return worker
 
 
-def test_a_slow_request_holds_up_no_other_answer_and_many_share_a_statement() -> None:
-    release = threading.Event()
-    store = Store()
+def first_waits(release: threading.Event) -> Any:
+    """A request runner: request 1 runs until `release`, every other one at once."""
 
     def run(request: dict[str, Any]) -> Answer:
         if request["id"] == 1:
             assert release.wait(10)
         return Answer(request["id"], {"position": request["id"]})
 
+    return run
+
+
+def answering(worker: SimpleNamespace, ids: list[int]) -> threading.Thread:
+    """`_answer_all` of those requests, started on a thread of its own (a daemon: a
+    regression must fail the test, not hang the run at exit)."""
+    thread = threading.Thread(
+        target=GatewayWorker._answer_all, args=(worker, [{"id": i} for i in ids]), daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def test_a_slow_request_holds_up_no_other_answer_and_many_share_a_statement() -> None:
+    release = threading.Event()
+    store = Store()
     with ThreadPoolExecutor(4) as pool:
-        worker = stub_worker(pool, run, store)
-        requests = [{"id": i} for i in range(1, 31)]
-        answering = threading.Thread(
-            target=GatewayWorker._answer_all, args=(worker, requests), daemon=True
-        )
-        answering.start()
+        thread = answering(stub_worker(pool, first_waits(release), store), list(range(1, 31)))
         assert store.answered.wait(10)
         # Everything but the slow request is answered while it still runs...
         deadline = threading.Event()
@@ -59,7 +69,7 @@ def test_a_slow_request_holds_up_no_other_answer_and_many_share_a_statement() ->
         assert sorted(a.request_id for b in store.batches for a in b) == list(range(2, 31))
         assert len(store.batches) < 29  # ...in fewer statements than answers
         release.set()
-        answering.join(10)
+        thread.join(10)
     assert store.batches[-1] == [Answer(1, {"position": 1})]
 
 
@@ -78,25 +88,14 @@ def test_a_request_that_fails_is_answered_with_its_error() -> None:
 def test_requests_cancelled_by_a_closing_worker_do_not_hold_up_the_answering() -> None:
     release = threading.Event()
     store = Store()
-
-    def run(request: dict[str, Any]) -> Answer:
-        if request["id"] == 1:
-            assert release.wait(10)
-        return Answer(request["id"], {})
-
     pool = ThreadPoolExecutor(1)
-    worker = stub_worker(pool, run, store)
-    answering = threading.Thread(
-        target=GatewayWorker._answer_all,
-        args=(worker, [{"id": i} for i in (1, 2, 3)]),
-        daemon=True,  # a regression must fail the test, not hang the run at exit
-    )
-    answering.start()
+    thread = answering(stub_worker(pool, first_waits(release), store), [1, 2, 3])
     pool.shutdown(wait=False, cancel_futures=True)  # as `close` does: 2 and 3 never run
     release.set()
-    answering.join(10)
-    assert not answering.is_alive()
-    assert store.batches == [[Answer(1, {})]]  # 2 and 3 stay claimed, for the next holder
+    thread.join(10)
+    assert not thread.is_alive()
+    # 2 and 3 stay claimed, for the session's next holder.
+    assert store.batches == [[Answer(1, {"position": 1})]]
 
 
 def test_a_failed_write_of_answers_is_tried_again() -> None:
