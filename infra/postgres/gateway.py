@@ -67,7 +67,6 @@ UPSERT_ROWS = SetWrite(
             "WHERE g.session_id = u.session_id)"
         ).format(rows=_ROWS),
     ),
-    rows=lambda row: (row,),
     key=lambda row: row[0],
 )
 CLEAR_DEADLINES = SetWrite(
@@ -94,7 +93,6 @@ SET_DEADLINES = SetWrite(
             "SELECT * FROM {deadlines} {set}"
         ).format(deadlines=_DEADLINES, set=_SET),
     ),
-    rows=lambda deadline: (deadline,),
     key=lambda deadline: deadline[0],
 )
 #: Only if messages wait, once the session's row is written.
@@ -106,7 +104,6 @@ SET_DEADLINES_IF_QUEUED = SetWrite(
             "WHERE g.session_id = u.session_id AND g.queued > 0) {set}"
         ).format(deadlines=_DEADLINES, set=_SET),
     ),
-    rows=lambda deadline: (deadline,),
     key=lambda deadline: deadline[0],
 )
 

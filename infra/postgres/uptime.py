@@ -43,7 +43,6 @@ class PostgresUptimeView(BatchingView, UptimeView):
                     "%b::bool[], %b::bool[]) ON CONFLICT DO NOTHING"
                 ).format(table),
             ),
-            rows=lambda row: (row,),
             key=lambda row: (row[0], row[1]),
         )
         self.copy = SQL(

@@ -49,8 +49,10 @@ def view_table_name(tracking_table_name: str) -> str:
 
 class SetWrite:
     """A write that a page makes for many rows, in one statement per run instead of one per
-    row: `statements` take one array per column (``unnest(%s::uuid[], …)``) and are executed
-    in turn with the same arrays; `rows` turns one write's parameters into its rows' columns.
+    row: `statements` take one array per column (``unnest(%b::uuid[], …)``, binary: text
+    arrays are escaped element by element) and are executed in turn with the same arrays;
+    `rows` turns one write's parameters into its rows' columns (by default, the parameters
+    are one row's columns).
 
     Statements are planned once per page rather than once per event (sessiond prepares none,
     for PgBouncer), and psycopg sends columns instead of rows. `key` names what a write
@@ -63,9 +65,9 @@ class SetWrite:
     def __init__(
         self,
         statements: Sequence[Statement],
-        rows: Callable[[Params], Iterable[Sequence[Any]]],
         key: Callable[[Params], Hashable],
         *,
+        rows: Callable[[Params], Iterable[Sequence[Any]]] = lambda params: (params,),
         replaces: bool = False,
     ) -> None:
         self.statements = tuple(statements)
@@ -93,8 +95,8 @@ class _Layers:
 
     def __init__(self) -> None:
         self.layers: list[dict[int, tuple[SetWrite, list[Params]]]] = []
-        self.depth: dict[Hashable, int] = {}
-        # Each key's latest write: (its layer, the set write, its index there).
+        # Each key's latest write: (its layer, the set write, its index there); the key's next
+        # write goes in the layer after it.
         self.latest: dict[Hashable, tuple[int, SetWrite, int]] = {}
 
     def add(self, write: SetWrite, params: Params) -> None:
@@ -104,19 +106,18 @@ class _Layers:
             layer, _, index = latest
             self.layers[layer][id(write)][1][index] = params
             return
-        layer = self.depth.get(key, 0)
+        layer = 0 if latest is None else latest[0] + 1
         if layer == len(self.layers):
             self.layers.append({})
         _, waiting = self.layers[layer].setdefault(id(write), (write, []))
         waiting.append(params)
-        self.depth[key] = layer + 1
         self.latest[key] = (layer, write, len(waiting) - 1)
 
     def flush(self, curs: Cursor[DictRow]) -> None:
         for layer in self.layers:
             for write, params in layer.values():
                 write.execute(curs, params)
-        self.layers, self.depth, self.latest = [], {}, {}
+        self.layers, self.latest = [], {}
 
 
 def _write_in_order(
@@ -227,8 +228,8 @@ class BatchingView(PostgresTrackingRecorder):
         per run of the same statement (psycopg pipelines them), before any write made at once
         (`_transaction`), so the order of writes is kept. The tracking table holds one row per
         view, the furthest position, so the page's last tracking record is all that need be
-        written; it commits with the page's rows. Each NOTIFY is
-        sent once, at the end (PostgreSQL delivers them at the commit anyway)."""
+        written; it commits with the page's rows. Each NOTIFY is sent once, at the end
+        (PostgreSQL delivers them at the commit anyway)."""
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(SYNC_COMMIT_OFF)
             self._batch = curs

@@ -38,7 +38,7 @@ class RecordingCursor:
 
 def pair_write(name: str, *, replaces: bool = False) -> SetWrite:
     """A write of rows (key, value): its statement is its name."""
-    return SetWrite([name], rows=lambda row: (row,), key=lambda row: row[0], replaces=replaces)
+    return SetWrite([name], key=lambda row: row[0], replaces=replaces)
 
 
 def run(writes: list[tuple[Any, Any]]) -> list[tuple[str, Any]]:
